@@ -1,0 +1,311 @@
+//! Storage buffers, their element types, and the pool that recycles them by size class.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Element types a kiln buffer can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (needs the adapter's `SHADER_F16` to be used in kernels).
+    F16,
+    /// 32-bit signed integer.
+    I32,
+    /// 32-bit unsigned integer.
+    U32,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F16 => 2,
+            _ => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::I32 => "i32",
+            DType::U32 => "u32",
+        })
+    }
+}
+
+/// A plain-data element type with its kiln dtype.
+pub trait Element: bytemuck::Pod {
+    /// The matching dtype.
+    const DTYPE: DType;
+}
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+}
+impl Element for i32 {
+    const DTYPE: DType = DType::I32;
+}
+impl Element for u32 {
+    const DTYPE: DType = DType::U32;
+}
+
+/// What a pooled buffer is used for; each kind has its own free lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Usage {
+    Storage,
+    Uniform,
+    Staging,
+}
+
+impl Usage {
+    fn wgpu(self) -> wgpu::BufferUsages {
+        use wgpu::BufferUsages as U;
+        match self {
+            Usage::Storage => U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            Usage::Uniform => U::UNIFORM | U::COPY_DST,
+            Usage::Staging => U::MAP_READ | U::COPY_DST,
+        }
+    }
+}
+
+/// Rounds a byte count up to its size class: four classes per power of two, at least 256 bytes,
+/// so a recycled buffer wastes at most a quarter of its size.
+pub(crate) fn size_class(bytes: u64) -> u64 {
+    let b = bytes.max(256);
+    let p = 63 - (b - 1).leading_zeros() as u64; // 2^p < b <= 2^(p+1) for b > 1
+    let step = (1u64 << p) / 4;
+    b.div_ceil(step) * step
+}
+
+pub(crate) struct Raw {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) id: u64,
+}
+
+/// Byte counts reported by the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes of every buffer the pool has created and not released to the driver.
+    pub bytes_allocated: u64,
+    /// Bytes held by live buffers (allocated minus free).
+    pub bytes_in_use: u64,
+    /// Number of buffers ever created by the pool.
+    pub buffers_created: u64,
+    /// Number of requests served from a free list.
+    pub reuses: u64,
+}
+
+#[derive(Default)]
+struct PoolState {
+    free: HashMap<(Usage, u64), Vec<Raw>>,
+    stats: PoolStats,
+    /// While a plan is being recorded: buffers that must stay out of the free lists once dropped.
+    capture: Option<Vec<Raw>>,
+}
+
+/// Recycles buffers by (usage, size class).
+pub(crate) struct Pool {
+    state: Mutex<PoolState>,
+    next_id: AtomicU64,
+}
+
+impl Pool {
+    pub(crate) fn new() -> Arc<Pool> {
+        Arc::new(Pool {
+            state: Mutex::new(PoolState::default()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn take(self: &Arc<Self>, device: &wgpu::Device, usage: Usage, class: u64) -> Raw {
+        let mut st = self.state.lock().unwrap();
+        st.stats.bytes_in_use += class;
+        if let Some(raw) = st.free.get_mut(&(usage, class)).and_then(Vec::pop) {
+            st.stats.reuses += 1;
+            return raw;
+        }
+        st.stats.bytes_allocated += class;
+        st.stats.buffers_created += 1;
+        drop(st);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln"),
+            size: class,
+            usage: usage.wgpu(),
+            mapped_at_creation: false,
+        });
+        Raw {
+            buffer,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn give_back(&self, usage: Usage, class: u64, raw: Raw, pinned: bool) {
+        let mut guard = self.state.lock().unwrap();
+        let st = &mut *guard;
+        st.stats.bytes_in_use -= class;
+        // A buffer the host wrote during recording holds data a replayed plan still reads:
+        // it must not be handed to a later op, so the plan keeps it.
+        if pinned {
+            if let Some(cap) = st.capture.as_mut() {
+                st.stats.bytes_in_use += class;
+                cap.push(raw);
+                return;
+            }
+        }
+        st.free.entry((usage, class)).or_default().push(raw);
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        self.state.lock().unwrap().stats
+    }
+
+    /// Drops every free buffer, returning the memory to the driver.
+    pub(crate) fn trim(&self) {
+        let mut st = self.state.lock().unwrap();
+        let freed: u64 = st
+            .free
+            .iter()
+            .map(|((_, class), v)| class * v.len() as u64)
+            .sum();
+        st.free.clear();
+        st.stats.bytes_allocated -= freed;
+    }
+
+    pub(crate) fn begin_capture(&self) {
+        self.state.lock().unwrap().capture = Some(Vec::new());
+    }
+
+    /// Ends a capture; returns the pinned buffers and takes out of the free lists every buffer
+    /// whose id is in `used`, so that no op outside the plan can clobber them between replays.
+    pub(crate) fn end_capture(&self, used: &std::collections::HashSet<u64>) -> Vec<Raw> {
+        let mut st = self.state.lock().unwrap();
+        let mut held = st.capture.take().unwrap_or_default();
+        let mut moved = 0;
+        for ((_, class), list) in st.free.iter_mut() {
+            let (keep, take): (Vec<Raw>, Vec<Raw>) =
+                list.drain(..).partition(|r| !used.contains(&r.id));
+            *list = keep;
+            moved += class * take.len() as u64;
+            held.extend(take);
+        }
+        st.stats.bytes_in_use += moved;
+        held
+    }
+
+    pub(crate) fn release_held(&self, held: Vec<Raw>) {
+        let mut st = self.state.lock().unwrap();
+        for raw in held {
+            let class = raw.buffer.size();
+            st.stats.bytes_in_use -= class;
+            let usage = if raw.buffer.usage().contains(wgpu::BufferUsages::UNIFORM) {
+                Usage::Uniform
+            } else {
+                Usage::Storage
+            };
+            st.free.entry((usage, class)).or_default().push(raw);
+        }
+    }
+}
+
+pub(crate) struct BufferInner {
+    raw: Option<Raw>,
+    usage: Usage,
+    class: u64,
+    pool: Weak<Pool>,
+    pub(crate) host_written: AtomicBool,
+}
+
+impl Drop for BufferInner {
+    fn drop(&mut self) {
+        if let (Some(raw), Some(pool)) = (self.raw.take(), self.pool.upgrade()) {
+            pool.give_back(
+                self.usage,
+                self.class,
+                raw,
+                self.host_written.load(Ordering::Relaxed),
+            );
+        }
+    }
+}
+
+/// A GPU buffer holding `len` elements of `dtype`. Cloning shares the same memory; the memory goes
+/// back to the device's pool when the last clone is dropped.
+#[derive(Clone)]
+pub struct Buffer {
+    pub(crate) inner: Arc<BufferInner>,
+    len: usize,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer({} x {}, id {})", self.len, self.dtype, self.id())
+    }
+}
+
+impl Buffer {
+    pub(crate) fn new(pool: &Arc<Pool>, raw: Raw, usage: Usage, len: usize, dtype: DType) -> Self {
+        let class = raw.buffer.size();
+        Buffer {
+            inner: Arc::new(BufferInner {
+                raw: Some(raw),
+                usage,
+                class,
+                pool: Arc::downgrade(pool),
+                host_written: AtomicBool::new(false),
+            }),
+            len,
+            dtype,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of data (`len * dtype.size()`), not counting the size-class padding.
+    pub fn bytes(&self) -> u64 {
+        (self.len * self.dtype.size()) as u64
+    }
+
+    /// The pool's id of the underlying memory (equal ids: the same memory).
+    pub fn id(&self) -> u64 {
+        self.raw().id
+    }
+
+    /// The same memory seen as another element type or length (no copy). Used for free reshapes
+    /// and for reinterpreting bits; the new view must fit in the allocation.
+    pub fn view(&self, len: usize, dtype: DType) -> Option<Buffer> {
+        ((len * dtype.size()) as u64 <= self.inner.class).then(|| Buffer {
+            inner: self.inner.clone(),
+            len,
+            dtype,
+        })
+    }
+
+    pub(crate) fn raw(&self) -> &Raw {
+        self.inner.raw.as_ref().expect("live buffer")
+    }
+
+    pub(crate) fn wgpu(&self) -> &wgpu::Buffer {
+        &self.raw().buffer
+    }
+}

@@ -1,0 +1,59 @@
+use thiserror::Error;
+
+/// Everything the device layer can report instead of panicking.
+#[derive(Debug, Error, Clone)]
+pub enum DeviceError {
+    /// No adapter matched (none installed, or `WGPU_ADAPTER_NAME` matched none).
+    #[error("no GPU adapter found: {0}")]
+    NoAdapter(String),
+    /// The adapter refused the device request.
+    #[error("requesting a device from adapter {adapter:?} failed: {reason}")]
+    RequestDevice { adapter: String, reason: String },
+    /// A buffer request above what the adapter allows in one buffer or one binding.
+    #[error(
+        "buffer of {requested} bytes exceeds the adapter's limits \
+         (max_buffer_size {max_buffer_size}, max_storage_buffer_binding_size {max_binding_size})"
+    )]
+    BufferTooLarge {
+        requested: u64,
+        max_buffer_size: u64,
+        max_binding_size: u64,
+    },
+    /// A shader that naga could not parse or validate.
+    #[error("shader `{name}` is invalid: {message}")]
+    Shader { name: String, message: String },
+    /// No shader of that name is registered.
+    #[error("no shader named `{0}` is registered (shaders/*.wgsl)")]
+    UnknownShader(String),
+    /// An entry point the shader does not define.
+    #[error("shader `{shader}` has no compute entry point `{entry}`")]
+    UnknownEntryPoint { shader: String, entry: String },
+    /// A kernel launched with the wrong number or kind of buffers.
+    #[error("kernel `{kernel}`: {message}")]
+    Binding { kernel: String, message: String },
+    /// A dispatch larger than the adapter can run even after splitting.
+    #[error("kernel `{kernel}`: workgroup count {groups:?} exceeds the per-dimension limit {limit}")]
+    DispatchTooLarge {
+        kernel: String,
+        groups: [u32; 3],
+        limit: u32,
+    },
+    /// A feature the operation needs and the adapter lacks.
+    #[error("the adapter lacks the feature `{0}`")]
+    MissingFeature(&'static str),
+    /// A wgpu validation or out-of-memory error.
+    #[error("wgpu reported an error: {0}")]
+    Wgpu(String),
+    /// The device was lost (driver reset, timeout, or destroyed).
+    #[error("the GPU device was lost: {0}")]
+    Lost(String),
+    /// Mapping a buffer for readback failed.
+    #[error("reading a buffer back failed: {0}")]
+    Readback(String),
+    /// Reading or writing a pipeline cache file.
+    #[error("pipeline cache file {path}: {message}")]
+    CacheFile { path: String, message: String },
+}
+
+/// The device layer's result type.
+pub type Result<T, E = DeviceError> = std::result::Result<T, E>;

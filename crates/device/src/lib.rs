@@ -1,0 +1,831 @@
+//! kiln-device: adapter choice, limits and features, buffers and their pool, the shader registry,
+//! cached pipelines, kernel launch, readback and timing. Nothing here knows about neural networks.
+//!
+//! Work is recorded, not submitted: every [`Device::launch`] appends a dispatch to a pending list,
+//! and the list goes to the GPU as one command buffer and one queue submission when results are
+//! read back or [`Device::flush`] is called. A [`Plan`] captures such a list once and replays it.
+
+mod buffer;
+mod error;
+pub mod shaders;
+mod timing;
+
+pub use buffer::{Buffer, DType, Element, PoolStats};
+pub use error::{DeviceError, Result};
+pub use shaders::BindingKind;
+pub use timing::{Timing, TimingSource};
+
+use buffer::{Pool, Raw, Usage};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Optional adapter features kiln knows how to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `enable f16;` in shaders.
+    pub f16: bool,
+    /// Subgroup operations.
+    pub subgroups: bool,
+    /// Cooperative matrices (experimental in wgpu).
+    pub cooperative_matrix: bool,
+    /// Timestamp queries at compute-pass boundaries.
+    pub timestamps: bool,
+    /// A driver pipeline cache that can be saved to disk.
+    pub pipeline_cache: bool,
+}
+
+/// What was chosen, for printing and for decisions (e.g. fixed tile sizes on software adapters).
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// The adapter's name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// "Vulkan", "Metal", "Dx12"...
+    pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "Cpu"...
+    pub device_type: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// True for a software rasteriser (lavapipe, WARP...).
+    pub is_software: bool,
+}
+
+/// A compiled compute pipeline with the bindings its entry point uses.
+pub struct Kernel {
+    name: String,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    bindings: Vec<(u32, BindingKind)>,
+}
+
+impl Kernel {
+    /// "shader::entry".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The (binding, kind) pairs the entry point uses, in binding order.
+    pub fn bindings(&self) -> &[(u32, BindingKind)] {
+        &self.bindings
+    }
+}
+
+/// A kernel's parameter block: 32-bit words written in the order of the WGSL struct's fields.
+#[derive(Clone, Debug, Default)]
+pub struct Params(Vec<u32>);
+
+impl Params {
+    /// An empty block.
+    pub fn new() -> Self {
+        Params(Vec::new())
+    }
+    /// Appends a u32 field.
+    pub fn u(mut self, v: u32) -> Self {
+        self.0.push(v);
+        self
+    }
+    /// Appends an i32 field.
+    pub fn i(mut self, v: i32) -> Self {
+        self.0.push(v as u32);
+        self
+    }
+    /// Appends an f32 field.
+    pub fn f(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
+    /// Appends several u32 fields.
+    pub fn us(mut self, vs: &[u32]) -> Self {
+        self.0.extend_from_slice(vs);
+        self
+    }
+    /// The words.
+    pub fn words(&self) -> &[u32] {
+        &self.0
+    }
+}
+
+struct Dispatch {
+    kernel: Arc<Kernel>,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+    /// The parameter block must outlive the submission: recycling it earlier would let a later
+    /// `write_buffer` change what this dispatch reads.
+    _params: Option<Buffer>,
+}
+
+struct Capture {
+    dispatches: Vec<Arc<Dispatch>>,
+    used: HashSet<u64>,
+}
+
+/// A recorded list of dispatches that can be submitted again and again.
+///
+/// It keeps every buffer it touched out of the pool while it lives, so nothing outside the plan
+/// can reuse an intermediate between replays; dropping it returns them.
+pub struct Plan {
+    dispatches: Vec<Arc<Dispatch>>,
+    held: Vec<Raw>,
+    pool: Arc<Pool>,
+}
+
+impl Plan {
+    /// Number of dispatches one replay submits.
+    pub fn len(&self) -> usize {
+        self.dispatches.len()
+    }
+    /// True when the plan recorded nothing.
+    pub fn is_empty(&self) -> bool {
+        self.dispatches.is_empty()
+    }
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        self.pool.release_held(std::mem::take(&mut self.held));
+    }
+}
+
+/// Counters for asserting how work reaches the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Queue submissions so far.
+    pub submissions: u64,
+    /// Dispatches recorded so far (eager and replayed).
+    pub dispatches: u64,
+    /// Pipeline requests served from the cache.
+    pub pipeline_hits: u64,
+    /// Pipelines compiled.
+    pub pipeline_misses: u64,
+}
+
+type PipelineKey = (String, String, String);
+
+struct Inner {
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    summary: AdapterSummary,
+    caps: Capabilities,
+    limits: wgpu::Limits,
+    pool: Arc<Pool>,
+    modules: Mutex<HashMap<String, (wgpu::ShaderModule, Arc<shaders::Validated>)>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    pipeline_cache: Option<wgpu::PipelineCache>,
+    pending: Mutex<Vec<Arc<Dispatch>>>,
+    capture: Mutex<Option<Capture>>,
+    fault: Arc<Mutex<Option<DeviceError>>>,
+    submissions: AtomicU64,
+    dispatches: AtomicU64,
+    pipeline_hits: AtomicU64,
+    pipeline_misses: AtomicU64,
+    timestamp_period: f32,
+}
+
+/// A GPU device and everything kiln keeps per device. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Inner>,
+}
+
+static SHARED: OnceLock<std::result::Result<Device, DeviceError>> = OnceLock::new();
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl Device {
+    /// One device per process, created on first use: tests in one binary share it, because
+    /// creating many devices leaks memory on some drivers (lavapipe).
+    pub fn shared() -> Result<Device> {
+        SHARED.get_or_init(Device::new).clone()
+    }
+
+    /// Chooses an adapter (a GPU first, a software adapter otherwise; `WGPU_BACKEND` and
+    /// `WGPU_ADAPTER_NAME` are honoured), requests every optional feature kiln can use and the
+    /// adapter's full limits, and installs handlers that turn wgpu errors into `Result`s.
+    pub fn new() -> Result<Device> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty());
+        let adapter = match &wanted {
+            Some(w) => {
+                let w = w.to_lowercase();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&w))
+            }
+            None => adapters
+                .into_iter()
+                .min_by_key(|a| type_rank(a.get_info().device_type)),
+        };
+        let adapter = adapter.ok_or_else(|| {
+            DeviceError::NoAdapter(match &wanted {
+                Some(w) => format!("WGPU_ADAPTER_NAME={w:?} matched none of {seen:?}"),
+                None => "no Vulkan, Metal or DX12 adapter; on Linux without a GPU install \
+                         the software driver: apt-get install mesa-vulkan-drivers libvulkan1 \
+                         (scripts/setup.sh does this)"
+                    .to_string(),
+            })
+        })?;
+        Self::from_adapter(adapter)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Device> {
+        let info = adapter.get_info();
+        let have = adapter.features();
+        let mut want = wgpu::Features::empty();
+        for f in [
+            wgpu::Features::SHADER_F16,
+            wgpu::Features::SUBGROUP,
+            wgpu::Features::TIMESTAMP_QUERY,
+            wgpu::Features::PIPELINE_CACHE,
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+        ] {
+            if have.contains(f) {
+                want |= f;
+            }
+        }
+        let coop = want.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: want,
+            required_limits: limits.clone(),
+            // SAFETY: experimental features are only requested for cooperative matrices, and
+            // every kernel that uses them has a scalar fallback chosen at run time.
+            experimental_features: if coop {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| DeviceError::RequestDevice {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let fault: Arc<Mutex<Option<DeviceError>>> = Arc::new(Mutex::new(None));
+        let f = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            f.lock().unwrap().get_or_insert(DeviceError::Wgpu(e.to_string()));
+        }));
+        let f = fault.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                *f.lock().unwrap() = Some(DeviceError::Lost(format!("{reason:?}: {msg}")));
+            }
+        });
+        let caps = Capabilities {
+            f16: want.contains(wgpu::Features::SHADER_F16),
+            subgroups: want.contains(wgpu::Features::SUBGROUP),
+            cooperative_matrix: coop,
+            timestamps: want.contains(wgpu::Features::TIMESTAMP_QUERY),
+            pipeline_cache: want.contains(wgpu::Features::PIPELINE_CACHE),
+        };
+        let pipeline_cache = caps.pipeline_cache.then(|| {
+            let data = std::env::var_os("KILN_PIPELINE_CACHE").and_then(|p| std::fs::read(p).ok());
+            // SAFETY: the data came from `PipelineCache::get_data` (written by
+            // `save_pipeline_cache`); wgpu checks its header against this adapter and falls back
+            // to an empty cache when it does not match.
+            unsafe {
+                device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("kiln"),
+                    data: data.as_deref(),
+                    fallback: true,
+                })
+            }
+        });
+        let summary = AdapterSummary {
+            is_software: info.device_type == wgpu::DeviceType::Cpu,
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        };
+        let timestamp_period = queue.get_timestamp_period();
+        Ok(Device {
+            inner: Arc::new(Inner {
+                adapter,
+                device,
+                queue,
+                summary,
+                caps,
+                limits,
+                pool: Pool::new(),
+                modules: Mutex::default(),
+                pipelines: Mutex::default(),
+                pipeline_cache,
+                pending: Mutex::default(),
+                capture: Mutex::default(),
+                fault,
+                submissions: AtomicU64::new(0),
+                dispatches: AtomicU64::new(0),
+                pipeline_hits: AtomicU64::new(0),
+                pipeline_misses: AtomicU64::new(0),
+                timestamp_period,
+            }),
+        })
+    }
+
+    /// The chosen adapter.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.inner.summary
+    }
+    /// The optional features kiln requested.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.caps
+    }
+    /// The device's limits (the adapter's own, not WebGPU's defaults).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+    /// Cooperative-matrix shapes the adapter reports.
+    pub fn cooperative_matrix_properties(&self) -> Vec<wgpu::CooperativeMatrixProperties> {
+        if self.inner.caps.cooperative_matrix {
+            self.inner.adapter.cooperative_matrix_properties()
+        } else {
+            Vec::new()
+        }
+    }
+    /// Submission, dispatch and pipeline-cache counters.
+    pub fn counters(&self) -> Counters {
+        let i = &self.inner;
+        Counters {
+            submissions: i.submissions.load(Ordering::Relaxed),
+            dispatches: i.dispatches.load(Ordering::Relaxed),
+            pipeline_hits: i.pipeline_hits.load(Ordering::Relaxed),
+            pipeline_misses: i.pipeline_misses.load(Ordering::Relaxed),
+        }
+    }
+    /// Bytes allocated and in use by the buffer pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+    /// Returns every free pooled buffer to the driver.
+    pub fn trim_pool(&self) {
+        self.inner.pool.trim()
+    }
+
+    fn check_fault(&self) -> Result<()> {
+        match self.inner.fault.lock().unwrap().clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    // ---- buffers ----
+
+    fn take(&self, usage: Usage, bytes: u64) -> Result<Raw> {
+        let l = &self.inner.limits;
+        let max_binding = l.max_storage_buffer_binding_size as u64;
+        if bytes > l.max_buffer_size || (usage == Usage::Storage && bytes > max_binding) {
+            return Err(DeviceError::BufferTooLarge {
+                requested: bytes,
+                max_buffer_size: l.max_buffer_size,
+                max_binding_size: max_binding,
+            });
+        }
+        let cap = l.max_buffer_size.min(max_binding) & !3;
+        let class = buffer::size_class(bytes).min(cap.max(bytes.next_multiple_of(4)));
+        Ok(self.inner.pool.take(&self.inner.device, usage, class))
+    }
+
+    /// A storage buffer for `len` elements of `dtype`, contents unspecified (a recycled buffer
+    /// keeps old data; kernels that accumulate must clear it first).
+    pub fn alloc(&self, len: usize, dtype: DType) -> Result<Buffer> {
+        let bytes = (len.max(1) * dtype.size()) as u64;
+        let raw = self.take(Usage::Storage, bytes)?;
+        Ok(Buffer::new(&self.inner.pool, raw, Usage::Storage, len, dtype))
+    }
+
+    /// A new storage buffer holding `data`.
+    pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer> {
+        let buf = self.alloc(data.len(), T::DTYPE)?;
+        self.write(&buf, data)?;
+        Ok(buf)
+    }
+
+    /// Overwrites a buffer's contents from the host. Work recorded before this call still sees
+    /// the old contents (it is submitted first).
+    pub fn write<T: Element>(&self, buf: &Buffer, data: &[T]) -> Result<()> {
+        if data.len() != buf.len() || T::DTYPE != buf.dtype() {
+            return Err(DeviceError::Binding {
+                kernel: "write".into(),
+                message: format!(
+                    "buffer holds {} x {}, data is {} x {}",
+                    buf.len(),
+                    buf.dtype(),
+                    data.len(),
+                    T::DTYPE
+                ),
+            });
+        }
+        if !self.inner.pending.lock().unwrap().is_empty() {
+            self.flush()?;
+        }
+        buf.inner
+            .host_written
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if bytes.len() % 4 == 0 {
+            self.inner.queue.write_buffer(buf.wgpu(), 0, bytes);
+        } else {
+            // Copies must be 4-byte multiples: pad odd f16 lengths.
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.inner.queue.write_buffer(buf.wgpu(), 0, &padded);
+        }
+        Ok(())
+    }
+
+    /// Submits pending work and reads a buffer back.
+    pub fn download<T: Element>(&self, buf: &Buffer) -> Result<Vec<T>> {
+        if T::DTYPE.size() != buf.dtype().size() {
+            return Err(DeviceError::Binding {
+                kernel: "download".into(),
+                message: format!("buffer holds {}, asked for {}", buf.dtype(), T::DTYPE),
+            });
+        }
+        let bytes = buf.bytes().next_multiple_of(4).max(4);
+        let staging = self.take(Usage::Staging, bytes)?;
+        let staging = Buffer::new(&self.inner.pool, staging, Usage::Staging, bytes as usize / 4, DType::U32);
+        self.submit_with(None, |enc| {
+            enc.copy_buffer_to_buffer(buf.wgpu(), 0, staging.wgpu(), 0, bytes)
+        })?;
+        let bytes_out = self.map_read(staging.wgpu(), bytes)?;
+        let n = buf.bytes() as usize;
+        Ok(bytemuck::pod_collect_to_vec(&bytes_out[..n]))
+    }
+
+    fn map_read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let slice = buffer.slice(..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| DeviceError::Readback(e.to_string()))?;
+        self.check_fault()?;
+        rx.recv()
+            .map_err(|e| DeviceError::Readback(e.to_string()))?
+            .map_err(|e| DeviceError::Readback(e.to_string()))?;
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| DeviceError::Readback(e.to_string()))?
+            .to_vec();
+        buffer.unmap();
+        Ok(out)
+    }
+
+    // ---- shaders and pipelines ----
+
+    /// A cached compute pipeline for a registered shader's entry point with the given override
+    /// constants. The first request compiles it; later requests with the same key hit the cache.
+    pub fn kernel(&self, shader: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Arc<Kernel>> {
+        let src = shaders::source(shader)?;
+        self.kernel_from_source(shader, src, entry, constants)
+    }
+
+    /// Like [`Device::kernel`] for WGSL not in the registry (tests, experiments).
+    pub fn kernel_from_source(
+        &self,
+        shader: &str,
+        src: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<Kernel>> {
+        let key = (
+            shader.to_string(),
+            entry.to_string(),
+            format!("{constants:?}"),
+        );
+        if let Some(k) = self.inner.pipelines.lock().unwrap().get(&key) {
+            self.inner.pipeline_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(k.clone());
+        }
+        self.inner.pipeline_misses.fetch_add(1, Ordering::Relaxed);
+        let (module, validated) = self.module(shader, src)?;
+        let bindings = validated.bindings(shader, entry)?;
+        let storage = bindings
+            .iter()
+            .filter(|(_, k)| *k != BindingKind::Uniform)
+            .count() as u32;
+        let max = self.inner.limits.max_storage_buffers_per_shader_stage;
+        if storage > max {
+            return Err(DeviceError::Binding {
+                kernel: format!("{shader}::{entry}"),
+                message: format!("uses {storage} storage buffers; the adapter allows {max} per stage"),
+            });
+        }
+        let d = &self.inner.device;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&format!("{shader}::{entry}")),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: self.inner.pipeline_cache.as_ref(),
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(DeviceError::Shader {
+                name: shader.to_string(),
+                message: format!("entry `{entry}` with {constants:?}: {e}"),
+            });
+        }
+        let kernel = Arc::new(Kernel {
+            name: format!("{shader}::{entry}"),
+            layout: pipeline.get_bind_group_layout(0),
+            pipeline,
+            bindings,
+        });
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    fn module(&self, name: &str, src: &str) -> Result<(wgpu::ShaderModule, Arc<shaders::Validated>)> {
+        if let Some(m) = self.inner.modules.lock().unwrap().get(name) {
+            return Ok(m.clone());
+        }
+        // naga first: its messages name the shader and the line.
+        let validated = Arc::new(shaders::validate(name, src)?);
+        let d = &self.inner.device;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(DeviceError::Shader {
+                name: name.to_string(),
+                message: e.to_string(),
+            });
+        }
+        let entry = (module, validated);
+        self.inner
+            .modules
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Writes the driver's pipeline cache to `path` (temp file + rename), where supported.
+    pub fn save_pipeline_cache(&self, path: &std::path::Path) -> Result<bool> {
+        let Some(data) = self.inner.pipeline_cache.as_ref().and_then(|c| c.get_data()) else {
+            return Ok(false);
+        };
+        let err = |e: std::io::Error| DeviceError::CacheFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, data).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        Ok(true)
+    }
+
+    // ---- launch ----
+
+    /// Records one dispatch of `kernel` over `groups` workgroups, binding `buffers` to the entry
+    /// point's storage bindings in binding order and `params` to its uniform binding.
+    ///
+    /// A 1-D count above the adapter's per-dimension limit is split into x and y; kernels compute
+    /// their linear workgroup index as `wid.x + wid.y * nwg.x` and bounds-check it.
+    pub fn launch(&self, kernel: &Arc<Kernel>, buffers: &[&Buffer], params: &Params, groups: [u32; 3]) -> Result<()> {
+        let err = |message: String| DeviceError::Binding {
+            kernel: kernel.name.clone(),
+            message,
+        };
+        let storage: Vec<u32> = kernel
+            .bindings
+            .iter()
+            .filter(|(_, k)| *k != BindingKind::Uniform)
+            .map(|(b, _)| *b)
+            .collect();
+        let uniform = kernel
+            .bindings
+            .iter()
+            .find(|(_, k)| *k == BindingKind::Uniform)
+            .map(|(b, _)| *b);
+        if storage.len() != buffers.len() {
+            return Err(err(format!(
+                "entry point uses {} storage buffers, {} were given",
+                storage.len(),
+                buffers.len()
+            )));
+        }
+        if uniform.is_some() == params.0.is_empty() {
+            return Err(err(format!(
+                "entry point {} a parameter block, {} words were given",
+                if uniform.is_some() { "uses" } else { "has no" },
+                params.0.len()
+            )));
+        }
+        if groups.contains(&0) {
+            return Ok(()); // nothing to do: empty tensors
+        }
+        let max = self.inner.limits.max_compute_workgroups_per_dimension;
+        let groups = if groups[0] > max && groups[1] == 1 && groups[2] == 1 {
+            let y = groups[0].div_ceil(max);
+            [groups[0].div_ceil(y), y, 1]
+        } else {
+            groups
+        };
+        if groups.iter().any(|&g| g > max) {
+            return Err(DeviceError::DispatchTooLarge {
+                kernel: kernel.name.clone(),
+                groups,
+                limit: max,
+            });
+        }
+        let params_buf = match uniform {
+            Some(_) => {
+                let mut words = params.0.clone();
+                words.resize(words.len().next_multiple_of(4), 0);
+                let raw = self.take(Usage::Uniform, (words.len() * 4) as u64)?;
+                let b = Buffer::new(&self.inner.pool, raw, Usage::Uniform, words.len(), DType::U32);
+                self.inner
+                    .queue
+                    .write_buffer(b.wgpu(), 0, bytemuck::cast_slice(&words));
+                Some(b)
+            }
+            None => None,
+        };
+        let mut entries: Vec<wgpu::BindGroupEntry> = storage
+            .iter()
+            .zip(buffers)
+            .map(|(&binding, b)| wgpu::BindGroupEntry {
+                binding,
+                resource: b.wgpu().as_entire_binding(),
+            })
+            .collect();
+        if let (Some(binding), Some(p)) = (uniform, &params_buf) {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: p.wgpu().as_entire_binding(),
+            });
+        }
+        let bind_group = self
+            .inner
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &kernel.layout,
+                entries: &entries,
+            });
+        let dispatch = Arc::new(Dispatch {
+            kernel: kernel.clone(),
+            bind_group,
+            groups,
+            _params: params_buf,
+        });
+        if let Some(cap) = self.inner.capture.lock().unwrap().as_mut() {
+            cap.dispatches.push(dispatch.clone());
+            cap.used.extend(buffers.iter().map(|b| b.id()));
+        }
+        self.inner.pending.lock().unwrap().push(dispatch);
+        Ok(())
+    }
+
+    fn encode(pass: &mut wgpu::ComputePass<'_>, dispatches: &[Arc<Dispatch>]) {
+        for d in dispatches {
+            pass.set_pipeline(&d.kernel.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        }
+    }
+
+    /// Encodes `extra` dispatches after the pending ones, then `after` (copies), in one command
+    /// buffer and one submission.
+    fn submit_with(
+        &self,
+        extra: Option<&[Arc<Dispatch>]>,
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<()> {
+        self.submit_timed(extra, None, after)
+    }
+
+    fn submit_timed(
+        &self,
+        extra: Option<&[Arc<Dispatch>]>,
+        timestamps: Option<&wgpu::QuerySet>,
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<()> {
+        self.check_fault()?;
+        let pending = std::mem::take(&mut *self.inner.pending.lock().unwrap());
+        let mut enc = self
+            .inner
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln") });
+        let n = pending.len() + extra.map_or(0, |e| e.len());
+        if n > 0 || timestamps.is_some() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("kiln"),
+                timestamp_writes: timestamps.map(|q| wgpu::ComputePassTimestampWrites {
+                    query_set: q,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                }),
+            });
+            Self::encode(&mut pass, &pending);
+            if let Some(e) = extra {
+                Self::encode(&mut pass, e);
+            }
+        }
+        after(&mut enc);
+        self.inner.queue.submit([enc.finish()]);
+        self.inner.submissions.fetch_add(1, Ordering::Relaxed);
+        self.inner.dispatches.fetch_add(n as u64, Ordering::Relaxed);
+        self.check_fault()
+    }
+
+    /// Submits all pending work (one submission; none if nothing is pending).
+    pub fn flush(&self) -> Result<()> {
+        if self.inner.pending.lock().unwrap().is_empty() {
+            return self.check_fault();
+        }
+        self.submit_with(None, |_| {})
+    }
+
+    /// Blocks until the GPU has finished all submitted work.
+    pub fn wait(&self) -> Result<()> {
+        self.flush()?;
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| DeviceError::Wgpu(e.to_string()))?;
+        self.check_fault()
+    }
+
+    // ---- plans ----
+
+    /// Starts recording: every dispatch from now on is also kept for a [`Plan`]. The recorded work
+    /// still runs once, at the next flush.
+    pub fn begin_capture(&self) -> Result<()> {
+        let mut cap = self.inner.capture.lock().unwrap();
+        if cap.is_some() {
+            return Err(DeviceError::Binding {
+                kernel: "capture".into(),
+                message: "a capture is already in progress".into(),
+            });
+        }
+        self.inner.pool.begin_capture();
+        *cap = Some(Capture {
+            dispatches: Vec::new(),
+            used: HashSet::new(),
+        });
+        Ok(())
+    }
+
+    /// Ends recording and returns the plan.
+    pub fn end_capture(&self) -> Result<Plan> {
+        let cap = self.inner.capture.lock().unwrap().take().ok_or_else(|| DeviceError::Binding {
+            kernel: "capture".into(),
+            message: "end_capture without begin_capture".into(),
+        })?;
+        let held = self.inner.pool.end_capture(&cap.used);
+        Ok(Plan {
+            dispatches: cap.dispatches,
+            held,
+            pool: self.inner.pool.clone(),
+        })
+    }
+
+    /// Submits a plan's dispatches (after any pending work) in one submission.
+    pub fn replay(&self, plan: &Plan) -> Result<()> {
+        self.submit_with(Some(&plan.dispatches), |_| {})
+    }
+
+    // ---- timing ----
+
+    /// Times `work` (which records dispatches) with GPU timestamps around one compute pass where
+    /// the adapter has them, and with CPU wall time around submit-and-wait otherwise.
+    pub fn time(&self, work: impl FnOnce() -> Result<()>) -> Result<Timing> {
+        timing::time(self, work)
+    }
+}

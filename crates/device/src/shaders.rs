@@ -1,0 +1,162 @@
+//! The shader registry: every `shaders/*.wgsl` embedded at build time, validated with naga.
+
+use crate::error::{DeviceError, Result};
+
+include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
+
+/// Names of all registered shaders, sorted.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    SHADERS.iter().map(|(n, _)| *n)
+}
+
+/// The WGSL source of a registered shader.
+pub fn source(name: &str) -> Result<&'static str> {
+    SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| DeviceError::UnknownShader(name.to_string()))
+}
+
+/// A parsed and validated shader module.
+pub struct Validated {
+    /// naga's IR.
+    pub module: naga::Module,
+    /// naga's analysis of it.
+    pub info: naga::valid::ModuleInfo,
+}
+
+/// How a kernel uses one of its bindings (group 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    /// `var<storage, read>`.
+    StorageRead,
+    /// `var<storage, read_write>`.
+    StorageReadWrite,
+    /// `var<uniform>`: the kernel's parameter block.
+    Uniform,
+}
+
+/// Parses and validates WGSL with every capability naga knows; errors name the shader.
+pub fn validate(name: &str, src: &str) -> Result<Validated> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| DeviceError::Shader {
+        name: name.to_string(),
+        message: e.emit_to_string_with_path(src, &format!("{name}.wgsl")),
+    })?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| DeviceError::Shader {
+        name: name.to_string(),
+        message: e.emit_to_string_with_path(src, &format!("{name}.wgsl")),
+    })?;
+    Ok(Validated { module, info })
+}
+
+impl Validated {
+    /// The bindings (group 0) an entry point actually uses, sorted by binding number.
+    pub fn bindings(&self, shader: &str, entry: &str) -> Result<Vec<(u32, BindingKind)>> {
+        let (index, _) = self
+            .module
+            .entry_points
+            .iter()
+            .enumerate()
+            .find(|(_, ep)| ep.name == entry && ep.stage == naga::ShaderStage::Compute)
+            .ok_or_else(|| DeviceError::UnknownEntryPoint {
+                shader: shader.to_string(),
+                entry: entry.to_string(),
+            })?;
+        let uses = self.info.get_entry_point(index);
+        let mut out = Vec::new();
+        for (handle, var) in self.module.global_variables.iter() {
+            let Some(binding) = &var.binding else { continue };
+            if uses[handle].is_empty() {
+                continue;
+            }
+            let kind = match var.space {
+                naga::AddressSpace::Uniform => BindingKind::Uniform,
+                naga::AddressSpace::Storage { access } => {
+                    if access.contains(naga::StorageAccess::STORE) {
+                        BindingKind::StorageReadWrite
+                    } else {
+                        BindingKind::StorageRead
+                    }
+                }
+                _ => continue,
+            };
+            if binding.group != 0 {
+                return Err(DeviceError::Shader {
+                    name: shader.to_string(),
+                    message: format!("binding group {} used; kiln kernels use group 0", binding.group),
+                });
+            }
+            out.push((binding.binding, kind));
+        }
+        out.sort_by_key(|(b, _)| *b);
+        Ok(out)
+    }
+
+    /// Translates the module with naga's SPIR-V, MSL and HLSL back ends (override constants at
+    /// their defaults), so a construct one platform's compiler rejects shows up on any machine.
+    pub fn translate_all(&self, name: &str) -> Result<()> {
+        let err = |backend: &str, e: String| DeviceError::Shader {
+            name: name.to_string(),
+            message: format!("{backend} translation failed: {e}"),
+        };
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &self.module,
+            &self.info,
+            None,
+            &Default::default(),
+        )
+        .map_err(|e| err("override", e.to_string()))?;
+        naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+            .map_err(|e| err("SPIR-V", e.to_string()))?;
+        naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default())
+            .map_err(|e| err("MSL", e.to_string()))?;
+        let mut hlsl = String::new();
+        let options = naga::back::hlsl::Options::default();
+        let pipeline = naga::back::hlsl::PipelineOptions::default();
+        naga::back::hlsl::Writer::new(&mut hlsl, &options, &pipeline)
+            .write(&module, &info, None)
+            .map_err(|e| err("HLSL", e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered shader parses, validates, and translates to SPIR-V, MSL and HLSL.
+    #[test]
+    fn every_shader_validates_and_translates() {
+        assert!(SHADERS.len() >= 1);
+        for (name, src) in SHADERS {
+            let v = validate(name, src).unwrap_or_else(|e| panic!("{e}"));
+            v.translate_all(name).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn a_bad_shader_is_named_in_the_error() {
+        let err = validate("broken_kernel", "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }")
+            .err()
+            .expect("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("broken_kernel"), "{msg}");
+        assert!(msg.contains("broken_kernel.wgsl"), "{msg}");
+    }
+
+    #[test]
+    fn bindings_are_reflected_per_entry_point() {
+        let v = validate("fill", source("fill").unwrap()).unwrap();
+        assert_eq!(
+            v.bindings("fill", "iota").unwrap(),
+            vec![(0, BindingKind::StorageReadWrite), (1, BindingKind::Uniform)]
+        );
+        assert!(v.bindings("fill", "nope").is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! Prints the adapter kiln chooses, its limits and optional features, then one JSON line.
+use anyhow::Result;
+use kiln::device::Device;
+
+fn main() -> Result<()> {
+    let dev = Device::new()?;
+    let a = dev.adapter();
+    let c = dev.capabilities();
+    let l = dev.limits();
+    println!("adapter:  {}", a.name);
+    println!("backend:  {}  type: {}  driver: {}", a.backend, a.device_type, a.driver);
+    println!(
+        "features: f16={} subgroups={} cooperative_matrix={} timestamps={} pipeline_cache={}",
+        c.f16, c.subgroups, c.cooperative_matrix, c.timestamps, c.pipeline_cache
+    );
+    println!(
+        "limits:   max_buffer_size={} max_storage_buffer_binding_size={} \
+         max_compute_workgroup_storage_size={} max_compute_invocations_per_workgroup={} \
+         max_compute_workgroups_per_dimension={} max_storage_buffers_per_shader_stage={}",
+        l.max_buffer_size,
+        l.max_storage_buffer_binding_size,
+        l.max_compute_workgroup_storage_size,
+        l.max_compute_invocations_per_workgroup,
+        l.max_compute_workgroups_per_dimension,
+        l.max_storage_buffers_per_shader_stage
+    );
+    for p in dev.cooperative_matrix_properties() {
+        println!("coop matrix: {p:?}");
+    }
+    println!(
+        "{{\"example\":\"device_info\",\"adapter\":{:?},\"backend\":{:?},\"device_type\":{:?},\
+         \"f16\":{},\"subgroups\":{},\"cooperative_matrix\":{},\"timestamps\":{},\
+         \"max_storage_buffer_binding_size\":{},\"max_compute_workgroup_storage_size\":{}}}",
+        a.name,
+        a.backend,
+        a.device_type,
+        c.f16,
+        c.subgroups,
+        c.cooperative_matrix,
+        c.timestamps,
+        l.max_storage_buffer_binding_size,
+        l.max_compute_workgroup_storage_size
+    );
+    Ok(())
+}
