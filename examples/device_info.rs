@@ -8,7 +8,10 @@ fn main() -> Result<()> {
     let c = dev.capabilities();
     let l = dev.limits();
     println!("adapter:  {}", a.name);
-    println!("backend:  {}  type: {}  driver: {}", a.backend, a.device_type, a.driver);
+    println!(
+        "backend:  {}  type: {}  driver: {}",
+        a.backend, a.device_type, a.driver
+    );
     println!(
         "features: f16={} subgroups={} cooperative_matrix={} timestamps={} pipeline_cache={}",
         c.f16, c.subgroups, c.cooperative_matrix, c.timestamps, c.pipeline_cache

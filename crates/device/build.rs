@@ -3,7 +3,9 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     let dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../shaders");
-    let dir = dir.canonicalize().expect("shaders/ directory next to the workspace root");
+    let dir = dir
+        .canonicalize()
+        .expect("shaders/ directory next to the workspace root");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
         .expect("read shaders/")
@@ -15,8 +17,15 @@ fn main() {
     for p in &entries {
         println!("cargo:rerun-if-changed={}", p.display());
         let name = p.file_stem().unwrap().to_str().expect("UTF-8 shader name");
-        out += &format!("    ({name:?}, include_str!({:?})),\n", p.display().to_string());
+        out += &format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            p.display().to_string()
+        );
     }
     out += "];\n";
-    fs::write(PathBuf::from(env::var("OUT_DIR").unwrap()).join("shaders.rs"), out).unwrap();
+    fs::write(
+        PathBuf::from(env::var("OUT_DIR").unwrap()).join("shaders.rs"),
+        out,
+    )
+    .unwrap();
 }

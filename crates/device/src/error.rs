@@ -32,7 +32,9 @@ pub enum DeviceError {
     #[error("kernel `{kernel}`: {message}")]
     Binding { kernel: String, message: String },
     /// A dispatch larger than the adapter can run even after splitting.
-    #[error("kernel `{kernel}`: workgroup count {groups:?} exceeds the per-dimension limit {limit}")]
+    #[error(
+        "kernel `{kernel}`: workgroup count {groups:?} exceeds the per-dimension limit {limit}"
+    )]
     DispatchTooLarge {
         kernel: String,
         groups: [u32; 3],

@@ -220,7 +220,9 @@ impl Device {
                 format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
             })
             .collect();
-        let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty());
+        let wanted = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .filter(|s| !s.is_empty());
         let adapter = match &wanted {
             Some(w) => {
                 let w = w.to_lowercase();
@@ -282,7 +284,9 @@ impl Device {
         let fault: Arc<Mutex<Option<DeviceError>>> = Arc::new(Mutex::new(None));
         let f = fault.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            f.lock().unwrap().get_or_insert(DeviceError::Wgpu(e.to_string()));
+            f.lock()
+                .unwrap()
+                .get_or_insert(DeviceError::Wgpu(e.to_string()));
         }));
         let f = fault.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -315,7 +319,9 @@ impl Device {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
         };
         let timestamp_period = queue.get_timestamp_period();
         Ok(Device {
@@ -381,9 +387,15 @@ impl Device {
         self.inner.pool.trim()
     }
 
+    /// Reports a device loss (sticky: the device is unusable) or an uncaptured error (once).
     fn check_fault(&self) -> Result<()> {
-        match self.inner.fault.lock().unwrap().clone() {
-            Some(e) => Err(e),
+        let mut fault = self.inner.fault.lock().unwrap();
+        match fault.clone() {
+            Some(e @ DeviceError::Lost(_)) => Err(e),
+            Some(e) => {
+                *fault = None;
+                Err(e)
+            }
             None => Ok(()),
         }
     }
@@ -410,7 +422,13 @@ impl Device {
     pub fn alloc(&self, len: usize, dtype: DType) -> Result<Buffer> {
         let bytes = (len.max(1) * dtype.size()) as u64;
         let raw = self.take(Usage::Storage, bytes)?;
-        Ok(Buffer::new(&self.inner.pool, raw, Usage::Storage, len, dtype))
+        Ok(Buffer::new(
+            &self.inner.pool,
+            raw,
+            Usage::Storage,
+            len,
+            dtype,
+        ))
     }
 
     /// A new storage buffer holding `data`.
@@ -435,8 +453,11 @@ impl Device {
                 ),
             });
         }
-        if !self.inner.pending.lock().unwrap().is_empty() {
-            self.flush()?;
+        // Under the pending lock: a host write must land after every dispatch recorded before
+        // it, so no other thread may slip a submission of older dispatches in behind it.
+        let mut pending = self.inner.pending.lock().unwrap();
+        if !pending.is_empty() {
+            self.submit_locked(&mut pending, None, None, |_| {})?;
         }
         buf.inner
             .host_written
@@ -463,7 +484,13 @@ impl Device {
         }
         let bytes = buf.bytes().next_multiple_of(4).max(4);
         let staging = self.take(Usage::Staging, bytes)?;
-        let staging = Buffer::new(&self.inner.pool, staging, Usage::Staging, bytes as usize / 4, DType::U32);
+        let staging = Buffer::new(
+            &self.inner.pool,
+            staging,
+            Usage::Staging,
+            bytes as usize / 4,
+            DType::U32,
+        );
         self.submit_with(None, |enc| {
             enc.copy_buffer_to_buffer(buf.wgpu(), 0, staging.wgpu(), 0, bytes)
         })?;
@@ -498,7 +525,12 @@ impl Device {
 
     /// A cached compute pipeline for a registered shader's entry point with the given override
     /// constants. The first request compiles it; later requests with the same key hit the cache.
-    pub fn kernel(&self, shader: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Arc<Kernel>> {
+    pub fn kernel(
+        &self,
+        shader: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<Kernel>> {
         let src = shaders::source(shader)?;
         self.kernel_from_source(shader, src, entry, constants)
     }
@@ -531,7 +563,9 @@ impl Device {
         if storage > max {
             return Err(DeviceError::Binding {
                 kernel: format!("{shader}::{entry}"),
-                message: format!("uses {storage} storage buffers; the adapter allows {max} per stage"),
+                message: format!(
+                    "uses {storage} storage buffers; the adapter allows {max} per stage"
+                ),
             });
         }
         let d = &self.inner.device;
@@ -567,7 +601,11 @@ impl Device {
         Ok(kernel)
     }
 
-    fn module(&self, name: &str, src: &str) -> Result<(wgpu::ShaderModule, Arc<shaders::Validated>)> {
+    fn module(
+        &self,
+        name: &str,
+        src: &str,
+    ) -> Result<(wgpu::ShaderModule, Arc<shaders::Validated>)> {
         if let Some(m) = self.inner.modules.lock().unwrap().get(name) {
             return Ok(m.clone());
         }
@@ -596,7 +634,12 @@ impl Device {
 
     /// Writes the driver's pipeline cache to `path` (temp file + rename), where supported.
     pub fn save_pipeline_cache(&self, path: &std::path::Path) -> Result<bool> {
-        let Some(data) = self.inner.pipeline_cache.as_ref().and_then(|c| c.get_data()) else {
+        let Some(data) = self
+            .inner
+            .pipeline_cache
+            .as_ref()
+            .and_then(|c| c.get_data())
+        else {
             return Ok(false);
         };
         let err = |e: std::io::Error| DeviceError::CacheFile {
@@ -616,7 +659,13 @@ impl Device {
     ///
     /// A 1-D count above the adapter's per-dimension limit is split into x and y; kernels compute
     /// their linear workgroup index as `wid.x + wid.y * nwg.x` and bounds-check it.
-    pub fn launch(&self, kernel: &Arc<Kernel>, buffers: &[&Buffer], params: &Params, groups: [u32; 3]) -> Result<()> {
+    pub fn launch(
+        &self,
+        kernel: &Arc<Kernel>,
+        buffers: &[&Buffer],
+        params: &Params,
+        groups: [u32; 3],
+    ) -> Result<()> {
         let err = |message: String| DeviceError::Binding {
             kernel: kernel.name.clone(),
             message,
@@ -668,7 +717,13 @@ impl Device {
                 let mut words = params.0.clone();
                 words.resize(words.len().next_multiple_of(4), 0);
                 let raw = self.take(Usage::Uniform, (words.len() * 4) as u64)?;
-                let b = Buffer::new(&self.inner.pool, raw, Usage::Uniform, words.len(), DType::U32);
+                let b = Buffer::new(
+                    &self.inner.pool,
+                    raw,
+                    Usage::Uniform,
+                    words.len(),
+                    DType::U32,
+                );
                 self.inner
                     .queue
                     .write_buffer(b.wgpu(), 0, bytemuck::cast_slice(&words));
@@ -690,6 +745,10 @@ impl Device {
                 resource: p.wgpu().as_entire_binding(),
             });
         }
+        let scope = self
+            .inner
+            .device
+            .push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_group = self
             .inner
             .device
@@ -698,6 +757,9 @@ impl Device {
                 layout: &kernel.layout,
                 entries: &entries,
             });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(err(e.to_string()));
+        }
         let dispatch = Arc::new(Dispatch {
             kernel: kernel.clone(),
             bind_group,
@@ -736,12 +798,33 @@ impl Device {
         timestamps: Option<&wgpu::QuerySet>,
         after: impl FnOnce(&mut wgpu::CommandEncoder),
     ) -> Result<()> {
+        let mut pending = self.inner.pending.lock().unwrap();
+        self.submit_locked(&mut pending, extra, timestamps, after)
+    }
+
+    /// Encodes and submits with the pending list locked for the whole time, so host writes
+    /// (`write`) are ordered exactly between submissions.
+    fn submit_locked(
+        &self,
+        pending: &mut Vec<Arc<Dispatch>>,
+        extra: Option<&[Arc<Dispatch>]>,
+        timestamps: Option<&wgpu::QuerySet>,
+        after: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<()> {
         self.check_fault()?;
-        let pending = std::mem::take(&mut *self.inner.pending.lock().unwrap());
+        let pending = std::mem::take(pending);
+        // A scope per submission: its validation errors come back to this caller, and a bad
+        // submission does not poison later ones.
+        let scope = self
+            .inner
+            .device
+            .push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = self
             .inner
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kiln"),
+            });
         let n = pending.len() + extra.map_or(0, |e| e.len());
         if n > 0 || timestamps.is_some() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -761,6 +844,9 @@ impl Device {
         self.inner.queue.submit([enc.finish()]);
         self.inner.submissions.fetch_add(1, Ordering::Relaxed);
         self.inner.dispatches.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(DeviceError::Wgpu(e.to_string()));
+        }
         self.check_fault()
     }
 
@@ -804,10 +890,16 @@ impl Device {
 
     /// Ends recording and returns the plan.
     pub fn end_capture(&self) -> Result<Plan> {
-        let cap = self.inner.capture.lock().unwrap().take().ok_or_else(|| DeviceError::Binding {
-            kernel: "capture".into(),
-            message: "end_capture without begin_capture".into(),
-        })?;
+        let cap =
+            self.inner
+                .capture
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| DeviceError::Binding {
+                    kernel: "capture".into(),
+                    message: "end_capture without begin_capture".into(),
+                })?;
         let held = self.inner.pool.end_capture(&cap.used);
         Ok(Plan {
             dispatches: cap.dispatches,

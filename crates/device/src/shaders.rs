@@ -71,7 +71,9 @@ impl Validated {
         let uses = self.info.get_entry_point(index);
         let mut out = Vec::new();
         for (handle, var) in self.module.global_variables.iter() {
-            let Some(binding) = &var.binding else { continue };
+            let Some(binding) = &var.binding else {
+                continue;
+            };
             if uses[handle].is_empty() {
                 continue;
             }
@@ -89,7 +91,10 @@ impl Validated {
             if binding.group != 0 {
                 return Err(DeviceError::Shader {
                     name: shader.to_string(),
-                    message: format!("binding group {} used; kiln kernels use group 0", binding.group),
+                    message: format!(
+                        "binding group {} used; kiln kernels use group 0",
+                        binding.group
+                    ),
                 });
             }
             out.push((binding.binding, kind));
@@ -142,9 +147,12 @@ mod tests {
 
     #[test]
     fn a_bad_shader_is_named_in_the_error() {
-        let err = validate("broken_kernel", "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }")
-            .err()
-            .expect("must fail");
+        let err = validate(
+            "broken_kernel",
+            "@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }",
+        )
+        .err()
+        .expect("must fail");
         let msg = err.to_string();
         assert!(msg.contains("broken_kernel"), "{msg}");
         assert!(msg.contains("broken_kernel.wgsl"), "{msg}");
@@ -155,7 +163,10 @@ mod tests {
         let v = validate("fill", source("fill").unwrap()).unwrap();
         assert_eq!(
             v.bindings("fill", "iota").unwrap(),
-            vec![(0, BindingKind::StorageReadWrite), (1, BindingKind::Uniform)]
+            vec![
+                (0, BindingKind::StorageReadWrite),
+                (1, BindingKind::Uniform)
+            ]
         );
         assert!(v.bindings("fill", "nope").is_err());
     }

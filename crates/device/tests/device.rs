@@ -16,11 +16,15 @@ fn round_trip_every_dtype() {
     for n in SIZES {
         let f: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
         assert_eq!(d.download::<f32>(&d.upload(&f).unwrap()).unwrap(), f);
-        let h: Vec<f16> = (0..n).map(|i| f16::from_f32((i % 2048) as f32 - 7.0)).collect();
+        let h: Vec<f16> = (0..n)
+            .map(|i| f16::from_f32((i % 2048) as f32 - 7.0))
+            .collect();
         assert_eq!(d.download::<f16>(&d.upload(&h).unwrap()).unwrap(), h);
         let i: Vec<i32> = (0..n).map(|i| i as i32 - 500).collect();
         assert_eq!(d.download::<i32>(&d.upload(&i).unwrap()).unwrap(), i);
-        let u: Vec<u32> = (0..n).map(|i| (i as u32).wrapping_mul(2_654_435_761)).collect();
+        let u: Vec<u32> = (0..n)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761))
+            .collect();
         assert_eq!(d.download::<u32>(&d.upload(&u).unwrap()).unwrap(), u);
     }
 }
@@ -55,11 +59,17 @@ fn pipeline_cache_hits_on_second_request() {
 #[test]
 fn over_limit_allocation_names_both_limits() {
     let d = dev();
-    let max = d.limits().max_buffer_size.max(d.limits().max_storage_buffer_binding_size as u64);
+    let max = d
+        .limits()
+        .max_buffer_size
+        .max(d.limits().max_storage_buffer_binding_size as u64);
     let err = d.alloc((max / 4 + 1) as usize, DType::F32).unwrap_err();
     assert!(matches!(err, DeviceError::BufferTooLarge { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("max_buffer_size") && msg.contains("max_storage_buffer_binding_size"), "{msg}");
+    assert!(
+        msg.contains("max_buffer_size") && msg.contains("max_storage_buffer_binding_size"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -70,11 +80,21 @@ fn oversized_workgroup_count_is_split() {
     let n = groups as usize * 256;
     let out = d.alloc(n, DType::F32).unwrap();
     let k = d.kernel("fill", "iota", &[]).unwrap();
-    d.launch(&k, &[&out], &Params::new().u(n as u32).f(0.0), [groups, 1, 1]).unwrap();
+    d.launch(
+        &k,
+        &[&out],
+        &Params::new().u(n as u32).f(0.0),
+        [groups, 1, 1],
+    )
+    .unwrap();
     let v = d.download::<f32>(&out).unwrap();
     // f32 holds integers exactly up to 2^24; compare there and at the tail with a tolerance.
     for i in (0..n).step_by(997).chain(n - 300..n) {
-        assert!((v[i] - i as f32).abs() <= (i as f32) * 1e-7, "index {i}: {}", v[i]);
+        assert!(
+            (v[i] - i as f32).abs() <= (i as f32) * 1e-7,
+            "index {i}: {}",
+            v[i]
+        );
     }
 }
 
@@ -86,9 +106,12 @@ fn many_dispatches_go_in_one_submission() {
     let b = d.alloc(1000, DType::F32).unwrap();
     d.flush().unwrap();
     let before = d.counters().submissions;
-    d.launch(&k, &[&a], &Params::new().u(1000).f(1.5), [4, 1, 1]).unwrap();
-    d.launch(&k, &[&b], &Params::new().u(1000).f(-2.0), [4, 1, 1]).unwrap();
-    d.launch(&k, &[&a], &Params::new().u(500).f(3.0), [2, 1, 1]).unwrap();
+    d.launch(&k, &[&a], &Params::new().u(1000).f(1.5), [4, 1, 1])
+        .unwrap();
+    d.launch(&k, &[&b], &Params::new().u(1000).f(-2.0), [4, 1, 1])
+        .unwrap();
+    d.launch(&k, &[&a], &Params::new().u(500).f(3.0), [2, 1, 1])
+        .unwrap();
     // The download's copy rides in the same submission as the three dispatches.
     let va = d.download::<f32>(&a).unwrap();
     let after = d.counters().submissions;
@@ -104,7 +127,8 @@ fn plan_replays_recorded_dispatches() {
     let k = d.kernel("fill", "fill", &[]).unwrap();
     let a = d.alloc(300, DType::F32).unwrap();
     d.begin_capture().unwrap();
-    d.launch(&k, &[&a], &Params::new().u(300).f(7.0), [2, 1, 1]).unwrap();
+    d.launch(&k, &[&a], &Params::new().u(300).f(7.0), [2, 1, 1])
+        .unwrap();
     let plan = d.end_capture().unwrap();
     assert_eq!(plan.len(), 1);
     assert_eq!(d.download::<f32>(&a).unwrap(), vec![7.0; 300]);
@@ -118,14 +142,22 @@ fn wrong_bindings_are_errors_not_panics() {
     let d = dev();
     let k = d.kernel("fill", "fill", &[]).unwrap();
     let a = d.alloc(10, DType::F32).unwrap();
-    let e = d.launch(&k, &[&a, &a], &Params::new().u(10).f(0.0), [1, 1, 1]).unwrap_err();
+    let e = d
+        .launch(&k, &[&a, &a], &Params::new().u(10).f(0.0), [1, 1, 1])
+        .unwrap_err();
     assert!(e.to_string().contains("fill::fill"), "{e}");
     let e = d.launch(&k, &[&a], &Params::new(), [1, 1, 1]).unwrap_err();
     assert!(matches!(e, DeviceError::Binding { .. }));
     let e = d.write(&a, &[1.0f32; 3]).unwrap_err();
     assert!(e.to_string().contains("10"), "{e}");
-    assert!(matches!(d.kernel("no_such_shader", "x", &[]), Err(DeviceError::UnknownShader(_))));
-    assert!(matches!(d.kernel("fill", "nope", &[]), Err(DeviceError::UnknownEntryPoint { .. })));
+    assert!(matches!(
+        d.kernel("no_such_shader", "x", &[]),
+        Err(DeviceError::UnknownShader(_))
+    ));
+    assert!(matches!(
+        d.kernel("fill", "nope", &[]),
+        Err(DeviceError::UnknownEntryPoint { .. })
+    ));
 }
 
 #[test]
@@ -133,7 +165,10 @@ fn a_bad_shader_source_is_an_error_naming_it() {
     let d = dev();
     let src = "@group(0) @binding(0) var<storage, read_write> o: array<f32>;\n\
                @compute @workgroup_size(1) fn main() { o[0] = undefined_name; }";
-    let e = d.kernel_from_source("my_bad_shader", src, "main", &[]).err().unwrap();
+    let e = d
+        .kernel_from_source("my_bad_shader", src, "main", &[])
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("my_bad_shader"), "{e}");
 }
 
@@ -143,7 +178,14 @@ fn timing_reports_a_positive_duration() {
     let k = d.kernel("fill", "iota", &[]).unwrap();
     let a = d.alloc(1 << 20, DType::F32).unwrap();
     let t = d
-        .time(|| d.launch(&k, &[&a], &Params::new().u(1 << 20).f(0.0), [(1 << 20) / 256, 1, 1]))
+        .time(|| {
+            d.launch(
+                &k,
+                &[&a],
+                &Params::new().u(1 << 20).f(0.0),
+                [(1 << 20) / 256, 1, 1],
+            )
+        })
         .unwrap();
     assert!(t.seconds > 0.0 && t.seconds < 60.0, "{t:?}");
 }

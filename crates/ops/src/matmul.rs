@@ -1,0 +1,316 @@
+//! Batched matmul with either operand transposed (a stride swap, no copy) and an optional fused
+//! bias, on the shared tiled GEMM kernel (`shaders/gemm.wgsl`), which also runs the convolutions.
+
+use crate::reduce::{reduce_raw, sum_to, Reduce};
+use crate::{expect_dtype, Array, Buffer, DType, Device, OpError, Params, Result};
+
+/// Which operands the GEMM kernel reads, and how (the shader's MODE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Matmul = 0,
+    ConvForward = 1,
+    ConvInputGrad = 2,
+    ConvWeightGrad = 3,
+}
+
+/// Every field of the shader's parameter block.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Geom {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    pub a: [usize; 3],
+    pub b: [usize; 3],
+    pub c: [usize; 3],
+    pub bias_mode: u32,
+    /// cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw
+    pub conv: [usize; 14],
+}
+
+/// Tile configuration: invocations (tm x tn), outputs per invocation (rm x rn), K slab depth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiles {
+    /// Invocations along M.
+    pub tm: u32,
+    /// Invocations along N.
+    pub tn: u32,
+    /// Outputs per invocation along M.
+    pub rm: u32,
+    /// Outputs per invocation along N.
+    pub rn: u32,
+    /// K slab depth.
+    pub bk: u32,
+}
+
+impl Tiles {
+    /// A tile that fits the output: narrow along a small M or N, so small layers (LeNet's six
+    /// channels) do not compute mostly padding. Software adapters get 64-invocation workgroups
+    /// (one core runs a whole workgroup), GPUs 256.
+    pub fn choose(dev: &Device, m: usize, n: usize) -> Tiles {
+        let threads: u32 = if dev.adapter().is_software { 64 } else { 256 };
+        let (rm, rn) = (4u32, 4u32);
+        let tm = (m.div_ceil(rm as usize).next_power_of_two() as u32).clamp(1, 16);
+        let tn = (threads / tm)
+            .min(n.div_ceil(rn as usize).next_power_of_two() as u32)
+            .max(1);
+        Tiles {
+            tm,
+            tn,
+            rm,
+            rn,
+            bk: 16,
+        }
+    }
+}
+
+/// Runs the GEMM kernel, splitting K across workgroups when the output alone would leave the
+/// adapter idle (long K, few output tiles: weight gradients), then summing the partials.
+pub(crate) fn gemm(
+    dev: &Device,
+    mode: Mode,
+    a: &Buffer,
+    b: &Buffer,
+    bias: Option<&Buffer>,
+    c: &Buffer,
+    g: &Geom,
+) -> Result<()> {
+    if g.m == 0 || g.n == 0 || g.batch == 0 {
+        return Ok(());
+    }
+    let t = Tiles::choose(dev, g.m, g.n);
+    let (bm, bn) = ((t.tm * t.rm) as usize, (t.tn * t.rn) as usize);
+    let tiles = g.m.div_ceil(bm) * g.n.div_ceil(bn) * g.batch;
+    let target = if dev.adapter().is_software { 8 } else { 128 };
+    let bk = t.bk as usize;
+    let mut splits = 1;
+    if tiles < target && g.k >= 8 * bk {
+        splits = (target / tiles).min(g.k / (4 * bk)).clamp(1, 64);
+    }
+    let chunk = g.k.div_ceil(splits).next_multiple_of(bk).max(bk);
+    let splits = g.k.div_ceil(chunk).max(1);
+    let c_size = c.len();
+    let partial;
+    let target_buf = if splits > 1 {
+        partial = dev.alloc(c_size * splits, DType::F32)?;
+        &partial
+    } else {
+        c
+    };
+    let k = dev.kernel(
+        "gemm",
+        "gemm",
+        &[
+            ("MODE", mode as u32 as f64),
+            ("TM", t.tm as f64),
+            ("TN", t.tn as f64),
+            ("RM", t.rm as f64),
+            ("RN", t.rn as f64),
+            ("BK", t.bk as f64),
+        ],
+    )?;
+    let dummy;
+    let bias_buf = match bias {
+        Some(b) => b,
+        None => {
+            dummy = dev.alloc(1, DType::F32)?;
+            &dummy
+        }
+    };
+    let u = |v: usize| v as u32;
+    let p = Params::new()
+        .us(&[
+            u(g.m),
+            u(g.n),
+            u(g.k),
+            u(splits),
+            u(chunk),
+            if bias.is_some() { g.bias_mode } else { 0 },
+        ])
+        .us(&[u(c_size), u(g.batch)])
+        .us(&g.a.map(u))
+        .us(&g.b.map(u))
+        .us(&g.c.map(u))
+        .us(&g.conv.map(u));
+    let z = g.batch * splits;
+    let groups = [u(g.n.div_ceil(bn)), u(g.m.div_ceil(bm)), u(z)];
+    dev.launch(&k, &[a, b, bias_buf, target_buf], &p, groups)?;
+    if splits > 1 {
+        reduce_raw(dev, target_buf, c, 1, splits, c_size, Reduce::Sum)?;
+    }
+    Ok(())
+}
+
+fn mat_dims(op: &'static str, s: &[usize], transposed: bool) -> Result<(usize, usize)> {
+    if s.len() < 2 {
+        return Err(OpError::Shape {
+            op,
+            expected: "at least 2 dimensions".into(),
+            got: format!("{s:?}"),
+        });
+    }
+    let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+    Ok(if transposed { (c, r) } else { (r, c) })
+}
+
+/// C = op(A) op(B) (+ bias[n]), op = transpose when the flag is set.
+///
+/// A: [..., M, K] ([..., K, M] when `ta`), B: [..., K, N] ([..., N, K] when `tb`). The leading
+/// (batch) dimensions must match, or one operand may be 2-D and is then shared by every batch.
+pub fn matmul(
+    dev: &Device,
+    a: &Array,
+    b: &Array,
+    ta: bool,
+    tb: bool,
+    bias: Option<&Array>,
+) -> Result<Array> {
+    expect_dtype("matmul", a, DType::F32)?;
+    expect_dtype("matmul", b, DType::F32)?;
+    let (m, k) = mat_dims("matmul", &a.shape, ta)?;
+    let (k2, n) = mat_dims("matmul", &b.shape, tb)?;
+    if k != k2 {
+        return Err(OpError::Shape {
+            op: "matmul",
+            expected: format!(
+                "B with {k} rows (inner dimension of A {:?}, ta={ta})",
+                a.shape
+            ),
+            got: format!("B {:?} with {k2} rows (tb={tb})", b.shape),
+        });
+    }
+    let (ab, bb) = (&a.shape[..a.shape.len() - 2], &b.shape[..b.shape.len() - 2]);
+    let batch_shape = if ab == bb || bb.is_empty() {
+        ab.to_vec()
+    } else if ab.is_empty() {
+        bb.to_vec()
+    } else {
+        return Err(OpError::Shape {
+            op: "matmul",
+            expected: format!("batch dimensions {ab:?} (or a 2-D operand)"),
+            got: format!("{bb:?}"),
+        });
+    };
+    if let Some(bias) = bias {
+        if bias.shape != [n] {
+            return Err(OpError::Shape {
+                op: "matmul bias",
+                expected: format!("[{n}]"),
+                got: format!("{:?}", bias.shape),
+            });
+        }
+    }
+    let batch: usize = batch_shape.iter().product();
+    let mut shape = batch_shape.clone();
+    shape.extend([m, n]);
+    let c = Array::empty(dev, &shape)?;
+    // Row-major strides of the stored matrices; a transpose swaps them.
+    let a_strides = if ta { [1, m] } else { [k, 1] };
+    let b_strides = if tb { [1, k] } else { [n, 1] };
+    let geom = Geom {
+        m,
+        n,
+        k,
+        batch,
+        a: [
+            if ab.is_empty() { 0 } else { m * k },
+            a_strides[0],
+            a_strides[1],
+        ],
+        b: [
+            if bb.is_empty() { 0 } else { k * n },
+            b_strides[0],
+            b_strides[1],
+        ],
+        c: [m * n, n, 1],
+        bias_mode: 1,
+        conv: [0; 14],
+    };
+    gemm(
+        dev,
+        Mode::Matmul,
+        &a.buf,
+        &b.buf,
+        bias.map(|b| &b.buf),
+        &c.buf,
+        &geom,
+    )?;
+    Ok(c)
+}
+
+/// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape.
+pub fn matmul_backward(
+    dev: &Device,
+    a: &Array,
+    b: &Array,
+    ta: bool,
+    tb: bool,
+    dc: &Array,
+    with_bias: bool,
+) -> Result<(Array, Array, Option<Array>)> {
+    let da = if ta {
+        matmul(dev, b, dc, tb, true, None)?
+    } else {
+        matmul(dev, dc, b, false, !tb, None)?
+    };
+    let db = if tb {
+        matmul(dev, dc, a, true, ta, None)?
+    } else {
+        matmul(dev, a, dc, !ta, false, None)?
+    };
+    // A 2-D operand shared across batches collects the gradient of every batch.
+    let da = sum_to(dev, &da, &a.shape)?;
+    let db = sum_to(dev, &db, &b.shape)?;
+    let dbias = if with_bias {
+        let n = *dc.shape.last().unwrap();
+        Some(sum_to(dev, &dc.reshape(&[dc.numel() / n.max(1), n])?, &[1, n])?.reshape(&[n])?)
+    } else {
+        None
+    };
+    Ok((da, db, dbias))
+}
+
+/// CPU reference.
+pub mod cpu {
+    /// C[b] = op(A[b]) op(B[b]) for `batch` matrices (a_batched/b_batched say whether the operand
+    /// has a batch dimension or is shared).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        a: &[f64],
+        b: &[f64],
+        batch: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        a_batched: bool,
+        b_batched: bool,
+    ) -> Vec<f64> {
+        let mut c = vec![0.0; batch * m * n];
+        for z in 0..batch {
+            let ao = if a_batched { z * m * k } else { 0 };
+            let bo = if b_batched { z * k * n } else { 0 };
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = 0.0;
+                    for p in 0..k {
+                        let av = if ta {
+                            a[ao + p * m + i]
+                        } else {
+                            a[ao + i * k + p]
+                        };
+                        let bv = if tb {
+                            b[bo + j * k + p]
+                        } else {
+                            b[bo + p * n + j]
+                        };
+                        s += av * bv;
+                    }
+                    c[z * m * n + i * n + j] = s;
+                }
+            }
+        }
+        c
+    }
+}

@@ -1,0 +1,240 @@
+//! Fused optimizer updates (PyTorch's formulas) and the hyper-parameter blocks they read.
+//! Hyper-parameters sit in a small device buffer that the host rewrites between steps, so changing
+//! the learning rate or the step count never requires re-recording a plan.
+
+use crate::{launch_1d, Buffer, Device, OpError, Params, Result};
+
+/// The update rule and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// SGD with optional momentum, dampening, Nesterov and L2 weight decay.
+    Sgd {
+        /// Momentum factor (0 disables the buffer).
+        momentum: f32,
+        /// Dampening for momentum.
+        dampening: f32,
+        /// Nesterov momentum.
+        nesterov: bool,
+        /// L2 penalty.
+        weight_decay: f32,
+    },
+    /// Adam, or AdamW when `decoupled`.
+    Adam {
+        /// First-moment decay.
+        beta1: f32,
+        /// Second-moment decay.
+        beta2: f32,
+        /// Denominator term.
+        eps: f32,
+        /// Weight decay (L2 for Adam, decoupled for AdamW).
+        weight_decay: f32,
+        /// AdamW's decoupled decay.
+        decoupled: bool,
+    },
+    /// RMSprop with optional momentum and centering.
+    RmsProp {
+        /// Smoothing constant.
+        alpha: f32,
+        /// Denominator term.
+        eps: f32,
+        /// L2 penalty.
+        weight_decay: f32,
+        /// Momentum factor.
+        momentum: f32,
+        /// Normalise by the estimated variance.
+        centered: bool,
+    },
+}
+
+impl Rule {
+    /// State buffers per parameter (each the parameter's size).
+    pub fn state_count(&self) -> usize {
+        match self {
+            Rule::Sgd { momentum, .. } => usize::from(*momentum != 0.0),
+            Rule::Adam { .. } => 2,
+            Rule::RmsProp { .. } => 3,
+        }
+    }
+
+    /// The hyper-parameter words for step `step` (1-based) at learning rate `lr`.
+    pub fn hyper(&self, lr: f32, step: u64) -> Vec<f32> {
+        let b = |v: bool| if v { 1.0 } else { 0.0 };
+        match *self {
+            Rule::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+            } => {
+                vec![
+                    lr,
+                    momentum,
+                    dampening,
+                    weight_decay,
+                    b(nesterov),
+                    b(step <= 1),
+                ]
+            }
+            Rule::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+            } => {
+                let t = step.max(1) as i32;
+                vec![
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    b(decoupled),
+                    (1.0 - (beta1 as f64).powi(t)) as f32,
+                    (1.0 - (beta2 as f64).powi(t)) as f32,
+                ]
+            }
+            Rule::RmsProp {
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+                centered,
+            } => {
+                vec![lr, alpha, eps, weight_decay, momentum, b(centered)]
+            }
+        }
+    }
+}
+
+/// Updates `param` in place from `grad`, with `state` buffers (see [`Rule::state_count`]) and the
+/// hyper-parameter buffer `hp` (see [`Rule::hyper`]).
+pub fn step(
+    dev: &Device,
+    rule: &Rule,
+    param: &Buffer,
+    grad: &Buffer,
+    state: &[Buffer],
+    hp: &Buffer,
+) -> Result<()> {
+    let n = param.len();
+    if grad.len() != n || state.iter().any(|s| s.len() != n) || state.len() != rule.state_count() {
+        return Err(OpError::Invalid {
+            op: "optimizer step",
+            message: format!(
+                "parameter of {n} elements, gradient of {}, {} state buffers (want {})",
+                grad.len(),
+                state.len(),
+                rule.state_count()
+            ),
+        });
+    }
+    let p = Params::new().u(n as u32);
+    match rule {
+        Rule::Sgd { .. } => {
+            let k = dev.kernel("optim", "sgd", &[])?;
+            // Without momentum the kernel never touches the state binding; a 1-element buffer fills it.
+            let dummy;
+            let s1 = match state.first() {
+                Some(s) => s,
+                None => {
+                    dummy = dev.alloc(1, crate::DType::F32)?;
+                    &dummy
+                }
+            };
+            launch_1d(dev, &k, &[grad, hp, param, s1], &p, n)
+        }
+        Rule::Adam { .. } => {
+            let k = dev.kernel("optim", "adam", &[])?;
+            launch_1d(dev, &k, &[grad, hp, param, &state[0], &state[1]], &p, n)
+        }
+        Rule::RmsProp { .. } => {
+            let k = dev.kernel("optim", "rmsprop", &[])?;
+            launch_1d(
+                dev,
+                &k,
+                &[grad, hp, param, &state[0], &state[1], &state[2]],
+                &p,
+                n,
+            )
+        }
+    }
+}
+
+/// CPU reference of one step, PyTorch's formulas in f64. Returns nothing; updates in place.
+pub fn cpu_step(
+    rule: &Rule,
+    lr: f64,
+    step: u64,
+    param: &mut [f64],
+    grad: &[f64],
+    state: &mut [Vec<f64>],
+) {
+    for i in 0..param.len() {
+        match *rule {
+            Rule::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+            } => {
+                let mut g = grad[i] + weight_decay as f64 * param[i];
+                if momentum != 0.0 {
+                    let m = momentum as f64;
+                    let buf = if step <= 1 {
+                        g
+                    } else {
+                        m * state[0][i] + (1.0 - dampening as f64) * g
+                    };
+                    state[0][i] = buf;
+                    g = if nesterov { g + m * buf } else { buf };
+                }
+                param[i] -= lr * g;
+            }
+            Rule::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+            } => {
+                let (b1, b2) = (beta1 as f64, beta2 as f64);
+                let mut g = grad[i];
+                if decoupled {
+                    param[i] *= 1.0 - lr * weight_decay as f64;
+                } else {
+                    g += weight_decay as f64 * param[i];
+                }
+                state[0][i] = b1 * state[0][i] + (1.0 - b1) * g;
+                state[1][i] = b2 * state[1][i] + (1.0 - b2) * g * g;
+                let bc1 = 1.0 - b1.powi(step as i32);
+                let bc2 = 1.0 - b2.powi(step as i32);
+                param[i] -=
+                    lr / bc1 * state[0][i] / ((state[1][i]).sqrt() / bc2.sqrt() + eps as f64);
+            }
+            Rule::RmsProp {
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+                centered,
+            } => {
+                let a = alpha as f64;
+                let g = grad[i] + weight_decay as f64 * param[i];
+                state[0][i] = a * state[0][i] + (1.0 - a) * g * g;
+                let avg = if centered {
+                    state[1][i] = a * state[1][i] + (1.0 - a) * g;
+                    (state[0][i] - state[1][i] * state[1][i]).sqrt() + eps as f64
+                } else {
+                    state[0][i].sqrt() + eps as f64
+                };
+                if momentum > 0.0 {
+                    state[2][i] = momentum as f64 * state[2][i] + g / avg;
+                    param[i] -= lr * state[2][i];
+                } else {
+                    param[i] -= lr * g / avg;
+                }
+            }
+        }
+    }
+}

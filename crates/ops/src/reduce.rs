@@ -1,0 +1,174 @@
+//! Reductions along one axis (sum, mean, max, argmax), full sums, and sums back to a broadcast
+//! source shape (the backward of broadcasting).
+
+use crate::{
+    expect_dtype, expect_nonempty, launch_1d, Array, DType, Device, OpError, Params, Result,
+};
+
+/// The reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    /// Sum.
+    Sum = 0,
+    /// Arithmetic mean.
+    Mean = 1,
+    /// Maximum.
+    Max = 2,
+}
+
+fn split_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<(usize, usize, usize)> {
+    if axis >= shape.len() {
+        return Err(OpError::Invalid {
+            op,
+            message: format!("axis {axis} out of range for shape {shape:?}"),
+        });
+    }
+    Ok((
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    ))
+}
+
+fn out_shape(shape: &[usize], axis: usize, keepdim: bool) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    if keepdim {
+        s[axis] = 1;
+    } else {
+        s.remove(axis);
+    }
+    s
+}
+
+/// Reduces `x` along `axis`.
+pub fn reduce(dev: &Device, x: &Array, axis: usize, op: Reduce, keepdim: bool) -> Result<Array> {
+    expect_dtype("reduce", x, DType::F32)?;
+    expect_nonempty("reduce", x)?;
+    let (outer, len, inner) = split_axis("reduce", &x.shape, axis)?;
+    let out = Array::empty(dev, &out_shape(&x.shape, axis, keepdim))?;
+    reduce_raw(dev, &x.buf, &out.buf, outer, len, inner, op)?;
+    Ok(out)
+}
+
+/// Reduces a buffer viewed as [outer, len, inner] into [outer, inner].
+pub(crate) fn reduce_raw(
+    dev: &Device,
+    x: &crate::Buffer,
+    out: &crate::Buffer,
+    outer: usize,
+    len: usize,
+    inner: usize,
+    op: Reduce,
+) -> Result<()> {
+    let p = Params::new().u(outer as u32).u(len as u32).u(inner as u32);
+    let outputs = outer * inner;
+    // Few long rows: one workgroup per output keeps all lanes busy.
+    if outputs < 64 && len >= 1024 {
+        let k = dev.kernel("reduce", "reduce_wide", &[("OP", op as u32 as f64)])?;
+        dev.launch(&k, &[x, out], &p, [outputs as u32, 1, 1])?;
+    } else {
+        let k = dev.kernel("reduce", "reduce", &[("OP", op as u32 as f64)])?;
+        launch_1d(dev, &k, &[x, out], &p, outputs)?;
+    }
+    Ok(())
+}
+
+/// Maximum along `axis` and the index of its first occurrence (i32).
+pub fn argmax(dev: &Device, x: &Array, axis: usize) -> Result<(Array, Array)> {
+    expect_dtype("argmax", x, DType::F32)?;
+    expect_nonempty("argmax", x)?;
+    let (outer, len, inner) = split_axis("argmax", &x.shape, axis)?;
+    let shape = out_shape(&x.shape, axis, false);
+    let vals = Array::empty(dev, &shape)?;
+    let idx = Array {
+        buf: dev.alloc(outer * inner, DType::I32)?,
+        shape,
+    };
+    let k = dev.kernel("reduce", "argmax", &[])?;
+    let p = Params::new().u(outer as u32).u(len as u32).u(inner as u32);
+    launch_1d(dev, &k, &[&x.buf, &vals.buf, &idx.buf], &p, outer * inner)?;
+    Ok((vals, idx))
+}
+
+/// Sum of every element, as shape [].
+pub fn sum_all(dev: &Device, x: &Array) -> Result<Array> {
+    reduce(dev, &x.reshape(&[1, x.numel()])?, 1, Reduce::Sum, false)?.reshape(&[])
+}
+
+/// Sums `x` (of a broadcast shape) back to `target`, the shape it was broadcast from.
+pub fn sum_to(dev: &Device, x: &Array, target: &[usize]) -> Result<Array> {
+    if x.shape == target {
+        return Ok(x.clone());
+    }
+    let lead = x
+        .shape
+        .len()
+        .checked_sub(target.len())
+        .ok_or_else(|| OpError::Shape {
+            op: "sum_to",
+            expected: format!("a shape that broadcasts to {:?}", x.shape),
+            got: format!("{target:?}"),
+        })?;
+    let mut cur = x.clone();
+    // Leading axes first: they vanish entirely.
+    for _ in 0..lead {
+        cur = reduce(dev, &cur, 0, Reduce::Sum, false)?;
+    }
+    for (d, &t) in target.iter().enumerate() {
+        if t == 1 && cur.shape[d] != 1 {
+            cur = reduce(dev, &cur, d, Reduce::Sum, true)?;
+        } else if t != cur.shape[d] {
+            return Err(OpError::Shape {
+                op: "sum_to",
+                expected: format!("a shape that broadcasts to {:?}", x.shape),
+                got: format!("{target:?}"),
+            });
+        }
+    }
+    Ok(cur)
+}
+
+/// CPU references in f64.
+pub mod cpu {
+    use super::Reduce;
+
+    /// Reduces `x` of `shape` along `axis` (output without that axis).
+    pub fn reduce(x: &[f64], shape: &[usize], axis: usize, op: Reduce) -> Vec<f64> {
+        let outer: usize = shape[..axis].iter().product();
+        let len = shape[axis];
+        let inner: usize = shape[axis + 1..].iter().product();
+        let mut out = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            for i in 0..inner {
+                let vals = (0..len).map(|j| x[(o * len + j) * inner + i]);
+                out.push(match op {
+                    Reduce::Sum => vals.sum(),
+                    Reduce::Mean => vals.sum::<f64>() / len as f64,
+                    Reduce::Max => vals.fold(f64::NEG_INFINITY, f64::max),
+                });
+            }
+        }
+        out
+    }
+
+    /// Index of the first maximum along `axis`.
+    pub fn argmax(x: &[f64], shape: &[usize], axis: usize) -> Vec<i32> {
+        let outer: usize = shape[..axis].iter().product();
+        let len = shape[axis];
+        let inner: usize = shape[axis + 1..].iter().product();
+        let mut out = Vec::new();
+        for o in 0..outer {
+            for i in 0..inner {
+                let mut best = (f64::NEG_INFINITY, 0);
+                for j in 0..len {
+                    let v = x[(o * len + j) * inner + i];
+                    if v > best.0 {
+                        best = (v, j);
+                    }
+                }
+                out.push(best.1 as i32);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,714 @@
+//! Every op against its CPU reference, every backward against central finite differences of the
+//! reference (f64), on small and odd shapes. One shared device; no adapter fails every test.
+
+use kiln_ops::conv::{self, Conv2dSpec};
+use kiln_ops::elementwise::{self, Binary, Unary};
+use kiln_ops::matmul;
+use kiln_ops::optim::{self, Rule};
+use kiln_ops::pool::{self, Pool2dSpec};
+use kiln_ops::reduce::{self, Reduce};
+use kiln_ops::softmax;
+use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
+use kiln_ops::{layout, Array, Device, OpError};
+
+fn dev() -> Device {
+    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
+}
+
+fn arr(d: &Device, v: &[f32], s: &[usize]) -> Array {
+    Array::from_f32(d, v, s).unwrap()
+}
+
+#[test]
+fn unary_forward_and_backward() {
+    let d = dev();
+    let mut r = Rng::new(1);
+    let ops = [
+        Unary::Neg,
+        Unary::Exp,
+        Unary::Log,
+        Unary::Sqrt,
+        Unary::Abs,
+        Unary::Relu,
+        Unary::Sigmoid,
+        Unary::Tanh,
+        Unary::Gelu,
+        Unary::Affine(2.5, -1.0),
+        Unary::Pow(1.7),
+        Unary::Square,
+    ];
+    for op in ops {
+        let positive = matches!(op, Unary::Log | Unary::Sqrt | Unary::Pow(_));
+        let n = 1031; // prime, not a multiple of the workgroup
+        let mut x = if positive {
+            r.vec(n, 0.2, 3.0)
+        } else {
+            r.vec(n, -4.0, 4.0)
+        };
+        if matches!(op, Unary::Relu | Unary::Abs) {
+            // Keep away from the kink, where finite differences are meaningless.
+            x.iter_mut().for_each(|v| {
+                if v.abs() < 0.05 {
+                    *v += 0.1
+                }
+            });
+        }
+        let xa = arr(&d, &x, &[n]);
+        let y = elementwise::unary(&d, &xa, op).unwrap().to_f32(&d).unwrap();
+        let want: Vec<f64> = x
+            .iter()
+            .map(|&v| elementwise::cpu::unary(v as f64, op))
+            .collect();
+        assert_close(&format!("{op:?} forward"), &y, &want, 1e-5, 1e-5);
+        let dy = r.vec(n, -1.0, 1.0);
+        let dx = elementwise::unary_backward(&d, &xa, &arr(&d, &dy, &[n]), op)
+            .unwrap()
+            .to_f32(&d)
+            .unwrap();
+        let fd: Vec<f64> = x
+            .iter()
+            .zip(&dy)
+            .map(|(&v, &g)| {
+                let h = 1e-4;
+                let f = |t: f64| elementwise::cpu::unary(t, op);
+                (f(v as f64 + h) - f(v as f64 - h)) / (2.0 * h) * g as f64
+            })
+            .collect();
+        assert_close(&format!("{op:?} backward"), &dx, &fd, 1e-4, 1e-3);
+    }
+}
+
+#[test]
+fn binary_broadcasting_matches_numpy_rules() {
+    let d = dev();
+    let mut r = Rng::new(2);
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[7, 5], &[7, 5]),
+        (&[7, 5], &[5]),
+        (&[3, 1, 4], &[1, 5, 1]),
+        (&[1], &[2, 3]),
+        (&[2, 1, 3, 1], &[4, 1, 2]),
+        (&[1], &[1]),
+    ];
+    for (sa, sb) in cases {
+        for op in [
+            Binary::Add,
+            Binary::Sub,
+            Binary::Mul,
+            Binary::Div,
+            Binary::Max,
+            Binary::Min,
+            Binary::Gt,
+            Binary::Pow,
+        ] {
+            let na: usize = sa.iter().product();
+            let nb: usize = sb.iter().product();
+            let a = r.vec(na, 0.5, 2.0);
+            let b = r.vec(nb, 0.5, 2.0);
+            let out = elementwise::binary(&d, &arr(&d, &a, sa), &arr(&d, &b, sb), op).unwrap();
+            let (shape, want) = elementwise::cpu::binary(&to_f64(&a), sa, &to_f64(&b), sb, op);
+            assert_eq!(out.shape, shape);
+            assert_close(
+                &format!("{op:?} {sa:?} {sb:?}"),
+                &out.to_f32(&d).unwrap(),
+                &want,
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+    let e = elementwise::binary(
+        &d,
+        &arr(&d, &[0.0; 6], &[2, 3]),
+        &arr(&d, &[0.0; 4], &[4]),
+        Binary::Add,
+    )
+    .unwrap_err();
+    assert!(matches!(e, OpError::Shape { .. }), "{e}");
+    assert!(
+        e.to_string().contains("[2, 3]") && e.to_string().contains("[4]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn reductions_along_every_axis() {
+    let d = dev();
+    let mut r = Rng::new(3);
+    let shape = [3, 5, 7];
+    let x = r.vec(105, -3.0, 3.0);
+    let xa = arr(&d, &x, &shape);
+    for axis in 0..3 {
+        for op in [Reduce::Sum, Reduce::Mean, Reduce::Max] {
+            let y = reduce::reduce(&d, &xa, axis, op, false).unwrap();
+            let want = reduce::cpu::reduce(&to_f64(&x), &shape, axis, op);
+            assert_close(
+                &format!("{op:?} axis {axis}"),
+                &y.to_f32(&d).unwrap(),
+                &want,
+                1e-5,
+                1e-5,
+            );
+        }
+        let (_, idx) = reduce::argmax(&d, &xa, axis).unwrap();
+        assert_eq!(
+            idx.to_i32(&d).unwrap(),
+            reduce::cpu::argmax(&to_f64(&x), &shape, axis)
+        );
+    }
+    // A long row takes the one-workgroup-per-output path.
+    let long = r.vec(100_003, -1.0, 1.0);
+    let s = reduce::sum_all(&d, &arr(&d, &long, &[100_003])).unwrap();
+    let want: f64 = long.iter().map(|&v| v as f64).sum();
+    assert_close("sum_all", &s.to_f32(&d).unwrap(), &[want], 1e-3, 1e-5);
+    // sum_to undoes broadcasting.
+    let g = r.vec(2 * 3 * 4, -1.0, 1.0);
+    let st = reduce::sum_to(&d, &arr(&d, &g, &[2, 3, 4]), &[3, 1]).unwrap();
+    assert_eq!(st.shape, vec![3, 1]);
+    let want: Vec<f64> = (0..3)
+        .map(|j| {
+            (0..2)
+                .flat_map(|i| (0..4).map(move |k| (i, k)))
+                .map(|(i, k)| g[(i * 3 + j) * 4 + k] as f64)
+                .sum()
+        })
+        .collect();
+    assert_close("sum_to", &st.to_f32(&d).unwrap(), &want, 1e-5, 1e-5);
+    assert!(reduce::reduce(&d, &xa, 3, Reduce::Sum, false).is_err());
+    assert!(reduce::reduce(
+        &d,
+        &Array::empty(&d, &[0, 3]).unwrap(),
+        0,
+        Reduce::Sum,
+        false
+    )
+    .is_err());
+}
+
+#[test]
+fn layout_ops() {
+    let d = dev();
+    let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+    let xa = arr(&d, &x, &[2, 3, 4]);
+    let p = layout::permute(&d, &xa, &[2, 0, 1]).unwrap();
+    assert_eq!(p.shape, vec![4, 2, 3]);
+    let pv = p.to_f32(&d).unwrap();
+    for a in 0..4 {
+        for b in 0..2 {
+            for c in 0..3 {
+                assert_eq!(pv[(a * 2 + b) * 3 + c], x[(b * 3 + c) * 4 + a]);
+            }
+        }
+    }
+    let t = layout::transpose(&d, &xa, 1, 2)
+        .unwrap()
+        .to_f32(&d)
+        .unwrap();
+    assert_eq!(t[1], x[4]);
+    let s = layout::slice(&d, &xa, 2, 1, 2).unwrap();
+    assert_eq!(s.shape, vec![2, 3, 2]);
+    assert_eq!(s.to_f32(&d).unwrap()[..4], [1.0, 2.0, 5.0, 6.0]);
+    let back = layout::slice_backward(&d, &s, &[2, 3, 4], 2, 1)
+        .unwrap()
+        .to_f32(&d)
+        .unwrap();
+    assert_eq!(back[..8], [0.0, 1.0, 2.0, 0.0, 0.0, 5.0, 6.0, 0.0]);
+    let c = layout::concat(&d, &[&s, &xa], 2).unwrap();
+    assert_eq!(c.shape, vec![2, 3, 6]);
+    assert_eq!(c.to_f32(&d).unwrap()[..6], [1.0, 2.0, 0.0, 1.0, 2.0, 3.0]);
+    let b = layout::broadcast_to(&d, &arr(&d, &[1.0, 2.0], &[2, 1]), &[2, 3]).unwrap();
+    assert_eq!(b.to_f32(&d).unwrap(), vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
+    assert!(layout::permute(&d, &xa, &[0, 0, 1]).is_err());
+    assert!(layout::slice(&d, &xa, 2, 3, 2).is_err());
+    assert!(layout::concat(&d, &[&xa, &s], 1).is_err());
+}
+
+#[test]
+fn matmul_all_transposes_odd_shapes_and_batches() {
+    let d = dev();
+    let mut r = Rng::new(4);
+    // (batch_a, batch_b, m, n, k): primes, 1s, non-multiples of every tile, a shared 2-D operand.
+    let cases = [
+        (0, 0, 1, 1, 1),
+        (0, 0, 13, 17, 19),
+        (0, 0, 67, 5, 131),
+        (3, 3, 7, 11, 5),
+        (2, 0, 9, 4, 6),
+        (0, 2, 5, 3, 8),
+        (0, 0, 6, 25, 3000),
+    ];
+    for (ba, bb, m, n, k) in cases {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let batch = ba.max(bb).max(1);
+            let sa: Vec<usize> = (ba > 0)
+                .then_some(ba)
+                .into_iter()
+                .chain(if ta { [k, m] } else { [m, k] })
+                .collect();
+            let sb: Vec<usize> = (bb > 0)
+                .then_some(bb)
+                .into_iter()
+                .chain(if tb { [n, k] } else { [k, n] })
+                .collect();
+            let a = r.vec(sa.iter().product(), -1.0, 1.0);
+            let b = r.vec(sb.iter().product(), -1.0, 1.0);
+            let bias = r.vec(n, -1.0, 1.0);
+            let (aa, ba_) = (arr(&d, &a, &sa), arr(&d, &b, &sb));
+            let c = matmul::matmul(&d, &aa, &ba_, ta, tb, Some(&arr(&d, &bias, &[n]))).unwrap();
+            let mut want = matmul::cpu::matmul(
+                &to_f64(&a),
+                &to_f64(&b),
+                batch,
+                m,
+                n,
+                k,
+                ta,
+                tb,
+                ba > 0,
+                bb > 0,
+            );
+            want.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v += bias[i % n] as f64);
+            let what = format!("matmul {sa:?}x{sb:?} ta={ta} tb={tb}");
+            assert_close(&what, &c.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
+            if k > 100 {
+                continue; // finite differences on the small cases only
+            }
+            let dc = r.vec(c.numel(), -1.0, 1.0);
+            let (da, db, dbias) =
+                matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &arr(&d, &dc, &c.shape), true)
+                    .unwrap();
+            let (a64, b64) = (to_f64(&a), to_f64(&b));
+            let f_a = |x: &[f64]| {
+                dot(
+                    &matmul::cpu::matmul(x, &b64, batch, m, n, k, ta, tb, ba > 0, bb > 0),
+                    &dc,
+                )
+            };
+            let f_b = |x: &[f64]| {
+                dot(
+                    &matmul::cpu::matmul(&a64, x, batch, m, n, k, ta, tb, ba > 0, bb > 0),
+                    &dc,
+                )
+            };
+            assert_close(
+                &format!("{what} dA"),
+                &da.to_f32(&d).unwrap(),
+                &finite_diff(f_a, &a64, 1e-3),
+                1e-3,
+                1e-3,
+            );
+            assert_close(
+                &format!("{what} dB"),
+                &db.to_f32(&d).unwrap(),
+                &finite_diff(f_b, &b64, 1e-3),
+                1e-3,
+                1e-3,
+            );
+            let want_bias: Vec<f64> = (0..n)
+                .map(|j| dc.iter().skip(j).step_by(n).map(|&v| v as f64).sum())
+                .collect();
+            assert_close(
+                &format!("{what} dbias"),
+                &dbias.unwrap().to_f32(&d).unwrap(),
+                &want_bias,
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+    let e = matmul::matmul(
+        &d,
+        &arr(&d, &[0.0; 6], &[2, 3]),
+        &arr(&d, &[0.0; 8], &[4, 2]),
+        false,
+        false,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("[2, 3]") && e.to_string().contains("[4, 2]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn conv2d_forward_and_gradients() {
+    let d = dev();
+    let mut r = Rng::new(5);
+    let specs = [
+        ([2, 3, 7, 6], [4, 3, 3, 3], Conv2dSpec::default()),
+        (
+            [1, 1, 8, 8],
+            [6, 1, 5, 5],
+            Conv2dSpec {
+                padding: (2, 2),
+                ..Default::default()
+            },
+        ),
+        (
+            [2, 2, 9, 7],
+            [3, 2, 3, 2],
+            Conv2dSpec {
+                stride: (2, 3),
+                padding: (1, 0),
+                dilation: (1, 2),
+            },
+        ),
+        (
+            [1, 3, 5, 5],
+            [2, 3, 1, 1],
+            Conv2dSpec {
+                stride: (2, 2),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (xs, ws, spec) in specs {
+        let x = r.vec(xs.iter().product(), -1.0, 1.0);
+        let w = r.vec(ws.iter().product(), -1.0, 1.0);
+        let b = r.vec(ws[0], -1.0, 1.0);
+        let (xa, wa, ba) = (arr(&d, &x, &xs), arr(&d, &w, &ws), arr(&d, &b, &[ws[0]]));
+        let y = conv::conv2d(&d, &xa, &wa, Some(&ba), &spec).unwrap();
+        let (x64, w64, b64) = (to_f64(&x), to_f64(&w), to_f64(&b));
+        let (want, ys) = conv::cpu::conv2d(&x64, xs, &w64, ws, Some(&b64), &spec);
+        assert_eq!(y.shape, ys.to_vec());
+        let what = format!("conv {xs:?} {ws:?} {spec:?}");
+        assert_close(&what, &y.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
+        let dy = r.vec(y.numel(), -1.0, 1.0);
+        let dya = arr(&d, &dy, &y.shape);
+        let dx = conv::conv2d_backward_input(&d, &dya, &wa, &xs, &spec).unwrap();
+        let dw = conv::conv2d_backward_weight(&d, &dya, &xa, &ws, &spec).unwrap();
+        let db = conv::conv2d_backward_bias(&d, &dya).unwrap();
+        let fx = |v: &[f64]| {
+            dot(
+                &conv::cpu::conv2d(v, xs, &w64, ws, Some(&b64), &spec).0,
+                &dy,
+            )
+        };
+        let fw = |v: &[f64]| {
+            dot(
+                &conv::cpu::conv2d(&x64, xs, v, ws, Some(&b64), &spec).0,
+                &dy,
+            )
+        };
+        let fb = |v: &[f64]| {
+            dot(
+                &conv::cpu::conv2d(&x64, xs, &w64, ws, Some(v), &spec).0,
+                &dy,
+            )
+        };
+        assert_close(
+            &format!("{what} dx"),
+            &dx.to_f32(&d).unwrap(),
+            &finite_diff(fx, &x64, 1e-3),
+            1e-3,
+            1e-3,
+        );
+        assert_close(
+            &format!("{what} dw"),
+            &dw.to_f32(&d).unwrap(),
+            &finite_diff(fw, &w64, 1e-3),
+            1e-3,
+            1e-3,
+        );
+        assert_close(
+            &format!("{what} db"),
+            &db.to_f32(&d).unwrap(),
+            &finite_diff(fb, &b64, 1e-3),
+            1e-3,
+            1e-3,
+        );
+    }
+    // LeNet's conv2 weight gradient at batch 64: long K, split across workgroups.
+    let (xs, ws) = ([64, 6, 14, 14], [16, 6, 5, 5]);
+    let x = r.vec(xs.iter().product(), -1.0, 1.0);
+    let dy = r.vec(64 * 16 * 10 * 10, -1.0, 1.0);
+    let spec = Conv2dSpec::default();
+    let dw = conv::conv2d_backward_weight(
+        &d,
+        &arr(&d, &dy, &[64, 16, 10, 10]),
+        &arr(&d, &x, &xs),
+        &ws,
+        &spec,
+    )
+    .unwrap();
+    let mut want = vec![0.0; 16 * 150];
+    for o in 0..16 {
+        for c in 0..6 {
+            for i in 0..5 {
+                for j in 0..5 {
+                    let mut s = 0.0;
+                    for b in 0..64 {
+                        for oy in 0..10 {
+                            for ox in 0..10 {
+                                s += dy[((b * 16 + o) * 10 + oy) * 10 + ox] as f64
+                                    * x[((b * 6 + c) * 14 + oy + i) * 14 + ox + j] as f64;
+                            }
+                        }
+                    }
+                    want[((o * 6 + c) * 5 + i) * 5 + j] = s;
+                }
+            }
+        }
+    }
+    assert_close(
+        "lenet conv2 dw (split K)",
+        &dw.to_f32(&d).unwrap(),
+        &want,
+        1e-3,
+        1e-4,
+    );
+    // Bad shapes are errors that name both sides.
+    let e = conv::conv2d(
+        &d,
+        &arr(&d, &[0.0; 32], &[1, 2, 4, 4]),
+        &arr(&d, &[0.0; 27], &[1, 3, 3, 3]),
+        None,
+        &spec,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("3 channels"), "{e}");
+    let e = conv::conv2d(
+        &d,
+        &arr(&d, &[0.0; 4], &[1, 1, 2, 2]),
+        &arr(&d, &[0.0; 9], &[1, 1, 3, 3]),
+        None,
+        &spec,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("2x2"), "{e}");
+}
+
+#[test]
+fn pooling_forward_and_gradients() {
+    let d = dev();
+    let mut r = Rng::new(6);
+    let specs = [
+        ([2, 3, 8, 8], Pool2dSpec::square(2)),
+        ([1, 2, 7, 5], Pool2dSpec::square(3)),
+        (
+            [1, 1, 6, 7],
+            Pool2dSpec {
+                kernel: (3, 2),
+                conv: Conv2dSpec {
+                    stride: (2, 1),
+                    padding: (1, 1),
+                    dilation: (1, 1),
+                },
+            },
+        ),
+    ];
+    for (xs, spec) in specs {
+        let x = r.vec(xs.iter().product(), -1.0, 1.0);
+        let x64 = to_f64(&x);
+        let xa = arr(&d, &x, &xs);
+        let (y, idx) = pool::max_pool2d(&d, &xa, &spec).unwrap();
+        assert_close(
+            "max_pool",
+            &y.to_f32(&d).unwrap(),
+            &pool::cpu::pool2d(&x64, xs, &spec, false),
+            0.0,
+            0.0,
+        );
+        let ya = pool::avg_pool2d(&d, &xa, &spec).unwrap();
+        assert_close(
+            "avg_pool",
+            &ya.to_f32(&d).unwrap(),
+            &pool::cpu::pool2d(&x64, xs, &spec, true),
+            1e-6,
+            1e-5,
+        );
+        let dy = r.vec(y.numel(), -1.0, 1.0);
+        let dya = arr(&d, &dy, &y.shape);
+        let dx = pool::max_pool2d_backward(&d, &dya, &idx, &xs, &spec).unwrap();
+        let f = |v: &[f64]| dot(&pool::cpu::pool2d(v, xs, &spec, false), &dy);
+        assert_close(
+            "max_pool dx",
+            &dx.to_f32(&d).unwrap(),
+            &finite_diff(f, &x64, 1e-4),
+            1e-3,
+            1e-3,
+        );
+        let dx = pool::avg_pool2d_backward(&d, &dya, &xs, &spec).unwrap();
+        let f = |v: &[f64]| dot(&pool::cpu::pool2d(v, xs, &spec, true), &dy);
+        assert_close(
+            "avg_pool dx",
+            &dx.to_f32(&d).unwrap(),
+            &finite_diff(f, &x64, 1e-4),
+            1e-4,
+            1e-3,
+        );
+    }
+    assert!(pool::max_pool2d(&d, &arr(&d, &[0.0; 4], &[2, 2]), &Pool2dSpec::square(2)).is_err());
+}
+
+#[test]
+fn softmax_and_cross_entropy() {
+    let d = dev();
+    let mut r = Rng::new(7);
+    for (rows, cols) in [(1, 1), (5, 10), (3, 37)] {
+        let x = r.vec(rows * cols, -5.0, 5.0);
+        let x64 = to_f64(&x);
+        let xa = arr(&d, &x, &[rows, cols]);
+        for log in [false, true] {
+            let y = softmax::softmax(&d, &xa, log).unwrap();
+            assert_close(
+                "softmax",
+                &y.to_f32(&d).unwrap(),
+                &softmax::cpu::softmax(&x64, cols, log),
+                1e-5,
+                1e-5,
+            );
+            let dy = r.vec(rows * cols, -1.0, 1.0);
+            let dx = softmax::softmax_backward(&d, &y, &arr(&d, &dy, &[rows, cols]), log).unwrap();
+            let f = |v: &[f64]| dot(&softmax::cpu::softmax(v, cols, log), &dy);
+            assert_close(
+                "softmax dx",
+                &dx.to_f32(&d).unwrap(),
+                &finite_diff(f, &x64, 1e-4),
+                1e-4,
+                1e-3,
+            );
+        }
+        // Large logits stay finite (max subtracted).
+        let big = arr(&d, &vec![1000.0; cols], &[1, cols]);
+        assert!(softmax::softmax(&d, &big, false)
+            .unwrap()
+            .to_f32(&d)
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
+    }
+    for ignore in [None, Some(-100)] {
+        let (rows, cols) = (300, 7); // more rows than the workgroup
+        let x = r.vec(rows * cols, -3.0, 3.0);
+        let x64 = to_f64(&x);
+        let labels: Vec<i32> = (0..rows)
+            .map(|i| {
+                if ignore.is_some() && i % 5 == 0 {
+                    -100
+                } else {
+                    r.below(cols) as i32
+                }
+            })
+            .collect();
+        let la = Array::from_i32(&d, &labels, &[rows]).unwrap();
+        let ce = softmax::cross_entropy(&d, &arr(&d, &x, &[rows, cols]), &la, ignore).unwrap();
+        let loss = ce.loss.to_f32(&d).unwrap();
+        let want = softmax::cpu::cross_entropy(&x64, cols, &labels, ignore);
+        assert_close("cross entropy", &loss[..1], &[want], 1e-5, 1e-5);
+        let dl = arr(&d, &[2.0], &[1]);
+        let dx = softmax::cross_entropy_backward(&d, &ce, &dl).unwrap();
+        let f = |v: &[f64]| 2.0 * softmax::cpu::cross_entropy(v, cols, &labels, ignore);
+        assert_close(
+            "cross entropy dx",
+            &dx.to_f32(&d).unwrap(),
+            &finite_diff(f, &x64, 1e-4),
+            1e-5,
+            1e-3,
+        );
+    }
+    // An out-of-range label: an error on the host, NaN (never a plausible loss) on the device.
+    assert!(softmax::check_labels(&[0, 3, 10], 10, None)
+        .unwrap_err()
+        .to_string()
+        .contains("label 10"));
+    let la = Array::from_i32(&d, &[0, 12], &[2]).unwrap();
+    let ce = softmax::cross_entropy(&d, &arr(&d, &[0.0; 20], &[2, 10]), &la, None).unwrap();
+    assert!(ce.loss.to_f32(&d).unwrap()[0].is_nan());
+    assert!(softmax::cross_entropy(
+        &d,
+        &arr(&d, &[0.0; 20], &[2, 10]),
+        &Array::from_i32(&d, &[0], &[1]).unwrap(),
+        None
+    )
+    .is_err());
+}
+
+#[test]
+fn optimizers_match_pytorch_formulas_over_ten_steps() {
+    let d = dev();
+    let mut r = Rng::new(8);
+    let rules = [
+        Rule::Sgd {
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+        Rule::Sgd {
+            momentum: 0.9,
+            dampening: 0.1,
+            nesterov: false,
+            weight_decay: 1e-2,
+        },
+        Rule::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: 0.0,
+        },
+        Rule::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+        },
+        Rule::Adam {
+            beta1: 0.8,
+            beta2: 0.99,
+            eps: 1e-6,
+            weight_decay: 1e-2,
+            decoupled: false,
+        },
+        Rule::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            decoupled: true,
+        },
+        Rule::RmsProp {
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+        },
+        Rule::RmsProp {
+            alpha: 0.9,
+            eps: 1e-6,
+            weight_decay: 1e-3,
+            momentum: 0.5,
+            centered: true,
+        },
+    ];
+    for rule in rules {
+        let n = 333;
+        let p0 = r.vec(n, -1.0, 1.0);
+        let param = d.upload(&p0).unwrap();
+        let state: Vec<_> = (0..rule.state_count())
+            .map(|_| d.upload(&vec![0.0f32; n]).unwrap())
+            .collect();
+        let hp = d.upload(&rule.hyper(0.01, 1)).unwrap();
+        let mut p64 = to_f64(&p0);
+        let mut s64 = vec![vec![0.0; n]; 3];
+        for step in 1..=10u64 {
+            let lr = 0.01 * (1.0 - 0.05 * step as f64); // a changing learning rate
+            let g = r.vec(n, -1.0, 1.0);
+            d.write(&hp, &rule.hyper(lr as f32, step)).unwrap();
+            optim::step(&d, &rule, &param, &d.upload(&g).unwrap(), &state, &hp).unwrap();
+            optim::cpu_step(&rule, lr, step, &mut p64, &to_f64(&g), &mut s64);
+        }
+        assert_close(
+            &format!("{rule:?}"),
+            &d.download::<f32>(&param).unwrap(),
+            &p64,
+            1e-5,
+            1e-4,
+        );
+    }
+}

@@ -1,0 +1,87 @@
+// Fused per-parameter optimizer updates, with PyTorch's formulas. Hyper-parameters live in a
+// storage buffer `hp` that the host rewrites between steps (learning rate, bias corrections), so a
+// recorded step never needs re-recording when they change.
+//   sgd:     hp = [lr, momentum, dampening, weight_decay, nesterov, first_step]
+//   adam:    hp = [lr, beta1, beta2, eps, weight_decay, decoupled (AdamW), 1-beta1^t, 1-beta2^t]
+//   rmsprop: hp = [lr, alpha, eps, weight_decay, momentum, centered]
+
+const WG: u32 = 256u;
+
+struct Params {
+    n: u32,
+}
+
+@group(0) @binding(0) var<storage, read> grad: array<f32>;
+@group(0) @binding(1) var<storage, read> hp: array<f32>;
+@group(0) @binding(2) var<storage, read_write> param: array<f32>;
+@group(0) @binding(3) var<storage, read_write> s1: array<f32>;
+@group(0) @binding(4) var<storage, read_write> s2: array<f32>;
+@group(0) @binding(5) var<storage, read_write> s3: array<f32>;
+@group(0) @binding(6) var<uniform> p: Params;
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let lr = hp[0];
+    let momentum = hp[1];
+    var g = grad[i] + hp[3] * param[i];
+    if (momentum != 0.0) {
+        var buf = g;
+        if (hp[5] == 0.0) { buf = momentum * s1[i] + (1.0 - hp[2]) * g; }
+        s1[i] = buf;
+        if (hp[4] != 0.0) { g = g + momentum * buf; } else { g = buf; }
+    }
+    param[i] = param[i] - lr * g;
+}
+
+@compute @workgroup_size(WG)
+fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let lr = hp[0];
+    let b1 = hp[1];
+    let b2 = hp[2];
+    var w = param[i];
+    var g = grad[i];
+    if (hp[5] != 0.0) { w = w * (1.0 - lr * hp[4]); } else { g = g + hp[4] * w; }
+    let m = b1 * s1[i] + (1.0 - b1) * g;
+    let v = b2 * s2[i] + (1.0 - b2) * g * g;
+    s1[i] = m;
+    s2[i] = v;
+    let denom = sqrt(v) / sqrt(hp[7]) + hp[3];
+    param[i] = w - (lr / hp[6]) * m / denom;
+}
+
+@compute @workgroup_size(WG)
+fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let lr = hp[0];
+    let alpha = hp[1];
+    let g = grad[i] + hp[3] * param[i];
+    let sq = alpha * s1[i] + (1.0 - alpha) * g * g;
+    s1[i] = sq;
+    var avg: f32;
+    if (hp[5] != 0.0) {
+        let ga = alpha * s2[i] + (1.0 - alpha) * g;
+        s2[i] = ga;
+        avg = sqrt(sq - ga * ga) + hp[2];
+    } else {
+        avg = sqrt(sq) + hp[2];
+    }
+    if (hp[4] > 0.0) {
+        let buf = hp[4] * s3[i] + g / avg;
+        s3[i] = buf;
+        param[i] = param[i] - lr * buf;
+    } else {
+        param[i] = param[i] - lr * g / avg;
+    }
+}

@@ -1,0 +1,85 @@
+// Reductions along one axis of x viewed as [outer, len, inner]: out[o, i] = R_j x[o, j, i].
+// OP: 0 sum, 1 mean, 2 max. argmax writes the index of the first maximum.
+// `reduce` uses one invocation per output (good when outer*inner is large);
+// `reduce_wide` uses one workgroup per output with a tree in shared memory (long rows, few outputs).
+// Both add in a fixed order, so results are the same on every run.
+
+override OP: u32 = 0u;
+const WG: u32 = 256u;
+
+struct Params {
+    outer: u32,
+    len: u32,
+    inner: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> idx: array<i32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+fn combine(acc: f32, v: f32) -> f32 {
+    if (OP == 2u) { return max(acc, v); }
+    return acc + v;
+}
+
+fn init() -> f32 {
+    if (OP == 2u) { return -3.402823e38; }
+    return 0.0;
+}
+
+fn finish(acc: f32) -> f32 {
+    if (OP == 1u) { return acc / f32(p.len); }
+    return acc;
+}
+
+@compute @workgroup_size(WG)
+fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let o = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (o >= p.outer * p.inner) { return; }
+    let base = (o / p.inner) * p.len * p.inner + o % p.inner;
+    var acc = init();
+    for (var j = 0u; j < p.len; j++) {
+        acc = combine(acc, x[base + j * p.inner]);
+    }
+    out[o] = finish(acc);
+}
+
+@compute @workgroup_size(WG)
+fn argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let o = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (o >= p.outer * p.inner) { return; }
+    let base = (o / p.inner) * p.len * p.inner + o % p.inner;
+    var best = x[base];
+    var at = 0u;
+    for (var j = 1u; j < p.len; j++) {
+        let v = x[base + j * p.inner];
+        if (v > best) { best = v; at = j; }
+    }
+    out[o] = best;
+    idx[o] = i32(at);
+}
+
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn reduce_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    // Uniform across the workgroup, so the early return keeps barriers in uniform control flow.
+    let o = wid.x + wid.y * nwg.x;
+    if (o >= p.outer * p.inner) { return; }
+    let base = (o / p.inner) * p.len * p.inner + o % p.inner;
+    var acc = init();
+    for (var j = lid; j < p.len; j += WG) {
+        acc = combine(acc, x[base + j * p.inner]);
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) { partial[lid] = combine(partial[lid], partial[lid + s]); }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { out[o] = finish(partial[0]); }
+}
