@@ -5,17 +5,18 @@
 //   2 conv2d input grad:     A = weight seen as [Ci, Co*KH*KW], B = dy gathered [Co*KH*KW, N*H*W], C = dx
 //   3 conv2d weight grad:    A = dy seen as [Co, N*OH*OW], B = im2col(x)^T [N*OH*OW, Ci*KH*KW], C = dw
 // im2col is never stored: the tile loaders compute each element's source (implicit GEMM).
-// Each workgroup computes a BM x BN tile (BM = TM*RM, BN = TN*RN) with K staged through shared memory
-// in BK-deep slabs; each invocation accumulates an RM x RN block in registers.
+// Each workgroup computes a BM x BN tile (BM = 4*TM, BN = 4*TN) with K staged through shared memory
+// in BK-deep slabs; each invocation accumulates a 4 x 4 block in registers.
 // K may be split across workgroups (z = batch * k_split); split s writes its partial sums at offset
 // c_split * s (the caller then sums the partials).
 
 override MODE: u32 = 0u;
 override TM: u32 = 8u;   // invocations along M
 override TN: u32 = 8u;   // invocations along N
-override RM: u32 = 4u;   // outputs per invocation along M, at most 8
-override RN: u32 = 4u;   // outputs per invocation along N, at most 8
 override BK: u32 = 16u;  // K slab depth
+// Each invocation accumulates a 4 x 4 block of outputs in four vec4 registers (no arrays, so
+// software adapters keep them in vector registers too).
+const R: u32 = 4u;
 
 struct Params {
     m: u32, n: u32, k: u32, k_split: u32,
@@ -34,8 +35,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-var<workgroup> As: array<f32, BK * TM * RM>; // [BK][BM]
-var<workgroup> Bs: array<f32, BK * TN * RN>; // [BK][BN]
+var<workgroup> As: array<vec4<f32>, BK * TM>; // [BK][BM / 4]
+var<workgroup> Bs: array<vec4<f32>, BK * TN>; // [BK][BN / 4]
 
 // Element (row, col) of x's im2col matrix, where row = (ci, i, j) and col = (img, oy, ox).
 fn im2col(ci: u32, r: u32, img: u32, s: u32) -> f32 {
@@ -122,8 +123,8 @@ fn store_c(z: u32, split: u32, m: u32, n: u32, v: f32) {
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32,
         @builtin(workgroup_id) wid: vec3<u32>) {
-    let BM = TM * RM;
-    let BN = TN * RN;
+    let BM = TM * R;
+    let BN = TN * R;
     let NT = TM * TN;
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
@@ -132,8 +133,10 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
     let k_begin = split * p.k_chunk;
     let k_end = min(p.k, k_begin + p.k_chunk);
 
-    var acc: array<f32, 64>;
-    for (var t = 0u; t < 64u; t++) { acc[t] = 0.0; }
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     // k_begin and k_end are uniform over the workgroup, so every barrier is reached by all.
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
@@ -142,36 +145,78 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>,
             let kk = i % BK;
             var v = 0.0;
             if (m0 + mm < p.m && k0 + kk < k_end) { v = load_a(z, m0 + mm, k0 + kk); }
-            As[kk * BM + mm] = v;
+            As[kk * TM + mm / R][mm % R] = v;
         }
         for (var i = li; i < BN * BK; i += NT) {
             let nn = i % BN;
             let kk = i / BN;
             var v = 0.0;
             if (n0 + nn < p.n && k0 + kk < k_end) { v = load_b(z, k0 + kk, n0 + nn); }
-            Bs[kk * BN + nn] = v;
+            Bs[kk * TN + nn / R][nn % R] = v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var ar: array<f32, 8>;
-            var br: array<f32, 8>;
-            for (var i = 0u; i < RM; i++) { ar[i] = As[kk * BM + lid.y + i * TM]; }
-            for (var j = 0u; j < RN; j++) { br[j] = Bs[kk * BN + lid.x + j * TN]; }
-            for (var i = 0u; i < RM; i++) {
-                for (var j = 0u; j < RN; j++) {
-                    acc[i * 8u + j] = fma(ar[i], br[j], acc[i * 8u + j]);
-                }
-            }
+            let a = As[kk * TM + lid.y];
+            let b = Bs[kk * TN + lid.x];
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < RM; i++) {
-        let m = m0 + lid.y + i * TM;
-        if (m >= p.m) { continue; }
-        for (var j = 0u; j < RN; j++) {
-            let n = n0 + lid.x + j * TN;
-            if (n < p.n) { store_c(z, split, m, n, acc[i * 8u + j]); }
+    let m = m0 + lid.y * R;
+    let n = n0 + lid.x * R;
+    store_row(z, split, m, n, acc0);
+    store_row(z, split, m + 1u, n, acc1);
+    store_row(z, split, m + 2u, n, acc2);
+    store_row(z, split, m + 3u, n, acc3);
+}
+
+fn store_row(z: u32, split: u32, m: u32, n: u32, v: vec4<f32>) {
+    if (m >= p.m) { return; }
+    for (var j = 0u; j < R; j++) {
+        if (n + j < p.n) { store_c(z, split, m, n + j, v[j]); }
+    }
+}
+
+// gemm_direct: the same product without shared memory. Each invocation accumulates an RM x RN block
+// (override constants, at most 8 x 8) straight from global memory, relying on caches for reuse.
+// Software adapters (lavapipe) run it several times faster than the tiled kernel, since there
+// every shared-memory access costs as much as a global one and barriers cost more.
+override RM: u32 = 8u;
+override RN: u32 = 8u;
+override WX: u32 = 64u;  // invocations along N per workgroup
+override WY: u32 = 1u;   // invocations along M per workgroup
+
+@compute @workgroup_size(WX, WY)
+fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(workgroup_id) wid: vec3<u32>) {
+    let n0 = gid.x * RN;
+    let m0 = gid.y * RM;
+    // Invocations past the edge return early: no barriers follow.
+    if (n0 >= p.n || m0 >= p.m) { return; }
+    let z = wid.z / p.k_split;
+    let split = wid.z % p.k_split;
+    let k_begin = split * p.k_chunk;
+    let k_end = min(p.k, k_begin + p.k_chunk);
+    let rows = min(RM, p.m - m0);
+    let cols = min(RN, p.n - n0);
+    var acc: array<f32, 64>;
+    for (var t = 0u; t < 64u; t++) { acc[t] = 0.0; }
+    var av: array<f32, 8>;
+    var bv: array<f32, 8>;
+    for (var k = k_begin; k < k_end; k++) {
+        for (var i = 0u; i < RM; i++) { av[i] = select(0.0, load_a(z, m0 + i, k), i < rows); }
+        for (var j = 0u; j < RN; j++) { bv[j] = select(0.0, load_b(z, k, n0 + j), j < cols); }
+        for (var i = 0u; i < RM; i++) {
+            for (var j = 0u; j < RN; j++) {
+                acc[i * 8u + j] = fma(av[i], bv[j], acc[i * 8u + j]);
+            }
         }
+    }
+    for (var i = 0u; i < rows; i++) {
+        for (var j = 0u; j < cols; j++) { store_c(z, split, m0 + i, n0 + j, acc[i * 8u + j]); }
     }
 }

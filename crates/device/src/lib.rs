@@ -613,10 +613,11 @@ impl Device {
         let validated = Arc::new(shaders::validate(name, src)?);
         let d = &self.inner.device;
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
+        };
+        let module = d.create_shader_module(desc);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(DeviceError::Shader {
                 name: name.to_string(),
@@ -917,7 +918,10 @@ impl Device {
 
     /// Times `work` (which records dispatches) with GPU timestamps around one compute pass where
     /// the adapter has them, and with CPU wall time around submit-and-wait otherwise.
-    pub fn time(&self, work: impl FnOnce() -> Result<()>) -> Result<Timing> {
+    pub fn time<E: From<DeviceError>>(
+        &self,
+        work: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Timing, E> {
         timing::time(self, work)
     }
 }

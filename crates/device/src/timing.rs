@@ -1,6 +1,6 @@
 //! Timing of recorded GPU work.
 
-use crate::{Device, DeviceError, Result};
+use crate::{Device, DeviceError};
 use std::time::Instant;
 
 /// Where a timing came from.
@@ -21,7 +21,10 @@ pub struct Timing {
     pub source: TimingSource,
 }
 
-pub(crate) fn time(dev: &Device, work: impl FnOnce() -> Result<()>) -> Result<Timing> {
+pub(crate) fn time<E: From<DeviceError>>(
+    dev: &Device,
+    work: impl FnOnce() -> Result<(), E>,
+) -> Result<Timing, E> {
     dev.wait()?;
     let inner = &dev.inner;
     if !inner.caps.timestamps {
@@ -59,7 +62,7 @@ pub(crate) fn time(dev: &Device, work: impl FnOnce() -> Result<()>) -> Result<Ti
     let bytes = dev.map_read(&read, 16)?;
     let t: &[u64] = bytemuck::cast_slice(&bytes);
     if t[1] < t[0] {
-        return Err(DeviceError::Wgpu("timestamps went backwards".into()));
+        return Err(DeviceError::Wgpu("timestamps went backwards".into()).into());
     }
     Ok(Timing {
         seconds: (t[1] - t[0]) as f64 * inner.timestamp_period as f64 * 1e-9,

@@ -28,41 +28,76 @@ pub(crate) struct Geom {
     pub conv: [usize; 14],
 }
 
-/// Tile configuration: invocations (tm x tn), outputs per invocation (rm x rn), K slab depth.
+/// How the GEMM kernel is run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tiles {
-    /// Invocations along M.
-    pub tm: u32,
-    /// Invocations along N.
-    pub tn: u32,
-    /// Outputs per invocation along M.
-    pub rm: u32,
-    /// Outputs per invocation along N.
-    pub rn: u32,
-    /// K slab depth.
-    pub bk: u32,
+pub enum GemmPath {
+    /// `gemm`: workgroup tiles staged through shared memory, a 4 x 4 register block per
+    /// invocation (tm x tn invocations, bk-deep K slabs). For GPUs.
+    Tiled {
+        /// Invocations along M.
+        tm: u32,
+        /// Invocations along N.
+        tn: u32,
+        /// K slab depth.
+        bk: u32,
+    },
+    /// `gemm_direct`: an rm x rn register block per invocation read straight from memory.
+    /// For software adapters, where shared memory saves nothing.
+    Direct {
+        /// Outputs per invocation along M (at most 8).
+        rm: u32,
+        /// Outputs per invocation along N (at most 8).
+        rn: u32,
+    },
 }
 
-impl Tiles {
-    /// A tile that fits the output: narrow along a small M or N, so small layers (LeNet's six
-    /// channels) do not compute mostly padding. Software adapters get 64-invocation workgroups
-    /// (one core runs a whole workgroup), GPUs 256.
-    pub fn choose(dev: &Device, m: usize, n: usize) -> Tiles {
-        let threads: u32 = if dev.adapter().is_software { 64 } else { 256 };
-        let (rm, rn) = (4u32, 4u32);
-        let tm = (m.div_ceil(rm as usize).next_power_of_two() as u32).clamp(1, 16);
-        let tn = (threads / tm)
-            .min(n.div_ceil(rn as usize).next_power_of_two() as u32)
-            .max(1);
-        Tiles {
-            tm,
-            tn,
-            rm,
-            rn,
-            bk: 16,
+/// Forces a GEMM path (tests and benchmarks); `None` restores the automatic choice.
+pub fn force_path(path: Option<bool>) {
+    FORCE.store(
+        match path {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+static FORCE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+impl GemmPath {
+    /// The path for an M x N output: the direct kernel on software adapters, tiles on GPUs; either
+    /// way narrow along a small M or N, so small layers (LeNet's six channels) do not compute
+    /// mostly padding. [`force_path`] overrides the choice (`Some(true)`: tiled).
+    pub fn choose(dev: &Device, m: usize, n: usize) -> GemmPath {
+        let tiled = match FORCE.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => !dev.adapter().is_software,
+        };
+        if tiled {
+            let tm = (m.div_ceil(4).next_power_of_two() as u32).clamp(1, 16);
+            let tn = (256 / tm)
+                .min(n.div_ceil(4).next_power_of_two() as u32)
+                .max(1);
+            GemmPath::Tiled { tm, tn, bk: 16 }
+        } else {
+            GemmPath::Direct {
+                rm: m.min(8) as u32,
+                rn: n.min(8) as u32,
+            }
+        }
+    }
+
+    /// Output rows and columns one workgroup covers.
+    fn block(&self) -> (usize, usize) {
+        match *self {
+            GemmPath::Tiled { tm, tn, .. } => (4 * tm as usize, 4 * tn as usize),
+            GemmPath::Direct { rm, rn } => (rm as usize, DIRECT_WX * rn as usize),
         }
     }
 }
+
+const DIRECT_WX: usize = 64;
 
 /// Runs the GEMM kernel, splitting K across workgroups when the output alone would leave the
 /// adapter idle (long K, few output tiles: weight gradients), then summing the partials.
@@ -78,11 +113,11 @@ pub(crate) fn gemm(
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
-    let t = Tiles::choose(dev, g.m, g.n);
-    let (bm, bn) = ((t.tm * t.rm) as usize, (t.tn * t.rn) as usize);
+    let path = GemmPath::choose(dev, g.m, g.n);
+    let (bm, bn) = path.block();
     let tiles = g.m.div_ceil(bm) * g.n.div_ceil(bn) * g.batch;
-    let target = if dev.adapter().is_software { 8 } else { 128 };
-    let bk = t.bk as usize;
+    let target = if dev.adapter().is_software { 16 } else { 128 };
+    let bk = 16;
     let mut splits = 1;
     if tiles < target && g.k >= 8 * bk {
         splits = (target / tiles).min(g.k / (4 * bk)).clamp(1, 64);
@@ -97,18 +132,30 @@ pub(crate) fn gemm(
     } else {
         c
     };
-    let k = dev.kernel(
-        "gemm",
-        "gemm",
-        &[
-            ("MODE", mode as u32 as f64),
-            ("TM", t.tm as f64),
-            ("TN", t.tn as f64),
-            ("RM", t.rm as f64),
-            ("RN", t.rn as f64),
-            ("BK", t.bk as f64),
-        ],
-    )?;
+    let mode_c = ("MODE", mode as u32 as f64);
+    let k = match path {
+        GemmPath::Tiled { tm, tn, bk } => dev.kernel(
+            "gemm",
+            "gemm",
+            &[
+                mode_c,
+                ("TM", tm as f64),
+                ("TN", tn as f64),
+                ("BK", bk as f64),
+            ],
+        )?,
+        GemmPath::Direct { rm, rn } => dev.kernel(
+            "gemm",
+            "gemm_direct",
+            &[
+                mode_c,
+                ("RM", rm as f64),
+                ("RN", rn as f64),
+                ("WX", DIRECT_WX as f64),
+                ("WY", 1.0),
+            ],
+        )?,
+    };
     let dummy;
     let bias_buf = match bias {
         Some(b) => b,
@@ -132,8 +179,11 @@ pub(crate) fn gemm(
         .us(&g.b.map(u))
         .us(&g.c.map(u))
         .us(&g.conv.map(u));
-    let z = g.batch * splits;
-    let groups = [u(g.n.div_ceil(bn)), u(g.m.div_ceil(bm)), u(z)];
+    let groups = [
+        u(g.n.div_ceil(bn)),
+        u(g.m.div_ceil(bm)),
+        u(g.batch * splits),
+    ];
     dev.launch(&k, &[a, b, bias_buf, target_buf], &p, groups)?;
     if splits > 1 {
         reduce_raw(dev, target_buf, c, 1, splits, c_size, Reduce::Sum)?;

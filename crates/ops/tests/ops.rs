@@ -225,6 +225,16 @@ fn layout_ops() {
 
 #[test]
 fn matmul_all_transposes_odd_shapes_and_batches() {
+    // Both GEMM kernels, whatever this adapter would choose.
+    for tiled in [true, false] {
+        matmul::force_path(Some(tiled));
+        matmul_cases();
+        conv_cases();
+    }
+    matmul::force_path(None);
+}
+
+fn matmul_cases() {
     let d = dev();
     let mut r = Rng::new(4);
     // (batch_a, batch_b, m, n, k): primes, 1s, non-multiples of every tile, a shared 2-D operand.
@@ -335,6 +345,10 @@ fn matmul_all_transposes_odd_shapes_and_batches() {
 
 #[test]
 fn conv2d_forward_and_gradients() {
+    conv_cases();
+}
+
+fn conv_cases() {
     let d = dev();
     let mut r = Rng::new(5);
     let specs = [
