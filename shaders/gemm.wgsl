@@ -18,6 +18,17 @@ override BK: u32 = 16u;  // K slab depth
 // software adapters keep them in vector registers too).
 const R: u32 = 4u;
 
+// Convolution divisors as override constants (modes 1-3): integer division has no vector form on
+// CPUs, so a divisor known when the pipeline is built (a multiply and shift) matters there.
+override CKW: u32 = 1u;   // kw
+override CKHW: u32 = 1u;  // kh * kw
+override COW: u32 = 1u;   // ow
+override COHW: u32 = 1u;  // oh * ow
+override CW: u32 = 1u;    // w
+override CHW: u32 = 1u;   // h * w
+override CSH: u32 = 1u;   // stride along h
+override CSW: u32 = 1u;   // stride along w
+
 struct Params {
     m: u32, n: u32, k: u32, k_split: u32,
     k_chunk: u32, bias_mode: u32, c_split: u32, batch: u32,
@@ -40,10 +51,10 @@ var<workgroup> Bs: array<vec4<f32>, BK * TN>; // [BK][BN / 4]
 
 // Element (row, col) of x's im2col matrix, where row = (ci, i, j) and col = (img, oy, ox).
 fn im2col(ci: u32, r: u32, img: u32, s: u32) -> f32 {
-    let i = r / p.kw;
-    let j = r % p.kw;
-    let iy = i32((s / p.ow) * p.sh + i * p.dh) - i32(p.ph);
-    let ix = i32((s % p.ow) * p.sw + j * p.dw) - i32(p.pw);
+    let i = r / CKW;
+    let j = r % CKW;
+    let iy = i32((s / COW) * CSH + i * p.dh) - i32(p.ph);
+    let ix = i32((s % COW) * CSW + j * p.dw) - i32(p.pw);
     if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) { return 0.0; }
     return b[((img * p.cin + ci) * p.h + u32(iy)) * p.w + u32(ix)];
 }
@@ -52,49 +63,33 @@ fn load_a(z: u32, m: u32, k: u32) -> f32 {
     switch MODE {
         case 0u: { return a[z * p.a_bs + m * p.a_ms + k * p.a_ks]; }
         case 1u: { return a[m * p.k + k]; }
-        case 2u: {
-            let khw = p.kh * p.kw;
-            return a[((k / khw) * p.cin + m) * khw + k % khw];
-        }
-        default: {
-            let ohw = p.oh * p.ow;
-            return a[((k / ohw) * p.cout + m) * ohw + k % ohw];
-        }
+        case 2u: { return a[((k / CKHW) * p.cin + m) * CKHW + k % CKHW]; }
+        default: { return a[((k / COHW) * p.cout + m) * COHW + k % COHW]; }
     }
 }
 
 fn load_b(z: u32, k: u32, n: u32) -> f32 {
     switch MODE {
         case 0u: { return b[z * p.b_bs + k * p.b_ks + n * p.b_ns]; }
-        case 1u: {
-            let khw = p.kh * p.kw;
-            let ohw = p.oh * p.ow;
-            return im2col(k / khw, k % khw, n / ohw, n % ohw);
-        }
+        case 1u: { return im2col(k / CKHW, k % CKHW, n / COHW, n % COHW); }
         case 2u: {
             // dx[img, ci, iy, ix] gathers dy[img, co, oy, ox] where iy = oy*sh + i*dh - ph.
-            let khw = p.kh * p.kw;
-            let hw = p.h * p.w;
-            let co = k / khw;
-            let r = k % khw;
-            let img = n / hw;
-            let s = n % hw;
-            let ty = i32(s / p.w + p.ph) - i32((r / p.kw) * p.dh);
-            let tx = i32(s % p.w + p.pw) - i32((r % p.kw) * p.dw);
+            let co = k / CKHW;
+            let r = k % CKHW;
+            let img = n / CHW;
+            let s = n % CHW;
+            let ty = i32(s / CW + p.ph) - i32((r / CKW) * p.dh);
+            let tx = i32(s % CW + p.pw) - i32((r % CKW) * p.dw);
             if (ty < 0 || tx < 0) { return 0.0; }
             let uy = u32(ty);
             let ux = u32(tx);
-            if (uy % p.sh != 0u || ux % p.sw != 0u) { return 0.0; }
-            let oy = uy / p.sh;
-            let ox = ux / p.sw;
+            if (uy % CSH != 0u || ux % CSW != 0u) { return 0.0; }
+            let oy = uy / CSH;
+            let ox = ux / CSW;
             if (oy >= p.oh || ox >= p.ow) { return 0.0; }
             return b[((img * p.cout + co) * p.oh + oy) * p.ow + ox];
         }
-        default: {
-            let khw = p.kh * p.kw;
-            let ohw = p.oh * p.ow;
-            return im2col(n / khw, n % khw, k / ohw, k % ohw);
-        }
+        default: { return im2col(n / CKHW, n % CKHW, k / COHW, k % COHW); }
     }
 }
 
@@ -107,14 +102,8 @@ fn store_c(z: u32, split: u32, m: u32, n: u32, v: f32) {
     let base = split * p.c_split;
     switch MODE {
         case 0u: { c[base + z * p.c_bs + m * p.c_ms + n * p.c_ns] = out; }
-        case 1u: {
-            let ohw = p.oh * p.ow;
-            c[base + ((n / ohw) * p.cout + m) * ohw + n % ohw] = out;
-        }
-        case 2u: {
-            let hw = p.h * p.w;
-            c[base + ((n / hw) * p.cin + m) * hw + n % hw] = out;
-        }
+        case 1u: { c[base + ((n / COHW) * p.cout + m) * COHW + n % COHW] = out; }
+        case 2u: { c[base + ((n / CHW) * p.cin + m) * CHW + n % CHW] = out; }
         default: { c[base + m * p.n + n] = out; }
     }
 }
@@ -182,7 +171,9 @@ fn store_row(z: u32, split: u32, m: u32, n: u32, v: vec4<f32>) {
 }
 
 // gemm_direct: the same product without shared memory. Each invocation accumulates an RM x RN block
-// (override constants, at most 8 x 8) straight from global memory, relying on caches for reuse.
+// (override constants, RM * RN <= 64, RN <= 8) straight from global memory, relying on caches.
+// On lavapipe each load instruction costs far more than an FMA, so a block's products per load,
+// RM * RN / (RM + RN), sets the speed.
 // Software adapters (lavapipe) run it several times faster than the tiled kernel, since there
 // every shared-memory access costs as much as a global one and barriers cost more.
 override RM: u32 = 8u;
@@ -205,18 +196,18 @@ fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>,
     let cols = min(RN, p.n - n0);
     var acc: array<f32, 64>;
     for (var t = 0u; t < 64u; t++) { acc[t] = 0.0; }
-    var av: array<f32, 8>;
+    var av: array<f32, 64>;
     var bv: array<f32, 8>;
     for (var k = k_begin; k < k_end; k++) {
         for (var i = 0u; i < RM; i++) { av[i] = select(0.0, load_a(z, m0 + i, k), i < rows); }
         for (var j = 0u; j < RN; j++) { bv[j] = select(0.0, load_b(z, k, n0 + j), j < cols); }
         for (var i = 0u; i < RM; i++) {
             for (var j = 0u; j < RN; j++) {
-                acc[i * 8u + j] = fma(av[i], bv[j], acc[i * 8u + j]);
+                acc[i * RN + j] = fma(av[i], bv[j], acc[i * RN + j]);
             }
         }
     }
     for (var i = 0u; i < rows; i++) {
-        for (var j = 0u; j < cols; j++) { store_c(z, split, m0 + i, n0 + j, acc[i * 8u + j]); }
+        for (var j = 0u; j < cols; j++) { store_c(z, split, m0 + i, n0 + j, acc[i * RN + j]); }
     }
 }

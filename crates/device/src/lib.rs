@@ -116,6 +116,8 @@ struct Dispatch {
 struct Capture {
     dispatches: Vec<Arc<Dispatch>>,
     used: HashSet<u64>,
+    /// Every buffer bound while recording; those still alive at the end are kept by the plan.
+    touched: Vec<std::sync::Weak<buffer::BufferInner>>,
 }
 
 /// A recorded list of dispatches that can be submitted again and again.
@@ -125,6 +127,9 @@ struct Capture {
 pub struct Plan {
     dispatches: Vec<Arc<Dispatch>>,
     held: Vec<Raw>,
+    /// Buffers owned elsewhere when recording ended: if their owner drops them, the plan still
+    /// writes them on replay, so they must not go back to the pool before the plan does.
+    _kept: Vec<Arc<buffer::BufferInner>>,
     pool: Arc<Pool>,
 }
 
@@ -770,6 +775,8 @@ impl Device {
         if let Some(cap) = self.inner.capture.lock().unwrap().as_mut() {
             cap.dispatches.push(dispatch.clone());
             cap.used.extend(buffers.iter().map(|b| b.id()));
+            cap.touched
+                .extend(buffers.iter().map(|b| Arc::downgrade(&b.inner)));
         }
         self.inner.pending.lock().unwrap().push(dispatch);
         Ok(())
@@ -885,6 +892,7 @@ impl Device {
         *cap = Some(Capture {
             dispatches: Vec::new(),
             used: HashSet::new(),
+            touched: Vec::new(),
         });
         Ok(())
     }
@@ -902,9 +910,14 @@ impl Device {
                     message: "end_capture without begin_capture".into(),
                 })?;
         let held = self.inner.pool.end_capture(&cap.used);
+        let mut kept: Vec<Arc<buffer::BufferInner>> =
+            cap.touched.iter().filter_map(|w| w.upgrade()).collect();
+        kept.sort_by_key(|b| Arc::as_ptr(b) as usize);
+        kept.dedup_by_key(|b| Arc::as_ptr(b) as usize);
         Ok(Plan {
             dispatches: cap.dispatches,
             held,
+            _kept: kept,
             pool: self.inner.pool.clone(),
         })
     }

@@ -1,1 +1,36 @@
+//! kiln-nn: modules with PyTorch's parameter names and layouts, optimizers, learning-rate
+//! schedules, data loading, and a training loop that runs each step as one recorded submission.
 
+pub mod data;
+pub mod layers;
+pub mod optim;
+pub mod schedule;
+pub mod train;
+
+pub use kiln_graph::{no_grad, Array, Device, OpError, StepPlan, Tensor};
+pub use layers::{Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
+pub use optim::Optimizer;
+use thiserror::Error;
+
+/// Errors of the nn layer.
+#[derive(Debug, Error)]
+pub enum NnError {
+    /// From an op or the device.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// A data file that is missing, truncated or not what it claims.
+    #[error("data file {path}: {message}")]
+    Data { path: String, message: String },
+    /// A training run that cannot continue.
+    #[error("training: {0}")]
+    Training(String),
+}
+
+impl From<kiln_ops::DeviceError> for NnError {
+    fn from(e: kiln_ops::DeviceError) -> Self {
+        NnError::Op(e.into())
+    }
+}
+
+/// The nn layer's result type.
+pub type Result<T, E = NnError> = std::result::Result<T, E>;

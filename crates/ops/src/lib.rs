@@ -13,7 +13,7 @@ pub mod reduce;
 pub mod softmax;
 pub mod testing;
 
-pub use kiln_device::{Buffer, DType, Device, DeviceError, Params};
+pub use kiln_device::{Buffer, DType, Device, DeviceError, Params, Plan};
 use std::sync::Arc;
 use thiserror::Error;
 

@@ -1,0 +1,592 @@
+//! `Tensor`: an array on the device plus what autograd needs (its inputs and backward rule).
+
+use crate::Result;
+use kiln_ops::conv::{self, Conv2dSpec};
+use kiln_ops::elementwise::{self, Binary, Unary};
+use kiln_ops::pool::{self, Pool2dSpec};
+use kiln_ops::reduce::{self, Reduce};
+use kiln_ops::{layout, matmul, softmax, Array, Device, OpError};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Computes the gradients of a node's inputs from the gradient of its output
+/// (`None` for an input that needs none).
+type BackwardFn = Box<dyn Fn(&Device, &Array) -> Result<Vec<Option<Array>>> + Send + Sync>;
+
+struct Node {
+    id: u64,
+    dev: Device,
+    data: Array,
+    requires_grad: bool,
+    grad: Mutex<Option<Array>>,
+    inputs: Vec<Tensor>,
+    backward: Option<(&'static str, BackwardFn)>,
+}
+
+/// A device array with autograd. Cloning is cheap and shares the node (like a PyTorch reference).
+#[derive(Clone)]
+pub struct Tensor(Arc<Node>);
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tensor({:?}, requires_grad={})",
+            self.shape(),
+            self.0.requires_grad
+        )
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` without recording gradients (evaluation, inference), as `torch.no_grad()`.
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    let out = f();
+    GRAD_ENABLED.with(|g| g.set(prev));
+    out
+}
+
+/// Whether ops record gradients on this thread.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+impl Tensor {
+    fn make(
+        dev: &Device,
+        data: Array,
+        requires_grad: bool,
+        inputs: Vec<Tensor>,
+        backward: Option<(&'static str, BackwardFn)>,
+    ) -> Tensor {
+        Tensor(Arc::new(Node {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            dev: dev.clone(),
+            data,
+            requires_grad,
+            grad: Mutex::new(None),
+            inputs,
+            backward,
+        }))
+    }
+
+    /// A tensor wrapping an array (a leaf).
+    pub fn from_array(dev: &Device, data: Array, requires_grad: bool) -> Tensor {
+        Tensor::make(dev, data, requires_grad, Vec::new(), None)
+    }
+
+    /// A leaf from f32 data.
+    pub fn from_f32(dev: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::from_array(
+            dev,
+            Array::from_f32(dev, data, shape)?,
+            false,
+        ))
+    }
+
+    /// A leaf from i32 data (labels).
+    pub fn from_i32(dev: &Device, data: &[i32], shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::from_array(
+            dev,
+            Array::from_i32(dev, data, shape)?,
+            false,
+        ))
+    }
+
+    /// A leaf of `value`s.
+    pub fn full(dev: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
+        Ok(Tensor::from_array(
+            dev,
+            Array::full(dev, shape, value)?,
+            false,
+        ))
+    }
+
+    /// The same data as a leaf that requires grad (a parameter).
+    pub fn requires_grad(self, yes: bool) -> Tensor {
+        Tensor::make(&self.0.dev, self.0.data.clone(), yes, Vec::new(), None)
+    }
+
+    /// Records an op's result: a graph node when grad mode is on and any input requires grad.
+    fn record(
+        &self,
+        data: Array,
+        inputs: Vec<Tensor>,
+        name: &'static str,
+        backward: BackwardFn,
+    ) -> Tensor {
+        if is_grad_enabled() && inputs.iter().any(|t| t.0.requires_grad) {
+            Tensor::make(&self.0.dev, data, true, inputs, Some((name, backward)))
+        } else {
+            Tensor::make(&self.0.dev, data, false, Vec::new(), None)
+        }
+    }
+
+    /// Shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.0.data.shape
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.0.data.numel()
+    }
+    /// The device array.
+    pub fn array(&self) -> &Array {
+        &self.0.data
+    }
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.0.dev
+    }
+    /// Whether gradients flow to or through this tensor.
+    pub fn needs_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+    /// True for a tensor no op produced (inputs, parameters).
+    pub fn is_leaf(&self) -> bool {
+        self.0.backward.is_none()
+    }
+    /// Reads the values back (submits pending work).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.0.data.to_f32(&self.0.dev)
+    }
+    /// Reads a one-element tensor back.
+    pub fn item(&self) -> Result<f32> {
+        Ok(self.to_vec()?[0])
+    }
+    /// The accumulated gradient of a leaf after [`Tensor::backward`].
+    pub fn grad(&self) -> Option<Array> {
+        self.0.grad.lock().unwrap().clone()
+    }
+    /// Clears the gradient (as `zero_grad(set_to_none=True)`).
+    pub fn zero_grad(&self) {
+        *self.0.grad.lock().unwrap() = None;
+    }
+    /// The same data, cut from the graph.
+    pub fn detach(&self) -> Tensor {
+        Tensor::from_array(&self.0.dev, self.0.data.clone(), false)
+    }
+    /// True when both handles are the same node.
+    pub fn same(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Back-propagates from this scalar: every leaf that requires grad gets (or accumulates) its
+    /// gradient. Intermediate gradients are freed as soon as they are used.
+    pub fn backward(&self) -> Result<()> {
+        if self.numel() != 1 {
+            return Err(OpError::Shape {
+                op: "backward",
+                expected: "a scalar (1 element) to start from".into(),
+                got: format!("{:?}", self.shape()),
+            });
+        }
+        let dev = &self.0.dev;
+        // Reverse topological order by depth-first search (iterative: deep graphs, e.g. RNNs).
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack = vec![(self.clone(), false)];
+        while let Some((t, done)) = stack.pop() {
+            if done {
+                order.push(t);
+                continue;
+            }
+            if !t.0.requires_grad || !seen.insert(t.0.id) {
+                continue;
+            }
+            stack.push((t.clone(), true));
+            for i in &t.0.inputs {
+                stack.push((i.clone(), false));
+            }
+        }
+        let mut grads: HashMap<u64, Array> = HashMap::new();
+        grads.insert(self.0.id, Array::full(dev, self.shape(), 1.0)?);
+        for t in order.iter().rev() {
+            let Some(g) = grads.remove(&t.0.id) else {
+                continue;
+            };
+            match &t.0.backward {
+                None => {
+                    let mut slot = t.0.grad.lock().unwrap();
+                    *slot = Some(match slot.take() {
+                        Some(prev) => elementwise::binary(dev, &prev, &g, Binary::Add)?,
+                        None => g,
+                    });
+                }
+                Some((_, f)) => {
+                    let input_grads = f(dev, &g)?;
+                    for (inp, ig) in t.0.inputs.iter().zip(input_grads) {
+                        let Some(ig) = ig else { continue };
+                        if !inp.0.requires_grad {
+                            continue;
+                        }
+                        let acc = match grads.remove(&inp.0.id) {
+                            Some(prev) => elementwise::binary(dev, &prev, &ig, Binary::Add)?,
+                            None => ig,
+                        };
+                        grads.insert(inp.0.id, acc);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- element-wise ----
+
+    fn binary_op(&self, other: &Tensor, op: Binary) -> Result<Tensor> {
+        let dev = &self.0.dev;
+        let out = elementwise::binary(dev, &self.0.data, &other.0.data, op)?;
+        let (a, b) = (self.0.data.clone(), other.0.data.clone());
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            use Binary::*;
+            let (ga, gb) = match op {
+                Add => (g.clone(), g.clone()),
+                Sub => (g.clone(), elementwise::unary(dev, g, Unary::Neg)?),
+                Mul => (
+                    elementwise::binary(dev, g, &b, Mul)?,
+                    elementwise::binary(dev, g, &a, Mul)?,
+                ),
+                Div => {
+                    let ga = elementwise::binary(dev, g, &b, Div)?;
+                    // d(a/b)/db = -a/b^2 = -(a/b)/b
+                    let q = elementwise::binary(dev, &a, &b, Div)?;
+                    let q = elementwise::binary(dev, &q, &b, Div)?;
+                    let gb = elementwise::binary(dev, g, &q, Mul)?;
+                    (ga, elementwise::unary(dev, &gb, Unary::Neg)?)
+                }
+                _ => {
+                    return Err(OpError::Invalid {
+                        op: "backward",
+                        message: format!("{op:?} has no gradient"),
+                    })
+                }
+            };
+            Ok(vec![
+                Some(reduce::sum_to(dev, &ga, &a.shape)?),
+                Some(reduce::sum_to(dev, &gb, &b.shape)?),
+            ])
+        });
+        Ok(self.record(out, vec![self.clone(), other.clone()], "binary", backward))
+    }
+
+    /// self + other (broadcasting).
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary_op(other, Binary::Add)
+    }
+    /// self - other (broadcasting).
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary_op(other, Binary::Sub)
+    }
+    /// self * other (broadcasting).
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary_op(other, Binary::Mul)
+    }
+    /// self / other (broadcasting).
+    pub fn div(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary_op(other, Binary::Div)
+    }
+    /// Element-wise comparison or max/min without gradient (masks).
+    pub fn compare(&self, other: &Tensor, op: Binary) -> Result<Tensor> {
+        let out = elementwise::binary(&self.0.dev, &self.0.data, &other.0.data, op)?;
+        Ok(Tensor::from_array(&self.0.dev, out, false))
+    }
+
+    /// y = f(x) for a unary function.
+    pub fn unary(&self, op: Unary) -> Result<Tensor> {
+        let out = elementwise::unary(&self.0.dev, &self.0.data, op)?;
+        let x = self.0.data.clone();
+        let backward: BackwardFn =
+            Box::new(move |dev, g| Ok(vec![Some(elementwise::unary_backward(dev, &x, g, op)?)]));
+        Ok(self.record(out, vec![self.clone()], "unary", backward))
+    }
+    /// max(x, 0).
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(Unary::Relu)
+    }
+    /// Logistic sigmoid.
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(Unary::Sigmoid)
+    }
+    /// tanh.
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(Unary::Tanh)
+    }
+    /// GELU (erf form).
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(Unary::Gelu)
+    }
+    /// e^x.
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(Unary::Exp)
+    }
+    /// ln x.
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(Unary::Log)
+    }
+    /// -x.
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(Unary::Neg)
+    }
+    /// x^2.
+    pub fn square(&self) -> Result<Tensor> {
+        self.unary(Unary::Square)
+    }
+    /// alpha * x + beta.
+    pub fn affine(&self, alpha: f32, beta: f32) -> Result<Tensor> {
+        self.unary(Unary::Affine(alpha, beta))
+    }
+
+    // ---- shape ----
+
+    /// The same data under another shape (free).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let out = self.0.data.reshape(shape)?;
+        let orig = self.0.data.shape.clone();
+        let backward: BackwardFn = Box::new(move |_, g| Ok(vec![Some(g.reshape(&orig)?)]));
+        Ok(self.record(out, vec![self.clone()], "reshape", backward))
+    }
+    /// Flattens every dimension after the first: [N, ...] -> [N, rest].
+    pub fn flatten(&self) -> Result<Tensor> {
+        let n = *self.shape().first().unwrap_or(&1);
+        self.reshape(&[n, self.numel() / n.max(1)])
+    }
+    /// Reorders dimensions.
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let out = layout::permute(&self.0.dev, &self.0.data, perm)?;
+        let mut inv = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p] = i;
+        }
+        let backward: BackwardFn =
+            Box::new(move |dev, g| Ok(vec![Some(layout::permute(dev, g, &inv)?)]));
+        Ok(self.record(out, vec![self.clone()], "permute", backward))
+    }
+    /// Swaps two dimensions.
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
+        let mut perm: Vec<usize> = (0..self.shape().len()).collect();
+        if a >= perm.len() || b >= perm.len() {
+            return Err(OpError::Invalid {
+                op: "transpose",
+                message: format!("axes ({a}, {b}) for shape {:?}", self.shape()),
+            });
+        }
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+    /// A slice along one axis.
+    pub fn slice(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        let out = layout::slice(&self.0.dev, &self.0.data, axis, start, len)?;
+        let shape = self.0.data.shape.clone();
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            Ok(vec![Some(layout::slice_backward(
+                dev, g, &shape, axis, start,
+            )?)])
+        });
+        Ok(self.record(out, vec![self.clone()], "slice", backward))
+    }
+    /// Joins tensors along an axis.
+    pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
+        let first = parts.first().ok_or(OpError::Invalid {
+            op: "concat",
+            message: "no tensors".into(),
+        })?;
+        let arrays: Vec<&Array> = parts.iter().map(|t| &t.0.data).collect();
+        let out = layout::concat(&first.0.dev, &arrays, axis)?;
+        let lens: Vec<usize> = parts.iter().map(|t| t.shape()[axis]).collect();
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            let mut at = 0;
+            lens.iter()
+                .map(|&l| {
+                    let s = layout::slice(dev, g, axis, at, l);
+                    at += l;
+                    s.map(Some)
+                })
+                .collect()
+        });
+        Ok(first.record(
+            out,
+            parts.iter().map(|t| (*t).clone()).collect(),
+            "concat",
+            backward,
+        ))
+    }
+
+    // ---- reductions ----
+
+    /// Sum along an axis.
+    pub fn sum(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(axis, keepdim, Reduce::Sum)
+    }
+    /// Mean along an axis.
+    pub fn mean(&self, axis: usize, keepdim: bool) -> Result<Tensor> {
+        self.reduce(axis, keepdim, Reduce::Mean)
+    }
+    fn reduce(&self, axis: usize, keepdim: bool, op: Reduce) -> Result<Tensor> {
+        let out = reduce::reduce(&self.0.dev, &self.0.data, axis, op, keepdim)?;
+        let shape = self.0.data.shape.clone();
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            let mut kept = shape.clone();
+            kept[axis] = 1;
+            let g = layout::broadcast_to(dev, &g.reshape(&kept)?, &shape)?;
+            Ok(vec![Some(match op {
+                Reduce::Mean => {
+                    elementwise::unary(dev, &g, Unary::Affine(1.0 / shape[axis] as f32, 0.0))?
+                }
+                _ => g,
+            })])
+        });
+        if op == Reduce::Max {
+            return Ok(Tensor::from_array(&self.0.dev, out, false));
+        }
+        Ok(self.record(out, vec![self.clone()], "reduce", backward))
+    }
+    /// Sum of all elements, shape [1].
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.reshape(&[1, self.numel()])?.sum(1, false)
+    }
+    /// Mean of all elements, shape [1].
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.reshape(&[1, self.numel()])?.mean(1, false)
+    }
+    /// Index of the maximum along an axis (i32, no gradient).
+    pub fn argmax(&self, axis: usize) -> Result<Array> {
+        Ok(reduce::argmax(&self.0.dev, &self.0.data, axis)?.1)
+    }
+
+    // ---- linear algebra and layers ----
+
+    /// op(self) op(other) (+ bias), batched; see [`matmul::matmul`].
+    pub fn matmul_t(
+        &self,
+        other: &Tensor,
+        ta: bool,
+        tb: bool,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let dev = &self.0.dev;
+        let out = matmul::matmul(
+            dev,
+            &self.0.data,
+            &other.0.data,
+            ta,
+            tb,
+            bias.map(|b| &b.0.data),
+        )?;
+        let (a, b) = (self.0.data.clone(), other.0.data.clone());
+        let has_bias = bias.is_some();
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            let (da, db, dbias) = matmul::matmul_backward(dev, &a, &b, ta, tb, g, has_bias)?;
+            let mut v = vec![Some(da), Some(db)];
+            if has_bias {
+                v.push(dbias);
+            }
+            Ok(v)
+        });
+        let mut inputs = vec![self.clone(), other.clone()];
+        inputs.extend(bias.cloned());
+        Ok(self.record(out, inputs, "matmul", backward))
+    }
+    /// self @ other.
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        self.matmul_t(other, false, false, None)
+    }
+    /// x @ w^T + b with PyTorch's Linear layout (w: [out, in]).
+    pub fn linear(&self, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        self.matmul_t(w, false, true, b)
+    }
+
+    /// 2-D convolution (NCHW) with PyTorch's weight layout [Co, Ci, KH, KW].
+    pub fn conv2d(&self, w: &Tensor, b: Option<&Tensor>, spec: Conv2dSpec) -> Result<Tensor> {
+        let dev = &self.0.dev;
+        let out = conv::conv2d(dev, &self.0.data, &w.0.data, b.map(|b| &b.0.data), &spec)?;
+        let (x, wa) = (self.0.data.clone(), w.0.data.clone());
+        let (need_x, has_bias) = (self.0.requires_grad, b.is_some());
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            // The network's input needs no gradient: skip the most expensive product.
+            let dx = if need_x {
+                Some(conv::conv2d_backward_input(dev, g, &wa, &x.shape, &spec)?)
+            } else {
+                None
+            };
+            let dw = conv::conv2d_backward_weight(dev, g, &x, &wa.shape, &spec)?;
+            let mut v = vec![dx, Some(dw)];
+            if has_bias {
+                v.push(Some(conv::conv2d_backward_bias(dev, g)?));
+            }
+            Ok(v)
+        });
+        let mut inputs = vec![self.clone(), w.clone()];
+        inputs.extend(b.cloned());
+        Ok(self.record(out, inputs, "conv2d", backward))
+    }
+
+    /// Max pooling.
+    pub fn max_pool2d(&self, spec: Pool2dSpec) -> Result<Tensor> {
+        let (out, idx) = pool::max_pool2d(&self.0.dev, &self.0.data, &spec)?;
+        let shape = self.0.data.shape.clone();
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            Ok(vec![Some(pool::max_pool2d_backward(
+                dev, g, &idx, &shape, &spec,
+            )?)])
+        });
+        Ok(self.record(out, vec![self.clone()], "max_pool2d", backward))
+    }
+    /// Average pooling.
+    pub fn avg_pool2d(&self, spec: Pool2dSpec) -> Result<Tensor> {
+        let out = pool::avg_pool2d(&self.0.dev, &self.0.data, &spec)?;
+        let shape = self.0.data.shape.clone();
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            Ok(vec![Some(pool::avg_pool2d_backward(
+                dev, g, &shape, &spec,
+            )?)])
+        });
+        Ok(self.record(out, vec![self.clone()], "avg_pool2d", backward))
+    }
+
+    /// softmax along the last axis.
+    pub fn softmax(&self) -> Result<Tensor> {
+        self.softmax_impl(false)
+    }
+    /// log_softmax along the last axis.
+    pub fn log_softmax(&self) -> Result<Tensor> {
+        self.softmax_impl(true)
+    }
+    fn softmax_impl(&self, log: bool) -> Result<Tensor> {
+        let out = softmax::softmax(&self.0.dev, &self.0.data, log)?;
+        let y = out.clone();
+        let backward: BackwardFn =
+            Box::new(move |dev, g| Ok(vec![Some(softmax::softmax_backward(dev, &y, g, log)?)]));
+        Ok(self.record(out, vec![self.clone()], "softmax", backward))
+    }
+
+    /// Mean cross-entropy of these logits [N, C] against i32 labels [N] (shape [1]).
+    pub fn cross_entropy(&self, labels: &Array, ignore_index: Option<i32>) -> Result<Tensor> {
+        let ce = softmax::cross_entropy(&self.0.dev, &self.0.data, labels, ignore_index)?;
+        let loss = ce.loss.reshape(&[2])?;
+        // The forward keeps [mean, count]; the tensor shows the mean only.
+        let mean = Array {
+            buf: loss
+                .buf
+                .view(1, kiln_ops::DType::F32)
+                .expect("view of 2 floats"),
+            shape: vec![1],
+        };
+        let backward: BackwardFn =
+            Box::new(move |dev, g| Ok(vec![Some(softmax::cross_entropy_backward(dev, &ce, g)?)]));
+        Ok(self.record(mean, vec![self.clone()], "cross_entropy", backward))
+    }
+
+    /// Mean squared error against a target of the same shape (shape [1]).
+    pub fn mse_loss(&self, target: &Tensor) -> Result<Tensor> {
+        self.sub(target)?.square()?.mean_all()
+    }
+}

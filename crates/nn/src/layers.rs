@@ -1,0 +1,217 @@
+//! Modules. Parameter names and weight layouts follow PyTorch's state_dict (`conv1.weight` is
+//! [6, 1, 5, 5]); initialisation follows PyTorch's defaults from a seeded generator.
+
+use crate::Result;
+use kiln_graph::{Device, Tensor};
+use kiln_ops::conv::Conv2dSpec;
+use kiln_ops::pool::Pool2dSpec;
+use kiln_ops::testing::Rng;
+
+/// A network piece: forward, and its parameters by name.
+pub trait Module: Send + Sync {
+    /// Runs the module.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Parameters with dotted PyTorch-style names, in registration order.
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    /// Parameters in registration order.
+    fn parameters(&self) -> Vec<Tensor> {
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+    /// Switches training-only behaviour (dropout) on or off.
+    fn set_training(&mut self, _training: bool) {}
+}
+
+/// Uniform(-bound, bound) values for a parameter, as PyTorch's `kaiming_uniform_(a=sqrt(5))`
+/// (weights) and its bias rule both reduce to bound = 1/sqrt(fan_in).
+fn uniform_param(dev: &Device, rng: &mut Rng, shape: &[usize], fan_in: usize) -> Result<Tensor> {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    let n: usize = shape.iter().product();
+    let v = rng.vec(n, -bound, bound);
+    Ok(Tensor::from_f32(dev, &v, shape)?.requires_grad(true))
+}
+
+/// y = x W^T + b, W: [out, in].
+pub struct Linear {
+    /// [out_features, in_features]
+    pub weight: Tensor,
+    /// [out_features]
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// PyTorch's default initialisation.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        Ok(Linear {
+            weight: uniform_param(dev, rng, &[out_features, in_features], in_features)?,
+            bias: if bias {
+                Some(uniform_param(dev, rng, &[out_features], in_features)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.linear(&self.weight, self.bias.as_ref())?)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("weight".to_string(), self.weight.clone())];
+        v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
+        v
+    }
+}
+
+/// 2-D convolution, weight [out, in, kh, kw].
+pub struct Conv2d {
+    /// [out_channels, in_channels, kh, kw]
+    pub weight: Tensor,
+    /// [out_channels]
+    pub bias: Option<Tensor>,
+    /// Stride, padding, dilation.
+    pub spec: Conv2dSpec,
+}
+
+impl Conv2d {
+    /// PyTorch's default initialisation; square kernel.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        spec: Conv2dSpec,
+    ) -> Result<Conv2d> {
+        let fan_in = cin * k * k;
+        Ok(Conv2d {
+            weight: uniform_param(dev, rng, &[cout, cin, k, k], fan_in)?,
+            bias: Some(uniform_param(dev, rng, &[cout], fan_in)?),
+            spec,
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.conv2d(&self.weight, self.bias.as_ref(), self.spec)?)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("weight".to_string(), self.weight.clone())];
+        v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
+        v
+    }
+}
+
+/// Max pooling.
+pub struct MaxPool2d(pub Pool2dSpec);
+
+impl Module for MaxPool2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.max_pool2d(self.0)?)
+    }
+}
+
+/// max(x, 0).
+pub struct ReLU;
+
+impl Module for ReLU {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.relu()?)
+    }
+}
+
+/// [N, ...] -> [N, rest].
+pub struct Flatten;
+
+impl Module for Flatten {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.flatten()?)
+    }
+}
+
+/// Modules applied in order; parameters named by position (`0.weight`) or by the given names.
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<(String, Box<dyn Module>)>,
+}
+
+impl Sequential {
+    /// An empty stack.
+    pub fn new() -> Sequential {
+        Sequential::default()
+    }
+    /// Appends a module named by its position.
+    pub fn add(mut self, m: impl Module + 'static) -> Sequential {
+        let name = self.layers.len().to_string();
+        self.layers.push((name, Box::new(m)));
+        self
+    }
+    /// Appends a module with a name (its parameters become `name.weight`...).
+    pub fn add_named(mut self, name: &str, m: impl Module + 'static) -> Sequential {
+        self.layers.push((name.to_string(), Box::new(m)));
+        self
+    }
+}
+
+impl Module for Sequential {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (_, m) in &self.layers {
+            h = m.forward(&h)?;
+        }
+        Ok(h)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.layers
+            .iter()
+            .flat_map(|(n, m)| {
+                m.named_parameters()
+                    .into_iter()
+                    .map(move |(p, t)| (format!("{n}.{p}"), t))
+            })
+            .collect()
+    }
+    fn set_training(&mut self, training: bool) {
+        for (_, m) in &mut self.layers {
+            m.set_training(training);
+        }
+    }
+}
+
+/// The seed's LeNet-5 for 28x28 inputs: conv 1->6 5x5 pad 2, ReLU, max-pool 2; conv 6->16 5x5,
+/// ReLU, max-pool 2; linear 400->120->84->10. Names as PyTorch: conv1, conv2, fc1, fc2, fc3.
+pub fn lenet5(dev: &Device, seed: u64) -> Result<Sequential> {
+    let mut rng = Rng::new(seed);
+    let pad2 = Conv2dSpec {
+        padding: (2, 2),
+        ..Default::default()
+    };
+    Ok(Sequential::new()
+        .add_named("conv1", Conv2d::new(dev, &mut rng, 1, 6, 5, pad2)?)
+        .add_named("relu1", ReLU)
+        .add_named("pool1", MaxPool2d(Pool2dSpec::square(2)))
+        .add_named(
+            "conv2",
+            Conv2d::new(dev, &mut rng, 6, 16, 5, Conv2dSpec::default())?,
+        )
+        .add_named("relu2", ReLU)
+        .add_named("pool2", MaxPool2d(Pool2dSpec::square(2)))
+        .add_named("flatten", Flatten)
+        .add_named("fc1", Linear::new(dev, &mut rng, 400, 120, true)?)
+        .add_named("relu3", ReLU)
+        .add_named("fc2", Linear::new(dev, &mut rng, 120, 84, true)?)
+        .add_named("relu4", ReLU)
+        .add_named("fc3", Linear::new(dev, &mut rng, 84, 10, true)?))
+}
