@@ -102,12 +102,16 @@ pub struct PoolStats {
     pub reuses: u64,
 }
 
+type FreeLists = HashMap<(Usage, u64), Vec<Raw>>;
+
 #[derive(Default)]
 struct PoolState {
-    free: HashMap<(Usage, u64), Vec<Raw>>,
+    free: FreeLists,
     stats: PoolStats,
-    /// While a plan is being recorded: buffers that must stay out of the free lists once dropped.
-    capture: Option<Vec<Raw>>,
+    /// Recordings in progress, by thread: buffers their thread frees go to a private free list
+    /// (reused only by the same recording, then owned by its plan), so a buffer a plan writes can
+    /// never be handed to anyone else.
+    captures: HashMap<std::thread::ThreadId, FreeLists>,
 }
 
 /// Recycles buffers by (usage, size class).
@@ -125,15 +129,22 @@ impl Pool {
     }
 
     pub(crate) fn take(self: &Arc<Self>, device: &wgpu::Device, usage: Usage, class: u64) -> Raw {
-        let mut st = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let st = &mut *guard;
         st.stats.bytes_in_use += class;
-        if let Some(raw) = st.free.get_mut(&(usage, class)).and_then(Vec::pop) {
+        let me = std::thread::current().id();
+        let private = st
+            .captures
+            .get_mut(&me)
+            .and_then(|f| f.get_mut(&(usage, class)))
+            .and_then(Vec::pop);
+        if let Some(raw) = private.or_else(|| st.free.get_mut(&(usage, class)).and_then(Vec::pop)) {
             st.stats.reuses += 1;
             return raw;
         }
         st.stats.bytes_allocated += class;
         st.stats.buffers_created += 1;
-        drop(st);
+        drop(guard);
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kiln"),
             size: class,
@@ -150,14 +161,16 @@ impl Pool {
         let mut guard = self.state.lock().unwrap();
         let st = &mut *guard;
         st.stats.bytes_in_use -= class;
-        // A buffer the host wrote during recording holds data a replayed plan still reads:
-        // it must not be handed to a later op, so the plan keeps it.
-        if pinned {
-            if let Some(cap) = st.capture.as_mut() {
-                st.stats.bytes_in_use += class;
-                cap.push(raw);
-                return;
-            }
+        if let Some(private) = st.captures.get_mut(&std::thread::current().id()) {
+            // A buffer the host wrote holds data a replayed plan still reads: no later op of the
+            // recording may reuse it, so it goes straight to the plan (a key no take uses).
+            let key = if pinned {
+                (usage, u64::MAX)
+            } else {
+                (usage, class)
+            };
+            private.entry(key).or_default().push(raw);
+            return;
         }
         st.free.entry((usage, class)).or_default().push(raw);
     }
@@ -178,24 +191,25 @@ impl Pool {
         st.stats.bytes_allocated -= freed;
     }
 
+    /// Starts a recording on this thread.
     pub(crate) fn begin_capture(&self) {
-        self.state.lock().unwrap().capture = Some(Vec::new());
+        let me = std::thread::current().id();
+        self.state
+            .lock()
+            .unwrap()
+            .captures
+            .insert(me, FreeLists::new());
     }
 
-    /// Ends a capture; returns the pinned buffers and takes out of the free lists every buffer
-    /// whose id is in `used`, so that no op outside the plan can clobber them between replays.
-    pub(crate) fn end_capture(&self, used: &std::collections::HashSet<u64>) -> Vec<Raw> {
+    /// Ends this thread's recording: every buffer it freed belongs to the plan from now on.
+    pub(crate) fn end_capture(&self) -> Vec<Raw> {
         let mut st = self.state.lock().unwrap();
-        let mut held = st.capture.take().unwrap_or_default();
-        let mut moved = 0;
-        for ((_, class), list) in st.free.iter_mut() {
-            let (keep, take): (Vec<Raw>, Vec<Raw>) =
-                list.drain(..).partition(|r| !used.contains(&r.id));
-            *list = keep;
-            moved += class * take.len() as u64;
-            held.extend(take);
-        }
-        st.stats.bytes_in_use += moved;
+        let lists = st
+            .captures
+            .remove(&std::thread::current().id())
+            .unwrap_or_default();
+        let held: Vec<Raw> = lists.into_values().flatten().collect();
+        st.stats.bytes_in_use += held.iter().map(|r| r.buffer.size()).sum::<u64>();
         held
     }
 

@@ -16,7 +16,7 @@ pub use shaders::BindingKind;
 pub use timing::{Timing, TimingSource};
 
 use buffer::{Pool, Raw, Usage};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -115,7 +115,6 @@ struct Dispatch {
 
 struct Capture {
     dispatches: Vec<Arc<Dispatch>>,
-    used: HashSet<u64>,
     /// Every buffer bound while recording; those still alive at the end are kept by the plan.
     touched: Vec<std::sync::Weak<buffer::BufferInner>>,
 }
@@ -177,7 +176,8 @@ struct Inner {
     pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
     pipeline_cache: Option<wgpu::PipelineCache>,
     pending: Mutex<Vec<Arc<Dispatch>>>,
-    capture: Mutex<Option<Capture>>,
+    /// Recordings in progress, one per thread: a thread's dispatches go to its own recording.
+    captures: Mutex<HashMap<std::thread::ThreadId, Capture>>,
     fault: Arc<Mutex<Option<DeviceError>>>,
     submissions: AtomicU64,
     dispatches: AtomicU64,
@@ -342,7 +342,7 @@ impl Device {
                 pipelines: Mutex::default(),
                 pipeline_cache,
                 pending: Mutex::default(),
-                capture: Mutex::default(),
+                captures: Mutex::default(),
                 fault,
                 submissions: AtomicU64::new(0),
                 dispatches: AtomicU64::new(0),
@@ -772,9 +772,9 @@ impl Device {
             groups,
             _params: params_buf,
         });
-        if let Some(cap) = self.inner.capture.lock().unwrap().as_mut() {
+        let me = std::thread::current().id();
+        if let Some(cap) = self.inner.captures.lock().unwrap().get_mut(&me) {
             cap.dispatches.push(dispatch.clone());
-            cap.used.extend(buffers.iter().map(|b| b.id()));
             cap.touched
                 .extend(buffers.iter().map(|b| Arc::downgrade(&b.inner)));
         }
@@ -878,38 +878,38 @@ impl Device {
 
     // ---- plans ----
 
-    /// Starts recording: every dispatch from now on is also kept for a [`Plan`]. The recorded work
-    /// still runs once, at the next flush.
+    /// Starts recording on this thread: every dispatch this thread records from now on is also
+    /// kept for a [`Plan`] (other threads are unaffected). The recorded work still runs once, at
+    /// the next flush.
     pub fn begin_capture(&self) -> Result<()> {
-        let mut cap = self.inner.capture.lock().unwrap();
-        if cap.is_some() {
+        let me = std::thread::current().id();
+        let mut caps = self.inner.captures.lock().unwrap();
+        if caps.contains_key(&me) {
             return Err(DeviceError::Binding {
                 kernel: "capture".into(),
-                message: "a capture is already in progress".into(),
+                message: "this thread is already recording a plan".into(),
             });
         }
         self.inner.pool.begin_capture();
-        *cap = Some(Capture {
-            dispatches: Vec::new(),
-            used: HashSet::new(),
-            touched: Vec::new(),
-        });
+        caps.insert(
+            me,
+            Capture {
+                dispatches: Vec::new(),
+                touched: Vec::new(),
+            },
+        );
         Ok(())
     }
 
-    /// Ends recording and returns the plan.
+    /// Ends this thread's recording and returns the plan.
     pub fn end_capture(&self) -> Result<Plan> {
-        let cap =
-            self.inner
-                .capture
-                .lock()
-                .unwrap()
-                .take()
-                .ok_or_else(|| DeviceError::Binding {
-                    kernel: "capture".into(),
-                    message: "end_capture without begin_capture".into(),
-                })?;
-        let held = self.inner.pool.end_capture(&cap.used);
+        let me = std::thread::current().id();
+        let cap = self.inner.captures.lock().unwrap().remove(&me);
+        let cap = cap.ok_or_else(|| DeviceError::Binding {
+            kernel: "capture".into(),
+            message: "end_capture without begin_capture on this thread".into(),
+        })?;
+        let held = self.inner.pool.end_capture();
         let mut kept: Vec<Arc<buffer::BufferInner>> =
             cap.touched.iter().filter_map(|w| w.upgrade()).collect();
         kept.sort_by_key(|b| Arc::as_ptr(b) as usize);

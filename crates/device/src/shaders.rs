@@ -110,23 +110,26 @@ impl Validated {
             name: name.to_string(),
             message: format!("{backend} translation failed: {e}"),
         };
-        let (module, info) = naga::back::pipeline_constants::process_overrides(
-            &self.module,
-            &self.info,
-            None,
-            &Default::default(),
-        )
-        .map_err(|e| err("override", e.to_string()))?;
-        naga::back::spv::write_vec(&module, &info, &Default::default(), None)
-            .map_err(|e| err("SPIR-V", e.to_string()))?;
-        naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default())
-            .map_err(|e| err("MSL", e.to_string()))?;
-        let mut hlsl = String::new();
-        let options = naga::back::hlsl::Options::default();
-        let pipeline = naga::back::hlsl::PipelineOptions::default();
-        naga::back::hlsl::Writer::new(&mut hlsl, &options, &pipeline)
-            .write(&module, &info, None)
-            .map_err(|e| err("HLSL", e.to_string()))?;
+        // Per entry point, as wgpu does when it builds a pipeline.
+        for ep in &self.module.entry_points {
+            let (module, info) = naga::back::pipeline_constants::process_overrides(
+                &self.module,
+                &self.info,
+                Some((ep.stage, &ep.name)),
+                &Default::default(),
+            )
+            .map_err(|e| err("override", format!("{}: {e}", ep.name)))?;
+            naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+                .map_err(|e| err("SPIR-V", format!("{}: {e}", ep.name)))?;
+            naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default())
+                .map_err(|e| err("MSL", format!("{}: {e}", ep.name)))?;
+            let mut hlsl = String::new();
+            let options = naga::back::hlsl::Options::default();
+            let pipeline = naga::back::hlsl::PipelineOptions::default();
+            naga::back::hlsl::Writer::new(&mut hlsl, &options, &pipeline)
+                .write(&module, &info, None)
+                .map_err(|e| err("HLSL", format!("{}: {e}", ep.name)))?;
+        }
         Ok(())
     }
 }

@@ -96,6 +96,7 @@ pub fn fit_classifier(
     let mut plans: HashMap<usize, Recorded> = HashMap::new();
     let mut history = Vec::new();
     let mut step = 0usize;
+    let mut classes: Option<usize> = None;
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
         let order = shuffled(train.len(), cfg.seed + epoch as u64);
@@ -104,7 +105,9 @@ pub fn fit_classifier(
             let n = idx.len();
             let xb = gather_rows(train.x, train.width(), idx);
             let yb: Vec<i32> = idx.iter().map(|&i| train.y[i]).collect();
-            softmax::check_labels(&yb, usize::MAX, None)?;
+            // Before the first plan exists the class count is unknown: check negatives now and
+            // the upper bound once the logits' width is known (below).
+            softmax::check_labels(&yb, classes.unwrap_or(i32::MAX as usize), None)?;
             opt.begin_step()?;
             if let Some(r) = plans.get(&n) {
                 dev.write(&r.x.array().buf, &xb)?;
@@ -115,13 +118,16 @@ pub fn fit_classifier(
                 let y = Array::from_i32(dev, &yb, &[n])?;
                 // A fresh plan computes fresh gradients (no accumulation into another plan's).
                 opt.zero_grad();
-                let (plan, loss) = StepPlan::record(dev, || {
+                let (plan, (loss, width)) = StepPlan::record(dev, || {
                     let logits = model.forward(&x)?;
+                    let width = *logits.shape().last().unwrap_or(&0);
                     let loss = logits.cross_entropy(&y, None)?;
                     loss.backward()?;
                     opt.step()?;
-                    Ok::<_, NnError>(loss)
+                    Ok::<_, NnError>((loss, width))
                 })?;
+                classes = Some(width);
+                softmax::check_labels(&yb, width, None)?;
                 plans.insert(n, Recorded { plan, x, y, loss });
             }
             step += 1;

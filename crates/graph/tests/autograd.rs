@@ -1,0 +1,307 @@
+//! Autograd on composite graphs against central finite differences of an f64 CPU forward.
+
+use kiln_graph::{no_grad, Device, Tensor};
+use kiln_ops::conv::{self, Conv2dSpec};
+use kiln_ops::pool::{self, Pool2dSpec};
+use kiln_ops::softmax;
+use kiln_ops::testing::{assert_close, finite_diff, to_f64, Rng};
+
+fn dev() -> Device {
+    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
+}
+
+fn param(d: &Device, v: &[f32], s: &[usize]) -> Tensor {
+    Tensor::from_f32(d, v, s).unwrap().requires_grad(true)
+}
+
+/// y[r, o] = sum_i x[r, i] w[o, i] + b[o]
+fn cpu_linear(x: &[f64], w: &[f64], b: &[f64], rows: usize, inp: usize, out: usize) -> Vec<f64> {
+    (0..rows * out)
+        .map(|ro| {
+            let (r, o) = (ro / out, ro % out);
+            b[o] + (0..inp)
+                .map(|i| x[r * inp + i] * w[o * inp + i])
+                .sum::<f64>()
+        })
+        .collect()
+}
+
+/// Splits a flat parameter vector into pieces of the given sizes.
+fn split<'a>(v: &'a [f64], sizes: &[usize]) -> Vec<&'a [f64]> {
+    let mut at = 0;
+    sizes
+        .iter()
+        .map(|&s| {
+            at += s;
+            &v[at - s..at]
+        })
+        .collect()
+}
+
+#[test]
+fn two_layer_mlp() {
+    let d = dev();
+    let mut r = Rng::new(10);
+    let (n, i, h, o) = (4, 5, 6, 3);
+    let sizes = [h * i, h, o * h, o];
+    let vals: Vec<Vec<f32>> = sizes.iter().map(|&s| r.vec(s, -1.0, 1.0)).collect();
+    let x = r.vec(n * i, -1.0, 1.0);
+    let labels = vec![0, 2, 1, 2];
+    let ps: Vec<Tensor> = vals
+        .iter()
+        .zip([vec![h, i], vec![h], vec![o, h], vec![o]])
+        .map(|(v, s)| param(&d, v, &s))
+        .collect();
+    let xt = Tensor::from_f32(&d, &x, &[n, i]).unwrap();
+    let y = kiln_ops::Array::from_i32(&d, &labels, &[n]).unwrap();
+    let loss = xt
+        .linear(&ps[0], Some(&ps[1]))
+        .unwrap()
+        .tanh()
+        .unwrap()
+        .linear(&ps[2], Some(&ps[3]))
+        .unwrap()
+        .cross_entropy(&y, None)
+        .unwrap();
+    loss.backward().unwrap();
+    let x64 = to_f64(&x);
+    let f = |flat: &[f64]| {
+        let p = split(flat, &sizes);
+        let hdn: Vec<f64> = cpu_linear(&x64, p[0], p[1], n, i, h)
+            .iter()
+            .map(|v| v.tanh())
+            .collect();
+        softmax::cpu::cross_entropy(&cpu_linear(&hdn, p[2], p[3], n, h, o), o, &labels, None)
+    };
+    let flat: Vec<f64> = vals.iter().flat_map(|v| to_f64(v)).collect();
+    assert_close("loss", &[loss.item().unwrap()], &[f(&flat)], 1e-5, 1e-5);
+    let fd = finite_diff(f, &flat, 1e-4);
+    let fd = split(&fd, &sizes);
+    for (k, p) in ps.iter().enumerate() {
+        let g = p.grad().unwrap().to_f32(&d).unwrap();
+        assert_close(&format!("mlp param {k}"), &g, fd[k], 1e-4, 1e-3);
+    }
+}
+
+#[test]
+fn small_conv_net() {
+    let d = dev();
+    let mut r = Rng::new(11);
+    let (n, ci, hw, co, k) = (2, 2, 6, 3, 3);
+    let spec = Conv2dSpec {
+        padding: (1, 1),
+        ..Default::default()
+    };
+    let pool = Pool2dSpec::square(2);
+    let feat = co * 3 * 3;
+    let sizes = [co * ci * k * k, co, 2 * feat, 2];
+    let vals: Vec<Vec<f32>> = sizes.iter().map(|&s| r.vec(s, -0.5, 0.5)).collect();
+    let x = r.vec(n * ci * hw * hw, -1.0, 1.0);
+    let target = r.vec(n * 2, -1.0, 1.0);
+    let ps: Vec<Tensor> = vals
+        .iter()
+        .zip([vec![co, ci, k, k], vec![co], vec![2, feat], vec![2]])
+        .map(|(v, s)| param(&d, v, &s))
+        .collect();
+    let xt = Tensor::from_f32(&d, &x, &[n, ci, hw, hw]).unwrap();
+    let tt = Tensor::from_f32(&d, &target, &[n, 2]).unwrap();
+    let out = xt
+        .conv2d(&ps[0], Some(&ps[1]), spec)
+        .unwrap()
+        .relu()
+        .unwrap()
+        .max_pool2d(pool)
+        .unwrap()
+        .flatten()
+        .unwrap()
+        .linear(&ps[2], Some(&ps[3]))
+        .unwrap();
+    let loss = out.mse_loss(&tt).unwrap();
+    loss.backward().unwrap();
+    let x64 = to_f64(&x);
+    let f = |flat: &[f64]| {
+        let p = split(flat, &sizes);
+        let (c, cs) = conv::cpu::conv2d(
+            &x64,
+            [n, ci, hw, hw],
+            p[0],
+            [co, ci, k, k],
+            Some(p[1]),
+            &spec,
+        );
+        let c: Vec<f64> = c.iter().map(|v| v.max(0.0)).collect();
+        let pooled = pool::cpu::pool2d(&c, cs, &pool, false);
+        let y = cpu_linear(&pooled, p[2], p[3], n, feat, 2);
+        y.iter()
+            .zip(&target)
+            .map(|(a, b)| (a - *b as f64).powi(2))
+            .sum::<f64>()
+            / y.len() as f64
+    };
+    let flat: Vec<f64> = vals.iter().flat_map(|v| to_f64(v)).collect();
+    assert_close("loss", &[loss.item().unwrap()], &[f(&flat)], 1e-5, 1e-4);
+    let fd = finite_diff(f, &flat, 1e-4);
+    let fd = split(&fd, &sizes);
+    for (k, p) in ps.iter().enumerate() {
+        let g = p.grad().unwrap().to_f32(&d).unwrap();
+        assert_close(&format!("conv net param {k}"), &g, fd[k], 1e-4, 2e-3);
+    }
+}
+
+#[test]
+fn attention_block_from_matmul_and_softmax() {
+    let d = dev();
+    let mut r = Rng::new(12);
+    let (b, s, e) = (2, 3, 4);
+    let sizes = [b * s * e; 3];
+    let vals: Vec<Vec<f32>> = sizes.iter().map(|&n| r.vec(n, -1.0, 1.0)).collect();
+    let w = r.vec(b * s * e, -1.0, 1.0);
+    let [q, k, v]: [Tensor; 3] = std::array::from_fn(|i| param(&d, &vals[i], &[b, s, e]));
+    let wt = Tensor::from_f32(&d, &w, &[b, s, e]).unwrap();
+    let scale = 1.0 / (e as f32).sqrt();
+    let att = q
+        .matmul_t(&k, false, true, None)
+        .unwrap()
+        .affine(scale, 0.0)
+        .unwrap()
+        .softmax()
+        .unwrap();
+    let out = att.matmul(&v).unwrap();
+    let loss = out.mul(&wt).unwrap().sum_all().unwrap();
+    loss.backward().unwrap();
+    let f = |flat: &[f64]| {
+        let p = split(flat, &sizes);
+        let mut total = 0.0;
+        for z in 0..b {
+            let o = z * s * e;
+            let mut scores = vec![0.0; s * s];
+            for i in 0..s {
+                for j in 0..s {
+                    scores[i * s + j] = (0..e)
+                        .map(|t| p[0][o + i * e + t] * p[1][o + j * e + t])
+                        .sum::<f64>()
+                        * scale as f64;
+                }
+            }
+            let a = softmax::cpu::softmax(&scores, s, false);
+            for i in 0..s {
+                for t in 0..e {
+                    let val: f64 = (0..s).map(|j| a[i * s + j] * p[2][o + j * e + t]).sum();
+                    total += val * w[o + i * e + t] as f64;
+                }
+            }
+        }
+        total
+    };
+    let flat: Vec<f64> = vals.iter().flat_map(|v| to_f64(v)).collect();
+    let fd = finite_diff(f, &flat, 1e-4);
+    let fd = split(&fd, &sizes);
+    for (i, t) in [q, k, v].iter().enumerate() {
+        assert_close(
+            &format!("attention input {i}"),
+            &t.grad().unwrap().to_f32(&d).unwrap(),
+            fd[i],
+            1e-4,
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn tensor_used_twice_and_broadcasting() {
+    let d = dev();
+    // y = sum(x * x + x): dy/dx = 2x + 1 (x feeds three uses).
+    let xv = [0.5f32, -1.0, 2.0];
+    let x = param(&d, &xv, &[3]);
+    x.mul(&x)
+        .unwrap()
+        .add(&x)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let want: Vec<f64> = xv.iter().map(|&v| 2.0 * v as f64 + 1.0).collect();
+    assert_close(
+        "x*x + x",
+        &x.grad().unwrap().to_f32(&d).unwrap(),
+        &want,
+        1e-6,
+        1e-6,
+    );
+    // A second backward accumulates, as in PyTorch.
+    x.mul(&x)
+        .unwrap()
+        .add(&x)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let twice: Vec<f64> = want.iter().map(|v| 2.0 * v).collect();
+    assert_close(
+        "accumulated",
+        &x.grad().unwrap().to_f32(&d).unwrap(),
+        &twice,
+        1e-6,
+        1e-6,
+    );
+
+    // z = sum((a[3,4] + b[4]) * s[3,1] / c[1]): broadcast gradients sum over the broadcast axes.
+    let mut r = Rng::new(13);
+    let (av, bv, sv) = (
+        r.vec(12, -1.0, 1.0),
+        r.vec(4, -1.0, 1.0),
+        r.vec(3, 0.5, 1.5),
+    );
+    let cv = [1.7f32];
+    let (a, b, s, c) = (
+        param(&d, &av, &[3, 4]),
+        param(&d, &bv, &[4]),
+        param(&d, &sv, &[3, 1]),
+        param(&d, &cv, &[1]),
+    );
+    a.add(&b)
+        .unwrap()
+        .mul(&s)
+        .unwrap()
+        .div(&c)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let f = |flat: &[f64]| {
+        let p = split(flat, &[12, 4, 3, 1]);
+        (0..12)
+            .map(|i| (p[0][i] + p[1][i % 4]) * p[2][i / 4] / p[3][0])
+            .sum::<f64>()
+    };
+    let flat: Vec<f64> = [&av[..], &bv, &sv, &cv]
+        .iter()
+        .flat_map(|v| to_f64(v))
+        .collect();
+    let fd = finite_diff(f, &flat, 1e-4);
+    let fd = split(&fd, &[12, 4, 3, 1]);
+    for (i, t) in [a, b, s, c].iter().enumerate() {
+        assert_close(
+            &format!("broadcast input {i}"),
+            &t.grad().unwrap().to_f32(&d).unwrap(),
+            fd[i],
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn no_grad_and_detach_record_nothing() {
+    let d = dev();
+    let x = param(&d, &[1.0, 2.0], &[2]);
+    let y = no_grad(|| x.mul(&x).unwrap());
+    assert!(!y.needs_grad());
+    assert!(x.mul(&x).unwrap().needs_grad());
+    assert!(!x.detach().needs_grad());
+    // backward from a non-scalar is an error, not a guess.
+    assert!(x.mul(&x).unwrap().backward().is_err());
+}
