@@ -409,7 +409,7 @@ impl Device {
 
     fn take(&self, usage: Usage, bytes: u64) -> Result<Raw> {
         let l = &self.inner.limits;
-        let max_binding = l.max_storage_buffer_binding_size as u64;
+        let max_binding = l.max_storage_buffer_binding_size;
         if bytes > l.max_buffer_size || (usage == Usage::Storage && bytes > max_binding) {
             return Err(DeviceError::BufferTooLarge {
                 requested: bytes,
@@ -468,7 +468,7 @@ impl Device {
             .host_written
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.inner.queue.write_buffer(buf.wgpu(), 0, bytes);
         } else {
             // Copies must be 4-byte multiples: pad odd f16 lengths.

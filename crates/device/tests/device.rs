@@ -62,7 +62,7 @@ fn over_limit_allocation_names_both_limits() {
     let max = d
         .limits()
         .max_buffer_size
-        .max(d.limits().max_storage_buffer_binding_size as u64);
+        .max(d.limits().max_storage_buffer_binding_size);
     let err = d.alloc((max / 4 + 1) as usize, DType::F32).unwrap_err();
     assert!(matches!(err, DeviceError::BufferTooLarge { .. }), "{err}");
     let msg = err.to_string();

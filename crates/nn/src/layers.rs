@@ -153,13 +153,13 @@ impl Sequential {
         Sequential::default()
     }
     /// Appends a module named by its position.
-    pub fn add(mut self, m: impl Module + 'static) -> Sequential {
+    pub fn push(mut self, m: impl Module + 'static) -> Sequential {
         let name = self.layers.len().to_string();
         self.layers.push((name, Box::new(m)));
         self
     }
     /// Appends a module with a name (its parameters become `name.weight`...).
-    pub fn add_named(mut self, name: &str, m: impl Module + 'static) -> Sequential {
+    pub fn push_named(mut self, name: &str, m: impl Module + 'static) -> Sequential {
         self.layers.push((name.to_string(), Box::new(m)));
         self
     }
@@ -199,19 +199,19 @@ pub fn lenet5(dev: &Device, seed: u64) -> Result<Sequential> {
         ..Default::default()
     };
     Ok(Sequential::new()
-        .add_named("conv1", Conv2d::new(dev, &mut rng, 1, 6, 5, pad2)?)
-        .add_named("relu1", ReLU)
-        .add_named("pool1", MaxPool2d(Pool2dSpec::square(2)))
-        .add_named(
+        .push_named("conv1", Conv2d::new(dev, &mut rng, 1, 6, 5, pad2)?)
+        .push_named("relu1", ReLU)
+        .push_named("pool1", MaxPool2d(Pool2dSpec::square(2)))
+        .push_named(
             "conv2",
             Conv2d::new(dev, &mut rng, 6, 16, 5, Conv2dSpec::default())?,
         )
-        .add_named("relu2", ReLU)
-        .add_named("pool2", MaxPool2d(Pool2dSpec::square(2)))
-        .add_named("flatten", Flatten)
-        .add_named("fc1", Linear::new(dev, &mut rng, 400, 120, true)?)
-        .add_named("relu3", ReLU)
-        .add_named("fc2", Linear::new(dev, &mut rng, 120, 84, true)?)
-        .add_named("relu4", ReLU)
-        .add_named("fc3", Linear::new(dev, &mut rng, 84, 10, true)?))
+        .push_named("relu2", ReLU)
+        .push_named("pool2", MaxPool2d(Pool2dSpec::square(2)))
+        .push_named("flatten", Flatten)
+        .push_named("fc1", Linear::new(dev, &mut rng, 400, 120, true)?)
+        .push_named("relu3", ReLU)
+        .push_named("fc2", Linear::new(dev, &mut rng, 120, 84, true)?)
+        .push_named("relu4", ReLU)
+        .push_named("fc3", Linear::new(dev, &mut rng, 84, 10, true)?))
 }

@@ -4,6 +4,7 @@
 pub mod data;
 pub mod layers;
 pub mod optim;
+pub mod regression;
 pub mod schedule;
 pub mod train;
 

@@ -131,7 +131,7 @@ pub fn fit_classifier(
                 plans.insert(n, Recorded { plan, x, y, loss });
             }
             step += 1;
-            if step % cfg.log_every.max(1) == 0 {
+            if step.is_multiple_of(cfg.log_every.max(1)) {
                 let l = plans[&n].loss.item()?;
                 if !l.is_finite() {
                     return Err(NnError::Training(format!(

@@ -10,9 +10,9 @@ use kiln_ops::Array;
 fn mlp(d: &Device) -> Sequential {
     let mut r = Rng::new(99);
     Sequential::new()
-        .add(Linear::new(d, &mut r, 20, 16, true).unwrap())
-        .add(ReLU)
-        .add(Linear::new(d, &mut r, 16, 5, true).unwrap())
+        .push(Linear::new(d, &mut r, 20, 16, true).unwrap())
+        .push(ReLU)
+        .push(Linear::new(d, &mut r, 16, 5, true).unwrap())
 }
 
 fn batch(step: usize) -> (Vec<f32>, Vec<i32>) {
