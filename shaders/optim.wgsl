@@ -85,3 +85,17 @@ fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         param[i] = param[i] - lr * g / avg;
     }
 }
+
+// Gradient clipping by global norm: grad *= min(1, max_norm / (sqrt(sum_sq) + 1e-6)), where
+// sum_sq = hp[0] is the squared norm over all parameters (summed on the device) and
+// max_norm = hp[1]. As torch.nn.utils.clip_grad_norm_.
+@group(0) @binding(7) var<storage, read_write> clip_grad: array<f32>;
+
+@compute @workgroup_size(WG)
+fn clip(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let scale = min(1.0, hp[1] / (sqrt(hp[0]) + 1e-6));
+    clip_grad[i] = clip_grad[i] * scale;
+}

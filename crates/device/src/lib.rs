@@ -113,6 +113,109 @@ struct Dispatch {
     _params: Option<Buffer>,
 }
 
+/// Work recorded and not yet submitted.
+#[derive(Default)]
+struct Pending {
+    dispatches: Vec<Arc<Dispatch>>,
+    /// Copies for asynchronous readback, encoded after every dispatch of the submission.
+    reads: Vec<Arc<ReadJob>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.dispatches.is_empty() && self.reads.is_empty()
+    }
+}
+
+type MapResult = Arc<Mutex<Option<std::result::Result<(), String>>>>;
+
+struct ReadJob {
+    device: wgpu::Device,
+    src: wgpu::Buffer,
+    staging: Buffer,
+    bytes: u64,
+    /// Bytes of data (the copy is padded to a multiple of 4).
+    data_bytes: usize,
+    submitted: std::sync::atomic::AtomicBool,
+    mapped: MapResult,
+    data: OnceLock<Vec<u8>>,
+}
+
+impl Drop for ReadJob {
+    fn drop(&mut self) {
+        // The staging buffer must go back to the pool unmapped. Once read, it already is; a map
+        // still in flight is waited for first (an unmap does not cancel it).
+        if !self.submitted.load(Ordering::Acquire) || self.data.get().is_some() {
+            return;
+        }
+        if self.mapped.lock().unwrap().is_none() {
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        }
+        if matches!(*self.mapped.lock().unwrap(), Some(Ok(()))) {
+            self.staging.wgpu().unmap();
+        }
+    }
+}
+
+/// A readback in flight: the buffer's contents as of the end of the submission that carried it.
+/// Reading it never stalls the GPU; [`ReadTicket::try_read`] does not block either.
+pub struct ReadTicket {
+    job: Arc<ReadJob>,
+    dev: Device,
+}
+
+impl ReadTicket {
+    fn take<T: Element>(&self) -> Option<Vec<T>> {
+        if self.job.data.get().is_none() {
+            if !matches!(*self.job.mapped.lock().unwrap(), Some(Ok(()))) {
+                return None;
+            }
+            let slice = self.job.staging.wgpu().slice(..self.job.bytes);
+            let bytes = slice.get_mapped_range().ok()?.to_vec();
+            self.job.staging.wgpu().unmap();
+            let _ = self.job.data.set(bytes);
+        }
+        let bytes = self.job.data.get()?;
+        let n = self.job.data_bytes.min(bytes.len());
+        Some(bytemuck::pod_collect_to_vec(
+            &bytes[..n - n % T::DTYPE.size()],
+        ))
+    }
+
+    fn failed(&self) -> Result<()> {
+        match &*self.job.mapped.lock().unwrap() {
+            Some(Err(e)) => Err(DeviceError::Readback(e.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The values if the GPU has finished (polls the device without waiting), else None.
+    pub fn try_read<T: Element>(&self) -> Result<Option<Vec<T>>> {
+        self.dev
+            .inner
+            .device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| DeviceError::Readback(e.to_string()))?;
+        self.failed()?;
+        Ok(self.take())
+    }
+
+    /// Waits for the values (submitting the carrying work first if it is still pending).
+    pub fn wait<T: Element>(&self) -> Result<Vec<T>> {
+        if !self.job.submitted.load(Ordering::Acquire) {
+            self.dev.flush()?;
+        }
+        self.dev
+            .inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| DeviceError::Readback(e.to_string()))?;
+        self.failed()?;
+        self.take()
+            .ok_or_else(|| DeviceError::Readback("mapping did not complete".into()))
+    }
+}
+
 struct Capture {
     dispatches: Vec<Arc<Dispatch>>,
     /// Every buffer bound while recording; those still alive at the end are kept by the plan.
@@ -175,7 +278,7 @@ struct Inner {
     modules: Mutex<HashMap<String, (wgpu::ShaderModule, Arc<shaders::Validated>)>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
     pipeline_cache: Option<wgpu::PipelineCache>,
-    pending: Mutex<Vec<Arc<Dispatch>>>,
+    pending: Mutex<Pending>,
     /// Recordings in progress, one per thread: a thread's dispatches go to its own recording.
     captures: Mutex<HashMap<std::thread::ThreadId, Capture>>,
     fault: Arc<Mutex<Option<DeviceError>>>,
@@ -778,7 +881,7 @@ impl Device {
             cap.touched
                 .extend(buffers.iter().map(|b| Arc::downgrade(&b.inner)));
         }
-        self.inner.pending.lock().unwrap().push(dispatch);
+        self.inner.pending.lock().unwrap().dispatches.push(dispatch);
         Ok(())
     }
 
@@ -814,13 +917,13 @@ impl Device {
     /// (`write`) are ordered exactly between submissions.
     fn submit_locked(
         &self,
-        pending: &mut Vec<Arc<Dispatch>>,
+        pending: &mut Pending,
         extra: Option<&[Arc<Dispatch>]>,
         timestamps: Option<&wgpu::QuerySet>,
         after: impl FnOnce(&mut wgpu::CommandEncoder),
     ) -> Result<()> {
         self.check_fault()?;
-        let pending = std::mem::take(pending);
+        let mut pending = std::mem::take(pending);
         // A scope per submission: its validation errors come back to this caller, and a bad
         // submission does not poison later ones.
         let scope = self
@@ -833,7 +936,8 @@ impl Device {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("kiln"),
             });
-        let n = pending.len() + extra.map_or(0, |e| e.len());
+        let reads = std::mem::take(&mut pending.reads);
+        let n = pending.dispatches.len() + extra.map_or(0, |e| e.len());
         if n > 0 || timestamps.is_some() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("kiln"),
@@ -843,19 +947,63 @@ impl Device {
                     end_of_pass_write_index: Some(1),
                 }),
             });
-            Self::encode(&mut pass, &pending);
+            Self::encode(&mut pass, &pending.dispatches);
             if let Some(e) = extra {
                 Self::encode(&mut pass, e);
             }
         }
+        for r in &reads {
+            enc.copy_buffer_to_buffer(&r.src, 0, r.staging.wgpu(), 0, r.bytes);
+        }
         after(&mut enc);
         self.inner.queue.submit([enc.finish()]);
+        for r in &reads {
+            r.submitted.store(true, Ordering::Release);
+            let mapped = r.mapped.clone();
+            r.staging
+                .wgpu()
+                .slice(..r.bytes)
+                .map_async(wgpu::MapMode::Read, move |res| {
+                    *mapped.lock().unwrap() = Some(res.map_err(|e| e.to_string()));
+                });
+        }
         self.inner.submissions.fetch_add(1, Ordering::Relaxed);
         self.inner.dispatches.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(DeviceError::Wgpu(e.to_string()));
         }
         self.check_fault()
+    }
+
+    /// Starts an asynchronous readback of `buf`: a copy is added to the next submission, after all
+    /// of its dispatches (a plan replayed next included), and the returned ticket yields the
+    /// values once the GPU is done. Staging buffers come from the pool, so steady periodic reads
+    /// cycle through a few of them.
+    pub fn read_async(&self, buf: &Buffer) -> Result<ReadTicket> {
+        let bytes = buf.bytes().next_multiple_of(4).max(4);
+        let raw = self.take(Usage::Staging, bytes)?;
+        let staging = Buffer::new(
+            &self.inner.pool,
+            raw,
+            Usage::Staging,
+            bytes as usize / 4,
+            DType::U32,
+        );
+        let job = Arc::new(ReadJob {
+            device: self.inner.device.clone(),
+            src: buf.wgpu().clone(),
+            staging,
+            bytes,
+            data_bytes: buf.bytes() as usize,
+            submitted: std::sync::atomic::AtomicBool::new(false),
+            mapped: Arc::default(),
+            data: OnceLock::new(),
+        });
+        self.inner.pending.lock().unwrap().reads.push(job.clone());
+        Ok(ReadTicket {
+            job,
+            dev: self.clone(),
+        })
     }
 
     /// Submits all pending work (one submission; none if nothing is pending).

@@ -189,3 +189,33 @@ fn timing_reports_a_positive_duration() {
         .unwrap();
     assert!(t.seconds > 0.0 && t.seconds < 60.0, "{t:?}");
 }
+
+#[test]
+fn async_readback_rides_in_the_next_submission_and_never_blocks() {
+    let d = dev();
+    let k = d.kernel("fill", "fill", &[]).unwrap();
+    let a = d.alloc(500, DType::F32).unwrap();
+    d.launch(&k, &[&a], &Params::new().u(500).f(1.0), [2, 1, 1])
+        .unwrap();
+    let first = d.read_async(&a).unwrap();
+    // Not submitted yet: nothing to read, and asking does not block.
+    assert!(first.try_read::<f32>().unwrap().is_none());
+    // The copy goes after every dispatch of the carrying submission, so it sees 2.0.
+    d.launch(&k, &[&a], &Params::new().u(500).f(2.0), [2, 1, 1])
+        .unwrap();
+    d.flush().unwrap();
+    assert_eq!(first.wait::<f32>().unwrap(), vec![2.0; 500]);
+    // Periodic reads, as a training loop makes: each sees its own step's value.
+    let tickets: Vec<_> = (0..4)
+        .map(|i| {
+            d.launch(&k, &[&a], &Params::new().u(500).f(i as f32), [2, 1, 1])
+                .unwrap();
+            let t = d.read_async(&a).unwrap();
+            d.flush().unwrap();
+            t
+        })
+        .collect();
+    for (i, t) in tickets.iter().enumerate() {
+        assert_eq!(t.wait::<f32>().unwrap()[499], i as f32);
+    }
+}

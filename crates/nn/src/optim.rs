@@ -1,5 +1,6 @@
 //! Optimizers over the fused update kernels. State lives on the device; hyper-parameters sit in a
-//! small device buffer rewritten before each step, so a recorded step never needs re-recording.
+//! small device buffer per parameter group, rewritten before each step, so a recorded step never
+//! needs re-recording when the learning rate or the step count changes.
 
 use crate::schedule::Schedule;
 use crate::Result;
@@ -7,42 +8,70 @@ use kiln_graph::{Device, Tensor};
 use kiln_ops::optim::{self, Rule};
 use kiln_ops::{Buffer, DType};
 
-/// An optimizer for a set of parameters.
-pub struct Optimizer {
-    dev: Device,
-    rule: Rule,
+struct Group {
     params: Vec<Tensor>,
     state: Vec<Vec<Buffer>>,
     hp: Buffer,
-    base_lr: f32,
+    lr: f32,
+    rule: Rule,
+}
+
+/// An optimizer over parameter groups (as PyTorch's `param_groups`), each with its own learning
+/// rate and weight decay, sharing one update rule, one schedule and one step counter.
+pub struct Optimizer {
+    dev: Device,
+    rule: Rule,
+    groups: Vec<Group>,
     schedule: Schedule,
     step: u64,
+    clip: Option<f32>,
 }
 
 impl Optimizer {
     fn new(dev: &Device, params: Vec<Tensor>, rule: Rule, lr: f32) -> Result<Optimizer> {
+        let mut o = Optimizer {
+            dev: dev.clone(),
+            rule,
+            groups: Vec::new(),
+            schedule: Schedule::Constant,
+            step: 0,
+            clip: None,
+        };
+        o.push_group(params, lr, rule)?;
+        Ok(o)
+    }
+
+    fn push_group(&mut self, params: Vec<Tensor>, lr: f32, rule: Rule) -> Result<()> {
         let mut state = Vec::new();
         for p in &params {
-            let n = p.numel();
             let mut s = Vec::new();
             for _ in 0..rule.state_count() {
-                let b = dev.alloc(n, DType::F32)?;
-                kiln_ops::fill(dev, &b, 0.0)?;
+                let b = self.dev.alloc(p.numel(), DType::F32)?;
+                kiln_ops::fill(&self.dev, &b, 0.0)?;
                 s.push(b);
             }
             state.push(s);
         }
-        let hp = dev.upload(&rule.hyper(lr, 1))?;
-        Ok(Optimizer {
-            dev: dev.clone(),
-            rule,
+        let hp = self.dev.upload(&rule.hyper(lr, 1))?;
+        self.groups.push(Group {
             params,
             state,
             hp,
-            base_lr: lr,
-            schedule: Schedule::Constant,
-            step: 0,
-        })
+            lr,
+            rule,
+        });
+        Ok(())
+    }
+
+    /// Adds a parameter group with its own learning rate and weight decay.
+    pub fn add_param_group(
+        &mut self,
+        params: Vec<Tensor>,
+        lr: f32,
+        weight_decay: f32,
+    ) -> Result<()> {
+        let rule = self.rule.with_weight_decay(weight_decay);
+        self.push_group(params, lr, rule)
     }
 
     /// SGD (PyTorch defaults: no momentum, no dampening, no weight decay).
@@ -86,7 +115,7 @@ impl Optimizer {
             lr,
         )
     }
-    /// AdamW (decoupled weight decay; PyTorch's default decay 0.01).
+    /// AdamW (decoupled weight decay; PyTorch's default decay is 0.01).
     pub fn adamw(
         dev: &Device,
         params: Vec<Tensor>,
@@ -132,14 +161,19 @@ impl Optimizer {
         Self::new(dev, params, rule, lr)
     }
 
-    /// Sets the learning-rate schedule (evaluated per step).
+    /// Sets the learning-rate schedule (a factor of each group's rate, evaluated per step).
     pub fn set_schedule(&mut self, schedule: Schedule) {
         self.schedule = schedule;
     }
 
-    /// The learning rate the next step uses.
+    /// Clips gradients to this global L2 norm before every update (None: no clipping).
+    pub fn set_clip_grad_norm(&mut self, max_norm: Option<f32>) {
+        self.clip = max_norm;
+    }
+
+    /// The learning rate the next step uses in the first group.
     pub fn lr(&self) -> f32 {
-        self.schedule.lr(self.base_lr, self.step)
+        self.schedule.lr(self.groups[0].lr, self.step)
     }
 
     /// Steps taken.
@@ -150,17 +184,30 @@ impl Optimizer {
     /// Advances the step counter and writes this step's hyper-parameters (learning rate, bias
     /// corrections) to the device. Call once before each step, eager or replayed.
     pub fn begin_step(&mut self) -> Result<()> {
-        let lr = self.lr();
+        let step = self.step;
         self.step += 1;
-        self.dev.write(&self.hp, &self.rule.hyper(lr, self.step))?;
+        for g in &self.groups {
+            let lr = self.schedule.lr(g.lr, step);
+            self.dev.write(&g.hp, &g.rule.hyper(lr, self.step))?;
+        }
         Ok(())
     }
 
-    /// Records the update of every parameter that has a gradient (frozen ones are skipped).
+    /// Records the update of every parameter that has a gradient (frozen ones are skipped),
+    /// after clipping when it is set.
     pub fn step(&self) -> Result<()> {
-        for (p, s) in self.params.iter().zip(&self.state) {
-            if let Some(g) = p.grad() {
-                optim::step(&self.dev, &self.rule, &p.array().buf, &g.buf, s, &self.hp)?;
+        if let Some(max_norm) = self.clip {
+            let grads: Vec<_> = self.params().filter_map(|p| p.grad()).collect();
+            let bufs: Vec<&Buffer> = grads.iter().map(|g| &g.buf).collect();
+            if !bufs.is_empty() {
+                optim::clip_grad_norm(&self.dev, &bufs, max_norm)?;
+            }
+        }
+        for g in &self.groups {
+            for (p, s) in g.params.iter().zip(&g.state) {
+                if let Some(grad) = p.grad() {
+                    optim::step(&self.dev, &g.rule, &p.array().buf, &grad.buf, s, &g.hp)?;
+                }
             }
         }
         Ok(())
@@ -168,11 +215,11 @@ impl Optimizer {
 
     /// Clears every parameter's gradient.
     pub fn zero_grad(&self) {
-        self.params.iter().for_each(Tensor::zero_grad);
+        self.params().for_each(Tensor::zero_grad);
     }
 
-    /// The parameters.
-    pub fn params(&self) -> &[Tensor] {
-        &self.params
+    /// Every parameter of every group.
+    pub fn params(&self) -> impl Iterator<Item = &Tensor> {
+        self.groups.iter().flat_map(|g| g.params.iter())
     }
 }

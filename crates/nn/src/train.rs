@@ -97,6 +97,7 @@ pub fn fit_classifier(
     let mut history = Vec::new();
     let mut step = 0usize;
     let mut classes: Option<usize> = None;
+    let mut reads = std::collections::VecDeque::new();
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
         let order = shuffled(train.len(), cfg.seed + epoch as u64);
@@ -109,9 +110,14 @@ pub fn fit_classifier(
             // the upper bound once the logits' width is known (below).
             softmax::check_labels(&yb, classes.unwrap_or(i32::MAX as usize), None)?;
             opt.begin_step()?;
+            step += 1;
             if let Some(r) = plans.get(&n) {
                 dev.write(&r.x.array().buf, &xb)?;
                 dev.write(&r.y.buf, &yb)?;
+                if step.is_multiple_of(cfg.log_every.max(1)) {
+                    // Rides in this step's submission, after the replayed dispatches.
+                    reads.push_back((step, dev.read_async(&r.loss.array().buf)?));
+                }
                 r.plan.replay()?;
             } else {
                 let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
@@ -130,17 +136,15 @@ pub fn fit_classifier(
                 softmax::check_labels(&yb, width, None)?;
                 plans.insert(n, Recorded { plan, x, y, loss });
             }
-            step += 1;
-            if step.is_multiple_of(cfg.log_every.max(1)) {
-                let l = plans[&n].loss.item()?;
-                if !l.is_finite() {
-                    return Err(NnError::Training(format!(
-                        "loss became {l} at step {step} (epoch {epoch})"
-                    )));
-                }
-                loss_sum += l as f64;
-                loss_n += 1;
+            // Collect finished readbacks without waiting for the GPU.
+            while let Some((at, t)) = reads.front() {
+                let Some(v) = t.try_read::<f32>()? else { break };
+                record_loss(*at, epoch, v[0], &mut loss_sum, &mut loss_n)?;
+                reads.pop_front();
             }
+        }
+        for (at, t) in reads.drain(..) {
+            record_loss(at, epoch, t.wait::<f32>()?[0], &mut loss_sum, &mut loss_n)?;
         }
         dev.wait()?;
         let secs = t0.elapsed().as_secs_f64();
@@ -167,6 +171,17 @@ pub fn fit_classifier(
         history.push(stats);
     }
     Ok(history)
+}
+
+fn record_loss(step: usize, epoch: usize, loss: f32, sum: &mut f64, n: &mut usize) -> Result<()> {
+    if !loss.is_finite() {
+        return Err(NnError::Training(format!(
+            "loss became {loss} at step {step} (epoch {epoch})"
+        )));
+    }
+    *sum += loss as f64;
+    *n += 1;
+    Ok(())
 }
 
 /// Mean cross-entropy and accuracy of `model` on `data`, without gradients.

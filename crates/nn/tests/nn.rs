@@ -239,3 +239,96 @@ fn bad_training_input_is_an_error() {
         .to_string();
     assert!(e.contains("12"), "{e}");
 }
+
+#[test]
+fn parameter_groups_clipping_and_gradient_accumulation() {
+    let d = dev();
+    let mut r = Rng::new(21);
+    let (v1, v2) = (r.vec(5, -1.0, 1.0), r.vec(3, -1.0, 1.0));
+    let (c1, c2) = (r.vec(5, -1.0, 1.0), r.vec(3, -1.0, 1.0));
+    let p1 = Tensor::from_f32(&d, &v1, &[5]).unwrap().requires_grad(true);
+    let p2 = Tensor::from_f32(&d, &v2, &[3]).unwrap().requires_grad(true);
+    let (t1, t2) = (
+        Tensor::from_f32(&d, &c1, &[5]).unwrap(),
+        Tensor::from_f32(&d, &c2, &[3]).unwrap(),
+    );
+    // Group 0: lr 0.1, no decay; group 1: lr 0.01, weight decay 0.5.
+    let mut opt = Optimizer::sgd(&d, vec![p1.clone()], 0.1, 0.0, false, 0.0).unwrap();
+    opt.add_param_group(vec![p2.clone()], 0.01, 0.5).unwrap();
+    let loss = p1
+        .mul(&t1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .add(&p2.mul(&t2).unwrap().sum_all().unwrap())
+        .unwrap();
+    loss.backward().unwrap();
+    opt.begin_step().unwrap();
+    opt.step().unwrap();
+    let want1: Vec<f64> = v1
+        .iter()
+        .zip(&c1)
+        .map(|(&p, &g)| p as f64 - 0.1 * g as f64)
+        .collect();
+    let want2: Vec<f64> = v2
+        .iter()
+        .zip(&c2)
+        .map(|(&p, &g)| p as f64 - 0.01 * (g as f64 + 0.5 * p as f64))
+        .collect();
+    assert_close("group 0", &p1.to_vec().unwrap(), &want1, 1e-6, 1e-5);
+    assert_close("group 1", &p2.to_vec().unwrap(), &want2, 1e-6, 1e-5);
+
+    // Clipping through the optimizer: the applied gradient has global norm max_norm.
+    let q = Tensor::from_f32(&d, &[3.0, 4.0], &[2])
+        .unwrap()
+        .requires_grad(true);
+    let mut opt = Optimizer::sgd(&d, vec![q.clone()], 1.0, 0.0, false, 0.0).unwrap();
+    opt.set_clip_grad_norm(Some(1.0));
+    q.mul(&q)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .affine(0.5, 0.0)
+        .unwrap()
+        .backward()
+        .unwrap(); // grad = q = (3, 4), norm 5
+    opt.begin_step().unwrap();
+    opt.step().unwrap();
+    assert_close(
+        "clipped step",
+        &q.to_vec().unwrap(),
+        &[3.0 - 0.6, 4.0 - 0.8],
+        1e-5,
+        1e-5,
+    );
+
+    // Gradient accumulation: two half-batches at weight 1/2 give the full batch's gradient.
+    let mut rng = Rng::new(5);
+    let lin = Linear::new(&d, &mut rng, 4, 3, true).unwrap();
+    let x = r.vec(8 * 4, -1.0, 1.0);
+    let y: Vec<i32> = (0..8).map(|i| i % 3).collect();
+    let full = |xs: &[f32], ys: &[i32], n: usize| {
+        let xt = Tensor::from_f32(&d, xs, &[n, 4]).unwrap();
+        let yt = kiln_ops::Array::from_i32(&d, ys, &[n]).unwrap();
+        lin.forward(&xt).unwrap().cross_entropy(&yt, None).unwrap()
+    };
+    full(&x, &y, 8).backward().unwrap();
+    let g_full = lin.weight.grad().unwrap().to_f32(&d).unwrap();
+    lin.weight.zero_grad();
+    lin.bias.as_ref().unwrap().zero_grad();
+    for h in 0..2 {
+        full(&x[h * 16..(h + 1) * 16], &y[h * 4..(h + 1) * 4], 4)
+            .affine(0.5, 0.0)
+            .unwrap()
+            .backward()
+            .unwrap();
+    }
+    let g_acc = lin.weight.grad().unwrap().to_f32(&d).unwrap();
+    assert_close(
+        "accumulated micro-batches",
+        &g_acc,
+        &to_f64(&g_full),
+        1e-6,
+        1e-5,
+    );
+}

@@ -47,6 +47,16 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// The same rule with another weight decay (for parameter groups).
+    pub fn with_weight_decay(mut self, wd: f32) -> Rule {
+        match &mut self {
+            Rule::Sgd { weight_decay, .. }
+            | Rule::Adam { weight_decay, .. }
+            | Rule::RmsProp { weight_decay, .. } => *weight_decay = wd,
+        }
+        self
+    }
+
     /// State buffers per parameter (each the parameter's size).
     pub fn state_count(&self) -> usize {
         match self {
@@ -237,4 +247,41 @@ pub fn cpu_step(
             }
         }
     }
+}
+
+/// Scales gradients in place so their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`). The norm is summed on the device; nothing is read back.
+/// Returns the squared global norm (a device scalar), for logging.
+pub fn clip_grad_norm(dev: &Device, grads: &[&Buffer], max_norm: f32) -> Result<crate::Array> {
+    use crate::elementwise::{binary, unary, Binary, Unary};
+    let mut total: Option<crate::Array> = None;
+    for g in grads {
+        let a = crate::Array {
+            buf: (*g).clone(),
+            shape: vec![g.len()],
+        };
+        let sq = crate::reduce::sum_all(dev, &unary(dev, &a, Unary::Square)?)?.reshape(&[1])?;
+        total = Some(match total {
+            Some(t) => binary(dev, &t, &sq, Binary::Add)?,
+            None => sq,
+        });
+    }
+    let total = total.ok_or(OpError::Invalid {
+        op: "clip_grad_norm",
+        message: "no gradients".into(),
+    })?;
+    // hp = [sum_sq, max_norm]: the sum is copied in by a strided copy, the bound written once.
+    let hp = crate::Array::full(dev, &[2], max_norm)?;
+    crate::layout::strided_copy(dev, &total.buf, &hp.buf, &[1], 0, &[1], 0, &[1])?;
+    let k = dev.kernel("optim", "clip", &[])?;
+    for g in grads {
+        launch_1d(
+            dev,
+            &k,
+            &[&hp.buf, g],
+            &Params::new().u(g.len() as u32),
+            g.len(),
+        )?;
+    }
+    Ok(total)
 }

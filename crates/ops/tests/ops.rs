@@ -726,3 +726,44 @@ fn optimizers_match_pytorch_formulas_over_ten_steps() {
         );
     }
 }
+
+#[test]
+fn clip_grad_norm_scales_to_the_global_bound() {
+    let d = dev();
+    let mut r = Rng::new(9);
+    let (a, b) = (r.vec(100, -1.0, 1.0), r.vec(37, -2.0, 2.0));
+    let norm: f64 = a
+        .iter()
+        .chain(&b)
+        .map(|&v| (v as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    for max_norm in [0.5f32, 1e6] {
+        let (ga, gb) = (d.upload(&a).unwrap(), d.upload(&b).unwrap());
+        let sq = optim::clip_grad_norm(&d, &[&ga, &gb], max_norm).unwrap();
+        assert_close(
+            "squared norm",
+            &sq.to_f32(&d).unwrap(),
+            &[norm * norm],
+            1e-3,
+            1e-5,
+        );
+        let scale = (max_norm as f64 / (norm + 1e-6)).min(1.0);
+        let want: Vec<f64> = a.iter().map(|&v| v as f64 * scale).collect();
+        assert_close(
+            "clipped a",
+            &d.download::<f32>(&ga).unwrap(),
+            &want,
+            1e-6,
+            1e-5,
+        );
+        let want: Vec<f64> = b.iter().map(|&v| v as f64 * scale).collect();
+        assert_close(
+            "clipped b",
+            &d.download::<f32>(&gb).unwrap(),
+            &want,
+            1e-6,
+            1e-5,
+        );
+    }
+}

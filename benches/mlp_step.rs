@@ -1,0 +1,68 @@
+//! Training-step time of an MNIST-sized MLP (784-256-10, batch 128, Adam): eager (graph built
+//! every step) against replay (recorded once), with dispatches and submissions per step.
+//! One JSON line per mode.
+use kiln::device::Device;
+use kiln::graph::{StepPlan, Tensor};
+use kiln::nn::layers::{Linear, Module, ReLU, Sequential};
+use kiln::nn::{NnError, Optimizer};
+use kiln::ops::testing::Rng;
+use kiln::ops::Array;
+use std::time::Instant;
+
+fn model(dev: &Device) -> Result<Sequential, NnError> {
+    let mut r = Rng::new(0);
+    Ok(Sequential::new()
+        .push(Linear::new(dev, &mut r, 784, 256, true)?)
+        .push(ReLU)
+        .push(Linear::new(dev, &mut r, 256, 10, true)?))
+}
+
+fn main() -> anyhow::Result<()> {
+    let dev = Device::new()?;
+    let steps = if dev.adapter().is_software { 20 } else { 200 };
+    let mut r = Rng::new(1);
+    let xs = r.vec(128 * 784, -1.0, 1.0);
+    let ys: Vec<i32> = (0..128).map(|_| r.below(10) as i32).collect();
+    for mode in ["eager", "replay"] {
+        let m = model(&dev)?;
+        let mut opt = Optimizer::adam(&dev, m.parameters(), 1e-3, 0.0)?;
+        let x = Tensor::from_f32(&dev, &xs, &[128, 784])?;
+        let y = Array::from_i32(&dev, &ys, &[128])?;
+        let step_once = |opt: &Optimizer| -> Result<Tensor, NnError> {
+            let loss = m.forward(&x)?.cross_entropy(&y, None)?;
+            loss.backward()?;
+            opt.step()?;
+            Ok(loss)
+        };
+        // Warm-up: compile every pipeline, record the plan.
+        opt.begin_step()?;
+        let (plan, loss) = StepPlan::record(&dev, || step_once(&opt))?;
+        dev.wait()?;
+        let c0 = dev.counters();
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            dev.write(&x.array().buf, &xs)?;
+            opt.begin_step()?;
+            if mode == "eager" {
+                opt.zero_grad();
+                step_once(&opt)?;
+                dev.flush()?;
+            } else {
+                plan.replay()?;
+            }
+        }
+        dev.wait()?;
+        let secs = t0.elapsed().as_secs_f64();
+        let c1 = dev.counters();
+        println!(
+            "{{\"bench\":\"mlp_step\",\"mode\":\"{mode}\",\"ms_per_step\":{:.3},\"samples_per_s\":{:.0},\"dispatches_per_step\":{:.1},\"submissions_per_step\":{:.2},\"loss\":{:.4},\"adapter\":{:?}}}",
+            secs * 1e3 / steps as f64,
+            128.0 * steps as f64 / secs,
+            (c1.dispatches - c0.dispatches) as f64 / steps as f64,
+            (c1.submissions - c0.submissions) as f64 / steps as f64,
+            loss.item()?,
+            dev.adapter().name
+        );
+    }
+    Ok(())
+}
