@@ -552,6 +552,16 @@ impl Tensor {
         Ok(self.record(out, vec![self.clone()], "avg_pool2d", backward))
     }
 
+    /// Dropout with drop probability `p`, drawing its mask from the generator state in `rng`
+    /// (see [`kiln_ops::dropout::DropoutRng`]). The backward pass reuses the same mask.
+    pub fn dropout(&self, p: f32, rng: &kiln_ops::Buffer) -> Result<Tensor> {
+        let out = kiln_ops::dropout::dropout(&self.0.dev, &self.0.data, p, rng)?;
+        let rng = rng.clone();
+        let backward: BackwardFn =
+            Box::new(move |dev, g| Ok(vec![Some(kiln_ops::dropout::dropout(dev, g, p, &rng)?)]));
+        Ok(self.record(out, vec![self.clone()], "dropout", backward))
+    }
+
     /// softmax along the last axis.
     pub fn softmax(&self) -> Result<Tensor> {
         self.softmax_impl(false)

@@ -24,6 +24,48 @@ pub trait Module: Send + Sync {
     }
     /// Switches training-only behaviour (dropout) on or off.
     fn set_training(&mut self, _training: bool) {}
+    /// Moves every random generator (dropout) to the next step's offset. Training loops call it
+    /// once per step; it rewrites a device buffer, so recorded steps need no re-recording.
+    fn advance_rng(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Zeroes activations with probability `p` while training (scaling the rest by 1/(1-p));
+/// the identity in evaluation mode, as PyTorch's `nn.Dropout`.
+pub struct Dropout {
+    p: f32,
+    training: bool,
+    dev: Device,
+    rng: std::sync::Mutex<kiln_ops::dropout::DropoutRng>,
+}
+
+impl Dropout {
+    /// Dropout with probability `p` and a seeded generator.
+    pub fn new(dev: &Device, p: f32, seed: u64) -> Result<Dropout> {
+        let rng = kiln_ops::dropout::DropoutRng::new(dev, seed)?;
+        Ok(Dropout {
+            p,
+            training: true,
+            dev: dev.clone(),
+            rng: std::sync::Mutex::new(rng),
+        })
+    }
+}
+
+impl Module for Dropout {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.training || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        Ok(x.dropout(self.p, self.rng.lock().unwrap().buffer())?)
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+    fn advance_rng(&self) -> Result<()> {
+        Ok(self.rng.lock().unwrap().advance(&self.dev)?)
+    }
 }
 
 /// Uniform(-bound, bound) values for a parameter, as PyTorch's `kaiming_uniform_(a=sqrt(5))`
@@ -187,6 +229,9 @@ impl Module for Sequential {
         for (_, m) in &mut self.layers {
             m.set_training(training);
         }
+    }
+    fn advance_rng(&self) -> Result<()> {
+        self.layers.iter().try_for_each(|(_, m)| m.advance_rng())
     }
 }
 

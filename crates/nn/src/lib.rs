@@ -9,7 +9,7 @@ pub mod schedule;
 pub mod train;
 
 pub use kiln_graph::{no_grad, Array, Device, OpError, StepPlan, Tensor};
-pub use layers::{Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
+pub use layers::{Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
 pub use optim::Optimizer;
 use thiserror::Error;
 

@@ -110,6 +110,9 @@ pub fn fit_classifier(
             // the upper bound once the logits' width is known (below).
             softmax::check_labels(&yb, classes.unwrap_or(i32::MAX as usize), None)?;
             opt.begin_step()?;
+            if step > 0 {
+                model.advance_rng()?;
+            }
             step += 1;
             if let Some(r) = plans.get(&n) {
                 dev.write(&r.x.array().buf, &xb)?;

@@ -332,3 +332,31 @@ fn parameter_groups_clipping_and_gradient_accumulation() {
         1e-5,
     );
 }
+
+#[test]
+fn dropout_draws_a_new_mask_per_replay_without_re_recording() {
+    use kiln_graph::StepPlan;
+    use kiln_nn::layers::Dropout;
+    let d = Device::shared().unwrap();
+    let drop = Dropout::new(&d, 0.5, 7).unwrap();
+    let x = Tensor::full(&d, &[4096], 1.0).unwrap().requires_grad(true);
+    let (plan, y) = StepPlan::record(&d, || {
+        let y = drop.forward(&x)?;
+        y.sum_all()?.backward()?;
+        Ok::<_, kiln_nn::NnError>(y)
+    })
+    .unwrap();
+    let first = y.to_vec().unwrap();
+    // The backward used the forward's mask: dx = mask / (1 - p).
+    assert_eq!(x.grad().unwrap().to_f32(&d).unwrap(), first);
+    drop.advance_rng().unwrap();
+    plan.replay().unwrap();
+    let second = y.to_vec().unwrap();
+    assert_ne!(first, second, "a new offset draws a new mask");
+    assert_eq!(x.grad().unwrap().to_f32(&d).unwrap(), second);
+    let kept = second.iter().filter(|v| **v != 0.0).count();
+    assert!(
+        (1800..2300).contains(&kept),
+        "{kept} of 4096 kept at p = 0.5"
+    );
+}

@@ -4,6 +4,7 @@
 //! Ops take and return [`Array`]s: a device buffer with a row-major shape.
 
 pub mod conv;
+pub mod dropout;
 pub mod elementwise;
 pub mod layout;
 pub mod matmul;
