@@ -562,6 +562,40 @@ impl Tensor {
         Ok(self.record(out, vec![self.clone()], "dropout", backward))
     }
 
+    /// Layer normalisation over the last axis with affine parameters [cols].
+    pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        let (out, saved) = kiln_ops::norm::layer_norm(
+            &self.0.dev,
+            &self.0.data,
+            &gamma.0.data,
+            &beta.0.data,
+            eps,
+        )?;
+        let (x, g) = (self.0.data.clone(), gamma.0.data.clone());
+        let backward: BackwardFn = Box::new(move |dev, dy| {
+            let (dx, dg, db) = kiln_ops::norm::layer_norm_backward(dev, &x, &g, &saved, dy)?;
+            Ok(vec![Some(dx), Some(dg), Some(db)])
+        });
+        Ok(self.record(
+            out,
+            vec![self.clone(), gamma.clone(), beta.clone()],
+            "layer_norm",
+            backward,
+        ))
+    }
+
+    /// Rows of this table [vocab, dim] picked by i32 `ids` (shape ids + [dim]).
+    pub fn embedding(&self, ids: &Array) -> Result<Tensor> {
+        let out = kiln_ops::norm::embedding(&self.0.dev, ids, &self.0.data)?;
+        let (ids, shape) = (ids.clone(), self.0.data.shape.clone());
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            Ok(vec![Some(kiln_ops::norm::embedding_backward(
+                dev, &ids, &shape, g,
+            )?)])
+        });
+        Ok(self.record(out, vec![self.clone()], "embedding", backward))
+    }
+
     /// softmax along the last axis.
     pub fn softmax(&self) -> Result<Tensor> {
         self.softmax_impl(false)

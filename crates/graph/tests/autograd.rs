@@ -305,3 +305,57 @@ fn no_grad_and_detach_record_nothing() {
     // backward from a non-scalar is an error, not a guess.
     assert!(x.mul(&x).unwrap().backward().is_err());
 }
+
+#[test]
+fn layer_norm_and_embedding_in_a_graph() {
+    let d = dev();
+    let mut r = Rng::new(14);
+    let (vocab, dim) = (6, 4);
+    let table = r.vec(vocab * dim, -1.0, 1.0);
+    let (g, b) = (r.vec(dim, 0.5, 1.5), r.vec(dim, -0.5, 0.5));
+    let ids = [2usize, 5, 2];
+    let w = r.vec(ids.len() * dim, -1.0, 1.0);
+    let (tt, gt, bt) = (
+        param(&d, &table, &[vocab, dim]),
+        param(&d, &g, &[dim]),
+        param(&d, &b, &[dim]),
+    );
+    let ids32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    let ia = kiln_ops::Array::from_i32(&d, &ids32, &[3]).unwrap();
+    let wt = Tensor::from_f32(&d, &w, &[3, dim]).unwrap();
+    let loss = tt
+        .embedding(&ia)
+        .unwrap()
+        .layer_norm(&gt, &bt, 1e-5)
+        .unwrap()
+        .mul(&wt)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    loss.backward().unwrap();
+    let sizes = [vocab * dim, dim, dim];
+    let f = |flat: &[f64]| {
+        let p = split(flat, &sizes);
+        let rows: Vec<f64> = ids
+            .iter()
+            .flat_map(|&i| p[0][i * dim..(i + 1) * dim].to_vec())
+            .collect();
+        let y = kiln_ops::norm::cpu::layer_norm(&rows, dim, p[1], p[2], 1e-5);
+        y.iter().zip(&w).map(|(a, b)| a * *b as f64).sum::<f64>()
+    };
+    let flat: Vec<f64> = [&table[..], &g, &b]
+        .iter()
+        .flat_map(|v| to_f64(v))
+        .collect();
+    let fd = finite_diff(f, &flat, 1e-4);
+    let fd = split(&fd, &sizes);
+    for (i, t) in [tt, gt, bt].iter().enumerate() {
+        assert_close(
+            &format!("embedding+layer_norm input {i}"),
+            &t.grad().unwrap().to_f32(&d).unwrap(),
+            fd[i],
+            2e-3,
+            2e-3,
+        );
+    }
+}

@@ -156,6 +156,64 @@ impl Module for Conv2d {
     }
 }
 
+/// Layer normalisation over the last axis (PyTorch's `nn.LayerNorm`: weight 1, bias 0, eps 1e-5).
+pub struct LayerNorm {
+    /// [dim], initialised to 1.
+    pub weight: Tensor,
+    /// [dim], initialised to 0.
+    pub bias: Tensor,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Normalises the last axis of size `dim`.
+    pub fn new(dev: &Device, dim: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: Tensor::full(dev, &[dim], 1.0)?.requires_grad(true),
+            bias: Tensor::full(dev, &[dim], 0.0)?.requires_grad(true),
+            eps: 1e-5,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.layer_norm(&self.weight, &self.bias, self.eps)?)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("weight".into(), self.weight.clone()),
+            ("bias".into(), self.bias.clone()),
+        ]
+    }
+}
+
+/// A lookup table [vocab, dim] initialised N(0, 1), as PyTorch's `nn.Embedding`.
+pub struct Embedding {
+    /// [vocab, dim]
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    /// A table of `vocab` rows of width `dim`.
+    pub fn new(dev: &Device, rng: &mut Rng, vocab: usize, dim: usize) -> Result<Embedding> {
+        let v: Vec<f32> = (0..vocab * dim).map(|_| rng.normal() as f32).collect();
+        Ok(Embedding {
+            weight: Tensor::from_f32(dev, &v, &[vocab, dim])?.requires_grad(true),
+        })
+    }
+    /// Rows for i32 ids (checked on the device side to stay in bounds; see
+    /// [`kiln_ops::norm::check_ids_in_range`] for a host check).
+    pub fn lookup(&self, ids: &kiln_ops::Array) -> Result<Tensor> {
+        Ok(self.weight.embedding(ids)?)
+    }
+    /// The parameters by name.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        vec![("weight".into(), self.weight.clone())]
+    }
+}
+
 /// Max pooling.
 pub struct MaxPool2d(pub Pool2dSpec);
 

@@ -8,6 +8,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod layout;
 pub mod matmul;
+pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod reduce;

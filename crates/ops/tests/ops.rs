@@ -808,3 +808,100 @@ fn dropout_mask_matches_philox_and_replays() {
     assert!(dropout::dropout(&d, &xa, 1.0, rng.buffer()).is_err());
     assert!(dropout::dropout(&d, &xa, -0.1, rng.buffer()).is_err());
 }
+
+#[test]
+fn layer_norm_and_embedding() {
+    use kiln_ops::norm;
+    let d = dev();
+    let mut r = Rng::new(31);
+    for (rows, cols) in [(1, 1), (5, 7), (300, 16)] {
+        let x = r.vec(rows * cols, -2.0, 2.0);
+        let (g, b) = (r.vec(cols, 0.5, 1.5), r.vec(cols, -0.5, 0.5));
+        let (x64, g64, b64) = (to_f64(&x), to_f64(&g), to_f64(&b));
+        let (xa, ga, ba) = (
+            arr(&d, &x, &[rows, cols]),
+            arr(&d, &g, &[cols]),
+            arr(&d, &b, &[cols]),
+        );
+        let (y, saved) = norm::layer_norm(&d, &xa, &ga, &ba, 1e-5).unwrap();
+        assert_close(
+            "layer_norm",
+            &y.to_f32(&d).unwrap(),
+            &norm::cpu::layer_norm(&x64, cols, &g64, &b64, 1e-5),
+            1e-4,
+            1e-4,
+        );
+        if rows > 10 {
+            continue; // finite differences on the small cases
+        }
+        let dy = r.vec(rows * cols, -1.0, 1.0);
+        let (dx, dg, db) =
+            norm::layer_norm_backward(&d, &xa, &ga, &saved, &arr(&d, &dy, &[rows, cols])).unwrap();
+        let fx = |v: &[f64]| dot(&norm::cpu::layer_norm(v, cols, &g64, &b64, 1e-5), &dy);
+        let fg = |v: &[f64]| dot(&norm::cpu::layer_norm(&x64, cols, v, &b64, 1e-5), &dy);
+        let fb = |v: &[f64]| dot(&norm::cpu::layer_norm(&x64, cols, &g64, v, 1e-5), &dy);
+        // cols = 1 normalises to zero: dx vanishes (checked too).
+        assert_close(
+            "layer_norm dx",
+            &dx.to_f32(&d).unwrap(),
+            &finite_diff(fx, &x64, 1e-4),
+            2e-3,
+            2e-3,
+        );
+        assert_close(
+            "layer_norm dgamma",
+            &dg.to_f32(&d).unwrap(),
+            &finite_diff(fg, &g64, 1e-4),
+            1e-3,
+            1e-3,
+        );
+        assert_close(
+            "layer_norm dbeta",
+            &db.to_f32(&d).unwrap(),
+            &finite_diff(fb, &b64, 1e-4),
+            1e-4,
+            1e-4,
+        );
+    }
+    // Embedding: gather forward, repeated ids summed in the backward.
+    let (vocab, dim) = (7, 5);
+    let w = r.vec(vocab * dim, -1.0, 1.0);
+    let ids = [3, 0, 3, 6, 3, 1];
+    let wa = arr(&d, &w, &[vocab, dim]);
+    let ia = Array::from_i32(&d, &ids, &[2, 3]).unwrap();
+    let out = norm::embedding(&d, &ia, &wa).unwrap();
+    assert_eq!(out.shape, vec![2, 3, 5]);
+    let want: Vec<f64> = ids
+        .iter()
+        .flat_map(|&i| {
+            w[i as usize * dim..(i as usize + 1) * dim]
+                .iter()
+                .map(|&v| v as f64)
+        })
+        .collect();
+    assert_close("embedding", &out.to_f32(&d).unwrap(), &want, 0.0, 0.0);
+    let dy = r.vec(ids.len() * dim, -1.0, 1.0);
+    let dw = norm::embedding_backward(&d, &ia, &[vocab, dim], &arr(&d, &dy, &[2, 3, 5]))
+        .unwrap()
+        .to_f32(&d)
+        .unwrap();
+    let mut want = vec![0.0f64; vocab * dim];
+    for (p, &i) in ids.iter().enumerate() {
+        for k in 0..dim {
+            want[i as usize * dim + k] += dy[p * dim + k] as f64;
+        }
+    }
+    assert_close("embedding backward", &dw, &want, 1e-6, 1e-6);
+    assert!(norm::check_ids_in_range(&[1, 7], vocab)
+        .unwrap_err()
+        .to_string()
+        .contains("id 7"));
+    assert!(norm::layer_norm(
+        &d,
+        &arr(&d, &[0.0; 6], &[2, 3]),
+        &arr(&d, &[1.0; 2], &[2]),
+        &arr(&d, &[0.0; 2], &[2]),
+        1e-5
+    )
+    .is_err());
+}

@@ -1,0 +1,172 @@
+//! layer_norm over the last axis with gamma and beta, and embedding lookup; forward and backward.
+
+use crate::{
+    expect_dtype, expect_nonempty, launch_1d, Array, DType, Device, OpError, Params, Result,
+};
+
+/// What layer_norm keeps for its backward: [rows, 2] of (mean, rstd).
+pub struct LayerNormSaved {
+    /// Per-row mean and reciprocal standard deviation.
+    pub stats: Array,
+}
+
+fn rows_cols(op: &'static str, x: &Array, gamma: &Array) -> Result<(usize, usize)> {
+    expect_dtype(op, x, DType::F32)?;
+    expect_nonempty(op, x)?;
+    let cols = *x.shape.last().unwrap();
+    if gamma.shape != [cols] {
+        return Err(OpError::Shape {
+            op,
+            expected: format!("gamma [{cols}]"),
+            got: format!("{:?}", gamma.shape),
+        });
+    }
+    Ok((x.numel() / cols, cols))
+}
+
+/// y = layer_norm(x) * gamma + beta over the last axis.
+pub fn layer_norm(
+    dev: &Device,
+    x: &Array,
+    gamma: &Array,
+    beta: &Array,
+    eps: f32,
+) -> Result<(Array, LayerNormSaved)> {
+    let (rows, cols) = rows_cols("layer_norm", x, gamma)?;
+    if beta.shape != gamma.shape {
+        return Err(OpError::Shape {
+            op: "layer_norm",
+            expected: format!("beta {:?}", gamma.shape),
+            got: format!("{:?}", beta.shape),
+        });
+    }
+    let y = Array::empty(dev, &x.shape)?;
+    let stats = Array::empty(dev, &[rows, 2])?;
+    let k = dev.kernel("norm", "layer_norm_forward", &[])?;
+    let p = Params::new().u(rows as u32).u(cols as u32).f(eps);
+    launch_1d(
+        dev,
+        &k,
+        &[&x.buf, &gamma.buf, &beta.buf, &stats.buf, &y.buf],
+        &p,
+        rows,
+    )?;
+    Ok((y, LayerNormSaved { stats }))
+}
+
+/// (dx, dgamma, dbeta) for dy.
+pub fn layer_norm_backward(
+    dev: &Device,
+    x: &Array,
+    gamma: &Array,
+    saved: &LayerNormSaved,
+    dy: &Array,
+) -> Result<(Array, Array, Array)> {
+    let (rows, cols) = rows_cols("layer_norm_backward", x, gamma)?;
+    crate::elementwise::same_shape("layer_norm_backward", &x.shape, &dy.shape)?;
+    let p = Params::new().u(rows as u32).u(cols as u32).f(0.0);
+    let dx = Array::empty(dev, &x.shape)?;
+    let k = dev.kernel("norm", "layer_norm_backward_input", &[])?;
+    launch_1d(
+        dev,
+        &k,
+        &[&x.buf, &gamma.buf, &dy.buf, &saved.stats.buf, &dx.buf],
+        &p,
+        rows,
+    )?;
+    let (dg, db) = (Array::empty(dev, &[cols])?, Array::empty(dev, &[cols])?);
+    let k = dev.kernel("norm", "layer_norm_backward_params", &[])?;
+    launch_1d(
+        dev,
+        &k,
+        &[&x.buf, &dy.buf, &saved.stats.buf, &dg.buf, &db.buf],
+        &p,
+        cols,
+    )?;
+    Ok((dx, dg, db))
+}
+
+fn check_ids(op: &'static str, ids: &Array, weight: &Array) -> Result<(usize, usize)> {
+    expect_dtype(op, ids, DType::I32)?;
+    if weight.shape.len() != 2 {
+        return Err(OpError::Shape {
+            op,
+            expected: "weight [vocab, dim]".into(),
+            got: format!("{:?}", weight.shape),
+        });
+    }
+    Ok((weight.shape[0], weight.shape[1]))
+}
+
+/// out[..., :] = weight[ids[...], :]; out has ids' shape plus [dim].
+pub fn embedding(dev: &Device, ids: &Array, weight: &Array) -> Result<Array> {
+    let (vocab, dim) = check_ids("embedding", ids, weight)?;
+    let mut shape = ids.shape.clone();
+    shape.push(dim);
+    let out = Array::empty(dev, &shape)?;
+    let k = dev.kernel("embedding", "embedding_forward", &[])?;
+    let p = Params::new()
+        .u(ids.numel() as u32)
+        .u(vocab as u32)
+        .u(dim as u32);
+    launch_1d(dev, &k, &[&ids.buf, &weight.buf, &out.buf], &p, out.numel())?;
+    Ok(out)
+}
+
+/// dweight for dy (shape ids + [dim]), summed over repeated ids in a fixed order.
+pub fn embedding_backward(
+    dev: &Device,
+    ids: &Array,
+    weight_shape: &[usize],
+    dy: &Array,
+) -> Result<Array> {
+    let (vocab, dim) = (weight_shape[0], weight_shape[1]);
+    if dy.numel() != ids.numel() * dim {
+        return Err(OpError::Shape {
+            op: "embedding_backward",
+            expected: format!("dy with {} x {dim} values", ids.numel()),
+            got: format!("{:?}", dy.shape),
+        });
+    }
+    let dw = Array::empty(dev, weight_shape)?;
+    let k = dev.kernel("embedding", "embedding_backward", &[])?;
+    let p = Params::new()
+        .u(ids.numel() as u32)
+        .u(vocab as u32)
+        .u(dim as u32);
+    launch_1d(dev, &k, &[&ids.buf, &dy.buf, &dw.buf], &p, vocab * dim)?;
+    Ok(dw)
+}
+
+/// Host-side id check: every id in [0, vocab).
+pub fn check_ids_in_range(ids: &[i32], vocab: usize) -> Result<()> {
+    match ids
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v < 0 || v as usize >= vocab)
+    {
+        Some((i, v)) => Err(OpError::Invalid {
+            op: "embedding",
+            message: format!("id {v} at position {i} is outside [0, {vocab})"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// CPU reference.
+pub mod cpu {
+    /// Row-wise layer norm with affine parameters.
+    pub fn layer_norm(x: &[f64], cols: usize, gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
+        x.chunks(cols)
+            .flat_map(|r| {
+                let mean = r.iter().sum::<f64>() / cols as f64;
+                let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / cols as f64;
+                let rstd = 1.0 / (var + eps).sqrt();
+                r.iter()
+                    .enumerate()
+                    .map(move |(j, v)| (v - mean) * rstd * gamma[j] + beta[j])
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
