@@ -596,6 +596,43 @@ impl Tensor {
         Ok(self.record(out, vec![self.clone()], "embedding", backward))
     }
 
+    /// Fused scaled-dot-product attention (self is Q: [B, H, Tq, D]; K, V: [B, H, Tk, D]) with an
+    /// optional causal mask and key-padding mask (i32 [B, Tk], nonzero = ignore).
+    pub fn attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        key_padding_mask: Option<&Array>,
+        spec: kiln_ops::attention::AttentionSpec,
+    ) -> Result<Tensor> {
+        use kiln_ops::attention as att;
+        let (out, saved) = att::attention(
+            &self.0.dev,
+            &self.0.data,
+            &k.0.data,
+            &v.0.data,
+            key_padding_mask,
+            &spec,
+        )?;
+        let (q, ka, va, pad) = (
+            self.0.data.clone(),
+            k.0.data.clone(),
+            v.0.data.clone(),
+            key_padding_mask.cloned(),
+        );
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            let (dq, dk, dv) =
+                att::attention_backward(dev, &q, &ka, &va, pad.as_ref(), &spec, &saved, g)?;
+            Ok(vec![Some(dq), Some(dk), Some(dv)])
+        });
+        Ok(self.record(
+            out,
+            vec![self.clone(), k.clone(), v.clone()],
+            "attention",
+            backward,
+        ))
+    }
+
     /// softmax along the last axis.
     pub fn softmax(&self) -> Result<Tensor> {
         self.softmax_impl(false)

@@ -3,6 +3,7 @@
 //!
 //! Ops take and return [`Array`]s: a device buffer with a row-major shape.
 
+pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;

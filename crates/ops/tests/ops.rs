@@ -905,3 +905,193 @@ fn layer_norm_and_embedding() {
     )
     .is_err());
 }
+
+#[test]
+fn fused_attention_matches_references_and_masks() {
+    use kiln_ops::attention::{self, AttentionSpec};
+    let d = dev();
+    let mut r = Rng::new(41);
+    // (b, h, tq, tk, dim, causal, padded)
+    let cases = [
+        (1, 1, 1, 1, 1, false, false),
+        (2, 3, 5, 5, 4, true, false),
+        (2, 2, 3, 7, 8, false, true),
+        (1, 2, 6, 6, 16, true, true),
+        (1, 1, 9, 4, 1, false, false),
+    ];
+    for (b, h, tq, tk, dim, causal, padded) in cases {
+        let (q, k, v) = (
+            r.vec(b * h * tq * dim, -1.0, 1.0),
+            r.vec(b * h * tk * dim, -1.0, 1.0),
+            r.vec(b * h * tk * dim, -1.0, 1.0),
+        );
+        // Pad the last key of each batch item (never all of them).
+        let pad: Vec<i32> = (0..b * tk)
+            .map(|i| i32::from(padded && i % tk == tk - 1 && tk > 1))
+            .collect();
+        let (qa, ka, va) = (
+            arr(&d, &q, &[b, h, tq, dim]),
+            arr(&d, &k, &[b, h, tk, dim]),
+            arr(&d, &v, &[b, h, tk, dim]),
+        );
+        let pa = Array::from_i32(&d, &pad, &[b, tk]).unwrap();
+        let spec = AttentionSpec {
+            causal,
+            scale: None,
+        };
+        let (o, saved) =
+            attention::attention(&d, &qa, &ka, &va, padded.then_some(&pa), &spec).unwrap();
+        let scale = 1.0 / (dim as f64).sqrt();
+        let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
+        let cpu = |q: &[f64], k: &[f64], v: &[f64]| {
+            attention::cpu::attention(
+                q,
+                k,
+                v,
+                h,
+                tq,
+                tk,
+                dim,
+                causal,
+                padded.then_some(&pad[..]),
+                scale,
+            )
+        };
+        let what = format!("attention b{b} h{h} tq{tq} tk{tk} d{dim} causal={causal} pad={padded}");
+        assert_close(
+            &what,
+            &o.to_f32(&d).unwrap(),
+            &cpu(&q64, &k64, &v64),
+            1e-5,
+            1e-4,
+        );
+        if !(causal && tq > tk) {
+            let un =
+                attention::attention_unfused(&d, &qa, &ka, &va, padded.then_some(&pad[..]), &spec)
+                    .unwrap();
+            assert_close(
+                &format!("{what} vs unfused"),
+                &o.to_f32(&d).unwrap(),
+                &to_f64(&un.to_f32(&d).unwrap()),
+                1e-5,
+                1e-4,
+            );
+        }
+        let dy = r.vec(o.numel(), -1.0, 1.0);
+        let (dq, dk, dv) = attention::attention_backward(
+            &d,
+            &qa,
+            &ka,
+            &va,
+            padded.then_some(&pa),
+            &spec,
+            &saved,
+            &arr(&d, &dy, &o.shape),
+        )
+        .unwrap();
+        let fq = |x: &[f64]| dot(&cpu(x, &k64, &v64), &dy);
+        let fk = |x: &[f64]| dot(&cpu(&q64, x, &v64), &dy);
+        let fv = |x: &[f64]| dot(&cpu(&q64, &k64, x), &dy);
+        assert_close(
+            &format!("{what} dq"),
+            &dq.to_f32(&d).unwrap(),
+            &finite_diff(fq, &q64, 1e-4),
+            1e-4,
+            1e-3,
+        );
+        assert_close(
+            &format!("{what} dk"),
+            &dk.to_f32(&d).unwrap(),
+            &finite_diff(fk, &k64, 1e-4),
+            1e-4,
+            1e-3,
+        );
+        assert_close(
+            &format!("{what} dv"),
+            &dv.to_f32(&d).unwrap(),
+            &finite_diff(fv, &v64, 1e-4),
+            1e-4,
+            1e-3,
+        );
+    }
+    // Causal: changing future keys and values leaves earlier outputs unchanged.
+    let (tq, dim) = (6, 4);
+    let q = r.vec(tq * dim, -1.0, 1.0);
+    let mut k = r.vec(tq * dim, -1.0, 1.0);
+    let mut v = r.vec(tq * dim, -1.0, 1.0);
+    let spec = AttentionSpec {
+        causal: true,
+        scale: None,
+    };
+    let run = |k: &[f32], v: &[f32]| {
+        let s = [1, 1, tq, dim];
+        attention::attention(
+            &d,
+            &arr(&d, &q, &s),
+            &arr(&d, k, &s),
+            &arr(&d, v, &s),
+            None,
+            &spec,
+        )
+        .unwrap()
+        .0
+        .to_f32(&d)
+        .unwrap()
+    };
+    let before = run(&k, &v);
+    for t in 4 * dim..tq * dim {
+        k[t] += 3.0;
+        v[t] -= 2.0;
+    }
+    let after = run(&k, &v);
+    assert_eq!(
+        before[..4 * dim],
+        after[..4 * dim],
+        "positions 0-3 must not see keys 4-5"
+    );
+    assert_ne!(before[4 * dim..], after[4 * dim..]);
+    // A fully masked row: zeros, never NaN, and finite gradients.
+    let s = [1, 1, 2, dim];
+    let (qa, ka, va) = (
+        arr(&d, &q[..2 * dim], &s),
+        arr(&d, &k[..2 * dim], &s),
+        arr(&d, &v[..2 * dim], &s),
+    );
+    let pa = Array::from_i32(&d, &[1, 1], &[1, 2]).unwrap();
+    let (o, saved) =
+        attention::attention(&d, &qa, &ka, &va, Some(&pa), &AttentionSpec::default()).unwrap();
+    assert_eq!(o.to_f32(&d).unwrap(), vec![0.0; 2 * dim]);
+    let (dq, dk, dv) = attention::attention_backward(
+        &d,
+        &qa,
+        &ka,
+        &va,
+        Some(&pa),
+        &AttentionSpec::default(),
+        &saved,
+        &arr(&d, &[1.0; 8], &s),
+    )
+    .unwrap();
+    for g in [dq, dk, dv] {
+        assert!(g.to_f32(&d).unwrap().iter().all(|x| *x == 0.0));
+    }
+    // Bad shapes and head dims are errors.
+    assert!(attention::attention(
+        &d,
+        &qa,
+        &arr(&d, &[0.0; 6], &[1, 1, 2, 3]),
+        &va,
+        None,
+        &spec
+    )
+    .is_err());
+    assert!(attention::attention(
+        &d,
+        &qa,
+        &ka,
+        &va,
+        Some(&Array::from_i32(&d, &[0; 3], &[1, 3]).unwrap()),
+        &spec
+    )
+    .is_err());
+}
