@@ -120,6 +120,7 @@ pub fn attention(
 }
 
 /// (dQ, dK, dV) for dO.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dev: &Device,
     q: &Array,
@@ -255,7 +256,9 @@ pub mod cpu {
             for i in 0..tq {
                 let keep: Vec<usize> = (0..tk)
                     .filter(|&j| {
-                        !(causal && j > i) && !pad.is_some_and(|p| p[(z / h) * tk + j] != 0)
+                        let padded = pad.is_some_and(|p| p[(z / h) * tk + j] != 0);
+                        let future = causal && j > i;
+                        !(padded || future)
                     })
                     .collect();
                 if keep.is_empty() {
