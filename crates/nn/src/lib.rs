@@ -5,6 +5,7 @@ pub mod data;
 pub mod layers;
 pub mod optim;
 pub mod regression;
+pub mod rnn;
 pub mod schedule;
 pub mod train;
 

@@ -1,0 +1,180 @@
+//! Recurrent layers with PyTorch's equations, gate order and parameter names (`weight_ih_l0`,
+//! `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`), multi-layer, batch-first ([B, T, features]).
+//! Built from tested ops: the input projection of every step in one matmul, then per step a
+//! matmul with the hidden state and element-wise gates.
+
+use crate::layers::Module;
+use crate::Result;
+use kiln_graph::{Device, Tensor};
+use kiln_ops::testing::Rng;
+
+/// Which recurrence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cell {
+    /// h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
+    RnnTanh,
+    /// h' = relu(W_ih x + b_ih + W_hh h + b_hh)
+    RnnRelu,
+    /// Gates i, f, g, o (PyTorch's order): c' = f c + i g, h' = o tanh(c').
+    Lstm,
+    /// Gates r, z, n: n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
+    Gru,
+}
+
+impl Cell {
+    fn gates(self) -> usize {
+        match self {
+            Cell::RnnTanh | Cell::RnnRelu => 1,
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
+    }
+}
+
+struct Layer {
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+}
+
+/// A multi-layer recurrent network (nn.RNN, nn.LSTM, nn.GRU with batch_first=True).
+pub struct Recurrent {
+    cell: Cell,
+    hidden: usize,
+    layers: Vec<Layer>,
+}
+
+/// Outputs of a recurrent pass.
+pub struct RecurrentOutput {
+    /// [B, T, hidden]: the last layer's hidden state at every step.
+    pub output: Tensor,
+    /// Final hidden state of each layer, [B, hidden] each.
+    pub h_n: Vec<Tensor>,
+    /// Final cell state of each LSTM layer.
+    pub c_n: Vec<Tensor>,
+}
+
+impl Recurrent {
+    /// `layers` stacked cells; parameters uniform in +-1/sqrt(hidden) as PyTorch.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        cell: Cell,
+        input: usize,
+        hidden: usize,
+        layers: usize,
+    ) -> Result<Recurrent> {
+        let g = cell.gates() * hidden;
+        let bound = 1.0 / (hidden as f64).sqrt();
+        let mut p = |shape: &[usize]| -> Result<Tensor> {
+            let n = shape.iter().product();
+            Ok(Tensor::from_f32(dev, &rng.vec(n, -bound, bound), shape)?.requires_grad(true))
+        };
+        let mut ls = Vec::new();
+        for l in 0..layers {
+            let inp = if l == 0 { input } else { hidden };
+            ls.push(Layer {
+                w_ih: p(&[g, inp])?,
+                w_hh: p(&[g, hidden])?,
+                b_ih: p(&[g])?,
+                b_hh: p(&[g])?,
+            });
+        }
+        Ok(Recurrent {
+            cell,
+            hidden,
+            layers: ls,
+        })
+    }
+
+    /// Runs the sequence x: [B, T, input] from zero (or given) initial states.
+    pub fn run(
+        &self,
+        x: &Tensor,
+        h0: Option<&[Tensor]>,
+        c0: Option<&[Tensor]>,
+    ) -> Result<RecurrentOutput> {
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let hd = self.hidden;
+        let dev = x.device().clone();
+        let mut seq = x.clone();
+        let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
+        for (l, layer) in self.layers.iter().enumerate() {
+            let inp = seq.shape()[2];
+            let g = self.cell.gates() * hd;
+            // All steps' input projections at once: [B*T, inp] x [inp, G].
+            let xw = seq
+                .reshape(&[b * t, inp])?
+                .linear(&layer.w_ih, Some(&layer.b_ih))?
+                .reshape(&[b, t, g])?;
+            let mut h = match h0 {
+                Some(h) => h[l].clone(),
+                None => Tensor::full(&dev, &[b, hd], 0.0)?,
+            };
+            let mut c = match c0 {
+                Some(c) => c[l].clone(),
+                None => Tensor::full(&dev, &[b, hd], 0.0)?,
+            };
+            let mut outs = Vec::with_capacity(t);
+            for step in 0..t {
+                let xg = xw.slice(1, step, 1)?.reshape(&[b, g])?;
+                let hg = h.linear(&layer.w_hh, Some(&layer.b_hh))?;
+                let gate = |src: &Tensor, k: usize| src.slice(1, k * hd, hd);
+                h = match self.cell {
+                    Cell::RnnTanh => xg.add(&hg)?.tanh()?,
+                    Cell::RnnRelu => xg.add(&hg)?.relu()?,
+                    Cell::Lstm => {
+                        let pre = xg.add(&hg)?;
+                        let i = gate(&pre, 0)?.sigmoid()?;
+                        let f = gate(&pre, 1)?.sigmoid()?;
+                        let gg = gate(&pre, 2)?.tanh()?;
+                        let o = gate(&pre, 3)?.sigmoid()?;
+                        c = f.mul(&c)?.add(&i.mul(&gg)?)?;
+                        o.mul(&c.tanh()?)?
+                    }
+                    Cell::Gru => {
+                        let r = gate(&xg, 0)?.add(&gate(&hg, 0)?)?.sigmoid()?;
+                        let z = gate(&xg, 1)?.add(&gate(&hg, 1)?)?.sigmoid()?;
+                        let n = gate(&xg, 2)?.add(&r.mul(&gate(&hg, 2)?)?)?.tanh()?;
+                        // (1 - z) n + z h = n + z (h - n)
+                        n.add(&z.mul(&h.sub(&n)?)?)?
+                    }
+                };
+                outs.push(h.reshape(&[b, 1, hd])?);
+            }
+            let refs: Vec<&Tensor> = outs.iter().collect();
+            seq = Tensor::concat(&refs, 1)?;
+            h_n.push(h);
+            if self.cell == Cell::Lstm {
+                c_n.push(c);
+            }
+        }
+        Ok(RecurrentOutput {
+            output: seq,
+            h_n,
+            c_n,
+        })
+    }
+}
+
+impl Module for Recurrent {
+    /// The output sequence [B, T, hidden].
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.run(x, None, None)?.output)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, p)| {
+                [
+                    (format!("weight_ih_l{l}"), p.w_ih.clone()),
+                    (format!("weight_hh_l{l}"), p.w_hh.clone()),
+                    (format!("bias_ih_l{l}"), p.b_ih.clone()),
+                    (format!("bias_hh_l{l}"), p.b_hh.clone()),
+                ]
+            })
+            .collect()
+    }
+}
