@@ -8,6 +8,7 @@ pub mod regression;
 pub mod rnn;
 pub mod schedule;
 pub mod train;
+pub mod transformer;
 
 pub use kiln_graph::{no_grad, Array, Device, OpError, StepPlan, Tensor};
 pub use layers::{Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
