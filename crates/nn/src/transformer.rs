@@ -34,7 +34,7 @@ impl MultiHeadAttention {
         embed: usize,
         heads: usize,
     ) -> Result<MultiHeadAttention> {
-        if heads == 0 || embed % heads != 0 {
+        if heads == 0 || !embed.is_multiple_of(heads) {
             return Err(crate::NnError::Training(format!(
                 "embed dim {embed} is not divisible by {heads} heads"
             )));
