@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod layers;
+pub mod lm;
 pub mod optim;
 pub mod regression;
 pub mod rnn;

@@ -1,0 +1,462 @@
+//! Character-level language modelling: a corpus with a train/validation split, seeded random
+//! windows, two models (a causal Transformer and an LSTM), a recorded-step training loop and
+//! sampling.
+
+use crate::layers::{Embedding, LayerNorm, Linear, Module};
+use crate::optim::Optimizer;
+use crate::rnn::{Cell, Recurrent};
+use crate::transformer::{Activation, LayerConfig, TransformerEncoderLayer};
+use crate::{NnError, Result};
+use kiln_graph::{no_grad, Array, Device, StepPlan, Tensor};
+use kiln_ops::testing::Rng;
+use std::path::Path;
+
+/// A text, its character vocabulary, and the text as ids split into train and validation parts.
+pub struct CharCorpus {
+    /// The vocabulary, sorted; id = position.
+    pub chars: Vec<char>,
+    /// The first part of the text.
+    pub train: Vec<i32>,
+    /// The last `val_fraction` of the text.
+    pub val: Vec<i32>,
+}
+
+impl CharCorpus {
+    /// Reads a UTF-8 text file and splits it (the validation part is the end of the text).
+    pub fn load(path: &Path, val_fraction: f64) -> Result<CharCorpus> {
+        let text = std::fs::read_to_string(path).map_err(|e| NnError::Data {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_text(&text, val_fraction).map_err(|m| NnError::Data {
+            path: path.display().to_string(),
+            message: m,
+        })
+    }
+
+    /// Builds the corpus from a string.
+    pub fn from_text(text: &str, val_fraction: f64) -> std::result::Result<CharCorpus, String> {
+        let mut chars: Vec<char> = text
+            .chars()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        chars.sort();
+        if chars.len() < 2 {
+            return Err(format!(
+                "{} distinct characters: too few to model",
+                chars.len()
+            ));
+        }
+        let ids: Vec<i32> = text
+            .chars()
+            .map(|c| chars.binary_search(&c).unwrap() as i32)
+            .collect();
+        let split = ((ids.len() as f64) * (1.0 - val_fraction)) as usize;
+        Ok(CharCorpus {
+            chars,
+            train: ids[..split].to_vec(),
+            val: ids[split..].to_vec(),
+        })
+    }
+
+    /// Vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.chars.len()
+    }
+
+    /// Ids of the characters of `s` that are in the vocabulary.
+    pub fn encode(&self, s: &str) -> Vec<i32> {
+        s.chars()
+            .filter_map(|c| self.chars.binary_search(&c).ok().map(|i| i as i32))
+            .collect()
+    }
+
+    /// Text of ids.
+    pub fn decode(&self, ids: &[i32]) -> String {
+        ids.iter().map(|&i| self.chars[i as usize]).collect()
+    }
+}
+
+/// `batch` random windows of `context` ids and the same windows shifted by one (the targets).
+pub fn sample_windows(
+    data: &[i32],
+    batch: usize,
+    context: usize,
+    rng: &mut Rng,
+) -> (Vec<i32>, Vec<i32>) {
+    let (mut x, mut y) = (
+        Vec::with_capacity(batch * context),
+        Vec::with_capacity(batch * context),
+    );
+    for _ in 0..batch {
+        let s = rng.below(data.len() - context - 1);
+        x.extend_from_slice(&data[s..s + context]);
+        y.extend_from_slice(&data[s + 1..s + context + 1]);
+    }
+    (x, y)
+}
+
+/// A model of the next character: ids [B, T] -> logits [B * T, vocab].
+pub trait LanguageModel: Module {
+    /// Logits for every position.
+    fn logits(&self, ids: &Array) -> Result<Tensor>;
+    /// Longest context the model takes.
+    fn context(&self) -> usize;
+}
+
+/// A decoder-only Transformer: token and learned position embeddings, pre-norm causal layers,
+/// a final LayerNorm and a linear head.
+pub struct CharTransformer {
+    tok: Embedding,
+    pos: Embedding,
+    layers: Vec<TransformerEncoderLayer>,
+    ln_f: LayerNorm,
+    head: Linear,
+    context: usize,
+}
+
+/// Size of a [`CharTransformer`].
+#[derive(Clone, Copy, Debug)]
+pub struct TransformerLmConfig {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Longest context (positions learned).
+    pub context: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Dropout probability.
+    pub dropout: f32,
+}
+
+impl CharTransformer {
+    /// Pre-norm causal layers with feed-forward width 4 x d_model and GELU.
+    pub fn new(dev: &Device, seed: u64, c: &TransformerLmConfig) -> Result<CharTransformer> {
+        let mut rng = Rng::new(seed);
+        let cfg = LayerConfig {
+            d_model: c.d_model,
+            heads: c.heads,
+            ff: 4 * c.d_model,
+            dropout: c.dropout,
+            activation: Activation::Gelu,
+            norm_first: true,
+        };
+        let mut ls = Vec::new();
+        for _ in 0..c.layers {
+            let mut l = TransformerEncoderLayer::new(dev, &mut rng, &cfg)?;
+            l.causal = true;
+            ls.push(l);
+        }
+        Ok(CharTransformer {
+            tok: Embedding::new(dev, &mut rng, c.vocab, c.d_model)?,
+            pos: Embedding::new(dev, &mut rng, c.context, c.d_model)?,
+            layers: ls,
+            ln_f: LayerNorm::new(dev, c.d_model)?,
+            head: Linear::new(dev, &mut rng, c.d_model, c.vocab, true)?,
+            context: c.context,
+        })
+    }
+}
+
+impl Module for CharTransformer {
+    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(NnError::Training(
+            "CharTransformer takes ids: use LanguageModel::logits".into(),
+        ))
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![
+            ("tok.weight".to_string(), self.tok.weight.clone()),
+            ("pos.weight".to_string(), self.pos.weight.clone()),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            v.extend(
+                l.named_parameters()
+                    .into_iter()
+                    .map(|(n, t)| (format!("layers.{i}.{n}"), t)),
+            );
+        }
+        v.extend(
+            self.ln_f
+                .named_parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("ln_f.{n}"), t)),
+        );
+        v.extend(
+            self.head
+                .named_parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("head.{n}"), t)),
+        );
+        v
+    }
+    fn set_training(&mut self, training: bool) {
+        self.layers
+            .iter_mut()
+            .for_each(|l| l.set_training(training));
+    }
+    fn advance_rng(&self) -> Result<()> {
+        self.layers.iter().try_for_each(|l| l.advance_rng())
+    }
+}
+
+impl LanguageModel for CharTransformer {
+    fn logits(&self, ids: &Array) -> Result<Tensor> {
+        let (b, t) = (ids.shape[0], ids.shape[1]);
+        let dev = self.tok.weight.device();
+        let positions: Vec<i32> = (0..t as i32).collect();
+        let pos = self.pos.lookup(&Array::from_i32(dev, &positions, &[t])?)?;
+        let mut h = self.tok.lookup(ids)?.add(&pos)?;
+        for l in &self.layers {
+            h = l.forward(&h)?;
+        }
+        let e = h.shape()[2];
+        let h = self.ln_f.forward(&h)?.reshape(&[b * t, e])?;
+        self.head.forward(&h)
+    }
+    fn context(&self) -> usize {
+        self.context
+    }
+}
+
+/// Embedding, a multi-layer LSTM and a linear head.
+pub struct CharLstm {
+    emb: Embedding,
+    lstm: Recurrent,
+    head: Linear,
+    context: usize,
+}
+
+impl CharLstm {
+    /// An LSTM of `layers` x `hidden` over embeddings of width `embed`.
+    pub fn new(
+        dev: &Device,
+        seed: u64,
+        vocab: usize,
+        context: usize,
+        embed: usize,
+        hidden: usize,
+        layers: usize,
+    ) -> Result<CharLstm> {
+        let mut rng = Rng::new(seed);
+        Ok(CharLstm {
+            emb: Embedding::new(dev, &mut rng, vocab, embed)?,
+            lstm: Recurrent::new(dev, &mut rng, Cell::Lstm, embed, hidden, layers)?,
+            head: Linear::new(dev, &mut rng, hidden, vocab, true)?,
+            context,
+        })
+    }
+}
+
+impl Module for CharLstm {
+    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(NnError::Training(
+            "CharLstm takes ids: use LanguageModel::logits".into(),
+        ))
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("embedding.weight".to_string(), self.emb.weight.clone())];
+        v.extend(
+            self.lstm
+                .named_parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("lstm.{n}"), t)),
+        );
+        v.extend(
+            self.head
+                .named_parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("head.{n}"), t)),
+        );
+        v
+    }
+}
+
+impl LanguageModel for CharLstm {
+    fn logits(&self, ids: &Array) -> Result<Tensor> {
+        let (b, t) = (ids.shape[0], ids.shape[1]);
+        let h = self.lstm.forward(&self.emb.lookup(ids)?)?;
+        let hd = h.shape()[2];
+        self.head.forward(&h.reshape(&[b * t, hd])?)
+    }
+    fn context(&self) -> usize {
+        self.context
+    }
+}
+
+/// Language-model training options.
+#[derive(Clone, Debug)]
+pub struct LmConfig {
+    /// Windows per step.
+    pub batch: usize,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Evaluate every this many steps (and at the end).
+    pub eval_every: usize,
+    /// Validation batches per evaluation.
+    pub eval_batches: usize,
+    /// Seed of the window sampling.
+    pub seed: u64,
+}
+
+/// One evaluation point.
+#[derive(Clone, Debug)]
+pub struct LmStats {
+    /// Steps taken.
+    pub step: usize,
+    /// Mean training loss since the previous point (nats per character).
+    pub train_loss: f32,
+    /// Validation loss (nats per character).
+    pub val_loss: f32,
+    /// Training windows' characters per second since the previous point.
+    pub chars_per_second: f64,
+}
+
+/// Mean cross-entropy (nats per character) on `batches` seeded validation windows, without grads.
+pub fn evaluate_lm(
+    dev: &Device,
+    model: &dyn LanguageModel,
+    data: &[i32],
+    batch: usize,
+    batches: usize,
+    seed: u64,
+) -> Result<f32> {
+    let t = model.context();
+    let mut rng = Rng::new(seed);
+    no_grad(|| {
+        let mut sum = 0.0;
+        for _ in 0..batches {
+            let (x, y) = sample_windows(data, batch, t, &mut rng);
+            let logits = model.logits(&Array::from_i32(dev, &x, &[batch, t])?)?;
+            sum += logits
+                .cross_entropy(&Array::from_i32(dev, &y, &[batch * t])?, None)?
+                .item()? as f64;
+        }
+        Ok((sum / batches.max(1) as f64) as f32)
+    })
+}
+
+/// Trains with one recorded step replayed `steps` times on fresh random windows.
+pub fn train_lm(
+    dev: &Device,
+    model: &dyn LanguageModel,
+    opt: &mut Optimizer,
+    corpus: &CharCorpus,
+    cfg: &LmConfig,
+    mut on_eval: impl FnMut(&LmStats),
+) -> Result<Vec<LmStats>> {
+    let t = model.context();
+    if corpus.train.len() <= t + 1 || corpus.val.len() <= t + 1 {
+        return Err(NnError::Training(format!(
+            "text too short for a context of {t}"
+        )));
+    }
+    let mut rng = Rng::new(cfg.seed);
+    let (x0, y0) = sample_windows(&corpus.train, cfg.batch, t, &mut rng);
+    let x = Array::from_i32(dev, &x0, &[cfg.batch, t])?;
+    let y = Array::from_i32(dev, &y0, &[cfg.batch * t])?;
+    opt.zero_grad();
+    opt.begin_step()?;
+    let (plan, loss) = StepPlan::record(dev, || {
+        let loss = model.logits(&x)?.cross_entropy(&y, None)?;
+        loss.backward()?;
+        opt.step()?;
+        Ok::<_, NnError>(loss)
+    })?;
+    let mut history = Vec::new();
+    let mut reads = std::collections::VecDeque::new();
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    let mut t0 = std::time::Instant::now();
+    let mut since = 0usize;
+    for step in 1..=cfg.steps {
+        if step > 1 {
+            let (xb, yb) = sample_windows(&corpus.train, cfg.batch, t, &mut rng);
+            dev.write(&x.buf, &xb)?;
+            dev.write(&y.buf, &yb)?;
+            opt.begin_step()?;
+            model.advance_rng()?;
+            reads.push_back(dev.read_async(&loss.array().buf)?);
+            plan.replay()?;
+        }
+        since += 1;
+        while let Some(r) = reads.front() {
+            let Some(v) = r.try_read::<f32>()? else { break };
+            sum += v[0] as f64;
+            n += 1;
+            reads.pop_front();
+        }
+        if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
+            for r in reads.drain(..) {
+                sum += r.wait::<f32>()?[0] as f64;
+                n += 1;
+            }
+            dev.wait()?;
+            let secs = t0.elapsed().as_secs_f64();
+            let train_loss = if n > 0 {
+                (sum / n as f64) as f32
+            } else {
+                loss.item()?
+            };
+            if !train_loss.is_finite() {
+                return Err(NnError::Training(format!(
+                    "loss became {train_loss} by step {step}"
+                )));
+            }
+            let val_loss = evaluate_lm(dev, model, &corpus.val, cfg.batch, cfg.eval_batches, 1234)?;
+            let s = LmStats {
+                step,
+                train_loss,
+                val_loss,
+                chars_per_second: (since * cfg.batch * t) as f64 / secs,
+            };
+            on_eval(&s);
+            history.push(s);
+            (sum, n, since) = (0.0, 0, 0);
+            t0 = std::time::Instant::now();
+        }
+    }
+    Ok(history)
+}
+
+/// Samples `len` characters after `prompt` (temperature-scaled softmax, seeded), feeding the model
+/// its last `context` characters each time.
+pub fn generate(
+    dev: &Device,
+    model: &dyn LanguageModel,
+    corpus: &CharCorpus,
+    prompt: &str,
+    len: usize,
+    temperature: f32,
+    seed: u64,
+) -> Result<String> {
+    let mut ids = corpus.encode(prompt);
+    if ids.is_empty() {
+        ids.push(0);
+    }
+    let mut rng = Rng::new(seed);
+    let v = corpus.vocab();
+    no_grad(|| {
+        for _ in 0..len {
+            let ctx: Vec<i32> = ids[ids.len().saturating_sub(model.context())..].to_vec();
+            let t = ctx.len();
+            let logits = model.logits(&Array::from_i32(dev, &ctx, &[1, t])?)?;
+            let last = logits
+                .slice(0, t - 1, 1)?
+                .affine(1.0 / temperature.max(1e-3), 0.0)?
+                .softmax()?
+                .to_vec()?;
+            let u = rng.uniform() as f32;
+            let mut acc = 0.0;
+            let next = last.iter().position(|&p| {
+                acc += p;
+                acc >= u
+            });
+            ids.push(next.unwrap_or(v - 1) as i32);
+        }
+        Ok(corpus.decode(&ids))
+    })
+}
