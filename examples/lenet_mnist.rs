@@ -54,16 +54,8 @@ fn main() -> Result<()> {
     let (train_x, train_y) = mnist.split(0..args.train_size);
     let (test_x, test_y) = mnist.split(mnist.len() - held_out..mnist.len());
     let shape = [1, 28, 28];
-    let train = Dataset {
-        x: &train_x,
-        shape: &shape,
-        y: &train_y,
-    };
-    let test = Dataset {
-        x: &test_x,
-        shape: &shape,
-        y: &test_y,
-    };
+    let train = Dataset::classes(&train_x, &shape, &train_y);
+    let test = Dataset::classes(&test_x, &shape, &test_y);
 
     let model = lenet5(&dev, args.seed)?;
     let mut opt = Optimizer::sgd(&dev, model.parameters(), args.lr, 0.9, false, 0.0)?;
@@ -73,6 +65,7 @@ fn main() -> Result<()> {
         min_lr: 0.0,
     });
     let cfg = FitConfig {
+        loss: kiln::nn::train::Loss::CrossEntropy,
         batch_size: args.batch_size,
         epochs: args.epochs,
         seed: args.seed,

@@ -1,16 +1,157 @@
-//! The training loop for classifiers: each step (forward, loss, backward, update) recorded once
-//! per batch size and replayed with new data; evaluation without gradients.
+//! The training loop: each step (forward, loss, backward, update) recorded once per batch size and
+//! replayed with new data; evaluation and prediction without gradients; and a Keras-style
+//! `compile` / `fit` / `evaluate` / `predict` face over them.
 
 use crate::data::{gather_rows, shuffled};
 use crate::layers::Module;
 use crate::optim::Optimizer;
 use crate::{NnError, Result};
 use kiln_graph::{no_grad, Device, StepPlan, Tensor};
-use kiln_ops::{softmax, Array, DType};
-use std::collections::HashMap;
+use kiln_ops::{softmax, Array};
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-/// What `fit_classifier` does.
+/// The training objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Softmax cross-entropy of logits [n, classes] against class ids (mean over the batch).
+    CrossEntropy,
+    /// Mean squared error against targets of the output's shape.
+    Mse,
+    /// Binary cross-entropy of logits against 0/1 targets (the numerically stable
+    /// `max(z, 0) - z y + log(1 + exp(-|z|))`, as `BCEWithLogitsLoss`).
+    BinaryCrossEntropy,
+}
+
+/// Targets of a data set.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// One class id per example (cross-entropy).
+    Classes(&'a [i32]),
+    /// `width` values per example (MSE, binary cross-entropy).
+    Values(&'a [f32], usize),
+}
+
+/// Examples as a row-major [n, shape...] f32 array and their targets.
+#[derive(Clone, Copy, Debug)]
+pub struct Dataset<'a> {
+    /// [n * prod(shape)] values.
+    pub x: &'a [f32],
+    /// Shape of one example, e.g. [1, 28, 28].
+    pub shape: &'a [usize],
+    /// The targets.
+    pub y: Targets<'a>,
+}
+
+impl<'a> Dataset<'a> {
+    /// Examples with class labels.
+    pub fn classes(x: &'a [f32], shape: &'a [usize], y: &'a [i32]) -> Self {
+        Dataset {
+            x,
+            shape,
+            y: Targets::Classes(y),
+        }
+    }
+    /// Examples with `width` target values each.
+    pub fn values(x: &'a [f32], shape: &'a [usize], y: &'a [f32], width: usize) -> Self {
+        Dataset {
+            x,
+            shape,
+            y: Targets::Values(y, width),
+        }
+    }
+    fn width(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        match self.y {
+            Targets::Classes(y) => y.len(),
+            Targets::Values(y, w) => y.len() / w.max(1),
+        }
+    }
+    /// True when there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn batch_shape(&self, n: usize) -> Vec<usize> {
+        std::iter::once(n)
+            .chain(self.shape.iter().copied())
+            .collect()
+    }
+    fn check(&self) -> Result<()> {
+        if self.x.len() != self.len() * self.width() {
+            return Err(NnError::Training(format!(
+                "{} input values for {} examples of shape {:?} (expected {})",
+                self.x.len(),
+                self.len(),
+                self.shape,
+                self.len() * self.width()
+            )));
+        }
+        if let Targets::Values(y, w) = self.y {
+            if w == 0 || !y.len().is_multiple_of(w) {
+                return Err(NnError::Training(format!(
+                    "{} target values are not a multiple of width {w}",
+                    y.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+    /// The batch at `idx`: inputs, and targets uploaded as the loss needs them.
+    fn batch(&self, dev: &Device, idx: &[usize]) -> Result<(Vec<f32>, BatchTargets)> {
+        let x = gather_rows(self.x, self.width(), idx);
+        let y = match self.y {
+            Targets::Classes(y) => BatchTargets::Classes(idx.iter().map(|&i| y[i]).collect()),
+            Targets::Values(y, w) => BatchTargets::Values(gather_rows(y, w, idx), w),
+        };
+        let _ = dev;
+        Ok((x, y))
+    }
+}
+
+enum BatchTargets {
+    Classes(Vec<i32>),
+    Values(Vec<f32>, usize),
+}
+
+impl BatchTargets {
+    fn upload(&self, dev: &Device) -> Result<Array> {
+        Ok(match self {
+            BatchTargets::Classes(y) => Array::from_i32(dev, y, &[y.len()])?,
+            BatchTargets::Values(y, w) => Array::from_f32(dev, y, &[y.len() / w, *w])?,
+        })
+    }
+    fn write(&self, dev: &Device, to: &Array) -> Result<()> {
+        match self {
+            BatchTargets::Classes(y) => dev.write(&to.buf, y)?,
+            BatchTargets::Values(y, _) => dev.write(&to.buf, y)?,
+        }
+        Ok(())
+    }
+}
+
+/// The loss of `out` against targets `y` (as uploaded for that loss).
+pub fn loss_of(out: &Tensor, y: &Array, loss: Loss) -> Result<Tensor> {
+    let dev = out.device();
+    match loss {
+        Loss::CrossEntropy => Ok(out.cross_entropy(y, None)?),
+        Loss::Mse => Ok(out.mse_loss(&Tensor::from_array(dev, y.clone(), false))?),
+        Loss::BinaryCrossEntropy => {
+            let t = Tensor::from_array(dev, y.clone(), false);
+            let softplus = out
+                .unary(kiln_ops::elementwise::Unary::Abs)?
+                .neg()?
+                .exp()?
+                .affine(1.0, 1.0)?
+                .log()?;
+            Ok(out.relu()?.sub(&out.mul(&t)?)?.add(&softplus)?.mean_all()?)
+        }
+    }
+}
+
+/// What `fit` does.
 #[derive(Clone, Debug)]
 pub struct FitConfig {
     /// Examples per step; a final shorter batch gets its own recorded plan.
@@ -19,8 +160,10 @@ pub struct FitConfig {
     pub epochs: usize,
     /// Seed of the shuffling (epoch e uses seed + e).
     pub seed: u64,
-    /// Read the loss back every this many steps (reading waits for the GPU).
+    /// Read the loss back (asynchronously) every this many steps.
     pub log_every: usize,
+    /// The objective.
+    pub loss: Loss,
 }
 
 /// One epoch's figures.
@@ -32,36 +175,12 @@ pub struct EpochStats {
     pub train_loss: f32,
     /// Held-out loss, when validation data was given.
     pub val_loss: Option<f32>,
-    /// Held-out accuracy, when validation data was given.
+    /// Held-out accuracy, for classification losses with validation data.
     pub val_accuracy: Option<f32>,
     /// Seconds spent training (evaluation excluded).
     pub train_seconds: f64,
     /// Training examples per second.
     pub samples_per_second: f64,
-}
-
-/// Examples as a row-major [n, features...] f32 array and their labels.
-pub struct Dataset<'a> {
-    /// [n * prod(shape)] values.
-    pub x: &'a [f32],
-    /// Shape of one example, e.g. [1, 28, 28].
-    pub shape: &'a [usize],
-    /// [n] labels.
-    pub y: &'a [i32],
-}
-
-impl Dataset<'_> {
-    fn width(&self) -> usize {
-        self.shape.iter().product()
-    }
-    fn len(&self) -> usize {
-        self.y.len()
-    }
-    fn batch_shape(&self, n: usize) -> Vec<usize> {
-        std::iter::once(n)
-            .chain(self.shape.iter().copied())
-            .collect()
-    }
 }
 
 struct Recorded {
@@ -71,9 +190,8 @@ struct Recorded {
     loss: Tensor,
 }
 
-/// Trains `model` on `train` with cross-entropy; returns one [`EpochStats`] per epoch and calls
-/// `on_epoch` after each.
-pub fn fit_classifier(
+/// Trains `model` on `train`; returns one [`EpochStats`] per epoch and calls `on_epoch` after each.
+pub fn fit(
     dev: &Device,
     model: &dyn Module,
     opt: &mut Optimizer,
@@ -82,33 +200,36 @@ pub fn fit_classifier(
     cfg: &FitConfig,
     mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
-    if train.x.len() != train.len() * train.width() {
-        return Err(NnError::Training(format!(
-            "{} values for {} examples of shape {:?}",
-            train.x.len(),
-            train.len(),
-            train.shape
-        )));
+    train.check()?;
+    if let Some(v) = val {
+        v.check()?;
     }
-    if cfg.batch_size == 0 || train.len() == 0 {
+    if cfg.batch_size == 0 || train.is_empty() {
         return Err(NnError::Training("empty data or zero batch size".into()));
+    }
+    if matches!(train.y, Targets::Classes(_)) != (cfg.loss == Loss::CrossEntropy) {
+        return Err(NnError::Training(format!(
+            "loss {:?} does not fit targets {:?}",
+            cfg.loss, train.y
+        )));
     }
     let mut plans: HashMap<usize, Recorded> = HashMap::new();
     let mut history = Vec::new();
     let mut step = 0usize;
     let mut classes: Option<usize> = None;
-    let mut reads = std::collections::VecDeque::new();
+    let mut reads = VecDeque::new();
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
         let order = shuffled(train.len(), cfg.seed + epoch as u64);
         let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
         for idx in order.chunks(cfg.batch_size) {
             let n = idx.len();
-            let xb = gather_rows(train.x, train.width(), idx);
-            let yb: Vec<i32> = idx.iter().map(|&i| train.y[i]).collect();
-            // Before the first plan exists the class count is unknown: check negatives now and
-            // the upper bound once the logits' width is known (below).
-            softmax::check_labels(&yb, classes.unwrap_or(i32::MAX as usize), None)?;
+            let (xb, yb) = train.batch(dev, idx)?;
+            if let BatchTargets::Classes(y) = &yb {
+                // Until the first plan exists the class count is unknown: negatives are caught
+                // now, the upper bound once the logits' width is known.
+                softmax::check_labels(y, classes.unwrap_or(i32::MAX as usize), None)?;
+            }
             opt.begin_step()?;
             if step > 0 {
                 model.advance_rng()?;
@@ -116,7 +237,7 @@ pub fn fit_classifier(
             step += 1;
             if let Some(r) = plans.get(&n) {
                 dev.write(&r.x.array().buf, &xb)?;
-                dev.write(&r.y.buf, &yb)?;
+                yb.write(dev, &r.y)?;
                 if step.is_multiple_of(cfg.log_every.max(1)) {
                     // Rides in this step's submission, after the replayed dispatches.
                     reads.push_back((step, dev.read_async(&r.loss.array().buf)?));
@@ -124,19 +245,21 @@ pub fn fit_classifier(
                 r.plan.replay()?;
             } else {
                 let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
-                let y = Array::from_i32(dev, &yb, &[n])?;
+                let y = yb.upload(dev)?;
                 // A fresh plan computes fresh gradients (no accumulation into another plan's).
                 opt.zero_grad();
                 let (plan, (loss, width)) = StepPlan::record(dev, || {
-                    let logits = model.forward(&x)?;
-                    let width = *logits.shape().last().unwrap_or(&0);
-                    let loss = logits.cross_entropy(&y, None)?;
+                    let out = model.forward(&x)?;
+                    let width = *out.shape().last().unwrap_or(&0);
+                    let loss = loss_of(&out, &y, cfg.loss)?;
                     loss.backward()?;
                     opt.step()?;
                     Ok::<_, NnError>((loss, width))
                 })?;
-                classes = Some(width);
-                softmax::check_labels(&yb, width, None)?;
+                if let BatchTargets::Classes(yv) = &yb {
+                    classes = Some(width);
+                    softmax::check_labels(yv, width, None)?;
+                }
                 plans.insert(n, Recorded { plan, x, y, loss });
             }
             // Collect finished readbacks without waiting for the GPU.
@@ -153,8 +276,8 @@ pub fn fit_classifier(
         let secs = t0.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) = match val {
             Some(v) => {
-                let (l, a) = evaluate(dev, model, v, 500)?;
-                (Some(l), Some(a))
+                let (l, a) = evaluate(dev, model, v, cfg.loss, 500)?;
+                (Some(l), a)
             }
             None => (None, None),
         };
@@ -176,6 +299,23 @@ pub fn fit_classifier(
     Ok(history)
 }
 
+/// [`fit`] with cross-entropy on class labels.
+pub fn fit_classifier(
+    dev: &Device,
+    model: &dyn Module,
+    opt: &mut Optimizer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &FitConfig,
+    on_epoch: impl FnMut(&EpochStats),
+) -> Result<Vec<EpochStats>> {
+    let cfg = FitConfig {
+        loss: Loss::CrossEntropy,
+        ..cfg.clone()
+    };
+    fit(dev, model, opt, train, val, &cfg, on_epoch)
+}
+
 fn record_loss(step: usize, epoch: usize, loss: f32, sum: &mut f64, n: &mut usize) -> Result<()> {
     if !loss.is_finite() {
         return Err(NnError::Training(format!(
@@ -187,40 +327,137 @@ fn record_loss(step: usize, epoch: usize, loss: f32, sum: &mut f64, n: &mut usiz
     Ok(())
 }
 
-/// Mean cross-entropy and accuracy of `model` on `data`, without gradients.
+/// Mean loss and, for classification losses, accuracy of `model` on `data`, without gradients.
 pub fn evaluate(
     dev: &Device,
     model: &dyn Module,
     data: &Dataset,
+    loss: Loss,
     batch: usize,
-) -> Result<(f32, f32)> {
+) -> Result<(f32, Option<f32>)> {
+    data.check()?;
     no_grad(|| {
-        let (mut correct, mut loss_sum) = (0usize, 0.0f64);
+        // Accuracy counts examples (cross-entropy) or output elements (binary cross-entropy).
+        let (mut correct, mut counted, mut loss_sum) = (0usize, 0usize, 0.0f64);
         let ids: Vec<usize> = (0..data.len()).collect();
         for idx in ids.chunks(batch.max(1)) {
             let n = idx.len();
-            let x = Tensor::from_f32(
-                dev,
-                &gather_rows(data.x, data.width(), idx),
-                &data.batch_shape(n),
-            )?;
-            let yb: Vec<i32> = idx.iter().map(|&i| data.y[i]).collect();
-            let logits = model.forward(&x)?;
-            let y = Array::from_i32(dev, &yb, &[n])?;
-            let loss = logits.cross_entropy(&y, None)?;
-            let pred = logits.argmax(1)?;
-            debug_assert_eq!(pred.dtype(), DType::I32);
-            correct += pred
-                .to_i32(dev)?
-                .iter()
-                .zip(&yb)
-                .filter(|(p, t)| p == t)
-                .count();
-            loss_sum += loss.item()? as f64 * n as f64;
+            let (xb, yb) = data.batch(dev, idx)?;
+            let out = model.forward(&Tensor::from_f32(dev, &xb, &data.batch_shape(n))?)?;
+            let y = yb.upload(dev)?;
+            loss_sum += loss_of(&out, &y, loss)?.item()? as f64 * n as f64;
+            match (&yb, loss) {
+                (BatchTargets::Classes(t), Loss::CrossEntropy) => {
+                    let pred = out.argmax(1)?.to_i32(dev)?;
+                    correct += pred.iter().zip(t).filter(|(p, t)| p == t).count();
+                    counted += t.len();
+                }
+                (BatchTargets::Values(t, _), Loss::BinaryCrossEntropy) => {
+                    let o = out.to_vec()?;
+                    correct += o
+                        .iter()
+                        .zip(t)
+                        .filter(|(z, t)| (**z > 0.0) == (**t > 0.5))
+                        .count();
+                    counted += t.len();
+                }
+                _ => {}
+            }
         }
-        Ok((
-            loss_sum as f32 / data.len() as f32,
-            correct as f32 / data.len() as f32,
-        ))
+        let acc = (loss != Loss::Mse).then(|| correct as f32 / counted.max(1) as f32);
+        Ok((loss_sum as f32 / data.len() as f32, acc))
     })
+}
+
+/// The model's outputs for every example, [n * out] row-major, without gradients.
+pub fn predict(
+    dev: &Device,
+    model: &dyn Module,
+    x: &[f32],
+    shape: &[usize],
+    batch: usize,
+) -> Result<Vec<f32>> {
+    let width: usize = shape.iter().product();
+    if width == 0 || !x.len().is_multiple_of(width) {
+        return Err(NnError::Training(format!(
+            "{} values are not whole examples of shape {shape:?}",
+            x.len()
+        )));
+    }
+    let n = x.len() / width;
+    no_grad(|| {
+        let mut out = Vec::new();
+        let ids: Vec<usize> = (0..n).collect();
+        for idx in ids.chunks(batch.max(1)) {
+            let bs: Vec<usize> = std::iter::once(idx.len())
+                .chain(shape.iter().copied())
+                .collect();
+            out.extend(
+                model
+                    .forward(&Tensor::from_f32(dev, &gather_rows(x, width, idx), &bs)?)?
+                    .to_vec()?,
+            );
+        }
+        Ok(out)
+    })
+}
+
+/// A model compiled with an optimizer and a loss, as in Keras: `fit`, `evaluate`, `predict`.
+pub struct Compiled<M: Module> {
+    /// The model.
+    pub model: M,
+    /// Its optimizer.
+    pub optimizer: Optimizer,
+    /// The objective (accuracy is reported for the classification losses).
+    pub loss: Loss,
+    dev: Device,
+}
+
+impl<M: Module> Compiled<M> {
+    /// `model.compile(optimizer, loss)`.
+    pub fn compile(dev: &Device, model: M, optimizer: Optimizer, loss: Loss) -> Self {
+        Compiled {
+            model,
+            optimizer,
+            loss,
+            dev: dev.clone(),
+        }
+    }
+    /// Trains for `epochs` over `train`; the history holds each epoch's loss and metrics.
+    pub fn fit(
+        &mut self,
+        train: &Dataset,
+        epochs: usize,
+        batch_size: usize,
+        validation: Option<&Dataset>,
+        on_epoch: impl FnMut(&EpochStats),
+    ) -> Result<Vec<EpochStats>> {
+        self.model.set_training(true);
+        let cfg = FitConfig {
+            batch_size,
+            epochs,
+            seed: 0,
+            log_every: 10,
+            loss: self.loss,
+        };
+        let h = fit(
+            &self.dev,
+            &self.model,
+            &mut self.optimizer,
+            train,
+            validation,
+            &cfg,
+            on_epoch,
+        );
+        self.model.set_training(false);
+        h
+    }
+    /// (loss, accuracy for classification losses).
+    pub fn evaluate(&self, data: &Dataset) -> Result<(f32, Option<f32>)> {
+        evaluate(&self.dev, &self.model, data, self.loss, 500)
+    }
+    /// Raw outputs (logits) for every example.
+    pub fn predict(&self, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
+        predict(&self.dev, &self.model, x, shape, 500)
+    }
 }

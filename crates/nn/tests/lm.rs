@@ -1,7 +1,6 @@
 //! Character language modelling: corpus, windows, and short training runs of both models.
 
 use kiln_graph::Device;
-use kiln_nn::layers::Module;
 use kiln_nn::lm::{
     evaluate_lm, generate, sample_windows, train_lm, CharCorpus, CharLstm, CharTransformer,
     LanguageModel, LmConfig, TransformerLmConfig,

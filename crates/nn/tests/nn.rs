@@ -5,7 +5,7 @@ use kiln_graph::{Device, Tensor};
 use kiln_nn::data::{parse_idx, read_idx, shuffled, Mnist};
 use kiln_nn::layers::{lenet5, Linear, Module};
 use kiln_nn::schedule::Schedule;
-use kiln_nn::train::{evaluate, fit_classifier, Dataset, FitConfig};
+use kiln_nn::train::{evaluate, fit_classifier, Dataset, FitConfig, Loss};
 use kiln_nn::Optimizer;
 use kiln_ops::testing::{assert_close, to_f64, Rng};
 use std::io::Write;
@@ -170,20 +170,13 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
     let (x, y) = m.split(0..600);
     let (tx, ty) = m.split(9000..9500);
     let shape = [1, 28, 28];
-    let train = Dataset {
-        x: &x,
-        shape: &shape,
-        y: &y,
-    };
-    let test = Dataset {
-        x: &tx,
-        shape: &shape,
-        y: &ty,
-    };
+    let train = Dataset::classes(&x, &shape, &y);
+    let test = Dataset::classes(&tx, &shape, &ty);
     let model = lenet5(&d, 1).unwrap();
     let mut opt = Optimizer::sgd(&d, model.parameters(), 0.05, 0.9, false, 0.0).unwrap();
-    let (loss0, _) = evaluate(&d, &model, &test, 250).unwrap();
+    let (loss0, _) = evaluate(&d, &model, &test, Loss::CrossEntropy, 250).unwrap();
     let cfg = FitConfig {
+        loss: Loss::CrossEntropy,
         batch_size: 64,
         epochs: 3,
         seed: 0,
@@ -216,24 +209,17 @@ fn bad_training_input_is_an_error() {
     let x = vec![0.0f32; 2 * 784];
     let shape = [1, 28, 28];
     let cfg = FitConfig {
+        loss: Loss::CrossEntropy,
         batch_size: 2,
         epochs: 1,
         seed: 0,
         log_every: 1,
     };
     // Fewer values than the examples need.
-    let bad = Dataset {
-        x: &x[..700],
-        shape: &shape,
-        y: &[1, 2],
-    };
+    let bad = Dataset::classes(&x[..700], &shape, &[1, 2]);
     assert!(fit_classifier(&d, &model, &mut opt, &bad, None, &cfg, |_| {}).is_err());
     // A label the model has no class for: an error naming it, not a silently wrong loss.
-    let bad = Dataset {
-        x: &x,
-        shape: &shape,
-        y: &[1, 12],
-    };
+    let bad = Dataset::classes(&x, &shape, &[1, 12]);
     let e = fit_classifier(&d, &model, &mut opt, &bad, None, &cfg, |_| {})
         .unwrap_err()
         .to_string();
@@ -359,4 +345,44 @@ fn dropout_draws_a_new_mask_per_replay_without_re_recording() {
         (1800..2300).contains(&kept),
         "{kept} of 4096 kept at p = 0.5"
     );
+}
+
+#[test]
+fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
+    use kiln_nn::layers::Sequential;
+    use kiln_nn::train::Compiled;
+    let d = dev();
+    let mut r = Rng::new(17);
+    let n = 256;
+    let x = r.vec(n * 2, -1.0, 1.0);
+    // Regression: y = 2 x0 - x1 + 0.5.
+    let y: Vec<f32> = x.chunks(2).map(|p| 2.0 * p[0] - p[1] + 0.5).collect();
+    let mut rng = Rng::new(1);
+    let model = Sequential::new().push(Linear::new(&d, &mut rng, 2, 1, true).unwrap());
+    let opt = Optimizer::adam(&d, model.parameters(), 0.05, 0.0).unwrap();
+    let mut net = Compiled::compile(&d, model, opt, Loss::Mse);
+    let data = Dataset::values(&x, &[2], &y, 1);
+    let hist = net.fit(&data, 30, 32, Some(&data), |_| {}).unwrap();
+    let (mse, acc) = net.evaluate(&data).unwrap();
+    assert!(mse < 1e-3, "mse {mse} ({:?})", hist.last());
+    assert!(acc.is_none());
+    let p = net.predict(&[1.0, 1.0], &[2]).unwrap();
+    assert!((p[0] - 1.5).abs() < 0.05, "{p:?}");
+    // Binary classification: label = x0 + x1 > 0.
+    let labels: Vec<f32> = x.chunks(2).map(|p| f32::from(p[0] + p[1] > 0.0)).collect();
+    let model = Sequential::new().push(Linear::new(&d, &mut rng, 2, 1, true).unwrap());
+    let opt = Optimizer::adam(&d, model.parameters(), 0.1, 0.0).unwrap();
+    let mut net = Compiled::compile(&d, model, opt, Loss::BinaryCrossEntropy);
+    let data = Dataset::values(&x, &[2], &labels, 1);
+    net.fit(&data, 20, 32, None, |_| {}).unwrap();
+    let (bce, acc) = net.evaluate(&data).unwrap();
+    assert!(
+        bce < 0.3 && acc.unwrap() > 0.95,
+        "bce {bce}, accuracy {acc:?}"
+    );
+    // A loss that does not fit the targets is an error, not a silent wrong loss.
+    let model = Sequential::new().push(Linear::new(&d, &mut rng, 2, 1, true).unwrap());
+    let opt = Optimizer::adam(&d, model.parameters(), 0.1, 0.0).unwrap();
+    let mut net = Compiled::compile(&d, model, opt, Loss::CrossEntropy);
+    assert!(net.fit(&data, 1, 32, None, |_| {}).is_err());
 }

@@ -1,0 +1,80 @@
+//! The seed's Keras model on MNIST: Dense 256 ReLU, Dense 10 (softmax in the loss), Adam 1e-3,
+//! through compile / fit / evaluate / predict. Trains on the first 8,000 images, tests on the last
+//! 2,000. Ends with one JSON line.
+use anyhow::{Context, Result};
+use clap::Parser;
+use kiln::device::Device;
+use kiln::nn::data::Mnist;
+use kiln::nn::layers::{Linear, ReLU, Sequential};
+use kiln::nn::train::{Compiled, Dataset, Loss};
+use kiln::nn::{Module, Optimizer};
+use kiln::ops::testing::Rng;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "Keras-style MLP on MNIST: compile, fit, evaluate, predict")]
+struct Args {
+    /// Directory with the MNIST IDX files.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
+    data: PathBuf,
+    /// Passes over the training images.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let dev = Device::new()?;
+    let mnist = Mnist::load(&a.data).context("loading MNIST")?;
+    let (x, y) = mnist.split(0..8000);
+    let (tx, ty) = mnist.split(8000..10_000);
+    let shape = [784];
+    let mut rng = Rng::new(0);
+    let model = Sequential::new()
+        .push_named("dense", Linear::new(&dev, &mut rng, 784, 256, true)?)
+        .push(ReLU)
+        .push_named("dense_1", Linear::new(&dev, &mut rng, 256, 10, true)?);
+    let opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0)?;
+    let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
+    let (train, test) = (
+        Dataset::classes(&x, &shape, &y),
+        Dataset::classes(&tx, &shape, &ty),
+    );
+    let history = net.fit(&train, a.epochs, a.batch_size, Some(&test), |s| {
+        eprintln!(
+            "epoch {}/{}  loss {:.4}  val_loss {:.4}  val_accuracy {:.4}  {:.0} samples/s",
+            s.epoch,
+            a.epochs,
+            s.train_loss,
+            s.val_loss.unwrap_or(f32::NAN),
+            s.val_accuracy.unwrap_or(f32::NAN),
+            s.samples_per_second
+        )
+    })?;
+    let (loss, acc) = net.evaluate(&test)?;
+    let logits = net.predict(&tx[..5 * 784], &shape)?;
+    let first: Vec<usize> = logits
+        .chunks(10)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold(0, |b, (i, v)| if *v > r[b] { i } else { b })
+        })
+        .collect();
+    eprintln!(
+        "predict: first five held-out digits {first:?}, labels {:?}",
+        &ty[..5]
+    );
+    let secs: f64 = history.iter().map(|s| s.train_seconds).sum();
+    println!(
+        "{{\"example\":\"mnist_mlp\",\"test_accuracy\":{:.4},\"test_loss\":{loss:.4},\"epochs\":{},\"batch_size\":{},\"train_seconds\":{secs:.1},\"adapter\":{:?}}}",
+        acc.unwrap_or(0.0),
+        a.epochs,
+        a.batch_size,
+        dev.adapter().name
+    );
+    Ok(())
+}
