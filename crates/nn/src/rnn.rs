@@ -178,3 +178,64 @@ impl Module for Recurrent {
             .collect()
     }
 }
+
+/// A recurrent network over [B, T, input] whose last step's hidden state feeds a linear head
+/// (the seed's nn.RNN classifier).
+pub struct LastStepClassifier {
+    /// The recurrent layers.
+    pub rnn: Recurrent,
+    /// The head.
+    pub fc: crate::layers::Linear,
+}
+
+impl LastStepClassifier {
+    /// `layers` cells of `hidden` units over `input` features, `classes` outputs.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        cell: Cell,
+        input: usize,
+        hidden: usize,
+        layers: usize,
+        classes: usize,
+    ) -> Result<Self> {
+        Ok(LastStepClassifier {
+            rnn: Recurrent::new(dev, rng, cell, input, hidden, layers)?,
+            fc: crate::layers::Linear::new(dev, rng, hidden, classes, true)?,
+        })
+    }
+}
+
+impl Module for LastStepClassifier {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.rnn.forward(x)?;
+        let (b, t, h) = (out.shape()[0], out.shape()[1], out.shape()[2]);
+        self.fc.forward(&out.slice(1, t - 1, 1)?.reshape(&[b, h])?)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = self
+            .rnn
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (format!("rnn.{n}"), t))
+            .collect();
+        v.extend(
+            self.fc
+                .named_parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("fc.{n}"), t)),
+        );
+        v
+    }
+}
+
+/// The toy task of the rnn_sequence example: `n` random 0/1 sequences of length `t` ([n, t, 1])
+/// labelled 1 when they hold more ones than zeros.
+pub fn majority_task(n: usize, t: usize, rng: &mut Rng) -> (Vec<f32>, Vec<i32>) {
+    let x: Vec<f32> = (0..n * t).map(|_| rng.below(2) as f32).collect();
+    let y = x
+        .chunks(t)
+        .map(|s| i32::from(s.iter().sum::<f32>() > t as f32 / 2.0))
+        .collect();
+    (x, y)
+}
