@@ -32,6 +32,9 @@ struct Args {
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write the trained parameters here (safetensors, PyTorch names).
+    #[arg(long)]
+    save: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -84,6 +87,14 @@ fn main() -> Result<()> {
         );
     })?;
     let after = dev.counters();
+    if let Some(path) = &args.save {
+        let meta = [
+            ("model".to_string(), "lenet5".to_string()),
+            ("epochs".to_string(), args.epochs.to_string()),
+        ];
+        kiln::nn::checkpoint::save(path, &model.named_parameters(), &meta)?;
+        eprintln!("saved {}", path.display());
+    }
     let last = history.last().context("no epoch ran")?;
     let train_seconds: f64 = history.iter().map(|s| s.train_seconds).sum();
     println!(

@@ -18,7 +18,7 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
     /// Passes over the training images.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     epochs: usize,
     /// Examples per step.
     #[arg(long, default_value_t = 128)]

@@ -1,6 +1,7 @@
 //! kiln-nn: modules with PyTorch's parameter names and layouts, optimizers, learning-rate
 //! schedules, data loading, and a training loop that runs each step as one recorded submission.
 
+pub mod checkpoint;
 pub mod data;
 pub mod layers;
 pub mod lm;

@@ -1,0 +1,61 @@
+//! Classifies MNIST images with a LeNet saved by `lenet_mnist --save PATH`, without recording
+//! any training graph. Prints each image's class and probability, then one JSON line.
+use anyhow::{Context, Result};
+use clap::Parser;
+use kiln::device::Device;
+use kiln::graph::{no_grad, Tensor};
+use kiln::nn::checkpoint;
+use kiln::nn::data::Mnist;
+use kiln::nn::layers::lenet5;
+use kiln::nn::Module;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "Classify MNIST images with a saved LeNet")]
+struct Args {
+    /// The checkpoint written by lenet_mnist --save.
+    #[arg(long)]
+    model: PathBuf,
+    /// Directory with the MNIST IDX files.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
+    data: PathBuf,
+    /// Indices of the images to classify (default: the first five held-out ones).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![8000usize, 8001, 8002, 8003, 8004])]
+    index: Vec<usize>,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let dev = Device::new()?;
+    let model = lenet5(&dev, 0)?;
+    checkpoint::load(&a.model, &model.named_parameters(), true).context("loading the model")?;
+    let mnist = Mnist::load(&a.data)?;
+    let mut correct = 0;
+    for &i in &a.index {
+        anyhow::ensure!(
+            i < mnist.len(),
+            "index {i} outside the {} images",
+            mnist.len()
+        );
+        let (x, y) = mnist.split(i..i + 1);
+        let probs = no_grad(|| -> Result<Vec<f32>> {
+            let logits = model.forward(&Tensor::from_f32(&dev, &x, &[1, 1, 28, 28])?)?;
+            Ok(logits.softmax()?.to_vec()?)
+        })?;
+        let (class, p) =
+            probs
+                .iter()
+                .enumerate()
+                .fold((0, 0.0f32), |b, (c, &p)| if p > b.1 { (c, p) } else { b });
+        correct += usize::from(class as i32 == y[0]);
+        println!(
+            "image {i}: class {class} (probability {p:.3}), label {}",
+            y[0]
+        );
+    }
+    println!(
+        "{{\"example\":\"predict\",\"images\":{},\"correct\":{correct}}}",
+        a.index.len()
+    );
+    Ok(())
+}
