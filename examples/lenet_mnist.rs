@@ -73,6 +73,7 @@ fn main() -> Result<()> {
         epochs: args.epochs,
         seed: args.seed,
         log_every: 25,
+        progress: true,
     };
     let before = dev.counters();
     let history = fit_classifier(&dev, &model, &mut opt, &train, Some(&test), &cfg, |s| {

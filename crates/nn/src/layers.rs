@@ -223,13 +223,39 @@ impl Module for MaxPool2d {
     }
 }
 
-/// max(x, 0).
-pub struct ReLU;
+/// Average pooling (padding counted in the divisor, as PyTorch's default).
+pub struct AvgPool2d(pub Pool2dSpec);
 
-impl Module for ReLU {
+impl Module for AvgPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.relu()?)
+        Ok(x.avg_pool2d(self.0)?)
     }
+}
+
+/// Parameter-free element-wise and row-wise modules.
+macro_rules! activation {
+    ($(#[$doc:meta] $name:ident => $method:ident),* $(,)?) => {$(
+        #[$doc]
+        pub struct $name;
+        impl Module for $name {
+            fn forward(&self, x: &Tensor) -> Result<Tensor> {
+                Ok(x.$method()?)
+            }
+        }
+    )*};
+}
+
+activation! {
+    /// max(x, 0).
+    ReLU => relu,
+    /// 1 / (1 + e^-x).
+    Sigmoid => sigmoid,
+    /// tanh x.
+    Tanh => tanh,
+    /// x * Phi(x) (the exact erf form, PyTorch's default).
+    GELU => gelu,
+    /// softmax over the last axis.
+    Softmax => softmax,
 }
 
 /// [N, ...] -> [N, rest].

@@ -13,7 +13,10 @@ pub mod train;
 pub mod transformer;
 
 pub use kiln_graph::{no_grad, Array, Device, OpError, StepPlan, Tensor};
-pub use layers::{Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
+pub use layers::{
+    AvgPool2d, Conv2d, Dropout, Embedding, Flatten, LayerNorm, Linear, MaxPool2d, Module, ReLU,
+    Sequential, Sigmoid, Softmax, Tanh, GELU,
+};
 pub use optim::Optimizer;
 use thiserror::Error;
 

@@ -164,6 +164,9 @@ pub struct FitConfig {
     pub log_every: usize,
     /// The objective.
     pub loss: Loss,
+    /// Show a progress bar (loss, samples/s) when standard error is a terminal; plain per-epoch
+    /// lines from the caller's callback are the only output otherwise (CI logs).
+    pub progress: bool,
 }
 
 /// One epoch's figures.
@@ -222,6 +225,12 @@ pub fn fit(
         let t0 = Instant::now();
         let order = shuffled(train.len(), cfg.seed + epoch as u64);
         let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+        let bar = progress_bar(
+            cfg.progress,
+            train.len().div_ceil(cfg.batch_size),
+            epoch,
+            cfg.epochs,
+        );
         for idx in order.chunks(cfg.batch_size) {
             let n = idx.len();
             let (xb, yb) = train.batch(dev, idx)?;
@@ -268,6 +277,18 @@ pub fn fit(
                 record_loss(*at, epoch, v[0], &mut loss_sum, &mut loss_n)?;
                 reads.pop_front();
             }
+            if let Some(b) = &bar {
+                b.inc(1);
+                let rate =
+                    (b.position() as usize * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64();
+                b.set_message(format!(
+                    "loss {:.4}  {rate:.0} samples/s",
+                    loss_sum / loss_n.max(1) as f64
+                ));
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
         }
         for (at, t) in reads.drain(..) {
             record_loss(at, epoch, t.wait::<f32>()?[0], &mut loss_sum, &mut loss_n)?;
@@ -314,6 +335,25 @@ pub fn fit_classifier(
         ..cfg.clone()
     };
     fit(dev, model, opt, train, val, &cfg, on_epoch)
+}
+
+fn progress_bar(
+    wanted: bool,
+    steps: usize,
+    epoch: usize,
+    epochs: usize,
+) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !wanted || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "epoch {epoch}/{epochs} {{bar:30}} {{pos}}/{{len}} {{msg}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
 }
 
 fn record_loss(step: usize, epoch: usize, loss: f32, sum: &mut f64, n: &mut usize) -> Result<()> {
@@ -439,6 +479,7 @@ impl<M: Module> Compiled<M> {
             seed: 0,
             log_every: 10,
             loss: self.loss,
+            progress: true,
         };
         let h = fit(
             &self.dev,

@@ -181,6 +181,7 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
         epochs: 3,
         seed: 0,
         log_every: 1,
+        progress: false,
     };
     let hist = fit_classifier(&d, &model, &mut opt, &train, Some(&test), &cfg, |_| {}).unwrap();
     assert_eq!(opt.steps(), 30);
@@ -214,6 +215,7 @@ fn bad_training_input_is_an_error() {
         epochs: 1,
         seed: 0,
         log_every: 1,
+        progress: false,
     };
     // Fewer values than the examples need.
     let bad = Dataset::classes(&x[..700], &shape, &[1, 2]);

@@ -198,3 +198,78 @@ fn encoder_layer_post_and_pre_norm_with_gradients() {
     assert_eq!(pe[..4], [0.0, 1.0, 0.0, 1.0]);
     assert!((pe[4] - 1f32.sin()).abs() < 1e-6 && (pe[5] - 1f32.cos()).abs() < 1e-6);
 }
+
+#[test]
+fn decoder_layer_is_causal_in_its_target_and_trains_every_parameter() {
+    use kiln_nn::transformer::TransformerDecoderLayer;
+    let d = dev();
+    let mut rng = Rng::new(4);
+    let cfg = LayerConfig {
+        d_model: 8,
+        heads: 2,
+        ff: 16,
+        dropout: 0.0,
+        activation: Activation::Relu,
+        norm_first: false,
+    };
+    let layer = TransformerDecoderLayer::new(&d, &mut rng, &cfg).unwrap();
+    let (b, t, s, e) = (2, 5, 3, 8);
+    let mut x = rng.vec(b * t * e, -1.0, 1.0);
+    let mem = Tensor::from_f32(&d, &rng.vec(b * s * e, -1.0, 1.0), &[b, s, e]).unwrap();
+    let run = |x: &[f32]| {
+        layer
+            .decode(&Tensor::from_f32(&d, x, &[b, t, e]).unwrap(), &mem, None)
+            .unwrap()
+    };
+    let before = run(&x).to_vec().unwrap();
+    assert_eq!(before.len(), b * t * e);
+    // Changing the last target position leaves earlier positions unchanged (causal self-attention).
+    for bi in 0..b {
+        for k in 0..e {
+            x[(bi * t + t - 1) * e + k] += 1.0;
+        }
+    }
+    let after = run(&x).to_vec().unwrap();
+    for bi in 0..b {
+        let (lo, hi) = (bi * t * e, (bi * t + t - 1) * e);
+        assert_close(
+            "earlier positions",
+            &after[lo..hi],
+            &to_f64(&before[lo..hi]),
+            1e-6,
+            1e-6,
+        );
+    }
+    // Every parameter (self-attention, cross-attention, feed-forward, norms) gets a gradient.
+    run(&x)
+        .square()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, p) in layer.named_parameters() {
+        let g = p.grad().unwrap_or_else(|| panic!("{name} has no gradient"));
+        assert!(
+            g.to_f32(&d).unwrap().iter().any(|v| *v != 0.0),
+            "{name} gradient is all zero"
+        );
+    }
+}
+
+#[test]
+fn simple_modules_match_their_ops() {
+    use kiln_nn::{AvgPool2d, Sigmoid, Softmax, Tanh, GELU};
+    let d = dev();
+    let x = Tensor::from_f32(&d, &[-1.0, 0.0, 0.5, 2.0], &[1, 1, 2, 2]).unwrap();
+    let v = |t: Tensor| t.to_vec().unwrap();
+    assert_eq!(v(Sigmoid.forward(&x).unwrap()), v(x.sigmoid().unwrap()));
+    assert_eq!(v(Tanh.forward(&x).unwrap()), v(x.tanh().unwrap()));
+    assert_eq!(v(GELU.forward(&x).unwrap()), v(x.gelu().unwrap()));
+    let s = v(Softmax.forward(&x).unwrap());
+    assert!((s[0] + s[1] - 1.0).abs() < 1e-6);
+    let pooled = AvgPool2d(kiln_ops::pool::Pool2dSpec::square(2))
+        .forward(&x)
+        .unwrap();
+    assert_eq!(v(pooled), vec![0.375]);
+}
