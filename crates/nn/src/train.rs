@@ -281,10 +281,13 @@ pub fn fit(
                 b.inc(1);
                 let rate =
                     (b.position() as usize * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64();
-                b.set_message(format!(
-                    "loss {:.4}  {rate:.0} samples/s",
-                    loss_sum / loss_n.max(1) as f64
-                ));
+                // No loss has come back yet at the start of an epoch.
+                let loss = if loss_n > 0 {
+                    format!("{:.4}", loss_sum / loss_n as f64)
+                } else {
+                    "-".into()
+                };
+                b.set_message(format!("loss {loss}  {rate:.0} samples/s"));
             }
         }
         if let Some(b) = bar {
