@@ -7,6 +7,14 @@ use kiln_ops::conv::Conv2dSpec;
 use kiln_ops::pool::Pool2dSpec;
 use kiln_ops::testing::Rng;
 
+/// Parameter names under a prefix: `weight` becomes `prefix.weight`.
+pub(crate) fn prefixed(prefix: &str, named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    named
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}.{n}"), t))
+        .collect()
+}
+
 /// A network piece: forward, and its parameters by name.
 pub trait Module: Send + Sync {
     /// Runs the module.
@@ -302,11 +310,7 @@ impl Module for Sequential {
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         self.layers
             .iter()
-            .flat_map(|(n, m)| {
-                m.named_parameters()
-                    .into_iter()
-                    .map(move |(p, t)| (format!("{n}.{p}"), t))
-            })
+            .flat_map(|(n, m)| prefixed(n, m.named_parameters()))
             .collect()
     }
     fn set_training(&mut self, training: bool) {

@@ -2,7 +2,7 @@
 //! windows, two models (a causal Transformer and an LSTM), a recorded-step training loop and
 //! sampling.
 
-use crate::layers::{Embedding, LayerNorm, Linear, Module};
+use crate::layers::{prefixed, Embedding, LayerNorm, Linear, Module};
 use crate::optim::Optimizer;
 use crate::rnn::{Cell, Recurrent};
 use crate::transformer::{Activation, LayerConfig, TransformerEncoderLayer};
@@ -174,24 +174,10 @@ impl Module for CharTransformer {
             ("pos.weight".to_string(), self.pos.weight.clone()),
         ];
         for (i, l) in self.layers.iter().enumerate() {
-            v.extend(
-                l.named_parameters()
-                    .into_iter()
-                    .map(|(n, t)| (format!("layers.{i}.{n}"), t)),
-            );
+            v.extend(prefixed(&format!("layers.{i}"), l.named_parameters()));
         }
-        v.extend(
-            self.ln_f
-                .named_parameters()
-                .into_iter()
-                .map(|(n, t)| (format!("ln_f.{n}"), t)),
-        );
-        v.extend(
-            self.head
-                .named_parameters()
-                .into_iter()
-                .map(|(n, t)| (format!("head.{n}"), t)),
-        );
+        v.extend(prefixed("ln_f", self.ln_f.named_parameters()));
+        v.extend(prefixed("head", self.head.named_parameters()));
         v
     }
     fn set_training(&mut self, training: bool) {
@@ -260,18 +246,8 @@ impl Module for CharLstm {
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("embedding.weight".to_string(), self.emb.weight.clone())];
-        v.extend(
-            self.lstm
-                .named_parameters()
-                .into_iter()
-                .map(|(n, t)| (format!("lstm.{n}"), t)),
-        );
-        v.extend(
-            self.head
-                .named_parameters()
-                .into_iter()
-                .map(|(n, t)| (format!("head.{n}"), t)),
-        );
+        v.extend(prefixed("lstm", self.lstm.named_parameters()));
+        v.extend(prefixed("head", self.head.named_parameters()));
         v
     }
 }

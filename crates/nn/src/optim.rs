@@ -8,6 +8,17 @@ use kiln_graph::{Device, Tensor};
 use kiln_ops::optim::{self, Rule};
 use kiln_ops::{Buffer, DType};
 
+/// Adam's rule with PyTorch's defaults (betas 0.9, 0.999; eps 1e-8).
+fn adam_rule(weight_decay: f32, decoupled: bool) -> Rule {
+    Rule::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay,
+        decoupled,
+    }
+}
+
 struct Group {
     params: Vec<Tensor>,
     state: Vec<Vec<Buffer>>,
@@ -102,18 +113,7 @@ impl Optimizer {
         lr: f32,
         weight_decay: f32,
     ) -> Result<Optimizer> {
-        Self::new(
-            dev,
-            params,
-            Rule::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay,
-                decoupled: false,
-            },
-            lr,
-        )
+        Self::new(dev, params, adam_rule(weight_decay, false), lr)
     }
     /// AdamW (decoupled weight decay; PyTorch's default decay is 0.01).
     pub fn adamw(
@@ -122,18 +122,7 @@ impl Optimizer {
         lr: f32,
         weight_decay: f32,
     ) -> Result<Optimizer> {
-        Self::new(
-            dev,
-            params,
-            Rule::Adam {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay,
-                decoupled: true,
-            },
-            lr,
-        )
+        Self::new(dev, params, adam_rule(weight_decay, true), lr)
     }
     /// RMSprop with PyTorch's defaults (alpha 0.99, eps 1e-8).
     pub fn rmsprop(

@@ -3,7 +3,7 @@
 //! Built from tested ops: the input projection of every step in one matmul, then per step a
 //! matmul with the hidden state and element-wise gates.
 
-use crate::layers::Module;
+use crate::layers::{prefixed, Module};
 use crate::Result;
 use kiln_graph::{Device, Tensor};
 use kiln_ops::testing::Rng;
@@ -213,18 +213,8 @@ impl Module for LastStepClassifier {
         self.fc.forward(&out.slice(1, t - 1, 1)?.reshape(&[b, h])?)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<_> = self
-            .rnn
-            .named_parameters()
-            .into_iter()
-            .map(|(n, t)| (format!("rnn.{n}"), t))
-            .collect();
-        v.extend(
-            self.fc
-                .named_parameters()
-                .into_iter()
-                .map(|(n, t)| (format!("fc.{n}"), t)),
-        );
+        let mut v = prefixed("rnn", self.rnn.named_parameters());
+        v.extend(prefixed("fc", self.fc.named_parameters()));
         v
     }
 }

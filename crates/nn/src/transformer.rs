@@ -1,17 +1,11 @@
 //! Multi-head attention and Transformer layers, from Linear, LayerNorm, Dropout and the fused
 //! attention kernel. Parameter names follow the modules' fields (`self_attn.q_proj.weight`...).
 
-use crate::layers::{Dropout, LayerNorm, Linear, Module};
+use crate::layers::{prefixed, Dropout, LayerNorm, Linear, Module};
 use crate::Result;
 use kiln_graph::{Array, Device, Tensor};
 use kiln_ops::attention::AttentionSpec;
 use kiln_ops::testing::Rng;
-
-fn prefixed(prefix: &str, v: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
-    v.into_iter()
-        .map(|(n, t)| (format!("{prefix}.{n}"), t))
-        .collect()
-}
 
 /// Multi-head attention with separate query, key, value and output projections.
 pub struct MultiHeadAttention {
