@@ -1,0 +1,54 @@
+//! Cold start: time from the start of the process to the end of the first LeNet training step,
+//! without and then with a pipeline cache saved to disk by the first run (where the adapter has
+//! one, e.g. Vulkan). Runs itself twice as child processes; one JSON line per run.
+use kiln::device::Device;
+use kiln::graph::{StepPlan, Tensor};
+use kiln::nn::layers::lenet5;
+use kiln::nn::{Module, NnError, Optimizer};
+use kiln::ops::Array;
+use std::time::Instant;
+
+fn child(cache: &std::path::Path) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let dev = Device::new()?; // reads KILN_PIPELINE_CACHE when the file exists
+    let model = lenet5(&dev, 0)?;
+    let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
+    let x = Tensor::full(&dev, &[64, 1, 28, 28], 0.1)?;
+    let y = Array::from_i32(&dev, &[3; 64], &[64])?;
+    opt.begin_step()?;
+    let (_plan, loss) = StepPlan::record(&dev, || {
+        let loss = model.forward(&x)?.cross_entropy(&y, None)?;
+        loss.backward()?;
+        opt.step()?;
+        Ok::<_, NnError>(loss)
+    })?;
+    loss.item()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let had_cache = cache.exists();
+    let saved = dev.save_pipeline_cache(cache)?;
+    println!(
+        "{{\"bench\":\"cold_start\",\"model\":\"lenet5\",\"seconds_to_first_step\":{secs:.3},\"pipeline_cache_loaded\":{had_cache},\"pipelines_compiled\":{},\"cache_saved\":{saved},\"adapter\":{:?}}}",
+        dev.counters().pipeline_misses,
+        dev.adapter().name
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cache = std::env::temp_dir().join(format!("kiln-cold-start-{}.bin", std::process::id()));
+    if let Ok(path) = std::env::var("KILN_COLD_CHILD") {
+        return child(std::path::Path::new(&path));
+    }
+    let _ = std::fs::remove_file(&cache);
+    let exe = std::env::current_exe()?;
+    for _ in 0..2 {
+        let out = std::process::Command::new(&exe)
+            .env("KILN_COLD_CHILD", &cache)
+            .env("KILN_PIPELINE_CACHE", &cache)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let _ = std::fs::remove_file(&cache);
+    Ok(())
+}

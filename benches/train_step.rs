@@ -1,0 +1,98 @@
+//! Whole training steps, each recorded once and replayed: LeNet-5 (batch 64 and 256, SGD with
+//! momentum), a character Transformer (AdamW) and a 2-layer LSTM (forward and backward). Reports
+//! ms per step, samples or tokens per second, dispatches and submissions per step; one JSON line
+//! per workload. Sizes shrink on software adapters (named in each line) so a run ends in minutes.
+use kiln::device::Device;
+use kiln::graph::{StepPlan, Tensor};
+use kiln::nn::layers::lenet5;
+use kiln::nn::lm::{CharLstm, CharTransformer, LanguageModel, TransformerLmConfig};
+use kiln::nn::{Module, NnError, Optimizer};
+use kiln::ops::testing::Rng;
+use kiln::ops::Array;
+use std::time::Instant;
+
+struct Result {
+    name: String,
+    batch: usize,
+    items_per_step: usize,
+    unit: &'static str,
+}
+
+fn time_steps(dev: &Device, plan: &StepPlan, opt: &mut Optimizer, steps: usize, r: Result) -> anyhow::Result<()> {
+    dev.wait()?;
+    let c0 = dev.counters();
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        opt.begin_step()?;
+        plan.replay()?;
+    }
+    dev.wait()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let c1 = dev.counters();
+    println!(
+        "{{\"bench\":\"train_step\",\"model\":{:?},\"batch\":{},\"ms_per_step\":{:.3},\"{}_per_s\":{:.0},\"dispatches_per_step\":{:.1},\"submissions_per_step\":{:.2},\"adapter\":{:?}}}",
+        r.name,
+        r.batch,
+        secs * 1e3 / steps as f64,
+        r.unit,
+        (r.items_per_step * steps) as f64 / secs,
+        (c1.dispatches - c0.dispatches) as f64 / steps as f64,
+        // Counted over the loop: begin_step's hyper-parameter write rides in the replay submission.
+        (c1.submissions - c0.submissions) as f64 / steps as f64,
+        dev.adapter().name
+    );
+    Ok(())
+}
+
+fn lm_step(dev: &Device, model: &dyn LanguageModel, opt: &mut Optimizer, batch: usize, vocab: usize) -> anyhow::Result<StepPlan> {
+    let t = model.context();
+    let mut rng = Rng::new(0);
+    let ids: Vec<i32> = (0..batch * t).map(|_| rng.below(vocab) as i32).collect();
+    let x = Array::from_i32(dev, &ids, &[batch, t])?;
+    let y = Array::from_i32(dev, &ids, &[batch * t])?;
+    opt.begin_step()?;
+    let (plan, _) = StepPlan::record(dev, || {
+        let loss = model.logits(&x)?.cross_entropy(&y, None)?;
+        loss.backward()?;
+        opt.step()?;
+        Ok::<_, NnError>(loss)
+    })?;
+    Ok(plan)
+}
+
+fn main() -> anyhow::Result<()> {
+    let dev = Device::new()?;
+    let soft = dev.adapter().is_software;
+    let steps = if soft { 3 } else { 50 };
+    for batch in [64, 256] {
+        let model = lenet5(&dev, 0)?;
+        let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
+        let mut rng = Rng::new(1);
+        let x = Tensor::from_f32(&dev, &rng.vec(batch * 784, -1.0, 1.0), &[batch, 1, 28, 28])?;
+        let y = Array::from_i32(&dev, &(0..batch).map(|i| (i % 10) as i32).collect::<Vec<_>>(), &[batch])?;
+        opt.begin_step()?;
+        let (plan, _) = StepPlan::record(&dev, || {
+            let loss = model.forward(&x)?.cross_entropy(&y, None)?;
+            loss.backward()?;
+            opt.step()?;
+            Ok::<_, NnError>(loss)
+        })?;
+        time_steps(&dev, &plan, &mut opt, steps, Result { name: "lenet5".into(), batch, items_per_step: batch, unit: "samples" })?;
+    }
+    // Character Transformer: the GPU preset, or a small one on software adapters.
+    let (layers, heads, width, context, batch) = if soft { (2, 4, 64, 64, 16) } else { (6, 6, 384, 256, 64) };
+    let cfg = TransformerLmConfig { vocab: 65, context, d_model: width, heads, layers, dropout: 0.0 };
+    let model = CharTransformer::new(&dev, 0, &cfg)?;
+    let mut opt = Optimizer::adamw(&dev, model.parameters(), 3e-4, 0.01)?;
+    let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
+    let name = format!("char_transformer_{layers}x{width}_ctx{context}");
+    time_steps(&dev, &plan, &mut opt, steps, Result { name, batch, items_per_step: batch * context, unit: "tokens" })?;
+    // LSTM 2 x 256 over 100 steps at batch 64 (on software adapters: 2 x 128, 25 steps, batch 16).
+    let (hidden, seq, batch) = if soft { (128, 25, 16) } else { (256, 100, 64) };
+    let model = CharLstm::new(&dev, 0, 65, seq, 64, hidden, 2)?;
+    let mut opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0)?;
+    let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
+    let name = format!("lstm_2x{hidden}_seq{seq}");
+    time_steps(&dev, &plan, &mut opt, steps.min(3), Result { name, batch, items_per_step: batch * seq, unit: "tokens" })?;
+    Ok(())
+}
