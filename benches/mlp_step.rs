@@ -40,12 +40,13 @@ fn main() -> anyhow::Result<()> {
         dev.wait()?;
         let c0 = dev.counters();
         let t0 = Instant::now();
+        let mut loss = loss;
         for _ in 0..steps {
             dev.write(&x.array().buf, &xs)?;
             opt.begin_step()?;
             if mode == "eager" {
                 opt.zero_grad();
-                step_once(&opt)?;
+                loss = step_once(&opt)?;
                 dev.flush()?;
             } else {
                 plan.replay()?;
