@@ -46,7 +46,11 @@ fn main() -> anyhow::Result<()> {
             .env("KILN_COLD_CHILD", &cache)
             .env("KILN_PIPELINE_CACHE", &cache)
             .output()?;
-        anyhow::ensure!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     let _ = std::fs::remove_file(&cache);

@@ -18,7 +18,13 @@ struct Result {
     unit: &'static str,
 }
 
-fn time_steps(dev: &Device, plan: &StepPlan, opt: &mut Optimizer, steps: usize, r: Result) -> anyhow::Result<()> {
+fn time_steps(
+    dev: &Device,
+    plan: &StepPlan,
+    opt: &mut Optimizer,
+    steps: usize,
+    r: Result,
+) -> anyhow::Result<()> {
     dev.wait()?;
     let c0 = dev.counters();
     let t0 = Instant::now();
@@ -44,7 +50,13 @@ fn time_steps(dev: &Device, plan: &StepPlan, opt: &mut Optimizer, steps: usize, 
     Ok(())
 }
 
-fn lm_step(dev: &Device, model: &dyn LanguageModel, opt: &mut Optimizer, batch: usize, vocab: usize) -> anyhow::Result<StepPlan> {
+fn lm_step(
+    dev: &Device,
+    model: &dyn LanguageModel,
+    opt: &mut Optimizer,
+    batch: usize,
+    vocab: usize,
+) -> anyhow::Result<StepPlan> {
     let t = model.context();
     let mut rng = Rng::new(0);
     let ids: Vec<i32> = (0..batch * t).map(|_| rng.below(vocab) as i32).collect();
@@ -69,7 +81,11 @@ fn main() -> anyhow::Result<()> {
         let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
         let mut rng = Rng::new(1);
         let x = Tensor::from_f32(&dev, &rng.vec(batch * 784, -1.0, 1.0), &[batch, 1, 28, 28])?;
-        let y = Array::from_i32(&dev, &(0..batch).map(|i| (i % 10) as i32).collect::<Vec<_>>(), &[batch])?;
+        let y = Array::from_i32(
+            &dev,
+            &(0..batch).map(|i| (i % 10) as i32).collect::<Vec<_>>(),
+            &[batch],
+        )?;
         opt.begin_step()?;
         let (plan, _) = StepPlan::record(&dev, || {
             let loss = model.forward(&x)?.cross_entropy(&y, None)?;
@@ -77,22 +93,66 @@ fn main() -> anyhow::Result<()> {
             opt.step()?;
             Ok::<_, NnError>(loss)
         })?;
-        time_steps(&dev, &plan, &mut opt, steps, Result { name: "lenet5".into(), batch, items_per_step: batch, unit: "samples" })?;
+        time_steps(
+            &dev,
+            &plan,
+            &mut opt,
+            steps,
+            Result {
+                name: "lenet5".into(),
+                batch,
+                items_per_step: batch,
+                unit: "samples",
+            },
+        )?;
     }
     // Character Transformer: the GPU preset, or a small one on software adapters.
-    let (layers, heads, width, context, batch) = if soft { (2, 4, 64, 64, 16) } else { (6, 6, 384, 256, 64) };
-    let cfg = TransformerLmConfig { vocab: 65, context, d_model: width, heads, layers, dropout: 0.0 };
+    let (layers, heads, width, context, batch) = if soft {
+        (2, 4, 64, 64, 16)
+    } else {
+        (6, 6, 384, 256, 64)
+    };
+    let cfg = TransformerLmConfig {
+        vocab: 65,
+        context,
+        d_model: width,
+        heads,
+        layers,
+        dropout: 0.0,
+    };
     let model = CharTransformer::new(&dev, 0, &cfg)?;
     let mut opt = Optimizer::adamw(&dev, model.parameters(), 3e-4, 0.01)?;
     let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
     let name = format!("char_transformer_{layers}x{width}_ctx{context}");
-    time_steps(&dev, &plan, &mut opt, steps, Result { name, batch, items_per_step: batch * context, unit: "tokens" })?;
+    time_steps(
+        &dev,
+        &plan,
+        &mut opt,
+        steps,
+        Result {
+            name,
+            batch,
+            items_per_step: batch * context,
+            unit: "tokens",
+        },
+    )?;
     // LSTM 2 x 256 over 100 steps at batch 64 (on software adapters: 2 x 128, 25 steps, batch 16).
     let (hidden, seq, batch) = if soft { (128, 25, 16) } else { (256, 100, 64) };
     let model = CharLstm::new(&dev, 0, 65, seq, 64, hidden, 2)?;
     let mut opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0)?;
     let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
     let name = format!("lstm_2x{hidden}_seq{seq}");
-    time_steps(&dev, &plan, &mut opt, steps.min(3), Result { name, batch, items_per_step: batch * seq, unit: "tokens" })?;
+    time_steps(
+        &dev,
+        &plan,
+        &mut opt,
+        steps.min(3),
+        Result {
+            name,
+            batch,
+            items_per_step: batch * seq,
+            unit: "tokens",
+        },
+    )?;
     Ok(())
 }

@@ -32,9 +32,18 @@ struct Args {
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write the trained parameters here (safetensors, PyTorch names).
+    /// Write a training checkpoint here at the end (safetensors: PyTorch names, optimizer state).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Also write it every N epochs (needs --save).
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Continue from a training checkpoint written by --save.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Directory for history.csv and history.svg (default: beside --save, if given).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -67,13 +76,44 @@ fn main() -> Result<()> {
         t_max: steps as u64,
         min_lr: 0.0,
     });
+    let resumed = match &args.resume {
+        Some(path) => {
+            let r =
+                kiln::nn::checkpoint::load_training(path, &model, &mut opt).context("resuming")?;
+            eprintln!(
+                "resumed {} after epoch {} (step {})",
+                path.display(),
+                r.epochs_done,
+                opt.steps()
+            );
+            r
+        }
+        None => kiln::nn::checkpoint::Resumed {
+            epochs_done: 0,
+            history: Vec::new(),
+        },
+    };
+    anyhow::ensure!(
+        args.save_every.is_none() || args.save.is_some(),
+        "--save-every needs --save PATH"
+    );
     let cfg = FitConfig {
-        loss: kiln::nn::train::Loss::CrossEntropy,
-        batch_size: args.batch_size,
-        epochs: args.epochs,
-        seed: args.seed,
         log_every: 25,
-        progress: true,
+        start_epoch: resumed.epochs_done,
+        history: resumed.history,
+        checkpoint: args
+            .save
+            .clone()
+            .map(|path| kiln::nn::checkpoint::CheckpointConfig {
+                path,
+                every_epochs: args.save_every.unwrap_or(args.epochs),
+            }),
+        ..FitConfig::new(
+            kiln::nn::train::Loss::CrossEntropy,
+            args.epochs,
+            args.batch_size,
+            args.seed,
+        )
     };
     let before = dev.counters();
     let history = fit_classifier(&dev, &model, &mut opt, &train, Some(&test), &cfg, |s| {
@@ -89,12 +129,17 @@ fn main() -> Result<()> {
     })?;
     let after = dev.counters();
     if let Some(path) = &args.save {
-        let meta = [
-            ("model".to_string(), "lenet5".to_string()),
-            ("epochs".to_string(), args.epochs.to_string()),
-        ];
-        kiln::nn::checkpoint::save(path, &model.named_parameters(), &meta)?;
         eprintln!("saved {}", path.display());
+    }
+    let out = args.out.clone().or_else(|| {
+        args.save
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(|p| p.to_path_buf())
+    });
+    if let Some(dir) = out {
+        kiln::nn::report::write_reports(&dir, &history)?;
+        eprintln!("wrote {0}/history.csv and {0}/history.svg", dir.display());
     }
     let last = history.last().context("no epoch ran")?;
     let train_seconds: f64 = history.iter().map(|s| s.train_seconds).sum();

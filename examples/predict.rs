@@ -28,7 +28,17 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let dev = Device::new()?;
     let model = lenet5(&dev, 0)?;
-    checkpoint::load(&a.model, &model.named_parameters(), true).context("loading the model")?;
+    // A training checkpoint also holds optimizer state: extra tensors are fine, missing or
+    // mis-shaped parameters are not.
+    let report = checkpoint::load(&a.model, &model.named_parameters(), false)
+        .context("loading the model")?;
+    anyhow::ensure!(
+        report.missing.is_empty() && report.mismatched.is_empty(),
+        "{} is not a LeNet-5 checkpoint: missing {:?}, mismatched {:?}",
+        a.model.display(),
+        report.missing,
+        report.mismatched
+    );
     let mnist = Mnist::load(&a.data)?;
     let mut correct = 0;
     for &i in &a.index {

@@ -19,7 +19,8 @@ struct Node {
     id: u64,
     dev: Device,
     data: Array,
-    requires_grad: bool,
+    /// Atomic so a parameter can be frozen after it is made (fine-tuning).
+    requires_grad: std::sync::atomic::AtomicBool,
     grad: Mutex<Option<Array>>,
     inputs: Vec<Tensor>,
     backward: Option<(&'static str, BackwardFn)>,
@@ -35,7 +36,7 @@ impl std::fmt::Debug for Tensor {
             f,
             "Tensor({:?}, requires_grad={})",
             self.shape(),
-            self.0.requires_grad
+            self.needs_grad()
         )
     }
 }
@@ -71,7 +72,7 @@ impl Tensor {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             dev: dev.clone(),
             data,
-            requires_grad,
+            requires_grad: std::sync::atomic::AtomicBool::new(requires_grad),
             grad: Mutex::new(None),
             inputs,
             backward,
@@ -123,7 +124,11 @@ impl Tensor {
         name: &'static str,
         backward: BackwardFn,
     ) -> Tensor {
-        if is_grad_enabled() && inputs.iter().any(|t| t.0.requires_grad) {
+        if is_grad_enabled()
+            && inputs
+                .iter()
+                .any(|t| t.0.requires_grad.load(Ordering::Relaxed))
+        {
             Tensor::make(&self.0.dev, data, true, inputs, Some((name, backward)))
         } else {
             Tensor::make(&self.0.dev, data, false, Vec::new(), None)
@@ -148,7 +153,16 @@ impl Tensor {
     }
     /// Whether gradients flow to or through this tensor.
     pub fn needs_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.requires_grad.load(Ordering::Relaxed)
+    }
+
+    /// Freezes (false) or unfreezes a leaf, as PyTorch's `requires_grad_`: a frozen parameter
+    /// gets no gradient, so optimizers leave it unchanged. Ops recorded afterwards see the change.
+    pub fn set_requires_grad(&self, yes: bool) {
+        self.0.requires_grad.store(yes, Ordering::Relaxed);
+        if !yes {
+            self.zero_grad();
+        }
     }
     /// True for a tensor no op produced (inputs, parameters).
     pub fn is_leaf(&self) -> bool {
@@ -199,7 +213,7 @@ impl Tensor {
                 order.push(t);
                 continue;
             }
-            if !t.0.requires_grad || !seen.insert(t.0.id) {
+            if !t.0.requires_grad.load(Ordering::Relaxed) || !seen.insert(t.0.id) {
                 continue;
             }
             stack.push((t.clone(), true));
@@ -225,7 +239,7 @@ impl Tensor {
                     let input_grads = f(dev, &g)?;
                     for (inp, ig) in t.0.inputs.iter().zip(input_grads) {
                         let Some(ig) = ig else { continue };
-                        if !inp.0.requires_grad {
+                        if !inp.0.requires_grad.load(Ordering::Relaxed) {
                             continue;
                         }
                         let acc = match grads.remove(&inp.0.id) {
@@ -509,7 +523,7 @@ impl Tensor {
         let dev = &self.0.dev;
         let out = conv::conv2d(dev, &self.0.data, &w.0.data, b.map(|b| &b.0.data), &spec)?;
         let (x, wa) = (self.0.data.clone(), w.0.data.clone());
-        let (need_x, has_bias) = (self.0.requires_grad, b.is_some());
+        let (need_x, has_bias) = (self.needs_grad(), b.is_some());
         let backward: BackwardFn = Box::new(move |dev, g| {
             // The network's input needs no gradient: skip the most expensive product.
             let dx = if need_x {

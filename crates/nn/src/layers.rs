@@ -37,6 +37,14 @@ pub trait Module: Send + Sync {
     fn advance_rng(&self) -> Result<()> {
         Ok(())
     }
+    /// Offsets of every random generator (dropout), in a fixed order, for checkpoints.
+    fn rng_offsets(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Restores offsets from [`Module::rng_offsets`]; returns how many were used.
+    fn set_rng_offsets(&self, _offsets: &[u32]) -> Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Zeroes activations with probability `p` while training (scaling the rest by 1/(1-p));
@@ -73,6 +81,18 @@ impl Module for Dropout {
     }
     fn advance_rng(&self) -> Result<()> {
         Ok(self.rng.lock().unwrap().advance(&self.dev)?)
+    }
+    fn rng_offsets(&self) -> Vec<u32> {
+        vec![self.rng.lock().unwrap().offset()]
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
+        match offsets.first() {
+            Some(&o) => {
+                self.rng.lock().unwrap().set_offset(&self.dev, o)?;
+                Ok(1)
+            }
+            None => Ok(0),
+        }
     }
 }
 
@@ -320,6 +340,19 @@ impl Module for Sequential {
     }
     fn advance_rng(&self) -> Result<()> {
         self.layers.iter().try_for_each(|(_, m)| m.advance_rng())
+    }
+    fn rng_offsets(&self) -> Vec<u32> {
+        self.layers
+            .iter()
+            .flat_map(|(_, m)| m.rng_offsets())
+            .collect()
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
+        let mut used = 0;
+        for (_, m) in &self.layers {
+            used += m.set_rng_offsets(&offsets[used..])?;
+        }
+        Ok(used)
     }
 }
 

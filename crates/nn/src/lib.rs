@@ -7,6 +7,7 @@ pub mod layers;
 pub mod lm;
 pub mod optim;
 pub mod regression;
+pub mod report;
 pub mod rnn;
 pub mod schedule;
 pub mod train;

@@ -202,6 +202,33 @@ impl Optimizer {
         Ok(())
     }
 
+    /// The optimizer's state buffers as named tensors sharing their memory (`optim.G.P.K`: group,
+    /// parameter, buffer), for checkpoints; loading into them restores the state.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = Vec::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            for (pi, (p, bufs)) in g.params.iter().zip(&g.state).enumerate() {
+                for (k, b) in bufs.iter().enumerate() {
+                    let a = kiln_graph::Array {
+                        buf: b.clone(),
+                        shape: p.shape().to_vec(),
+                    };
+                    v.push((
+                        format!("optim.{gi}.{pi}.{k}"),
+                        Tensor::from_array(&self.dev, a, false),
+                    ));
+                }
+            }
+        }
+        v
+    }
+
+    /// Sets the number of steps taken (restoring a checkpoint: the schedule and the bias
+    /// corrections continue from there).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.step = steps;
+    }
+
     /// Clears every parameter's gradient.
     pub fn zero_grad(&self) {
         self.params().for_each(Tensor::zero_grad);

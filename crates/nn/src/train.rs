@@ -167,6 +167,31 @@ pub struct FitConfig {
     /// Show a progress bar (loss, samples/s) when standard error is a terminal; plain per-epoch
     /// lines from the caller's callback are the only output otherwise (CI logs).
     pub progress: bool,
+    /// Epochs already done (from a resumed checkpoint); training runs epochs start_epoch+1..=epochs.
+    pub start_epoch: usize,
+    /// Write a training checkpoint (see [`crate::checkpoint::save_training`]) every N epochs.
+    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// Statistics of the epochs before `start_epoch` (from a resumed checkpoint); the returned
+    /// history and later checkpoints include them.
+    pub history: Vec<EpochStats>,
+}
+
+impl FitConfig {
+    /// A configuration with the usual defaults: read the loss every 10 steps, progress bar on
+    /// terminals, from the first epoch, no checkpoints.
+    pub fn new(loss: Loss, epochs: usize, batch_size: usize, seed: u64) -> FitConfig {
+        FitConfig {
+            batch_size,
+            epochs,
+            seed,
+            log_every: 10,
+            loss,
+            progress: true,
+            start_epoch: 0,
+            checkpoint: None,
+            history: Vec::new(),
+        }
+    }
 }
 
 /// One epoch's figures.
@@ -217,11 +242,12 @@ pub fn fit(
         )));
     }
     let mut plans: HashMap<usize, Recorded> = HashMap::new();
-    let mut history = Vec::new();
-    let mut step = 0usize;
+    let mut history = cfg.history.clone();
+    // Continues a resumed run's step count (dropout offsets advance from it).
+    let mut step = opt.steps() as usize;
     let mut classes: Option<usize> = None;
     let mut reads = VecDeque::new();
-    for epoch in 1..=cfg.epochs {
+    for epoch in cfg.start_epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
         let order = shuffled(train.len(), cfg.seed + epoch as u64);
         let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
@@ -231,7 +257,8 @@ pub fn fit(
             epoch,
             cfg.epochs,
         );
-        for idx in order.chunks(cfg.batch_size) {
+        let batches = order.len().div_ceil(cfg.batch_size);
+        for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
             let n = idx.len();
             let (xb, yb) = train.batch(dev, idx)?;
             if let BatchTargets::Classes(y) = &yb {
@@ -247,7 +274,8 @@ pub fn fit(
             if let Some(r) = plans.get(&n) {
                 dev.write(&r.x.array().buf, &xb)?;
                 yb.write(dev, &r.y)?;
-                if step.is_multiple_of(cfg.log_every.max(1)) {
+                // Every log_every steps, and the epoch's last step so every epoch reports a loss.
+                if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
                     // Rides in this step's submission, after the replayed dispatches.
                     reads.push_back((step, dev.read_async(&r.loss.array().buf)?));
                 }
@@ -268,6 +296,10 @@ pub fn fit(
                 if let BatchTargets::Classes(yv) = &yb {
                     classes = Some(width);
                     softmax::check_labels(yv, width, None)?;
+                }
+                // Recording happens once per batch size: a synchronous read costs nothing there.
+                if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
+                    record_loss(step, epoch, loss.item()?, &mut loss_sum, &mut loss_n)?;
                 }
                 plans.insert(n, Recorded { plan, x, y, loss });
             }
@@ -319,6 +351,11 @@ pub fn fit(
         };
         on_epoch(&stats);
         history.push(stats);
+        if let Some(c) = &cfg.checkpoint {
+            if epoch % c.every_epochs.max(1) == 0 || epoch == cfg.epochs {
+                crate::checkpoint::save_training(&c.path, model, opt, &history)?;
+            }
+        }
     }
     Ok(history)
 }
@@ -476,14 +513,7 @@ impl<M: Module> Compiled<M> {
         on_epoch: impl FnMut(&EpochStats),
     ) -> Result<Vec<EpochStats>> {
         self.model.set_training(true);
-        let cfg = FitConfig {
-            batch_size,
-            epochs,
-            seed: 0,
-            log_every: 10,
-            loss: self.loss,
-            progress: true,
-        };
+        let cfg = FitConfig::new(self.loss, epochs, batch_size, 0);
         let h = fit(
             &self.dev,
             &self.model,

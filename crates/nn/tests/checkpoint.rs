@@ -150,3 +150,202 @@ fn failed_saves_leave_the_previous_file_intact() {
     assert!(e.contains("no/such/dir"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+mod training {
+    use super::*;
+    use kiln_nn::checkpoint::{load_training, CheckpointConfig};
+    use kiln_nn::data::Mnist;
+    use kiln_nn::schedule::Schedule;
+    use kiln_nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
+    use kiln_nn::Optimizer;
+
+    fn mnist(range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
+        Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
+            .unwrap()
+            .split(range)
+    }
+
+    fn optimizer(d: &Device, m: &dyn Module) -> Optimizer {
+        let mut o = Optimizer::sgd(d, m.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+        o.set_schedule(Schedule::Cosine {
+            t_max: 15,
+            min_lr: 0.0,
+        });
+        o
+    }
+
+    fn cfg(epochs: usize) -> FitConfig {
+        FitConfig {
+            progress: false,
+            ..FitConfig::new(Loss::CrossEntropy, epochs, 64, 7)
+        }
+    }
+
+    #[test]
+    fn resumed_training_equals_an_uninterrupted_run_bitwise() {
+        let d = dev();
+        let (x, y) = mnist(0..320);
+        let data = Dataset::classes(&x, &[1, 28, 28], &y);
+        // Uninterrupted: 3 epochs.
+        let a = lenet5(&d, 1).unwrap();
+        let mut oa = optimizer(&d, &a);
+        fit(&d, &a, &mut oa, &data, None, &cfg(3), |_| {}).unwrap();
+        // Interrupted after epoch 1, resumed into a fresh model and optimizer.
+        let dir = tmpdir("resume");
+        let path = dir.join("train.safetensors");
+        let b = lenet5(&d, 1).unwrap();
+        let mut ob = optimizer(&d, &b);
+        let first = FitConfig {
+            checkpoint: Some(CheckpointConfig {
+                path: path.clone(),
+                every_epochs: 1,
+            }),
+            ..cfg(1)
+        };
+        fit(&d, &b, &mut ob, &data, None, &first, |_| {}).unwrap();
+        let c = lenet5(&d, 99).unwrap();
+        let mut oc = optimizer(&d, &c);
+        let r = load_training(&path, &c, &mut oc).unwrap();
+        assert_eq!((r.epochs_done, oc.steps(), r.history.len()), (1, 5, 1));
+        let resume = FitConfig {
+            start_epoch: r.epochs_done,
+            history: r.history,
+            ..cfg(3)
+        };
+        let hist = fit(&d, &c, &mut oc, &data, None, &resume, |_| {}).unwrap();
+        let epochs: Vec<usize> = hist.iter().map(|h| h.epoch).collect();
+        assert_eq!(epochs, [1, 2, 3], "the history spans the resume");
+        assert_eq!(
+            values(&a),
+            values(&c),
+            "resumed parameters differ from the uninterrupted run"
+        );
+        // A plain (non-training) checkpoint is refused as a training one.
+        let plain = dir.join("plain.safetensors");
+        save(&plain, &a.named_parameters(), &[]).unwrap();
+        assert!(load_training(&plain, &c, &mut oc)
+            .unwrap_err()
+            .to_string()
+            .contains("not a training checkpoint"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn loaded_model_evaluates_as_at_the_end_of_training_and_frozen_layers_stay() {
+        let d = dev();
+        let (x, y) = mnist(0..256);
+        let (tx, ty) = mnist(9000..9256);
+        let (train, test) = (
+            Dataset::classes(&x, &[1, 28, 28], &y),
+            Dataset::classes(&tx, &[1, 28, 28], &ty),
+        );
+        let a = lenet5(&d, 2).unwrap();
+        let mut oa = optimizer(&d, &a);
+        fit(&d, &a, &mut oa, &train, None, &cfg(2), |_| {}).unwrap();
+        let end = evaluate(&d, &a, &test, Loss::CrossEntropy, 128).unwrap();
+        let dir = tmpdir("eval");
+        let path = dir.join("m.safetensors");
+        save(&path, &a.named_parameters(), &[]).unwrap();
+        let b = lenet5(&d, 3).unwrap();
+        load(&path, &b.named_parameters(), true).unwrap();
+        assert_eq!(
+            evaluate(&d, &b, &test, Loss::CrossEntropy, 128).unwrap(),
+            end
+        );
+        // Fine-tuning the head only: everything but fc3 is frozen and stays bit-identical.
+        let named = b.named_parameters();
+        for (n, p) in &named {
+            p.set_requires_grad(n.starts_with("fc3"));
+        }
+        let before: Vec<Vec<f32>> = named.iter().map(|(_, p)| p.to_vec().unwrap()).collect();
+        let mut ob = optimizer(&d, &b);
+        fit(&d, &b, &mut ob, &train, None, &cfg(1), |_| {}).unwrap();
+        for ((n, p), v) in named.iter().zip(&before) {
+            let now = p.to_vec().unwrap();
+            if n.starts_with("fc3") {
+                assert_ne!(&now, v, "{n} should train");
+            } else {
+                assert_eq!(&now, v, "{n} is frozen");
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+        let d = dev();
+        let (x, y) = mnist(0..256);
+        let data = Dataset::classes(&x, &[1, 28, 28], &y);
+        let m = lenet5(&d, 4).unwrap();
+        let mut o = Optimizer::sgd(&d, m.parameters(), 0.01, 0.9, false, 0.0).unwrap();
+        // Epoch 1 trains normally; from step 4 on the rate explodes.
+        o.set_schedule(Schedule::Step {
+            step_size: 4,
+            gamma: 1e12,
+        });
+        let dir = tmpdir("nan");
+        let path = dir.join("last.safetensors");
+        let c = FitConfig {
+            log_every: 1,
+            checkpoint: Some(CheckpointConfig {
+                path: path.clone(),
+                every_epochs: 1,
+            }),
+            ..cfg(3)
+        };
+        let mut saved = None;
+        let e = fit(&d, &m, &mut o, &data, None, &c, |s| {
+            if s.epoch == 1 {
+                saved = Some(());
+            }
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("at step") && (e.contains("NaN") || e.contains("inf")),
+            "{e}"
+        );
+        assert!(saved.is_some(), "epoch 1 completed");
+        // The checkpoint of epoch 1 is intact and loads.
+        let probe = lenet5(&d, 5).unwrap();
+        let mut po = Optimizer::sgd(&d, probe.parameters(), 0.01, 0.9, false, 0.0).unwrap();
+        assert_eq!(
+            load_training(&path, &probe, &mut po).unwrap().epochs_done,
+            1
+        );
+        assert!(values(&probe).iter().flatten().all(|v| v.is_finite()));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[test]
+fn reports_write_csv_and_svg_that_round_trip() {
+    use kiln_nn::report::{history_csv, parse_history_csv, write_reports};
+    use kiln_nn::train::EpochStats;
+    let h: Vec<EpochStats> = (1..=3)
+        .map(|e| EpochStats {
+            epoch: e,
+            train_loss: 1.0 / e as f32,
+            val_loss: Some(1.2 / e as f32),
+            val_accuracy: Some(0.5 + 0.1 * e as f32),
+            train_seconds: 2.5,
+            samples_per_second: 100.0,
+        })
+        .collect();
+    let back = parse_history_csv(&history_csv(&h));
+    assert_eq!(back.len(), 3);
+    assert_eq!(
+        (back[2].epoch, back[2].train_loss, back[2].val_accuracy),
+        (3, h[2].train_loss, h[2].val_accuracy)
+    );
+    let dir = tmpdir("report");
+    write_reports(&dir, &h).unwrap();
+    let svg = std::fs::read_to_string(dir.join("history.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("polyline") && svg.contains("validation accuracy")
+    );
+    assert!(std::fs::read_to_string(dir.join("history.csv"))
+        .unwrap()
+        .starts_with("epoch,train_loss"));
+    std::fs::remove_dir_all(&dir).ok();
+}

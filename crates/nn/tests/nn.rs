@@ -176,12 +176,9 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
     let mut opt = Optimizer::sgd(&d, model.parameters(), 0.05, 0.9, false, 0.0).unwrap();
     let (loss0, _) = evaluate(&d, &model, &test, Loss::CrossEntropy, 250).unwrap();
     let cfg = FitConfig {
-        loss: Loss::CrossEntropy,
-        batch_size: 64,
-        epochs: 3,
-        seed: 0,
         log_every: 1,
         progress: false,
+        ..FitConfig::new(Loss::CrossEntropy, 3, 64, 0)
     };
     let hist = fit_classifier(&d, &model, &mut opt, &train, Some(&test), &cfg, |_| {}).unwrap();
     assert_eq!(opt.steps(), 30);
@@ -210,12 +207,9 @@ fn bad_training_input_is_an_error() {
     let x = vec![0.0f32; 2 * 784];
     let shape = [1, 28, 28];
     let cfg = FitConfig {
-        loss: Loss::CrossEntropy,
-        batch_size: 2,
-        epochs: 1,
-        seed: 0,
         log_every: 1,
         progress: false,
+        ..FitConfig::new(Loss::CrossEntropy, 1, 2, 0)
     };
     // Fewer values than the examples need.
     let bad = Dataset::classes(&x[..700], &shape, &[1, 2]);
