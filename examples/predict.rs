@@ -22,6 +22,9 @@ struct Args {
     /// Indices of the images to classify (default: the first five held-out ones).
     #[arg(long, value_delimiter = ',', default_values_t = vec![8000usize, 8001, 8002, 8003, 8004])]
     index: Vec<usize>,
+    /// Classify these binary PGM images (white digit on black) instead of IDX images.
+    #[arg(long)]
+    pgm: Vec<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -39,6 +42,25 @@ fn main() -> Result<()> {
         report.missing,
         report.mismatched
     );
+    let classify = |x: &[f32]| -> Result<(usize, f32)> {
+        let probs = no_grad(|| -> Result<Vec<f32>> {
+            let logits = model.forward(&Tensor::from_f32(&dev, x, &[1, 1, 28, 28])?)?;
+            Ok(logits.softmax()?.to_vec()?)
+        })?;
+        Ok(probs
+            .iter()
+            .enumerate()
+            .fold((0, 0.0f32), |b, (c, &p)| if p > b.1 { (c, p) } else { b }))
+    };
+    if !a.pgm.is_empty() {
+        for path in &a.pgm {
+            let (w, h, px) = kiln::nn::data::read_pgm(path)?;
+            let (class, p) = classify(&kiln::nn::data::to_mnist_input(w, h, &px))?;
+            println!("{}: class {class} (probability {p:.3})", path.display());
+        }
+        println!("{{\"example\":\"predict\",\"images\":{}}}", a.pgm.len());
+        return Ok(());
+    }
     let mnist = Mnist::load(&a.data)?;
     let mut correct = 0;
     for &i in &a.index {
@@ -48,15 +70,7 @@ fn main() -> Result<()> {
             mnist.len()
         );
         let (x, y) = mnist.split(i..i + 1);
-        let probs = no_grad(|| -> Result<Vec<f32>> {
-            let logits = model.forward(&Tensor::from_f32(&dev, &x, &[1, 1, 28, 28])?)?;
-            Ok(logits.softmax()?.to_vec()?)
-        })?;
-        let (class, p) =
-            probs
-                .iter()
-                .enumerate()
-                .fold((0, 0.0f32), |b, (c, &p)| if p > b.1 { (c, p) } else { b });
+        let (class, p) = classify(&x)?;
         correct += usize::from(class as i32 == y[0]);
         println!(
             "image {i}: class {class} (probability {p:.3}), label {}",

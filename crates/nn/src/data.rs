@@ -152,3 +152,70 @@ pub fn gather_rows<T: Copy>(data: &[T], width: usize, idx: &[usize]) -> Vec<T> {
     }
     out
 }
+
+/// Reads a binary PGM (P5, 8-bit) image as rows of bytes: (width, height, pixels).
+pub fn read_pgm(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
+    parse_pgm(&bytes).map_err(|m| err(path, m))
+}
+
+/// Parses binary PGM bytes (comments allowed in the header).
+pub fn parse_pgm(bytes: &[u8]) -> std::result::Result<(usize, usize, Vec<u8>), String> {
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while i < bytes.len() && (bytes[i].is_ascii_whitespace() || bytes[i] == b'#') {
+            if bytes[i] == b'#' {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let start = i;
+        while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if start == i {
+            return Err("truncated PGM header".into());
+        }
+        fields.push(String::from_utf8_lossy(&bytes[start..i]).to_string());
+    }
+    if fields[0] != "P5" {
+        return Err(format!(
+            "magic {:?}, expected P5 (binary greyscale PGM)",
+            fields[0]
+        ));
+    }
+    let num = |s: &str| {
+        s.parse::<usize>()
+            .map_err(|_| format!("{s:?} is not a number"))
+    };
+    let (w, h, max) = (num(&fields[1])?, num(&fields[2])?, num(&fields[3])?);
+    if max == 0 || max > 255 {
+        return Err(format!("maximum value {max}: only 8-bit PGM is supported"));
+    }
+    let data = &bytes[(i + 1).min(bytes.len())..];
+    if data.len() < w * h {
+        return Err(format!(
+            "{w}x{h} image needs {} bytes of pixels, the file has {}",
+            w * h,
+            data.len()
+        ));
+    }
+    let scale = |v: u8| ((v as usize * 255) / max) as u8;
+    Ok((w, h, data[..w * h].iter().map(|&v| scale(v)).collect()))
+}
+
+/// A greyscale image resized (nearest neighbour) to 28x28 and normalised as MNIST (white digit on
+/// black, as the data set has it).
+pub fn to_mnist_input(w: usize, h: usize, pixels: &[u8]) -> Vec<f32> {
+    (0..28 * 28)
+        .map(|k| {
+            let (y, x) = (k / 28, k % 28);
+            let p = pixels[(y * h / 28) * w + x * w / 28];
+            (p as f32 / 255.0 - 0.1307) / 0.3081
+        })
+        .collect()
+}

@@ -382,3 +382,25 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
     let mut net = Compiled::compile(&d, model, opt, Loss::CrossEntropy);
     assert!(net.fit(&data, 1, 32, None, |_| {}).is_err());
 }
+
+#[test]
+fn pgm_reader_accepts_good_files_and_rejects_bad_ones() {
+    use kiln_nn::data::{parse_pgm, to_mnist_input};
+    let (w, h, px) = parse_pgm(b"P5\n# comment\n2 2\n255\n\x00\x40\x80\xff").unwrap();
+    assert_eq!((w, h, px), (2, 2, vec![0, 64, 128, 255]));
+    // A max value below 255 is scaled up.
+    assert_eq!(parse_pgm(b"P5 1 1 15\n\x0f").unwrap().2, vec![255]);
+    assert!(parse_pgm(b"P2\n2 2\n255\n0 0 0 0")
+        .unwrap_err()
+        .contains("P5"));
+    assert!(parse_pgm(b"P5\n2 2\n65535\n")
+        .unwrap_err()
+        .contains("8-bit"));
+    assert!(parse_pgm(b"P5\n4 4\n255\n\x00\x00")
+        .unwrap_err()
+        .contains("needs 16 bytes"));
+    assert!(parse_pgm(b"P5\n4").unwrap_err().contains("truncated"));
+    let x = to_mnist_input(2, 2, &[0, 255, 255, 0]);
+    assert_eq!(x.len(), 784);
+    assert!(x[0] < 0.0 && x[27] > 2.0, "black maps low, white high");
+}
