@@ -1,6 +1,10 @@
 //! Trains the seed's LeNet-5 on the first 8,000 images of data/mnist with SGD (momentum 0.9) and
 //! reports accuracy on the last 2,000, which it never trains on. Ends with one JSON line.
 use anyhow::{Context, Result};
+
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
@@ -32,18 +36,8 @@ struct Args {
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write a training checkpoint here at the end (safetensors: PyTorch names, optimizer state).
-    #[arg(long)]
-    save: Option<PathBuf>,
-    /// Also write it every N epochs (needs --save).
-    #[arg(long)]
-    save_every: Option<usize>,
-    /// Continue from a training checkpoint written by --save.
-    #[arg(long)]
-    resume: Option<PathBuf>,
-    /// Directory for history.csv and history.svg (default: beside --save, if given).
-    #[arg(long)]
-    out: Option<PathBuf>,
+    #[command(flatten)]
+    run: common::RunArgs,
 }
 
 fn main() -> Result<()> {
@@ -76,38 +70,8 @@ fn main() -> Result<()> {
         t_max: steps as u64,
         min_lr: 0.0,
     });
-    let resumed = match &args.resume {
-        Some(path) => {
-            let r =
-                kiln::nn::checkpoint::load_training(path, &model, &mut opt).context("resuming")?;
-            eprintln!(
-                "resumed {} after epoch {} (step {})",
-                path.display(),
-                r.epochs_done,
-                opt.steps()
-            );
-            r
-        }
-        None => kiln::nn::checkpoint::Resumed {
-            epochs_done: 0,
-            history: Vec::new(),
-        },
-    };
-    anyhow::ensure!(
-        args.save_every.is_none() || args.save.is_some(),
-        "--save-every needs --save PATH"
-    );
-    let cfg = FitConfig {
+    let mut cfg = FitConfig {
         log_every: 25,
-        start_epoch: resumed.epochs_done,
-        history: resumed.history,
-        checkpoint: args
-            .save
-            .clone()
-            .map(|path| kiln::nn::checkpoint::CheckpointConfig {
-                path,
-                every_epochs: args.save_every.unwrap_or(args.epochs),
-            }),
         ..FitConfig::new(
             kiln::nn::train::Loss::CrossEntropy,
             args.epochs,
@@ -115,6 +79,7 @@ fn main() -> Result<()> {
             args.seed,
         )
     };
+    args.run.prepare(&model, &mut opt, &mut cfg)?;
     let before = dev.counters();
     let history = fit_classifier(&dev, &model, &mut opt, &train, Some(&test), &cfg, |s| {
         eprintln!(
@@ -128,19 +93,7 @@ fn main() -> Result<()> {
         );
     })?;
     let after = dev.counters();
-    if let Some(path) = &args.save {
-        eprintln!("saved {}", path.display());
-    }
-    let out = args.out.clone().or_else(|| {
-        args.save
-            .as_ref()
-            .and_then(|p| p.parent())
-            .map(|p| p.to_path_buf())
-    });
-    if let Some(dir) = out {
-        kiln::nn::report::write_reports(&dir, &history)?;
-        eprintln!("wrote {0}/history.csv and {0}/history.svg", dir.display());
-    }
+    args.run.finish(&history)?;
     let last = history.last().context("no epoch ran")?;
     let train_seconds: f64 = history.iter().map(|s| s.train_seconds).sum();
     println!(

@@ -2,11 +2,15 @@
 //! through compile / fit / evaluate / predict. Trains on the first 8,000 images, tests on the last
 //! 2,000. Ends with one JSON line.
 use anyhow::{Context, Result};
+
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
 use kiln::nn::layers::{Linear, ReLU, Sequential};
-use kiln::nn::train::{Compiled, Dataset, Loss};
+use kiln::nn::train::{Compiled, Dataset, FitConfig, Loss};
 use kiln::nn::{Module, Optimizer};
 use kiln::ops::testing::Rng;
 use std::path::PathBuf;
@@ -23,6 +27,8 @@ struct Args {
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
+    #[command(flatten)]
+    run: common::RunArgs,
 }
 
 fn main() -> Result<()> {
@@ -43,7 +49,9 @@ fn main() -> Result<()> {
         Dataset::classes(&x, &shape, &y),
         Dataset::classes(&tx, &shape, &ty),
     );
-    let history = net.fit(&train, a.epochs, a.batch_size, Some(&test), |s| {
+    let mut cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, a.batch_size, 0);
+    a.run.prepare(&net.model, &mut net.optimizer, &mut cfg)?;
+    let history = net.fit_with(&train, Some(&test), &cfg, |s| {
         eprintln!(
             "epoch {}/{}  loss {:.4}  val_loss {:.4}  val_accuracy {:.4}  {:.0} samples/s",
             s.epoch,
@@ -54,6 +62,7 @@ fn main() -> Result<()> {
             s.samples_per_second
         )
     })?;
+    a.run.finish(&history)?;
     let (loss, acc) = net.evaluate(&test)?;
     let logits = net.predict(&tx[..5 * 784], &shape)?;
     let first: Vec<usize> = logits

@@ -1,10 +1,14 @@
 //! The seed's nn.RNN model: a 2-layer tanh RNN (batch_first) whose last step feeds a linear head,
 //! learning whether a 0/1 sequence holds more ones than zeros. Ends with one JSON line.
 use anyhow::Result;
+
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier};
-use kiln::nn::train::{Compiled, Dataset, Loss};
+use kiln::nn::train::{Compiled, Dataset, FitConfig, Loss};
 use kiln::nn::{Module, Optimizer};
 use kiln::ops::testing::Rng;
 
@@ -20,6 +24,8 @@ struct Args {
     /// Hidden units per layer.
     #[arg(long, default_value_t = 32)]
     hidden: usize,
+    #[command(flatten)]
+    run: common::RunArgs,
 }
 
 fn main() -> Result<()> {
@@ -36,7 +42,9 @@ fn main() -> Result<()> {
         Dataset::classes(&x, &shape, &y),
         Dataset::classes(&tx, &shape, &ty),
     );
-    let hist = net.fit(&train, a.epochs, 64, Some(&test), |s| {
+    let mut cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);
+    a.run.prepare(&net.model, &mut net.optimizer, &mut cfg)?;
+    let hist = net.fit_with(&train, Some(&test), &cfg, |s| {
         eprintln!(
             "epoch {:2}  loss {:.4}  held-out accuracy {:.3}",
             s.epoch,
@@ -44,6 +52,7 @@ fn main() -> Result<()> {
             s.val_accuracy.unwrap_or(0.0)
         )
     })?;
+    a.run.finish(&hist)?;
     let (loss, acc) = net.evaluate(&test)?;
     let secs: f64 = hist.iter().map(|s| s.train_seconds).sum();
     println!(

@@ -148,13 +148,32 @@ impl Drop for ReadJob {
         if !self.submitted.load(Ordering::Acquire) || self.data.get().is_some() {
             return;
         }
-        if self.mapped.lock().unwrap().is_none() {
-            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
-        }
+        let _ = await_mapping(&self.device, &self.mapped);
         if matches!(*self.mapped.lock().unwrap(), Some(Ok(()))) {
             self.staging.wgpu().unmap();
         }
     }
+}
+
+/// Polls until the map callback has run. Another thread's poll may be the one that runs it, a
+/// moment after our own poll returns, so one poll is not enough.
+fn await_mapping(device: &wgpu::Device, mapped: &MapResult) -> Result<()> {
+    let start = std::time::Instant::now();
+    while mapped.lock().unwrap().is_none() {
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| DeviceError::Readback(e.to_string()))?;
+        if mapped.lock().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            return Err(DeviceError::Readback(
+                "the mapping did not complete within 60 s".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    Ok(())
 }
 
 /// A readback in flight: the buffer's contents as of the end of the submission that carried it.
@@ -205,11 +224,7 @@ impl ReadTicket {
         if !self.job.submitted.load(Ordering::Acquire) {
             self.dev.flush()?;
         }
-        self.dev
-            .inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| DeviceError::Readback(e.to_string()))?;
+        await_mapping(&self.dev.inner.device, &self.job.mapped)?;
         self.failed()?;
         self.take()
             .ok_or_else(|| DeviceError::Readback("mapping did not complete".into()))

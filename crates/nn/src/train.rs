@@ -503,6 +503,32 @@ impl<M: Module> Compiled<M> {
             dev: dev.clone(),
         }
     }
+    /// Trains with a full [`FitConfig`] (checkpoints, resuming, seeds); the loss is the compiled one.
+    pub fn fit_with(
+        &mut self,
+        train: &Dataset,
+        validation: Option<&Dataset>,
+        cfg: &FitConfig,
+        on_epoch: impl FnMut(&EpochStats),
+    ) -> Result<Vec<EpochStats>> {
+        self.model.set_training(true);
+        let cfg = FitConfig {
+            loss: self.loss,
+            ..cfg.clone()
+        };
+        let h = fit(
+            &self.dev,
+            &self.model,
+            &mut self.optimizer,
+            train,
+            validation,
+            &cfg,
+            on_epoch,
+        );
+        self.model.set_training(false);
+        h
+    }
+
     /// Trains for `epochs` over `train`; the history holds each epoch's loss and metrics.
     pub fn fit(
         &mut self,
