@@ -6,12 +6,9 @@ use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::checkpoint;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::{Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential};
+use kiln::nn::layers::lenet5_with_classes;
 use kiln::nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
 use kiln::nn::{Module, Optimizer};
-use kiln::ops::conv::Conv2dSpec;
-use kiln::ops::pool::Pool2dSpec;
-use kiln::ops::testing::Rng;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -28,31 +25,6 @@ struct Args {
     epochs: usize,
 }
 
-/// LeNet-5 with a `classes`-way head (PyTorch names, as lenet5).
-fn lenet_with_head(dev: &Device, classes: usize) -> Result<Sequential> {
-    let mut rng = Rng::new(7);
-    let pad2 = Conv2dSpec {
-        padding: (2, 2),
-        ..Default::default()
-    };
-    Ok(Sequential::new()
-        .push_named("conv1", Conv2d::new(dev, &mut rng, 1, 6, 5, pad2)?)
-        .push_named("relu1", ReLU)
-        .push_named("pool1", MaxPool2d(Pool2dSpec::square(2)))
-        .push_named(
-            "conv2",
-            Conv2d::new(dev, &mut rng, 6, 16, 5, Conv2dSpec::default())?,
-        )
-        .push_named("relu2", ReLU)
-        .push_named("pool2", MaxPool2d(Pool2dSpec::square(2)))
-        .push_named("flatten", Flatten)
-        .push_named("fc1", Linear::new(dev, &mut rng, 400, 120, true)?)
-        .push_named("relu3", ReLU)
-        .push_named("fc2", Linear::new(dev, &mut rng, 120, 84, true)?)
-        .push_named("relu4", ReLU)
-        .push_named("fc3", Linear::new(dev, &mut rng, 84, classes, true)?))
-}
-
 fn digits_below(m: &Mnist, range: std::ops::Range<usize>, k: i32) -> (Vec<f32>, Vec<i32>) {
     let (x, y) = m.split(range);
     let keep: Vec<usize> = (0..y.len()).filter(|&i| y[i] < k).collect();
@@ -67,7 +39,7 @@ fn digits_below(m: &Mnist, range: std::ops::Range<usize>, k: i32) -> (Vec<f32>, 
 fn main() -> Result<()> {
     let a = Args::parse();
     let dev = Device::new()?;
-    let model = lenet_with_head(&dev, 5)?;
+    let model = lenet5_with_classes(&dev, 7, 5)?;
     let report = checkpoint::load(&a.model, &model.named_parameters(), false).context("loading")?;
     eprintln!(
         "loaded non-strictly: new (mismatched) {:?}, skipped {} file tensors",

@@ -359,6 +359,11 @@ impl Module for Sequential {
 /// The seed's LeNet-5 for 28x28 inputs: conv 1->6 5x5 pad 2, ReLU, max-pool 2; conv 6->16 5x5,
 /// ReLU, max-pool 2; linear 400->120->84->10. Names as PyTorch: conv1, conv2, fc1, fc2, fc3.
 pub fn lenet5(dev: &Device, seed: u64) -> Result<Sequential> {
+    lenet5_with_classes(dev, seed, 10)
+}
+
+/// LeNet-5 with a `classes`-way last layer (fine-tuning to another label set).
+pub fn lenet5_with_classes(dev: &Device, seed: u64, classes: usize) -> Result<Sequential> {
     let mut rng = Rng::new(seed);
     let pad2 = Conv2dSpec {
         padding: (2, 2),
@@ -379,5 +384,5 @@ pub fn lenet5(dev: &Device, seed: u64) -> Result<Sequential> {
         .push_named("relu3", ReLU)
         .push_named("fc2", Linear::new(dev, &mut rng, 120, 84, true)?)
         .push_named("relu4", ReLU)
-        .push_named("fc3", Linear::new(dev, &mut rng, 84, 10, true)?))
+        .push_named("fc3", Linear::new(dev, &mut rng, 84, classes, true)?))
 }

@@ -538,19 +538,8 @@ impl<M: Module> Compiled<M> {
         validation: Option<&Dataset>,
         on_epoch: impl FnMut(&EpochStats),
     ) -> Result<Vec<EpochStats>> {
-        self.model.set_training(true);
         let cfg = FitConfig::new(self.loss, epochs, batch_size, 0);
-        let h = fit(
-            &self.dev,
-            &self.model,
-            &mut self.optimizer,
-            train,
-            validation,
-            &cfg,
-            on_epoch,
-        );
-        self.model.set_training(false);
-        h
+        self.fit_with(train, validation, &cfg, on_epoch)
     }
     /// (loss, accuracy for classification losses).
     pub fn evaluate(&self, data: &Dataset) -> Result<(f32, Option<f32>)> {
