@@ -4,6 +4,7 @@
 //   sgd:     hp = [lr, momentum, dampening, weight_decay, nesterov, first_step]
 //   adam:    hp = [lr, beta1, beta2, eps, weight_decay, decoupled (AdamW), 1-beta1^t, 1-beta2^t]
 //   rmsprop: hp = [lr, alpha, eps, weight_decay, momentum, centered]
+// Each update is skipped when guard[0] (the step's loss) is not finite.
 
 const WG: u32 = 256u;
 
@@ -18,6 +19,14 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> s2: array<f32>;
 @group(0) @binding(5) var<storage, read_write> s3: array<f32>;
 @group(0) @binding(6) var<uniform> p: Params;
+// guard[0]: this step's loss. A non-finite loss leaves parameters and state untouched (the step is
+// skipped); callers that do not guard bind a zero.
+@group(0) @binding(8) var<storage, read> guard: array<f32>;
+
+// Exponent bits all set: infinity or NaN (a bit test, which fast-math cannot fold away).
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -28,6 +37,7 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
        @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
+    if (!finite(guard[0])) { return; }
     let lr = hp[0];
     let momentum = hp[1];
     var g = grad[i] + hp[3] * param[i];
@@ -45,6 +55,7 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
+    if (!finite(guard[0])) { return; }
     let lr = hp[0];
     let b1 = hp[1];
     let b2 = hp[2];
@@ -64,6 +75,7 @@ fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
            @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
+    if (!finite(guard[0])) { return; }
     let lr = hp[0];
     let alpha = hp[1];
     let g = grad[i] + hp[3] * param[i];

@@ -36,6 +36,8 @@ pub struct Optimizer {
     schedule: Schedule,
     step: u64,
     clip: Option<f32>,
+    /// A zero: the guard of unguarded steps (always finite, so they always update).
+    no_guard: Buffer,
 }
 
 impl Optimizer {
@@ -47,6 +49,11 @@ impl Optimizer {
             schedule: Schedule::Constant,
             step: 0,
             clip: None,
+            no_guard: {
+                let z = dev.alloc(1, DType::F32)?;
+                kiln_ops::fill(dev, &z, 0.0)?;
+                z
+            },
         };
         o.push_group(params, lr, rule)?;
         Ok(o)
@@ -185,6 +192,12 @@ impl Optimizer {
     /// Records the update of every parameter that has a gradient (frozen ones are skipped),
     /// after clipping when it is set.
     pub fn step(&self) -> Result<()> {
+        self.step_guarded(None)
+    }
+
+    /// Like [`Optimizer::step`], but the device skips the whole update (parameters and state)
+    /// when `loss` (a one-element buffer, read when the step runs) is NaN or infinite.
+    pub fn step_guarded(&self, loss: Option<&Buffer>) -> Result<()> {
         if let Some(max_norm) = self.clip {
             let grads: Vec<_> = self.params().filter_map(|p| p.grad()).collect();
             let bufs: Vec<&Buffer> = grads.iter().map(|g| &g.buf).collect();
@@ -192,10 +205,19 @@ impl Optimizer {
                 optim::clip_grad_norm(&self.dev, &bufs, max_norm)?;
             }
         }
+        let guard = loss.unwrap_or(&self.no_guard);
         for g in &self.groups {
             for (p, s) in g.params.iter().zip(&g.state) {
                 if let Some(grad) = p.grad() {
-                    optim::step(&self.dev, &g.rule, &p.array().buf, &grad.buf, s, &g.hp)?;
+                    optim::step(
+                        &self.dev,
+                        &g.rule,
+                        &p.array().buf,
+                        &grad.buf,
+                        s,
+                        &g.hp,
+                        Some(guard),
+                    )?;
                 }
             }
         }

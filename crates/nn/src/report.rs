@@ -140,6 +140,7 @@ pub fn parse_history_csv(text: &str) -> Vec<EpochStats> {
                 val_accuracy: opt(f.get(3)?),
                 train_seconds: f.get(4)?.parse().ok()?,
                 samples_per_second: f.get(5)?.parse().ok()?,
+                skipped_steps: 0,
             })
         })
         .collect()

@@ -174,6 +174,9 @@ pub struct FitConfig {
     /// Statistics of the epochs before `start_epoch` (from a resumed checkpoint); the returned
     /// history and later checkpoints include them.
     pub history: Vec<EpochStats>,
+    /// Skip (on the device, without updating anything) any step whose loss is NaN or infinite,
+    /// instead of stopping the run with an error naming the step.
+    pub skip_nonfinite: bool,
 }
 
 impl FitConfig {
@@ -190,6 +193,7 @@ impl FitConfig {
             start_epoch: 0,
             checkpoint: None,
             history: Vec::new(),
+            skip_nonfinite: false,
         }
     }
 }
@@ -209,6 +213,8 @@ pub struct EpochStats {
     pub train_seconds: f64,
     /// Training examples per second.
     pub samples_per_second: f64,
+    /// Steps skipped for a non-finite loss (among those read back), with `skip_nonfinite`.
+    pub skipped_steps: usize,
 }
 
 struct Recorded {
@@ -250,7 +256,7 @@ pub fn fit(
     for epoch in cfg.start_epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
         let order = shuffled(train.len(), cfg.seed + epoch as u64);
-        let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+        let mut tally = LossTally::default();
         let bar = progress_bar(
             cfg.progress,
             train.len().div_ceil(cfg.batch_size),
@@ -290,7 +296,11 @@ pub fn fit(
                     let width = *out.shape().last().unwrap_or(&0);
                     let loss = loss_of(&out, &y, cfg.loss)?;
                     loss.backward()?;
-                    opt.step()?;
+                    if cfg.skip_nonfinite {
+                        opt.step_guarded(Some(&loss.array().buf))?;
+                    } else {
+                        opt.step()?;
+                    }
                     Ok::<_, NnError>((loss, width))
                 })?;
                 if let BatchTargets::Classes(yv) = &yb {
@@ -299,14 +309,14 @@ pub fn fit(
                 }
                 // Recording happens once per batch size: a synchronous read costs nothing there.
                 if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
-                    record_loss(step, epoch, loss.item()?, &mut loss_sum, &mut loss_n)?;
+                    record_loss(step, epoch, loss.item()?, &mut tally, cfg.skip_nonfinite)?;
                 }
                 plans.insert(n, Recorded { plan, x, y, loss });
             }
             // Collect finished readbacks without waiting for the GPU.
             while let Some((at, t)) = reads.front() {
                 let Some(v) = t.try_read::<f32>()? else { break };
-                record_loss(*at, epoch, v[0], &mut loss_sum, &mut loss_n)?;
+                record_loss(*at, epoch, v[0], &mut tally, cfg.skip_nonfinite)?;
                 reads.pop_front();
             }
             if let Some(b) = &bar {
@@ -314,8 +324,8 @@ pub fn fit(
                 let rate =
                     (b.position() as usize * cfg.batch_size) as f64 / t0.elapsed().as_secs_f64();
                 // No loss has come back yet at the start of an epoch.
-                let loss = if loss_n > 0 {
-                    format!("{:.4}", loss_sum / loss_n as f64)
+                let loss = if tally.n > 0 {
+                    format!("{:.4}", tally.sum / tally.n as f64)
                 } else {
                     "-".into()
                 };
@@ -326,7 +336,13 @@ pub fn fit(
             b.finish_and_clear();
         }
         for (at, t) in reads.drain(..) {
-            record_loss(at, epoch, t.wait::<f32>()?[0], &mut loss_sum, &mut loss_n)?;
+            record_loss(
+                at,
+                epoch,
+                t.wait::<f32>()?[0],
+                &mut tally,
+                cfg.skip_nonfinite,
+            )?;
         }
         dev.wait()?;
         let secs = t0.elapsed().as_secs_f64();
@@ -339,8 +355,8 @@ pub fn fit(
         };
         let stats = EpochStats {
             epoch,
-            train_loss: if loss_n > 0 {
-                (loss_sum / loss_n as f64) as f32
+            train_loss: if tally.n > 0 {
+                (tally.sum / tally.n as f64) as f32
             } else {
                 f32::NAN
             },
@@ -348,6 +364,7 @@ pub fn fit(
             val_accuracy,
             train_seconds: secs,
             samples_per_second: train.len() as f64 / secs,
+            skipped_steps: tally.skipped,
         };
         on_epoch(&stats);
         history.push(stats);
@@ -396,7 +413,26 @@ fn progress_bar(
     Some(bar)
 }
 
-fn record_loss(step: usize, epoch: usize, loss: f32, sum: &mut f64, n: &mut usize) -> Result<()> {
+/// Running loss of an epoch: its sum and count, and the non-finite steps skipped.
+#[derive(Default)]
+struct LossTally {
+    sum: f64,
+    n: usize,
+    skipped: usize,
+}
+
+fn record_loss(
+    step: usize,
+    epoch: usize,
+    loss: f32,
+    tally: &mut LossTally,
+    skip: bool,
+) -> Result<()> {
+    if !loss.is_finite() && skip {
+        tally.skipped += 1;
+        return Ok(());
+    }
+    let (sum, n) = (&mut tally.sum, &mut tally.n);
     if !loss.is_finite() {
         return Err(NnError::Training(format!(
             "loss became {loss} at step {step} (epoch {epoch})"

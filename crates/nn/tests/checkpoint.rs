@@ -330,6 +330,7 @@ fn reports_write_csv_and_svg_that_round_trip() {
             val_accuracy: Some(0.5 + 0.1 * e as f32),
             train_seconds: 2.5,
             samples_per_second: 100.0,
+            skipped_steps: 0,
         })
         .collect();
     let back = parse_history_csv(&history_csv(&h));
@@ -348,4 +349,56 @@ fn reports_write_csv_and_svg_that_round_trip() {
         .unwrap()
         .starts_with("epoch,train_loss"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
+    use kiln_nn::data::Mnist;
+    use kiln_nn::train::{fit, Dataset, FitConfig, Loss};
+    use kiln_nn::Optimizer;
+    let d = dev();
+    let m =
+        Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
+    let (mut x, y) = m.split(0..256);
+    // One poisoned example: its batch's loss is NaN.
+    x[100 * 784..101 * 784]
+        .iter_mut()
+        .for_each(|v| *v = f32::NAN);
+    let data = Dataset::classes(&x, &[784], &y);
+    // A linear classifier: a ReLU would turn NaN into 0 (max(NaN, 0) is 0 on some adapters).
+    let model = |seed: u64| {
+        let mut r = kiln_ops::testing::Rng::new(seed);
+        Sequential::new().push(Linear::new(&d, &mut r, 784, 10, true).unwrap())
+    };
+    let cfg = FitConfig {
+        log_every: 1,
+        progress: false,
+        ..FitConfig::new(Loss::CrossEntropy, 2, 64, 3)
+    };
+    let a = model(1);
+    let mut oa = Optimizer::sgd(&d, a.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let e = fit(&d, &a, &mut oa, &data, None, &cfg, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("NaN at step"), "{e}");
+    let b = model(1);
+    let before = values(&b);
+    let mut ob = Optimizer::sgd(&d, b.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let skip = FitConfig {
+        skip_nonfinite: true,
+        ..cfg
+    };
+    let hist = fit(&d, &b, &mut ob, &data, None, &skip, |_| {}).unwrap();
+    // One batch per epoch holds the poisoned example: skipped each time, the rest trained.
+    assert_eq!(
+        hist.iter().map(|h| h.skipped_steps).collect::<Vec<_>>(),
+        [1, 1]
+    );
+    let after = values(&b);
+    assert!(
+        after.iter().flatten().all(|v| v.is_finite()),
+        "no NaN reached the parameters"
+    );
+    assert_ne!(after, before, "the finite steps trained");
+    assert!(hist[1].train_loss.is_finite() && hist[1].train_loss < 2.3);
 }

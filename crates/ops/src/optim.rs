@@ -118,7 +118,8 @@ impl Rule {
 }
 
 /// Updates `param` in place from `grad`, with `state` buffers (see [`Rule::state_count`]) and the
-/// hyper-parameter buffer `hp` (see [`Rule::hyper`]).
+/// hyper-parameter buffer `hp` (see [`Rule::hyper`]). When `guard` holds a non-finite value (the
+/// step's loss) the update is skipped on the device; `None` always updates.
 pub fn step(
     dev: &Device,
     rule: &Rule,
@@ -126,7 +127,17 @@ pub fn step(
     grad: &Buffer,
     state: &[Buffer],
     hp: &Buffer,
+    guard: Option<&Buffer>,
 ) -> Result<()> {
+    let zero;
+    let guard = match guard {
+        Some(g) => g,
+        None => {
+            zero = dev.alloc(1, crate::DType::F32)?;
+            crate::fill(dev, &zero, 0.0)?;
+            &zero
+        }
+    };
     let n = param.len();
     if grad.len() != n || state.iter().any(|s| s.len() != n) || state.len() != rule.state_count() {
         return Err(OpError::Invalid {
@@ -152,18 +163,24 @@ pub fn step(
                     &dummy
                 }
             };
-            launch_1d(dev, &k, &[grad, hp, param, s1], &p, n)
+            launch_1d(dev, &k, &[grad, hp, param, s1, guard], &p, n)
         }
         Rule::Adam { .. } => {
             let k = dev.kernel("optim", "adam", &[])?;
-            launch_1d(dev, &k, &[grad, hp, param, &state[0], &state[1]], &p, n)
+            launch_1d(
+                dev,
+                &k,
+                &[grad, hp, param, &state[0], &state[1], guard],
+                &p,
+                n,
+            )
         }
         Rule::RmsProp { .. } => {
             let k = dev.kernel("optim", "rmsprop", &[])?;
             launch_1d(
                 dev,
                 &k,
-                &[grad, hp, param, &state[0], &state[1], &state[2]],
+                &[grad, hp, param, &state[0], &state[1], &state[2], guard],
                 &p,
                 n,
             )

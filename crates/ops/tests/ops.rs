@@ -714,7 +714,7 @@ fn optimizers_match_pytorch_formulas_over_ten_steps() {
             let lr = 0.01 * (1.0 - 0.05 * step as f64); // a changing learning rate
             let g = r.vec(n, -1.0, 1.0);
             d.write(&hp, &rule.hyper(lr as f32, step)).unwrap();
-            optim::step(&d, &rule, &param, &d.upload(&g).unwrap(), &state, &hp).unwrap();
+            optim::step(&d, &rule, &param, &d.upload(&g).unwrap(), &state, &hp, None).unwrap();
             optim::cpu_step(&rule, lr, step, &mut p64, &to_f64(&g), &mut s64);
         }
         assert_close(
