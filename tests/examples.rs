@@ -65,3 +65,23 @@ fn mnist_mlp_model_learns_in_one_epoch() {
         "loss {loss}, accuracy {acc:?}"
     );
 }
+
+#[test]
+fn loads_a_lenet_written_by_the_reference_safetensors_library() {
+    // tests/fixtures/make_lenet_safetensors.py wrote it with PyTorch's names (no kiln checksum).
+    use kiln::nn::checkpoint::load;
+    use kiln::nn::layers::lenet5;
+    use kiln::nn::Module;
+    let dev = Device::shared().unwrap();
+    let model = lenet5(&dev, 0).unwrap();
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lenet_reference.safetensors");
+    let report = load(&path, &model.named_parameters(), true).unwrap();
+    assert_eq!(report, Default::default());
+    for (k, (name, p)) in model.named_parameters().iter().enumerate() {
+        let got = p.to_vec().unwrap();
+        for (i, v) in got.iter().enumerate().step_by(37) {
+            let want = ((i + k) as f64).sin() / 10.0;
+            assert!((*v as f64 - want).abs() <= 1e-7, "{name}[{i}]: {v} vs {want}");
+        }
+    }
+}
