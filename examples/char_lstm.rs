@@ -1,6 +1,10 @@
 //! A 2-layer LSTM language model on data/tinyshakespeare: prints validation loss (nats per
 //! character) and a generated sample, then one JSON line.
 use anyhow::Result;
+
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::lm::{generate, train_lm, CharCorpus, CharLstm, LmConfig};
@@ -31,6 +35,8 @@ struct Args {
     /// Seed for initialisation, windows and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    run: common::RunArgs,
 }
 
 fn main() -> Result<()> {
@@ -45,13 +51,8 @@ fn main() -> Result<()> {
     let model = CharLstm::new(&dev, a.seed, corpus.vocab(), a.context, 64, a.hidden, 2)?;
     let mut opt = Optimizer::adam(&dev, model.parameters(), a.lr, 0.0)?;
     opt.set_clip_grad_norm(Some(5.0));
-    let cfg = LmConfig {
-        batch: a.batch,
-        steps: a.steps,
-        eval_every: (a.steps / 5).max(1),
-        eval_batches: 4,
-        seed: a.seed,
-    };
+    let mut cfg = LmConfig::new(a.batch, a.steps, (a.steps / 5).max(1), 4, a.seed);
+    a.run.prepare_lm(&model, &mut opt, &mut cfg)?;
     let t0 = std::time::Instant::now();
     let hist = train_lm(&dev, &model, &mut opt, &corpus, &cfg, |s| {
         eprintln!(
@@ -60,12 +61,13 @@ fn main() -> Result<()> {
         )
     })?;
     let secs = t0.elapsed().as_secs_f64();
+    a.run.finish_by(&hist, "step")?;
     let sample = generate(&dev, &model, &corpus, "ROMEO:", 200, 0.8, a.seed)?;
     eprintln!("--- sample ---\n{sample}\n---");
     let last = hist.last().expect("at least one evaluation");
     println!(
         "{{\"example\":\"char_lstm\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{},\"hidden\":{},\"context\":{},\"batch\":{},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},\"adapter\":{:?}}}",
-        last.val_loss, last.train_loss, a.steps, a.hidden, a.context, a.batch, last.chars_per_second, dev.adapter().name
+        last.val_loss.unwrap_or(f32::NAN), last.train_loss, a.steps, a.hidden, a.context, a.batch, last.samples_per_second, dev.adapter().name
     );
     Ok(())
 }

@@ -1,6 +1,10 @@
 //! A small causal Transformer language model on data/tinyshakespeare: prints validation loss
 //! (nats per character) and a generated sample, then one JSON line.
 use anyhow::Result;
+
+#[path = "common/mod.rs"]
+mod common;
+
 use clap::{Parser, ValueEnum};
 use kiln::device::Device;
 use kiln::nn::lm::{
@@ -36,6 +40,8 @@ struct Args {
     /// Seed for initialisation, windows and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    run: common::RunArgs,
 }
 
 fn main() -> Result<()> {
@@ -69,13 +75,8 @@ fn main() -> Result<()> {
             min_lr: a.lr / 10.0,
         }),
     });
-    let train_cfg = LmConfig {
-        batch,
-        steps,
-        eval_every: (steps / 5).max(1),
-        eval_batches: 4,
-        seed: a.seed,
-    };
+    let mut train_cfg = LmConfig::new(batch, steps, (steps / 5).max(1), 4, a.seed);
+    a.run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
     let t0 = std::time::Instant::now();
     let hist = train_lm(&dev, &model, &mut opt, &corpus, &train_cfg, |s| {
         eprintln!(
@@ -84,14 +85,15 @@ fn main() -> Result<()> {
         )
     })?;
     let secs = t0.elapsed().as_secs_f64();
+    a.run.finish_by(&hist, "step")?;
     let sample = generate(&dev, &model, &corpus, "ROMEO:", 200, 0.8, a.seed)?;
     eprintln!("--- sample ---\n{sample}\n---");
     let last = hist.last().expect("at least one evaluation");
     println!(
         "{{\"example\":\"char_transformer\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{steps},\"layers\":{layers},\"width\":{width},\"context\":{context},\"batch\":{batch},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},\"adapter\":{:?}}}",
-        last.val_loss,
+        last.val_loss.unwrap_or(f32::NAN),
         last.train_loss,
-        last.chars_per_second,
+        last.samples_per_second,
         dev.adapter().name
     );
     Ok(())

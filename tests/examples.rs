@@ -74,14 +74,18 @@ fn loads_a_lenet_written_by_the_reference_safetensors_library() {
     use kiln::nn::Module;
     let dev = Device::shared().unwrap();
     let model = lenet5(&dev, 0).unwrap();
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lenet_reference.safetensors");
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lenet_reference.safetensors");
     let report = load(&path, &model.named_parameters(), true).unwrap();
     assert_eq!(report, Default::default());
     for (k, (name, p)) in model.named_parameters().iter().enumerate() {
         let got = p.to_vec().unwrap();
         for (i, v) in got.iter().enumerate().step_by(37) {
             let want = ((i + k) as f64).sin() / 10.0;
-            assert!((*v as f64 - want).abs() <= 1e-7, "{name}[{i}]: {v} vs {want}");
+            assert!(
+                (*v as f64 - want).abs() <= 1e-7,
+                "{name}[{i}]: {v} vs {want}"
+            );
         }
     }
 }

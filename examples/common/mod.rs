@@ -1,4 +1,6 @@
 //! Command-line options the training examples share: checkpoints, resuming and reports.
+// Each example uses the half that fits its training loop (fit or train_lm).
+#![allow(dead_code)]
 use anyhow::{Context, Result};
 use kiln::nn::checkpoint::{load_training, CheckpointConfig, Resumed};
 use kiln::nn::train::{EpochStats, FitConfig};
@@ -55,8 +57,36 @@ impl RunArgs {
         Ok(())
     }
 
-    /// Writes history.csv and history.svg where asked.
+    /// The same for the language-model loop (checkpoints every N evaluations).
+    pub fn prepare_lm(
+        &self,
+        model: &dyn Module,
+        opt: &mut Optimizer,
+        cfg: &mut kiln::nn::lm::LmConfig,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            self.save_every.is_none() || self.save.is_some(),
+            "--save-every needs --save PATH"
+        );
+        if let Some(path) = &self.resume {
+            let Resumed { history, .. } = load_training(path, model, opt).context("resuming")?;
+            eprintln!("resumed {} at step {}", path.display(), opt.steps());
+            cfg.history = history;
+        }
+        cfg.checkpoint = self.save.clone().map(|path| CheckpointConfig {
+            path,
+            every_epochs: self.save_every.unwrap_or(usize::MAX),
+        });
+        Ok(())
+    }
+
+    /// Writes history.csv and history.svg where asked (rows by epoch).
     pub fn finish(&self, history: &[EpochStats]) -> Result<()> {
+        self.finish_by(history, "epoch")
+    }
+
+    /// The same with rows named by `x` (`step` for the language models' evaluation points).
+    pub fn finish_by(&self, history: &[EpochStats], x: &str) -> Result<()> {
         if let Some(path) = &self.save {
             eprintln!("saved {}", path.display());
         }
@@ -67,7 +97,7 @@ impl RunArgs {
                 .map(|p| p.to_path_buf())
         });
         if let Some(dir) = out {
-            kiln::nn::report::write_reports(&dir, history)?;
+            kiln::nn::report::write_reports_by(&dir, history, x)?;
             eprintln!("wrote {0}/history.csv and {0}/history.svg", dir.display());
         }
         Ok(())

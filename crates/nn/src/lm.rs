@@ -275,8 +275,47 @@ pub struct LmConfig {
     pub eval_every: usize,
     /// Validation batches per evaluation.
     pub eval_batches: usize,
-    /// Seed of the window sampling.
+    /// Seed of the window sampling (each step's windows come from (seed, step), so a resumed
+    /// run draws exactly what the uninterrupted one would have).
     pub seed: u64,
+    /// Write a training checkpoint every this many evaluations (`every_epochs`) and at the end.
+    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// Evaluations before a resume (from `checkpoint::load_training`), kept in the history.
+    pub history: Vec<crate::train::EpochStats>,
+}
+
+impl LmConfig {
+    /// Options with no checkpoint and no earlier history.
+    pub fn new(
+        batch: usize,
+        steps: usize,
+        eval_every: usize,
+        eval_batches: usize,
+        seed: u64,
+    ) -> LmConfig {
+        LmConfig {
+            batch,
+            steps,
+            eval_every,
+            eval_batches,
+            seed,
+            checkpoint: None,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// A training-history row for an evaluation point (`epoch` holds the step; no accuracy).
+fn as_row(s: &LmStats, secs: f64) -> crate::train::EpochStats {
+    crate::train::EpochStats {
+        epoch: s.step,
+        train_loss: s.train_loss,
+        val_loss: Some(s.val_loss),
+        val_accuracy: None,
+        train_seconds: secs,
+        samples_per_second: s.chars_per_second,
+        skipped_steps: 0,
+    }
 }
 
 /// One evaluation point.
@@ -316,7 +355,9 @@ pub fn evaluate_lm(
     })
 }
 
-/// Trains with one recorded step replayed `steps` times on fresh random windows.
+/// Trains from the optimizer's current step to `cfg.steps`: one recorded step, replayed on fresh
+/// random windows. Returns the history of evaluations (rows as `fit`'s, `epoch` = step), earlier
+/// ones from `cfg.history` included; `on_eval` sees each new one.
 pub fn train_lm(
     dev: &Device,
     model: &dyn LanguageModel,
@@ -324,39 +365,47 @@ pub fn train_lm(
     corpus: &CharCorpus,
     cfg: &LmConfig,
     mut on_eval: impl FnMut(&LmStats),
-) -> Result<Vec<LmStats>> {
+) -> Result<Vec<crate::train::EpochStats>> {
     let t = model.context();
     if corpus.train.len() <= t + 1 || corpus.val.len() <= t + 1 {
         return Err(NnError::Training(format!(
             "text too short for a context of {t}"
         )));
     }
-    let mut rng = Rng::new(cfg.seed);
-    let (x0, y0) = sample_windows(&corpus.train, cfg.batch, t, &mut rng);
-    let x = Array::from_i32(dev, &x0, &[cfg.batch, t])?;
-    let y = Array::from_i32(dev, &y0, &[cfg.batch * t])?;
-    opt.zero_grad();
-    opt.begin_step()?;
-    let (plan, loss) = StepPlan::record(dev, || {
-        let loss = model.logits(&x)?.cross_entropy(&y, None)?;
-        loss.backward()?;
-        opt.step()?;
-        Ok::<_, NnError>(loss)
-    })?;
-    let mut history = Vec::new();
+    let windows = |step: usize| {
+        let mut rng = Rng::new(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
+        sample_windows(&corpus.train, cfg.batch, t, &mut rng)
+    };
+    let mut history = cfg.history.clone();
+    let mut recorded: Option<(StepPlan, Array, Array, Tensor)> = None;
     let mut reads = std::collections::VecDeque::new();
-    let (mut sum, mut n) = (0.0f64, 0usize);
+    let (mut sum, mut n, mut since, mut evals) = (0.0f64, 0usize, 0usize, 0usize);
     let mut t0 = std::time::Instant::now();
-    let mut since = 0usize;
-    for step in 1..=cfg.steps {
+    for step in opt.steps() as usize + 1..=cfg.steps {
+        let (xb, yb) = windows(step);
+        opt.begin_step()?;
         if step > 1 {
-            let (xb, yb) = sample_windows(&corpus.train, cfg.batch, t, &mut rng);
+            model.advance_rng()?;
+        }
+        if let Some((plan, x, y, loss)) = &recorded {
             dev.write(&x.buf, &xb)?;
             dev.write(&y.buf, &yb)?;
-            opt.begin_step()?;
-            model.advance_rng()?;
             reads.push_back(dev.read_async(&loss.array().buf)?);
             plan.replay()?;
+        } else {
+            let x = Array::from_i32(dev, &xb, &[cfg.batch, t])?;
+            let y = Array::from_i32(dev, &yb, &[cfg.batch * t])?;
+            opt.zero_grad();
+            let (plan, loss) = StepPlan::record(dev, || {
+                let loss = model.logits(&x)?.cross_entropy(&y, None)?;
+                loss.backward()?;
+                opt.step()?;
+                Ok::<_, NnError>(loss)
+            })?;
+            // Recording happens once per run: a synchronous read costs nothing here.
+            sum += loss.item()? as f64;
+            n += 1;
+            recorded = Some((plan, x, y, loss));
         }
         since += 1;
         while let Some(r) = reads.front() {
@@ -372,11 +421,7 @@ pub fn train_lm(
             }
             dev.wait()?;
             let secs = t0.elapsed().as_secs_f64();
-            let train_loss = if n > 0 {
-                (sum / n as f64) as f32
-            } else {
-                loss.item()?
-            };
+            let train_loss = (sum / n.max(1) as f64) as f32;
             if !train_loss.is_finite() {
                 return Err(NnError::Training(format!(
                     "loss became {train_loss} by step {step}"
@@ -390,7 +435,13 @@ pub fn train_lm(
                 chars_per_second: (since * cfg.batch * t) as f64 / secs,
             };
             on_eval(&s);
-            history.push(s);
+            history.push(as_row(&s, secs));
+            evals += 1;
+            if let Some(c) = &cfg.checkpoint {
+                if evals % c.every_epochs.max(1) == 0 || step == cfg.steps {
+                    crate::checkpoint::save_training(&c.path, model, opt, &history)?;
+                }
+            }
             (sum, n, since) = (0.0, 0, 0);
             t0 = std::time::Instant::now();
         }

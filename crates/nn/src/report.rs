@@ -9,8 +9,13 @@ use std::path::Path;
 
 /// `epoch,train_loss,val_loss,val_accuracy,train_seconds,samples_per_second`, one row per epoch.
 pub fn history_csv(history: &[EpochStats]) -> String {
-    let mut s =
-        String::from("epoch,train_loss,val_loss,val_accuracy,train_seconds,samples_per_second\n");
+    history_csv_by(history, "epoch")
+}
+
+/// The same with another name for the first column (`step` for language models, whose rows are
+/// evaluation points).
+pub fn history_csv_by(history: &[EpochStats], x: &str) -> String {
+    let mut s = format!("{x},train_loss,val_loss,val_accuracy,train_seconds,samples_per_second\n");
     let opt = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_default();
     for h in history {
         s += &format!(
@@ -28,16 +33,32 @@ pub fn history_csv(history: &[EpochStats]) -> String {
 
 /// Writes `history.csv` and `history.svg` into `dir` (created if missing).
 pub fn write_reports(dir: &Path, history: &[EpochStats]) -> Result<()> {
+    write_reports_by(dir, history, "epoch")
+}
+
+/// The same with `x` naming the rows' first field (`epoch` or `step`).
+pub fn write_reports_by(dir: &Path, history: &[EpochStats], x: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| NnError::Data {
         path: dir.display().to_string(),
         message: e.to_string(),
     })?;
-    write_atomically(&dir.join("history.csv"), history_csv(history).as_bytes())?;
-    write_atomically(&dir.join("history.svg"), plot_svg(history)?.as_bytes())
+    write_atomically(
+        &dir.join("history.csv"),
+        history_csv_by(history, x).as_bytes(),
+    )?;
+    write_atomically(
+        &dir.join("history.svg"),
+        plot_svg_by(history, x)?.as_bytes(),
+    )
 }
 
 /// Training and validation loss (left) and validation accuracy (right) per epoch, as SVG text.
 pub fn plot_svg(history: &[EpochStats]) -> Result<String> {
+    plot_svg_by(history, "epoch")
+}
+
+/// The same with `x` labelling the horizontal axis.
+pub fn plot_svg_by(history: &[EpochStats], x: &str) -> Result<String> {
     let mut svg = String::new();
     let fail = |e: String| NnError::Training(format!("plotting: {e}"));
     {
@@ -62,7 +83,7 @@ pub fn plot_svg(history: &[EpochStats]) -> Result<String> {
             .map_err(|e| fail(e.to_string()))?;
         chart
             .configure_mesh()
-            .x_desc("epoch")
+            .x_desc(x)
             .draw()
             .map_err(|e| fail(e.to_string()))?;
         chart
@@ -106,7 +127,7 @@ pub fn plot_svg(history: &[EpochStats]) -> Result<String> {
             .build_cartesian_2d(xs, 0f32..1f32)
             .map_err(|e| fail(e.to_string()))?;
         acc.configure_mesh()
-            .x_desc("epoch")
+            .x_desc(x)
             .draw()
             .map_err(|e| fail(e.to_string()))?;
         acc.draw_series(LineSeries::new(

@@ -1,6 +1,7 @@
 //! Character language modelling: corpus, windows, and short training runs of both models.
 
 use kiln_graph::Device;
+use kiln_nn::layers::Module;
 use kiln_nn::lm::{
     evaluate_lm, generate, sample_windows, train_lm, CharCorpus, CharLstm, CharTransformer,
     LanguageModel, LmConfig, TransformerLmConfig,
@@ -39,15 +40,9 @@ fn train(model: &dyn LanguageModel, steps: usize, lr: f32) -> (f32, f32) {
     let c = periodic();
     let before = evaluate_lm(&d, model, &c.val, 8, 2, 7).unwrap();
     let mut opt = Optimizer::adam(&d, model.parameters(), lr, 0.0).unwrap();
-    let cfg = LmConfig {
-        batch: 8,
-        steps,
-        eval_every: steps,
-        eval_batches: 2,
-        seed: 3,
-    };
+    let cfg = LmConfig::new(8, steps, steps, 2, 3);
     let hist = train_lm(&d, model, &mut opt, &c, &cfg, |_| {}).unwrap();
-    (before, hist.last().unwrap().val_loss)
+    (before, hist.last().unwrap().val_loss.unwrap())
 }
 
 #[test]
@@ -79,4 +74,46 @@ fn char_lstm_learns_a_periodic_text() {
     let (before, after) = train(&m, 80, 2e-2);
     assert!(before > 2.0, "untrained {before}");
     assert!(after < 1.2, "trained val loss {after} (from {before})");
+}
+
+#[test]
+fn resumed_language_model_training_equals_an_uninterrupted_run() {
+    use kiln_nn::checkpoint::{load_training, CheckpointConfig};
+    let d = dev();
+    let c = periodic();
+    let make = || CharLstm::new(&d, 2, c.vocab(), 12, 8, 16, 1).unwrap();
+    let params = |m: &CharLstm| {
+        m.parameters()
+            .iter()
+            .map(|p| p.to_vec().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let a = make();
+    let mut oa = Optimizer::adam(&d, a.parameters(), 1e-2, 0.0).unwrap();
+    let full = train_lm(&d, &a, &mut oa, &c, &LmConfig::new(8, 20, 10, 1, 5), |_| {}).unwrap();
+    let path =
+        std::env::temp_dir().join(format!("kiln-lm-resume-{}.safetensors", std::process::id()));
+    let b = make();
+    let mut ob = Optimizer::adam(&d, b.parameters(), 1e-2, 0.0).unwrap();
+    let first = LmConfig {
+        checkpoint: Some(CheckpointConfig {
+            path: path.clone(),
+            every_epochs: 1,
+        }),
+        ..LmConfig::new(8, 10, 10, 1, 5)
+    };
+    train_lm(&d, &b, &mut ob, &c, &first, |_| {}).unwrap();
+    let r = make();
+    let mut or = Optimizer::adam(&d, r.parameters(), 1e-2, 0.0).unwrap();
+    let resumed = load_training(&path, &r, &mut or).unwrap();
+    assert_eq!(or.steps(), 10);
+    let rest = LmConfig {
+        history: resumed.history,
+        ..LmConfig::new(8, 20, 10, 1, 5)
+    };
+    let hist = train_lm(&d, &r, &mut or, &c, &rest, |_| {}).unwrap();
+    assert_eq!(params(&a), params(&r), "resumed parameters differ");
+    assert_eq!(hist.iter().map(|h| h.epoch).collect::<Vec<_>>(), [10, 20]);
+    assert_eq!(hist[1].val_loss, full[1].val_loss);
+    std::fs::remove_file(&path).ok();
 }
