@@ -8,36 +8,62 @@ pub enum DeviceError {
     NoAdapter(String),
     /// The adapter refused the device request.
     #[error("requesting a device from adapter {adapter:?} failed: {reason}")]
-    RequestDevice { adapter: String, reason: String },
+    RequestDevice {
+        /// The adapter's name.
+        adapter: String,
+        /// What wgpu said.
+        reason: String,
+    },
     /// A buffer request above what the adapter allows in one buffer or one binding.
     #[error(
         "buffer of {requested} bytes exceeds the adapter's limits \
          (max_buffer_size {max_buffer_size}, max_storage_buffer_binding_size {max_binding_size})"
     )]
     BufferTooLarge {
+        /// Bytes asked for.
         requested: u64,
+        /// The adapter's largest buffer.
         max_buffer_size: u64,
+        /// The adapter's largest storage binding.
         max_binding_size: u64,
     },
     /// A shader that naga could not parse or validate.
     #[error("shader `{name}` is invalid: {message}")]
-    Shader { name: String, message: String },
+    Shader {
+        /// The shader's registered name.
+        name: String,
+        /// naga's or wgpu's message.
+        message: String,
+    },
     /// No shader of that name is registered.
     #[error("no shader named `{0}` is registered (shaders/*.wgsl)")]
     UnknownShader(String),
     /// An entry point the shader does not define.
     #[error("shader `{shader}` has no compute entry point `{entry}`")]
-    UnknownEntryPoint { shader: String, entry: String },
+    UnknownEntryPoint {
+        /// The shader.
+        shader: String,
+        /// The missing entry point.
+        entry: String,
+    },
     /// A kernel launched with the wrong number or kind of buffers.
     #[error("kernel `{kernel}`: {message}")]
-    Binding { kernel: String, message: String },
+    Binding {
+        /// `shader::entry`.
+        kernel: String,
+        /// What did not fit.
+        message: String,
+    },
     /// A dispatch larger than the adapter can run even after splitting.
     #[error(
         "kernel `{kernel}`: workgroup count {groups:?} exceeds the per-dimension limit {limit}"
     )]
     DispatchTooLarge {
+        /// `shader::entry`.
         kernel: String,
+        /// The workgroup counts asked for (after splitting).
         groups: [u32; 3],
+        /// The adapter's per-dimension limit.
         limit: u32,
     },
     /// A feature the operation needs and the adapter lacks.
@@ -54,7 +80,12 @@ pub enum DeviceError {
     Readback(String),
     /// Reading or writing a pipeline cache file.
     #[error("pipeline cache file {path}: {message}")]
-    CacheFile { path: String, message: String },
+    CacheFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The device layer's result type.

@@ -29,7 +29,12 @@ pub enum NnError {
     Op(#[from] OpError),
     /// A data file that is missing, truncated or not what it claims.
     #[error("data file {path}: {message}")]
-    Data { path: String, message: String },
+    Data {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A training run that cannot continue.
     #[error("training: {0}")]
     Training(String),

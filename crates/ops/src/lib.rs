@@ -26,20 +26,31 @@ pub enum OpError {
     /// A shape that does not fit the op.
     #[error("{op}: expected {expected}, got {got}")]
     Shape {
+        /// The op.
         op: &'static str,
+        /// What it takes.
         expected: String,
+        /// What it was given.
         got: String,
     },
     /// A dtype the op does not take.
     #[error("{op}: expected dtype {expected}, got {got}")]
     DType {
+        /// The op.
         op: &'static str,
+        /// The dtype it takes.
         expected: DType,
+        /// The dtype it was given.
         got: DType,
     },
     /// An argument outside its valid range.
     #[error("{op}: {message}")]
-    Invalid { op: &'static str, message: String },
+    Invalid {
+        /// The op.
+        op: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// From the device layer.
     #[error(transparent)]
     Device(#[from] DeviceError),
