@@ -146,3 +146,14 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     out[i] = binary_f(x[ia], y[ib]);
 }
+
+// mask_in_place: x[i] *= m[i] (keeps pruned weights at zero after each optimizer update).
+@group(0) @binding(5) var<storage, read_write> inout: array<f32>;
+
+@compute @workgroup_size(WG)
+fn mask_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= up.n) { return; }
+    inout[i] = inout[i] * y[i];
+}

@@ -6,6 +6,7 @@ pub mod data;
 pub mod layers;
 pub mod lm;
 pub mod optim;
+pub mod prune;
 pub mod regression;
 pub mod report;
 pub mod rnn;

@@ -38,6 +38,8 @@ pub struct Optimizer {
     clip: Option<f32>,
     /// A zero: the guard of unguarded steps (always finite, so they always update).
     no_guard: Buffer,
+    /// Pruning masks re-applied after every update.
+    masks: Vec<crate::prune::Mask>,
 }
 
 impl Optimizer {
@@ -54,6 +56,7 @@ impl Optimizer {
                 kiln_ops::fill(dev, &z, 0.0)?;
                 z
             },
+            masks: Vec::new(),
         };
         o.push_group(params, lr, rule)?;
         Ok(o)
@@ -221,7 +224,15 @@ impl Optimizer {
                 }
             }
         }
+        for m in &self.masks {
+            kiln_ops::elementwise::mask_in_place(&self.dev, &m.param.array().buf, &m.mask)?;
+        }
         Ok(())
+    }
+
+    /// Keeps these pruning masks applied after every update (see [`crate::prune`]).
+    pub fn set_masks(&mut self, masks: Vec<crate::prune::Mask>) {
+        self.masks = masks;
     }
 
     /// The optimizer's state buffers as named tensors sharing their memory (`optim.G.P.K`: group,

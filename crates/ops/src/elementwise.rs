@@ -187,6 +187,26 @@ pub fn binary(dev: &Device, a: &Array, b: &Array, op: Binary) -> Result<Array> {
     Ok(out)
 }
 
+/// x *= mask, in place (pruning: masked entries stay zero).
+pub fn mask_in_place(dev: &Device, x: &crate::Buffer, mask: &crate::Buffer) -> Result<()> {
+    if x.len() != mask.len() || x.dtype() != DType::F32 || mask.dtype() != DType::F32 {
+        return Err(OpError::Shape {
+            op: "mask_in_place",
+            expected: format!("an f32 mask of {} elements", x.len()),
+            got: format!("{} x {}", mask.len(), mask.dtype()),
+        });
+    }
+    let k = dev.kernel("elementwise", "mask_in_place", &[])?;
+    // Bindings in order: y (the mask), then inout.
+    launch_1d(
+        dev,
+        &k,
+        &[mask, x],
+        &Params::new().u(x.len() as u32).f(0.0).f(0.0),
+        x.len(),
+    )
+}
+
 /// CPU references in f64.
 pub mod cpu {
     use super::{broadcast_shape, broadcast_strides, Binary, Unary};
