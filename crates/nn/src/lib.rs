@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod distill;
 pub mod layers;
 pub mod lm;
 pub mod optim;

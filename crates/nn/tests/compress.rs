@@ -94,3 +94,51 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
     assert!(magnitude_masks(&weights, 1.0, true).is_err());
     assert!(magnitude_masks(&weights, -0.1, false).is_err());
 }
+
+#[test]
+fn distillation_loss_matches_its_formula_and_gradient() {
+    use kiln_nn::distill::distillation_loss;
+    use kiln_ops::softmax::cpu::{cross_entropy, softmax};
+    use kiln_ops::testing::{assert_close, finite_diff, to_f64};
+    let d = dev();
+    let mut r = Rng::new(8);
+    let (n, c, t, alpha) = (4, 5, 3.0, 0.7);
+    let (s, tl) = (r.vec(n * c, -2.0, 2.0), r.vec(n * c, -2.0, 2.0));
+    let labels = [0, 3, 4, 1];
+    let tl64 = to_f64(&tl);
+    let cpu = |s: &[f64]| {
+        let ps = softmax(&s.iter().map(|v| v / t).collect::<Vec<_>>(), c, true);
+        let pt = softmax(&tl64.iter().map(|v| v / t).collect::<Vec<_>>(), c, true);
+        let kl: f64 = pt
+            .iter()
+            .zip(&ps)
+            .map(|(lt, ls)| lt.exp() * (lt - ls))
+            .sum::<f64>()
+            / n as f64;
+        alpha * t * t * kl + (1.0 - alpha) * cross_entropy(s, c, &labels, None)
+    };
+    let st = Tensor::from_f32(&d, &s, &[n, c])
+        .unwrap()
+        .requires_grad(true);
+    let teacher = Tensor::from_f32(&d, &tl, &[n, c])
+        .unwrap()
+        .requires_grad(true);
+    let y = kiln_graph::Array::from_i32(&d, &labels, &[n]).unwrap();
+    let loss = distillation_loss(&st, &teacher, &y, t as f32, alpha as f32).unwrap();
+    assert_close(
+        "distillation loss",
+        &[loss.item().unwrap()],
+        &[cpu(&to_f64(&s))],
+        1e-5,
+        1e-5,
+    );
+    loss.backward().unwrap();
+    assert_close(
+        "d student",
+        &st.grad().unwrap().to_f32(&d).unwrap(),
+        &finite_diff(cpu, &to_f64(&s), 1e-4),
+        1e-5,
+        1e-3,
+    );
+    assert!(teacher.grad().is_none(), "the teacher gets no gradient");
+}
