@@ -22,13 +22,13 @@ struct Args {
     #[arg(long)]
     teacher: PathBuf,
     /// Softening temperature.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 2.0)]
     temperature: f32,
     /// Weight of the teacher's term (the rest goes to the hard labels).
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.5)]
     alpha: f32,
     /// Passes over the training images.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 8)]
     epochs: usize,
     /// Training images (the first N of data/mnist).
     #[arg(long, default_value_t = 2000)]
