@@ -1095,3 +1095,77 @@ fn fused_attention_matches_references_and_masks() {
     )
     .is_err());
 }
+
+#[test]
+fn int8_matmul_is_exact_and_dequantizes() {
+    use kiln_ops::int8;
+    let d = dev();
+    let mut r = Rng::new(51);
+    for (n, m, k) in [(1, 1, 1), (3, 5, 7), (16, 10, 84), (7, 13, 400)] {
+        let xf = r.vec(n * k, -2.0, 2.0);
+        let wf = r.vec(m * k, -0.5, 0.5);
+        let (xq, xs) = int8::quantize_tensor(&xf, 2.0);
+        let (wq, ws) = int8::quantize_rows(&wf, m, k);
+        let (xb, wb) = (
+            d.upload(&int8::pack_rows(&xq, k)).unwrap(),
+            d.upload(&int8::pack_rows(&wq, k)).unwrap(),
+        );
+        let acc = d
+            .download::<i32>(&int8::matmul_i8(&d, &xb, &wb, n, m, k).unwrap())
+            .unwrap();
+        assert_eq!(
+            acc,
+            int8::cpu_matmul_i8(&xq, &wq, n, m, k),
+            "exact integer sums for {n}x{m}x{k}"
+        );
+        let bias = r.vec(m, -1.0, 1.0);
+        let y = int8::matmul_i8_dequant(
+            &d,
+            &xb,
+            xs,
+            &wb,
+            &d.upload(&ws).unwrap(),
+            &d.upload(&bias).unwrap(),
+            n,
+            m,
+            k,
+        )
+        .unwrap();
+        let want: Vec<f64> = acc
+            .iter()
+            .enumerate()
+            .map(|(e, a)| *a as f64 * xs as f64 * ws[e % m] as f64 + bias[e % m] as f64)
+            .collect();
+        assert_close(
+            "dequantized",
+            &d.download::<f32>(&y).unwrap(),
+            &want,
+            1e-5,
+            1e-5,
+        );
+        // Against the f32 product the error is bounded by the quantization steps.
+        let exact: Vec<f64> = (0..n * m)
+            .map(|e| {
+                (0..k)
+                    .map(|j| xf[e / m * k + j] as f64 * wf[e % m * k + j] as f64)
+                    .sum::<f64>()
+                    + bias[e % m] as f64
+            })
+            .collect();
+        let tol = k as f64
+            * (2.0 * ws.iter().cloned().fold(0.0f32, f32::max) as f64 / 2.0
+                + 0.5 * xs as f64 / 2.0)
+            * 1.01;
+        assert_close("vs f32", &d.download::<f32>(&y).unwrap(), &exact, tol, 0.0);
+    }
+    let bad = d.upload(&[0u32; 3]).unwrap();
+    assert!(int8::matmul_i8(&d, &bad, &bad, 2, 2, 8).is_err());
+    // Extremes survive packing: -127 * -127 * K.
+    let q = vec![-127i8; 8];
+    let b = d.upload(&int8::pack_rows(&q, 8)).unwrap();
+    assert_eq!(
+        d.download::<i32>(&int8::matmul_i8(&d, &b, &b, 1, 1, 8).unwrap())
+            .unwrap(),
+        vec![127 * 127 * 8]
+    );
+}
