@@ -99,15 +99,14 @@ impl<'a> Dataset<'a> {
         }
         Ok(())
     }
-    /// The batch at `idx`: inputs, and targets uploaded as the loss needs them.
-    fn batch(&self, dev: &Device, idx: &[usize]) -> Result<(Vec<f32>, BatchTargets)> {
+    /// The batch at `idx`: inputs, and targets in the form the loss takes them.
+    fn batch(&self, idx: &[usize]) -> (Vec<f32>, BatchTargets) {
         let x = gather_rows(self.x, self.width(), idx);
         let y = match self.y {
             Targets::Classes(y) => BatchTargets::Classes(idx.iter().map(|&i| y[i]).collect()),
             Targets::Values(y, w) => BatchTargets::Values(gather_rows(y, w, idx), w),
         };
-        let _ = dev;
-        Ok((x, y))
+        (x, y)
     }
 }
 
@@ -266,7 +265,7 @@ pub fn fit(
         let batches = order.len().div_ceil(cfg.batch_size);
         for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
             let n = idx.len();
-            let (xb, yb) = train.batch(dev, idx)?;
+            let (xb, yb) = train.batch(idx);
             if let BatchTargets::Classes(y) = &yb {
                 // Until the first plan exists the class count is unknown: negatives are caught
                 // now, the upper bound once the logits' width is known.
@@ -458,7 +457,7 @@ pub fn evaluate(
         let ids: Vec<usize> = (0..data.len()).collect();
         for idx in ids.chunks(batch.max(1)) {
             let n = idx.len();
-            let (xb, yb) = data.batch(dev, idx)?;
+            let (xb, yb) = data.batch(idx);
             let out = model.forward(&Tensor::from_f32(dev, &xb, &data.batch_shape(n))?)?;
             let y = yb.upload(dev)?;
             loss_sum += loss_of(&out, &y, loss)?.item()? as f64 * n as f64;
