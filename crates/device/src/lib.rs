@@ -732,6 +732,10 @@ impl Device {
         if let Some(m) = self.inner.modules.lock().unwrap().get(name) {
             return Ok(m.clone());
         }
+        // A shader that enables f16 cannot even be created without the feature: say which.
+        if src.lines().any(|l| l.trim() == "enable f16;") && !self.capabilities().f16 {
+            return Err(DeviceError::MissingFeature("shader-f16"));
+        }
         // naga first: its messages name the shader and the line.
         let validated = Arc::new(shaders::validate(name, src)?);
         let d = &self.inner.device;

@@ -1,7 +1,10 @@
-//! int8 quantized matmul: symmetric quantization (per output channel for weights, per tensor for
-//! activations) on the host, and a kernel on packed 4 x 8-bit dot products with i32 accumulation.
+//! int8 inference: symmetric quantization (per output channel for weights, per tensor for
+//! activations), and kernels on packed 4 x 8-bit dot products with i32 accumulation. A layer is a
+//! convolution or a Linear layer (the 1x1 convolution of 1x1 images); both run as one GEMM over
+//! rows = (image, output pixel) and k = (input channel, kernel tap), described by [`LayerGeom`].
 
-use crate::{Buffer, DType, Device, OpError, Params, Result};
+use crate::conv::Conv2dSpec;
+use crate::{expect_dtype, Array, Buffer, DType, Device, OpError, Params, Result};
 
 /// Symmetric int8 quantization of `rows` rows of length `k`, one scale per row:
 /// scale = max|v| / 127, q = round(v / scale) in [-127, 127]. Returns (q, scales).
@@ -10,22 +13,31 @@ pub fn quantize_rows(v: &[f32], rows: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
     let mut scales = Vec::with_capacity(rows);
     for r in v.chunks(k).take(rows) {
         let max = r.iter().fold(0.0f32, |a, x| a.max(x.abs()));
-        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-        q.extend(r.iter().map(|x| (x / s).round().clamp(-127.0, 127.0) as i8));
+        let s = scale_for(max);
+        q.extend(r.iter().map(|x| quantize_value(*x, s)));
         scales.push(s);
     }
     (q, scales)
 }
 
+/// The symmetric scale for values up to `max_abs` (1 when the range is empty).
+pub fn scale_for(max_abs: f32) -> f32 {
+    if max_abs > 0.0 && max_abs.is_finite() {
+        max_abs / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// One value to int8 as the kernels do it: round half to even, clamp to [-127, 127].
+pub fn quantize_value(v: f32, scale: f32) -> i8 {
+    (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8
+}
+
 /// One scale for a whole tensor, from a calibration range (max |v| seen).
 pub fn quantize_tensor(v: &[f32], max_abs: f32) -> (Vec<i8>, f32) {
-    let s = if max_abs > 0.0 { max_abs / 127.0 } else { 1.0 };
-    (
-        v.iter()
-            .map(|x| (x / s).round().clamp(-127.0, 127.0) as i8)
-            .collect(),
-        s,
-    )
+    let s = scale_for(max_abs);
+    (v.iter().map(|x| quantize_value(*x, s)).collect(), s)
 }
 
 /// Packs rows of `k` int8 values into u32 words along K (element 4j+i in bits 8i..), padding K to
@@ -44,15 +56,216 @@ pub fn pack_rows(q: &[i8], k: usize) -> Vec<u32> {
         .collect()
 }
 
-fn check(op: &'static str, x: &Buffer, w: &Buffer, n: usize, m: usize, k: usize) -> Result<usize> {
+/// The GEMM view of a Linear or Conv2d layer on a given input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerGeom {
+    /// Images (Linear: rows of the input).
+    pub n: usize,
+    /// Input channels (Linear: input features).
+    pub c: usize,
+    /// Input height and width (Linear: 1 x 1).
+    pub hw: (usize, usize),
+    /// Output channels (Linear: output features).
+    pub m: usize,
+    /// Kernel height and width (Linear: 1 x 1).
+    pub kernel: (usize, usize),
+    /// Output height and width (Linear: 1 x 1).
+    pub out_hw: (usize, usize),
+    /// Stride, padding, dilation.
+    pub spec: Conv2dSpec,
+    /// A Linear layer: the output is [n, m] rather than [n, m, oh, ow].
+    pub linear: bool,
+}
+
+impl LayerGeom {
+    /// A Linear layer: input [n, in], weight [out, in].
+    pub fn linear(op: &'static str, x: &[usize], w: &[usize]) -> Result<LayerGeom> {
+        match (x, w) {
+            ([n, k], [m, k2]) if k == k2 && *n > 0 => Ok(LayerGeom {
+                n: *n,
+                c: *k,
+                hw: (1, 1),
+                m: *m,
+                kernel: (1, 1),
+                out_hw: (1, 1),
+                spec: Conv2dSpec::default(),
+                linear: true,
+            }),
+            _ => Err(OpError::Shape {
+                op,
+                expected: format!(
+                    "an input [batch, {}] for weight {w:?}",
+                    w.get(1).unwrap_or(&0)
+                ),
+                got: format!("{x:?}"),
+            }),
+        }
+    }
+
+    /// A convolution: input [n, c, h, w], weight [m, c, kh, kw].
+    pub fn conv(op: &'static str, x: &[usize], w: &[usize], spec: Conv2dSpec) -> Result<LayerGeom> {
+        match (x, w) {
+            ([n, c, h, wd], [m, c2, kh, kw]) if c == c2 && *n > 0 => Ok(LayerGeom {
+                n: *n,
+                c: *c,
+                hw: (*h, *wd),
+                m: *m,
+                kernel: (*kh, *kw),
+                out_hw: spec.out_hw(op, *h, *wd, *kh, *kw)?,
+                spec,
+                linear: false,
+            }),
+            _ => Err(OpError::Shape {
+                op,
+                expected: format!(
+                    "an input [batch, {}, height, width] for weight {w:?}",
+                    w.get(1).unwrap_or(&0)
+                ),
+                got: format!("{x:?}"),
+            }),
+        }
+    }
+
+    /// GEMM rows: images x output pixels.
+    pub fn rows(&self) -> usize {
+        self.n * self.out_hw.0 * self.out_hw.1
+    }
+
+    /// GEMM depth: input channels x kernel taps.
+    pub fn k(&self) -> usize {
+        self.c * self.kernel.0 * self.kernel.1
+    }
+
+    /// The input's shape.
+    pub fn input_shape(&self) -> Vec<usize> {
+        if self.linear {
+            vec![self.n, self.c]
+        } else {
+            vec![self.n, self.c, self.hw.0, self.hw.1]
+        }
+    }
+
+    /// The output's shape.
+    pub fn output_shape(&self) -> Vec<usize> {
+        if self.linear {
+            vec![self.n, self.m]
+        } else {
+            vec![self.n, self.m, self.out_hw.0, self.out_hw.1]
+        }
+    }
+
+    /// The window fields shared by every quantized kernel's parameter block, from `c` on.
+    pub(crate) fn window_params(&self, p: Params) -> Params {
+        let s = &self.spec;
+        [
+            self.c,
+            self.hw.0,
+            self.hw.1,
+            self.out_hw.0 * self.out_hw.1,
+            self.out_hw.1,
+            self.kernel.0,
+            self.kernel.1,
+            s.stride.0,
+            s.stride.1,
+            s.padding.0,
+            s.padding.1,
+            s.dilation.0,
+            s.dilation.1,
+        ]
+        .iter()
+        .fold(p, |p, v| p.u(*v as u32))
+    }
+
+    /// The input value under GEMM column `col` of row `row` (zero in the padding): the CPU
+    /// reference of the kernels' gather.
+    pub fn tap(&self, x: &[f32], row: usize, col: usize) -> f32 {
+        let (ohw, ow) = (self.out_hw.0 * self.out_hw.1, self.out_hw.1);
+        let (img, pix) = (row / ohw, row % ohw);
+        let taps = self.kernel.0 * self.kernel.1;
+        let (ci, t) = (col / taps, col % taps);
+        let s = &self.spec;
+        let iy = ((pix / ow) * s.stride.0 + (t / self.kernel.1) * s.dilation.0) as isize
+            - s.padding.0 as isize;
+        let ix = ((pix % ow) * s.stride.1 + (t % self.kernel.1) * s.dilation.1) as isize
+            - s.padding.1 as isize;
+        if iy < 0 || ix < 0 || iy >= self.hw.0 as isize || ix >= self.hw.1 as isize {
+            return 0.0;
+        }
+        x[((img * self.c + ci) * self.hw.0 + iy as usize) * self.hw.1 + ix as usize]
+    }
+
+    /// Index of output (row, channel) in the output's row-major (NCHW) order.
+    pub fn out_index(&self, row: usize, m: usize) -> usize {
+        let ohw = self.out_hw.0 * self.out_hw.1;
+        ((row / ohw) * self.m + m) * ohw + row % ohw
+    }
+
+    fn check_input(&self, op: &'static str, x: &Array) -> Result<()> {
+        expect_dtype(op, x, DType::F32)?;
+        if x.shape != self.input_shape() {
+            return Err(OpError::Shape {
+                op,
+                expected: format!("input {:?}", self.input_shape()),
+                got: format!("{:?}", x.shape),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn groups(threads: usize) -> [u32; 3] {
+    [threads.div_ceil(64) as u32, 1, 1]
+}
+
+/// Quantizes and packs the layer's input as GEMM rows (the int8 im2col): [rows, ceil(k / 4)] words.
+pub fn pack_input(dev: &Device, x: &Array, g: &LayerGeom, x_scale: f32) -> Result<Buffer> {
+    g.check_input("pack_input", x)?;
+    if !(x_scale > 0.0 && x_scale.is_finite()) {
+        return Err(OpError::Invalid {
+            op: "pack_input",
+            message: format!("activation scale must be positive and finite, got {x_scale}"),
+        });
+    }
+    let (rows, k4) = (g.rows(), g.k().div_ceil(4));
+    let out = dev.alloc(rows * k4, DType::U32)?;
+    let kern = dev.kernel("int8", "pack_i8", &[])?;
+    let p = g.window_params(
+        Params::new()
+            .u(rows as u32)
+            .u(g.m as u32)
+            .u(g.k() as u32)
+            .u(k4 as u32),
+    );
+    dev.launch(&kern, &[&x.buf, &out], &p.f(x_scale), groups(rows * k4))?;
+    Ok(out)
+}
+
+/// CPU reference of [`pack_input`] before packing: the int8 GEMM rows, [rows, k].
+pub fn cpu_pack_input(x: &[f32], g: &LayerGeom, x_scale: f32) -> Vec<i8> {
+    (0..g.rows() * g.k())
+        .map(|e| quantize_value(g.tap(x, e / g.k(), e % g.k()), x_scale))
+        .collect()
+}
+
+fn check_packed(
+    op: &'static str,
+    x: &Buffer,
+    w: &Buffer,
+    rows: usize,
+    m: usize,
+    k: usize,
+) -> Result<usize> {
     let k4 = k.div_ceil(4);
-    if x.len() != n * k4 || w.len() != m * k4 || x.dtype() != DType::U32 || w.dtype() != DType::U32
+    if x.len() != rows * k4
+        || w.len() != m * k4
+        || x.dtype() != DType::U32
+        || w.dtype() != DType::U32
     {
         return Err(OpError::Shape {
             op,
             expected: format!(
-                "packed u32 operands of {} and {} words (N {n}, M {m}, K {k})",
-                n * k4,
+                "packed u32 operands of {} and {} words (rows {rows}, M {m}, K {k})",
+                rows * k4,
                 m * k4
             ),
             got: format!(
@@ -62,6 +275,13 @@ fn check(op: &'static str, x: &Buffer, w: &Buffer, n: usize, m: usize, k: usize)
                 w.len(),
                 w.dtype()
             ),
+        });
+    }
+    if rows == 0 || m == 0 {
+        return Err(OpError::Shape {
+            op,
+            expected: "at least one row and one output channel".into(),
+            got: format!("rows {rows}, M {m}"),
         });
     }
     Ok(k4)
@@ -76,33 +296,39 @@ pub fn matmul_i8(
     m: usize,
     k: usize,
 ) -> Result<Buffer> {
-    let k4 = check("matmul_i8", x, w, n, m, k)?;
+    let k4 = check_packed("matmul_i8", x, w, n, m, k)?;
     let out = dev.alloc(n * m, DType::I32)?;
     let kern = dev.kernel("int8", "matmul_i8", &[])?;
-    let p = Params::new().u(n as u32).u(m as u32).u(k4 as u32).f(1.0);
+    let g = LayerGeom::linear("matmul_i8", &[n, k], &[m, k])?;
+    let p = g.window_params(
+        Params::new()
+            .u(n as u32)
+            .u(m as u32)
+            .u(k as u32)
+            .u(k4 as u32),
+    );
     dev.launch(
         &kern,
         &[x, w, &out],
-        &p,
-        [(n * m).div_ceil(64) as u32, 1, 1],
+        &p.f(1.0),
+        groups(n.div_ceil(4) * m.div_ceil(4)),
     )?;
     Ok(out)
 }
 
-/// y[n, m] = acc[n, m] * x_scale * w_scale[m] + bias[m] (f32), in one kernel.
-#[allow(clippy::too_many_arguments)]
+/// The layer's f32 output from packed int8 input rows ([`pack_input`]) and packed int8 weights
+/// [m, k]: y = acc * x_scale * w_scale[m] + bias[m], in the output's shape (NCHW for a conv).
 pub fn matmul_i8_dequant(
     dev: &Device,
-    x: &Buffer,
+    xq: &Buffer,
     x_scale: f32,
-    w: &Buffer,
+    wq: &Buffer,
     w_scale: &Buffer,
     bias: &Buffer,
-    n: usize,
-    m: usize,
-    k: usize,
-) -> Result<Buffer> {
-    let k4 = check("matmul_i8_dequant", x, w, n, m, k)?;
+    g: &LayerGeom,
+) -> Result<Array> {
+    let (rows, m, k) = (g.rows(), g.m, g.k());
+    let k4 = check_packed("matmul_i8_dequant", xq, wq, rows, m, k)?;
     if w_scale.len() != m || bias.len() != m {
         return Err(OpError::Shape {
             op: "matmul_i8_dequant",
@@ -110,23 +336,40 @@ pub fn matmul_i8_dequant(
             got: format!("{} and {}", w_scale.len(), bias.len()),
         });
     }
-    let out = dev.alloc(n * m, DType::F32)?;
+    let y = Array::empty(dev, &g.output_shape())?;
     let kern = dev.kernel("int8", "matmul_i8_dequant", &[])?;
-    let p = Params::new()
-        .u(n as u32)
-        .u(m as u32)
-        .u(k4 as u32)
-        .f(x_scale);
+    let p = g.window_params(
+        Params::new()
+            .u(rows as u32)
+            .u(m as u32)
+            .u(k as u32)
+            .u(k4 as u32),
+    );
     dev.launch(
         &kern,
-        &[x, w, w_scale, bias, &out],
-        &p,
-        [(n * m).div_ceil(64) as u32, 1, 1],
+        &[xq, wq, w_scale, bias, &y.buf],
+        &p.f(x_scale),
+        groups(rows.div_ceil(4) * m.div_ceil(4)),
     )?;
-    Ok(out)
+    Ok(y)
 }
 
-/// CPU reference of the same integer arithmetic.
+/// A whole int8 layer: quantize and pack the input with `x_scale`, multiply by the packed weights,
+/// dequantize and add the bias.
+pub fn layer_i8(
+    dev: &Device,
+    x: &Array,
+    x_scale: f32,
+    wq: &Buffer,
+    w_scale: &Buffer,
+    bias: &Buffer,
+    g: &LayerGeom,
+) -> Result<Array> {
+    let xq = pack_input(dev, x, g, x_scale)?;
+    matmul_i8_dequant(dev, &xq, x_scale, wq, w_scale, bias, g)
+}
+
+/// CPU reference of the integer arithmetic: acc[n, m] = sum_k x[n, k] w[m, k].
 pub fn cpu_matmul_i8(x: &[i8], w: &[i8], n: usize, m: usize, k: usize) -> Vec<i32> {
     (0..n * m)
         .map(|e| {

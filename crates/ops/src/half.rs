@@ -1,0 +1,76 @@
+//! Inference with f16 weights: half the weight memory and file size, f32 activations and f32
+//! accumulation. Needs the adapter's `SHADER_F16` ([`supported`]); callers fall back to f32
+//! weights without it.
+
+use crate::int8::LayerGeom;
+use crate::{Array, Buffer, DType, Device, OpError, Params, Result};
+
+/// Whether this adapter can run [`layer_f16w`].
+pub fn supported(dev: &Device) -> bool {
+    dev.capabilities().f16
+}
+
+/// f32 values rounded to f16 (nearest even), as stored in files and on the device.
+pub fn to_f16(v: &[f32]) -> Vec<half::f16> {
+    v.iter().map(|x| half::f16::from_f32(*x)).collect()
+}
+
+/// A Linear or Conv2d layer with f16 weights [m, k] (PyTorch's layout, flattened) and an f32 bias:
+/// y = x * w^T + bias, in the output's shape (NCHW for a conv).
+pub fn layer_f16w(
+    dev: &Device,
+    x: &Array,
+    w: &Buffer,
+    bias: &Buffer,
+    g: &LayerGeom,
+) -> Result<Array> {
+    let op = "layer_f16w";
+    if x.shape != g.input_shape() || x.dtype() != DType::F32 {
+        return Err(OpError::Shape {
+            op,
+            expected: format!("f32 input {:?}", g.input_shape()),
+            got: format!("{} {:?}", x.dtype(), x.shape),
+        });
+    }
+    if w.dtype() != DType::F16 || w.len() != g.m * g.k() || bias.len() != g.m {
+        return Err(OpError::Shape {
+            op,
+            expected: format!("f16 weights of {} values and {} biases", g.m * g.k(), g.m),
+            got: format!("{} x {} and {}", w.len(), w.dtype(), bias.len()),
+        });
+    }
+    let y = Array::empty(dev, &g.output_shape())?;
+    let kern = dev.kernel("half", "conv_f16w", &[])?;
+    let p = g.window_params(
+        Params::new()
+            .u(g.rows() as u32)
+            .u(g.m as u32)
+            .u(g.k() as u32),
+    );
+    let threads = g.rows() * g.m.div_ceil(4);
+    dev.launch(
+        &kern,
+        &[&x.buf, w, bias, &y.buf],
+        &p,
+        [threads.div_ceil(64) as u32, 1, 1],
+    )?;
+    Ok(y)
+}
+
+/// CPU reference of [`layer_f16w`] (f64 accumulation of the f16-rounded weights).
+pub fn cpu_layer_f16w(x: &[f32], w: &[half::f16], bias: &[f32], g: &LayerGeom) -> Vec<f64> {
+    let (rows, k) = (g.rows(), g.k());
+    let mut y = vec![0.0; rows * g.m];
+    for r in 0..rows {
+        let taps: Vec<f64> = (0..k).map(|c| g.tap(x, r, c) as f64).collect();
+        for m in 0..g.m {
+            let s: f64 = taps
+                .iter()
+                .zip(&w[m * k..(m + 1) * k])
+                .map(|(a, b)| a * b.to_f64())
+                .sum();
+            y[g.out_index(r, m)] = s + bias[m] as f64;
+        }
+    }
+    y
+}

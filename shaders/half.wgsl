@@ -1,0 +1,76 @@
+// Inference with f16 weights: f32 activations, f16 weights widened on load, f32 accumulation.
+// Needs the adapter's SHADER_F16; kiln falls back to f32 weights without it.
+//
+// Same layer geometry as int8.wgsl: a convolution (a Linear layer is the 1x1 convolution of 1x1
+// images) as a GEMM over rows = (image, output pixel) and k = (input channel, kernel row, column):
+//   conv_f16w: y[image, m, pixel] = sum_k x[window(row, k)] * w[m, k] + bias[m]
+// Each thread owns one row and 4 output channels, so every input tap it gathers feeds 4 products.
+
+enable f16;
+
+const WG: u32 = 64u;
+const T: u32 = 4u;
+
+struct Params {
+    rows: u32,
+    m: u32,
+    k: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    ohw: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    dh: u32,
+    dw: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> wt: array<f16>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+@compute @workgroup_size(WG)
+fn conv_f16w(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+    let mb = (p.m + T - 1u) / T;
+    if (e >= p.rows * mb) { return; }
+    let row = e / mb;
+    let m0 = (e % mb) * T;
+    let img = row / p.ohw;
+    let pix = row % p.ohw;
+    let oy = (pix / p.ow) * p.sh;
+    let ox = (pix % p.ow) * p.sw;
+    var wr: array<u32, 4>;
+    for (var l = 0u; l < T; l++) {
+        wr[l] = min(m0 + l, p.m - 1u) * p.k;
+    }
+    var acc = vec4<f32>(0.0);
+    let taps = p.kh * p.kw;
+    for (var col = 0u; col < p.k; col++) {
+        let ci = col / taps;
+        let t = col % taps;
+        let iy = i32(oy + (t / p.kw) * p.dh) - i32(p.ph);
+        let ix = i32(ox + (t % p.kw) * p.dw) - i32(p.pw);
+        if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
+            continue;
+        }
+        let v = x[((img * p.c + ci) * p.h + u32(iy)) * p.w + u32(ix)];
+        let wv = vec4<f32>(f32(wt[wr[0] + col]), f32(wt[wr[1] + col]), f32(wt[wr[2] + col]),
+                           f32(wt[wr[3] + col]));
+        acc += v * wv;
+    }
+    for (var l = 0u; l < T; l++) {
+        let m = m0 + l;
+        if (m < p.m) {
+            y[((img * p.m + m) * p.ohw) + pix] = acc[l] + bias[m];
+        }
+    }
+}
