@@ -10,8 +10,10 @@ use std::io::Write;
 use std::path::Path;
 
 const CHECKSUM_KEY: &str = "kiln.crc32";
+/// Metadata key that marks a quantized model file, with its precision ("int8", "f16").
+pub(crate) const QUANTIZED_KEY: &str = "kiln.quantized";
 
-fn err(path: &Path, message: impl Into<String>) -> NnError {
+pub(crate) fn err(path: &Path, message: impl Into<String>) -> NnError {
     NnError::Data {
         path: path.display().to_string(),
         message: message.into(),
@@ -21,31 +23,94 @@ fn err(path: &Path, message: impl Into<String>) -> NnError {
 /// Writes `named` tensors (f32) and `metadata` to `path` atomically: the previous file, if any,
 /// stays intact until the new one is complete on disk.
 pub fn save(path: &Path, named: &[(String, Tensor)], metadata: &[(String, String)]) -> Result<()> {
-    let mut payload = Vec::with_capacity(named.len());
+    let mut tensors = Vec::with_capacity(named.len());
     for (name, t) in named {
-        payload.push((name.clone(), t.shape().to_vec(), bytes_of(&t.to_vec()?)));
+        tensors.push(RawTensor::f32(name, t.shape(), &t.to_vec()?));
     }
+    save_raw(path, tensors, metadata)
+}
+
+/// One tensor as stored: name, dtype, shape and little-endian bytes.
+#[derive(Clone, Debug)]
+pub(crate) struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn f32(name: &str, shape: &[usize], v: &[f32]) -> RawTensor {
+        RawTensor {
+            name: name.to_string(),
+            dtype: Dtype::F32,
+            shape: shape.to_vec(),
+            data: bytes_of(v),
+        }
+    }
+    /// The values as f32 (the dtype must be F32).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+}
+
+/// Writes tensors of any dtype with a checksum, atomically.
+pub(crate) fn save_raw(
+    path: &Path,
+    mut tensors: Vec<RawTensor>,
+    metadata: &[(String, String)],
+) -> Result<()> {
     // The checksum covers names, shapes and data in name order (the order safetensors stores).
-    payload.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
     let mut meta: HashMap<String, String> = metadata.iter().cloned().collect();
     meta.insert(
         CHECKSUM_KEY.into(),
         format!(
             "{:08x}",
-            checksum(payload.iter().map(|(n, s, d)| (n.as_str(), &s[..], &d[..])))
+            checksum(
+                tensors
+                    .iter()
+                    .map(|t| (t.name.as_str(), &t.shape[..], &t.data[..]))
+            )
         ),
     );
-    let views: Vec<(String, TensorView)> = payload
+    let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, s, d)| {
+        .map(|t| {
             Ok((
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), d).map_err(|e| err(path, e.to_string()))?,
+                t.name.clone(),
+                TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                    .map_err(|e| err(path, e.to_string()))?,
             ))
         })
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
     write_atomically(path, &bytes)
+}
+
+/// Reads every tensor (checksum verified) and the metadata.
+pub(crate) fn read_raw(
+    path: &Path,
+) -> Result<(HashMap<String, RawTensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
+    let (st, meta) = verified(path, &bytes)?;
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let t = RawTensor {
+                name: name.clone(),
+                dtype: v.dtype(),
+                shape: v.shape().to_vec(),
+                data: v.data().to_vec(),
+            };
+            (name, t)
+        })
+        .collect();
+    Ok((tensors, meta))
 }
 
 /// Writes bytes to a temporary file beside `path`, syncs it, and renames it over `path`.
@@ -160,7 +225,13 @@ fn verified<'a>(
 /// and reported.
 pub fn load(path: &Path, named: &[(String, Tensor)], strict: bool) -> Result<LoadReport> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
-    let (st, _) = verified(path, &bytes)?;
+    let (st, meta) = verified(path, &bytes)?;
+    if let Some(q) = meta.get(QUANTIZED_KEY) {
+        return Err(err(
+            path,
+            format!("holds a {q}-quantized model, not f32 parameters: load it with quant::QuantizedModel::load"),
+        ));
+    }
     let mut report = LoadReport::default();
     let mut writes = Vec::new();
     for (name, t) in named {

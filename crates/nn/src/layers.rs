@@ -15,8 +15,25 @@ pub(crate) fn prefixed(prefix: &str, named: Vec<(String, Tensor)>) -> Vec<(Strin
         .collect()
 }
 
+/// Lets code that transforms models (quantization) find a module's concrete type.
+pub trait AsAny: std::any::Any {
+    /// The module as `Any`, for `downcast_ref`.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The boxed module as `Any`, for `downcast`.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
 /// A network piece: forward, and its parameters by name.
-pub trait Module: Send + Sync {
+pub trait Module: Send + Sync + AsAny {
     /// Runs the module.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
     /// Parameters with dotted PyTorch-style names, in registration order.
@@ -316,6 +333,19 @@ impl Sequential {
     pub fn push_named(mut self, name: &str, m: impl Module + 'static) -> Sequential {
         self.layers.push((name.to_string(), Box::new(m)));
         self
+    }
+    /// Appends an already boxed module with a name.
+    pub fn push_boxed(mut self, name: &str, m: Box<dyn Module>) -> Sequential {
+        self.layers.push((name.to_string(), m));
+        self
+    }
+    /// The modules and their names, in order.
+    pub fn layers(&self) -> impl Iterator<Item = (&str, &dyn Module)> {
+        self.layers.iter().map(|(n, m)| (n.as_str(), m.as_ref()))
+    }
+    /// Takes the stack apart into its named modules.
+    pub fn into_layers(self) -> Vec<(String, Box<dyn Module>)> {
+        self.layers
     }
 }
 

@@ -8,6 +8,7 @@ pub mod layers;
 pub mod lm;
 pub mod optim;
 pub mod prune;
+pub mod quant;
 pub mod regression;
 pub mod report;
 pub mod rnn;
@@ -40,6 +41,9 @@ pub enum NnError {
     /// A training run that cannot continue.
     #[error("training: {0}")]
     Training(String),
+    /// A model or calibration set that cannot be quantized as asked.
+    #[error("quantization: {0}")]
+    Quantization(String),
 }
 
 impl From<kiln_ops::DeviceError> for NnError {

@@ -142,3 +142,177 @@ fn distillation_loss_matches_its_formula_and_gradient() {
     );
     assert!(teacher.grad().is_none(), "the teacher gets no gradient");
 }
+
+mod quantization {
+    use super::dev;
+    use kiln_graph::Tensor;
+    use kiln_nn::checkpoint;
+    use kiln_nn::data::Mnist;
+    use kiln_nn::layers::{lenet5, Module};
+    use kiln_nn::quant::{quantize, Calibration, Precision, QuantConfig, QuantizedModel};
+    use kiln_nn::train::{fit, predict, Dataset, FitConfig, Loss};
+    use kiln_nn::Optimizer;
+    use std::path::PathBuf;
+
+    fn mnist(range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
+        Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
+            .unwrap()
+            .split(range)
+    }
+
+    fn argmax(v: &[f32]) -> Vec<usize> {
+        v.chunks(10)
+            .map(|r| (0..10).max_by(|a, b| r[*a].total_cmp(&r[*b])).unwrap())
+            .collect()
+    }
+
+    fn agreement(a: &[f32], b: &[f32]) -> f64 {
+        let (a, b) = (argmax(a), argmax(b));
+        a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn quantized_lenet_tracks_f32_and_round_trips_through_files() {
+        let d = dev();
+        let (x, y) = mnist(0..1024);
+        let (tx, _) = mnist(9000..9500);
+        let shape = [1, 28, 28];
+        let model = lenet5(&d, 5).unwrap();
+        let mut opt = Optimizer::sgd(&d, model.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+        let cfg = FitConfig {
+            progress: false,
+            ..FitConfig::new(Loss::CrossEntropy, 2, 64, 0)
+        };
+        fit(
+            &d,
+            &model,
+            &mut opt,
+            &Dataset::classes(&x, &shape, &y),
+            None,
+            &cfg,
+            |_| {},
+        )
+        .unwrap();
+        let want = predict(&d, &model, &tx, &shape, 100).unwrap();
+        let dir = std::env::temp_dir().join(format!("kiln-quant-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f32_file = dir.join("f32.safetensors");
+        checkpoint::save(&f32_file, &model.named_parameters(), &[]).unwrap();
+        let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+
+        for (cfg, tol, agree) in [
+            (QuantConfig::int8(), 0.1, 0.97),
+            (
+                QuantConfig {
+                    calibration: Calibration::Percentile(99.99),
+                    ..QuantConfig::int8()
+                },
+                0.1,
+                0.97,
+            ),
+            (QuantConfig::f16(), 2e-3, 0.998),
+        ] {
+            // A fresh f32 model with the trained weights is quantized (quantize consumes it).
+            let f = lenet5(&d, 99).unwrap();
+            checkpoint::load(&f32_file, &f.named_parameters(), true).unwrap();
+            let q = quantize(&d, f, &x, &shape, &cfg).unwrap();
+            assert!(
+                q.uses_quantized_kernels(),
+                "lavapipe runs int8 and f16 kernels"
+            );
+            let got = predict(&d, &q, &tx, &shape, 100).unwrap();
+            let diff = max_diff(&got, &want);
+            assert!(
+                diff <= tol * scale,
+                "{cfg:?}: logits off by {diff} (largest logit {scale})"
+            );
+            let a = agreement(&got, &want);
+            assert!(a >= agree, "{cfg:?}: predictions agree on {a}");
+
+            // Save and load: the same outputs, bit for bit, and a smaller file.
+            let path = dir.join(format!("{:?}.safetensors", cfg.precision));
+            q.save(&path).unwrap();
+            let loaded = QuantizedModel::load(&d, &path, lenet5(&d, 1).unwrap()).unwrap();
+            assert_eq!(loaded.precision(), cfg.precision);
+            assert_eq!(predict(&d, &loaded, &tx, &shape, 100).unwrap(), got);
+            let ratio = std::fs::metadata(&path).unwrap().len() as f64
+                / std::fs::metadata(&f32_file).unwrap().len() as f64;
+            let most = if cfg.precision == Precision::Int8 {
+                0.3
+            } else {
+                0.55
+            };
+            assert!(ratio < most, "{cfg:?}: file is {ratio} of the f32 file");
+
+            // The f32 fallback on the dequantized weights gives nearly the same outputs.
+            let fb = q.to_f32_fallback(&d, lenet5(&d, 1).unwrap()).unwrap();
+            assert!(!fb.uses_quantized_kernels());
+            let fb_out = predict(&d, &fb, &tx, &shape, 100).unwrap();
+            assert!(max_diff(&fb_out, &got) <= tol * scale);
+
+            // Files of one kind are refused by the other loader, naming the problem.
+            let e = checkpoint::load(&path, &lenet5(&d, 1).unwrap().named_parameters(), true)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("quantized"), "{e}");
+        }
+        let e = QuantizedModel::load(&d, &f32_file, lenet5(&d, 1).unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not a quantized model"), "{e}");
+        // The wrong architecture: the error names the tensor.
+        let int8_file = dir.join("Int8.safetensors");
+        let e = QuantizedModel::load(
+            &d,
+            &int8_file,
+            kiln_nn::layers::lenet5_with_classes(&d, 1, 5).unwrap(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("fc3.weight"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn quantization_bad_inputs_are_clear_errors() {
+        let d = dev();
+        let (x, _) = mnist(0..64);
+        let cfg = QuantConfig::int8();
+        let q = |xs: &[f32], shape: &[usize], cfg: &QuantConfig| {
+            quantize(&d, lenet5(&d, 1).unwrap(), xs, shape, cfg)
+                .err()
+                .map(|e| e.to_string())
+        };
+        // Calibration examples of the wrong shape for the model.
+        let e = q(&x[..48 * 784], &[3, 16, 16], &cfg).unwrap_or_default();
+        assert!(
+            e.contains("do not fit the model") && e.contains("conv1"),
+            "{e}"
+        );
+        // Values that are not whole examples, an empty set, a bad percentile.
+        let e = q(&x[..1000], &[1, 28, 28], &cfg).unwrap_or_default();
+        assert!(e.contains("whole examples"), "{e}");
+        assert!(q(&[], &[1, 28, 28], &cfg).is_some());
+        let pct = QuantConfig {
+            calibration: Calibration::Percentile(120.0),
+            ..QuantConfig::int8()
+        };
+        assert!(q(&x, &[1, 28, 28], &pct)
+            .unwrap_or_default()
+            .contains("percentile"));
+        // Inference on inputs of another shape than the calibrated one.
+        let m = quantize(&d, lenet5(&d, 1).unwrap(), &x, &[1, 28, 28], &cfg).unwrap();
+        let bad = Tensor::from_f32(&d, &vec![0.0; 2 * 32 * 32], &[2, 1, 32, 32]).unwrap();
+        let e = m.forward(&bad).err().unwrap().to_string();
+        assert!(e.contains("[batch, 1, 28, 28]"), "{e}");
+    }
+}
