@@ -53,19 +53,29 @@ fn conv_f16w(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         wr[l] = min(m0 + l, p.m - 1u) * p.k;
     }
     var acc = vec4<f32>(0.0);
-    let taps = p.kh * p.kw;
-    for (var col = 0u; col < p.k; col++) {
-        let ci = col / taps;
-        let t = col % taps;
-        let iy = i32(oy + (t / p.kw) * p.dh) - i32(p.ph);
-        let ix = i32(ox + (t % p.kw) * p.dw) - i32(p.pw);
-        if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
-            continue;
+    // Nested loops over (channel, kernel row, kernel column): no divisions per tap, and rows of
+    // the window that fall in the padding are skipped whole.
+    var col = 0u;
+    for (var ci = 0u; ci < p.c; ci++) {
+        let plane = (img * p.c + ci) * p.h;
+        for (var a = 0u; a < p.kh; a++) {
+            let iy = i32(oy + a * p.dh) - i32(p.ph);
+            if (iy < 0 || iy >= i32(p.h)) {
+                col += p.kw;
+                continue;
+            }
+            let line = (plane + u32(iy)) * p.w;
+            for (var b = 0u; b < p.kw; b++) {
+                let ix = i32(ox + b * p.dw) - i32(p.pw);
+                if (ix >= 0 && ix < i32(p.w)) {
+                    let v = x[line + u32(ix)];
+                    let wv = vec4<f32>(f32(wt[wr[0] + col]), f32(wt[wr[1] + col]),
+                                       f32(wt[wr[2] + col]), f32(wt[wr[3] + col]));
+                    acc += v * wv;
+                }
+                col++;
+            }
         }
-        let v = x[((img * p.c + ci) * p.h + u32(iy)) * p.w + u32(ix)];
-        let wv = vec4<f32>(f32(wt[wr[0] + col]), f32(wt[wr[1] + col]), f32(wt[wr[2] + col]),
-                           f32(wt[wr[3] + col]));
-        acc += v * wv;
     }
     for (var l = 0u; l < T; l++) {
         let m = m0 + l;

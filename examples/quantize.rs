@@ -1,0 +1,139 @@
+//! Post-training quantization of LeNet-5: int8 (per-channel weights, calibrated per-tensor
+//! activations, packed dot products) and f16 weights, against the f32 model. Loads a model written
+//! by `lenet_mnist --save PATH`, or trains one first. Reports held-out accuracy, file size and
+//! inference throughput of each, then one JSON line.
+use anyhow::{Context, Result};
+use clap::Parser;
+use kiln::device::Device;
+use kiln::nn::checkpoint;
+use kiln::nn::data::Mnist;
+use kiln::nn::layers::lenet5;
+use kiln::nn::quant::{quantize, Calibration, QuantConfig, QuantizedModel};
+use kiln::nn::schedule::Schedule;
+use kiln::nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
+use kiln::nn::{Module, Optimizer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Quantize a trained LeNet to int8 and f16 and compare with f32")]
+struct Args {
+    /// A checkpoint written by lenet_mnist --save (without it, a LeNet is trained first).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training epochs when no --model is given.
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    /// Calibration examples (the first N training images).
+    #[arg(long, default_value_t = 256)]
+    calibration: usize,
+    /// Calibrate on this percentile of |x| instead of the maximum.
+    #[arg(long)]
+    percentile: Option<f32>,
+    /// Where the three model files are written.
+    #[arg(long, default_value = "target/quantize")]
+    out: PathBuf,
+    /// Directory with the MNIST IDX files.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
+    data: PathBuf,
+}
+
+/// Accuracy and images per second (best of 3 passes over the held-out set).
+fn measure(dev: &Device, m: &dyn Module, test: &Dataset) -> Result<(f32, f64)> {
+    let mut best = f64::MAX;
+    let mut acc = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        acc = evaluate(dev, m, test, Loss::CrossEntropy, 500)?
+            .1
+            .unwrap_or(0.0);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((acc, test.len() as f64 / best))
+}
+
+fn size(p: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(p)?.len())
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let dev = Device::new()?;
+    eprintln!("adapter: {}", dev.adapter().name);
+    let mnist = Mnist::load(&a.data).context("loading MNIST (see data/README.md)")?;
+    let (x, y) = mnist.split(0..8000);
+    let (tx, ty) = mnist.split(8000..10_000);
+    let shape = [1, 28, 28];
+    let test = Dataset::classes(&tx, &shape, &ty);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+
+    let model = lenet5(&dev, 0)?;
+    match &a.model {
+        Some(p) => {
+            let r = checkpoint::load(p, &model.named_parameters(), false).context("loading")?;
+            anyhow::ensure!(
+                r.missing.is_empty() && r.mismatched.is_empty(),
+                "not a LeNet-5 checkpoint: {r:?}"
+            );
+        }
+        None => {
+            eprintln!("no --model: training LeNet-5 for {} epochs", a.epochs);
+            let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.05, 0.9, false, 0.0)?;
+            opt.set_schedule(Schedule::Cosine {
+                t_max: (a.epochs * 8000usize.div_ceil(64)) as u64,
+                min_lr: 0.0,
+            });
+            let cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);
+            let train = Dataset::classes(&x, &shape, &y);
+            fit(&dev, &model, &mut opt, &train, None, &cfg, |s| {
+                eprintln!("epoch {}  loss {:.4}", s.epoch, s.train_loss)
+            })?;
+        }
+    }
+    let f32_path = a.out.join("lenet_f32.safetensors");
+    checkpoint::save(&f32_path, &model.named_parameters(), &[])?;
+    let (f32_acc, f32_ips) = measure(&dev, &model, &test)?;
+
+    let calib = &x[..a.calibration.min(8000) * 784];
+    let mut int8_cfg = QuantConfig::int8();
+    if let Some(p) = a.percentile {
+        int8_cfg.calibration = Calibration::Percentile(p);
+    }
+    let mut results = Vec::new();
+    for (name, cfg) in [("int8", int8_cfg), ("f16", QuantConfig::f16())] {
+        // Quantization consumes the f32 model: start each from the saved weights.
+        let f = lenet5(&dev, 0)?;
+        checkpoint::load(&f32_path, &f.named_parameters(), true)?;
+        let q = quantize(&dev, f, calib, &shape, &cfg)?;
+        let path = a.out.join(format!("lenet_{name}.safetensors"));
+        q.save(&path)?;
+        // Measure the model as loaded from its file, as a deployment would.
+        let q = QuantizedModel::load(&dev, &path, lenet5(&dev, 0)?)?;
+        let (acc, ips) = measure(&dev, &q, &test)?;
+        eprintln!(
+            "{name}: accuracy {acc:.4} (f32 {f32_acc:.4}), {} bytes (f32 {}), {ips:.0} images/s (f32 {f32_ips:.0}){}",
+            size(&path)?,
+            size(&f32_path)?,
+            if q.uses_quantized_kernels() { "" } else { ", f32 fallback kernels" }
+        );
+        results.push((name, acc, size(&path)?, ips, q.uses_quantized_kernels()));
+    }
+    let fields: Vec<String> = results
+        .iter()
+        .map(|(n, acc, bytes, ips, native)| {
+            format!(
+                "\"{n}_accuracy\":{acc:.4},\"{n}_bytes\":{bytes},\"{n}_images_per_second\":{ips:.0},\"{n}_kernels\":{native}"
+            )
+        })
+        .collect();
+    println!(
+        "{{\"example\":\"quantize\",\"f32_accuracy\":{f32_acc:.4},\"f32_bytes\":{},\"f32_images_per_second\":{f32_ips:.0},{},\"int8_drop_points\":{:.2},\"calibration\":{:?},\"test_images\":{},\"adapter\":{:?}}}",
+        size(&f32_path)?,
+        fields.join(","),
+        (f32_acc - results[0].1) * 100.0,
+        a.percentile.map_or("minmax".to_string(), |p| format!("percentile {p}")),
+        test.len(),
+        dev.adapter().name
+    );
+    Ok(())
+}
