@@ -1,4 +1,5 @@
-// fill: out[i] = value for i < n; iota: out[i] = i (device tests, buffer clears).
+// fill: out[i] = value for i < n; iota: out[i] = i (device tests, buffer clears);
+// copy: out[i] = src[i] for i < n (into a longer buffer: staging a small operand).
 // Bindings: outputs, then the parameter block.
 
 struct Params {
@@ -10,6 +11,7 @@ const WG: u32 = 256u;
 
 @group(0) @binding(0) var<storage, read_write> out: array<f32>;
 @group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> src: array<f32>;
 
 @compute @workgroup_size(WG)
 fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -26,4 +28,12 @@ fn iota(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     if (i >= p.n) { return; }
     out[i] = f32(i);
+}
+
+@compute @workgroup_size(WG)
+fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= p.n) { return; }
+    out[i] = src[i];
 }

@@ -45,6 +45,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
+// gemm_direct only: A again, as a uniform array, when it fits (A_UNIFORM). Every invocation of a
+// gemm_direct workgroup reads the same A element at a time; software adapters load that from a
+// uniform buffer about ten times faster than from a storage buffer.
+@group(0) @binding(5) var<uniform> au: array<vec4<f32>, AU_VEC4>;
+const AU_VEC4: u32 = 4096u; // 64 KiB, WebGPU's minimum uniform binding size limit
 
 var<workgroup> As: array<vec4<f32>, BK * TM>; // [BK][BM / 4]
 var<workgroup> Bs: array<vec4<f32>, BK * TN>; // [BK][BN / 4]
@@ -66,6 +71,18 @@ fn load_a(z: u32, m: u32, k: u32) -> f32 {
         case 2u: { return a[((k / CKHW) * p.cin + m) * CKHW + k % CKHW]; }
         default: { return a[((k / COHW) * p.cout + m) * COHW + k % COHW]; }
     }
+}
+
+// A's element from the uniform copy: the same addressing as load_a.
+fn load_au(z: u32, m: u32, k: u32) -> f32 {
+    var i: u32;
+    switch MODE {
+        case 0u: { i = z * p.a_bs + m * p.a_ms + k * p.a_ks; }
+        case 1u: { i = m * p.k + k; }
+        case 2u: { i = ((k / CKHW) * p.cin + m) * CKHW + k % CKHW; }
+        default: { i = ((k / COHW) * p.cout + m) * COHW + k % COHW; }
+    }
+    return au[i / 4u][i % 4u];
 }
 
 fn load_b(z: u32, k: u32, n: u32) -> f32 {
@@ -171,7 +188,7 @@ fn store_row(z: u32, split: u32, m: u32, n: u32, v: vec4<f32>) {
 }
 
 // gemm_direct: the same product without shared memory. Each invocation accumulates an RM x RN block
-// (override constants, RM * RN <= 64, RN <= 8) straight from global memory, relying on caches.
+// (override constants, RM * RN <= 64, RM <= 64, RN <= 8) straight from global memory, relying on caches.
 // On lavapipe each load instruction costs far more than an FMA, so a block's products per load,
 // RM * RN / (RM + RN), sets the speed.
 // Software adapters (lavapipe) run it several times faster than the tiled kernel, since there
@@ -180,6 +197,7 @@ override RM: u32 = 8u;
 override RN: u32 = 8u;
 override WX: u32 = 64u;  // invocations along N per workgroup
 override WY: u32 = 1u;   // invocations along M per workgroup
+override A_UNIFORM: bool = false; // read A from `au` (then WY must be 1: one A row block per workgroup)
 
 @compute @workgroup_size(WX, WY)
 fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>,
@@ -194,12 +212,20 @@ fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>,
     let k_end = min(p.k, k_begin + p.k_chunk);
     let rows = min(RM, p.m - m0);
     let cols = min(RN, p.n - n0);
+    if (A_UNIFORM) {
+        direct_uniform_a(z, split, m0, n0, rows, cols, k_begin, k_end);
+        return;
+    }
     var acc: array<f32, 64>;
     for (var t = 0u; t < 64u; t++) { acc[t] = 0.0; }
     var av: array<f32, 64>;
     var bv: array<f32, 8>;
     for (var k = k_begin; k < k_end; k++) {
-        for (var i = 0u; i < RM; i++) { av[i] = select(0.0, load_a(z, m0 + i, k), i < rows); }
+        if (A_UNIFORM) {
+            for (var i = 0u; i < RM; i++) { av[i] = select(0.0, load_au(z, m0 + min(i, rows - 1u), k), i < rows); }
+        } else {
+            for (var i = 0u; i < RM; i++) { av[i] = select(0.0, load_a(z, m0 + i, k), i < rows); }
+        }
         for (var j = 0u; j < RN; j++) { bv[j] = select(0.0, load_b(z, k, n0 + j), j < cols); }
         for (var i = 0u; i < RM; i++) {
             for (var j = 0u; j < RN; j++) {
@@ -209,5 +235,25 @@ fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     for (var i = 0u; i < rows; i++) {
         for (var j = 0u; j < cols; j++) { store_c(z, split, m0 + i, n0 + j, acc[i * RN + j]); }
+    }
+}
+
+// gemm_direct's block when A is read from the uniform copy: 16 rows x 4 columns held in vec4
+// registers (constant trip counts, so software adapters keep them out of memory). RM <= 16, RN = 4.
+fn direct_uniform_a(z: u32, split: u32, m0: u32, n0: u32, rows: u32, cols: u32, k_begin: u32,
+                    k_end: u32) {
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = vec4<f32>(0.0); }
+    for (var k = k_begin; k < k_end; k++) {
+        let bv = vec4<f32>(select(0.0, load_b(z, k, n0), 0u < cols),
+                           select(0.0, load_b(z, k, n0 + 1u), 1u < cols),
+                           select(0.0, load_b(z, k, n0 + 2u), 2u < cols),
+                           select(0.0, load_b(z, k, n0 + 3u), 3u < cols));
+        for (var i = 0u; i < RM; i++) {
+            acc[i] = fma(vec4<f32>(load_au(z, m0 + min(i, rows - 1u), k)), bv, acc[i]);
+        }
+    }
+    for (var i = 0u; i < rows; i++) {
+        for (var j = 0u; j < cols; j++) { store_c(z, split, m0 + i, n0 + j, acc[i][j]); }
     }
 }

@@ -68,7 +68,9 @@ impl Usage {
     fn wgpu(self) -> wgpu::BufferUsages {
         use wgpu::BufferUsages as U;
         match self {
-            Usage::Storage => U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            // UNIFORM too: a small operand can be bound as a uniform buffer, which software
+            // adapters read far faster than storage when every lane reads the same address.
+            Usage::Storage => U::STORAGE | U::UNIFORM | U::COPY_SRC | U::COPY_DST,
             Usage::Uniform => U::UNIFORM | U::COPY_DST,
             Usage::Staging => U::MAP_READ | U::COPY_DST,
         }
@@ -218,10 +220,10 @@ impl Pool {
         for raw in held {
             let class = raw.buffer.size();
             st.stats.bytes_in_use -= class;
-            let usage = if raw.buffer.usage().contains(wgpu::BufferUsages::UNIFORM) {
-                Usage::Uniform
-            } else {
+            let usage = if raw.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
                 Usage::Storage
+            } else {
+                Usage::Uniform
             };
             st.free.entry((usage, class)).or_default().push(raw);
         }

@@ -680,7 +680,7 @@ impl Device {
         let bindings = validated.bindings(shader, entry)?;
         let storage = bindings
             .iter()
-            .filter(|(_, k)| *k != BindingKind::Uniform)
+            .filter(|(_, k)| matches!(k, BindingKind::StorageRead | BindingKind::StorageReadWrite))
             .count() as u32;
         let max = self.inner.limits.max_storage_buffers_per_shader_stage;
         if storage > max {
@@ -783,7 +783,8 @@ impl Device {
     // ---- launch ----
 
     /// Records one dispatch of `kernel` over `groups` workgroups, binding `buffers` to the entry
-    /// point's storage bindings in binding order and `params` to its uniform binding.
+    /// point's storage bindings (and uniform arrays) in binding order and `params` to its
+    /// parameter block (its uniform struct).
     ///
     /// A 1-D count above the adapter's per-dimension limit is split into x and y; kernels compute
     /// their linear workgroup index as `wid.x + wid.y * nwg.x` and bounds-check it.

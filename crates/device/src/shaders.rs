@@ -33,8 +33,10 @@ pub enum BindingKind {
     StorageRead,
     /// `var<storage, read_write>`.
     StorageReadWrite,
-    /// `var<uniform>`: the kernel's parameter block.
+    /// A `var<uniform>` of struct type: the kernel's parameter block.
     Uniform,
+    /// A `var<uniform>` array: a data buffer read as a uniform (bound like a storage buffer).
+    UniformRead,
 }
 
 /// Parses and validates WGSL with every capability naga knows; errors name the shader.
@@ -78,7 +80,15 @@ impl Validated {
                 continue;
             }
             let kind = match var.space {
-                naga::AddressSpace::Uniform => BindingKind::Uniform,
+                naga::AddressSpace::Uniform
+                    if matches!(
+                        self.module.types[var.ty].inner,
+                        naga::TypeInner::Struct { .. }
+                    ) =>
+                {
+                    BindingKind::Uniform
+                }
+                naga::AddressSpace::Uniform => BindingKind::UniformRead,
                 naga::AddressSpace::Storage { access } => {
                     if access.contains(naga::StorageAccess::STORE) {
                         BindingKind::StorageReadWrite

@@ -64,6 +64,15 @@ pub fn force_path(path: Option<bool>) {
 }
 static FORCE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
+/// Turns the uniform copy of a small A operand in `gemm_direct` on (the default) or off (tests).
+pub fn use_uniform_a(on: bool) {
+    UNIFORM_A.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+static UNIFORM_A: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Floats in gemm.wgsl's uniform array `au` (64 KiB).
+const AU_FLOATS: usize = 16384;
+
 impl GemmPath {
     /// The path for an M x N output: the direct kernel on software adapters, tiles on GPUs; either
     /// way narrow along a small M or N, so small layers (LeNet's six channels) do not compute
@@ -114,7 +123,19 @@ pub(crate) fn gemm(
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
-    let path = GemmPath::choose(dev, g.m, g.n);
+    let mut path = GemmPath::choose(dev, g.m, g.n);
+    // A small A is read through a uniform copy (see gemm.wgsl); loads of A then cost little, so
+    // the register block grows along M, where each loaded B element is reused.
+    let a_uniform = matches!(path, GemmPath::Direct { .. })
+        && a.len() <= AU_FLOATS
+        && UNIFORM_A.load(std::sync::atomic::Ordering::Relaxed);
+    if a_uniform {
+        // The kernel's block: up to 16 rows by 4 columns.
+        path = GemmPath::Direct {
+            rm: g.m.min(16) as u32,
+            rn: 4,
+        };
+    }
     let (bm, bn) = path.block();
     let tiles = g.m.div_ceil(bm) * g.n.div_ceil(bn) * g.batch;
     let target = if dev.adapter().is_software { 16 } else { 128 };
@@ -158,6 +179,7 @@ pub(crate) fn gemm(
                 ("RN", rn as f64),
                 ("WX", DIRECT_WX as f64),
                 ("WY", 1.0),
+                ("A_UNIFORM", if a_uniform { 1.0 } else { 0.0 }),
             ]);
             dev.kernel("gemm", "gemm_direct", &consts)?
         }
@@ -190,7 +212,23 @@ pub(crate) fn gemm(
         u(g.m.div_ceil(bm)),
         u(g.batch * splits),
     ];
-    dev.launch(&k, &[a, b, bias_buf, target_buf], &p, groups)?;
+    if matches!(path, GemmPath::Direct { .. }) {
+        // The uniform binding always needs a full-size buffer; A is copied in when it is used.
+        let au = dev.alloc(AU_FLOATS, DType::F32)?;
+        if a_uniform {
+            let copy = dev.kernel("fill", "copy", &[])?;
+            crate::launch_1d(
+                dev,
+                &copy,
+                &[&au, a],
+                &Params::new().u(a.len() as u32).f(0.0),
+                a.len(),
+            )?;
+        }
+        dev.launch(&k, &[a, b, bias_buf, target_buf, &au], &p, groups)?;
+    } else {
+        dev.launch(&k, &[a, b, bias_buf, target_buf], &p, groups)?;
+    }
     if splits > 1 {
         reduce_raw(dev, target_buf, c, 1, splits, c_size, Reduce::Sum)?;
     }

@@ -225,13 +225,16 @@ fn layout_ops() {
 
 #[test]
 fn matmul_all_transposes_odd_shapes_and_batches() {
-    // Both GEMM kernels, whatever this adapter would choose.
-    for tiled in [true, false] {
+    // Both GEMM kernels, whatever this adapter would choose; the direct one with and without the
+    // uniform copy of a small A.
+    for (tiled, uniform_a) in [(true, true), (false, true), (false, false)] {
         matmul::force_path(Some(tiled));
+        matmul::use_uniform_a(uniform_a);
         matmul_cases();
         conv_cases();
     }
     matmul::force_path(None);
+    matmul::use_uniform_a(true);
 }
 
 fn matmul_cases() {
