@@ -64,24 +64,23 @@ fn im2col(ci: u32, r: u32, img: u32, s: u32) -> f32 {
     return b[((img * p.cin + ci) * p.h + u32(iy)) * p.w + u32(ix)];
 }
 
-fn load_a(z: u32, m: u32, k: u32) -> f32 {
+// Index of A's element (m, k) for the MODE's layout.
+fn a_index(z: u32, m: u32, k: u32) -> u32 {
     switch MODE {
-        case 0u: { return a[z * p.a_bs + m * p.a_ms + k * p.a_ks]; }
-        case 1u: { return a[m * p.k + k]; }
-        case 2u: { return a[((k / CKHW) * p.cin + m) * CKHW + k % CKHW]; }
-        default: { return a[((k / COHW) * p.cout + m) * COHW + k % COHW]; }
+        case 0u: { return z * p.a_bs + m * p.a_ms + k * p.a_ks; }
+        case 1u: { return m * p.k + k; }
+        case 2u: { return ((k / CKHW) * p.cin + m) * CKHW + k % CKHW; }
+        default: { return ((k / COHW) * p.cout + m) * COHW + k % COHW; }
     }
 }
 
-// A's element from the uniform copy: the same addressing as load_a.
+fn load_a(z: u32, m: u32, k: u32) -> f32 {
+    return a[a_index(z, m, k)];
+}
+
+// A's element from the uniform copy.
 fn load_au(z: u32, m: u32, k: u32) -> f32 {
-    var i: u32;
-    switch MODE {
-        case 0u: { i = z * p.a_bs + m * p.a_ms + k * p.a_ks; }
-        case 1u: { i = m * p.k + k; }
-        case 2u: { i = ((k / CKHW) * p.cin + m) * CKHW + k % CKHW; }
-        default: { i = ((k / COHW) * p.cout + m) * COHW + k % COHW; }
-    }
+    let i = a_index(z, m, k);
     return au[i / 4u][i % 4u];
 }
 
@@ -188,7 +187,7 @@ fn store_row(z: u32, split: u32, m: u32, n: u32, v: vec4<f32>) {
 }
 
 // gemm_direct: the same product without shared memory. Each invocation accumulates an RM x RN block
-// (override constants, RM * RN <= 64, RM <= 64, RN <= 8) straight from global memory, relying on caches.
+// (override constants, RM * RN <= 64, RN <= 8) straight from global memory, relying on caches.
 // On lavapipe each load instruction costs far more than an FMA, so a block's products per load,
 // RM * RN / (RM + RN), sets the speed.
 // Software adapters (lavapipe) run it several times faster than the tiled kernel, since there
@@ -221,11 +220,7 @@ fn gemm_direct(@builtin(global_invocation_id) gid: vec3<u32>,
     var av: array<f32, 64>;
     var bv: array<f32, 8>;
     for (var k = k_begin; k < k_end; k++) {
-        if (A_UNIFORM) {
-            for (var i = 0u; i < RM; i++) { av[i] = select(0.0, load_au(z, m0 + min(i, rows - 1u), k), i < rows); }
-        } else {
-            for (var i = 0u; i < RM; i++) { av[i] = select(0.0, load_a(z, m0 + i, k), i < rows); }
-        }
+        for (var i = 0u; i < RM; i++) { av[i] = select(0.0, load_a(z, m0 + i, k), i < rows); }
         for (var j = 0u; j < RN; j++) { bv[j] = select(0.0, load_b(z, k, n0 + j), j < cols); }
         for (var i = 0u; i < RM; i++) {
             for (var j = 0u; j < RN; j++) {

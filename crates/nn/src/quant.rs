@@ -115,7 +115,7 @@ pub struct QuantizedLayer {
     shape: Vec<usize>,
     weights: Weights,
     bias: Option<Vec<f32>>,
-    bias_buf: Buffer,
+    /// The bias on the device (zeros when the layer has none).
     bias_tensor: Tensor,
     exec: Exec,
     dev: Device,
@@ -132,15 +132,7 @@ impl QuantizedLayer {
     ) -> Result<QuantizedLayer> {
         let m = shape[0];
         let b = bias.clone().unwrap_or_else(|| vec![0.0; m]);
-        let bias_buf = dev.upload(&b)?;
-        let bias_tensor = Tensor::from_array(
-            dev,
-            kiln_ops::Array {
-                buf: bias_buf.clone(),
-                shape: vec![m],
-            },
-            false,
-        );
+        let bias_tensor = Tensor::from_f32(dev, &b, &[m])?;
         let k = shape[1..].iter().product::<usize>();
         let dequantized = || -> Vec<f32> {
             match &weights {
@@ -167,7 +159,6 @@ impl QuantizedLayer {
             shape,
             weights,
             bias,
-            bias_buf,
             bias_tensor,
             exec,
             dev: dev.clone(),
@@ -242,11 +233,13 @@ impl Module for QuantizedLayer {
                     *x_scale,
                     packed,
                     scales,
-                    &self.bias_buf,
+                    &self.bias_tensor.array().buf,
                     &g,
                 )?
             }
-            Exec::F16(w) => f16_ops::layer_f16w(&self.dev, x.array(), w, &self.bias_buf, &g)?,
+            Exec::F16(w) => {
+                f16_ops::layer_f16w(&self.dev, x.array(), w, &self.bias_tensor.array().buf, &g)?
+            }
             Exec::F32 { weight } => {
                 return Ok(match self.conv {
                     None => x.linear(weight, Some(&self.bias_tensor))?,

@@ -25,13 +25,7 @@ pub fn layer_f16w(
     g: &LayerGeom,
 ) -> Result<Array> {
     let op = "layer_f16w";
-    if x.shape != g.input_shape() || x.dtype() != DType::F32 {
-        return Err(OpError::Shape {
-            op,
-            expected: format!("f32 input {:?}", g.input_shape()),
-            got: format!("{} {:?}", x.dtype(), x.shape),
-        });
-    }
+    g.check_input(op, x)?;
     if w.dtype() != DType::F16 || w.len() != g.m * g.k() || bias.len() != g.m {
         return Err(OpError::Shape {
             op,

@@ -200,7 +200,8 @@ impl LayerGeom {
         ((row / ohw) * self.m + m) * ohw + row % ohw
     }
 
-    fn check_input(&self, op: &'static str, x: &Array) -> Result<()> {
+    /// The input must be f32 in [`LayerGeom::input_shape`].
+    pub(crate) fn check_input(&self, op: &'static str, x: &Array) -> Result<()> {
         expect_dtype(op, x, DType::F32)?;
         if x.shape != self.input_shape() {
             return Err(OpError::Shape {
