@@ -252,3 +252,87 @@ fn direct_uniform_a(z: u32, split: u32, m0: u32, n0: u32, rows: u32, cols: u32, 
         for (var j = 0u; j < cols; j++) { store_c(z, split, m0 + i, n0 + j, acc[i][j]); }
     }
 }
+
+// gemm_vec4 (MODE 0 only): A and B read as vec4s, four elements per load instruction, which is what
+// sets the speed on software adapters. Each invocation holds an 8 x 8 output block as four 4 x 4
+// matrices and walks K four at a time, so every load feeds 16 multiply-adds.
+// A_MV: A's vec4s run along M (A transposed), else along K. B_KV: B's vec4s run along K
+// (B transposed), else along N. The caller checks that every vec4 is aligned: contiguous
+// dimension a multiple of 4, other strides multiples of 4, K a multiple of 4.
+override A_MV: bool = false;
+override B_KV: bool = false;
+@group(0) @binding(6) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> b4: array<vec4<f32>>;
+
+// The 4 x 4 block A[m..m+4, k..k+4], transposed: column i is A[m + i, k..k+4]. Rows past the
+// edge repeat a valid one (never stored).
+fn a_block(z: u32, m: u32, k: u32) -> mat4x4<f32> {
+    let base = z * p.a_bs;
+    if (A_MV) {
+        let mc = min(m, p.m - 4u);
+        let i0 = (base + k * p.a_ks + mc) / 4u;
+        let s = p.a_ks / 4u;
+        return transpose(mat4x4<f32>(a4[i0], a4[i0 + s], a4[i0 + 2u * s], a4[i0 + 3u * s]));
+    }
+    let r = p.m - 1u;
+    return mat4x4<f32>(a4[(base + min(m, r) * p.a_ms + k) / 4u],
+                       a4[(base + min(m + 1u, r) * p.a_ms + k) / 4u],
+                       a4[(base + min(m + 2u, r) * p.a_ms + k) / 4u],
+                       a4[(base + min(m + 3u, r) * p.a_ms + k) / 4u]);
+}
+
+// The 4 x 4 block B[k..k+4, n..n+4], transposed: column kk is B[k + kk, n..n+4].
+fn b_block(z: u32, k: u32, n: u32) -> mat4x4<f32> {
+    let base = z * p.b_bs;
+    if (B_KV) {
+        let r = p.n - 1u;
+        return transpose(mat4x4<f32>(b4[(base + min(n, r) * p.b_ns + k) / 4u],
+                                     b4[(base + min(n + 1u, r) * p.b_ns + k) / 4u],
+                                     b4[(base + min(n + 2u, r) * p.b_ns + k) / 4u],
+                                     b4[(base + min(n + 3u, r) * p.b_ns + k) / 4u]));
+    }
+    let nc = min(n, p.n - 4u);
+    let i0 = (base + k * p.b_ks + nc) / 4u;
+    let s = p.b_ks / 4u;
+    return mat4x4<f32>(b4[i0], b4[i0 + s], b4[i0 + 2u * s], b4[i0 + 3u * s]);
+}
+
+@compute @workgroup_size(WX, 1)
+fn gemm_vec4(@builtin(global_invocation_id) gid: vec3<u32>,
+             @builtin(workgroup_id) wid: vec3<u32>) {
+    let n0 = gid.x * 8u;
+    let m0 = gid.y * 8u;
+    if (n0 >= p.n || m0 >= p.m) { return; }
+    let z = wid.z / p.k_split;
+    let split = wid.z % p.k_split;
+    let k_begin = split * p.k_chunk;
+    let k_end = min(p.k, k_begin + p.k_chunk);
+    var c00 = mat4x4<f32>();
+    var c01 = mat4x4<f32>();
+    var c10 = mat4x4<f32>();
+    var c11 = mat4x4<f32>();
+    for (var k = k_begin; k < k_end; k += 4u) {
+        let x0 = a_block(z, m0, k);
+        let x1 = a_block(z, m0 + 4u, k);
+        let y0 = b_block(z, k, n0);
+        let y1 = b_block(z, k, n0 + 4u);
+        // Blocks are held transposed: (A B)^T = B^T A^T.
+        c00 += y0 * x0;
+        c01 += y1 * x0;
+        c10 += y0 * x1;
+        c11 += y1 * x1;
+    }
+    store_block(z, split, m0, n0, c00);
+    store_block(z, split, m0, n0 + 4u, c01);
+    store_block(z, split, m0 + 4u, n0, c10);
+    store_block(z, split, m0 + 4u, n0 + 4u, c11);
+}
+
+// Column i of `v` holds C[m + i, n..n+4].
+fn store_block(z: u32, split: u32, m: u32, n: u32, v: mat4x4<f32>) {
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            if (m + i < p.m && n + j < p.n) { store_c(z, split, m + i, n + j, v[i][j]); }
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! bias, on the shared tiled GEMM kernel (`shaders/gemm.wgsl`), which also runs the convolutions.
 
 use crate::reduce::{reduce_raw, sum_to, Reduce};
+use std::sync::atomic::Ordering::Relaxed;
+
 use crate::{expect_dtype, Array, Buffer, DType, Device, OpError, Params, Result};
 
 /// Which operands the GEMM kernel reads, and how (the shader's MODE).
@@ -49,6 +51,38 @@ pub enum GemmPath {
         /// Outputs per invocation along N (at most 8).
         rn: u32,
     },
+    /// `gemm_vec4`: matmul only, an 8 x 8 block per invocation with both operands read as vec4s.
+    /// For software adapters, when both operands are vec4-aligned (see [`vec4_layout`]).
+    Vec4 {
+        /// A's vec4s run along M (A transposed) rather than K.
+        a_mv: bool,
+        /// B's vec4s run along K (B transposed) rather than N.
+        b_kv: bool,
+    },
+}
+
+/// Whether `gemm_vec4` can read both operands as aligned vec4s, and along which dimensions:
+/// `Some((a_mv, b_kv))` as in [`GemmPath::Vec4`].
+fn vec4_layout(g: &Geom) -> Option<(bool, bool)> {
+    let al = |v: usize| v % 4 == 0;
+    if !al(g.k) || !al(g.a[0]) || !al(g.b[0]) {
+        return None;
+    }
+    let a_mv = if g.a[2] == 1 && al(g.a[1]) {
+        false
+    } else if g.a[1] == 1 && al(g.a[2]) && al(g.m) {
+        true
+    } else {
+        return None;
+    };
+    let b_kv = if g.b[2] == 1 && al(g.b[1]) && al(g.n) {
+        false
+    } else if g.b[1] == 1 && al(g.b[2]) {
+        true
+    } else {
+        return None;
+    };
+    Some((a_mv, b_kv))
 }
 
 /// Forces a GEMM path (tests and benchmarks); `None` restores the automatic choice.
@@ -69,6 +103,12 @@ pub fn use_uniform_a(on: bool) {
     UNIFORM_A.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 static UNIFORM_A: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the vec4 matmul kernel on software adapters on (the default) or off (tests).
+pub fn use_vec4(on: bool) {
+    VEC4.store(on, Relaxed);
+}
+static VEC4: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Floats in gemm.wgsl's uniform array `au` (64 KiB).
 const AU_FLOATS: usize = 16384;
@@ -103,6 +143,7 @@ impl GemmPath {
         match *self {
             GemmPath::Tiled { tm, tn, .. } => (4 * tm as usize, 4 * tn as usize),
             GemmPath::Direct { rm, rn } => (rm as usize, DIRECT_WX * rn as usize),
+            GemmPath::Vec4 { .. } => (8, DIRECT_WX * 8),
         }
     }
 }
@@ -129,7 +170,13 @@ pub(crate) fn gemm(
     let a_uniform = matches!(path, GemmPath::Direct { .. })
         && a.len() <= AU_FLOATS
         && UNIFORM_A.load(std::sync::atomic::Ordering::Relaxed);
-    if a_uniform {
+    let vec4 = match path {
+        GemmPath::Direct { .. } if mode == Mode::Matmul && VEC4.load(Relaxed) => vec4_layout(g),
+        _ => None,
+    };
+    if let Some((a_mv, b_kv)) = vec4 {
+        path = GemmPath::Vec4 { a_mv, b_kv };
+    } else if a_uniform {
         // The kernel's block: up to 16 rows by 4 columns.
         path = GemmPath::Direct {
             rm: g.m.min(16) as u32,
@@ -183,6 +230,14 @@ pub(crate) fn gemm(
             ]);
             dev.kernel("gemm", "gemm_direct", &consts)?
         }
+        GemmPath::Vec4 { a_mv, b_kv } => {
+            consts.extend([
+                ("WX", DIRECT_WX as f64),
+                ("A_MV", a_mv as u8 as f64),
+                ("B_KV", b_kv as u8 as f64),
+            ]);
+            dev.kernel("gemm", "gemm_vec4", &consts)?
+        }
     };
     let dummy;
     let bias_buf = match bias {
@@ -212,7 +267,10 @@ pub(crate) fn gemm(
         u(g.m.div_ceil(bm)),
         u(g.batch * splits),
     ];
-    if matches!(path, GemmPath::Direct { .. }) {
+    if matches!(path, GemmPath::Vec4 { .. }) {
+        // Bindings in number order: bias, c, then A and B as vec4 arrays.
+        dev.launch(&k, &[bias_buf, target_buf, a, b], &p, groups)?;
+    } else if matches!(path, GemmPath::Direct { .. }) {
         // The uniform binding always needs a full-size buffer; A is copied in when it is used.
         let au = dev.alloc(AU_FLOATS, DType::F32)?;
         if a_uniform {

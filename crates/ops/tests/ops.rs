@@ -225,16 +225,18 @@ fn layout_ops() {
 
 #[test]
 fn matmul_all_transposes_odd_shapes_and_batches() {
-    // Both GEMM kernels, whatever this adapter would choose; the direct one with and without the
-    // uniform copy of a small A.
-    for (tiled, uniform_a) in [(true, true), (false, true), (false, false)] {
+    // Every GEMM kernel, whatever this adapter would choose: tiled; direct with the vec4 matmul
+    // kernel and the uniform copy of a small A; direct with neither.
+    for (tiled, fast_direct) in [(true, true), (false, true), (false, false)] {
         matmul::force_path(Some(tiled));
-        matmul::use_uniform_a(uniform_a);
+        matmul::use_uniform_a(fast_direct);
+        matmul::use_vec4(fast_direct);
         matmul_cases();
         conv_cases();
     }
     matmul::force_path(None);
     matmul::use_uniform_a(true);
+    matmul::use_vec4(true);
 }
 
 fn matmul_cases() {
@@ -249,6 +251,12 @@ fn matmul_cases() {
         (2, 0, 9, 4, 6),
         (0, 2, 5, 3, 8),
         (0, 0, 6, 25, 3000),
+        // vec4-aligned (the vec4 kernel on software adapters): edges inside its 8 x 8 block,
+        // batches, a shared operand, split K.
+        (0, 0, 12, 20, 16),
+        (2, 2, 4, 8, 12),
+        (0, 3, 8, 4, 4),
+        (0, 0, 20, 12, 2400),
     ];
     for (ba, bb, m, n, k) in cases {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
