@@ -64,7 +64,7 @@ pub enum GemmPath {
 /// Whether `gemm_vec4` can read both operands as aligned vec4s, and along which dimensions:
 /// `Some((a_mv, b_kv))` as in [`GemmPath::Vec4`].
 fn vec4_layout(g: &Geom) -> Option<(bool, bool)> {
-    let al = |v: usize| v % 4 == 0;
+    let al = |v: usize| v.is_multiple_of(4);
     if !al(g.k) || !al(g.a[0]) || !al(g.b[0]) {
         return None;
     }
