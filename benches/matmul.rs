@@ -1,7 +1,42 @@
-//! f32 matmul throughput (GFLOP/s from GPU timestamps where available), one JSON line per size.
+//! f32 matmul throughput (GFLOP/s from GPU timestamps where available), one JSON line per size:
+//! kiln's matmul, then a naive 16 x 16 shared-memory tiled kernel on the same adapter as the
+//! baseline it is measured against.
 //! Run: cargo bench --bench matmul [-- sizes...]
-use kiln::device::Device;
+use kiln::device::{Device, Params};
 use kiln::ops::{matmul, Array};
+
+/// The textbook kernel: one output per invocation, 16 x 16 tiles of A and B staged through
+/// shared memory. Square n x n, n a multiple of 16.
+const NAIVE: &str = r#"
+struct P { n: u32 }
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<uniform> p: P;
+var<workgroup> As: array<f32, 256>;
+var<workgroup> Bs: array<f32, 256>;
+@compute @workgroup_size(16, 16)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>) {
+    var s = 0.0;
+    for (var t = 0u; t < p.n; t += 16u) {
+        As[l.y * 16u + l.x] = a[g.y * p.n + t + l.x];
+        Bs[l.y * 16u + l.x] = b[(t + l.y) * p.n + g.x];
+        workgroupBarrier();
+        for (var k = 0u; k < 16u; k++) { s += As[l.y * 16u + k] * Bs[k * 16u + l.x]; }
+        workgroupBarrier();
+    }
+    c[g.y * p.n + g.x] = s;
+}
+"#;
+
+fn report(dev: &Device, name: &str, n: usize, reps: usize, seconds: f64, source: &str) {
+    let gflops = 2.0 * (n as f64).powi(3) * reps as f64 / seconds / 1e9;
+    println!(
+        "{{\"bench\":\"{name}\",\"n\":{n},\"gflops\":{gflops:.2},\"seconds_per_call\":{:.6},\"timing\":\"{source}\",\"adapter\":{:?}}}",
+        seconds / reps as f64,
+        dev.adapter().name
+    );
+}
 
 fn main() -> anyhow::Result<()> {
     let dev = Device::new()?;
@@ -9,8 +44,9 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
+    let software = dev.adapter().is_software;
     let sizes = if args.is_empty() {
-        if dev.adapter().is_software {
+        if software {
             vec![256, 512]
         } else {
             vec![1024, 2048, 4096]
@@ -18,25 +54,51 @@ fn main() -> anyhow::Result<()> {
     } else {
         args
     };
+    let reps = if software { 3 } else { 20 };
+    let naive = dev.kernel_from_source("naive_matmul", NAIVE, "main", &[])?;
     for n in sizes {
         let a = Array::full(&dev, &[n, n], 0.5)?;
         let b = Array::full(&dev, &[n, n], 0.25)?;
         let _ = matmul::matmul(&dev, &a, &b, false, false, None)?; // compile and warm up
         dev.wait()?;
-        let reps = if dev.adapter().is_software { 3 } else { 20 };
         let t = dev.time(|| {
             for _ in 0..reps {
                 matmul::matmul(&dev, &a, &b, false, false, None)?;
             }
             Ok::<(), kiln::ops::OpError>(())
         })?;
-        let gflops = 2.0 * (n as f64).powi(3) * reps as f64 / t.seconds / 1e9;
-        println!(
-            "{{\"bench\":\"matmul_f32\",\"n\":{n},\"gflops\":{gflops:.2},\"seconds_per_call\":{:.6},\"timing\":\"{:?}\",\"adapter\":{:?}}}",
-            t.seconds / reps as f64,
-            t.source,
-            dev.adapter().name
+        report(
+            &dev,
+            "matmul_f32",
+            n,
+            reps,
+            t.seconds,
+            &format!("{:?}", t.source),
         );
+        if n % 16 == 0 {
+            let c = Array::empty(&dev, &[n, n])?;
+            let p = Params::new().u(n as u32);
+            let groups = [(n / 16) as u32, (n / 16) as u32, 1];
+            let t = dev.time(|| {
+                for _ in 0..reps {
+                    dev.launch(&naive, &[&a.buf, &b.buf, &c.buf], &p, groups)?;
+                }
+                Ok::<(), kiln::device::DeviceError>(())
+            })?;
+            let want = 0.125 * n as f32;
+            anyhow::ensure!(
+                c.to_f32(&dev)?.iter().all(|&v| v == want),
+                "naive kernel gave a wrong product"
+            );
+            report(
+                &dev,
+                "matmul_f32_naive16",
+                n,
+                reps,
+                t.seconds,
+                &format!("{:?}", t.source),
+            );
+        }
     }
     Ok(())
 }

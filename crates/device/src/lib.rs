@@ -736,6 +736,9 @@ impl Device {
         if src.lines().any(|l| l.trim() == "enable f16;") && !self.capabilities().f16 {
             return Err(DeviceError::MissingFeature("shader-f16"));
         }
+        if shaders::uses_subgroups(src) && !self.capabilities().subgroups {
+            return Err(DeviceError::MissingFeature("subgroups"));
+        }
         // naga first: its messages name the shader and the line.
         let validated = Arc::new(shaders::validate(name, src)?);
         let d = &self.inner.device;

@@ -57,6 +57,13 @@ pub fn validate(name: &str, src: &str) -> Result<Validated> {
     Ok(Validated { module, info })
 }
 
+/// Whether WGSL source uses subgroup built-ins or functions (comments aside): such a module cannot
+/// be created on an adapter without the SUBGROUP feature.
+pub fn uses_subgroups(src: &str) -> bool {
+    src.lines()
+        .any(|l| l.split("//").next().unwrap_or("").contains("subgroup"))
+}
+
 impl Validated {
     /// The bindings (group 0) an entry point actually uses, sorted by binding number.
     pub fn bindings(&self, shader: &str, entry: &str) -> Result<Vec<(u32, BindingKind)>> {
@@ -156,6 +163,19 @@ mod tests {
             let v = validate(name, src).unwrap_or_else(|e| panic!("{e}"));
             v.translate_all(name).unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    /// Only the subgroup kernels need the SUBGROUP feature; a comment naming subgroups does not.
+    #[test]
+    fn subgroup_use_is_detected_outside_comments() {
+        let users: Vec<&str> = SHADERS
+            .iter()
+            .filter(|(_, src)| uses_subgroups(src))
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(users, ["gemm_sg"]);
+        assert!(!uses_subgroups("// subgroups would help here\nfn f() {}"));
+        assert!(uses_subgroups("let x = subgroupShuffle(v, 0u); // y"));
     }
 
     #[test]

@@ -51,6 +51,15 @@ pub enum GemmPath {
         /// Outputs per invocation along N (at most 8).
         rn: u32,
     },
+    /// `gemm_sg` (shaders/gemm_sg.wgsl): matmul only, vec4-aligned operands, on software
+    /// adapters with subgroups. A workgroup shares 32 rows of A, which the invocations of a
+    /// subgroup load once between them and pass round by subgroup shuffles.
+    Subgroup {
+        /// A's vec4s run along M (A transposed) rather than K.
+        a_mv: bool,
+        /// B's vec4s run along K (B transposed) rather than N.
+        b_kv: bool,
+    },
     /// `gemm_vec4`: matmul only, an 8 x 8 block per invocation with both operands read as vec4s.
     /// For software adapters, when both operands are vec4-aligned (see [`vec4_layout`]).
     Vec4 {
@@ -104,11 +113,18 @@ pub fn use_uniform_a(on: bool) {
 }
 static UNIFORM_A: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Turns the vec4 matmul kernel on software adapters on (the default) or off (tests).
+/// Turns the vec4 matmul kernels on software adapters on (the default) or off (tests).
 pub fn use_vec4(on: bool) {
     VEC4.store(on, Relaxed);
 }
 static VEC4: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Lets the vec4 matmul use subgroup shuffles where the adapter has them (the default), or not
+/// (tests).
+pub fn use_subgroups(on: bool) {
+    SUBGROUPS.store(on, Relaxed);
+}
+static SUBGROUPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Floats in gemm.wgsl's uniform array `au` (64 KiB).
 const AU_FLOATS: usize = 16384;
@@ -144,11 +160,14 @@ impl GemmPath {
             GemmPath::Tiled { tm, tn, .. } => (4 * tm as usize, 4 * tn as usize),
             GemmPath::Direct { rm, rn } => (rm as usize, DIRECT_WX * rn as usize),
             GemmPath::Vec4 { .. } => (8, DIRECT_WX * 8),
+            GemmPath::Subgroup { .. } => (SG_RM, DIRECT_WX * 4),
         }
     }
 }
 
 const DIRECT_WX: usize = 64;
+/// Rows of C per `gemm_sg` workgroup (32 measured best on lavapipe).
+const SG_RM: usize = 32;
 
 /// Runs the GEMM kernel, splitting K across workgroups when the output alone would leave the
 /// adapter idle (long K, few output tiles: weight gradients), then summing the partials.
@@ -175,7 +194,11 @@ pub(crate) fn gemm(
         _ => None,
     };
     if let Some((a_mv, b_kv)) = vec4 {
-        path = GemmPath::Vec4 { a_mv, b_kv };
+        path = if dev.capabilities().subgroups && SUBGROUPS.load(Relaxed) {
+            GemmPath::Subgroup { a_mv, b_kv }
+        } else {
+            GemmPath::Vec4 { a_mv, b_kv }
+        };
     } else if a_uniform {
         // The kernel's block: up to 16 rows by 4 columns.
         path = GemmPath::Direct {
@@ -238,6 +261,16 @@ pub(crate) fn gemm(
             ]);
             dev.kernel("gemm", "gemm_vec4", &consts)?
         }
+        GemmPath::Subgroup { a_mv, b_kv } => dev.kernel(
+            "gemm_sg",
+            "gemm_sg",
+            &[
+                ("RM", SG_RM as f64),
+                ("WX", DIRECT_WX as f64),
+                ("A_MV", a_mv as u8 as f64),
+                ("B_KV", b_kv as u8 as f64),
+            ],
+        )?,
     };
     let dummy;
     let bias_buf = match bias {
@@ -267,7 +300,9 @@ pub(crate) fn gemm(
         u(g.m.div_ceil(bm)),
         u(g.batch * splits),
     ];
-    if matches!(path, GemmPath::Vec4 { .. }) {
+    if matches!(path, GemmPath::Subgroup { .. }) {
+        dev.launch(&k, &[a, b, bias_buf, target_buf], &p, groups)?;
+    } else if matches!(path, GemmPath::Vec4 { .. }) {
         // Bindings in number order: bias, c, then A and B as vec4 arrays.
         dev.launch(&k, &[bias_buf, target_buf, a, b], &p, groups)?;
     } else if matches!(path, GemmPath::Direct { .. }) {

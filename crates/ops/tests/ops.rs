@@ -225,18 +225,28 @@ fn layout_ops() {
 
 #[test]
 fn matmul_all_transposes_odd_shapes_and_batches() {
-    // Every GEMM kernel, whatever this adapter would choose: tiled; direct with the vec4 matmul
-    // kernel and the uniform copy of a small A; direct with neither.
-    for (tiled, fast_direct) in [(true, true), (false, true), (false, false)] {
+    // Every GEMM kernel, whatever this adapter would choose: tiled; direct with the uniform copy
+    // of a small A and the vec4 matmul kernels (with subgroup shuffles where the adapter has
+    // them, and without); direct with none of these.
+    for (tiled, fast, sg) in [
+        (true, true, true),
+        (false, true, true),
+        (false, true, false),
+        (false, false, false),
+    ] {
         matmul::force_path(Some(tiled));
-        matmul::use_uniform_a(fast_direct);
-        matmul::use_vec4(fast_direct);
+        matmul::use_uniform_a(fast);
+        matmul::use_vec4(fast);
+        matmul::use_subgroups(sg);
         matmul_cases();
-        conv_cases();
+        if sg || !fast {
+            conv_cases(); // the subgroup switch does not touch convolutions
+        }
     }
     matmul::force_path(None);
     matmul::use_uniform_a(true);
     matmul::use_vec4(true);
+    matmul::use_subgroups(true);
 }
 
 fn matmul_cases() {
