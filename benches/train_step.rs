@@ -2,6 +2,8 @@
 //! momentum), a character Transformer (AdamW) and a 2-layer LSTM (forward and backward). Reports
 //! ms per step, samples or tokens per second, dispatches and submissions per step; one JSON line
 //! per workload. Sizes shrink on software adapters (named in each line) so a run ends in minutes.
+//! With `-- --profile`, each workload also prints where one step's GPU time goes: a line per
+//! kernel (label with its constants, calls and ms per step), from per-dispatch timestamps.
 use kiln::device::Device;
 use kiln::graph::{StepPlan, Tensor};
 use kiln::nn::layers::lenet5;
@@ -35,6 +37,22 @@ fn time_steps(
     dev.wait()?;
     let secs = t0.elapsed().as_secs_f64();
     let c1 = dev.counters();
+    if std::env::args().any(|a| a == "--profile") {
+        opt.begin_step()?;
+        let prof = dev.profile(|| plan.replay())?;
+        let total: f64 = prof.iter().map(|k| k.seconds).sum();
+        for k in prof {
+            println!(
+                "{{\"bench\":\"train_step_profile\",\"model\":{:?},\"batch\":{},\"kernel\":{:?},\"calls_per_step\":{},\"ms_per_step\":{:.3},\"share\":{:.3}}}",
+                r.name,
+                r.batch,
+                k.kernel,
+                k.calls,
+                k.seconds * 1e3,
+                k.seconds / total
+            );
+        }
+    }
     println!(
         "{{\"bench\":\"train_step\",\"model\":{:?},\"batch\":{},\"ms_per_step\":{:.3},\"{}_per_s\":{:.0},\"dispatches_per_step\":{:.1},\"submissions_per_step\":{:.2},\"adapter\":{:?}}}",
         r.name,

@@ -13,7 +13,7 @@ mod timing;
 pub use buffer::{Buffer, DType, Element, PoolStats};
 pub use error::{DeviceError, Result};
 pub use shaders::BindingKind;
-pub use timing::{Timing, TimingSource};
+pub use timing::{KernelTime, Timing, TimingSource};
 
 use buffer::{Pool, Raw, Usage};
 use std::collections::HashMap;
@@ -53,6 +53,7 @@ pub struct AdapterSummary {
 /// A compiled compute pipeline with the bindings its entry point uses.
 pub struct Kernel {
     name: String,
+    label: String,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
     bindings: Vec<(u32, BindingKind)>,
@@ -62,6 +63,10 @@ impl Kernel {
     /// "shader::entry".
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// "shader::entry" followed by the override constants it was built with, if any.
+    pub fn label(&self) -> &str {
+        &self.label
     }
     /// The (binding, kind) pairs the entry point uses, in binding order.
     pub fn bindings(&self) -> &[(u32, BindingKind)] {
@@ -302,6 +307,8 @@ struct Inner {
     pipeline_hits: AtomicU64,
     pipeline_misses: AtomicU64,
     timestamp_period: f32,
+    /// Per-dispatch timestamps of the submissions made while [`Device::profile`] runs.
+    profile: Mutex<Option<Vec<timing::ProfileChunk>>>,
 }
 
 /// A GPU device and everything kiln keeps per device. Cheap to clone (shared handle).
@@ -467,6 +474,7 @@ impl Device {
                 pipeline_hits: AtomicU64::new(0),
                 pipeline_misses: AtomicU64::new(0),
                 timestamp_period,
+                profile: Mutex::default(),
             }),
         })
     }
@@ -710,8 +718,14 @@ impl Device {
                 message: format!("entry `{entry}` with {constants:?}: {e}"),
             });
         }
+        let consts: Vec<String> = constants.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let kernel = Arc::new(Kernel {
             name: format!("{shader}::{entry}"),
+            label: if consts.is_empty() {
+                format!("{shader}::{entry}")
+            } else {
+                format!("{shader}::{entry}{{{}}}", consts.join(","))
+            },
             layout: pipeline.get_bind_group_layout(0),
             pipeline,
             bindings,
@@ -961,7 +975,18 @@ impl Device {
             });
         let reads = std::mem::take(&mut pending.reads);
         let n = pending.dispatches.len() + extra.map_or(0, |e| e.len());
-        if n > 0 || timestamps.is_some() {
+        let profiling = timestamps.is_none() && self.inner.profile.lock().unwrap().is_some();
+        let mut profiled = Vec::new();
+        if profiling && n > 0 {
+            let all: Vec<&Arc<Dispatch>> = pending
+                .dispatches
+                .iter()
+                .chain(extra.into_iter().flatten())
+                .collect();
+            for chunk in all.chunks(timing::PROFILE_CHUNK) {
+                profiled.push(timing::encode_profiled(self, &mut enc, chunk));
+            }
+        } else if n > 0 || timestamps.is_some() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("kiln"),
                 timestamp_writes: timestamps.map(|q| wgpu::ComputePassTimestampWrites {
@@ -989,6 +1014,11 @@ impl Device {
                 .map_async(wgpu::MapMode::Read, move |res| {
                     *mapped.lock().unwrap() = Some(res.map_err(|e| e.to_string()));
                 });
+        }
+        if profiling {
+            if let Some(list) = self.inner.profile.lock().unwrap().as_mut() {
+                list.extend(profiled);
+            }
         }
         self.inner.submissions.fetch_add(1, Ordering::Relaxed);
         self.inner.dispatches.fetch_add(n as u64, Ordering::Relaxed);
@@ -1107,5 +1137,15 @@ impl Device {
         work: impl FnOnce() -> Result<(), E>,
     ) -> Result<Timing, E> {
         timing::time(self, work)
+    }
+
+    /// Runs `work` with every dispatch in its own timed compute pass and returns GPU time per
+    /// kernel label (shader, entry point and constants), most expensive first. The device's
+    /// submissions from other threads meanwhile are counted too. Needs timestamp queries.
+    pub fn profile<E: From<DeviceError>>(
+        &self,
+        work: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Vec<KernelTime>, E> {
+        timing::profile(self, work)
     }
 }

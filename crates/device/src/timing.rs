@@ -69,3 +69,110 @@ pub(crate) fn time<E: From<DeviceError>>(
         source: TimingSource::GpuTimestamps,
     })
 }
+
+/// GPU time spent in one kernel (by label) during [`Device::profile`].
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// The kernel's label: shader, entry point and override constants.
+    pub kernel: String,
+    /// Dispatches of it.
+    pub calls: u64,
+    /// Seconds of GPU time, summed over its dispatches.
+    pub seconds: f64,
+}
+
+/// Dispatches per query set: two timestamps each, within wgpu's 4,096 queries per set.
+pub(crate) const PROFILE_CHUNK: usize = 2048;
+
+/// The timestamps of one submission's dispatches, waiting to be read.
+pub(crate) struct ProfileChunk {
+    labels: Vec<String>,
+    read: wgpu::Buffer,
+}
+
+/// Encodes each dispatch in its own compute pass between two timestamps, then the copy of the
+/// timestamps to a mappable buffer.
+pub(crate) fn encode_profiled(
+    dev: &Device,
+    enc: &mut wgpu::CommandEncoder,
+    dispatches: &[&std::sync::Arc<crate::Dispatch>],
+) -> ProfileChunk {
+    let d = &dev.inner.device;
+    let queries = 2 * dispatches.len() as u32;
+    let bytes = 8 * queries as u64;
+    let qs = d.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("kiln profile"),
+        ty: wgpu::QueryType::Timestamp,
+        count: queries,
+    });
+    for (i, dispatch) in dispatches.iter().enumerate() {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(dispatch.kernel.label()),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &qs,
+                beginning_of_pass_write_index: Some(2 * i as u32),
+                end_of_pass_write_index: Some(2 * i as u32 + 1),
+            }),
+        });
+        Device::encode(&mut pass, std::slice::from_ref(*dispatch));
+    }
+    let resolve = d.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("kiln profile resolve"),
+        size: bytes,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let read = d.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("kiln profile read"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    enc.resolve_query_set(&qs, 0..queries, &resolve, 0);
+    enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+    ProfileChunk {
+        labels: dispatches
+            .iter()
+            .map(|d| d.kernel.label().to_string())
+            .collect(),
+        read,
+    }
+}
+
+pub(crate) fn profile<E: From<DeviceError>>(
+    dev: &Device,
+    work: impl FnOnce() -> Result<(), E>,
+) -> Result<Vec<KernelTime>, E> {
+    if !dev.inner.caps.timestamps {
+        return Err(DeviceError::MissingFeature("timestamp-query").into());
+    }
+    dev.wait()?;
+    *dev.inner.profile.lock().unwrap() = Some(Vec::new());
+    let worked = work();
+    let flushed = dev.flush();
+    let chunks = dev.inner.profile.lock().unwrap().take().unwrap_or_default();
+    worked?;
+    flushed?;
+    let mut out: Vec<KernelTime> = Vec::new();
+    let period = dev.inner.timestamp_period as f64 * 1e-9;
+    for chunk in chunks {
+        let bytes = dev.map_read(&chunk.read, 16 * chunk.labels.len() as u64)?;
+        let t: &[u64] = bytemuck::cast_slice(&bytes);
+        for (i, label) in chunk.labels.into_iter().enumerate() {
+            let seconds = t[2 * i + 1].saturating_sub(t[2 * i]) as f64 * period;
+            match out.iter_mut().find(|k| k.kernel == label) {
+                Some(k) => {
+                    k.calls += 1;
+                    k.seconds += seconds;
+                }
+                None => out.push(KernelTime {
+                    kernel: label,
+                    calls: 1,
+                    seconds,
+                }),
+            }
+        }
+    }
+    out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    Ok(out)
+}

@@ -221,3 +221,43 @@ fn async_readback_rides_in_the_next_submission_and_never_blocks() {
         assert_eq!(t.wait::<f32>().unwrap()[499], i as f32);
     }
 }
+
+#[test]
+fn profile_times_each_kernel_by_label() {
+    // A private device: profiling counts every submission the device makes meanwhile.
+    let d = Device::new().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)");
+    let fill = d.kernel("fill", "fill", &[]).unwrap();
+    let iota = d.kernel("fill", "iota", &[]).unwrap();
+    let a = d.alloc(1 << 16, DType::F32).unwrap();
+    let prof = d
+        .profile(|| {
+            for v in 0..3 {
+                d.launch(
+                    &fill,
+                    &[&a],
+                    &Params::new().u(1 << 16).f(v as f32),
+                    [256, 1, 1],
+                )?;
+            }
+            d.launch(&iota, &[&a], &Params::new().u(1 << 16).f(0.0), [256, 1, 1])?;
+            Ok::<(), DeviceError>(())
+        })
+        .unwrap();
+    let calls: Vec<(&str, u64)> = {
+        let mut c: Vec<_> = prof.iter().map(|k| (k.kernel.as_str(), k.calls)).collect();
+        c.sort();
+        c
+    };
+    assert_eq!(calls, [("fill::fill", 3), ("fill::iota", 1)]);
+    assert!(
+        prof.iter().all(|k| k.seconds > 0.0 && k.seconds < 10.0),
+        "{prof:?}"
+    );
+    // The work itself ran: iota came last.
+    assert_eq!(d.download::<f32>(&a).unwrap()[7], 7.0);
+    // An error inside the work comes back as it is.
+    let e = d
+        .profile(|| Err::<(), _>(DeviceError::MissingFeature("test")))
+        .unwrap_err();
+    assert!(matches!(e, DeviceError::MissingFeature("test")));
+}

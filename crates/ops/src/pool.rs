@@ -65,6 +65,38 @@ fn params(n: usize, xs: [usize; 4], oh: usize, ow: usize, s: &Pool2dSpec) -> Par
     .map(|v| v as u32))
 }
 
+/// The pool kernel with the shape's divisors as override constants: integer division has no
+/// vector form on CPUs, so software adapters divide by a constant far faster.
+fn kernel(
+    dev: &Device,
+    entry: &str,
+    op: u32,
+    xs: [usize; 4],
+    oh: usize,
+    ow: usize,
+    s: &Pool2dSpec,
+) -> Result<std::sync::Arc<kiln_device::Kernel>> {
+    let c = &s.conv;
+    Ok(dev.kernel(
+        "pool",
+        entry,
+        &[
+            ("OP", op as f64),
+            ("PW", xs[3] as f64),
+            ("PHW", (xs[2] * xs[3]) as f64),
+            ("POW", ow as f64),
+            ("POHW", (oh * ow) as f64),
+            ("PSH", c.stride.0 as f64),
+            ("PSW", c.stride.1 as f64),
+            (
+                "DISJOINT",
+                (c.dilation == (1, 1) && c.stride.0 >= s.kernel.0 && c.stride.1 >= s.kernel.1) as u8
+                    as f64,
+            ),
+        ],
+    )?)
+}
+
 /// Max pooling: (y, argmax indices within each plane).
 pub fn max_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<(Array, Array)> {
     expect_dtype("max_pool2d", x, DType::F32)?;
@@ -75,7 +107,7 @@ pub fn max_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<(Array, 
         buf: dev.alloc(y.numel(), DType::I32)?,
         shape: shape.to_vec(),
     };
-    let k = dev.kernel("pool", "pool_forward", &[("OP", 0.0)])?;
+    let k = kernel(dev, "pool_forward", 0, xs, oh, ow, spec)?;
     launch_1d(
         dev,
         &k,
@@ -103,7 +135,7 @@ pub fn max_pool2d_backward(
         });
     }
     let dx = Array::empty(dev, x_shape)?;
-    let k = dev.kernel("pool", "pool_backward", &[("OP", 0.0)])?;
+    let k = kernel(dev, "pool_backward", 0, xs, oh, ow, spec)?;
     launch_1d(
         dev,
         &k,
@@ -119,7 +151,7 @@ pub fn avg_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<Array> {
     expect_dtype("avg_pool2d", x, DType::F32)?;
     let (xs, oh, ow) = dims("avg_pool2d", &x.shape, spec)?;
     let y = Array::empty(dev, &[xs[0], xs[1], oh, ow])?;
-    let k = dev.kernel("pool", "pool_forward", &[("OP", 1.0)])?;
+    let k = kernel(dev, "pool_forward", 1, xs, oh, ow, spec)?;
     // The max branch's index binding is unused here but still declared: a 1-element stand-in.
     let unused = dev.alloc(1, DType::I32)?;
     launch_1d(
@@ -148,7 +180,7 @@ pub fn avg_pool2d_backward(
         });
     }
     let dx = Array::empty(dev, x_shape)?;
-    let k = dev.kernel("pool", "pool_backward", &[("OP", 1.0)])?;
+    let k = kernel(dev, "pool_backward", 1, xs, oh, ow, spec)?;
     let unused = dev.alloc(1, DType::I32)?;
     launch_1d(
         dev,

@@ -534,6 +534,18 @@ fn pooling_forward_and_gradients() {
                 },
             },
         ),
+        // Disjoint windows with gaps between them and padding (the one-window backward path).
+        (
+            [2, 1, 7, 8],
+            Pool2dSpec {
+                kernel: (2, 2),
+                conv: Conv2dSpec {
+                    stride: (3, 3),
+                    padding: (1, 1),
+                    dilation: (1, 1),
+                },
+            },
+        ),
     ];
     for (xs, spec) in specs {
         let x = r.vec(xs.iter().product(), -1.0, 1.0);
