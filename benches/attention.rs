@@ -33,7 +33,8 @@ fn main() -> anyhow::Result<()> {
         let (_, saved) = attention::attention(&dev, &q, &k, &v, None, &spec)?;
         attention::attention_backward(&dev, &q, &k, &v, None, &spec, &saved, &dout).map(|_| ())
     };
-    let passes: [(&str, f64, &dyn Fn() -> Result<(), OpError>); 2] = [
+    type Work<'a> = &'a dyn Fn() -> Result<(), OpError>;
+    let passes: [(&str, f64, Work); 2] = [
         ("forward", fwd_flops, &forward),
         ("forward_backward", 3.5 * fwd_flops, &both),
     ];
