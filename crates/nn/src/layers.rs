@@ -347,6 +347,10 @@ impl Sequential {
     pub fn into_layers(self) -> Vec<(String, Box<dyn Module>)> {
         self.layers
     }
+    /// A stack of named modules, in order (the inverse of [`Sequential::into_layers`]).
+    pub fn from_layers(layers: Vec<(String, Box<dyn Module>)>) -> Sequential {
+        Sequential { layers }
+    }
 }
 
 impl Module for Sequential {

@@ -254,7 +254,7 @@ impl Module for QuantizedLayer {
 /// A model whose Linear and Conv2d layers are quantized; runs forward only (use it with
 /// `train::evaluate` and `train::predict`).
 pub struct QuantizedModel {
-    layers: Vec<(String, Box<dyn Module>)>,
+    layers: Sequential,
     precision: Precision,
     example_shape: Vec<usize>,
 }
@@ -396,7 +396,7 @@ pub fn quantize(
         out.push((name, Box::new(layer) as Box<dyn Module>));
     }
     Ok(QuantizedModel {
-        layers: out,
+        layers: Sequential::from_layers(out),
         precision: cfg.precision,
         example_shape: example_shape.to_vec(),
     })
@@ -414,12 +414,9 @@ impl QuantizedModel {
     }
 
     fn quantized(&self) -> impl Iterator<Item = (&str, &QuantizedLayer)> {
-        self.layers.iter().filter_map(|(n, m)| {
-            (**m)
-                .as_any()
-                .downcast_ref::<QuantizedLayer>()
-                .map(|q| (n.as_str(), q))
-        })
+        self.layers
+            .layers()
+            .filter_map(|(n, m)| m.as_any().downcast_ref::<QuantizedLayer>().map(|q| (n, q)))
     }
 
     /// Whether every quantized layer runs on its int8 or f16 kernel on this adapter.
@@ -474,8 +471,8 @@ impl QuantizedModel {
 
     fn to_raw(&self) -> Result<Vec<RawTensor>> {
         let mut out = Vec::new();
-        for (name, m) in &self.layers {
-            match (**m).as_any().downcast_ref::<QuantizedLayer>() {
+        for (name, m) in self.layers.layers() {
+            match m.as_any().downcast_ref::<QuantizedLayer>() {
                 Some(q) => out.extend(q.raw(name)),
                 None => {
                     for (p, t) in m.named_parameters() {
@@ -624,7 +621,7 @@ fn from_raw(
         ));
     }
     Ok(QuantizedModel {
-        layers,
+        layers: Sequential::from_layers(layers),
         precision,
         example_shape,
     })
@@ -643,16 +640,9 @@ impl Module for QuantizedModel {
                 x.shape()
             )));
         }
-        let mut h = x.clone();
-        for (_, m) in &self.layers {
-            h = m.forward(&h)?;
-        }
-        Ok(h)
+        self.layers.forward(x)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.layers
-            .iter()
-            .flat_map(|(n, m)| crate::layers::prefixed(n, m.named_parameters()))
-            .collect()
+        self.layers.named_parameters()
     }
 }
