@@ -1,5 +1,5 @@
 // Matmul for software adapters with subgroups: C[z, m, n] = sum_k A[z, m, k] * B[z, k, n] (+ bias[n]),
-// both operands read as vec4s (the caller checks alignment, as for gemm.wgsl's gemm_vec4).
+// both operands read as vec4s (the caller checks the alignment).
 // All invocations of a workgroup share the same RM rows of A, and each owns four columns of C.
 // Rather than each loading the same A elements, the invocations of a subgroup load different
 // vec4s of those rows and pass them round with subgroupShuffle: one load then serves the whole

@@ -60,18 +60,10 @@ pub enum GemmPath {
         /// B's vec4s run along K (B transposed) rather than N.
         b_kv: bool,
     },
-    /// `gemm_vec4`: matmul only, an 8 x 8 block per invocation with both operands read as vec4s.
-    /// For software adapters, when both operands are vec4-aligned (see [`vec4_layout`]).
-    Vec4 {
-        /// A's vec4s run along M (A transposed) rather than K.
-        a_mv: bool,
-        /// B's vec4s run along K (B transposed) rather than N.
-        b_kv: bool,
-    },
 }
 
-/// Whether `gemm_vec4` can read both operands as aligned vec4s, and along which dimensions:
-/// `Some((a_mv, b_kv))` as in [`GemmPath::Vec4`].
+/// Whether `gemm_sg` can read both operands as aligned vec4s, and along which dimensions:
+/// `Some((a_mv, b_kv))` as in [`GemmPath::Subgroup`].
 fn vec4_layout(g: &Geom) -> Option<(bool, bool)> {
     let al = |v: usize| v.is_multiple_of(4);
     if !al(g.k) || !al(g.a[0]) || !al(g.b[0]) {
@@ -102,25 +94,18 @@ pub fn force_path(path: Option<bool>) {
             Some(true) => 1,
             Some(false) => 2,
         },
-        std::sync::atomic::Ordering::Relaxed,
+        Relaxed,
     );
 }
 static FORCE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Turns the uniform copy of a small A operand in `gemm_direct` on (the default) or off (tests).
 pub fn use_uniform_a(on: bool) {
-    UNIFORM_A.store(on, std::sync::atomic::Ordering::Relaxed);
+    UNIFORM_A.store(on, Relaxed);
 }
 static UNIFORM_A: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Turns the vec4 matmul kernels on software adapters on (the default) or off (tests).
-pub fn use_vec4(on: bool) {
-    VEC4.store(on, Relaxed);
-}
-static VEC4: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Lets the vec4 matmul use subgroup shuffles where the adapter has them (the default), or not
-/// (tests).
+/// Lets matmuls on software adapters with subgroups use `gemm_sg` (the default), or not (tests).
 pub fn use_subgroups(on: bool) {
     SUBGROUPS.store(on, Relaxed);
 }
@@ -134,7 +119,7 @@ impl GemmPath {
     /// way narrow along a small M or N, so small layers (LeNet's six channels) do not compute
     /// mostly padding. [`force_path`] overrides the choice (`Some(true)`: tiled).
     pub fn choose(dev: &Device, m: usize, n: usize) -> GemmPath {
-        let tiled = match FORCE.load(std::sync::atomic::Ordering::Relaxed) {
+        let tiled = match FORCE.load(Relaxed) {
             1 => true,
             2 => false,
             _ => !dev.adapter().is_software,
@@ -159,7 +144,6 @@ impl GemmPath {
         match *self {
             GemmPath::Tiled { tm, tn, .. } => (4 * tm as usize, 4 * tn as usize),
             GemmPath::Direct { rm, rn } => (rm as usize, DIRECT_WX * rn as usize),
-            GemmPath::Vec4 { .. } => (8, DIRECT_WX * 8),
             GemmPath::Subgroup { .. } => (SG_RM, DIRECT_WX * 4),
         }
     }
@@ -186,19 +170,14 @@ pub(crate) fn gemm(
     let mut path = GemmPath::choose(dev, g.m, g.n);
     // A small A is read through a uniform copy (see gemm.wgsl); loads of A then cost little, so
     // the register block grows along M, where each loaded B element is reused.
-    let a_uniform = matches!(path, GemmPath::Direct { .. })
-        && a.len() <= AU_FLOATS
-        && UNIFORM_A.load(std::sync::atomic::Ordering::Relaxed);
-    let vec4 = match path {
-        GemmPath::Direct { .. } if mode == Mode::Matmul && VEC4.load(Relaxed) => vec4_layout(g),
-        _ => None,
-    };
-    if let Some((a_mv, b_kv)) = vec4 {
-        path = if dev.capabilities().subgroups && SUBGROUPS.load(Relaxed) {
-            GemmPath::Subgroup { a_mv, b_kv }
-        } else {
-            GemmPath::Vec4 { a_mv, b_kv }
-        };
+    let a_uniform =
+        matches!(path, GemmPath::Direct { .. }) && a.len() <= AU_FLOATS && UNIFORM_A.load(Relaxed);
+    let sg = matches!(path, GemmPath::Direct { .. })
+        && mode == Mode::Matmul
+        && dev.capabilities().subgroups
+        && SUBGROUPS.load(Relaxed);
+    if let Some((a_mv, b_kv)) = vec4_layout(g).filter(|_| sg) {
+        path = GemmPath::Subgroup { a_mv, b_kv };
     } else if a_uniform {
         // The kernel's block: up to 16 rows by 4 columns.
         path = GemmPath::Direct {
@@ -253,14 +232,6 @@ pub(crate) fn gemm(
             ]);
             dev.kernel("gemm", "gemm_direct", &consts)?
         }
-        GemmPath::Vec4 { a_mv, b_kv } => {
-            consts.extend([
-                ("WX", DIRECT_WX as f64),
-                ("A_MV", a_mv as u8 as f64),
-                ("B_KV", b_kv as u8 as f64),
-            ]);
-            dev.kernel("gemm", "gemm_vec4", &consts)?
-        }
         GemmPath::Subgroup { a_mv, b_kv } => dev.kernel(
             "gemm_sg",
             "gemm_sg",
@@ -300,12 +271,7 @@ pub(crate) fn gemm(
         u(g.m.div_ceil(bm)),
         u(g.batch * splits),
     ];
-    if matches!(path, GemmPath::Subgroup { .. }) {
-        dev.launch(&k, &[a, b, bias_buf, target_buf], &p, groups)?;
-    } else if matches!(path, GemmPath::Vec4 { .. }) {
-        // Bindings in number order: bias, c, then A and B as vec4 arrays.
-        dev.launch(&k, &[bias_buf, target_buf, a, b], &p, groups)?;
-    } else if matches!(path, GemmPath::Direct { .. }) {
+    if matches!(path, GemmPath::Direct { .. }) {
         // The uniform binding always needs a full-size buffer; A is copied in when it is used.
         let au = dev.alloc(AU_FLOATS, DType::F32)?;
         if a_uniform {

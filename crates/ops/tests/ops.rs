@@ -226,26 +226,17 @@ fn layout_ops() {
 #[test]
 fn matmul_all_transposes_odd_shapes_and_batches() {
     // Every GEMM kernel, whatever this adapter would choose: tiled; direct with the uniform copy
-    // of a small A and the vec4 matmul kernels (with subgroup shuffles where the adapter has
-    // them, and without); direct with none of these.
-    for (tiled, fast, sg) in [
-        (true, true, true),
-        (false, true, true),
-        (false, true, false),
-        (false, false, false),
-    ] {
+    // of a small A and, for vec4-aligned matmuls, gemm_sg where the adapter has subgroups;
+    // direct with neither.
+    for (tiled, fast) in [(true, true), (false, true), (false, false)] {
         matmul::force_path(Some(tiled));
         matmul::use_uniform_a(fast);
-        matmul::use_vec4(fast);
-        matmul::use_subgroups(sg);
+        matmul::use_subgroups(fast);
         matmul_cases();
-        if sg || !fast {
-            conv_cases(); // the subgroup switch does not touch convolutions
-        }
+        conv_cases();
     }
     matmul::force_path(None);
     matmul::use_uniform_a(true);
-    matmul::use_vec4(true);
     matmul::use_subgroups(true);
 }
 
@@ -261,8 +252,8 @@ fn matmul_cases() {
         (2, 0, 9, 4, 6),
         (0, 2, 5, 3, 8),
         (0, 0, 6, 25, 3000),
-        // vec4-aligned (the vec4 kernel on software adapters): edges inside its 8 x 8 block,
-        // batches, a shared operand, split K.
+        // vec4-aligned (gemm_sg on software adapters): edges inside its 32-row block, batches,
+        // a shared operand, split K.
         (0, 0, 12, 20, 16),
         (2, 2, 4, 8, 12),
         (0, 3, 8, 4, 4),
