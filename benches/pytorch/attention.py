@@ -6,21 +6,11 @@ import json
 import torch
 import torch.nn.functional as F
 
+from cuda_timer import seconds_per_call
+
 torch.backends.cuda.matmul.allow_tf32 = False
 b, h, t, d = 8, 12, 1024, 64
 fwd_flops = 2 * b * h * t * t * d
-
-
-def timed(fn, reps=20):
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / reps
 
 
 for dtype in (torch.float32, torch.bfloat16):
@@ -37,7 +27,7 @@ for dtype in (torch.float32, torch.bfloat16):
         torch.autograd.grad(o, (q, k, v), dout)
 
     for p, flops, fn in (("forward", fwd_flops, forward), ("forward_backward", 3.5 * fwd_flops, both)):
-        secs = timed(fn)
+        secs = seconds_per_call(fn)
         print(json.dumps({"bench": "attention_pytorch", "dtype": str(dtype).split(".")[-1], "pass": p,
                           "shape": [b, h, t, d], "gflops": round(flops / secs / 1e9, 1),
                           "ms_per_call": round(secs * 1e3, 3), "device": torch.cuda.get_device_name()}))

@@ -4,24 +4,13 @@ import json
 
 import torch
 
+from cuda_timer import seconds_per_call
+
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 dev = "cuda"
 cases = [("lenet_conv2", (256, 6, 14, 14), (16, 6, 5, 5), 0),
          ("conv3x3_128", (32, 128, 56, 56), (128, 128, 3, 3), 1)]
-
-
-def timed(fn, reps=20):
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / reps
-
 
 for name, xs, ws, pad in cases:
     x = torch.full(xs, 0.5, device=dev)
@@ -35,7 +24,7 @@ for name, xs, ws, pad in cases:
         "backward_weight": lambda: torch.nn.grad.conv2d_weight(x, ws, dy, padding=pad),
     }
     for p, fn in passes.items():
-        secs = timed(fn)
+        secs = seconds_per_call(fn)
         print(json.dumps({"bench": "conv2d_pytorch", "case": name, "pass": p,
                           "gflops": round(flops / secs / 1e9, 1), "ms_per_call": round(secs * 1e3, 3),
                           "device": torch.cuda.get_device_name()}))
