@@ -7,6 +7,8 @@ use kiln::device::Device;
 use kiln::ops::attention::{self, AttentionSpec};
 use kiln::ops::{Array, OpError};
 
+mod common;
+
 fn main() -> anyhow::Result<()> {
     let dev = Device::new()?;
     let soft = dev.adapter().is_software;
@@ -39,14 +41,7 @@ fn main() -> anyhow::Result<()> {
         ("forward_backward", 3.5 * fwd_flops, &both),
     ];
     for (pass, flops, work) in passes {
-        work()?; // compile and warm up
-        dev.wait()?;
-        let tm = dev.time(|| {
-            for _ in 0..reps {
-                work()?;
-            }
-            Ok::<(), OpError>(())
-        })?;
+        let tm = common::time_reps(&dev, reps, work)?;
         println!(
             "{{\"bench\":\"attention\",\"pass\":\"{pass}\",\"shape\":{shape:?},\"causal\":true,\"gflops\":{:.2},\"ms_per_call\":{:.3},\"timing\":\"{:?}\",\"adapter\":{:?}}}",
             flops * reps as f64 / tm.seconds / 1e9,

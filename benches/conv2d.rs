@@ -6,6 +6,8 @@ use kiln::device::Device;
 use kiln::ops::conv::{self, Conv2dSpec};
 use kiln::ops::{Array, OpError};
 
+mod common;
+
 fn main() -> anyhow::Result<()> {
     let dev = Device::new()?;
     let soft = dev.adapter().is_software;
@@ -47,14 +49,7 @@ fn main() -> anyhow::Result<()> {
             ),
         ];
         for (pass, work) in passes {
-            work()?; // compile and warm up
-            dev.wait()?;
-            let t = dev.time(|| {
-                for _ in 0..reps {
-                    work()?;
-                }
-                Ok::<(), OpError>(())
-            })?;
+            let t = common::time_reps(&dev, reps, work)?;
             println!(
                 "{{\"bench\":\"conv2d\",\"case\":\"{name}\",\"pass\":\"{pass}\",\"x\":{xs:?},\"w\":{ws:?},\"gflops\":{:.2},\"ms_per_call\":{:.3},\"timing\":\"{:?}\",\"adapter\":{:?}}}",
                 flops * reps as f64 / t.seconds / 1e9,

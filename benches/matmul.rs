@@ -5,6 +5,8 @@
 use kiln::device::{Device, Params};
 use kiln::ops::{matmul, Array};
 
+mod common;
+
 /// The textbook kernel: one output per invocation, 16 x 16 tiles of A and B staged through
 /// shared memory. Square n x n, n a multiple of 16.
 const NAIVE: &str = r#"
@@ -59,13 +61,8 @@ fn main() -> anyhow::Result<()> {
     for n in sizes {
         let a = Array::full(&dev, &[n, n], 0.5)?;
         let b = Array::full(&dev, &[n, n], 0.25)?;
-        let _ = matmul::matmul(&dev, &a, &b, false, false, None)?; // compile and warm up
-        dev.wait()?;
-        let t = dev.time(|| {
-            for _ in 0..reps {
-                matmul::matmul(&dev, &a, &b, false, false, None)?;
-            }
-            Ok::<(), kiln::ops::OpError>(())
+        let t = common::time_reps(&dev, reps, || {
+            matmul::matmul(&dev, &a, &b, false, false, None).map(|_| ())
         })?;
         report(
             &dev,
@@ -79,11 +76,8 @@ fn main() -> anyhow::Result<()> {
             let c = Array::empty(&dev, &[n, n])?;
             let p = Params::new().u(n as u32);
             let groups = [(n / 16) as u32, (n / 16) as u32, 1];
-            let t = dev.time(|| {
-                for _ in 0..reps {
-                    dev.launch(&naive, &[&a.buf, &b.buf, &c.buf], &p, groups)?;
-                }
-                Ok::<(), kiln::device::DeviceError>(())
+            let t = common::time_reps(&dev, reps, || {
+                dev.launch(&naive, &[&a.buf, &b.buf, &c.buf], &p, groups)
             })?;
             let want = 0.125 * n as f32;
             anyhow::ensure!(
