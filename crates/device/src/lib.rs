@@ -718,14 +718,15 @@ impl Device {
                 message: format!("entry `{entry}` with {constants:?}: {e}"),
             });
         }
+        let name = format!("{shader}::{entry}");
         let consts: Vec<String> = constants.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let kernel = Arc::new(Kernel {
-            name: format!("{shader}::{entry}"),
             label: if consts.is_empty() {
-                format!("{shader}::{entry}")
+                name.clone()
             } else {
-                format!("{shader}::{entry}{{{}}}", consts.join(","))
+                format!("{name}{{{}}}", consts.join(","))
             },
+            name,
             layout: pipeline.get_bind_group_layout(0),
             pipeline,
             bindings,

@@ -37,29 +37,9 @@ pub(crate) fn time<E: From<DeviceError>>(
         });
     }
     work()?;
-    let d = &inner.device;
-    let qs = d.create_query_set(&wgpu::QuerySetDescriptor {
-        label: Some("kiln timing"),
-        ty: wgpu::QueryType::Timestamp,
-        count: 2,
-    });
-    let resolve = d.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("kiln timing resolve"),
-        size: 16,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let read = d.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("kiln timing read"),
-        size: 16,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    dev.submit_timed(None, Some(&qs), |enc| {
-        enc.resolve_query_set(&qs, 0..2, &resolve, 0);
-        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
-    })?;
-    let bytes = dev.map_read(&read, 16)?;
+    let q = Timestamps::new(dev, 2);
+    dev.submit_timed(None, Some(&q.set), |enc| q.copy_out(enc))?;
+    let bytes = dev.map_read(&q.read, 16)?;
     let t: &[u64] = bytemuck::cast_slice(&bytes);
     if t[1] < t[0] {
         return Err(DeviceError::Wgpu("timestamps went backwards".into()).into());
@@ -97,45 +77,69 @@ pub(crate) fn encode_profiled(
     enc: &mut wgpu::CommandEncoder,
     dispatches: &[&std::sync::Arc<crate::Dispatch>],
 ) -> ProfileChunk {
-    let d = &dev.inner.device;
-    let queries = 2 * dispatches.len() as u32;
-    let bytes = 8 * queries as u64;
-    let qs = d.create_query_set(&wgpu::QuerySetDescriptor {
-        label: Some("kiln profile"),
-        ty: wgpu::QueryType::Timestamp,
-        count: queries,
-    });
+    let q = Timestamps::new(dev, 2 * dispatches.len() as u32);
     for (i, dispatch) in dispatches.iter().enumerate() {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(dispatch.kernel.label()),
             timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                query_set: &qs,
+                query_set: &q.set,
                 beginning_of_pass_write_index: Some(2 * i as u32),
                 end_of_pass_write_index: Some(2 * i as u32 + 1),
             }),
         });
         Device::encode(&mut pass, std::slice::from_ref(*dispatch));
     }
-    let resolve = d.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("kiln profile resolve"),
-        size: bytes,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let read = d.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("kiln profile read"),
-        size: bytes,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    enc.resolve_query_set(&qs, 0..queries, &resolve, 0);
-    enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+    q.copy_out(enc);
     ProfileChunk {
         labels: dispatches
             .iter()
             .map(|d| d.kernel.label().to_string())
             .collect(),
-        read,
+        read: q.read,
+    }
+}
+
+/// A timestamp query set and the buffers its values travel through to the host.
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+    queries: u32,
+}
+
+impl Timestamps {
+    fn new(dev: &Device, queries: u32) -> Timestamps {
+        let d = &dev.inner.device;
+        let buffer = |label, usage| {
+            d.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 8 * queries as u64,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Timestamps {
+            set: d.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kiln timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: queries,
+            }),
+            resolve: buffer(
+                "kiln timestamps resolve",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            read: buffer(
+                "kiln timestamps read",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            queries,
+        }
+    }
+
+    /// Resolves every query and copies the values to the mappable buffer.
+    fn copy_out(&self, enc: &mut wgpu::CommandEncoder) {
+        enc.resolve_query_set(&self.set, 0..self.queries, &self.resolve, 0);
+        enc.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 8 * self.queries as u64);
     }
 }
 
