@@ -3,7 +3,134 @@
 
 use crate::matmul::{gemm, Geom, Mode};
 use crate::reduce::{reduce, Reduce};
-use crate::{expect_dtype, Array, DType, Device, OpError, Result};
+use crate::{expect_dtype, launch_1d, Array, DType, Device, OpError, Params, Result};
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+/// Overrides where convolutions take conv.wgsl's direct kernels: `Some(true)` wherever their
+/// limits allow, on any adapter; `Some(false)` never (the implicit GEMM); `None` (the default) on
+/// software adapters only. For tests.
+pub fn force_direct(on: Option<bool>) {
+    FORCE_DIRECT.store(on.map_or(0, |d| 1 + d as u8), Relaxed);
+}
+static FORCE_DIRECT: AtomicU8 = AtomicU8::new(0);
+
+/// Floats in conv.wgsl's uniform weight array (64 KiB).
+const WU_FLOATS: usize = 16384;
+/// Invocations per conv_direct workgroup.
+const DIRECT_WX: usize = 64;
+
+/// Whether convolutions take the direct kernels (where their limits allow): on software
+/// adapters, unless [`force_direct`] says otherwise.
+fn wants_direct(dev: &Device) -> bool {
+    match FORCE_DIRECT.load(Relaxed) {
+        0 => dev.adapter().is_software,
+        f => f == 2,
+    }
+}
+
+/// A correlation for conv.wgsl's `conv_direct`: input [n, ic, h, w] to output [n, oc, oh, ow].
+struct Direct {
+    n: usize,
+    ic: usize,
+    h: usize,
+    w: usize,
+    oc: usize,
+    oh: usize,
+    ow: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    pad: (usize, usize),
+    dil: (usize, usize),
+    /// Weights given as [ic, oc, KH, KW] to be flipped in space (the input gradient).
+    flip: bool,
+}
+
+impl Direct {
+    /// Quads of output channels per invocation (each invocation computes four columns): two
+    /// measured best on lavapipe (four spill registers), one where the layer has four or fewer.
+    fn quads(&self) -> usize {
+        self.oc.div_ceil(4).min(2)
+    }
+
+    /// Whether the direct kernel applies: a software adapter (GPUs take the tiled GEMM), packed
+    /// weights within the uniform array, and a row window within MAX_SPAN.
+    fn applies(&self, dev: &Device) -> bool {
+        let ocp = self.oc.next_multiple_of(4 * self.quads());
+        wants_direct(dev) && self.ic * self.kernel.0 * self.kernel.1 * ocp <= WU_FLOATS
+    }
+
+    fn run(
+        &self,
+        dev: &Device,
+        x: &Array,
+        w: &Array,
+        bias: Option<&Array>,
+        y: &Array,
+    ) -> Result<()> {
+        let nq = self.quads();
+        let ocp = self.oc.next_multiple_of(4 * nq);
+        let xblocks = self.ow.div_ceil(4);
+        let window = self.stride.1 == 1 && self.dil.1 == 1 && self.kernel.1 <= 5;
+        let u = |v: usize| v as u32;
+        let params = Params::new().us(&[
+            u(self.n),
+            u(self.ic),
+            u(self.h),
+            u(self.w),
+            u(self.oc),
+            u(self.oh),
+            u(self.ow),
+            u(self.pad.0),
+            u(self.pad.1),
+            u(xblocks),
+            u(ocp),
+            u(bias.is_some() as usize),
+        ]);
+        let f = |v: usize| v as f64;
+        let consts = [
+            ("KH", f(self.kernel.0)),
+            ("KW", f(self.kernel.1)),
+            ("SH", f(self.stride.0)),
+            ("SW", f(self.stride.1)),
+            ("DH", f(self.dil.0)),
+            ("DW", f(self.dil.1)),
+            ("NQ", f(nq)),
+            ("WINDOW", f(window as usize)),
+            ("FLIP", f(self.flip as usize)),
+            ("WX", f(DIRECT_WX)),
+        ];
+        // The uniform binding needs the whole 64 KiB array, packed on the device.
+        let packed = dev.alloc(WU_FLOATS, DType::F32)?;
+        let pack = dev.kernel("conv", "pack_weights", &consts)?;
+        launch_1d(
+            dev,
+            &pack,
+            &[&w.buf, &packed],
+            &params,
+            self.ic * self.kernel.0 * self.kernel.1 * ocp,
+        )?;
+        let k = dev.kernel("conv", "conv_direct", &consts)?;
+        let dummy;
+        let bias_buf = match bias {
+            Some(b) => &b.buf,
+            None => {
+                dummy = dev.alloc(1, DType::F32)?;
+                &dummy
+            }
+        };
+        let invocations = self.n * self.oh * xblocks;
+        let groups = [
+            u32::try_from(invocations.div_ceil(DIRECT_WX)).map_err(|_| OpError::Invalid {
+                op: "conv2d",
+                message: format!("{invocations} output rows exceed what one dispatch can index"),
+            })?,
+            u(ocp / (4 * nq)),
+            1,
+        ];
+        dev.launch(&k, &[&x.buf, &packed, bias_buf, &y.buf], &params, groups)?;
+        Ok(())
+    }
+}
 
 /// Stride, padding and dilation (height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +264,24 @@ pub fn conv2d(
         }
     }
     let y = Array::empty(dev, &[xs[0], ws[0], oh, ow])?;
+    let direct = Direct {
+        n: xs[0],
+        ic: xs[1],
+        h: xs[2],
+        w: xs[3],
+        oc: ws[0],
+        oh,
+        ow,
+        kernel: (ws[2], ws[3]),
+        stride: spec.stride,
+        pad: spec.padding,
+        dil: spec.dilation,
+        flip: false,
+    };
+    if direct.applies(dev) {
+        direct.run(dev, x, w, bias, &y)?;
+        return Ok(y);
+    }
     let g = Geom {
         m: ws[0],
         n: xs[0] * oh * ow,
@@ -171,6 +316,33 @@ pub fn conv2d_backward_input(
     let (oh, ow) = check("conv2d_backward_input", xs, ws, spec)?;
     expect_dy(&dy.shape, [xs[0], ws[0], oh, ow])?;
     let dx = Array::empty(dev, x_shape)?;
+    // At stride 1, dx is a correlation of dy with the flipped, transposed weights, padded by
+    // (K - 1) * D - p; that needs p <= (K - 1) * D.
+    let (kh, kw) = (ws[2], ws[3]);
+    let (dh, dw) = spec.dilation;
+    if spec.stride == (1, 1) && spec.padding.0 <= (kh - 1) * dh && spec.padding.1 <= (kw - 1) * dw {
+        let direct = Direct {
+            n: xs[0],
+            ic: ws[0],
+            h: oh,
+            w: ow,
+            oc: ws[1],
+            oh: xs[2],
+            ow: xs[3],
+            kernel: (kh, kw),
+            stride: (1, 1),
+            pad: (
+                (kh - 1) * dh - spec.padding.0,
+                (kw - 1) * dw - spec.padding.1,
+            ),
+            dil: spec.dilation,
+            flip: true,
+        };
+        if direct.applies(dev) {
+            direct.run(dev, dy, w, None, &dx)?;
+            return Ok(dx);
+        }
+    }
     let g = Geom {
         m: ws[1],
         n: xs[0] * xs[2] * xs[3],
@@ -195,6 +367,9 @@ pub fn conv2d_backward_weight(
     let ws = dims4("conv2d_backward_weight", "weight", w_shape)?;
     let (oh, ow) = check("conv2d_backward_weight", xs, ws, spec)?;
     expect_dy(&dy.shape, [xs[0], ws[0], oh, ow])?;
+    if let Some(dw) = wgrad_direct(dev, dy, x, ws, oh, ow, spec)? {
+        return Ok(dw);
+    }
     let dw = Array::empty(dev, w_shape)?;
     let g = Geom {
         m: ws[0],
@@ -214,6 +389,83 @@ pub fn conv2d_backward_weight(
         &g,
     )?;
     Ok(dw)
+}
+
+/// The weight gradient by conv.wgsl's `conv_wgrad` where the direct kernels apply (see
+/// [`force_direct`]); None otherwise.
+fn wgrad_direct(
+    dev: &Device,
+    dy: &Array,
+    x: &Array,
+    ws: [usize; 4],
+    oh: usize,
+    ow: usize,
+    spec: &Conv2dSpec,
+) -> Result<Option<Array>> {
+    let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
+    let [oc, _, kh, kw] = ws;
+    let nq = oc.div_ceil(4).min(2);
+    let ocp = oc.next_multiple_of(4 * nq);
+    let jquads = kw.div_ceil(4);
+    if !wants_direct(dev)
+        || !dev.capabilities().subgroups
+        || n * oh * ow * ocp > 65535 * crate::WG as usize
+    {
+        return Ok(None);
+    }
+    // Enough invocations to keep a few threads busy; each sums over a chunk of images.
+    let lanes = ic * kh * jquads;
+    let per_chunk = lanes.div_ceil(DIRECT_WX) * (ocp / (4 * nq));
+    let chunks = 8usize.div_ceil(per_chunk).clamp(1, n);
+    let chunk = n.div_ceil(chunks);
+    let chunks = n.div_ceil(chunk);
+    let u = |v: usize| v as u32;
+    let params = Params::new().us(&[
+        u(n),
+        u(ic),
+        u(h),
+        u(w),
+        u(oc),
+        u(oh),
+        u(ow),
+        u(spec.padding.0),
+        u(spec.padding.1),
+        u(jquads),
+        u(ocp),
+        u(chunk),
+    ]);
+    let f = |v: usize| v as f64;
+    let consts = [
+        ("KH", f(kh)),
+        ("KW", f(kw)),
+        ("SH", f(spec.stride.0)),
+        ("SW", f(spec.stride.1)),
+        ("DH", f(spec.dilation.0)),
+        ("DW", f(spec.dilation.1)),
+        ("NQ", f(nq)),
+        (
+            "WINDOW",
+            f((spec.stride.1 == 1 && spec.dilation.1 == 1) as usize),
+        ),
+        ("WX", f(DIRECT_WX)),
+    ];
+    let dy_cl = dev.alloc(n * oh * ow * ocp, DType::F32)?;
+    let k = dev.kernel("conv", "to_channels_last", &[])?;
+    launch_1d(dev, &k, &[&dy.buf, &dy_cl], &params, n * oh * ow * ocp)?;
+    let part = Array::empty(dev, &[chunks, oc * ic * kh * kw])?;
+    let k = dev.kernel("conv_wgrad", "conv_wgrad", &consts)?;
+    dev.launch(
+        &k,
+        &[&x.buf, &dy_cl, &part.buf],
+        &params,
+        [u(lanes.div_ceil(DIRECT_WX)), u(ocp / (4 * nq)), u(chunks)],
+    )?;
+    let dw = if chunks == 1 {
+        part
+    } else {
+        reduce(dev, &part, 0, Reduce::Sum, false)?
+    };
+    Ok(Some(dw.reshape(&ws)?))
 }
 
 /// dbias[c] = sum of dy over batch and space.

@@ -232,9 +232,11 @@ fn matmul_all_transposes_odd_shapes_and_batches() {
         matmul::force_path(Some(tiled));
         matmul::use_uniform_a(fast);
         matmul::use_subgroups(fast);
+        conv::force_direct(Some(!tiled && fast));
         matmul_cases();
         conv_cases();
     }
+    conv::force_direct(None);
     matmul::force_path(None);
     matmul::use_uniform_a(true);
     matmul::use_subgroups(true);
@@ -382,6 +384,16 @@ fn conv_cases() {
                 dilation: (1, 2),
             },
         ),
+        // Two blocks of 16 output channels, a partial block of columns, dilation.
+        (
+            [1, 5, 6, 11],
+            [20, 5, 3, 3],
+            Conv2dSpec {
+                padding: (2, 1),
+                dilation: (2, 1),
+                ..Default::default()
+            },
+        ),
         (
             [1, 3, 5, 5],
             [2, 3, 1, 1],
@@ -447,14 +459,15 @@ fn conv_cases() {
             1e-3,
         );
     }
-    // LeNet's conv2 weight gradient at batch 64: long K, split across workgroups.
-    let (xs, ws) = ([64, 6, 14, 14], [16, 6, 5, 5]);
+    // LeNet's conv2 weight gradient at batch 62: long K, split across workgroups
+    // (implicit GEMM) or image chunks, the last one short (direct kernel).
+    let (xs, ws) = ([62, 6, 14, 14], [16, 6, 5, 5]);
     let x = r.vec(xs.iter().product(), -1.0, 1.0);
-    let dy = r.vec(64 * 16 * 10 * 10, -1.0, 1.0);
+    let dy = r.vec(62 * 16 * 10 * 10, -1.0, 1.0);
     let spec = Conv2dSpec::default();
     let dw = conv::conv2d_backward_weight(
         &d,
-        &arr(&d, &dy, &[64, 16, 10, 10]),
+        &arr(&d, &dy, &[62, 16, 10, 10]),
         &arr(&d, &x, &xs),
         &ws,
         &spec,
@@ -466,7 +479,7 @@ fn conv_cases() {
             for i in 0..5 {
                 for j in 0..5 {
                     let mut s = 0.0;
-                    for b in 0..64 {
+                    for b in 0..62 {
                         for oy in 0..10 {
                             for ox in 0..10 {
                                 s += dy[((b * 16 + o) * 10 + oy) * 10 + ox] as f64

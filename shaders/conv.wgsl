@@ -1,0 +1,153 @@
+// Direct 2-D convolution for software adapters (see ops::conv): no GEMM, no im2col.
+//   out[img, oc, oy, ox] = bias[oc] + sum over (ic, i, j) of
+//                          x[img, ic, oy*SH + i*DH - ph, ox*SW + j*DW - pw] * wt(oc, ic, i, j)
+// The forward pass is this with wt = w. The input gradient at stride 1 is this too, run on dy with
+// wt(oc, ic, i, j) = w[ic, oc, KH-1-i, KW-1-j] and padding (K-1)*D - p (pack_weights, FLIP).
+// On a CPU running WGSL, load instructions rather than multiply-adds set the speed, so each
+// invocation computes RX neighbouring columns of RO channels: one loaded input row window feeds
+// KW * RX * RO products, and weights come four channels at a time from a uniform buffer.
+
+override KH: u32 = 1u;
+override KW: u32 = 1u;
+override SH: u32 = 1u;
+override SW: u32 = 1u;
+override DH: u32 = 1u;
+override DW: u32 = 1u;
+override NQ: u32 = 2u;      // quads of output channels per invocation: 1 or 2
+override WINDOW: bool = false; // SW = DW = 1 and KW <= 5
+override FLIP: bool = false;
+override WX: u32 = 64u;
+
+struct Params {
+    n: u32, ic: u32, h: u32, w: u32,
+    oc: u32, oh: u32, ow: u32, ph: u32,
+    pw: u32, xblocks: u32, ocp: u32, has_bias: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<uniform> wu: array<vec4<f32>, 4096>; // packed [ic][i][j][ocp / 4]
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+// Input element (row, ix) of the current image and channel, zero outside the image.
+fn tap(row: u32, row_ok: bool, ix: i32) -> f32 {
+    let ok = row_ok && ix >= 0 && ix < i32(p.w);
+    return select(0.0, x[row + u32(clamp(ix, 0, i32(p.w) - 1))], ok);
+}
+
+// The 4 x 4 block of products: column c is weight quad `w` times input column c.
+fn outer(w: vec4<f32>, v: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(w * v.x, w * v.y, w * v.z, w * v.w);
+}
+
+@compute @workgroup_size(WX)
+fn conv_direct(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(workgroup_id) wid: vec3<u32>) {
+    let xb = gid.x % p.xblocks;
+    let t = gid.x / p.xblocks;
+    let oy = t % p.oh;
+    let img = t / p.oh;
+    if (img >= p.n) { return; } // no barriers follow
+    let ox0 = xb * 4u;
+    let q0 = wid.y * NQ; // first channel quad
+    let quads = p.ocp / 4u;
+    let ix0 = i32(ox0 * SW) - i32(p.pw);
+    // Accumulators as matrices, not arrays: software adapters keep arrays indexed in loops in
+    // memory, matrices in registers. Column c of a_q holds channel quad q of output column
+    // ox0 + c.
+    var a0 = mat4x4<f32>();
+    var a1 = mat4x4<f32>();
+    for (var ic = 0u; ic < p.ic; ic++) {
+        for (var i = 0u; i < KH; i++) {
+            let iy = i32(oy * SH + i * DH) - i32(p.ph);
+            let row_ok = iy >= 0 && iy < i32(p.h);
+            let row = ((img * p.ic + ic) * p.h + u32(clamp(iy, 0, i32(p.h) - 1))) * p.w;
+            // Stride 1, dilation 1, KW <= 5: the row's eight input columns are loaded once and
+            // shifted along by one per tap, in registers.
+            var lo = vec4<f32>(0.0);
+            var hi = vec4<f32>(0.0);
+            if (WINDOW) {
+                lo = vec4<f32>(tap(row, row_ok, ix0), tap(row, row_ok, ix0 + 1),
+                               tap(row, row_ok, ix0 + 2), tap(row, row_ok, ix0 + 3));
+                hi = vec4<f32>(tap(row, row_ok, ix0 + 4), tap(row, row_ok, ix0 + 5),
+                               tap(row, row_ok, ix0 + 6), tap(row, row_ok, ix0 + 7));
+            }
+            for (var j = 0u; j < KW; j++) {
+                var v = lo;
+                if (WINDOW) {
+                    lo = vec4<f32>(lo.yzw, hi.x);
+                    hi = vec4<f32>(hi.yzw, 0.0);
+                } else {
+                    let ix = ix0 + i32(j * DW);
+                    let s = i32(SW);
+                    v = vec4<f32>(tap(row, row_ok, ix), tap(row, row_ok, ix + s),
+                                  tap(row, row_ok, ix + 2 * s), tap(row, row_ok, ix + 3 * s));
+                }
+                let wb = ((ic * KH + i) * KW + j) * quads + q0;
+                a0 += outer(wu[wb], v);
+                if (NQ > 1u) { a1 += outer(wu[wb + 1u], v); }
+            }
+        }
+    }
+    store(img, oy, ox0, 4u * q0, a0);
+    if (NQ > 1u) { store(img, oy, ox0, 4u * q0 + 4u, a1); }
+}
+
+// Writes one accumulator block: channels oc0..oc0+4 by columns ox0..ox0+4, inside the output.
+fn store(img: u32, oy: u32, ox0: u32, oc0: u32, a: mat4x4<f32>) {
+    for (var e = 0u; e < 4u; e++) {
+        let oc = oc0 + e;
+        if (oc >= p.oc) { return; }
+        var b = 0.0;
+        if (p.has_bias != 0u) { b = bias[oc]; }
+        let base = ((img * p.oc + oc) * p.oh + oy) * p.ow;
+        for (var c = 0u; c < 4u; c++) {
+            if (ox0 + c < p.ow) { y[base + ox0 + c] = a[c][e] + b; }
+        }
+    }
+}
+
+// Packs w [OC, IC, KH, KW] (or, with FLIP, w [IC, OC, KH, KW] flipped in space) into
+// [IC][KH][KW][ocp] with zeros past OC, for conv_direct's uniform buffer.
+@group(0) @binding(0) var<storage, read> w_src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> w_packed: array<f32>;
+@group(0) @binding(2) var<uniform> pp: Params;
+
+@compute @workgroup_size(256)
+fn pack_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    if (e >= pp.ic * KH * KW * pp.ocp) { return; }
+    let oc = e % pp.ocp;
+    let r = e / pp.ocp;
+    let j = r % KW;
+    let i = (r / KW) % KH;
+    let ic = r / (KW * KH);
+    var v = 0.0;
+    if (oc < pp.oc) {
+        if (FLIP) {
+            v = w_src[((ic * pp.oc + oc) * KH + (KH - 1u - i)) * KW + (KW - 1u - j)];
+        } else {
+            v = w_src[((oc * pp.ic + ic) * KH + i) * KW + j];
+        }
+    }
+    w_packed[e] = v;
+}
+
+// dy [N, OC, OH, OW] to channels-last [N, OH, OW, ocp], zeros past OC (for conv_wgrad.wgsl).
+@group(0) @binding(0) var<storage, read> cl_src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> cl_dst: array<f32>;
+@group(0) @binding(2) var<uniform> cp: Params;
+
+@compute @workgroup_size(256)
+fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    if (e >= cp.n * cp.oh * cp.ow * cp.ocp) { return; }
+    let oc = e % cp.ocp;
+    let pix = e / cp.ocp;
+    let s = pix % (cp.oh * cp.ow);
+    let img = pix / (cp.oh * cp.ow);
+    var v = 0.0;
+    if (oc < cp.oc) { v = cl_src[(img * cp.oc + oc) * cp.oh * cp.ow + s]; }
+    cl_dst[e] = v;
+}
