@@ -415,7 +415,9 @@ fn wgrad_direct(
     }
     // Enough invocations to keep a few threads busy; each sums over a chunk of images.
     let lanes = ic * kh * jquads;
-    let per_chunk = lanes.div_ceil(DIRECT_WX) * (ocp / (4 * nq));
+    // Invocations past `lanes` still run every step: a small layer gets a small workgroup.
+    let wx = lanes.next_multiple_of(8).min(DIRECT_WX);
+    let per_chunk = lanes.div_ceil(wx) * (ocp / (4 * nq));
     let chunks = 8usize.div_ceil(per_chunk).clamp(1, n);
     let chunk = n.div_ceil(chunks);
     let chunks = n.div_ceil(chunk);
@@ -447,7 +449,7 @@ fn wgrad_direct(
             "WINDOW",
             f((spec.stride.1 == 1 && spec.dilation.1 == 1) as usize),
         ),
-        ("WX", f(DIRECT_WX)),
+        ("WX", f(wx)),
     ];
     let dy_cl = dev.alloc(n * oh * ow * ocp, DType::F32)?;
     let k = dev.kernel("conv", "to_channels_last", &[])?;
@@ -458,7 +460,7 @@ fn wgrad_direct(
         &k,
         &[&x.buf, &dy_cl, &part.buf],
         &params,
-        [u(lanes.div_ceil(DIRECT_WX)), u(ocp / (4 * nq)), u(chunks)],
+        [u(lanes.div_ceil(wx)), u(ocp / (4 * nq)), u(chunks)],
     )?;
     let dw = if chunks == 1 {
         part
