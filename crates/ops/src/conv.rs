@@ -1,5 +1,11 @@
-//! 2-D convolution (NCHW, any stride, padding and dilation, optional bias) as implicit GEMM on the
-//! matmul's tiled kernel: forward, input gradient, weight gradient; bias gradient by reduction.
+//! 2-D convolution (NCHW, any stride, padding and dilation, optional bias): forward, input
+//! gradient, weight gradient; bias gradient by reduction.
+//!
+//! GPUs run all three as implicit GEMM on the matmul's tiled kernel. Software adapters run direct
+//! kernels where their limits allow (packed weights within a 64 KiB uniform buffer; the input
+//! gradient at stride 1; the weight gradient with subgroups): there a load costs far more than a
+//! multiply-add, and the direct kernels reuse each loaded value across a kernel row. Elsewhere
+//! they fall back to the implicit GEMM.
 
 use crate::matmul::{gemm, Geom, Mode};
 use crate::reduce::{reduce, Reduce};
