@@ -1,7 +1,8 @@
 //! conv2d throughput (GFLOP/s from GPU timestamps where available): forward, input gradient and
 //! weight gradient, one JSON line each, on LeNet's conv2 at batch 256 and a 3x3 128->128 conv on
 //! 56x56 at batch 32 (batch 2 on software adapters, named in the line).
-//! Run: cargo bench --bench conv2d. PyTorch on the same shapes: benches/pytorch/conv2d.py.
+//! Run: cargo bench --bench conv2d (KILN_CASE=lenet_conv2 runs one case). PyTorch on the same
+//! shapes: benches/pytorch/conv2d.py.
 use kiln::device::Device;
 use kiln::ops::conv::{self, Conv2dSpec};
 use kiln::ops::{Array, OpError};
