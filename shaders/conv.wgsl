@@ -4,8 +4,8 @@
 // The forward pass is this with wt = w. The input gradient at stride 1 is this too, run on dy with
 // wt(oc, ic, i, j) = w[ic, oc, KH-1-i, KW-1-j] and padding (K-1)*D - p (pack_weights, FLIP).
 // On a CPU running WGSL, load instructions rather than multiply-adds set the speed, so each
-// invocation computes RX neighbouring columns of RO channels: one loaded input row window feeds
-// KW * RX * RO products, and weights come four channels at a time from a uniform buffer.
+// invocation computes 4 neighbouring columns of 4 * NQ channels: each loaded input value feeds
+// 4 * NQ products per tap, and weights come four channels at a time from a uniform buffer.
 
 override KH: u32 = 1u;
 override KW: u32 = 1u;

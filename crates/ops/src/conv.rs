@@ -25,6 +25,31 @@ const WU_FLOATS: usize = 16384;
 /// Invocations per conv_direct workgroup.
 const DIRECT_WX: usize = 64;
 
+/// Channel quads per invocation of the direct kernels, and the channel count padded to whole
+/// blocks of them: two quads measured best on lavapipe (four spill registers), one where the
+/// layer has four channels or fewer.
+fn channel_quads(channels: usize) -> (usize, usize) {
+    let nq = channels.div_ceil(4).min(2);
+    (nq, channels.next_multiple_of(4 * nq))
+}
+
+/// The override constants both direct kernels take for the window's geometry.
+fn geometry_consts(
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    dil: (usize, usize),
+) -> [(&'static str, f64); 6] {
+    let f = |v: usize| v as f64;
+    [
+        ("KH", f(kernel.0)),
+        ("KW", f(kernel.1)),
+        ("SH", f(stride.0)),
+        ("SW", f(stride.1)),
+        ("DH", f(dil.0)),
+        ("DW", f(dil.1)),
+    ]
+}
+
 /// Whether convolutions take the direct kernels (where their limits allow): on software
 /// adapters, unless [`force_direct`] says otherwise.
 fn wants_direct(dev: &Device) -> bool {
@@ -52,16 +77,10 @@ struct Direct {
 }
 
 impl Direct {
-    /// Quads of output channels per invocation (each invocation computes four columns): two
-    /// measured best on lavapipe (four spill registers), one where the layer has four or fewer.
-    fn quads(&self) -> usize {
-        self.oc.div_ceil(4).min(2)
-    }
-
-    /// Whether the direct kernel applies: a software adapter (GPUs take the tiled GEMM), packed
-    /// weights within the uniform array, and a row window within MAX_SPAN.
+    /// Whether the direct kernel applies: a software adapter (GPUs take the tiled GEMM) and
+    /// packed weights within the uniform array.
     fn applies(&self, dev: &Device) -> bool {
-        let ocp = self.oc.next_multiple_of(4 * self.quads());
+        let (_, ocp) = channel_quads(self.oc);
         wants_direct(dev) && self.ic * self.kernel.0 * self.kernel.1 * ocp <= WU_FLOATS
     }
 
@@ -73,8 +92,7 @@ impl Direct {
         bias: Option<&Array>,
         y: &Array,
     ) -> Result<()> {
-        let nq = self.quads();
-        let ocp = self.oc.next_multiple_of(4 * nq);
+        let (nq, ocp) = channel_quads(self.oc);
         let xblocks = self.ow.div_ceil(4);
         let window = self.stride.1 == 1 && self.dil.1 == 1 && self.kernel.1 <= 5;
         let u = |v: usize| v as u32;
@@ -93,18 +111,13 @@ impl Direct {
             u(bias.is_some() as usize),
         ]);
         let f = |v: usize| v as f64;
-        let consts = [
-            ("KH", f(self.kernel.0)),
-            ("KW", f(self.kernel.1)),
-            ("SH", f(self.stride.0)),
-            ("SW", f(self.stride.1)),
-            ("DH", f(self.dil.0)),
-            ("DW", f(self.dil.1)),
+        let mut consts = geometry_consts(self.kernel, self.stride, self.dil).to_vec();
+        consts.extend([
             ("NQ", f(nq)),
             ("WINDOW", f(window as usize)),
             ("FLIP", f(self.flip as usize)),
             ("WX", f(DIRECT_WX)),
-        ];
+        ]);
         // The uniform binding needs the whole 64 KiB array, packed on the device.
         let packed = dev.alloc(WU_FLOATS, DType::F32)?;
         let pack = dev.kernel("conv", "pack_weights", &consts)?;
@@ -410,8 +423,7 @@ fn wgrad_direct(
 ) -> Result<Option<Array>> {
     let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
     let [oc, _, kh, kw] = ws;
-    let nq = oc.div_ceil(4).min(2);
-    let ocp = oc.next_multiple_of(4 * nq);
+    let (nq, ocp) = channel_quads(oc);
     let jquads = kw.div_ceil(4);
     if !wants_direct(dev)
         || !dev.capabilities().subgroups
@@ -443,20 +455,15 @@ fn wgrad_direct(
         u(chunk),
     ]);
     let f = |v: usize| v as f64;
-    let consts = [
-        ("KH", f(kh)),
-        ("KW", f(kw)),
-        ("SH", f(spec.stride.0)),
-        ("SW", f(spec.stride.1)),
-        ("DH", f(spec.dilation.0)),
-        ("DW", f(spec.dilation.1)),
+    let mut consts = geometry_consts((kh, kw), spec.stride, spec.dilation).to_vec();
+    consts.extend([
         ("NQ", f(nq)),
         (
             "WINDOW",
             f((spec.stride.1 == 1 && spec.dilation.1 == 1) as usize),
         ),
         ("WX", f(wx)),
-    ];
+    ]);
     let dy_cl = dev.alloc(n * oh * ow * ocp, DType::F32)?;
     let k = dev.kernel("conv", "to_channels_last", &[])?;
     launch_1d(dev, &k, &[&dy.buf, &dy_cl], &params, n * oh * ow * ocp)?;
