@@ -1,5 +1,6 @@
 // Inference with f16 weights: f32 activations, f16 weights widened on load, f32 accumulation.
-// Needs the adapter's SHADER_F16; kiln falls back to f32 weights without it.
+// Needs the adapter's SHADER_F16; kiln falls back to f32 weights without it. Also the f32 <-> f16
+// casts (to_f16, to_f32) that mixed-precision matmuls use.
 //
 // Same layer geometry as int8.wgsl: a convolution (a Linear layer is the 1x1 convolution of 1x1
 // images) as a GEMM over rows = (image, output pixel) and k = (input channel, kernel row, column):
@@ -83,4 +84,28 @@ fn conv_f16w(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             y[((img * p.m + m) * p.ohw) + pix] = acc[l] + bias[m];
         }
     }
+}
+
+// Casts between f32 and f16 arrays (round to nearest even), one element per invocation. f16
+// holds magnitudes up to 65504; larger values are not representable.
+const CAST_WG: u32 = 256u;
+struct CastParams { n: u32 }
+@group(0) @binding(5) var<storage, read> in32: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out16: array<f16>;
+@group(0) @binding(7) var<storage, read> in16: array<f16>;
+@group(0) @binding(8) var<storage, read_write> out32: array<f32>;
+@group(0) @binding(9) var<uniform> cp: CastParams;
+
+@compute @workgroup_size(CAST_WG)
+fn to_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * CAST_WG + lid;
+    if (i < cp.n) { out16[i] = f16(in32[i]); }
+}
+
+@compute @workgroup_size(CAST_WG)
+fn to_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * CAST_WG + lid;
+    if (i < cp.n) { out32[i] = f32(in16[i]); }
 }

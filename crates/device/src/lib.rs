@@ -48,6 +48,10 @@ pub struct AdapterSummary {
     pub driver: String,
     /// True for a software rasteriser (lavapipe, WARP...).
     pub is_software: bool,
+    /// The smallest subgroup the driver may run a compute shader with (0 where unknown).
+    pub subgroup_min_size: u32,
+    /// The largest subgroup the driver may run a compute shader with (0 where unknown).
+    pub subgroup_max_size: u32,
 }
 
 /// A compiled compute pipeline with the bindings its entry point uses.
@@ -452,6 +456,8 @@ impl Device {
             driver: format!("{} {}", info.driver, info.driver_info)
                 .trim()
                 .to_string(),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
         };
         let timestamp_period = queue.get_timestamp_period();
         Ok(Device {
@@ -498,6 +504,21 @@ impl Device {
         } else {
             Vec::new()
         }
+    }
+    /// Square cooperative-matrix sizes (8, 16) the adapter multiplies with f16 inputs and f32
+    /// accumulators, largest first; empty without cooperative matrices.
+    pub fn cooperative_f16_f32_sizes(&self) -> Vec<u32> {
+        use wgpu::CooperativeScalarType as T;
+        let mut sizes: Vec<u32> = self
+            .cooperative_matrix_properties()
+            .iter()
+            .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size)
+            .filter(|p| p.ab_type == T::F16 && p.cr_type == T::F32)
+            .map(|p| p.m_size)
+            .collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.dedup();
+        sizes
     }
     /// Submission, dispatch and pipeline-cache counters.
     pub fn counters(&self) -> Counters {
@@ -753,6 +774,9 @@ impl Device {
         }
         if shaders::uses_subgroups(src) && !self.capabilities().subgroups {
             return Err(DeviceError::MissingFeature("subgroups"));
+        }
+        if shaders::uses_cooperative_matrix(src) && !self.capabilities().cooperative_matrix {
+            return Err(DeviceError::MissingFeature("cooperative-matrix"));
         }
         // naga first: its messages name the shader and the line.
         let validated = Arc::new(shaders::validate(name, src)?);

@@ -64,6 +64,13 @@ pub fn uses_subgroups(src: &str) -> bool {
         .any(|l| l.split("//").next().unwrap_or("").contains("subgroup"))
 }
 
+/// Whether WGSL source enables cooperative matrices: such a module cannot be created on an adapter
+/// without the EXPERIMENTAL_COOPERATIVE_MATRIX feature.
+pub fn uses_cooperative_matrix(src: &str) -> bool {
+    src.lines()
+        .any(|l| l.trim() == "enable wgpu_cooperative_matrix;")
+}
+
 impl Validated {
     /// The bindings (group 0) an entry point actually uses, sorted by binding number.
     pub fn bindings(&self, shader: &str, entry: &str) -> Result<Vec<(u32, BindingKind)>> {
@@ -138,8 +145,22 @@ impl Validated {
             .map_err(|e| err("override", format!("{}: {e}", ep.name)))?;
             naga::back::spv::write_vec(&module, &info, &Default::default(), None)
                 .map_err(|e| err("SPIR-V", format!("{}: {e}", ep.name)))?;
-            naga::back::msl::write_string(&module, &info, &Default::default(), &Default::default())
+            // Metal's simdgroup matrices need MSL 2.3.
+            let coop = module
+                .types
+                .iter()
+                .any(|(_, t)| matches!(t.inner, naga::TypeInner::CooperativeMatrix { .. }));
+            let msl = naga::back::msl::Options {
+                lang_version: if coop { (2, 3) } else { (1, 0) },
+                ..Default::default()
+            };
+            naga::back::msl::write_string(&module, &info, &msl, &Default::default())
                 .map_err(|e| err("MSL", format!("{}: {e}", ep.name)))?;
+            // wgpu offers cooperative matrices on Vulkan and Metal only, and naga's HLSL writer has
+            // no lowering for them.
+            if coop {
+                continue;
+            }
             let mut hlsl = String::new();
             let options = naga::back::hlsl::Options::default();
             let pipeline = naga::back::hlsl::PipelineOptions::default();
@@ -173,7 +194,7 @@ mod tests {
             .filter(|(_, src)| uses_subgroups(src))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(users, ["conv_wgrad", "gemm_sg"]);
+        assert_eq!(users, ["conv_wgrad", "gemm_coop", "gemm_sg"]);
         assert!(!uses_subgroups("// subgroups would help here\nfn f() {}"));
         assert!(uses_subgroups("let x = subgroupShuffle(v, 0u); // y"));
     }

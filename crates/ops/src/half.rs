@@ -1,6 +1,6 @@
-//! Inference with f16 weights: half the weight memory and file size, f32 activations and f32
-//! accumulation. Needs the adapter's `SHADER_F16` ([`supported`]); callers fall back to f32
-//! weights without it.
+//! f16 on the device: inference with f16 weights (half the weight memory and file size, f32
+//! activations and f32 accumulation), and casts between f32 and f16 arrays. Needs the adapter's
+//! `SHADER_F16` ([`supported`]); callers fall back to f32 without it.
 
 use crate::int8::LayerGeom;
 use crate::{Array, Buffer, DType, Device, OpError, Params, Result};
@@ -13,6 +13,40 @@ pub fn supported(dev: &Device) -> bool {
 /// f32 values rounded to f16 (nearest even), as stored in files and on the device.
 pub fn to_f16(v: &[f32]) -> Vec<half::f16> {
     v.iter().map(|x| half::f16::from_f32(*x)).collect()
+}
+
+/// `x` as an array of `to` (F32 or F16; round to nearest even into f16). Casting to the array's own
+/// type returns it unchanged (no copy).
+pub fn cast(dev: &Device, x: &Array, to: DType) -> Result<Array> {
+    let from = x.dtype();
+    if from == to {
+        return Ok(x.clone());
+    }
+    let entry = match (from, to) {
+        (DType::F32, DType::F16) => "to_f16",
+        (DType::F16, DType::F32) => "to_f32",
+        _ => {
+            return Err(OpError::Invalid {
+                op: "cast",
+                message: format!("casts go between f32 and f16; asked for {from} to {to}"),
+            })
+        }
+    };
+    let y = Array {
+        buf: dev.alloc(x.numel(), to)?,
+        shape: x.shape.clone(),
+    };
+    if x.numel() > 0 {
+        let k = dev.kernel("half", entry, &[])?;
+        crate::launch_1d(
+            dev,
+            &k,
+            &[&x.buf, &y.buf],
+            &Params::new().u(x.numel() as u32),
+            x.numel(),
+        )?;
+    }
+    Ok(y)
 }
 
 /// A Linear or Conv2d layer with f16 weights [m, k] (PyTorch's layout, flattened) and an f32 bias:

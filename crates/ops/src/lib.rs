@@ -101,6 +101,14 @@ impl Array {
             shape: shape.to_vec(),
         })
     }
+    /// Uploads f16 data (needs the adapter's SHADER_F16 to be used in kernels).
+    pub fn from_f16(dev: &Device, data: &[::half::f16], shape: &[usize]) -> Result<Array> {
+        check_len("from_f16", data.len(), shape)?;
+        Ok(Array {
+            buf: dev.upload(data)?,
+            shape: shape.to_vec(),
+        })
+    }
     /// An uninitialised f32 array.
     pub fn empty(dev: &Device, shape: &[usize]) -> Result<Array> {
         Ok(Array {
@@ -125,6 +133,11 @@ impl Array {
     /// Reads f32 data back.
     pub fn to_f32(&self, dev: &Device) -> Result<Vec<f32>> {
         expect_dtype("to_f32", self, DType::F32)?;
+        Ok(dev.download(&self.buf)?)
+    }
+    /// Reads f16 data back.
+    pub fn to_f16(&self, dev: &Device) -> Result<Vec<::half::f16>> {
+        expect_dtype("to_f16", self, DType::F16)?;
         Ok(dev.download(&self.buf)?)
     }
     /// Reads i32 data back.

@@ -1,6 +1,11 @@
 //! Batched matmul with either operand transposed (a stride swap, no copy) and an optional fused
 //! bias, on the shared tiled GEMM kernel (`shaders/gemm.wgsl`), which also runs the convolutions.
+//!
+//! f16 operands (mixed precision: f16 inputs, f32 accumulation and output) run on cooperative
+//! matrices (`shaders/gemm_coop.wgsl`) where the adapter has them, and otherwise are widened to
+//! f32 and take the f32 path; [`force_coop`] pins either path for tests.
 
+use crate::half::cast;
 use crate::reduce::{reduce_raw, sum_to, Reduce};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -60,6 +65,45 @@ pub enum GemmPath {
         /// B's vec4s run along K (B transposed) rather than N.
         b_kv: bool,
     },
+    /// `gemm_coop8` / `gemm_coop16` (shaders/gemm_coop.wgsl): f16 A and B, f32 accumulation, on
+    /// the adapter's cooperative matrices of `size` x `size`.
+    Coop {
+        /// Fragment size: 8 or 16.
+        size: u32,
+    },
+}
+
+/// Computing subgroups of a `gemm_coop` workgroup along M and along N; each owns 2 x 2 fragments.
+const COOP_SGM: u32 = 2;
+const COOP_SGN: u32 = 2;
+/// K slab depth of `gemm_coop` (a multiple of both fragment sizes).
+const COOP_BK: u32 = 32;
+
+/// Forces the f16 matmul path (tests and benchmarks): `Some(true)` cooperative matrices (an error
+/// where the adapter has none), `Some(false)` widen to f32; `None` restores the automatic choice.
+pub fn force_coop(path: Option<bool>) {
+    FORCE_COOP.store(
+        match path {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        },
+        Relaxed,
+    );
+}
+static FORCE_COOP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The cooperative-matrix size f16 matmuls use on this adapter: `Ok(None)` means they widen to
+/// f32 instead; forcing cooperative matrices where there are none is an error.
+pub fn coop_size(dev: &Device) -> Result<Option<u32>> {
+    let size = dev.cooperative_f16_f32_sizes().first().copied();
+    match FORCE_COOP.load(Relaxed) {
+        2 => Ok(None),
+        1 if size.is_none() => Err(OpError::Device(kiln_device::DeviceError::MissingFeature(
+            "cooperative-matrix (f16 x f16 + f32)",
+        ))),
+        _ => Ok(size),
+    }
 }
 
 /// Whether `gemm_sg` can read both operands as aligned vec4s, and along which dimensions:
@@ -145,6 +189,10 @@ impl GemmPath {
             GemmPath::Tiled { tm, tn, .. } => (4 * tm as usize, 4 * tn as usize),
             GemmPath::Direct { rm, rn } => (rm as usize, DIRECT_WX * rn as usize),
             GemmPath::Subgroup { .. } => (SG_RM, DIRECT_WX * 4),
+            GemmPath::Coop { size } => (
+                (2 * size * COOP_SGM) as usize,
+                (2 * size * COOP_SGN) as usize,
+            ),
         }
     }
 }
@@ -168,6 +216,13 @@ pub(crate) fn gemm(
         return Ok(());
     }
     let mut path = GemmPath::choose(dev, g.m, g.n);
+    if a.dtype() == DType::F16 {
+        let size = coop_size(dev)?.ok_or(OpError::Invalid {
+            op: "gemm",
+            message: "f16 operands need cooperative matrices (matmul widens them otherwise)".into(),
+        })?;
+        path = GemmPath::Coop { size };
+    }
     // A small A is read through a uniform copy (see gemm.wgsl); loads of A then cost little, so
     // the register block grows along M, where each loaded B element is reused.
     let a_uniform =
@@ -231,6 +286,32 @@ pub(crate) fn gemm(
                 ("A_UNIFORM", if a_uniform { 1.0 } else { 0.0 }),
             ]);
             dev.kernel("gemm", "gemm_direct", &consts)?
+        }
+        GemmPath::Coop { size } => {
+            let info = dev.adapter();
+            // Unknown subgroup sizes (0): assume 32, the common GPU size.
+            let max_sg = if info.subgroup_max_size == 0 {
+                32
+            } else {
+                info.subgroup_max_size
+            };
+            let min_sg = info.subgroup_min_size.clamp(1, max_sg);
+            let min_sg = if info.subgroup_min_size == 0 {
+                max_sg
+            } else {
+                min_sg
+            };
+            consts = vec![
+                ("S", size as f64),
+                ("SGM", COOP_SGM as f64),
+                ("SGN", COOP_SGN as f64),
+                ("SG", max_sg as f64),
+                ("MIN_SG", min_sg as f64),
+                ("BK", COOP_BK as f64),
+                ("A_KFAST", (g.a[2] == 1) as u8 as f64),
+                ("B_NFAST", (g.b[2] == 1) as u8 as f64),
+            ];
+            dev.kernel("gemm_coop", &format!("gemm_coop{size}"), &consts)?
         }
         GemmPath::Subgroup { a_mv, b_kv } => dev.kernel(
             "gemm_sg",
@@ -310,6 +391,8 @@ fn mat_dims(op: &'static str, s: &[usize], transposed: bool) -> Result<(usize, u
 ///
 /// A: [..., M, K] ([..., K, M] when `ta`), B: [..., K, N] ([..., N, K] when `tb`). The leading
 /// (batch) dimensions must match, or one operand may be 2-D and is then shared by every batch.
+/// A and B are both f32, or both f16 (mixed precision: C and the bias stay f32, products are
+/// summed in f32).
 pub fn matmul(
     dev: &Device,
     a: &Array,
@@ -318,8 +401,20 @@ pub fn matmul(
     tb: bool,
     bias: Option<&Array>,
 ) -> Result<Array> {
-    expect_dtype("matmul", a, DType::F32)?;
-    expect_dtype("matmul", b, DType::F32)?;
+    if a.dtype() == DType::F16 {
+        expect_dtype("matmul", b, DType::F16)?;
+        if coop_size(dev)?.is_none() {
+            // No cooperative matrices: the same products in f32 (f16 widens exactly).
+            let (a, b) = (cast(dev, a, DType::F32)?, cast(dev, b, DType::F32)?);
+            return matmul(dev, &a, &b, ta, tb, bias);
+        }
+    } else {
+        expect_dtype("matmul", a, DType::F32)?;
+        expect_dtype("matmul", b, DType::F32)?;
+    }
+    if let Some(bias) = bias {
+        expect_dtype("matmul bias", bias, DType::F32)?;
+    }
     let (m, k) = mat_dims("matmul", &a.shape, ta)?;
     let (k2, n) = mat_dims("matmul", &b.shape, tb)?;
     if k != k2 {
@@ -391,7 +486,9 @@ pub fn matmul(
     Ok(c)
 }
 
-/// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape.
+/// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape, in f32.
+/// With f16 operands, dC is rounded to f16 too (mixed precision: scale the loss so small
+/// gradients stay representable), and the gradient matmuls run on the f16 path.
 pub fn matmul_backward(
     dev: &Device,
     a: &Array,
@@ -401,6 +498,15 @@ pub fn matmul_backward(
     dc: &Array,
     with_bias: bool,
 ) -> Result<(Array, Array, Option<Array>)> {
+    expect_dtype("matmul_backward", dc, DType::F32)?;
+    let dc_full = dc;
+    let dc16;
+    let dc = if a.dtype() == DType::F16 {
+        dc16 = cast(dev, dc, DType::F16)?;
+        &dc16
+    } else {
+        dc
+    };
     let da = if ta {
         matmul(dev, b, dc, tb, true, None)?
     } else {
@@ -415,6 +521,7 @@ pub fn matmul_backward(
     let da = sum_to(dev, &da, &a.shape)?;
     let db = sum_to(dev, &db, &b.shape)?;
     let dbias = if with_bias {
+        let dc = dc_full;
         let n = *dc.shape.last().unwrap();
         Some(sum_to(dev, &dc.reshape(&[dc.numel() / n.max(1), n])?, &[1, n])?.reshape(&[n])?)
     } else {

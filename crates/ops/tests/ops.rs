@@ -357,6 +357,157 @@ fn matmul_cases() {
     );
 }
 
+/// f16 values rounded as the device rounds them.
+fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
+}
+
+#[test]
+fn f16_casts_round_to_nearest_even() {
+    let d = dev();
+    let mut r = Rng::new(9);
+    // Odd length (the last f16 shares a word with padding), ties and subnormals included.
+    let mut x = r.vec(1001, -70.0, 70.0);
+    x.extend([
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        3.0e-6,
+        -1.0e-7,
+        0.0,
+        65504.0,
+    ]);
+    let xa = arr(&d, &x, &[x.len()]);
+    let h = kiln_ops::half::cast(&d, &xa, kiln_ops::DType::F16).unwrap();
+    let want: Vec<half::f16> = x.iter().map(|v| half::f16::from_f32(*v)).collect();
+    let got = h.to_f16(&d).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            w.to_bits(),
+            "element {i}: {} -> {g} (want {w})",
+            x[i]
+        );
+    }
+    let back = kiln_ops::half::cast(&d, &h, kiln_ops::DType::F32).unwrap();
+    assert_eq!(back.to_f32(&d).unwrap(), round_f16(&x));
+    let i = Array::from_i32(&d, &[1, 2], &[2]).unwrap();
+    assert!(kiln_ops::half::cast(&d, &i, kiln_ops::DType::F16).is_err());
+}
+
+#[test]
+fn matmul_f16_on_every_available_path() {
+    let d = dev();
+    let coop = !d.cooperative_f16_f32_sizes().is_empty();
+    // Set on machines known to have cooperative matrices, so the path cannot silently go untested.
+    if std::env::var_os("KILN_REQUIRE_COOP").is_some() {
+        assert!(
+            coop,
+            "KILN_REQUIRE_COOP is set but the adapter has no f16 cooperative matrices"
+        );
+    }
+    if !coop {
+        matmul::force_coop(Some(true));
+        let a = Array::from_f16(&d, &[half::f16::ONE; 4], &[2, 2]).unwrap();
+        let e = matmul::matmul(&d, &a, &a, false, false, None).unwrap_err();
+        matmul::force_coop(None);
+        assert!(e.to_string().contains("cooperative-matrix"), "{e}");
+    }
+    // Widening to f32 always; cooperative matrices where the adapter has them.
+    for force in [false].into_iter().chain(coop.then_some(true)) {
+        matmul::force_coop(Some(force));
+        matmul_f16_cases(force);
+    }
+    matmul::force_coop(None);
+}
+
+fn matmul_f16_cases(coop: bool) {
+    let d = dev();
+    let mut r = Rng::new(8);
+    // (batch_a, batch_b, m, n, k): edges inside a fragment and a workgroup tile, several tiles,
+    // batches, a shared operand, and a K long enough to be split across workgroups.
+    let cases = [
+        (0, 0, 1, 1, 1),
+        (0, 0, 13, 17, 19),
+        (0, 0, 70, 37, 45),
+        (2, 2, 9, 20, 33),
+        (0, 3, 16, 16, 16),
+        (0, 0, 8, 12, 1500),
+    ];
+    for (ba, bb, m, n, k) in cases {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let batch = ba.max(bb).max(1);
+            let shape = |b: usize, r: usize, c: usize, t: bool| -> Vec<usize> {
+                let mut s: Vec<usize> = (b > 0).then_some(b).into_iter().collect();
+                s.extend(if t { [c, r] } else { [r, c] });
+                s
+            };
+            let (sa, sb) = (shape(ba, m, k, ta), shape(bb, k, n, tb));
+            let a = round_f16(&r.vec(sa.iter().product(), -1.0, 1.0));
+            let b = round_f16(&r.vec(sb.iter().product(), -1.0, 1.0));
+            let bias = r.vec(n, -1.0, 1.0);
+            // Upload as f32 and cast on the device, as a mixed-precision model does.
+            let to16 = |v: &[f32], s: &[usize]| {
+                kiln_ops::half::cast(&d, &arr(&d, v, s), kiln_ops::DType::F16).unwrap()
+            };
+            let (aa, bh) = (to16(&a, &sa), to16(&b, &sb));
+            let c = matmul::matmul(&d, &aa, &bh, ta, tb, Some(&arr(&d, &bias, &[n]))).unwrap();
+            assert_eq!(c.dtype(), kiln_ops::DType::F32);
+            let (a64, b64) = (to_f64(&a), to_f64(&b));
+            let cpu = |x: &[f64], y: &[f64]| {
+                matmul::cpu::matmul(x, y, batch, m, n, k, ta, tb, ba > 0, bb > 0)
+            };
+            let mut want = cpu(&a64, &b64);
+            want.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v += bias[i % n] as f64);
+            // Products of f16 values are exact in f32; only the f32 sums round.
+            let what = format!("f16 matmul coop={coop} {sa:?}x{sb:?} ta={ta} tb={tb}");
+            assert_close(&what, &c.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
+            if k > 100 {
+                continue; // finite differences on the small cases only
+            }
+            // Backward: dC is rounded to f16 as well; the gradients are exact up to f32 sums.
+            let dc = r.vec(c.numel(), -1.0, 1.0);
+            let dc16 = round_f16(&dc);
+            let (da, db, dbias) =
+                matmul::matmul_backward(&d, &aa, &bh, ta, tb, &arr(&d, &dc, &c.shape), true)
+                    .unwrap();
+            let f_a = |x: &[f64]| dot(&cpu(x, &b64), &dc16);
+            let f_b = |x: &[f64]| dot(&cpu(&a64, x), &dc16);
+            let tol = 1e-3 * (k as f64).sqrt().max(1.0);
+            assert_close(
+                &format!("{what} dA"),
+                &da.to_f32(&d).unwrap(),
+                &finite_diff(f_a, &a64, 0.5),
+                tol,
+                1e-3,
+            );
+            assert_close(
+                &format!("{what} dB"),
+                &db.to_f32(&d).unwrap(),
+                &finite_diff(f_b, &b64, 0.5),
+                tol,
+                1e-3,
+            );
+            let want_bias: Vec<f64> = (0..n)
+                .map(|j| dc.iter().skip(j).step_by(n).map(|&v| v as f64).sum())
+                .collect();
+            assert_close(
+                &format!("{what} dbias"),
+                &dbias.unwrap().to_f32(&d).unwrap(),
+                &want_bias,
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+    // Mixed operand types are refused.
+    let a16 = kiln_ops::half::cast(&d, &arr(&d, &[1.0; 4], &[2, 2]), kiln_ops::DType::F16).unwrap();
+    let e = matmul::matmul(&d, &a16, &arr(&d, &[1.0; 4], &[2, 2]), false, false, None).unwrap_err();
+    assert!(matches!(e, OpError::DType { .. }), "{e}");
+}
+
 #[test]
 fn conv2d_forward_and_gradients() {
     conv_cases();
