@@ -1,9 +1,10 @@
-//! f32 matmul throughput (GFLOP/s from GPU timestamps where available), one JSON line per size:
-//! kiln's matmul, then a naive 16 x 16 shared-memory tiled kernel on the same adapter as the
-//! baseline it is measured against.
+//! Matmul throughput (GFLOP/s from GPU timestamps where available), one JSON line per size and
+//! kernel: kiln's f32 matmul; its f16 matmul (f16 inputs, f32 accumulation) on cooperative matrices
+//! where the adapter has them, widened to f32 otherwise (`path` says which); and a naive 16 x 16
+//! shared-memory tiled f32 kernel on the same adapter as the baseline.
 //! Run: cargo bench --bench matmul [-- sizes...]
 use kiln::device::{Device, Params};
-use kiln::ops::{matmul, Array};
+use kiln::ops::{half, matmul, Array, DType};
 
 mod common;
 
@@ -32,9 +33,26 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(local_invocation_i
 "#;
 
 fn report(dev: &Device, name: &str, n: usize, reps: usize, seconds: f64, source: &str) {
+    report_path(dev, name, "", n, reps, seconds, source)
+}
+
+fn report_path(
+    dev: &Device,
+    name: &str,
+    path: &str,
+    n: usize,
+    reps: usize,
+    seconds: f64,
+    source: &str,
+) {
     let gflops = 2.0 * (n as f64).powi(3) * reps as f64 / seconds / 1e9;
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("\"path\":\"{path}\",")
+    };
     println!(
-        "{{\"bench\":\"{name}\",\"n\":{n},\"gflops\":{gflops:.2},\"seconds_per_call\":{:.6},\"timing\":\"{source}\",\"adapter\":{:?}}}",
+        "{{\"bench\":\"{name}\",{path}\"n\":{n},\"gflops\":{gflops:.2},\"seconds_per_call\":{:.6},\"timing\":\"{source}\",\"adapter\":{:?}}}",
         seconds / reps as f64,
         dev.adapter().name
     );
@@ -72,6 +90,31 @@ fn main() -> anyhow::Result<()> {
             t.seconds,
             &format!("{:?}", t.source),
         );
+        if dev.capabilities().f16 {
+            let (a16, b16) = (half::cast(&dev, &a, DType::F16)?, half::cast(&dev, &b, DType::F16)?);
+            let path = match matmul::coop_size(&dev)? {
+                Some(s) => format!("coop{s}"),
+                None => "widened".into(),
+            };
+            let t = common::time_reps(&dev, reps, || {
+                matmul::matmul(&dev, &a16, &b16, false, false, None).map(|_| ())
+            })?;
+            let c = matmul::matmul(&dev, &a16, &b16, false, false, None)?;
+            let want = 0.125 * n as f32;
+            anyhow::ensure!(
+                c.to_f32(&dev)?.iter().all(|&v| v == want),
+                "f16 matmul gave a wrong product"
+            );
+            report_path(
+                &dev,
+                "matmul_f16",
+                &path,
+                n,
+                reps,
+                t.seconds,
+                &format!("{:?}", t.source),
+            );
+        }
         if n % 16 == 0 {
             let c = Array::empty(&dev, &[n, n])?;
             let p = Params::new().u(n as u32);
