@@ -91,7 +91,10 @@ fn main() -> anyhow::Result<()> {
             &format!("{:?}", t.source),
         );
         if dev.capabilities().f16 {
-            let (a16, b16) = (half::cast(&dev, &a, DType::F16)?, half::cast(&dev, &b, DType::F16)?);
+            let (a16, b16) = (
+                half::cast(&dev, &a, DType::F16)?,
+                half::cast(&dev, &b, DType::F16)?,
+            );
             let path = match matmul::coop_size(&dev)? {
                 Some(s) => format!("coop{s}"),
                 None => "widened".into(),

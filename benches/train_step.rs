@@ -4,6 +4,7 @@
 //! per workload. Sizes shrink on software adapters (named in each line) so a run ends in minutes.
 //! With `-- --profile`, each workload also prints where one step's GPU time goes: a line per
 //! kernel (label with its constants, calls and ms per step), from per-dispatch timestamps.
+//! `KILN_CASE=lenet5` (or `char_transformer`, `lstm`) runs one workload.
 use kiln::device::Device;
 use kiln::graph::{StepPlan, Tensor};
 use kiln::nn::layers::lenet5;
@@ -94,83 +95,92 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::new()?;
     let soft = dev.adapter().is_software;
     let steps = if soft { 3 } else { 50 };
-    for batch in [64, 256] {
-        let model = lenet5(&dev, 0)?;
-        let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
-        let mut rng = Rng::new(1);
-        let x = Tensor::from_f32(&dev, &rng.vec(batch * 784, -1.0, 1.0), &[batch, 1, 28, 28])?;
-        let y = Array::from_i32(
-            &dev,
-            &(0..batch).map(|i| (i % 10) as i32).collect::<Vec<_>>(),
-            &[batch],
-        )?;
-        opt.begin_step()?;
-        let (plan, _) = StepPlan::record(&dev, || {
-            let loss = model.forward(&x)?.cross_entropy(&y, None)?;
-            loss.backward()?;
-            opt.step()?;
-            Ok::<_, NnError>(loss)
-        })?;
+    // KILN_CASE=lenet5|char_transformer|lstm runs one workload.
+    let case = std::env::var("KILN_CASE").ok();
+    let want = |name: &str| case.as_deref().is_none_or(|c| c == name);
+    if want("lenet5") {
+        for batch in [64, 256] {
+            let model = lenet5(&dev, 0)?;
+            let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
+            let mut rng = Rng::new(1);
+            let x = Tensor::from_f32(&dev, &rng.vec(batch * 784, -1.0, 1.0), &[batch, 1, 28, 28])?;
+            let y = Array::from_i32(
+                &dev,
+                &(0..batch).map(|i| (i % 10) as i32).collect::<Vec<_>>(),
+                &[batch],
+            )?;
+            opt.begin_step()?;
+            let (plan, _) = StepPlan::record(&dev, || {
+                let loss = model.forward(&x)?.cross_entropy(&y, None)?;
+                loss.backward()?;
+                opt.step()?;
+                Ok::<_, NnError>(loss)
+            })?;
+            time_steps(
+                &dev,
+                &plan,
+                &mut opt,
+                steps,
+                Result {
+                    name: "lenet5".into(),
+                    batch,
+                    items_per_step: batch,
+                    unit: "samples",
+                },
+            )?;
+        }
+    }
+    if want("char_transformer") {
+        // Character Transformer: the GPU preset, or a small one on software adapters.
+        let (layers, heads, width, context, batch) = if soft {
+            (2, 4, 64, 64, 16)
+        } else {
+            (6, 6, 384, 256, 64)
+        };
+        let cfg = TransformerLmConfig {
+            vocab: 65,
+            context,
+            d_model: width,
+            heads,
+            layers,
+            dropout: 0.0,
+        };
+        let model = CharTransformer::new(&dev, 0, &cfg)?;
+        let mut opt = Optimizer::adamw(&dev, model.parameters(), 3e-4, 0.01)?;
+        let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
+        let name = format!("char_transformer_{layers}x{width}_ctx{context}");
         time_steps(
             &dev,
             &plan,
             &mut opt,
             steps,
             Result {
-                name: "lenet5".into(),
+                name,
                 batch,
-                items_per_step: batch,
-                unit: "samples",
+                items_per_step: batch * context,
+                unit: "tokens",
             },
         )?;
     }
-    // Character Transformer: the GPU preset, or a small one on software adapters.
-    let (layers, heads, width, context, batch) = if soft {
-        (2, 4, 64, 64, 16)
-    } else {
-        (6, 6, 384, 256, 64)
-    };
-    let cfg = TransformerLmConfig {
-        vocab: 65,
-        context,
-        d_model: width,
-        heads,
-        layers,
-        dropout: 0.0,
-    };
-    let model = CharTransformer::new(&dev, 0, &cfg)?;
-    let mut opt = Optimizer::adamw(&dev, model.parameters(), 3e-4, 0.01)?;
-    let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
-    let name = format!("char_transformer_{layers}x{width}_ctx{context}");
-    time_steps(
-        &dev,
-        &plan,
-        &mut opt,
-        steps,
-        Result {
-            name,
-            batch,
-            items_per_step: batch * context,
-            unit: "tokens",
-        },
-    )?;
-    // LSTM 2 x 256 over 100 steps at batch 64 (on software adapters: 2 x 128, 25 steps, batch 16).
-    let (hidden, seq, batch) = if soft { (128, 25, 16) } else { (256, 100, 64) };
-    let model = CharLstm::new(&dev, 0, 65, seq, 64, hidden, 2)?;
-    let mut opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0)?;
-    let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
-    let name = format!("lstm_2x{hidden}_seq{seq}");
-    time_steps(
-        &dev,
-        &plan,
-        &mut opt,
-        steps.min(3),
-        Result {
-            name,
-            batch,
-            items_per_step: batch * seq,
-            unit: "tokens",
-        },
-    )?;
+    if want("lstm") {
+        // LSTM 2 x 256 over 100 steps at batch 64 (on software adapters: 2 x 128, 25 steps, batch 16).
+        let (hidden, seq, batch) = if soft { (128, 25, 16) } else { (256, 100, 64) };
+        let model = CharLstm::new(&dev, 0, 65, seq, 64, hidden, 2)?;
+        let mut opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0)?;
+        let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
+        let name = format!("lstm_2x{hidden}_seq{seq}");
+        time_steps(
+            &dev,
+            &plan,
+            &mut opt,
+            steps.min(3),
+            Result {
+                name,
+                batch,
+                items_per_step: batch * seq,
+                unit: "tokens",
+            },
+        )?;
+    }
     Ok(())
 }
