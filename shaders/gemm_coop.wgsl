@@ -1,5 +1,5 @@
 // Matmul on cooperative matrices: f16 A and B, f32 accumulation and f32 C.
-//   C[z, m, n] = sum_k A[z, m, k] * B[z, k, n] (+ bias[n])
+//   C[z, m, n] = alpha * sum_k A[z, m, k] * B[z, k, n] (+ bias[n])
 // Operands are addressed as in gemm.wgsl's MODE 0 (batch, row and column strides; a transpose is a
 // stride swap), and K may be split across workgroups the same way (z = batch * k_split; split s
 // writes at offset c_split * s, and only split 0 adds the bias).
@@ -23,6 +23,7 @@ override SG: u32 = 32u;       // the adapter's largest subgroup size
 override BK: u32 = 32u;       // K slab depth, a multiple of S
 override APAD: u32 = 8u;      // f16 padding per shared A row (spreads rows across banks)
 override BPAD: u32 = 8u;      // f16 padding per shared B row
+override ALPHA: bool = false; // scale C by alpha[0] (a device-side factor: an f16 scale undone)
 override A_KFAST: bool = true; // A's k stride is 1: staging threads walk along k, else along m
 override B_NFAST: bool = true; // B's n stride is 1: staging threads walk along n, else along k
 
@@ -47,6 +48,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> alpha: array<f32>;
 
 var<workgroup> As: array<f16, BM * AS>;       // [BM][AS]
 var<workgroup> Bs: array<f16, BK * BS>;       // [BK][BS]
@@ -88,11 +90,13 @@ fn stage(t: Tile, k0: u32, lid: u32) {
 
 // Writes subgroup sg's scratch fragment, the outputs at (r, col) of the tile, to C.
 fn flush(t: Tile, sg: u32, lane: u32, lanes: u32, r: u32, col: u32) {
+    var scale = 1.0;
+    if (ALPHA) { scale = alpha[0]; }
     for (var e = lane; e < S * S; e += lanes) {
         let m = t.m0 + r + e / S;
         let n = t.n0 + col + e % S;
         if (m < p.m && n < p.n) {
-            var v = Cs[sg * S * S + e];
+            var v = Cs[sg * S * S + e] * scale;
             if (t.split == 0u && p.bias_mode == 1u) { v += bias[n]; }
             c[t.split * p.c_split + t.z * p.c_bs + m * p.c_ms + n * p.c_ns] = v;
         }

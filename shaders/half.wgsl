@@ -109,3 +109,24 @@ fn to_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let i = (wid.x + wid.y * nwg.x) * CAST_WG + lid;
     if (i < cp.n) { out32[i] = f32(in16[i]); }
 }
+
+// to_f16_scaled: out16 = f16(in32 * s), s a power of two chosen from amax[0] = max |in32| so the
+// largest magnitude lands in (2^13, 2^14]: small values (gradients) keep f16's 11 significant bits
+// instead of underflowing, and nothing overflows. Writes 1 / s to inv_scale[0] for the consumer.
+@group(0) @binding(10) var<storage, read> amax: array<f32>;
+@group(0) @binding(11) var<storage, read_write> inv_scale: array<f32>;
+
+fn pow2_scale(m: f32) -> f32 {
+    // Zero, infinite or NaN: leave the values as they are.
+    if (!(m > 0.0) || m > 3.0e38) { return 1.0; }
+    return exp2(f32(clamp(14 - i32(ceil(log2(m))), -120, 120)));
+}
+
+@compute @workgroup_size(CAST_WG)
+fn to_f16_scaled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * CAST_WG + lid;
+    let s = pow2_scale(amax[0]);
+    if (i == 0u) { inv_scale[0] = 1.0 / s; }
+    if (i < cp.n) { out16[i] = f16(in32[i] * s); }
+}

@@ -1,5 +1,5 @@
 // Reductions along one axis of x viewed as [outer, len, inner]: out[o, i] = R_j x[o, j, i].
-// OP: 0 sum, 1 mean, 2 max. argmax writes the index of the first maximum.
+// OP: 0 sum, 1 mean, 2 max, 3 max of absolute values. argmax writes the index of the first maximum.
 // `reduce` uses one invocation per output (good when outer*inner is large);
 // `reduce_wide` uses one workgroup per output with a tree in shared memory (long rows, few outputs).
 // Both add in a fixed order, so results are the same on every run.
@@ -20,6 +20,7 @@ struct Params {
 
 fn combine(acc: f32, v: f32) -> f32 {
     if (OP == 2u) { return max(acc, v); }
+    if (OP == 3u) { return max(acc, abs(v)); }
     return acc + v;
 }
 

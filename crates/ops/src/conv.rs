@@ -316,6 +316,7 @@ pub fn conv2d(
         &w.buf,
         &x.buf,
         bias.map(|b| &b.buf),
+        None,
         &y.buf,
         &g,
     )?;
@@ -370,7 +371,16 @@ pub fn conv2d_backward_input(
         conv: geom(xs, ws, oh, ow, spec),
         ..Default::default()
     };
-    gemm(dev, Mode::ConvInputGrad, &w.buf, &dy.buf, None, &dx.buf, &g)?;
+    gemm(
+        dev,
+        Mode::ConvInputGrad,
+        &w.buf,
+        &dy.buf,
+        None,
+        None,
+        &dx.buf,
+        &g,
+    )?;
     Ok(dx)
 }
 
@@ -403,6 +413,7 @@ pub fn conv2d_backward_weight(
         Mode::ConvWeightGrad,
         &dy.buf,
         &x.buf,
+        None,
         None,
         &dw.buf,
         &g,

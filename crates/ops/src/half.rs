@@ -3,6 +3,7 @@
 //! `SHADER_F16` ([`supported`]); callers fall back to f32 without it.
 
 use crate::int8::LayerGeom;
+use crate::reduce::Reduce;
 use crate::{Array, Buffer, DType, Device, OpError, Params, Result};
 
 /// Whether this adapter can run [`layer_f16w`].
@@ -47,6 +48,36 @@ pub fn cast(dev: &Device, x: &Array, to: DType) -> Result<Array> {
         )?;
     }
     Ok(y)
+}
+
+/// `x` rounded to f16 after scaling by a power of two chosen on the device, so that max |x| lands
+/// in (2^13, 2^14]: small values such as gradients keep f16's 11 significant bits instead of
+/// underflowing. Returns the f16 array and a one-element buffer holding the inverse scale, for
+/// the consumer to multiply back in (no host round trip).
+pub fn cast_f16_scaled(dev: &Device, x: &Array) -> Result<(Array, Buffer)> {
+    crate::expect_dtype("cast_f16_scaled", x, DType::F32)?;
+    crate::expect_nonempty("cast_f16_scaled", x)?;
+    // max |x| in two passes: per column (coalesced), then across columns.
+    let cols = x.shape.last().copied().unwrap_or(1).max(1);
+    let rows = x.numel() / cols;
+    let col_max = dev.alloc(cols, DType::F32)?;
+    crate::reduce::reduce_raw(dev, &x.buf, &col_max, 1, rows, cols, Reduce::AbsMax)?;
+    let amax = dev.alloc(1, DType::F32)?;
+    crate::reduce::reduce_raw(dev, &col_max, &amax, 1, cols, 1, Reduce::AbsMax)?;
+    let y = Array {
+        buf: dev.alloc(x.numel(), DType::F16)?,
+        shape: x.shape.clone(),
+    };
+    let inv = dev.alloc(1, DType::F32)?;
+    let k = dev.kernel("half", "to_f16_scaled", &[])?;
+    crate::launch_1d(
+        dev,
+        &k,
+        &[&x.buf, &y.buf, &amax, &inv],
+        &Params::new().u(x.numel() as u32),
+        x.numel(),
+    )?;
+    Ok((y, inv))
 }
 
 /// A Linear or Conv2d layer with f16 weights [m, k] (PyTorch's layout, flattened) and an f32 bias:

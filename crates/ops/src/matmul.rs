@@ -5,7 +5,7 @@
 //! matrices (`shaders/gemm_coop.wgsl`) where the adapter has them, and otherwise are widened to
 //! f32 and take the f32 path; [`force_coop`] pins either path for tests.
 
-use crate::half::cast;
+use crate::half::{cast, cast_f16_scaled};
 use crate::reduce::{reduce_raw, sum_to, Reduce};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -203,12 +203,16 @@ const SG_RM: usize = 32;
 
 /// Runs the GEMM kernel, splitting K across workgroups when the output alone would leave the
 /// adapter idle (long K, few output tiles: weight gradients), then summing the partials.
+///
+/// `alpha`, a one-element device buffer, scales C (before the bias); only f16 operands take it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     dev: &Device,
     mode: Mode,
     a: &Buffer,
     b: &Buffer,
     bias: Option<&Buffer>,
+    alpha: Option<&Buffer>,
     c: &Buffer,
     g: &Geom,
 ) -> Result<()> {
@@ -222,6 +226,11 @@ pub(crate) fn gemm(
             message: "f16 operands need cooperative matrices (matmul widens them otherwise)".into(),
         })?;
         path = GemmPath::Coop { size };
+    } else if alpha.is_some() {
+        return Err(OpError::Invalid {
+            op: "gemm",
+            message: "an alpha buffer is only taken with f16 operands".into(),
+        });
     }
     // A small A is read through a uniform copy (see gemm.wgsl); loads of A then cost little, so
     // the register block grows along M, where each loaded B element is reused.
@@ -308,6 +317,7 @@ pub(crate) fn gemm(
                 ("SG", max_sg as f64),
                 ("MIN_SG", min_sg as f64),
                 ("BK", COOP_BK as f64),
+                ("ALPHA", alpha.is_some() as u8 as f64),
                 ("A_KFAST", (g.a[2] == 1) as u8 as f64),
                 ("B_NFAST", (g.b[2] == 1) as u8 as f64),
             ];
@@ -366,6 +376,10 @@ pub(crate) fn gemm(
             )?;
         }
         dev.launch(&k, &[a, b, bias_buf, target_buf, &au], &p, groups)?;
+    } else if matches!(path, GemmPath::Coop { .. }) {
+        // Without ALPHA the kernel never reads its alpha binding; any buffer fills it.
+        let alpha = alpha.unwrap_or(bias_buf);
+        dev.launch(&k, &[a, b, bias_buf, target_buf, alpha], &p, groups)?;
     } else {
         dev.launch(&k, &[a, b, bias_buf, target_buf], &p, groups)?;
     }
@@ -401,9 +415,22 @@ pub fn matmul(
     tb: bool,
     bias: Option<&Array>,
 ) -> Result<Array> {
+    matmul_scaled(dev, a, b, ta, tb, bias, None)
+}
+
+/// [`matmul`] with C scaled by `alpha[0]` (f16 operands only; see [`matmul_backward`]).
+fn matmul_scaled(
+    dev: &Device,
+    a: &Array,
+    b: &Array,
+    ta: bool,
+    tb: bool,
+    bias: Option<&Array>,
+    alpha: Option<&Buffer>,
+) -> Result<Array> {
     if a.dtype() == DType::F16 {
         expect_dtype("matmul", b, DType::F16)?;
-        if coop_size(dev)?.is_none() {
+        if coop_size(dev)?.is_none() && alpha.is_none() {
             // No cooperative matrices: the same products in f32 (f16 widens exactly).
             let (a, b) = (cast(dev, a, DType::F32)?, cast(dev, b, DType::F32)?);
             return matmul(dev, &a, &b, ta, tb, bias);
@@ -480,6 +507,7 @@ pub fn matmul(
         &a.buf,
         &b.buf,
         bias.map(|b| &b.buf),
+        alpha,
         &c.buf,
         &geom,
     )?;
@@ -487,8 +515,10 @@ pub fn matmul(
 }
 
 /// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape, in f32.
-/// With f16 operands, dC is rounded to f16 too (mixed precision: scale the loss so small
-/// gradients stay representable), and the gradient matmuls run on the f16 path.
+/// With f16 operands on cooperative matrices, dC is rounded to f16 too, after scaling by a power
+/// of two chosen on the device from max |dC| (and undone in the products), so small gradients keep
+/// f16's precision without a loss scale; without cooperative matrices the gradients are computed
+/// in f32 from the widened operands.
 pub fn matmul_backward(
     dev: &Device,
     a: &Array,
@@ -499,23 +529,27 @@ pub fn matmul_backward(
     with_bias: bool,
 ) -> Result<(Array, Array, Option<Array>)> {
     expect_dtype("matmul_backward", dc, DType::F32)?;
+    if a.dtype() == DType::F16 && coop_size(dev)?.is_none() {
+        let (a, b) = (cast(dev, a, DType::F32)?, cast(dev, b, DType::F32)?);
+        return matmul_backward(dev, &a, &b, ta, tb, dc, with_bias);
+    }
     let dc_full = dc;
-    let dc16;
-    let dc = if a.dtype() == DType::F16 {
-        dc16 = cast(dev, dc, DType::F16)?;
-        &dc16
+    let scaled;
+    let (dc, alpha) = if a.dtype() == DType::F16 {
+        scaled = cast_f16_scaled(dev, dc)?;
+        (&scaled.0, Some(&scaled.1))
     } else {
-        dc
+        (dc, None)
     };
     let da = if ta {
-        matmul(dev, b, dc, tb, true, None)?
+        matmul_scaled(dev, b, dc, tb, true, None, alpha)?
     } else {
-        matmul(dev, dc, b, false, !tb, None)?
+        matmul_scaled(dev, dc, b, false, !tb, None, alpha)?
     };
     let db = if tb {
-        matmul(dev, dc, a, true, ta, None)?
+        matmul_scaled(dev, dc, a, true, ta, None, alpha)?
     } else {
-        matmul(dev, a, dc, !ta, false, None)?
+        matmul_scaled(dev, a, dc, !ta, false, None, alpha)?
     };
     // A 2-D operand shared across batches collects the gradient of every batch.
     let da = sum_to(dev, &da, &a.shape)?;

@@ -14,6 +14,8 @@ pub enum Reduce {
     Mean = 1,
     /// Maximum.
     Max = 2,
+    /// Maximum of absolute values (0 for all zeros).
+    AbsMax = 3,
 }
 
 fn split_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<(usize, usize, usize)> {
@@ -145,6 +147,7 @@ pub mod cpu {
                     Reduce::Sum => vals.sum(),
                     Reduce::Mean => vals.sum::<f64>() / len as f64,
                     Reduce::Max => vals.fold(f64::NEG_INFINITY, f64::max),
+                    Reduce::AbsMax => vals.fold(0.0f64, |a, v| a.max(v.abs())),
                 });
             }
         }
