@@ -1,12 +1,13 @@
 //! Whole training steps, each recorded once and replayed: LeNet-5 (batch 64 and 256, SGD with
-//! momentum), a character Transformer (AdamW) and a 2-layer LSTM (forward and backward). Reports
+//! momentum), a character Transformer (AdamW; also in mixed precision where the adapter has
+//! f16 cooperative matrices) and a 2-layer LSTM (forward and backward). Reports
 //! ms per step, samples or tokens per second, dispatches and submissions per step; one JSON line
 //! per workload. Sizes shrink on software adapters (named in each line) so a run ends in minutes.
 //! With `-- --profile`, each workload also prints where one step's GPU time goes: a line per
 //! kernel (label with its constants, calls and ms per step), from per-dispatch timestamps.
 //! `KILN_CASE=lenet5` (or `char_transformer`, `lstm`) runs one workload.
 use kiln::device::Device;
-use kiln::graph::{StepPlan, Tensor};
+use kiln::graph::{autocast_f16, StepPlan, Tensor};
 use kiln::nn::layers::lenet5;
 use kiln::nn::lm::{CharLstm, CharTransformer, LanguageModel, TransformerLmConfig};
 use kiln::nn::{Module, NnError, Optimizer};
@@ -75,6 +76,7 @@ fn lm_step(
     opt: &mut Optimizer,
     batch: usize,
     vocab: usize,
+    mixed_precision: bool,
 ) -> anyhow::Result<StepPlan> {
     let t = model.context();
     let mut rng = Rng::new(0);
@@ -83,7 +85,12 @@ fn lm_step(
     let y = Array::from_i32(dev, &ids, &[batch * t])?;
     opt.begin_step()?;
     let (plan, _) = StepPlan::record(dev, || {
-        let loss = model.logits(&x)?.cross_entropy(&y, None)?;
+        let logits = if mixed_precision {
+            autocast_f16(|| model.logits(&x))?
+        } else {
+            model.logits(&x)?
+        };
+        let loss = logits.cross_entropy(&y, None)?;
         loss.backward()?;
         opt.step()?;
         Ok::<_, NnError>(loss)
@@ -145,29 +152,35 @@ fn main() -> anyhow::Result<()> {
             layers,
             dropout: 0.0,
         };
-        let model = CharTransformer::new(&dev, 0, &cfg)?;
-        let mut opt = Optimizer::adamw(&dev, model.parameters(), 3e-4, 0.01)?;
-        let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
-        let name = format!("char_transformer_{layers}x{width}_ctx{context}");
-        time_steps(
-            &dev,
-            &plan,
-            &mut opt,
-            steps,
-            Result {
-                name,
-                batch,
-                items_per_step: batch * context,
-                unit: "tokens",
-            },
-        )?;
+        // Mixed precision too where the f16 matmuls run on cooperative matrices (elsewhere they
+        // are widened to f32, which only adds casts).
+        let coop = kiln::ops::matmul::coop_size(&dev)?.is_some();
+        for mixed in [false].into_iter().chain(coop.then_some(true)) {
+            let model = CharTransformer::new(&dev, 0, &cfg)?;
+            let mut opt = Optimizer::adamw(&dev, model.parameters(), 3e-4, 0.01)?;
+            let plan = lm_step(&dev, &model, &mut opt, batch, 65, mixed)?;
+            let f16 = if mixed { "_f16" } else { "" };
+            let name = format!("char_transformer_{layers}x{width}_ctx{context}{f16}");
+            time_steps(
+                &dev,
+                &plan,
+                &mut opt,
+                steps,
+                Result {
+                    name,
+                    batch,
+                    items_per_step: batch * context,
+                    unit: "tokens",
+                },
+            )?;
+        }
     }
     if want("lstm") {
         // LSTM 2 x 256 over 100 steps at batch 64 (on software adapters: 2 x 128, 25 steps, batch 16).
         let (hidden, seq, batch) = if soft { (128, 25, 16) } else { (256, 100, 64) };
         let model = CharLstm::new(&dev, 0, 65, seq, 64, hidden, 2)?;
         let mut opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0)?;
-        let plan = lm_step(&dev, &model, &mut opt, batch, 65)?;
+        let plan = lm_step(&dev, &model, &mut opt, batch, 65, false)?;
         let name = format!("lstm_2x{hidden}_seq{seq}");
         time_steps(
             &dev,

@@ -40,6 +40,10 @@ struct Args {
     /// Seed for initialisation, windows and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Mixed precision: f16 matmuls (cooperative matrices where the adapter has them) with f32
+    /// sums, master weights and gradients.
+    #[arg(long)]
+    f16: bool,
     #[command(flatten)]
     run: common::RunArgs,
 }
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
         }),
     });
     let mut train_cfg = LmConfig::new(batch, steps, (steps / 5).max(1), 4, a.seed);
+    train_cfg.mixed_precision = a.f16;
     a.run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
     let t0 = std::time::Instant::now();
     let hist = train_lm(&dev, &model, &mut opt, &corpus, &train_cfg, |s| {
@@ -90,9 +95,10 @@ fn main() -> Result<()> {
     eprintln!("--- sample ---\n{sample}\n---");
     let last = hist.last().expect("at least one evaluation");
     println!(
-        "{{\"example\":\"char_transformer\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{steps},\"layers\":{layers},\"width\":{width},\"context\":{context},\"batch\":{batch},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},\"adapter\":{:?}}}",
+        "{{\"example\":\"char_transformer\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{steps},\"layers\":{layers},\"width\":{width},\"context\":{context},\"batch\":{batch},\"f16\":{},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},\"adapter\":{:?}}}",
         last.val_loss.unwrap_or(f32::NAN),
         last.train_loss,
+        a.f16,
         last.samples_per_second,
         dev.adapter().name
     );

@@ -5,7 +5,7 @@ use kiln_ops::conv::{self, Conv2dSpec};
 use kiln_ops::elementwise::{self, Binary, Unary};
 use kiln_ops::pool::{self, Pool2dSpec};
 use kiln_ops::reduce::{self, Reduce};
-use kiln_ops::{layout, matmul, softmax, Array, Device, OpError};
+use kiln_ops::{layout, matmul, softmax, Array, DType, Device, OpError};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +45,24 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+    static AUTOCAST_F16: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with matmuls (and so Linear layers and attention projections) in mixed precision, as
+/// `torch.autocast(dtype=torch.float16)`: f32 operands are cast to f16, products are summed in f32
+/// and results stay f32; the parameters themselves stay f32 (master weights), and their
+/// gradients arrive in f32. The f16 products run on cooperative matrices where the adapter has
+/// them and are widened to f32 elsewhere, so the numerics are the same on every adapter.
+pub fn autocast_f16<T>(f: impl FnOnce() -> T) -> T {
+    let prev = AUTOCAST_F16.with(|a| a.replace(true));
+    let out = f();
+    AUTOCAST_F16.with(|a| a.set(prev));
+    out
+}
+
+/// Whether matmuls on this thread run in mixed precision ([`autocast_f16`]).
+pub fn is_autocast_f16() -> bool {
+    AUTOCAST_F16.with(|a| a.get())
 }
 
 /// Runs `f` without recording gradients (evaluation, inference), as `torch.no_grad()`.
@@ -142,6 +160,19 @@ impl Tensor {
     /// Number of elements.
     pub fn numel(&self) -> usize {
         self.0.data.numel()
+    }
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.0.data.dtype()
+    }
+    /// The same values as `dtype` (f32 or f16). Gradients pass through unchanged, in f32.
+    pub fn cast(&self, dtype: DType) -> Result<Tensor> {
+        if self.dtype() == dtype {
+            return Ok(self.clone());
+        }
+        let out = kiln_ops::half::cast(&self.0.dev, &self.0.data, dtype)?;
+        let backward: BackwardFn = Box::new(|_, g| Ok(vec![Some(g.clone())]));
+        Ok(self.record(out, vec![self.clone()], "cast", backward))
     }
     /// The device array.
     pub fn array(&self) -> &Array {
@@ -486,6 +517,10 @@ impl Tensor {
         tb: bool,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
+        if is_autocast_f16() && self.dtype() == DType::F32 && other.dtype() == DType::F32 {
+            let (a, b) = (self.cast(DType::F16)?, other.cast(DType::F16)?);
+            return a.matmul_t(&b, ta, tb, bias);
+        }
         let dev = &self.0.dev;
         let out = matmul::matmul(
             dev,

@@ -1,6 +1,6 @@
 //! Autograd on composite graphs against central finite differences of an f64 CPU forward.
 
-use kiln_graph::{no_grad, Device, Tensor};
+use kiln_graph::{autocast_f16, no_grad, Device, Tensor};
 use kiln_ops::conv::{self, Conv2dSpec};
 use kiln_ops::pool::{self, Pool2dSpec};
 use kiln_ops::softmax;
@@ -80,6 +80,67 @@ fn two_layer_mlp() {
     for (k, p) in ps.iter().enumerate() {
         let g = p.grad().unwrap().to_f32(&d).unwrap();
         assert_close(&format!("mlp param {k}"), &g, fd[k], 1e-4, 1e-3);
+    }
+}
+
+/// The MLP above under `autocast_f16`: the loss matches a CPU model that rounds every matmul
+/// operand to f16 (and sums in f64), and the f32 parameters get f32 gradients within f16's
+/// precision of the exact ones.
+#[test]
+fn mixed_precision_mlp() {
+    let d = dev();
+    let mut r = Rng::new(11);
+    let (n, i, h, o) = (4, 5, 6, 3);
+    let sizes = [h * i, h, o * h, o];
+    let vals: Vec<Vec<f32>> = sizes.iter().map(|&s| r.vec(s, -1.0, 1.0)).collect();
+    let x = r.vec(n * i, -1.0, 1.0);
+    let labels = vec![1, 0, 2, 2];
+    let ps: Vec<Tensor> = vals
+        .iter()
+        .zip([vec![h, i], vec![h], vec![o, h], vec![o]])
+        .map(|(v, s)| param(&d, v, &s))
+        .collect();
+    let xt = Tensor::from_f32(&d, &x, &[n, i]).unwrap();
+    let y = kiln_ops::Array::from_i32(&d, &labels, &[n]).unwrap();
+    let loss = autocast_f16(|| {
+        let hdn = xt.linear(&ps[0], Some(&ps[1]))?.tanh()?;
+        assert_eq!(hdn.dtype(), kiln_graph::DType::F32);
+        hdn.linear(&ps[2], Some(&ps[3]))?.cross_entropy(&y, None)
+    })
+    .unwrap();
+    assert!(!kiln_graph::is_autocast_f16());
+    loss.backward().unwrap();
+    let r16 =
+        |v: &[f64]| -> Vec<f64> { v.iter().map(|x| half::f16::from_f64(*x).to_f64()).collect() };
+    let x64 = to_f64(&x);
+    let model = |flat: &[f64], round: bool| {
+        let q = |v: &[f64]| if round { r16(v) } else { v.to_vec() };
+        let p = split(flat, &sizes);
+        let hdn: Vec<f64> = cpu_linear(&q(&x64), &q(p[0]), p[1], n, i, h)
+            .iter()
+            .map(|v| v.tanh())
+            .collect();
+        let logits = cpu_linear(&q(&hdn), &q(p[2]), p[3], n, h, o);
+        softmax::cpu::cross_entropy(&logits, o, &labels, None)
+    };
+    let flat: Vec<f64> = vals.iter().flat_map(|v| to_f64(v)).collect();
+    let (rounded, exact) = (model(&flat, true), model(&flat, false));
+    let got = loss.item().unwrap();
+    assert_close("f16 loss", &[got], &[rounded], 2e-6, 2e-6);
+    // The rounding is visible: the f32 model's loss is further away than the tolerance above.
+    assert!((got as f64 - exact).abs() > 1e-5, "{got} vs f32 {exact}");
+    let fd = finite_diff(|v| model(v, false), &flat, 1e-4);
+    let fd = split(&fd, &sizes);
+    for (k, p) in ps.iter().enumerate() {
+        let g = p.grad().unwrap();
+        assert_eq!(g.dtype(), kiln_graph::DType::F32);
+        assert_close(
+            &format!("f16 mlp param {k}"),
+            &g.to_f32(&d).unwrap(),
+            fd[k],
+            5e-3,
+            2e-2,
+        );
     }
 }
 

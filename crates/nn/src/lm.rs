@@ -7,7 +7,7 @@ use crate::optim::Optimizer;
 use crate::rnn::{Cell, Recurrent};
 use crate::transformer::{Activation, LayerConfig, TransformerEncoderLayer};
 use crate::{NnError, Result};
-use kiln_graph::{no_grad, Array, Device, StepPlan, Tensor};
+use kiln_graph::{autocast_f16, no_grad, Array, Device, StepPlan, Tensor};
 use kiln_ops::testing::Rng;
 use std::path::Path;
 
@@ -282,6 +282,9 @@ pub struct LmConfig {
     pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
     /// Evaluations before a resume (from `checkpoint::load_training`), kept in the history.
     pub history: Vec<crate::train::EpochStats>,
+    /// Run the training forward pass under `autocast_f16` (mixed precision: f16 matmuls with f32
+    /// sums, f32 master weights and gradients).
+    pub mixed_precision: bool,
 }
 
 impl LmConfig {
@@ -301,6 +304,7 @@ impl LmConfig {
             seed,
             checkpoint: None,
             history: Vec::new(),
+            mixed_precision: false,
         }
     }
 }
@@ -397,7 +401,12 @@ pub fn train_lm(
             let y = Array::from_i32(dev, &yb, &[cfg.batch * t])?;
             opt.zero_grad();
             let (plan, loss) = StepPlan::record(dev, || {
-                let loss = model.logits(&x)?.cross_entropy(&y, None)?;
+                let logits = if cfg.mixed_precision {
+                    autocast_f16(|| model.logits(&x))?
+                } else {
+                    model.logits(&x)?
+                };
+                let loss = logits.cross_entropy(&y, None)?;
                 loss.backward()?;
                 opt.step()?;
                 Ok::<_, NnError>(loss)

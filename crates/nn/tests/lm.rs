@@ -67,6 +67,52 @@ fn char_transformer_learns_a_periodic_text() {
 }
 
 #[test]
+fn mixed_precision_transformer_learns_like_f32() {
+    let d = dev();
+    let c = periodic();
+    let cfg = TransformerLmConfig {
+        vocab: c.vocab(),
+        context: 12,
+        d_model: 16,
+        heads: 2,
+        layers: 1,
+        dropout: 0.0,
+    };
+    let run = |mixed: bool| {
+        let m = CharTransformer::new(&d, 1, &cfg).unwrap();
+        let mut opt = Optimizer::adam(&d, m.parameters(), 1e-2, 0.0).unwrap();
+        let train_cfg = LmConfig {
+            mixed_precision: mixed,
+            ..LmConfig::new(8, 80, 80, 2, 3)
+        };
+        let hist = train_lm(&d, &m, &mut opt, &c, &train_cfg, |_| {}).unwrap();
+        let params: Vec<f32> = m
+            .parameters()
+            .iter()
+            .flat_map(|p| p.to_vec().unwrap())
+            .collect();
+        (hist.last().unwrap().val_loss.unwrap(), params)
+    };
+    let (loss32, p32) = run(false);
+    let (loss16, p16) = run(true);
+    assert!(
+        loss16 < 0.8,
+        "mixed-precision val loss {loss16} (f32: {loss32})"
+    );
+    assert!(
+        (loss16 - loss32).abs() < 0.1,
+        "f16 {loss16} vs f32 {loss32}"
+    );
+    // The f16 rounding took effect: the trained weights are not the f32 run's.
+    let moved = p32.iter().zip(&p16).filter(|(a, b)| a != b).count();
+    assert!(
+        moved > p32.len() / 2,
+        "{moved} of {} weights differ",
+        p32.len()
+    );
+}
+
+#[test]
 fn char_lstm_learns_a_periodic_text() {
     let d = dev();
     let c = periodic();
