@@ -55,10 +55,15 @@ class CharLstm(nn.Module):
         return self.head(self.lstm(self.emb(ids))[0]).flatten(0, 1)
 
 
-def bench(name, model, opt, x, y, items, unit, batch, steps=50):
+def bench(name, model, opt, x, y, items, unit, batch, steps=50, autocast=None):
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        if autocast is None:
+            loss = F.cross_entropy(model(x), y)
+        else:
+            with torch.autocast(device_type="cuda", dtype=autocast):
+                loss = F.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
 
     for _ in range(5):
@@ -82,6 +87,11 @@ for batch in (64, 256):
 m = CharTransformer(65, 256, 384, 6, 6).to(dev)
 ids = torch.randint(0, 65, (64, 256), device=dev)
 bench("char_transformer_6x384_ctx256", m, torch.optim.AdamW(m.parameters(), 3e-4), ids, ids.flatten(), 64 * 256, "tokens", 64)
+if dev == "cuda":
+    # Mixed precision (bf16 autocast), beside kiln's char_transformer_..._f16 step.
+    m = CharTransformer(65, 256, 384, 6, 6).to(dev)
+    bench("char_transformer_6x384_ctx256_bf16_autocast", m, torch.optim.AdamW(m.parameters(), 3e-4), ids, ids.flatten(),
+          64 * 256, "tokens", 64, autocast=torch.bfloat16)
 m = CharLstm(65, 256).to(dev)
 ids = torch.randint(0, 65, (64, 100), device=dev)
 bench("lstm_2x256_seq100", m, torch.optim.Adam(m.parameters(), 1e-3), ids, ids.flatten(), 64 * 100, "tokens", 64)
