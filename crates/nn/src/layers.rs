@@ -391,7 +391,8 @@ impl Module for Sequential {
 }
 
 /// The seed's LeNet-5 for 28x28 inputs: conv 1->6 5x5 pad 2, ReLU, max-pool 2; conv 6->16 5x5,
-/// ReLU, max-pool 2; linear 400->120->84->10. Names as PyTorch: conv1, conv2, fc1, fc2, fc3.
+/// ReLU, max-pool 2; linear 400->120->84->10 (each pooling runs before its ReLU, which gives the
+/// same values and gradients for less work). Names as PyTorch: conv1, conv2, fc1, fc2, fc3.
 pub fn lenet5(dev: &Device, seed: u64) -> Result<Sequential> {
     lenet5_with_classes(dev, seed, 10)
 }
@@ -404,15 +405,17 @@ pub fn lenet5_with_classes(dev: &Device, seed: u64, classes: usize) -> Result<Se
         ..Default::default()
     };
     Ok(Sequential::new()
+        // Pooling before ReLU: max commutes with ReLU (a monotonic function), so outputs and
+        // gradients are those of ReLU-then-pool, and ReLU touches a quarter of the values.
         .push_named("conv1", Conv2d::new(dev, &mut rng, 1, 6, 5, pad2)?)
-        .push_named("relu1", ReLU)
         .push_named("pool1", MaxPool2d(Pool2dSpec::square(2)))
+        .push_named("relu1", ReLU)
         .push_named(
             "conv2",
             Conv2d::new(dev, &mut rng, 6, 16, 5, Conv2dSpec::default())?,
         )
-        .push_named("relu2", ReLU)
         .push_named("pool2", MaxPool2d(Pool2dSpec::square(2)))
+        .push_named("relu2", ReLU)
         .push_named("flatten", Flatten)
         .push_named("fc1", Linear::new(dev, &mut rng, 400, 120, true)?)
         .push_named("relu3", ReLU)
