@@ -8,9 +8,10 @@
 // S x S outputs, S being the adapter's cooperative-matrix size: entry point gemm_coop8 for 8 x 8,
 // gemm_coop16 for 16 x 16 (the matrix types need a literal size; S must match the entry point).
 // The workgroup is sized for the adapter's largest subgroup; where the driver picks smaller
-// subgroups, the surplus ones help stage tiles and otherwise idle.
+// subgroups, the surplus ones help stage tiles, and repeat a computing subgroup's products
+// without storing them (cooperative operations must stay in uniform control flow).
 // A and B reach shared memory through bounds-checked scalar loads (zeros past every edge), so any
-// M, N, K, layout and alignment works. Results go out through a shared scratch fragment per
+// M, N, K, layout and alignment works. Results go out through a shared scratch block per
 // subgroup, so the edge stores are bounds-checked as well.
 
 enable f16;
@@ -52,7 +53,7 @@ struct Params {
 
 var<workgroup> As: array<f16, BM * AS>;       // [BM][AS]
 var<workgroup> Bs: array<f16, BK * BS>;       // [BK][BS]
-var<workgroup> Cs: array<f32, S * S * MAX_SUBGROUPS>; // one S x S fragment per subgroup
+var<workgroup> Cs: array<f32, 4u * S * S * MAX_SUBGROUPS>; // [subgroup][2S][2S] results
 
 // Where a workgroup works: batch z, K split, tile origin, K range.
 struct Tile { z: u32, split: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32 }
@@ -88,15 +89,15 @@ fn stage(t: Tile, k0: u32, lid: u32) {
     }
 }
 
-// Writes subgroup sg's scratch fragment, the outputs at (r, col) of the tile, to C.
+// Writes subgroup sg's scratch block, the 2S x 2S outputs at (r, col) of the tile, to C.
 fn flush(t: Tile, sg: u32, lane: u32, lanes: u32, r: u32, col: u32) {
     var scale = 1.0;
     if (ALPHA) { scale = alpha[0]; }
-    for (var e = lane; e < S * S; e += lanes) {
-        let m = t.m0 + r + e / S;
-        let n = t.n0 + col + e % S;
+    for (var e = lane; e < 4u * S * S; e += lanes) {
+        let m = t.m0 + r + e / (2u * S);
+        let n = t.n0 + col + e % (2u * S);
         if (m < p.m && n < p.n) {
-            var v = Cs[sg * S * S + e] * scale;
+            var v = Cs[sg * 4u * S * S + e] * scale;
             if (t.split == 0u && p.bias_mode == 1u) { v += bias[n]; }
             c[t.split * p.c_split + t.z * p.c_bs + m * p.c_ms + n * p.c_ns] = v;
         }
@@ -117,8 +118,6 @@ fn gemm_coop16(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(subgroup_size) lanes: u32) {
     let t = tile_of(wid);
     let computes = sg < SGM * SGN;
-    // Cooperative operations must stay in uniform control flow, so surplus subgroups (see the
-    // top) repeat a computing subgroup's fragments and do not write them out.
     let r0 = frag_row(sg % (SGM * SGN));
     let c0 = frag_col(sg % (SGM * SGN));
     var acc00 = coop_mat16x16<f32, C>();
@@ -128,38 +127,35 @@ fn gemm_coop16(@builtin(workgroup_id) wid: vec3<u32>,
     for (var k0 = t.k_begin; k0 < t.k_end; k0 += BK) {
         stage(t, k0, lid);
         workgroupBarrier();
-        {
-            for (var kk = 0u; kk < BK; kk += S) {
-                let ia0 = r0 * AS + kk;
-                let ia1 = ia0 + S * AS;
-                let ib0 = kk * BS + c0;
-                let ib1 = ib0 + S;
-                let sa = AS;
-                let sb = BS;
-                let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia0], sa);
-                let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia1], sa);
-                let b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib0], sb);
-                let b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib1], sb);
-                acc00 = coopMultiplyAdd(a0, b0, acc00);
-                acc01 = coopMultiplyAdd(a0, b1, acc01);
-                acc10 = coopMultiplyAdd(a1, b0, acc10);
-                acc11 = coopMultiplyAdd(a1, b1, acc11);
-            }
+        for (var kk = 0u; kk < BK; kk += S) {
+            let ia0 = r0 * AS + kk;
+            let ia1 = ia0 + S * AS;
+            let ib0 = kk * BS + c0;
+            let ib1 = ib0 + S;
+            let sa = AS;
+            let sb = BS;
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia0], sa);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia1], sa);
+            let b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib0], sb);
+            let b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib1], sb);
+            acc00 = coopMultiplyAdd(a0, b0, acc00);
+            acc01 = coopMultiplyAdd(a0, b1, acc01);
+            acc10 = coopMultiplyAdd(a1, b0, acc10);
+            acc11 = coopMultiplyAdd(a1, b1, acc11);
         }
         workgroupBarrier();
     }
-    let ic = sg * S * S;
-    let sc = S;
-    for (var f = 0u; f < 4u; f++) {
-        var acc = acc00;
-        if (f == 1u) { acc = acc01; }
-        if (f == 2u) { acc = acc10; }
-        if (f == 3u) { acc = acc11; }
-        coopStoreT(acc, &Cs[ic], sc);
-        workgroupBarrier();
-        if (computes) { flush(t, sg, lane, lanes, r0 + (f / 2u) * S, c0 + (f % 2u) * S); }
-        workgroupBarrier();
-    }
+    let i00 = sg * 4u * S * S;
+    let i01 = i00 + S;
+    let i10 = i00 + 2u * S * S;
+    let i11 = i10 + S;
+    let sc = 2u * S;
+    coopStoreT(acc00, &Cs[i00], sc);
+    coopStoreT(acc01, &Cs[i01], sc);
+    coopStoreT(acc10, &Cs[i10], sc);
+    coopStoreT(acc11, &Cs[i11], sc);
+    workgroupBarrier();
+    if (computes) { flush(t, sg, lane, lanes, r0, c0); }
 }
 
 @compute @workgroup_size(WG)
@@ -170,8 +166,6 @@ fn gemm_coop8(@builtin(workgroup_id) wid: vec3<u32>,
               @builtin(subgroup_size) lanes: u32) {
     let t = tile_of(wid);
     let computes = sg < SGM * SGN;
-    // Cooperative operations must stay in uniform control flow, so surplus subgroups (see the
-    // top) repeat a computing subgroup's fragments and do not write them out.
     let r0 = frag_row(sg % (SGM * SGN));
     let c0 = frag_col(sg % (SGM * SGN));
     var acc00 = coop_mat8x8<f32, C>();
@@ -181,36 +175,33 @@ fn gemm_coop8(@builtin(workgroup_id) wid: vec3<u32>,
     for (var k0 = t.k_begin; k0 < t.k_end; k0 += BK) {
         stage(t, k0, lid);
         workgroupBarrier();
-        {
-            for (var kk = 0u; kk < BK; kk += S) {
-                let ia0 = r0 * AS + kk;
-                let ia1 = ia0 + S * AS;
-                let ib0 = kk * BS + c0;
-                let ib1 = ib0 + S;
-                let sa = AS;
-                let sb = BS;
-                let a0 = coopLoadT<coop_mat8x8<f16, A>>(&As[ia0], sa);
-                let a1 = coopLoadT<coop_mat8x8<f16, A>>(&As[ia1], sa);
-                let b0 = coopLoadT<coop_mat8x8<f16, B>>(&Bs[ib0], sb);
-                let b1 = coopLoadT<coop_mat8x8<f16, B>>(&Bs[ib1], sb);
-                acc00 = coopMultiplyAdd(a0, b0, acc00);
-                acc01 = coopMultiplyAdd(a0, b1, acc01);
-                acc10 = coopMultiplyAdd(a1, b0, acc10);
-                acc11 = coopMultiplyAdd(a1, b1, acc11);
-            }
+        for (var kk = 0u; kk < BK; kk += S) {
+            let ia0 = r0 * AS + kk;
+            let ia1 = ia0 + S * AS;
+            let ib0 = kk * BS + c0;
+            let ib1 = ib0 + S;
+            let sa = AS;
+            let sb = BS;
+            let a0 = coopLoadT<coop_mat8x8<f16, A>>(&As[ia0], sa);
+            let a1 = coopLoadT<coop_mat8x8<f16, A>>(&As[ia1], sa);
+            let b0 = coopLoadT<coop_mat8x8<f16, B>>(&Bs[ib0], sb);
+            let b1 = coopLoadT<coop_mat8x8<f16, B>>(&Bs[ib1], sb);
+            acc00 = coopMultiplyAdd(a0, b0, acc00);
+            acc01 = coopMultiplyAdd(a0, b1, acc01);
+            acc10 = coopMultiplyAdd(a1, b0, acc10);
+            acc11 = coopMultiplyAdd(a1, b1, acc11);
         }
         workgroupBarrier();
     }
-    let ic = sg * S * S;
-    let sc = S;
-    for (var f = 0u; f < 4u; f++) {
-        var acc = acc00;
-        if (f == 1u) { acc = acc01; }
-        if (f == 2u) { acc = acc10; }
-        if (f == 3u) { acc = acc11; }
-        coopStoreT(acc, &Cs[ic], sc);
-        workgroupBarrier();
-        if (computes) { flush(t, sg, lane, lanes, r0 + (f / 2u) * S, c0 + (f % 2u) * S); }
-        workgroupBarrier();
-    }
+    let i00 = sg * 4u * S * S;
+    let i01 = i00 + S;
+    let i10 = i00 + 2u * S * S;
+    let i11 = i10 + S;
+    let sc = 2u * S;
+    coopStoreT(acc00, &Cs[i00], sc);
+    coopStoreT(acc01, &Cs[i01], sc);
+    coopStoreT(acc10, &Cs[i10], sc);
+    coopStoreT(acc11, &Cs[i11], sc);
+    workgroupBarrier();
+    if (computes) { flush(t, sg, lane, lanes, r0, c0); }
 }
