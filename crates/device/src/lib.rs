@@ -52,6 +52,18 @@ pub struct AdapterSummary {
     pub subgroup_min_size: u32,
     /// The largest subgroup the driver may run a compute shader with (0 where unknown).
     pub subgroup_max_size: u32,
+    /// Mesa's (major, minor) release where the driver is Mesa's (lavapipe, RADV, ANV...).
+    pub mesa_version: Option<(u32, u32)>,
+}
+
+/// Mesa's (major, minor) release from a driver description such as
+/// "llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)".
+pub fn parse_mesa_version(driver: &str) -> Option<(u32, u32)> {
+    let rest = &driver[driver.find("Mesa ")? + 5..];
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// A compiled compute pipeline with the bindings its entry point uses.
@@ -458,6 +470,7 @@ impl Device {
                 .to_string(),
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
+            mesa_version: parse_mesa_version(&format!("{} {}", info.driver, info.driver_info)),
         };
         let timestamp_period = queue.get_timestamp_period();
         Ok(Device {

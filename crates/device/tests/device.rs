@@ -261,3 +261,15 @@ fn profile_times_each_kernel_by_label() {
         .unwrap_err();
     assert!(matches!(e, DeviceError::MissingFeature("test")));
 }
+
+#[test]
+fn mesa_release_is_read_from_the_driver_description() {
+    use kiln_device::parse_mesa_version;
+    assert_eq!(
+        parse_mesa_version("llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)"),
+        Some((25, 0))
+    );
+    assert_eq!(parse_mesa_version("radv Mesa 22.3.6"), Some((22, 3)));
+    assert_eq!(parse_mesa_version("NVIDIA 580.159.04"), None);
+    assert_eq!(parse_mesa_version("Mesa"), None);
+}
