@@ -52,7 +52,9 @@ thread_local! {
 /// `torch.autocast(dtype=torch.float16)`: f32 operands are cast to f16, products are summed in f32
 /// and results stay f32; the parameters themselves stay f32 (master weights), and their
 /// gradients arrive in f32. The f16 products run on cooperative matrices where the adapter has
-/// them and are widened to f32 elsewhere, so the numerics are the same on every adapter.
+/// them and are widened to f32 elsewhere, so forward values are the same on every adapter;
+/// backward, only cooperative matrices round the output gradients to f16 (after a power-of-two
+/// scaling, see `kiln_ops::matmul::matmul_backward`).
 pub fn autocast_f16<T>(f: impl FnOnce() -> T) -> T {
     let prev = AUTOCAST_F16.with(|a| a.replace(true));
     let out = f();
