@@ -496,11 +496,11 @@ impl Tensor {
         }
         Ok(self.record(out, vec![self.clone()], "reduce", backward))
     }
-    /// Sum of all elements, shape [1].
+    /// Sum of all elements, shape `[1]`.
     pub fn sum_all(&self) -> Result<Tensor> {
         self.reshape(&[1, self.numel()])?.sum(1, false)
     }
-    /// Mean of all elements, shape [1].
+    /// Mean of all elements, shape `[1]`.
     pub fn mean_all(&self) -> Result<Tensor> {
         self.reshape(&[1, self.numel()])?.mean(1, false)
     }
@@ -613,7 +613,7 @@ impl Tensor {
         Ok(self.record(out, vec![self.clone()], "dropout", backward))
     }
 
-    /// Layer normalisation over the last axis with affine parameters [cols].
+    /// Layer normalisation over the last axis with affine parameters `[cols]`.
     pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
         let (out, saved) = kiln_ops::norm::layer_norm(
             &self.0.dev,
@@ -635,7 +635,7 @@ impl Tensor {
         ))
     }
 
-    /// Rows of this table [vocab, dim] picked by i32 `ids` (shape ids + [dim]).
+    /// Rows of this table `[vocab, dim]` picked by i32 `ids` (shape ids + `[dim]`).
     pub fn embedding(&self, ids: &Array) -> Result<Tensor> {
         let out = kiln_ops::norm::embedding(&self.0.dev, ids, &self.0.data)?;
         let (ids, shape) = (ids.clone(), self.0.data.shape.clone());
@@ -700,7 +700,7 @@ impl Tensor {
         Ok(self.record(out, vec![self.clone()], "softmax", backward))
     }
 
-    /// Mean cross-entropy of these logits [N, C] against i32 labels [N] (shape [1]).
+    /// Mean cross-entropy of these logits `[N, C]` against i32 labels `[N]` (shape `[1]`).
     pub fn cross_entropy(&self, labels: &Array, ignore_index: Option<i32>) -> Result<Tensor> {
         let ce = softmax::cross_entropy(&self.0.dev, &self.0.data, labels, ignore_index)?;
         let loss = ce.loss.reshape(&[2])?;
@@ -717,7 +717,7 @@ impl Tensor {
         Ok(self.record(mean, vec![self.clone()], "cross_entropy", backward))
     }
 
-    /// Mean squared error against a target of the same shape (shape [1]).
+    /// Mean squared error against a target of the same shape (shape `[1]`).
     pub fn mse_loss(&self, target: &Tensor) -> Result<Tensor> {
         self.sub(target)?.square()?.mean_all()
     }

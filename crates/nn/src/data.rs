@@ -79,7 +79,7 @@ pub fn parse_idx(bytes: &[u8], expect_dims: usize) -> std::result::Result<Idx, S
 pub struct Mnist {
     /// [n, 784] row-major.
     pub images: Vec<f32>,
-    /// [n]
+    /// `[n]`
     pub labels: Vec<i32>,
 }
 

@@ -6,7 +6,7 @@
 use crate::Result;
 use kiln_graph::{Array, Tensor};
 
-/// The distillation loss of student logits [N, C] against teacher logits [N, C] and labels [N].
+/// The distillation loss of student logits `[N, C]` against teacher logits `[N, C]` and labels `[N]`.
 pub fn distillation_loss(
     student: &Tensor,
     teacher: &Tensor,

@@ -126,7 +126,7 @@ fn uniform_param(dev: &Device, rng: &mut Rng, shape: &[usize], fan_in: usize) ->
 pub struct Linear {
     /// [out_features, in_features]
     pub weight: Tensor,
-    /// [out_features]
+    /// `[out_features]`
     pub bias: Option<Tensor>,
 }
 
@@ -165,7 +165,7 @@ impl Module for Linear {
 pub struct Conv2d {
     /// [out_channels, in_channels, kh, kw]
     pub weight: Tensor,
-    /// [out_channels]
+    /// `[out_channels]`
     pub bias: Option<Tensor>,
     /// Stride, padding, dilation.
     pub spec: Conv2dSpec,
@@ -203,9 +203,9 @@ impl Module for Conv2d {
 
 /// Layer normalisation over the last axis (PyTorch's `nn.LayerNorm`: weight 1, bias 0, eps 1e-5).
 pub struct LayerNorm {
-    /// [dim], initialised to 1.
+    /// `[dim]`, initialised to 1.
     pub weight: Tensor,
-    /// [dim], initialised to 0.
+    /// `[dim]`, initialised to 0.
     pub bias: Tensor,
     /// Added to the variance.
     pub eps: f32,

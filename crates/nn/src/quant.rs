@@ -6,7 +6,7 @@
 //! dequantized weights.
 //!
 //! Files are safetensors with PyTorch's names: `fc1.weight` (I8 or F16, PyTorch's shape),
-//! `fc1.weight_scale` (F32 [out]), `fc1.input_scale` (F32 [1]), `fc1.bias` (F32), marked by the
+//! `fc1.weight_scale` (F32 `[out]`), `fc1.input_scale` (F32 `[1]`), `fc1.bias` (F32), marked by the
 //! metadata key `kiln.quantized`.
 
 use crate::checkpoint::{self, RawTensor, QUANTIZED_KEY};

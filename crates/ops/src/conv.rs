@@ -260,7 +260,7 @@ fn check(
     spec.out_hw(op, x[2], x[3], w[2], w[3])
 }
 
-/// y = conv2d(x, w) + bias. x: [N, Ci, H, W], w: [Co, Ci, KH, KW], bias: [Co] -> y: [N, Co, OH, OW].
+/// y = conv2d(x, w) + bias. x: `[N, Ci, H, W]`, w: `[Co, Ci, KH, KW]`, bias: `[Co]` -> y: `[N, Co, OH, OW]`.
 pub fn conv2d(
     dev: &Device,
     x: &Array,
@@ -494,7 +494,7 @@ fn wgrad_direct(
     Ok(Some(dw.reshape(&ws)?))
 }
 
-/// dbias[c] = sum of dy over batch and space.
+/// `dbias[c]` = sum of dy over batch and space.
 pub fn conv2d_backward_bias(dev: &Device, dy: &Array) -> Result<Array> {
     let s = dims4("conv2d_backward_bias", "dy", &dy.shape)?;
     let per_image = reduce(

@@ -318,7 +318,7 @@ pub fn matmul_i8(
 }
 
 /// The layer's f32 output from packed int8 input rows ([`pack_input`]) and packed int8 weights
-/// [m, k]: y = acc * x_scale * w_scale[m] + bias[m], in the output's shape (NCHW for a conv).
+/// `[m, k]`: `y = acc * x_scale * w_scale[m] + bias[m]`, in the output's shape (NCHW for a conv).
 pub fn matmul_i8_dequant(
     dev: &Device,
     xq: &Buffer,

@@ -30,7 +30,7 @@ pub fn strided_copy(
     launch_1d(dev, &k, &[x, out], &p, n)
 }
 
-/// Reorders dimensions: out.shape[i] = x.shape[perm[i]].
+/// Reorders dimensions: `out.shape[i] = x.shape[perm[i]]`.
 pub fn permute(dev: &Device, x: &Array, perm: &[usize]) -> Result<Array> {
     expect_dtype("permute", x, DType::F32)?;
     let mut seen = vec![false; x.shape.len()];
@@ -104,7 +104,7 @@ pub fn slice(dev: &Device, x: &Array, axis: usize, start: usize, len: usize) -> 
     Ok(out)
 }
 
-/// Backward of [`slice`]: dy placed at start..start+len along `axis` of zeros of `shape`.
+/// Backward of [`slice()`]: dy placed at start..start+len along `axis` of zeros of `shape`.
 pub fn slice_backward(
     dev: &Device,
     dy: &Array,

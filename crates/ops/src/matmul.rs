@@ -416,7 +416,7 @@ fn mat_dims(op: &'static str, s: &[usize], transposed: bool) -> Result<(usize, u
     Ok(if transposed { (c, r) } else { (r, c) })
 }
 
-/// C = op(A) op(B) (+ bias[n]), op = transpose when the flag is set.
+/// `C = op(A) op(B) (+ bias[n])`, op = transpose when the flag is set.
 ///
 /// A: [..., M, K] ([..., K, M] when `ta`), B: [..., K, N] ([..., N, K] when `tb`). The leading
 /// (batch) dimensions must match, or one operand may be 2-D and is then shared by every batch.
@@ -581,7 +581,7 @@ pub fn matmul_backward(
 
 /// CPU reference.
 pub mod cpu {
-    /// C[b] = op(A[b]) op(B[b]) for `batch` matrices (a_batched/b_batched say whether the operand
+    /// `C[b] = op(A[b]) op(B[b])` for `batch` matrices (a_batched/b_batched say whether the operand
     /// has a batch dimension or is shared).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(

@@ -98,7 +98,7 @@ fn check_ids(op: &'static str, ids: &Array, weight: &Array) -> Result<(usize, us
     Ok((weight.shape[0], weight.shape[1]))
 }
 
-/// out[..., :] = weight[ids[...], :]; out has ids' shape plus [dim].
+/// out[..., :] = weight[ids[...], :]; out has ids' shape plus `[dim]`.
 pub fn embedding(dev: &Device, ids: &Array, weight: &Array) -> Result<Array> {
     let (vocab, dim) = check_ids("embedding", ids, weight)?;
     let mut shape = ids.shape.clone();
@@ -113,7 +113,7 @@ pub fn embedding(dev: &Device, ids: &Array, weight: &Array) -> Result<Array> {
     Ok(out)
 }
 
-/// dweight for dy (shape ids + [dim]), summed over repeated ids in a fixed order.
+/// dweight for dy (shape ids + `[dim]`), summed over repeated ids in a fixed order.
 pub fn embedding_backward(
     dev: &Device,
     ids: &Array,

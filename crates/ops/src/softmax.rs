@@ -47,13 +47,13 @@ pub fn softmax_backward(dev: &Device, y: &Array, dy: &Array, log: bool) -> Resul
 
 /// What cross-entropy's forward pass keeps for its backward.
 pub struct CrossEntropy {
-    /// [2]: the mean loss and the number of rows counted.
+    /// `[2]`: the mean loss and the number of rows counted.
     pub loss: Array,
     /// softmax(logits) - onehot(labels), unscaled, zero rows where ignored.
     pub grad: Array,
 }
 
-/// Cross-entropy of logits [R, C] against i32 labels [R]; rows labelled `ignore_index` do not count.
+/// Cross-entropy of logits `[R, C]` against i32 labels `[R]`; rows labelled `ignore_index` do not count.
 /// Labels are checked on the device: one outside [0, C) makes the loss NaN (callers that hold the
 /// labels on the host should check them first, see [`check_labels`]).
 pub fn cross_entropy(
@@ -91,7 +91,7 @@ pub fn cross_entropy(
     Ok(CrossEntropy { loss, grad })
 }
 
-/// dlogits = grad * dloss / count, for dloss of shape [] or [1].
+/// dlogits = grad * dloss / count, for dloss of shape `[]` or `[1]`.
 pub fn cross_entropy_backward(dev: &Device, saved: &CrossEntropy, dloss: &Array) -> Result<Array> {
     if dloss.numel() != 1 {
         return Err(OpError::Shape {
