@@ -9,16 +9,17 @@
 
 use crate::matmul::{gemm, Geom, Mode};
 use crate::reduce::{reduce, Reduce};
-use crate::{expect_dtype, launch_1d, Array, DType, Device, OpError, Params, Result};
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use crate::{
+    expect_dtype, launch_1d, or_placeholder, Array, DType, Device, OpError, Params, Result, Switch,
+};
 
 /// Overrides where convolutions take conv.wgsl's direct kernels: `Some(true)` wherever their
 /// limits allow, on any adapter; `Some(false)` never (the implicit GEMM); `None` (the default) on
 /// software adapters only. For tests.
 pub fn force_direct(on: Option<bool>) {
-    FORCE_DIRECT.store(on.map_or(0, |d| 1 + d as u8), Relaxed);
+    FORCE_DIRECT.set(on);
 }
-static FORCE_DIRECT: AtomicU8 = AtomicU8::new(0);
+static FORCE_DIRECT: Switch = Switch::new();
 
 /// Floats in conv.wgsl's uniform weight array (64 KiB).
 const WU_FLOATS: usize = 16384;
@@ -53,10 +54,7 @@ fn geometry_consts(
 /// Whether convolutions take the direct kernels (where their limits allow): on software
 /// adapters, unless [`force_direct`] says otherwise.
 fn wants_direct(dev: &Device) -> bool {
-    match FORCE_DIRECT.load(Relaxed) {
-        0 => dev.adapter().is_software,
-        f => f == 2,
-    }
+    FORCE_DIRECT.get().unwrap_or(dev.adapter().is_software)
 }
 
 /// A correlation for conv.wgsl's `conv_direct`: input [n, ic, h, w] to output [n, oc, oh, ow].
@@ -129,14 +127,7 @@ impl Direct {
             self.ic * self.kernel.0 * self.kernel.1 * ocp,
         )?;
         let k = dev.kernel("conv", "conv_direct", &consts)?;
-        let dummy;
-        let bias_buf = match bias {
-            Some(b) => &b.buf,
-            None => {
-                dummy = dev.alloc(1, DType::F32)?;
-                &dummy
-            }
-        };
+        let bias_buf = or_placeholder(dev, bias.map(|b| &b.buf))?;
         let invocations = self.n * self.oh * xblocks;
         let groups = [
             u32::try_from(invocations.div_ceil(DIRECT_WX)).map_err(|_| OpError::Invalid {
@@ -146,7 +137,7 @@ impl Direct {
             u(ocp / (4 * nq)),
             1,
         ];
-        dev.launch(&k, &[&x.buf, &packed, bias_buf, &y.buf], &params, groups)?;
+        dev.launch(&k, &[&x.buf, &packed, &bias_buf, &y.buf], &params, groups)?;
         Ok(())
     }
 }

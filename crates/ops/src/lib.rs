@@ -194,6 +194,33 @@ pub(crate) fn expect_nonempty(op: &'static str, a: &Array) -> Result<()> {
     Ok(())
 }
 
+/// A test switch over an automatic choice: `None` leaves the choice to the op, `Some(b)` forces it.
+pub(crate) struct Switch(std::sync::atomic::AtomicU8);
+
+impl Switch {
+    pub(crate) const fn new() -> Switch {
+        Switch(std::sync::atomic::AtomicU8::new(0))
+    }
+    pub(crate) fn set(&self, force: Option<bool>) {
+        let v = force.map_or(0, |b| 1 + b as u8);
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn get(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            v => Some(v == 2),
+        }
+    }
+}
+
+/// `buf`, or a one-element placeholder for a binding the kernel leaves unread without it.
+pub(crate) fn or_placeholder(dev: &Device, buf: Option<&Buffer>) -> Result<Buffer> {
+    match buf {
+        Some(b) => Ok(b.clone()),
+        None => Ok(dev.alloc(1, DType::F32)?),
+    }
+}
+
 /// Workgroup size of the 1-D kernels (the WGSL `WG` constant).
 pub(crate) const WG: u32 = 256;
 

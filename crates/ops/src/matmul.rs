@@ -9,7 +9,8 @@ use crate::half::{cast, cast_f16_scaled};
 use crate::reduce::{reduce_raw, sum_to, Reduce};
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::{expect_dtype, Array, Buffer, DType, Device, OpError, Params, Result};
+use crate::Switch;
+use crate::{expect_dtype, or_placeholder, Array, Buffer, DType, Device, OpError, Params, Result};
 
 /// Which operands the GEMM kernel reads, and how (the shader's MODE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,26 +83,19 @@ const COOP_BK: u32 = 32;
 /// Forces the f16 matmul path (tests and benchmarks): `Some(true)` cooperative matrices (an error
 /// where the adapter has none), `Some(false)` widen to f32; `None` restores the automatic choice.
 pub fn force_coop(path: Option<bool>) {
-    FORCE_COOP.store(
-        match path {
-            None => 0,
-            Some(true) => 1,
-            Some(false) => 2,
-        },
-        Relaxed,
-    );
+    FORCE_COOP.set(path);
 }
-static FORCE_COOP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static FORCE_COOP: Switch = Switch::new();
 
 /// The cooperative-matrix size f16 matmuls use on this adapter: `Ok(None)` means they widen to
 /// f32 instead; forcing cooperative matrices where there are none is an error.
 pub fn coop_size(dev: &Device) -> Result<Option<u32>> {
     let size = dev.cooperative_f16_f32_sizes().first().copied();
-    match FORCE_COOP.load(Relaxed) {
-        2 => Ok(None),
-        1 if size.is_none() => Err(OpError::Device(kiln_device::DeviceError::MissingFeature(
-            "cooperative-matrix (f16 x f16 + f32)",
-        ))),
+    match FORCE_COOP.get() {
+        Some(false) => Ok(None),
+        Some(true) if size.is_none() => Err(OpError::Device(
+            kiln_device::DeviceError::MissingFeature("cooperative-matrix (f16 x f16 + f32)"),
+        )),
         _ => Ok(size),
     }
 }
@@ -132,16 +126,9 @@ fn vec4_layout(g: &Geom) -> Option<(bool, bool)> {
 
 /// Forces a GEMM path (tests and benchmarks); `None` restores the automatic choice.
 pub fn force_path(path: Option<bool>) {
-    FORCE.store(
-        match path {
-            None => 0,
-            Some(true) => 1,
-            Some(false) => 2,
-        },
-        Relaxed,
-    );
+    FORCE.set(path);
 }
-static FORCE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static FORCE: Switch = Switch::new();
 
 /// Turns the uniform copy of a small A operand in `gemm_direct` on (the default) or off (tests).
 pub fn use_uniform_a(on: bool) {
@@ -163,11 +150,7 @@ impl GemmPath {
     /// way narrow along a small M or N, so small layers (LeNet's six channels) do not compute
     /// mostly padding. [`force_path`] overrides the choice (`Some(true)`: tiled).
     pub fn choose(dev: &Device, m: usize, n: usize) -> GemmPath {
-        let tiled = match FORCE.load(Relaxed) {
-            1 => true,
-            2 => false,
-            _ => !dev.adapter().is_software,
-        };
+        let tiled = FORCE.get().unwrap_or(!dev.adapter().is_software);
         if tiled {
             GemmPath::tiled(m, n)
         } else {
@@ -254,7 +237,7 @@ pub(crate) fn gemm(
             rn: 4,
         };
     } else if matches!(path, GemmPath::Direct { .. })
-        && FORCE.load(Relaxed) == 0
+        && FORCE.get().is_none()
         && g.m >= 64
         && g.n >= 64
         && dev.adapter().mesa_version >= Some((25, 0))
@@ -314,16 +297,13 @@ pub(crate) fn gemm(
         GemmPath::Coop { size } => {
             let info = dev.adapter();
             // Unknown subgroup sizes (0): assume 32, the common GPU size.
-            let max_sg = if info.subgroup_max_size == 0 {
-                32
-            } else {
-                info.subgroup_max_size
+            let max_sg = match info.subgroup_max_size {
+                0 => 32,
+                s => s,
             };
-            let min_sg = info.subgroup_min_size.clamp(1, max_sg);
-            let min_sg = if info.subgroup_min_size == 0 {
-                max_sg
-            } else {
-                min_sg
+            let min_sg = match info.subgroup_min_size {
+                0 => max_sg,
+                s => s.min(max_sg),
             };
             consts = vec![
                 ("S", size as f64),
@@ -349,14 +329,7 @@ pub(crate) fn gemm(
             ],
         )?,
     };
-    let dummy;
-    let bias_buf = match bias {
-        Some(b) => b,
-        None => {
-            dummy = dev.alloc(1, DType::F32)?;
-            &dummy
-        }
-    };
+    let bias_buf = &or_placeholder(dev, bias)?;
     let u = |v: usize| v as u32;
     let p = Params::new()
         .us(&[
@@ -548,29 +521,28 @@ pub fn matmul_backward(
         let (a, b) = (cast(dev, a, DType::F32)?, cast(dev, b, DType::F32)?);
         return matmul_backward(dev, &a, &b, ta, tb, dc, with_bias);
     }
-    let dc_full = dc;
+    // The products' dC: f16 after scaling (undone by alpha) for f16 operands, else dC itself.
     let scaled;
-    let (dc, alpha) = if a.dtype() == DType::F16 {
+    let (g, alpha) = if a.dtype() == DType::F16 {
         scaled = cast_f16_scaled(dev, dc)?;
         (&scaled.0, Some(&scaled.1))
     } else {
         (dc, None)
     };
     let da = if ta {
-        matmul_scaled(dev, b, dc, tb, true, None, alpha)?
+        matmul_scaled(dev, b, g, tb, true, None, alpha)?
     } else {
-        matmul_scaled(dev, dc, b, false, !tb, None, alpha)?
+        matmul_scaled(dev, g, b, false, !tb, None, alpha)?
     };
     let db = if tb {
-        matmul_scaled(dev, dc, a, true, ta, None, alpha)?
+        matmul_scaled(dev, g, a, true, ta, None, alpha)?
     } else {
-        matmul_scaled(dev, a, dc, !ta, false, None, alpha)?
+        matmul_scaled(dev, a, g, !ta, false, None, alpha)?
     };
     // A 2-D operand shared across batches collects the gradient of every batch.
     let da = sum_to(dev, &da, &a.shape)?;
     let db = sum_to(dev, &db, &b.shape)?;
     let dbias = if with_bias {
-        let dc = dc_full;
         let n = *dc.shape.last().unwrap();
         Some(sum_to(dev, &dc.reshape(&[dc.numel() / n.max(1), n])?, &[1, n])?.reshape(&[n])?)
     } else {

@@ -155,15 +155,8 @@ pub fn step(
         Rule::Sgd { .. } => {
             let k = dev.kernel("optim", "sgd", &[])?;
             // Without momentum the kernel never touches the state binding; a 1-element buffer fills it.
-            let dummy;
-            let s1 = match state.first() {
-                Some(s) => s,
-                None => {
-                    dummy = dev.alloc(1, crate::DType::F32)?;
-                    &dummy
-                }
-            };
-            launch_1d(dev, &k, &[grad, hp, param, s1, guard], &p, n)
+            let s1 = crate::or_placeholder(dev, state.first())?;
+            launch_1d(dev, &k, &[grad, hp, param, &s1, guard], &p, n)
         }
         Rule::Adam { .. } => {
             let k = dev.kernel("optim", "adam", &[])?;
