@@ -56,6 +56,21 @@ pub struct AdapterSummary {
     pub mesa_version: Option<(u32, u32)>,
 }
 
+/// The square sizes among cooperative-matrix configurations with f16 inputs and f32 accumulators,
+/// largest first.
+fn f16_f32_square_sizes(props: &[wgpu::CooperativeMatrixProperties]) -> Vec<u32> {
+    use wgpu::CooperativeScalarType as T;
+    let mut sizes: Vec<u32> = props
+        .iter()
+        .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size)
+        .filter(|p| p.ab_type == T::F16 && p.cr_type == T::F32)
+        .map(|p| p.m_size)
+        .collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.dedup();
+    sizes
+}
+
 /// Mesa's (major, minor) release from a driver description such as
 /// "llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)".
 pub fn parse_mesa_version(driver: &str) -> Option<(u32, u32)> {
@@ -325,6 +340,8 @@ struct Inner {
     timestamp_period: f32,
     /// Per-dispatch timestamps of the submissions made while [`Device::profile`] runs.
     profile: Mutex<Option<Vec<timing::ProfileChunk>>>,
+    /// See [`Device::cooperative_f16_f32_sizes`].
+    coop_f16_sizes: Vec<u32>,
 }
 
 /// A GPU device and everything kiln keeps per device. Cheap to clone (shared handle).
@@ -460,17 +477,24 @@ impl Device {
                 })
             }
         });
+        let driver = format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string();
         let summary = AdapterSummary {
             is_software: info.device_type == wgpu::DeviceType::Cpu,
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info)
-                .trim()
-                .to_string(),
+            mesa_version: parse_mesa_version(&driver),
+            driver,
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
-            mesa_version: parse_mesa_version(&format!("{} {}", info.driver, info.driver_info)),
+        };
+        // Read once: ops ask on every f16 matmul.
+        let coop_f16_sizes = if coop {
+            f16_f32_square_sizes(&adapter.cooperative_matrix_properties())
+        } else {
+            Vec::new()
         };
         let timestamp_period = queue.get_timestamp_period();
         Ok(Device {
@@ -494,6 +518,7 @@ impl Device {
                 pipeline_misses: AtomicU64::new(0),
                 timestamp_period,
                 profile: Mutex::default(),
+                coop_f16_sizes,
             }),
         })
     }
@@ -520,18 +545,8 @@ impl Device {
     }
     /// Square cooperative-matrix sizes (8, 16) the adapter multiplies with f16 inputs and f32
     /// accumulators, largest first; empty without cooperative matrices.
-    pub fn cooperative_f16_f32_sizes(&self) -> Vec<u32> {
-        use wgpu::CooperativeScalarType as T;
-        let mut sizes: Vec<u32> = self
-            .cooperative_matrix_properties()
-            .iter()
-            .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size)
-            .filter(|p| p.ab_type == T::F16 && p.cr_type == T::F32)
-            .map(|p| p.m_size)
-            .collect();
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        sizes.dedup();
-        sizes
+    pub fn cooperative_f16_f32_sizes(&self) -> &[u32] {
+        &self.inner.coop_f16_sizes
     }
     /// Submission, dispatch and pipeline-cache counters.
     pub fn counters(&self) -> Counters {
@@ -782,13 +797,15 @@ impl Device {
             return Ok(m.clone());
         }
         // A shader that enables f16 cannot even be created without the feature: say which.
-        if src.lines().any(|l| l.trim() == "enable f16;") && !self.capabilities().f16 {
+        if shaders::enables(src, "f16") && !self.capabilities().f16 {
             return Err(DeviceError::MissingFeature("shader-f16"));
         }
         if shaders::uses_subgroups(src) && !self.capabilities().subgroups {
             return Err(DeviceError::MissingFeature("subgroups"));
         }
-        if shaders::uses_cooperative_matrix(src) && !self.capabilities().cooperative_matrix {
+        if shaders::enables(src, "wgpu_cooperative_matrix")
+            && !self.capabilities().cooperative_matrix
+        {
             return Err(DeviceError::MissingFeature("cooperative-matrix"));
         }
         // naga first: its messages name the shader and the line.

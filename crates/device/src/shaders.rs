@@ -64,11 +64,15 @@ pub fn uses_subgroups(src: &str) -> bool {
         .any(|l| l.split("//").next().unwrap_or("").contains("subgroup"))
 }
 
-/// Whether WGSL source enables cooperative matrices: such a module cannot be created on an adapter
-/// without the EXPERIMENTAL_COOPERATIVE_MATRIX feature.
-pub fn uses_cooperative_matrix(src: &str) -> bool {
-    src.lines()
-        .any(|l| l.trim() == "enable wgpu_cooperative_matrix;")
+/// Whether WGSL source has the directive `enable <extension>;` (`f16`, `wgpu_cooperative_matrix`):
+/// such a module cannot be created on an adapter without the matching feature.
+pub fn enables(src: &str, extension: &str) -> bool {
+    src.lines().any(|l| {
+        l.trim()
+            .strip_prefix("enable ")
+            .and_then(|r| r.strip_suffix(';'))
+            .is_some_and(|e| e.trim() == extension)
+    })
 }
 
 impl Validated {
@@ -197,6 +201,22 @@ mod tests {
         assert_eq!(users, ["conv_wgrad", "gemm_coop", "gemm_sg"]);
         assert!(!uses_subgroups("// subgroups would help here\nfn f() {}"));
         assert!(uses_subgroups("let x = subgroupShuffle(v, 0u); // y"));
+    }
+
+    /// The feature checks read `enable` directives, and only whole ones.
+    #[test]
+    fn enable_directives_name_their_extension() {
+        let src = "enable f16;\n  enable wgpu_cooperative_matrix;\n// enable subgroups;\n";
+        assert!(enables(src, "f16"));
+        assert!(enables(src, "wgpu_cooperative_matrix"));
+        assert!(!enables(src, "subgroups"));
+        assert!(!enables("enable f16x;", "f16"));
+        let users: Vec<&str> = SHADERS
+            .iter()
+            .filter(|(_, src)| enables(src, "wgpu_cooperative_matrix"))
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(users, ["gemm_coop"]);
     }
 
     #[test]
