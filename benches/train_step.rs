@@ -7,7 +7,7 @@
 //! kernel (label with its constants, calls and ms per step), from per-dispatch timestamps.
 //! `KILN_CASE=lenet5` (or `char_transformer`, `lstm`) runs one workload.
 use kiln::device::Device;
-use kiln::graph::{autocast_f16, StepPlan, Tensor};
+use kiln::graph::{autocast_f16_when, StepPlan, Tensor};
 use kiln::nn::layers::lenet5;
 use kiln::nn::lm::{CharLstm, CharTransformer, LanguageModel, TransformerLmConfig};
 use kiln::nn::{Module, NnError, Optimizer};
@@ -85,11 +85,7 @@ fn lm_step(
     let y = Array::from_i32(dev, &ids, &[batch * t])?;
     opt.begin_step()?;
     let (plan, _) = StepPlan::record(dev, || {
-        let logits = if mixed_precision {
-            autocast_f16(|| model.logits(&x))?
-        } else {
-            model.logits(&x)?
-        };
+        let logits = autocast_f16_when(mixed_precision, || model.logits(&x))?;
         let loss = logits.cross_entropy(&y, None)?;
         loss.backward()?;
         opt.step()?;

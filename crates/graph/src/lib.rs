@@ -10,7 +10,9 @@ mod tensor;
 
 pub use kiln_ops::{Array, DType, Device, OpError};
 pub use plan::StepPlan;
-pub use tensor::{autocast_f16, is_autocast_f16, is_grad_enabled, no_grad, Tensor};
+pub use tensor::{
+    autocast_f16, autocast_f16_when, is_autocast_f16, is_grad_enabled, no_grad, Tensor,
+};
 
 /// The graph's result type (op errors pass through unchanged).
 pub type Result<T, E = OpError> = std::result::Result<T, E>;

@@ -62,6 +62,15 @@ pub fn autocast_f16<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// [`autocast_f16`] where `enabled`, else `f` as it stands (`torch.autocast(enabled=...)`).
+pub fn autocast_f16_when<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    if enabled {
+        autocast_f16(f)
+    } else {
+        f()
+    }
+}
+
 /// Whether matmuls on this thread run in mixed precision ([`autocast_f16`]).
 pub fn is_autocast_f16() -> bool {
     AUTOCAST_F16.with(|a| a.get())

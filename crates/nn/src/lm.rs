@@ -7,7 +7,7 @@ use crate::optim::Optimizer;
 use crate::rnn::{Cell, Recurrent};
 use crate::transformer::{Activation, LayerConfig, TransformerEncoderLayer};
 use crate::{NnError, Result};
-use kiln_graph::{autocast_f16, no_grad, Array, Device, StepPlan, Tensor};
+use kiln_graph::{autocast_f16_when, no_grad, Array, Device, StepPlan, Tensor};
 use kiln_ops::testing::Rng;
 use std::path::Path;
 
@@ -401,11 +401,7 @@ pub fn train_lm(
             let y = Array::from_i32(dev, &yb, &[cfg.batch * t])?;
             opt.zero_grad();
             let (plan, loss) = StepPlan::record(dev, || {
-                let logits = if cfg.mixed_precision {
-                    autocast_f16(|| model.logits(&x))?
-                } else {
-                    model.logits(&x)?
-                };
+                let logits = autocast_f16_when(cfg.mixed_precision, || model.logits(&x))?;
                 let loss = logits.cross_entropy(&y, None)?;
                 loss.backward()?;
                 opt.step()?;
