@@ -1,6 +1,6 @@
 // Inference with f16 weights: f32 activations, f16 weights widened on load, f32 accumulation.
 // Needs the adapter's SHADER_F16; kiln falls back to f32 weights without it. Also the f32 <-> f16
-// casts (to_f16, to_f32) that mixed-precision matmuls use.
+// casts (to_f16, to_f32, to_f16_scaled) that mixed-precision matmuls use.
 //
 // Same layer geometry as int8.wgsl: a convolution (a Linear layer is the 1x1 convolution of 1x1
 // images) as a GEMM over rows = (image, output pixel) and k = (input channel, kernel row, column):
@@ -96,17 +96,21 @@ struct CastParams { n: u32 }
 @group(0) @binding(8) var<storage, read_write> out32: array<f32>;
 @group(0) @binding(9) var<uniform> cp: CastParams;
 
+fn cast_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * CAST_WG + lid;
+}
+
 @compute @workgroup_size(CAST_WG)
 fn to_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * CAST_WG + lid;
+    let i = cast_index(wid, nwg, lid);
     if (i < cp.n) { out16[i] = f16(in32[i]); }
 }
 
 @compute @workgroup_size(CAST_WG)
 fn to_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * CAST_WG + lid;
+    let i = cast_index(wid, nwg, lid);
     if (i < cp.n) { out32[i] = f32(in16[i]); }
 }
 
@@ -125,7 +129,7 @@ fn pow2_scale(m: f32) -> f32 {
 @compute @workgroup_size(CAST_WG)
 fn to_f16_scaled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * CAST_WG + lid;
+    let i = cast_index(wid, nwg, lid);
     let s = pow2_scale(amax[0]);
     if (i == 0u) { inv_scale[0] = 1.0 / s; }
     if (i < cp.n) { out16[i] = f16(in32[i] * s); }
