@@ -3,7 +3,7 @@
 //! where the adapter has them, widened to f32 otherwise (`path` says which); and a naive 16 x 16
 //! shared-memory tiled f32 kernel on the same adapter as the baseline.
 //! Run: cargo bench --bench matmul [-- sizes...]
-use kiln::device::{Device, Params};
+use kiln::device::{Device, Params, Timing};
 use kiln::ops::{half, matmul, Array, DType};
 
 mod common;
@@ -32,28 +32,14 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(local_invocation_i
 }
 "#;
 
-fn report(dev: &Device, name: &str, n: usize, reps: usize, seconds: f64, source: &str) {
-    report_path(dev, name, "", n, reps, seconds, source)
-}
-
-fn report_path(
-    dev: &Device,
-    name: &str,
-    path: &str,
-    n: usize,
-    reps: usize,
-    seconds: f64,
-    source: &str,
-) {
-    let gflops = 2.0 * (n as f64).powi(3) * reps as f64 / seconds / 1e9;
-    let path = if path.is_empty() {
-        String::new()
-    } else {
-        format!("\"path\":\"{path}\",")
-    };
+/// One JSON line: `path` names the kernel behind the op where it varies by adapter.
+fn report(dev: &Device, name: &str, path: Option<&str>, n: usize, reps: usize, t: &Timing) {
+    let gflops = 2.0 * (n as f64).powi(3) * reps as f64 / t.seconds / 1e9;
+    let path = path.map_or(String::new(), |p| format!("\"path\":\"{p}\","));
     println!(
-        "{{\"bench\":\"{name}\",{path}\"n\":{n},\"gflops\":{gflops:.2},\"seconds_per_call\":{:.6},\"timing\":\"{source}\",\"adapter\":{:?}}}",
-        seconds / reps as f64,
+        "{{\"bench\":\"{name}\",{path}\"n\":{n},\"gflops\":{gflops:.2},\"seconds_per_call\":{:.6},\"timing\":\"{:?}\",\"adapter\":{:?}}}",
+        t.seconds / reps as f64,
+        t.source,
         dev.adapter().name
     );
 }
@@ -82,14 +68,7 @@ fn main() -> anyhow::Result<()> {
         let t = common::time_reps(&dev, reps, || {
             matmul::matmul(&dev, &a, &b, false, false, None).map(|_| ())
         })?;
-        report(
-            &dev,
-            "matmul_f32",
-            n,
-            reps,
-            t.seconds,
-            &format!("{:?}", t.source),
-        );
+        report(&dev, "matmul_f32", None, n, reps, &t);
         if dev.capabilities().f16 {
             let (a16, b16) = (
                 half::cast(&dev, &a, DType::F16)?,
@@ -108,15 +87,7 @@ fn main() -> anyhow::Result<()> {
                 c.to_f32(&dev)?.iter().all(|&v| v == want),
                 "f16 matmul gave a wrong product"
             );
-            report_path(
-                &dev,
-                "matmul_f16",
-                &path,
-                n,
-                reps,
-                t.seconds,
-                &format!("{:?}", t.source),
-            );
+            report(&dev, "matmul_f16", Some(&path), n, reps, &t);
         }
         if n % 16 == 0 {
             let c = Array::empty(&dev, &[n, n])?;
@@ -130,14 +101,7 @@ fn main() -> anyhow::Result<()> {
                 c.to_f32(&dev)?.iter().all(|&v| v == want),
                 "naive kernel gave a wrong product"
             );
-            report(
-                &dev,
-                "matmul_f32_naive16",
-                n,
-                reps,
-                t.seconds,
-                &format!("{:?}", t.source),
-            );
+            report(&dev, "matmul_f32_naive16", None, n, reps, &t);
         }
     }
     Ok(())
