@@ -6,6 +6,9 @@
 // On a CPU running WGSL, load instructions rather than multiply-adds set the speed, so each
 // invocation computes 4 neighbouring columns of 4 * NQ channels: each loaded input value feeds
 // 4 * NQ products per tap, and weights come four channels at a time from a uniform buffer.
+// The input is read through a 64 KiB uniform window too (a software adapter gathers a uniform
+// array's elements in one vector load, a storage buffer's one invocation at a time); a dispatch
+// covers the images p.n0 .. p.n0 + p.n that its window holds, from element p.skip on.
 
 override KH: u32 = 1u;
 override KW: u32 = 1u;
@@ -22,18 +25,20 @@ struct Params {
     n: u32, ic: u32, h: u32, w: u32,
     oc: u32, oh: u32, ow: u32, ph: u32,
     pw: u32, xblocks: u32, ocp: u32, has_bias: u32,
+    n0: u32, skip: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<uniform> xu: array<vec4<f32>, 4096>; // window of x [N, IC, H, W]
 @group(0) @binding(1) var<uniform> wu: array<vec4<f32>, 4096>; // packed [ic][i][j][ocp / 4]
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-// Input element (row, ix) of the current image and channel, zero outside the image.
-fn tap(row: u32, row_ok: bool, ix: i32) -> f32 {
-    let ok = row_ok && ix >= 0 && ix < i32(p.w);
-    return select(0.0, x[row + u32(clamp(ix, 0, i32(p.w) - 1))], ok);
+// Window element `row` + ix of an input row `width` long, zero outside the image.
+fn tap(row: u32, row_ok: bool, ix: i32, width: u32) -> f32 {
+    let ok = row_ok && ix >= 0 && ix < i32(width);
+    let e = row + u32(clamp(ix, 0, i32(width) - 1));
+    return select(0.0, xu[e >> 2u][e & 3u], ok);
 }
 
 // The 4 x 4 block of products: column c is weight quad `w` times input column c.
@@ -62,16 +67,16 @@ fn conv_direct(@builtin(global_invocation_id) gid: vec3<u32>,
         for (var i = 0u; i < KH; i++) {
             let iy = i32(oy * SH + i * DH) - i32(p.ph);
             let row_ok = iy >= 0 && iy < i32(p.h);
-            let row = ((img * p.ic + ic) * p.h + u32(clamp(iy, 0, i32(p.h) - 1))) * p.w;
+            let row = p.skip + ((img * p.ic + ic) * p.h + u32(clamp(iy, 0, i32(p.h) - 1))) * p.w;
             // Stride 1, dilation 1, KW <= 5: the row's eight input columns are loaded once and
             // shifted along by one per tap, in registers.
             var lo = vec4<f32>(0.0);
             var hi = vec4<f32>(0.0);
             if (WINDOW) {
-                lo = vec4<f32>(tap(row, row_ok, ix0), tap(row, row_ok, ix0 + 1),
-                               tap(row, row_ok, ix0 + 2), tap(row, row_ok, ix0 + 3));
-                hi = vec4<f32>(tap(row, row_ok, ix0 + 4), tap(row, row_ok, ix0 + 5),
-                               tap(row, row_ok, ix0 + 6), tap(row, row_ok, ix0 + 7));
+                lo = vec4<f32>(tap(row, row_ok, ix0, p.w), tap(row, row_ok, ix0 + 1, p.w),
+                               tap(row, row_ok, ix0 + 2, p.w), tap(row, row_ok, ix0 + 3, p.w));
+                hi = vec4<f32>(tap(row, row_ok, ix0 + 4, p.w), tap(row, row_ok, ix0 + 5, p.w),
+                               tap(row, row_ok, ix0 + 6, p.w), tap(row, row_ok, ix0 + 7, p.w));
             }
             for (var j = 0u; j < KW; j++) {
                 var v = lo;
@@ -81,8 +86,8 @@ fn conv_direct(@builtin(global_invocation_id) gid: vec3<u32>,
                 } else {
                     let ix = ix0 + i32(j * DW);
                     let s = i32(SW);
-                    v = vec4<f32>(tap(row, row_ok, ix), tap(row, row_ok, ix + s),
-                                  tap(row, row_ok, ix + 2 * s), tap(row, row_ok, ix + 3 * s));
+                    v = vec4<f32>(tap(row, row_ok, ix, p.w), tap(row, row_ok, ix + s, p.w),
+                                  tap(row, row_ok, ix + 2 * s, p.w), tap(row, row_ok, ix + 3 * s, p.w));
                 }
                 let wb = ((ic * KH + i) * KW + j) * quads + q0;
                 a0 += outer(wu[wb], v);
@@ -90,8 +95,8 @@ fn conv_direct(@builtin(global_invocation_id) gid: vec3<u32>,
             }
         }
     }
-    store(img, oy, ox0, 4u * q0, a0);
-    if (NQ > 1u) { store(img, oy, ox0, 4u * q0 + 4u, a1); }
+    store(p.n0 + img, oy, ox0, 4u * q0, a0);
+    if (NQ > 1u) { store(p.n0 + img, oy, ox0, 4u * q0 + 4u, a1); }
 }
 
 // Writes one accumulator block: channels oc0..oc0+4 by columns ox0..ox0+4, inside the output.
@@ -134,20 +139,92 @@ fn pack_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
     w_packed[e] = v;
 }
 
-// dy [N, OC, OH, OW] to channels-last [N, OH, OW, ocp], zeros past OC (for conv_wgrad.wgsl).
-@group(0) @binding(0) var<storage, read> cl_src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> cl_dst: array<f32>;
-@group(0) @binding(2) var<uniform> cp: Params;
+// Weight gradient, the same correlation read the other way round:
+//   dw[oc, ic, i, j] = sum over (img, oy, ox) of dy[img, oc, oy, ox] * x[img, ic, iy, ix],
+//   iy = oy*SH + i*DH - ph, ix = ox*SW + j*DW - pw.
+// Each invocation owns NQ quads of output channels by a quad of j for one (ic, i), and sums over
+// the pixels of one chunk of the images its dispatch's windows hold (workgroup z); the caller adds
+// the chunks' partial sums. Every invocation walks the same pixels in the same order, so each dy
+// value is one gather of a single address. Along W at stride 1 and dilation 1 (WINDOW) the four
+// input columns slide by one per pixel in registers: a pixel costs one input load.
+struct WgradParams {
+    n: u32, ic: u32, h: u32, w: u32,
+    oc: u32, oh: u32, ow: u32, ph: u32,
+    pw: u32, jquads: u32, chunk: u32, chunk0: u32,
+    skip: u32, dskip: u32,
+}
 
-@compute @workgroup_size(256)
-fn to_channels_last(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let e = gid.x;
-    if (e >= cp.n * cp.oh * cp.ow * cp.ocp) { return; }
-    let oc = e % cp.ocp;
-    let pix = e / cp.ocp;
-    let s = pix % (cp.oh * cp.ow);
-    let img = pix / (cp.oh * cp.ow);
-    var v = 0.0;
-    if (oc < cp.oc) { v = cl_src[(img * cp.oc + oc) * cp.oh * cp.ow + s]; }
-    cl_dst[e] = v;
+@group(0) @binding(1) var<uniform> dyu: array<vec4<f32>, 4096>; // window of dy [N, OC, OH, OW]
+@group(0) @binding(2) var<storage, read_write> part: array<f32>; // [chunk][oc][ic][i][j]
+@group(0) @binding(3) var<uniform> q: WgradParams;
+
+// dy element e of the window for channel oc (zero past OC).
+fn dy_at(e: u32, oc: u32) -> f32 {
+    return select(0.0, dyu[e >> 2u][e & 3u], oc < q.oc);
+}
+
+// Channels oc0 .. oc0 + 4 of dy at window element e of channel oc0 (planes `plane` apart).
+fn dy_quad(e: u32, plane: u32, oc0: u32) -> vec4<f32> {
+    return vec4<f32>(dy_at(e, oc0), dy_at(e + plane, oc0 + 1u),
+                     dy_at(e + 2u * plane, oc0 + 2u), dy_at(e + 3u * plane, oc0 + 3u));
+}
+
+@compute @workgroup_size(WX)
+fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
+              @builtin(workgroup_id) wid: vec3<u32>) {
+    let l = gid.x;
+    if (l >= q.ic * KH * q.jquads) { return; } // no barriers follow
+    let jq = l % q.jquads;
+    let i = (l / q.jquads) % KH;
+    let ic = l / (q.jquads * KH);
+    let oc0 = 4u * NQ * wid.y;
+    let j0 = jq * 4u;
+    let ix0 = i32(j0 * DW) - i32(q.pw);
+    let plane = q.oh * q.ow;
+    var a0 = mat4x4<f32>(); // column c: channels oc0 .. oc0 + 4 for j = j0 + c
+    var a1 = mat4x4<f32>();
+    let img_end = min(q.n, (wid.z + 1u) * q.chunk);
+    for (var img = wid.z * q.chunk; img < img_end; img++) {
+        let dimg = q.dskip + (img * q.oc + oc0) * plane;
+        for (var oy = 0u; oy < q.oh; oy++) {
+            let iy = i32(oy * SH + i * DH) - i32(q.ph);
+            let row_ok = iy >= 0 && iy < i32(q.h);
+            let row = q.skip + ((img * q.ic + ic) * q.h + u32(clamp(iy, 0, i32(q.h) - 1))) * q.w;
+            var win = vec4<f32>(0.0);
+            if (WINDOW) {
+                win = vec4<f32>(tap(row, row_ok, ix0, q.w), tap(row, row_ok, ix0 + 1, q.w),
+                                tap(row, row_ok, ix0 + 2, q.w), tap(row, row_ok, ix0 + 3, q.w));
+            }
+            for (var ox = 0u; ox < q.ow; ox++) {
+                var v = win;
+                let ix = ix0 + i32(ox * SW);
+                if (WINDOW) {
+                    win = vec4<f32>(win.yzw, tap(row, row_ok, ix + 4, q.w));
+                } else {
+                    let d = i32(DW);
+                    v = vec4<f32>(tap(row, row_ok, ix, q.w), tap(row, row_ok, ix + d, q.w),
+                                  tap(row, row_ok, ix + 2 * d, q.w),
+                                  tap(row, row_ok, ix + 3 * d, q.w));
+                }
+                let e = dimg + oy * q.ow + ox;
+                a0 += outer(dy_quad(e, plane, oc0), v);
+                if (NQ > 1u) { a1 += outer(dy_quad(e + 4u * plane, plane, oc0 + 4u), v); }
+            }
+        }
+    }
+    let chunk = q.chunk0 + wid.z;
+    store_wgrad(chunk, ic, i, j0, oc0, a0);
+    if (NQ > 1u) { store_wgrad(chunk, ic, i, j0, oc0 + 4u, a1); }
+}
+
+// Writes one block of a chunk's partial sums inside the weight's shape.
+fn store_wgrad(chunk: u32, ic: u32, i: u32, j0: u32, oc0: u32, a: mat4x4<f32>) {
+    for (var e = 0u; e < 4u; e++) {
+        let oc = oc0 + e;
+        if (oc >= q.oc) { return; }
+        let base = (((chunk * q.oc + oc) * q.ic + ic) * KH + i) * KW;
+        for (var c = 0u; c < 4u; c++) {
+            if (j0 + c < KW) { part[base + j0 + c] = a[c][e]; }
+        }
+    }
 }

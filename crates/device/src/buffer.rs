@@ -258,6 +258,10 @@ pub struct Buffer {
     pub(crate) inner: Arc<BufferInner>,
     len: usize,
     dtype: DType,
+    /// Bytes from the allocation's start where a [`Buffer::window`] begins (0 otherwise).
+    offset: u64,
+    /// Whether kernels see only `offset .. offset + bytes()` (a window) or the whole allocation.
+    windowed: bool,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -279,6 +283,8 @@ impl Buffer {
             }),
             len,
             dtype,
+            offset: 0,
+            windowed: false,
         }
     }
 
@@ -314,7 +320,47 @@ impl Buffer {
             inner: self.inner.clone(),
             len,
             dtype,
+            offset: 0,
+            windowed: false,
         })
+    }
+
+    /// Bytes the allocation holds: at least [`Buffer::bytes`], rounded up to its pool size class.
+    pub fn capacity(&self) -> u64 {
+        self.inner.class
+    }
+
+    /// `len` elements of the same memory from byte `offset` of the allocation (no copy). A kernel
+    /// sees only this range, so a 64 KiB uniform array can read a window of a larger buffer.
+    /// None where the range passes the allocation's end. `offset` must be a multiple of the
+    /// adapter's `min_uniform_buffer_offset_alignment` (or the storage one) when bound.
+    pub fn window(&self, offset: u64, len: usize) -> Option<Buffer> {
+        let end = offset.checked_add((len * self.dtype.size()) as u64)?;
+        (len > 0 && end <= self.inner.class).then(|| Buffer {
+            inner: self.inner.clone(),
+            len,
+            dtype: self.dtype,
+            offset,
+            windowed: true,
+        })
+    }
+
+    /// Bytes from the allocation's start to the first element.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// What a bind group entry binds: the window, or else the whole allocation.
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        if self.windowed {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.wgpu(),
+                offset: self.offset,
+                size: std::num::NonZeroU64::new(self.bytes()),
+            })
+        } else {
+            self.wgpu().as_entire_binding()
+        }
     }
 
     pub(crate) fn raw(&self) -> &Raw {

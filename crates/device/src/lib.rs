@@ -168,6 +168,7 @@ type MapResult = Arc<Mutex<Option<std::result::Result<(), String>>>>;
 struct ReadJob {
     device: wgpu::Device,
     src: wgpu::Buffer,
+    src_offset: u64,
     staging: Buffer,
     bytes: u64,
     /// Bytes of data (the copy is padded to a multiple of 4).
@@ -644,12 +645,16 @@ impl Device {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let bytes: &[u8] = bytemuck::cast_slice(data);
         if bytes.len().is_multiple_of(4) {
-            self.inner.queue.write_buffer(buf.wgpu(), 0, bytes);
+            self.inner
+                .queue
+                .write_buffer(buf.wgpu(), buf.offset(), bytes);
         } else {
             // Copies must be 4-byte multiples: pad odd f16 lengths.
             let mut padded = bytes.to_vec();
             padded.resize(bytes.len().next_multiple_of(4), 0);
-            self.inner.queue.write_buffer(buf.wgpu(), 0, &padded);
+            self.inner
+                .queue
+                .write_buffer(buf.wgpu(), buf.offset(), &padded);
         }
         Ok(())
     }
@@ -672,7 +677,7 @@ impl Device {
             DType::U32,
         );
         self.submit_with(None, |enc| {
-            enc.copy_buffer_to_buffer(buf.wgpu(), 0, staging.wgpu(), 0, bytes)
+            enc.copy_buffer_to_buffer(buf.wgpu(), buf.offset(), staging.wgpu(), 0, bytes)
         })?;
         let bytes_out = self.map_read(staging.wgpu(), bytes)?;
         let n = buf.bytes() as usize;
@@ -937,7 +942,7 @@ impl Device {
             .zip(buffers)
             .map(|(&binding, b)| wgpu::BindGroupEntry {
                 binding,
-                resource: b.wgpu().as_entire_binding(),
+                resource: b.binding(),
             })
             .collect();
         if let (Some(binding), Some(p)) = (uniform, &params_buf) {
@@ -1056,7 +1061,7 @@ impl Device {
             }
         }
         for r in &reads {
-            enc.copy_buffer_to_buffer(&r.src, 0, r.staging.wgpu(), 0, r.bytes);
+            enc.copy_buffer_to_buffer(&r.src, r.src_offset, r.staging.wgpu(), 0, r.bytes);
         }
         after(&mut enc);
         self.inner.queue.submit([enc.finish()]);
@@ -1100,6 +1105,7 @@ impl Device {
         let job = Arc::new(ReadJob {
             device: self.inner.device.clone(),
             src: buf.wgpu().clone(),
+            src_offset: buf.offset(),
             staging,
             bytes,
             data_bytes: buf.bytes() as usize,

@@ -273,3 +273,34 @@ fn mesa_release_is_read_from_the_driver_description() {
     assert_eq!(parse_mesa_version("NVIDIA 580.159.04"), None);
     assert_eq!(parse_mesa_version("Mesa"), None);
 }
+
+#[test]
+fn a_window_binds_reads_and_writes_only_its_range() {
+    let d = dev();
+    let data: Vec<f32> = (0..20_000).map(|i| i as f32).collect();
+    let buf = d.upload(&data).unwrap();
+    assert!(buf.capacity() >= buf.bytes());
+    assert!(buf.window(buf.capacity() - 8, 3).is_none());
+    let win = buf.window(256, 100).unwrap();
+    assert_eq!(d.download::<f32>(&win).unwrap(), data[64..164]);
+    // A uniform array bound to the window sees element 0 at the window's start.
+    let src = "@group(0) @binding(0) var<uniform> u: array<vec4<f32>, 25>;
+        @group(0) @binding(1) var<storage, read_write> out: array<f32>;
+        @compute @workgroup_size(64)
+        fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+            if (g.x < 100u) { out[g.x] = u[g.x / 4u][g.x % 4u] * 2.0; }
+        }";
+    let k = d
+        .kernel_from_source("window_test", src, "main", &[])
+        .unwrap();
+    let out = d.alloc(100, DType::F32).unwrap();
+    d.launch(&k, &[&win, &out], &Params::new(), [2, 1, 1])
+        .unwrap();
+    let want: Vec<f32> = data[64..164].iter().map(|v| v * 2.0).collect();
+    assert_eq!(d.download::<f32>(&out).unwrap(), want);
+    d.write(&win, &vec![-1.0f32; 100]).unwrap();
+    let after = d.download::<f32>(&buf).unwrap();
+    assert_eq!(after[..64], data[..64]);
+    assert!(after[64..164].iter().all(|&v| v == -1.0));
+    assert_eq!(after[164..], data[164..]);
+}

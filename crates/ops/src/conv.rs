@@ -2,15 +2,17 @@
 //! gradient, weight gradient; bias gradient by reduction.
 //!
 //! GPUs run all three as implicit GEMM on the matmul's tiled kernel. Software adapters run direct
-//! kernels where their limits allow (packed weights within a 64 KiB uniform buffer; the input
-//! gradient at stride 1; the weight gradient with subgroups): there a load costs far more than a
-//! multiply-add, and the direct kernels reuse each loaded value across a kernel row. Elsewhere
-//! they fall back to the implicit GEMM.
+//! kernels where their limits allow (packed weights within a 64 KiB uniform buffer, one image of
+//! each input within a 64 KiB uniform window, the input gradient at stride 1): there a load costs
+//! far more than a multiply-add, so the direct kernels reuse each loaded value across a kernel
+//! row and read through uniform arrays, which software adapters gather fastest. Elsewhere they
+//! fall back to the implicit GEMM.
 
 use crate::matmul::{gemm, Geom, Mode};
 use crate::reduce::{reduce, Reduce};
 use crate::{
-    expect_dtype, launch_1d, or_placeholder, Array, DType, Device, OpError, Params, Result, Switch,
+    expect_dtype, launch_1d, or_placeholder, uniform_runs, Array, DType, Device, OpError, Params,
+    Result, Switch, WINDOW_FLOATS,
 };
 
 /// Overrides where convolutions take conv.wgsl's direct kernels: `Some(true)` wherever their
@@ -21,8 +23,6 @@ pub fn force_direct(on: Option<bool>) {
 }
 static FORCE_DIRECT: Switch = Switch::new();
 
-/// Floats in conv.wgsl's uniform weight array (64 KiB).
-const WU_FLOATS: usize = 16384;
 /// Invocations per conv_direct workgroup.
 const DIRECT_WX: usize = 64;
 
@@ -79,9 +79,11 @@ impl Direct {
     /// packed weights within the uniform array.
     fn applies(&self, dev: &Device) -> bool {
         let (_, ocp) = channel_quads(self.oc);
-        wants_direct(dev) && self.ic * self.kernel.0 * self.kernel.1 * ocp <= WU_FLOATS
+        wants_direct(dev) && self.ic * self.kernel.0 * self.kernel.1 * ocp <= WINDOW_FLOATS
     }
 
+    /// Runs the kernel; false (nothing launched) where one input image is larger than the
+    /// uniform window.
     fn run(
         &self,
         dev: &Device,
@@ -89,25 +91,33 @@ impl Direct {
         w: &Array,
         bias: Option<&Array>,
         y: &Array,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let image = self.ic * self.h * self.w;
+        let Some(runs) = uniform_runs(dev, &[(&x.buf, image)], self.n)? else {
+            return Ok(false);
+        };
         let (nq, ocp) = channel_quads(self.oc);
         let xblocks = self.ow.div_ceil(4);
         let window = self.stride.1 == 1 && self.dil.1 == 1 && self.kernel.1 <= 5;
         let u = |v: usize| v as u32;
-        let params = Params::new().us(&[
-            u(self.n),
-            u(self.ic),
-            u(self.h),
-            u(self.w),
-            u(self.oc),
-            u(self.oh),
-            u(self.ow),
-            u(self.pad.0),
-            u(self.pad.1),
-            u(xblocks),
-            u(ocp),
-            u(bias.is_some() as usize),
-        ]);
+        let params = |n0: usize, n: usize, skip: usize| {
+            Params::new().us(&[
+                u(n),
+                u(self.ic),
+                u(self.h),
+                u(self.w),
+                u(self.oc),
+                u(self.oh),
+                u(self.ow),
+                u(self.pad.0),
+                u(self.pad.1),
+                u(xblocks),
+                u(ocp),
+                u(bias.is_some() as usize),
+                u(n0),
+                u(skip),
+            ])
+        };
         let f = |v: usize| v as f64;
         let mut consts = geometry_consts(self.kernel, self.stride, self.dil).to_vec();
         consts.extend([
@@ -117,28 +127,37 @@ impl Direct {
             ("WX", f(DIRECT_WX)),
         ]);
         // The uniform binding needs the whole 64 KiB array, packed on the device.
-        let packed = dev.alloc(WU_FLOATS, DType::F32)?;
+        let packed = dev.alloc(WINDOW_FLOATS, DType::F32)?;
         let pack = dev.kernel("conv", "pack_weights", &consts)?;
         launch_1d(
             dev,
             &pack,
             &[&w.buf, &packed],
-            &params,
+            &params(0, self.n, 0),
             self.ic * self.kernel.0 * self.kernel.1 * ocp,
         )?;
         let k = dev.kernel("conv", "conv_direct", &consts)?;
         let bias_buf = or_placeholder(dev, bias.map(|b| &b.buf))?;
-        let invocations = self.n * self.oh * xblocks;
-        let groups = [
-            u32::try_from(invocations.div_ceil(DIRECT_WX)).map_err(|_| OpError::Invalid {
-                op: "conv2d",
-                message: format!("{invocations} output rows exceed what one dispatch can index"),
-            })?,
-            u(ocp / (4 * nq)),
-            1,
-        ];
-        dev.launch(&k, &[&x.buf, &packed, &bias_buf, &y.buf], &params, groups)?;
-        Ok(())
+        for run in &runs {
+            let invocations = run.count * self.oh * xblocks;
+            let groups = [
+                u32::try_from(invocations.div_ceil(DIRECT_WX)).map_err(|_| OpError::Invalid {
+                    op: "conv2d",
+                    message: format!(
+                        "{invocations} output rows exceed what one dispatch can index"
+                    ),
+                })?,
+                u(ocp / (4 * nq)),
+                1,
+            ];
+            dev.launch(
+                &k,
+                &[&run.windows[0].0, &packed, &bias_buf, &y.buf],
+                &params(run.first, run.count, run.windows[0].1),
+                groups,
+            )?;
+        }
+        Ok(true)
     }
 }
 
@@ -288,8 +307,7 @@ pub fn conv2d(
         dil: spec.dilation,
         flip: false,
     };
-    if direct.applies(dev) {
-        direct.run(dev, x, w, bias, &y)?;
+    if direct.applies(dev) && direct.run(dev, x, w, bias, &y)? {
         return Ok(y);
     }
     let g = Geom {
@@ -349,8 +367,7 @@ pub fn conv2d_backward_input(
             dil: spec.dilation,
             flip: true,
         };
-        if direct.applies(dev) {
-            direct.run(dev, dy, w, None, &dx)?;
+        if direct.applies(dev) && direct.run(dev, dy, w, None, &dx)? {
             return Ok(dx);
         }
     }
@@ -413,7 +430,7 @@ pub fn conv2d_backward_weight(
 }
 
 /// The weight gradient by conv.wgsl's `conv_wgrad` where the direct kernels apply (see
-/// [`force_direct`]); None otherwise.
+/// [`force_direct`]) and an image of x and of dy each fit a uniform window; None otherwise.
 fn wgrad_direct(
     dev: &Device,
     dy: &Array,
@@ -425,37 +442,21 @@ fn wgrad_direct(
 ) -> Result<Option<Array>> {
     let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
     let [oc, _, kh, kw] = ws;
-    let (nq, ocp) = channel_quads(oc);
-    let jquads = kw.div_ceil(4);
-    if !wants_direct(dev)
-        || !dev.capabilities().subgroups
-        || n * oh * ow * ocp > 65535 * crate::WG as usize
-    {
+    if !wants_direct(dev) {
         return Ok(None);
     }
-    // Enough invocations to keep a few threads busy; each sums over a chunk of images.
+    let Some(runs) = uniform_runs(dev, &[(&x.buf, ic * h * w), (&dy.buf, oc * oh * ow)], n)? else {
+        return Ok(None);
+    };
+    let (nq, ocp) = channel_quads(oc);
+    let jquads = kw.div_ceil(4);
     let lanes = ic * kh * jquads;
-    // Invocations past `lanes` still run every step: a small layer gets a small workgroup.
+    // Invocations past `lanes` only return: a small layer gets a small workgroup.
     let wx = lanes.next_multiple_of(8).min(DIRECT_WX);
-    let per_chunk = lanes.div_ceil(wx) * (ocp / (4 * nq));
-    let chunks = 8usize.div_ceil(per_chunk).clamp(1, n);
-    let chunk = n.div_ceil(chunks);
-    let chunks = n.div_ceil(chunk);
-    let u = |v: usize| v as u32;
-    let params = Params::new().us(&[
-        u(n),
-        u(ic),
-        u(h),
-        u(w),
-        u(oc),
-        u(oh),
-        u(ow),
-        u(spec.padding.0),
-        u(spec.padding.1),
-        u(jquads),
-        u(ocp),
-        u(chunk),
-    ]);
+    let groups_xy = [lanes.div_ceil(wx), ocp / (4 * nq)];
+    // Enough workgroups per dispatch to keep a few threads busy; each sums over a chunk of the
+    // run's images, and the chunks' partial sums are added at the end.
+    let want_chunks = 8usize.div_ceil(groups_xy[0] * groups_xy[1]);
     let f = |v: usize| v as f64;
     let mut consts = geometry_consts((kh, kw), spec.stride, spec.dilation).to_vec();
     consts.extend([
@@ -466,17 +467,43 @@ fn wgrad_direct(
         ),
         ("WX", f(wx)),
     ]);
-    let dy_cl = dev.alloc(n * oh * ow * ocp, DType::F32)?;
-    let k = dev.kernel("conv", "to_channels_last", &[])?;
-    launch_1d(dev, &k, &[&dy.buf, &dy_cl], &params, n * oh * ow * ocp)?;
+    let k = dev.kernel("conv", "conv_wgrad", &consts)?;
+    let chunked: Vec<(usize, usize)> = runs
+        .iter()
+        .map(|r| {
+            let chunk = r.count.div_ceil(want_chunks.min(r.count));
+            (chunk, r.count.div_ceil(chunk))
+        })
+        .collect();
+    let chunks: usize = chunked.iter().map(|c| c.1).sum();
     let part = Array::empty(dev, &[chunks, oc * ic * kh * kw])?;
-    let k = dev.kernel("conv_wgrad", "conv_wgrad", &consts)?;
-    dev.launch(
-        &k,
-        &[&x.buf, &dy_cl, &part.buf],
-        &params,
-        [u(lanes.div_ceil(wx)), u(ocp / (4 * nq)), u(chunks)],
-    )?;
+    let u = |v: usize| v as u32;
+    let mut chunk0 = 0;
+    for (run, &(chunk, run_chunks)) in runs.iter().zip(&chunked) {
+        let params = Params::new().us(&[
+            u(run.count),
+            u(ic),
+            u(h),
+            u(w),
+            u(oc),
+            u(oh),
+            u(ow),
+            u(spec.padding.0),
+            u(spec.padding.1),
+            u(jquads),
+            u(chunk),
+            u(chunk0),
+            u(run.windows[0].1),
+            u(run.windows[1].1),
+        ]);
+        dev.launch(
+            &k,
+            &[&run.windows[0].0, &run.windows[1].0, &part.buf],
+            &params,
+            [u(groups_xy[0]), u(groups_xy[1]), u(run_chunks)],
+        )?;
+        chunk0 += run_chunks;
+    }
     let dw = if chunks == 1 {
         part
     } else {

@@ -221,6 +221,88 @@ pub(crate) fn or_placeholder(dev: &Device, buf: Option<&Buffer>) -> Result<Buffe
     }
 }
 
+/// f32 elements in the uniform arrays kernels read bulk data through (`array<vec4<f32>, 4096>`,
+/// 64 KiB, the smallest `max_uniform_buffer_binding_size` wgpu allows).
+pub(crate) const WINDOW_FLOATS: usize = 16384;
+
+/// A run of whole items that one 64 KiB uniform window of each buffer holds.
+pub(crate) struct UniformRun {
+    /// The first item of the run.
+    pub first: usize,
+    /// Items in the run.
+    pub count: usize,
+    /// Per buffer: the window, to bind to an `array<vec4<f32>, 4096>` uniform, and the elements
+    /// from its start to the run's first item.
+    pub windows: Vec<(Buffer, usize)>,
+}
+
+/// Splits `items` items, laid one after another from element 0 of each buffer (`item_len` f32
+/// each), into runs that one 64 KiB uniform window of every buffer holds, so that a kernel can
+/// read them through uniform arrays. Software adapters gather a uniform array's elements in one
+/// vector operation but load a storage buffer's one invocation at a time, four to five times
+/// slower on lavapipe. None where one item (plus the offset alignment's slack) is larger than a
+/// window.
+pub(crate) fn uniform_runs(
+    dev: &Device,
+    bufs: &[(&Buffer, usize)],
+    items: usize,
+) -> Result<Option<Vec<UniformRun>>> {
+    let align = dev.limits().min_uniform_buffer_offset_alignment as usize / 4;
+    if bufs
+        .iter()
+        .any(|&(_, len)| len == 0 || len + align - 1 > WINDOW_FLOATS)
+    {
+        return Ok(None);
+    }
+    // Per buffer, what to window and the last aligned start that leaves a whole window.
+    let mut sources = Vec::new();
+    for &(buf, len) in bufs {
+        if buf.capacity() < (WINDOW_FLOATS * 4) as u64 {
+            // A binding must be a full 64 KiB: copy a small buffer into one.
+            let full = dev.alloc(WINDOW_FLOATS, DType::F32)?;
+            let n = len * items;
+            if n > 0 {
+                let copy = dev.kernel("fill", "copy", &[])?;
+                launch_1d(
+                    dev,
+                    &copy,
+                    &[&full, buf],
+                    &Params::new().u(n as u32).f(0.0),
+                    n,
+                )?;
+            }
+            sources.push((full, 0));
+        } else {
+            let last = (buf.capacity() as usize / 4 - WINDOW_FLOATS) / align * align;
+            sources.push((buf.clone(), last));
+        }
+    }
+    let mut runs = Vec::new();
+    let mut first = 0;
+    while first < items {
+        let mut count = items - first;
+        let mut windows = Vec::new();
+        for ((src, last), &(_, len)) in sources.iter().zip(bufs) {
+            let start = first * len;
+            // The window starts at or before the run, aligned, inside the allocation.
+            let at = (start / align * align).min(*last);
+            let skip = start - at;
+            count = count.min((WINDOW_FLOATS - skip) / len);
+            let window = src
+                .window((at * 4) as u64, WINDOW_FLOATS)
+                .expect("window inside the allocation");
+            windows.push((window, skip));
+        }
+        runs.push(UniformRun {
+            first,
+            count,
+            windows,
+        });
+        first += count;
+    }
+    Ok(Some(runs))
+}
+
 /// Workgroup size of the 1-D kernels (the WGSL `WG` constant).
 pub(crate) const WG: u32 = 256;
 
