@@ -63,11 +63,16 @@ fn conv_direct(@builtin(global_invocation_id) gid: vec3<u32>,
     // ox0 + c.
     var a0 = mat4x4<f32>();
     var a1 = mat4x4<f32>();
+    // Only the kernel rows that land inside the input: padding rows add nothing. (A SIMD group
+    // of invocations spans one or two output rows, so it runs the longer of their ranges.)
+    let top = i32(oy * SH) - i32(p.ph); // input row of kernel row 0
+    let i_lo = u32(max(0, -top) + i32(DH) - 1) / DH;
+    let i_hi = min(KH, u32(max(0, i32(p.h) - top) + i32(DH) - 1) / DH);
     for (var ic = 0u; ic < p.ic; ic++) {
-        for (var i = 0u; i < KH; i++) {
-            let iy = i32(oy * SH + i * DH) - i32(p.ph);
-            let row_ok = iy >= 0 && iy < i32(p.h);
-            let row = p.skip + ((img * p.ic + ic) * p.h + u32(clamp(iy, 0, i32(p.h) - 1))) * p.w;
+        for (var i = i_lo; i < i_hi; i++) {
+            let iy = top + i32(i * DH);
+            let row_ok = true;
+            let row = p.skip + ((img * p.ic + ic) * p.h + u32(iy)) * p.w;
             // Stride 1, dilation 1, KW <= 5: the row's eight input columns are loaded once and
             // shifted along by one per tap, in registers.
             var lo = vec4<f32>(0.0);

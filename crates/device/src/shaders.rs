@@ -198,7 +198,7 @@ mod tests {
             .filter(|(_, src)| uses_subgroups(src))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(users, ["gemm_coop", "gemm_sg"]);
+        assert_eq!(users, ["conv_wgrad_sg", "gemm_coop", "gemm_sg"]);
         assert!(!uses_subgroups("// subgroups would help here\nfn f() {}"));
         assert!(uses_subgroups("let x = subgroupShuffle(v, 0u); // y"));
     }

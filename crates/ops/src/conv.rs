@@ -430,7 +430,8 @@ pub fn conv2d_backward_weight(
 }
 
 /// The weight gradient by conv.wgsl's `conv_wgrad` where the direct kernels apply (see
-/// [`force_direct`]) and an image of x and of dy each fit a uniform window; None otherwise.
+/// [`force_direct`]) and an image of x and of dy each fit a uniform window, else by
+/// [`wgrad_subgroup`]; None where neither applies.
 fn wgrad_direct(
     dev: &Device,
     dy: &Array,
@@ -446,7 +447,7 @@ fn wgrad_direct(
         return Ok(None);
     }
     let Some(runs) = uniform_runs(dev, &[(&x.buf, ic * h * w), (&dy.buf, oc * oh * ow)], n)? else {
-        return Ok(None);
+        return wgrad_subgroup(dev, dy, x, ws, oh, ow, spec);
     };
     let (nq, ocp) = channel_quads(oc);
     let jquads = kw.div_ceil(4);
@@ -504,6 +505,76 @@ fn wgrad_direct(
         )?;
         chunk0 += run_chunks;
     }
+    let dw = if chunks == 1 {
+        part
+    } else {
+        reduce(dev, &part, 0, Reduce::Sum, false)?
+    };
+    Ok(Some(dw.reshape(&ws)?))
+}
+
+/// The weight gradient by conv_wgrad_sg.wgsl, for software adapters with subgroups where an
+/// image is too large for conv.wgsl's uniform windows; None without subgroups.
+fn wgrad_subgroup(
+    dev: &Device,
+    dy: &Array,
+    x: &Array,
+    ws: [usize; 4],
+    oh: usize,
+    ow: usize,
+    spec: &Conv2dSpec,
+) -> Result<Option<Array>> {
+    let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
+    let [oc, _, kh, kw] = ws;
+    let (nq, ocp) = channel_quads(oc);
+    let jquads = kw.div_ceil(4);
+    if !dev.capabilities().subgroups || n * oh * ow * ocp > 65535 * crate::WG as usize {
+        return Ok(None);
+    }
+    // Enough invocations to keep a few threads busy; each sums over a chunk of images.
+    let lanes = ic * kh * jquads;
+    // Invocations past `lanes` still run every step: a small layer gets a small workgroup.
+    let wx = lanes.next_multiple_of(8).min(DIRECT_WX);
+    let per_chunk = lanes.div_ceil(wx) * (ocp / (4 * nq));
+    let chunks = 8usize.div_ceil(per_chunk).clamp(1, n);
+    let chunk = n.div_ceil(chunks);
+    let chunks = n.div_ceil(chunk);
+    let u = |v: usize| v as u32;
+    let params = Params::new().us(&[
+        u(n),
+        u(ic),
+        u(h),
+        u(w),
+        u(oc),
+        u(oh),
+        u(ow),
+        u(spec.padding.0),
+        u(spec.padding.1),
+        u(jquads),
+        u(ocp),
+        u(chunk),
+    ]);
+    let f = |v: usize| v as f64;
+    let mut consts = geometry_consts((kh, kw), spec.stride, spec.dilation).to_vec();
+    consts.extend([
+        ("NQ", f(nq)),
+        (
+            "WINDOW",
+            f((spec.stride.1 == 1 && spec.dilation.1 == 1) as usize),
+        ),
+        ("WX", f(wx)),
+    ]);
+    let dy_cl = dev.alloc(n * oh * ow * ocp, DType::F32)?;
+    let k = dev.kernel("conv_wgrad_sg", "to_channels_last", &[])?;
+    launch_1d(dev, &k, &[&dy.buf, &dy_cl], &params, n * oh * ow * ocp)?;
+    let part = Array::empty(dev, &[chunks, oc * ic * kh * kw])?;
+    let k = dev.kernel("conv_wgrad_sg", "conv_wgrad_sg", &consts)?;
+    dev.launch(
+        &k,
+        &[&x.buf, &dy_cl, &part.buf],
+        &params,
+        [u(lanes.div_ceil(wx)), u(ocp / (4 * nq)), u(chunks)],
+    )?;
     let dw = if chunks == 1 {
         part
     } else {

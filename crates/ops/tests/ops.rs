@@ -692,63 +692,67 @@ fn conv_cases() {
         1e-3,
         1e-4,
     );
-    // Enough images that the direct kernels read x and dy through several uniform windows,
-    // one starting mid-image and one pinned to the allocation's end.
-    let (xs, ws, pad) = ([23, 3, 21, 21], [5, 3, 5, 5], 2);
-    let padded = Conv2dSpec {
-        padding: (pad, pad),
-        ..Default::default()
-    };
-    let x = r.vec(xs.iter().product(), -1.0, 1.0);
-    let w = r.vec(ws.iter().product(), -1.0, 1.0);
-    let dy = r.vec(23 * 5 * 21 * 21, -1.0, 1.0);
-    let (xa, wa) = (arr(&d, &x, &xs), arr(&d, &w, &ws));
-    let dya = arr(&d, &dy, &[23, 5, 21, 21]);
-    let y = conv::conv2d(&d, &xa, &wa, None, &padded).unwrap();
-    let (want, _) = conv::cpu::conv2d(&to_f64(&x), xs, &to_f64(&w), ws, None, &padded);
-    assert_close(
-        "conv, many windows",
-        &y.to_f32(&d).unwrap(),
-        &want,
-        1e-4,
-        1e-4,
-    );
-    let dx = conv::conv2d_backward_input(&d, &dya, &wa, &xs, &padded).unwrap();
-    let dw = conv::conv2d_backward_weight(&d, &dya, &xa, &ws, &padded).unwrap();
-    let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-    for b in 0..23 {
-        for o in 0..5 {
-            for c in 0..3 {
-                for (i, j) in (0..5).flat_map(|i| (0..5).map(move |j| (i, j))) {
-                    let wi = ((o * 3 + c) * 5 + i) * 5 + j;
-                    for (oy, ox) in (0..21).flat_map(|oy| (0..21).map(move |ox| (oy, ox))) {
-                        let (iy, ix) = ((oy + i) as isize - 2, (ox + j) as isize - 2);
-                        if iy < 0 || ix < 0 || iy >= 21 || ix >= 21 {
-                            continue;
-                        }
-                        let xi = ((b * 3 + c) * 21 + iy as usize) * 21 + ix as usize;
-                        let g = dy[((b * 5 + o) * 21 + oy) * 21 + ox] as f64;
-                        want_dx[xi] += g * w[wi] as f64;
-                        want_dw[wi] += g * x[xi] as f64;
+    // Enough images that the direct kernels read x and dy through several uniform windows, one
+    // starting mid-image and one pinned to the allocation's end; then an image larger than a
+    // window (the weight gradient takes conv_wgrad_sg where there are subgroups).
+    for (xs, ws, pad) in [
+        ([23, 3, 21, 21], [5, 3, 5, 5], 2),
+        ([1, 2, 100, 90], [3, 2, 3, 3], 1),
+    ] {
+        let [n, ci, h, wd] = xs;
+        let [co, _, k, _] = ws;
+        let padded = Conv2dSpec {
+            padding: (pad, pad),
+            ..Default::default()
+        };
+        let (oh, ow) = (h + 2 * pad - k + 1, wd + 2 * pad - k + 1);
+        let x = r.vec(xs.iter().product(), -1.0, 1.0);
+        let w = r.vec(ws.iter().product(), -1.0, 1.0);
+        let dy = r.vec(n * co * oh * ow, -1.0, 1.0);
+        let (xa, wa) = (arr(&d, &x, &xs), arr(&d, &w, &ws));
+        let dya = arr(&d, &dy, &[n, co, oh, ow]);
+        let what = format!("conv {xs:?} {ws:?}");
+        let y = conv::conv2d(&d, &xa, &wa, None, &padded).unwrap();
+        let (want, _) = conv::cpu::conv2d(&to_f64(&x), xs, &to_f64(&w), ws, None, &padded);
+        assert_close(&what, &y.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
+        let dx = conv::conv2d_backward_input(&d, &dya, &wa, &xs, &padded).unwrap();
+        let dw = conv::conv2d_backward_weight(&d, &dya, &xa, &ws, &padded).unwrap();
+        let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        for (b, o, c) in
+            (0..n).flat_map(|b| (0..co).flat_map(move |o| (0..ci).map(move |c| (b, o, c))))
+        {
+            for (i, j) in (0..k).flat_map(|i| (0..k).map(move |j| (i, j))) {
+                let wi = ((o * ci + c) * k + i) * k + j;
+                for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                    let (iy, ix) = (
+                        (oy + i) as isize - pad as isize,
+                        (ox + j) as isize - pad as isize,
+                    );
+                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                        continue;
                     }
+                    let xi = ((b * ci + c) * h + iy as usize) * wd + ix as usize;
+                    let g = dy[((b * co + o) * oh + oy) * ow + ox] as f64;
+                    want_dx[xi] += g * w[wi] as f64;
+                    want_dw[wi] += g * x[xi] as f64;
                 }
             }
         }
+        assert_close(
+            &format!("{what} dx"),
+            &dx.to_f32(&d).unwrap(),
+            &want_dx,
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            &format!("{what} dw"),
+            &dw.to_f32(&d).unwrap(),
+            &want_dw,
+            1e-3,
+            1e-4,
+        );
     }
-    assert_close(
-        "conv dx, many windows",
-        &dx.to_f32(&d).unwrap(),
-        &want_dx,
-        1e-4,
-        1e-4,
-    );
-    assert_close(
-        "conv dw, many windows",
-        &dw.to_f32(&d).unwrap(),
-        &want_dw,
-        1e-3,
-        1e-4,
-    );
     // Bad shapes are errors that name both sides.
     let e = conv::conv2d(
         &d,
