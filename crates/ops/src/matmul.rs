@@ -4,13 +4,20 @@
 //! f16 operands (mixed precision: f16 inputs, f32 accumulation and output) run on cooperative
 //! matrices (`shaders/gemm_coop.wgsl`) where the adapter has them, and otherwise are widened to
 //! f32 and take the f32 path; [`force_coop`] pins either path for tests.
+//!
+//! On software adapters, 2-D f32 matmuls read both operands through 64 KiB uniform windows
+//! (`shaders/gemm_uniform.wgsl`), which lavapipe gathers four to five times faster than it loads
+//! storage buffers; batched ones take `gemm_sg` or `gemm_direct`.
 
 use crate::half::{cast, cast_f16_scaled};
-use crate::reduce::{reduce_raw, sum_to, Reduce};
+use crate::reduce::{reduce, reduce_raw, sum_to, Reduce};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::Switch;
-use crate::{expect_dtype, or_placeholder, Array, Buffer, DType, Device, OpError, Params, Result};
+use crate::{
+    expect_dtype, or_placeholder, uniform_runs, Array, Buffer, DType, Device, OpError, Params,
+    Result, UniformRun,
+};
 
 /// Which operands the GEMM kernel reads, and how (the shader's MODE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +137,8 @@ pub fn force_path(path: Option<bool>) {
 }
 static FORCE: Switch = Switch::new();
 
-/// Turns the uniform copy of a small A operand in `gemm_direct` on (the default) or off (tests).
+/// Turns uniform-buffer reads in software matmuls on (the default) or off (tests): `gemm_uniform`
+/// and `gemm_direct`'s copy of a small A.
 pub fn use_uniform_a(on: bool) {
     UNIFORM_A.store(on, Relaxed);
 }
@@ -466,6 +474,11 @@ fn matmul_scaled(
     let batch: usize = batch_shape.iter().product();
     let mut shape = batch_shape.clone();
     shape.extend([m, n]);
+    if batch_shape.is_empty() && a.dtype() == DType::F32 {
+        if let Some(c) = matmul_uniform(dev, a, b, ta, tb, bias)? {
+            return Ok(c);
+        }
+    }
     let c = Array::empty(dev, &shape)?;
     // Row-major strides of the stored matrices; a transpose swaps them.
     let a_strides = if ta { [1, m] } else { [k, 1] };
@@ -500,6 +513,169 @@ fn matmul_scaled(
         &geom,
     )?;
     Ok(c)
+}
+
+/// One dispatch of `gemm_uniform`: a block of C over a range of K, with the operand windows
+/// that hold it.
+struct UniformBlock {
+    m: (usize, usize),
+    n: (usize, usize),
+    k: (usize, usize),
+    a: (Buffer, usize, usize, usize),
+    b: (Buffer, usize, usize, usize),
+    part: usize,
+}
+
+/// A 2-D f32 matmul on a software adapter by `gemm_uniform`, both operands read through 64 KiB
+/// uniform windows; None where it does not apply (a GPU, [`use_uniform_a`] off, a forced path, or
+/// an operand row too long for a window).
+///
+/// A stored [M, K] is split along M, stored [K, M] along K; B likewise along N or K. Blocks over
+/// different K ranges write separate parts of C, summed at the end.
+fn matmul_uniform(
+    dev: &Device,
+    a: &Array,
+    b: &Array,
+    ta: bool,
+    tb: bool,
+    bias: Option<&Array>,
+) -> Result<Option<Array>> {
+    let software = match FORCE.get() {
+        Some(tiled) => !tiled,
+        None => dev.adapter().is_software,
+    };
+    if !software || !UNIFORM_A.load(Relaxed) {
+        return Ok(None);
+    }
+    let (m, k) = if ta {
+        (a.shape[1], a.shape[0])
+    } else {
+        (a.shape[0], a.shape[1])
+    };
+    let n = if tb { b.shape[0] } else { b.shape[1] };
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(None);
+    }
+    // Window element strides (along M or N, along K) of each operand.
+    let (a_ms, a_ks) = if ta { (1, m) } else { (k, 1) };
+    let (b_ks, b_ns) = if tb { (1, k) } else { (n, 1) };
+    let whole = |len: usize| (0, len);
+    let mut blocks = Vec::new();
+    let win = |r: &UniformRun, i: usize| (r.windows[i].0.clone(), r.windows[i].1);
+    match (ta, tb) {
+        // Both stored with K outermost: one split of K for both.
+        (true, false) => {
+            let Some(runs) = uniform_runs(dev, &[(&a.buf, m), (&b.buf, n)], k)? else {
+                return Ok(None);
+            };
+            for (part, r) in runs.iter().enumerate() {
+                let ((aw, askip), (bw, bskip)) = (win(r, 0), win(r, 1));
+                blocks.push(UniformBlock {
+                    m: whole(m),
+                    n: whole(n),
+                    k: (r.first, r.count),
+                    a: (aw, askip, 0, r.first),
+                    b: (bw, bskip, r.first, 0),
+                    part,
+                });
+            }
+        }
+        _ => {
+            // A split along M (stored [M, K]) or K; B along N (stored [N, K]) or K.
+            let (Some(ra), Some(rb)) = (
+                uniform_runs(
+                    dev,
+                    &[(&a.buf, if ta { m } else { k })],
+                    if ta { k } else { m },
+                )?,
+                uniform_runs(
+                    dev,
+                    &[(&b.buf, if tb { k } else { n })],
+                    if tb { n } else { k },
+                )?,
+            ) else {
+                return Ok(None);
+            };
+            for (i, r) in ra.iter().enumerate() {
+                for (j, s) in rb.iter().enumerate() {
+                    let ((aw, askip), (bw, bskip)) = (win(r, 0), win(s, 0));
+                    let (mr, kr_a) = if ta {
+                        (whole(m), Some((r.first, r.count)))
+                    } else {
+                        ((r.first, r.count), None)
+                    };
+                    let (nr, kr_b) = if tb {
+                        ((s.first, s.count), None)
+                    } else {
+                        (whole(n), Some((s.first, s.count)))
+                    };
+                    let kr = kr_a.or(kr_b).unwrap_or(whole(k));
+                    blocks.push(UniformBlock {
+                        m: mr,
+                        n: nr,
+                        k: kr,
+                        a: (aw, askip, mr.0 * (!ta) as usize, kr_a.map_or(0, |r| r.0)),
+                        b: (bw, bskip, kr_b.map_or(0, |r| r.0), nr.0 * tb as usize),
+                        part: if ta {
+                            i
+                        } else if tb {
+                            0
+                        } else {
+                            j
+                        },
+                    });
+                }
+            }
+        }
+    }
+    let parts = blocks.iter().map(|b| b.part + 1).max().unwrap_or(1);
+    let out = Array::empty(dev, &[parts, m, n])?;
+    let widest = blocks.iter().map(|b| b.n.1).max().unwrap_or(1);
+    let wx = widest.div_ceil(4).next_multiple_of(8).min(64);
+    let kern = dev.kernel("gemm_uniform", "gemm_uniform", &[("WX", wx as f64)])?;
+    let bias_buf = or_placeholder(dev, bias.map(|b| &b.buf))?;
+    let u = |v: usize| v as u32;
+    for blk in &blocks {
+        let p = Params::new().us(&[
+            u(m),
+            u(n),
+            u(blk.m.0),
+            u(blk.m.1),
+            u(blk.n.0),
+            u(blk.n.1),
+            u(blk.k.0),
+            u(blk.k.1),
+            u(blk.a.1),
+            u(blk.a.2),
+            u(blk.a.3),
+            u(a_ms),
+            u(a_ks),
+            u(blk.b.1),
+            u(blk.b.2),
+            u(blk.b.3),
+            u(b_ks),
+            u(b_ns),
+            u(blk.part),
+            u(bias.is_some() as usize),
+        ]);
+        let groups = [
+            u(blk.n.1.div_ceil(4).div_ceil(wx)),
+            u(blk.m.1.div_ceil(8)),
+            1,
+        ];
+        dev.launch(
+            &kern,
+            &[&blk.a.0, &blk.b.0, &bias_buf, &out.buf],
+            &p,
+            groups,
+        )?;
+    }
+    let c = if parts == 1 {
+        out
+    } else {
+        reduce(dev, &out, 0, Reduce::Sum, false)?
+    };
+    Ok(Some(c.reshape(&[m, n])?))
 }
 
 /// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape, in f32.

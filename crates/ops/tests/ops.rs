@@ -269,6 +269,8 @@ fn matmul_cases() {
         (2, 2, 4, 8, 12),
         (0, 3, 8, 4, 4),
         (0, 0, 20, 12, 2400),
+        // Operands larger than a 64 KiB uniform window: gemm_uniform splits M, N and K.
+        (0, 0, 150, 300, 130),
     ];
     for (ba, bb, m, n, k) in cases {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
