@@ -429,6 +429,56 @@ pub fn conv2d_backward_weight(
     Ok(dw)
 }
 
+/// What both weight-gradient kernels share: invocations per layer (one per input channel, kernel
+/// row and quad of kernel columns), workgroups, and override constants.
+struct WgradLayout {
+    ocp: usize,
+    jquads: usize,
+    /// Workgroups along x (lanes) and y (channel blocks).
+    groups: [usize; 2],
+    /// Image chunks per dispatch that keep a few threads busy; the chunks' partial sums are added.
+    want_chunks: usize,
+    consts: Vec<(&'static str, f64)>,
+}
+
+impl WgradLayout {
+    fn new(ic: usize, oc: usize, kh: usize, kw: usize, spec: &Conv2dSpec) -> Self {
+        let (nq, ocp) = channel_quads(oc);
+        let jquads = kw.div_ceil(4);
+        let lanes = ic * kh * jquads;
+        // Invocations past `lanes` do no useful work: a small layer gets a small workgroup.
+        let wx = lanes.next_multiple_of(8).min(DIRECT_WX);
+        let groups = [lanes.div_ceil(wx), ocp / (4 * nq)];
+        let f = |v: usize| v as f64;
+        let mut consts = geometry_consts((kh, kw), spec.stride, spec.dilation).to_vec();
+        consts.extend([
+            ("NQ", f(nq)),
+            (
+                "WINDOW",
+                f((spec.stride.1 == 1 && spec.dilation.1 == 1) as usize),
+            ),
+            ("WX", f(wx)),
+        ]);
+        WgradLayout {
+            ocp,
+            jquads,
+            groups,
+            want_chunks: 8usize.div_ceil(groups[0] * groups[1]),
+            consts,
+        }
+    }
+}
+
+/// The weight gradient from per-chunk partial sums [chunks, OC * IC * KH * KW].
+fn sum_chunks(dev: &Device, part: Array, chunks: usize, ws: [usize; 4]) -> Result<Array> {
+    let dw = if chunks == 1 {
+        part
+    } else {
+        reduce(dev, &part, 0, Reduce::Sum, false)?
+    };
+    dw.reshape(&ws)
+}
+
 /// The weight gradient by conv.wgsl's `conv_wgrad` where the direct kernels apply (see
 /// [`force_direct`]) and an image of x and of dy each fit a uniform window, else by
 /// [`wgrad_subgroup`]; None where neither applies.
@@ -449,30 +499,13 @@ fn wgrad_direct(
     let Some(runs) = uniform_runs(dev, &[(&x.buf, ic * h * w), (&dy.buf, oc * oh * ow)], n)? else {
         return wgrad_subgroup(dev, dy, x, ws, oh, ow, spec);
     };
-    let (nq, ocp) = channel_quads(oc);
-    let jquads = kw.div_ceil(4);
-    let lanes = ic * kh * jquads;
-    // Invocations past `lanes` only return: a small layer gets a small workgroup.
-    let wx = lanes.next_multiple_of(8).min(DIRECT_WX);
-    let groups_xy = [lanes.div_ceil(wx), ocp / (4 * nq)];
-    // Enough workgroups per dispatch to keep a few threads busy; each sums over a chunk of the
-    // run's images, and the chunks' partial sums are added at the end.
-    let want_chunks = 8usize.div_ceil(groups_xy[0] * groups_xy[1]);
-    let f = |v: usize| v as f64;
-    let mut consts = geometry_consts((kh, kw), spec.stride, spec.dilation).to_vec();
-    consts.extend([
-        ("NQ", f(nq)),
-        (
-            "WINDOW",
-            f((spec.stride.1 == 1 && spec.dilation.1 == 1) as usize),
-        ),
-        ("WX", f(wx)),
-    ]);
-    let k = dev.kernel("conv", "conv_wgrad", &consts)?;
+    let lay = WgradLayout::new(ic, oc, kh, kw, spec);
+    let k = dev.kernel("conv", "conv_wgrad", &lay.consts)?;
+    // Each dispatch sums a run's images in chunks, one per workgroup z.
     let chunked: Vec<(usize, usize)> = runs
         .iter()
         .map(|r| {
-            let chunk = r.count.div_ceil(want_chunks.min(r.count));
+            let chunk = r.count.div_ceil(lay.want_chunks.min(r.count));
             (chunk, r.count.div_ceil(chunk))
         })
         .collect();
@@ -491,7 +524,7 @@ fn wgrad_direct(
             u(ow),
             u(spec.padding.0),
             u(spec.padding.1),
-            u(jquads),
+            u(lay.jquads),
             u(chunk),
             u(chunk0),
             u(run.windows[0].1),
@@ -501,16 +534,11 @@ fn wgrad_direct(
             &k,
             &[&run.windows[0].0, &run.windows[1].0, &part.buf],
             &params,
-            [u(groups_xy[0]), u(groups_xy[1]), u(run_chunks)],
+            [u(lay.groups[0]), u(lay.groups[1]), u(run_chunks)],
         )?;
         chunk0 += run_chunks;
     }
-    let dw = if chunks == 1 {
-        part
-    } else {
-        reduce(dev, &part, 0, Reduce::Sum, false)?
-    };
-    Ok(Some(dw.reshape(&ws)?))
+    sum_chunks(dev, part, chunks, ws).map(Some)
 }
 
 /// The weight gradient by conv_wgrad_sg.wgsl, for software adapters with subgroups where an
@@ -526,17 +554,13 @@ fn wgrad_subgroup(
 ) -> Result<Option<Array>> {
     let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
     let [oc, _, kh, kw] = ws;
-    let (nq, ocp) = channel_quads(oc);
-    let jquads = kw.div_ceil(4);
+    let lay = WgradLayout::new(ic, oc, kh, kw, spec);
+    let ocp = lay.ocp;
     if !dev.capabilities().subgroups || n * oh * ow * ocp > 65535 * crate::WG as usize {
         return Ok(None);
     }
-    // Enough invocations to keep a few threads busy; each sums over a chunk of images.
-    let lanes = ic * kh * jquads;
-    // Invocations past `lanes` still run every step: a small layer gets a small workgroup.
-    let wx = lanes.next_multiple_of(8).min(DIRECT_WX);
-    let per_chunk = lanes.div_ceil(wx) * (ocp / (4 * nq));
-    let chunks = 8usize.div_ceil(per_chunk).clamp(1, n);
+    // Each workgroup z sums over a chunk of images.
+    let chunks = lay.want_chunks.clamp(1, n);
     let chunk = n.div_ceil(chunks);
     let chunks = n.div_ceil(chunk);
     let u = |v: usize| v as u32;
@@ -550,37 +574,22 @@ fn wgrad_subgroup(
         u(ow),
         u(spec.padding.0),
         u(spec.padding.1),
-        u(jquads),
+        u(lay.jquads),
         u(ocp),
         u(chunk),
-    ]);
-    let f = |v: usize| v as f64;
-    let mut consts = geometry_consts((kh, kw), spec.stride, spec.dilation).to_vec();
-    consts.extend([
-        ("NQ", f(nq)),
-        (
-            "WINDOW",
-            f((spec.stride.1 == 1 && spec.dilation.1 == 1) as usize),
-        ),
-        ("WX", f(wx)),
     ]);
     let dy_cl = dev.alloc(n * oh * ow * ocp, DType::F32)?;
     let k = dev.kernel("conv_wgrad_sg", "to_channels_last", &[])?;
     launch_1d(dev, &k, &[&dy.buf, &dy_cl], &params, n * oh * ow * ocp)?;
     let part = Array::empty(dev, &[chunks, oc * ic * kh * kw])?;
-    let k = dev.kernel("conv_wgrad_sg", "conv_wgrad_sg", &consts)?;
+    let k = dev.kernel("conv_wgrad_sg", "conv_wgrad_sg", &lay.consts)?;
     dev.launch(
         &k,
         &[&x.buf, &dy_cl, &part.buf],
         &params,
-        [u(lanes.div_ceil(wx)), u(ocp / (4 * nq)), u(chunks)],
+        [u(lay.groups[0]), u(lay.groups[1]), u(chunks)],
     )?;
-    let dw = if chunks == 1 {
-        part
-    } else {
-        reduce(dev, &part, 0, Reduce::Sum, false)?
-    };
-    Ok(Some(dw.reshape(&ws)?))
+    sum_chunks(dev, part, chunks, ws).map(Some)
 }
 
 /// `dbias[c]` = sum of dy over batch and space.
