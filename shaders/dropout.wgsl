@@ -13,7 +13,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> rng: array<u32>; // [seed_lo, seed_hi, offset]
+// [seed_lo, seed_hi, offset]: uniform, as every invocation reads the same three words (a software
+// adapter loads a storage buffer's words once per invocation, a uniform buffer's once per group).
+@group(0) @binding(1) var<uniform> rng: vec4<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
@@ -49,6 +51,6 @@ fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
            @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     if (i >= p.n) { return; }
-    let bits = philox(vec4<u32>(i, rng[2], 0u, 0u), vec2<u32>(rng[0], rng[1])).x;
+    let bits = philox(vec4<u32>(i, rng.z, 0u, 0u), rng.xy).x;
     out[i] = select(0.0, x[i] * p.scale, bits >= p.threshold);
 }

@@ -363,6 +363,21 @@ impl Buffer {
         }
     }
 
+    /// [`Buffer::binding`] for a uniform array: an allocation larger than `max` bytes (the
+    /// adapter's uniform binding limit) binds its first `max` bytes, since a uniform array the
+    /// shader declares cannot be larger.
+    pub(crate) fn uniform_binding(&self, max: u64) -> wgpu::BindingResource<'_> {
+        if !self.windowed && self.inner.class > max {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.wgpu(),
+                offset: 0,
+                size: std::num::NonZeroU64::new(max),
+            })
+        } else {
+            self.binding()
+        }
+    }
+
     pub(crate) fn raw(&self) -> &Raw {
         self.inner.raw.as_ref().expect("live buffer")
     }

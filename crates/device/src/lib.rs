@@ -876,11 +876,11 @@ impl Device {
             kernel: kernel.name.clone(),
             message,
         };
-        let storage: Vec<u32> = kernel
+        let storage: Vec<(u32, BindingKind)> = kernel
             .bindings
             .iter()
             .filter(|(_, k)| *k != BindingKind::Uniform)
-            .map(|(b, _)| *b)
+            .copied()
             .collect();
         let uniform = kernel
             .bindings
@@ -940,9 +940,13 @@ impl Device {
         let mut entries: Vec<wgpu::BindGroupEntry> = storage
             .iter()
             .zip(buffers)
-            .map(|(&binding, b)| wgpu::BindGroupEntry {
+            .map(|(&(binding, kind), b)| wgpu::BindGroupEntry {
                 binding,
-                resource: b.binding(),
+                resource: if kind == BindingKind::UniformRead {
+                    b.uniform_binding(self.inner.limits.max_uniform_buffer_binding_size as u64)
+                } else {
+                    b.binding()
+                },
             })
             .collect();
         if let (Some(binding), Some(p)) = (uniform, &params_buf) {
