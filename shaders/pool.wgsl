@@ -3,57 +3,85 @@
 //                  (flat index iy*W+ix within the plane, -1 when the window sees only padding).
 //   pool_backward: dx[plane, iy, ix] = sum over the windows that cover it: a gather, so the result
 //                  is the same on every run (no atomics).
+//   pool_scatter:  the same gradient where windows do not overlap (DISJOINT), one invocation per
+//                  window writing its inputs: each dy and index is loaded once, not once per input.
 
 override OP: u32 = 0u;
-// The shape's divisors as constants (see pool.rs): w, h*w, ow, oh*ow and the strides.
-override PW: u32 = 1u;
-override PHW: u32 = 1u;
-override POW: u32 = 1u;
-override POHW: u32 = 1u;
-override PSH: u32 = 1u;
-override PSW: u32 = 1u;
+// The whole shape as constants (see pool.rs): divisions by a constant are multiplications, and
+// loops over a constant window unroll, which software adapters run far faster.
+override IH: u32 = 1u;
+override IW: u32 = 1u;
+override OH: u32 = 1u;
+override OW: u32 = 1u;
+override KH: u32 = 1u;
+override KW: u32 = 1u;
+override SH: u32 = 1u;
+override SW: u32 = 1u;
+override PADH: u32 = 0u;
+override PADW: u32 = 0u;
+override DH: u32 = 1u;
+override DW: u32 = 1u;
 // Dilation 1 and strides at least the window: each input lies in at most one window.
 override DISJOINT: bool = false;
+// The forward pass reads x through the 64 KiB uniform window `xu` (software adapters, which
+// gather a uniform array's elements in one vector load but load a storage buffer's one invocation
+// at a time); a dispatch covers the planes p.plane0 .. that the window holds, from element p.skip.
+override WINDOW: bool = false;
 const WG: u32 = 256u;
 
 struct Params {
-    n: u32, h: u32, w: u32, oh: u32, ow: u32, kh: u32, kw: u32,
-    sh: u32, sw: u32, ph: u32, pw: u32, dh: u32, dw: u32,
+    n: u32, plane0: u32, skip: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read_write> idx: array<i32>;
 @group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(6) var<uniform> xu: array<vec4<f32>, 4096>;
+
+// Element `flat` of plane `plane` (counted from p.plane0 when WINDOW) of x.
+fn x_at(plane: u32, flat: u32) -> f32 {
+    if (WINDOW) {
+        let e = p.skip + plane * (IH * IW) + flat;
+        return xu[e >> 2u][e & 3u];
+    }
+    return x[plane * (IH * IW) + flat];
+}
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
 
 @compute @workgroup_size(WG)
 fn pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let o = (wid.x + wid.y * nwg.x) * WG + lid;
+    // Output index within this dispatch's planes (all of them without WINDOW).
+    let o = index(wid, nwg, lid);
     if (o >= p.n) { return; }
-    let plane = o / POHW;
-    let oy = (o % POHW) / POW;
-    let ox = o % POW;
+    let plane = o / (OH * OW);
+    let oy = (o % (OH * OW)) / OW;
+    let ox = o % OW;
     var best = -3.402823e38;
     var at = -1;
     var sum = 0.0;
-    for (var i = 0u; i < p.kh; i++) {
-        let iy = i32(oy * p.sh + i * p.dh) - i32(p.ph);
-        if (iy < 0 || iy >= i32(p.h)) { continue; }
-        for (var j = 0u; j < p.kw; j++) {
-            let ix = i32(ox * p.sw + j * p.dw) - i32(p.pw);
-            if (ix < 0 || ix >= i32(p.w)) { continue; }
-            let flat = u32(iy) * p.w + u32(ix);
-            let v = x[plane * p.h * p.w + flat];
+    for (var i = 0u; i < KH; i++) {
+        let iy = i32(oy * SH + i * DH) - i32(PADH);
+        if (iy < 0 || iy >= i32(IH)) { continue; }
+        for (var j = 0u; j < KW; j++) {
+            let ix = i32(ox * SW + j * DW) - i32(PADW);
+            if (ix < 0 || ix >= i32(IW)) { continue; }
+            let flat = u32(iy) * IW + u32(ix);
+            let v = x_at(plane, flat);
             sum += v;
             if (v > best || at < 0) { best = v; at = i32(flat); }
         }
     }
+    let g = p.plane0 * (OH * OW) + o;
     if (OP == 0u) {
-        out[o] = best;
-        idx[o] = at;
+        out[g] = best;
+        idx[g] = at;
     } else {
-        out[o] = sum / f32(p.kh * p.kw);
+        out[g] = sum / f32(KH * KW);
     }
 }
 
@@ -63,46 +91,57 @@ fn pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(WG)
 fn pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+    let e = index(wid, nwg, lid);
     if (e >= p.n) { return; }
-    let plane = e / PHW;
-    let flat = e % PHW;
-    let iy = flat / PW;
-    let ix = flat % PW;
-    if (DISJOINT) {
-        // Windows do not overlap: at most one covers (iy, ix), found without a search.
-        let oy = (iy + p.ph) / PSH;
-        let ox = (ix + p.pw) / PSW;
-        var v = 0.0;
-        if ((iy + p.ph) % PSH < p.kh && (ix + p.pw) % PSW < p.kw && oy < p.oh && ox < p.ow) {
-            let o = (plane * p.oh + oy) * p.ow + ox;
-            if (OP == 0u) {
-                if (saved[o] == i32(flat)) { v = dy[o]; }
-            } else {
-                v = dy[o] / f32(p.kh * p.kw);
-            }
-        }
-        out[e] = v;
-        return;
-    }
+    let plane = e / (IH * IW);
+    let flat = e % (IH * IW);
+    let iy = flat / IW;
+    let ix = flat % IW;
     var acc = 0.0;
-    for (var i = 0u; i < p.kh; i++) {
-        let ty = i32(iy + p.ph) - i32(i * p.dh);
-        if (ty < 0 || u32(ty) % PSH != 0u) { continue; }
-        let oy = u32(ty) / PSH;
-        if (oy >= p.oh) { continue; }
-        for (var j = 0u; j < p.kw; j++) {
-            let tx = i32(ix + p.pw) - i32(j * p.dw);
-            if (tx < 0 || u32(tx) % PSW != 0u) { continue; }
-            let ox = u32(tx) / PSW;
-            if (ox >= p.ow) { continue; }
-            let o = (plane * p.oh + oy) * p.ow + ox;
+    for (var i = 0u; i < KH; i++) {
+        let ty = i32(iy + PADH) - i32(i * DH);
+        if (ty < 0 || u32(ty) % SH != 0u) { continue; }
+        let oy = u32(ty) / SH;
+        if (oy >= OH) { continue; }
+        for (var j = 0u; j < KW; j++) {
+            let tx = i32(ix + PADW) - i32(j * DW);
+            if (tx < 0 || u32(tx) % SW != 0u) { continue; }
+            let ox = u32(tx) / SW;
+            if (ox >= OW) { continue; }
+            let o = (plane * OH + oy) * OW + ox;
             if (OP == 0u) {
                 if (saved[o] == i32(flat)) { acc += dy[o]; }
             } else {
-                acc += dy[o] / f32(p.kh * p.kw);
+                acc += dy[o] / f32(KH * KW);
             }
         }
     }
     out[e] = acc;
+}
+
+// One invocation per window o (DISJOINT): writes the gradient of the window's in-bounds inputs.
+// Inputs outside every window are zeroed beforehand by the caller.
+@compute @workgroup_size(WG)
+fn pool_scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let o = index(wid, nwg, lid);
+    if (o >= p.n) { return; }
+    let plane = o / (OH * OW);
+    let oy = (o % (OH * OW)) / OW;
+    let ox = o % OW;
+    let g = dy[o];
+    var at = -1;
+    if (OP == 0u) { at = saved[o]; }
+    for (var i = 0u; i < KH; i++) {
+        let iy = i32(oy * SH + i) - i32(PADH);
+        if (iy < 0 || iy >= i32(IH)) { continue; }
+        for (var j = 0u; j < KW; j++) {
+            let ix = i32(ox * SW + j) - i32(PADW);
+            if (ix < 0 || ix >= i32(IW)) { continue; }
+            let flat = u32(iy) * IW + u32(ix);
+            var v = g / f32(KH * KW);
+            if (OP == 0u) { v = select(0.0, g, at == i32(flat)); }
+            out[plane * (IH * IW) + flat] = v;
+        }
+    }
 }

@@ -1,7 +1,17 @@
 //! max_pool2d and avg_pool2d over NCHW, forward and backward (a deterministic gather).
 
 use crate::conv::Conv2dSpec;
-use crate::{expect_dtype, launch_1d, Array, DType, Device, OpError, Params, Result};
+use crate::{
+    expect_dtype, launch_1d, uniform_runs, Array, DType, Device, OpError, Params, Result, Switch,
+    WINDOW_FLOATS,
+};
+
+/// Overrides where the forward pass reads its input through uniform windows: `Some(true)` on
+/// any adapter, `Some(false)` never, `None` (the default) on software adapters. For tests.
+pub fn force_windows(on: Option<bool>) {
+    FORCE_WINDOWS.set(on);
+}
+static FORCE_WINDOWS: Switch = Switch::new();
 
 /// Pooling window and its spec (stride, padding, dilation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,56 +55,94 @@ fn dims(op: &'static str, x: &[usize], spec: &Pool2dSpec) -> Result<([usize; 4],
     Ok((xs, oh, ow))
 }
 
-fn params(n: usize, xs: [usize; 4], oh: usize, ow: usize, s: &Pool2dSpec) -> Params {
-    let c = &s.conv;
-    Params::new().us(&[
-        n,
-        xs[2],
-        xs[3],
-        oh,
-        ow,
-        s.kernel.0,
-        s.kernel.1,
-        c.stride.0,
-        c.stride.1,
-        c.padding.0,
-        c.padding.1,
-        c.dilation.0,
-        c.dilation.1,
-    ]
-    .map(|v| v as u32))
+/// The parameter block: `n` invocations; `plane0` and `skip` place a windowed forward dispatch.
+fn params(n: usize, plane0: usize, skip: usize) -> Params {
+    Params::new().us(&[n, plane0, skip].map(|v| v as u32))
 }
 
-/// The pool kernel with the shape's divisors as override constants: integer division has no
-/// vector form on CPUs, so software adapters divide by a constant far faster.
+/// Dilation 1 and strides at least the window: every input lies in at most one window.
+fn disjoint(s: &Pool2dSpec) -> bool {
+    let c = &s.conv;
+    c.dilation == (1, 1) && c.stride.0 >= s.kernel.0 && c.stride.1 >= s.kernel.1
+}
+
+/// The pool kernel with the whole shape as override constants: integer division has no vector
+/// form on CPUs, and loops over a constant window unroll, so software adapters run it far faster.
 fn kernel(
     dev: &Device,
     entry: &str,
     op: u32,
     xs: [usize; 4],
-    oh: usize,
-    ow: usize,
+    (oh, ow): (usize, usize),
     s: &Pool2dSpec,
+    window: bool,
 ) -> Result<std::sync::Arc<kiln_device::Kernel>> {
     let c = &s.conv;
+    let f = |v: usize| v as f64;
     Ok(dev.kernel(
         "pool",
         entry,
         &[
             ("OP", op as f64),
-            ("PW", xs[3] as f64),
-            ("PHW", (xs[2] * xs[3]) as f64),
-            ("POW", ow as f64),
-            ("POHW", (oh * ow) as f64),
-            ("PSH", c.stride.0 as f64),
-            ("PSW", c.stride.1 as f64),
-            (
-                "DISJOINT",
-                (c.dilation == (1, 1) && c.stride.0 >= s.kernel.0 && c.stride.1 >= s.kernel.1) as u8
-                    as f64,
-            ),
+            ("IH", f(xs[2])),
+            ("IW", f(xs[3])),
+            ("OH", f(oh)),
+            ("OW", f(ow)),
+            ("KH", f(s.kernel.0)),
+            ("KW", f(s.kernel.1)),
+            ("SH", f(c.stride.0)),
+            ("SW", f(c.stride.1)),
+            ("PADH", f(c.padding.0)),
+            ("PADW", f(c.padding.1)),
+            ("DH", f(c.dilation.0)),
+            ("DW", f(c.dilation.1)),
+            ("DISJOINT", disjoint(s) as u8 as f64),
+            ("WINDOW", window as u8 as f64),
         ],
     )?)
+}
+
+/// The forward pass into `y` (and, for max, `idx`): through uniform windows of x where a
+/// software adapter's window holds a plane, else in one dispatch reading x from storage.
+fn forward(
+    dev: &Device,
+    op: u32,
+    x: &Array,
+    y: &Array,
+    idx: &crate::Buffer,
+    xs: [usize; 4],
+    spec: &Pool2dSpec,
+) -> Result<()> {
+    let (oh, ow) = (y.shape[2], y.shape[3]);
+    let planes = xs[0] * xs[1];
+    let windows = FORCE_WINDOWS.get().unwrap_or(dev.adapter().is_software);
+    let runs = if windows {
+        uniform_runs(dev, &[(&x.buf, xs[2] * xs[3])], planes)?
+    } else {
+        None
+    };
+    match runs {
+        Some(runs) => {
+            let k = kernel(dev, "pool_forward", op, xs, (oh, ow), spec, true)?;
+            // The storage binding of x is declared but not read.
+            let unused = dev.alloc(1, DType::F32)?;
+            for r in &runs {
+                let (xu, skip) = &r.windows[0];
+                let n = r.count * oh * ow;
+                let p = params(n, r.first, *skip);
+                launch_1d(dev, &k, &[&unused, &y.buf, idx, xu], &p, n)?;
+            }
+        }
+        None => {
+            let k = kernel(dev, "pool_forward", op, xs, (oh, ow), spec, false)?;
+            // The uniform window is declared but not read: a 64 KiB stand-in fills it.
+            let unused = dev.alloc(WINDOW_FLOATS, DType::F32)?;
+            let n = y.numel();
+            let p = params(n, 0, 0);
+            launch_1d(dev, &k, &[&x.buf, &y.buf, idx, &unused], &p, n)?;
+        }
+    }
+    Ok(())
 }
 
 /// Max pooling: (y, argmax indices within each plane).
@@ -107,15 +155,43 @@ pub fn max_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<(Array, 
         buf: dev.alloc(y.numel(), DType::I32)?,
         shape: shape.to_vec(),
     };
-    let k = kernel(dev, "pool_forward", 0, xs, oh, ow, spec)?;
-    launch_1d(
-        dev,
-        &k,
-        &[&x.buf, &y.buf, &idx.buf],
-        &params(y.numel(), xs, oh, ow, spec),
-        y.numel(),
-    )?;
+    forward(dev, 0, x, &y, &idx.buf, xs, spec)?;
     Ok((y, idx))
+}
+
+/// The gradient dx of pooling from dy (and, for max, the saved argmax `idx`): one invocation per
+/// window where windows do not overlap (after zeroing dx where they leave inputs out), else one
+/// per input gathering from the windows that cover it.
+fn backward(
+    dev: &Device,
+    op: u32,
+    dy: &Array,
+    idx: &crate::Buffer,
+    xs: [usize; 4],
+    spec: &Pool2dSpec,
+) -> Result<Array> {
+    let (oh, ow) = (dy.shape[2], dy.shape[3]);
+    let dx = Array::empty(dev, &xs)?;
+    let c = &spec.conv;
+    if disjoint(spec) {
+        let covers_all = c.padding == (0, 0)
+            && spec.kernel == c.stride
+            && oh * c.stride.0 == xs[2]
+            && ow * c.stride.1 == xs[3];
+        if !covers_all {
+            crate::fill(dev, &dx.buf, 0.0)?;
+        }
+        let k = kernel(dev, "pool_scatter", op, xs, (oh, ow), spec, false)?;
+        let n = dy.numel();
+        let p = params(n, 0, 0);
+        launch_1d(dev, &k, &[&dx.buf, &dy.buf, idx], &p, n)?;
+    } else {
+        let k = kernel(dev, "pool_backward", op, xs, (oh, ow), spec, false)?;
+        let n = dx.numel();
+        let p = params(n, 0, 0);
+        launch_1d(dev, &k, &[&dx.buf, &dy.buf, idx], &p, n)?;
+    }
+    Ok(dx)
 }
 
 /// Gradient of max pooling: dy routed to each window's argmax.
@@ -134,16 +210,7 @@ pub fn max_pool2d_backward(
             got: format!("{:?} and {:?}", dy.shape, idx.shape),
         });
     }
-    let dx = Array::empty(dev, x_shape)?;
-    let k = kernel(dev, "pool_backward", 0, xs, oh, ow, spec)?;
-    launch_1d(
-        dev,
-        &k,
-        &[&dx.buf, &dy.buf, &idx.buf],
-        &params(dx.numel(), xs, oh, ow, spec),
-        dx.numel(),
-    )?;
-    Ok(dx)
+    backward(dev, 0, dy, &idx.buf, xs, spec)
 }
 
 /// Average pooling (padding counted in the divisor, as PyTorch's default).
@@ -151,16 +218,9 @@ pub fn avg_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<Array> {
     expect_dtype("avg_pool2d", x, DType::F32)?;
     let (xs, oh, ow) = dims("avg_pool2d", &x.shape, spec)?;
     let y = Array::empty(dev, &[xs[0], xs[1], oh, ow])?;
-    let k = kernel(dev, "pool_forward", 1, xs, oh, ow, spec)?;
     // The max branch's index binding is unused here but still declared: a 1-element stand-in.
     let unused = dev.alloc(1, DType::I32)?;
-    launch_1d(
-        dev,
-        &k,
-        &[&x.buf, &y.buf, &unused],
-        &params(y.numel(), xs, oh, ow, spec),
-        y.numel(),
-    )?;
+    forward(dev, 1, x, &y, &unused, xs, spec)?;
     Ok(y)
 }
 
@@ -179,17 +239,8 @@ pub fn avg_pool2d_backward(
             got: format!("{:?}", dy.shape),
         });
     }
-    let dx = Array::empty(dev, x_shape)?;
-    let k = kernel(dev, "pool_backward", 1, xs, oh, ow, spec)?;
     let unused = dev.alloc(1, DType::I32)?;
-    launch_1d(
-        dev,
-        &k,
-        &[&dx.buf, &dy.buf, &unused],
-        &params(dx.numel(), xs, oh, ow, spec),
-        dx.numel(),
-    )?;
-    Ok(dx)
+    backward(dev, 1, dy, &unused, xs, spec)
 }
 
 /// CPU reference.

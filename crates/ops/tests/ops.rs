@@ -829,6 +829,9 @@ fn pooling_forward_and_gradients() {
         );
         let dy = r.vec(y.numel(), -1.0, 1.0);
         let dya = arr(&d, &dy, &y.shape);
+        // A released buffer of dx's size holding garbage: dx, likely given its memory, must
+        // still come out zero wherever no window reaches.
+        drop(arr(&d, &vec![7.0; x.len()], &xs));
         let dx = pool::max_pool2d_backward(&d, &dya, &idx, &xs, &spec).unwrap();
         let f = |v: &[f64]| dot(&pool::cpu::pool2d(v, xs, &spec, false), &dy);
         assert_close(
@@ -838,6 +841,7 @@ fn pooling_forward_and_gradients() {
             1e-3,
             1e-3,
         );
+        drop(arr(&d, &vec![7.0; x.len()], &xs));
         let dx = pool::avg_pool2d_backward(&d, &dya, &xs, &spec).unwrap();
         let f = |v: &[f64]| dot(&pool::cpu::pool2d(v, xs, &spec, true), &dy);
         assert_close(
@@ -849,6 +853,50 @@ fn pooling_forward_and_gradients() {
         );
     }
     assert!(pool::max_pool2d(&d, &arr(&d, &[0.0; 4], &[2, 2]), &Pool2dSpec::square(2)).is_err());
+}
+
+/// The forward pass through uniform windows: 75 planes of 27 x 27 take four windows (runs that
+/// start mid-window), a 130 x 130 plane takes none (read from storage); both against the CPU,
+/// with windows on and off.
+#[test]
+fn pooling_through_windows() {
+    let d = dev();
+    let mut r = Rng::new(61);
+    let specs = [
+        ([3, 25, 27, 27], Pool2dSpec::square(2)),
+        ([1, 1, 130, 130], Pool2dSpec::square(3)),
+    ];
+    for windows in [None, Some(false)] {
+        pool::force_windows(windows);
+        for (xs, spec) in specs {
+            let x = r.vec(xs.iter().product(), -1.0, 1.0);
+            let x64 = to_f64(&x);
+            let xa = arr(&d, &x, &xs);
+            let (y, idx) = pool::max_pool2d(&d, &xa, &spec).unwrap();
+            let what = format!("max_pool {xs:?} windows {windows:?}");
+            let want = pool::cpu::pool2d(&x64, xs, &spec, false);
+            assert_close(&what, &y.to_f32(&d).unwrap(), &want, 0.0, 0.0);
+            // Each index names the plane element the maximum came from.
+            let (hw, ohw) = (xs[2] * xs[3], y.shape[2] * y.shape[3]);
+            for (o, &at) in idx.to_i32(&d).unwrap().iter().enumerate() {
+                assert_eq!(
+                    x64[o / ohw * hw + at as usize],
+                    want[o],
+                    "{what}: index {o}"
+                );
+            }
+            let ya = pool::avg_pool2d(&d, &xa, &spec).unwrap();
+            let want = pool::cpu::pool2d(&x64, xs, &spec, true);
+            assert_close(
+                &format!("avg {what}"),
+                &ya.to_f32(&d).unwrap(),
+                &want,
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+    pool::force_windows(None);
 }
 
 #[test]
