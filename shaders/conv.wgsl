@@ -152,15 +152,18 @@ fn pack_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
 // the chunks' partial sums. Every invocation walks the same pixels in the same order, so each dy
 // value is one gather of a single address. Along W at stride 1 and dilation 1 (WINDOW) the four
 // input columns slide by one per pixel in registers: a pixel costs one input load.
+// With q.bias, each chunk's row of partial sums ends with the bias gradient's: the sum of dy over
+// the chunk's pixels, which invocation 0 of each channel block adds up from the dy it loads anyway.
 struct WgradParams {
     n: u32, ic: u32, h: u32, w: u32,
     oc: u32, oh: u32, ow: u32, ph: u32,
     pw: u32, jquads: u32, chunk: u32, chunk0: u32,
-    skip: u32, dskip: u32,
+    skip: u32, dskip: u32, bias: u32,
 }
 
 @group(0) @binding(1) var<uniform> dyu: array<vec4<f32>, 4096>; // window of dy [N, OC, OH, OW]
-@group(0) @binding(2) var<storage, read_write> part: array<f32>; // [chunk][oc][ic][i][j]
+// [chunk][oc][ic][i][j], then (with q.bias) [oc] of the chunk's bias partial sums.
+@group(0) @binding(2) var<storage, read_write> part: array<f32>;
 @group(0) @binding(3) var<uniform> q: WgradParams;
 
 // dy element e of the window for channel oc (zero past OC).
@@ -188,6 +191,8 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
     let plane = q.oh * q.ow;
     var a0 = mat4x4<f32>(); // column c: channels oc0 .. oc0 + 4 for j = j0 + c
     var a1 = mat4x4<f32>();
+    var s0 = vec4<f32>(); // sums of dy for channels oc0 .. oc0 + 4 (the bias gradient)
+    var s1 = vec4<f32>();
     let img_end = min(q.n, (wid.z + 1u) * q.chunk);
     for (var img = wid.z * q.chunk; img < img_end; img++) {
         let dimg = q.dskip + (img * q.oc + oc0) * plane;
@@ -212,14 +217,38 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
                                   tap(row, row_ok, ix + 3 * d, q.w));
                 }
                 let e = dimg + oy * q.ow + ox;
-                a0 += outer(dy_quad(e, plane, oc0), v);
-                if (NQ > 1u) { a1 += outer(dy_quad(e + 4u * plane, plane, oc0 + 4u), v); }
+                let d0 = dy_quad(e, plane, oc0);
+                a0 += outer(d0, v);
+                s0 += d0;
+                if (NQ > 1u) {
+                    let d1 = dy_quad(e + 4u * plane, plane, oc0 + 4u);
+                    a1 += outer(d1, v);
+                    s1 += d1;
+                }
             }
         }
     }
     let chunk = q.chunk0 + wid.z;
     store_wgrad(chunk, ic, i, j0, oc0, a0);
     if (NQ > 1u) { store_wgrad(chunk, ic, i, j0, oc0 + 4u, a1); }
+    // Every invocation walks all of the chunk's dy pixels; the first stores their sums.
+    if (q.bias != 0u && l == 0u) {
+        store_bias(chunk, oc0, s0);
+        if (NQ > 1u) { store_bias(chunk, oc0 + 4u, s1); }
+    }
+}
+
+// Elements in a chunk's row of partial sums.
+fn wgrad_row() -> u32 {
+    return q.oc * (q.ic * KH * KW + q.bias);
+}
+
+fn store_bias(chunk: u32, oc0: u32, s: vec4<f32>) {
+    for (var e = 0u; e < 4u; e++) {
+        let oc = oc0 + e;
+        if (oc >= q.oc) { return; }
+        part[chunk * wgrad_row() + q.oc * q.ic * KH * KW + oc] = s[e];
+    }
 }
 
 // Writes one block of a chunk's partial sums inside the weight's shape.
@@ -227,7 +256,7 @@ fn store_wgrad(chunk: u32, ic: u32, i: u32, j0: u32, oc0: u32, a: mat4x4<f32>) {
     for (var e = 0u; e < 4u; e++) {
         let oc = oc0 + e;
         if (oc >= q.oc) { return; }
-        let base = (((chunk * q.oc + oc) * q.ic + ic) * KH + i) * KW;
+        let base = chunk * wgrad_row() + ((oc * q.ic + ic) * KH + i) * KW;
         for (var c = 0u; c < 4u; c++) {
             if (j0 + c < KW) { part[base + j0 + c] = a[c][e]; }
         }

@@ -577,12 +577,15 @@ impl Tensor {
             } else {
                 None
             };
-            let dw = conv::conv2d_backward_weight(dev, g, &x, &wa.shape, &spec)?;
-            let mut v = vec![dx, Some(dw)];
-            if has_bias {
-                v.push(Some(conv::conv2d_backward_bias(dev, g)?));
-            }
-            Ok(v)
+            Ok(if has_bias {
+                let (dw, db) = conv::conv2d_backward_weight_bias(dev, g, &x, &wa.shape, &spec)?;
+                vec![dx, Some(dw), Some(db)]
+            } else {
+                vec![
+                    dx,
+                    Some(conv::conv2d_backward_weight(dev, g, &x, &wa.shape, &spec)?),
+                ]
+            })
         });
         let mut inputs = vec![self.clone(), w.clone()];
         inputs.extend(b.cloned());

@@ -404,10 +404,47 @@ pub fn conv2d_backward_weight(
     let ws = dims4("conv2d_backward_weight", "weight", w_shape)?;
     let (oh, ow) = check("conv2d_backward_weight", xs, ws, spec)?;
     expect_dy(&dy.shape, [xs[0], ws[0], oh, ow])?;
-    if let Some(dw) = wgrad_direct(dev, dy, x, ws, oh, ow, spec)? {
+    if let Some((dw, _)) = wgrad_direct(dev, dy, x, ws, oh, ow, spec, false)? {
         return Ok(dw);
     }
-    let dw = Array::empty(dev, w_shape)?;
+    wgrad_gemm(dev, dy, x, xs, ws, oh, ow, spec)
+}
+
+/// The weight and bias gradients together: `(dw, dbias)`. Where conv.wgsl's `conv_wgrad` runs,
+/// it sums dy for the bias while it reads dy for the weight, which saves the bias gradient's own
+/// pass over dy.
+pub fn conv2d_backward_weight_bias(
+    dev: &Device,
+    dy: &Array,
+    x: &Array,
+    w_shape: &[usize],
+    spec: &Conv2dSpec,
+) -> Result<(Array, Array)> {
+    let xs = dims4("conv2d_backward_weight", "input", &x.shape)?;
+    let ws = dims4("conv2d_backward_weight", "weight", w_shape)?;
+    let (oh, ow) = check("conv2d_backward_weight", xs, ws, spec)?;
+    expect_dy(&dy.shape, [xs[0], ws[0], oh, ow])?;
+    let dw = match wgrad_direct(dev, dy, x, ws, oh, ow, spec, true)? {
+        Some((dw, Some(db))) => return Ok((dw, db)),
+        Some((dw, None)) => dw,
+        None => wgrad_gemm(dev, dy, x, xs, ws, oh, ow, spec)?,
+    };
+    Ok((dw, conv2d_backward_bias(dev, dy)?))
+}
+
+/// The weight gradient by the implicit GEMM.
+#[allow(clippy::too_many_arguments)]
+fn wgrad_gemm(
+    dev: &Device,
+    dy: &Array,
+    x: &Array,
+    xs: [usize; 4],
+    ws: [usize; 4],
+    oh: usize,
+    ow: usize,
+    spec: &Conv2dSpec,
+) -> Result<Array> {
+    let dw = Array::empty(dev, &ws)?;
     let g = Geom {
         m: ws[0],
         n: ws[1] * ws[2] * ws[3],
@@ -469,19 +506,40 @@ impl WgradLayout {
     }
 }
 
-/// The weight gradient from per-chunk partial sums [chunks, OC * IC * KH * KW].
-fn sum_chunks(dev: &Device, part: Array, chunks: usize, ws: [usize; 4]) -> Result<Array> {
-    let dw = if chunks == 1 {
+/// The weight gradient from per-chunk partial sums [chunks, OC * IC * KH * KW (+ OC)], and the
+/// bias gradient where each row ends with its OC partial sums.
+fn sum_chunks(
+    dev: &Device,
+    part: Array,
+    chunks: usize,
+    ws: [usize; 4],
+    bias: bool,
+) -> Result<(Array, Option<Array>)> {
+    let sum = if chunks == 1 {
         part
     } else {
         reduce(dev, &part, 0, Reduce::Sum, false)?
     };
-    dw.reshape(&ws)
+    if !bias {
+        return Ok((sum.reshape(&ws)?, None));
+    }
+    let wlen = ws.iter().product::<usize>();
+    let db = Array::empty(dev, &[ws[0]])?;
+    crate::layout::strided_copy(dev, &sum.buf, &db.buf, &[ws[0]], wlen, &[1], 0, &[1])?;
+    let dw = Array {
+        buf: sum
+            .buf
+            .view(wlen, DType::F32)
+            .expect("a prefix of the partial sums"),
+        shape: ws.to_vec(),
+    };
+    Ok((dw, Some(db)))
 }
 
 /// The weight gradient by conv.wgsl's `conv_wgrad` where the direct kernels apply (see
-/// [`force_direct`]) and an image of x and of dy each fit a uniform window, else by
-/// [`wgrad_subgroup`]; None where neither applies.
+/// [`force_direct`]) and an image of x and of dy each fit a uniform window, with the bias
+/// gradient too when `bias`; else by [`wgrad_subgroup`] (no bias); None where neither applies.
+#[allow(clippy::too_many_arguments)]
 fn wgrad_direct(
     dev: &Device,
     dy: &Array,
@@ -490,14 +548,16 @@ fn wgrad_direct(
     oh: usize,
     ow: usize,
     spec: &Conv2dSpec,
-) -> Result<Option<Array>> {
+    bias: bool,
+) -> Result<Option<(Array, Option<Array>)>> {
     let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
     let [oc, _, kh, kw] = ws;
     if !wants_direct(dev) {
         return Ok(None);
     }
     let Some(runs) = uniform_runs(dev, &[(&x.buf, ic * h * w), (&dy.buf, oc * oh * ow)], n)? else {
-        return wgrad_subgroup(dev, dy, x, ws, oh, ow, spec);
+        let dw = wgrad_subgroup(dev, dy, x, ws, oh, ow, spec)?;
+        return Ok(dw.map(|dw| (dw, None)));
     };
     let lay = WgradLayout::new(ic, oc, kh, kw, spec);
     let k = dev.kernel("conv", "conv_wgrad", &lay.consts)?;
@@ -510,7 +570,7 @@ fn wgrad_direct(
         })
         .collect();
     let chunks: usize = chunked.iter().map(|c| c.1).sum();
-    let part = Array::empty(dev, &[chunks, oc * ic * kh * kw])?;
+    let part = Array::empty(dev, &[chunks, oc * (ic * kh * kw + bias as usize)])?;
     let u = |v: usize| v as u32;
     let mut chunk0 = 0;
     for (run, &(chunk, run_chunks)) in runs.iter().zip(&chunked) {
@@ -529,6 +589,7 @@ fn wgrad_direct(
             u(chunk0),
             u(run.windows[0].1),
             u(run.windows[1].1),
+            bias as u32,
         ]);
         dev.launch(
             &k,
@@ -538,7 +599,7 @@ fn wgrad_direct(
         )?;
         chunk0 += run_chunks;
     }
-    sum_chunks(dev, part, chunks, ws).map(Some)
+    sum_chunks(dev, part, chunks, ws, bias).map(Some)
 }
 
 /// The weight gradient by conv_wgrad_sg.wgsl, for software adapters with subgroups where an
@@ -589,7 +650,7 @@ fn wgrad_subgroup(
         &params,
         [u(lay.groups[0]), u(lay.groups[1]), u(chunks)],
     )?;
-    sum_chunks(dev, part, chunks, ws).map(Some)
+    Ok(Some(sum_chunks(dev, part, chunks, ws, false)?.0))
 }
 
 /// `dbias[c]` = sum of dy over batch and space.

@@ -646,10 +646,32 @@ fn conv_cases() {
             1e-3,
             1e-3,
         );
+        let want_db = finite_diff(fb, &b64, 1e-3);
         assert_close(
             &format!("{what} db"),
             &db.to_f32(&d).unwrap(),
-            &finite_diff(fb, &b64, 1e-3),
+            &want_db,
+            1e-3,
+            1e-3,
+        );
+        // Both at once (one pass over dy where the direct kernel runs): the same gradients.
+        let (dw2, db2) = conv::conv2d_backward_weight_bias(&d, &dya, &xa, &ws, &spec).unwrap();
+        assert_eq!(
+            (dw2.shape.as_slice(), db2.shape.as_slice()),
+            (&ws[..], &[ws[0]][..])
+        );
+        let (dw, dw2) = (dw.to_f32(&d).unwrap(), dw2.to_f32(&d).unwrap());
+        assert_close(
+            &format!("{what} dw with db"),
+            &dw2,
+            &to_f64(&dw),
+            1e-6,
+            1e-6,
+        );
+        assert_close(
+            &format!("{what} db with dw"),
+            &db2.to_f32(&d).unwrap(),
+            &want_db,
             1e-3,
             1e-3,
         );
@@ -660,7 +682,7 @@ fn conv_cases() {
     let x = r.vec(xs.iter().product(), -1.0, 1.0);
     let dy = r.vec(62 * 16 * 10 * 10, -1.0, 1.0);
     let spec = Conv2dSpec::default();
-    let dw = conv::conv2d_backward_weight(
+    let (dw, db) = conv::conv2d_backward_weight_bias(
         &d,
         &arr(&d, &dy, &[62, 16, 10, 10]),
         &arr(&d, &x, &xs),
@@ -668,6 +690,17 @@ fn conv_cases() {
         &spec,
     )
     .unwrap();
+    let mut want_db = vec![0.0; 16];
+    for (e, &g) in dy.iter().enumerate() {
+        want_db[e / 100 % 16] += g as f64;
+    }
+    assert_close(
+        "lenet conv2 db",
+        &db.to_f32(&d).unwrap(),
+        &want_db,
+        1e-4,
+        1e-4,
+    );
     let mut want = vec![0.0; 16 * 150];
     for o in 0..16 {
         for c in 0..6 {
@@ -718,8 +751,19 @@ fn conv_cases() {
         let (want, _) = conv::cpu::conv2d(&to_f64(&x), xs, &to_f64(&w), ws, None, &padded);
         assert_close(&what, &y.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
         let dx = conv::conv2d_backward_input(&d, &dya, &wa, &xs, &padded).unwrap();
-        let dw = conv::conv2d_backward_weight(&d, &dya, &xa, &ws, &padded).unwrap();
+        let (dw, db) = conv::conv2d_backward_weight_bias(&d, &dya, &xa, &ws, &padded).unwrap();
         let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        let mut want_db = vec![0.0; co];
+        for (e, &g) in dy.iter().enumerate() {
+            want_db[e / (oh * ow) % co] += g as f64;
+        }
+        assert_close(
+            &format!("{what} db"),
+            &db.to_f32(&d).unwrap(),
+            &want_db,
+            1e-4,
+            1e-4,
+        );
         for (b, o, c) in
             (0..n).flat_map(|b| (0..co).flat_map(move |o| (0..ci).map(move |c| (b, o, c))))
         {
