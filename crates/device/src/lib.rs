@@ -319,6 +319,14 @@ pub struct Counters {
 
 type PipelineKey = (String, String, String);
 
+/// Bytes of a uniform window (see [`Buffer::window`]): 64 KiB, the smallest
+/// `max_uniform_buffer_binding_size` wgpu allows.
+pub const WINDOW_BYTES: u64 = 65536;
+
+/// On software adapters, storage buffers of at least this many bytes are allocated with
+/// [`WINDOW_BYTES`] or more (see `Device::take`).
+const WINDOW_MIN_BYTES: u64 = 2048;
+
 struct Inner {
     adapter: wgpu::Adapter,
     device: wgpu::Device,
@@ -594,7 +602,18 @@ impl Device {
             });
         }
         let cap = l.max_buffer_size.min(max_binding) & !3;
-        let class = buffer::size_class(bytes).min(cap.max(bytes.next_multiple_of(4)));
+        let mut class = buffer::size_class(bytes);
+        // Software adapters' kernels read operands through 64 KiB uniform windows, and a window
+        // binding needs 64 KiB behind it: a medium storage buffer gets that much, so that it is
+        // bound in place instead of copied into a full-size buffer on every read.
+        if usage == Usage::Storage
+            && self.inner.summary.is_software
+            && bytes >= WINDOW_MIN_BYTES
+            && l.max_uniform_buffer_binding_size >= WINDOW_BYTES
+        {
+            class = class.max(WINDOW_BYTES);
+        }
+        let class = class.min(cap.max(bytes.next_multiple_of(4)));
         Ok(self.inner.pool.take(&self.inner.device, usage, class))
     }
 
@@ -943,7 +962,7 @@ impl Device {
             .map(|(&(binding, kind), b)| wgpu::BindGroupEntry {
                 binding,
                 resource: if kind == BindingKind::UniformRead {
-                    b.uniform_binding(self.inner.limits.max_uniform_buffer_binding_size as u64)
+                    b.uniform_binding(self.inner.limits.max_uniform_buffer_binding_size)
                 } else {
                     b.binding()
                 },

@@ -223,7 +223,7 @@ pub(crate) fn or_placeholder(dev: &Device, buf: Option<&Buffer>) -> Result<Buffe
 
 /// f32 elements in the uniform arrays kernels read bulk data through (`array<vec4<f32>, 4096>`,
 /// 64 KiB, the smallest `max_uniform_buffer_binding_size` wgpu allows).
-pub(crate) const WINDOW_FLOATS: usize = 16384;
+pub(crate) const WINDOW_FLOATS: usize = (kiln_device::WINDOW_BYTES / 4) as usize;
 
 /// A run of whole items that one 64 KiB uniform window of each buffer holds.
 pub(crate) struct UniformRun {
