@@ -52,26 +52,39 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
+// (plane, oy, ox) of window o.
+fn window_of(o: u32) -> vec3<u32> {
+    return vec3<u32>(o / (OH * OW), (o % (OH * OW)) / OW, o % OW);
+}
+
+// Input row and column of tap (i, j) of the window at (oy, ox); outside [0, IH) x [0, IW) in
+// the padding.
+fn tap_row(oy: u32, i: u32) -> i32 {
+    return i32(oy * SH + i * DH) - i32(PADH);
+}
+
+fn tap_col(ox: u32, j: u32) -> i32 {
+    return i32(ox * SW + j * DW) - i32(PADW);
+}
+
 @compute @workgroup_size(WG)
 fn pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     // Output index within this dispatch's planes (all of them without WINDOW).
     let o = index(wid, nwg, lid);
     if (o >= p.n) { return; }
-    let plane = o / (OH * OW);
-    let oy = (o % (OH * OW)) / OW;
-    let ox = o % OW;
+    let win = window_of(o);
     var best = -3.402823e38;
     var at = -1;
     var sum = 0.0;
     for (var i = 0u; i < KH; i++) {
-        let iy = i32(oy * SH + i * DH) - i32(PADH);
+        let iy = tap_row(win.y, i);
         if (iy < 0 || iy >= i32(IH)) { continue; }
         for (var j = 0u; j < KW; j++) {
-            let ix = i32(ox * SW + j * DW) - i32(PADW);
+            let ix = tap_col(win.z, j);
             if (ix < 0 || ix >= i32(IW)) { continue; }
             let flat = u32(iy) * IW + u32(ix);
-            let v = x_at(plane, flat);
+            let v = x_at(win.x, flat);
             sum += v;
             if (v > best || at < 0) { best = v; at = i32(flat); }
         }
@@ -126,22 +139,20 @@ fn pool_scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_index) lid: u32) {
     let o = index(wid, nwg, lid);
     if (o >= p.n) { return; }
-    let plane = o / (OH * OW);
-    let oy = (o % (OH * OW)) / OW;
-    let ox = o % OW;
+    let win = window_of(o);
     let g = dy[o];
     var at = -1;
     if (OP == 0u) { at = saved[o]; }
     for (var i = 0u; i < KH; i++) {
-        let iy = i32(oy * SH + i) - i32(PADH);
+        let iy = tap_row(win.y, i);
         if (iy < 0 || iy >= i32(IH)) { continue; }
         for (var j = 0u; j < KW; j++) {
-            let ix = i32(ox * SW + j) - i32(PADW);
+            let ix = tap_col(win.z, j);
             if (ix < 0 || ix >= i32(IW)) { continue; }
             let flat = u32(iy) * IW + u32(ix);
             var v = g / f32(KH * KW);
             if (OP == 0u) { v = select(0.0, g, at == i32(flat)); }
-            out[plane * (IH * IW) + flat] = v;
+            out[win.x * (IH * IW) + flat] = v;
         }
     }
 }
