@@ -57,14 +57,13 @@ fn window_of(o: u32) -> vec3<u32> {
     return vec3<u32>(o / (OH * OW), (o % (OH * OW)) / OW, o % OW);
 }
 
-// Input row and column of tap (i, j) of the window at (oy, ox); outside [0, IH) x [0, IW) in
-// the padding.
-fn tap_row(oy: u32, i: u32) -> i32 {
-    return i32(oy * SH + i * DH) - i32(PADH);
-}
-
-fn tap_col(ox: u32, j: u32) -> i32 {
-    return i32(ox * SW + j * DW) - i32(PADW);
+// Plane element iy * IW + ix under tap (i, j) of window `win`, or -1 where the tap falls in the
+// padding.
+fn tap_flat(win: vec3<u32>, i: u32, j: u32) -> i32 {
+    let iy = i32(win.y * SH + i * DH) - i32(PADH);
+    let ix = i32(win.z * SW + j * DW) - i32(PADW);
+    if (iy < 0 || iy >= i32(IH) || ix < 0 || ix >= i32(IW)) { return -1; }
+    return iy * i32(IW) + ix;
 }
 
 @compute @workgroup_size(WG)
@@ -78,15 +77,12 @@ fn pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var at = -1;
     var sum = 0.0;
     for (var i = 0u; i < KH; i++) {
-        let iy = tap_row(win.y, i);
-        if (iy < 0 || iy >= i32(IH)) { continue; }
         for (var j = 0u; j < KW; j++) {
-            let ix = tap_col(win.z, j);
-            if (ix < 0 || ix >= i32(IW)) { continue; }
-            let flat = u32(iy) * IW + u32(ix);
-            let v = x_at(win.x, flat);
+            let flat = tap_flat(win, i, j);
+            if (flat < 0) { continue; }
+            let v = x_at(win.x, u32(flat));
             sum += v;
-            if (v > best || at < 0) { best = v; at = i32(flat); }
+            if (v > best || at < 0) { best = v; at = flat; }
         }
     }
     let g = p.plane0 * (OH * OW) + o;
@@ -144,15 +140,12 @@ fn pool_scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var at = -1;
     if (OP == 0u) { at = saved[o]; }
     for (var i = 0u; i < KH; i++) {
-        let iy = tap_row(win.y, i);
-        if (iy < 0 || iy >= i32(IH)) { continue; }
         for (var j = 0u; j < KW; j++) {
-            let ix = tap_col(win.z, j);
-            if (ix < 0 || ix >= i32(IW)) { continue; }
-            let flat = u32(iy) * IW + u32(ix);
+            let flat = tap_flat(win, i, j);
+            if (flat < 0) { continue; }
             var v = g / f32(KH * KW);
-            if (OP == 0u) { v = select(0.0, g, at == i32(flat)); }
-            out[win.x * (IH * IW) + flat] = v;
+            if (OP == 0u) { v = select(0.0, g, at == flat); }
+            out[win.x * (IH * IW) + u32(flat)] = v;
         }
     }
 }
