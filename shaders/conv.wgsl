@@ -8,7 +8,9 @@
 // 4 * NQ products per tap, and weights come four channels at a time from a uniform buffer.
 // The input is read through a 64 KiB uniform window too (a software adapter gathers a uniform
 // array's elements in one vector load, a storage buffer's one invocation at a time); a dispatch
-// covers the images p.n0 .. p.n0 + p.n that its window holds, from element p.skip on.
+// covers the images p.n0 .. p.n0 + p.n that its window holds, from element p.skip on. Layers too
+// large for one window split: a dispatch then reads input channels p.ic0 .. p.ic0 + p.ic of one
+// image and writes output channels p.oc0 .. p.oc0 + p.ocp, adding to y after the first part.
 
 override KH: u32 = 1u;
 override KW: u32 = 1u;
@@ -19,13 +21,15 @@ override DW: u32 = 1u;
 override NQ: u32 = 2u;      // quads of output channels per invocation: 1 or 2
 override WINDOW: bool = false; // SW = DW = 1 and KW <= 5
 override FLIP: bool = false;
+override ACCUMULATE: bool = false; // add to y (the parts after a split layer's first)
 override WX: u32 = 64u;
 
 struct Params {
-    n: u32, ic: u32, h: u32, w: u32,
-    oc: u32, oh: u32, ow: u32, ph: u32,
-    pw: u32, xblocks: u32, ocp: u32, has_bias: u32,
-    n0: u32, skip: u32,
+    n: u32, ic: u32, h: u32, w: u32,     // ic: the input channels this dispatch reads
+    oc: u32, oh: u32, ow: u32, ph: u32,  // oc: all output channels
+    pw: u32, xblocks: u32, ocp: u32, has_bias: u32, // ocp: this group's, padded to quads
+    n0: u32, skip: u32, oc0: u32, ic0: u32,
+    ic_all: u32,
 }
 
 @group(0) @binding(0) var<uniform> xu: array<vec4<f32>, 4096>; // window of x [N, IC, H, W]
@@ -100,11 +104,12 @@ fn conv_direct(@builtin(global_invocation_id) gid: vec3<u32>,
             }
         }
     }
-    store(p.n0 + img, oy, ox0, 4u * q0, a0);
-    if (NQ > 1u) { store(p.n0 + img, oy, ox0, 4u * q0 + 4u, a1); }
+    store(p.n0 + img, oy, ox0, p.oc0 + 4u * q0, a0);
+    if (NQ > 1u) { store(p.n0 + img, oy, ox0, p.oc0 + 4u * q0 + 4u, a1); }
 }
 
-// Writes one accumulator block: channels oc0..oc0+4 by columns ox0..ox0+4, inside the output.
+// Writes one accumulator block: channels oc0..oc0+4 by columns ox0..ox0+4, inside the output;
+// the bias is added by the first part, later parts add to what it wrote.
 fn store(img: u32, oy: u32, ox0: u32, oc0: u32, a: mat4x4<f32>) {
     for (var e = 0u; e < 4u; e++) {
         let oc = oc0 + e;
@@ -113,13 +118,19 @@ fn store(img: u32, oy: u32, ox0: u32, oc0: u32, a: mat4x4<f32>) {
         if (p.has_bias != 0u) { b = bias[oc]; }
         let base = ((img * p.oc + oc) * p.oh + oy) * p.ow;
         for (var c = 0u; c < 4u; c++) {
-            if (ox0 + c < p.ow) { y[base + ox0 + c] = a[c][e] + b; }
+            let o = base + ox0 + c;
+            if (ox0 + c < p.ow) {
+                var add = b;
+                if (ACCUMULATE) { add = y[o]; }
+                y[o] = a[c][e] + add;
+            }
         }
     }
 }
 
-// Packs w [OC, IC, KH, KW] (or, with FLIP, w [IC, OC, KH, KW] flipped in space) into
-// [IC][KH][KW][ocp] with zeros past OC, for conv_direct's uniform buffer.
+// Packs input channels ic0 .. ic0 + ic and output channels oc0 .. oc0 + ocp of w [OC, IC_ALL, KH, KW]
+// (or, with FLIP, w [IC_ALL, OC, KH, KW] flipped in space) into [ic][KH][KW][ocp] with zeros past
+// OC, for conv_direct's uniform buffer.
 @group(0) @binding(0) var<storage, read> w_src: array<f32>;
 @group(0) @binding(1) var<storage, read_write> w_packed: array<f32>;
 @group(0) @binding(2) var<uniform> pp: Params;
@@ -128,17 +139,17 @@ fn store(img: u32, oy: u32, ox0: u32, oc0: u32, a: mat4x4<f32>) {
 fn pack_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
     let e = gid.x;
     if (e >= pp.ic * KH * KW * pp.ocp) { return; }
-    let oc = e % pp.ocp;
+    let oc = pp.oc0 + e % pp.ocp;
     let r = e / pp.ocp;
     let j = r % KW;
     let i = (r / KW) % KH;
-    let ic = r / (KW * KH);
+    let ic = pp.ic0 + r / (KW * KH);
     var v = 0.0;
     if (oc < pp.oc) {
         if (FLIP) {
             v = w_src[((ic * pp.oc + oc) * KH + (KH - 1u - i)) * KW + (KW - 1u - j)];
         } else {
-            v = w_src[((oc * pp.ic + ic) * KH + i) * KW + j];
+            v = w_src[((oc * pp.ic_all + ic) * KH + i) * KW + j];
         }
     }
     w_packed[e] = v;

@@ -2,17 +2,19 @@
 //! gradient, weight gradient; bias gradient by reduction.
 //!
 //! GPUs run all three as implicit GEMM on the matmul's tiled kernel. Software adapters run direct
-//! kernels where their limits allow (packed weights within a 64 KiB uniform buffer, one image of
-//! each input within a 64 KiB uniform window, the input gradient at stride 1): there a load costs
-//! far more than a multiply-add, so the direct kernels reuse each loaded value across a kernel
-//! row and read through uniform arrays, which software adapters gather fastest. Elsewhere they
-//! fall back to the implicit GEMM.
+//! kernels where their limits allow: there a load costs far more than a multiply-add, so the
+//! direct kernels reuse each loaded value across a kernel row and read through 64 KiB uniform
+//! arrays, which software adapters gather fastest. The forward pass and the input gradient (at
+//! stride 1) split a layer whose images or packed weights outgrow a window into parts of input
+//! channels and groups of output channels; they need one input plane within a window. The weight
+//! gradient needs one image of x and of dy within a window (or subgroups). Elsewhere they fall
+//! back to the implicit GEMM.
 
 use crate::matmul::{gemm, Geom, Mode};
 use crate::reduce::{reduce, Reduce};
 use crate::{
-    expect_dtype, launch_1d, or_placeholder, uniform_runs, Array, DType, Device, OpError, Params,
-    Result, Switch, WINDOW_FLOATS,
+    expect_dtype, launch_1d, or_placeholder, uniform_runs, uniform_window, Array, Buffer, DType,
+    Device, OpError, Params, Result, Switch, WINDOW_FLOATS,
 };
 
 /// Overrides where convolutions take conv.wgsl's direct kernels: `Some(true)` wherever their
@@ -74,16 +76,96 @@ struct Direct {
     flip: bool,
 }
 
+/// One dispatch's slice of a direct correlation: input channels `ic0 .. ic0 + ic_len` of the
+/// images `n0 .. n0 + n`, read through `window` from element `skip` on.
+struct Slice {
+    ic0: usize,
+    ic_len: usize,
+    n0: usize,
+    n: usize,
+    window: Buffer,
+    skip: usize,
+}
+
 impl Direct {
-    /// Whether the direct kernel applies: a software adapter (GPUs take the tiled GEMM) and
-    /// packed weights within the uniform array.
+    /// Whether the direct kernel applies: a software adapter (GPUs take the tiled GEMM).
     fn applies(&self, dev: &Device) -> bool {
-        let (_, ocp) = channel_quads(self.oc);
-        wants_direct(dev) && self.ic * self.kernel.0 * self.kernel.1 * ocp <= WINDOW_FLOATS
+        wants_direct(dev)
     }
 
-    /// Runs the kernel; false (nothing launched) where one input image is larger than the
-    /// uniform window.
+    /// How the layer splits to fit 64 KiB uniform windows: input channels per part, so that one
+    /// image's part fits a window (all of them where a whole image does), and output channels per
+    /// group, so that a part's packed weights for one group fit; both balanced across the parts
+    /// and groups. None where one input plane, or one channel block's weights for a single
+    /// input channel, is larger than a window.
+    fn split(&self, align: usize) -> Option<(usize, usize)> {
+        let (nq, ocp) = channel_quads(self.oc);
+        let block = 4 * nq;
+        let taps = self.kernel.0 * self.kernel.1;
+        // Floats a window holds from any start (a binding offset is aligned).
+        let room = WINDOW_FLOATS + 1 - align;
+        let plane = self.h * self.w;
+        let most = if self.ic * plane <= room {
+            self.ic
+        } else {
+            room / plane
+        }
+        .min(WINDOW_FLOATS / (taps * block));
+        if most == 0 {
+            return None;
+        }
+        let icp = self.ic.div_ceil(self.ic.div_ceil(most));
+        let most_oc = (WINDOW_FLOATS / (icp * taps) / block * block).min(ocp);
+        let og = ocp.div_ceil(ocp.div_ceil(most_oc)).next_multiple_of(block);
+        Some((icp, og))
+    }
+
+    /// The input's windows: runs of whole images where a window holds one image, else one
+    /// image's part of `icp` channels per window, part after part. None where a window does not
+    /// fit.
+    fn slices(&self, dev: &Device, x: &Array, icp: usize) -> Result<Option<Vec<Slice>>> {
+        let plane = self.h * self.w;
+        let mut slices = Vec::new();
+        if icp == self.ic {
+            let Some(runs) = uniform_runs(dev, &[(&x.buf, self.ic * plane)], self.n)? else {
+                return Ok(None);
+            };
+            for run in runs {
+                let (window, skip) = run.windows[0].clone();
+                slices.push(Slice {
+                    ic0: 0,
+                    ic_len: self.ic,
+                    n0: run.first,
+                    n: run.count,
+                    window,
+                    skip,
+                });
+            }
+            return Ok(Some(slices));
+        }
+        // Part by part, so that the parts' weights are packed once each.
+        for ic0 in (0..self.ic).step_by(icp) {
+            for img in 0..self.n {
+                let ic_len = icp.min(self.ic - ic0);
+                let start = (img * self.ic + ic0) * plane;
+                let Some((window, skip)) = uniform_window(dev, &x.buf, start, ic_len * plane)
+                else {
+                    return Ok(None);
+                };
+                slices.push(Slice {
+                    ic0,
+                    ic_len,
+                    n0: img,
+                    n: 1,
+                    window,
+                    skip,
+                });
+            }
+        }
+        Ok(Some(slices))
+    }
+
+    /// Runs the kernel; false (nothing launched) where the layer does not split into windows.
     fn run(
         &self,
         dev: &Device,
@@ -92,18 +174,23 @@ impl Direct {
         bias: Option<&Array>,
         y: &Array,
     ) -> Result<bool> {
-        let image = self.ic * self.h * self.w;
-        let Some(runs) = uniform_runs(dev, &[(&x.buf, image)], self.n)? else {
+        let align = dev.limits().min_uniform_buffer_offset_alignment as usize / 4;
+        let Some((icp, og)) = self.split(align) else {
+            return Ok(false);
+        };
+        let Some(slices) = self.slices(dev, x, icp)? else {
             return Ok(false);
         };
         let (nq, ocp) = channel_quads(self.oc);
         let xblocks = self.ow.div_ceil(4);
         let window = self.stride.1 == 1 && self.dil.1 == 1 && self.kernel.1 <= 5;
+        let taps = self.kernel.0 * self.kernel.1;
         let u = |v: usize| v as u32;
-        let params = |n0: usize, n: usize, skip: usize| {
+        // Slice `s` of the input against output channels oc0 .. oc0 + group.
+        let params = |s: &Slice, oc0: usize, group: usize| {
             Params::new().us(&[
-                u(n),
-                u(self.ic),
+                u(s.n),
+                u(s.ic_len),
                 u(self.h),
                 u(self.w),
                 u(self.oc),
@@ -112,10 +199,13 @@ impl Direct {
                 u(self.pad.0),
                 u(self.pad.1),
                 u(xblocks),
-                u(ocp),
+                u(group),
                 u(bias.is_some() as usize),
-                u(n0),
-                u(skip),
+                u(s.n0),
+                u(s.skip),
+                u(oc0),
+                u(s.ic0),
+                u(self.ic),
             ])
         };
         let f = |v: usize| v as f64;
@@ -126,36 +216,53 @@ impl Direct {
             ("FLIP", f(self.flip as usize)),
             ("WX", f(DIRECT_WX)),
         ]);
-        // The uniform binding needs the whole 64 KiB array, packed on the device.
-        let packed = dev.alloc(WINDOW_FLOATS, DType::F32)?;
         let pack = dev.kernel("conv", "pack_weights", &consts)?;
-        launch_1d(
-            dev,
-            &pack,
-            &[&w.buf, &packed],
-            &params(0, self.n, 0),
-            self.ic * self.kernel.0 * self.kernel.1 * ocp,
-        )?;
         let k = dev.kernel("conv", "conv_direct", &consts)?;
+        // Later parts add to y: a separate pipeline, so that the first part and whole layers
+        // compile without the load.
+        consts.push(("ACCUMULATE", 1.0));
+        let k_add = if icp < self.ic {
+            dev.kernel("conv", "conv_direct", &consts)?
+        } else {
+            k.clone()
+        };
         let bias_buf = or_placeholder(dev, bias.map(|b| &b.buf))?;
-        for run in &runs {
-            let invocations = run.count * self.oh * xblocks;
-            let groups = [
-                u32::try_from(invocations.div_ceil(DIRECT_WX)).map_err(|_| OpError::Invalid {
-                    op: "conv2d",
-                    message: format!(
-                        "{invocations} output rows exceed what one dispatch can index"
-                    ),
-                })?,
-                u(ocp / (4 * nq)),
-                1,
-            ];
-            dev.launch(
-                &k,
-                &[&run.windows[0].0, &packed, &bias_buf, &y.buf],
-                &params(run.first, run.count, run.windows[0].1),
-                groups,
-            )?;
+        // Parts in order, so that each adds to what the earlier ones wrote.
+        for part in slices.chunk_by(|a, b| a.ic0 == b.ic0) {
+            let first = &part[0];
+            for oc0 in (0..ocp).step_by(og) {
+                let group = og.min(ocp - oc0);
+                // The uniform binding needs the whole 64 KiB array, packed on the device.
+                let packed = dev.alloc(WINDOW_FLOATS, DType::F32)?;
+                launch_1d(
+                    dev,
+                    &pack,
+                    &[&w.buf, &packed],
+                    &params(first, oc0, group),
+                    first.ic_len * taps * group,
+                )?;
+                for s in part {
+                    let invocations = s.n * self.oh * xblocks;
+                    let groups = [
+                        u32::try_from(invocations.div_ceil(DIRECT_WX)).map_err(|_| {
+                            OpError::Invalid {
+                                op: "conv2d",
+                                message: format!(
+                                    "{invocations} output rows exceed what one dispatch can index"
+                                ),
+                            }
+                        })?,
+                        u(group / (4 * nq)),
+                        1,
+                    ];
+                    dev.launch(
+                        if s.ic0 == 0 { &k } else { &k_add },
+                        &[&s.window, &packed, &bias_buf, &y.buf],
+                        &params(s, oc0, group),
+                        groups,
+                    )?;
+                }
+            }
         }
         Ok(true)
     }

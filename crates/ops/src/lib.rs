@@ -271,10 +271,9 @@ pub(crate) fn uniform_runs(
                     n,
                 )?;
             }
-            sources.push((full, 0));
+            sources.push(full);
         } else {
-            let last = (buf.capacity() as usize / 4 - WINDOW_FLOATS) / align * align;
-            sources.push((buf.clone(), last));
+            sources.push(buf.clone());
         }
     }
     let mut runs = Vec::new();
@@ -282,15 +281,9 @@ pub(crate) fn uniform_runs(
     while first < items {
         let mut count = items - first;
         let mut windows = Vec::new();
-        for ((src, last), &(_, len)) in sources.iter().zip(bufs) {
-            let start = first * len;
-            // The window starts at or before the run, aligned, inside the allocation.
-            let at = (start / align * align).min(*last);
-            let skip = start - at;
+        for (src, &(_, len)) in sources.iter().zip(bufs) {
+            let (window, skip) = window_at(src, align, first * len);
             count = count.min((WINDOW_FLOATS - skip) / len);
-            let window = src
-                .window((at * 4) as u64, WINDOW_FLOATS)
-                .expect("window inside the allocation");
             windows.push((window, skip));
         }
         runs.push(UniformRun {
@@ -301,6 +294,35 @@ pub(crate) fn uniform_runs(
         first += count;
     }
     Ok(Some(runs))
+}
+
+/// The 64 KiB uniform window of `buf` (a window's size or larger) that starts at or before
+/// element `start`, aligned, inside the allocation, and the elements from its start to `start`.
+fn window_at(buf: &Buffer, align: usize, start: usize) -> (Buffer, usize) {
+    let last = (buf.capacity() as usize / 4 - WINDOW_FLOATS) / align * align;
+    let at = (start / align * align).min(last);
+    let window = buf
+        .window((at * 4) as u64, WINDOW_FLOATS)
+        .expect("window inside the allocation");
+    (window, start - at)
+}
+
+/// The 64 KiB uniform window of `buf` that holds its elements `start .. start + len`, and the
+/// elements from the window's start to `start`, for a kernel that reads one range of a larger
+/// buffer through a uniform array. None where the range (plus the offset alignment's slack) is
+/// larger than a window or the buffer's allocation is smaller than one.
+pub(crate) fn uniform_window(
+    dev: &Device,
+    buf: &Buffer,
+    start: usize,
+    len: usize,
+) -> Option<(Buffer, usize)> {
+    let align = dev.limits().min_uniform_buffer_offset_alignment as usize / 4;
+    if len == 0 || buf.capacity() < (WINDOW_FLOATS * 4) as u64 {
+        return None;
+    }
+    let (window, skip) = window_at(buf, align, start);
+    (skip + len <= WINDOW_FLOATS).then_some((window, skip))
 }
 
 /// Workgroup size of the 1-D kernels (the WGSL `WG` constant).
