@@ -1,5 +1,5 @@
 //! conv2d throughput (GFLOP/s from GPU timestamps where available): forward, input gradient and
-//! weight gradient, one JSON line each, on LeNet's conv2 at batch 256 and a 3x3 128->128 conv on
+//! weight gradient, one JSON line each, on LeNet's conv1 and conv2 at batch 256 and a 3x3 128->128 conv on
 //! 56x56 at batch 32 (batch 2 on software adapters, named in the line).
 //! Run: cargo bench --bench conv2d (KILN_CASE=lenet_conv2 runs one case). PyTorch on the same
 //! shapes: benches/pytorch/conv2d.py.
@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
     let reps = if soft { 2 } else { 20 };
     // (name, x shape, w shape, padding)
     let cases = [
+        ("lenet_conv1", [256, 1, 28, 28], [6, 1, 5, 5], 2),
         ("lenet_conv2", [256, 6, 14, 14], [16, 6, 5, 5], 0),
         (
             "conv3x3_128",
