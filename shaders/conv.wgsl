@@ -159,8 +159,9 @@ fn pack_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
 //   dw[oc, ic, i, j] = sum over (img, oy, ox) of dy[img, oc, oy, ox] * x[img, ic, iy, ix],
 //   iy = oy*SH + i*DH - ph, ix = ox*SW + j*DW - pw.
 // Each invocation owns NQ quads of output channels by a quad of j for one (ic, i), and sums over
-// the pixels of one chunk of the images its dispatch's windows hold (workgroup z); the caller adds
-// the chunks' partial sums. Every invocation walks the same pixels in the same order, so each dy
+// the pixels of one chunk of the images its dispatch's windows hold, or of a part of their rows
+// where a layer has too few invocations to share out otherwise (workgroup z); the caller adds the
+// chunks' partial sums. Every invocation walks the same pixels in the same order, so each dy
 // value is one gather of a single address. Along W at stride 1 and dilation 1 (WINDOW) the four
 // input columns slide by one per pixel in registers: a pixel costs one input load.
 // With q.bias, each chunk's row of partial sums ends with the bias gradient's: the sum of dy over
@@ -169,7 +170,7 @@ struct WgradParams {
     n: u32, ic: u32, h: u32, w: u32,
     oc: u32, oh: u32, ow: u32, ph: u32,
     pw: u32, jquads: u32, chunk: u32, chunk0: u32,
-    skip: u32, dskip: u32, bias: u32,
+    skip: u32, dskip: u32, bias: u32, rparts: u32,
 }
 
 @group(0) @binding(1) var<uniform> dyu: array<vec4<f32>, 4096>; // window of dy [N, OC, OH, OW]
@@ -204,10 +205,14 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
     var a1 = mat4x4<f32>();
     var s0 = vec4<f32>(); // sums of dy for channels oc0 .. oc0 + 4 (the bias gradient)
     var s1 = vec4<f32>();
-    let img_end = min(q.n, (wid.z + 1u) * q.chunk);
-    for (var img = wid.z * q.chunk; img < img_end; img++) {
+    // Workgroup z: a chunk of images by a part of their output rows.
+    let rp = wid.z % q.rparts;
+    let cz = wid.z / q.rparts;
+    let img_end = min(q.n, (cz + 1u) * q.chunk);
+    let oy_end = (rp + 1u) * q.oh / q.rparts;
+    for (var img = cz * q.chunk; img < img_end; img++) {
         let dimg = q.dskip + (img * q.oc + oc0) * plane;
-        for (var oy = 0u; oy < q.oh; oy++) {
+        for (var oy = rp * q.oh / q.rparts; oy < oy_end; oy++) {
             let iy = i32(oy * SH + i * DH) - i32(q.ph);
             let row_ok = iy >= 0 && iy < i32(q.h);
             let row = q.skip + ((img * q.ic + ic) * q.h + u32(clamp(iy, 0, i32(q.h) - 1))) * q.w;

@@ -668,19 +668,22 @@ fn wgrad_direct(
     };
     let lay = WgradLayout::new(ic, oc, kh, kw, spec);
     let k = dev.kernel("conv", "conv_wgrad", &lay.consts)?;
-    // Each dispatch sums a run's images in chunks, one per workgroup z.
-    let chunked: Vec<(usize, usize)> = runs
+    // Each dispatch sums a run's images in chunks, and where a run has fewer images than the
+    // chunks wanted, their rows in parts too: one chunk and part per workgroup z.
+    let chunked: Vec<(usize, usize, usize)> = runs
         .iter()
         .map(|r| {
             let chunk = r.count.div_ceil(lay.want_chunks.min(r.count));
-            (chunk, r.count.div_ceil(chunk))
+            let chunks = r.count.div_ceil(chunk);
+            let rparts = lay.want_chunks.div_ceil(chunks).min(oh);
+            (chunk, chunks * rparts, rparts)
         })
         .collect();
     let chunks: usize = chunked.iter().map(|c| c.1).sum();
     let part = Array::empty(dev, &[chunks, oc * (ic * kh * kw + bias as usize)])?;
     let u = |v: usize| v as u32;
     let mut chunk0 = 0;
-    for (run, &(chunk, run_chunks)) in runs.iter().zip(&chunked) {
+    for (run, &(chunk, run_chunks, rparts)) in runs.iter().zip(&chunked) {
         let params = Params::new().us(&[
             u(run.count),
             u(ic),
@@ -697,6 +700,7 @@ fn wgrad_direct(
             u(run.windows[0].1),
             u(run.windows[1].1),
             bias as u32,
+            u(rparts),
         ]);
         dev.launch(
             &k,
