@@ -731,12 +731,14 @@ fn conv_cases() {
     // starting mid-image and one pinned to the allocation's end; then images larger than a
     // window (the weight gradient takes conv_wgrad_sg where there are subgroups), which the
     // direct correlation splits into parts of input channels, one with two groups of output
-    // channels (72 x 20 x 5 x 5 weights); last, weights in two groups while images fit.
+    // channels (72 x 20 x 5 x 5 weights); then weights in two groups while images fit; last, a
+    // plane larger than a window (the implicit GEMM).
     for (xs, ws, pad) in [
         ([23, 3, 21, 21], [5, 3, 5, 5], 2),
         ([1, 2, 100, 90], [3, 2, 3, 3], 1),
         ([1, 20, 30, 30], [72, 20, 5, 5], 0),
         ([3, 40, 6, 6], [48, 40, 3, 3], 1),
+        ([1, 1, 130, 130], [2, 1, 3, 3], 1),
     ] {
         let [n, ci, h, wd] = xs;
         let [co, _, k, _] = ws;
