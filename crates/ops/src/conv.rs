@@ -88,11 +88,6 @@ struct Slice {
 }
 
 impl Direct {
-    /// Whether the direct kernel applies: a software adapter (GPUs take the tiled GEMM).
-    fn applies(&self, dev: &Device) -> bool {
-        wants_direct(dev)
-    }
-
     /// How the layer splits to fit 64 KiB uniform windows: input channels per part, so that one
     /// image's part fits a window (all of them where a whole image does), and output channels per
     /// group, so that a part's packed weights for one group fit; both balanced across the parts
@@ -165,7 +160,8 @@ impl Direct {
         Ok(Some(slices))
     }
 
-    /// Runs the kernel; false (nothing launched) where the layer does not split into windows.
+    /// Runs the kernel; false (nothing launched) where it does not apply: on a GPU (GPUs take the
+    /// tiled GEMM, see [`force_direct`]) or where the layer does not split into windows.
     fn run(
         &self,
         dev: &Device,
@@ -174,6 +170,9 @@ impl Direct {
         bias: Option<&Array>,
         y: &Array,
     ) -> Result<bool> {
+        if !wants_direct(dev) {
+            return Ok(false);
+        }
         let align = dev.limits().min_uniform_buffer_offset_alignment as usize / 4;
         let Some((icp, og)) = self.split(align) else {
             return Ok(false);
@@ -414,7 +413,7 @@ pub fn conv2d(
         dil: spec.dilation,
         flip: false,
     };
-    if direct.applies(dev) && direct.run(dev, x, w, bias, &y)? {
+    if direct.run(dev, x, w, bias, &y)? {
         return Ok(y);
     }
     let g = Geom {
@@ -474,7 +473,7 @@ pub fn conv2d_backward_input(
             dil: spec.dilation,
             flip: true,
         };
-        if direct.applies(dev) && direct.run(dev, dy, w, None, &dx)? {
+        if direct.run(dev, dy, w, None, &dx)? {
             return Ok(dx);
         }
     }

@@ -173,7 +173,7 @@ fn backward(
     let (oh, ow) = (dy.shape[2], dy.shape[3]);
     let dx = Array::empty(dev, &xs)?;
     let c = &spec.conv;
-    if disjoint(spec) {
+    let (entry, n) = if disjoint(spec) {
         let covers_all = c.padding == (0, 0)
             && spec.kernel == c.stride
             && oh * c.stride.0 == xs[2]
@@ -181,16 +181,12 @@ fn backward(
         if !covers_all {
             crate::fill(dev, &dx.buf, 0.0)?;
         }
-        let k = kernel(dev, "pool_scatter", op, xs, (oh, ow), spec, false)?;
-        let n = dy.numel();
-        let p = params(n, 0, 0);
-        launch_1d(dev, &k, &[&dx.buf, &dy.buf, idx], &p, n)?;
+        ("pool_scatter", dy.numel())
     } else {
-        let k = kernel(dev, "pool_backward", op, xs, (oh, ow), spec, false)?;
-        let n = dx.numel();
-        let p = params(n, 0, 0);
-        launch_1d(dev, &k, &[&dx.buf, &dy.buf, idx], &p, n)?;
-    }
+        ("pool_backward", dx.numel())
+    };
+    let k = kernel(dev, entry, op, xs, (oh, ow), spec, false)?;
+    launch_1d(dev, &k, &[&dx.buf, &dy.buf, idx], &params(n, 0, 0), n)?;
     Ok(dx)
 }
 
