@@ -137,6 +137,12 @@ pub fn force_path(path: Option<bool>) {
 }
 static FORCE: Switch = Switch::new();
 
+/// Whether f32 GEMMs take the GPU kernels (tiles) rather than the software ones: on GPUs, unless
+/// [`force_path`] says otherwise.
+fn tiled(dev: &Device) -> bool {
+    FORCE.get().unwrap_or(!dev.adapter().is_software)
+}
+
 /// Turns uniform-buffer reads in software matmuls on (the default) or off (tests): `gemm_uniform`
 /// and `gemm_direct`'s copy of a small A.
 pub fn use_uniform_a(on: bool) {
@@ -158,8 +164,7 @@ impl GemmPath {
     /// way narrow along a small M or N, so small layers (LeNet's six channels) do not compute
     /// mostly padding. [`force_path`] overrides the choice (`Some(true)`: tiled).
     pub fn choose(dev: &Device, m: usize, n: usize) -> GemmPath {
-        let tiled = FORCE.get().unwrap_or(!dev.adapter().is_software);
-        if tiled {
+        if tiled(dev) {
             GemmPath::tiled(m, n)
         } else {
             // 8 x 8 measured best on lavapipe: speed follows products per load instruction.
@@ -543,11 +548,7 @@ fn matmul_uniform(
     tb: bool,
     bias: Option<&Array>,
 ) -> Result<Option<Array>> {
-    let software = match FORCE.get() {
-        Some(tiled) => !tiled,
-        None => dev.adapter().is_software,
-    };
-    if !software || !UNIFORM_A.load(Relaxed) {
+    if tiled(dev) || !UNIFORM_A.load(Relaxed) {
         return Ok(None);
     }
     let (m, k) = if ta {
