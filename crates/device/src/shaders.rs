@@ -232,6 +232,81 @@ mod tests {
         assert!(msg.contains("broken_kernel.wgsl"), "{msg}");
     }
 
+    /// Steps a loop may take: one, halving, or a workgroup, tile or subgroup size (overrides that
+    /// kiln sets to positive values, and the subgroup size, which is at least 1).
+    const STEPS: [&str; 7] = ["BK", "NT", "WG", "S", "sg", "lanes", "4u * sg"];
+
+    /// The first loop in `src` that is not a `for` stepping its own counter by one of `STEPS`
+    /// towards its bound, as its header.
+    fn unbounded_loop(src: &str) -> Option<String> {
+        let code: String = src
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let words = |s: &str| -> Vec<String> {
+            s.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        if let Some(w) = words(&code)
+            .into_iter()
+            .find(|w| w == "while" || w == "loop")
+        {
+            return Some(w);
+        }
+        for (at, _) in code.match_indices("for (") {
+            let rest = &code[at + 5..];
+            let header = &rest[..rest.find(") {").unwrap_or(rest.len())];
+            let parts: Vec<&str> = header.split(';').map(str::trim).collect();
+            let [init, cond, step] = parts[..] else {
+                return Some(header.to_string());
+            };
+            let var = init
+                .strip_prefix("var ")
+                .and_then(|v| v.split([' ', ':']).next())
+                .unwrap_or("");
+            let ok = if let Some(by) = step.strip_prefix(&format!("{var} += ")) {
+                STEPS.contains(&by) && cond.starts_with(&format!("{var} < "))
+            } else if step == format!("{var}++") {
+                cond.starts_with(&format!("{var} < "))
+            } else if step == format!("{var}--") {
+                // Counting down ends at zero only for a signed counter.
+                init.starts_with(&format!("var {var} = i32(")) && cond == format!("{var} >= 0")
+            } else {
+                step == format!("{var} = {var} / 2u") && cond == format!("{var} > 0u")
+            };
+            if !ok {
+                return Some(header.to_string());
+            }
+        }
+        None
+    }
+
+    /// Shader modules are created without wgpu's loop bounding (see `Device::module`), so every
+    /// loop must end by itself.
+    #[test]
+    fn every_loop_steps_towards_its_bound() {
+        for (name, src) in SHADERS {
+            assert_eq!(unbounded_loop(src), None, "{name}.wgsl");
+        }
+        let bad = [
+            "for (var i = 0u; i < n; i += p.step) {",
+            "for (var i = 0u; i > n; i++) {",
+            "for (var i = 8u; i >= 0u; i++) {",
+            "for (var i = 0u; j < n; i++) {",
+            "for (var i = n - 1u; i >= 0; i--) {",
+            "for (i = 0u; i < n; i++) {",
+            "loop { if (x) { break; } }",
+            "while (x) { }",
+        ];
+        for b in bad {
+            assert!(unbounded_loop(b).is_some(), "{b}");
+        }
+        assert_eq!(unbounded_loop("for (var i = lid; i < n; i += WG) {"), None);
+    }
+
     #[test]
     fn bindings_are_reflected_per_entry_point() {
         let v = validate("fill", source("fill").unwrap()).unwrap();
