@@ -23,6 +23,9 @@ override WINDOW: bool = false; // SW = DW = 1 and KW <= 5
 override FLIP: bool = false;
 override ACCUMULATE: bool = false; // add to y (the parts after a split layer's first)
 override WX: u32 = 64u;
+// conv_wgrad with WINDOW: kernel columns past the first four that each invocation also owns
+// (0 to 3; KW = 4 + TAIL where used), so that a 5-wide kernel needs no second, mostly empty quad.
+override TAIL: u32 = 0u;
 
 struct Params {
     n: u32, ic: u32, h: u32, w: u32,     // ic: the input channels this dispatch reads
@@ -158,12 +161,13 @@ fn pack_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
 // Weight gradient, the same correlation read the other way round:
 //   dw[oc, ic, i, j] = sum over (img, oy, ox) of dy[img, oc, oy, ox] * x[img, ic, iy, ix],
 //   iy = oy*SH + i*DH - ph, ix = ox*SW + j*DW - pw.
-// Each invocation owns NQ quads of output channels by a quad of j for one (ic, i), and sums over
-// the pixels of one chunk of the images its dispatch's windows hold, or of a part of their rows
-// where a layer has too few invocations to share out otherwise (workgroup z); the caller adds the
-// chunks' partial sums. Every invocation walks the same pixels in the same order, so each dy
-// value is one gather of a single address. Along W at stride 1 and dilation 1 (WINDOW) the four
-// input columns slide by one per pixel in registers: a pixel costs one input load.
+// Each invocation owns NQ quads of output channels by a quad of j (and TAIL more) for one (ic, i),
+// and sums over the pixels of one chunk of the images its dispatch's windows hold, or of a part
+// of their rows where a layer has too few invocations to share out otherwise (workgroup z); the
+// caller adds the chunks' partial sums. Every invocation walks the same pixels in the same order,
+// so each dy value is one gather of a single address; the more columns an invocation owns, the
+// more products each such load serves. Along W at stride 1 and dilation 1 (WINDOW) the input
+// columns slide by one per pixel in registers: a pixel costs one input load.
 // With q.bias, each chunk's row of partial sums ends with the bias gradient's: the sum of dy over
 // the chunk's pixels, which invocation 0 of each channel block adds up from the dy it loads anyway.
 struct WgradParams {
@@ -205,6 +209,8 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
     var a1 = mat4x4<f32>();
     var s0 = vec4<f32>(); // sums of dy for channels oc0 .. oc0 + 4 (the bias gradient)
     var s1 = vec4<f32>();
+    var t0 = mat4x4<f32>(); // column c: channels oc0 .. oc0 + 4 for j = j0 + 4 + c, c < TAIL
+    var t1 = mat4x4<f32>();
     // Workgroup z: a chunk of images by a part of their output rows.
     let rp = wid.z % q.rparts;
     let cz = wid.z / q.rparts;
@@ -217,15 +223,27 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
             let row_ok = iy >= 0 && iy < i32(q.h);
             let row = q.skip + ((img * q.ic + ic) * q.h + u32(clamp(iy, 0, i32(q.h) - 1))) * q.w;
             var win = vec4<f32>(0.0);
+            var tl = vec4<f32>(0.0); // the TAIL columns after win
             if (WINDOW) {
                 win = vec4<f32>(tap(row, row_ok, ix0, q.w), tap(row, row_ok, ix0 + 1, q.w),
                                 tap(row, row_ok, ix0 + 2, q.w), tap(row, row_ok, ix0 + 3, q.w));
+                for (var c = 0u; c < TAIL; c++) {
+                    tl[c] = tap(row, row_ok, ix0 + 4 + i32(c), q.w);
+                }
             }
             for (var ox = 0u; ox < q.ow; ox++) {
                 var v = win;
+                let t = tl;
                 let ix = ix0 + i32(ox * SW);
                 if (WINDOW) {
-                    win = vec4<f32>(win.yzw, tap(row, row_ok, ix + 4, q.w));
+                    let next = tap(row, row_ok, ix + 4 + i32(TAIL), q.w);
+                    if (TAIL == 0u) {
+                        win = vec4<f32>(win.yzw, next);
+                    } else {
+                        win = vec4<f32>(win.yzw, tl.x);
+                        tl = vec4<f32>(tl.yzw, 0.0);
+                        tl[max(TAIL, 1u) - 1u] = next;
+                    }
                 } else {
                     let d = i32(DW);
                     v = vec4<f32>(tap(row, row_ok, ix, q.w), tap(row, row_ok, ix + d, q.w),
@@ -236,10 +254,12 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
                 let d0 = dy_quad(e, plane, oc0);
                 a0 += outer(d0, v);
                 s0 += d0;
+                for (var c = 0u; c < TAIL; c++) { t0[c] += d0 * t[c]; }
                 if (NQ > 1u) {
                     let d1 = dy_quad(e + 4u * plane, plane, oc0 + 4u);
                     a1 += outer(d1, v);
                     s1 += d1;
+                    for (var c = 0u; c < TAIL; c++) { t1[c] += d1 * t[c]; }
                 }
             }
         }
@@ -247,6 +267,10 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
     let chunk = q.chunk0 + wid.z;
     store_wgrad(chunk, ic, i, j0, oc0, a0);
     if (NQ > 1u) { store_wgrad(chunk, ic, i, j0, oc0 + 4u, a1); }
+    if (TAIL > 0u) {
+        store_wgrad(chunk, ic, i, j0 + 4u, oc0, t0);
+        if (NQ > 1u) { store_wgrad(chunk, ic, i, j0 + 4u, oc0 + 4u, t1); }
+    }
     // Every invocation walks all of the chunk's dy pixels; the first stores their sums.
     if (q.bias != 0u && l == 0u) {
         store_bias(chunk, oc0, s0);

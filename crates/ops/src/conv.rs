@@ -573,7 +573,8 @@ fn wgrad_gemm(
 }
 
 /// What both weight-gradient kernels share: invocations per layer (one per input channel, kernel
-/// row and quad of kernel columns), workgroups, and override constants.
+/// row and quad of kernel columns, or for conv_wgrad, a quad and a tail of up to three columns),
+/// workgroups, and override constants.
 struct WgradLayout {
     ocp: usize,
     jquads: usize,
@@ -585,23 +586,27 @@ struct WgradLayout {
 }
 
 impl WgradLayout {
-    fn new(ic: usize, oc: usize, kh: usize, kw: usize, spec: &Conv2dSpec) -> Self {
+    /// `tail`: the kernel may own up to three kernel columns past a quad (conv.wgsl's TAIL).
+    fn new(ic: usize, oc: usize, kh: usize, kw: usize, spec: &Conv2dSpec, tail: bool) -> Self {
         let (nq, ocp) = channel_quads(oc);
-        let jquads = kw.div_ceil(4);
+        let window = spec.stride.1 == 1 && spec.dilation.1 == 1;
+        // A 5- to 7-wide kernel in one invocation: the dy it loads serves all its columns.
+        let tail = if tail && window && (5..8).contains(&kw) {
+            kw - 4
+        } else {
+            0
+        };
+        let jquads = if tail > 0 { 1 } else { kw.div_ceil(4) };
         let lanes = ic * kh * jquads;
         // Invocations past `lanes` do no useful work: a small layer gets a small workgroup.
         let wx = lanes.next_multiple_of(8).min(DIRECT_WX);
         let groups = [lanes.div_ceil(wx), ocp / (4 * nq)];
         let f = |v: usize| v as f64;
         let mut consts = geometry_consts((kh, kw), spec.stride, spec.dilation).to_vec();
-        consts.extend([
-            ("NQ", f(nq)),
-            (
-                "WINDOW",
-                f((spec.stride.1 == 1 && spec.dilation.1 == 1) as usize),
-            ),
-            ("WX", f(wx)),
-        ]);
+        consts.extend([("NQ", f(nq)), ("WINDOW", f(window as usize)), ("WX", f(wx))]);
+        if tail > 0 {
+            consts.push(("TAIL", f(tail)));
+        }
         WgradLayout {
             ocp,
             jquads,
@@ -665,7 +670,7 @@ fn wgrad_direct(
         let dw = wgrad_subgroup(dev, dy, x, ws, oh, ow, spec)?;
         return Ok(dw.map(|dw| (dw, None)));
     };
-    let lay = WgradLayout::new(ic, oc, kh, kw, spec);
+    let lay = WgradLayout::new(ic, oc, kh, kw, spec, true);
     let k = dev.kernel("conv", "conv_wgrad", &lay.consts)?;
     // Each dispatch sums a run's images in chunks, and where a run has fewer images than the
     // chunks wanted, their rows in parts too: one chunk and part per workgroup z.
@@ -725,7 +730,7 @@ fn wgrad_subgroup(
 ) -> Result<Option<Array>> {
     let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
     let [oc, _, kh, kw] = ws;
-    let lay = WgradLayout::new(ic, oc, kh, kw, spec);
+    let lay = WgradLayout::new(ic, oc, kh, kw, spec, false);
     let ocp = lay.ocp;
     if !dev.capabilities().subgroups || n * oh * ow * ocp > 65535 * crate::WG as usize {
         return Ok(None);

@@ -589,6 +589,16 @@ fn conv_cases() {
                 ..Default::default()
             },
         ),
+        // 6- and 7-wide kernels: one quad of columns and a tail of 2 or 3 (conv_wgrad's TAIL).
+        (
+            [2, 2, 6, 9],
+            [5, 2, 2, 7],
+            Conv2dSpec {
+                padding: (1, 3),
+                ..Default::default()
+            },
+        ),
+        ([1, 1, 4, 11], [3, 1, 3, 6], Conv2dSpec::default()),
         (
             [1, 3, 5, 5],
             [2, 3, 1, 1],
