@@ -19,7 +19,7 @@ override SW: u32 = 1u;
 override DH: u32 = 1u;
 override DW: u32 = 1u;
 override NQ: u32 = 2u;      // quads of output channels per invocation: 1 or 2
-override WINDOW: bool = false; // SW = DW = 1 and KW <= 5
+override WINDOW: bool = false; // SW = DW = 1 (and KW <= 5 in conv_direct)
 override FLIP: bool = false;
 override ACCUMULATE: bool = false; // add to y (the parts after a split layer's first)
 override WX: u32 = 64u;
@@ -223,7 +223,7 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
             let row_ok = iy >= 0 && iy < i32(q.h);
             let row = q.skip + ((img * q.ic + ic) * q.h + u32(clamp(iy, 0, i32(q.h) - 1))) * q.w;
             var win = vec4<f32>(0.0);
-            var tl = vec4<f32>(0.0); // the TAIL columns after win
+            var tl = vec4<f32>(0.0); // the TAIL columns after win, then zeros
             if (WINDOW) {
                 win = vec4<f32>(tap(row, row_ok, ix0, q.w), tap(row, row_ok, ix0 + 1, q.w),
                                 tap(row, row_ok, ix0 + 2, q.w), tap(row, row_ok, ix0 + 3, q.w));
@@ -236,14 +236,10 @@ fn conv_wgrad(@builtin(global_invocation_id) gid: vec3<u32>,
                 let t = tl;
                 let ix = ix0 + i32(ox * SW);
                 if (WINDOW) {
-                    let next = tap(row, row_ok, ix + 4 + i32(TAIL), q.w);
-                    if (TAIL == 0u) {
-                        win = vec4<f32>(win.yzw, next);
-                    } else {
-                        win = vec4<f32>(win.yzw, tl.x);
-                        tl = vec4<f32>(tl.yzw, 0.0);
-                        tl[max(TAIL, 1u) - 1u] = next;
-                    }
+                    // The next column goes in after the tail, and all of it slides by one.
+                    tl[TAIL] = tap(row, row_ok, ix + 4 + i32(TAIL), q.w);
+                    win = vec4<f32>(win.yzw, tl.x);
+                    tl = vec4<f32>(tl.yzw, 0.0);
                 } else {
                     let d = i32(DW);
                     v = vec4<f32>(tap(row, row_ok, ix, q.w), tap(row, row_ok, ix + d, q.w),

@@ -244,17 +244,11 @@ mod tests {
             .map(|l| l.split("//").next().unwrap_or(""))
             .collect::<Vec<_>>()
             .join("\n");
-        let words = |s: &str| -> Vec<String> {
-            s.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .filter(|w| !w.is_empty())
-                .map(str::to_string)
-                .collect()
-        };
-        if let Some(w) = words(&code)
-            .into_iter()
-            .find(|w| w == "while" || w == "loop")
+        if let Some(w) = code
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .find(|w| *w == "while" || *w == "loop")
         {
-            return Some(w);
+            return Some(w.to_string());
         }
         for (at, _) in code.match_indices("for (") {
             let rest = &code[at + 5..];
