@@ -38,6 +38,15 @@ pub enum DeviceError {
     /// No shader of that name is registered.
     #[error("no shader named `{0}` is registered (shaders/*.wgsl)")]
     UnknownShader(String),
+    /// WGSL source given a name that already stands for other source on this device: one of
+    /// kiln's registered shaders, or different source compiled earlier under that name.
+    #[error("shader name `{name}` is taken by {taken_by}; give this source a name of its own")]
+    ShaderNameTaken {
+        /// The name asked for.
+        name: String,
+        /// What holds the name.
+        taken_by: &'static str,
+    },
     /// An entry point the shader does not define.
     #[error("shader `{shader}` has no compute entry point `{entry}`")]
     UnknownEntryPoint {

@@ -335,7 +335,8 @@ struct Inner {
     caps: Capabilities,
     limits: wgpu::Limits,
     pool: Arc<Pool>,
-    modules: Mutex<HashMap<String, (wgpu::ShaderModule, Arc<shaders::Validated>)>>,
+    /// Shader modules by name, with a hash of the source each was compiled from.
+    modules: Mutex<HashMap<String, CachedModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
     pipeline_cache: Option<wgpu::PipelineCache>,
     pending: Mutex<Pending>,
@@ -360,6 +361,18 @@ pub struct Device {
 }
 
 static SHARED: OnceLock<std::result::Result<Device, DeviceError>> = OnceLock::new();
+
+/// A compiled module, naga's view of it, and [`source_hash`] of its WGSL.
+type CachedModule = (wgpu::ShaderModule, Arc<shaders::Validated>, u64);
+
+/// Identifies a shader's source in the module cache (not a security boundary: a collision
+/// would only let one test shader stand in for another).
+fn source_hash(src: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    src.hash(&mut h);
+    h.finish()
+}
 
 fn type_rank(t: wgpu::DeviceType) -> u32 {
     match t {
@@ -741,6 +754,10 @@ impl Device {
 
     /// Like [`Device::kernel`] for WGSL not in the registry (tests, experiments). Such shaders
     /// keep wgpu's loop bounding, which the registered ones go without.
+    ///
+    /// Modules and pipelines are cached by name, so the name must be the source's own: a
+    /// registered shader's name, or one already used for different source, is refused with
+    /// [`DeviceError::ShaderNameTaken`] rather than silently answered with the other module.
     pub fn kernel_from_source(
         &self,
         shader: &str,
@@ -748,6 +765,20 @@ impl Device {
         entry: &str,
         constants: &[(&str, f64)],
     ) -> Result<Arc<Kernel>> {
+        let taken = |taken_by| DeviceError::ShaderNameTaken {
+            name: shader.to_string(),
+            taken_by,
+        };
+        if shaders::source(shader).is_ok() {
+            return Err(taken("one of kiln's registered shaders"));
+        }
+        if let Some((.., hash)) = self.inner.modules.lock().unwrap().get(shader) {
+            if *hash != source_hash(src) {
+                return Err(taken(
+                    "different WGSL source compiled earlier on this device",
+                ));
+            }
+        }
         self.compile(shader, src, entry, constants, false)
     }
 
@@ -832,8 +863,8 @@ impl Device {
         src: &str,
         registered: bool,
     ) -> Result<(wgpu::ShaderModule, Arc<shaders::Validated>)> {
-        if let Some(m) = self.inner.modules.lock().unwrap().get(name) {
-            return Ok(m.clone());
+        if let Some((module, validated, _)) = self.inner.modules.lock().unwrap().get(name) {
+            return Ok((module.clone(), validated.clone()));
         }
         // A shader that enables f16 cannot even be created without the feature: say which.
         if shaders::enables(src, "f16") && !self.capabilities().f16 {
@@ -872,13 +903,11 @@ impl Device {
                 message: e.to_string(),
             });
         }
-        let entry = (module, validated);
-        self.inner
-            .modules
-            .lock()
-            .unwrap()
-            .insert(name.to_string(), entry.clone());
-        Ok(entry)
+        self.inner.modules.lock().unwrap().insert(
+            name.to_string(),
+            (module.clone(), validated.clone(), source_hash(src)),
+        );
+        Ok((module, validated))
     }
 
     /// Writes the driver's pipeline cache to `path` (temp file + rename), where supported.

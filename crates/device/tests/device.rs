@@ -173,6 +173,55 @@ fn a_bad_shader_source_is_an_error_naming_it() {
 }
 
 #[test]
+fn source_under_a_name_that_stands_for_other_source_is_refused() {
+    let d = dev();
+    let src = |v: u32| {
+        format!(
+            "@group(0) @binding(0) var<storage, read_write> o: array<u32>;\n\
+             @compute @workgroup_size(1) fn iota() {{ o[0] = {v}u; }}"
+        )
+    };
+    // A registered name: the cache would otherwise hand back kiln's `fill` for this source.
+    let e = d
+        .kernel_from_source("fill", &src(1), "iota", &[])
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, DeviceError::ShaderNameTaken { name, .. } if name == "fill"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("registered"), "{e}");
+    // An unregistered name is the first source's; the same source again is fine.
+    let run = |k: &std::sync::Arc<kiln_device::Kernel>| {
+        let o = d.alloc(1, DType::U32).unwrap();
+        d.launch(k, &[&o], &Params::new(), [1, 1, 1]).unwrap();
+        d.download::<u32>(&o).unwrap()[0]
+    };
+    let k = d
+        .kernel_from_source("name_test", &src(7), "iota", &[])
+        .unwrap();
+    assert_eq!(run(&k), 7);
+    let k = d
+        .kernel_from_source("name_test", &src(7), "iota", &[])
+        .unwrap();
+    assert_eq!(run(&k), 7);
+    let e = d
+        .kernel_from_source("name_test", &src(8), "iota", &[])
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, DeviceError::ShaderNameTaken { name, .. } if name == "name_test"),
+        "{e}"
+    );
+    // The registered shader is untouched by all this.
+    let fill = d.kernel("fill", "iota", &[]).unwrap();
+    let o = d.alloc(3, DType::F32).unwrap();
+    d.launch(&fill, &[&o], &Params::new().u(3).f(0.0), [1, 1, 1])
+        .unwrap();
+    assert_eq!(d.download::<f32>(&o).unwrap(), [0.0, 1.0, 2.0]);
+}
+
+#[test]
 fn timing_reports_a_positive_duration() {
     let d = dev();
     let k = d.kernel("fill", "iota", &[]).unwrap();
