@@ -39,23 +39,76 @@ fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
+// The updates act on quads: the quad entry points (sgd4, ...) update four elements per
+// invocation, loaded as vec4s, where ops::optim finds every buffer Buffer::quad_aligned (a
+// software adapter runs them about three times as fast); the one-element entry points pass their
+// element in lane x. State is loaded only where the rule uses it.
+struct Updated {
+    w: vec4<f32>,
+    s1: vec4<f32>,
+    s2: vec4<f32>,
+    s3: vec4<f32>,
+}
+
+fn sgd_update(w: vec4<f32>, grad: vec4<f32>, s1: vec4<f32>) -> Updated {
+    let momentum = hp(1u);
+    var g = grad + hp(3u) * w;
+    var buf = s1;
+    if (momentum != 0.0) {
+        buf = g;
+        if (hp(5u) == 0.0) { buf = momentum * s1 + (1.0 - hp(2u)) * g; }
+        if (hp(4u) != 0.0) { g = g + momentum * buf; } else { g = buf; }
+    }
+    return Updated(w - hp(0u) * g, buf, vec4<f32>(), vec4<f32>());
+}
+
+fn adam_update(w0: vec4<f32>, g0: vec4<f32>, s1: vec4<f32>, s2: vec4<f32>) -> Updated {
+    let lr = hp(0u);
+    let b1 = hp(1u);
+    let b2 = hp(2u);
+    var w = w0;
+    var g = g0;
+    if (hp(5u) != 0.0) { w = w * (1.0 - lr * hp(4u)); } else { g = g + hp(4u) * w; }
+    let m = b1 * s1 + (1.0 - b1) * g;
+    let v = b2 * s2 + (1.0 - b2) * g * g;
+    let denom = sqrt(v) / sqrt(hp(7u)) + hp(3u);
+    return Updated(w - (lr / hp(6u)) * m / denom, m, v, vec4<f32>());
+}
+
+fn rmsprop_update(w: vec4<f32>, grad: vec4<f32>, s1: vec4<f32>, s2: vec4<f32>,
+                  s3: vec4<f32>) -> Updated {
+    let lr = hp(0u);
+    let alpha = hp(1u);
+    let g = grad + hp(3u) * w;
+    var u = Updated(w, alpha * s1 + (1.0 - alpha) * g * g, s2, s3);
+    var avg: vec4<f32>;
+    if (hp(5u) != 0.0) {
+        u.s2 = alpha * s2 + (1.0 - alpha) * g;
+        avg = sqrt(u.s1 - u.s2 * u.s2) + hp(2u);
+    } else {
+        avg = sqrt(u.s1) + hp(2u);
+    }
+    if (hp(4u) > 0.0) {
+        u.s3 = hp(4u) * s3 + g / avg;
+        u.w = w - lr * u.s3;
+    } else {
+        u.w = w - lr * g / avg;
+    }
+    return u;
+}
+
 @compute @workgroup_size(WG)
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
     if (!finite(guard.x)) { return; }
-    let lr = hp(0u);
-    let momentum = hp(1u);
-    let w = param[i];
-    var g = grad[i] + hp(3u) * w;
-    if (momentum != 0.0) {
-        var buf = g;
-        if (hp(5u) == 0.0) { buf = momentum * s1[i] + (1.0 - hp(2u)) * g; }
-        s1[i] = buf;
-        if (hp(4u) != 0.0) { g = g + momentum * buf; } else { g = buf; }
-    }
-    param[i] = w - lr * g;
+    let momentum = hp(1u) != 0.0;
+    var m = 0.0;
+    if (momentum) { m = s1[i]; }
+    let u = sgd_update(vec4<f32>(param[i]), vec4<f32>(grad[i]), vec4<f32>(m));
+    if (momentum) { s1[i] = u.s1.x; }
+    param[i] = u.w.x;
 }
 
 @compute @workgroup_size(WG)
@@ -64,18 +117,11 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
     if (!finite(guard.x)) { return; }
-    let lr = hp(0u);
-    let b1 = hp(1u);
-    let b2 = hp(2u);
-    var w = param[i];
-    var g = grad[i];
-    if (hp(5u) != 0.0) { w = w * (1.0 - lr * hp(4u)); } else { g = g + hp(4u) * w; }
-    let m = b1 * s1[i] + (1.0 - b1) * g;
-    let v = b2 * s2[i] + (1.0 - b2) * g * g;
-    s1[i] = m;
-    s2[i] = v;
-    let denom = sqrt(v) / sqrt(hp(7u)) + hp(3u);
-    param[i] = w - (lr / hp(6u)) * m / denom;
+    let u = adam_update(vec4<f32>(param[i]), vec4<f32>(grad[i]), vec4<f32>(s1[i]),
+                        vec4<f32>(s2[i]));
+    s1[i] = u.s1.x;
+    s2[i] = u.s2.x;
+    param[i] = u.w.x;
 }
 
 @compute @workgroup_size(WG)
@@ -84,27 +130,81 @@ fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let i = index(wid, nwg, lid);
     if (i >= p.n) { return; }
     if (!finite(guard.x)) { return; }
-    let lr = hp(0u);
-    let alpha = hp(1u);
-    let w = param[i];
-    let g = grad[i] + hp(3u) * w;
-    let sq = alpha * s1[i] + (1.0 - alpha) * g * g;
-    s1[i] = sq;
-    var avg: f32;
-    if (hp(5u) != 0.0) {
-        let ga = alpha * s2[i] + (1.0 - alpha) * g;
-        s2[i] = ga;
-        avg = sqrt(sq - ga * ga) + hp(2u);
-    } else {
-        avg = sqrt(sq) + hp(2u);
-    }
-    if (hp(4u) > 0.0) {
-        let buf = hp(4u) * s3[i] + g / avg;
-        s3[i] = buf;
-        param[i] = w - lr * buf;
-    } else {
-        param[i] = w - lr * g / avg;
-    }
+    let centered = hp(5u) != 0.0;
+    let momentum = hp(4u) > 0.0;
+    var ga = 0.0;
+    var buf = 0.0;
+    if (centered) { ga = s2[i]; }
+    if (momentum) { buf = s3[i]; }
+    let u = rmsprop_update(vec4<f32>(param[i]), vec4<f32>(grad[i]), vec4<f32>(s1[i]),
+                           vec4<f32>(ga), vec4<f32>(buf));
+    s1[i] = u.s1.x;
+    if (centered) { s2[i] = u.s2.x; }
+    if (momentum) { s3[i] = u.s3.x; }
+    param[i] = u.w.x;
+}
+
+@group(0) @binding(0) var<storage, read> grad4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> param4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> s14: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> s24: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> s34: array<vec4<f32>>;
+
+// `v` in the lanes of quad q below p.n, `old` past it: the last quad may overhang the
+// parameter, and memory past it must not change.
+fn below_n(q: u32, old: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
+    return select(old, v, vec4<u32>(0u, 1u, 2u, 3u) + q * 4u < vec4<u32>(p.n));
+}
+
+@compute @workgroup_size(WG)
+fn sgd4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let q = index(wid, nwg, lid);
+    if (q * 4u >= p.n) { return; }
+    if (!finite(guard.x)) { return; }
+    let momentum = hp(1u) != 0.0;
+    var m = vec4<f32>();
+    if (momentum) { m = s14[q]; }
+    let w = param4[q];
+    let u = sgd_update(w, grad4[q], m);
+    if (momentum) { s14[q] = below_n(q, m, u.s1); }
+    param4[q] = below_n(q, w, u.w);
+}
+
+@compute @workgroup_size(WG)
+fn adam4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let q = index(wid, nwg, lid);
+    if (q * 4u >= p.n) { return; }
+    if (!finite(guard.x)) { return; }
+    let w = param4[q];
+    let m = s14[q];
+    let v = s24[q];
+    let u = adam_update(w, grad4[q], m, v);
+    s14[q] = below_n(q, m, u.s1);
+    s24[q] = below_n(q, v, u.s2);
+    param4[q] = below_n(q, w, u.w);
+}
+
+@compute @workgroup_size(WG)
+fn rmsprop4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let q = index(wid, nwg, lid);
+    if (q * 4u >= p.n) { return; }
+    if (!finite(guard.x)) { return; }
+    let centered = hp(5u) != 0.0;
+    let momentum = hp(4u) > 0.0;
+    let w = param4[q];
+    let sq = s14[q];
+    var ga = vec4<f32>();
+    var buf = vec4<f32>();
+    if (centered) { ga = s24[q]; }
+    if (momentum) { buf = s34[q]; }
+    let u = rmsprop_update(w, grad4[q], sq, ga, buf);
+    s14[q] = below_n(q, sq, u.s1);
+    if (centered) { s24[q] = below_n(q, ga, u.s2); }
+    if (momentum) { s34[q] = below_n(q, buf, u.s3); }
+    param4[q] = below_n(q, w, u.w);
 }
 
 // Gradient clipping by global norm: grad *= min(1, max_norm / (sqrt(sum_sq) + 1e-6)), where

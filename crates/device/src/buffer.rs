@@ -345,6 +345,19 @@ impl Buffer {
         })
     }
 
+    /// Whether a kernel may bind this buffer as an array of 16-byte quads (`array<vec4<f32>>`)
+    /// and reach every element: its binding (the window, or else the whole allocation) must
+    /// start and end on a quad. An allocation's size class is a multiple of 32 bytes (except
+    /// one capped at the binding limit), so its last quad may overhang `len`: kernels must leave
+    /// the elements past `len` as they were.
+    pub fn quad_aligned(&self) -> bool {
+        if self.windowed {
+            self.offset.is_multiple_of(16) && self.bytes().is_multiple_of(16)
+        } else {
+            self.inner.class.is_multiple_of(16)
+        }
+    }
+
     /// Bytes from the allocation's start to the first element.
     pub(crate) fn offset(&self) -> u64 {
         self.offset

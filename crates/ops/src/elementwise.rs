@@ -1,6 +1,9 @@
 //! Element-wise ops: unary functions with their derivatives, and binary ops with NumPy broadcasting.
 
-use crate::{expect_dtype, launch_1d, numel, pack8, Array, DType, Device, OpError, Params, Result};
+use crate::{
+    expect_dtype, launch_1d, launch_quads, numel, pack8, Array, DType, Device, OpError, Params,
+    Result,
+};
 
 /// A unary function.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,10 +91,11 @@ pub enum Binary {
 pub fn unary(dev: &Device, x: &Array, op: Unary) -> Result<Array> {
     expect_dtype("unary", x, DType::F32)?;
     let out = Array::empty(dev, &x.shape)?;
-    let k = dev.kernel("elementwise", "unary", &[("OP", op.code() as f64)])?;
     let (a, b) = op.scalars();
     let p = Params::new().u(x.numel() as u32).f(a).f(b);
-    launch_1d(dev, &k, &[&x.buf, &out.buf], &p, x.numel())?;
+    let consts = [("OP", op.code() as f64)];
+    let bufs = [&x.buf, &out.buf];
+    launch_quads(dev, "elementwise", "unary", &consts, &bufs, &p, x.numel())?;
     Ok(out)
 }
 
@@ -99,10 +103,19 @@ pub fn unary(dev: &Device, x: &Array, op: Unary) -> Result<Array> {
 pub fn unary_backward(dev: &Device, x: &Array, dy: &Array, op: Unary) -> Result<Array> {
     same_shape("unary_backward", &x.shape, &dy.shape)?;
     let dx = Array::empty(dev, &x.shape)?;
-    let k = dev.kernel("elementwise", "unary_backward", &[("OP", op.code() as f64)])?;
     let (a, b) = op.scalars();
     let p = Params::new().u(x.numel() as u32).f(a).f(b);
-    launch_1d(dev, &k, &[&x.buf, &dy.buf, &dx.buf], &p, x.numel())?;
+    let consts = [("OP", op.code() as f64)];
+    let bufs = [&x.buf, &dy.buf, &dx.buf];
+    launch_quads(
+        dev,
+        "elementwise",
+        "unary_backward",
+        &consts,
+        &bufs,
+        &p,
+        x.numel(),
+    )?;
     Ok(dx)
 }
 
@@ -170,11 +183,6 @@ pub fn binary(dev: &Device, a: &Array, b: &Array, op: Binary) -> Result<Array> {
     let shape = broadcast_shape("binary", &a.shape, &b.shape)?;
     let out = Array::empty(dev, &shape)?;
     let same = a.shape == shape && b.shape == shape;
-    let k = dev.kernel(
-        "elementwise",
-        "binary",
-        &[("OP", op as u32 as f64), ("SAME", same as u32 as f64)],
-    )?;
     let p = Params::new()
         .u(numel(&shape) as u32)
         .u(shape.len() as u32)
@@ -183,7 +191,22 @@ pub fn binary(dev: &Device, a: &Array, b: &Array, op: Binary) -> Result<Array> {
         .us(&pack8("binary", &shape)?)
         .us(&pack8("binary", &broadcast_strides(&a.shape, &shape))?)
         .us(&pack8("binary", &broadcast_strides(&b.shape, &shape))?);
-    launch_1d(dev, &k, &[&a.buf, &b.buf, &out.buf], &p, numel(&shape))?;
+    let bufs = [&a.buf, &b.buf, &out.buf];
+    let consts = [("OP", op as u32 as f64), ("SAME", same as u32 as f64)];
+    if same {
+        launch_quads(
+            dev,
+            "elementwise",
+            "binary",
+            &consts,
+            &bufs,
+            &p,
+            numel(&shape),
+        )?;
+    } else {
+        let k = dev.kernel("elementwise", "binary", &consts)?;
+        launch_1d(dev, &k, &bufs, &p, numel(&shape))?;
+    }
     Ok(out)
 }
 
@@ -196,11 +219,12 @@ pub fn mask_in_place(dev: &Device, x: &crate::Buffer, mask: &crate::Buffer) -> R
             got: format!("{} x {}", mask.len(), mask.dtype()),
         });
     }
-    let k = dev.kernel("elementwise", "mask_in_place", &[])?;
     // Bindings in order: y (the mask), then inout.
-    launch_1d(
+    launch_quads(
         dev,
-        &k,
+        "elementwise",
+        "mask_in_place",
+        &[],
         &[mask, x],
         &Params::new().u(x.len() as u32).f(0.0).f(0.0),
         x.len(),

@@ -2,7 +2,7 @@
 //! Hyper-parameters sit in a small device buffer that the host rewrites between steps, so changing
 //! the learning rate or the step count never requires re-recording a plan.
 
-use crate::{launch_1d, Buffer, Device, OpError, Params, Result};
+use crate::{launch_1d, launch_quads, Buffer, Device, OpError, Params, Result};
 
 /// The update rule and its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -153,30 +153,18 @@ pub fn step(
     let p = Params::new().u(n as u32);
     match rule {
         Rule::Sgd { .. } => {
-            let k = dev.kernel("optim", "sgd", &[])?;
             // Without momentum the kernel never touches the state binding; a 1-element buffer fills it.
             let s1 = crate::or_placeholder(dev, state.first())?;
-            launch_1d(dev, &k, &[grad, hp, param, &s1, guard], &p, n)
+            let bufs = [grad, hp, param, &s1, guard];
+            launch_quads(dev, "optim", "sgd", &[], &bufs, &p, n)
         }
         Rule::Adam { .. } => {
-            let k = dev.kernel("optim", "adam", &[])?;
-            launch_1d(
-                dev,
-                &k,
-                &[grad, hp, param, &state[0], &state[1], guard],
-                &p,
-                n,
-            )
+            let bufs = [grad, hp, param, &state[0], &state[1], guard];
+            launch_quads(dev, "optim", "adam", &[], &bufs, &p, n)
         }
         Rule::RmsProp { .. } => {
-            let k = dev.kernel("optim", "rmsprop", &[])?;
-            launch_1d(
-                dev,
-                &k,
-                &[grad, hp, param, &state[0], &state[1], &state[2], guard],
-                &p,
-                n,
-            )
+            let bufs = [grad, hp, param, &state[0], &state[1], &state[2], guard];
+            launch_quads(dev, "optim", "rmsprop", &[], &bufs, &p, n)
         }
     }
 }

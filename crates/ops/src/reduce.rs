@@ -2,7 +2,8 @@
 //! source shape (the backward of broadcasting).
 
 use crate::{
-    expect_dtype, expect_nonempty, launch_1d, Array, DType, Device, OpError, Params, Result,
+    expect_dtype, expect_nonempty, launch_1d, launch_quads, Array, DType, Device, OpError, Params,
+    Result,
 };
 
 /// The reduction.
@@ -68,6 +69,11 @@ pub(crate) fn reduce_raw(
     if outputs < 64 && len >= 1024 {
         let k = dev.kernel("reduce", "reduce_wide", &[("OP", op as u32 as f64)])?;
         dev.launch(&k, &[x, out], &p, [outputs as u32, 1, 1])?;
+    } else if inner.is_multiple_of(4) {
+        // Four outputs per invocation where the buffers allow it (inner % 4 == 0: no quad
+        // straddles two rows, and the outputs come in whole quads).
+        let consts = [("OP", op as u32 as f64)];
+        launch_quads(dev, "reduce", "reduce", &consts, &[x, out], &p, outputs)?;
     } else {
         let k = dev.kernel("reduce", "reduce", &[("OP", op as u32 as f64)])?;
         launch_1d(dev, &k, &[x, out], &p, outputs)?;

@@ -9,7 +9,7 @@ use kiln_ops::pool::{self, Pool2dSpec};
 use kiln_ops::reduce::{self, Reduce};
 use kiln_ops::softmax;
 use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
-use kiln_ops::{layout, Array, Device, OpError};
+use kiln_ops::{layout, Array, DType, Device, OpError};
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
@@ -132,30 +132,102 @@ fn binary_broadcasting_matches_numpy_rules() {
 }
 
 #[test]
+fn quad_kernels_keep_memory_past_the_end_and_windows_take_the_one_element_path() {
+    let d = dev();
+    // In place on a view of 7 of an allocation's 8 floats: the quad kernel's last quad overhangs
+    // the view, and the 8th float must not change.
+    let whole = d
+        .upload(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+        .unwrap();
+    let seven = whole.view(7, DType::F32).unwrap();
+    assert!(seven.quad_aligned());
+    let mask = d.upload(&[2.0f32; 7]).unwrap();
+    elementwise::mask_in_place(&d, &seven, &mask).unwrap();
+    assert_eq!(
+        d.download::<f32>(&whole).unwrap(),
+        [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 8.0]
+    );
+    // A window of 7 floats ends inside a quad, so a vec4 array bound to it would not reach the
+    // last three: these take the one-element kernels.
+    let data: Vec<f32> = (1..=7).map(|v| v as f32).collect();
+    let win = d.upload(&data).unwrap().window(0, 7).unwrap();
+    assert!(!win.quad_aligned());
+    let x = Array {
+        buf: win,
+        shape: vec![7],
+    };
+    let neg: Vec<f64> = data.iter().map(|&v| -v as f64).collect();
+    // Which entry point ran, from the profile's kernel labels (which may include dispatches of
+    // tests running alongside on the shared device).
+    let entries = |x: &Array| {
+        let mut y = None;
+        let prof = d
+            .profile(|| {
+                y = Some(elementwise::unary(&d, x, Unary::Neg)?);
+                Ok::<(), OpError>(())
+            })
+            .unwrap();
+        let labels: Vec<String> = prof.into_iter().map(|k| k.kernel).collect();
+        (y.unwrap(), labels)
+    };
+    let (y, labels) = entries(&x);
+    assert!(
+        labels.iter().any(|l| l == "elementwise::unary{OP=0}"),
+        "{labels:?}"
+    );
+    assert_close("neg of a window", &y.to_f32(&d).unwrap(), &neg, 0.0, 0.0);
+    let (y, labels) = entries(&arr(&d, &data, &[7]));
+    assert!(
+        labels.iter().any(|l| l == "elementwise::unary4{OP=0}"),
+        "{labels:?}"
+    );
+    assert_close("neg", &y.to_f32(&d).unwrap(), &neg, 0.0, 0.0);
+    let dx = elementwise::unary_backward(&d, &x, &x, Unary::Square).unwrap();
+    let want: Vec<f64> = data.iter().map(|&v| 2.0 * (v * v) as f64).collect();
+    assert_close(
+        "square' of a window",
+        &dx.to_f32(&d).unwrap(),
+        &want,
+        0.0,
+        0.0,
+    );
+    let sum = elementwise::binary(&d, &x, &x, Binary::Add).unwrap();
+    let want: Vec<f64> = data.iter().map(|&v| 2.0 * v as f64).collect();
+    assert_close("sum of a window", &sum.to_f32(&d).unwrap(), &want, 0.0, 0.0);
+    let m7 = d.upload(&[3.0f32; 7]).unwrap();
+    elementwise::mask_in_place(&d, &x.buf, &m7).unwrap();
+    let want: Vec<f64> = data.iter().map(|&v| 3.0 * v as f64).collect();
+    assert_close("mask of a window", &x.to_f32(&d).unwrap(), &want, 0.0, 0.0);
+}
+
+#[test]
 fn reductions_along_every_axis() {
     let d = dev();
     let mut r = Rng::new(3);
-    let shape = [3, 5, 7];
-    let x = r.vec(105, -3.0, 3.0);
-    let xa = arr(&d, &x, &shape);
-    for axis in 0..3 {
-        for op in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::AbsMax] {
-            let y = reduce::reduce(&d, &xa, axis, op, false).unwrap();
-            let want = reduce::cpu::reduce(&to_f64(&x), &shape, axis, op);
-            assert_close(
-                &format!("{op:?} axis {axis}"),
-                &y.to_f32(&d).unwrap(),
-                &want,
-                1e-5,
-                1e-5,
+    // [3, 5, 8]: reducing axis 0 or 1 leaves whole quads of outputs (the quad kernel).
+    for shape in [[3, 5, 7], [3, 5, 8]] {
+        let x = r.vec(shape.iter().product(), -3.0, 3.0);
+        let xa = arr(&d, &x, &shape);
+        for axis in 0..3 {
+            for op in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::AbsMax] {
+                let y = reduce::reduce(&d, &xa, axis, op, false).unwrap();
+                let want = reduce::cpu::reduce(&to_f64(&x), &shape, axis, op);
+                assert_close(
+                    &format!("{op:?} axis {axis}"),
+                    &y.to_f32(&d).unwrap(),
+                    &want,
+                    1e-5,
+                    1e-5,
+                );
+            }
+            let (_, idx) = reduce::argmax(&d, &xa, axis).unwrap();
+            assert_eq!(
+                idx.to_i32(&d).unwrap(),
+                reduce::cpu::argmax(&to_f64(&x), &shape, axis)
             );
         }
-        let (_, idx) = reduce::argmax(&d, &xa, axis).unwrap();
-        assert_eq!(
-            idx.to_i32(&d).unwrap(),
-            reduce::cpu::argmax(&to_f64(&x), &shape, axis)
-        );
     }
+    let xa = arr(&d, &r.vec(105, -3.0, 3.0), &[3, 5, 7]);
     // A long row takes the one-workgroup-per-output path.
     let long = r.vec(100_003, -1.0, 1.0);
     let s = reduce::sum_all(&d, &arr(&d, &long, &[100_003])).unwrap();
@@ -1101,10 +1173,21 @@ fn optimizers_match_pytorch_formulas_over_ten_steps() {
             centered: true,
         },
     ];
-    for rule in rules {
+    // Each rule twice: on a view of 333 of 336 floats, whose last quad overhangs it (the quad
+    // kernels, which must leave the 3 floats past it alone), and on a window of 333 floats,
+    // which ends inside a quad (the one-element kernels).
+    for (rule, window) in rules.iter().flat_map(|r| [(*r, false), (*r, true)]) {
         let n = 333;
         let p0 = r.vec(n, -1.0, 1.0);
-        let param = d.upload(&p0).unwrap();
+        let mut stored = p0.clone();
+        stored.extend([7.0, 8.0, 9.0]);
+        let whole = d.upload(&stored).unwrap();
+        let param = if window {
+            whole.window(0, n).unwrap()
+        } else {
+            whole.view(n, DType::F32).unwrap()
+        };
+        assert_eq!(param.quad_aligned(), !window);
         let state: Vec<_> = (0..rule.state_count())
             .map(|_| d.upload(&vec![0.0f32; n]).unwrap())
             .collect();
@@ -1119,12 +1202,13 @@ fn optimizers_match_pytorch_formulas_over_ten_steps() {
             optim::cpu_step(&rule, lr, step, &mut p64, &to_f64(&g), &mut s64);
         }
         assert_close(
-            &format!("{rule:?}"),
+            &format!("{rule:?}, window {window}"),
             &d.download::<f32>(&param).unwrap(),
             &p64,
             1e-5,
             1e-4,
         );
+        assert_eq!(d.download::<f32>(&whole).unwrap()[n..], [7.0, 8.0, 9.0]);
     }
 }
 
