@@ -23,9 +23,10 @@ override DH: u32 = 1u;
 override DW: u32 = 1u;
 // Dilation 1 and strides at least the window: each input lies in at most one window.
 override DISJOINT: bool = false;
-// The forward pass reads x through the 64 KiB uniform window `xu` (software adapters, which
-// gather a uniform array's elements in one vector load but load a storage buffer's one invocation
-// at a time); a dispatch covers the planes p.plane0 .. that the window holds, from element p.skip.
+// The forward pass reads x through the 64 KiB uniform window `xu` (software adapters before
+// Mesa 25, which gather a uniform array's elements in one vector load but load a storage buffer's
+// one invocation at a time); a dispatch covers the planes p.plane0 .. that the window holds, from
+// element p.skip.
 override WINDOW: bool = false;
 const WG: u32 = 256u;
 

@@ -998,7 +998,7 @@ fn pooling_through_windows() {
         ([3, 25, 27, 27], Pool2dSpec::square(2)),
         ([1, 1, 130, 130], Pool2dSpec::square(3)),
     ];
-    for windows in [None, Some(false)] {
+    for windows in [Some(true), Some(false)] {
         pool::force_windows(windows);
         for (xs, spec) in specs {
             let x = r.vec(xs.iter().product(), -1.0, 1.0);
