@@ -18,11 +18,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-@compute @workgroup_size(WG)
-fn strided_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
-    if (i >= p.n) { return; }
+// ACCUMULATE: add into out instead (a slice's gradient into the whole's, in place).
+override ACCUMULATE: bool = false;
+
+// The offsets in x and in out of element i of `shape` (row-major).
+fn offsets(i: u32) -> vec2<u32> {
     var rem = i;
     var si = p.off_in;
     var so = p.off_out;
@@ -34,5 +34,34 @@ fn strided_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         si += c * p.in_strides[du / 4u][du % 4u];
         so += c * p.out_strides[du / 4u][du % 4u];
     }
-    out[so] = x[si];
+    return vec2<u32>(si, so);
+}
+
+@compute @workgroup_size(WG)
+fn strided_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= p.n) { return; }
+    let o = offsets(i);
+    var v = x[o.x];
+    if (ACCUMULATE) { v += out[o.y]; }
+    out[o.y] = v;
+}
+
+// Four elements along the innermost axis per invocation, as vec4s, where ops::layout finds that
+// axis contiguous in both and a multiple of 4 long, every other stride and both offsets
+// multiples of 4, and both buffers Buffer::quad_aligned: one index computation and one load and
+// store serve four elements.
+@group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn strided_copy4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let q = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (q * 4u >= p.n) { return; }
+    let o = offsets(q * 4u) / 4u;
+    var v = x4[o.x];
+    if (ACCUMULATE) { v += out4[o.y]; }
+    out4[o.y] = v;
 }

@@ -15,6 +15,17 @@ use std::sync::{Arc, Mutex};
 /// (`None` for an input that needs none).
 type BackwardFn = Box<dyn Fn(&Device, &Array) -> Result<Vec<Option<Array>>> + Send + Sync>;
 
+/// How a node passes its gradient to its inputs.
+enum Backward {
+    /// A rule giving each input's whole gradient.
+    Rule(BackwardFn),
+    /// A slice of input 0, `start ..` along `axis`: the backward pass adds the gradient into
+    /// that slice of the input's gradient, in place where the pass made that buffer itself. So
+    /// many slices of one tensor (an RNN's time steps, an LSTM's gates) cost one zero-filled
+    /// gradient and a copy each, not a zero-filled full-size gradient and a full-size add each.
+    Slice { axis: usize, start: usize },
+}
+
 struct Node {
     id: u64,
     dev: Device,
@@ -23,7 +34,7 @@ struct Node {
     requires_grad: std::sync::atomic::AtomicBool,
     grad: Mutex<Option<Array>>,
     inputs: Vec<Tensor>,
-    backward: Option<(&'static str, BackwardFn)>,
+    backward: Option<(&'static str, Backward)>,
 }
 
 /// A device array with autograd. Cloning is cheap and shares the node (like a PyTorch reference).
@@ -95,7 +106,7 @@ impl Tensor {
         data: Array,
         requires_grad: bool,
         inputs: Vec<Tensor>,
-        backward: Option<(&'static str, BackwardFn)>,
+        backward: Option<(&'static str, Backward)>,
     ) -> Tensor {
         Tensor(Arc::new(Node {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -152,6 +163,16 @@ impl Tensor {
         inputs: Vec<Tensor>,
         name: &'static str,
         backward: BackwardFn,
+    ) -> Tensor {
+        self.record_as(data, inputs, name, Backward::Rule(backward))
+    }
+
+    fn record_as(
+        &self,
+        data: Array,
+        inputs: Vec<Tensor>,
+        name: &'static str,
+        backward: Backward,
     ) -> Tensor {
         if is_grad_enabled()
             && inputs
@@ -264,6 +285,9 @@ impl Tensor {
             }
         }
         let mut grads: HashMap<u64, Array> = HashMap::new();
+        // Nodes whose gradient so far is a buffer this pass allocated and nothing else holds
+        // (a sum it made), which slices may add into in place.
+        let mut owned: HashSet<u64> = HashSet::new();
         grads.insert(self.0.id, Array::full(dev, self.shape(), 1.0)?);
         for t in order.iter().rev() {
             let Some(g) = grads.remove(&t.0.id) else {
@@ -277,18 +301,38 @@ impl Tensor {
                         None => g,
                     });
                 }
-                Some((_, f)) => {
+                Some((_, Backward::Slice { axis, start })) => {
+                    let inp = &t.0.inputs[0];
+                    if !inp.0.requires_grad.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let acc = match grads.remove(&inp.0.id) {
+                        Some(prev) if owned.contains(&inp.0.id) => prev,
+                        Some(prev) => layout::copy(dev, &prev)?,
+                        None => Array::full(dev, inp.shape(), 0.0)?,
+                    };
+                    layout::slice_add(dev, &acc, &g, *axis, *start)?;
+                    grads.insert(inp.0.id, acc);
+                    owned.insert(inp.0.id);
+                }
+                Some((_, Backward::Rule(f))) => {
                     let input_grads = f(dev, &g)?;
                     for (inp, ig) in t.0.inputs.iter().zip(input_grads) {
                         let Some(ig) = ig else { continue };
                         if !inp.0.requires_grad.load(Ordering::Relaxed) {
                             continue;
                         }
-                        let acc = match grads.remove(&inp.0.id) {
-                            Some(prev) => elementwise::binary(dev, &prev, &ig, Binary::Add)?,
+                        let id = inp.0.id;
+                        let acc = match grads.remove(&id) {
+                            Some(prev) => {
+                                owned.insert(id);
+                                elementwise::binary(dev, &prev, &ig, Binary::Add)?
+                            }
+                            // A rule's result may be shared (an add passes g to both sides): not
+                            // owned.
                             None => ig,
                         };
-                        grads.insert(inp.0.id, acc);
+                        grads.insert(id, acc);
                     }
                 }
             }
@@ -441,13 +485,8 @@ impl Tensor {
     /// A slice along one axis.
     pub fn slice(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         let out = layout::slice(&self.0.dev, &self.0.data, axis, start, len)?;
-        let shape = self.0.data.shape.clone();
-        let backward: BackwardFn = Box::new(move |dev, g| {
-            Ok(vec![Some(layout::slice_backward(
-                dev, g, &shape, axis, start,
-            )?)])
-        });
-        Ok(self.record(out, vec![self.clone()], "slice", backward))
+        let backward = Backward::Slice { axis, start };
+        Ok(self.record_as(out, vec![self.clone()], "slice", backward))
     }
     /// Joins tensors along an axis.
     pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {

@@ -356,6 +356,96 @@ fn tensor_used_twice_and_broadcasting() {
 }
 
 #[test]
+fn slices_of_one_tensor_add_their_gradients() {
+    let d = dev();
+    let mut r = Rng::new(17);
+    let (xv, av, cv) = (
+        r.vec(12, -1.0, 1.0),
+        r.vec(8, -1.0, 1.0),
+        r.vec(8, -1.0, 1.0),
+    );
+    let (x, a, c) = (
+        param(&d, &xv, &[2, 6]),
+        param(&d, &av, &[2, 4]),
+        param(&d, &cv, &[2, 4]),
+    );
+    // h = tanh(x) feeds overlapping slices and a whole-tensor use; x itself is sliced too. u = a
+    // + c hands one gradient buffer to both a and c, and a is then sliced: adding a slice's
+    // gradient into that shared buffer in place would corrupt c's.
+    let h = x.tanh().unwrap();
+    let s0 = h.slice(1, 0, 2).unwrap();
+    let s1 = h.slice(1, 2, 3).unwrap();
+    let s2 = h.slice(1, 1, 4).unwrap();
+    let u = a.add(&c).unwrap();
+    let terms = [
+        s0.mul(&s0).unwrap().sum_all().unwrap(),
+        s1.affine(3.0, 0.5).unwrap().sum_all().unwrap(),
+        s2.mul(&s1.slice(1, 0, 1).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap(),
+        h.mul(&x).unwrap().sum_all().unwrap(),
+        x.slice(0, 1, 1)
+            .unwrap()
+            .square()
+            .unwrap()
+            .sum_all()
+            .unwrap(),
+        u.mul(&u).unwrap().sum_all().unwrap(),
+        a.slice(1, 1, 2)
+            .unwrap()
+            .affine(2.0, 0.0)
+            .unwrap()
+            .sum_all()
+            .unwrap(),
+        a.slice(0, 0, 1)
+            .unwrap()
+            .square()
+            .unwrap()
+            .sum_all()
+            .unwrap(),
+    ];
+    let mut total = terms[0].clone();
+    for t in &terms[1..] {
+        total = total.add(t).unwrap();
+    }
+    total.backward().unwrap();
+    let f = |flat: &[f64]| {
+        let p = split(flat, &[12, 8, 8]);
+        let (x, a, c) = (p[0], p[1], p[2]);
+        let h: Vec<f64> = x.iter().map(|v| v.tanh()).collect();
+        let mut z = 0.0;
+        for row in 0..2 {
+            let hr = &h[row * 6..row * 6 + 6];
+            z += hr[0] * hr[0] + hr[1] * hr[1];
+            z += (2..5).map(|j| 3.0 * hr[j] + 0.5).sum::<f64>();
+            // s2 [.., 1..5] times s1's first column (h[.., 2]), broadcast along the row.
+            z += (1..5).map(|j| hr[j] * hr[2]).sum::<f64>();
+            z += (0..6).map(|j| hr[j] * x[row * 6 + j]).sum::<f64>();
+            z += (0..4)
+                .map(|j| (a[row * 4 + j] + c[row * 4 + j]).powi(2))
+                .sum::<f64>();
+            z += (1..3).map(|j| 2.0 * a[row * 4 + j]).sum::<f64>();
+        }
+        z += x[6..12].iter().map(|v| v * v).sum::<f64>();
+        z += a[0..4].iter().map(|v| v * v).sum::<f64>();
+        z
+    };
+    let flat: Vec<f64> = [&xv[..], &av, &cv].iter().flat_map(|v| to_f64(v)).collect();
+    let fd = finite_diff(f, &flat, 1e-4);
+    let fd = split(&fd, &[12, 8, 8]);
+    for (name, t, want) in [("x", &x, fd[0]), ("a", &a, fd[1]), ("c", &c, fd[2])] {
+        assert_close(
+            &format!("gradient of {name}"),
+            &t.grad().unwrap().to_f32(&d).unwrap(),
+            want,
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+#[test]
 fn no_grad_and_detach_record_nothing() {
     let d = dev();
     let x = param(&d, &[1.0, 2.0], &[2]);

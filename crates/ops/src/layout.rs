@@ -17,17 +17,114 @@ pub fn strided_copy(
     off_out: usize,
     out_strides: &[usize],
 ) -> Result<()> {
+    let at_in = (off_in, in_strides);
+    copy_or_add(dev, x, out, shape, at_in, (off_out, out_strides), false)
+}
+
+/// Axes of `shape` with their strides in x and in out, without axes of extent 1 and with each
+/// run of axes that both sides lay out contiguously merged into one: the kernel pays a division
+/// per axis per element, and the quad kernel needs the innermost axis long and contiguous.
+fn collapse(shape: &[usize], si: &[usize], so: &[usize]) -> Vec<(usize, usize, usize)> {
+    let mut axes: Vec<(usize, usize, usize)> = Vec::new();
+    for ((&e, &a), &b) in shape.iter().zip(si).zip(so) {
+        if e == 1 {
+            continue;
+        }
+        match axes.last_mut() {
+            Some(last) if last.1 == a * e && last.2 == b * e => *last = (last.0 * e, a, b),
+            _ => axes.push((e, a, b)),
+        }
+    }
+    if axes.is_empty() {
+        axes.push((1, 1, 1));
+    }
+    axes
+}
+
+/// [`strided_copy`], or with `add` out += x: four elements per invocation where the layout
+/// allows (see layout.wgsl's `strided_copy4`).
+fn copy_or_add(
+    dev: &Device,
+    x: &crate::Buffer,
+    out: &crate::Buffer,
+    shape: &[usize],
+    (off_in, in_strides): (usize, &[usize]),
+    (off_out, out_strides): (usize, &[usize]),
+    add: bool,
+) -> Result<()> {
     let n = numel(shape);
-    let k = dev.kernel("layout", "strided_copy", &[])?;
+    let axes = collapse(shape, in_strides, out_strides);
+    let pick = |f: fn(&(usize, usize, usize)) -> usize| axes.iter().map(f).collect::<Vec<_>>();
+    let (extents, si, so) = (pick(|a| a.0), pick(|a| a.1), pick(|a| a.2));
     let p = Params::new()
         .u(n as u32)
-        .u(shape.len() as u32)
+        .u(axes.len() as u32)
         .u(off_in as u32)
         .u(off_out as u32)
-        .us(&pack8("strided_copy", shape)?)
-        .us(&pack8("strided_copy", in_strides)?)
-        .us(&pack8("strided_copy", out_strides)?);
-    launch_1d(dev, &k, &[x, out], &p, n)
+        .us(&pack8("strided_copy", &extents)?)
+        .us(&pack8("strided_copy", &si)?)
+        .us(&pack8("strided_copy", &so)?);
+    let &(inner, inner_si, inner_so) = axes.last().expect("at least one axis");
+    let quads = inner_si == 1
+        && inner_so == 1
+        && inner.is_multiple_of(4)
+        && [off_in, off_out]
+            .iter()
+            .chain(&si[..axes.len() - 1])
+            .chain(&so[..axes.len() - 1])
+            .all(|v| v.is_multiple_of(4))
+        && x.quad_aligned()
+        && out.quad_aligned();
+    let consts = [("ACCUMULATE", add as u8 as f64)];
+    let entry = if quads {
+        "strided_copy4"
+    } else {
+        "strided_copy"
+    };
+    let k = dev.kernel("layout", entry, &consts)?;
+    launch_1d(dev, &k, &[x, out], &p, if quads { n / 4 } else { n })
+}
+
+/// Adds `dy` into the slice `start .. start + dy.shape[axis]` along `axis` of `into`, in place:
+/// the gradient of [`slice()`] accumulated into the gradient of the whole, so that many slices
+/// of one array (an RNN's time steps) need no zero-filled full-size gradient each.
+pub fn slice_add(dev: &Device, into: &Array, dy: &Array, axis: usize, start: usize) -> Result<()> {
+    expect_dtype("slice_add", into, DType::F32)?;
+    expect_dtype("slice_add", dy, DType::F32)?;
+    let fits = dy.shape.len() == into.shape.len()
+        && axis < into.shape.len()
+        && dy
+            .shape
+            .iter()
+            .zip(&into.shape)
+            .enumerate()
+            .all(
+                |(d, (&a, &b))| {
+                    if d == axis {
+                        start + a <= b
+                    } else {
+                        a == b
+                    }
+                },
+            );
+    if !fits {
+        return Err(OpError::Shape {
+            op: "slice_add",
+            expected: format!("a slice from {start} along axis {axis} of {:?}", into.shape),
+            got: format!("{:?}", dy.shape),
+        });
+    }
+    let os = strides(&into.shape);
+    let at_out = (start * os[axis], &os[..]);
+    copy_or_add(
+        dev,
+        &dy.buf,
+        &into.buf,
+        &dy.shape,
+        (0, &strides(&dy.shape)),
+        at_out,
+        true,
+    )
 }
 
 /// Reorders dimensions: `out.shape[i] = x.shape[perm[i]]`.
