@@ -1,5 +1,5 @@
-// fill: out[i] = value for i < n; iota: out[i] = i (device tests, buffer clears);
-// copy: out[i] = src[i] for i < n (into a longer buffer: staging a small operand).
+// fill: out[i] = value for i < n (fill4: the same over quads); iota: out[i] = i (device tests,
+// buffer clears); copy: out[i] = src[i] for i < n (into a longer buffer: staging a small operand).
 // Bindings: outputs, then the parameter block.
 
 struct Params {
@@ -36,4 +36,21 @@ fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
     if (i >= p.n) { return; }
     out[i] = src[i];
+}
+
+// fill over quads (ops::fill takes it where the buffer is Buffer::quad_aligned): the last quad
+// keeps its elements at n and past, which may belong to a view of something else.
+@group(0) @binding(0) var<storage, read_write> out4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn fill4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let q = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (q * 4u >= p.n) { return; }
+    if (q * 4u + 4u <= p.n) {
+        out4[q] = vec4<f32>(p.value);
+    } else {
+        let lanes = vec4<u32>(0u, 1u, 2u, 3u) + q * 4u;
+        out4[q] = select(out4[q], vec4<f32>(p.value), lanes < vec4<u32>(p.n));
+    }
 }

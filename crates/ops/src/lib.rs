@@ -368,14 +368,8 @@ pub(crate) fn launch_quads(
 
 /// Sets every element of an f32 buffer to `value` on the GPU (recorded like any op, so it replays).
 pub fn fill(dev: &Device, buf: &Buffer, value: f32) -> Result<()> {
-    let k = dev.kernel("fill", "fill", &[])?;
-    launch_1d(
-        dev,
-        &k,
-        &[buf],
-        &Params::new().u(buf.len() as u32).f(value),
-        buf.len(),
-    )
+    let p = Params::new().u(buf.len() as u32).f(value);
+    launch_quads(dev, "fill", "fill", &[], &[buf], &p, buf.len())
 }
 
 /// Packs up to 8 dims into the `array<vec4<u32>, 2>` layout the WGSL kernels read.
