@@ -72,6 +72,9 @@ pub enum GemmPath {
         a_mv: bool,
         /// B's vec4s run along K (B transposed) rather than N.
         b_kv: bool,
+        /// Invocations per workgroup, each owning four columns of C: no more than N needs
+        /// (down to the subgroup size), so that narrow outputs leave no lanes idle.
+        wx: u32,
     },
     /// `gemm_coop8` / `gemm_coop16` (shaders/gemm_coop.wgsl): f16 A and B, f32 accumulation, on
     /// the adapter's cooperative matrices of `size` x `size`.
@@ -189,7 +192,7 @@ impl GemmPath {
         match *self {
             GemmPath::Tiled { tm, tn, .. } => (4 * tm as usize, 4 * tn as usize),
             GemmPath::Direct { rm, rn } => (rm as usize, DIRECT_WX * rn as usize),
-            GemmPath::Subgroup { .. } => (SG_RM, DIRECT_WX * 4),
+            GemmPath::Subgroup { wx, .. } => (SG_RM, wx as usize * 4),
             GemmPath::Coop { size } => (
                 (2 * size * COOP_SGM) as usize,
                 (2 * size * COOP_SGN) as usize,
@@ -242,7 +245,13 @@ pub(crate) fn gemm(
         && dev.capabilities().subgroups
         && SUBGROUPS.load(Relaxed);
     if let Some((a_mv, b_kv)) = vec4_layout(g).filter(|_| sg) {
-        path = GemmPath::Subgroup { a_mv, b_kv };
+        // Four columns per invocation: N = 64 needs 16 invocations, not 64 with 48 idle.
+        let sg = (dev.adapter().subgroup_max_size as usize).max(8);
+        let wx =
+            g.n.div_ceil(4)
+                .next_power_of_two()
+                .clamp(sg.min(DIRECT_WX), DIRECT_WX) as u32;
+        path = GemmPath::Subgroup { a_mv, b_kv, wx };
     } else if a_uniform {
         // The kernel's block: up to 16 rows by 4 columns.
         path = GemmPath::Direct {
@@ -331,12 +340,12 @@ pub(crate) fn gemm(
             ];
             dev.kernel("gemm_coop", &format!("gemm_coop{size}"), &consts)?
         }
-        GemmPath::Subgroup { a_mv, b_kv } => dev.kernel(
+        GemmPath::Subgroup { a_mv, b_kv, wx } => dev.kernel(
             "gemm_sg",
             "gemm_sg",
             &[
                 ("RM", SG_RM as f64),
-                ("WX", DIRECT_WX as f64),
+                ("WX", wx as f64),
                 ("A_MV", a_mv as u8 as f64),
                 ("B_KV", b_kv as u8 as f64),
             ],

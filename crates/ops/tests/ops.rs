@@ -465,6 +465,10 @@ fn matmul_cases() {
         (2, 2, 4, 8, 12),
         (0, 3, 8, 4, 4),
         (0, 0, 20, 12, 2400),
+        // gemm_sg's workgroup narrows to N: 16 invocations for 36 columns; two workgroups of 64
+        // for 264.
+        (0, 0, 36, 36, 20),
+        (0, 0, 8, 264, 8),
         // Operands larger than a 64 KiB uniform window: gemm_uniform splits M, N and K.
         (0, 0, 150, 300, 130),
     ];
