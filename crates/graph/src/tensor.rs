@@ -698,6 +698,22 @@ impl Tensor {
         Ok(self.record(out, vec![self.clone()], "embedding", backward))
     }
 
+    /// One fused LSTM step (PyTorch's gates i, f, g, o): self is the input term of the gate
+    /// pre-activations [B, 4H], `hg` the recurrent term, `c_prev` the cell state [B, H].
+    /// Returns [B, 2H]: the new hidden state and cell state side by side (slice them apart).
+    pub fn lstm_cell(&self, hg: &Tensor, c_prev: &Tensor) -> Result<Tensor> {
+        use kiln_ops::rnn;
+        let (xg, hgd, cp) = (&self.0.data, &hg.0.data, &c_prev.0.data);
+        let out = rnn::lstm_cell(&self.0.dev, xg, hgd, cp)?;
+        let (xg, hgd, cp) = (xg.clone(), hgd.clone(), cp.clone());
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            let (dpre, dc) = rnn::lstm_cell_backward(dev, &xg, &hgd, &cp, g)?;
+            Ok(vec![Some(dpre.clone()), Some(dpre), Some(dc)])
+        });
+        let inputs = vec![self.clone(), hg.clone(), c_prev.clone()];
+        Ok(self.record(out, inputs, "lstm_cell", backward))
+    }
+
     /// Fused scaled-dot-product attention (self is Q: [B, H, Tq, D]; K, V: [B, H, Tk, D]) with an
     /// optional causal mask and key-padding mask (i32 [B, Tk], nonzero = ignore).
     pub fn attention(

@@ -125,13 +125,10 @@ impl Recurrent {
                     Cell::RnnTanh => xg.add(&hg)?.tanh()?,
                     Cell::RnnRelu => xg.add(&hg)?.relu()?,
                     Cell::Lstm => {
-                        let pre = xg.add(&hg)?;
-                        let i = gate(&pre, 0)?.sigmoid()?;
-                        let f = gate(&pre, 1)?.sigmoid()?;
-                        let gg = gate(&pre, 2)?.tanh()?;
-                        let o = gate(&pre, 3)?.sigmoid()?;
-                        c = f.mul(&c)?.add(&i.mul(&gg)?)?;
-                        o.mul(&c.tanh()?)?
+                        // One fused kernel for the gates and the cell update.
+                        let hc = xg.lstm_cell(&hg, &c)?;
+                        c = hc.slice(1, hd, hd)?;
+                        hc.slice(1, 0, hd)?
                     }
                     Cell::Gru => {
                         let r = gate(&xg, 0)?.add(&gate(&hg, 0)?)?.sigmoid()?;

@@ -15,6 +15,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod rnn;
 pub mod softmax;
 pub mod testing;
 
