@@ -67,12 +67,14 @@ fn tap_flat(win: vec3<u32>, i: u32, j: u32) -> i32 {
     return iy * i32(IW) + ix;
 }
 
-@compute @workgroup_size(WG)
-fn pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
-    // Output index within this dispatch's planes (all of them without WINDOW).
-    let o = index(wid, nwg, lid);
-    if (o >= p.n) { return; }
+// Output o of this dispatch's planes: the max or mean, and the max's plane element (-1 when the
+// window sees only padding).
+struct Pooled {
+    v: f32,
+    at: i32,
+}
+
+fn pool_one(o: u32) -> Pooled {
     let win = window_of(o);
     var best = -3.402823e38;
     var at = -1;
@@ -86,13 +88,20 @@ fn pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             if (v > best || at < 0) { best = v; at = flat; }
         }
     }
+    if (OP == 0u) { return Pooled(best, at); }
+    return Pooled(sum / f32(KH * KW), 0);
+}
+
+@compute @workgroup_size(WG)
+fn pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    // Output index within this dispatch's planes (all of them without WINDOW).
+    let o = index(wid, nwg, lid);
+    if (o >= p.n) { return; }
+    let r = pool_one(o);
     let g = p.plane0 * (OH * OW) + o;
-    if (OP == 0u) {
-        out[g] = best;
-        idx[g] = at;
-    } else {
-        out[g] = sum / f32(KH * KW);
-    }
+    out[g] = r.v;
+    if (OP == 0u) { idx[g] = r.at; }
 }
 
 @group(0) @binding(4) var<storage, read> dy: array<f32>;
@@ -129,17 +138,9 @@ fn pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     out[e] = acc;
 }
 
-// One invocation per window o (DISJOINT): writes the gradient of the window's in-bounds inputs.
-// Inputs outside every window are zeroed beforehand by the caller.
-@compute @workgroup_size(WG)
-fn pool_scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_index) lid: u32) {
-    let o = index(wid, nwg, lid);
-    if (o >= p.n) { return; }
+// The gradient of window o's in-bounds inputs (DISJOINT), from its dy `g` and argmax `at`.
+fn scatter_one(o: u32, g: f32, at: i32) {
     let win = window_of(o);
-    let g = dy[o];
-    var at = -1;
-    if (OP == 0u) { at = saved[o]; }
     for (var i = 0u; i < KH; i++) {
         for (var j = 0u; j < KW; j++) {
             let flat = tap_flat(win, i, j);
@@ -148,5 +149,56 @@ fn pool_scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             if (OP == 0u) { v = select(0.0, g, at == flat); }
             out[win.x * (IH * IW) + u32(flat)] = v;
         }
+    }
+}
+
+// One invocation per window o (DISJOINT): writes the gradient of the window's in-bounds inputs.
+// Inputs outside every window are zeroed beforehand by the caller.
+@compute @workgroup_size(WG)
+fn pool_scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let o = index(wid, nwg, lid);
+    if (o >= p.n) { return; }
+    var at = -1;
+    if (OP == 0u) { at = saved[o]; }
+    scatter_one(o, dy[o], at);
+}
+
+// Quad twins, four windows per invocation (outputs 4q .. 4q + 3, wherever they fall), for
+// buffers that ops::pool finds Buffer::quad_aligned, without WINDOW: the per-invocation cost,
+// which dominates on software adapters, is paid once for four, and the outputs (forward) or dy
+// and the indices (scatter) move as vec4s. The forward's outputs are fresh allocations, so its
+// last quad may overhang n.
+@group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> idx4: array<vec4<i32>>;
+@group(0) @binding(4) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> saved4: array<vec4<i32>>;
+
+@compute @workgroup_size(WG)
+fn pool_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let q = index(wid, nwg, lid);
+    if (q * 4u >= p.n) { return; }
+    var v = vec4<f32>();
+    var at = vec4<i32>();
+    for (var e = 0u; e < 4u; e++) {
+        let r = pool_one(min(q * 4u + e, p.n - 1u));
+        v[e] = r.v;
+        at[e] = r.at;
+    }
+    out4[q] = v;
+    if (OP == 0u) { idx4[q] = at; }
+}
+
+@compute @workgroup_size(WG)
+fn pool_scatter4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let q = index(wid, nwg, lid);
+    if (q * 4u >= p.n) { return; }
+    let g = dy4[q];
+    var at = vec4<i32>(-1);
+    if (OP == 0u) { at = saved4[q]; }
+    for (var e = 0u; e < 4u; e++) {
+        if (q * 4u + e < p.n) { scatter_one(q * 4u + e, g[e], at[e]); }
     }
 }

@@ -144,12 +144,19 @@ fn forward(
             }
         }
         None => {
-            let k = kernel(dev, "pool_forward", op, xs, (oh, ow), spec, false)?;
             // The uniform window is declared but not read: a 64 KiB stand-in fills it.
             let unused = dev.alloc(WINDOW_FLOATS, DType::F32)?;
             let n = y.numel();
             let p = params(n, 0, 0);
-            launch_1d(dev, &k, &[&x.buf, &y.buf, idx, &unused], &p, n)?;
+            let bufs = [&x.buf, &y.buf, idx, &unused];
+            let quads = bufs.iter().all(|b| b.quad_aligned());
+            let entry = if quads {
+                "pool_forward4"
+            } else {
+                "pool_forward"
+            };
+            let k = kernel(dev, entry, op, xs, (oh, ow), spec, false)?;
+            launch_1d(dev, &k, &bufs, &p, if quads { n.div_ceil(4) } else { n })?;
         }
     }
     Ok(())
@@ -195,8 +202,13 @@ fn backward(
     } else {
         ("pool_backward", dx.numel())
     };
+    let bufs = [&dx.buf, &dy.buf, idx];
+    // The scatter's quad twin takes four windows per invocation.
+    let quads = entry == "pool_scatter" && bufs.iter().all(|b| b.quad_aligned());
+    let entry = if quads { "pool_scatter4" } else { entry };
     let k = kernel(dev, entry, op, xs, (oh, ow), spec, false)?;
-    launch_1d(dev, &k, &[&dx.buf, &dy.buf, idx], &params(n, 0, 0), n)?;
+    let invocations = if quads { n.div_ceil(4) } else { n };
+    launch_1d(dev, &k, &bufs, &params(n, 0, 0), invocations)?;
     Ok(dx)
 }
 
