@@ -32,9 +32,18 @@ struct Gates {
     o: f32,
 }
 
-// The gates of unit j of row r.
-fn gates(r: u32, j: u32) -> Gates {
-    let at = r * 4u * p.units + j;
+// Where unit e (row e / H, unit e % H) sits in a [B, 4H] array (its i gate) and in [B, 2H] (h).
+fn in_gates(e: u32) -> u32 {
+    return (e / p.units) * 4u * p.units + e % p.units;
+}
+
+fn in_hc(e: u32) -> u32 {
+    return (e / p.units) * 2u * p.units + e % p.units;
+}
+
+// The gates of unit e.
+fn gates(e: u32) -> Gates {
+    let at = in_gates(e);
     let h = p.units;
     return Gates(sigmoid(xg[at] + hg[at]), sigmoid(xg[at + h] + hg[at + h]),
                  tanh(xg[at + 2u * h] + hg[at + 2u * h]), sigmoid(xg[at + 3u * h] + hg[at + 3u * h]));
@@ -49,12 +58,10 @@ fn lstm_cell(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
              @builtin(local_invocation_index) lid: u32) {
     let e = index(wid, nwg, lid);
     if (e >= p.rows * p.units) { return; }
-    let r = e / p.units;
-    let j = e % p.units;
-    let q = gates(r, j);
+    let q = gates(e);
     let c = q.f * c_prev[e] + q.i * q.g;
-    hc[r * 2u * p.units + j] = q.o * tanh(c);
-    hc[r * 2u * p.units + p.units + j] = c;
+    hc[in_hc(e)] = q.o * tanh(c);
+    hc[in_hc(e) + p.units] = c;
 }
 
 @group(0) @binding(5) var<storage, read> dhc: array<f32>;
@@ -67,15 +74,13 @@ fn lstm_cell_backward(@builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let e = index(wid, nwg, lid);
     if (e >= p.rows * p.units) { return; }
-    let r = e / p.units;
-    let j = e % p.units;
-    let q = gates(r, j);
+    let q = gates(e);
     let cp = c_prev[e];
     let tc = tanh(q.f * cp + q.i * q.g);
-    let dh = dhc[r * 2u * p.units + j];
+    let dh = dhc[in_hc(e)];
     // The cell state's gradient: what came from later steps plus the path through h.
-    let dc = dhc[r * 2u * p.units + p.units + j] + dh * q.o * (1.0 - tc * tc);
-    let at = r * 4u * p.units + j;
+    let dc = dhc[in_hc(e) + p.units] + dh * q.o * (1.0 - tc * tc);
+    let at = in_gates(e);
     dpre[at] = dc * q.g * q.i * (1.0 - q.i);
     dpre[at + p.units] = dc * cp * q.f * (1.0 - q.f);
     dpre[at + 2u * p.units] = dc * q.i * (1.0 - q.g * q.g);
