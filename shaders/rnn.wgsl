@@ -4,7 +4,8 @@
 //   c = f * c_prev + i * g,  h = o * tanh(c)       hc: [B, 2H] = (h, c) side by side
 // lstm_cell_backward takes d(hc) = (dh, dc) and gives d(pre) [B, 4H] (the gradient of xg and of
 // hg alike) and d(c_prev) [B, H], recomputing the gates from xg and hg rather than keeping them.
-// One invocation per (row, unit): an RNN step is one dispatch each way instead of a dozen.
+// One invocation per (row, unit): an RNN step is one dispatch each way instead of a dozen. The
+// GRU cell (below) shares the bindings.
 
 const WG: u32 = 256u;
 
@@ -86,4 +87,57 @@ fn lstm_cell_backward(@builtin(workgroup_id) wid: vec3<u32>,
     dpre[at + 2u * p.units] = dc * q.i * (1.0 - q.g * q.g);
     dpre[at + 3u * p.units] = dh * tc * q.o * (1.0 - q.o);
     dc_prev[e] = dc * q.f;
+}
+
+// Fused GRU cell, PyTorch's equations and gate order (r, z, n), for B rows of H units:
+//   r = sigmoid(xg_r + hg_r), z = sigmoid(xg_z + hg_z), n = tanh(xg_n + r * hg_n)
+//   h = (1 - z) * n + z * h_prev                   xg, hg: [B, 3H], h_prev and h: [B, H]
+// (hg holds the recurrent term with its bias, as r multiplies it.) gru_cell_backward takes dh and
+// gives d(xg), d(hg) [B, 3H] and the direct part of d(h_prev) [B, H]. The same bindings as the
+// LSTM's: c_prev holds h_prev, hc the new h; dhc dh, dpre d(xg), dc_prev d(h_prev).
+@group(0) @binding(8) var<storage, read_write> dhg: array<f32>;
+
+struct GruGates {
+    r: f32,
+    z: f32,
+    n: f32,
+    hn: f32, // hg's n term, which r scales
+}
+
+fn gru_gates(e: u32) -> GruGates {
+    let at = (e / p.units) * 3u * p.units + e % p.units;
+    let h = p.units;
+    let r = sigmoid(xg[at] + hg[at]);
+    let hn = hg[at + 2u * h];
+    return GruGates(r, sigmoid(xg[at + h] + hg[at + h]), tanh(xg[at + 2u * h] + r * hn), hn);
+}
+
+@compute @workgroup_size(WG)
+fn gru_cell(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let e = index(wid, nwg, lid);
+    if (e >= p.rows * p.units) { return; }
+    let q = gru_gates(e);
+    hc[e] = q.n + q.z * (c_prev[e] - q.n);
+}
+
+@compute @workgroup_size(WG)
+fn gru_cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let e = index(wid, nwg, lid);
+    if (e >= p.rows * p.units) { return; }
+    let q = gru_gates(e);
+    let dh = dhc[e];
+    let dn = dh * (1.0 - q.z) * (1.0 - q.n * q.n);
+    let dz = dh * (c_prev[e] - q.n) * q.z * (1.0 - q.z);
+    let dr = dn * q.hn * q.r * (1.0 - q.r);
+    let at = (e / p.units) * 3u * p.units + e % p.units;
+    let h = p.units;
+    dpre[at] = dr;
+    dpre[at + h] = dz;
+    dpre[at + 2u * h] = dn;
+    dhg[at] = dr;
+    dhg[at + h] = dz;
+    dhg[at + 2u * h] = dn * q.r;
+    dc_prev[e] = dh * q.z;
 }

@@ -714,6 +714,22 @@ impl Tensor {
         Ok(self.record(out, inputs, "lstm_cell", backward))
     }
 
+    /// One fused GRU step (PyTorch's gates r, z, n): self is the input term of the gate
+    /// pre-activations [B, 3H], `hg` the recurrent term with its bias, `h_prev` the hidden state
+    /// [B, H]. Returns the new hidden state [B, H].
+    pub fn gru_cell(&self, hg: &Tensor, h_prev: &Tensor) -> Result<Tensor> {
+        use kiln_ops::rnn;
+        let (xg, hgd, hp) = (&self.0.data, &hg.0.data, &h_prev.0.data);
+        let out = rnn::gru_cell(&self.0.dev, xg, hgd, hp)?;
+        let (xg, hgd, hp) = (xg.clone(), hgd.clone(), hp.clone());
+        let backward: BackwardFn = Box::new(move |dev, g| {
+            let (dx, dh, dp) = rnn::gru_cell_backward(dev, &xg, &hgd, &hp, g)?;
+            Ok(vec![Some(dx), Some(dh), Some(dp)])
+        });
+        let inputs = vec![self.clone(), hg.clone(), h_prev.clone()];
+        Ok(self.record(out, inputs, "gru_cell", backward))
+    }
+
     /// Fused scaled-dot-product attention (self is Q: [B, H, Tq, D]; K, V: [B, H, Tk, D]) with an
     /// optional causal mask and key-padding mask (i32 [B, Tk], nonzero = ignore).
     pub fn attention(

@@ -120,7 +120,6 @@ impl Recurrent {
             for step in 0..t {
                 let xg = xw.slice(1, step, 1)?.reshape(&[b, g])?;
                 let hg = h.linear(&layer.w_hh, Some(&layer.b_hh))?;
-                let gate = |src: &Tensor, k: usize| src.slice(1, k * hd, hd);
                 h = match self.cell {
                     Cell::RnnTanh => xg.add(&hg)?.tanh()?,
                     Cell::RnnRelu => xg.add(&hg)?.relu()?,
@@ -130,13 +129,7 @@ impl Recurrent {
                         c = hc.slice(1, hd, hd)?;
                         hc.slice(1, 0, hd)?
                     }
-                    Cell::Gru => {
-                        let r = gate(&xg, 0)?.add(&gate(&hg, 0)?)?.sigmoid()?;
-                        let z = gate(&xg, 1)?.add(&gate(&hg, 1)?)?.sigmoid()?;
-                        let n = gate(&xg, 2)?.add(&r.mul(&gate(&hg, 2)?)?)?.tanh()?;
-                        // (1 - z) n + z h = n + z (h - n)
-                        n.add(&z.mul(&h.sub(&n)?)?)?
-                    }
+                    Cell::Gru => xg.gru_cell(&hg, &h)?,
                 };
                 outs.push(h.reshape(&[b, 1, hd])?);
             }

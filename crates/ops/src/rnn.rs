@@ -1,24 +1,30 @@
-//! The fused LSTM cell (shaders/rnn.wgsl): one dispatch per step each way for the gate
-//! nonlinearities and the cell update, which as separate element-wise ops take a dozen.
+//! The fused LSTM and GRU cells (shaders/rnn.wgsl): one dispatch per step each way for the gate
+//! nonlinearities and the state update, which as separate element-wise ops take a dozen.
 
 use crate::{expect_dtype, launch_1d, Array, DType, Device, OpError, Params, Result};
 
-/// (rows, units) from xg [B, 4H], hg [B, 4H] and c_prev [B, H].
-fn dims(op: &'static str, xg: &Array, hg: &Array, c_prev: &Array) -> Result<(usize, usize)> {
-    for a in [xg, hg, c_prev] {
+/// (rows, units) from xg [B, G*H], hg [B, G*H] and the previous state [B, H], for `g` gates.
+fn dims(
+    op: &'static str,
+    xg: &Array,
+    hg: &Array,
+    state: &Array,
+    g: usize,
+) -> Result<(usize, usize)> {
+    for a in [xg, hg, state] {
         expect_dtype(op, a, DType::F32)?;
     }
-    let [rows, units] = c_prev.shape[..] else {
+    let [rows, units] = state.shape[..] else {
         return Err(OpError::Shape {
             op,
-            expected: "c_prev [B, H]".into(),
-            got: format!("{:?}", c_prev.shape),
+            expected: "a state [B, H]".into(),
+            got: format!("{:?}", state.shape),
         });
     };
-    if xg.shape != [rows, 4 * units] || hg.shape != xg.shape {
+    if xg.shape != [rows, g * units] || hg.shape != xg.shape {
         return Err(OpError::Shape {
             op,
-            expected: format!("xg and hg [{rows}, {}]", 4 * units),
+            expected: format!("xg and hg [{rows}, {}]", g * units),
             got: format!("{:?} and {:?}", xg.shape, hg.shape),
         });
     }
@@ -33,7 +39,7 @@ fn params(rows: usize, units: usize) -> Params {
 /// PyTorch) and the previous cell state `c_prev` [B, H]: returns [B, 2H], the new hidden state
 /// h and cell state c side by side.
 pub fn lstm_cell(dev: &Device, xg: &Array, hg: &Array, c_prev: &Array) -> Result<Array> {
-    let (rows, units) = dims("lstm_cell", xg, hg, c_prev)?;
+    let (rows, units) = dims("lstm_cell", xg, hg, c_prev, 4)?;
     let hc = Array::empty(dev, &[rows, 2 * units])?;
     let k = dev.kernel("rnn", "lstm_cell", &[])?;
     let bufs = [&xg.buf, &hg.buf, &c_prev.buf, &hc.buf];
@@ -50,7 +56,7 @@ pub fn lstm_cell_backward(
     c_prev: &Array,
     dhc: &Array,
 ) -> Result<(Array, Array)> {
-    let (rows, units) = dims("lstm_cell_backward", xg, hg, c_prev)?;
+    let (rows, units) = dims("lstm_cell_backward", xg, hg, c_prev, 4)?;
     if dhc.shape != [rows, 2 * units] {
         return Err(OpError::Shape {
             op: "lstm_cell_backward",
@@ -73,6 +79,52 @@ pub fn lstm_cell_backward(
     Ok((dpre, dc_prev))
 }
 
+/// One GRU step from the input term `xg` and the recurrent term `hg` (with its bias) of the gate
+/// pre-activations ([B, 3H], gates r, z, n as PyTorch) and the previous hidden state `h_prev`
+/// [B, H]: returns the new hidden state [B, H].
+pub fn gru_cell(dev: &Device, xg: &Array, hg: &Array, h_prev: &Array) -> Result<Array> {
+    let (rows, units) = dims("gru_cell", xg, hg, h_prev, 3)?;
+    let h = Array::empty(dev, &h_prev.shape)?;
+    let k = dev.kernel("rnn", "gru_cell", &[])?;
+    let bufs = [&xg.buf, &hg.buf, &h_prev.buf, &h.buf];
+    launch_1d(dev, &k, &bufs, &params(rows, units), rows * units)?;
+    Ok(h)
+}
+
+/// The gradients of [`gru_cell`] for `dh` [B, H]: (d(xg), d(hg), d(h_prev)), the last only
+/// the direct path (h_prev's part in hg comes back through the recurrent matmul).
+pub fn gru_cell_backward(
+    dev: &Device,
+    xg: &Array,
+    hg: &Array,
+    h_prev: &Array,
+    dh: &Array,
+) -> Result<(Array, Array, Array)> {
+    let (rows, units) = dims("gru_cell_backward", xg, hg, h_prev, 3)?;
+    if dh.shape != h_prev.shape {
+        return Err(OpError::Shape {
+            op: "gru_cell_backward",
+            expected: format!("dh {:?}", h_prev.shape),
+            got: format!("{:?}", dh.shape),
+        });
+    }
+    let dxg = Array::empty(dev, &xg.shape)?;
+    let dhg = Array::empty(dev, &hg.shape)?;
+    let dh_prev = Array::empty(dev, &h_prev.shape)?;
+    let k = dev.kernel("rnn", "gru_cell_backward", &[])?;
+    let bufs = [
+        &xg.buf,
+        &hg.buf,
+        &h_prev.buf,
+        &dh.buf,
+        &dxg.buf,
+        &dh_prev.buf,
+        &dhg.buf,
+    ];
+    launch_1d(dev, &k, &bufs, &params(rows, units), rows * units)?;
+    Ok((dxg, dhg, dh_prev))
+}
+
 /// CPU reference in f64.
 pub mod cpu {
     /// [`super::lstm_cell`] on pre = xg + hg [B, 4H] and c_prev [B, H]: [B, 2H].
@@ -88,5 +140,21 @@ pub mod cpu {
             hc.extend(c);
         }
         hc
+    }
+
+    /// [`super::gru_cell`] on xg, hg [B, 3H] and h_prev [B, H]: [B, H].
+    pub fn gru_cell(xg: &[f64], hg: &[f64], h_prev: &[f64], units: usize) -> Vec<f64> {
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let mut h = Vec::with_capacity(h_prev.len());
+        for (row, hp) in h_prev.chunks(units).enumerate() {
+            let (x, g) = (&xg[row * 3 * units..], &hg[row * 3 * units..]);
+            h.extend((0..units).map(|j| {
+                let r = sig(x[j] + g[j]);
+                let z = sig(x[units + j] + g[units + j]);
+                let n = (x[2 * units + j] + r * g[2 * units + j]).tanh();
+                (1.0 - z) * n + z * hp[j]
+            }));
+        }
+        h
     }
 }
