@@ -7,7 +7,8 @@ use crate::{
 };
 
 /// Overrides where the forward pass reads its input through uniform windows: `Some(true)` on
-/// any adapter, `Some(false)` never, `None` (the default) where [`wants_windows`] says. For tests.
+/// any adapter, `Some(false)` never, `None` (the default) on software adapters before Mesa 25.
+/// For tests.
 pub fn force_windows(on: Option<bool>) {
     FORCE_WINDOWS.set(on);
 }
