@@ -103,10 +103,19 @@ impl Recurrent {
         for (l, layer) in self.layers.iter().enumerate() {
             let inp = seq.shape()[2];
             let g = self.cell.gates() * hd;
+            // Except in GRU's candidate gate, where r scales it, b_hh adds to the gates as b_ih
+            // does: folded into the input projection, it costs no reduction or gradient sum per
+            // step.
+            let fold = self.cell != Cell::Gru;
+            let (b_x, b_h) = if fold {
+                (layer.b_ih.add(&layer.b_hh)?, None)
+            } else {
+                (layer.b_ih.clone(), Some(&layer.b_hh))
+            };
             // All steps' input projections at once: [B*T, inp] x [inp, G].
             let xw = seq
                 .reshape(&[b * t, inp])?
-                .linear(&layer.w_ih, Some(&layer.b_ih))?
+                .linear(&layer.w_ih, Some(&b_x))?
                 .reshape(&[b, t, g])?;
             let mut h = match h0 {
                 Some(h) => h[l].clone(),
@@ -119,7 +128,7 @@ impl Recurrent {
             let mut outs = Vec::with_capacity(t);
             for step in 0..t {
                 let xg = xw.slice(1, step, 1)?.reshape(&[b, g])?;
-                let hg = h.linear(&layer.w_hh, Some(&layer.b_hh))?;
+                let hg = h.linear(&layer.w_hh, b_h)?;
                 h = match self.cell {
                     Cell::RnnTanh => xg.add(&hg)?.tanh()?,
                     Cell::RnnRelu => xg.add(&hg)?.relu()?,

@@ -113,7 +113,8 @@ fn recurrent_cells_match_pytorch_equations() {
                 );
             }
         }
-        // Gradients through time for the first layer's recurrent weights.
+        // Gradients through time for the first layer's weights and both biases of a layer
+        // (b_hh joins b_ih in the input projection except in GRU).
         let wv = rng.vec(b * t * hd, -1.0, 1.0);
         run.output
             .mul(&Tensor::from_f32(&d, &wv, &[b, t, hd]).unwrap())
@@ -122,7 +123,12 @@ fn recurrent_cells_match_pytorch_equations() {
             .unwrap()
             .backward()
             .unwrap();
-        for (k, name) in [(1, "weight_hh_l0"), (0, "weight_ih_l0"), (7, "bias_hh_l1")] {
+        for (k, name) in [
+            (1, "weight_hh_l0"),
+            (0, "weight_ih_l0"),
+            (6, "bias_ih_l1"),
+            (7, "bias_hh_l1"),
+        ] {
             let f = |v: &[f64]| {
                 let mut ps = params.clone();
                 ps[k] = v.to_vec();
