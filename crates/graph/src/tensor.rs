@@ -582,9 +582,15 @@ impl Tensor {
         )?;
         let (a, b) = (self.0.data.clone(), other.0.data.clone());
         let has_bias = bias.is_some();
+        // The network's input or a frozen weight needs no gradient: skip its product.
+        let need = [
+            self.needs_grad(),
+            other.needs_grad(),
+            bias.is_some_and(|b| b.needs_grad()),
+        ];
         let backward: BackwardFn = Box::new(move |dev, g| {
-            let (da, db, dbias) = matmul::matmul_backward(dev, &a, &b, ta, tb, g, has_bias)?;
-            let mut v = vec![Some(da), Some(db)];
+            let (da, db, dbias) = matmul::matmul_backward(dev, &a, &b, ta, tb, g, need)?;
+            let mut v = vec![da, db];
             if has_bias {
                 v.push(dbias);
             }

@@ -696,8 +696,9 @@ fn matmul_uniform(
     Ok(Some(c.reshape(&[m, n])?))
 }
 
-/// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape, in f32.
-/// With f16 operands on cooperative matrices, dC is rounded to f16 too, after scaling by a power
+/// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape, in f32,
+/// each only where `need` asks for it (an input or a frozen weight needs none, and dA and dB are
+/// each a product as costly as the forward one). With f16 operands on cooperative matrices, dC is rounded to f16 too, after scaling by a power
 /// of two chosen on the device from max |dC| (and undone in the products), so small gradients keep
 /// f16's precision without a loss scale; without cooperative matrices the gradients are computed
 /// in f32 from the widened operands.
@@ -708,12 +709,12 @@ pub fn matmul_backward(
     ta: bool,
     tb: bool,
     dc: &Array,
-    with_bias: bool,
-) -> Result<(Array, Array, Option<Array>)> {
+    need: [bool; 3],
+) -> Result<(Option<Array>, Option<Array>, Option<Array>)> {
     expect_dtype("matmul_backward", dc, DType::F32)?;
     if a.dtype() == DType::F16 && coop_size(dev)?.is_none() {
         let (a, b) = (cast(dev, a, DType::F32)?, cast(dev, b, DType::F32)?);
-        return matmul_backward(dev, &a, &b, ta, tb, dc, with_bias);
+        return matmul_backward(dev, &a, &b, ta, tb, dc, need);
     }
     // The products' dC: f16 after scaling (undone by alpha) for f16 operands, else dC itself.
     let scaled;
@@ -723,20 +724,24 @@ pub fn matmul_backward(
     } else {
         (dc, None)
     };
-    let da = if ta {
-        matmul_scaled(dev, b, g, tb, true, None, alpha)?
-    } else {
-        matmul_scaled(dev, g, b, false, !tb, None, alpha)?
-    };
-    let db = if tb {
-        matmul_scaled(dev, g, a, true, ta, None, alpha)?
-    } else {
-        matmul_scaled(dev, a, g, !ta, false, None, alpha)?
-    };
     // A 2-D operand shared across batches collects the gradient of every batch.
-    let da = sum_to(dev, &da, &a.shape)?;
-    let db = sum_to(dev, &db, &b.shape)?;
-    let dbias = if with_bias {
+    let da = if !need[0] {
+        None
+    } else if ta {
+        Some(matmul_scaled(dev, b, g, tb, true, None, alpha)?)
+    } else {
+        Some(matmul_scaled(dev, g, b, false, !tb, None, alpha)?)
+    };
+    let da = da.map(|d| sum_to(dev, &d, &a.shape)).transpose()?;
+    let db = if !need[1] {
+        None
+    } else if tb {
+        Some(matmul_scaled(dev, g, a, true, ta, None, alpha)?)
+    } else {
+        Some(matmul_scaled(dev, a, g, !ta, false, None, alpha)?)
+    };
+    let db = db.map(|d| sum_to(dev, &d, &b.shape)).transpose()?;
+    let dbias = if need[2] {
         let n = *dc.shape.last().unwrap();
         Some(sum_to(dev, &dc.reshape(&[dc.numel() / n.max(1), n])?, &[1, n])?.reshape(&[n])?)
     } else {

@@ -511,9 +511,18 @@ fn matmul_cases() {
                 continue; // finite differences on the small cases only
             }
             let dc = r.vec(c.numel(), -1.0, 1.0);
+            let dca = arr(&d, &dc, &c.shape);
             let (da, db, dbias) =
-                matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &arr(&d, &dc, &c.shape), true)
-                    .unwrap();
+                matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [true; 3]).unwrap();
+            let (da, db) = (da.unwrap(), db.unwrap());
+            // Asked for one operand's gradient, it computes that one, the same, and not the other.
+            let (no_a, only_b, _) =
+                matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [false, true, false]).unwrap();
+            let (only_a, no_b, _) =
+                matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [true, false, false]).unwrap();
+            assert!(no_a.is_none() && no_b.is_none(), "{sa:?}x{sb:?}");
+            assert_eq!(only_a.unwrap().to_f32(&d).unwrap(), da.to_f32(&d).unwrap());
+            assert_eq!(only_b.unwrap().to_f32(&d).unwrap(), db.to_f32(&d).unwrap());
             let (a64, b64) = (to_f64(&a), to_f64(&b));
             let f_a = |x: &[f64]| {
                 dot(
@@ -715,8 +724,9 @@ fn matmul_f16_cases(coop: bool) {
                 dc.clone()
             };
             let (da, db, dbias) =
-                matmul::matmul_backward(&d, &aa, &bh, ta, tb, &arr(&d, &dc, &c.shape), true)
+                matmul::matmul_backward(&d, &aa, &bh, ta, tb, &arr(&d, &dc, &c.shape), [true; 3])
                     .unwrap();
+            let (da, db) = (da.unwrap(), db.unwrap());
             let f_a = |x: &[f64]| dot(&cpu(x, &b64), &dc16);
             let f_b = |x: &[f64]| dot(&cpu(&a64, x), &dc16);
             let tol = 1e-4 * (k as f64).sqrt().max(1.0) * dscale as f64;
