@@ -11,7 +11,7 @@ mod tensor;
 pub use kiln_ops::{Array, DType, Device, OpError};
 pub use plan::StepPlan;
 pub use tensor::{
-    autocast_f16, autocast_f16_when, is_autocast_f16, is_grad_enabled, no_grad, Tensor,
+    autocast_f16, autocast_f16_when, is_autocast_f16, is_grad_enabled, no_grad, Recurrence, Tensor,
 };
 
 /// The graph's result type (op errors pass through unchanged).

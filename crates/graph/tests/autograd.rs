@@ -510,3 +510,77 @@ fn layer_norm_and_embedding_in_a_graph() {
         );
     }
 }
+
+#[test]
+fn a_recurrence_takes_its_weight_gradient_in_one_product() {
+    let d = dev();
+    let (b, t, h) = (2, 3, 4);
+    let mut r = Rng::new(12);
+    let (xv, wv, hv, mv) = (
+        r.vec(b * t * h, -1.0, 1.0),
+        r.vec(h * h, -0.8, 0.8),
+        r.vec(b * h, -1.0, 1.0),
+        r.vec(b * t * h, -1.0, 1.0),
+    );
+    let (xw, w, h0) = (
+        param(&d, &xv, &[b, t, h]),
+        param(&d, &wv, &[h, h]),
+        param(&d, &hv, &[b, h]),
+    );
+    // h_s = tanh(xw[:, s] + h_{s-1} w^T) from a nonzero h_0; loss = sum(seq * m).
+    let (steps, rec) = xw.recurrence(&w).unwrap();
+    let mut hs = h0.clone();
+    let mut outs = Vec::new();
+    for s in 0..t {
+        let xg = steps.slice(1, s, 1).unwrap().reshape(&[b, h]).unwrap();
+        hs = xg.add(&rec.step(&hs).unwrap()).unwrap().tanh().unwrap();
+        outs.push(hs.reshape(&[b, 1, h]).unwrap());
+    }
+    let seq = Tensor::concat(&outs.iter().collect::<Vec<_>>(), 1).unwrap();
+    assert!(
+        rec.finish(&h0, &outs[0]).is_err(),
+        "a sequence of the wrong length"
+    );
+    let loss = seq
+        .mul(&Tensor::from_f32(&d, &mv, &[b, t, h]).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    assert!(
+        loss.backward().is_err(),
+        "backward before finish must be an error, not a wrong gradient"
+    );
+    // What the failed pass gave to leaves before it stopped goes.
+    for p in [&xw, &w, &h0] {
+        p.zero_grad();
+    }
+    rec.finish(&h0, &seq).unwrap();
+    loss.backward().unwrap();
+    let f = |flat: &[f64]| {
+        let p = split(flat, &[b * t * h, h * h, b * h]);
+        let (x, w, h0) = (p[0], p[1], p[2]);
+        let mut z = 0.0;
+        for bi in 0..b {
+            let mut hp = h0[bi * h..(bi + 1) * h].to_vec();
+            for s in 0..t {
+                let at = (bi * t + s) * h;
+                let hn: Vec<f64> = (0..h)
+                    .map(|o| {
+                        let rec: f64 = (0..h).map(|k| w[o * h + k] * hp[k]).sum();
+                        (x[at + o] + rec).tanh()
+                    })
+                    .collect();
+                z += (0..h).map(|o| hn[o] * mv[at + o] as f64).sum::<f64>();
+                hp = hn;
+            }
+        }
+        z
+    };
+    let flat: Vec<f64> = [&xv[..], &wv, &hv].iter().flat_map(|v| to_f64(v)).collect();
+    let fd = finite_diff(f, &flat, 1e-5);
+    let fd = split(&fd, &[b * t * h, h * h, b * h]);
+    for (name, p, want) in [("xw", &xw, fd[0]), ("w", &w, fd[1]), ("h0", &h0, fd[2])] {
+        let got = p.grad().unwrap().to_f32(&d).unwrap();
+        assert_close(&format!("recurrence d{name}"), &got, want, 1e-4, 1e-3);
+    }
+}

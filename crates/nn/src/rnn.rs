@@ -117,10 +117,18 @@ impl Recurrent {
                 .reshape(&[b * t, inp])?
                 .linear(&layer.w_ih, Some(&b_x))?
                 .reshape(&[b, t, g])?;
+            // Where the gates add the two terms, w_hh's gradient is one product after the steps.
+            let (xw, rec) = if fold {
+                let (xw, rec) = xw.recurrence(&layer.w_hh)?;
+                (xw, Some(rec))
+            } else {
+                (xw, None)
+            };
             let mut h = match h0 {
                 Some(h) => h[l].clone(),
                 None => Tensor::full(&dev, &[b, hd], 0.0)?,
             };
+            let h_first = h.clone();
             let mut c = match c0 {
                 Some(c) => c[l].clone(),
                 None => Tensor::full(&dev, &[b, hd], 0.0)?,
@@ -128,7 +136,10 @@ impl Recurrent {
             let mut outs = Vec::with_capacity(t);
             for step in 0..t {
                 let xg = xw.slice(1, step, 1)?.reshape(&[b, g])?;
-                let hg = h.linear(&layer.w_hh, b_h)?;
+                let hg = match &rec {
+                    Some(rec) => rec.step(&h)?,
+                    None => h.linear(&layer.w_hh, b_h)?,
+                };
                 h = match self.cell {
                     Cell::RnnTanh => xg.add(&hg)?.tanh()?,
                     Cell::RnnRelu => xg.add(&hg)?.relu()?,
@@ -144,6 +155,9 @@ impl Recurrent {
             }
             let refs: Vec<&Tensor> = outs.iter().collect();
             seq = Tensor::concat(&refs, 1)?;
+            if let Some(rec) = &rec {
+                rec.finish(&h_first, &seq)?;
+            }
             h_n.push(h);
             if self.cell == Cell::Lstm {
                 c_n.push(c);
