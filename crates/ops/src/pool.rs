@@ -2,8 +2,8 @@
 
 use crate::conv::Conv2dSpec;
 use crate::{
-    expect_dtype, launch_1d, uniform_runs, Array, DType, Device, OpError, Params, Result, Switch,
-    WINDOW_FLOATS,
+    expect_dtype, launch_1d, launch_quads, uniform_runs, Array, DType, Device, OpError, Params,
+    Result, Switch, WINDOW_FLOATS,
 };
 
 /// Overrides where the forward pass reads its input through uniform windows: `Some(true)` on
@@ -67,40 +67,35 @@ fn disjoint(s: &Pool2dSpec) -> bool {
     c.dilation == (1, 1) && c.stride.0 >= s.kernel.0 && c.stride.1 >= s.kernel.1
 }
 
-/// The pool kernel with the whole shape as override constants: integer division has no vector
-/// form on CPUs, and loops over a constant window unroll, so software adapters run it far faster.
-fn kernel(
-    dev: &Device,
-    entry: &str,
+/// The pool kernels' override constants: the whole shape, since integer division has no vector
+/// form on CPUs, and loops over a constant window unroll, so software adapters run them far
+/// faster.
+fn constants(
     op: u32,
     xs: [usize; 4],
     (oh, ow): (usize, usize),
     s: &Pool2dSpec,
     window: bool,
-) -> Result<std::sync::Arc<kiln_device::Kernel>> {
+) -> [(&'static str, f64); 15] {
     let c = &s.conv;
     let f = |v: usize| v as f64;
-    Ok(dev.kernel(
-        "pool",
-        entry,
-        &[
-            ("OP", op as f64),
-            ("IH", f(xs[2])),
-            ("IW", f(xs[3])),
-            ("OH", f(oh)),
-            ("OW", f(ow)),
-            ("KH", f(s.kernel.0)),
-            ("KW", f(s.kernel.1)),
-            ("SH", f(c.stride.0)),
-            ("SW", f(c.stride.1)),
-            ("PADH", f(c.padding.0)),
-            ("PADW", f(c.padding.1)),
-            ("DH", f(c.dilation.0)),
-            ("DW", f(c.dilation.1)),
-            ("DISJOINT", disjoint(s) as u8 as f64),
-            ("WINDOW", window as u8 as f64),
-        ],
-    )?)
+    [
+        ("OP", op as f64),
+        ("IH", f(xs[2])),
+        ("IW", f(xs[3])),
+        ("OH", f(oh)),
+        ("OW", f(ow)),
+        ("KH", f(s.kernel.0)),
+        ("KW", f(s.kernel.1)),
+        ("SH", f(c.stride.0)),
+        ("SW", f(c.stride.1)),
+        ("PADH", f(c.padding.0)),
+        ("PADW", f(c.padding.1)),
+        ("DH", f(c.dilation.0)),
+        ("DW", f(c.dilation.1)),
+        ("DISJOINT", disjoint(s) as u8 as f64),
+        ("WINDOW", window as u8 as f64),
+    ]
 }
 
 /// Whether the forward pass reads x through uniform windows by default: on software adapters
@@ -134,7 +129,8 @@ fn forward(
     };
     match runs {
         Some(runs) => {
-            let k = kernel(dev, "pool_forward", op, xs, (oh, ow), spec, true)?;
+            let consts = constants(op, xs, (oh, ow), spec, true);
+            let k = dev.kernel("pool", "pool_forward", &consts)?;
             // The storage binding of x is declared but not read.
             let unused = dev.alloc(1, DType::F32)?;
             for r in &runs {
@@ -150,14 +146,8 @@ fn forward(
             let n = y.numel();
             let p = params(n, 0, 0);
             let bufs = [&x.buf, &y.buf, idx, &unused];
-            let quads = bufs.iter().all(|b| b.quad_aligned());
-            let entry = if quads {
-                "pool_forward4"
-            } else {
-                "pool_forward"
-            };
-            let k = kernel(dev, entry, op, xs, (oh, ow), spec, false)?;
-            launch_1d(dev, &k, &bufs, &p, if quads { n.div_ceil(4) } else { n })?;
+            let consts = constants(op, xs, (oh, ow), spec, false);
+            launch_quads(dev, "pool", "pool_forward", &consts, &bufs, &p, n)?;
         }
     }
     Ok(())
@@ -191,7 +181,9 @@ fn backward(
     let (oh, ow) = (dy.shape[2], dy.shape[3]);
     let dx = Array::empty(dev, &xs)?;
     let c = &spec.conv;
-    let (entry, n) = if disjoint(spec) {
+    let bufs = [&dx.buf, &dy.buf, idx];
+    let consts = constants(op, xs, (oh, ow), spec, false);
+    if disjoint(spec) {
         let covers_all = c.padding == (0, 0)
             && spec.kernel == c.stride
             && oh * c.stride.0 == xs[2]
@@ -199,17 +191,22 @@ fn backward(
         if !covers_all {
             crate::fill(dev, &dx.buf, 0.0)?;
         }
-        ("pool_scatter", dy.numel())
+        // The scatter's quad twin takes four windows per invocation.
+        let n = dy.numel();
+        launch_quads(
+            dev,
+            "pool",
+            "pool_scatter",
+            &consts,
+            &bufs,
+            &params(n, 0, 0),
+            n,
+        )?;
     } else {
-        ("pool_backward", dx.numel())
-    };
-    let bufs = [&dx.buf, &dy.buf, idx];
-    // The scatter's quad twin takes four windows per invocation.
-    let quads = entry == "pool_scatter" && bufs.iter().all(|b| b.quad_aligned());
-    let entry = if quads { "pool_scatter4" } else { entry };
-    let k = kernel(dev, entry, op, xs, (oh, ow), spec, false)?;
-    let invocations = if quads { n.div_ceil(4) } else { n };
-    launch_1d(dev, &k, &bufs, &params(n, 0, 0), invocations)?;
+        let k = dev.kernel("pool", "pool_backward", &consts)?;
+        let n = dx.numel();
+        launch_1d(dev, &k, &bufs, &params(n, 0, 0), n)?;
+    }
     Ok(dx)
 }
 
