@@ -2,7 +2,8 @@
 //! Reshape is free ([`Array::reshape`]).
 
 use crate::{
-    expect_dtype, launch_1d, numel, pack8, strides, Array, DType, Device, OpError, Params, Result,
+    expect_dtype, launch_1d, launch_quads, numel, pack8, strides, Array, DType, Device, OpError,
+    Params, Result,
 };
 
 /// Copies `shape`-many elements from `x` (offset, strides) into `out` (offset, strides).
@@ -65,24 +66,23 @@ fn copy_or_add(
         .us(&pack8("strided_copy", &si)?)
         .us(&pack8("strided_copy", &so)?);
     let &(inner, inner_si, inner_so) = axes.last().expect("at least one axis");
-    let quads = inner_si == 1
+    // Quads never straddle a row: the innermost axis is contiguous and whole quads long, and
+    // every other stride and both offsets are multiples of 4.
+    let quad_layout = inner_si == 1
         && inner_so == 1
         && inner.is_multiple_of(4)
         && [off_in, off_out]
             .iter()
             .chain(&si[..axes.len() - 1])
             .chain(&so[..axes.len() - 1])
-            .all(|v| v.is_multiple_of(4))
-        && x.quad_aligned()
-        && out.quad_aligned();
+            .all(|v| v.is_multiple_of(4));
     let consts = [("ACCUMULATE", add as u8 as f64)];
-    let entry = if quads {
-        "strided_copy4"
+    if quad_layout {
+        launch_quads(dev, "layout", "strided_copy", &consts, &[x, out], &p, n)
     } else {
-        "strided_copy"
-    };
-    let k = dev.kernel("layout", entry, &consts)?;
-    launch_1d(dev, &k, &[x, out], &p, if quads { n / 4 } else { n })
+        let k = dev.kernel("layout", "strided_copy", &consts)?;
+        launch_1d(dev, &k, &[x, out], &p, n)
+    }
 }
 
 /// Adds `dy` into the slice `start .. start + dy.shape[axis]` along `axis` of `into`, in place:

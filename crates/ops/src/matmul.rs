@@ -698,10 +698,10 @@ fn matmul_uniform(
 
 /// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape, in f32,
 /// each only where `need` asks for it (an input or a frozen weight needs none, and dA and dB are
-/// each a product as costly as the forward one). With f16 operands on cooperative matrices, dC is rounded to f16 too, after scaling by a power
-/// of two chosen on the device from max |dC| (and undone in the products), so small gradients keep
-/// f16's precision without a loss scale; without cooperative matrices the gradients are computed
-/// in f32 from the widened operands.
+/// each a product as costly as the forward one). With f16 operands on cooperative matrices, dC
+/// is rounded to f16 too, after scaling by a power of two chosen on the device from max |dC|
+/// (and undone in the products), so small gradients keep f16's precision without a loss scale;
+/// without cooperative matrices the gradients are computed in f32 from the widened operands.
 pub fn matmul_backward(
     dev: &Device,
     a: &Array,
@@ -724,23 +724,27 @@ pub fn matmul_backward(
     } else {
         (dc, None)
     };
-    // A 2-D operand shared across batches collects the gradient of every batch.
-    let da = if !need[0] {
-        None
-    } else if ta {
-        Some(matmul_scaled(dev, b, g, tb, true, None, alpha)?)
+    // A 2-D operand shared across batches collects the gradient of every batch (sum_to).
+    let da = if need[0] {
+        let d = if ta {
+            matmul_scaled(dev, b, g, tb, true, None, alpha)?
+        } else {
+            matmul_scaled(dev, g, b, false, !tb, None, alpha)?
+        };
+        Some(sum_to(dev, &d, &a.shape)?)
     } else {
-        Some(matmul_scaled(dev, g, b, false, !tb, None, alpha)?)
-    };
-    let da = da.map(|d| sum_to(dev, &d, &a.shape)).transpose()?;
-    let db = if !need[1] {
         None
-    } else if tb {
-        Some(matmul_scaled(dev, g, a, true, ta, None, alpha)?)
-    } else {
-        Some(matmul_scaled(dev, a, g, !ta, false, None, alpha)?)
     };
-    let db = db.map(|d| sum_to(dev, &d, &b.shape)).transpose()?;
+    let db = if need[1] {
+        let d = if tb {
+            matmul_scaled(dev, g, a, true, ta, None, alpha)?
+        } else {
+            matmul_scaled(dev, a, g, !ta, false, None, alpha)?
+        };
+        Some(sum_to(dev, &d, &b.shape)?)
+    } else {
+        None
+    };
     let dbias = if need[2] {
         let n = *dc.shape.last().unwrap();
         Some(sum_to(dev, &dc.reshape(&[dc.numel() / n.max(1), n])?, &[1, n])?.reshape(&[n])?)
