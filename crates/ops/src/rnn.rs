@@ -31,8 +31,17 @@ fn dims(
     Ok((rows, units))
 }
 
-fn params(rows: usize, units: usize) -> Params {
-    Params::new().u(rows as u32).u(units as u32)
+/// Runs `entry` of rnn.wgsl, one invocation per (row, unit).
+fn launch(
+    dev: &Device,
+    entry: &str,
+    bufs: &[&crate::Buffer],
+    rows: usize,
+    units: usize,
+) -> Result<()> {
+    let k = dev.kernel("rnn", entry, &[])?;
+    let p = Params::new().u(rows as u32).u(units as u32);
+    launch_1d(dev, &k, bufs, &p, rows * units)
 }
 
 /// One LSTM step from its gate pre-activations `xg + hg` ([B, 4H], gates i, f, g, o as
@@ -41,9 +50,8 @@ fn params(rows: usize, units: usize) -> Params {
 pub fn lstm_cell(dev: &Device, xg: &Array, hg: &Array, c_prev: &Array) -> Result<Array> {
     let (rows, units) = dims("lstm_cell", xg, hg, c_prev, 4)?;
     let hc = Array::empty(dev, &[rows, 2 * units])?;
-    let k = dev.kernel("rnn", "lstm_cell", &[])?;
     let bufs = [&xg.buf, &hg.buf, &c_prev.buf, &hc.buf];
-    launch_1d(dev, &k, &bufs, &params(rows, units), rows * units)?;
+    launch(dev, "lstm_cell", &bufs, rows, units)?;
     Ok(hc)
 }
 
@@ -66,7 +74,6 @@ pub fn lstm_cell_backward(
     }
     let dpre = Array::empty(dev, &xg.shape)?;
     let dc_prev = Array::empty(dev, &c_prev.shape)?;
-    let k = dev.kernel("rnn", "lstm_cell_backward", &[])?;
     let bufs = [
         &xg.buf,
         &hg.buf,
@@ -75,7 +82,7 @@ pub fn lstm_cell_backward(
         &dpre.buf,
         &dc_prev.buf,
     ];
-    launch_1d(dev, &k, &bufs, &params(rows, units), rows * units)?;
+    launch(dev, "lstm_cell_backward", &bufs, rows, units)?;
     Ok((dpre, dc_prev))
 }
 
@@ -85,9 +92,8 @@ pub fn lstm_cell_backward(
 pub fn gru_cell(dev: &Device, xg: &Array, hg: &Array, h_prev: &Array) -> Result<Array> {
     let (rows, units) = dims("gru_cell", xg, hg, h_prev, 3)?;
     let h = Array::empty(dev, &h_prev.shape)?;
-    let k = dev.kernel("rnn", "gru_cell", &[])?;
     let bufs = [&xg.buf, &hg.buf, &h_prev.buf, &h.buf];
-    launch_1d(dev, &k, &bufs, &params(rows, units), rows * units)?;
+    launch(dev, "gru_cell", &bufs, rows, units)?;
     Ok(h)
 }
 
@@ -111,7 +117,6 @@ pub fn gru_cell_backward(
     let dxg = Array::empty(dev, &xg.shape)?;
     let dhg = Array::empty(dev, &hg.shape)?;
     let dh_prev = Array::empty(dev, &h_prev.shape)?;
-    let k = dev.kernel("rnn", "gru_cell_backward", &[])?;
     let bufs = [
         &xg.buf,
         &hg.buf,
@@ -121,7 +126,7 @@ pub fn gru_cell_backward(
         &dh_prev.buf,
         &dhg.buf,
     ];
-    launch_1d(dev, &k, &bufs, &params(rows, units), rows * units)?;
+    launch(dev, "gru_cell_backward", &bufs, rows, units)?;
     Ok((dxg, dhg, dh_prev))
 }
 
