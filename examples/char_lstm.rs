@@ -7,8 +7,9 @@ mod common;
 
 use clap::Parser;
 use kiln::device::Device;
-use kiln::nn::lm::{generate, train_lm, CharCorpus, CharLstm, LmConfig};
+use kiln::nn::lm::{generate, CharCorpus, CharLstm};
 use kiln::nn::{Module, Optimizer};
+use kiln::train::lm::{train_lm, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -7,11 +7,10 @@ mod common;
 
 use clap::{Parser, ValueEnum};
 use kiln::device::Device;
-use kiln::nn::lm::{
-    generate, train_lm, CharCorpus, CharTransformer, LmConfig, TransformerLmConfig,
-};
+use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Optimizer};
+use kiln::train::lm::{train_lm, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]

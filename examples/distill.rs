@@ -5,14 +5,14 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::{no_grad, StepPlan, Tensor};
-use kiln::nn::checkpoint;
 use kiln::nn::data::{gather_rows, shuffled, Mnist};
-use kiln::nn::distill::distillation_loss;
 use kiln::nn::layers::{lenet5, Linear, ReLU, Sequential};
-use kiln::nn::train::{evaluate, Dataset, Loss};
+use kiln::nn::loss::distillation_loss;
+use kiln::nn::serialize;
 use kiln::nn::{Module, NnError, Optimizer};
 use kiln::ops::testing::Rng;
 use kiln::ops::Array;
+use kiln::train::{evaluate, Dataset, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -100,7 +100,7 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let dev = Device::new()?;
     let teacher = lenet5(&dev, 0)?;
-    let r = checkpoint::load(&a.teacher, &teacher.named_parameters(), false)
+    let r = serialize::load(&a.teacher, &teacher.named_parameters(), false)
         .context("loading the teacher")?;
     anyhow::ensure!(
         r.missing.is_empty() && r.mismatched.is_empty(),

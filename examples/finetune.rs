@@ -4,11 +4,11 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::device::Device;
-use kiln::nn::checkpoint;
 use kiln::nn::data::Mnist;
 use kiln::nn::layers::lenet5_with_classes;
-use kiln::nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
+use kiln::nn::serialize;
 use kiln::nn::{Module, Optimizer};
+use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -40,7 +40,7 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let dev = Device::new()?;
     let model = lenet5_with_classes(&dev, 7, 5)?;
-    let report = checkpoint::load(&a.model, &model.named_parameters(), false).context("loading")?;
+    let report = serialize::load(&a.model, &model.named_parameters(), false).context("loading")?;
     eprintln!(
         "loaded non-strictly: new (mismatched) {:?}, skipped {} file tensors",
         report.mismatched,

@@ -10,8 +10,8 @@ use kiln::device::Device;
 use kiln::nn::data::Mnist;
 use kiln::nn::layers::lenet5;
 use kiln::nn::schedule::Schedule;
-use kiln::nn::train::{fit_classifier, Dataset, FitConfig};
 use kiln::nn::{Module, Optimizer};
+use kiln::train::{fit_classifier, Dataset, FitConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -73,7 +73,7 @@ fn main() -> Result<()> {
     let mut cfg = FitConfig {
         log_every: 25,
         ..FitConfig::new(
-            kiln::nn::train::Loss::CrossEntropy,
+            kiln::nn::loss::Loss::CrossEntropy,
             args.epochs,
             args.batch_size,
             args.seed,

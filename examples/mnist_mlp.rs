@@ -10,9 +10,9 @@ use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
 use kiln::nn::layers::{Linear, ReLU, Sequential};
-use kiln::nn::train::{Compiled, Dataset, FitConfig, Loss};
 use kiln::nn::{Module, Optimizer};
 use kiln::ops::testing::Rng;
+use kiln::train::{Compiled, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -5,12 +5,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::Tensor;
-use kiln::nn::checkpoint;
 use kiln::nn::data::Mnist;
 use kiln::nn::layers::lenet5;
 use kiln::nn::prune::{magnitude_masks, sparsity};
-use kiln::nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
+use kiln::nn::serialize;
 use kiln::nn::{Module, Optimizer};
+use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -37,7 +37,7 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let dev = Device::new()?;
     let model = lenet5(&dev, 0)?;
-    let r = checkpoint::load(&a.model, &model.named_parameters(), false).context("loading")?;
+    let r = serialize::load(&a.model, &model.named_parameters(), false).context("loading")?;
     anyhow::ensure!(
         r.missing.is_empty() && r.mismatched.is_empty(),
         "not a LeNet-5 checkpoint: {r:?}"

@@ -8,9 +8,9 @@ mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier};
-use kiln::nn::train::{Compiled, Dataset, FitConfig, Loss};
 use kiln::nn::{Module, Optimizer};
 use kiln::ops::testing::Rng;
+use kiln::train::{Compiled, Dataset, FitConfig, Loss};
 
 #[derive(Parser)]
 #[command(about = "A 2-layer RNN learns whether a 0/1 sequence is mostly ones")]

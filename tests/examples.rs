@@ -1,6 +1,6 @@
 //! The seed models that run quickly, end to end on the default adapter.
 use kiln::device::Device;
-use kiln::nn::regression::fit_line;
+use kiln::train::regression::fit_line;
 
 #[test]
 fn linear_regression_learns_slope_and_intercept() {
@@ -15,9 +15,9 @@ fn linear_regression_learns_slope_and_intercept() {
 #[test]
 fn rnn_sequence_model_learns_the_majority_task() {
     use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier};
-    use kiln::nn::train::{Compiled, Dataset, Loss};
     use kiln::nn::{Module, Optimizer};
     use kiln::ops::testing::Rng;
+    use kiln::train::{Compiled, Dataset, Loss};
     let dev = Device::shared().unwrap();
     let mut rng = Rng::new(0);
     let (x, y) = majority_task(512, 7, &mut rng);
@@ -40,9 +40,9 @@ fn rnn_sequence_model_learns_the_majority_task() {
 fn mnist_mlp_model_learns_in_one_epoch() {
     use kiln::nn::data::Mnist;
     use kiln::nn::layers::{Linear, ReLU, Sequential};
-    use kiln::nn::train::{Compiled, Dataset, Loss};
     use kiln::nn::{Module, Optimizer};
     use kiln::ops::testing::Rng;
+    use kiln::train::{Compiled, Dataset, Loss};
     let dev = Device::shared().unwrap();
     let m = Mnist::load(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"))
         .unwrap();
@@ -69,8 +69,8 @@ fn mnist_mlp_model_learns_in_one_epoch() {
 #[test]
 fn loads_a_lenet_written_by_the_reference_safetensors_library() {
     // tests/fixtures/make_lenet_safetensors.py wrote it with PyTorch's names (no kiln checksum).
-    use kiln::nn::checkpoint::load;
     use kiln::nn::layers::lenet5;
+    use kiln::nn::serialize::load;
     use kiln::nn::Module;
     let dev = Device::shared().unwrap();
     let model = lenet5(&dev, 0).unwrap();

@@ -26,7 +26,7 @@ fn main() {
     let mut t = |name: &str, work: &dyn Fn() -> kiln_ops::Result<()>| {
         work().unwrap();
         d.wait().unwrap();
-        let s = d.time(|| work()).unwrap().seconds;
+        let s = d.time(work).unwrap().seconds;
         total += s;
         println!("{name:28} {:8.2} ms", s * 1e3);
     };

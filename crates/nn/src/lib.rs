@@ -1,19 +1,16 @@
-//! kiln-nn: modules with PyTorch's parameter names and layouts, optimizers, learning-rate
-//! schedules, data loading, and a training loop that runs each step as one recorded submission.
+//! kiln-nn: modules with PyTorch's parameter names and layouts, losses, optimizers, learning-rate
+//! schedules, data readers and safetensors files. The loops that train them are in kiln-train.
 
-pub mod checkpoint;
 pub mod data;
-pub mod distill;
 pub mod layers;
 pub mod lm;
+pub mod loss;
 pub mod optim;
 pub mod prune;
 pub mod quant;
-pub mod regression;
-pub mod report;
 pub mod rnn;
 pub mod schedule;
-pub mod train;
+pub mod serialize;
 pub mod transformer;
 
 pub use kiln_graph::{no_grad, Array, Device, OpError, StepPlan, Tensor};

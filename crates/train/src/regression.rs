@@ -1,9 +1,9 @@
 //! Linear regression, the first seed model: y = w x + b fitted by gradient descent on MSE.
 
-use crate::layers::{Linear, Module};
-use crate::optim::Optimizer;
-use crate::{NnError, Result};
+use crate::{Result, TrainError};
 use kiln_graph::{Device, StepPlan, Tensor};
+use kiln_nn::layers::Linear;
+use kiln_nn::{Module, Optimizer};
 use kiln_ops::testing::Rng;
 
 /// What [`fit_line`] learned.
@@ -38,7 +38,7 @@ pub fn fit_line(dev: &Device, n: usize, steps: usize, lr: f32, seed: u64) -> Res
         let loss = model.forward(&xt)?.mse_loss(&yt)?;
         loss.backward()?;
         opt.step()?;
-        Ok::<_, NnError>(loss)
+        Ok::<_, TrainError>(loss)
     })?;
     for _ in 1..steps {
         opt.begin_step()?;

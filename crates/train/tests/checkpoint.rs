@@ -2,8 +2,8 @@
 //! atomic writes that leave the previous file intact.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::checkpoint::{load, read_metadata, save};
 use kiln_nn::layers::{lenet5, Linear, Module, Sequential};
+use kiln_nn::serialize::{load, read_metadata, save};
 use kiln_ops::testing::Rng;
 use std::path::PathBuf;
 
@@ -153,11 +153,11 @@ fn failed_saves_leave_the_previous_file_intact() {
 
 mod training {
     use super::*;
-    use kiln_nn::checkpoint::{load_training, CheckpointConfig};
     use kiln_nn::data::Mnist;
     use kiln_nn::schedule::Schedule;
-    use kiln_nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
     use kiln_nn::Optimizer;
+    use kiln_train::checkpoint::{load_training, CheckpointConfig};
+    use kiln_train::{evaluate, fit, Dataset, FitConfig, Loss};
 
     fn mnist(range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
@@ -320,8 +320,9 @@ mod training {
 
 #[test]
 fn reports_write_csv_and_svg_that_round_trip() {
-    use kiln_nn::report::{history_csv, parse_history_csv, write_reports};
-    use kiln_nn::train::EpochStats;
+    use kiln_train::history::{history_csv, parse_history_csv};
+    use kiln_train::report::write_reports;
+    use kiln_train::EpochStats;
     let h: Vec<EpochStats> = (1..=3)
         .map(|e| EpochStats {
             epoch: e,
@@ -354,8 +355,8 @@ fn reports_write_csv_and_svg_that_round_trip() {
 #[test]
 fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     use kiln_nn::data::Mnist;
-    use kiln_nn::train::{fit, Dataset, FitConfig, Loss};
     use kiln_nn::Optimizer;
+    use kiln_train::{fit, Dataset, FitConfig, Loss};
     let d = dev();
     let m =
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();

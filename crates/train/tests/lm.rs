@@ -3,11 +3,12 @@
 use kiln_graph::Device;
 use kiln_nn::layers::Module;
 use kiln_nn::lm::{
-    evaluate_lm, generate, sample_windows, train_lm, CharCorpus, CharLstm, CharTransformer,
-    LanguageModel, LmConfig, TransformerLmConfig,
+    generate, sample_windows, CharCorpus, CharLstm, CharTransformer, LanguageModel,
+    TransformerLmConfig,
 };
 use kiln_nn::Optimizer;
 use kiln_ops::testing::Rng;
+use kiln_train::lm::{evaluate_lm, train_lm, LmConfig};
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
@@ -124,7 +125,7 @@ fn char_lstm_learns_a_periodic_text() {
 
 #[test]
 fn resumed_language_model_training_equals_an_uninterrupted_run() {
-    use kiln_nn::checkpoint::{load_training, CheckpointConfig};
+    use kiln_train::checkpoint::{load_training, CheckpointConfig};
     let d = dev();
     let c = periodic();
     let make = || CharLstm::new(&d, 2, c.vocab(), 12, 8, 16, 1).unwrap();
