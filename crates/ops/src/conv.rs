@@ -10,6 +10,7 @@
 //! gradient needs one image of x and of dy within a window (or subgroups). Elsewhere they fall
 //! back to the implicit GEMM.
 
+pub use crate::geometry::Conv2dSpec;
 use crate::matmul::{gemm, Geom, Mode};
 use crate::reduce::{reduce, Reduce};
 use crate::{
@@ -264,72 +265,6 @@ impl Direct {
             }
         }
         Ok(true)
-    }
-}
-
-/// Stride, padding and dilation (height, width).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dSpec {
-    /// Step between windows.
-    pub stride: (usize, usize),
-    /// Zeros added on each side.
-    pub padding: (usize, usize),
-    /// Spacing between kernel taps.
-    pub dilation: (usize, usize),
-}
-
-impl Default for Conv2dSpec {
-    fn default() -> Self {
-        Conv2dSpec {
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-        }
-    }
-}
-
-impl Conv2dSpec {
-    /// Output extent along one axis, as PyTorch computes it; None when the window does not fit.
-    pub fn out_len(
-        input: usize,
-        kernel: usize,
-        stride: usize,
-        pad: usize,
-        dil: usize,
-    ) -> Option<usize> {
-        let span = dil * (kernel.checked_sub(1)?) + 1;
-        (input + 2 * pad).checked_sub(span).map(|r| r / stride + 1)
-    }
-
-    /// Output (OH, OW) for an input (H, W) and kernel (KH, KW).
-    pub fn out_hw(
-        &self,
-        op: &'static str,
-        h: usize,
-        w: usize,
-        kh: usize,
-        kw: usize,
-    ) -> Result<(usize, usize)> {
-        if self.stride.0 == 0 || self.stride.1 == 0 || self.dilation.0 == 0 || self.dilation.1 == 0
-        {
-            return Err(OpError::Invalid {
-                op,
-                message: format!(
-                    "stride {:?} and dilation {:?} must be positive",
-                    self.stride, self.dilation
-                ),
-            });
-        }
-        let oh = Self::out_len(h, kh, self.stride.0, self.padding.0, self.dilation.0);
-        let ow = Self::out_len(w, kw, self.stride.1, self.padding.1, self.dilation.1);
-        match (oh, ow) {
-            (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok((oh, ow)),
-            _ => Err(OpError::Shape {
-                op,
-                expected: format!("an input of at least the kernel's span ({kh}x{kw}, {self:?})"),
-                got: format!("{h}x{w}"),
-            }),
-        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! activations and f32 accumulation), and casts between f32 and f16 arrays. Needs the adapter's
 //! `SHADER_F16` ([`supported`]); callers fall back to f32 without it.
 
-use crate::int8::LayerGeom;
+use crate::geometry::LayerGeom;
 use crate::reduce::Reduce;
 use crate::{Array, Buffer, DType, Device, OpError, Params, Result};
 
