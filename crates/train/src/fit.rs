@@ -10,7 +10,7 @@ use kiln_graph::{no_grad, Device, StepPlan, Tensor};
 use kiln_nn::data::{gather_rows, shuffled};
 use kiln_nn::loss::{loss_of, Loss};
 use kiln_nn::{Module, Optimizer};
-use kiln_ops::{softmax, Array};
+use kiln_ops::softmax;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -107,16 +107,16 @@ enum BatchTargets {
 }
 
 impl BatchTargets {
-    fn upload(&self, dev: &Device) -> Result<Array> {
+    fn upload(&self, dev: &Device) -> Result<Tensor> {
         Ok(match self {
-            BatchTargets::Classes(y) => Array::from_i32(dev, y, &[y.len()])?,
-            BatchTargets::Values(y, w) => Array::from_f32(dev, y, &[y.len() / w, *w])?,
+            BatchTargets::Classes(y) => Tensor::from_i32(dev, y, &[y.len()])?,
+            BatchTargets::Values(y, w) => Tensor::from_f32(dev, y, &[y.len() / w, *w])?,
         })
     }
-    fn write(&self, dev: &Device, to: &Array) -> Result<()> {
+    fn write(&self, to: &Tensor) -> Result<()> {
         match self {
-            BatchTargets::Classes(y) => dev.write(&to.buf, y)?,
-            BatchTargets::Values(y, _) => dev.write(&to.buf, y)?,
+            BatchTargets::Classes(y) => to.copy_from_slice(y)?,
+            BatchTargets::Values(y, _) => to.copy_from_slice(y)?,
         }
         Ok(())
     }
@@ -172,7 +172,7 @@ impl FitConfig {
 struct Recorded {
     plan: StepPlan,
     x: Tensor,
-    y: Array,
+    y: Tensor,
     loss: Tensor,
 }
 
@@ -230,8 +230,8 @@ pub fn fit(
             }
             step += 1;
             if let Some(r) = plans.get(&n) {
-                dev.write(&r.x.array().buf, &xb)?;
-                yb.write(dev, &r.y)?;
+                r.x.copy_from_slice(&xb)?;
+                yb.write(&r.y)?;
                 // Every log_every steps, and the epoch's last step so every epoch reports a loss.
                 if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
                     // Rides in this step's submission, after the replayed dispatches.
@@ -397,7 +397,7 @@ pub fn evaluate(
             loss_sum += loss_of(&out, &y, loss)?.item()? as f64 * n as f64;
             match (&yb, loss) {
                 (BatchTargets::Classes(t), Loss::CrossEntropy) => {
-                    let pred = out.argmax(1)?.to_i32(dev)?;
+                    let pred = out.argmax(1)?.to_vec_i32()?;
                     correct += pred.iter().zip(t).filter(|(p, t)| p == t).count();
                     counted += t.len();
                 }
