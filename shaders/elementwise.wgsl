@@ -7,7 +7,7 @@
 // Each has a quad twin (unary4, ...; binary4 without broadcasting) that does four elements per
 // invocation: see the end of the file.
 // Unary OP codes: 0 neg, 1 exp, 2 log, 3 sqrt, 4 abs, 5 relu, 6 sigmoid, 7 tanh, 8 gelu (erf form),
-//                 9 affine alpha*x+beta, 10 pow x^alpha, 11 square.
+//                 9 affine alpha*x+beta, 10 pow x^alpha, 11 square, 12 gelu (tanh form, gelu_new).
 // Binary OP codes: 0 add, 1 sub, 2 mul, 3 div, 4 pow, 5 max, 6 min, 7 gt, 8 lt, 9 ge, 10 eq.
 
 override OP: u32 = 0u;
@@ -58,6 +58,17 @@ fn sigmoid(v: vec4<f32>) -> vec4<f32> {
     return select(e, vec4<f32>(1.0), v >= vec4<f32>(0.0)) / (1.0 + e);
 }
 
+// tanh from exp(-2|u|) only, so it never overflows (inf / inf) for large |u|.
+fn tanh_stable(u: vec4<f32>) -> vec4<f32> {
+    let e = exp(-2.0 * abs(u));
+    return sign(u) * (1.0 - e) / (1.0 + e);
+}
+
+// GELU's tanh form (GPT-2's gelu_new): the argument sqrt(2/pi) (v + 0.044715 v^3).
+fn gelu_tanh_arg(v: vec4<f32>) -> vec4<f32> {
+    return 0.7978845608028654 * (v + 0.044715 * v * v * v);
+}
+
 fn unary_f(v: vec4<f32>) -> vec4<f32> {
     switch OP {
         case 0u: { return -v; }
@@ -71,6 +82,7 @@ fn unary_f(v: vec4<f32>) -> vec4<f32> {
         case 8u: { return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }
         case 9u: { return up.alpha * v + up.beta; }
         case 10u: { return pow(v, vec4<f32>(up.alpha)); }
+        case 12u: { return 0.5 * v * (1.0 + tanh_stable(gelu_tanh_arg(v))); }
         default: { return v * v; }
     }
 }
@@ -92,6 +104,11 @@ fn unary_df(v: vec4<f32>) -> vec4<f32> {
         }
         case 9u: { return vec4<f32>(up.alpha); }
         case 10u: { return up.alpha * pow(v, vec4<f32>(up.alpha - 1.0)); }
+        case 12u: {
+            let t = tanh_stable(gelu_tanh_arg(v));
+            let du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
+            return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du;
+        }
         default: { return 2.0 * v; }
     }
 }

@@ -32,6 +32,9 @@ pub enum Unary {
     Pow(f32),
     /// x^2
     Square,
+    /// The tanh approximation of GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): GPT-2's
+    /// `gelu_new` and PyTorch's `gelu(approximate="tanh")`.
+    GeluTanh,
 }
 
 impl Unary {
@@ -49,6 +52,7 @@ impl Unary {
             Unary::Affine(..) => 9,
             Unary::Pow(_) => 10,
             Unary::Square => 11,
+            Unary::GeluTanh => 12,
         }
     }
     fn scalars(self) -> (f32, f32) {
@@ -262,6 +266,10 @@ pub mod cpu {
             Unary::Affine(a, b) => a as f64 * x + b as f64,
             Unary::Pow(a) => x.powf(a as f64),
             Unary::Square => x * x,
+            Unary::GeluTanh => {
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                0.5 * x * (1.0 + u.tanh())
+            }
         }
     }
 

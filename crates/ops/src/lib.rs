@@ -7,12 +7,14 @@
 
 pub mod attention;
 pub mod conv;
+pub mod decode;
 pub mod dropout;
 pub mod elementwise;
 pub mod geometry;
 pub mod half;
 pub mod int8;
 pub mod layout;
+pub mod lookup;
 pub mod matmul;
 pub mod norm;
 pub mod op;
