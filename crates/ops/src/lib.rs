@@ -15,6 +15,7 @@ pub mod half;
 pub mod int8;
 pub mod layout;
 pub mod lookup;
+pub mod mask;
 pub mod matmul;
 pub mod norm;
 pub mod op;
