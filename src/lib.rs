@@ -1,5 +1,6 @@
 pub use kiln_device as device;
 pub use kiln_graph as graph;
+pub use kiln_hf as hf;
 pub use kiln_nn as nn;
 pub use kiln_ops as ops;
 pub use kiln_train as train;

@@ -20,6 +20,7 @@ pub mod rnn;
 pub mod schedule;
 pub mod sequential;
 pub mod serialize;
+pub mod split_embedding;
 pub mod transformer;
 
 pub use activation::{AvgPool2d, Flatten, Gelu, MaxPool2d, Relu, Sigmoid, Softmax, Tanh};
@@ -32,6 +33,7 @@ pub use module::Module;
 pub use norm::{LayerNorm, LayerNormConfig};
 pub use optim::{Adam, AdamW, Optimizer, RmsProp, Sgd};
 pub use sequential::Sequential;
+pub use split_embedding::{SplitEmbedding, SplitEmbeddingConfig};
 use thiserror::Error;
 
 /// Errors of the nn layer.

@@ -53,6 +53,8 @@ pub struct AttentionOptions<'a> {
     pub need_weights: bool,
     /// Weights averaged over heads (`[B, Tq, Tk]`), else per head (`[B, H, Tq, Tk]`).
     pub average_attn_weights: bool,
+    /// Score scale; None for 1/sqrt(head_dim).
+    pub scale: Option<f32>,
 }
 
 impl Default for AttentionOptions<'_> {
@@ -63,6 +65,7 @@ impl Default for AttentionOptions<'_> {
             is_causal: false,
             need_weights: false,
             average_attn_weights: true,
+            scale: None,
         }
     }
 }
@@ -99,6 +102,11 @@ impl<'a> AttentionOptions<'a> {
     /// Average the weights over heads (the default) or keep them per head.
     pub fn average_attn_weights(mut self, yes: bool) -> Self {
         self.average_attn_weights = yes;
+        self
+    }
+    /// Another score scale than 1/sqrt(head_dim).
+    pub fn scale(mut self, scale: f32) -> Self {
+        self.scale = Some(scale);
         self
     }
 }
@@ -365,11 +373,11 @@ pub fn scaled_dot_product_attention(
         }
         let spec = AttentionSpec {
             causal: opts.is_causal,
-            scale: None,
+            scale: opts.scale,
         };
         return Ok((q.attention(k, v, opts.key_padding_mask, spec)?, None));
     }
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
     let mut s = q
         .matmul_with(k, Matmul::new().transpose_b(true), None)?
         .affine(scale, 0.0)?;
