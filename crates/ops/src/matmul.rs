@@ -647,6 +647,11 @@ fn matmul_uniform(
         return Ok(None);
     }
     let parts = blocks.iter().map(|b| b.part + 1).max().unwrap_or(1);
+    // The parts' partial sums must fit one binding (a K split of an output near the limit).
+    let l = dev.limits();
+    if (parts * m * n * 4) as u64 > l.max_storage_buffer_binding_size.min(l.max_buffer_size) {
+        return Ok(None);
+    }
     let out = Array::empty(dev, &[parts, m, n])?;
     let widest = blocks.iter().map(|b| b.n.1).max().unwrap_or(1);
     let wx = widest.div_ceil(4).next_multiple_of(8).min(64);
