@@ -46,7 +46,7 @@ fn main() -> Result<()> {
     let mut rng = Rng::new(1);
     let x = Tensor::from_f32(&dev, &rng.vec(64, -4.0, 4.0), &[8, 8])?.requires_grad_(true)?;
     let apply = |t: &[Tensor]| Tensor::apply(Swish, &[&t[0]]);
-    GradCheck::new().check(apply, &[x.clone()])?;
+    GradCheck::new().check(apply, std::slice::from_ref(&x))?;
     GradCheck::new()
         .eps(1e-4)
         .atol(1e-5)
