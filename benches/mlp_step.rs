@@ -3,9 +3,9 @@
 //! One JSON line per mode.
 use kiln::device::Device;
 use kiln::graph::{StepPlan, Tensor};
+use kiln::nn::init::Rng;
 use kiln::nn::{Adam, LinearConfig, Module, Relu, Sequential};
 use kiln::nn::{NnError, Optimizer};
-use kiln::ops::testing::Rng;
 use std::time::Instant;
 
 fn model(dev: &Device) -> Result<Sequential, NnError> {
@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let mut loss = loss;
         for _ in 0..steps {
-            dev.write(&x.array().buf, &xs)?;
+            x.copy_from_slice(&xs)?;
             opt.begin_step()?;
             if mode == "eager" {
                 opt.zero_grad();

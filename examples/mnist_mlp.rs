@@ -9,9 +9,9 @@ mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
+use kiln::nn::init::Rng;
 use kiln::nn::Module;
 use kiln::nn::{Adam, LinearConfig, Relu, Sequential};
-use kiln::ops::testing::Rng;
 use kiln::train::{Compiled, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 

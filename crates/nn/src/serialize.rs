@@ -272,7 +272,7 @@ pub fn load(path: &Path, named: &[(String, Tensor)], strict: bool) -> Result<Loa
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        t.device().write(&t.array().buf, &vals)?;
+        t.copy_from_slice(&vals)?;
     }
     Ok(report)
 }
