@@ -11,13 +11,13 @@
 use crate::config::{activation, BertConfig};
 use crate::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
 use crate::tokenizer::Batch;
-use crate::weights::{self, Name, Spec, Weights};
-use crate::{HfError, Result};
+use crate::weights::{self, layer_hint, Name, Spec, Weights};
+use crate::{into_nn, HfError, Result};
 use kiln_graph::{Device, Tensor};
 use kiln_nn::init::Rng;
 use kiln_nn::module::{prefixed, Module};
 use kiln_nn::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
-use kiln_nn::{Dropout, LayerNorm, Linear, NnError, SplitEmbedding, SplitEmbeddingConfig};
+use kiln_nn::{Dropout, LayerNorm, Linear, SplitEmbedding, SplitEmbeddingConfig};
 use std::path::Path;
 
 /// One encoder layer (`encoder.layer.N`).
@@ -525,41 +525,6 @@ impl Module for BertModel {
             .flat_map(|l| l.dropouts())
             .try_for_each(|d| d.advance_rng())
     }
-}
-
-/// An hf error as the nn layer's (for `Module`'s signature).
-pub(crate) fn into_nn(e: HfError) -> NnError {
-    match e {
-        HfError::Nn(e) => e,
-        other => NnError::Config(other.to_string()),
-    }
-}
-
-/// Adds a note naming the config's layer-count `field` where the weights hold layers past it
-/// (tensors `prefix<N>.` with N >= `layers`) or lack whole layers.
-pub(crate) fn layer_hint(e: HfError, layers: usize, prefix: &str, field: &str) -> HfError {
-    let HfError::Weights { path, mut report } = e else {
-        return e;
-    };
-    let index = |n: &String| {
-        n.split_once(prefix)
-            .and_then(|(_, r)| r.split('.').next()?.parse::<usize>().ok())
-    };
-    if report
-        .unexpected
-        .iter()
-        .any(|n| index(n).is_some_and(|i| i >= layers))
-    {
-        report.notes.push(format!(
-            "the file has layers past config.json's {field} = {layers}"
-        ));
-    } else if !report.missing.is_empty() && report.missing.iter().all(|n| index(n).is_some()) {
-        let first = report.missing.iter().filter_map(index).min().unwrap_or(0);
-        report.notes.push(format!(
-            "the file has no layer {first} and beyond, config.json's {field} = {layers}"
-        ));
-    }
-    HfError::Weights { path, report }
 }
 
 /// sentence-transformers' mean pooling: sum over positions of h * mask / max(sum(mask), 1e-9),

@@ -10,11 +10,10 @@
 //! temperature and top-k sampling from a seed; [`GenerationConfig::use_cache`] false recomputes
 //! the whole sequence each step instead (the reference the cache is checked against).
 
-use crate::bert::{into_nn, layer_hint};
 use crate::config::{activation, Gpt2Config};
 use crate::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
-use crate::weights::{self, Name, Spec, Weights};
-use crate::{HfError, Result};
+use crate::weights::{self, layer_hint, Name, Spec, Weights};
+use crate::{into_nn, HfError, Result};
 use kiln_graph::{no_grad, Device, Tensor};
 use kiln_nn::init::Rng;
 use kiln_nn::module::{prefixed, Module};

@@ -111,6 +111,14 @@ impl From<kiln_ops::DeviceError> for HfError {
 /// The hf layer's result type.
 pub type Result<T, E = HfError> = std::result::Result<T, E>;
 
+/// An hf error as the nn layer's (for `Module`'s signature).
+pub(crate) fn into_nn(e: HfError) -> NnError {
+    match e {
+        HfError::Nn(e) => e,
+        other => NnError::Config(other.to_string()),
+    }
+}
+
 pub(crate) fn file_err(path: &Path, message: impl Into<String>) -> HfError {
     HfError::File {
         path: path.display().to_string(),

@@ -280,3 +280,30 @@ pub fn save(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(
     kiln_nn::serialize::write_atomically(path, &out)?;
     Ok(())
 }
+
+/// A weights error with a note naming the config's layer-count `field` where the weights hold layers past it
+/// (tensors `prefix<N>.` with N >= `layers`) or lack whole layers.
+pub fn layer_hint(e: HfError, layers: usize, prefix: &str, field: &str) -> HfError {
+    let HfError::Weights { path, mut report } = e else {
+        return e;
+    };
+    let index = |n: &String| {
+        n.split_once(prefix)
+            .and_then(|(_, r)| r.split('.').next()?.parse::<usize>().ok())
+    };
+    if report
+        .unexpected
+        .iter()
+        .any(|n| index(n).is_some_and(|i| i >= layers))
+    {
+        report.notes.push(format!(
+            "the file has layers past config.json's {field} = {layers}"
+        ));
+    } else if !report.missing.is_empty() && report.missing.iter().all(|n| index(n).is_some()) {
+        let first = report.missing.iter().filter_map(index).min().unwrap_or(0);
+        report.notes.push(format!(
+            "the file has no layer {first} and beyond, config.json's {field} = {layers}"
+        ));
+    }
+    HfError::Weights { path, report }
+}
