@@ -170,6 +170,16 @@ fn schedules_follow_pytorch_shapes() {
         [wu.lr(1.0, 0), wu.lr(1.0, 3), wu.lr(1.0, 9)],
         [0.25, 1.0, 1.0]
     );
+    // transformers' get_linear_schedule_with_warmup(4 warm-up steps, 12 in all).
+    let wl = Schedule::Warmup {
+        steps: 4,
+        then: Box::new(Schedule::LinearDecay { from: 4, total: 12 }),
+    };
+    let got: Vec<f32> = [0, 3, 4, 8, 11, 12, 20]
+        .iter()
+        .map(|&s| wl.lr(1.0, s))
+        .collect();
+    assert_eq!(got, [0.25, 1.0, 1.0, 0.5, 0.125, 0.0, 0.0]);
     let s = shuffled(10, 1);
     assert_eq!(s, shuffled(10, 1));
     assert_ne!(s, shuffled(10, 2));
