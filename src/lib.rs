@@ -11,6 +11,7 @@
 //!
 //! | crate | re-exported as | what it holds |
 //! |---|---|---|
+//! | `kiln-hf` | [`hf`] | Hugging Face folders: `config.json`, `model.safetensors` by Hugging Face's names, `tokenizer.json` (the `tokenizers` crate); `BertModel` and sentence embeddings, `GPT2LMHeadModel` with a key/value-cache generator; folders written back as `transformers` reads them |
 //! | `kiln-train` | [`train`] | `fit` / `evaluate` / `predict`, the language-model loop, training checkpoints, history, CSV/SVG reports, progress |
 //! | `kiln-nn` | [`nn`] | modules with PyTorch's names, layouts and defaults, built from configs (`LinearConfig::new(784, 256).init(&dev)`); losses; optimizers (`Sgd`, `Adam`, `AdamW`, `RmsProp`); schedules; seeded initialisers; data readers; safetensors files |
 //! | `kiln-graph` | [`graph`] | [`graph::Tensor`] with reverse-mode autograd, `no_grad`, `autocast_f16`, [`graph::StepPlan`] (record a training step once, replay it with one submission per step), [`graph::gradcheck`] |
@@ -53,6 +54,24 @@
 //! [`train::fit`] runs such loops over a data set (shuffling, a plan per batch size, validation,
 //! checkpoints, history) and [`train::Compiled`] gives it Keras's `compile` / `fit` /
 //! `evaluate` / `predict` face.
+//!
+//! ## A pretrained model
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use kiln::hf::{BertModel, Tokenizer};
+//! let dev = kiln::device::Device::new()?;
+//! let dir = kiln::hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched once by scripts/setup.sh
+//! let model = BertModel::from_folder(&dev, &dir)?;
+//! let tok = Tokenizer::for_model(&dir, model.config().vocab_size, model.max_length())?;
+//! let batch = tok.encode_batch(&["The weather is lovely today.", "It's so sunny outside!"])?;
+//! let e = kiln::nn::no_grad(|| model.sentence_embeddings(&batch))?.to_vec()?;
+//! let cosine: f32 = e[..384].iter().zip(&e[384..]).map(|(a, b)| a * b).sum();
+//! # let _ = cosine; Ok(()) }
+//! ```
+//!
+//! `examples/bert_finetune.rs` fine-tunes it contrastively and saves a folder that
+//! `transformers` loads; `examples/generate.rs` generates with any GPT-2 folder.
 //!
 //! ## Your own op
 //!

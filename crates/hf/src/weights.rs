@@ -261,6 +261,15 @@ fn shape_mismatch(s: &Spec, got: &[usize]) -> String {
 /// Writes `tensors` (name, shape, f32 values) as a safetensors file with `save_pretrained`'s
 /// metadata (`format: pt`), atomically.
 pub fn save(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    save_with_metadata(path, tensors, &[])
+}
+
+/// [`save`] with more metadata (string pairs) beside `format: pt`.
+pub fn save_with_metadata(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &[(String, String)],
+) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, s, v)| {
@@ -274,7 +283,8 @@ pub fn save(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(
             .map_err(|e| file_err(path, format!("{n}: {e}")))?;
         views.insert(n.clone(), view);
     }
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    meta.extend(metadata.iter().cloned());
     let out =
         safetensors::serialize(views, Some(meta)).map_err(|e| file_err(path, e.to_string()))?;
     kiln_nn::serialize::write_atomically(path, &out)?;
