@@ -11,9 +11,9 @@
 //!
 //! | crate | re-exported as | what it holds |
 //! |---|---|---|
-//! | `kiln-hf` | [`hf`] | Hugging Face folders: `config.json`, `model.safetensors` by Hugging Face's names, `tokenizer.json` (the `tokenizers` crate); `BertModel` and sentence embeddings, `GPT2LMHeadModel` with a key/value-cache generator; folders written back as `transformers` reads them |
 //! | `kiln-train` | [`train`] | `fit` / `evaluate` / `predict`, the language-model loop, training checkpoints, history, CSV/SVG reports, progress |
 //! | `kiln-nn` | [`nn`] | modules with PyTorch's names, layouts and defaults, built from configs (`LinearConfig::new(784, 256).init(&dev)`); losses; optimizers (`Sgd`, `Adam`, `AdamW`, `RmsProp`); schedules; seeded initialisers; data readers; safetensors files |
+//! | `kiln-nn` (its `hf` module) | [`hf`] | Hugging Face folders: `config.json`, `model.safetensors` by Hugging Face's names, `tokenizer.json` (the `tokenizers` crate); `BertModel` and sentence embeddings, `GPT2LMHeadModel` with a key/value-cache generator; folders written back as `transformers` reads them |
 //! | `kiln-graph` | [`graph`] | [`graph::Tensor`] with reverse-mode autograd, `no_grad`, `autocast_f16`, [`graph::StepPlan`] (record a training step once, replay it with one submission per step), [`graph::gradcheck`] |
 //! | `kiln-ops` | [`ops`] | one module per op family: shape checks, WGSL launchers, backward rules, CPU references; the [`ops::op::Op`] trait that built-in and user ops implement |
 //! | `kiln-device` | [`device`] | adapter choice, limits and features, buffers and their pool, shaders and cached pipelines, launch, readback, timing |
@@ -143,7 +143,7 @@
 
 pub use kiln_device as device;
 pub use kiln_graph as graph;
-pub use kiln_hf as hf;
 pub use kiln_nn as nn;
+pub use kiln_nn::hf;
 pub use kiln_ops as ops;
 pub use kiln_train as train;

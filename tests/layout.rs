@@ -1,5 +1,5 @@
 //! The layout's rules, read from the sources: crates depend one way (device <- ops <- graph <-
-//! nn <- train <- hf <- dist), and inside a crate no file imports one that imports it back (directly
+//! nn <- train <- dist), and inside a crate no file imports one that imports it back (directly
 //! or around a longer circle).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +11,6 @@ const ORDER: &[&str] = &[
     "kiln-graph",
     "kiln-nn",
     "kiln-train",
-    "kiln-hf",
     "kiln-dist",
 ];
 

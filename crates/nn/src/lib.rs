@@ -1,11 +1,12 @@
 //! kiln-nn: modules with PyTorch's parameter names and layouts, losses, optimizers, learning-rate
-//! schedules, data readers and safetensors files. The loops that train them are in kiln-train.
+//! schedules, data readers, safetensors files and Hugging Face models ([`hf`]). The loops that train them are in kiln-train.
 
 pub mod activation;
 pub mod conv;
 pub mod data;
 pub mod dropout;
 pub mod embedding;
+pub mod hf;
 pub mod init;
 pub mod linear;
 pub mod lm;

@@ -2,11 +2,11 @@
 //! random with `transformers`' initialisation), and the files copied beside the weights when a
 //! folder is saved.
 
-use crate::weights::Weights;
-use crate::{file_err, Result};
+use crate::hf::weights::Weights;
+use crate::hf::{file_err, Result};
+use crate::init::Rng;
+use crate::{Dropout, DropoutConfig, LayerNorm, Linear};
 use kiln_graph::{Device, Tensor};
-use kiln_nn::init::Rng;
-use kiln_nn::{Dropout, DropoutConfig, LayerNorm, Linear};
 use std::path::Path;
 
 /// Where a model's tensors come from.
@@ -156,7 +156,7 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
         return Ok(());
     }
     let bytes = std::fs::read(from).map_err(|e| file_err(from, e.to_string()))?;
-    kiln_nn::serialize::write_atomically(to, &bytes)?;
+    crate::serialize::write_atomically(to, &bytes)?;
     Ok(())
 }
 
@@ -168,7 +168,7 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
 /// The config and weights files of a model folder, or an error naming what is missing.
 pub(crate) fn model_files(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     if !dir.is_dir() {
-        return Err(crate::HfError::MissingModel {
+        return Err(crate::hf::HfError::MissingModel {
             path: dir.display().to_string(),
             hint: "give a Hugging Face model folder (config.json, model.safetensors)".into(),
         });

@@ -8,7 +8,7 @@
 //! One test in its own binary: it sets an environment variable before it creates its devices.
 
 use kiln_graph::{Device, Tensor};
-use kiln_hf::{GenerationConfig, Gpt2Config, Gpt2LMHeadModel};
+use kiln_nn::hf::{GenerationConfig, Gpt2Config, Gpt2LMHeadModel};
 use kiln_nn::{AdamW, Module};
 use kiln_ops::DType;
 

@@ -1,8 +1,8 @@
 //! `config.json` as typed configs with `transformers`' defaults. Fields kiln does not use are
 //! kept (`extra`) and written back, so a saved folder's config says everything the original did.
 
-use crate::{file_err, HfError, Result};
-use kiln_nn::transformer::Activation;
+use crate::hf::{file_err, HfError, Result};
+use crate::transformer::Activation;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -14,7 +14,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| file_err(path, e.to_string()))?;
-    kiln_nn::serialize::write_atomically(path, format!("{text}\n").as_bytes())?;
+    crate::serialize::write_atomically(path, format!("{text}\n").as_bytes())?;
     Ok(())
 }
 

@@ -10,15 +10,15 @@
 //! temperature and top-k sampling from a seed; [`GenerationConfig::use_cache`] false recomputes
 //! the whole sequence each step instead (the reference the cache is checked against).
 
-use crate::config::{activation, Gpt2Config};
-use crate::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
-use crate::weights::{self, layer_hint, Name, Spec, Weights};
-use crate::{into_nn, HfError, Result};
+use crate::hf::config::{activation, Gpt2Config};
+use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
+use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
+use crate::hf::{into_nn, HfError, Result};
+use crate::init::Rng;
+use crate::module::{prefixed, Module};
+use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
+use crate::{Dropout, LayerNorm, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_graph::{no_grad, Device, Tensor};
-use kiln_nn::init::Rng;
-use kiln_nn::module::{prefixed, Module};
-use kiln_nn::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
-use kiln_nn::{Dropout, LayerNorm, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_ops::decode::{self, KvCache};
 use kiln_ops::matmul::Matmul;
 use std::path::Path;
@@ -690,7 +690,7 @@ fn choose(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> i32 {
 
 impl Module for Gpt2LMHeadModel {
     /// Logits `[B, T, vocab_size]` for i32 ids `[B, T]`.
-    fn forward(&self, ids: &Tensor) -> kiln_nn::Result<Tensor> {
+    fn forward(&self, ids: &Tensor) -> crate::Result<Tensor> {
         self.logits(ids).map_err(into_nn)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -714,7 +714,7 @@ impl Module for Gpt2LMHeadModel {
             }
         }
     }
-    fn advance_rng(&self) -> kiln_nn::Result<()> {
+    fn advance_rng(&self) -> crate::Result<()> {
         self.drop.advance_rng()?;
         self.h
             .iter()

@@ -8,7 +8,7 @@ mod common;
 
 use common::{check_rel, dev, fixture, scratch, Golden};
 use kiln_graph::{no_grad, Tensor};
-use kiln_hf::{GenerationConfig, Gpt2LMHeadModel, Tokenizer};
+use kiln_nn::hf::{GenerationConfig, Gpt2LMHeadModel, Tokenizer};
 use kiln_nn::{AdamW, Module};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;

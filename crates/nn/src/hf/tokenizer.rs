@@ -7,7 +7,7 @@
 //! replaced: batches are padded to their longest sentence, as sentence-transformers does, and
 //! truncated to the length set with [`Tokenizer::with_max_length`].
 
-use crate::{HfError, Result};
+use crate::hf::{HfError, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::{TruncationParams, TruncationStrategy};
 

@@ -8,16 +8,16 @@
 //! [`BertModel::from_folder`] loads a `save_pretrained` folder and [`BertModel::save_folder`]
 //! writes one that `transformers` and sentence-transformers load.
 
-use crate::config::{activation, BertConfig};
-use crate::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
-use crate::tokenizer::Batch;
-use crate::weights::{self, layer_hint, Name, Spec, Weights};
-use crate::{into_nn, HfError, Result};
+use crate::hf::config::{activation, BertConfig};
+use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
+use crate::hf::tokenizer::Batch;
+use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
+use crate::hf::{into_nn, HfError, Result};
+use crate::init::Rng;
+use crate::module::{prefixed, Module};
+use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
+use crate::{Dropout, LayerNorm, Linear, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_graph::{Device, Tensor};
-use kiln_nn::init::Rng;
-use kiln_nn::module::{prefixed, Module};
-use kiln_nn::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
-use kiln_nn::{Dropout, LayerNorm, Linear, SplitEmbedding, SplitEmbeddingConfig};
 use std::path::Path;
 
 /// One encoder layer (`encoder.layer.N`).
@@ -478,7 +478,7 @@ impl BertModel {
 
 impl Module for BertModel {
     /// `last_hidden_state` for i32 ids `[B, T]`, no padding, token types 0.
-    fn forward(&self, ids: &kiln_graph::Tensor) -> kiln_nn::Result<kiln_graph::Tensor> {
+    fn forward(&self, ids: &kiln_graph::Tensor) -> crate::Result<kiln_graph::Tensor> {
         BertModel::forward(self, ids, None, None).map_err(into_nn)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -518,7 +518,7 @@ impl Module for BertModel {
             }
         }
     }
-    fn advance_rng(&self) -> kiln_nn::Result<()> {
+    fn advance_rng(&self) -> crate::Result<()> {
         self.emb_dropout.advance_rng()?;
         self.layers
             .iter()

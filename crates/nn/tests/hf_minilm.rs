@@ -3,17 +3,17 @@
 //! states (<= 1e-4) and normalised embeddings (<= 2e-5).
 //!
 //! The model folder comes from scripts/setup.sh (scripts/fetch-minilm.sh) into the cache
-//! `kiln_hf::models_dir()` names. Without it this test FAILS, naming that step: CI runs setup
+//! `kiln_nn::hf::models_dir()` names. Without it this test FAILS, naming that step: CI runs setup
 //! first, so a missing model is a broken setup, not a reason to skip.
 
 mod common;
 
 use common::{check_abs, dev, fixture, Golden};
-use kiln_hf::{BertModel, Tokenizer};
+use kiln_nn::hf::{BertModel, Tokenizer};
 
 #[test]
 fn minilm_matches_transformers_and_sentence_transformers() {
-    let dir = kiln_hf::minilm_dir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = kiln_nn::hf::minilm_dir().unwrap_or_else(|e| panic!("{e}"));
     // The file scripts/fetch-minilm.sh checks by SHA-256 has this size.
     let size = std::fs::metadata(dir.join("model.safetensors"))
         .unwrap()

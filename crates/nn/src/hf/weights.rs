@@ -1,7 +1,7 @@
 //! `model.safetensors` by Hugging Face's tensor names: read (f32, f16 and bf16, widened to f32),
 //! checked against the shapes a config implies, and written back as `save_pretrained` writes it.
 
-use crate::{file_err, HfError, Result};
+use crate::hf::{file_err, HfError, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -287,7 +287,7 @@ pub fn save_with_metadata(
     meta.extend(metadata.iter().cloned());
     let out =
         safetensors::serialize(views, Some(meta)).map_err(|e| file_err(path, e.to_string()))?;
-    kiln_nn::serialize::write_atomically(path, &out)?;
+    crate::serialize::write_atomically(path, &out)?;
     Ok(())
 }
 

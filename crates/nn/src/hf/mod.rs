@@ -1,4 +1,4 @@
-//! kiln-hf: pretrained Transformers from the Hugging Face ecosystem in kiln.
+//! Pretrained Transformers from the Hugging Face ecosystem in kiln.
 //!
 //! - [`config`]: `config.json` read into typed configs ([`BertConfig`], [`Gpt2Config`]) and
 //!   written back with every field it had.
@@ -16,10 +16,10 @@
 //! `scripts/fetch-minilm.sh` fills).
 //!
 //! ```no_run
-//! # fn main() -> Result<(), kiln_hf::HfError> {
-//! use kiln_hf::{BertModel, Tokenizer};
+//! # fn main() -> Result<(), kiln_nn::hf::HfError> {
+//! use kiln_nn::hf::{BertModel, Tokenizer};
 //! let dev = kiln_nn::Device::shared()?;
-//! let dir = kiln_hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched by scripts/setup.sh
+//! let dir = kiln_nn::hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched by scripts/setup.sh
 //! let model = BertModel::from_folder(&dev, &dir)?;
 //! let tok = Tokenizer::for_model(&dir, model.config().vocab_size, model.max_length())?;
 //! let batch = tok.encode_batch(&["A man is eating.", "Someone eats bread."])?;
@@ -39,7 +39,7 @@ pub use config::{BertConfig, Gpt2Config};
 pub use gpt2::{GenerationConfig, Gpt2LMHeadModel, Sampling};
 pub use tokenizer::{Batch, Tokenizer};
 
-use kiln_nn::{NnError, OpError};
+use crate::{NnError, OpError};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 

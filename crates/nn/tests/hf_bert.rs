@@ -6,8 +6,8 @@ mod common;
 
 use common::{check_abs, check_rel, dev, fixture, scratch, Golden};
 use kiln_graph::Tensor;
-use kiln_hf::bert::{mean_pooling, normalize};
-use kiln_hf::{BertModel, HfError, Tokenizer};
+use kiln_nn::hf::bert::{mean_pooling, normalize};
+use kiln_nn::hf::{BertModel, HfError, Tokenizer};
 use kiln_nn::{AdamW, Module};
 use std::path::Path;
 
@@ -20,7 +20,7 @@ fn sentences(g: &Golden) -> Vec<String> {
 }
 
 /// The golden batch: ids and mask from the tokenizer, token types set by hand in the fixture.
-fn batch(g: &Golden, tok: &Tokenizer) -> kiln_hf::Batch {
+fn batch(g: &Golden, tok: &Tokenizer) -> kiln_nn::hf::Batch {
     let s = sentences(g);
     let refs: Vec<&str> = s.iter().map(String::as_str).collect();
     let mut b = tok.encode_batch(&refs).unwrap();
@@ -260,10 +260,10 @@ fn bad_inputs_fail_with_clear_errors() {
     assert_eq!(b.input_ids[63], tok.token_to_id("[SEP]").unwrap());
     let h = model.forward_batch(&b).unwrap();
     assert_eq!(h.shape(), [2, 64, 32]);
-    let too_long = kiln_hf::Batch::from_ids(&[vec![5; 65]], 0).unwrap();
+    let too_long = kiln_nn::hf::Batch::from_ids(&[vec![5; 65]], 0).unwrap();
     let msg = model.forward_batch(&too_long).err().unwrap().to_string();
     assert!(msg.contains("max_position_embeddings"), "{msg}");
-    let bad_id = kiln_hf::Batch::from_ids(&[vec![2, 1000, 3]], 0).unwrap();
+    let bad_id = kiln_nn::hf::Batch::from_ids(&[vec![2, 1000, 3]], 0).unwrap();
     let msg = model.forward_batch(&bad_id).err().unwrap().to_string();
     assert!(msg.contains("1000") && msg.contains("input_ids"), "{msg}");
 }
