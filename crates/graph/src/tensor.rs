@@ -259,6 +259,14 @@ impl Tensor {
     /// Back-propagates from this scalar: every leaf that requires grad gets (or accumulates) its
     /// gradient. Intermediate gradients are freed as soon as they are used.
     pub fn backward(&self) -> Result<()> {
+        self.backward_with(&mut |_| Ok(()))
+    }
+
+    /// [`Tensor::backward`], calling `on_leaf` with each leaf as soon as its gradient is final (as
+    /// PyTorch's post-accumulate-grad hooks), in the order backward reaches them: the last
+    /// layer's parameters first. Data-parallel training starts sending a group of gradients
+    /// while the rest of backward still runs.
+    pub fn backward_with(&self, on_leaf: &mut dyn FnMut(&Tensor) -> Result<()>) -> Result<()> {
         if self.numel() != 1 {
             return Err(OpError::Shape {
                 op: "backward",
@@ -295,11 +303,16 @@ impl Tensor {
             };
             match &t.0.backward {
                 None => {
-                    let mut slot = t.0.grad.lock().unwrap();
-                    *slot = Some(match slot.take() {
-                        Some(prev) => elementwise::binary(dev, &prev, &g, Binary::Add)?,
-                        None => g,
-                    });
+                    {
+                        let mut slot = t.0.grad.lock().unwrap();
+                        *slot = Some(match slot.take() {
+                            Some(prev) => elementwise::binary(dev, &prev, &g, Binary::Add)?,
+                            None => g,
+                        });
+                    }
+                    // Reverse topological order: every op that reads this leaf has passed its
+                    // gradient on already, so nothing adds to it after this point.
+                    on_leaf(t)?;
                 }
                 Some((_, Backward::Slice { axis, start })) => {
                     let inp = &t.0.inputs[0];

@@ -584,3 +584,31 @@ fn a_recurrence_takes_its_weight_gradient_in_one_product() {
         assert_close(&format!("recurrence d{name}"), &got, want, 1e-4, 1e-3);
     }
 }
+
+#[test]
+fn backward_with_reports_each_leaf_once_when_its_gradient_is_final() {
+    let d = dev();
+    let mut r = Rng::new(3);
+    // loss = sum(tanh(x w1^T) w2^T + tanh(x w1^T)): w1 feeds both branches through one node.
+    let w1 = param(&d, &r.vec(12, -1.0, 1.0), &[4, 3]);
+    let w2 = param(&d, &r.vec(16, -1.0, 1.0), &[4, 4]);
+    let x = Tensor::from_f32(&d, &r.vec(6, -1.0, 1.0), &[2, 3]).unwrap();
+    let h = x.linear(&w1, None).unwrap().tanh().unwrap();
+    let loss = h.linear(&w2, None).unwrap().add(&h).unwrap().sum_all().unwrap();
+    let mut seen: Vec<(usize, Vec<f32>)> = Vec::new();
+    loss.backward_with(&mut |leaf| {
+        let which = if leaf.same(&w1) { 1 } else { 2 };
+        // Final means final: what the hook sees is what backward leaves behind.
+        seen.push((which, leaf.grad().unwrap().to_f32(&d)?));
+        // The first layer's gradient cannot be final before the last layer's is.
+        if which == 2 {
+            assert!(w1.grad().is_none());
+        }
+        Ok(())
+    })
+    .unwrap();
+    let order: Vec<usize> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(order, [2, 1]);
+    assert_eq!(seen[0].1, w2.grad().unwrap().to_f32(&d).unwrap());
+    assert_eq!(seen[1].1, w1.grad().unwrap().to_f32(&d).unwrap());
+}
