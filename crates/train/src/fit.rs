@@ -4,10 +4,11 @@
 
 use crate::checkpoint::{save_training, CheckpointConfig};
 use crate::history::EpochStats;
+use crate::parallel::{epoch_batches, DataParallel};
 use crate::progress::progress_bar;
 use crate::{Result, TrainError};
 use kiln_graph::{no_grad, Device, StepPlan, Tensor};
-use kiln_nn::data::{gather_rows, shuffled};
+use kiln_nn::data::gather_rows;
 use kiln_nn::loss::{loss_of, Loss};
 use kiln_nn::{Module, Optimizer};
 use kiln_ops::{softmax, Array};
@@ -170,7 +171,8 @@ impl FitConfig {
 }
 
 struct Recorded {
-    plan: StepPlan,
+    /// The whole step as one plan, or the id of a step a [`DataParallel`] recorded.
+    step: Result<StepPlan, usize>,
     x: Tensor,
     y: Array,
     loss: Tensor,
@@ -184,6 +186,38 @@ pub fn fit(
     train: &Dataset,
     val: Option<&Dataset>,
     cfg: &FitConfig,
+    on_epoch: impl FnMut(&EpochStats),
+) -> Result<Vec<EpochStats>> {
+    fit_inner(dev, model, opt, train, val, cfg, None, on_epoch)
+}
+
+/// [`fit`] in one of several processes that train one model together (see [`crate::parallel`]):
+/// `cfg.batch_size` is the global batch, of which this process trains on its share; every epoch
+/// covers each example exactly once across the processes. Every process returns the same
+/// history; only rank 0 writes checkpoints and shows progress.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_parallel(
+    dev: &Device,
+    model: &dyn Module,
+    opt: &mut Optimizer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &FitConfig,
+    parallel: &mut dyn DataParallel,
+    on_epoch: impl FnMut(&EpochStats),
+) -> Result<Vec<EpochStats>> {
+    fit_inner(dev, model, opt, train, val, cfg, Some(parallel), on_epoch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_inner(
+    dev: &Device,
+    model: &dyn Module,
+    opt: &mut Optimizer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &FitConfig,
+    mut parallel: Option<&mut dyn DataParallel>,
     mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
     train.check()?;
@@ -199,6 +233,20 @@ pub fn fit(
             cfg.loss, train.y
         )));
     }
+    let (rank, world) = parallel
+        .as_ref()
+        .map_or((0, 1), |p| (p.rank(), p.world_size()));
+    if let Some(p) = parallel.as_deref_mut() {
+        if cfg.batch_size < world || train.len() < world {
+            return Err(TrainError::Training(format!(
+                "{world} processes need a batch size and a data set of at least {world} \
+                 examples each (batch size {}, {} examples)",
+                cfg.batch_size,
+                train.len()
+            )));
+        }
+        p.broadcast(model, opt)?;
+    }
     let mut plans: HashMap<usize, Recorded> = HashMap::new();
     let mut history = cfg.history.clone();
     // Continues a resumed run's step count (dropout offsets advance from it).
@@ -207,16 +255,23 @@ pub fn fit(
     let mut reads = VecDeque::new();
     for epoch in cfg.start_epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
-        let order = shuffled(train.len(), cfg.seed + epoch as u64);
+        let batches = epoch_batches(
+            train.len(),
+            cfg.batch_size,
+            cfg.seed + epoch as u64,
+            rank,
+            world,
+        );
         let mut tally = LossTally::default();
         let bar = progress_bar(
-            cfg.progress,
+            cfg.progress && rank == 0,
             train.len().div_ceil(cfg.batch_size),
             epoch,
             cfg.epochs,
         );
-        let batches = order.len().div_ceil(cfg.batch_size);
-        for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+        let last = batches.len();
+        for (b, (idx, share)) in batches.iter().enumerate() {
+            let (idx, share) = (&idx[..], *share);
             let n = idx.len();
             let (xb, yb) = train.batch(idx);
             if let BatchTargets::Classes(y) = &yb {
@@ -229,15 +284,57 @@ pub fn fit(
                 model.advance_rng()?;
             }
             step += 1;
-            if let Some(r) = plans.get(&n) {
+            // Every log_every steps, and the epoch's last step so every epoch reports a loss.
+            let logged = step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == last;
+            if let (Some(p), 0) = (parallel.as_deref_mut(), n) {
+                // A last batch with fewer examples than processes left none to this one.
+                let loss = p.empty_step(share)?;
+                if logged {
+                    record_loss(step, epoch, loss, &mut tally, cfg.skip_nonfinite)?;
+                }
+            } else if let Some(r) = plans.get(&n) {
                 dev.write(&r.x.array().buf, &xb)?;
                 yb.write(dev, &r.y)?;
-                // Every log_every steps, and the epoch's last step so every epoch reports a loss.
-                if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
-                    // Rides in this step's submission, after the replayed dispatches.
-                    reads.push_back((step, dev.read_async(&r.loss.array().buf)?));
+                match (&r.step, parallel.as_deref_mut()) {
+                    (Ok(plan), _) => {
+                        if logged {
+                            // Rides in this step's submission, after the replayed dispatches.
+                            reads.push_back((step, dev.read_async(&r.loss.array().buf)?));
+                        }
+                        plan.replay()?;
+                    }
+                    (Err(id), Some(p)) => {
+                        // The combined loss comes back with the gradients, every step.
+                        let loss = p.replay_step(*id, share)?;
+                        if logged {
+                            record_loss(step, epoch, loss, &mut tally, cfg.skip_nonfinite)?;
+                        }
+                    }
+                    (Err(_), None) => {
+                        return Err(TrainError::Training(
+                            "a data-parallel step outside fit_parallel".into(),
+                        ))
+                    }
                 }
-                r.plan.replay()?;
+            } else if let Some(p) = parallel.as_deref_mut() {
+                let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
+                let y = yb.upload(dev)?;
+                let mut width = 0;
+                let (id, loss, mean) =
+                    p.record_step(opt, cfg.skip_nonfinite, share, &mut || {
+                        let out = model.forward(&x)?;
+                        width = *out.shape().last().unwrap_or(&0);
+                        Ok(loss_of(&out, &y, cfg.loss)?)
+                    })?;
+                if let BatchTargets::Classes(yv) = &yb {
+                    classes = Some(width);
+                    softmax::check_labels(yv, width, None)?;
+                }
+                if logged {
+                    record_loss(step, epoch, mean, &mut tally, cfg.skip_nonfinite)?;
+                }
+                let step = Err(id);
+                plans.insert(n, Recorded { step, x, y, loss });
             } else {
                 let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
                 let y = yb.upload(dev)?;
@@ -260,10 +357,11 @@ pub fn fit(
                     softmax::check_labels(yv, width, None)?;
                 }
                 // Recording happens once per batch size: a synchronous read costs nothing there.
-                if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
+                if logged {
                     record_loss(step, epoch, loss.item()?, &mut tally, cfg.skip_nonfinite)?;
                 }
-                plans.insert(n, Recorded { plan, x, y, loss });
+                let step = Ok(plan);
+                plans.insert(n, Recorded { step, x, y, loss });
             }
             // Collect finished readbacks without waiting for the GPU.
             while let Some((at, t)) = reads.front() {
@@ -320,7 +418,7 @@ pub fn fit(
         };
         on_epoch(&stats);
         history.push(stats);
-        if let Some(c) = &cfg.checkpoint {
+        if let (Some(c), 0) = (&cfg.checkpoint, rank) {
             if epoch % c.every_epochs.max(1) == 0 || epoch == cfg.epochs {
                 save_training(&c.path, model, opt, &history)?;
             }

@@ -3,6 +3,7 @@
 
 use crate::checkpoint::{save_training, CheckpointConfig};
 use crate::history::EpochStats;
+use crate::parallel::{DataParallel, Share};
 use crate::{Result, TrainError};
 use kiln_graph::{autocast_f16_when, no_grad, Array, Device, StepPlan, Tensor};
 use kiln_nn::lm::{sample_windows, CharCorpus, LanguageModel};
@@ -113,6 +114,34 @@ pub fn train_lm(
     opt: &mut Optimizer,
     corpus: &CharCorpus,
     cfg: &LmConfig,
+    on_eval: impl FnMut(&LmStats),
+) -> Result<Vec<EpochStats>> {
+    train_lm_inner(dev, model, opt, corpus, cfg, None, on_eval)
+}
+
+/// [`train_lm`] in one of several processes that train one model together (see
+/// [`crate::parallel`]): each step's `cfg.batch` windows are the ones a single process would
+/// draw, and this process trains on its share of them. Every process returns the same history;
+/// only rank 0 writes checkpoints.
+pub fn train_lm_parallel(
+    dev: &Device,
+    model: &dyn LanguageModel,
+    opt: &mut Optimizer,
+    corpus: &CharCorpus,
+    cfg: &LmConfig,
+    parallel: &mut dyn DataParallel,
+    on_eval: impl FnMut(&LmStats),
+) -> Result<Vec<EpochStats>> {
+    train_lm_inner(dev, model, opt, corpus, cfg, Some(parallel), on_eval)
+}
+
+fn train_lm_inner(
+    dev: &Device,
+    model: &dyn LanguageModel,
+    opt: &mut Optimizer,
+    corpus: &CharCorpus,
+    cfg: &LmConfig,
+    mut parallel: Option<&mut dyn DataParallel>,
     mut on_eval: impl FnMut(&LmStats),
 ) -> Result<Vec<EpochStats>> {
     let t = model.context();
@@ -121,12 +150,29 @@ pub fn train_lm(
             "text too short for a context of {t}"
         )));
     }
+    let (rank, world) = parallel
+        .as_ref()
+        .map_or((0, 1), |p| (p.rank(), p.world_size()));
+    let share = Share::of(cfg.batch, rank, world);
+    if let Some(p) = parallel.as_deref_mut() {
+        if cfg.batch < world {
+            return Err(TrainError::Training(format!(
+                "{world} processes need a batch of at least {world} windows (batch {})",
+                cfg.batch
+            )));
+        }
+        p.broadcast(model, opt)?;
+    }
+    // The windows a single process would draw at this step, of which this one takes its share.
     let windows = |step: usize| {
         let mut rng = Rng::new(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
-        sample_windows(&corpus.train, cfg.batch, t, &mut rng)
+        let (x, y) = sample_windows(&corpus.train, cfg.batch, t, &mut rng);
+        let rows = share.start * t..(share.start + share.len) * t;
+        (x[rows.clone()].to_vec(), y[rows].to_vec())
     };
     let mut history = cfg.history.clone();
-    let mut recorded: Option<(StepPlan, Array, Array, Tensor)> = None;
+    // The whole step as one plan, or the id of a step the DataParallel recorded.
+    let mut recorded: Option<(Result<StepPlan, usize>, Array, Array, Tensor)> = None;
     let mut reads = std::collections::VecDeque::new();
     let (mut sum, mut n, mut since, mut evals) = (0.0f64, 0usize, 0usize, 0usize);
     let mut t0 = std::time::Instant::now();
@@ -136,11 +182,35 @@ pub fn train_lm(
         if step > 1 {
             model.advance_rng()?;
         }
-        if let Some((plan, x, y, loss)) = &recorded {
+        if let Some((step, x, y, loss)) = &recorded {
             dev.write(&x.buf, &xb)?;
             dev.write(&y.buf, &yb)?;
-            reads.push_back(dev.read_async(&loss.array().buf)?);
-            plan.replay()?;
+            match (step, parallel.as_deref_mut()) {
+                (Ok(plan), _) => {
+                    reads.push_back(dev.read_async(&loss.array().buf)?);
+                    plan.replay()?;
+                }
+                (Err(id), Some(p)) => {
+                    // The combined loss comes back with the gradients.
+                    sum += p.replay_step(*id, share)? as f64;
+                    n += 1;
+                }
+                (Err(_), None) => {
+                    return Err(TrainError::Training(
+                        "a data-parallel step outside train_lm_parallel".into(),
+                    ))
+                }
+            }
+        } else if let Some(p) = parallel.as_deref_mut() {
+            let x = Array::from_i32(dev, &xb, &[share.len, t])?;
+            let y = Array::from_i32(dev, &yb, &[share.len * t])?;
+            let (id, loss, mean) = p.record_step(opt, false, share, &mut || {
+                let logits = autocast_f16_when(cfg.mixed_precision, || model.logits(&x))?;
+                Ok(logits.cross_entropy(&y, None)?)
+            })?;
+            sum += mean as f64;
+            n += 1;
+            recorded = Some((Err(id), x, y, loss));
         } else {
             let x = Array::from_i32(dev, &xb, &[cfg.batch, t])?;
             let y = Array::from_i32(dev, &yb, &[cfg.batch * t])?;
@@ -155,7 +225,7 @@ pub fn train_lm(
             // Recording happens once per run: a synchronous read costs nothing here.
             sum += loss.item()? as f64;
             n += 1;
-            recorded = Some((plan, x, y, loss));
+            recorded = Some((Ok(plan), x, y, loss));
         }
         since += 1;
         while let Some(r) = reads.front() {
@@ -187,7 +257,7 @@ pub fn train_lm(
             on_eval(&s);
             history.push(as_row(&s, secs));
             evals += 1;
-            if let Some(c) = &cfg.checkpoint {
+            if let (Some(c), 0) = (&cfg.checkpoint, rank) {
                 if evals % c.every_epochs.max(1) == 0 || step == cfg.steps {
                     save_training(&c.path, model, opt, &history)?;
                 }
