@@ -1,16 +1,21 @@
 //! A small causal Transformer language model on data/tinyshakespeare: prints validation loss
 //! (nats per character) and a generated sample, then one JSON line.
+//!
+//! `mpirun -np N char_transformer --distributed` trains it in N processes, each on its share of
+//! every step's windows, to the same result.
 use anyhow::Result;
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/dist.rs"]
+mod dist_args;
 
 use clap::{Parser, ValueEnum};
-use kiln::device::Device;
+use kiln::dist::{Dist, DistributedDataParallel};
 use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Optimizer};
-use kiln::train::lm::{train_lm, LmConfig};
+use kiln::train::lm::{train_lm, train_lm_parallel, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -45,16 +50,27 @@ struct Args {
     f16: bool,
     #[command(flatten)]
     run: common::RunArgs,
+    #[command(flatten)]
+    dist: dist_args::DistArgs,
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let dev = Device::new()?;
-    eprintln!(
-        "adapter: {} ({})",
-        dev.adapter().name,
-        dev.adapter().backend
-    );
+    let dist = a.dist.init()?;
+    dist_args::run(dist.as_ref(), || train(&a, dist.as_ref()))
+}
+
+fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
+    let root = dist_args::is_root(dist);
+    let dev = a.dist.device(dist)?;
+    if root {
+        eprintln!(
+            "adapter: {} ({}){}",
+            dev.adapter().name,
+            dev.adapter().backend,
+            dist.map_or(String::new(), |d| format!(", {} processes", d.size()))
+        );
+    }
     let corpus = CharCorpus::load(&a.data, 0.1)?;
     let (layers, heads, width, context, batch, steps, dropout) = match a.preset {
         Preset::Small => (2, 4, 64, 64, 16, 300, 0.0),
@@ -82,23 +98,43 @@ fn main() -> Result<()> {
     train_cfg.mixed_precision = a.f16;
     a.run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
     let t0 = std::time::Instant::now();
-    let hist = train_lm(&dev, &model, &mut opt, &corpus, &train_cfg, |s| {
-        eprintln!(
-            "step {:5}  train {:.3}  val {:.3} nats/char  {:.0} chars/s",
-            s.step, s.train_loss, s.val_loss, s.chars_per_second
-        )
-    })?;
+    let report = |s: &kiln::train::lm::LmStats| {
+        if root {
+            eprintln!(
+                "step {:5}  train {:.3}  val {:.3} nats/char  {:.0} chars/s",
+                s.step, s.train_loss, s.val_loss, s.chars_per_second
+            )
+        }
+    };
+    let mut times = Default::default();
+    let hist = match dist {
+        None => train_lm(&dev, &model, &mut opt, &corpus, &train_cfg, report)?,
+        Some(d) => {
+            let mut ddp = DistributedDataParallel::new(d, &dev, a.dist.ddp());
+            let h = train_lm_parallel(
+                &dev, &model, &mut opt, &corpus, &train_cfg, &mut ddp, report,
+            )?;
+            times = ddp.times();
+            h
+        }
+    };
     let secs = t0.elapsed().as_secs_f64();
+    if !root {
+        return Ok(());
+    }
     a.run.finish_by(&hist, "step")?;
     let sample = generate(&dev, &model, &corpus, "ROMEO:", 200, 0.8, a.seed)?;
     eprintln!("--- sample ---\n{sample}\n---");
-    let last = hist.last().expect("at least one evaluation");
+    let last = hist
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("no evaluation ran"))?;
     println!(
-        "{{\"example\":\"char_transformer\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{steps},\"layers\":{layers},\"width\":{width},\"context\":{context},\"batch\":{batch},\"f16\":{},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},\"adapter\":{:?}}}",
+        "{{\"example\":\"char_transformer\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{steps},\"layers\":{layers},\"width\":{width},\"context\":{context},\"batch\":{batch},\"f16\":{},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},{},\"adapter\":{:?}}}",
         last.val_loss.unwrap_or(f32::NAN),
         last.train_loss,
         a.f16,
         last.samples_per_second,
+        dist_args::json_fields(dist, &times),
         dev.adapter().name
     );
     Ok(())

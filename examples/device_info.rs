@@ -30,6 +30,10 @@ fn main() -> Result<()> {
     for p in dev.cooperative_matrix_properties() {
         println!("coop matrix: {p:?}");
     }
+    // The indices --device-index takes.
+    for (i, a) in Device::adapters().iter().enumerate() {
+        println!("adapter {i}: {} ({}, {})", a.name, a.backend, a.device_type);
+    }
     println!(
         "{{\"example\":\"device_info\",\"adapter\":{:?},\"backend\":{:?},\"device_type\":{:?},\
          \"f16\":{},\"subgroups\":{},\"cooperative_matrix\":{},\"timestamps\":{},\

@@ -1,4 +1,6 @@
 pub use kiln_device as device;
+#[cfg(feature = "dist")]
+pub use kiln_dist as dist;
 pub use kiln_graph as graph;
 pub use kiln_nn as nn;
 pub use kiln_ops as ops;
