@@ -15,11 +15,10 @@
 use kiln::device::Device;
 use kiln::dist::{launched_by_mpi, DdpConfig, Dist, DistributedDataParallel};
 use kiln::graph::{StepPlan, Tensor};
-use kiln::nn::layers::lenet5;
+use kiln::nn::init::Rng;
 use kiln::nn::lm::{CharTransformer, LanguageModel, TransformerLmConfig};
-use kiln::nn::{Module, NnError, Optimizer};
-use kiln::ops::testing::Rng;
-use kiln::ops::Array;
+use kiln::nn::models::lenet5;
+use kiln::nn::{AdamW, Module, NnError, Optimizer, Sgd};
 use std::process::Command;
 use std::time::Instant;
 
@@ -47,7 +46,7 @@ enum Kind {
 
 fn workloads(dev: &Device) -> anyhow::Result<Vec<Workload>> {
     let lenet = lenet5(dev, 0)?;
-    let opt = Optimizer::sgd(dev, lenet.parameters(), 0.01, 0.9, false, 0.0)?;
+    let opt = Sgd::new(0.01).momentum(0.9).init(dev, lenet.parameters())?;
     let cfg = TransformerLmConfig {
         vocab: 65,
         context: 64,
@@ -57,7 +56,9 @@ fn workloads(dev: &Device) -> anyhow::Result<Vec<Workload>> {
         dropout: 0.0,
     };
     let lm = CharTransformer::new(dev, 0, &cfg)?;
-    let lm_opt = Optimizer::adamw(dev, lm.parameters(), 3e-4, 0.01)?;
+    let lm_opt = AdamW::new(3e-4)
+        .weight_decay(0.01)
+        .init(dev, lm.parameters())?;
     Ok(vec![
         Workload {
             name: "lenet5",
@@ -92,7 +93,7 @@ fn loss_fn<'a>(
         Kind::Lenet => {
             let x = Tensor::from_f32(dev, &rng.vec(n * 784, -1.0, 1.0), &[n, 1, 28, 28])?;
             let labels: Vec<i32> = (0..n).map(|i| (i % 10) as i32).collect();
-            let y = Array::from_i32(dev, &labels, &[n])?;
+            let y = Tensor::from_i32(dev, &labels, &[n])?;
             Box::new(move || {
                 model
                     .forward(&x)?
@@ -106,8 +107,8 @@ fn loss_fn<'a>(
                 .downcast_ref::<CharTransformer>()
                 .ok_or_else(|| anyhow::anyhow!("not the Transformer"))?;
             let ids: Vec<i32> = (0..n * t).map(|_| rng.below(65) as i32).collect();
-            let x = Array::from_i32(dev, &ids, &[n, t])?;
-            let y = Array::from_i32(dev, &ids, &[n * t])?;
+            let x = Tensor::from_i32(dev, &ids, &[n, t])?;
+            let y = Tensor::from_i32(dev, &ids, &[n * t])?;
             Box::new(move || lm.logits(&x)?.cross_entropy(&y, None).map_err(Into::into))
         }
     })

@@ -14,7 +14,7 @@ use clap::{Parser, ValueEnum};
 use kiln::dist::{Dist, DistributedDataParallel};
 use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::{AdamW, Module};
 use kiln::train::lm::{train_lm, train_lm_parallel, LmConfig};
 use std::path::PathBuf;
 
@@ -86,7 +86,9 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         dropout,
     };
     let model = CharTransformer::new(&dev, a.seed, &cfg)?;
-    let mut opt = Optimizer::adamw(&dev, model.parameters(), a.lr, 0.01)?;
+    let mut opt = AdamW::new(a.lr)
+        .weight_decay(0.01)
+        .init(&dev, model.parameters())?;
     opt.set_schedule(Schedule::Warmup {
         steps: (steps / 10).max(1) as u64,
         then: Box::new(Schedule::Cosine {

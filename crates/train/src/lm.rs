@@ -5,10 +5,10 @@ use crate::checkpoint::{save_training, CheckpointConfig};
 use crate::history::EpochStats;
 use crate::parallel::{DataParallel, Share};
 use crate::{Result, TrainError};
-use kiln_graph::{autocast_f16_when, no_grad, Array, Device, StepPlan, Tensor};
+use kiln_graph::{autocast_f16_when, no_grad, Device, StepPlan, Tensor};
+use kiln_nn::init::Rng;
 use kiln_nn::lm::{sample_windows, CharCorpus, LanguageModel};
 use kiln_nn::Optimizer;
-use kiln_ops::testing::Rng;
 
 /// Language-model training options.
 #[derive(Clone, Debug)]
@@ -96,9 +96,9 @@ pub fn evaluate_lm(
         let mut sum = 0.0;
         for _ in 0..batches {
             let (x, y) = sample_windows(data, batch, t, &mut rng);
-            let logits = model.logits(&Array::from_i32(dev, &x, &[batch, t])?)?;
+            let logits = model.logits(&Tensor::from_i32(dev, &x, &[batch, t])?)?;
             sum += logits
-                .cross_entropy(&Array::from_i32(dev, &y, &[batch * t])?, None)?
+                .cross_entropy(&Tensor::from_i32(dev, &y, &[batch * t])?, None)?
                 .item()? as f64;
         }
         Ok((sum / batches.max(1) as f64) as f32)
@@ -172,7 +172,7 @@ fn train_lm_inner(
     };
     let mut history = cfg.history.clone();
     // The whole step as one plan, or the id of a step the DataParallel recorded.
-    let mut recorded: Option<(Result<StepPlan, usize>, Array, Array, Tensor)> = None;
+    let mut recorded: Option<(Result<StepPlan, usize>, Tensor, Tensor, Tensor)> = None;
     let mut reads = std::collections::VecDeque::new();
     let (mut sum, mut n, mut since, mut evals) = (0.0f64, 0usize, 0usize, 0usize);
     let mut t0 = std::time::Instant::now();
@@ -183,8 +183,8 @@ fn train_lm_inner(
             model.advance_rng()?;
         }
         if let Some((step, x, y, loss)) = &recorded {
-            dev.write(&x.buf, &xb)?;
-            dev.write(&y.buf, &yb)?;
+            x.copy_from_slice(&xb)?;
+            y.copy_from_slice(&yb)?;
             match (step, parallel.as_deref_mut()) {
                 (Ok(plan), _) => {
                     reads.push_back(dev.read_async(&loss.array().buf)?);
@@ -202,8 +202,8 @@ fn train_lm_inner(
                 }
             }
         } else if let Some(p) = parallel.as_deref_mut() {
-            let x = Array::from_i32(dev, &xb, &[share.len, t])?;
-            let y = Array::from_i32(dev, &yb, &[share.len * t])?;
+            let x = Tensor::from_i32(dev, &xb, &[share.len, t])?;
+            let y = Tensor::from_i32(dev, &yb, &[share.len * t])?;
             let (id, loss, mean) = p.record_step(opt, false, share, &mut || {
                 let logits = autocast_f16_when(cfg.mixed_precision, || model.logits(&x))?;
                 Ok(logits.cross_entropy(&y, None)?)
@@ -212,8 +212,8 @@ fn train_lm_inner(
             n += 1;
             recorded = Some((Err(id), x, y, loss));
         } else {
-            let x = Array::from_i32(dev, &xb, &[cfg.batch, t])?;
-            let y = Array::from_i32(dev, &yb, &[cfg.batch * t])?;
+            let x = Tensor::from_i32(dev, &xb, &[cfg.batch, t])?;
+            let y = Tensor::from_i32(dev, &yb, &[cfg.batch * t])?;
             opt.zero_grad();
             let (plan, loss) = StepPlan::record(dev, || {
                 let logits = autocast_f16_when(cfg.mixed_precision, || model.logits(&x))?;

@@ -19,10 +19,10 @@
 use kiln_dist::{DdpConfig, Dist, DistributedDataParallel, DistributedSampler};
 use kiln_graph::{Device, StepPlan, Tensor};
 use kiln_nn::data::{gather_rows, Mnist};
-use kiln_nn::layers::{lenet5, Sequential};
 use kiln_nn::loss::Loss;
+use kiln_nn::models::lenet5;
+use kiln_nn::{Adam, Sequential, Sgd};
 use kiln_nn::{Module, NnError, Optimizer};
-use kiln_ops::Array;
 use kiln_train::checkpoint::{load_training, CheckpointConfig};
 use kiln_train::{fit, fit_parallel, Dataset, FitConfig};
 use std::collections::HashMap;
@@ -100,8 +100,8 @@ impl Dump {
 
 fn optimizer(dev: &Device, model: &dyn Module, name: &str) -> Result<Optimizer, Error> {
     Ok(match name {
-        "sgd" => Optimizer::sgd(dev, model.parameters(), 0.05, 0.9, false, 0.0)?,
-        "adam" => Optimizer::adam(dev, model.parameters(), 1e-3, 0.0)?,
+        "sgd" => Sgd::new(0.05).momentum(0.9).init(dev, model.parameters())?,
+        "adam" => Adam::new(1e-3).init(dev, model.parameters())?,
         other => return Err(format!("--opt {other}: sgd or adam").into()),
     })
 }
@@ -180,7 +180,7 @@ fn run(args: &Args, dist: Option<&Dist>) -> Result<(), Error> {
                 &x[share.start * 784..][..share.len * 784],
                 &[share.len, 1, 28, 28],
             )?;
-            let yt = Array::from_i32(&dev, &y[share.range()], &[share.len])?;
+            let yt = Tensor::from_i32(&dev, &y[share.range()], &[share.len])?;
             opt.begin_step()?;
             let id = ddp.record(&opt, false, || -> Result<Tensor, NnError> {
                 Ok(model.forward(&xt)?.cross_entropy(&yt, None)?)
@@ -215,20 +215,20 @@ fn steps(
     let sampler = DistributedSampler::new(x.len() / 784, batch, seed, rank, world);
     let Some(dist) = dist else {
         // One process: forward, backward and update in one recorded plan.
-        let mut rec: Option<(StepPlan, Tensor, Array, Tensor)> = None;
+        let mut rec: Option<(StepPlan, Tensor, Tensor, Tensor)> = None;
         for (idx, _) in sampler.epoch(1) {
             let (xb, yb) = (gather_rows(&x, 784, &idx), gather_rows(&y, 1, &idx));
             opt.begin_step()?;
             match &rec {
                 Some((plan, xt, yt, loss)) => {
-                    dev.write(&xt.array().buf, &xb)?;
-                    dev.write(&yt.buf, &yb)?;
+                    xt.copy_from_slice(&xb)?;
+                    yt.copy_from_slice(&yb)?;
                     plan.replay()?;
                     dump.loss(loss.item()?)?;
                 }
                 None => {
                     let xt = Tensor::from_f32(dev, &xb, &[idx.len(), 1, 28, 28])?;
-                    let yt = Array::from_i32(dev, &yb, &[idx.len()])?;
+                    let yt = Tensor::from_i32(dev, &yb, &[idx.len()])?;
                     let (plan, loss) = StepPlan::record(dev, || {
                         let loss = model.forward(&xt)?.cross_entropy(&yt, None)?;
                         loss.backward()?;
@@ -245,7 +245,7 @@ fn steps(
     };
     let mut ddp = DistributedDataParallel::new(dist, dev, cfg);
     ddp.broadcast(&model, &mut opt)?;
-    let mut rec: Option<(usize, Tensor, Array)> = None;
+    let mut rec: Option<(usize, Tensor, Tensor)> = None;
     for (idx, share) in sampler.epoch(1) {
         if idx.len() % micro != 0 {
             return Err(format!(
@@ -261,13 +261,13 @@ fn steps(
             let (xb, yb) = (gather_rows(&x, 784, part), gather_rows(&y, 1, part));
             let id = match &rec {
                 Some((id, xt, yt)) => {
-                    dev.write(&xt.array().buf, &xb)?;
-                    dev.write(&yt.buf, &yb)?;
+                    xt.copy_from_slice(&xb)?;
+                    yt.copy_from_slice(&yb)?;
                     *id
                 }
                 None => {
                     let xt = Tensor::from_f32(dev, &xb, &[m, 1, 28, 28])?;
-                    let yt = Array::from_i32(dev, &yb, &[m])?;
+                    let yt = Tensor::from_i32(dev, &yb, &[m])?;
                     let id = ddp.record(&opt, false, || -> Result<Tensor, NnError> {
                         Ok(model.forward(&xt)?.cross_entropy(&yt, None)?)
                     })?;
