@@ -55,6 +55,9 @@ pub struct StepTimes {
     pub steps: u64,
     /// Seconds from a step's first submission to its update's submission.
     pub total: f64,
+    /// Of which submitting the step's pieces and its update. On a GPU this is encoding alone;
+    /// a software adapter (lavapipe) may run much of the work inside the submission.
+    pub submit: f64,
     /// Of which waiting for the device to finish a bucket's part of forward and backward (and
     /// the previous step's update, which runs first).
     pub compute: f64,
@@ -436,6 +439,14 @@ impl<'a> DistributedDataParallel<'a> {
     }
 
     /// One synchronised step (see [`Self::step`]); `step` None: no examples here.
+    ///
+    /// One loop drives the whole step: it submits the next bucket's piece of the recorded step
+    /// (the bucket's gradient copies riding at the end of that submission), starts the all-reduce
+    /// of each bucket whose copies have arrived, and uploads each combined bucket, in whatever
+    /// order they become possible. On a GPU the submissions return at once and the all-reduces
+    /// overlap the device's work on later pieces; a software adapter that computes inside the
+    /// submission still overlaps each bucket's all-reduce with the next piece's computation in
+    /// the other processes.
     fn sync(&mut self, step: Option<usize>, weight: f32, opt: Option<&Optimizer>) -> Result<f32> {
         let t0 = Instant::now();
         let target = step.unwrap_or(0);
@@ -450,55 +461,36 @@ impl<'a> DistributedDataParallel<'a> {
         let counted = !rec.fresh;
         let dev = self.dev.clone();
         let nb = self.buckets.len();
-        // 1. Submit each bucket's part of the step, its gradients' copies to the host riding at
-        //    the end of the submission that finishes them.
+        let merging = self.micro > 0;
+        self.micro = 0;
+        // What the uploads write into, apart from the recorded step the submissions may record
+        // into (merges).
+        let grads = rec.grads.clone();
+        let loss_buf = rec.loss.array().buf.clone();
         let mut tickets: Vec<Vec<ReadTicket>> = Vec::with_capacity(nb);
-        if let Some(id) = step {
-            let merging = self.micro > 0;
-            let rec = &mut self.steps[id];
+        let mut times = StepTimes::default();
+        let mut rec = match step {
+            Some(id) => Some(&mut self.steps[id]),
+            None => None,
+        };
+        // A step just recorded has all its work pending: one submission, the copies at its end.
+        if let Some(r) = rec.as_deref_mut().filter(|r| r.fresh) {
+            let t = Instant::now();
             for (k, bucket) in self.buckets.iter().enumerate() {
-                if !merging {
-                    tickets.push(read_bucket(&dev, rec, bucket, k)?);
-                    if !rec.fresh {
-                        dev.replay(&rec.pieces[k])?;
-                    }
-                    continue;
+                if merging {
+                    record_merge(&dev, r, &self.accum, bucket, k)?;
                 }
-                if !rec.fresh {
-                    dev.replay(&rec.pieces[k])?;
-                }
-                // Add what no_sync accumulated before the copies.
-                if rec.merges[k].is_none() {
-                    dev.begin_capture()?;
-                    let r = merge_into(&dev, &rec.grads, &self.accum, &bucket.params);
-                    let plan = dev.end_capture()?;
-                    r?;
-                    // Recorded now, it runs with the next submission: the copies' own.
-                    rec.merges[k] = Some(plan);
-                    tickets.push(read_bucket(&dev, rec, bucket, k)?);
-                    dev.flush()?;
-                } else if let Some(plan) = &rec.merges[k] {
-                    tickets.push(read_bucket(&dev, rec, bucket, k)?);
-                    dev.replay(plan)?;
-                }
-            }
-            if !rec.fresh {
-                dev.replay(&rec.tail)?;
+                tickets.push(read_bucket(&dev, r, bucket, k)?);
             }
             dev.flush()?;
-            rec.fresh = false;
+            r.fresh = false;
+            // Nothing left to submit in the loop.
+            rec = None;
+            times.submit += t.elapsed().as_secs_f64();
         }
-        self.micro = 0;
-        // 2. As each bucket arrives, weight it and start its all-reduce; as each all-reduce
-        //    completes, upload the result into the gradients the update reads.
-        let rec = &self.steps[target];
-        let (dist, buckets) = (self.dist, &self.buckets);
-        let mut times = StepTimes::default();
+        let (dist, buckets, accum) = (self.dist, &self.buckets, &self.accum);
         let mut global_loss = 0.0f32;
-        let mut arrived: Vec<Vec<Option<Vec<f32>>>> = tickets
-            .iter()
-            .map(|t| t.iter().map(|_| None).collect())
-            .collect();
+        let mut arrived: Vec<Vec<Option<Vec<f32>>>> = Vec::with_capacity(nb);
         let mut pairs = self.host.iter_mut();
         let result = mpi::request::scope(|scope| -> Result<()> {
             let mut requests = VecDeque::new();
@@ -507,14 +499,19 @@ impl<'a> DistributedDataParallel<'a> {
             let mut err: Option<DistError> = None;
             while finished < nb {
                 let mut progressed = false;
+                // Start the all-reduce of the next bucket once its copies are all here.
                 if started < nb {
                     let t = Instant::now();
-                    let ready = match step {
-                        None => true,
-                        // A failed readback still takes part in every all-reduce, with zeros:
-                        // the others are waiting for this process's part.
-                        Some(_) if err.is_some() => true,
-                        Some(_) => {
+                    let ready = match (step, &err) {
+                        (None, _) => true,
+                        // A failure still takes part in every all-reduce, with zeros: the
+                        // others are waiting for this process's part.
+                        (Some(_), Some(_)) => true,
+                        (Some(_), None) if started >= tickets.len() => false,
+                        (Some(_), None) => {
+                            if arrived.len() <= started {
+                                arrived.push(tickets[started].iter().map(|_| None).collect());
+                            }
                             arrive(&tickets[started], &mut arrived[started]).unwrap_or_else(|e| {
                                 err = Some(e);
                                 true
@@ -543,12 +540,13 @@ impl<'a> DistributedDataParallel<'a> {
                         times.compute += t.elapsed().as_secs_f64();
                     }
                 }
+                // Upload the oldest combined bucket.
                 if let Some(r) = requests.pop_front() {
                     match r.test_with_data() {
                         Ok((_, combined)) => {
                             let t = Instant::now();
                             if err.is_none() {
-                                if let Err(e) = upload(&dev, rec, &buckets[finished], combined) {
+                                if let Err(e) = upload(&dev, &grads, &buckets[finished], combined) {
                                     err = Some(e);
                                 }
                             }
@@ -560,6 +558,19 @@ impl<'a> DistributedDataParallel<'a> {
                             progressed = true;
                         }
                         Err(r) => requests.push_front(r),
+                    }
+                }
+                // Submit the next piece.
+                if let (Some(r), None) = (rec.as_deref_mut(), &err) {
+                    let k = tickets.len();
+                    if k < nb {
+                        let t = Instant::now();
+                        match submit_bucket(&dev, r, accum, &buckets[k], k, merging) {
+                            Ok(t) => tickets.push(t),
+                            Err(e) => err = Some(e),
+                        }
+                        times.submit += t.elapsed().as_secs_f64();
+                        progressed = true;
                     }
                 }
                 if progressed {
@@ -587,8 +598,12 @@ impl<'a> DistributedDataParallel<'a> {
         result?;
         // 3. The update, on the combined gradients. Its guard reads the combined loss, so every
         //    process skips or applies the same update.
-        dev.write(&rec.loss.array().buf, &[global_loss])?;
+        let t = Instant::now();
         let rec = &mut self.steps[target];
+        if step.is_some() && counted {
+            dev.replay(&rec.tail)?;
+        }
+        dev.write(&loss_buf, &[global_loss])?;
         match (&rec.update, opt) {
             (Some(plan), _) => dev.replay(plan)?,
             (None, Some(opt)) => {
@@ -606,7 +621,7 @@ impl<'a> DistributedDataParallel<'a> {
                 }
                 dev.begin_capture()?;
                 let r = if rec.guard {
-                    opt.step_guarded(Some(&rec.loss.array().buf))
+                    opt.step_guarded(Some(&loss_buf))
                 } else {
                     opt.step()
                 };
@@ -620,10 +635,12 @@ impl<'a> DistributedDataParallel<'a> {
                 ))
             }
         }
+        times.submit += t.elapsed().as_secs_f64();
         if counted {
             let s = &mut self.times;
             s.steps += 1;
             s.total += t0.elapsed().as_secs_f64();
+            s.submit += times.submit;
             s.compute += times.compute;
             s.copies += times.copies;
             s.allreduce += times.allreduce;
@@ -631,6 +648,58 @@ impl<'a> DistributedDataParallel<'a> {
         }
         Ok(global_loss)
     }
+}
+
+/// Submits bucket `k`'s piece of a recorded step, with the copies of its gradients at the end of
+/// the submission that finishes them; what no_sync accumulated is added first when `merging`.
+fn submit_bucket(
+    dev: &Device,
+    rec: &mut Recorded,
+    accum: &[Option<Array>],
+    bucket: &Bucket,
+    k: usize,
+    merging: bool,
+) -> Result<Vec<ReadTicket>> {
+    if !merging {
+        let t = read_bucket(dev, rec, bucket, k)?;
+        dev.replay(&rec.pieces[k])?;
+        return Ok(t);
+    }
+    dev.replay(&rec.pieces[k])?;
+    if rec.merges[k].is_none() {
+        // Recorded now, it runs in the next submission: the copies' own.
+        record_merge(dev, rec, accum, bucket, k)?;
+        let t = read_bucket(dev, rec, bucket, k)?;
+        dev.flush()?;
+        return Ok(t);
+    }
+    let t = read_bucket(dev, rec, bucket, k)?;
+    if let Some(plan) = &rec.merges[k] {
+        dev.replay(plan)?;
+    }
+    Ok(t)
+}
+
+/// Records bucket `k`'s merge (gradients += accumulator, accumulator = 0) unless it exists;
+/// recording also queues it to run.
+fn record_merge(
+    dev: &Device,
+    rec: &mut Recorded,
+    accum: &[Option<Array>],
+    bucket: &Bucket,
+    k: usize,
+) -> Result<()> {
+    if let Some(plan) = &rec.merges[k] {
+        // Already recorded: queue its dispatches again by replaying after the pending work.
+        dev.replay(plan)?;
+        return Ok(());
+    }
+    dev.begin_capture()?;
+    let r = merge_into(dev, &rec.grads, accum, &bucket.params);
+    let plan = dev.end_capture()?;
+    r?;
+    rec.merges[k] = Some(plan);
+    Ok(())
 }
 
 /// Queues the copies of bucket `k`'s gradients (and, in bucket 0, the loss) to the host: they
@@ -679,10 +748,10 @@ fn gather(send: &mut [f32], arrived: &mut [Option<Vec<f32>>], weight: f32) {
 }
 
 /// Writes a bucket's combined gradients into the step's gradient buffers.
-fn upload(dev: &Device, rec: &Recorded, bucket: &Bucket, combined: &[f32]) -> Result<()> {
+fn upload(dev: &Device, grads: &[Option<Array>], bucket: &Bucket, combined: &[f32]) -> Result<()> {
     let mut at = 0;
     for &p in &bucket.params {
-        let g = grad(&rec.grads, p)?;
+        let g = grad(grads, p)?;
         let n = g.numel();
         dev.write(&g.buf, &combined[at..at + n])?;
         at += n;
