@@ -10,8 +10,8 @@
 //! baseline.
 //!
 //! `cargo bench --bench dist_step` runs the baseline itself, then starts itself under
-//! `mpirun -np 1` and `mpirun -np 2 --oversubscribe` for the rest (Open MPI's allow-run-as-root
-//! variables set, for CI's root user).
+//! `mpirun -np 1` and `mpirun -np 2` (with scripts/mpirun.sh's `--oversubscribe --bind-to none`
+//! and Open MPI's allow-run-as-root variables, for CI's root user) for the rest.
 use kiln::device::Device;
 use kiln::dist::{launched_by_mpi, DdpConfig, Dist, DistributedDataParallel};
 use kiln::graph::{StepPlan, Tensor};
@@ -151,7 +151,14 @@ fn main() -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
     for (np, bucket) in [(1, 25 << 20), (2, 25 << 20), (2, 64 << 10)] {
         let status = Command::new("mpirun")
-            .args(["-np", &np.to_string(), "--oversubscribe"])
+            // As scripts/mpirun.sh: bound to one core, a process starves lavapipe.
+            .args([
+                "-np",
+                &np.to_string(),
+                "--oversubscribe",
+                "--bind-to",
+                "none",
+            ])
             .arg(&me)
             .arg(bucket.to_string())
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
