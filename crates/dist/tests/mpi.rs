@@ -367,3 +367,31 @@ fn parallel_training_without_a_launcher_is_an_error_naming_mpirun() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("mpirun -np N"), "{err}");
 }
+
+#[test]
+fn more_processes_than_the_batch_is_an_error() {
+    // Two processes, batch 1: one of them would never have an example.
+    let dir = scratch("too-many");
+    let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let (out, _) = run_within(
+        mpirun(
+            2,
+            &[
+                "fit",
+                "--n",
+                "8",
+                "--batch",
+                "1",
+                "--out",
+                dir.to_str().unwrap(),
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("2 processes need a batch size and a data set of at least 2 examples each"),
+        "{err}"
+    );
+}
