@@ -6,8 +6,9 @@
 //! device, host copies (gradients from the mapped copies into the send buffer, combined values
 //! back up), waiting for the all-reduce once every bucket is on its way, and the rest (the loop,
 //! the device finishing after the last update); and the gradient bytes each process all-reduces
-//! per step. A line per workload without kiln-dist (one process, one recorded plan) gives the
-//! baseline.
+//! per step. Lines without kiln-dist (one process, one recorded plan per step) give the baseline:
+//! steps queued back to back, and each step waited for before the next, as a data-parallel step
+//! must be (its update needs every process's gradients).
 //!
 //! `cargo bench --bench dist_step` runs the baseline itself, then starts itself under
 //! `mpirun -np 1` and `mpirun -np 2` (with scripts/mpirun.sh's `--oversubscribe --bind-to none`
@@ -122,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     for mut w in workloads(&dev)? {
         let loss = loss_fn(&dev, w.model.as_ref(), &w.kind, w.global)?;
         w.opt.begin_step()?;
-        let (plan, _) = StepPlan::record(&dev, || {
+        let (plan, l) = StepPlan::record(&dev, || {
             let l = loss()?;
             l.backward()?;
             w.opt.step()?;
@@ -134,19 +135,29 @@ fn main() -> anyhow::Result<()> {
             plan.replay()?;
         }
         dev.wait()?;
-        let t0 = Instant::now();
-        for _ in 0..w.steps {
-            w.opt.begin_step()?;
-            plan.replay()?;
+        // Steps queued back to back (the loop fit runs), then each waited for, as a data-parallel
+        // step must: its update needs every process's gradients.
+        for waited in [false, true] {
+            let t0 = Instant::now();
+            for _ in 0..w.steps {
+                w.opt.begin_step()?;
+                if waited {
+                    let t = dev.read_async(&l.array().buf)?;
+                    plan.replay()?;
+                    t.wait::<f32>()?;
+                } else {
+                    plan.replay()?;
+                }
+            }
+            dev.wait()?;
+            println!(
+                "{{\"bench\":\"dist_step\",\"model\":{:?},\"processes\":1,\"kiln_dist\":false,\"each_step_waited\":{waited},\"global_batch\":{},\"ms_per_step\":{:.2},\"adapter\":{:?}}}",
+                w.name,
+                w.global,
+                t0.elapsed().as_secs_f64() * 1e3 / w.steps as f64,
+                dev.adapter().name
+            );
         }
-        dev.wait()?;
-        println!(
-            "{{\"bench\":\"dist_step\",\"model\":{:?},\"processes\":1,\"kiln_dist\":false,\"global_batch\":{},\"ms_per_step\":{:.2},\"adapter\":{:?}}}",
-            w.name,
-            w.global,
-            t0.elapsed().as_secs_f64() * 1e3 / w.steps as f64,
-            dev.adapter().name
-        );
     }
     let me = std::env::current_exe()?;
     for (np, bucket) in [(1, 25 << 20), (2, 25 << 20), (2, 64 << 10)] {
