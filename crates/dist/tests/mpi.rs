@@ -175,6 +175,17 @@ fn two_processes_match_one_with_sgd_every_step() {
 }
 
 #[test]
+fn one_process_through_ddp_is_bitwise_the_plain_recorded_step() {
+    // World size 1: the same sums in the same order, so the cut-up replay, the host round trip
+    // of the gradients (weight 1, a sum over one process) and the separate update plan must
+    // reproduce the plain step exactly, bit for bit, at every step.
+    let want = reference("sgd");
+    let dir = scratch("dp-np1");
+    ok(mpirun(1, &["steps", "--out", dir.to_str().unwrap()]));
+    assert!(dumps(&dir, 0) == want, "DDP at one process differs from the plain step");
+}
+
+#[test]
 fn two_processes_match_one_with_adam_every_step() {
     let (got, want, _) = two_against_one("adam", &[]);
     let lr = 1e-3;
