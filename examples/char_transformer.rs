@@ -1,6 +1,6 @@
 //! A small causal Transformer language model on data/tinyshakespeare: prints validation loss
 //! (nats per character) and a generated sample, then one JSON line.
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 #[path = "common/mod.rs"]
 mod common;
@@ -10,6 +10,7 @@ use kiln::device::Device;
 use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Optimizer};
+use kiln::train::checkpoint::RunSettings;
 use kiln::train::lm::{train_lm, LmConfig};
 use std::path::PathBuf;
 
@@ -28,10 +29,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Preset::Small)]
     preset: Preset,
     /// Optimizer steps (default: 300 small, 3000 gpu).
-    #[arg(long)]
+    #[arg(long, value_parser = common::positive)]
     steps: Option<usize>,
     /// Peak learning rate (AdamW, linear warm-up then cosine decay).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, value_parser = common::positive_f32)]
     lr: f32,
     /// The text.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare/input.txt"))]
@@ -49,6 +50,25 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    let (layers, heads, width, context, batch, steps, dropout) = match a.preset {
+        Preset::Small => (2, 4, 64, 64, 16, 300, 0.0),
+        Preset::Gpu => (6, 6, 384, 256, 64, 3000, 0.2),
+    };
+    let steps = a.steps.unwrap_or(steps);
+    let run = a.run.start(
+        RunSettings::new()
+            .with("model", "char_transformer")
+            .with("layers", layers)
+            .with("heads", heads)
+            .with("width", width)
+            .with("context", context)
+            .with("batch", batch)
+            .with("dropout", dropout)
+            .with("steps", steps)
+            .with("lr", a.lr)
+            .with("seed", a.seed)
+            .with("f16", a.f16),
+    )?;
     let dev = Device::new()?;
     eprintln!(
         "adapter: {} ({})",
@@ -56,11 +76,6 @@ fn main() -> Result<()> {
         dev.adapter().backend
     );
     let corpus = CharCorpus::load(&a.data, 0.1)?;
-    let (layers, heads, width, context, batch, steps, dropout) = match a.preset {
-        Preset::Small => (2, 4, 64, 64, 16, 300, 0.0),
-        Preset::Gpu => (6, 6, 384, 256, 64, 3000, 0.2),
-    };
-    let steps = a.steps.unwrap_or(steps);
     let cfg = TransformerLmConfig {
         vocab: corpus.vocab(),
         context,
@@ -80,7 +95,7 @@ fn main() -> Result<()> {
     });
     let mut train_cfg = LmConfig::new(batch, steps, (steps / 5).max(1), 4, a.seed);
     train_cfg.mixed_precision = a.f16;
-    a.run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
+    run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
     let t0 = std::time::Instant::now();
     let hist = train_lm(&dev, &model, &mut opt, &corpus, &train_cfg, |s| {
         eprintln!(
@@ -89,17 +104,25 @@ fn main() -> Result<()> {
         )
     })?;
     let secs = t0.elapsed().as_secs_f64();
-    a.run.finish_by(&hist, "step")?;
+    run.finish_by(&hist, "step")?;
     let sample = generate(&dev, &model, &corpus, "ROMEO:", 200, 0.8, a.seed)?;
     eprintln!("--- sample ---\n{sample}\n---");
-    let last = hist.last().expect("at least one evaluation");
-    println!(
-        "{{\"example\":\"char_transformer\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{steps},\"layers\":{layers},\"width\":{width},\"context\":{context},\"batch\":{batch},\"f16\":{},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},\"adapter\":{:?}}}",
-        last.val_loss.unwrap_or(f32::NAN),
-        last.train_loss,
-        a.f16,
-        last.samples_per_second,
-        dev.adapter().name
-    );
-    Ok(())
+    let last = hist.last().context("no evaluation ran")?;
+    common::JsonLine::new("char_transformer")
+        .num(
+            "val_loss_nats_per_char",
+            last.val_loss.unwrap_or(f32::NAN) as f64,
+            4,
+        )
+        .num("train_loss", last.train_loss as f64, 4)
+        .set("steps", steps)
+        .set("layers", layers)
+        .set("width", width)
+        .set("context", context)
+        .set("batch", batch)
+        .set("f16", a.f16)
+        .num("train_seconds", secs, 1)
+        .num("chars_per_second", last.samples_per_second, 0)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }

@@ -11,6 +11,7 @@ use kiln::nn::data::Mnist;
 use kiln::nn::layers::lenet5;
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Optimizer};
+use kiln::train::checkpoint::RunSettings;
 use kiln::train::{fit_classifier, Dataset, FitConfig};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,16 +23,16 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
     /// Training examples (the first N); the last 2,000 are held out.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 8000, value_parser = common::positive)]
     train_size: usize,
     /// Passes over the training examples.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = common::positive)]
     epochs: usize,
     /// Examples per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = common::positive)]
     batch_size: usize,
     /// Peak learning rate (cosine-annealed to zero over the run).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = common::positive_f32)]
     lr: f32,
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
@@ -43,6 +44,15 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let start = Instant::now();
+    let run = args.run.start(
+        RunSettings::new()
+            .with("model", "lenet5")
+            .with("train_size", args.train_size)
+            .with("epochs", args.epochs)
+            .with("batch_size", args.batch_size)
+            .with("lr", args.lr)
+            .with("seed", args.seed),
+    )?;
     let dev = Device::new()?;
     eprintln!(
         "adapter: {} ({})",
@@ -57,8 +67,8 @@ fn main() -> Result<()> {
         args.train_size,
         mnist.len()
     );
-    let (train_x, train_y) = mnist.split(0..args.train_size);
-    let (test_x, test_y) = mnist.split(mnist.len() - held_out..mnist.len());
+    let (train_x, train_y) = mnist.split(0..args.train_size)?;
+    let (test_x, test_y) = mnist.split(mnist.len() - held_out..mnist.len())?;
     let shape = [1, 28, 28];
     let train = Dataset::classes(&train_x, &shape, &train_y);
     let test = Dataset::classes(&test_x, &shape, &test_y);
@@ -79,7 +89,7 @@ fn main() -> Result<()> {
             args.seed,
         )
     };
-    args.run.prepare(&model, &mut opt, &mut cfg)?;
+    run.prepare(&model, &mut opt, &mut cfg)?;
     let before = dev.counters();
     let history = fit_classifier(&dev, &model, &mut opt, &train, Some(&test), &cfg, |s| {
         eprintln!(
@@ -93,21 +103,24 @@ fn main() -> Result<()> {
         );
     })?;
     let after = dev.counters();
-    args.run.finish(&history)?;
+    run.finish(&history)?;
     let last = history.last().context("no epoch ran")?;
     let train_seconds: f64 = history.iter().map(|s| s.train_seconds).sum();
-    println!(
-        "{{\"example\":\"lenet_mnist\",\"test_accuracy\":{:.4},\"test_loss\":{:.4},\"train_images\":{},\"test_images\":{held_out},\
-         \"epochs\":{},\"batch_size\":{},\"train_seconds\":{train_seconds:.2},\"total_seconds\":{:.2},\
-         \"steps\":{steps},\"submissions\":{},\"adapter\":{:?}}}",
-        last.val_accuracy.unwrap_or(0.0),
-        last.val_loss.unwrap_or(f32::NAN),
-        args.train_size,
-        args.epochs,
-        args.batch_size,
-        start.elapsed().as_secs_f64(),
-        after.submissions - before.submissions,
-        dev.adapter().name
-    );
-    Ok(())
+    common::JsonLine::new("lenet_mnist")
+        .num(
+            "test_accuracy",
+            last.val_accuracy.unwrap_or(f32::NAN) as f64,
+            4,
+        )
+        .num("test_loss", last.val_loss.unwrap_or(f32::NAN) as f64, 4)
+        .set("train_images", args.train_size)
+        .set("test_images", held_out)
+        .set("epochs", args.epochs)
+        .set("batch_size", args.batch_size)
+        .num("train_seconds", train_seconds, 2)
+        .num("total_seconds", start.elapsed().as_secs_f64(), 2)
+        .set("steps", steps)
+        .set("submissions", after.submissions - before.submissions)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }

@@ -58,6 +58,11 @@ fn sigmoid(v: vec4<f32>) -> vec4<f32> {
     return select(e, vec4<f32>(1.0), v >= vec4<f32>(0.0)) / (1.0 + e);
 }
 
+// NaN lanes (a bit test, which fast-math cannot fold away).
+fn is_nan4(v: vec4<f32>) -> vec4<bool> {
+    return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+}
+
 fn unary_f(v: vec4<f32>) -> vec4<f32> {
     switch OP {
         case 0u: { return -v; }
@@ -65,7 +70,8 @@ fn unary_f(v: vec4<f32>) -> vec4<f32> {
         case 2u: { return log(v); }
         case 3u: { return sqrt(v); }
         case 4u: { return abs(v); }
-        case 5u: { return max(v, vec4<f32>(0.0)); }
+        // NaN in, NaN out, as PyTorch: max(NaN, 0) may be either operand (0 on lavapipe).
+        case 5u: { return select(vec4<f32>(0.0), v, v > vec4<f32>(0.0) | is_nan4(v)); }
         case 6u: { return sigmoid(v); }
         case 7u: { return tanh(v); }
         case 8u: { return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }

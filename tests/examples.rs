@@ -46,8 +46,8 @@ fn mnist_mlp_model_learns_in_one_epoch() {
     let dev = Device::shared().unwrap();
     let m = Mnist::load(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"))
         .unwrap();
-    let (x, y) = m.split(0..1000);
-    let (tx, ty) = m.split(9000..9500);
+    let (x, y) = m.split(0..1000).unwrap();
+    let (tx, ty) = m.split(9000..9500).unwrap();
     let mut rng = Rng::new(0);
     let model = Sequential::new()
         .push(Linear::new(&dev, &mut rng, 784, 64, true).unwrap())
@@ -68,15 +68,20 @@ fn mnist_mlp_model_learns_in_one_epoch() {
 
 #[test]
 fn loads_a_lenet_written_by_the_reference_safetensors_library() {
-    // tests/fixtures/make_lenet_safetensors.py wrote it with PyTorch's names (no kiln checksum).
+    // tests/fixtures/make_lenet_safetensors.py wrote it with PyTorch's names (no kiln checksum):
+    // a checked load refuses it, an explicitly unverified one reads it.
     use kiln::nn::layers::lenet5;
-    use kiln::nn::serialize::load;
+    use kiln::nn::serialize::{load, load_unverified};
     use kiln::nn::Module;
     let dev = Device::shared().unwrap();
     let model = lenet5(&dev, 0).unwrap();
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/lenet_reference.safetensors");
-    let report = load(&path, &model.named_parameters(), true).unwrap();
+    let e = load(&path, &model.named_parameters(), true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no `kiln.crc32` checksum"), "{e}");
+    let report = load_unverified(&path, &model.named_parameters(), true).unwrap();
     assert_eq!(report, Default::default());
     for (k, (name, p)) in model.named_parameters().iter().enumerate() {
         let got = p.to_vec().unwrap();

@@ -38,6 +38,9 @@ pub enum NnError {
     /// A training run that cannot continue.
     #[error("training: {0}")]
     Training(String),
+    /// An argument outside what the function accepts (an empty range, a zero size).
+    #[error("{0}")]
+    Invalid(String),
     /// A model or calibration set that cannot be quantized as asked.
     #[error("quantization: {0}")]
     Quantization(String),

@@ -3,9 +3,11 @@
 //! `compile` / `fit` / `evaluate` / `predict` face over them.
 
 use crate::checkpoint::{save_training, CheckpointConfig};
+use crate::finite::FiniteWatch;
 use crate::history::EpochStats;
 use crate::progress::progress_bar;
 use crate::{Result, TrainError};
+use kiln_device::ReadTicket;
 use kiln_graph::{no_grad, Device, StepPlan, Tensor};
 use kiln_nn::data::{gather_rows, shuffled};
 use kiln_nn::loss::{loss_of, Loss};
@@ -131,8 +133,15 @@ pub struct FitConfig {
     pub epochs: usize,
     /// Seed of the shuffling (epoch e uses seed + e).
     pub seed: u64,
-    /// Read the loss back (asynchronously) every this many steps.
+    /// Read the loss back (asynchronously) every this many steps, and at each epoch's last step.
     pub log_every: usize,
+    /// Check every parameter and optimizer state tensor for NaN and infinities on the device
+    /// every this many steps; 0 (the default) checks wherever the loss is read (`log_every`).
+    /// The checks ride in the step's own submission and come back with its loss, and an error
+    /// names the tensor and the step after which it went bad: 1 finds the exact step. The model
+    /// and optimizer are also checked once before the first step (after a resume's load), and
+    /// after each epoch's last step.
+    pub finite_check_every: usize,
     /// The objective.
     pub loss: Loss,
     /// Show a progress bar (loss, samples/s) when standard error is a terminal; plain per-epoch
@@ -165,6 +174,7 @@ impl FitConfig {
             checkpoint: None,
             history: Vec::new(),
             skip_nonfinite: false,
+            finite_check_every: 0,
         }
     }
 }
@@ -191,7 +201,20 @@ pub fn fit(
         v.check()?;
     }
     if cfg.batch_size == 0 || train.is_empty() {
-        return Err(TrainError::Training("empty data or zero batch size".into()));
+        return Err(TrainError::Training(format!(
+            "batch size {} over {} training examples: both must be at least 1",
+            cfg.batch_size,
+            train.len()
+        )));
+    }
+    if cfg.epochs == 0 {
+        return Err(TrainError::Training("epochs must be at least 1".into()));
+    }
+    if cfg.start_epoch > cfg.epochs {
+        return Err(TrainError::Training(format!(
+            "the run has {} epochs done already, more than the {} asked for: nothing to train (ask for at least {} epochs to continue it)",
+            cfg.start_epoch, cfg.epochs, cfg.start_epoch
+        )));
     }
     if matches!(train.y, Targets::Classes(_)) != (cfg.loss == Loss::CrossEntropy) {
         return Err(TrainError::Training(format!(
@@ -204,7 +227,14 @@ pub fn fit(
     // Continues a resumed run's step count (dropout offsets advance from it).
     let mut step = opt.steps() as usize;
     let mut classes: Option<usize> = None;
-    let mut reads = VecDeque::new();
+    let mut reads: VecDeque<(usize, ReadTicket, Option<ReadTicket>)> = VecDeque::new();
+    let log_every = cfg.log_every.max(1);
+    let check_every = match cfg.finite_check_every {
+        0 => log_every,
+        k => k,
+    };
+    let watch = FiniteWatch::new(dev, model, opt)?;
+    watch.check_now(dev, "loading, before the first step")?;
     for epoch in cfg.start_epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
         let order = shuffled(train.len(), cfg.seed + epoch as u64);
@@ -229,16 +259,29 @@ pub fn fit(
                 model.advance_rng()?;
             }
             step += 1;
+            // Every log_every steps, and the epoch's last step so every epoch reports a loss.
+            let read = step.is_multiple_of(log_every) || b + 1 == batches;
+            // The state this step starts from (the previous step's update) is checked in this
+            // step's submission, ahead of its dispatches, and read back with its loss. Launched
+            // after the step's host writes, which would otherwise submit the checks on their own.
+            let check = || -> Result<Option<ReadTicket>> {
+                if !step.is_multiple_of(check_every) {
+                    return Ok(None);
+                }
+                watch.launch(dev)?;
+                Ok(Some(watch.read(dev)?))
+            };
             if let Some(r) = plans.get(&n) {
                 dev.write(&r.x.array().buf, &xb)?;
                 yb.write(dev, &r.y)?;
-                // Every log_every steps, and the epoch's last step so every epoch reports a loss.
-                if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
+                let flags = check()?;
+                if read || flags.is_some() {
                     // Rides in this step's submission, after the replayed dispatches.
-                    reads.push_back((step, dev.read_async(&r.loss.array().buf)?));
+                    reads.push_back((step, dev.read_async(&r.loss.array().buf)?, flags));
                 }
                 r.plan.replay()?;
             } else {
+                let flags = check()?;
                 let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
                 let y = yb.upload(dev)?;
                 // A fresh plan computes fresh gradients (no accumulation into another plan's).
@@ -260,14 +303,21 @@ pub fn fit(
                     softmax::check_labels(yv, width, None)?;
                 }
                 // Recording happens once per batch size: a synchronous read costs nothing there.
-                if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
+                if let Some(f) = flags {
+                    watch.verdict(&f.wait::<u32>()?, &after_step(step - 1))?;
+                }
+                if read || step.is_multiple_of(check_every) {
                     record_loss(step, epoch, loss.item()?, &mut tally, cfg.skip_nonfinite)?;
                 }
                 plans.insert(n, Recorded { plan, x, y, loss });
             }
             // Collect finished readbacks without waiting for the GPU.
-            while let Some((at, t)) = reads.front() {
+            while let Some((at, t, f)) = reads.front() {
                 let Some(v) = t.try_read::<f32>()? else { break };
+                if let Some(f) = f {
+                    // Same submission as the loss: already there.
+                    watch.verdict(&f.wait::<u32>()?, &after_step(*at - 1))?;
+                }
                 record_loss(*at, epoch, v[0], &mut tally, cfg.skip_nonfinite)?;
                 reads.pop_front();
             }
@@ -287,7 +337,13 @@ pub fn fit(
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        for (at, t) in reads.drain(..) {
+        // The epoch's last update, checked before its statistics and checkpoint.
+        watch.launch(dev)?;
+        let last = watch.read(dev)?;
+        for (at, t, f) in reads.drain(..) {
+            if let Some(f) = f {
+                watch.verdict(&f.wait::<u32>()?, &after_step(at - 1))?;
+            }
             record_loss(
                 at,
                 epoch,
@@ -296,6 +352,7 @@ pub fn fit(
                 cfg.skip_nonfinite,
             )?;
         }
+        watch.verdict(&last.wait::<u32>()?, &after_step(step))?;
         dev.wait()?;
         let secs = t0.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) = match val {
@@ -322,7 +379,7 @@ pub fn fit(
         history.push(stats);
         if let Some(c) = &cfg.checkpoint {
             if epoch % c.every_epochs.max(1) == 0 || epoch == cfg.epochs {
-                save_training(&c.path, model, opt, &history)?;
+                save_training(&c.path, model, opt, &history, &c.settings)?;
             }
         }
     }
@@ -344,6 +401,15 @@ pub fn fit_classifier(
         ..cfg.clone()
     };
     fit(dev, model, opt, train, val, &cfg, on_epoch)
+}
+
+/// How a finite-check verdict names the state it saw.
+fn after_step(step: usize) -> String {
+    if step == 0 {
+        "loading, before the first step".into()
+    } else {
+        format!("step {step}")
+    }
 }
 
 /// Running loss of an epoch: its sum and count, and the non-finite steps skipped.

@@ -2,6 +2,7 @@
 //! periodic evaluation and checkpoints.
 
 use crate::checkpoint::{save_training, CheckpointConfig};
+use crate::finite::FiniteWatch;
 use crate::history::EpochStats;
 use crate::{Result, TrainError};
 use kiln_graph::{autocast_f16_when, no_grad, Array, Device, StepPlan, Tensor};
@@ -30,6 +31,11 @@ pub struct LmConfig {
     /// Run the training forward pass under `autocast_f16` (mixed precision: f16 matmuls with f32
     /// sums, f32 master weights and gradients).
     pub mixed_precision: bool,
+    /// Check every parameter and optimizer state tensor for NaN and infinities on the device
+    /// every this many steps, in the step's own submission; 0 (the default) checks at each
+    /// evaluation only. An error names the tensor and the step after which it went bad: 1 finds
+    /// the exact step. The state is also checked once before the first step.
+    pub finite_check_every: usize,
 }
 
 impl LmConfig {
@@ -50,6 +56,7 @@ impl LmConfig {
             checkpoint: None,
             history: Vec::new(),
             mixed_precision: false,
+            finite_check_every: 0,
         }
     }
 }
@@ -64,6 +71,27 @@ fn as_row(s: &LmStats, secs: f64) -> EpochStats {
         train_seconds: secs,
         samples_per_second: s.chars_per_second,
         skipped_steps: 0,
+    }
+}
+
+/// The loss of `step`, or an error naming the step where it is NaN or infinite (every step's loss
+/// is read, so this is the exact step).
+fn finite_loss(loss: f32, step: usize) -> Result<f32> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        Err(TrainError::Training(format!(
+            "loss became {loss} at step {step}"
+        )))
+    }
+}
+
+/// How a finite-check verdict names the state it saw.
+fn after_step(step: usize) -> String {
+    if step == 0 {
+        "loading, before the first step".into()
+    } else {
+        format!("step {step}")
     }
 }
 
@@ -121,6 +149,22 @@ pub fn train_lm(
             "text too short for a context of {t}"
         )));
     }
+    if cfg.batch == 0 || cfg.steps == 0 || t == 0 {
+        return Err(TrainError::Training(format!(
+            "batch {}, steps {} and context {t} must all be at least 1",
+            cfg.batch, cfg.steps
+        )));
+    }
+    if opt.steps() as usize > cfg.steps {
+        return Err(TrainError::Training(format!(
+            "the run has {} steps done already, more than the {} asked for: nothing to train (ask for at least {} steps to continue it)",
+            opt.steps(),
+            cfg.steps,
+            opt.steps()
+        )));
+    }
+    let watch = FiniteWatch::new(dev, model, opt)?;
+    watch.check_now(dev, "loading, before the first step")?;
     let windows = |step: usize| {
         let mut rng = Rng::new(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
         sample_windows(&corpus.train, cfg.batch, t, &mut rng)
@@ -136,12 +180,25 @@ pub fn train_lm(
         if step > 1 {
             model.advance_rng()?;
         }
+        // The state this step starts from, checked in its submission (after its host writes,
+        // which would otherwise submit the checks on their own).
+        let check = || -> Result<Option<kiln_device::ReadTicket>> {
+            if cfg.finite_check_every == 0 || !step.is_multiple_of(cfg.finite_check_every) {
+                return Ok(None);
+            }
+            watch.launch(dev)?;
+            Ok(Some(watch.read(dev)?))
+        };
         if let Some((plan, x, y, loss)) = &recorded {
             dev.write(&x.buf, &xb)?;
             dev.write(&y.buf, &yb)?;
-            reads.push_back(dev.read_async(&loss.array().buf)?);
+            let flags = check()?;
+            reads.push_back((step, dev.read_async(&loss.array().buf)?, flags));
             plan.replay()?;
         } else {
+            if let Some(f) = check()? {
+                watch.verdict(&f.wait::<u32>()?, &after_step(step - 1))?;
+            }
             let x = Array::from_i32(dev, &xb, &[cfg.batch, t])?;
             let y = Array::from_i32(dev, &yb, &[cfg.batch * t])?;
             opt.zero_grad();
@@ -153,22 +210,31 @@ pub fn train_lm(
                 Ok::<_, TrainError>(loss)
             })?;
             // Recording happens once per run: a synchronous read costs nothing here.
-            sum += loss.item()? as f64;
+            sum += finite_loss(loss.item()?, step)? as f64;
             n += 1;
             recorded = Some((plan, x, y, loss));
         }
         since += 1;
-        while let Some(r) = reads.front() {
+        while let Some((at, r, f)) = reads.front() {
             let Some(v) = r.try_read::<f32>()? else { break };
-            sum += v[0] as f64;
+            if let Some(f) = f {
+                watch.verdict(&f.wait::<u32>()?, &after_step(*at - 1))?;
+            }
+            sum += finite_loss(v[0], *at)? as f64;
             n += 1;
             reads.pop_front();
         }
         if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
-            for r in reads.drain(..) {
-                sum += r.wait::<f32>()?[0] as f64;
+            watch.launch(dev)?;
+            let last = watch.read(dev)?;
+            for (at, r, f) in reads.drain(..) {
+                if let Some(f) = f {
+                    watch.verdict(&f.wait::<u32>()?, &after_step(at - 1))?;
+                }
+                sum += finite_loss(r.wait::<f32>()?[0], at)? as f64;
                 n += 1;
             }
+            watch.verdict(&last.wait::<u32>()?, &after_step(step))?;
             dev.wait()?;
             let secs = t0.elapsed().as_secs_f64();
             let train_loss = (sum / n.max(1) as f64) as f32;
@@ -189,7 +255,7 @@ pub fn train_lm(
             evals += 1;
             if let Some(c) = &cfg.checkpoint {
                 if evals % c.every_epochs.max(1) == 0 || step == cfg.steps {
-                    save_training(&c.path, model, opt, &history)?;
+                    save_training(&c.path, model, opt, &history, &c.settings)?;
                 }
             }
             (sum, n, since) = (0.0, 0, 0);

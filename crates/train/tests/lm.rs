@@ -143,16 +143,13 @@ fn resumed_language_model_training_equals_an_uninterrupted_run() {
     let b = make();
     let mut ob = Optimizer::adam(&d, b.parameters(), 1e-2, 0.0).unwrap();
     let first = LmConfig {
-        checkpoint: Some(CheckpointConfig {
-            path: path.clone(),
-            every_epochs: 1,
-        }),
+        checkpoint: Some(CheckpointConfig::new(&path, 1).unwrap()),
         ..LmConfig::new(8, 10, 10, 1, 5)
     };
     train_lm(&d, &b, &mut ob, &c, &first, |_| {}).unwrap();
     let r = make();
     let mut or = Optimizer::adam(&d, r.parameters(), 1e-2, 0.0).unwrap();
-    let resumed = load_training(&path, &r, &mut or).unwrap();
+    let resumed = load_training(&path, &r, &mut or, &Default::default(), &[]).unwrap();
     assert_eq!(or.steps(), 10);
     let rest = LmConfig {
         history: resumed.history,
