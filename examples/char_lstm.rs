@@ -8,7 +8,7 @@ mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::lm::{generate, CharCorpus, CharLstm};
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::{Adam, Module};
 use kiln::train::checkpoint::RunSettings;
 use kiln::train::lm::{train_lm, LmConfig};
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ fn main() -> Result<()> {
     );
     let corpus = CharCorpus::load(&a.data, 0.1)?;
     let model = CharLstm::new(&dev, a.seed, corpus.vocab(), a.context, 64, a.hidden, 2)?;
-    let mut opt = Optimizer::adam(&dev, model.parameters(), a.lr, 0.0)?;
+    let mut opt = Adam::new(a.lr).init(&dev, model.parameters())?;
     opt.set_clip_grad_norm(Some(5.0));
     let mut cfg = LmConfig::new(a.batch, a.steps, (a.steps / 5).max(1), 4, a.seed);
     run.prepare_lm(&model, &mut opt, &mut cfg)?;

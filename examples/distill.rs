@@ -9,12 +9,12 @@ use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::{no_grad, StepPlan, Tensor};
 use kiln::nn::data::{gather_rows, shuffled, Mnist};
-use kiln::nn::layers::{lenet5, Linear, ReLU, Sequential};
 use kiln::nn::loss::distillation_loss;
+use kiln::nn::models::lenet5;
 use kiln::nn::serialize;
-use kiln::nn::{Module, NnError, Optimizer};
+use kiln::nn::{Adam, LinearConfig, Relu, Sequential};
+use kiln::nn::{Module, NnError};
 use kiln::ops::testing::Rng;
-use kiln::ops::Array;
 use kiln::train::{evaluate, Dataset, Loss};
 use std::path::PathBuf;
 
@@ -60,9 +60,9 @@ fn train_size(s: &str) -> Result<usize, String> {
 fn student(dev: &Device) -> Result<Sequential> {
     let mut rng = Rng::new(11);
     Ok(Sequential::new()
-        .push(Linear::new(dev, &mut rng, 784, 64, true)?)
-        .push(ReLU)
-        .push(Linear::new(dev, &mut rng, 64, 10, true)?))
+        .push(LinearConfig::new(784, 64).init_with(dev, &mut rng)?)
+        .push(Relu)
+        .push(LinearConfig::new(64, 10).init_with(dev, &mut rng)?))
 }
 
 /// Trains `s` with one recorded plan per step; `teacher` adds the distillation term.
@@ -74,7 +74,7 @@ fn train(
     x: &[f32],
     y: &[i32],
 ) -> Result<()> {
-    let mut opt = Optimizer::adam(dev, s.parameters(), 1e-3, 0.0)?;
+    let mut opt = Adam::new(1e-3).init(dev, s.parameters())?;
     let batch = BATCH;
     let n = y.len() / batch * batch; // whole batches: one plan
     anyhow::ensure!(
@@ -84,16 +84,16 @@ fn train(
     );
     let xt = Tensor::from_f32(dev, &x[..batch * 784], &[batch, 784])?;
     let img = Tensor::from_f32(dev, &x[..batch * 784], &[batch, 1, 28, 28])?;
-    let yt = Array::from_i32(dev, &y[..batch], &[batch])?;
+    let yt = Tensor::from_i32(dev, &y[..batch], &[batch])?;
     let mut plan: Option<StepPlan> = None;
     for epoch in 0..a.epochs {
         let order = shuffled(n, 100 + epoch as u64);
         for idx in order.chunks(batch) {
             let xb = gather_rows(x, 784, idx);
             let yb: Vec<i32> = idx.iter().map(|&i| y[i]).collect();
-            dev.write(&xt.array().buf, &xb)?;
-            dev.write(&img.array().buf, &xb)?;
-            dev.write(&yt.buf, &yb)?;
+            xt.copy_from_slice(&xb)?;
+            img.copy_from_slice(&xb)?;
+            yt.copy_from_slice(&yb)?;
             opt.begin_step()?;
             match &plan {
                 Some(p) => p.replay()?,
@@ -149,7 +149,7 @@ fn main() -> Result<()> {
         "not a LeNet-5 checkpoint: {r:?}"
     );
     for p in teacher.parameters() {
-        p.set_requires_grad(false);
+        p.requires_grad_(false)?;
     }
     let test = Dataset::classes(&tx, &[784], &ty);
     let teacher_test = Dataset::classes(&tx, &[1, 28, 28], &ty);

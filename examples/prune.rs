@@ -9,10 +9,10 @@ use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::Tensor;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::lenet5;
+use kiln::nn::models::lenet5;
 use kiln::nn::prune::{magnitude_masks, sparsity};
 use kiln::nn::serialize;
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::{Module, Sgd};
 use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
@@ -67,7 +67,9 @@ fn main() -> Result<()> {
         .collect();
     let masks = magnitude_masks(&weights, a.sparsity, !a.per_layer)?;
     let pruned = acc(&model)?;
-    let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
+    let mut opt = Sgd::new(0.01)
+        .momentum(0.9)
+        .init(&dev, model.parameters())?;
     opt.set_masks(masks);
     fit(
         &dev,

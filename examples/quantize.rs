@@ -9,11 +9,11 @@ mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::lenet5;
+use kiln::nn::models::lenet5;
 use kiln::nn::quant::{quantize, Calibration, QuantConfig, QuantizedModel};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::serialize;
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::{Module, Sgd};
 use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -95,7 +95,9 @@ fn main() -> Result<()> {
         }
         None => {
             eprintln!("no --model: training LeNet-5 for {} epochs", a.epochs);
-            let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.05, 0.9, false, 0.0)?;
+            let mut opt = Sgd::new(0.05)
+                .momentum(0.9)
+                .init(&dev, model.parameters())?;
             opt.set_schedule(Schedule::Cosine {
                 t_max: (a.epochs * TRAIN.div_ceil(64)) as u64,
                 min_lr: 0.0,

@@ -2,12 +2,15 @@
 //! windows, two models (a causal Transformer and an LSTM) and sampling. The training loop is
 //! `kiln_train::lm`.
 
-use crate::layers::{prefixed, Embedding, LayerNorm, Linear, Module};
-use crate::rnn::{Cell, Recurrent};
+use crate::embedding::{Embedding, EmbeddingConfig};
+use crate::init::Rng;
+use crate::linear::{Linear, LinearConfig};
+use crate::module::{prefixed, Module};
+use crate::norm::{LayerNorm, LayerNormConfig};
+use crate::rnn::{Recurrent, RecurrentConfig};
 use crate::transformer::{Activation, LayerConfig, TransformerEncoderLayer};
 use crate::{NnError, Result};
-use kiln_graph::{no_grad, Array, Device, Tensor};
-use kiln_ops::testing::Rng;
+use kiln_graph::{no_grad, Device, Tensor};
 use std::path::Path;
 
 /// A text, its character vocabulary, and the text as ids split into train and validation parts.
@@ -99,7 +102,7 @@ pub fn sample_windows(
 /// A model of the next character: ids [B, T] -> logits [B * T, vocab].
 pub trait LanguageModel: Module {
     /// Logits for every position.
-    fn logits(&self, ids: &Array) -> Result<Tensor>;
+    fn logits(&self, ids: &Tensor) -> Result<Tensor>;
     /// Longest context the model takes.
     fn context(&self) -> usize;
 }
@@ -151,11 +154,11 @@ impl CharTransformer {
             ls.push(l);
         }
         Ok(CharTransformer {
-            tok: Embedding::new(dev, &mut rng, c.vocab, c.d_model)?,
-            pos: Embedding::new(dev, &mut rng, c.context, c.d_model)?,
+            tok: EmbeddingConfig::new(c.vocab, c.d_model).init_with(dev, &mut rng)?,
+            pos: EmbeddingConfig::new(c.context, c.d_model).init_with(dev, &mut rng)?,
             layers: ls,
-            ln_f: LayerNorm::new(dev, c.d_model)?,
-            head: Linear::new(dev, &mut rng, c.d_model, c.vocab, true)?,
+            ln_f: LayerNormConfig::new(c.d_model).init(dev)?,
+            head: LinearConfig::new(c.d_model, c.vocab).init_with(dev, &mut rng)?,
             context: c.context,
         })
     }
@@ -190,12 +193,14 @@ impl Module for CharTransformer {
 }
 
 impl LanguageModel for CharTransformer {
-    fn logits(&self, ids: &Array) -> Result<Tensor> {
-        let (b, t) = (ids.shape[0], ids.shape[1]);
+    fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let dev = self.tok.weight.device();
         let positions: Vec<i32> = (0..t as i32).collect();
-        let pos = self.pos.lookup(&Array::from_i32(dev, &positions, &[t])?)?;
-        let mut h = self.tok.lookup(ids)?.add(&pos)?;
+        let pos = self
+            .pos
+            .forward(&Tensor::from_i32(dev, &positions, &[t])?)?;
+        let mut h = self.tok.forward(ids)?.add(&pos)?;
         for l in &self.layers {
             h = l.forward(&h)?;
         }
@@ -229,9 +234,11 @@ impl CharLstm {
     ) -> Result<CharLstm> {
         let mut rng = Rng::new(seed);
         Ok(CharLstm {
-            emb: Embedding::new(dev, &mut rng, vocab, embed)?,
-            lstm: Recurrent::new(dev, &mut rng, Cell::Lstm, embed, hidden, layers)?,
-            head: Linear::new(dev, &mut rng, hidden, vocab, true)?,
+            emb: EmbeddingConfig::new(vocab, embed).init_with(dev, &mut rng)?,
+            lstm: RecurrentConfig::lstm(embed, hidden)
+                .with_num_layers(layers)
+                .init_with(dev, &mut rng)?,
+            head: LinearConfig::new(hidden, vocab).init_with(dev, &mut rng)?,
             context,
         })
     }
@@ -252,9 +259,9 @@ impl Module for CharLstm {
 }
 
 impl LanguageModel for CharLstm {
-    fn logits(&self, ids: &Array) -> Result<Tensor> {
-        let (b, t) = (ids.shape[0], ids.shape[1]);
-        let h = self.lstm.forward(&self.emb.lookup(ids)?)?;
+    fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        let h = self.lstm.forward(&self.emb.forward(ids)?)?;
         let hd = h.shape()[2];
         self.head.forward(&h.reshape(&[b * t, hd])?)
     }
@@ -284,7 +291,7 @@ pub fn generate(
         for _ in 0..len {
             let ctx: Vec<i32> = ids[ids.len().saturating_sub(model.context())..].to_vec();
             let t = ctx.len();
-            let logits = model.logits(&Array::from_i32(dev, &ctx, &[1, t])?)?;
+            let logits = model.logits(&Tensor::from_i32(dev, &ctx, &[1, t])?)?;
             let last = logits
                 .slice(0, t - 1, 1)?
                 .affine(1.0 / temperature.max(1e-3), 0.0)?

@@ -2,7 +2,7 @@
 //! logits) and knowledge distillation's.
 
 use crate::Result;
-use kiln_graph::{Array, Tensor};
+use kiln_graph::Tensor;
 
 /// The training objective.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,21 +16,21 @@ pub enum Loss {
     BinaryCrossEntropy,
 }
 
-/// The loss of `out` against targets `y` (as uploaded for that loss).
-pub fn loss_of(out: &Tensor, y: &Array, loss: Loss) -> Result<Tensor> {
-    let dev = out.device();
+/// The loss of `out` against targets `y`: i32 class ids for cross-entropy, f32 values of the
+/// output's shape for the others.
+pub fn loss_of(out: &Tensor, y: &Tensor, loss: Loss) -> Result<Tensor> {
     match loss {
         Loss::CrossEntropy => Ok(out.cross_entropy(y, None)?),
-        Loss::Mse => Ok(out.mse_loss(&Tensor::from_array(dev, y.clone(), false))?),
+        Loss::Mse => Ok(out.mse_loss(y)?),
         Loss::BinaryCrossEntropy => {
-            let t = Tensor::from_array(dev, y.clone(), false);
+            let t = y;
             let softplus = out
                 .unary(kiln_ops::elementwise::Unary::Abs)?
                 .neg()?
                 .exp()?
                 .affine(1.0, 1.0)?
                 .log()?;
-            Ok(out.relu()?.sub(&out.mul(&t)?)?.add(&softplus)?.mean_all()?)
+            Ok(out.relu()?.sub(&out.mul(t)?)?.add(&softplus)?.mean_all()?)
         }
     }
 }
@@ -44,7 +44,7 @@ pub fn loss_of(out: &Tensor, y: &Array, loss: Loss) -> Result<Tensor> {
 pub fn distillation_loss(
     student: &Tensor,
     teacher: &Tensor,
-    labels: &Array,
+    labels: &Tensor,
     temperature: f32,
     alpha: f32,
 ) -> Result<Tensor> {

@@ -9,8 +9,8 @@
 //! `fc1.weight_scale` (F32 `[out]`), `fc1.input_scale` (F32 `[1]`), `fc1.bias` (F32), marked by the
 //! metadata key `kiln.quantized`.
 
-use crate::layers::{Conv2d, Linear, Module, Sequential};
 use crate::serialize::{self, RawTensor, QUANTIZED_KEY};
+use crate::{Conv2d, Linear, Module, Sequential};
 use crate::{NnError, Result};
 use half::f16;
 use kiln_graph::{no_grad, Device, Tensor};
@@ -247,7 +247,7 @@ impl Module for QuantizedLayer {
                 })
             }
         };
-        Ok(Tensor::from_array(&self.dev, y, false))
+        Ok(Tensor::from_array(&self.dev, y))
     }
 }
 

@@ -3,9 +3,9 @@
 
 use kiln_graph::{Device, Tensor};
 use kiln_nn::data::{parse_idx, read_idx, shuffled, Mnist};
-use kiln_nn::layers::{lenet5, Linear, Module};
+use kiln_nn::models::lenet5;
 use kiln_nn::schedule::Schedule;
-use kiln_nn::Optimizer;
+use kiln_nn::{LinearConfig, Module, Sgd};
 use kiln_ops::testing::{assert_close, to_f64, Rng};
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,7 +58,7 @@ fn lenet_has_pytorch_names_and_shapes() {
 fn linear_matches_hand_computed_values() {
     let d = dev();
     let mut rng = Rng::new(3);
-    let lin = Linear::new(&d, &mut rng, 3, 2, true).unwrap();
+    let lin = LinearConfig::new(3, 2).init_with(&d, &mut rng).unwrap();
     let x = [1.0f32, 2.0, 3.0, -1.0, 0.0, 0.5];
     let y = lin
         .forward(&Tensor::from_f32(&d, &x, &[2, 3]).unwrap())
@@ -167,14 +167,20 @@ fn parameter_groups_clipping_and_gradient_accumulation() {
     let mut r = Rng::new(21);
     let (v1, v2) = (r.vec(5, -1.0, 1.0), r.vec(3, -1.0, 1.0));
     let (c1, c2) = (r.vec(5, -1.0, 1.0), r.vec(3, -1.0, 1.0));
-    let p1 = Tensor::from_f32(&d, &v1, &[5]).unwrap().requires_grad(true);
-    let p2 = Tensor::from_f32(&d, &v2, &[3]).unwrap().requires_grad(true);
+    let p1 = Tensor::from_f32(&d, &v1, &[5])
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap();
+    let p2 = Tensor::from_f32(&d, &v2, &[3])
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap();
     let (t1, t2) = (
         Tensor::from_f32(&d, &c1, &[5]).unwrap(),
         Tensor::from_f32(&d, &c2, &[3]).unwrap(),
     );
     // Group 0: lr 0.1, no decay; group 1: lr 0.01, weight decay 0.5.
-    let mut opt = Optimizer::sgd(&d, vec![p1.clone()], 0.1, 0.0, false, 0.0).unwrap();
+    let mut opt = Sgd::new(0.1).init(&d, vec![p1.clone()]).unwrap();
     opt.add_param_group(vec![p2.clone()], 0.01, 0.5).unwrap();
     let loss = p1
         .mul(&t1)
@@ -202,8 +208,9 @@ fn parameter_groups_clipping_and_gradient_accumulation() {
     // Clipping through the optimizer: the applied gradient has global norm max_norm.
     let q = Tensor::from_f32(&d, &[3.0, 4.0], &[2])
         .unwrap()
-        .requires_grad(true);
-    let mut opt = Optimizer::sgd(&d, vec![q.clone()], 1.0, 0.0, false, 0.0).unwrap();
+        .requires_grad_(true)
+        .unwrap();
+    let mut opt = Sgd::new(1.0).init(&d, vec![q.clone()]).unwrap();
     opt.set_clip_grad_norm(Some(1.0));
     q.mul(&q)
         .unwrap()
@@ -225,12 +232,12 @@ fn parameter_groups_clipping_and_gradient_accumulation() {
 
     // Gradient accumulation: two half-batches at weight 1/2 give the full batch's gradient.
     let mut rng = Rng::new(5);
-    let lin = Linear::new(&d, &mut rng, 4, 3, true).unwrap();
+    let lin = LinearConfig::new(4, 3).init_with(&d, &mut rng).unwrap();
     let x = r.vec(8 * 4, -1.0, 1.0);
     let y: Vec<i32> = (0..8).map(|i| i % 3).collect();
     let full = |xs: &[f32], ys: &[i32], n: usize| {
         let xt = Tensor::from_f32(&d, xs, &[n, 4]).unwrap();
-        let yt = kiln_ops::Array::from_i32(&d, ys, &[n]).unwrap();
+        let yt = Tensor::from_i32(&d, ys, &[n]).unwrap();
         lin.forward(&xt).unwrap().cross_entropy(&yt, None).unwrap()
     };
     full(&x, &y, 8).backward().unwrap();
@@ -257,10 +264,15 @@ fn parameter_groups_clipping_and_gradient_accumulation() {
 #[test]
 fn dropout_draws_a_new_mask_per_replay_without_re_recording() {
     use kiln_graph::StepPlan;
-    use kiln_nn::layers::Dropout;
     let d = Device::shared().unwrap();
-    let drop = Dropout::new(&d, 0.5, 7).unwrap();
-    let x = Tensor::full(&d, &[4096], 1.0).unwrap().requires_grad(true);
+    let drop = kiln_nn::DropoutConfig::new(0.5)
+        .with_seed(7)
+        .init(&d)
+        .unwrap();
+    let x = Tensor::full(&d, &[4096], 1.0)
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap();
     let (plan, y) = StepPlan::record(&d, || {
         let y = drop.forward(&x)?;
         y.sum_all()?.backward()?;

@@ -772,3 +772,48 @@ pub mod cpu {
         (y, [n, co, oh, ow])
     }
 }
+
+/// 2-D convolution as an op: inputs x [N, C, H, W], weight [Co, C, KH, KW] and optionally bias
+/// [Co]; the input's gradient (the most expensive product) is taken only where it is wanted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conv2d(pub Conv2dSpec);
+
+impl crate::op::Op for Conv2d {
+    fn name(&self) -> &str {
+        "conv2d"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(conv2d(dev, inputs[0], inputs[1], inputs.get(2).copied(), &self.0)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let (x, w, spec) = (ctx.inputs[0], ctx.inputs[1], &self.0);
+        let has_bias = ctx.inputs.len() > 2;
+        let dx = if ctx.needs(0) {
+            Some(conv2d_backward_input(dev, dy, w, &x.shape, spec)?)
+        } else {
+            None
+        };
+        let (dw, db) = match (ctx.needs(1), has_bias && ctx.needs(2)) {
+            (true, true) => {
+                let (dw, db) = conv2d_backward_weight_bias(dev, dy, x, &w.shape, spec)?;
+                (Some(dw), Some(db))
+            }
+            (true, false) => (
+                Some(conv2d_backward_weight(dev, dy, x, &w.shape, spec)?),
+                None,
+            ),
+            (false, true) => (None, Some(conv2d_backward_bias(dev, dy)?)),
+            (false, false) => (None, None),
+        };
+        let mut grads = vec![dx, dw];
+        if has_bias {
+            grads.push(db);
+        }
+        Ok(grads)
+    }
+}

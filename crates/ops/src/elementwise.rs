@@ -316,3 +316,69 @@ pub mod cpu {
         (shape, out)
     }
 }
+
+impl crate::op::Op for Unary {
+    fn name(&self) -> &str {
+        "unary"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(unary(dev, inputs[0], *self)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        Ok(vec![Some(unary_backward(dev, ctx.inputs[0], dy, *self)?)])
+    }
+}
+
+impl crate::op::Op for Binary {
+    fn name(&self) -> &str {
+        "binary"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(binary(dev, inputs[0], inputs[1], *self)?.into())
+    }
+    /// Add, Sub, Mul and Div have gradients (summed back over broadcast axes); comparisons,
+    /// Pow, Max and Min have none.
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        use crate::reduce::sum_to;
+        let (a, b) = (ctx.inputs[0], ctx.inputs[1]);
+        let (ga, gb) = match self {
+            Binary::Add => (dy.clone(), dy.clone()),
+            Binary::Sub => (dy.clone(), unary(dev, dy, Unary::Neg)?),
+            Binary::Mul => (
+                binary(dev, dy, b, Binary::Mul)?,
+                binary(dev, dy, a, Binary::Mul)?,
+            ),
+            Binary::Div => {
+                let ga = binary(dev, dy, b, Binary::Div)?;
+                // d(a/b)/db = -a/b^2 = -(a/b)/b
+                let q = binary(dev, &binary(dev, a, b, Binary::Div)?, b, Binary::Div)?;
+                let gb = unary(dev, &binary(dev, dy, &q, Binary::Mul)?, Unary::Neg)?;
+                (ga, gb)
+            }
+            op => {
+                return Err(OpError::Invalid {
+                    op: "backward",
+                    message: format!("{op:?} has no gradient"),
+                })
+            }
+        };
+        Ok(vec![
+            ctx.needs(0)
+                .then(|| sum_to(dev, &ga, &a.shape))
+                .transpose()?,
+            ctx.needs(1)
+                .then(|| sum_to(dev, &gb, &b.shape))
+                .transpose()?,
+        ])
+    }
+}

@@ -133,3 +133,25 @@ pub fn cpu_layer_f16w(x: &[f32], w: &[half::f16], bias: &[f32], g: &LayerGeom) -
     }
     y
 }
+
+/// A cast to another float type as an op; the gradient passes through unchanged (in the
+/// gradient's own type, f32).
+#[derive(Clone, Copy, Debug)]
+pub struct Cast(pub DType);
+
+impl crate::op::Op for Cast {
+    fn name(&self) -> &str {
+        "cast"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(cast(dev, inputs[0], self.0)?.into())
+    }
+    fn backward(
+        &self,
+        _dev: &Device,
+        _ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        Ok(vec![Some(dy.clone())])
+    }
+}

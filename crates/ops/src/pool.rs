@@ -298,3 +298,49 @@ pub mod cpu {
         y
     }
 }
+
+/// Max pooling as an op (the argmax indices are kept for the backward pass).
+#[derive(Clone, Copy, Debug)]
+pub struct MaxPool2d(pub Pool2dSpec);
+
+impl crate::op::Op for MaxPool2d {
+    fn name(&self) -> &str {
+        "max_pool2d"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        let (out, idx) = max_pool2d(dev, inputs[0], &self.0)?;
+        Ok(crate::op::Forward::with_saved(out, idx))
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let idx = ctx.saved.get::<Array>("max_pool2d")?;
+        let x = &ctx.inputs[0].shape;
+        Ok(vec![Some(max_pool2d_backward(dev, dy, idx, x, &self.0)?)])
+    }
+}
+
+/// Average pooling as an op.
+#[derive(Clone, Copy, Debug)]
+pub struct AvgPool2d(pub Pool2dSpec);
+
+impl crate::op::Op for AvgPool2d {
+    fn name(&self) -> &str {
+        "avg_pool2d"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(avg_pool2d(dev, inputs[0], &self.0)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let x = &ctx.inputs[0].shape;
+        Ok(vec![Some(avg_pool2d_backward(dev, dy, x, &self.0)?)])
+    }
+}

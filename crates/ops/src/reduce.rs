@@ -181,3 +181,46 @@ pub mod cpu {
         out
     }
 }
+
+/// A reduction along one axis, as an op; Sum and Mean have gradients (broadcast back), Max and
+/// AbsMax none.
+#[derive(Clone, Copy, Debug)]
+pub struct ReduceAxis {
+    /// The reduction.
+    pub op: Reduce,
+    /// The axis.
+    pub axis: usize,
+    /// Keep the reduced axis with extent 1.
+    pub keepdim: bool,
+}
+
+impl crate::op::Op for ReduceAxis {
+    fn name(&self) -> &str {
+        "reduce"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(reduce(dev, inputs[0], self.axis, self.op, self.keepdim)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        use crate::elementwise::{unary, Unary};
+        let shape = &ctx.inputs[0].shape;
+        let mut kept = shape.clone();
+        kept[self.axis] = 1;
+        let g = crate::layout::broadcast_to(dev, &dy.reshape(&kept)?, shape)?;
+        Ok(vec![Some(match self.op {
+            Reduce::Sum => g,
+            Reduce::Mean => unary(dev, &g, Unary::Affine(1.0 / shape[self.axis] as f32, 0.0))?,
+            op => {
+                return Err(OpError::Invalid {
+                    op: "backward",
+                    message: format!("reduce {op:?} has no gradient"),
+                })
+            }
+        })])
+    }
+}

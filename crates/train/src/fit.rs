@@ -12,7 +12,7 @@ use kiln_graph::{no_grad, Device, StepPlan, Tensor};
 use kiln_nn::data::{gather_rows, shuffled};
 use kiln_nn::loss::{loss_of, Loss};
 use kiln_nn::{Module, Optimizer};
-use kiln_ops::{softmax, Array};
+use kiln_ops::softmax;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -109,16 +109,16 @@ enum BatchTargets {
 }
 
 impl BatchTargets {
-    fn upload(&self, dev: &Device) -> Result<Array> {
+    fn upload(&self, dev: &Device) -> Result<Tensor> {
         Ok(match self {
-            BatchTargets::Classes(y) => Array::from_i32(dev, y, &[y.len()])?,
-            BatchTargets::Values(y, w) => Array::from_f32(dev, y, &[y.len() / w, *w])?,
+            BatchTargets::Classes(y) => Tensor::from_i32(dev, y, &[y.len()])?,
+            BatchTargets::Values(y, w) => Tensor::from_f32(dev, y, &[y.len() / w, *w])?,
         })
     }
-    fn write(&self, dev: &Device, to: &Array) -> Result<()> {
+    fn write(&self, to: &Tensor) -> Result<()> {
         match self {
-            BatchTargets::Classes(y) => dev.write(&to.buf, y)?,
-            BatchTargets::Values(y, _) => dev.write(&to.buf, y)?,
+            BatchTargets::Classes(y) => to.copy_from_slice(y)?,
+            BatchTargets::Values(y, _) => to.copy_from_slice(y)?,
         }
         Ok(())
     }
@@ -182,7 +182,7 @@ impl FitConfig {
 struct Recorded {
     plan: StepPlan,
     x: Tensor,
-    y: Array,
+    y: Tensor,
     loss: Tensor,
 }
 
@@ -272,8 +272,8 @@ pub fn fit(
                 Ok(Some(watch.read(dev)?))
             };
             if let Some(r) = plans.get(&n) {
-                dev.write(&r.x.array().buf, &xb)?;
-                yb.write(dev, &r.y)?;
+                r.x.copy_from_slice(&xb)?;
+                yb.write(&r.y)?;
                 let flags = check()?;
                 if read || flags.is_some() {
                     // Rides in this step's submission, after the replayed dispatches.
@@ -463,7 +463,7 @@ pub fn evaluate(
             loss_sum += loss_of(&out, &y, loss)?.item()? as f64 * n as f64;
             match (&yb, loss) {
                 (BatchTargets::Classes(t), Loss::CrossEntropy) => {
-                    let pred = out.argmax(1)?.to_i32(dev)?;
+                    let pred = out.argmax(1)?.to_vec_i32()?;
                     correct += pred.iter().zip(t).filter(|(p, t)| p == t).count();
                     counted += t.len();
                 }

@@ -5,10 +5,10 @@ use crate::checkpoint::{save_training, CheckpointConfig};
 use crate::finite::FiniteWatch;
 use crate::history::EpochStats;
 use crate::{Result, TrainError};
-use kiln_graph::{autocast_f16_when, no_grad, Array, Device, StepPlan, Tensor};
+use kiln_graph::{autocast_f16_when, no_grad, Device, StepPlan, Tensor};
+use kiln_nn::init::Rng;
 use kiln_nn::lm::{sample_windows, CharCorpus, LanguageModel};
 use kiln_nn::Optimizer;
-use kiln_ops::testing::Rng;
 
 /// Language-model training options.
 #[derive(Clone, Debug)]
@@ -123,9 +123,9 @@ pub fn evaluate_lm(
         let mut sum = 0.0;
         for _ in 0..batches {
             let (x, y) = sample_windows(data, batch, t, &mut rng);
-            let logits = model.logits(&Array::from_i32(dev, &x, &[batch, t])?)?;
+            let logits = model.logits(&Tensor::from_i32(dev, &x, &[batch, t])?)?;
             sum += logits
-                .cross_entropy(&Array::from_i32(dev, &y, &[batch * t])?, None)?
+                .cross_entropy(&Tensor::from_i32(dev, &y, &[batch * t])?, None)?
                 .item()? as f64;
         }
         Ok((sum / batches.max(1) as f64) as f32)
@@ -170,7 +170,7 @@ pub fn train_lm(
         sample_windows(&corpus.train, cfg.batch, t, &mut rng)
     };
     let mut history = cfg.history.clone();
-    let mut recorded: Option<(StepPlan, Array, Array, Tensor)> = None;
+    let mut recorded: Option<(StepPlan, Tensor, Tensor, Tensor)> = None;
     let mut reads = std::collections::VecDeque::new();
     let (mut sum, mut n, mut since, mut evals) = (0.0f64, 0usize, 0usize, 0usize);
     let mut t0 = std::time::Instant::now();
@@ -190,8 +190,8 @@ pub fn train_lm(
             Ok(Some(watch.read(dev)?))
         };
         if let Some((plan, x, y, loss)) = &recorded {
-            dev.write(&x.buf, &xb)?;
-            dev.write(&y.buf, &yb)?;
+            x.copy_from_slice(&xb)?;
+            y.copy_from_slice(&yb)?;
             let flags = check()?;
             reads.push_back((step, dev.read_async(&loss.array().buf)?, flags));
             plan.replay()?;
@@ -199,8 +199,8 @@ pub fn train_lm(
             if let Some(f) = check()? {
                 watch.verdict(&f.wait::<u32>()?, &after_step(step - 1))?;
             }
-            let x = Array::from_i32(dev, &xb, &[cfg.batch, t])?;
-            let y = Array::from_i32(dev, &yb, &[cfg.batch * t])?;
+            let x = Tensor::from_i32(dev, &xb, &[cfg.batch, t])?;
+            let y = Tensor::from_i32(dev, &yb, &[cfg.batch * t])?;
             opt.zero_grad();
             let (plan, loss) = StepPlan::record(dev, || {
                 let logits = autocast_f16_when(cfg.mixed_precision, || model.logits(&x))?;

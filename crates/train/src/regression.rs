@@ -2,9 +2,8 @@
 
 use crate::{Result, TrainError};
 use kiln_graph::{Device, StepPlan, Tensor};
-use kiln_nn::layers::Linear;
-use kiln_nn::{Module, Optimizer};
-use kiln_ops::testing::Rng;
+use kiln_nn::init::Rng;
+use kiln_nn::{LinearConfig, Module, Sgd};
 
 /// What [`fit_line`] learned.
 #[derive(Clone, Copy, Debug)]
@@ -33,8 +32,8 @@ pub fn fit_line(dev: &Device, n: usize, steps: usize, lr: f32, seed: u64) -> Res
         .iter()
         .map(|&v| 3.0 * v + 2.0 + 0.1 * rng.normal() as f32)
         .collect();
-    let model = Linear::new(dev, &mut rng, 1, 1, true)?;
-    let mut opt = Optimizer::sgd(dev, model.parameters(), lr, 0.0, false, 0.0)?;
+    let model = LinearConfig::new(1, 1).init_with(dev, &mut rng)?;
+    let mut opt = Sgd::new(lr).init(dev, model.parameters())?;
     let xt = Tensor::from_f32(dev, &x, &[n, 1])?;
     let yt = Tensor::from_f32(dev, &y, &[n, 1])?;
     let before = dev.counters().submissions;

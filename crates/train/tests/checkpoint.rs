@@ -2,8 +2,9 @@
 //! atomic writes that leave the previous file intact.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::layers::{lenet5, Linear, Module, Sequential};
+use kiln_nn::models::lenet5;
 use kiln_nn::serialize::{load, read_metadata, save};
+use kiln_nn::{LinearConfig, Module, Sequential, Sgd};
 use kiln_ops::testing::Rng;
 use std::path::PathBuf;
 
@@ -91,7 +92,7 @@ fn wrong_architecture_strict_and_non_strict() {
     let other = lenet5(&d, 3).unwrap();
     let mut named = other.named_parameters();
     named.retain(|(n, _)| !n.starts_with("fc3"));
-    let head = Linear::new(&d, &mut rng, 84, 5, true).unwrap();
+    let head = LinearConfig::new(84, 5).init_with(&d, &mut rng).unwrap();
     named.push(("fc3.weight".into(), head.weight.clone()));
     named.push(("fc3.bias".into(), head.bias.clone().unwrap()));
     named.push(("extra.weight".into(), Tensor::full(&d, &[2], 0.0).unwrap()));
@@ -115,7 +116,7 @@ fn wrong_architecture_strict_and_non_strict() {
     );
     assert_eq!(head.weight.to_vec().unwrap(), before);
     // An MLP against the LeNet file: everything unexpected or missing.
-    let mlp = Sequential::new().push(Linear::new(&d, &mut rng, 4, 2, true).unwrap());
+    let mlp = Sequential::new().push(LinearConfig::new(4, 2).init_with(&d, &mut rng).unwrap());
     let r = load(&path, &mlp.named_parameters(), false).unwrap();
     assert_eq!(r.missing.len(), 2);
     assert_eq!(r.unexpected.len(), 10);
@@ -167,7 +168,10 @@ mod training {
     }
 
     fn optimizer(d: &Device, m: &dyn Module) -> Optimizer {
-        let mut o = Optimizer::sgd(d, m.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+        let mut o = Sgd::new(0.05)
+            .momentum(0.9)
+            .init(d, m.parameters())
+            .unwrap();
         o.set_schedule(Schedule::Cosine {
             t_max: 15,
             min_lr: 0.0,
@@ -298,7 +302,7 @@ mod training {
         // Fine-tuning the head only: everything but fc3 is frozen and stays bit-identical.
         let named = b.named_parameters();
         for (n, p) in &named {
-            p.set_requires_grad(n.starts_with("fc3"));
+            p.requires_grad_(n.starts_with("fc3")).unwrap();
         }
         let before: Vec<Vec<f32>> = named.iter().map(|(_, p)| p.to_vec().unwrap()).collect();
         let mut ob = optimizer(&d, &b);
@@ -320,7 +324,10 @@ mod training {
         let (x, y) = mnist(0..256);
         let data = Dataset::classes(&x, &[1, 28, 28], &y);
         let m = lenet5(&d, 4).unwrap();
-        let mut o = Optimizer::sgd(&d, m.parameters(), 0.01, 0.9, false, 0.0).unwrap();
+        let mut o = Sgd::new(0.01)
+            .momentum(0.9)
+            .init(&d, m.parameters())
+            .unwrap();
         // Epoch 1 trains normally; from step 4 on the rate explodes.
         o.set_schedule(Schedule::Step {
             step_size: 4,
@@ -349,7 +356,10 @@ mod training {
         assert!(saved.is_some(), "epoch 1 completed");
         // The checkpoint of epoch 1 is intact and loads.
         let probe = lenet5(&d, 5).unwrap();
-        let mut po = Optimizer::sgd(&d, probe.parameters(), 0.01, 0.9, false, 0.0).unwrap();
+        let mut po = Sgd::new(0.01)
+            .momentum(0.9)
+            .init(&d, probe.parameters())
+            .unwrap();
         assert_eq!(
             load_training(&path, &probe, &mut po, &Default::default(), &[])
                 .unwrap()
@@ -398,7 +408,7 @@ fn reports_write_csv_and_svg_that_round_trip() {
 #[test]
 fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     use kiln_nn::data::Mnist;
-    use kiln_nn::Optimizer;
+
     use kiln_train::{fit, Dataset, FitConfig, Loss};
     let d = dev();
     let m =
@@ -409,10 +419,10 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
         .iter_mut()
         .for_each(|v| *v = f32::NAN);
     let data = Dataset::classes(&x, &[784], &y);
-    // A linear classifier: a ReLU would turn NaN into 0 (max(NaN, 0) is 0 on some adapters).
+    // A linear classifier: a Relu would turn NaN into 0 (max(NaN, 0) is 0 on some adapters).
     let model = |seed: u64| {
         let mut r = kiln_ops::testing::Rng::new(seed);
-        Sequential::new().push(Linear::new(&d, &mut r, 784, 10, true).unwrap())
+        Sequential::new().push(LinearConfig::new(784, 10).init_with(&d, &mut r).unwrap())
     };
     let cfg = FitConfig {
         log_every: 1,
@@ -420,14 +430,20 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
         ..FitConfig::new(Loss::CrossEntropy, 2, 64, 3)
     };
     let a = model(1);
-    let mut oa = Optimizer::sgd(&d, a.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut oa = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, a.parameters())
+        .unwrap();
     let e = fit(&d, &a, &mut oa, &data, None, &cfg, |_| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("NaN at step"), "{e}");
     let b = model(1);
     let before = values(&b);
-    let mut ob = Optimizer::sgd(&d, b.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut ob = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, b.parameters())
+        .unwrap();
     let skip = FitConfig {
         skip_nonfinite: true,
         ..cfg
@@ -467,13 +483,15 @@ fn rewrite_metadata(
 #[test]
 fn metadata_edits_and_missing_checksums_are_rejected() {
     use kiln_nn::serialize::{load_unverified, TensorFile};
-    use kiln_nn::Optimizer;
     use kiln_train::checkpoint::{load_training, save_training, RunSettings};
     let d = dev();
     let dir = tmpdir("meta");
     let path = dir.join("run.safetensors");
     let m = lenet5(&d, 1).unwrap();
-    let mut o = Optimizer::sgd(&d, m.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut o = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, m.parameters())
+        .unwrap();
     let settings = RunSettings::new().with("seed", 0);
     save_training(&path, &m, &o, &[], &settings).unwrap();
     assert_eq!(
@@ -556,12 +574,14 @@ fn parse_errors_say_what_they_found() {
 
 #[test]
 fn non_finite_values_in_a_file_are_refused_naming_the_tensor() {
-    use kiln_nn::Optimizer;
     use kiln_train::checkpoint::{load_training, save_training, RunSettings};
     let d = dev();
     let dir = tmpdir("nanfile");
     let m = lenet5(&d, 1).unwrap();
-    let o = Optimizer::sgd(&d, m.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let o = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, m.parameters())
+        .unwrap();
     let named = m.named_parameters();
     let state = o.state_tensors();
     let cases = [
@@ -578,7 +598,10 @@ fn non_finite_values_in_a_file_are_refused_naming_the_tensor() {
         save_training(&path, &m, &o, &[], &RunSettings::new()).unwrap();
         t.device().write(&t.array().buf, &good).unwrap();
         let fresh = lenet5(&d, 2).unwrap();
-        let mut fo = Optimizer::sgd(&d, fresh.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+        let mut fo = Sgd::new(0.05)
+            .momentum(0.9)
+            .init(&d, fresh.parameters())
+            .unwrap();
         let before = values(&fresh);
         let e = load_training(&path, &fresh, &mut fo, &RunSettings::new(), &[])
             .unwrap_err()
@@ -606,7 +629,6 @@ fn non_finite_values_in_a_file_are_refused_naming_the_tensor() {
 fn a_value_going_bad_on_the_device_is_named_with_its_exact_step() {
     use kiln_nn::data::Mnist;
     use kiln_nn::schedule::Schedule;
-    use kiln_nn::Optimizer;
     use kiln_train::{fit, Dataset, FitConfig, Loss};
     let d = dev();
     let (x, y) = Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
@@ -616,7 +638,10 @@ fn a_value_going_bad_on_the_device_is_named_with_its_exact_step() {
     let data = Dataset::classes(&x, &[1, 28, 28], &y);
     let run = |check_every: usize| {
         let m = lenet5(&d, 4).unwrap();
-        let mut o = Optimizer::sgd(&d, m.parameters(), 0.01, 0.9, false, 0.0).unwrap();
+        let mut o = Sgd::new(0.01)
+            .momentum(0.9)
+            .init(&d, m.parameters())
+            .unwrap();
         // Steps 1-4 at 0.01; the 5th step's rate is infinite, so its update leaves every
         // parameter it touches non-finite.
         o.set_schedule(Schedule::Step {

@@ -1,9 +1,9 @@
 //! Pruning (masks kept through fine-tuning) and knowledge distillation.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::layers::{lenet5, Module};
+use kiln_nn::models::lenet5;
 use kiln_nn::prune::{magnitude_masks, sparsity};
-use kiln_nn::Optimizer;
+use kiln_nn::{Module, Sgd};
 use kiln_ops::testing::Rng;
 use kiln_train::{fit, Dataset, FitConfig, Loss};
 
@@ -58,7 +58,10 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
     let x = rng.vec(128 * 784, -1.0, 1.0);
     let y: Vec<i32> = (0..128).map(|i| i % 10).collect();
     let data = Dataset::classes(&x, &[1, 28, 28], &y);
-    let mut opt = Optimizer::sgd(&d, m.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut opt = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, m.parameters())
+        .unwrap();
     let zero_sets: Vec<Vec<bool>> = weights
         .iter()
         .map(|w| w.to_vec().unwrap().iter().map(|v| *v == 0.0).collect())
@@ -119,11 +122,13 @@ fn distillation_loss_matches_its_formula_and_gradient() {
     };
     let st = Tensor::from_f32(&d, &s, &[n, c])
         .unwrap()
-        .requires_grad(true);
+        .requires_grad_(true)
+        .unwrap();
     let teacher = Tensor::from_f32(&d, &tl, &[n, c])
         .unwrap()
-        .requires_grad(true);
-    let y = kiln_graph::Array::from_i32(&d, &labels, &[n]).unwrap();
+        .requires_grad_(true)
+        .unwrap();
+    let y = Tensor::from_i32(&d, &labels, &[n]).unwrap();
     let loss = distillation_loss(&st, &teacher, &y, t as f32, alpha as f32).unwrap();
     assert_close(
         "distillation loss",
@@ -147,10 +152,10 @@ mod quantization {
     use super::dev;
     use kiln_graph::Tensor;
     use kiln_nn::data::Mnist;
-    use kiln_nn::layers::{lenet5, Module};
+    use kiln_nn::models::lenet5;
     use kiln_nn::quant::{quantize, Calibration, Precision, QuantConfig, QuantizedModel};
     use kiln_nn::serialize;
-    use kiln_nn::Optimizer;
+    use kiln_nn::{Module, Sgd};
     use kiln_train::{fit, predict, Dataset, FitConfig, Loss};
     use std::path::PathBuf;
 
@@ -186,7 +191,10 @@ mod quantization {
         let (tx, _) = mnist(9000..9500);
         let shape = [1, 28, 28];
         let model = lenet5(&d, 5).unwrap();
-        let mut opt = Optimizer::sgd(&d, model.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+        let mut opt = Sgd::new(0.05)
+            .momentum(0.9)
+            .init(&d, model.parameters())
+            .unwrap();
         let cfg = FitConfig {
             progress: false,
             ..FitConfig::new(Loss::CrossEntropy, 2, 64, 0)
@@ -274,7 +282,7 @@ mod quantization {
         let e = QuantizedModel::load(
             &d,
             &int8_file,
-            kiln_nn::layers::lenet5_with_classes(&d, 1, 5).unwrap(),
+            kiln_nn::models::lenet5_with_classes(&d, 1, 5).unwrap(),
         )
         .err()
         .unwrap()

@@ -3,8 +3,8 @@
 
 use kiln_graph::Device;
 use kiln_nn::data::Mnist;
-use kiln_nn::layers::{lenet5, Linear, Module};
-use kiln_nn::Optimizer;
+use kiln_nn::models::lenet5;
+use kiln_nn::{Adam, LinearConfig, Module, Sgd};
 use kiln_ops::testing::Rng;
 use kiln_train::{evaluate, fit_classifier, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
@@ -28,7 +28,10 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
     let train = Dataset::classes(&x, &shape, &y);
     let test = Dataset::classes(&tx, &shape, &ty);
     let model = lenet5(&d, 1).unwrap();
-    let mut opt = Optimizer::sgd(&d, model.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut opt = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, model.parameters())
+        .unwrap();
     let (loss0, _) = evaluate(&d, &model, &test, Loss::CrossEntropy, 250).unwrap();
     let cfg = FitConfig {
         log_every: 1,
@@ -49,7 +52,10 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
     );
     // The same run again gives the same numbers (seeded, deterministic kernels).
     let model2 = lenet5(&d, 1).unwrap();
-    let mut opt2 = Optimizer::sgd(&d, model2.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut opt2 = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, model2.parameters())
+        .unwrap();
     let hist2 = fit_classifier(&d, &model2, &mut opt2, &train, Some(&test), &cfg, |_| {}).unwrap();
     assert_eq!(hist2.last().unwrap().val_loss, last.val_loss);
 }
@@ -58,7 +64,7 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
 fn bad_training_input_is_an_error() {
     let d = dev();
     let model = lenet5(&d, 0).unwrap();
-    let mut opt = Optimizer::sgd(&d, model.parameters(), 0.01, 0.0, false, 0.0).unwrap();
+    let mut opt = Sgd::new(0.01).init(&d, model.parameters()).unwrap();
     let x = vec![0.0f32; 2 * 784];
     let shape = [1, 28, 28];
     let cfg = FitConfig {
@@ -79,7 +85,7 @@ fn bad_training_input_is_an_error() {
 
 #[test]
 fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
-    use kiln_nn::layers::Sequential;
+    use kiln_nn::Sequential;
     use kiln_train::Compiled;
     let d = dev();
     let mut r = Rng::new(17);
@@ -88,8 +94,8 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
     // Regression: y = 2 x0 - x1 + 0.5.
     let y: Vec<f32> = x.chunks(2).map(|p| 2.0 * p[0] - p[1] + 0.5).collect();
     let mut rng = Rng::new(1);
-    let model = Sequential::new().push(Linear::new(&d, &mut rng, 2, 1, true).unwrap());
-    let opt = Optimizer::adam(&d, model.parameters(), 0.05, 0.0).unwrap();
+    let model = Sequential::new().push(LinearConfig::new(2, 1).init_with(&d, &mut rng).unwrap());
+    let opt = Adam::new(0.05).init(&d, model.parameters()).unwrap();
     let mut net = Compiled::compile(&d, model, opt, Loss::Mse);
     let data = Dataset::values(&x, &[2], &y, 1);
     let hist = net.fit(&data, 30, 32, Some(&data), |_| {}).unwrap();
@@ -100,8 +106,8 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
     assert!((p[0] - 1.5).abs() < 0.05, "{p:?}");
     // Binary classification: label = x0 + x1 > 0.
     let labels: Vec<f32> = x.chunks(2).map(|p| f32::from(p[0] + p[1] > 0.0)).collect();
-    let model = Sequential::new().push(Linear::new(&d, &mut rng, 2, 1, true).unwrap());
-    let opt = Optimizer::adam(&d, model.parameters(), 0.1, 0.0).unwrap();
+    let model = Sequential::new().push(LinearConfig::new(2, 1).init_with(&d, &mut rng).unwrap());
+    let opt = Adam::new(0.1).init(&d, model.parameters()).unwrap();
     let mut net = Compiled::compile(&d, model, opt, Loss::BinaryCrossEntropy);
     let data = Dataset::values(&x, &[2], &labels, 1);
     net.fit(&data, 20, 32, None, |_| {}).unwrap();
@@ -111,8 +117,8 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
         "bce {bce}, accuracy {acc:?}"
     );
     // A loss that does not fit the targets is an error, not a silent wrong loss.
-    let model = Sequential::new().push(Linear::new(&d, &mut rng, 2, 1, true).unwrap());
-    let opt = Optimizer::adam(&d, model.parameters(), 0.1, 0.0).unwrap();
+    let model = Sequential::new().push(LinearConfig::new(2, 1).init_with(&d, &mut rng).unwrap());
+    let opt = Adam::new(0.1).init(&d, model.parameters()).unwrap();
     let mut net = Compiled::compile(&d, model, opt, Loss::CrossEntropy);
     assert!(net.fit(&data, 1, 32, None, |_| {}).is_err());
 }
