@@ -11,7 +11,9 @@
 
 use crate::{NnError, Result};
 use kiln_graph::Tensor;
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
+/// The element types a safetensors file names (re-exported for [`TensorFile::raw_tensors`]).
+pub use safetensors::tensor::Dtype;
+use safetensors::tensor::{SafeTensorError, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -370,6 +372,16 @@ impl TensorFile {
         Self::read(path, false)
     }
 
+    /// Checks bytes already in memory as [`TensorFile::open`] does; `path` names them in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<TensorFile> {
+        let meta = check(path, &bytes, true)?;
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            bytes,
+            meta,
+        })
+    }
+
     fn read(path: &Path, required: bool) -> Result<TensorFile> {
         let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
         let meta = check(path, &bytes, required)?;
@@ -393,6 +405,18 @@ impl TensorFile {
     fn tensors(&self) -> Result<SafeTensors<'_>> {
         // Already parsed once by `check`: this cannot fail on the same bytes.
         SafeTensors::deserialize(&self.bytes).map_err(|e| err(&self.path, describe(&e)))
+    }
+
+    /// Every tensor's name, dtype, shape and little-endian bytes, in name order.
+    pub fn raw_tensors(&self) -> Result<Vec<(String, Dtype, Vec<usize>, Vec<u8>)>> {
+        let st = self.tensors()?;
+        let mut v: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(v)
     }
 
     /// Loads tensors into the model's parameters by name. Strict: any missing, unexpected or
