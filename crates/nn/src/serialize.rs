@@ -334,6 +334,9 @@ fn checksum<'a>(
     h.finalize()
 }
 
+/// A tensor as a file stores it: name, dtype, shape and little-endian bytes.
+pub type StoredTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// What a non-strict load skipped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoadReport {
@@ -408,7 +411,7 @@ impl TensorFile {
     }
 
     /// Every tensor's name, dtype, shape and little-endian bytes, in name order.
-    pub fn raw_tensors(&self) -> Result<Vec<(String, Dtype, Vec<usize>, Vec<u8>)>> {
+    pub fn raw_tensors(&self) -> Result<Vec<StoredTensor>> {
         let st = self.tensors()?;
         let mut v: Vec<_> = st
             .tensors()
