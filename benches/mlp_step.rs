@@ -3,9 +3,9 @@
 //! One JSON line per mode.
 use kiln::device::Device;
 use kiln::graph::{StepPlan, Tensor};
+use kiln::nn::init::Rng;
 use kiln::nn::{Adam, LinearConfig, Module, Relu, Sequential};
 use kiln::nn::{NnError, Optimizer};
-use kiln::ops::testing::Rng;
 use std::time::Instant;
 
 mod common;

@@ -8,10 +8,10 @@
 //! `KILN_CASE=lenet5` (or `char_transformer`, `lstm`) runs one workload.
 use kiln::device::Device;
 use kiln::graph::{autocast_f16_when, StepPlan, Tensor};
+use kiln::nn::init::Rng;
 use kiln::nn::lm::{CharLstm, CharTransformer, LanguageModel, TransformerLmConfig};
 use kiln::nn::models::lenet5;
 use kiln::nn::{Adam, AdamW, Module, NnError, Optimizer, Sgd};
-use kiln::ops::testing::Rng;
 use std::time::Instant;
 
 mod common;

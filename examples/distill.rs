@@ -9,12 +9,12 @@ use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::{no_grad, StepPlan, Tensor};
 use kiln::nn::data::{gather_rows, shuffled, Mnist};
+use kiln::nn::init::Rng;
 use kiln::nn::loss::distillation_loss;
 use kiln::nn::models::lenet5;
 use kiln::nn::serialize;
 use kiln::nn::{Adam, LinearConfig, Relu, Sequential};
 use kiln::nn::{Module, NnError};
-use kiln::ops::testing::Rng;
 use kiln::train::{evaluate, Dataset, Loss};
 use std::path::PathBuf;
 

@@ -7,9 +7,9 @@ mod common;
 
 use clap::Parser;
 use kiln::device::Device;
+use kiln::nn::init::Rng;
 use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier, RecurrentConfig};
 use kiln::nn::{Adam, Module};
-use kiln::ops::testing::Rng;
 use kiln::train::checkpoint::RunSettings;
 use kiln::train::{Compiled, Dataset, FitConfig, Loss};
 

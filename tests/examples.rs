@@ -222,6 +222,7 @@ mod bad_inputs {
             ("linear_regression", &["--lr", "NaN"], "--lr"),
             ("prune", &["--model=x", "--sparsity", "1"], "--sparsity"),
             ("finetune", &["--model=x", "--epochs", "0"], "--epochs"),
+            ("custom_op", &["--epochs", "0"], "--epochs"),
             ("device_info", &["--bogus"], "--bogus"),
         ] {
             let o = refused(name, args, flag);

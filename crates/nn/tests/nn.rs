@@ -44,10 +44,24 @@ fn lenet_has_pytorch_names_and_shapes() {
             .map(|(n, s)| (n.to_string(), s.clone()))
             .collect::<Vec<_>>()
     );
-    // PyTorch's default init: every weight within 1/sqrt(fan_in).
+    // PyTorch's default init, U(-b, b) with b = 1/sqrt(fan_in): every weight within b, and the
+    // 48,000 values spread as that distribution does (mean 0, variance b^2 / 3, both ends
+    // reached), which a constant, a normal or a wrongly scaled draw would not.
     let w = m.named_parameters()[4].1.to_vec().unwrap(); // fc1.weight, fan_in 400
-    assert!(w.iter().all(|v| v.abs() <= 1.0 / 400f32.sqrt()));
-    assert!(w.iter().any(|v| v.abs() > 0.5 / 400f32.sqrt()));
+    let b = 1.0 / 400f64.sqrt();
+    let n = w.len() as f64;
+    let mean = w.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = w.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    assert!(w.iter().all(|v| (v.abs() as f64) <= b));
+    assert!(mean.abs() < 0.02 * b, "mean {mean}");
+    assert!((var / (b * b / 3.0) - 1.0).abs() < 0.03, "variance {var}");
+    let (lo, hi) = w
+        .iter()
+        .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+    assert!(
+        lo < -0.999 * b as f32 && hi > 0.999 * b as f32,
+        "range {lo}..{hi}"
+    );
     let out = m
         .forward(&Tensor::full(&dev(), &[3, 1, 28, 28], 0.5).unwrap())
         .unwrap();

@@ -35,20 +35,22 @@ pub enum Unary {
 }
 
 impl Unary {
+    /// The shader's OP code (declared in elementwise.wgsl).
     fn code(self) -> u32 {
+        use kiln_device::shaders::consts::elementwise::*;
         match self {
-            Unary::Neg => 0,
-            Unary::Exp => 1,
-            Unary::Log => 2,
-            Unary::Sqrt => 3,
-            Unary::Abs => 4,
-            Unary::Relu => 5,
-            Unary::Sigmoid => 6,
-            Unary::Tanh => 7,
-            Unary::Gelu => 8,
-            Unary::Affine(..) => 9,
-            Unary::Pow(_) => 10,
-            Unary::Square => 11,
+            Unary::Neg => UNARY_NEG,
+            Unary::Exp => UNARY_EXP,
+            Unary::Log => UNARY_LOG,
+            Unary::Sqrt => UNARY_SQRT,
+            Unary::Abs => UNARY_ABS,
+            Unary::Relu => UNARY_RELU,
+            Unary::Sigmoid => UNARY_SIGMOID,
+            Unary::Tanh => UNARY_TANH,
+            Unary::Gelu => UNARY_GELU,
+            Unary::Affine(..) => UNARY_AFFINE,
+            Unary::Pow(_) => UNARY_POW,
+            Unary::Square => UNARY_SQUARE,
         }
     }
     fn scalars(self) -> (f32, f32) {
@@ -85,6 +87,26 @@ pub enum Binary {
     Ge,
     /// a == b
     Eq,
+}
+
+impl Binary {
+    /// The shader's OP code (declared in elementwise.wgsl).
+    fn code(self) -> u32 {
+        use kiln_device::shaders::consts::elementwise::*;
+        match self {
+            Binary::Add => BINARY_ADD,
+            Binary::Sub => BINARY_SUB,
+            Binary::Mul => BINARY_MUL,
+            Binary::Div => BINARY_DIV,
+            Binary::Pow => BINARY_POW,
+            Binary::Max => BINARY_MAX,
+            Binary::Min => BINARY_MIN,
+            Binary::Gt => BINARY_GT,
+            Binary::Lt => BINARY_LT,
+            Binary::Ge => BINARY_GE,
+            Binary::Eq => BINARY_EQ,
+        }
+    }
 }
 
 /// y = f(x).
@@ -192,7 +214,7 @@ pub fn binary(dev: &Device, a: &Array, b: &Array, op: Binary) -> Result<Array> {
         .us(&pack8("binary", &broadcast_strides(&a.shape, &shape))?)
         .us(&pack8("binary", &broadcast_strides(&b.shape, &shape))?);
     let bufs = [&a.buf, &b.buf, &out.buf];
-    let consts = [("OP", op as u32 as f64), ("SAME", same as u32 as f64)];
+    let consts = [("OP", op.code() as f64), ("SAME", same as u32 as f64)];
     if same {
         launch_quads(
             dev,

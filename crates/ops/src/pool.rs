@@ -5,6 +5,7 @@ use crate::{
     expect_dtype, launch_1d, launch_quads, uniform_runs, Array, DType, Device, OpError, Params,
     Result, Switch, WINDOW_FLOATS,
 };
+use kiln_device::shaders::consts::pool as codes;
 
 /// Overrides where the forward pass reads its input through uniform windows: `Some(true)` on
 /// any adapter, `Some(false)` never, `None` (the default) on software adapters before Mesa 25.
@@ -163,7 +164,7 @@ pub fn max_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<(Array, 
         buf: dev.alloc(y.numel(), DType::I32)?,
         shape: shape.to_vec(),
     };
-    forward(dev, 0, x, &y, &idx.buf, xs, spec)?;
+    forward(dev, codes::MAX, x, &y, &idx.buf, xs, spec)?;
     Ok((y, idx))
 }
 
@@ -226,7 +227,7 @@ pub fn max_pool2d_backward(
             got: format!("{:?} and {:?}", dy.shape, idx.shape),
         });
     }
-    backward(dev, 0, dy, &idx.buf, xs, spec)
+    backward(dev, codes::MAX, dy, &idx.buf, xs, spec)
 }
 
 /// Average pooling (padding counted in the divisor, as PyTorch's default).
@@ -236,7 +237,7 @@ pub fn avg_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<Array> {
     let y = Array::empty(dev, &[xs[0], xs[1], oh, ow])?;
     // The max branch's index binding is unused here but still declared: a 1-element stand-in.
     let unused = dev.alloc(1, DType::I32)?;
-    forward(dev, 1, x, &y, &unused, xs, spec)?;
+    forward(dev, codes::AVG, x, &y, &unused, xs, spec)?;
     Ok(y)
 }
 
@@ -256,7 +257,7 @@ pub fn avg_pool2d_backward(
         });
     }
     let unused = dev.alloc(1, DType::I32)?;
-    backward(dev, 1, dy, &unused, xs, spec)
+    backward(dev, codes::AVG, dy, &unused, xs, spec)
 }
 
 /// CPU reference.

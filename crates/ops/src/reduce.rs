@@ -10,13 +10,26 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduce {
     /// Sum.
-    Sum = 0,
+    Sum,
     /// Arithmetic mean.
-    Mean = 1,
+    Mean,
     /// Maximum.
-    Max = 2,
+    Max,
     /// Maximum of absolute values (0 for all zeros).
-    AbsMax = 3,
+    AbsMax,
+}
+
+impl Reduce {
+    /// The shader's OP code (declared in reduce.wgsl).
+    fn code(self) -> u32 {
+        use kiln_device::shaders::consts::reduce::*;
+        match self {
+            Reduce::Sum => SUM,
+            Reduce::Mean => MEAN,
+            Reduce::Max => MAX,
+            Reduce::AbsMax => ABS_MAX,
+        }
+    }
 }
 
 fn split_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<(usize, usize, usize)> {
@@ -67,15 +80,15 @@ pub(crate) fn reduce_raw(
     let outputs = outer * inner;
     // Few long rows: one workgroup per output keeps all lanes busy.
     if outputs < 64 && len >= 1024 {
-        let k = dev.kernel("reduce", "reduce_wide", &[("OP", op as u32 as f64)])?;
+        let k = dev.kernel("reduce", "reduce_wide", &[("OP", op.code() as f64)])?;
         dev.launch(&k, &[x, out], &p, [outputs as u32, 1, 1])?;
     } else if inner.is_multiple_of(4) {
         // Four outputs per invocation where the buffers allow it (inner % 4 == 0: no quad
         // straddles two rows, and the outputs come in whole quads).
-        let consts = [("OP", op as u32 as f64)];
+        let consts = [("OP", op.code() as f64)];
         launch_quads(dev, "reduce", "reduce", &consts, &[x, out], &p, outputs)?;
     } else {
-        let k = dev.kernel("reduce", "reduce", &[("OP", op as u32 as f64)])?;
+        let k = dev.kernel("reduce", "reduce", &[("OP", op.code() as f64)])?;
         launch_1d(dev, &k, &[x, out], &p, outputs)?;
     }
     Ok(())

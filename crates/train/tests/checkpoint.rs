@@ -460,7 +460,10 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
         "no NaN reached the parameters"
     );
     assert_ne!(after, before, "the finite steps trained");
-    assert!(hist[1].train_loss.is_finite() && hist[1].train_loss < 2.3);
+    // Chance is ln 10 = 2.30; the finite steps train the classifier well below it (measured:
+    // 2.07 over epoch 1, 0.62 over epoch 2).
+    let losses: Vec<f32> = hist.iter().map(|h| h.train_loss).collect();
+    assert!(losses[1] < 1.0 && losses[1] < 0.5 * losses[0], "{losses:?}");
 }
 
 /// Rewrites a safetensors file with `edit` applied to its metadata, keeping every tensor and the
