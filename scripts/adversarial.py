@@ -5,8 +5,9 @@ is wrong) or a clear refusal.
 
     scripts/adversarial.py [--bin target/release/examples] [--work /tmp/kiln-adversarial]
 
-Build the examples first (cargo build --release --examples). Each binary run takes the shared
-build lock (/tmp/kiln-build.lock) when flock exists, so it never competes with a build. The
+Build the examples first (cargo build --release --examples). Each run that trains takes the
+shared build lock (/tmp/kiln-build.lock) when flock exists, so it never competes with a build;
+the checkpoint runs, which load a file and stop or take one tiny step, do not. The
 checkpoint format is read from the file itself: format 2 (kiln.format) checksums every metadata
 entry and tensor, format 1 (older kiln) the tensors only; NaN files are written with a checksum
 that matches, so what is measured is the finite check, not the checksum. Prints one JSON line.
@@ -25,9 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK = "/tmp/kiln-build.lock"
 
 
-def run(binary, args, timeout=600):
+def run(binary, args, timeout=600, lock=True):
     cmd = [binary] + args
-    if shutil.which("flock"):
+    if lock and shutil.which("flock"):
         cmd = ["flock", LOCK] + cmd
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
@@ -107,17 +108,17 @@ def corruptions(base, work, rng):
         p = os.path.join(work, "c%03d.safetensors" % len(out))
         open(p, "wb").write(blob)
         out.append((label, p))
-    for i in range(20):  # bit flips in the length and the JSON header (metadata included)
-        at = 1 + (i * (n + 6)) // 20 if i else 0
+    for i in range(16):  # bit flips in the length and the JSON header (metadata included)
+        at = 1 + (i * (n + 6)) // 16 if i else 0
         b = bytearray(good)
         b[at] ^= 1 << rng.randrange(8)
         emit("header flip at %d" % at, b)
-    for i in range(20):  # bit flips in tensor data
+    for i in range(16):  # bit flips in tensor data
         at = rng.randrange(8 + n, len(good))
         b = bytearray(good)
         b[at] ^= 1 << rng.randrange(8)
         emit("data flip at %d" % at, b)
-    for frac in (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99):  # truncations
+    for frac in (0.0, 0.01, 0.3, 0.6, 0.9, 0.999):  # truncations
         emit("cut at %.2f" % frac, good[:int(len(good) * frac)])
     header, data = read_st(base)
     for key, value in [("kiln.epochs_done", "2"), ("kiln.optimizer_steps", "1000"),
@@ -186,8 +187,8 @@ def main():
             sys.exit("could not write a base checkpoint:\n" + err)
     log = []
 
-    def case(kind, binary, args, bad_if_accepted=True):
-        code, out, err = run(b(binary), args)
+    def case(kind, binary, args, lock=True):
+        code, out, err = run(b(binary), args, lock=lock)
         o = outcome(code, err)
         log.append({"kind": kind, "binary": binary, "args": " ".join(args), "outcome": o,
                     "exit": code, "said": (err.strip().splitlines() or [""])[-1][:200]})
@@ -235,7 +236,7 @@ def main():
     for label, path in files:
         for binary, args in (("predict", ["--model", path, "--index", "8000"]),
                              ("lenet_mnist", tiny + ["--epochs", "1", "--resume", path])):
-            o, _ = case("corrupt: " + label, binary, args)
+            o, _ = case("corrupt: " + label, binary, args, lock=False)
             counts["panics"] += o == "panic"
             accepted += o == "accepted"
 
@@ -247,10 +248,11 @@ def main():
                                                      "--override", "epochs"])):
             if binary == "predict" and label.startswith("optim."):
                 continue  # predict loads the parameters only
-            o, err = case("nan: " + label, binary, args)
+            o, err = case("nan: " + label, binary, args, lock=False)
             if binary == "lenet_mnist" and "unexpected argument '--override'" in err:
                 # An older binary without --override: resume it as it was.
-                o, err = case("nan: " + label, binary, tiny + ["--epochs", "2", "--resume", path])
+                o, err = case("nan: " + label, binary,
+                              tiny + ["--epochs", "2", "--resume", path], lock=False)
             total += 1
             counts["panics"] += o == "panic"
             # At load: the file's values are refused before any step runs.
