@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let mut loss = loss;
         for _ in 0..steps {
-            dev.write(&x.array().buf, &xs)?;
+            x.copy_from_slice(&xs)?;
             opt.begin_step()?;
             if mode == "eager" {
                 opt.zero_grad();

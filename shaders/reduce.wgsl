@@ -113,3 +113,15 @@ fn reduce4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     out4[q] = finish(acc);
 }
+
+// The gradient of a sum (OP SUM) or mean (OP MEAN): dx[o, j, i] = dy[o, i] (/ len for the
+// mean), every element of x's [outer, len, inner] view in one pass. x is dy here; out is dx.
+@compute @workgroup_size(WG)
+fn reduce_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (e >= p.outer * p.len * p.inner) { return; }
+    let o = e / (p.len * p.inner);
+    let i = e % p.inner;
+    out[e] = finish(vec4<f32>(x[o * p.inner + i])).x;
+}

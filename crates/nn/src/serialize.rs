@@ -470,7 +470,7 @@ impl TensorFile {
             ));
         }
         for (t, v) in writes {
-            t.device().write(&t.array().buf, &f32s(v.data()))?;
+            t.copy_from_slice(&f32s(v.data()))?;
         }
         Ok(report)
     }

@@ -94,6 +94,37 @@ pub(crate) fn reduce_raw(
     Ok(())
 }
 
+/// The gradient of a Sum or Mean along `axis` of an input of `shape`, from `dy` (the reduced
+/// shape, with or without the kept axis): `dy` spread back over the axis (divided by its length
+/// for the mean).
+pub fn reduce_backward(
+    dev: &Device,
+    dy: &Array,
+    shape: &[usize],
+    axis: usize,
+    op: Reduce,
+) -> Result<Array> {
+    let (outer, len, inner) = split_axis("reduce_backward", shape, axis)?;
+    if !matches!(op, Reduce::Sum | Reduce::Mean) {
+        return Err(OpError::Invalid {
+            op: "reduce_backward",
+            message: format!("reduce {op:?} has no gradient"),
+        });
+    }
+    if dy.numel() != outer * inner {
+        return Err(OpError::Shape {
+            op: "reduce_backward",
+            expected: format!("dy with {} elements", outer * inner),
+            got: format!("{:?}", dy.shape),
+        });
+    }
+    let dx = Array::empty(dev, shape)?;
+    let k = dev.kernel("reduce", "reduce_backward", &[("OP", op.code() as f64)])?;
+    let p = Params::new().u(outer as u32).u(len as u32).u(inner as u32);
+    launch_1d(dev, &k, &[&dy.buf, &dx.buf], &p, dx.numel())?;
+    Ok(dx)
+}
+
 /// Maximum along `axis` and the index of its first occurrence (i32).
 pub fn argmax(dev: &Device, x: &Array, axis: usize) -> Result<(Array, Array)> {
     expect_dtype("argmax", x, DType::F32)?;
@@ -220,20 +251,9 @@ impl crate::op::Op for ReduceAxis {
         ctx: &crate::op::Ctx,
         dy: &Array,
     ) -> Result<Vec<Option<Array>>> {
-        use crate::elementwise::{unary, Unary};
         let shape = &ctx.inputs[0].shape;
-        let mut kept = shape.clone();
-        kept[self.axis] = 1;
-        let g = crate::layout::broadcast_to(dev, &dy.reshape(&kept)?, shape)?;
-        Ok(vec![Some(match self.op {
-            Reduce::Sum => g,
-            Reduce::Mean => unary(dev, &g, Unary::Affine(1.0 / shape[self.axis] as f32, 0.0))?,
-            op => {
-                return Err(OpError::Invalid {
-                    op: "backward",
-                    message: format!("reduce {op:?} has no gradient"),
-                })
-            }
-        })])
+        Ok(vec![Some(reduce_backward(
+            dev, dy, shape, self.axis, self.op,
+        )?)])
     }
 }

@@ -597,9 +597,9 @@ fn non_finite_values_in_a_file_are_refused_naming_the_tensor() {
         let good = t.to_vec().unwrap();
         let mut v = good.clone();
         v[3] = bad;
-        t.device().write(&t.array().buf, &v).unwrap();
+        t.copy_from_slice(&v).unwrap();
         save_training(&path, &m, &o, &[], &RunSettings::new()).unwrap();
-        t.device().write(&t.array().buf, &good).unwrap();
+        t.copy_from_slice(&good).unwrap();
         let fresh = lenet5(&d, 2).unwrap();
         let mut fo = Sgd::new(0.05)
             .momentum(0.9)
