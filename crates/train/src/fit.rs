@@ -315,8 +315,12 @@ pub fn fit(
             while let Some((at, t, f)) = reads.front() {
                 let Some(v) = t.try_read::<f32>()? else { break };
                 if let Some(f) = f {
-                    // Same submission as the loss: already there.
-                    watch.verdict(&f.wait::<u32>()?, &after_step(*at - 1))?;
+                    // Same submission as the loss, but its mapping may land a moment later:
+                    // polled like the loss, never waited for (a wait would drain the queue).
+                    let Some(flags) = f.try_read::<u32>()? else {
+                        break;
+                    };
+                    watch.verdict(&flags, &after_step(*at - 1))?;
                 }
                 record_loss(*at, epoch, v[0], &mut tally, cfg.skip_nonfinite)?;
                 reads.pop_front();

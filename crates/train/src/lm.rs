@@ -218,7 +218,11 @@ pub fn train_lm(
         while let Some((at, r, f)) = reads.front() {
             let Some(v) = r.try_read::<f32>()? else { break };
             if let Some(f) = f {
-                watch.verdict(&f.wait::<u32>()?, &after_step(*at - 1))?;
+                // Polled like the loss, never waited for (a wait would drain the queue).
+                let Some(flags) = f.try_read::<u32>()? else {
+                    break;
+                };
+                watch.verdict(&flags, &after_step(*at - 1))?;
             }
             sum += finite_loss(v[0], *at)? as f64;
             n += 1;
