@@ -13,6 +13,8 @@
 //! `cargo bench --bench dist_step` runs the baseline itself, then starts itself under
 //! `mpirun -np 1` and `mpirun -np 2` (with scripts/mpirun.sh's `--oversubscribe --bind-to none`
 //! and Open MPI's allow-run-as-root variables, for CI's root user) for the rest.
+mod common;
+
 use kiln::device::Device;
 use kiln::dist::{launched_by_mpi, DdpConfig, Dist, DistributedDataParallel};
 use kiln::graph::{StepPlan, Tensor};
@@ -150,13 +152,19 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             dev.wait()?;
-            println!(
-                "{{\"bench\":\"dist_step\",\"model\":{:?},\"processes\":1,\"kiln_dist\":false,\"each_step_waited\":{waited},\"global_batch\":{},\"ms_per_step\":{:.2},\"adapter\":{:?}}}",
-                w.name,
-                w.global,
-                t0.elapsed().as_secs_f64() * 1e3 / w.steps as f64,
-                dev.adapter().name
-            );
+            common::JsonLine::bench("dist_step")
+                .set("model", w.name)
+                .set("processes", 1)
+                .set("kiln_dist", false)
+                .set("each_step_waited", waited)
+                .set("global_batch", w.global)
+                .num(
+                    "ms_per_step",
+                    t0.elapsed().as_secs_f64() * 1e3 / w.steps as f64,
+                    2,
+                )
+                .set("adapter", dev.adapter().name.clone())
+                .print()?;
         }
     }
     let me = std::env::current_exe()?;
@@ -215,21 +223,22 @@ fn child() -> anyhow::Result<()> {
             let per = |s: f64| s * 1e3 / t.steps.max(1) as f64;
             let split = per(t.submit) + per(t.compute) + per(t.copies) + per(t.allreduce);
             if dist.is_root() {
-                println!(
-                    "{{\"bench\":\"dist_step\",\"model\":{:?},\"processes\":{},\"kiln_dist\":true,\"global_batch\":{},\"bucket_kib\":{},\"buckets\":{},\"ms_per_step\":{ms:.2},\"submit_ms\":{:.2},\"device_wait_ms\":{:.2},\"host_copies_ms\":{:.2},\"allreduce_wait_ms\":{:.2},\"other_ms\":{:.2},\"allreduce_bytes_per_step\":{},\"adapter\":{:?}}}",
-                    w.name,
-                    dist.size(),
-                    w.global,
-                    bucket_bytes >> 10,
-                    ddp.bucket_sizes().len(),
-                    per(t.submit),
-                    per(t.compute),
-                    per(t.copies),
-                    per(t.allreduce),
-                    (ms - split).max(0.0),
-                    t.bytes / t.steps.max(1),
-                    dev.adapter().name
-                );
+                common::JsonLine::bench("dist_step")
+                    .set("model", w.name)
+                    .set("processes", dist.size())
+                    .set("kiln_dist", true)
+                    .set("global_batch", w.global)
+                    .set("bucket_kib", bucket_bytes >> 10)
+                    .set("buckets", ddp.bucket_sizes().len())
+                    .num("ms_per_step", ms, 2)
+                    .num("submit_ms", per(t.submit), 2)
+                    .num("device_wait_ms", per(t.compute), 2)
+                    .num("host_copies_ms", per(t.copies), 2)
+                    .num("allreduce_wait_ms", per(t.allreduce), 2)
+                    .num("other_ms", (ms - split).max(0.0), 2)
+                    .set("allreduce_bytes_per_step", t.bytes / t.steps.max(1))
+                    .set("adapter", dev.adapter().name.clone())
+                    .print()?;
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 //!
 //! `mpirun -np N char_transformer --distributed` trains it in N processes, each on its share of
 //! every step's windows, to the same result.
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 #[path = "common/mod.rs"]
 mod common;
@@ -15,6 +15,7 @@ use kiln::dist::{Dist, DistributedDataParallel};
 use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{AdamW, Module};
+use kiln::train::checkpoint::RunSettings;
 use kiln::train::lm::{train_lm, train_lm_parallel, LmConfig};
 use std::path::PathBuf;
 
@@ -33,10 +34,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Preset::Small)]
     preset: Preset,
     /// Optimizer steps (default: 300 small, 3000 gpu).
-    #[arg(long)]
+    #[arg(long, value_parser = common::positive)]
     steps: Option<usize>,
     /// Peak learning rate (AdamW, linear warm-up then cosine decay).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, value_parser = common::positive_f32)]
     lr: f32,
     /// The text.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare/input.txt"))]
@@ -62,6 +63,25 @@ fn main() -> Result<()> {
 
 fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     let root = dist_args::is_root(dist);
+    let (layers, heads, width, context, batch, steps, dropout) = match a.preset {
+        Preset::Small => (2, 4, 64, 64, 16, 300, 0.0),
+        Preset::Gpu => (6, 6, 384, 256, 64, 3000, 0.2),
+    };
+    let steps = a.steps.unwrap_or(steps);
+    let run = dist_args::run_args(&a.run, dist).start(
+        RunSettings::new()
+            .with("model", "char_transformer")
+            .with("layers", layers)
+            .with("heads", heads)
+            .with("width", width)
+            .with("context", context)
+            .with("batch", batch)
+            .with("dropout", dropout)
+            .with("steps", steps)
+            .with("lr", a.lr)
+            .with("seed", a.seed)
+            .with("f16", a.f16),
+    )?;
     let dev = a.dist.device(dist)?;
     if root {
         eprintln!(
@@ -72,11 +92,6 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         );
     }
     let corpus = CharCorpus::load(&a.data, 0.1)?;
-    let (layers, heads, width, context, batch, steps, dropout) = match a.preset {
-        Preset::Small => (2, 4, 64, 64, 16, 300, 0.0),
-        Preset::Gpu => (6, 6, 384, 256, 64, 3000, 0.2),
-    };
-    let steps = a.steps.unwrap_or(steps);
     let cfg = TransformerLmConfig {
         vocab: corpus.vocab(),
         context,
@@ -98,7 +113,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     });
     let mut train_cfg = LmConfig::new(batch, steps, (steps / 5).max(1), 4, a.seed);
     train_cfg.mixed_precision = a.f16;
-    a.run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
+    run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
     let t0 = std::time::Instant::now();
     let report = |s: &kiln::train::lm::LmStats| {
         if root {
@@ -124,20 +139,26 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     if !root {
         return Ok(());
     }
-    a.run.finish_by(&hist, "step")?;
+    run.finish_by(&hist, "step")?;
     let sample = generate(&dev, &model, &corpus, "ROMEO:", 200, 0.8, a.seed)?;
     eprintln!("--- sample ---\n{sample}\n---");
-    let last = hist
-        .last()
-        .ok_or_else(|| anyhow::anyhow!("no evaluation ran"))?;
-    println!(
-        "{{\"example\":\"char_transformer\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{steps},\"layers\":{layers},\"width\":{width},\"context\":{context},\"batch\":{batch},\"f16\":{},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},{},\"adapter\":{:?}}}",
-        last.val_loss.unwrap_or(f32::NAN),
-        last.train_loss,
-        a.f16,
-        last.samples_per_second,
-        dist_args::json_fields(dist, &times),
-        dev.adapter().name
-    );
-    Ok(())
+    let last = hist.last().context("no evaluation ran")?;
+    let line = common::JsonLine::new("char_transformer")
+        .num(
+            "val_loss_nats_per_char",
+            last.val_loss.unwrap_or(f32::NAN) as f64,
+            4,
+        )
+        .num("train_loss", last.train_loss as f64, 4)
+        .set("steps", steps)
+        .set("layers", layers)
+        .set("width", width)
+        .set("context", context)
+        .set("batch", batch)
+        .set("f16", a.f16)
+        .num("train_seconds", secs, 1)
+        .num("chars_per_second", last.samples_per_second, 0);
+    dist_args::json_fields(line, dist, &times)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }

@@ -16,6 +16,7 @@ use kiln::nn::data::Mnist;
 use kiln::nn::models::lenet5;
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Sgd};
+use kiln::train::checkpoint::RunSettings;
 use kiln::train::{fit_classifier, fit_parallel, Dataset, FitConfig};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,16 +28,16 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
     /// Training examples (the first N); the last 2,000 are held out.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 8000, value_parser = common::positive)]
     train_size: usize,
     /// Passes over the training examples.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = common::positive)]
     epochs: usize,
     /// Examples per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = common::positive)]
     batch_size: usize,
     /// Peak learning rate (cosine-annealed to zero over the run).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = common::positive_f32)]
     lr: f32,
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
@@ -56,6 +57,15 @@ fn main() -> Result<()> {
 fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
     let start = Instant::now();
     let root = dist_args::is_root(dist);
+    let run = dist_args::run_args(&args.run, dist).start(
+        RunSettings::new()
+            .with("model", "lenet5")
+            .with("train_size", args.train_size)
+            .with("epochs", args.epochs)
+            .with("batch_size", args.batch_size)
+            .with("lr", args.lr)
+            .with("seed", args.seed),
+    )?;
     let dev = args.dist.device(dist)?;
     if root {
         eprintln!(
@@ -73,8 +83,8 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
         args.train_size,
         mnist.len()
     );
-    let (train_x, train_y) = mnist.split(0..args.train_size);
-    let (test_x, test_y) = mnist.split(mnist.len() - held_out..mnist.len());
+    let (train_x, train_y) = mnist.split(0..args.train_size)?;
+    let (test_x, test_y) = mnist.split(mnist.len() - held_out..mnist.len())?;
     let shape = [1, 28, 28];
     let train = Dataset::classes(&train_x, &shape, &train_y);
     let test = Dataset::classes(&test_x, &shape, &test_y);
@@ -97,7 +107,7 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
             args.seed,
         )
     };
-    args.run.prepare(&model, &mut opt, &mut cfg)?;
+    run.prepare(&model, &mut opt, &mut cfg)?;
     let before = dev.counters();
     let report = |s: &kiln::train::EpochStats| {
         if !root {
@@ -136,22 +146,25 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
     if !root {
         return Ok(());
     }
-    args.run.finish(&history)?;
+    run.finish(&history)?;
     let last = history.last().context("no epoch ran")?;
     let train_seconds: f64 = history.iter().map(|s| s.train_seconds).sum();
-    println!(
-        "{{\"example\":\"lenet_mnist\",\"test_accuracy\":{:.4},\"test_loss\":{:.4},\"train_images\":{},\"test_images\":{held_out},\
-         \"epochs\":{},\"batch_size\":{},\"train_seconds\":{train_seconds:.2},\"total_seconds\":{:.2},\
-         \"steps\":{steps},\"submissions\":{},{},\"adapter\":{:?}}}",
-        last.val_accuracy.unwrap_or(0.0),
-        last.val_loss.unwrap_or(f32::NAN),
-        args.train_size,
-        args.epochs,
-        args.batch_size,
-        start.elapsed().as_secs_f64(),
-        after.submissions - before.submissions,
-        dist_args::json_fields(dist, &times),
-        dev.adapter().name
-    );
-    Ok(())
+    let line = common::JsonLine::new("lenet_mnist")
+        .num(
+            "test_accuracy",
+            last.val_accuracy.unwrap_or(f32::NAN) as f64,
+            4,
+        )
+        .num("test_loss", last.val_loss.unwrap_or(f32::NAN) as f64, 4)
+        .set("train_images", args.train_size)
+        .set("test_images", held_out)
+        .set("epochs", args.epochs)
+        .set("batch_size", args.batch_size)
+        .num("train_seconds", train_seconds, 2)
+        .num("total_seconds", start.elapsed().as_secs_f64(), 2)
+        .set("steps", steps)
+        .set("submissions", after.submissions - before.submissions);
+    dist_args::json_fields(line, dist, &times)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }

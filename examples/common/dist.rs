@@ -20,26 +20,16 @@ pub struct DistArgs {
     pub device_index: Option<usize>,
     /// With --distributed: seconds a process waits for the others in a collective before ending
     /// the job (another process failed or hung).
-    #[arg(long, default_value_t = 300.0)]
-    pub dist_timeout: f64,
+    #[arg(long, default_value_t = 300.0, value_parser = crate::common::positive_f32)]
+    pub dist_timeout: f32,
     /// With --distributed: gradient megabytes per all-reduce (PyTorch's bucket_cap_mb).
-    #[arg(long, default_value_t = 25.0)]
-    pub bucket_mb: f64,
+    #[arg(long, default_value_t = 25.0, value_parser = crate::common::positive_f32)]
+    pub bucket_mb: f32,
 }
 
 impl DistArgs {
     /// MPI when --distributed (an error naming mpirun when no launcher started this process).
     pub fn init(&self) -> Result<Option<Dist>> {
-        anyhow::ensure!(
-            self.dist_timeout.is_finite() && self.dist_timeout > 0.0,
-            "--dist-timeout {} must be a positive number of seconds",
-            self.dist_timeout
-        );
-        anyhow::ensure!(
-            self.bucket_mb.is_finite() && self.bucket_mb > 0.0,
-            "--bucket-mb {} must be positive",
-            self.bucket_mb
-        );
         if !self.distributed {
             if kiln::dist::launched_by_mpi() {
                 eprintln!(
@@ -50,7 +40,7 @@ impl DistArgs {
             return Ok(None);
         }
         Ok(Some(
-            Dist::init(Duration::from_secs_f64(self.dist_timeout)).context("--distributed")?,
+            Dist::init(Duration::from_secs_f32(self.dist_timeout)).context("--distributed")?,
         ))
     }
 
@@ -66,9 +56,23 @@ impl DistArgs {
     /// The data-parallel settings.
     pub fn ddp(&self) -> DdpConfig {
         DdpConfig {
-            bucket_bytes: (self.bucket_mb * (1 << 20) as f64) as usize,
+            bucket_bytes: ((self.bucket_mb as f64) * (1u64 << 20) as f64).max(4.0) as usize,
         }
     }
+}
+
+/// The checkpoint and report options this process acts on: all of them in rank 0 (or the only
+/// process); without `--save` in the others, which write nothing, so that only rank 0 takes the
+/// checkpoint path's lock (a second process taking it would be refused as another run). Every
+/// process reads `--resume`.
+pub fn run_args(args: &crate::common::RunArgs, dist: Option<&Dist>) -> crate::common::RunArgs {
+    let mut a = args.clone();
+    if !is_root(dist) {
+        a.save = None;
+        a.save_every = None;
+        a.out = None;
+    }
+    a
 }
 
 /// True in the process that prints and writes files: rank 0, or the only one.
@@ -86,23 +90,23 @@ pub fn run<T>(dist: Option<&Dist>, body: impl FnOnce() -> Result<T>) -> Result<T
     r
 }
 
-/// The JSON fields of a distributed run: processes, and per synchronised step the time and its
-/// split (rank 0's view) and the bytes each process all-reduces.
-pub fn json_fields(dist: Option<&Dist>, t: &StepTimes) -> String {
+/// The JSON fields of a distributed run, added to `line`: the number of processes and, per
+/// synchronised step, the time and its split (rank 0's view) and the bytes each process
+/// all-reduces.
+pub fn json_fields(
+    line: crate::common::JsonLine,
+    dist: Option<&Dist>,
+    t: &StepTimes,
+) -> crate::common::JsonLine {
     let Some(d) = dist else {
-        return "\"processes\":1".into();
+        return line.set("processes", 1);
     };
     let per = |s: f64| s * 1e3 / t.steps.max(1) as f64;
-    format!(
-        "\"processes\":{},\"dist_step_ms\":{:.2},\"dist_submit_ms\":{:.2},\
-         \"dist_compute_wait_ms\":{:.2},\"dist_host_copies_ms\":{:.2},\
-         \"dist_allreduce_wait_ms\":{:.2},\"dist_bytes_per_step\":{}",
-        d.size(),
-        per(t.total),
-        per(t.submit),
-        per(t.compute),
-        per(t.copies),
-        per(t.allreduce),
-        t.bytes / t.steps.max(1)
-    )
+    line.set("processes", d.size())
+        .num("dist_step_ms", per(t.total), 2)
+        .num("dist_submit_ms", per(t.submit), 2)
+        .num("dist_compute_wait_ms", per(t.compute), 2)
+        .num("dist_host_copies_ms", per(t.copies), 2)
+        .num("dist_allreduce_wait_ms", per(t.allreduce), 2)
+        .set("dist_bytes_per_step", t.bytes / t.steps.max(1))
 }

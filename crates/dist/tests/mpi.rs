@@ -182,7 +182,10 @@ fn one_process_through_ddp_is_bitwise_the_plain_recorded_step() {
     let want = reference("sgd");
     let dir = scratch("dp-np1");
     ok(mpirun(1, &["steps", "--out", dir.to_str().unwrap()]));
-    assert!(dumps(&dir, 0) == want, "DDP at one process differs from the plain step");
+    assert!(
+        dumps(&dir, 0) == want,
+        "DDP at one process differs from the plain step"
+    );
 }
 
 #[test]

@@ -165,10 +165,9 @@ impl CharTransformer {
 }
 
 impl Module for CharTransformer {
-    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
-        Err(NnError::Training(
-            "CharTransformer takes ids: use LanguageModel::logits".into(),
-        ))
+    /// i32 ids [B, T] -> logits [B * T, vocab] (as [`LanguageModel::logits`]).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(ids)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![
@@ -245,10 +244,9 @@ impl CharLstm {
 }
 
 impl Module for CharLstm {
-    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
-        Err(NnError::Training(
-            "CharLstm takes ids: use LanguageModel::logits".into(),
-        ))
+    /// i32 ids [B, T] -> logits [B * T, vocab] (as [`LanguageModel::logits`]).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(ids)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("embedding.weight".to_string(), self.emb.weight.clone())];

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
+pub mod finite;
 pub mod geometry;
 pub mod half;
 pub mod int8;

@@ -9,6 +9,7 @@
 //! - [`history`] and [`report`]: per-epoch figures, as CSV and an SVG plot.
 
 pub mod checkpoint;
+mod finite;
 pub mod fit;
 pub mod history;
 pub mod lm;

@@ -23,7 +23,7 @@ use kiln_nn::loss::Loss;
 use kiln_nn::models::lenet5;
 use kiln_nn::{Adam, Sequential, Sgd};
 use kiln_nn::{Module, NnError, Optimizer};
-use kiln_train::checkpoint::{load_training, CheckpointConfig};
+use kiln_train::checkpoint::{load_training, CheckpointConfig, RunSettings};
 use kiln_train::{fit, fit_parallel, Dataset, FitConfig};
 use std::collections::HashMap;
 use std::io::Write;
@@ -112,7 +112,7 @@ fn mnist(n: usize) -> Result<(Vec<f32>, Vec<i32>), Error> {
     if n > m.len() {
         return Err(format!("{n} images asked for, {} there", m.len()).into());
     }
-    Ok(m.split(0..n))
+    Ok(m.split(0..n)?)
 }
 
 fn main() -> std::process::ExitCode {
@@ -361,17 +361,23 @@ fn fit_mode(
         progress: false,
         ..FitConfig::new(Loss::CrossEntropy, epochs, batch, seed)
     };
+    // The world size is not a setting: a checkpoint resumes under any number of processes.
+    let settings = RunSettings::new()
+        .with("n", n)
+        .with("batch", batch)
+        .with("opt", args.get("opt").unwrap_or("sgd"))
+        .with("seed", seed);
     if let Some(path) = args.get("resume") {
-        let r = load_training(Path::new(path), &model, &mut opt)?;
+        let r = load_training(Path::new(path), &model, &mut opt, &settings, &[])?;
         fc.start_epoch = r.epochs_done;
         fc.history = r.history;
         // The model counts steps from where the checkpoint stopped.
         model.steps.store(opt.steps() as usize, Ordering::Relaxed);
     }
-    fc.checkpoint = args.get("save").map(|p| CheckpointConfig {
-        path: PathBuf::from(p),
-        every_epochs: 1,
-    });
+    // Rank 0 alone writes, and alone takes the path's lock.
+    if let (Some(p), 0) = (args.get("save"), rank) {
+        fc.checkpoint = Some(CheckpointConfig::new(p, 1)?.with_settings(settings));
+    }
     let data = Dataset::classes(&x, &[1, 28, 28], &y);
     let mut dumped: Result<(), Error> = Ok(());
     let mut on_epoch = |s: &kiln_train::EpochStats| {
