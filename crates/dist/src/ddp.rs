@@ -218,11 +218,11 @@ impl<'a> DistributedDataParallel<'a> {
             ));
         }
         let params: Vec<Tensor> = opt.params().cloned().collect();
-        let first = self.params.is_empty();
-        if first {
-            self.params = params.clone();
-        } else if params.len() != self.params.len()
-            || params.iter().zip(&self.params).any(|(a, b)| !a.same(b))
+        // Until a recording succeeds, the next one is the first.
+        let first = self.buckets.is_empty();
+        if !first
+            && (params.len() != self.params.len()
+                || params.iter().zip(&self.params).any(|(a, b)| !a.same(b)))
         {
             return Err(DistError::Config(
                 "the optimizer's parameters changed since the first recorded step".into(),
@@ -310,6 +310,7 @@ impl<'a> DistributedDataParallel<'a> {
                 })
                 .collect();
             self.buckets = building;
+            self.params = params;
         }
         self.steps.push(Recorded {
             pieces,
@@ -456,6 +457,11 @@ impl<'a> DistributedDataParallel<'a> {
         if step.is_none() && (rec.fresh || rec.update.is_none()) {
             return Err(DistError::Config(
                 "a step without examples needs a step that ran before it".into(),
+            ));
+        }
+        if step.is_none() && self.micro > 0 {
+            return Err(DistError::Config(
+                "a step without examples cannot send gradients accumulated by no_sync".into(),
             ));
         }
         let counted = !rec.fresh;
