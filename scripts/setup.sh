@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Shared set-up for README's two commands: make sure a Vulkan adapter exists, and that the
-# pretrained model the Hugging Face tests use is in its cache.
+# Shared set-up for README's two commands: make sure Open MPI and libclang are there (kiln-dist's
+# MPI bindings are generated from Open MPI's headers by bindgen, which needs libclang and its
+# builtin headers), that a Vulkan adapter exists, and that the pretrained model the Hugging Face
+# tests use is in its cache. What is present is left alone.
 # A machine with a GPU driver (or lavapipe already installed) is left untouched; otherwise the
 # software Vulkan driver is installed so that kiln runs on the CPU.
 #
@@ -31,6 +33,31 @@ old_lavapipe_only() {
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 export DEBIAN_FRONTEND=noninteractive
+
+# Open MPI's launcher, and its compiler wrapper finding mpi.h (the bindings read it); libclang
+# with clang's builtin headers (libclang-dev on Debian), wherever they came from.
+have_mpi() {
+  command -v mpirun >/dev/null && command -v mpicc >/dev/null &&
+    echo '#include <mpi.h>' | mpicc -E -x c - >/dev/null 2>&1
+}
+have_libclang() {
+  if command -v dpkg-query >/dev/null; then
+    dpkg-query -W -f='${Status}\n' 'libclang-dev' 'libclang-[0-9]*-dev' 2>/dev/null |
+      grep 'install ok installed' >/dev/null
+  else
+    [ -n "${LIBCLANG_PATH:-}" ] ||
+      compgen -G "/usr/lib*/clang/*/include/stddef.h" >/dev/null ||
+      compgen -G "/usr/lib*/llvm*/lib*/clang/*/include/stddef.h" >/dev/null
+  fi
+}
+mpi_packages=(libopenmpi-dev openmpi-bin libclang-dev)
+if ! have_mpi || ! have_libclang; then
+  echo "kiln setup: Open MPI or libclang missing (kiln-dist's MPI bindings need them);" \
+    "installing ${mpi_packages[*]}" >&2
+  $SUDO apt-get update -qq >&2
+  $SUDO apt-get install -y -qq --no-install-recommends "${mpi_packages[@]}" >&2
+  have_mpi && have_libclang || { echo "kiln setup: Open MPI or libclang still missing after install" >&2; exit 1; }
+fi
 packages=(mesa-vulkan-drivers libvulkan1)
 
 install_driver() {

@@ -94,6 +94,11 @@ fn gelu_tanh_arg(v: vec4<f32>) -> vec4<f32> {
     return 0.7978845608028654 * (v + 0.044715 * v * v * v);
 }
 
+// NaN lanes (a bit test, which fast-math cannot fold away).
+fn is_nan4(v: vec4<f32>) -> vec4<bool> {
+    return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+}
+
 fn unary_f(v: vec4<f32>) -> vec4<f32> {
     switch OP {
         case UNARY_NEG: { return -v; }
@@ -101,7 +106,8 @@ fn unary_f(v: vec4<f32>) -> vec4<f32> {
         case UNARY_LOG: { return log(v); }
         case UNARY_SQRT: { return sqrt(v); }
         case UNARY_ABS: { return abs(v); }
-        case UNARY_RELU: { return max(v, vec4<f32>(0.0)); }
+        // NaN in, NaN out, as PyTorch: max(NaN, 0) may be either operand (0 on lavapipe).
+        case UNARY_RELU: { return select(vec4<f32>(0.0), v, v > vec4<f32>(0.0) | is_nan4(v)); }
         case UNARY_SIGMOID: { return sigmoid(v); }
         case UNARY_TANH: { return tanh(v); }
         case UNARY_GELU: { return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }

@@ -11,6 +11,7 @@
 //!
 //! | crate | re-exported as | what it holds |
 //! |---|---|---|
+//! | `kiln-dist` | `dist` (feature `dist`, on by default) | data-parallel training over MPI as PyTorch's DistributedDataParallel: parameters broadcast from rank 0, gradients all-reduced in buckets, a distributed sampler, `no_sync` |
 //! | `kiln-train` | [`train`] | `fit` / `evaluate` / `predict`, the language-model loop, training checkpoints, history, CSV/SVG reports, progress |
 //! | `kiln-nn` | [`nn`] | modules with PyTorch's names, layouts and defaults, built from configs (`LinearConfig::new(784, 256).init(&dev)`); losses; optimizers (`Sgd`, `Adam`, `AdamW`, `RmsProp`); schedules; seeded initialisers; data readers; safetensors files |
 //! | `kiln-nn` (its `hf` module) | [`hf`] | Hugging Face folders: `config.json`, `model.safetensors` by Hugging Face's names, `tokenizer.json` (the `tokenizers` crate); `BertModel` and sentence embeddings, `GPT2LMHeadModel` with a key/value-cache generator; folders written back as `transformers` reads them |
@@ -142,6 +143,8 @@
 //! cooperative matrices, timestamps) are used where the adapter has them, with fallbacks.
 
 pub use kiln_device as device;
+#[cfg(feature = "dist")]
+pub use kiln_dist as dist;
 pub use kiln_graph as graph;
 pub use kiln_nn as nn;
 pub use kiln_nn::hf;

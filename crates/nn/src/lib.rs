@@ -54,6 +54,9 @@ pub enum NnError {
     /// A training run that cannot continue.
     #[error("training: {0}")]
     Training(String),
+    /// An argument outside what the function accepts (an empty range, a zero size).
+    #[error("{0}")]
+    Invalid(String),
     /// A module or optimizer configuration that cannot be built (a width that does not divide
     /// by the heads, a probability outside its range...).
     #[error("configuration: {0}")]

@@ -185,6 +185,39 @@ impl Optimizer {
         v
     }
 
+    /// The state buffers as [`Optimizer::state_tensors`] gives them, each named for people: the
+    /// rule's name for it (PyTorch's) and its parameter's name in `params` (a model's
+    /// `named_parameters`), e.g. `conv1.weight (momentum_buffer)`; the `optim.G.P.K` name where
+    /// the parameter is not in `params`.
+    pub fn labelled_state(&self, params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+        let by_buffer: std::collections::HashMap<u64, &str> = params
+            .iter()
+            .map(|(n, t)| (t.array().buf.id(), n.as_str()))
+            .collect();
+        let mut v = Vec::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            let kinds: &[&str] = match g.rule {
+                Rule::Sgd { .. } => &["momentum_buffer"],
+                Rule::Adam { .. } => &["exp_avg", "exp_avg_sq"],
+                Rule::RmsProp { .. } => &["square_avg", "grad_avg", "momentum_buffer"],
+            };
+            for (pi, (p, bufs)) in g.params.iter().zip(&g.state).enumerate() {
+                for (k, b) in bufs.iter().enumerate() {
+                    let name = match (by_buffer.get(&p.array().buf.id()), kinds.get(k)) {
+                        (Some(n), Some(kind)) => format!("{n} ({kind})"),
+                        _ => format!("optim.{gi}.{pi}.{k}"),
+                    };
+                    let a = kiln_graph::Array {
+                        buf: b.clone(),
+                        shape: p.shape().to_vec(),
+                    };
+                    v.push((name, Tensor::from_array(&self.dev, a)));
+                }
+            }
+        }
+        v
+    }
+
     /// Sets the number of steps taken (restoring a checkpoint: the schedule and the bias
     /// corrections continue from there).
     pub fn set_steps(&mut self, steps: u64) {

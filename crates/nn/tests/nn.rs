@@ -335,7 +335,19 @@ fn pgm_reader_accepts_good_files_and_rejects_bad_ones() {
         .unwrap_err()
         .contains("needs 16 bytes"));
     assert!(parse_pgm(b"P5\n4").unwrap_err().contains("truncated"));
-    let x = to_mnist_input(2, 2, &[0, 255, 255, 0]);
+    let x = to_mnist_input(2, 2, &[0, 255, 255, 0]).unwrap();
     assert_eq!(x.len(), 784);
+    // Zero or overflowing dimensions are refused, not wrapped into a passing size check.
+    for bad in [
+        &b"P5 0 4 255\n"[..],
+        b"P5 4 0 255\n",
+        b"P5 4294967296 4294967296 255\n\x00",
+        b"P5 18446744073709551615 2 255\n\x00",
+    ] {
+        let e = parse_pgm(bad).unwrap_err();
+        assert!(e.contains("at least 1") || e.contains("overflows"), "{e}");
+    }
+    assert!(to_mnist_input(0, 0, &[]).is_err());
+    assert!(to_mnist_input(4, 4, &[0; 15]).is_err());
     assert!(x[0] < 0.0 && x[27] > 2.0, "black maps low, white high");
 }

@@ -281,7 +281,14 @@ pub mod cpu {
             Unary::Log => x.ln(),
             Unary::Sqrt => x.sqrt(),
             Unary::Abs => x.abs(),
-            Unary::Relu => x.max(0.0),
+            // NaN propagates (f32::max would return 0), as PyTorch and the shader.
+            Unary::Relu => {
+                if x > 0.0 || x.is_nan() {
+                    x
+                } else {
+                    0.0
+                }
+            }
             Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Unary::Tanh => x.tanh(),
             Unary::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),

@@ -10,6 +10,7 @@ pub mod conv;
 pub mod decode;
 pub mod dropout;
 pub mod elementwise;
+pub mod finite;
 pub mod geometry;
 pub mod half;
 pub mod int8;
