@@ -90,7 +90,8 @@ fn lookup_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     if (r < 0) { return; }
     var acc = 0.0;
     var j = i32(i);
-    loop {
+    // Each link points to a later position, so the chain ends within n steps.
+    for (var step = 0u; step < p.n; step++) {
         acc += src[u32(j) * p.dim + d];
         j = links_in[2u * u32(j)];
         if (j < 0) { break; }
