@@ -11,7 +11,7 @@
 
 Run with the fixture venv (transformers, torch), after scripts/fetch-minilm.sh:
 
-    /work/venv-fixtures/bin/python scripts/bench_hf_torch.py [--threads 2] [--iters 10]
+    ~/venvs/kiln-fixtures/bin/python scripts/bench_hf_torch.py [--threads 2] [--iters 10]
 
 Prints one JSON line.
 """
