@@ -27,7 +27,7 @@ pub(crate) fn time<E: From<DeviceError>>(
 ) -> Result<Timing, E> {
     dev.wait()?;
     let inner = &dev.inner;
-    if !inner.caps.timestamps {
+    if !inner.profile.caps.timestamps {
         let t0 = Instant::now();
         work()?;
         dev.wait()?;
@@ -75,7 +75,7 @@ pub(crate) struct ProfileChunk {
 pub(crate) fn encode_profiled(
     dev: &Device,
     enc: &mut wgpu::CommandEncoder,
-    dispatches: &[&std::sync::Arc<crate::Dispatch>],
+    dispatches: &[&std::sync::Arc<crate::submit::Dispatch>],
 ) -> ProfileChunk {
     let q = Timestamps::new(dev, 2 * dispatches.len() as u32);
     for (i, dispatch) in dispatches.iter().enumerate() {
@@ -147,14 +147,20 @@ pub(crate) fn profile<E: From<DeviceError>>(
     dev: &Device,
     work: impl FnOnce() -> Result<(), E>,
 ) -> Result<Vec<KernelTime>, E> {
-    if !dev.inner.caps.timestamps {
+    if !dev.inner.profile.caps.timestamps {
         return Err(DeviceError::MissingFeature("timestamp-query").into());
     }
     dev.wait()?;
-    *dev.inner.profile.lock().unwrap() = Some(Vec::new());
+    *dev.inner.profiling.lock().unwrap() = Some(Vec::new());
     let worked = work();
     let flushed = dev.flush();
-    let chunks = dev.inner.profile.lock().unwrap().take().unwrap_or_default();
+    let chunks = dev
+        .inner
+        .profiling
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap_or_default();
     worked?;
     flushed?;
     let mut out: Vec<KernelTime> = Vec::new();
@@ -179,4 +185,25 @@ pub(crate) fn profile<E: From<DeviceError>>(
     }
     out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     Ok(out)
+}
+
+impl Device {
+    /// Times `work` (which records dispatches) with GPU timestamps around one compute pass where
+    /// the adapter has them, and with CPU wall time around submit-and-wait otherwise.
+    pub fn time<E: From<DeviceError>>(
+        &self,
+        work: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Timing, E> {
+        time(self, work)
+    }
+
+    /// Runs `work` with every dispatch in its own timed compute pass and returns GPU time per
+    /// kernel label (shader, entry point and constants), most expensive first. The device's
+    /// submissions from other threads meanwhile are counted too. Needs timestamp queries.
+    pub fn profile<E: From<DeviceError>>(
+        &self,
+        work: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Vec<KernelTime>, E> {
+        profile(self, work)
+    }
 }
