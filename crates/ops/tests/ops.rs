@@ -9,10 +9,28 @@ use kiln_ops::pool::{self, Pool2dSpec};
 use kiln_ops::reduce::{self, Reduce};
 use kiln_ops::softmax;
 use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
-use kiln_ops::{layout, Array, DType, Device, OpError};
+use kiln_ops::{layout, Array, DType, Device, DeviceError, KernelPolicy, OpError};
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
+}
+
+/// The shared device with kernel variants forced: (family, variant) pairs.
+fn forced(pairs: &[(&str, &str)]) -> Device {
+    let p = pairs
+        .iter()
+        .fold(KernelPolicy::default(), |p, (f, v)| p.force(f, v));
+    dev().with_policy(p)
+}
+
+/// The value, or None where a forced variant refused the shape with the typed error (any other
+/// error fails the test).
+fn unless_refused<T>(r: Result<T, OpError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(OpError::Device(DeviceError::VariantUnsupported { .. })) => None,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn arr(d: &Device, v: &[f32], s: &[usize]) -> Array {
@@ -428,27 +446,187 @@ fn layout_ops_match_a_cpu_reference() {
     );
 }
 
+/// The software adapters' GEMM kernels, each forced: gemm_uniform (2-D only), gemm_sg
+/// (vec4-aligned matmuls only), the direct kernel with and without the uniform copy of A, and the
+/// 4 x 4 tiles; shapes a forced variant refuses must be refused with the typed error.
 #[test]
-fn matmul_all_transposes_odd_shapes_and_batches() {
-    // Every GEMM kernel, whatever this adapter would choose: tiled; direct with the uniform copy
-    // of a small A and, for vec4-aligned matmuls, gemm_sg where the adapter has subgroups;
-    // direct with neither.
-    for (tiled, fast) in [(true, true), (false, true), (false, false)] {
-        matmul::force_path(Some(tiled));
-        matmul::use_uniform_a(fast);
-        matmul::use_subgroups(fast);
-        conv::force_direct(Some(!tiled && fast));
-        matmul_cases();
-        conv_cases();
+fn matmul_software_variants() {
+    for v in [
+        "gemm_uniform",
+        "gemm_sg",
+        "gemm_direct_ua",
+        "gemm_4x4",
+        "gemm_direct",
+    ] {
+        let ran = matmul_cases(&forced(&[("matmul", v)]));
+        assert!(ran >= 4, "{v} ran {ran} cases");
     }
-    conv::force_direct(None);
-    matmul::force_path(None);
-    matmul::use_uniform_a(true);
-    matmul::use_subgroups(true);
 }
 
-fn matmul_cases() {
-    let d = dev();
+/// The GPU tiles, each forced: interior tiles with 16-byte loads where the layout allows, edge
+/// tiles with bounds tests, split K.
+#[test]
+fn matmul_gpu_tiles() {
+    for v in [
+        "gemm_128x128",
+        "gemm_128x64",
+        "gemm_64x64",
+        "gemm_16x64",
+        "gemm_64x16",
+    ] {
+        let ran = matmul_cases(&forced(&[("matmul", v)]));
+        assert_eq!(ran, 14, "{v} refused a shape");
+    }
+}
+
+/// Interior tiles of the 128 x 128 and 16 x 64 kernels with every operand layout, batches and a
+/// split K: the 16-byte-load kernel (gemm_tile4) and its edge tiles.
+#[test]
+fn matmul_gpu_tiles_interior() {
+    let mut r = Rng::new(12);
+    for v in ["gemm_128x128", "gemm_16x64"] {
+        let d = forced(&[("matmul", v)]);
+        for (batch, m, n, k) in [
+            (1, 136, 132, 16),
+            (2, 33, 72, 24),
+            (1, 16, 64, 8),
+            (1, 8, 8, 512),
+        ] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let sa = if ta { [batch, k, m] } else { [batch, m, k] };
+                let sb = if tb { [batch, n, k] } else { [batch, k, n] };
+                let a = r.vec(batch * m * k, -1.0, 1.0);
+                let b = r.vec(batch * n * k, -1.0, 1.0);
+                let c =
+                    matmul::matmul(&d, &arr(&d, &a, &sa), &arr(&d, &b, &sb), ta, tb, None).unwrap();
+                let want = matmul::cpu::matmul(
+                    &to_f64(&a),
+                    &to_f64(&b),
+                    batch,
+                    m,
+                    n,
+                    k,
+                    ta,
+                    tb,
+                    true,
+                    true,
+                );
+                let what = format!("{v} {sa:?}x{sb:?} ta={ta} tb={tb}");
+                assert_close(&what, &c.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
+            }
+        }
+    }
+}
+
+/// Each fused activation after the bias, in the tiles' epilogue (GPU tiles, with and without a K
+/// split) and as a pass of its own (software kernels), with its backward against finite
+/// differences.
+#[test]
+fn matmul_bias_act_fuses_the_epilogue() {
+    use matmul::Activation;
+    let mut r = Rng::new(13);
+    for v in ["gemm_64x64", "gemm_16x64", "gemm_direct"] {
+        let d = forced(&[("matmul", v)]);
+        for act in [
+            Activation::None,
+            Activation::Relu,
+            Activation::Gelu,
+            Activation::Tanh,
+            Activation::Sigmoid,
+        ] {
+            for (m, n, k) in [(5, 7, 9), (3, 6, 700)] {
+                let a = r.vec(m * k, -1.0, 1.0);
+                let b = r.vec(k * n, -1.0, 1.0);
+                let bias = r.vec(n, -1.0, 1.0);
+                let (aa, ba, bb) = (
+                    arr(&d, &a, &[m, k]),
+                    arr(&d, &b, &[k, n]),
+                    arr(&d, &bias, &[n]),
+                );
+                let saved =
+                    matmul::matmul_bias_act(&d, &aa, &ba, false, false, Some(&bb), act).unwrap();
+                let f = |x: f64| match act.unary() {
+                    Some(op) => elementwise::cpu::unary(x, op),
+                    None => x,
+                };
+                let cpu = |a: &[f64], b: &[f64]| {
+                    let c = matmul::cpu::matmul(a, b, 1, m, n, k, false, false, false, false);
+                    c.iter()
+                        .enumerate()
+                        .map(|(i, v)| f(v + bias[i % n] as f64))
+                        .collect::<Vec<_>>()
+                };
+                let (a64, b64) = (to_f64(&a), to_f64(&b));
+                let what = format!("{v} {act:?} {m}x{n}x{k}");
+                assert_close(
+                    &what,
+                    &saved.out.to_f32(&d).unwrap(),
+                    &cpu(&a64, &b64),
+                    1e-4,
+                    1e-4,
+                );
+                let dy = r.vec(m * n, -1.0, 1.0);
+                let (da, db, _) = matmul::matmul_bias_act_backward(
+                    &d,
+                    &aa,
+                    &ba,
+                    false,
+                    false,
+                    &saved,
+                    &arr(&d, &dy, &[m, n]),
+                    [true, true, false],
+                )
+                .unwrap();
+                if k < 100 {
+                    let fa = |x: &[f64]| dot(&cpu(x, &b64), &dy);
+                    let fb = |x: &[f64]| dot(&cpu(&a64, x), &dy);
+                    let (ga, gb) = (finite_diff(fa, &a64, 1e-4), finite_diff(fb, &b64, 1e-4));
+                    assert_close(
+                        &format!("{what} dA"),
+                        &da.unwrap().to_f32(&d).unwrap(),
+                        &ga,
+                        1e-3,
+                        1e-3,
+                    );
+                    assert_close(
+                        &format!("{what} dB"),
+                        &db.unwrap().to_f32(&d).unwrap(),
+                        &gb,
+                        1e-3,
+                        1e-3,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A forced variant that cannot run a shape is a typed error naming the family, the variant and
+/// why; an unknown variant name lists the family's variants.
+#[test]
+fn forced_variants_refuse_what_they_cannot_run() {
+    let d = forced(&[("matmul", "gemm_sg")]);
+    let a = arr(&d, &[1.0; 15], &[3, 5]);
+    let b = arr(&d, &[1.0; 35], &[5, 7]);
+    let e = matmul::matmul(&d, &a, &b, false, false, None).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, OpError::Device(DeviceError::VariantUnsupported { .. }))
+            && msg.contains("matmul")
+            && msg.contains("gemm_sg")
+            && msg.contains("vec4"),
+        "{msg}"
+    );
+    let d = forced(&[("matmul", "gemm_9x9")]);
+    let e = matmul::matmul(&d, &a, &b, false, false, None).unwrap_err();
+    assert!(e.to_string().contains("gemm_128x128"), "{e}");
+}
+
+/// Every case on `d` (whose policy may force a variant); returns how many cases ran rather than
+/// being refused by a forced variant.
+fn matmul_cases(d: &Device) -> usize {
+    let d = d.clone();
+    let mut ran = 0;
     let mut r = Rng::new(4);
     // (batch_a, batch_b, m, n, k): primes, 1s, non-multiples of every tile, a shared 2-D operand.
     let cases = [
@@ -489,7 +667,13 @@ fn matmul_cases() {
             let b = r.vec(sb.iter().product(), -1.0, 1.0);
             let bias = r.vec(n, -1.0, 1.0);
             let (aa, ba_) = (arr(&d, &a, &sa), arr(&d, &b, &sb));
-            let c = matmul::matmul(&d, &aa, &ba_, ta, tb, Some(&arr(&d, &bias, &[n]))).unwrap();
+            let c = matmul::matmul(&d, &aa, &ba_, ta, tb, Some(&arr(&d, &bias, &[n])));
+            let Some(c) = unless_refused(c) else {
+                continue;
+            };
+            if (ta, tb) == (false, false) {
+                ran += 1;
+            }
             let mut want = matmul::cpu::matmul(
                 &to_f64(&a),
                 &to_f64(&b),
@@ -512,8 +696,11 @@ fn matmul_cases() {
             }
             let dc = r.vec(c.numel(), -1.0, 1.0);
             let dca = arr(&d, &dc, &c.shape);
-            let (da, db, dbias) =
-                matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [true; 3]).unwrap();
+            // The gradients' products have other shapes, which a forced variant may refuse.
+            let grads = matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [true; 3]);
+            let Some((da, db, dbias)) = unless_refused(grads) else {
+                continue;
+            };
             let (da, db) = (da.unwrap(), db.unwrap());
             // Asked for one operand's gradient, it computes that one, the same, and not the other.
             let (no_a, only_b, _) =
@@ -575,6 +762,7 @@ fn matmul_cases() {
         e.to_string().contains("[2, 3]") && e.to_string().contains("[4, 2]"),
         "{e}"
     );
+    ran
 }
 
 /// f16 values rounded as the device rounds them.
@@ -648,23 +836,23 @@ fn matmul_f16_on_every_available_path() {
             "KILN_REQUIRE_COOP is set but the adapter has no f16 cooperative matrices"
         );
     }
-    if !coop {
-        matmul::force_coop(Some(true));
-        let a = Array::from_f16(&d, &[half::f16::ONE; 4], &[2, 2]).unwrap();
-        let e = matmul::matmul(&d, &a, &a, false, false, None).unwrap_err();
-        matmul::force_coop(None);
-        assert!(e.to_string().contains("cooperative-matrix"), "{e}");
+    // Every fragment size the adapter offers, each forced; a size it lacks is refused.
+    for (v, size) in [("coop16", 16), ("coop8", 8)] {
+        let fd = forced(&[("matmul_f16", v)]);
+        if d.cooperative_f16_f32_sizes().contains(&size) {
+            matmul_f16_cases(&fd, true);
+        } else {
+            let a = Array::from_f16(&d, &[half::f16::ONE; 4], &[2, 2]).unwrap();
+            let e = matmul::matmul(&fd, &a, &a, false, false, None).unwrap_err();
+            assert!(e.to_string().contains(v), "{e}");
+        }
     }
-    // Widening to f32 always; cooperative matrices where the adapter has them.
-    for force in [false].into_iter().chain(coop.then_some(true)) {
-        matmul::force_coop(Some(force));
-        matmul_f16_cases(force);
-    }
-    matmul::force_coop(None);
+    // Widening to f32 always.
+    matmul_f16_cases(&forced(&[("matmul_f16", "widen")]), false);
 }
 
-fn matmul_f16_cases(coop: bool) {
-    let d = dev();
+fn matmul_f16_cases(d: &Device, coop: bool) {
+    let d = d.clone();
     let mut r = Rng::new(8);
     // (batch_a, batch_b, m, n, k): edges inside a fragment and a workgroup tile, several tiles,
     // batches, a shared operand, and a K long enough to be split across workgroups.
@@ -762,13 +950,51 @@ fn matmul_f16_cases(coop: bool) {
     assert!(matches!(e, OpError::DType { .. }), "{e}");
 }
 
+/// The automatic choice on this adapter, then each variant of the convolution families forced:
+/// the software adapters' direct kernels, and the implicit GEMM on the software and GPU tiles.
 #[test]
 fn conv2d_forward_and_gradients() {
-    conv_cases();
+    conv_cases(&dev());
+    conv_cases(&forced(&[
+        ("conv", "conv_direct"),
+        ("conv_wgrad", "conv_wgrad"),
+    ]));
 }
 
-fn conv_cases() {
+#[test]
+fn conv2d_on_the_implicit_gemm() {
+    // Each layer shape builds its own pipelines (the shape's divisors are override constants),
+    // which lavapipe compiles slowly: the GPU tiles take the small layers only.
+    for (v, large) in [
+        ("gemm_direct", true),
+        ("gemm_direct_ua", false),
+        ("gemm_4x4", true),
+        ("gemm_64x64", false),
+        ("gemm_16x64", false),
+    ] {
+        let d = forced(&[
+            ("conv", "conv_gemm"),
+            ("conv_wgrad", "conv_gemm"),
+            ("matmul", v),
+        ]);
+        conv_cases_with(&d, large);
+    }
+}
+
+#[test]
+fn conv2d_weight_gradient_on_subgroups() {
     let d = dev();
+    assert!(d.capabilities().subgroups, "lavapipe has subgroups");
+    conv_cases(&forced(&[("conv_wgrad", "conv_wgrad_sg")]));
+}
+
+fn conv_cases(d: &Device) {
+    conv_cases_with(d, true)
+}
+
+/// The convolution cases on `d`; `large`: also the layers that span several uniform windows.
+fn conv_cases_with(d: &Device, large: bool) {
+    let d = d.clone();
     let mut r = Rng::new(5);
     let specs = [
         ([2, 3, 7, 6], [4, 3, 3, 3], Conv2dSpec::default()),
@@ -831,7 +1057,11 @@ fn conv_cases() {
         assert_close(&what, &y.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
         let dy = r.vec(y.numel(), -1.0, 1.0);
         let dya = arr(&d, &dy, &y.shape);
-        let dx = conv::conv2d_backward_input(&d, &dya, &wa, &xs, &spec).unwrap();
+        // A forced direct kernel has no input gradient at stride > 1.
+        let Some(dx) = unless_refused(conv::conv2d_backward_input(&d, &dya, &wa, &xs, &spec))
+        else {
+            continue;
+        };
         let dw = conv::conv2d_backward_weight(&d, &dya, &xa, &ws, &spec).unwrap();
         let db = conv::conv2d_backward_bias(&d, &dya).unwrap();
         let fx = |v: &[f64]| {
@@ -902,64 +1132,67 @@ fn conv_cases() {
     let x = r.vec(xs.iter().product(), -1.0, 1.0);
     let dy = r.vec(62 * 16 * 10 * 10, -1.0, 1.0);
     let spec = Conv2dSpec::default();
-    let (dw, db) = conv::conv2d_backward_weight_bias(
+    // A forced gemm_direct_ua refuses dy as A (larger than its uniform copy).
+    let grads = conv::conv2d_backward_weight_bias(
         &d,
         &arr(&d, &dy, &[62, 16, 10, 10]),
         &arr(&d, &x, &xs),
         &ws,
         &spec,
-    )
-    .unwrap();
-    let mut want_db = vec![0.0; 16];
-    for (e, &g) in dy.iter().enumerate() {
-        want_db[e / 100 % 16] += g as f64;
-    }
-    assert_close(
-        "lenet conv2 db",
-        &db.to_f32(&d).unwrap(),
-        &want_db,
-        1e-4,
-        1e-4,
     );
-    let mut want = vec![0.0; 16 * 150];
-    for o in 0..16 {
-        for c in 0..6 {
-            for i in 0..5 {
-                for j in 0..5 {
-                    let mut s = 0.0;
-                    for b in 0..62 {
-                        for oy in 0..10 {
-                            for ox in 0..10 {
-                                s += dy[((b * 16 + o) * 10 + oy) * 10 + ox] as f64
-                                    * x[((b * 6 + c) * 14 + oy + i) * 14 + ox + j] as f64;
+    if let Some((dw, db)) = unless_refused(grads) {
+        let mut want_db = vec![0.0; 16];
+        for (e, &g) in dy.iter().enumerate() {
+            want_db[e / 100 % 16] += g as f64;
+        }
+        assert_close(
+            "lenet conv2 db",
+            &db.to_f32(&d).unwrap(),
+            &want_db,
+            1e-4,
+            1e-4,
+        );
+        let mut want = vec![0.0; 16 * 150];
+        for o in 0..16 {
+            for c in 0..6 {
+                for i in 0..5 {
+                    for j in 0..5 {
+                        let mut s = 0.0;
+                        for b in 0..62 {
+                            for oy in 0..10 {
+                                for ox in 0..10 {
+                                    s += dy[((b * 16 + o) * 10 + oy) * 10 + ox] as f64
+                                        * x[((b * 6 + c) * 14 + oy + i) * 14 + ox + j] as f64;
+                                }
                             }
                         }
+                        want[((o * 6 + c) * 5 + i) * 5 + j] = s;
                     }
-                    want[((o * 6 + c) * 5 + i) * 5 + j] = s;
                 }
             }
         }
+        assert_close(
+            "lenet conv2 dw (split K)",
+            &dw.to_f32(&d).unwrap(),
+            &want,
+            1e-3,
+            1e-4,
+        );
     }
-    assert_close(
-        "lenet conv2 dw (split K)",
-        &dw.to_f32(&d).unwrap(),
-        &want,
-        1e-3,
-        1e-4,
-    );
     // Enough images that the direct kernels read x and dy through several uniform windows, one
     // starting mid-image and one pinned to the allocation's end; then images larger than a
     // window (the weight gradient takes conv_wgrad_sg where there are subgroups), which the
     // direct correlation splits into parts of input channels, one with two groups of output
     // channels (72 x 20 x 5 x 5 weights); then weights in two groups while images fit; last, a
     // plane larger than a window (the implicit GEMM).
-    for (xs, ws, pad) in [
+    let layers = [
         ([23, 3, 21, 21], [5, 3, 5, 5], 2),
         ([1, 2, 100, 90], [3, 2, 3, 3], 1),
         ([1, 20, 30, 30], [72, 20, 5, 5], 0),
         ([3, 40, 6, 6], [48, 40, 3, 3], 1),
         ([1, 1, 130, 130], [2, 1, 3, 3], 1),
-    ] {
+    ];
+    for (xs, ws, pad) in layers.into_iter().filter(|_| large) {
         let [n, ci, h, wd] = xs;
         let [co, _, k, _] = ws;
         let padded = Conv2dSpec {
@@ -973,11 +1206,20 @@ fn conv_cases() {
         let (xa, wa) = (arr(&d, &x, &xs), arr(&d, &w, &ws));
         let dya = arr(&d, &dy, &[n, co, oh, ow]);
         let what = format!("conv {xs:?} {ws:?}");
-        let y = conv::conv2d(&d, &xa, &wa, None, &padded).unwrap();
+        // A forced direct kernel refuses a plane larger than a window.
+        let Some(y) = unless_refused(conv::conv2d(&d, &xa, &wa, None, &padded)) else {
+            continue;
+        };
         let (want, _) = conv::cpu::conv2d(&to_f64(&x), xs, &to_f64(&w), ws, None, &padded);
         assert_close(&what, &y.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
-        let dx = conv::conv2d_backward_input(&d, &dya, &wa, &xs, &padded).unwrap();
-        let (dw, db) = conv::conv2d_backward_weight_bias(&d, &dya, &xa, &ws, &padded).unwrap();
+        let Some(dx) = unless_refused(conv::conv2d_backward_input(&d, &dya, &wa, &xs, &padded))
+        else {
+            continue;
+        };
+        let wgrad = conv::conv2d_backward_weight_bias(&d, &dya, &xa, &ws, &padded);
+        let Some((dw, db)) = unless_refused(wgrad) else {
+            continue;
+        };
         let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
         let mut want_db = vec![0.0; co];
         for (e, &g) in dy.iter().enumerate() {
@@ -1141,24 +1383,27 @@ fn pooling_forward_and_gradients() {
 }
 
 /// The forward pass through uniform windows: 75 planes of 27 x 27 take four windows (runs that
-/// start mid-window), a 130 x 130 plane takes none (read from storage); both against the CPU,
-/// with windows on and off.
+/// start mid-window), a 130 x 130 plane is refused (larger than a window); both against the CPU,
+/// with windows forced and storage forced.
 #[test]
 fn pooling_through_windows() {
-    let d = dev();
     let mut r = Rng::new(61);
     let specs = [
         ([3, 25, 27, 27], Pool2dSpec::square(2)),
         ([1, 1, 130, 130], Pool2dSpec::square(3)),
     ];
-    for windows in [Some(true), Some(false)] {
-        pool::force_windows(windows);
+    for windows in ["pool_windows", "pool_storage"] {
+        let d = forced(&[("pool", windows)]);
         for (xs, spec) in specs {
             let x = r.vec(xs.iter().product(), -1.0, 1.0);
             let x64 = to_f64(&x);
             let xa = arr(&d, &x, &xs);
-            let (y, idx) = pool::max_pool2d(&d, &xa, &spec).unwrap();
-            let what = format!("max_pool {xs:?} windows {windows:?}");
+            // Windows refuse the plane larger than one.
+            let Some((y, idx)) = unless_refused(pool::max_pool2d(&d, &xa, &spec)) else {
+                assert_eq!((windows, xs[2]), ("pool_windows", 130));
+                continue;
+            };
+            let what = format!("max_pool {xs:?} {windows}");
             let want = pool::cpu::pool2d(&x64, xs, &spec, false);
             assert_close(&what, &y.to_f32(&d).unwrap(), &want, 0.0, 0.0);
             // Each index names the plane element the maximum came from.
@@ -1181,7 +1426,6 @@ fn pooling_through_windows() {
             );
         }
     }
-    pool::force_windows(None);
 }
 
 #[test]
