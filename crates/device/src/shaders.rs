@@ -320,7 +320,9 @@ mod tests {
 
     /// Steps a loop may take: one, halving, or a workgroup, tile or subgroup size (overrides that
     /// kiln sets to positive values, and the subgroup size, which is at least 1).
-    const STEPS: [&str; 7] = ["BK", "NT", "WG", "S", "sg", "lanes", "4u * sg"];
+    const STEPS: [&str; 9] = [
+        "BK", "BKV", "BQ2", "NT", "WG", "S", "sg", "lanes", "4u * sg",
+    ];
 
     /// The first loop in `src` that is not a `for` stepping its own counter by one of `STEPS`
     /// towards its bound, as its header.
