@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     };
     let reps = if soft { 2 } else { 20 };
     let shape = [b, h, t, d];
-    let mut rng = kiln::ops::testing::Rng::new(3);
+    let mut rng = kiln::nn::init::Rng::new(3);
     let n = b * h * t * d;
     let q = Array::from_f32(&dev, &rng.vec(n, -1.0, 1.0), &shape)?;
     let k = Array::from_f32(&dev, &rng.vec(n, -1.0, 1.0), &shape)?;

@@ -3,18 +3,19 @@
 //! one, e.g. Vulkan). Runs itself twice as child processes; one JSON line per run.
 use kiln::device::Device;
 use kiln::graph::{StepPlan, Tensor};
-use kiln::nn::layers::lenet5;
-use kiln::nn::{Module, NnError, Optimizer};
-use kiln::ops::Array;
+use kiln::nn::models::lenet5;
+use kiln::nn::{Module, NnError, Sgd};
 use std::time::Instant;
 
 fn child(cache: &std::path::Path) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let dev = Device::new()?; // reads KILN_PIPELINE_CACHE when the file exists
     let model = lenet5(&dev, 0)?;
-    let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
+    let mut opt = Sgd::new(0.01)
+        .momentum(0.9)
+        .init(&dev, model.parameters())?;
     let x = Tensor::full(&dev, &[64, 1, 28, 28], 0.1)?;
-    let y = Array::from_i32(&dev, &[3; 64], &[64])?;
+    let y = Tensor::from_i32(&dev, &[3; 64], &[64])?;
     opt.begin_step()?;
     let (_plan, loss) = StepPlan::record(&dev, || {
         let loss = model.forward(&x)?.cross_entropy(&y, None)?;

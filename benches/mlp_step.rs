@@ -3,18 +3,17 @@
 //! One JSON line per mode.
 use kiln::device::Device;
 use kiln::graph::{StepPlan, Tensor};
-use kiln::nn::layers::{Linear, Module, ReLU, Sequential};
+use kiln::nn::init::Rng;
+use kiln::nn::{Adam, LinearConfig, Module, Relu, Sequential};
 use kiln::nn::{NnError, Optimizer};
-use kiln::ops::testing::Rng;
-use kiln::ops::Array;
 use std::time::Instant;
 
 fn model(dev: &Device) -> Result<Sequential, NnError> {
     let mut r = Rng::new(0);
     Ok(Sequential::new()
-        .push(Linear::new(dev, &mut r, 784, 256, true)?)
-        .push(ReLU)
-        .push(Linear::new(dev, &mut r, 256, 10, true)?))
+        .push(LinearConfig::new(784, 256).init_with(dev, &mut r)?)
+        .push(Relu)
+        .push(LinearConfig::new(256, 10).init_with(dev, &mut r)?))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,9 +24,9 @@ fn main() -> anyhow::Result<()> {
     let ys: Vec<i32> = (0..128).map(|_| r.below(10) as i32).collect();
     for mode in ["eager", "replay"] {
         let m = model(&dev)?;
-        let mut opt = Optimizer::adam(&dev, m.parameters(), 1e-3, 0.0)?;
+        let mut opt = Adam::new(1e-3).init(&dev, m.parameters())?;
         let x = Tensor::from_f32(&dev, &xs, &[128, 784])?;
-        let y = Array::from_i32(&dev, &ys, &[128])?;
+        let y = Tensor::from_i32(&dev, &ys, &[128])?;
         let step_once = |opt: &Optimizer| -> Result<Tensor, NnError> {
             let loss = m.forward(&x)?.cross_entropy(&y, None)?;
             loss.backward()?;

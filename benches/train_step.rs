@@ -8,11 +8,10 @@
 //! `KILN_CASE=lenet5` (or `char_transformer`, `lstm`) runs one workload.
 use kiln::device::Device;
 use kiln::graph::{autocast_f16_when, StepPlan, Tensor};
-use kiln::nn::layers::lenet5;
+use kiln::nn::init::Rng;
 use kiln::nn::lm::{CharLstm, CharTransformer, LanguageModel, TransformerLmConfig};
-use kiln::nn::{Module, NnError, Optimizer};
-use kiln::ops::testing::Rng;
-use kiln::ops::Array;
+use kiln::nn::models::lenet5;
+use kiln::nn::{Adam, AdamW, Module, NnError, Optimizer, Sgd};
 use std::time::Instant;
 
 struct Result {
@@ -81,8 +80,8 @@ fn lm_step(
     let t = model.context();
     let mut rng = Rng::new(0);
     let ids: Vec<i32> = (0..batch * t).map(|_| rng.below(vocab) as i32).collect();
-    let x = Array::from_i32(dev, &ids, &[batch, t])?;
-    let y = Array::from_i32(dev, &ids, &[batch * t])?;
+    let x = Tensor::from_i32(dev, &ids, &[batch, t])?;
+    let y = Tensor::from_i32(dev, &ids, &[batch * t])?;
     opt.begin_step()?;
     let (plan, _) = StepPlan::record(dev, || {
         let logits = autocast_f16_when(mixed_precision, || model.logits(&x))?;
@@ -104,10 +103,12 @@ fn main() -> anyhow::Result<()> {
     if want("lenet5") {
         for batch in [64, 256] {
             let model = lenet5(&dev, 0)?;
-            let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
+            let mut opt = Sgd::new(0.01)
+                .momentum(0.9)
+                .init(&dev, model.parameters())?;
             let mut rng = Rng::new(1);
             let x = Tensor::from_f32(&dev, &rng.vec(batch * 784, -1.0, 1.0), &[batch, 1, 28, 28])?;
-            let y = Array::from_i32(
+            let y = Tensor::from_i32(
                 &dev,
                 &(0..batch).map(|i| (i % 10) as i32).collect::<Vec<_>>(),
                 &[batch],
@@ -153,7 +154,9 @@ fn main() -> anyhow::Result<()> {
         let coop = kiln::ops::matmul::coop_size(&dev)?.is_some();
         for mixed in [false].into_iter().chain(coop.then_some(true)) {
             let model = CharTransformer::new(&dev, 0, &cfg)?;
-            let mut opt = Optimizer::adamw(&dev, model.parameters(), 3e-4, 0.01)?;
+            let mut opt = AdamW::new(3e-4)
+                .weight_decay(0.01)
+                .init(&dev, model.parameters())?;
             let plan = lm_step(&dev, &model, &mut opt, batch, 65, mixed)?;
             let f16 = if mixed { "_f16" } else { "" };
             let name = format!("char_transformer_{layers}x{width}_ctx{context}{f16}");
@@ -175,7 +178,7 @@ fn main() -> anyhow::Result<()> {
         // LSTM 2 x 256 over 100 steps at batch 64 (on software adapters: 2 x 128, 25 steps, batch 16).
         let (hidden, seq, batch) = if soft { (128, 25, 16) } else { (256, 100, 64) };
         let model = CharLstm::new(&dev, 0, 65, seq, 64, hidden, 2)?;
-        let mut opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0)?;
+        let mut opt = Adam::new(1e-3).init(&dev, model.parameters())?;
         let plan = lm_step(&dev, &model, &mut opt, batch, 65, false)?;
         let name = format!("lstm_2x{hidden}_seq{seq}");
         time_steps(

@@ -7,8 +7,9 @@ mod common;
 
 use clap::Parser;
 use kiln::device::Device;
-use kiln::nn::lm::{generate, train_lm, CharCorpus, CharLstm, LmConfig};
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::lm::{generate, CharCorpus, CharLstm};
+use kiln::nn::{Adam, Module};
+use kiln::train::lm::{train_lm, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -49,7 +50,7 @@ fn main() -> Result<()> {
     );
     let corpus = CharCorpus::load(&a.data, 0.1)?;
     let model = CharLstm::new(&dev, a.seed, corpus.vocab(), a.context, 64, a.hidden, 2)?;
-    let mut opt = Optimizer::adam(&dev, model.parameters(), a.lr, 0.0)?;
+    let mut opt = Adam::new(a.lr).init(&dev, model.parameters())?;
     opt.set_clip_grad_norm(Some(5.0));
     let mut cfg = LmConfig::new(a.batch, a.steps, (a.steps / 5).max(1), 4, a.seed);
     a.run.prepare_lm(&model, &mut opt, &mut cfg)?;

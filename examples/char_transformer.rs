@@ -7,11 +7,10 @@ mod common;
 
 use clap::{Parser, ValueEnum};
 use kiln::device::Device;
-use kiln::nn::lm::{
-    generate, train_lm, CharCorpus, CharTransformer, LmConfig, TransformerLmConfig,
-};
+use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::{AdamW, Module};
+use kiln::train::lm::{train_lm, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,7 +70,9 @@ fn main() -> Result<()> {
         dropout,
     };
     let model = CharTransformer::new(&dev, a.seed, &cfg)?;
-    let mut opt = Optimizer::adamw(&dev, model.parameters(), a.lr, 0.01)?;
+    let mut opt = AdamW::new(a.lr)
+        .weight_decay(0.01)
+        .init(&dev, model.parameters())?;
     opt.set_schedule(Schedule::Warmup {
         steps: (steps / 10).max(1) as u64,
         then: Box::new(Schedule::Cosine {

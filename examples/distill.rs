@@ -5,14 +5,14 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::{no_grad, StepPlan, Tensor};
-use kiln::nn::checkpoint;
 use kiln::nn::data::{gather_rows, shuffled, Mnist};
-use kiln::nn::distill::distillation_loss;
-use kiln::nn::layers::{lenet5, Linear, ReLU, Sequential};
-use kiln::nn::train::{evaluate, Dataset, Loss};
-use kiln::nn::{Module, NnError, Optimizer};
-use kiln::ops::testing::Rng;
-use kiln::ops::Array;
+use kiln::nn::init::Rng;
+use kiln::nn::loss::distillation_loss;
+use kiln::nn::models::lenet5;
+use kiln::nn::serialize;
+use kiln::nn::{Adam, LinearConfig, Relu, Sequential};
+use kiln::nn::{Module, NnError};
+use kiln::train::{evaluate, Dataset, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -41,9 +41,9 @@ struct Args {
 fn student(dev: &Device) -> Result<Sequential> {
     let mut rng = Rng::new(11);
     Ok(Sequential::new()
-        .push(Linear::new(dev, &mut rng, 784, 64, true)?)
-        .push(ReLU)
-        .push(Linear::new(dev, &mut rng, 64, 10, true)?))
+        .push(LinearConfig::new(784, 64).init_with(dev, &mut rng)?)
+        .push(Relu)
+        .push(LinearConfig::new(64, 10).init_with(dev, &mut rng)?))
 }
 
 /// Trains `s` with one recorded plan per step; `teacher` adds the distillation term.
@@ -55,21 +55,21 @@ fn train(
     x: &[f32],
     y: &[i32],
 ) -> Result<()> {
-    let mut opt = Optimizer::adam(dev, s.parameters(), 1e-3, 0.0)?;
+    let mut opt = Adam::new(1e-3).init(dev, s.parameters())?;
     let batch = 64;
     let n = y.len() / batch * batch; // whole batches: one plan
     let xt = Tensor::from_f32(dev, &x[..batch * 784], &[batch, 784])?;
     let img = Tensor::from_f32(dev, &x[..batch * 784], &[batch, 1, 28, 28])?;
-    let yt = Array::from_i32(dev, &y[..batch], &[batch])?;
+    let yt = Tensor::from_i32(dev, &y[..batch], &[batch])?;
     let mut plan: Option<StepPlan> = None;
     for epoch in 0..a.epochs {
         let order = shuffled(n, 100 + epoch as u64);
         for idx in order.chunks(batch) {
             let xb = gather_rows(x, 784, idx);
             let yb: Vec<i32> = idx.iter().map(|&i| y[i]).collect();
-            dev.write(&xt.array().buf, &xb)?;
-            dev.write(&img.array().buf, &xb)?;
-            dev.write(&yt.buf, &yb)?;
+            xt.copy_from_slice(&xb)?;
+            img.copy_from_slice(&xb)?;
+            yt.copy_from_slice(&yb)?;
             opt.begin_step()?;
             match &plan {
                 Some(p) => p.replay()?,
@@ -100,14 +100,14 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let dev = Device::new()?;
     let teacher = lenet5(&dev, 0)?;
-    let r = checkpoint::load(&a.teacher, &teacher.named_parameters(), false)
+    let r = serialize::load(&a.teacher, &teacher.named_parameters(), false)
         .context("loading the teacher")?;
     anyhow::ensure!(
         r.missing.is_empty() && r.mismatched.is_empty(),
         "not a LeNet-5 checkpoint: {r:?}"
     );
     for p in teacher.parameters() {
-        p.set_requires_grad(false);
+        p.requires_grad_(false)?;
     }
     let mnist = Mnist::load(&a.data)?;
     let (x, y) = mnist.split(0..a.train_size);

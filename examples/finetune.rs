@@ -4,11 +4,11 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::device::Device;
-use kiln::nn::checkpoint;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::lenet5_with_classes;
-use kiln::nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::models::lenet5_with_classes;
+use kiln::nn::serialize;
+use kiln::nn::{Module, Sgd};
+use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -40,7 +40,7 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let dev = Device::new()?;
     let model = lenet5_with_classes(&dev, 7, 5)?;
-    let report = checkpoint::load(&a.model, &model.named_parameters(), false).context("loading")?;
+    let report = serialize::load(&a.model, &model.named_parameters(), false).context("loading")?;
     eprintln!(
         "loaded non-strictly: new (mismatched) {:?}, skipped {} file tensors",
         report.mismatched,
@@ -48,7 +48,7 @@ fn main() -> Result<()> {
     );
     anyhow::ensure!(report.missing.is_empty(), "missing {:?}", report.missing);
     for (name, p) in model.named_parameters() {
-        p.set_requires_grad(name.starts_with("fc3"));
+        p.requires_grad_(name.starts_with("fc3"))?;
     }
     let mnist = Mnist::load(&a.data)?;
     let (x, y) = digits_below(&mnist, 0..8000, 5);
@@ -64,7 +64,9 @@ fn main() -> Result<()> {
         .iter()
         .map(|p| p.to_vec())
         .collect::<Result<_, _>>()?;
-    let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.05, 0.9, false, 0.0)?;
+    let mut opt = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&dev, model.parameters())?;
     fit(
         &dev,
         &model,

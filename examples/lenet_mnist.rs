@@ -8,10 +8,10 @@ mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::lenet5;
+use kiln::nn::models::lenet5;
 use kiln::nn::schedule::Schedule;
-use kiln::nn::train::{fit_classifier, Dataset, FitConfig};
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::{Module, Sgd};
+use kiln::train::{fit_classifier, Dataset, FitConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -64,7 +64,9 @@ fn main() -> Result<()> {
     let test = Dataset::classes(&test_x, &shape, &test_y);
 
     let model = lenet5(&dev, args.seed)?;
-    let mut opt = Optimizer::sgd(&dev, model.parameters(), args.lr, 0.9, false, 0.0)?;
+    let mut opt = Sgd::new(args.lr)
+        .momentum(0.9)
+        .init(&dev, model.parameters())?;
     let steps = args.epochs * args.train_size.div_ceil(args.batch_size);
     opt.set_schedule(Schedule::Cosine {
         t_max: steps as u64,
@@ -73,7 +75,7 @@ fn main() -> Result<()> {
     let mut cfg = FitConfig {
         log_every: 25,
         ..FitConfig::new(
-            kiln::nn::train::Loss::CrossEntropy,
+            kiln::nn::loss::Loss::CrossEntropy,
             args.epochs,
             args.batch_size,
             args.seed,

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Parser;
 use kiln::device::Device;
-use kiln::nn::regression::fit_line;
+use kiln::train::regression::fit_line;
 
 #[derive(Parser)]
 #[command(about = "Fit y = 3x + 2 with noise by gradient descent on MSE")]

@@ -1,4 +1,4 @@
-//! The seed's Keras model on MNIST: Dense 256 ReLU, Dense 10 (softmax in the loss), Adam 1e-3,
+//! The seed's Keras model on MNIST: Dense 256 Relu, Dense 10 (softmax in the loss), Adam 1e-3,
 //! through compile / fit / evaluate / predict. Trains on the first 8,000 images, tests on the last
 //! 2,000. Ends with one JSON line.
 use anyhow::{Context, Result};
@@ -9,10 +9,10 @@ mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::{Linear, ReLU, Sequential};
-use kiln::nn::train::{Compiled, Dataset, FitConfig, Loss};
-use kiln::nn::{Module, Optimizer};
-use kiln::ops::testing::Rng;
+use kiln::nn::init::Rng;
+use kiln::nn::Module;
+use kiln::nn::{Adam, LinearConfig, Relu, Sequential};
+use kiln::train::{Compiled, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -40,10 +40,16 @@ fn main() -> Result<()> {
     let shape = [784];
     let mut rng = Rng::new(0);
     let model = Sequential::new()
-        .push_named("dense", Linear::new(&dev, &mut rng, 784, 256, true)?)
-        .push(ReLU)
-        .push_named("dense_1", Linear::new(&dev, &mut rng, 256, 10, true)?);
-    let opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0)?;
+        .push_named(
+            "dense",
+            LinearConfig::new(784, 256).init_with(&dev, &mut rng)?,
+        )
+        .push(Relu)
+        .push_named(
+            "dense_1",
+            LinearConfig::new(256, 10).init_with(&dev, &mut rng)?,
+        );
+    let opt = Adam::new(1e-3).init(&dev, model.parameters())?;
     let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
     let (train, test) = (
         Dataset::classes(&x, &shape, &y),

@@ -4,9 +4,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::{no_grad, Tensor};
-use kiln::nn::checkpoint;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::lenet5;
+use kiln::nn::models::lenet5;
+use kiln::nn::serialize;
 use kiln::nn::Module;
 use std::path::PathBuf;
 
@@ -33,8 +33,8 @@ fn main() -> Result<()> {
     let model = lenet5(&dev, 0)?;
     // A training checkpoint also holds optimizer state: extra tensors are fine, missing or
     // mis-shaped parameters are not.
-    let report = checkpoint::load(&a.model, &model.named_parameters(), false)
-        .context("loading the model")?;
+    let report =
+        serialize::load(&a.model, &model.named_parameters(), false).context("loading the model")?;
     anyhow::ensure!(
         report.missing.is_empty() && report.mismatched.is_empty(),
         "{} is not a LeNet-5 checkpoint: missing {:?}, mismatched {:?}",

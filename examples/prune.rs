@@ -5,12 +5,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::Tensor;
-use kiln::nn::checkpoint;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::lenet5;
+use kiln::nn::models::lenet5;
 use kiln::nn::prune::{magnitude_masks, sparsity};
-use kiln::nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::serialize;
+use kiln::nn::{Module, Sgd};
+use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -37,7 +37,7 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let dev = Device::new()?;
     let model = lenet5(&dev, 0)?;
-    let r = checkpoint::load(&a.model, &model.named_parameters(), false).context("loading")?;
+    let r = serialize::load(&a.model, &model.named_parameters(), false).context("loading")?;
     anyhow::ensure!(
         r.missing.is_empty() && r.mismatched.is_empty(),
         "not a LeNet-5 checkpoint: {r:?}"
@@ -64,7 +64,9 @@ fn main() -> Result<()> {
         .collect();
     let masks = magnitude_masks(&weights, a.sparsity, !a.per_layer)?;
     let pruned = acc(&model)?;
-    let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.01, 0.9, false, 0.0)?;
+    let mut opt = Sgd::new(0.01)
+        .momentum(0.9)
+        .init(&dev, model.parameters())?;
     opt.set_masks(masks);
     fit(
         &dev,

@@ -5,13 +5,13 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use kiln::device::Device;
-use kiln::nn::checkpoint;
 use kiln::nn::data::Mnist;
-use kiln::nn::layers::lenet5;
+use kiln::nn::models::lenet5;
 use kiln::nn::quant::{quantize, Calibration, QuantConfig, QuantizedModel};
 use kiln::nn::schedule::Schedule;
-use kiln::nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
-use kiln::nn::{Module, Optimizer};
+use kiln::nn::serialize;
+use kiln::nn::{Module, Sgd};
+use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
     let model = lenet5(&dev, 0)?;
     match &a.model {
         Some(p) => {
-            let r = checkpoint::load(p, &model.named_parameters(), false).context("loading")?;
+            let r = serialize::load(p, &model.named_parameters(), false).context("loading")?;
             anyhow::ensure!(
                 r.missing.is_empty() && r.mismatched.is_empty(),
                 "not a LeNet-5 checkpoint: {r:?}"
@@ -78,7 +78,9 @@ fn main() -> Result<()> {
         }
         None => {
             eprintln!("no --model: training LeNet-5 for {} epochs", a.epochs);
-            let mut opt = Optimizer::sgd(&dev, model.parameters(), 0.05, 0.9, false, 0.0)?;
+            let mut opt = Sgd::new(0.05)
+                .momentum(0.9)
+                .init(&dev, model.parameters())?;
             opt.set_schedule(Schedule::Cosine {
                 t_max: (a.epochs * 8000usize.div_ceil(64)) as u64,
                 min_lr: 0.0,
@@ -91,7 +93,7 @@ fn main() -> Result<()> {
         }
     }
     let f32_path = a.out.join("lenet_f32.safetensors");
-    checkpoint::save(&f32_path, &model.named_parameters(), &[])?;
+    serialize::save(&f32_path, &model.named_parameters(), &[])?;
     let (f32_acc, f32_ips) = measure(&dev, &model, &test)?;
 
     let calib = &x[..a.calibration.min(8000) * 784];
@@ -103,7 +105,7 @@ fn main() -> Result<()> {
     for (name, cfg) in [("int8", int8_cfg), ("f16", QuantConfig::f16())] {
         // Quantization consumes the f32 model: start each from the saved weights.
         let f = lenet5(&dev, 0)?;
-        checkpoint::load(&f32_path, &f.named_parameters(), true)?;
+        serialize::load(&f32_path, &f.named_parameters(), true)?;
         let q = quantize(&dev, f, calib, &shape, &cfg)?;
         let path = a.out.join(format!("lenet_{name}.safetensors"));
         q.save(&path)?;

@@ -7,10 +7,10 @@ mod common;
 
 use clap::Parser;
 use kiln::device::Device;
-use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier};
-use kiln::nn::train::{Compiled, Dataset, FitConfig, Loss};
-use kiln::nn::{Module, Optimizer};
-use kiln::ops::testing::Rng;
+use kiln::nn::init::Rng;
+use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier, RecurrentConfig};
+use kiln::nn::{Adam, Module};
+use kiln::train::{Compiled, Dataset, FitConfig, Loss};
 
 #[derive(Parser)]
 #[command(about = "A 2-layer RNN learns whether a 0/1 sequence is mostly ones")]
@@ -34,8 +34,13 @@ fn main() -> Result<()> {
     let mut rng = Rng::new(0);
     let (x, y) = majority_task(2000, a.length, &mut rng);
     let (tx, ty) = majority_task(500, a.length, &mut rng);
-    let model = LastStepClassifier::new(&dev, &mut rng, Cell::RnnTanh, 1, a.hidden, 2, 2)?;
-    let opt = Optimizer::adam(&dev, model.parameters(), 1e-2, 0.0)?;
+    let model = LastStepClassifier::new_with(
+        &dev,
+        &mut rng,
+        &RecurrentConfig::new(Cell::RnnTanh, 1, a.hidden).with_num_layers(2),
+        2,
+    )?;
+    let opt = Adam::new(1e-2).init(&dev, model.parameters())?;
     let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
     let shape = [a.length, 1];
     let (train, test) = (

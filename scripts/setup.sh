@@ -10,7 +10,8 @@
 # it the same way.
 set -euo pipefail
 
-have_loader() { ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; }
+# grep reads the whole list (no -q): with pipefail, an early exit would fail ldconfig on SIGPIPE.
+have_loader() { ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null; }
 have_icd() {
   local d
   for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d; do

@@ -6,9 +6,33 @@
 //   mask_in_place:  x[i] *= m[i]
 // Each has a quad twin (unary4, ...; binary4 without broadcasting) that does four elements per
 // invocation: see the end of the file.
-// Unary OP codes: 0 neg, 1 exp, 2 log, 3 sqrt, 4 abs, 5 relu, 6 sigmoid, 7 tanh, 8 gelu (erf form),
-//                 9 affine alpha*x+beta, 10 pow x^alpha, 11 square.
-// Binary OP codes: 0 add, 1 sub, 2 mul, 3 div, 4 pow, 5 max, 6 min, 7 gt, 8 lt, 9 ge, 10 eq.
+// OP codes: the constants below, which kiln-device's build turns into Rust constants
+// (kiln_device::shaders::consts::elementwise) for the launchers.
+
+const UNARY_NEG: u32 = 0u;
+const UNARY_EXP: u32 = 1u;
+const UNARY_LOG: u32 = 2u;
+const UNARY_SQRT: u32 = 3u;
+const UNARY_ABS: u32 = 4u;
+const UNARY_RELU: u32 = 5u;
+const UNARY_SIGMOID: u32 = 6u;
+const UNARY_TANH: u32 = 7u;
+const UNARY_GELU: u32 = 8u;    // erf form
+const UNARY_AFFINE: u32 = 9u;  // alpha * x + beta
+const UNARY_POW: u32 = 10u;    // x^alpha
+const UNARY_SQUARE: u32 = 11u;
+
+const BINARY_ADD: u32 = 0u;
+const BINARY_SUB: u32 = 1u;
+const BINARY_MUL: u32 = 2u;
+const BINARY_DIV: u32 = 3u;
+const BINARY_POW: u32 = 4u;
+const BINARY_MAX: u32 = 5u;
+const BINARY_MIN: u32 = 6u;
+const BINARY_GT: u32 = 7u;
+const BINARY_LT: u32 = 8u;
+const BINARY_GE: u32 = 9u;
+const BINARY_EQ: u32 = 10u;
 
 override OP: u32 = 0u;
 // Binary only: 1 when a, b and out have the same shape (no index arithmetic needed).
@@ -60,39 +84,39 @@ fn sigmoid(v: vec4<f32>) -> vec4<f32> {
 
 fn unary_f(v: vec4<f32>) -> vec4<f32> {
     switch OP {
-        case 0u: { return -v; }
-        case 1u: { return exp(v); }
-        case 2u: { return log(v); }
-        case 3u: { return sqrt(v); }
-        case 4u: { return abs(v); }
-        case 5u: { return max(v, vec4<f32>(0.0)); }
-        case 6u: { return sigmoid(v); }
-        case 7u: { return tanh(v); }
-        case 8u: { return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }
-        case 9u: { return up.alpha * v + up.beta; }
-        case 10u: { return pow(v, vec4<f32>(up.alpha)); }
-        default: { return v * v; }
+        case UNARY_NEG: { return -v; }
+        case UNARY_EXP: { return exp(v); }
+        case UNARY_LOG: { return log(v); }
+        case UNARY_SQRT: { return sqrt(v); }
+        case UNARY_ABS: { return abs(v); }
+        case UNARY_RELU: { return max(v, vec4<f32>(0.0)); }
+        case UNARY_SIGMOID: { return sigmoid(v); }
+        case UNARY_TANH: { return tanh(v); }
+        case UNARY_GELU: { return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }
+        case UNARY_AFFINE: { return up.alpha * v + up.beta; }
+        case UNARY_POW: { return pow(v, vec4<f32>(up.alpha)); }
+        case UNARY_SQUARE, default: { return v * v; }
     }
 }
 
 fn unary_df(v: vec4<f32>) -> vec4<f32> {
     switch OP {
-        case 0u: { return vec4<f32>(-1.0); }
-        case 1u: { return exp(v); }
-        case 2u: { return 1.0 / v; }
-        case 3u: { return 0.5 / sqrt(v); }
-        case 4u: { return sign(v); }
-        case 5u: { return select(vec4<f32>(0.0), vec4<f32>(1.0), v > vec4<f32>(0.0)); }
-        case 6u: { let s = sigmoid(v); return s * (1.0 - s); }
-        case 7u: { let t = tanh(v); return 1.0 - t * t; }
-        case 8u: {
+        case UNARY_NEG: { return vec4<f32>(-1.0); }
+        case UNARY_EXP: { return exp(v); }
+        case UNARY_LOG: { return 1.0 / v; }
+        case UNARY_SQRT: { return 0.5 / sqrt(v); }
+        case UNARY_ABS: { return sign(v); }
+        case UNARY_RELU: { return select(vec4<f32>(0.0), vec4<f32>(1.0), v > vec4<f32>(0.0)); }
+        case UNARY_SIGMOID: { let s = sigmoid(v); return s * (1.0 - s); }
+        case UNARY_TANH: { let t = tanh(v); return 1.0 - t * t; }
+        case UNARY_GELU: {
             let cdf = 0.5 * (1.0 + erf_approx(v * 0.70710678118654752));
             let pdf = 0.3989422804014327 * exp(-0.5 * v * v);
             return cdf + v * pdf;
         }
-        case 9u: { return vec4<f32>(up.alpha); }
-        case 10u: { return up.alpha * pow(v, vec4<f32>(up.alpha - 1.0)); }
-        default: { return 2.0 * v; }
+        case UNARY_AFFINE: { return vec4<f32>(up.alpha); }
+        case UNARY_POW: { return up.alpha * pow(v, vec4<f32>(up.alpha - 1.0)); }
+        case UNARY_SQUARE, default: { return 2.0 * v; }
     }
 }
 
@@ -100,17 +124,17 @@ fn binary_f(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     let one = vec4<f32>(1.0);
     let zero = vec4<f32>(0.0);
     switch OP {
-        case 0u: { return a + b; }
-        case 1u: { return a - b; }
-        case 2u: { return a * b; }
-        case 3u: { return a / b; }
-        case 4u: { return pow(a, b); }
-        case 5u: { return max(a, b); }
-        case 6u: { return min(a, b); }
-        case 7u: { return select(zero, one, a > b); }
-        case 8u: { return select(zero, one, a < b); }
-        case 9u: { return select(zero, one, a >= b); }
-        default: { return select(zero, one, a == b); }
+        case BINARY_ADD: { return a + b; }
+        case BINARY_SUB: { return a - b; }
+        case BINARY_MUL: { return a * b; }
+        case BINARY_DIV: { return a / b; }
+        case BINARY_POW: { return pow(a, b); }
+        case BINARY_MAX: { return max(a, b); }
+        case BINARY_MIN: { return min(a, b); }
+        case BINARY_GT: { return select(zero, one, a > b); }
+        case BINARY_LT: { return select(zero, one, a < b); }
+        case BINARY_GE: { return select(zero, one, a >= b); }
+        case BINARY_EQ, default: { return select(zero, one, a == b); }
     }
 }
 

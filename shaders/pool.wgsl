@@ -1,4 +1,4 @@
-// 2-D pooling over NCHW planes. OP: 0 max, 1 average (padding counted, as PyTorch's default).
+// 2-D pooling over NCHW planes. OP: MAX or AVG (padding counted, as PyTorch's default).
 //   pool_forward:  y[plane, oy, ox] = max/mean over the window; max also records the argmax
 //                  (flat index iy*W+ix within the plane, -1 when the window sees only padding).
 //   pool_backward: dx[plane, iy, ix] = sum over the windows that cover it: a gather, so the result
@@ -6,7 +6,9 @@
 //   pool_scatter:  the same gradient where windows do not overlap (DISJOINT), one invocation per
 //                  window writing its inputs: each dy and index is loaded once, not once per input.
 
-override OP: u32 = 0u;
+const MAX: u32 = 0u;
+const AVG: u32 = 1u;
+override OP: u32 = MAX;
 // The whole shape as constants (see pool.rs): divisions by a constant are multiplications, and
 // loops over a constant window unroll, which software adapters run far faster.
 override IH: u32 = 1u;
@@ -88,7 +90,7 @@ fn pool_one(o: u32) -> Pooled {
             if (v > best || at < 0) { best = v; at = flat; }
         }
     }
-    if (OP == 0u) { return Pooled(best, at); }
+    if (OP == MAX) { return Pooled(best, at); }
     return Pooled(sum / f32(KH * KW), 0);
 }
 
@@ -101,7 +103,7 @@ fn pool_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let r = pool_one(o);
     let g = p.plane0 * (OH * OW) + o;
     out[g] = r.v;
-    if (OP == 0u) { idx[g] = r.at; }
+    if (OP == MAX) { idx[g] = r.at; }
 }
 
 @group(0) @binding(4) var<storage, read> dy: array<f32>;
@@ -128,7 +130,7 @@ fn pool_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             let ox = u32(tx) / SW;
             if (ox >= OW) { continue; }
             let o = (plane * OH + oy) * OW + ox;
-            if (OP == 0u) {
+            if (OP == MAX) {
                 if (saved[o] == i32(flat)) { acc += dy[o]; }
             } else {
                 acc += dy[o] / f32(KH * KW);
@@ -146,7 +148,7 @@ fn scatter_one(o: u32, g: f32, at: i32) {
             let flat = tap_flat(win, i, j);
             if (flat < 0) { continue; }
             var v = g / f32(KH * KW);
-            if (OP == 0u) { v = select(0.0, g, at == flat); }
+            if (OP == MAX) { v = select(0.0, g, at == flat); }
             out[win.x * (IH * IW) + u32(flat)] = v;
         }
     }
@@ -160,7 +162,7 @@ fn pool_scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let o = index(wid, nwg, lid);
     if (o >= p.n) { return; }
     var at = -1;
-    if (OP == 0u) { at = saved[o]; }
+    if (OP == MAX) { at = saved[o]; }
     scatter_one(o, dy[o], at);
 }
 
@@ -187,7 +189,7 @@ fn pool_forward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         at[e] = r.at;
     }
     out4[q] = v;
-    if (OP == 0u) { idx4[q] = at; }
+    if (OP == MAX) { idx4[q] = at; }
 }
 
 @compute @workgroup_size(WG)
@@ -197,7 +199,7 @@ fn pool_scatter4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     if (q * 4u >= p.n) { return; }
     let g = dy4[q];
     var at = vec4<i32>(-1);
-    if (OP == 0u) { at = saved4[q]; }
+    if (OP == MAX) { at = saved4[q]; }
     for (var e = 0u; e < 4u; e++) {
         if (q * 4u + e < p.n) { scatter_one(q * 4u + e, g[e], at[e]); }
     }

@@ -1,10 +1,15 @@
 // Reductions along one axis of x viewed as [outer, len, inner]: out[o, i] = R_j x[o, j, i].
-// OP: 0 sum, 1 mean, 2 max, 3 max of absolute values. argmax writes the index of the first maximum.
+// OP: SUM, MEAN, MAX or ABS_MAX (max of absolute values), below. argmax writes the index of the first
+// maximum.
 // `reduce` uses one invocation per output (good when outer*inner is large), `reduce4` four;
 // `reduce_wide` uses one workgroup per output with a tree in shared memory (long rows, few outputs).
 // Both add in a fixed order, so results are the same on every run.
 
-override OP: u32 = 0u;
+const SUM: u32 = 0u;
+const MEAN: u32 = 1u;
+const MAX: u32 = 2u;
+const ABS_MAX: u32 = 3u;
+override OP: u32 = SUM;
 const WG: u32 = 256u;
 
 struct Params {
@@ -20,18 +25,18 @@ struct Params {
 
 // On quads, so that reduce4 shares them; the one-output kernels use lane x.
 fn combine(acc: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
-    if (OP == 2u) { return max(acc, v); }
-    if (OP == 3u) { return max(acc, abs(v)); }
+    if (OP == MAX) { return max(acc, v); }
+    if (OP == ABS_MAX) { return max(acc, abs(v)); }
     return acc + v;
 }
 
 fn init() -> vec4<f32> {
-    if (OP == 2u) { return vec4<f32>(-3.402823e38); }
+    if (OP == MAX) { return vec4<f32>(-3.402823e38); }
     return vec4<f32>(0.0);
 }
 
 fn finish(acc: vec4<f32>) -> vec4<f32> {
-    if (OP == 1u) { return acc / f32(p.len); }
+    if (OP == MEAN) { return acc / f32(p.len); }
     return acc;
 }
 
@@ -107,4 +112,16 @@ fn reduce4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         acc = combine(acc, x4[base + j * step]);
     }
     out4[q] = finish(acc);
+}
+
+// The gradient of a sum (OP SUM) or mean (OP MEAN): dx[o, j, i] = dy[o, i] (/ len for the
+// mean), every element of x's [outer, len, inner] view in one pass. x is dy here; out is dx.
+@compute @workgroup_size(WG)
+fn reduce_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let e = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (e >= p.outer * p.len * p.inner) { return; }
+    let o = e / (p.len * p.inner);
+    let i = e % p.inner;
+    out[e] = finish(vec4<f32>(x[o * p.inner + i])).x;
 }

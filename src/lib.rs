@@ -1,4 +1,129 @@
+//! # kiln
+//!
+//! kiln trains neural networks on the GPU through portable WGSL compute shaders: the same Rust
+//! code runs through [wgpu](https://wgpu.rs) on Vulkan, Metal and DX12, and on the software
+//! Vulkan driver (lavapipe) on machines without a GPU. Every kernel is checked against a CPU
+//! reference and every gradient against finite differences.
+//!
+//! ## The crates
+//!
+//! Dependencies point one way, from the top of this list down:
+//!
+//! | crate | re-exported as | what it holds |
+//! |---|---|---|
+//! | `kiln-train` | [`train`] | `fit` / `evaluate` / `predict`, the language-model loop, training checkpoints, history, CSV/SVG reports, progress |
+//! | `kiln-nn` | [`nn`] | modules with PyTorch's names, layouts and defaults, built from configs (`LinearConfig::new(784, 256).init(&dev)`); losses; optimizers (`Sgd`, `Adam`, `AdamW`, `RmsProp`); schedules; seeded initialisers; data readers; safetensors files |
+//! | `kiln-graph` | [`graph`] | [`graph::Tensor`] with reverse-mode autograd, `no_grad`, `autocast_f16`, [`graph::StepPlan`] (record a training step once, replay it with one submission per step), [`graph::gradcheck`] |
+//! | `kiln-ops` | [`ops`] | one module per op family: shape checks, WGSL launchers, backward rules, CPU references; the [`ops::op::Op`] trait that built-in and user ops implement |
+//! | `kiln-device` | [`device`] | adapter choice, limits and features, buffers and their pool, shaders and cached pipelines, launch, readback, timing |
+//!
+//! ## A training loop
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use kiln::device::Device;
+//! use kiln::graph::{StepPlan, Tensor};
+//! use kiln::nn::{models::lenet5, Module, Sgd};
+//!
+//! let dev = Device::new()?;
+//! let model = lenet5(&dev, 0)?; // PyTorch names: conv1.weight [6, 1, 5, 5], ...
+//! let mut opt = Sgd::new(0.05).momentum(0.9).init(&dev, model.parameters())?;
+//! let (images, labels) = (vec![0.0f32; 64 * 784], vec![0i32; 64]);
+//! let x = Tensor::from_f32(&dev, &images, &[64, 1, 28, 28])?;
+//! let y = Tensor::from_i32(&dev, &labels, &[64])?;
+//! opt.begin_step()?;
+//! // Forward, backward and update, recorded once (and run once)...
+//! let (step, loss) = StepPlan::record(&dev, || {
+//!     let loss = model.forward(&x)?.cross_entropy(&y, None)?;
+//!     loss.backward()?;
+//!     opt.step()?;
+//!     Ok::<_, kiln::nn::NnError>(loss)
+//! })?;
+//! // ...then replayed on each new batch: write it into the same tensors, one submission.
+//! for _ in 0..10 {
+//!     x.copy_from_slice(&images)?;
+//!     y.copy_from_slice(&labels)?;
+//!     opt.begin_step()?;
+//!     step.replay()?;
+//! }
+//! println!("loss {}", loss.item()?);
+//! # Ok(()) }
+//! ```
+//!
+//! [`train::fit`] runs such loops over a data set (shuffling, a plan per batch size, validation,
+//! checkpoints, history) and [`train::Compiled`] gives it Keras's `compile` / `fit` /
+//! `evaluate` / `predict` face.
+//!
+//! ## Your own op
+//!
+//! A user op is a WGSL kernel (or any composition of kiln's ops) with a backward pass, given to
+//! autograd through [`ops::op::Op`] and run with [`graph::Tensor::apply`]; recorded steps replay
+//! it like any built-in op, and [`graph::gradcheck`] checks its backward against finite
+//! differences. `examples/custom_op.rs` writes swish in WGSL, checks it and trains with it.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use kiln::device::{Device, Params};
+//! use kiln::graph::{gradcheck, Tensor};
+//! use kiln::ops::op::{Ctx, Forward, Op};
+//! use kiln::ops::{Array, Result};
+//!
+//! const SRC: &str = "
+//! struct Params { n: u32 }
+//! @group(0) @binding(0) var<storage, read> x: array<f32>;
+//! @group(0) @binding(1) var<storage, read> dy: array<f32>;
+//! @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+//! @group(0) @binding(3) var<uniform> p: Params;
+//! @compute @workgroup_size(64)
+//! fn fwd(@builtin(global_invocation_id) g: vec3<u32>) {
+//!     if (g.x < p.n) { out[g.x] = max(x[g.x], 0.0) * max(x[g.x], 0.0); }
+//! }
+//! @compute @workgroup_size(64)
+//! fn bwd(@builtin(global_invocation_id) g: vec3<u32>) {
+//!     if (g.x < p.n) { out[g.x] = dy[g.x] * 2.0 * max(x[g.x], 0.0); }
+//! }";
+//!
+//! /// Squared ReLU: max(x, 0)^2.
+//! #[derive(Clone, Copy)]
+//! struct ReluSquared;
+//!
+//! fn run(dev: &Device, entry: &str, bufs: &[&Array], n: usize) -> Result<Array> {
+//!     let out = Array::empty(dev, &bufs[0].shape)?;
+//!     let k = dev.kernel_from_source("relu_squared", SRC, entry, &[])?;
+//!     let mut b: Vec<_> = bufs.iter().map(|a| &a.buf).collect();
+//!     b.push(&out.buf);
+//!     dev.launch(&k, &b, &Params::new().u(n as u32), [n.div_ceil(64) as u32, 1, 1])?;
+//!     Ok(out)
+//! }
+//!
+//! impl Op for ReluSquared {
+//!     fn name(&self) -> &str {
+//!         "relu_squared"
+//!     }
+//!     fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<Forward> {
+//!         Ok(run(dev, "fwd", &[inputs[0]], inputs[0].numel())?.into())
+//!     }
+//!     fn backward(&self, dev: &Device, ctx: &Ctx, dy: &Array) -> Result<Vec<Option<Array>>> {
+//!         Ok(vec![Some(run(dev, "bwd", &[ctx.inputs[0], dy], dy.numel())?)])
+//!     }
+//! }
+//!
+//! let dev = Device::new()?;
+//! let x = Tensor::from_f32(&dev, &[-1.0, 0.5, 2.0], &[3])?.requires_grad_(true)?;
+//! let y = Tensor::apply(ReluSquared, &[&x])?;
+//! gradcheck(|t| Tensor::apply(ReluSquared, &[&t[0]]), &[x])?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Where it runs
+//!
+//! [`device::Device::new`] takes a GPU where there is one and a software adapter otherwise
+//! (`WGPU_BACKEND` and `WGPU_ADAPTER_NAME` choose); a missing adapter is an error naming the
+//! driver to install (`scripts/setup.sh` installs lavapipe). Optional features (f16, subgroups,
+//! cooperative matrices, timestamps) are used where the adapter has them, with fallbacks.
+
 pub use kiln_device as device;
 pub use kiln_graph as graph;
 pub use kiln_nn as nn;
 pub use kiln_ops as ops;
+pub use kiln_train as train;

@@ -1,6 +1,6 @@
 //! The seed models that run quickly, end to end on the default adapter.
 use kiln::device::Device;
-use kiln::nn::regression::fit_line;
+use kiln::train::regression::fit_line;
 
 #[test]
 fn linear_regression_learns_slope_and_intercept() {
@@ -14,16 +14,23 @@ fn linear_regression_learns_slope_and_intercept() {
 
 #[test]
 fn rnn_sequence_model_learns_the_majority_task() {
+    use kiln::nn::rnn::RecurrentConfig;
     use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier};
-    use kiln::nn::train::{Compiled, Dataset, Loss};
-    use kiln::nn::{Module, Optimizer};
+    use kiln::nn::{Adam, Module};
     use kiln::ops::testing::Rng;
+    use kiln::train::{Compiled, Dataset, Loss};
     let dev = Device::shared().unwrap();
     let mut rng = Rng::new(0);
     let (x, y) = majority_task(512, 7, &mut rng);
     let (tx, ty) = majority_task(256, 7, &mut rng);
-    let model = LastStepClassifier::new(&dev, &mut rng, Cell::RnnTanh, 1, 16, 2, 2).unwrap();
-    let opt = Optimizer::adam(&dev, model.parameters(), 1e-2, 0.0).unwrap();
+    let model = LastStepClassifier::new_with(
+        &dev,
+        &mut rng,
+        &RecurrentConfig::new(Cell::RnnTanh, 1, 16).with_num_layers(2),
+        2,
+    )
+    .unwrap();
+    let opt = Adam::new(1e-2).init(&dev, model.parameters()).unwrap();
     let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
     let shape = [7, 1];
     net.fit(&Dataset::classes(&x, &shape, &y), 6, 64, None, |_| {})
@@ -39,10 +46,9 @@ fn rnn_sequence_model_learns_the_majority_task() {
 #[test]
 fn mnist_mlp_model_learns_in_one_epoch() {
     use kiln::nn::data::Mnist;
-    use kiln::nn::layers::{Linear, ReLU, Sequential};
-    use kiln::nn::train::{Compiled, Dataset, Loss};
-    use kiln::nn::{Module, Optimizer};
+    use kiln::nn::{Adam, LinearConfig, Module, Relu, Sequential};
     use kiln::ops::testing::Rng;
+    use kiln::train::{Compiled, Dataset, Loss};
     let dev = Device::shared().unwrap();
     let m = Mnist::load(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"))
         .unwrap();
@@ -50,10 +56,14 @@ fn mnist_mlp_model_learns_in_one_epoch() {
     let (tx, ty) = m.split(9000..9500);
     let mut rng = Rng::new(0);
     let model = Sequential::new()
-        .push(Linear::new(&dev, &mut rng, 784, 64, true).unwrap())
-        .push(ReLU)
-        .push(Linear::new(&dev, &mut rng, 64, 10, true).unwrap());
-    let opt = Optimizer::adam(&dev, model.parameters(), 1e-3, 0.0).unwrap();
+        .push(
+            LinearConfig::new(784, 64)
+                .init_with(&dev, &mut rng)
+                .unwrap(),
+        )
+        .push(Relu)
+        .push(LinearConfig::new(64, 10).init_with(&dev, &mut rng).unwrap());
+    let opt = Adam::new(1e-3).init(&dev, model.parameters()).unwrap();
     let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
     net.fit(&Dataset::classes(&x, &[784], &y), 2, 64, None, |_| {})
         .unwrap();
@@ -69,8 +79,8 @@ fn mnist_mlp_model_learns_in_one_epoch() {
 #[test]
 fn loads_a_lenet_written_by_the_reference_safetensors_library() {
     // tests/fixtures/make_lenet_safetensors.py wrote it with PyTorch's names (no kiln checksum).
-    use kiln::nn::checkpoint::load;
-    use kiln::nn::layers::lenet5;
+    use kiln::nn::models::lenet5;
+    use kiln::nn::serialize::load;
     use kiln::nn::Module;
     let dev = Device::shared().unwrap();
     let model = lenet5(&dev, 0).unwrap();

@@ -2,9 +2,9 @@
 // Each example uses the half that fits its training loop (fit or train_lm).
 #![allow(dead_code)]
 use anyhow::{Context, Result};
-use kiln::nn::checkpoint::{load_training, CheckpointConfig, Resumed};
-use kiln::nn::train::{EpochStats, FitConfig};
 use kiln::nn::{Module, Optimizer};
+use kiln::train::checkpoint::{load_training, CheckpointConfig, Resumed};
+use kiln::train::{EpochStats, FitConfig};
 use std::path::PathBuf;
 
 /// `--save`, `--save-every`, `--resume`, `--out`.
@@ -62,7 +62,7 @@ impl RunArgs {
         &self,
         model: &dyn Module,
         opt: &mut Optimizer,
-        cfg: &mut kiln::nn::lm::LmConfig,
+        cfg: &mut kiln::train::lm::LmConfig,
     ) -> Result<()> {
         anyhow::ensure!(
             self.save_every.is_none() || self.save.is_some(),
@@ -97,7 +97,7 @@ impl RunArgs {
                 .map(|p| p.to_path_buf())
         });
         if let Some(dir) = out {
-            kiln::nn::report::write_reports_by(&dir, history, x)?;
+            kiln::train::report::write_reports_by(&dir, history, x)?;
             eprintln!("wrote {0}/history.csv and {0}/history.svg", dir.display());
         }
         Ok(())

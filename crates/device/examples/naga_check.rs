@@ -1,3 +1,5 @@
+//! Validates a WGSL file with naga and translates it to SPIR-V, MSL and HLSL, as kiln does for
+//! its own shaders: `cargo run -p kiln-device --example naga_check -- path/to/shader.wgsl`.
 fn main() {
     let p = std::env::args().nth(1).unwrap();
     let src = std::fs::read_to_string(&p).unwrap();

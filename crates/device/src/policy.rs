@@ -466,33 +466,4 @@ impl Device {
     pub fn adapter_profile(&self) -> &AdapterProfile {
         self.policy.profile().unwrap_or(&self.inner.profile)
     }
-
-    /// The footprint of a registered shader's entry point with these override constants,
-    /// checked against [`Device::adapter_profile`]: `Ok` where it fits, else the limit it exceeds.
-    pub fn fits(&self, shader: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Footprint> {
-        let f = self.footprint(shader, entry, constants)?;
-        f.check(&format!("{shader}::{entry}"), self.adapter_profile())?;
-        Ok(f)
-    }
-
-    /// The footprint of a registered shader's entry point with these override constants.
-    pub fn footprint(
-        &self,
-        shader: &str,
-        entry: &str,
-        constants: &[(&str, f64)],
-    ) -> Result<Footprint> {
-        let key = (
-            shader.to_string(),
-            entry.to_string(),
-            format!("{constants:?}"),
-        );
-        if let Some(f) = self.inner.footprints.lock().unwrap().get(&key) {
-            return Ok(*f);
-        }
-        let validated = crate::shaders::validated(shader)?;
-        let f = validated.footprint(shader, entry, constants)?;
-        self.inner.footprints.lock().unwrap().insert(key, f);
-        Ok(f)
-    }
 }

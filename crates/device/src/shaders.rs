@@ -266,6 +266,37 @@ impl Validated {
 mod tests {
     use super::*;
 
+    /// The build's table of u32 constants (which op launchers read their codes from) holds
+    /// exactly the named u32 constants naga finds in each shader, with the same values.
+    #[test]
+    fn generated_constants_match_what_naga_reads() {
+        for (name, src) in SHADERS {
+            let module = naga::front::wgsl::parse_str(src).unwrap();
+            let mut want: Vec<(String, u32)> = module
+                .constants
+                .iter()
+                .filter_map(|(_, c)| {
+                    let n = c.name.clone()?;
+                    let ok = n
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                    match module.global_expressions[c.init] {
+                        naga::Expression::Literal(naga::Literal::U32(v)) if ok => Some((n, v)),
+                        _ => None,
+                    }
+                })
+                .collect();
+            let mut got: Vec<(String, u32)> = CONSTS
+                .iter()
+                .filter(|(s, ..)| s == name)
+                .map(|(_, n, v)| (n.to_string(), *v))
+                .collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "constants of {name}.wgsl");
+        }
+    }
+
     /// Every registered shader parses, validates, and translates to SPIR-V, MSL and HLSL.
     #[test]
     fn every_shader_validates_and_translates() {

@@ -442,7 +442,13 @@ impl Device {
                 .chain(extra.into_iter().flatten())
                 .collect();
             for chunk in all.chunks(timing::PROFILE_CHUNK) {
-                profiled.push(timing::encode_profiled(self, &mut enc, chunk));
+                let labels = chunk.iter().map(|d| d.kernel.label().to_string()).collect();
+                profiled.push(timing::encode_profiled(
+                    self,
+                    &mut enc,
+                    labels,
+                    |pass, i| Self::encode(pass, std::slice::from_ref(chunk[i])),
+                ));
             }
         } else if n > 0 || timestamps.is_some() {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {

@@ -70,31 +70,29 @@ pub(crate) struct ProfileChunk {
     read: wgpu::Buffer,
 }
 
-/// Encodes each dispatch in its own compute pass between two timestamps, then the copy of the
-/// timestamps to a mappable buffer.
+/// Encodes each of the dispatches labelled `labels` (by `encode_one`, given its index) in its
+/// own compute pass between two timestamps, then the copy of the timestamps to a mappable buffer.
 pub(crate) fn encode_profiled(
     dev: &Device,
     enc: &mut wgpu::CommandEncoder,
-    dispatches: &[&std::sync::Arc<crate::submit::Dispatch>],
+    labels: Vec<String>,
+    mut encode_one: impl FnMut(&mut wgpu::ComputePass<'_>, usize),
 ) -> ProfileChunk {
-    let q = Timestamps::new(dev, 2 * dispatches.len() as u32);
-    for (i, dispatch) in dispatches.iter().enumerate() {
+    let q = Timestamps::new(dev, 2 * labels.len() as u32);
+    for (i, label) in labels.iter().enumerate() {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(dispatch.kernel.label()),
+            label: Some(label),
             timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
                 query_set: &q.set,
                 beginning_of_pass_write_index: Some(2 * i as u32),
                 end_of_pass_write_index: Some(2 * i as u32 + 1),
             }),
         });
-        Device::encode(&mut pass, std::slice::from_ref(*dispatch));
+        encode_one(&mut pass, i);
     }
     q.copy_out(enc);
     ProfileChunk {
-        labels: dispatches
-            .iter()
-            .map(|d| d.kernel.label().to_string())
-            .collect(),
+        labels,
         read: q.read,
     }
 }

@@ -11,7 +11,10 @@ fn dev() -> Device {
 }
 
 fn param(d: &Device, v: &[f32], s: &[usize]) -> Tensor {
-    Tensor::from_f32(d, v, s).unwrap().requires_grad(true)
+    Tensor::from_f32(d, v, s)
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap()
 }
 
 /// y[r, o] = sum_i x[r, i] w[o, i] + b[o]
@@ -53,7 +56,7 @@ fn two_layer_mlp() {
         .map(|(v, s)| param(&d, v, &s))
         .collect();
     let xt = Tensor::from_f32(&d, &x, &[n, i]).unwrap();
-    let y = kiln_ops::Array::from_i32(&d, &labels, &[n]).unwrap();
+    let y = Tensor::from_i32(&d, &labels, &[n]).unwrap();
     let loss = xt
         .linear(&ps[0], Some(&ps[1]))
         .unwrap()
@@ -101,7 +104,7 @@ fn mixed_precision_mlp() {
         .map(|(v, s)| param(&d, v, &s))
         .collect();
     let xt = Tensor::from_f32(&d, &x, &[n, i]).unwrap();
-    let y = kiln_ops::Array::from_i32(&d, &labels, &[n]).unwrap();
+    let y = Tensor::from_i32(&d, &labels, &[n]).unwrap();
     let loss = autocast_f16(|| {
         let hdn = xt.linear(&ps[0], Some(&ps[1]))?.tanh()?;
         assert_eq!(hdn.dtype(), kiln_graph::DType::F32);
@@ -221,7 +224,7 @@ fn attention_block_from_matmul_and_softmax() {
     let wt = Tensor::from_f32(&d, &w, &[b, s, e]).unwrap();
     let scale = 1.0 / (e as f32).sqrt();
     let att = q
-        .matmul_t(&k, false, true, None)
+        .matmul_with(&k, kiln_ops::matmul::Matmul::new().transpose_b(true), None)
         .unwrap()
         .affine(scale, 0.0)
         .unwrap()
@@ -450,9 +453,9 @@ fn no_grad_and_detach_record_nothing() {
     let d = dev();
     let x = param(&d, &[1.0, 2.0], &[2]);
     let y = no_grad(|| x.mul(&x).unwrap());
-    assert!(!y.needs_grad());
-    assert!(x.mul(&x).unwrap().needs_grad());
-    assert!(!x.detach().needs_grad());
+    assert!(!y.requires_grad());
+    assert!(x.mul(&x).unwrap().requires_grad());
+    assert!(!x.detach().requires_grad());
     // backward from a non-scalar is an error, not a guess.
     assert!(x.mul(&x).unwrap().backward().is_err());
 }
@@ -472,7 +475,7 @@ fn layer_norm_and_embedding_in_a_graph() {
         param(&d, &b, &[dim]),
     );
     let ids32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-    let ia = kiln_ops::Array::from_i32(&d, &ids32, &[3]).unwrap();
+    let ia = Tensor::from_i32(&d, &ids32, &[3]).unwrap();
     let wt = Tensor::from_f32(&d, &w, &[3, dim]).unwrap();
     let loss = tt
         .embedding(&ia)

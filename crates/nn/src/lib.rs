@@ -1,27 +1,37 @@
-//! kiln-nn: modules with PyTorch's parameter names and layouts, optimizers, learning-rate
-//! schedules, data loading, and a training loop that runs each step as one recorded submission.
+//! kiln-nn: modules with PyTorch's parameter names and layouts, losses, optimizers, learning-rate
+//! schedules, data readers and safetensors files. The loops that train them are in kiln-train.
 
-pub mod checkpoint;
+pub mod activation;
+pub mod conv;
 pub mod data;
-pub mod distill;
-pub mod layers;
+pub mod dropout;
+pub mod embedding;
+pub mod init;
+pub mod linear;
 pub mod lm;
+pub mod loss;
+pub mod models;
+pub mod module;
+pub mod norm;
 pub mod optim;
 pub mod prune;
 pub mod quant;
-pub mod regression;
-pub mod report;
 pub mod rnn;
 pub mod schedule;
-pub mod train;
+pub mod sequential;
+pub mod serialize;
 pub mod transformer;
 
+pub use activation::{AvgPool2d, Flatten, Gelu, MaxPool2d, Relu, Sigmoid, Softmax, Tanh};
+pub use conv::{Conv2d, Conv2dConfig};
+pub use dropout::{Dropout, DropoutConfig};
+pub use embedding::{Embedding, EmbeddingConfig};
 pub use kiln_graph::{no_grad, Array, Device, OpError, StepPlan, Tensor};
-pub use layers::{
-    AvgPool2d, Conv2d, Dropout, Embedding, Flatten, LayerNorm, Linear, MaxPool2d, Module, ReLU,
-    Sequential, Sigmoid, Softmax, Tanh, GELU,
-};
-pub use optim::Optimizer;
+pub use linear::{Linear, LinearConfig};
+pub use module::Module;
+pub use norm::{LayerNorm, LayerNormConfig};
+pub use optim::{Adam, AdamW, Optimizer, RmsProp, Sgd};
+pub use sequential::Sequential;
 use thiserror::Error;
 
 /// Errors of the nn layer.
@@ -41,6 +51,10 @@ pub enum NnError {
     /// A training run that cannot continue.
     #[error("training: {0}")]
     Training(String),
+    /// A module or optimizer configuration that cannot be built (a width that does not divide
+    /// by the heads, a probability outside its range...).
+    #[error("configuration: {0}")]
+    Config(String),
     /// A model or calibration set that cannot be quantized as asked.
     #[error("quantization: {0}")]
     Quantization(String),

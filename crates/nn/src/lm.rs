@@ -1,14 +1,16 @@
 //! Character-level language modelling: a corpus with a train/validation split, seeded random
-//! windows, two models (a causal Transformer and an LSTM), a recorded-step training loop and
-//! sampling.
+//! windows, two models (a causal Transformer and an LSTM) and sampling. The training loop is
+//! `kiln_train::lm`.
 
-use crate::layers::{prefixed, Embedding, LayerNorm, Linear, Module};
-use crate::optim::Optimizer;
-use crate::rnn::{Cell, Recurrent};
+use crate::embedding::{Embedding, EmbeddingConfig};
+use crate::init::Rng;
+use crate::linear::{Linear, LinearConfig};
+use crate::module::{prefixed, Module};
+use crate::norm::{LayerNorm, LayerNormConfig};
+use crate::rnn::{Recurrent, RecurrentConfig};
 use crate::transformer::{Activation, LayerConfig, TransformerEncoderLayer};
 use crate::{NnError, Result};
-use kiln_graph::{autocast_f16_when, no_grad, Array, Device, StepPlan, Tensor};
-use kiln_ops::testing::Rng;
+use kiln_graph::{no_grad, Device, Tensor};
 use std::path::Path;
 
 /// A text, its character vocabulary, and the text as ids split into train and validation parts.
@@ -100,7 +102,7 @@ pub fn sample_windows(
 /// A model of the next character: ids [B, T] -> logits [B * T, vocab].
 pub trait LanguageModel: Module {
     /// Logits for every position.
-    fn logits(&self, ids: &Array) -> Result<Tensor>;
+    fn logits(&self, ids: &Tensor) -> Result<Tensor>;
     /// Longest context the model takes.
     fn context(&self) -> usize;
 }
@@ -152,11 +154,11 @@ impl CharTransformer {
             ls.push(l);
         }
         Ok(CharTransformer {
-            tok: Embedding::new(dev, &mut rng, c.vocab, c.d_model)?,
-            pos: Embedding::new(dev, &mut rng, c.context, c.d_model)?,
+            tok: EmbeddingConfig::new(c.vocab, c.d_model).init_with(dev, &mut rng)?,
+            pos: EmbeddingConfig::new(c.context, c.d_model).init_with(dev, &mut rng)?,
             layers: ls,
-            ln_f: LayerNorm::new(dev, c.d_model)?,
-            head: Linear::new(dev, &mut rng, c.d_model, c.vocab, true)?,
+            ln_f: LayerNormConfig::new(c.d_model).init(dev)?,
+            head: LinearConfig::new(c.d_model, c.vocab).init_with(dev, &mut rng)?,
             context: c.context,
         })
     }
@@ -191,12 +193,14 @@ impl Module for CharTransformer {
 }
 
 impl LanguageModel for CharTransformer {
-    fn logits(&self, ids: &Array) -> Result<Tensor> {
-        let (b, t) = (ids.shape[0], ids.shape[1]);
+    fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
         let dev = self.tok.weight.device();
         let positions: Vec<i32> = (0..t as i32).collect();
-        let pos = self.pos.lookup(&Array::from_i32(dev, &positions, &[t])?)?;
-        let mut h = self.tok.lookup(ids)?.add(&pos)?;
+        let pos = self
+            .pos
+            .forward(&Tensor::from_i32(dev, &positions, &[t])?)?;
+        let mut h = self.tok.forward(ids)?.add(&pos)?;
         for l in &self.layers {
             h = l.forward(&h)?;
         }
@@ -230,9 +234,11 @@ impl CharLstm {
     ) -> Result<CharLstm> {
         let mut rng = Rng::new(seed);
         Ok(CharLstm {
-            emb: Embedding::new(dev, &mut rng, vocab, embed)?,
-            lstm: Recurrent::new(dev, &mut rng, Cell::Lstm, embed, hidden, layers)?,
-            head: Linear::new(dev, &mut rng, hidden, vocab, true)?,
+            emb: EmbeddingConfig::new(vocab, embed).init_with(dev, &mut rng)?,
+            lstm: RecurrentConfig::lstm(embed, hidden)
+                .with_num_layers(layers)
+                .init_with(dev, &mut rng)?,
+            head: LinearConfig::new(hidden, vocab).init_with(dev, &mut rng)?,
             context,
         })
     }
@@ -253,205 +259,15 @@ impl Module for CharLstm {
 }
 
 impl LanguageModel for CharLstm {
-    fn logits(&self, ids: &Array) -> Result<Tensor> {
-        let (b, t) = (ids.shape[0], ids.shape[1]);
-        let h = self.lstm.forward(&self.emb.lookup(ids)?)?;
+    fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = (ids.shape()[0], ids.shape()[1]);
+        let h = self.lstm.forward(&self.emb.forward(ids)?)?;
         let hd = h.shape()[2];
         self.head.forward(&h.reshape(&[b * t, hd])?)
     }
     fn context(&self) -> usize {
         self.context
     }
-}
-
-/// Language-model training options.
-#[derive(Clone, Debug)]
-pub struct LmConfig {
-    /// Windows per step.
-    pub batch: usize,
-    /// Optimizer steps.
-    pub steps: usize,
-    /// Evaluate every this many steps (and at the end).
-    pub eval_every: usize,
-    /// Validation batches per evaluation.
-    pub eval_batches: usize,
-    /// Seed of the window sampling (each step's windows come from (seed, step), so a resumed
-    /// run draws exactly what the uninterrupted one would have).
-    pub seed: u64,
-    /// Write a training checkpoint every this many evaluations (`every_epochs`) and at the end.
-    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
-    /// Evaluations before a resume (from `checkpoint::load_training`), kept in the history.
-    pub history: Vec<crate::train::EpochStats>,
-    /// Run the training forward pass under `autocast_f16` (mixed precision: f16 matmuls with f32
-    /// sums, f32 master weights and gradients).
-    pub mixed_precision: bool,
-}
-
-impl LmConfig {
-    /// Options with no checkpoint and no earlier history.
-    pub fn new(
-        batch: usize,
-        steps: usize,
-        eval_every: usize,
-        eval_batches: usize,
-        seed: u64,
-    ) -> LmConfig {
-        LmConfig {
-            batch,
-            steps,
-            eval_every,
-            eval_batches,
-            seed,
-            checkpoint: None,
-            history: Vec::new(),
-            mixed_precision: false,
-        }
-    }
-}
-
-/// A training-history row for an evaluation point (`epoch` holds the step; no accuracy).
-fn as_row(s: &LmStats, secs: f64) -> crate::train::EpochStats {
-    crate::train::EpochStats {
-        epoch: s.step,
-        train_loss: s.train_loss,
-        val_loss: Some(s.val_loss),
-        val_accuracy: None,
-        train_seconds: secs,
-        samples_per_second: s.chars_per_second,
-        skipped_steps: 0,
-    }
-}
-
-/// One evaluation point.
-#[derive(Clone, Debug)]
-pub struct LmStats {
-    /// Steps taken.
-    pub step: usize,
-    /// Mean training loss since the previous point (nats per character).
-    pub train_loss: f32,
-    /// Validation loss (nats per character).
-    pub val_loss: f32,
-    /// Training windows' characters per second since the previous point.
-    pub chars_per_second: f64,
-}
-
-/// Mean cross-entropy (nats per character) on `batches` seeded validation windows, without grads.
-pub fn evaluate_lm(
-    dev: &Device,
-    model: &dyn LanguageModel,
-    data: &[i32],
-    batch: usize,
-    batches: usize,
-    seed: u64,
-) -> Result<f32> {
-    let t = model.context();
-    let mut rng = Rng::new(seed);
-    no_grad(|| {
-        let mut sum = 0.0;
-        for _ in 0..batches {
-            let (x, y) = sample_windows(data, batch, t, &mut rng);
-            let logits = model.logits(&Array::from_i32(dev, &x, &[batch, t])?)?;
-            sum += logits
-                .cross_entropy(&Array::from_i32(dev, &y, &[batch * t])?, None)?
-                .item()? as f64;
-        }
-        Ok((sum / batches.max(1) as f64) as f32)
-    })
-}
-
-/// Trains from the optimizer's current step to `cfg.steps`: one recorded step, replayed on fresh
-/// random windows. Returns the history of evaluations (rows as `fit`'s, `epoch` = step), earlier
-/// ones from `cfg.history` included; `on_eval` sees each new one.
-pub fn train_lm(
-    dev: &Device,
-    model: &dyn LanguageModel,
-    opt: &mut Optimizer,
-    corpus: &CharCorpus,
-    cfg: &LmConfig,
-    mut on_eval: impl FnMut(&LmStats),
-) -> Result<Vec<crate::train::EpochStats>> {
-    let t = model.context();
-    if corpus.train.len() <= t + 1 || corpus.val.len() <= t + 1 {
-        return Err(NnError::Training(format!(
-            "text too short for a context of {t}"
-        )));
-    }
-    let windows = |step: usize| {
-        let mut rng = Rng::new(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64);
-        sample_windows(&corpus.train, cfg.batch, t, &mut rng)
-    };
-    let mut history = cfg.history.clone();
-    let mut recorded: Option<(StepPlan, Array, Array, Tensor)> = None;
-    let mut reads = std::collections::VecDeque::new();
-    let (mut sum, mut n, mut since, mut evals) = (0.0f64, 0usize, 0usize, 0usize);
-    let mut t0 = std::time::Instant::now();
-    for step in opt.steps() as usize + 1..=cfg.steps {
-        let (xb, yb) = windows(step);
-        opt.begin_step()?;
-        if step > 1 {
-            model.advance_rng()?;
-        }
-        if let Some((plan, x, y, loss)) = &recorded {
-            dev.write(&x.buf, &xb)?;
-            dev.write(&y.buf, &yb)?;
-            reads.push_back(dev.read_async(&loss.array().buf)?);
-            plan.replay()?;
-        } else {
-            let x = Array::from_i32(dev, &xb, &[cfg.batch, t])?;
-            let y = Array::from_i32(dev, &yb, &[cfg.batch * t])?;
-            opt.zero_grad();
-            let (plan, loss) = StepPlan::record(dev, || {
-                let logits = autocast_f16_when(cfg.mixed_precision, || model.logits(&x))?;
-                let loss = logits.cross_entropy(&y, None)?;
-                loss.backward()?;
-                opt.step()?;
-                Ok::<_, NnError>(loss)
-            })?;
-            // Recording happens once per run: a synchronous read costs nothing here.
-            sum += loss.item()? as f64;
-            n += 1;
-            recorded = Some((plan, x, y, loss));
-        }
-        since += 1;
-        while let Some(r) = reads.front() {
-            let Some(v) = r.try_read::<f32>()? else { break };
-            sum += v[0] as f64;
-            n += 1;
-            reads.pop_front();
-        }
-        if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
-            for r in reads.drain(..) {
-                sum += r.wait::<f32>()?[0] as f64;
-                n += 1;
-            }
-            dev.wait()?;
-            let secs = t0.elapsed().as_secs_f64();
-            let train_loss = (sum / n.max(1) as f64) as f32;
-            if !train_loss.is_finite() {
-                return Err(NnError::Training(format!(
-                    "loss became {train_loss} by step {step}"
-                )));
-            }
-            let val_loss = evaluate_lm(dev, model, &corpus.val, cfg.batch, cfg.eval_batches, 1234)?;
-            let s = LmStats {
-                step,
-                train_loss,
-                val_loss,
-                chars_per_second: (since * cfg.batch * t) as f64 / secs,
-            };
-            on_eval(&s);
-            history.push(as_row(&s, secs));
-            evals += 1;
-            if let Some(c) = &cfg.checkpoint {
-                if evals % c.every_epochs.max(1) == 0 || step == cfg.steps {
-                    crate::checkpoint::save_training(&c.path, model, opt, &history)?;
-                }
-            }
-            (sum, n, since) = (0.0, 0, 0);
-            t0 = std::time::Instant::now();
-        }
-    }
-    Ok(history)
 }
 
 /// Samples `len` characters after `prompt` (temperature-scaled softmax, seeded), feeding the model
@@ -475,7 +291,7 @@ pub fn generate(
         for _ in 0..len {
             let ctx: Vec<i32> = ids[ids.len().saturating_sub(model.context())..].to_vec();
             let t = ctx.len();
-            let logits = model.logits(&Array::from_i32(dev, &ctx, &[1, t])?)?;
+            let logits = model.logits(&Tensor::from_i32(dev, &ctx, &[1, t])?)?;
             let last = logits
                 .slice(0, t - 1, 1)?
                 .affine(1.0 / temperature.max(1e-3), 0.0)?

@@ -8,17 +8,6 @@ use kiln_graph::{Device, Tensor};
 use kiln_ops::optim::{self, Rule};
 use kiln_ops::{Buffer, DType};
 
-/// Adam's rule with PyTorch's defaults (betas 0.9, 0.999; eps 1e-8).
-fn adam_rule(weight_decay: f32, decoupled: bool) -> Rule {
-    Rule::Adam {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay,
-        decoupled,
-    }
-}
-
 struct Group {
     params: Vec<Tensor>,
     state: Vec<Vec<Buffer>>,
@@ -95,67 +84,7 @@ impl Optimizer {
         self.push_group(params, lr, rule)
     }
 
-    /// SGD (PyTorch defaults: no momentum, no dampening, no weight decay).
-    pub fn sgd(
-        dev: &Device,
-        params: Vec<Tensor>,
-        lr: f32,
-        momentum: f32,
-        nesterov: bool,
-        weight_decay: f32,
-    ) -> Result<Optimizer> {
-        Self::new(
-            dev,
-            params,
-            Rule::Sgd {
-                momentum,
-                dampening: 0.0,
-                nesterov,
-                weight_decay,
-            },
-            lr,
-        )
-    }
-    /// Adam with PyTorch's defaults (betas 0.9, 0.999; eps 1e-8).
-    pub fn adam(
-        dev: &Device,
-        params: Vec<Tensor>,
-        lr: f32,
-        weight_decay: f32,
-    ) -> Result<Optimizer> {
-        Self::new(dev, params, adam_rule(weight_decay, false), lr)
-    }
-    /// AdamW (decoupled weight decay; PyTorch's default decay is 0.01).
-    pub fn adamw(
-        dev: &Device,
-        params: Vec<Tensor>,
-        lr: f32,
-        weight_decay: f32,
-    ) -> Result<Optimizer> {
-        Self::new(dev, params, adam_rule(weight_decay, true), lr)
-    }
-    /// RMSprop with PyTorch's defaults (alpha 0.99, eps 1e-8).
-    pub fn rmsprop(
-        dev: &Device,
-        params: Vec<Tensor>,
-        lr: f32,
-        momentum: f32,
-        centered: bool,
-    ) -> Result<Optimizer> {
-        Self::new(
-            dev,
-            params,
-            Rule::RmsProp {
-                alpha: 0.99,
-                eps: 1e-8,
-                weight_decay: 0.0,
-                momentum,
-                centered,
-            },
-            lr,
-        )
-    }
-    /// Any rule.
+    /// An optimizer with any update rule (the configs below build the usual ones).
     pub fn with_rule(dev: &Device, params: Vec<Tensor>, rule: Rule, lr: f32) -> Result<Optimizer> {
         Self::new(dev, params, rule, lr)
     }
@@ -248,7 +177,7 @@ impl Optimizer {
                     };
                     v.push((
                         format!("optim.{gi}.{pi}.{k}"),
-                        Tensor::from_array(&self.dev, a, false),
+                        Tensor::from_array(&self.dev, a),
                     ));
                 }
             }
@@ -270,5 +199,221 @@ impl Optimizer {
     /// Every parameter of every group.
     pub fn params(&self) -> impl Iterator<Item = &Tensor> {
         self.groups.iter().flat_map(|g| g.params.iter())
+    }
+}
+
+/// SGD's settings, with PyTorch's defaults (no momentum, dampening or weight decay).
+///
+/// ```no_run
+/// # fn main() -> Result<(), kiln_nn::NnError> {
+/// use kiln_nn::{optim::Sgd, LinearConfig, Module};
+/// let dev = kiln_graph::Device::shared()?;
+/// let model = LinearConfig::new(4, 2).init(&dev)?;
+/// let opt = Sgd::new(0.05).momentum(0.9).init(&dev, model.parameters())?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sgd {
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum factor.
+    pub momentum: f32,
+    /// Dampening of the momentum.
+    pub dampening: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f32,
+}
+
+impl Sgd {
+    /// Plain SGD at learning rate `lr`.
+    pub fn new(lr: f32) -> Self {
+        Sgd {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+    /// Momentum factor.
+    pub fn momentum(mut self, momentum: f32) -> Self {
+        self.momentum = momentum;
+        self
+    }
+    /// Dampening of the momentum.
+    pub fn dampening(mut self, dampening: f32) -> Self {
+        self.dampening = dampening;
+        self
+    }
+    /// Nesterov momentum.
+    pub fn nesterov(mut self, nesterov: bool) -> Self {
+        self.nesterov = nesterov;
+        self
+    }
+    /// L2 penalty added to the gradient.
+    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+    /// The optimizer over `params`.
+    pub fn init(&self, dev: &Device, params: Vec<Tensor>) -> Result<Optimizer> {
+        let rule = Rule::Sgd {
+            momentum: self.momentum,
+            dampening: self.dampening,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+        };
+        Optimizer::new(dev, params, rule, self.lr)
+    }
+}
+
+/// Adam's settings, with PyTorch's defaults (betas 0.9, 0.999; eps 1e-8; no weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adam {
+    /// Learning rate.
+    pub lr: f32,
+    /// Decay rates of the first and second moment estimates.
+    pub betas: (f32, f32),
+    /// Added to the denominator.
+    pub eps: f32,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f32,
+}
+
+impl Adam {
+    /// Adam at learning rate `lr` (PyTorch's default is 1e-3).
+    pub fn new(lr: f32) -> Self {
+        Adam {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+    /// Decay rates of the moment estimates.
+    pub fn betas(mut self, beta1: f32, beta2: f32) -> Self {
+        self.betas = (beta1, beta2);
+        self
+    }
+    /// Added to the denominator.
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+    /// L2 penalty added to the gradient.
+    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+    fn rule(&self, decoupled: bool) -> Rule {
+        Rule::Adam {
+            beta1: self.betas.0,
+            beta2: self.betas.1,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            decoupled,
+        }
+    }
+    /// The optimizer over `params`.
+    pub fn init(&self, dev: &Device, params: Vec<Tensor>) -> Result<Optimizer> {
+        Optimizer::new(dev, params, self.rule(false), self.lr)
+    }
+}
+
+/// AdamW's settings: Adam with decoupled weight decay, PyTorch's defaults (betas 0.9, 0.999;
+/// eps 1e-8; weight decay 0.01).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW(Adam);
+
+impl AdamW {
+    /// AdamW at learning rate `lr`.
+    pub fn new(lr: f32) -> Self {
+        AdamW(Adam::new(lr).weight_decay(0.01))
+    }
+    /// Decay rates of the moment estimates.
+    pub fn betas(self, beta1: f32, beta2: f32) -> Self {
+        AdamW(self.0.betas(beta1, beta2))
+    }
+    /// Added to the denominator.
+    pub fn eps(self, eps: f32) -> Self {
+        AdamW(self.0.eps(eps))
+    }
+    /// Decoupled weight decay (applied to the weights, not through the gradient).
+    pub fn weight_decay(self, weight_decay: f32) -> Self {
+        AdamW(self.0.weight_decay(weight_decay))
+    }
+    /// The optimizer over `params`.
+    pub fn init(&self, dev: &Device, params: Vec<Tensor>) -> Result<Optimizer> {
+        Optimizer::new(dev, params, self.0.rule(true), self.0.lr)
+    }
+}
+
+/// RMSprop's settings, with PyTorch's defaults (alpha 0.99, eps 1e-8, no weight decay, no
+/// momentum, not centered).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmsProp {
+    /// Learning rate.
+    pub lr: f32,
+    /// Smoothing constant of the squared-gradient average.
+    pub alpha: f32,
+    /// Added to the denominator.
+    pub eps: f32,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f32,
+    /// Momentum factor.
+    pub momentum: f32,
+    /// Normalise by the gradient's estimated variance instead of its second moment.
+    pub centered: bool,
+}
+
+impl RmsProp {
+    /// RMSprop at learning rate `lr` (PyTorch's default is 1e-2).
+    pub fn new(lr: f32) -> Self {
+        RmsProp {
+            lr,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+        }
+    }
+    /// Smoothing constant.
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    /// Added to the denominator.
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+    /// L2 penalty added to the gradient.
+    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+    /// Momentum factor.
+    pub fn momentum(mut self, momentum: f32) -> Self {
+        self.momentum = momentum;
+        self
+    }
+    /// Centered RMSprop.
+    pub fn centered(mut self, centered: bool) -> Self {
+        self.centered = centered;
+        self
+    }
+    /// The optimizer over `params`.
+    pub fn init(&self, dev: &Device, params: Vec<Tensor>) -> Result<Optimizer> {
+        let rule = Rule::RmsProp {
+            alpha: self.alpha,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            centered: self.centered,
+        };
+        Optimizer::new(dev, params, rule, self.lr)
     }
 }

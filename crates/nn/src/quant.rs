@@ -9,8 +9,8 @@
 //! `fc1.weight_scale` (F32 `[out]`), `fc1.input_scale` (F32 `[1]`), `fc1.bias` (F32), marked by the
 //! metadata key `kiln.quantized`.
 
-use crate::checkpoint::{self, RawTensor, QUANTIZED_KEY};
-use crate::layers::{Conv2d, Linear, Module, Sequential};
+use crate::serialize::{self, RawTensor, QUANTIZED_KEY};
+use crate::{Conv2d, Linear, Module, Sequential};
 use crate::{NnError, Result};
 use half::f16;
 use kiln_graph::{no_grad, Device, Tensor};
@@ -247,7 +247,7 @@ impl Module for QuantizedLayer {
                 })
             }
         };
-        Ok(Tensor::from_array(&self.dev, y, false))
+        Ok(Tensor::from_array(&self.dev, y))
     }
 }
 
@@ -491,14 +491,14 @@ impl QuantizedModel {
     /// Writes the model as safetensors (atomically, with a checksum).
     pub fn save(&self, path: &Path) -> Result<()> {
         let meta: Vec<(String, String)> = self.metadata().into_iter().collect();
-        checkpoint::save_raw(path, self.to_raw()?, &meta)
+        serialize::save_raw(path, self.to_raw()?, &meta)
     }
 
     /// Loads a file written by [`QuantizedModel::save`] into `architecture` (the f32 model it was
     /// quantized from, freshly built: its Linear and Conv2d layers are replaced). Every tensor must
     /// match by name, dtype and shape.
     pub fn load(dev: &Device, path: &Path, architecture: Sequential) -> Result<QuantizedModel> {
-        let (mut tensors, meta) = checkpoint::read_raw(path)?;
+        let (mut tensors, meta) = serialize::read_raw(path)?;
         from_raw(dev, &mut tensors, &meta, architecture, false, path)
     }
 }
@@ -514,9 +514,9 @@ fn take(
 ) -> Result<RawTensor> {
     let t = tensors
         .remove(name)
-        .ok_or_else(|| checkpoint::err(path, format!("missing tensor `{name}`")))?;
+        .ok_or_else(|| serialize::err(path, format!("missing tensor `{name}`")))?;
     if t.dtype != dtype || t.shape != shape {
-        return Err(checkpoint::err(
+        return Err(serialize::err(
             path,
             format!(
                 "`{name}`: expected {dtype:?} {shape:?}, the file holds {:?} {:?}",
@@ -539,12 +539,12 @@ fn from_raw(
         Some("int8") => Precision::Int8,
         Some("f16") => Precision::F16,
         Some(other) => {
-            return Err(checkpoint::err(
+            return Err(serialize::err(
                 path,
                 format!("unknown quantization `{other}`"),
             ))
         }
-        None => return Err(checkpoint::err(
+        None => return Err(serialize::err(
             path,
             "not a quantized model file (it holds f32 parameters: load it with checkpoint::load)",
         )),
@@ -556,7 +556,7 @@ fn from_raw(
                 .map(|d| d.parse().ok())
                 .collect::<Option<Vec<usize>>>()
         })
-        .ok_or_else(|| checkpoint::err(path, format!("missing or bad `{SHAPE_KEY}` metadata")))?;
+        .ok_or_else(|| serialize::err(path, format!("missing or bad `{SHAPE_KEY}` metadata")))?;
     let mut layers = Vec::new();
     for (name, m) in flatten("", architecture) {
         let Some((conv, w, b)) = quantizable(m.as_ref()) else {
@@ -615,7 +615,7 @@ fn from_raw(
     if !tensors.is_empty() {
         let mut names: Vec<&String> = tensors.keys().collect();
         names.sort();
-        return Err(checkpoint::err(
+        return Err(serialize::err(
             path,
             format!("tensors the architecture does not have: {names:?}"),
         ));

@@ -3,10 +3,11 @@
 //! Built from tested ops: the input projection of every step in one matmul, then per step a
 //! matmul with the hidden state and element-wise gates.
 
-use crate::layers::{prefixed, Module};
-use crate::Result;
+use crate::init::{with_default_rng, Init, Rng};
+use crate::linear::{Linear, LinearConfig};
+use crate::module::{prefixed, Module};
+use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
-use kiln_ops::testing::Rng;
 
 /// Which recurrence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,43 +39,78 @@ struct Layer {
     b_hh: Tensor,
 }
 
-/// A multi-layer recurrent network (nn.RNN, nn.LSTM, nn.GRU with batch_first=True).
-pub struct Recurrent {
-    cell: Cell,
-    hidden: usize,
-    layers: Vec<Layer>,
+/// A [`Recurrent`] network's cell, sizes and depth (PyTorch's `nn.RNN`, `nn.LSTM`, `nn.GRU`
+/// with `batch_first=True`; parameters U(-1/sqrt(hidden), 1/sqrt(hidden))).
+///
+/// ```no_run
+/// # fn main() -> Result<(), kiln_nn::NnError> {
+/// use kiln_nn::rnn::RecurrentConfig;
+/// let dev = kiln_graph::Device::shared()?;
+/// let lstm = RecurrentConfig::lstm(16, 32).with_num_layers(2).init(&dev)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RecurrentConfig {
+    /// The recurrence.
+    pub cell: Cell,
+    /// Features of each input step.
+    pub input_size: usize,
+    /// Units of each layer's hidden state.
+    pub hidden_size: usize,
+    /// Stacked layers.
+    pub num_layers: usize,
 }
 
-/// Outputs of a recurrent pass.
-pub struct RecurrentOutput {
-    /// [B, T, hidden]: the last layer's hidden state at every step.
-    pub output: Tensor,
-    /// Final hidden state of each layer, [B, hidden] each.
-    pub h_n: Vec<Tensor>,
-    /// Final cell state of each LSTM layer.
-    pub c_n: Vec<Tensor>,
-}
-
-impl Recurrent {
-    /// `layers` stacked cells; parameters uniform in +-1/sqrt(hidden) as PyTorch.
-    pub fn new(
-        dev: &Device,
-        rng: &mut Rng,
-        cell: Cell,
-        input: usize,
-        hidden: usize,
-        layers: usize,
-    ) -> Result<Recurrent> {
-        let g = cell.gates() * hidden;
+impl RecurrentConfig {
+    /// One layer of `cell`.
+    pub fn new(cell: Cell, input_size: usize, hidden_size: usize) -> Self {
+        RecurrentConfig {
+            cell,
+            input_size,
+            hidden_size,
+            num_layers: 1,
+        }
+    }
+    /// An LSTM (`nn.LSTM`).
+    pub fn lstm(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(Cell::Lstm, input_size, hidden_size)
+    }
+    /// A GRU (`nn.GRU`).
+    pub fn gru(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(Cell::Gru, input_size, hidden_size)
+    }
+    /// A tanh RNN (`nn.RNN`).
+    pub fn rnn(input_size: usize, hidden_size: usize) -> Self {
+        Self::new(Cell::RnnTanh, input_size, hidden_size)
+    }
+    /// Stacked layers (PyTorch's `num_layers`).
+    pub fn with_num_layers(mut self, num_layers: usize) -> Self {
+        self.num_layers = num_layers;
+        self
+    }
+    /// The network, drawn from this thread's default generator.
+    pub fn init(&self, dev: &Device) -> Result<Recurrent> {
+        with_default_rng(|rng| self.init_with(dev, rng))
+    }
+    /// The network, drawn from `rng` (per layer: w_ih, w_hh, b_ih, b_hh).
+    pub fn init_with(&self, dev: &Device, rng: &mut Rng) -> Result<Recurrent> {
+        if self.hidden_size == 0 || self.num_layers == 0 || self.input_size == 0 {
+            return Err(NnError::Config(format!(
+                "a recurrent network needs positive sizes: input {}, hidden {}, layers {}",
+                self.input_size, self.hidden_size, self.num_layers
+            )));
+        }
+        let (hidden, g) = (self.hidden_size, self.cell.gates() * self.hidden_size);
         let bound = 1.0 / (hidden as f64).sqrt();
-        let mut p = |shape: &[usize]| -> Result<Tensor> {
-            let n = shape.iter().product();
-            Ok(Tensor::from_f32(dev, &rng.vec(n, -bound, bound), shape)?.requires_grad(true))
+        let init = Init::Uniform {
+            low: -bound,
+            high: bound,
         };
-        let mut ls = Vec::new();
-        for l in 0..layers {
-            let inp = if l == 0 { input } else { hidden };
-            ls.push(Layer {
+        let mut p = |shape: &[usize]| init.param(dev, rng, shape, shape);
+        let mut layers = Vec::new();
+        for l in 0..self.num_layers {
+            let inp = if l == 0 { self.input_size } else { hidden };
+            layers.push(Layer {
                 w_ih: p(&[g, inp])?,
                 w_hh: p(&[g, hidden])?,
                 b_ih: p(&[g])?,
@@ -82,22 +118,72 @@ impl Recurrent {
             });
         }
         Ok(Recurrent {
-            cell,
+            cell: self.cell,
             hidden,
-            layers: ls,
+            layers,
         })
     }
+}
 
-    /// Runs the sequence x: [B, T, input] from zero (or given) initial states.
+/// A multi-layer recurrent network over batch-first sequences [B, T, features].
+pub struct Recurrent {
+    cell: Cell,
+    hidden: usize,
+    layers: Vec<Layer>,
+}
+
+/// Outputs of a recurrent pass, as PyTorch returns them.
+pub struct RecurrentOutput {
+    /// [B, T, hidden]: the last layer's hidden state at every step.
+    pub output: Tensor,
+    /// [num_layers, B, hidden]: each layer's final hidden state.
+    pub h_n: Tensor,
+    /// [num_layers, B, hidden]: each LSTM layer's final cell state (None for other cells).
+    pub c_n: Option<Tensor>,
+}
+
+impl Recurrent {
+    /// Runs the sequence x: [B, T, input] from zero initial states, or from `h0` (and, for an
+    /// LSTM, `c0`), each [num_layers, B, hidden].
     pub fn run(
         &self,
         x: &Tensor,
-        h0: Option<&[Tensor]>,
-        c0: Option<&[Tensor]>,
+        h0: Option<&Tensor>,
+        c0: Option<&Tensor>,
     ) -> Result<RecurrentOutput> {
-        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let (b, t) = match x.shape() {
+            [b, t, f] if *t > 0 && *b > 0 && *f == self.layers[0].w_ih.shape()[1] => (*b, *t),
+            s => {
+                return Err(NnError::Op(kiln_graph::OpError::Shape {
+                    op: "Recurrent::run",
+                    expected: format!(
+                        "x [batch, steps, {}] with at least one step",
+                        self.layers[0].w_ih.shape()[1]
+                    ),
+                    got: format!("{s:?}"),
+                }))
+            }
+        };
         let hd = self.hidden;
-        let dev = x.device().clone();
+        let states = [b, hd];
+        let want = [self.layers.len(), b, hd];
+        for (name, s) in [("h0", h0), ("c0", c0)] {
+            if let Some(s) = s {
+                if s.shape() != want {
+                    return Err(NnError::Op(kiln_graph::OpError::Shape {
+                        op: "Recurrent::run",
+                        expected: format!("{name} {want:?}"),
+                        got: format!("{:?}", s.shape()),
+                    }));
+                }
+            }
+        }
+        let layer_state = |s: Option<&Tensor>, l: usize| -> Result<Tensor> {
+            Ok(match s {
+                Some(s) => s.slice(0, l, 1)?.reshape(&states)?,
+                None => Tensor::zeros(x.device(), &states)?,
+            })
+        };
         let mut seq = x.clone();
         let (mut h_n, mut c_n) = (Vec::new(), Vec::new());
         for (l, layer) in self.layers.iter().enumerate() {
@@ -124,15 +210,9 @@ impl Recurrent {
             } else {
                 (xw, None)
             };
-            let mut h = match h0 {
-                Some(h) => h[l].clone(),
-                None => Tensor::full(&dev, &[b, hd], 0.0)?,
-            };
+            let mut h = layer_state(h0, l)?;
             let h_first = h.clone();
-            let mut c = match c0 {
-                Some(c) => c[l].clone(),
-                None => Tensor::full(&dev, &[b, hd], 0.0)?,
-            };
+            let mut c = layer_state(c0, l)?;
             let mut outs = Vec::with_capacity(t);
             for step in 0..t {
                 let xg = xw.slice(1, step, 1)?.reshape(&[b, g])?;
@@ -158,15 +238,18 @@ impl Recurrent {
             if let Some(rec) = &rec {
                 rec.finish(&h_first, &seq)?;
             }
-            h_n.push(h);
-            if self.cell == Cell::Lstm {
-                c_n.push(c);
-            }
+            h_n.push(h.reshape(&[1, b, hd])?);
+            c_n.push(c.reshape(&[1, b, hd])?);
         }
+        let stack = |v: &[Tensor]| Tensor::concat(&v.iter().collect::<Vec<_>>(), 0);
         Ok(RecurrentOutput {
             output: seq,
-            h_n,
-            c_n,
+            h_n: stack(&h_n)?,
+            c_n: if self.cell == Cell::Lstm {
+                Some(stack(&c_n)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -198,23 +281,25 @@ pub struct LastStepClassifier {
     /// The recurrent layers.
     pub rnn: Recurrent,
     /// The head.
-    pub fc: crate::layers::Linear,
+    pub fc: Linear,
 }
 
 impl LastStepClassifier {
-    /// `layers` cells of `hidden` units over `input` features, `classes` outputs.
-    pub fn new(
+    /// The recurrent network `rnn` with a linear head to `classes` outputs, drawn from this
+    /// thread's default generator.
+    pub fn new(dev: &Device, rnn: &RecurrentConfig, classes: usize) -> Result<Self> {
+        with_default_rng(|rng| Self::new_with(dev, rng, rnn, classes))
+    }
+    /// The same drawn from `rng`.
+    pub fn new_with(
         dev: &Device,
         rng: &mut Rng,
-        cell: Cell,
-        input: usize,
-        hidden: usize,
-        layers: usize,
+        rnn: &RecurrentConfig,
         classes: usize,
     ) -> Result<Self> {
         Ok(LastStepClassifier {
-            rnn: Recurrent::new(dev, rng, cell, input, hidden, layers)?,
-            fc: crate::layers::Linear::new(dev, rng, hidden, classes, true)?,
+            rnn: rnn.init_with(dev, rng)?,
+            fc: LinearConfig::new(rnn.hidden_size, classes).init_with(dev, rng)?,
         })
     }
 }

@@ -1,11 +1,14 @@
 //! Multi-head attention and Transformer layers, from Linear, LayerNorm, Dropout and the fused
 //! attention kernel. Parameter names follow the modules' fields (`self_attn.q_proj.weight`...).
 
-use crate::layers::{prefixed, Dropout, LayerNorm, Linear, Module};
+use crate::dropout::{Dropout, DropoutConfig};
+use crate::init::Rng;
+use crate::linear::{Linear, LinearConfig};
+use crate::module::{prefixed, Module};
+use crate::norm::{LayerNorm, LayerNormConfig};
 use crate::Result;
-use kiln_graph::{Array, Device, Tensor};
+use kiln_graph::{Device, Tensor};
 use kiln_ops::attention::AttentionSpec;
-use kiln_ops::testing::Rng;
 
 /// Multi-head attention with separate query, key, value and output projections.
 pub struct MultiHeadAttention {
@@ -29,15 +32,15 @@ impl MultiHeadAttention {
         heads: usize,
     ) -> Result<MultiHeadAttention> {
         if heads == 0 || !embed.is_multiple_of(heads) {
-            return Err(crate::NnError::Training(format!(
+            return Err(crate::NnError::Config(format!(
                 "embed dim {embed} is not divisible by {heads} heads"
             )));
         }
         Ok(MultiHeadAttention {
-            q_proj: Linear::new(dev, rng, embed, embed, true)?,
-            k_proj: Linear::new(dev, rng, embed, embed, true)?,
-            v_proj: Linear::new(dev, rng, embed, embed, true)?,
-            out_proj: Linear::new(dev, rng, embed, embed, true)?,
+            q_proj: LinearConfig::new(embed, embed).init_with(dev, rng)?,
+            k_proj: LinearConfig::new(embed, embed).init_with(dev, rng)?,
+            v_proj: LinearConfig::new(embed, embed).init_with(dev, rng)?,
+            out_proj: LinearConfig::new(embed, embed).init_with(dev, rng)?,
             heads,
         })
     }
@@ -62,7 +65,7 @@ impl MultiHeadAttention {
         query: &Tensor,
         key: &Tensor,
         value: &Tensor,
-        key_padding_mask: Option<&Array>,
+        key_padding_mask: Option<&Tensor>,
         causal: bool,
     ) -> Result<Tensor> {
         let q = self.split(&self.project(&self.q_proj, query)?)?;
@@ -140,9 +143,11 @@ impl FeedForward {
 
 fn feed_forward(dev: &Device, rng: &mut Rng, c: &LayerConfig) -> Result<FeedForward> {
     Ok(FeedForward {
-        linear1: Linear::new(dev, rng, c.d_model, c.ff, true)?,
-        linear2: Linear::new(dev, rng, c.ff, c.d_model, true)?,
-        dropout: Dropout::new(dev, c.dropout, rng.next_u64())?,
+        linear1: LinearConfig::new(c.d_model, c.ff).init_with(dev, rng)?,
+        linear2: LinearConfig::new(c.ff, c.d_model).init_with(dev, rng)?,
+        dropout: DropoutConfig::new(c.dropout)
+            .with_seed(rng.next_u64())
+            .init(dev)?,
         activation: c.activation,
     })
 }
@@ -167,17 +172,21 @@ impl TransformerEncoderLayer {
         Ok(TransformerEncoderLayer {
             self_attn: MultiHeadAttention::new(dev, rng, c.d_model, c.heads)?,
             ff: feed_forward(dev, rng, c)?,
-            norm1: LayerNorm::new(dev, c.d_model)?,
-            norm2: LayerNorm::new(dev, c.d_model)?,
-            dropout1: Dropout::new(dev, c.dropout, rng.next_u64())?,
-            dropout2: Dropout::new(dev, c.dropout, rng.next_u64())?,
+            norm1: LayerNormConfig::new(c.d_model).init(dev)?,
+            norm2: LayerNormConfig::new(c.d_model).init(dev)?,
+            dropout1: DropoutConfig::new(c.dropout)
+                .with_seed(rng.next_u64())
+                .init(dev)?,
+            dropout2: DropoutConfig::new(c.dropout)
+                .with_seed(rng.next_u64())
+                .init(dev)?,
             norm_first: c.norm_first,
             causal: false,
         })
     }
 
     /// x: [B, T, E] with an optional key-padding mask.
-    pub fn forward_masked(&self, x: &Tensor, key_padding_mask: Option<&Array>) -> Result<Tensor> {
+    pub fn forward_masked(&self, x: &Tensor, key_padding_mask: Option<&Tensor>) -> Result<Tensor> {
         let sa = |h: &Tensor| -> Result<Tensor> {
             self.dropout1.forward(
                 &self
@@ -280,14 +289,20 @@ impl TransformerDecoderLayer {
             cross_attn: MultiHeadAttention::new(dev, rng, c.d_model, c.heads)?,
             ff: feed_forward(dev, rng, c)?,
             norms: [
-                LayerNorm::new(dev, c.d_model)?,
-                LayerNorm::new(dev, c.d_model)?,
-                LayerNorm::new(dev, c.d_model)?,
+                LayerNormConfig::new(c.d_model).init(dev)?,
+                LayerNormConfig::new(c.d_model).init(dev)?,
+                LayerNormConfig::new(c.d_model).init(dev)?,
             ],
             dropouts: [
-                Dropout::new(dev, c.dropout, rng.next_u64())?,
-                Dropout::new(dev, c.dropout, rng.next_u64())?,
-                Dropout::new(dev, c.dropout, rng.next_u64())?,
+                DropoutConfig::new(c.dropout)
+                    .with_seed(rng.next_u64())
+                    .init(dev)?,
+                DropoutConfig::new(c.dropout)
+                    .with_seed(rng.next_u64())
+                    .init(dev)?,
+                DropoutConfig::new(c.dropout)
+                    .with_seed(rng.next_u64())
+                    .init(dev)?,
             ],
         })
     }
@@ -297,7 +312,7 @@ impl TransformerDecoderLayer {
         &self,
         x: &Tensor,
         memory: &Tensor,
-        memory_mask: Option<&Array>,
+        memory_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let x = self.norms[0].forward(
             &x.add(&self.dropouts[0].forward(&self.self_attn.attend(x, x, x, None, true)?)?)?,

@@ -2,17 +2,15 @@
 //! A single test in its own binary, so no other test's submissions touch the counters.
 
 use kiln_graph::{Device, StepPlan, Tensor};
-use kiln_nn::layers::{Linear, Module, ReLU, Sequential};
-use kiln_nn::Optimizer;
+use kiln_nn::{Adam, LinearConfig, Module, Relu, Sequential};
 use kiln_ops::testing::Rng;
-use kiln_ops::Array;
 
 fn mlp(d: &Device) -> Sequential {
     let mut r = Rng::new(99);
     Sequential::new()
-        .push(Linear::new(d, &mut r, 20, 16, true).unwrap())
-        .push(ReLU)
-        .push(Linear::new(d, &mut r, 16, 5, true).unwrap())
+        .push(LinearConfig::new(20, 16).init_with(d, &mut r).unwrap())
+        .push(Relu)
+        .push(LinearConfig::new(16, 5).init_with(d, &mut r).unwrap())
 }
 
 fn batch(step: usize) -> (Vec<f32>, Vec<i32>) {
@@ -36,13 +34,13 @@ fn replay_matches_eager_with_one_submission_per_step_and_stable_memory() {
 
     // Eager: every step builds its graph anew.
     let eager = mlp(&d);
-    let mut opt_e = Optimizer::adam(&d, eager.parameters(), 1e-2, 0.0).unwrap();
+    let mut opt_e = Adam::new(1e-2).init(&d, eager.parameters()).unwrap();
     for step in 0..5 {
         let (x, y) = batch(step);
         opt_e.zero_grad();
         opt_e.begin_step().unwrap();
         let x = Tensor::from_f32(&d, &x, &[8, 20]).unwrap();
-        let y = Array::from_i32(&d, &y, &[8]).unwrap();
+        let y = Tensor::from_i32(&d, &y, &[8]).unwrap();
         eager
             .forward(&x)
             .unwrap()
@@ -55,10 +53,10 @@ fn replay_matches_eager_with_one_submission_per_step_and_stable_memory() {
 
     // Replayed: step 0 records, later steps only write the batch and replay.
     let replayed = mlp(&d);
-    let mut opt_r = Optimizer::adam(&d, replayed.parameters(), 1e-2, 0.0).unwrap();
+    let mut opt_r = Adam::new(1e-2).init(&d, replayed.parameters()).unwrap();
     let (x0, y0) = batch(0);
     let x = Tensor::from_f32(&d, &x0, &[8, 20]).unwrap();
-    let y = Array::from_i32(&d, &y0, &[8]).unwrap();
+    let y = Tensor::from_i32(&d, &y0, &[8]).unwrap();
     opt_r.begin_step().unwrap();
     let (plan, loss) = StepPlan::record(&d, || {
         let loss = replayed.forward(&x)?.cross_entropy(&y, None)?;
@@ -70,8 +68,8 @@ fn replay_matches_eager_with_one_submission_per_step_and_stable_memory() {
     assert!(plan.dispatches() > 10);
     for step in 1..5 {
         let (xb, yb) = batch(step);
-        d.write(&x.array().buf, &xb).unwrap();
-        d.write(&y.buf, &yb).unwrap();
+        x.copy_from_slice(&xb).unwrap();
+        y.copy_from_slice(&yb).unwrap();
         opt_r.begin_step().unwrap();
         d.flush().unwrap();
         let before = d.counters().submissions;
@@ -92,8 +90,8 @@ fn replay_matches_eager_with_one_submission_per_step_and_stable_memory() {
     let start = d.counters().submissions;
     for step in 5..1000 {
         let (xb, yb) = batch(step % 7);
-        d.write(&x.array().buf, &xb).unwrap();
-        d.write(&y.buf, &yb).unwrap();
+        x.copy_from_slice(&xb).unwrap();
+        y.copy_from_slice(&yb).unwrap();
         opt_r.begin_step().unwrap();
         plan.replay().unwrap();
         if step == 10 {

@@ -1,8 +1,8 @@
 //! RNN, LSTM and GRU against a CPU implementation of PyTorch's equations, with gradients.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::layers::Module;
-use kiln_nn::rnn::{Cell, Recurrent};
+use kiln_nn::rnn::{Cell, RecurrentConfig};
+use kiln_nn::Module;
 use kiln_ops::testing::{assert_close, finite_diff, to_f64, Rng};
 
 fn sig(x: f64) -> f64 {
@@ -70,7 +70,10 @@ fn recurrent_cells_match_pytorch_equations() {
     let (b, t, i, hd, layers) = (2, 4, 3, 5, 2);
     for cell in [Cell::RnnTanh, Cell::RnnRelu, Cell::Lstm, Cell::Gru] {
         let mut rng = Rng::new(7);
-        let net = Recurrent::new(&d, &mut rng, cell, i, hd, layers).unwrap();
+        let net = RecurrentConfig::new(cell, i, hd)
+            .with_num_layers(layers)
+            .init_with(&d, &mut rng)
+            .unwrap();
         let names: Vec<String> = net.named_parameters().into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names[..4],
@@ -95,23 +98,28 @@ fn recurrent_cells_match_pytorch_equations() {
         let (want, hn, cn) = cpu(&params);
         let what = format!("{cell:?}");
         assert_close(&what, &run.output.to_vec().unwrap(), &want, 1e-5, 1e-4);
-        for l in 0..layers {
-            assert_close(
-                &format!("{what} h_n[{l}]"),
-                &run.h_n[l].to_vec().unwrap(),
-                &hn[l],
-                1e-5,
-                1e-4,
-            );
-            if cell == Cell::Lstm {
+        // h_n and c_n are [layers, B, H], as PyTorch returns them.
+        assert_eq!(run.h_n.shape(), [layers, b, hd]);
+        let flat = |v: &[Vec<f64>]| v.concat();
+        assert_close(
+            &format!("{what} h_n"),
+            &run.h_n.to_vec().unwrap(),
+            &flat(&hn),
+            1e-5,
+            1e-4,
+        );
+        match &run.c_n {
+            Some(c_n) => {
+                assert_eq!(cell, Cell::Lstm);
                 assert_close(
-                    &format!("{what} c_n[{l}]"),
-                    &run.c_n[l].to_vec().unwrap(),
-                    &cn[l],
+                    &format!("{what} c_n"),
+                    &c_n.to_vec().unwrap(),
+                    &flat(&cn),
                     1e-5,
                     1e-4,
                 );
             }
+            None => assert_ne!(cell, Cell::Lstm),
         }
         // Gradients through time for the first layer's weights and both biases of a layer
         // (b_hh joins b_ih in the input projection except in GRU).

@@ -1,10 +1,10 @@
 //! Multi-head attention and an encoder layer against CPU compositions of their equations.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::layers::Module;
 use kiln_nn::transformer::{
     sinusoidal_positions, Activation, LayerConfig, MultiHeadAttention, TransformerEncoderLayer,
 };
+use kiln_nn::Module;
 use kiln_ops::testing::{assert_close, finite_diff, to_f64, Rng};
 
 fn dev() -> Device {
@@ -259,13 +259,13 @@ fn decoder_layer_is_causal_in_its_target_and_trains_every_parameter() {
 
 #[test]
 fn simple_modules_match_their_ops() {
-    use kiln_nn::{AvgPool2d, Sigmoid, Softmax, Tanh, GELU};
+    use kiln_nn::{AvgPool2d, Gelu, Sigmoid, Softmax, Tanh};
     let d = dev();
     let x = Tensor::from_f32(&d, &[-1.0, 0.0, 0.5, 2.0], &[1, 1, 2, 2]).unwrap();
     let v = |t: Tensor| t.to_vec().unwrap();
     assert_eq!(v(Sigmoid.forward(&x).unwrap()), v(x.sigmoid().unwrap()));
     assert_eq!(v(Tanh.forward(&x).unwrap()), v(x.tanh().unwrap()));
-    assert_eq!(v(GELU.forward(&x).unwrap()), v(x.gelu().unwrap()));
+    assert_eq!(v(Gelu.forward(&x).unwrap()), v(x.gelu().unwrap()));
     let s = v(Softmax.forward(&x).unwrap());
     assert!((s[0] + s[1] - 1.0).abs() < 1e-6);
     let pooled = AvgPool2d(kiln_ops::pool::Pool2dSpec::square(2))

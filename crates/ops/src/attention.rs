@@ -528,3 +528,35 @@ pub mod cpu {
         out
     }
 }
+
+/// Fused scaled-dot-product attention as an op: inputs Q [B, H, Tq, D], K and V [B, H, Tk, D],
+/// and optionally an i32 key-padding mask [B, Tk] (nonzero = ignore; no gradient).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attention(pub AttentionSpec);
+
+impl crate::op::Op for Attention {
+    fn name(&self) -> &str {
+        "attention"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        let (q, k, v, pad) = (inputs[0], inputs[1], inputs[2], inputs.get(3).copied());
+        let (out, saved) = attention(dev, q, k, v, pad, &self.0)?;
+        Ok(crate::op::Forward::with_saved(out, saved))
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let i = ctx.inputs;
+        let saved = ctx.saved.get::<AttentionSaved>("attention")?;
+        let (dq, dk, dv) =
+            attention_backward(dev, i[0], i[1], i[2], i.get(3).copied(), &self.0, saved, dy)?;
+        let mut grads = vec![Some(dq), Some(dk), Some(dv)];
+        if i.len() > 3 {
+            grads.push(None);
+        }
+        Ok(grads)
+    }
+}

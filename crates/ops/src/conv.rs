@@ -11,6 +11,7 @@
 //! gradient needs one image of x and of dy within a window (or subgroups). Elsewhere they fall
 //! back to the implicit GEMM.
 
+pub use crate::geometry::Conv2dSpec;
 use crate::kernels::{all_fit, KernelSpec};
 use crate::matmul::{gemm, GemmCall, Mode, GEMM};
 use crate::reduce::{reduce, Reduce};
@@ -365,103 +366,12 @@ impl Direct {
     }
 }
 
-/// Stride, padding and dilation (height, width).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dSpec {
-    /// Step between windows.
-    pub stride: (usize, usize),
-    /// Zeros added on each side.
-    pub padding: (usize, usize),
-    /// Spacing between kernel taps.
-    pub dilation: (usize, usize),
-}
-
-impl Default for Conv2dSpec {
-    fn default() -> Self {
-        Conv2dSpec {
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-        }
-    }
-}
-
-impl Conv2dSpec {
-    /// Output extent along one axis, as PyTorch computes it; None when the window does not fit.
-    pub fn out_len(
-        input: usize,
-        kernel: usize,
-        stride: usize,
-        pad: usize,
-        dil: usize,
-    ) -> Option<usize> {
-        let span = dil * (kernel.checked_sub(1)?) + 1;
-        (input + 2 * pad).checked_sub(span).map(|r| r / stride + 1)
-    }
-
-    /// Output (OH, OW) for an input (H, W) and kernel (KH, KW).
-    pub fn out_hw(
-        &self,
-        op: &'static str,
-        h: usize,
-        w: usize,
-        kh: usize,
-        kw: usize,
-    ) -> Result<(usize, usize)> {
-        if self.stride.0 == 0 || self.stride.1 == 0 || self.dilation.0 == 0 || self.dilation.1 == 0
-        {
-            return Err(OpError::Invalid {
-                op,
-                message: format!(
-                    "stride {:?} and dilation {:?} must be positive",
-                    self.stride, self.dilation
-                ),
-            });
-        }
-        let oh = Self::out_len(h, kh, self.stride.0, self.padding.0, self.dilation.0);
-        let ow = Self::out_len(w, kw, self.stride.1, self.padding.1, self.dilation.1);
-        match (oh, ow) {
-            (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok((oh, ow)),
-            _ => Err(OpError::Shape {
-                op,
-                expected: format!("an input of at least the kernel's span ({kh}x{kw}, {self:?})"),
-                got: format!("{h}x{w}"),
-            }),
-        }
-    }
-}
-
 fn dims4(op: &'static str, what: &str, s: &[usize]) -> Result<[usize; 4]> {
     s.try_into().map_err(|_| OpError::Shape {
         op,
         expected: format!("{what} with 4 dimensions"),
         got: format!("{s:?}"),
     })
-}
-
-pub(crate) fn geom(
-    x: [usize; 4],
-    w: [usize; 4],
-    oh: usize,
-    ow: usize,
-    s: &Conv2dSpec,
-) -> [usize; 14] {
-    [
-        x[1],
-        x[2],
-        x[3],
-        w[0],
-        oh,
-        ow,
-        w[2],
-        w[3],
-        s.stride.0,
-        s.stride.1,
-        s.padding.0,
-        s.padding.1,
-        s.dilation.0,
-        s.dilation.1,
-    ]
 }
 
 fn check(
@@ -914,5 +824,50 @@ pub mod cpu {
             }
         }
         (y, [n, co, oh, ow])
+    }
+}
+
+/// 2-D convolution as an op: inputs x [N, C, H, W], weight [Co, C, KH, KW] and optionally bias
+/// [Co]; the input's gradient (the most expensive product) is taken only where it is wanted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conv2d(pub Conv2dSpec);
+
+impl crate::op::Op for Conv2d {
+    fn name(&self) -> &str {
+        "conv2d"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(conv2d(dev, inputs[0], inputs[1], inputs.get(2).copied(), &self.0)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let (x, w, spec) = (ctx.inputs[0], ctx.inputs[1], &self.0);
+        let has_bias = ctx.inputs.len() > 2;
+        let dx = if ctx.needs(0) {
+            Some(conv2d_backward_input(dev, dy, w, &x.shape, spec)?)
+        } else {
+            None
+        };
+        let (dw, db) = match (ctx.needs(1), has_bias && ctx.needs(2)) {
+            (true, true) => {
+                let (dw, db) = conv2d_backward_weight_bias(dev, dy, x, &w.shape, spec)?;
+                (Some(dw), Some(db))
+            }
+            (true, false) => (
+                Some(conv2d_backward_weight(dev, dy, x, &w.shape, spec)?),
+                None,
+            ),
+            (false, true) => (None, Some(conv2d_backward_bias(dev, dy)?)),
+            (false, false) => (None, None),
+        };
+        let mut grads = vec![dx, dw];
+        if has_bias {
+            grads.push(db);
+        }
+        Ok(grads)
     }
 }

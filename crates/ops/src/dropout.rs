@@ -101,3 +101,30 @@ pub mod cpu {
         philox([i, offset, 0, 0], [seed as u32, (seed >> 32) as u32])[0] >= t
     }
 }
+
+/// Dropout with probability `p` as an op, its mask drawn from the generator state in `rng` (see
+/// [`DropoutRng`]); the backward pass applies the same mask.
+#[derive(Clone, Debug)]
+pub struct Dropout {
+    /// Drop probability.
+    pub p: f32,
+    /// The generator state buffer.
+    pub rng: Buffer,
+}
+
+impl crate::op::Op for Dropout {
+    fn name(&self) -> &str {
+        "dropout"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(dropout(dev, inputs[0], self.p, &self.rng)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        _ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        Ok(vec![Some(dropout(dev, dy, self.p, &self.rng)?)])
+    }
+}

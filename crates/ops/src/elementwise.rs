@@ -35,20 +35,22 @@ pub enum Unary {
 }
 
 impl Unary {
+    /// The shader's OP code (declared in elementwise.wgsl).
     fn code(self) -> u32 {
+        use kiln_device::shaders::consts::elementwise::*;
         match self {
-            Unary::Neg => 0,
-            Unary::Exp => 1,
-            Unary::Log => 2,
-            Unary::Sqrt => 3,
-            Unary::Abs => 4,
-            Unary::Relu => 5,
-            Unary::Sigmoid => 6,
-            Unary::Tanh => 7,
-            Unary::Gelu => 8,
-            Unary::Affine(..) => 9,
-            Unary::Pow(_) => 10,
-            Unary::Square => 11,
+            Unary::Neg => UNARY_NEG,
+            Unary::Exp => UNARY_EXP,
+            Unary::Log => UNARY_LOG,
+            Unary::Sqrt => UNARY_SQRT,
+            Unary::Abs => UNARY_ABS,
+            Unary::Relu => UNARY_RELU,
+            Unary::Sigmoid => UNARY_SIGMOID,
+            Unary::Tanh => UNARY_TANH,
+            Unary::Gelu => UNARY_GELU,
+            Unary::Affine(..) => UNARY_AFFINE,
+            Unary::Pow(_) => UNARY_POW,
+            Unary::Square => UNARY_SQUARE,
         }
     }
     fn scalars(self) -> (f32, f32) {
@@ -85,6 +87,26 @@ pub enum Binary {
     Ge,
     /// a == b
     Eq,
+}
+
+impl Binary {
+    /// The shader's OP code (declared in elementwise.wgsl).
+    fn code(self) -> u32 {
+        use kiln_device::shaders::consts::elementwise::*;
+        match self {
+            Binary::Add => BINARY_ADD,
+            Binary::Sub => BINARY_SUB,
+            Binary::Mul => BINARY_MUL,
+            Binary::Div => BINARY_DIV,
+            Binary::Pow => BINARY_POW,
+            Binary::Max => BINARY_MAX,
+            Binary::Min => BINARY_MIN,
+            Binary::Gt => BINARY_GT,
+            Binary::Lt => BINARY_LT,
+            Binary::Ge => BINARY_GE,
+            Binary::Eq => BINARY_EQ,
+        }
+    }
 }
 
 /// y = f(x).
@@ -202,7 +224,7 @@ pub fn binary(dev: &Device, a: &Array, b: &Array, op: Binary) -> Result<Array> {
         .us(&pack8("binary", &broadcast_strides(&a.shape, &shape))?)
         .us(&pack8("binary", &broadcast_strides(&b.shape, &shape))?);
     let bufs = [&a.buf, &b.buf, &out.buf];
-    let consts = [("OP", op as u32 as f64), ("SAME", same as u32 as f64)];
+    let consts = [("OP", op.code() as f64), ("SAME", same as u32 as f64)];
     if same {
         launch_quads(
             dev,
@@ -317,5 +339,71 @@ pub mod cpu {
             })
             .collect();
         (shape, out)
+    }
+}
+
+impl crate::op::Op for Unary {
+    fn name(&self) -> &str {
+        "unary"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(unary(dev, inputs[0], *self)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        Ok(vec![Some(unary_backward(dev, ctx.inputs[0], dy, *self)?)])
+    }
+}
+
+impl crate::op::Op for Binary {
+    fn name(&self) -> &str {
+        "binary"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(binary(dev, inputs[0], inputs[1], *self)?.into())
+    }
+    /// Add, Sub, Mul and Div have gradients (summed back over broadcast axes); comparisons,
+    /// Pow, Max and Min have none.
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        use crate::reduce::sum_to;
+        let (a, b) = (ctx.inputs[0], ctx.inputs[1]);
+        let (ga, gb) = match self {
+            Binary::Add => (dy.clone(), dy.clone()),
+            Binary::Sub => (dy.clone(), unary(dev, dy, Unary::Neg)?),
+            Binary::Mul => (
+                binary(dev, dy, b, Binary::Mul)?,
+                binary(dev, dy, a, Binary::Mul)?,
+            ),
+            Binary::Div => {
+                let ga = binary(dev, dy, b, Binary::Div)?;
+                // d(a/b)/db = -a/b^2 = -(a/b)/b
+                let q = binary(dev, &binary(dev, a, b, Binary::Div)?, b, Binary::Div)?;
+                let gb = unary(dev, &binary(dev, dy, &q, Binary::Mul)?, Unary::Neg)?;
+                (ga, gb)
+            }
+            op => {
+                return Err(OpError::Invalid {
+                    op: "backward",
+                    message: format!("{op:?} has no gradient"),
+                })
+            }
+        };
+        Ok(vec![
+            ctx.needs(0)
+                .then(|| sum_to(dev, &ga, &a.shape))
+                .transpose()?,
+            ctx.needs(1)
+                .then(|| sum_to(dev, &gb, &b.shape))
+                .transpose()?,
+        ])
     }
 }

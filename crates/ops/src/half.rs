@@ -2,7 +2,7 @@
 //! activations and f32 accumulation), and casts between f32 and f16 arrays. Needs the adapter's
 //! `SHADER_F16` ([`supported`]); callers fall back to f32 without it.
 
-use crate::int8::LayerGeom;
+use crate::geometry::LayerGeom;
 use crate::reduce::Reduce;
 use crate::{Array, Buffer, DType, Device, OpError, Params, Result};
 
@@ -132,4 +132,26 @@ pub fn cpu_layer_f16w(x: &[f32], w: &[half::f16], bias: &[f32], g: &LayerGeom) -
         }
     }
     y
+}
+
+/// A cast to another float type as an op; the gradient passes through unchanged (in the
+/// gradient's own type, f32).
+#[derive(Clone, Copy, Debug)]
+pub struct Cast(pub DType);
+
+impl crate::op::Op for Cast {
+    fn name(&self) -> &str {
+        "cast"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(cast(dev, inputs[0], self.0)?.into())
+    }
+    fn backward(
+        &self,
+        _dev: &Device,
+        _ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        Ok(vec![Some(dy.clone())])
+    }
 }

@@ -302,3 +302,84 @@ pub fn copy(dev: &Device, x: &Array) -> Result<Array> {
     strided_copy(dev, &x.buf, &out.buf, &x.shape, 0, &st, 0, &st)?;
     Ok(out)
 }
+
+/// The same data under another shape with as many elements (no copy), as an op.
+#[derive(Clone, Debug)]
+pub struct Reshape(pub Vec<usize>);
+
+impl crate::op::Op for Reshape {
+    fn name(&self) -> &str {
+        "reshape"
+    }
+    fn forward(&self, _dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(inputs[0].reshape(&self.0)?.into())
+    }
+    fn backward(
+        &self,
+        _dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        Ok(vec![Some(dy.reshape(&ctx.inputs[0].shape)?)])
+    }
+}
+
+/// Dimensions reordered (`out.shape[i] = x.shape[perm[i]]`), as an op.
+#[derive(Clone, Debug)]
+pub struct Permute(pub Vec<usize>);
+
+impl crate::op::Op for Permute {
+    fn name(&self) -> &str {
+        "permute"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(permute(dev, inputs[0], &self.0)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        _ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let mut inv = vec![0; self.0.len()];
+        for (i, &p) in self.0.iter().enumerate() {
+            inv[p] = i;
+        }
+        Ok(vec![Some(permute(dev, dy, &inv)?)])
+    }
+}
+
+/// Inputs joined along `axis`, as an op; each input's gradient is its slice of the output's.
+#[derive(Clone, Copy, Debug)]
+pub struct Concat {
+    /// The axis.
+    pub axis: usize,
+}
+
+impl crate::op::Op for Concat {
+    fn name(&self) -> &str {
+        "concat"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(concat(dev, inputs, self.axis)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let mut at = 0;
+        let mut grads = Vec::with_capacity(ctx.inputs.len());
+        for (i, x) in ctx.inputs.iter().enumerate() {
+            let len = x.shape[self.axis];
+            grads.push(if ctx.needs(i) {
+                Some(slice(dev, dy, self.axis, at, len)?)
+            } else {
+                None
+            });
+            at += len;
+        }
+        Ok(grads)
+    }
+}

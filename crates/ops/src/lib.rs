@@ -1,26 +1,31 @@
 //! kiln-ops: one module per op family. Each has shape checks that return [`OpError`], a launcher
 //! for its WGSL kernel, its backward rule, and a plain CPU reference (f64) used by the tests.
 //!
-//! Ops take and return [`Array`]s: a device buffer with a row-major shape.
+//! Ops take and return [`Array`]s: a device buffer with a row-major shape. Each family also
+//! implements [`op::Op`] (forward, backward, variant) beside its launchers, which is how
+//! kiln-graph's autograd runs it; users' own ops implement the same trait.
 
 pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
+pub mod geometry;
 pub mod half;
 pub mod int8;
 pub mod kernels;
 pub mod layout;
 pub mod matmul;
 pub mod norm;
+pub mod op;
 pub mod optim;
 pub mod pool;
+pub mod random;
 pub mod reduce;
 pub mod rnn;
 pub mod softmax;
 pub mod testing;
 
-pub use kiln_device::{Buffer, DType, Device, DeviceError, KernelPolicy, Params, Plan};
+pub use kiln_device::{Buffer, DType, Device, DeviceError, Element, KernelPolicy, Params, Plan};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -54,6 +59,12 @@ pub enum OpError {
         op: &'static str,
         /// What is wrong.
         message: String,
+    },
+    /// An op without a backward pass was asked for a gradient.
+    #[error("{op} has no backward pass: it can run only where no input needs a gradient")]
+    NoBackward {
+        /// The op.
+        op: String,
     },
     /// From the device layer.
     #[error(transparent)]

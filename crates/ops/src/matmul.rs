@@ -168,7 +168,7 @@ impl GemmCall {
         mode: Mode,
         x: [usize; 4],
         w: [usize; 4],
-        spec: &crate::conv::Conv2dSpec,
+        spec: &crate::geometry::Conv2dSpec,
     ) -> crate::Result<GemmCall> {
         let (oh, ow) = spec.out_hw("conv2d", x[2], x[3], w[2], w[3])?;
         Ok(Self::conv_geom(mode, x, w, oh, ow, spec))
@@ -180,9 +180,9 @@ impl GemmCall {
         w: [usize; 4],
         oh: usize,
         ow: usize,
-        spec: &crate::conv::Conv2dSpec,
+        spec: &crate::geometry::Conv2dSpec,
     ) -> GemmCall {
-        let conv = crate::conv::geom(x, w, oh, ow, spec);
+        let conv = spec.gemm_geom(x, w, oh, ow);
         let (xl, wl, yl) = (
             x.iter().product(),
             w.iter().product(),
@@ -1393,5 +1393,58 @@ pub mod cpu {
             }
         }
         c
+    }
+}
+
+/// `op(a) op(b) (+ bias)` as an op: inputs a, b and optionally bias; each operand's product
+/// is taken only where its gradient is wanted (a network's input or a frozen weight costs none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Matmul {
+    /// Use a's transpose (its last two axes swapped).
+    pub transpose_a: bool,
+    /// Use b's transpose.
+    pub transpose_b: bool,
+}
+
+impl Matmul {
+    /// a @ b.
+    pub fn new() -> Matmul {
+        Matmul::default()
+    }
+    /// Use a's transpose.
+    pub fn transpose_a(mut self, yes: bool) -> Matmul {
+        self.transpose_a = yes;
+        self
+    }
+    /// Use b's transpose (x @ w^T for PyTorch's Linear weights).
+    pub fn transpose_b(mut self, yes: bool) -> Matmul {
+        self.transpose_b = yes;
+        self
+    }
+}
+
+impl crate::op::Op for Matmul {
+    fn name(&self) -> &str {
+        "matmul"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        let (ta, tb) = (self.transpose_a, self.transpose_b);
+        Ok(matmul(dev, inputs[0], inputs[1], ta, tb, inputs.get(2).copied())?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let (a, b) = (ctx.inputs[0], ctx.inputs[1]);
+        let need = [ctx.needs(0), ctx.needs(1), ctx.needs(2)];
+        let (ta, tb) = (self.transpose_a, self.transpose_b);
+        let (da, db, dbias) = matmul_backward(dev, a, b, ta, tb, dy, need)?;
+        let mut grads = vec![da, db];
+        if ctx.inputs.len() > 2 {
+            grads.push(dbias);
+        }
+        Ok(grads)
     }
 }

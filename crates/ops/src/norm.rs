@@ -170,3 +170,56 @@ pub mod cpu {
             .collect()
     }
 }
+
+/// Layer normalisation over the last axis as an op: inputs x, gamma `[cols]`, beta `[cols]`.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNorm {
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+impl crate::op::Op for LayerNorm {
+    fn name(&self) -> &str {
+        "layer_norm"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        let (y, saved) = layer_norm(dev, inputs[0], inputs[1], inputs[2], self.eps)?;
+        Ok(crate::op::Forward::with_saved(y, saved))
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let saved = ctx.saved.get::<LayerNormSaved>("layer_norm")?;
+        let (dx, dg, db) = layer_norm_backward(dev, ctx.inputs[0], ctx.inputs[1], saved, dy)?;
+        Ok(vec![Some(dx), Some(dg), Some(db)])
+    }
+}
+
+/// Rows of a table as an op: inputs the table `[vocab, dim]` and i32 ids (no gradient); the
+/// output has the ids' shape plus `[dim]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Embedding;
+
+impl crate::op::Op for Embedding {
+    fn name(&self) -> &str {
+        "embedding"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(embedding(dev, inputs[1], inputs[0])?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let (table, ids) = (ctx.inputs[0], ctx.inputs[1]);
+        Ok(vec![
+            Some(embedding_backward(dev, ids, &table.shape, dy)?),
+            None,
+        ])
+    }
+}

@@ -5,6 +5,7 @@ use crate::{
     expect_dtype, launch_1d, launch_quads, uniform_runs, Array, DType, Device, OpError, Params,
     Result, WINDOW_FLOATS,
 };
+use kiln_device::shaders::consts::pool as codes;
 use kiln_device::{Variant, VariantTable};
 
 /// The forward pass's variants, over the input's shape [N, C, H, W].
@@ -176,7 +177,7 @@ pub fn max_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<(Array, 
         buf: dev.alloc(y.numel(), DType::I32)?,
         shape: shape.to_vec(),
     };
-    forward(dev, 0, x, &y, &idx.buf, xs, spec)?;
+    forward(dev, codes::MAX, x, &y, &idx.buf, xs, spec)?;
     Ok((y, idx))
 }
 
@@ -239,7 +240,7 @@ pub fn max_pool2d_backward(
             got: format!("{:?} and {:?}", dy.shape, idx.shape),
         });
     }
-    backward(dev, 0, dy, &idx.buf, xs, spec)
+    backward(dev, codes::MAX, dy, &idx.buf, xs, spec)
 }
 
 /// Average pooling (padding counted in the divisor, as PyTorch's default).
@@ -249,7 +250,7 @@ pub fn avg_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<Array> {
     let y = Array::empty(dev, &[xs[0], xs[1], oh, ow])?;
     // The max branch's index binding is unused here but still declared: a 1-element stand-in.
     let unused = dev.alloc(1, DType::I32)?;
-    forward(dev, 1, x, &y, &unused, xs, spec)?;
+    forward(dev, codes::AVG, x, &y, &unused, xs, spec)?;
     Ok(y)
 }
 
@@ -269,7 +270,7 @@ pub fn avg_pool2d_backward(
         });
     }
     let unused = dev.alloc(1, DType::I32)?;
-    backward(dev, 1, dy, &unused, xs, spec)
+    backward(dev, codes::AVG, dy, &unused, xs, spec)
 }
 
 /// CPU reference.
@@ -306,5 +307,51 @@ pub mod cpu {
             }
         }
         y
+    }
+}
+
+/// Max pooling as an op (the argmax indices are kept for the backward pass).
+#[derive(Clone, Copy, Debug)]
+pub struct MaxPool2d(pub Pool2dSpec);
+
+impl crate::op::Op for MaxPool2d {
+    fn name(&self) -> &str {
+        "max_pool2d"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        let (out, idx) = max_pool2d(dev, inputs[0], &self.0)?;
+        Ok(crate::op::Forward::with_saved(out, idx))
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let idx = ctx.saved.get::<Array>("max_pool2d")?;
+        let x = &ctx.inputs[0].shape;
+        Ok(vec![Some(max_pool2d_backward(dev, dy, idx, x, &self.0)?)])
+    }
+}
+
+/// Average pooling as an op.
+#[derive(Clone, Copy, Debug)]
+pub struct AvgPool2d(pub Pool2dSpec);
+
+impl crate::op::Op for AvgPool2d {
+    fn name(&self) -> &str {
+        "avg_pool2d"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(avg_pool2d(dev, inputs[0], &self.0)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let x = &ctx.inputs[0].shape;
+        Ok(vec![Some(avg_pool2d_backward(dev, dy, x, &self.0)?)])
     }
 }

@@ -10,13 +10,26 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduce {
     /// Sum.
-    Sum = 0,
+    Sum,
     /// Arithmetic mean.
-    Mean = 1,
+    Mean,
     /// Maximum.
-    Max = 2,
+    Max,
     /// Maximum of absolute values (0 for all zeros).
-    AbsMax = 3,
+    AbsMax,
+}
+
+impl Reduce {
+    /// The shader's OP code (declared in reduce.wgsl).
+    fn code(self) -> u32 {
+        use kiln_device::shaders::consts::reduce::*;
+        match self {
+            Reduce::Sum => SUM,
+            Reduce::Mean => MEAN,
+            Reduce::Max => MAX,
+            Reduce::AbsMax => ABS_MAX,
+        }
+    }
 }
 
 fn split_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<(usize, usize, usize)> {
@@ -67,18 +80,49 @@ pub(crate) fn reduce_raw(
     let outputs = outer * inner;
     // Few long rows: one workgroup per output keeps all lanes busy.
     if outputs < 64 && len >= 1024 {
-        let k = dev.kernel("reduce", "reduce_wide", &[("OP", op as u32 as f64)])?;
+        let k = dev.kernel("reduce", "reduce_wide", &[("OP", op.code() as f64)])?;
         dev.launch(&k, &[x, out], &p, [outputs as u32, 1, 1])?;
     } else if inner.is_multiple_of(4) {
         // Four outputs per invocation where the buffers allow it (inner % 4 == 0: no quad
         // straddles two rows, and the outputs come in whole quads).
-        let consts = [("OP", op as u32 as f64)];
+        let consts = [("OP", op.code() as f64)];
         launch_quads(dev, "reduce", "reduce", &consts, &[x, out], &p, outputs)?;
     } else {
-        let k = dev.kernel("reduce", "reduce", &[("OP", op as u32 as f64)])?;
+        let k = dev.kernel("reduce", "reduce", &[("OP", op.code() as f64)])?;
         launch_1d(dev, &k, &[x, out], &p, outputs)?;
     }
     Ok(())
+}
+
+/// The gradient of a Sum or Mean along `axis` of an input of `shape`, from `dy` (the reduced
+/// shape, with or without the kept axis): `dy` spread back over the axis (divided by its length
+/// for the mean).
+pub fn reduce_backward(
+    dev: &Device,
+    dy: &Array,
+    shape: &[usize],
+    axis: usize,
+    op: Reduce,
+) -> Result<Array> {
+    let (outer, len, inner) = split_axis("reduce_backward", shape, axis)?;
+    if !matches!(op, Reduce::Sum | Reduce::Mean) {
+        return Err(OpError::Invalid {
+            op: "reduce_backward",
+            message: format!("reduce {op:?} has no gradient"),
+        });
+    }
+    if dy.numel() != outer * inner {
+        return Err(OpError::Shape {
+            op: "reduce_backward",
+            expected: format!("dy with {} elements", outer * inner),
+            got: format!("{:?}", dy.shape),
+        });
+    }
+    let dx = Array::empty(dev, shape)?;
+    let k = dev.kernel("reduce", "reduce_backward", &[("OP", op.code() as f64)])?;
+    let p = Params::new().u(outer as u32).u(len as u32).u(inner as u32);
+    launch_1d(dev, &k, &[&dy.buf, &dx.buf], &p, dx.numel())?;
+    Ok(dx)
 }
 
 /// Maximum along `axis` and the index of its first occurrence (i32).
@@ -179,5 +223,37 @@ pub mod cpu {
             }
         }
         out
+    }
+}
+
+/// A reduction along one axis, as an op; Sum and Mean have gradients (broadcast back), Max and
+/// AbsMax none.
+#[derive(Clone, Copy, Debug)]
+pub struct ReduceAxis {
+    /// The reduction.
+    pub op: Reduce,
+    /// The axis.
+    pub axis: usize,
+    /// Keep the reduced axis with extent 1.
+    pub keepdim: bool,
+}
+
+impl crate::op::Op for ReduceAxis {
+    fn name(&self) -> &str {
+        "reduce"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(reduce(dev, inputs[0], self.axis, self.op, self.keepdim)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let shape = &ctx.inputs[0].shape;
+        Ok(vec![Some(reduce_backward(
+            dev, dy, shape, self.axis, self.op,
+        )?)])
     }
 }

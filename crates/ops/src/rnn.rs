@@ -163,3 +163,49 @@ pub mod cpu {
         h
     }
 }
+
+/// [`lstm_cell`] as an op: inputs xg, hg, c_prev; xg and hg share one gradient.
+#[derive(Clone, Copy, Debug)]
+pub struct LstmCell;
+
+impl crate::op::Op for LstmCell {
+    fn name(&self) -> &str {
+        "lstm_cell"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(lstm_cell(dev, inputs[0], inputs[1], inputs[2])?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let i = ctx.inputs;
+        let (dpre, dc) = lstm_cell_backward(dev, i[0], i[1], i[2], dy)?;
+        Ok(vec![Some(dpre.clone()), Some(dpre), Some(dc)])
+    }
+}
+
+/// [`gru_cell`] as an op: inputs xg, hg (with its bias), h_prev.
+#[derive(Clone, Copy, Debug)]
+pub struct GruCell;
+
+impl crate::op::Op for GruCell {
+    fn name(&self) -> &str {
+        "gru_cell"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(gru_cell(dev, inputs[0], inputs[1], inputs[2])?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let i = ctx.inputs;
+        let (dx, dh, dp) = gru_cell_backward(dev, i[0], i[1], i[2], dy)?;
+        Ok(vec![Some(dx), Some(dh), Some(dp)])
+    }
+}

@@ -168,3 +168,70 @@ pub mod cpu {
         }
     }
 }
+
+/// softmax (or log_softmax) along the last axis as an op.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Softmax {
+    /// log_softmax instead of softmax.
+    pub log: bool,
+}
+
+impl crate::op::Op for Softmax {
+    fn name(&self) -> &str {
+        if self.log {
+            "log_softmax"
+        } else {
+            "softmax"
+        }
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        Ok(softmax(dev, inputs[0], self.log)?.into())
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        Ok(vec![Some(softmax_backward(dev, ctx.output, dy, self.log)?)])
+    }
+}
+
+/// Mean cross-entropy of logits `[N, C]` against i32 labels `[N]` as an op (output `[1]`; the
+/// labels get no gradient), as PyTorch's `CrossEntropyLoss`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CrossEntropyLoss {
+    /// Rows with this label do not count.
+    pub ignore_index: Option<i32>,
+}
+
+impl crate::op::Op for CrossEntropyLoss {
+    fn name(&self) -> &str {
+        "cross_entropy"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        let ce = cross_entropy(dev, inputs[0], inputs[1], self.ignore_index)?;
+        // The loss buffer holds [mean, count]; the output shows the mean only.
+        let mean = Array {
+            buf: ce
+                .loss
+                .buf
+                .view(1, DType::F32)
+                .ok_or_else(|| OpError::Invalid {
+                    op: "cross_entropy",
+                    message: "the loss buffer has no room for its mean".into(),
+                })?,
+            shape: vec![1],
+        };
+        Ok(crate::op::Forward::with_saved(mean, ce))
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let ce = ctx.saved.get::<CrossEntropy>("cross_entropy")?;
+        Ok(vec![Some(cross_entropy_backward(dev, ce, dy)?), None])
+    }
+}

@@ -256,6 +256,38 @@ fn reductions_along_every_axis() {
                 idx.to_i32(&d).unwrap(),
                 reduce::cpu::argmax(&to_f64(&x), &shape, axis)
             );
+            // The backward spreads dy over the axis (divided by its length for the mean).
+            let mut kept = shape.to_vec();
+            kept[axis] = 1;
+            let dy = r.vec(kept.iter().product(), -1.0, 1.0);
+            let dya = arr(&d, &dy, &kept);
+            for (op, scale) in [(Reduce::Sum, 1.0), (Reduce::Mean, 1.0 / shape[axis] as f64)] {
+                let dx = reduce::reduce_backward(&d, &dya, &shape, axis, op).unwrap();
+                let want: Vec<f64> = (0..x.len())
+                    .map(|e| {
+                        let mut rest = e;
+                        let mut at = 0;
+                        let mut stride_kept = 1;
+                        for a in (0..3).rev() {
+                            let c = rest % shape[a];
+                            rest /= shape[a];
+                            if a != axis {
+                                at += c * stride_kept;
+                            }
+                            stride_kept *= kept[a];
+                        }
+                        dy[at] as f64 * scale
+                    })
+                    .collect();
+                assert_close(
+                    &format!("{op:?} backward axis {axis}"),
+                    &dx.to_f32(&d).unwrap(),
+                    &want,
+                    1e-6,
+                    1e-6,
+                );
+            }
+            assert!(reduce::reduce_backward(&d, &dya, &shape, axis, Reduce::Max).is_err());
         }
     }
     let xa = arr(&d, &r.vec(105, -3.0, 3.0), &[3, 5, 7]);

@@ -2,26 +2,17 @@
 //! replayed with new data; evaluation and prediction without gradients; and a Keras-style
 //! `compile` / `fit` / `evaluate` / `predict` face over them.
 
-use crate::data::{gather_rows, shuffled};
-use crate::layers::Module;
-use crate::optim::Optimizer;
-use crate::{NnError, Result};
+use crate::checkpoint::{save_training, CheckpointConfig};
+use crate::history::EpochStats;
+use crate::progress::progress_bar;
+use crate::{Result, TrainError};
 use kiln_graph::{no_grad, Device, StepPlan, Tensor};
-use kiln_ops::{softmax, Array};
+use kiln_nn::data::{gather_rows, shuffled};
+use kiln_nn::loss::{loss_of, Loss};
+use kiln_nn::{Module, Optimizer};
+use kiln_ops::softmax;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
-
-/// The training objective.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loss {
-    /// Softmax cross-entropy of logits [n, classes] against class ids (mean over the batch).
-    CrossEntropy,
-    /// Mean squared error against targets of the output's shape.
-    Mse,
-    /// Binary cross-entropy of logits against 0/1 targets (the numerically stable
-    /// `max(z, 0) - z y + log(1 + exp(-|z|))`, as `BCEWithLogitsLoss`).
-    BinaryCrossEntropy,
-}
 
 /// Targets of a data set.
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +72,7 @@ impl<'a> Dataset<'a> {
     }
     fn check(&self) -> Result<()> {
         if self.x.len() != self.len() * self.width() {
-            return Err(NnError::Training(format!(
+            return Err(TrainError::Training(format!(
                 "{} input values for {} examples of shape {:?} (expected {})",
                 self.x.len(),
                 self.len(),
@@ -91,7 +82,7 @@ impl<'a> Dataset<'a> {
         }
         if let Targets::Values(y, w) = self.y {
             if w == 0 || !y.len().is_multiple_of(w) {
-                return Err(NnError::Training(format!(
+                return Err(TrainError::Training(format!(
                     "{} target values are not a multiple of width {w}",
                     y.len()
                 )));
@@ -116,37 +107,18 @@ enum BatchTargets {
 }
 
 impl BatchTargets {
-    fn upload(&self, dev: &Device) -> Result<Array> {
+    fn upload(&self, dev: &Device) -> Result<Tensor> {
         Ok(match self {
-            BatchTargets::Classes(y) => Array::from_i32(dev, y, &[y.len()])?,
-            BatchTargets::Values(y, w) => Array::from_f32(dev, y, &[y.len() / w, *w])?,
+            BatchTargets::Classes(y) => Tensor::from_i32(dev, y, &[y.len()])?,
+            BatchTargets::Values(y, w) => Tensor::from_f32(dev, y, &[y.len() / w, *w])?,
         })
     }
-    fn write(&self, dev: &Device, to: &Array) -> Result<()> {
+    fn write(&self, to: &Tensor) -> Result<()> {
         match self {
-            BatchTargets::Classes(y) => dev.write(&to.buf, y)?,
-            BatchTargets::Values(y, _) => dev.write(&to.buf, y)?,
+            BatchTargets::Classes(y) => to.copy_from_slice(y)?,
+            BatchTargets::Values(y, _) => to.copy_from_slice(y)?,
         }
         Ok(())
-    }
-}
-
-/// The loss of `out` against targets `y` (as uploaded for that loss).
-pub fn loss_of(out: &Tensor, y: &Array, loss: Loss) -> Result<Tensor> {
-    let dev = out.device();
-    match loss {
-        Loss::CrossEntropy => Ok(out.cross_entropy(y, None)?),
-        Loss::Mse => Ok(out.mse_loss(&Tensor::from_array(dev, y.clone(), false))?),
-        Loss::BinaryCrossEntropy => {
-            let t = Tensor::from_array(dev, y.clone(), false);
-            let softplus = out
-                .unary(kiln_ops::elementwise::Unary::Abs)?
-                .neg()?
-                .exp()?
-                .affine(1.0, 1.0)?
-                .log()?;
-            Ok(out.relu()?.sub(&out.mul(&t)?)?.add(&softplus)?.mean_all()?)
-        }
     }
 }
 
@@ -168,8 +140,8 @@ pub struct FitConfig {
     pub progress: bool,
     /// Epochs already done (from a resumed checkpoint); training runs epochs start_epoch+1..=epochs.
     pub start_epoch: usize,
-    /// Write a training checkpoint (see [`crate::checkpoint::save_training`]) every N epochs.
-    pub checkpoint: Option<crate::checkpoint::CheckpointConfig>,
+    /// Write a training checkpoint (see [`save_training`]) every N epochs.
+    pub checkpoint: Option<CheckpointConfig>,
     /// Statistics of the epochs before `start_epoch` (from a resumed checkpoint); the returned
     /// history and later checkpoints include them.
     pub history: Vec<EpochStats>,
@@ -197,29 +169,10 @@ impl FitConfig {
     }
 }
 
-/// One epoch's figures.
-#[derive(Clone, Debug)]
-pub struct EpochStats {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean of the training losses read back during the epoch.
-    pub train_loss: f32,
-    /// Held-out loss, when validation data was given.
-    pub val_loss: Option<f32>,
-    /// Held-out accuracy, for classification losses with validation data.
-    pub val_accuracy: Option<f32>,
-    /// Seconds spent training (evaluation excluded).
-    pub train_seconds: f64,
-    /// Training examples per second.
-    pub samples_per_second: f64,
-    /// Steps skipped for a non-finite loss (among those read back), with `skip_nonfinite`.
-    pub skipped_steps: usize,
-}
-
 struct Recorded {
     plan: StepPlan,
     x: Tensor,
-    y: Array,
+    y: Tensor,
     loss: Tensor,
 }
 
@@ -238,10 +191,10 @@ pub fn fit(
         v.check()?;
     }
     if cfg.batch_size == 0 || train.is_empty() {
-        return Err(NnError::Training("empty data or zero batch size".into()));
+        return Err(TrainError::Training("empty data or zero batch size".into()));
     }
     if matches!(train.y, Targets::Classes(_)) != (cfg.loss == Loss::CrossEntropy) {
-        return Err(NnError::Training(format!(
+        return Err(TrainError::Training(format!(
             "loss {:?} does not fit targets {:?}",
             cfg.loss, train.y
         )));
@@ -277,8 +230,8 @@ pub fn fit(
             }
             step += 1;
             if let Some(r) = plans.get(&n) {
-                dev.write(&r.x.array().buf, &xb)?;
-                yb.write(dev, &r.y)?;
+                r.x.copy_from_slice(&xb)?;
+                yb.write(&r.y)?;
                 // Every log_every steps, and the epoch's last step so every epoch reports a loss.
                 if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
                     // Rides in this step's submission, after the replayed dispatches.
@@ -300,7 +253,7 @@ pub fn fit(
                     } else {
                         opt.step()?;
                     }
-                    Ok::<_, NnError>((loss, width))
+                    Ok::<_, TrainError>((loss, width))
                 })?;
                 if let BatchTargets::Classes(yv) = &yb {
                     classes = Some(width);
@@ -369,7 +322,7 @@ pub fn fit(
         history.push(stats);
         if let Some(c) = &cfg.checkpoint {
             if epoch % c.every_epochs.max(1) == 0 || epoch == cfg.epochs {
-                crate::checkpoint::save_training(&c.path, model, opt, &history)?;
+                save_training(&c.path, model, opt, &history)?;
             }
         }
     }
@@ -393,25 +346,6 @@ pub fn fit_classifier(
     fit(dev, model, opt, train, val, &cfg, on_epoch)
 }
 
-fn progress_bar(
-    wanted: bool,
-    steps: usize,
-    epoch: usize,
-    epochs: usize,
-) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !wanted || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    let style = indicatif::ProgressStyle::with_template(&format!(
-        "epoch {epoch}/{epochs} {{bar:30}} {{pos}}/{{len}} {{msg}}"
-    ))
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    Some(bar)
-}
-
 /// Running loss of an epoch: its sum and count, and the non-finite steps skipped.
 #[derive(Default)]
 struct LossTally {
@@ -433,7 +367,7 @@ fn record_loss(
     }
     let (sum, n) = (&mut tally.sum, &mut tally.n);
     if !loss.is_finite() {
-        return Err(NnError::Training(format!(
+        return Err(TrainError::Training(format!(
             "loss became {loss} at step {step} (epoch {epoch})"
         )));
     }
@@ -463,7 +397,7 @@ pub fn evaluate(
             loss_sum += loss_of(&out, &y, loss)?.item()? as f64 * n as f64;
             match (&yb, loss) {
                 (BatchTargets::Classes(t), Loss::CrossEntropy) => {
-                    let pred = out.argmax(1)?.to_i32(dev)?;
+                    let pred = out.argmax(1)?.to_vec_i32()?;
                     correct += pred.iter().zip(t).filter(|(p, t)| p == t).count();
                     counted += t.len();
                 }
@@ -494,7 +428,7 @@ pub fn predict(
 ) -> Result<Vec<f32>> {
     let width: usize = shape.iter().product();
     if width == 0 || !x.len().is_multiple_of(width) {
-        return Err(NnError::Training(format!(
+        return Err(TrainError::Training(format!(
             "{} values are not whole examples of shape {shape:?}",
             x.len()
         )));

@@ -1,13 +1,13 @@
 //! Character language modelling: corpus, windows, and short training runs of both models.
 
 use kiln_graph::Device;
-use kiln_nn::layers::Module;
 use kiln_nn::lm::{
-    evaluate_lm, generate, sample_windows, train_lm, CharCorpus, CharLstm, CharTransformer,
-    LanguageModel, LmConfig, TransformerLmConfig,
+    generate, sample_windows, CharCorpus, CharLstm, CharTransformer, LanguageModel,
+    TransformerLmConfig,
 };
-use kiln_nn::Optimizer;
+use kiln_nn::{Adam, Module};
 use kiln_ops::testing::Rng;
+use kiln_train::lm::{evaluate_lm, train_lm, LmConfig};
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
@@ -39,7 +39,7 @@ fn train(model: &dyn LanguageModel, steps: usize, lr: f32) -> (f32, f32) {
     let d = dev();
     let c = periodic();
     let before = evaluate_lm(&d, model, &c.val, 8, 2, 7).unwrap();
-    let mut opt = Optimizer::adam(&d, model.parameters(), lr, 0.0).unwrap();
+    let mut opt = Adam::new(lr).init(&d, model.parameters()).unwrap();
     let cfg = LmConfig::new(8, steps, steps, 2, 3);
     let hist = train_lm(&d, model, &mut opt, &c, &cfg, |_| {}).unwrap();
     (before, hist.last().unwrap().val_loss.unwrap())
@@ -80,7 +80,7 @@ fn mixed_precision_transformer_learns_like_f32() {
     };
     let run = |mixed: bool| {
         let m = CharTransformer::new(&d, 1, &cfg).unwrap();
-        let mut opt = Optimizer::adam(&d, m.parameters(), 1e-2, 0.0).unwrap();
+        let mut opt = Adam::new(1e-2).init(&d, m.parameters()).unwrap();
         let train_cfg = LmConfig {
             mixed_precision: mixed,
             ..LmConfig::new(8, 80, 80, 2, 3)
@@ -124,7 +124,7 @@ fn char_lstm_learns_a_periodic_text() {
 
 #[test]
 fn resumed_language_model_training_equals_an_uninterrupted_run() {
-    use kiln_nn::checkpoint::{load_training, CheckpointConfig};
+    use kiln_train::checkpoint::{load_training, CheckpointConfig};
     let d = dev();
     let c = periodic();
     let make = || CharLstm::new(&d, 2, c.vocab(), 12, 8, 16, 1).unwrap();
@@ -135,12 +135,12 @@ fn resumed_language_model_training_equals_an_uninterrupted_run() {
             .collect::<Vec<_>>()
     };
     let a = make();
-    let mut oa = Optimizer::adam(&d, a.parameters(), 1e-2, 0.0).unwrap();
+    let mut oa = Adam::new(1e-2).init(&d, a.parameters()).unwrap();
     let full = train_lm(&d, &a, &mut oa, &c, &LmConfig::new(8, 20, 10, 1, 5), |_| {}).unwrap();
     let path =
         std::env::temp_dir().join(format!("kiln-lm-resume-{}.safetensors", std::process::id()));
     let b = make();
-    let mut ob = Optimizer::adam(&d, b.parameters(), 1e-2, 0.0).unwrap();
+    let mut ob = Adam::new(1e-2).init(&d, b.parameters()).unwrap();
     let first = LmConfig {
         checkpoint: Some(CheckpointConfig {
             path: path.clone(),
@@ -150,7 +150,7 @@ fn resumed_language_model_training_equals_an_uninterrupted_run() {
     };
     train_lm(&d, &b, &mut ob, &c, &first, |_| {}).unwrap();
     let r = make();
-    let mut or = Optimizer::adam(&d, r.parameters(), 1e-2, 0.0).unwrap();
+    let mut or = Adam::new(1e-2).init(&d, r.parameters()).unwrap();
     let resumed = load_training(&path, &r, &mut or).unwrap();
     assert_eq!(or.steps(), 10);
     let rest = LmConfig {

@@ -1,10 +1,9 @@
 //! Linear regression, the first seed model: y = w x + b fitted by gradient descent on MSE.
 
-use crate::layers::{Linear, Module};
-use crate::optim::Optimizer;
-use crate::{NnError, Result};
+use crate::{Result, TrainError};
 use kiln_graph::{Device, StepPlan, Tensor};
-use kiln_ops::testing::Rng;
+use kiln_nn::init::Rng;
+use kiln_nn::{LinearConfig, Module, Sgd};
 
 /// What [`fit_line`] learned.
 #[derive(Clone, Copy, Debug)]
@@ -28,8 +27,8 @@ pub fn fit_line(dev: &Device, n: usize, steps: usize, lr: f32, seed: u64) -> Res
         .iter()
         .map(|&v| 3.0 * v + 2.0 + 0.1 * rng.normal() as f32)
         .collect();
-    let model = Linear::new(dev, &mut rng, 1, 1, true)?;
-    let mut opt = Optimizer::sgd(dev, model.parameters(), lr, 0.0, false, 0.0)?;
+    let model = LinearConfig::new(1, 1).init_with(dev, &mut rng)?;
+    let mut opt = Sgd::new(lr).init(dev, model.parameters())?;
     let xt = Tensor::from_f32(dev, &x, &[n, 1])?;
     let yt = Tensor::from_f32(dev, &y, &[n, 1])?;
     let before = dev.counters().submissions;
@@ -38,7 +37,7 @@ pub fn fit_line(dev: &Device, n: usize, steps: usize, lr: f32, seed: u64) -> Res
         let loss = model.forward(&xt)?.mse_loss(&yt)?;
         loss.backward()?;
         opt.step()?;
-        Ok::<_, NnError>(loss)
+        Ok::<_, TrainError>(loss)
     })?;
     for _ in 1..steps {
         opt.begin_step()?;

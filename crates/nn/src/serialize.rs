@@ -1,6 +1,7 @@
-//! Model checkpoints as safetensors files with PyTorch's state_dict names and layouts, written
+//! Named tensors as safetensors files with PyTorch's state_dict names and layouts, written
 //! atomically (temporary file in the same directory, flushed and synced, then renamed) and carrying
-//! a CRC32 of their payload, so a truncated or altered file is rejected on load.
+//! a CRC32 of their payload, so a truncated or altered file is rejected on load. Training
+//! checkpoints (optimizer state, epochs done) build on these in kiln-train.
 
 use crate::{NnError, Result};
 use kiln_graph::Tensor;
@@ -274,87 +275,4 @@ pub fn load(path: &Path, named: &[(String, Tensor)], strict: bool) -> Result<Loa
         t.device().write(&t.array().buf, &vals)?;
     }
     Ok(report)
-}
-
-/// Where and how often `fit` writes training checkpoints.
-#[derive(Clone, Debug)]
-pub struct CheckpointConfig {
-    /// The file (rewritten atomically each time).
-    pub path: std::path::PathBuf,
-    /// Write after every this many epochs (and after the last).
-    pub every_epochs: usize,
-}
-
-/// Saves everything needed to continue training exactly: the model's parameters, the optimizer's
-/// state and step count (the schedule's position follows from it), the dropout generators'
-/// offsets and the number of epochs done (the data order is a function of the seed and the epoch).
-pub fn save_training(
-    path: &Path,
-    model: &dyn crate::layers::Module,
-    opt: &crate::Optimizer,
-    history: &[crate::train::EpochStats],
-) -> Result<()> {
-    let epochs_done = history.last().map_or(0, |h| h.epoch);
-    let mut named = model.named_parameters();
-    named.extend(opt.state_tensors());
-    let offsets: Vec<String> = model.rng_offsets().iter().map(u32::to_string).collect();
-    let meta = [
-        ("kiln.kind".to_string(), "training".to_string()),
-        ("kiln.epochs_done".to_string(), epochs_done.to_string()),
-        ("kiln.optimizer_steps".to_string(), opt.steps().to_string()),
-        ("kiln.rng_offsets".to_string(), offsets.join(",")),
-        (
-            "kiln.history".to_string(),
-            crate::report::history_csv(history),
-        ),
-    ];
-    save(path, &named, &meta)
-}
-
-/// What a training checkpoint restores besides the tensors.
-#[derive(Clone, Debug)]
-pub struct Resumed {
-    /// Epochs done: pass as `FitConfig::start_epoch`.
-    pub epochs_done: usize,
-    /// Their statistics: pass as `FitConfig::history` so reports cover the whole run.
-    pub history: Vec<crate::train::EpochStats>,
-}
-
-/// Restores a [`save_training`] checkpoint into `model` and `opt` (strictly: the same architecture
-/// and optimizer).
-pub fn load_training(
-    path: &Path,
-    model: &dyn crate::layers::Module,
-    opt: &mut crate::Optimizer,
-) -> Result<Resumed> {
-    let meta = read_metadata(path)?;
-    let field = |k: &str| {
-        meta.get(k)
-            .ok_or_else(|| err(path, format!("not a training checkpoint: no {k}")))
-    };
-    let num = |k: &str| -> Result<u64> {
-        field(k)?
-            .parse()
-            .map_err(|_| err(path, format!("{k} is not a number")))
-    };
-    let epochs = num("kiln.epochs_done")? as usize;
-    let steps = num("kiln.optimizer_steps")?;
-    let offsets: Vec<u32> = field("kiln.rng_offsets")?
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| err(path, "bad rng offset")))
-        .collect::<Result<_>>()?;
-    let mut named = model.named_parameters();
-    named.extend(opt.state_tensors());
-    load(path, &named, true)?;
-    opt.set_steps(steps);
-    model.set_rng_offsets(&offsets)?;
-    let history = meta
-        .get("kiln.history")
-        .map(|h| crate::report::parse_history_csv(h))
-        .unwrap_or_default();
-    Ok(Resumed {
-        epochs_done: epochs,
-        history,
-    })
 }

@@ -1,11 +1,11 @@
 //! Pruning (masks kept through fine-tuning) and knowledge distillation.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::layers::{lenet5, Module};
+use kiln_nn::models::lenet5;
 use kiln_nn::prune::{magnitude_masks, sparsity};
-use kiln_nn::train::{fit, Dataset, FitConfig, Loss};
-use kiln_nn::Optimizer;
+use kiln_nn::{Module, Sgd};
 use kiln_ops::testing::Rng;
+use kiln_train::{fit, Dataset, FitConfig, Loss};
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
@@ -56,9 +56,12 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
     // Fine-tuning with the masks on the optimizer: the zeros stay zeros.
     let mut rng = Rng::new(3);
     let x = rng.vec(128 * 784, -1.0, 1.0);
-    let y: Vec<i32> = (0..128).map(|i| (i % 10) as i32).collect();
+    let y: Vec<i32> = (0..128).map(|i| i % 10).collect();
     let data = Dataset::classes(&x, &[1, 28, 28], &y);
-    let mut opt = Optimizer::sgd(&d, m.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut opt = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, m.parameters())
+        .unwrap();
     let zero_sets: Vec<Vec<bool>> = weights
         .iter()
         .map(|w| w.to_vec().unwrap().iter().map(|v| *v == 0.0).collect())
@@ -97,7 +100,7 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
 
 #[test]
 fn distillation_loss_matches_its_formula_and_gradient() {
-    use kiln_nn::distill::distillation_loss;
+    use kiln_nn::loss::distillation_loss;
     use kiln_ops::softmax::cpu::{cross_entropy, softmax};
     use kiln_ops::testing::{assert_close, finite_diff, to_f64};
     let d = dev();
@@ -119,11 +122,13 @@ fn distillation_loss_matches_its_formula_and_gradient() {
     };
     let st = Tensor::from_f32(&d, &s, &[n, c])
         .unwrap()
-        .requires_grad(true);
+        .requires_grad_(true)
+        .unwrap();
     let teacher = Tensor::from_f32(&d, &tl, &[n, c])
         .unwrap()
-        .requires_grad(true);
-    let y = kiln_graph::Array::from_i32(&d, &labels, &[n]).unwrap();
+        .requires_grad_(true)
+        .unwrap();
+    let y = Tensor::from_i32(&d, &labels, &[n]).unwrap();
     let loss = distillation_loss(&st, &teacher, &y, t as f32, alpha as f32).unwrap();
     assert_close(
         "distillation loss",
@@ -146,12 +151,12 @@ fn distillation_loss_matches_its_formula_and_gradient() {
 mod quantization {
     use super::dev;
     use kiln_graph::Tensor;
-    use kiln_nn::checkpoint;
     use kiln_nn::data::Mnist;
-    use kiln_nn::layers::{lenet5, Module};
+    use kiln_nn::models::lenet5;
     use kiln_nn::quant::{quantize, Calibration, Precision, QuantConfig, QuantizedModel};
-    use kiln_nn::train::{fit, predict, Dataset, FitConfig, Loss};
-    use kiln_nn::Optimizer;
+    use kiln_nn::serialize;
+    use kiln_nn::{Module, Sgd};
+    use kiln_train::{fit, predict, Dataset, FitConfig, Loss};
     use std::path::PathBuf;
 
     fn mnist(range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
@@ -185,7 +190,10 @@ mod quantization {
         let (tx, _) = mnist(9000..9500);
         let shape = [1, 28, 28];
         let model = lenet5(&d, 5).unwrap();
-        let mut opt = Optimizer::sgd(&d, model.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+        let mut opt = Sgd::new(0.05)
+            .momentum(0.9)
+            .init(&d, model.parameters())
+            .unwrap();
         let cfg = FitConfig {
             progress: false,
             ..FitConfig::new(Loss::CrossEntropy, 2, 64, 0)
@@ -204,7 +212,7 @@ mod quantization {
         let dir = std::env::temp_dir().join(format!("kiln-quant-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f32_file = dir.join("f32.safetensors");
-        checkpoint::save(&f32_file, &model.named_parameters(), &[]).unwrap();
+        serialize::save(&f32_file, &model.named_parameters(), &[]).unwrap();
         let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
 
         for (cfg, tol, agree) in [
@@ -221,7 +229,7 @@ mod quantization {
         ] {
             // A fresh f32 model with the trained weights is quantized (quantize consumes it).
             let f = lenet5(&d, 99).unwrap();
-            checkpoint::load(&f32_file, &f.named_parameters(), true).unwrap();
+            serialize::load(&f32_file, &f.named_parameters(), true).unwrap();
             let q = quantize(&d, f, &x, &shape, &cfg).unwrap();
             assert!(
                 q.uses_quantized_kernels(),
@@ -258,7 +266,7 @@ mod quantization {
             assert!(max_diff(&fb_out, &got) <= tol * scale);
 
             // Files of one kind are refused by the other loader, naming the problem.
-            let e = checkpoint::load(&path, &lenet5(&d, 1).unwrap().named_parameters(), true)
+            let e = serialize::load(&path, &lenet5(&d, 1).unwrap().named_parameters(), true)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("quantized"), "{e}");
@@ -273,7 +281,7 @@ mod quantization {
         let e = QuantizedModel::load(
             &d,
             &int8_file,
-            kiln_nn::layers::lenet5_with_classes(&d, 1, 5).unwrap(),
+            kiln_nn::models::lenet5_with_classes(&d, 1, 5).unwrap(),
         )
         .err()
         .unwrap()

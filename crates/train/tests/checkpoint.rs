@@ -2,8 +2,9 @@
 //! atomic writes that leave the previous file intact.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::checkpoint::{load, read_metadata, save};
-use kiln_nn::layers::{lenet5, Linear, Module, Sequential};
+use kiln_nn::models::lenet5;
+use kiln_nn::serialize::{load, read_metadata, save};
+use kiln_nn::{LinearConfig, Module, Sequential, Sgd};
 use kiln_ops::testing::Rng;
 use std::path::PathBuf;
 
@@ -91,7 +92,7 @@ fn wrong_architecture_strict_and_non_strict() {
     let other = lenet5(&d, 3).unwrap();
     let mut named = other.named_parameters();
     named.retain(|(n, _)| !n.starts_with("fc3"));
-    let head = Linear::new(&d, &mut rng, 84, 5, true).unwrap();
+    let head = LinearConfig::new(84, 5).init_with(&d, &mut rng).unwrap();
     named.push(("fc3.weight".into(), head.weight.clone()));
     named.push(("fc3.bias".into(), head.bias.clone().unwrap()));
     named.push(("extra.weight".into(), Tensor::full(&d, &[2], 0.0).unwrap()));
@@ -115,7 +116,7 @@ fn wrong_architecture_strict_and_non_strict() {
     );
     assert_eq!(head.weight.to_vec().unwrap(), before);
     // An MLP against the LeNet file: everything unexpected or missing.
-    let mlp = Sequential::new().push(Linear::new(&d, &mut rng, 4, 2, true).unwrap());
+    let mlp = Sequential::new().push(LinearConfig::new(4, 2).init_with(&d, &mut rng).unwrap());
     let r = load(&path, &mlp.named_parameters(), false).unwrap();
     assert_eq!(r.missing.len(), 2);
     assert_eq!(r.unexpected.len(), 10);
@@ -153,11 +154,11 @@ fn failed_saves_leave_the_previous_file_intact() {
 
 mod training {
     use super::*;
-    use kiln_nn::checkpoint::{load_training, CheckpointConfig};
     use kiln_nn::data::Mnist;
     use kiln_nn::schedule::Schedule;
-    use kiln_nn::train::{evaluate, fit, Dataset, FitConfig, Loss};
     use kiln_nn::Optimizer;
+    use kiln_train::checkpoint::{load_training, CheckpointConfig};
+    use kiln_train::{evaluate, fit, Dataset, FitConfig, Loss};
 
     fn mnist(range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
@@ -166,7 +167,10 @@ mod training {
     }
 
     fn optimizer(d: &Device, m: &dyn Module) -> Optimizer {
-        let mut o = Optimizer::sgd(d, m.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+        let mut o = Sgd::new(0.05)
+            .momentum(0.9)
+            .init(d, m.parameters())
+            .unwrap();
         o.set_schedule(Schedule::Cosine {
             t_max: 15,
             min_lr: 0.0,
@@ -255,7 +259,7 @@ mod training {
         // Fine-tuning the head only: everything but fc3 is frozen and stays bit-identical.
         let named = b.named_parameters();
         for (n, p) in &named {
-            p.set_requires_grad(n.starts_with("fc3"));
+            p.requires_grad_(n.starts_with("fc3")).unwrap();
         }
         let before: Vec<Vec<f32>> = named.iter().map(|(_, p)| p.to_vec().unwrap()).collect();
         let mut ob = optimizer(&d, &b);
@@ -277,7 +281,10 @@ mod training {
         let (x, y) = mnist(0..256);
         let data = Dataset::classes(&x, &[1, 28, 28], &y);
         let m = lenet5(&d, 4).unwrap();
-        let mut o = Optimizer::sgd(&d, m.parameters(), 0.01, 0.9, false, 0.0).unwrap();
+        let mut o = Sgd::new(0.01)
+            .momentum(0.9)
+            .init(&d, m.parameters())
+            .unwrap();
         // Epoch 1 trains normally; from step 4 on the rate explodes.
         o.set_schedule(Schedule::Step {
             step_size: 4,
@@ -308,7 +315,10 @@ mod training {
         assert!(saved.is_some(), "epoch 1 completed");
         // The checkpoint of epoch 1 is intact and loads.
         let probe = lenet5(&d, 5).unwrap();
-        let mut po = Optimizer::sgd(&d, probe.parameters(), 0.01, 0.9, false, 0.0).unwrap();
+        let mut po = Sgd::new(0.01)
+            .momentum(0.9)
+            .init(&d, probe.parameters())
+            .unwrap();
         assert_eq!(
             load_training(&path, &probe, &mut po).unwrap().epochs_done,
             1
@@ -320,8 +330,9 @@ mod training {
 
 #[test]
 fn reports_write_csv_and_svg_that_round_trip() {
-    use kiln_nn::report::{history_csv, parse_history_csv, write_reports};
-    use kiln_nn::train::EpochStats;
+    use kiln_train::history::{history_csv, parse_history_csv};
+    use kiln_train::report::write_reports;
+    use kiln_train::EpochStats;
     let h: Vec<EpochStats> = (1..=3)
         .map(|e| EpochStats {
             epoch: e,
@@ -354,8 +365,8 @@ fn reports_write_csv_and_svg_that_round_trip() {
 #[test]
 fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     use kiln_nn::data::Mnist;
-    use kiln_nn::train::{fit, Dataset, FitConfig, Loss};
-    use kiln_nn::Optimizer;
+
+    use kiln_train::{fit, Dataset, FitConfig, Loss};
     let d = dev();
     let m =
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
@@ -365,10 +376,10 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
         .iter_mut()
         .for_each(|v| *v = f32::NAN);
     let data = Dataset::classes(&x, &[784], &y);
-    // A linear classifier: a ReLU would turn NaN into 0 (max(NaN, 0) is 0 on some adapters).
+    // A linear classifier: a Relu would turn NaN into 0 (max(NaN, 0) is 0 on some adapters).
     let model = |seed: u64| {
         let mut r = kiln_ops::testing::Rng::new(seed);
-        Sequential::new().push(Linear::new(&d, &mut r, 784, 10, true).unwrap())
+        Sequential::new().push(LinearConfig::new(784, 10).init_with(&d, &mut r).unwrap())
     };
     let cfg = FitConfig {
         log_every: 1,
@@ -376,14 +387,20 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
         ..FitConfig::new(Loss::CrossEntropy, 2, 64, 3)
     };
     let a = model(1);
-    let mut oa = Optimizer::sgd(&d, a.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut oa = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, a.parameters())
+        .unwrap();
     let e = fit(&d, &a, &mut oa, &data, None, &cfg, |_| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("NaN at step"), "{e}");
     let b = model(1);
     let before = values(&b);
-    let mut ob = Optimizer::sgd(&d, b.parameters(), 0.05, 0.9, false, 0.0).unwrap();
+    let mut ob = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, b.parameters())
+        .unwrap();
     let skip = FitConfig {
         skip_nonfinite: true,
         ..cfg
@@ -400,5 +417,8 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
         "no NaN reached the parameters"
     );
     assert_ne!(after, before, "the finite steps trained");
-    assert!(hist[1].train_loss.is_finite() && hist[1].train_loss < 2.3);
+    // Chance is ln 10 = 2.30; the finite steps train the classifier well below it (measured:
+    // 2.07 over epoch 1, 0.62 over epoch 2).
+    let losses: Vec<f32> = hist.iter().map(|h| h.train_loss).collect();
+    assert!(losses[1] < 1.0 && losses[1] < 0.5 * losses[0], "{losses:?}");
 }

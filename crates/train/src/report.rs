@@ -1,35 +1,11 @@
 //! Training reports: the history as CSV and a loss/accuracy plot as SVG (plotters), both written
 //! atomically.
 
-use crate::checkpoint::write_atomically;
-use crate::train::EpochStats;
-use crate::{NnError, Result};
+use crate::history::{history_csv_by, EpochStats};
+use crate::{Result, TrainError};
+use kiln_nn::serialize::write_atomically;
 use plotters::prelude::*;
 use std::path::Path;
-
-/// `epoch,train_loss,val_loss,val_accuracy,train_seconds,samples_per_second`, one row per epoch.
-pub fn history_csv(history: &[EpochStats]) -> String {
-    history_csv_by(history, "epoch")
-}
-
-/// The same with another name for the first column (`step` for language models, whose rows are
-/// evaluation points).
-pub fn history_csv_by(history: &[EpochStats], x: &str) -> String {
-    let mut s = format!("{x},train_loss,val_loss,val_accuracy,train_seconds,samples_per_second\n");
-    let opt = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_default();
-    for h in history {
-        s += &format!(
-            "{},{},{},{},{:.3},{:.1}\n",
-            h.epoch,
-            h.train_loss,
-            opt(h.val_loss),
-            opt(h.val_accuracy),
-            h.train_seconds,
-            h.samples_per_second
-        );
-    }
-    s
-}
 
 /// Writes `history.csv` and `history.svg` into `dir` (created if missing).
 pub fn write_reports(dir: &Path, history: &[EpochStats]) -> Result<()> {
@@ -38,7 +14,7 @@ pub fn write_reports(dir: &Path, history: &[EpochStats]) -> Result<()> {
 
 /// The same with `x` naming the rows' first field (`epoch` or `step`).
 pub fn write_reports_by(dir: &Path, history: &[EpochStats], x: &str) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| NnError::Data {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::File {
         path: dir.display().to_string(),
         message: e.to_string(),
     })?;
@@ -46,10 +22,10 @@ pub fn write_reports_by(dir: &Path, history: &[EpochStats], x: &str) -> Result<(
         &dir.join("history.csv"),
         history_csv_by(history, x).as_bytes(),
     )?;
-    write_atomically(
+    Ok(write_atomically(
         &dir.join("history.svg"),
         plot_svg_by(history, x)?.as_bytes(),
-    )
+    )?)
 }
 
 /// Training and validation loss (left) and validation accuracy (right) per epoch, as SVG text.
@@ -60,7 +36,7 @@ pub fn plot_svg(history: &[EpochStats]) -> Result<String> {
 /// The same with `x` labelling the horizontal axis.
 pub fn plot_svg_by(history: &[EpochStats], x: &str) -> Result<String> {
     let mut svg = String::new();
-    let fail = |e: String| NnError::Training(format!("plotting: {e}"));
+    let fail = |e: String| TrainError::Training(format!("plotting: {e}"));
     {
         let root = SVGBackend::with_string(&mut svg, (900, 360)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
@@ -145,24 +121,4 @@ pub fn plot_svg_by(history: &[EpochStats], x: &str) -> Result<String> {
         root.present().map_err(|e| fail(e.to_string()))?;
     }
     Ok(svg)
-}
-
-/// Parses [`history_csv`] back (resuming keeps the earlier epochs in the reports).
-pub fn parse_history_csv(text: &str) -> Vec<EpochStats> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let opt = |s: &str| s.parse::<f32>().ok();
-            Some(EpochStats {
-                epoch: f.first()?.parse().ok()?,
-                train_loss: f.get(1)?.parse().ok()?,
-                val_loss: opt(f.get(2)?),
-                val_accuracy: opt(f.get(3)?),
-                train_seconds: f.get(4)?.parse().ok()?,
-                samples_per_second: f.get(5)?.parse().ok()?,
-                skipped_steps: 0,
-            })
-        })
-        .collect()
 }
