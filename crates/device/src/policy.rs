@@ -152,7 +152,6 @@ impl AdapterProfile {
     /// 16 x 16 f16 cooperative matrices, 132 SMs.
     pub fn nvidia_hopper() -> AdapterProfile {
         AdapterProfile {
-            coop_f16_sizes: vec![16],
             compute_units: 132,
             ..Self::gpu(
                 "NVIDIA H100 (Vulkan)",
@@ -160,12 +159,12 @@ impl AdapterProfile {
                 Self::desktop(49152, 1 << 20),
             )
         }
+        .with_coop(&[16])
     }
 
     /// NVIDIA Ada (RTX 4090) through Vulkan: 48 KiB, 128 SMs.
     pub fn nvidia_ada() -> AdapterProfile {
         AdapterProfile {
-            coop_f16_sizes: vec![16],
             compute_units: 128,
             ..Self::gpu(
                 "NVIDIA RTX 4090 (Vulkan)",
@@ -173,6 +172,7 @@ impl AdapterProfile {
                 Self::desktop(49152, 1 << 20),
             )
         }
+        .with_coop(&[16])
     }
 
     /// AMD RDNA 3 (RX 7900 XTX) through RADV: 64 KiB, wave32 or wave64, 96 CUs.
@@ -180,7 +180,6 @@ impl AdapterProfile {
         AdapterProfile {
             subgroup_min_size: 32,
             subgroup_max_size: 64,
-            coop_f16_sizes: vec![16],
             compute_units: 96,
             mesa_version: Some((24, 2)),
             ..Self::gpu(
@@ -189,6 +188,7 @@ impl AdapterProfile {
                 Self::desktop(65536, 1 << 20),
             )
         }
+        .with_coop(&[16])
     }
 
     /// Apple M-series through Metal: 32 KiB of threadgroup memory, 31 buffers per stage,
@@ -197,10 +197,10 @@ impl AdapterProfile {
         let mut l = Self::desktop(32768, 31);
         l.max_storage_buffer_binding_size = 1 << 30;
         AdapterProfile {
-            coop_f16_sizes: vec![8],
             compute_units: 10,
             ..Self::gpu("Apple M2 (Metal)", "Metal", l)
         }
+        .with_coop(&[8])
     }
 
     /// Intel Arc (A770) through ANV: 64 KiB, SIMD8 to SIMD32, 32 Xe cores, no square f16
@@ -252,6 +252,13 @@ impl AdapterProfile {
             limits: wgpu::Limits::downlevel_defaults(),
             ..Self::webgpu_default()
         }
+    }
+
+    /// The same profile with f16 cooperative matrices of these square sizes (largest first).
+    fn with_coop(mut self, sizes: &[u32]) -> AdapterProfile {
+        self.coop_f16_sizes = sizes.to_vec();
+        self.caps.cooperative_matrix = !sizes.is_empty();
+        self
     }
 
     /// Every profile above, for tests that plan kernels under each.

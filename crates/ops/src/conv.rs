@@ -390,6 +390,106 @@ fn check(
     spec.out_hw(op, x[2], x[3], w[2], w[3])
 }
 
+/// A convolution pass: forward, input gradient or weight gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    /// y from x and w.
+    Forward,
+    /// dx from dy and w.
+    InputGrad,
+    /// dw from dy and x.
+    WeightGrad,
+}
+
+/// The variant the device's policy chooses for a convolution pass (x: [N, Ci, H, W], w:
+/// [Co, Ci, KH, KW]) and its pipelines, for planning.
+pub fn plan(
+    dev: &Device,
+    pass: ConvPass,
+    xs: [usize; 4],
+    ws: [usize; 4],
+    spec: &Conv2dSpec,
+) -> Result<crate::kernels::Planned> {
+    let (oh, ow) = check("conv2d", xs, ws, spec)?;
+    let mode = match pass {
+        ConvPass::Forward => Mode::ConvForward,
+        ConvPass::InputGrad => Mode::ConvInputGrad,
+        ConvPass::WeightGrad => Mode::ConvWeightGrad,
+    };
+    let gemm_call = GemmCall::conv_geom(mode, xs, ws, oh, ow, spec);
+    let direct = |d: Direct| crate::kernels::Planned {
+        family: CONV.family,
+        variant: "conv_direct",
+        kernels: vec![
+            KernelSpec::new("conv", "pack_weights", &d.consts()),
+            KernelSpec::new("conv", "conv_direct", &d.consts()),
+        ],
+        largest_binding: gemm_call.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
+    };
+    let through_gemm = |family: &'static str| -> Result<crate::kernels::Planned> {
+        let mut p = crate::matmul::plan(dev, &gemm_call)?;
+        p.family = family;
+        p.variant = "conv_gemm";
+        Ok(p)
+    };
+    match pass {
+        ConvPass::WeightGrad => {
+            let call = WgradCall {
+                x: xs,
+                w: ws,
+                oh,
+                ow,
+                spec: *spec,
+                gemm: gemm_call.clone(),
+            };
+            let v = WGRAD.choose(dev, &call)?;
+            let lay = |tail| WgradLayout::new(xs[1], ws[0], ws[2], ws[3], spec, tail);
+            let kernels = match v.name {
+                "conv_wgrad" => vec![KernelSpec::new("conv", "conv_wgrad", &lay(true).consts)],
+                "conv_wgrad_sg" => vec![
+                    KernelSpec::new("conv_wgrad_sg", "to_channels_last", &[]),
+                    KernelSpec::new("conv_wgrad_sg", "conv_wgrad_sg", &lay(false).consts),
+                ],
+                _ => return through_gemm(WGRAD.family),
+            };
+            Ok(crate::kernels::Planned {
+                family: WGRAD.family,
+                variant: v.name,
+                kernels,
+                largest_binding: gemm_call.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
+            })
+        }
+        _ => {
+            let d = if pass == ConvPass::Forward {
+                Some(Direct {
+                    n: xs[0],
+                    ic: xs[1],
+                    h: xs[2],
+                    w: xs[3],
+                    oc: ws[0],
+                    oh,
+                    ow,
+                    kernel: (ws[2], ws[3]),
+                    stride: spec.stride,
+                    pad: spec.padding,
+                    dil: spec.dilation,
+                    flip: false,
+                })
+            } else {
+                direct_input_grad(xs, ws, oh, ow, spec)
+            };
+            let call = ConvCall {
+                direct: d,
+                gemm: gemm_call.clone(),
+            };
+            match (CONV.choose(dev, &call)?.name, d) {
+                ("conv_direct", Some(d)) => Ok(direct(d)),
+                _ => through_gemm(CONV.family),
+            }
+        }
+    }
+}
+
 /// y = conv2d(x, w) + bias. x: `[N, Ci, H, W]`, w: `[Co, Ci, KH, KW]`, bias: `[Co]` -> y: `[N, Co, OH, OW]`.
 pub fn conv2d(
     dev: &Device,
