@@ -298,18 +298,30 @@ pub static GEMM: VariantTable<GemmCall> = VariantTable {
     ],
 };
 
-/// The f16 GEMM's variants (f16 A and B, f32 accumulation and C).
+/// The f16 GEMM's variants (f16 A and B, f32 accumulation and C): cooperative matrices of the
+/// adapter's fragment size, 128 x 128 per workgroup (64 x 64 per subgroup) or 64 x 64 for small
+/// outputs; else the operands widen to f32.
 pub static GEMM_F16: VariantTable<GemmCall> = VariantTable {
     family: "matmul_f16",
     variants: &[
         Variant {
             name: "coop16",
-            supports: |d, c| coop_supports(d, c, 16),
+            supports: |d, c| coop_supports(d, c, COOP16),
+            prefers: |_, c| c.g.m > 64 && c.g.n > 64,
+        },
+        Variant {
+            name: "coop16_small",
+            supports: |d, c| coop_supports(d, c, COOP16_SMALL),
             prefers: |_, _| true,
         },
         Variant {
             name: "coop8",
-            supports: |d, c| coop_supports(d, c, 8),
+            supports: |d, c| coop_supports(d, c, COOP8),
+            prefers: |_, c| c.g.m > 64 && c.g.n > 64,
+        },
+        Variant {
+            name: "coop8_small",
+            supports: |d, c| coop_supports(d, c, COOP8_SMALL),
             prefers: |_, _| true,
         },
         Variant {
@@ -319,6 +331,130 @@ pub static GEMM_F16: VariantTable<GemmCall> = VariantTable {
         },
     ],
 };
+
+/// A cooperative-matrix tile: fragment size, fragments per subgroup along M and N (2 x 2
+/// computing subgroups per workgroup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CoopTile {
+    s: u32,
+    f: u32,
+}
+
+const COOP16: CoopTile = CoopTile { s: 16, f: 4 };
+const COOP16_SMALL: CoopTile = CoopTile { s: 16, f: 2 };
+const COOP8: CoopTile = CoopTile { s: 8, f: 8 };
+const COOP8_SMALL: CoopTile = CoopTile { s: 8, f: 4 };
+
+fn coop_tile_of(variant: &str) -> Option<CoopTile> {
+    match variant {
+        "coop16" => Some(COOP16),
+        "coop16_small" => Some(COOP16_SMALL),
+        "coop8" => Some(COOP8),
+        "coop8_small" => Some(COOP8_SMALL),
+        _ => None,
+    }
+}
+
+/// Computing subgroups of a `gemm_coop` workgroup along M and along N.
+const COOP_SGM: u32 = 2;
+const COOP_SGN: u32 = 2;
+
+/// How a cooperative tile runs a call: the bounds-checked kernel, the 16-byte-load kernel for
+/// interior tiles where the layout allows it, the workgroup block and the slab depth.
+struct CoopPlan {
+    checked: KernelSpec,
+    words: Option<KernelSpec>,
+    block: usize,
+    bk: u32,
+}
+
+fn coop_plan(dev: &Device, c: &GemmCall, t: CoopTile, alpha: bool) -> Option<CoopPlan> {
+    let prof = dev.adapter_profile();
+    let max_sg = prof.subgroup_max();
+    let min_sg = match prof.subgroup_min_size {
+        0 => max_sg,
+        s => s.min(max_sg),
+    };
+    let g = &c.g;
+    let (a_kfast, b_nfast) = (g.a[2] == 1, g.b[2] == 1);
+    let block = (t.s * t.f * COOP_SGM) as usize;
+    // The deepest slab whose double buffers fit the workgroup memory.
+    for bk in [32, 16] {
+        let consts = [
+            ("S", t.s as f64),
+            ("SGM", COOP_SGM as f64),
+            ("SGN", COOP_SGN as f64),
+            ("FM", t.f as f64),
+            ("FN", t.f as f64),
+            ("SG", max_sg as f64),
+            ("MIN_SG", min_sg as f64),
+            ("BK", bk as f64),
+            ("ALPHA", alpha as u8 as f64),
+            ("A_KFAST", a_kfast as u8 as f64),
+            ("B_NFAST", b_nfast as u8 as f64),
+        ];
+        let checked = KernelSpec::new("gemm_coop", &format!("gemm_coop{}", t.s), &consts);
+        if checked.fits(dev).is_err() {
+            continue;
+        }
+        // 16-byte loads: eight f16 along each operand's contiguous dimension from aligned
+        // offsets, whole slabs.
+        let al = |v: usize| v.is_multiple_of(8);
+        let a_ok = al(g.a[0])
+            && if a_kfast {
+                al(g.a[1])
+            } else {
+                g.a[1] == 1 && al(g.a[2])
+            };
+        let b_ok = al(g.b[0])
+            && if b_nfast {
+                al(g.b[1])
+            } else {
+                g.b[1] == 1 && al(g.b[2])
+            };
+        let words = (a_ok
+            && b_ok
+            && g.k.is_multiple_of(bk as usize)
+            && c.quads[0]
+            && c.quads[1]
+            && g.m >= block
+            && g.n >= block)
+            .then(|| KernelSpec::new("gemm_coop", &format!("gemm_coop{}v", t.s), &consts));
+        return Some(CoopPlan {
+            checked,
+            words,
+            block,
+            bk,
+        });
+    }
+    None
+}
+
+fn coop_supports(dev: &Device, c: &GemmCall, t: CoopTile) -> std::result::Result<(), String> {
+    if !c.f16 || c.mode != Mode::Matmul {
+        return Err("takes f16 matmuls only".into());
+    }
+    if !dev.adapter_profile().coop_f16_sizes.contains(&t.s) {
+        return Err(format!(
+            "the adapter has no {0} x {0} f16 cooperative matrix with f32 accumulators",
+            t.s
+        ));
+    }
+    for &len in &c.lens {
+        binding_fits(dev, len as u64 * 4)?;
+    }
+    let plan = coop_plan(dev, c, t, false).ok_or("no slab depth fits the workgroup memory")?;
+    let mut specs = vec![plan.checked];
+    specs.extend(plan.words);
+    all_fit(dev, &specs)
+}
+
+/// The cooperative-matrix size f16 matmuls use on this device (its policy included): `Ok(None)`
+/// means they widen to f32 instead.
+pub fn coop_size(dev: &Device) -> Result<Option<u32>> {
+    let probe = GemmCall::matmul(1, 128, 128, 128, false, false, false, false, true);
+    Ok(coop_tile_of(GEMM_F16.choose(dev, &probe)?.name).map(|t| t.s))
+}
 
 /// A GPU tile: workgroup tile TBM x TBN, TRM x TRN outputs per invocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,62 +478,6 @@ fn tile_of(variant: &str) -> Option<Tile> {
         "gemm_64x16" => t(64, 16, 4, 4),
         _ => None,
     }
-}
-
-/// Computing subgroups of a `gemm_coop` workgroup along M and along N; each owns 2 x 2 fragments.
-const COOP_SGM: u32 = 2;
-const COOP_SGN: u32 = 2;
-/// K slab depth of `gemm_coop` (a multiple of both fragment sizes).
-const COOP_BK: u32 = 32;
-
-fn coop_supports(dev: &Device, c: &GemmCall, size: u32) -> std::result::Result<(), String> {
-    if !c.f16 || c.mode != Mode::Matmul {
-        return Err("takes f16 matmuls only".into());
-    }
-    if !dev.adapter_profile().coop_f16_sizes.contains(&size) {
-        return Err(format!(
-            "the adapter has no {size} x {size} f16 cooperative matrix with f32 accumulators"
-        ));
-    }
-    for &bytes in &c.lens {
-        binding_fits(dev, bytes as u64 * 4)?;
-    }
-    all_fit(dev, &[coop_spec(dev, c, size, false)])
-}
-
-fn coop_spec(dev: &Device, c: &GemmCall, size: u32, alpha: bool) -> KernelSpec {
-    let prof = dev.adapter_profile();
-    let max_sg = prof.subgroup_max();
-    let min_sg = match prof.subgroup_min_size {
-        0 => max_sg,
-        s => s.min(max_sg),
-    };
-    KernelSpec::new(
-        "gemm_coop",
-        &format!("gemm_coop{size}"),
-        &[
-            ("S", size as f64),
-            ("SGM", COOP_SGM as f64),
-            ("SGN", COOP_SGN as f64),
-            ("SG", max_sg as f64),
-            ("MIN_SG", min_sg as f64),
-            ("BK", COOP_BK as f64),
-            ("ALPHA", alpha as u8 as f64),
-            ("A_KFAST", (c.g.a[2] == 1) as u8 as f64),
-            ("B_NFAST", (c.g.b[2] == 1) as u8 as f64),
-        ],
-    )
-}
-
-/// The cooperative-matrix size f16 matmuls use on this device (its policy included): `Ok(None)`
-/// means they widen to f32 instead.
-pub fn coop_size(dev: &Device) -> Result<Option<u32>> {
-    let probe = GemmCall::matmul(1, 16, 16, 16, false, false, false, false, true);
-    Ok(match GEMM_F16.choose(dev, &probe)?.name {
-        "coop16" => Some(16),
-        "coop8" => Some(8),
-        _ => None,
-    })
 }
 
 /// Whether `gemm_sg` can read both operands as aligned vec4s, and along which dimensions:
@@ -661,8 +741,11 @@ pub fn plan(dev: &Device, c: &GemmCall) -> Result<Planned> {
     let table = if c.f16 { &GEMM_F16 } else { &GEMM };
     let v = table.choose(dev, c)?;
     let kernels = match v.name {
-        "coop16" => vec![coop_spec(dev, c, 16, false)],
-        "coop8" => vec![coop_spec(dev, c, 8, false)],
+        name if coop_tile_of(name).is_some() => {
+            let p = coop_plan(dev, c, coop_tile_of(name).expect("a tile"), false);
+            p.map(|p| [vec![p.checked], p.words.into_iter().collect()].concat())
+                .unwrap_or_default()
+        }
         "widen" => gemm_plan(
             dev,
             &GemmCall {
@@ -731,34 +814,52 @@ pub(crate) fn gemm(
     };
     if c.f16 {
         let v = GEMM_F16.choose(dev, c)?;
-        let size = match v.name {
-            "coop16" => 16,
-            "coop8" => 8,
-            _ => {
-                return Err(OpError::Invalid {
-                    op: "gemm",
-                    message: "f16 operands need cooperative matrices (matmul widens them)".into(),
-                })
-            }
+        let invalid = |message: &str| OpError::Invalid {
+            op: "gemm",
+            message: message.into(),
         };
-        let k = coop_spec(dev, c, size, alpha.is_some()).kernel(dev)?;
-        let block = (2 * size * COOP_SGM) as usize;
-        let (splits, chunk) = k_split(dev, g, (block, block), COOP_BK as usize, false);
+        let tile = coop_tile_of(v.name).ok_or_else(|| {
+            invalid("f16 operands need cooperative matrices (matmul widens them)")
+        })?;
+        let plan = coop_plan(dev, c, tile, alpha.is_some())
+            .ok_or_else(|| invalid("no cooperative tile fits the workgroup memory"))?;
+        let (bm, bn) = (plan.block, plan.block);
+        let (splits, chunk) = k_split(dev, g, (bm, bn), plan.bk as usize, false);
         let target = split_target(dev, c, splits)?;
+        let dst = target.as_ref().unwrap_or(out);
         // Without ALPHA the kernel never reads its alpha binding; any buffer fills it.
         let alpha = alpha.unwrap_or(bias_buf);
-        let groups = [
-            u(g.n.div_ceil(block)),
-            u(g.m.div_ceil(block)),
-            u(g.batch * splits),
-        ];
-        let p = params(splits, chunk, (0, 0), false);
-        dev.launch(
-            &k,
-            &[a, b, bias_buf, target.as_ref().unwrap_or(out), alpha],
-            &p,
-            groups,
-        )?;
+        let checked = plan.checked.kernel(dev)?;
+        let z = u(g.batch * splits);
+        let full = (g.m / bm, g.n / bn);
+        match &plan.words {
+            Some(words) => {
+                let k = words.kernel(dev)?;
+                let p = params(splits, chunk, full, false);
+                dev.launch(
+                    &k,
+                    &[a, b, bias_buf, dst, alpha],
+                    &p,
+                    [u(full.1), u(full.0), z],
+                )?;
+                let col_tiles = if full.1 * bn < g.n {
+                    g.m.div_ceil(bm)
+                } else {
+                    0
+                };
+                let row_tiles = if full.0 * bm < g.m { full.1 } else { 0 };
+                if col_tiles + row_tiles > 0 {
+                    let p = params(splits, chunk, full, true);
+                    let groups = [u(col_tiles + row_tiles), 1, z];
+                    dev.launch(&checked, &[a, b, bias_buf, dst, alpha], &p, groups)?;
+                }
+            }
+            None => {
+                let p = params(splits, chunk, full, false);
+                let groups = [u(g.n.div_ceil(bn)), u(g.m.div_ceil(bm)), z];
+                dev.launch(&checked, &[a, b, bias_buf, dst, alpha], &p, groups)?;
+            }
+        }
         return finish_splits(dev, c, target, splits, out);
     }
     if alpha.is_some() {
