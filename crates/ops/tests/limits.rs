@@ -235,6 +235,29 @@ fn every_benchmark_and_example_shape_fits_every_adapter_profile() {
                 }
             }
         }
+        // Bias, LayerNorm and abs-max gradients: the Transformer's [B * T, width] columns,
+        // LeNet's and the MLP's biases, a whole tensor's abs-max.
+        for (outer, len, inner) in [
+            (1, 64 * 256, 384),
+            (1, 64 * 256, 1536),
+            (1, 16 * 64, 64),
+            (1, 64, 120),
+            (1, 128, 256),
+            (1, 1 << 20, 1),
+            (1, 1, 384),
+        ] {
+            let call = kiln_ops::reduce::ColsumCall {
+                outer,
+                len,
+                inner,
+                mean: false,
+            };
+            let what = format!("reduction {outer}x{len}x{inner}");
+            if let Some(p) = planned(prof, &what, kiln_ops::reduce::plan(&d, &call)) {
+                check_plan(&d, &what, &p);
+                tally(p.family, &p);
+            }
+        }
         for (what, call) in attention_shapes() {
             if let Some(p) = planned(prof, &what, attention::plan(&d, &call)) {
                 check_plan(&d, &what, &p);

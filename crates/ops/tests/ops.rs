@@ -683,6 +683,9 @@ fn matmul_cases(d: &Device) -> usize {
         (0, 0, 150, 300, 130),
     ];
     for (ba, bb, m, n, k) in cases {
+        // Fresh (zeroed) buffers: a tile a kernel forgets to write cannot pass on values a
+        // recycled buffer kept from an earlier product.
+        d.trim_pool();
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let batch = ba.max(bb).max(1);
             let sa: Vec<usize> = (ba > 0)
@@ -915,6 +918,9 @@ fn matmul_f16_cases(d: &Device, coop: bool) {
         (2, 2, 72, 66, 32),
     ];
     for (ba, bb, m, n, k) in cases {
+        // Fresh (zeroed) buffers: a tile a kernel forgets to write cannot pass on values a
+        // recycled buffer kept from an earlier product.
+        d.trim_pool();
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let batch = ba.max(bb).max(1);
             let shape = |b: usize, r: usize, c: usize, t: bool| -> Vec<usize> {
@@ -1834,6 +1840,66 @@ fn dropout_mask_matches_philox_and_replays() {
     assert_ne!(next, y);
     assert!(dropout::dropout(&d, &xa, 1.0, rng.buffer()).is_err());
     assert!(dropout::dropout(&d, &xa, -0.1, rng.buffer()).is_err());
+}
+
+/// Column reductions in two passes (blocks of rows, then the blocks' partials), forced: sums,
+/// maxima and abs-maxima over odd shapes (one column, more columns than a workgroup, a row count
+/// just past a block), against the CPU; LayerNorm's gamma and beta gradients the same way against
+/// a direct sum; the mean has no two-pass form and is refused.
+#[test]
+fn column_reductions_in_two_passes() {
+    use kiln_ops::norm;
+    let d = forced(&[("colsum", "colsum_two_pass")]);
+    let mut r = Rng::new(33);
+    for shape in [[1, 1031, 7], [2, 600, 300], [1, 20_011, 1], [3, 513, 5]] {
+        let x = r.vec(shape.iter().product(), -3.0, 3.0);
+        let xa = arr(&d, &x, &shape);
+        for op in [Reduce::Sum, Reduce::Max, Reduce::AbsMax] {
+            let y = reduce::reduce(&d, &xa, 1, op, false).unwrap();
+            let want = reduce::cpu::reduce(&to_f64(&x), &shape, 1, op);
+            let what = format!("two-pass {op:?} {shape:?}");
+            assert_close(&what, &y.to_f32(&d).unwrap(), &want, 1e-3, 1e-5);
+        }
+        assert!(unless_refused(reduce::reduce(&d, &xa, 1, Reduce::Mean, false)).is_none());
+    }
+    let (rows, cols) = (700, 300);
+    let x = r.vec(rows * cols, -2.0, 2.0);
+    let (g, b) = (r.vec(cols, 0.5, 1.5), r.vec(cols, -0.5, 0.5));
+    let (xa, ga, ba) = (
+        arr(&d, &x, &[rows, cols]),
+        arr(&d, &g, &[cols]),
+        arr(&d, &b, &[cols]),
+    );
+    let (_, saved) = norm::layer_norm(&d, &xa, &ga, &ba, 1e-5).unwrap();
+    let dy = r.vec(rows * cols, -1.0, 1.0);
+    let (_, dg, db) =
+        norm::layer_norm_backward(&d, &xa, &ga, &saved, &arr(&d, &dy, &[rows, cols])).unwrap();
+    let (mut want_g, mut want_b) = (vec![0.0; cols], vec![0.0; cols]);
+    for row in 0..rows {
+        let v = &x[row * cols..(row + 1) * cols];
+        let mean = v.iter().map(|&t| t as f64).sum::<f64>() / cols as f64;
+        let var = v.iter().map(|&t| (t as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+        let rstd = 1.0 / (var + 1e-5).sqrt();
+        for j in 0..cols {
+            let g = dy[row * cols + j] as f64;
+            want_g[j] += g * (v[j] as f64 - mean) * rstd;
+            want_b[j] += g;
+        }
+    }
+    assert_close(
+        "two-pass dgamma",
+        &dg.to_f32(&d).unwrap(),
+        &want_g,
+        1e-3,
+        1e-4,
+    );
+    assert_close(
+        "two-pass dbeta",
+        &db.to_f32(&d).unwrap(),
+        &want_b,
+        1e-3,
+        1e-4,
+    );
 }
 
 #[test]
