@@ -10,7 +10,9 @@ use kiln_ops::{Buffer, DType};
 
 struct Group {
     params: Vec<Tensor>,
-    state: Vec<Vec<Buffer>>,
+    /// One flat buffer per state kind, every parameter's state at its offset (`state_at`).
+    state: Vec<Buffer>,
+    state_at: Vec<usize>,
     hp: Buffer,
     lr: f32,
     rule: Rule,
@@ -52,20 +54,20 @@ impl Optimizer {
     }
 
     fn push_group(&mut self, params: Vec<Tensor>, lr: f32, rule: Rule) -> Result<()> {
+        // The group's state in flat buffers, so one dispatch can update many parameters.
+        let lens: Vec<usize> = params.iter().map(Tensor::numel).collect();
+        let (state_at, len) = optim::state_layout(&lens);
         let mut state = Vec::new();
-        for p in &params {
-            let mut s = Vec::new();
-            for _ in 0..rule.state_count() {
-                let b = self.dev.alloc(p.numel(), DType::F32)?;
-                kiln_ops::fill(&self.dev, &b, 0.0)?;
-                s.push(b);
-            }
-            state.push(s);
+        for _ in 0..rule.state_count() {
+            let b = self.dev.alloc(len, DType::F32)?;
+            kiln_ops::fill(&self.dev, &b, 0.0)?;
+            state.push(b);
         }
         let hp = self.dev.upload(&rule.hyper(lr, 1))?;
         self.groups.push(Group {
             params,
             state,
+            state_at,
             hp,
             lr,
             rule,
@@ -139,19 +141,23 @@ impl Optimizer {
         }
         let guard = loss.unwrap_or(&self.no_guard);
         for g in &self.groups {
-            for (p, s) in g.params.iter().zip(&g.state) {
-                if let Some(grad) = p.grad() {
-                    optim::step(
-                        &self.dev,
-                        &g.rule,
-                        &p.array().buf,
-                        &grad.buf,
-                        s,
-                        &g.hp,
-                        Some(guard),
-                    )?;
-                }
-            }
+            // Every parameter with a gradient (frozen ones have none), in as few dispatches as
+            // the adapter allows.
+            let live: Vec<(&Tensor, kiln_graph::Array, usize)> = g
+                .params
+                .iter()
+                .zip(&g.state_at)
+                .filter_map(|(p, &at)| p.grad().map(|grad| (p, grad, at)))
+                .collect();
+            let slots: Vec<optim::Slot> = live
+                .iter()
+                .map(|(p, grad, at)| optim::Slot {
+                    param: &p.array().buf,
+                    grad: &grad.buf,
+                    state_offset: *at,
+                })
+                .collect();
+            optim::step_group(&self.dev, &g.rule, &slots, &g.state, &g.hp, Some(guard))?;
         }
         for m in &self.masks {
             kiln_ops::elementwise::mask_in_place(&self.dev, &m.param.array().buf, &m.mask)?;
@@ -169,10 +175,14 @@ impl Optimizer {
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
-            for (pi, (p, bufs)) in g.params.iter().zip(&g.state).enumerate() {
-                for (k, b) in bufs.iter().enumerate() {
+            for (pi, (p, &at)) in g.params.iter().zip(&g.state_at).enumerate() {
+                for (k, b) in g.state.iter().enumerate() {
+                    // The parameter's part of the flat buffer (a window, on a 256-byte boundary).
+                    let Some(buf) = b.window((at * 4) as u64, p.numel()) else {
+                        continue; // an empty parameter has no state
+                    };
                     let a = kiln_graph::Array {
-                        buf: b.clone(),
+                        buf,
                         shape: p.shape().to_vec(),
                     };
                     v.push((

@@ -1662,11 +1662,9 @@ fn softmax_and_cross_entropy() {
     .is_err());
 }
 
-#[test]
-fn optimizers_match_pytorch_formulas_over_ten_steps() {
-    let d = dev();
-    let mut r = Rng::new(8);
-    let rules = [
+/// Every update rule, with and without their options.
+fn all_rules() -> [Rule; 8] {
+    [
         Rule::Sgd {
             momentum: 0.0,
             dampening: 0.0,
@@ -1720,7 +1718,74 @@ fn optimizers_match_pytorch_formulas_over_ten_steps() {
             momentum: 0.5,
             centered: true,
         },
-    ];
+    ]
+}
+
+/// A group's update in few dispatches (eight parameters per `multi` dispatch: 11 parameters of
+/// odd lengths, 1 to 1031, some frozen) and one per parameter, each forced, against the CPU over
+/// three steps; the flat state of each parameter starts on its 256-byte boundary.
+#[test]
+fn grouped_optimizer_updates_match_the_cpu() {
+    let mut r = Rng::new(81);
+    let lens = [1, 7, 1031, 64, 5, 333, 2, 17, 250, 3, 9];
+    for variant in ["optim_multi", "optim_single"] {
+        let d = forced(&[("optim", variant)]);
+        for rule in all_rules() {
+            let (offsets, total) = optim::state_layout(&lens);
+            assert!(offsets.iter().all(|o| o % optim::STATE_ALIGN == 0));
+            let state: Vec<_> = (0..rule.state_count())
+                .map(|_| d.upload(&vec![0.0f32; total]).unwrap())
+                .collect();
+            let p0: Vec<Vec<f32>> = lens.iter().map(|&n| r.vec(n, -1.0, 1.0)).collect();
+            let params: Vec<_> = p0.iter().map(|p| d.upload(p).unwrap()).collect();
+            let mut p64: Vec<Vec<f64>> = p0.iter().map(|p| to_f64(p)).collect();
+            let mut s64: Vec<Vec<Vec<f64>>> = lens.iter().map(|&n| vec![vec![0.0; n]; 3]).collect();
+            let hp = d.upload(&rule.hyper(0.01, 1)).unwrap();
+            // Parameter 4 is frozen: never in a slot, never changed.
+            let live: Vec<usize> = (0..lens.len()).filter(|&i| i != 4).collect();
+            for step in 1..=3u64 {
+                let lr = 0.01 / step as f64;
+                d.write(&hp, &rule.hyper(lr as f32, step)).unwrap();
+                let grads: Vec<Vec<f32>> = lens.iter().map(|&n| r.vec(n, -1.0, 1.0)).collect();
+                let gbufs: Vec<_> = grads.iter().map(|g| d.upload(g).unwrap()).collect();
+                let slots: Vec<optim::Slot> = live
+                    .iter()
+                    .map(|&i| optim::Slot {
+                        param: &params[i],
+                        grad: &gbufs[i],
+                        state_offset: offsets[i],
+                    })
+                    .collect();
+                optim::step_group(&d, &rule, &slots, &state, &hp, None).unwrap();
+                for &i in &live {
+                    optim::cpu_step(
+                        &rule,
+                        lr,
+                        step,
+                        &mut p64[i],
+                        &to_f64(&grads[i]),
+                        &mut s64[i],
+                    );
+                }
+            }
+            for (i, p) in params.iter().enumerate() {
+                assert_close(
+                    &format!("{variant} {rule:?} parameter {i}"),
+                    &d.download::<f32>(p).unwrap(),
+                    &p64[i],
+                    1e-5,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn optimizers_match_pytorch_formulas_over_ten_steps() {
+    let d = dev();
+    let mut r = Rng::new(8);
+    let rules = all_rules();
     // Each rule twice: on a view of 333 of 336 floats, whose last quad overhangs it (the quad
     // kernels, which must leave the 3 floats past it alone), and on a window of 333 floats,
     // which ends inside a quad (the one-element kernels).
