@@ -315,7 +315,10 @@ mod tests {
             .filter(|(_, src)| uses_subgroups(src))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(users, ["conv_wgrad_sg", "gemm_coop", "gemm_sg"]);
+        assert_eq!(
+            users,
+            ["attention_coop", "conv_wgrad_sg", "gemm_coop", "gemm_sg"]
+        );
         assert!(!uses_subgroups("// subgroups would help here\nfn f() {}"));
         assert!(uses_subgroups("let x = subgroupShuffle(v, 0u); // y"));
     }
@@ -333,7 +336,7 @@ mod tests {
             .filter(|(_, src)| enables(src, "wgpu_cooperative_matrix"))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(users, ["gemm_coop"]);
+        assert_eq!(users, ["attention_coop", "gemm_coop"]);
     }
 
     #[test]
@@ -351,8 +354,8 @@ mod tests {
 
     /// Steps a loop may take: one, halving, or a workgroup, tile or subgroup size (overrides that
     /// kiln sets to positive values, and the subgroup size, which is at least 1).
-    const STEPS: [&str; 9] = [
-        "BK", "BKV", "BQ2", "NT", "WG", "S", "sg", "lanes", "4u * sg",
+    const STEPS: [&str; 10] = [
+        "BK", "BKV", "BQ2", "NT", "WG", "S", "TR", "sg", "lanes", "4u * sg",
     ];
 
     /// The first loop in `src` that is not a `for` stepping its own counter by one of `STEPS`

@@ -3,9 +3,11 @@
 //! (no score matrix stored), causal blocks skipped; the backward recomputes the probabilities from
 //! each row's saved logsumexp, a workgroup per key block for dK and dV and one per query block for
 //! dQ (no atomics: the same result every run). Masks: causal, key padding ([B, Tk], nonzero =
-//! ignore) and an additive float mask ([Tq, Tk], shared by batches and heads; -inf masks). f16
-//! operands are widened to f32. An unfused path built from matmul + softmax + matmul is kept to
-//! test against.
+//! ignore) and an additive float mask ([Tq, Tk], shared by batches and heads; -inf masks). With
+//! f16 operands the forward runs on cooperative matrices where the adapter has them
+//! (`shaders/attention_coop.wgsl`), f32 accumulation, and the backward on the f32 kernels with
+//! the operands widened; elsewhere f16 operands are widened for both. An unfused path built from
+//! matmul + softmax + matmul is kept to test against.
 
 use crate::kernels::{all_fit, binding_fits, KernelSpec, Planned};
 use crate::{expect_dtype, Array, Buffer, DType, Device, OpError, Params, Result};
@@ -41,24 +43,101 @@ pub struct AttnCall {
     tq: usize,
     tk: usize,
     d: usize,
+    f16: bool,
 }
 
 impl AttnCall {
-    /// Q: [b, h, tq, d], K, V: [b, h, tk, d], for planning.
+    /// Q: [b, h, tq, d], K, V: [b, h, tk, d] in f32, for planning.
     pub fn new(b: usize, h: usize, tq: usize, tk: usize, d: usize) -> AttnCall {
-        AttnCall { b, h, tq, tk, d }
+        AttnCall {
+            b,
+            h,
+            tq,
+            tk,
+            d,
+            f16: false,
+        }
+    }
+
+    /// The same call with f16 Q, K and V (autocast).
+    pub fn with_f16(mut self, f16: bool) -> AttnCall {
+        self.f16 = f16;
+        self
     }
 }
 
-/// The attention family's variants.
+/// The attention family's variants: for f16 operands the forward on cooperative matrices of
+/// the adapter's fragment size; else (and for every backward) the f32 FlashAttention-2 kernels,
+/// f16 operands widened.
 pub static ATTENTION: VariantTable<AttnCall> = VariantTable {
     family: "attention",
-    variants: &[Variant {
-        name: "flash",
-        supports: |d, c| flash_config(d, c).map(|_| ()),
-        prefers: |_, _| true,
-    }],
+    variants: &[
+        Variant {
+            name: "flash_coop16",
+            supports: |d, c| coop_config(d, c, 16).map(|_| ()),
+            prefers: |_, _| true,
+        },
+        Variant {
+            name: "flash_coop8",
+            supports: |d, c| coop_config(d, c, 8).map(|_| ()),
+            prefers: |_, _| true,
+        },
+        Variant {
+            name: "flash",
+            supports: |d, c| flash_config(d, c).map(|_| ()),
+            prefers: |_, _| true,
+        },
+    ],
 };
+
+/// The cooperative-matrix forward for fragment size `s`: the largest block of query rows and
+/// tile of keys whose workgroup memory fits, and the rows per workgroup.
+fn coop_config(
+    dev: &Device,
+    c: &AttnCall,
+    s: usize,
+) -> std::result::Result<(KernelSpec, usize), String> {
+    if !c.f16 {
+        return Err("takes f16 operands".into());
+    }
+    let prof = dev.adapter_profile();
+    if !prof.coop_f16_sizes.contains(&(s as u32)) {
+        return Err(format!(
+            "the adapter has no {s} x {s} f16 cooperative matrix with f32 accumulators"
+        ));
+    }
+    // The full check (head dimension, bindings, the f32 backward's kernels).
+    flash_config(dev, c)?;
+    let max_sg = prof.subgroup_max() as f64;
+    let min_sg = match prof.subgroup_min_size {
+        0 => max_sg,
+        m => (m as f64).min(max_sg),
+    };
+    let dp = c.d.next_multiple_of(s);
+    let mut last = String::new();
+    for sgc in [4, 2, 1] {
+        for bkv in [64, 32, 16, 8].into_iter().filter(|&t| t >= s) {
+            let f = |v: usize| v as f64;
+            let spec = KernelSpec::new(
+                "attention_coop",
+                &format!("flash_coop{s}"),
+                &[
+                    ("S", f(s)),
+                    ("SGC", f(sgc)),
+                    ("SG", max_sg),
+                    ("MIN_SG", min_sg),
+                    ("DP", f(dp)),
+                    ("BKV", f(bkv)),
+                ],
+            );
+            match all_fit(dev, std::slice::from_ref(&spec)) {
+                Ok(()) => return Ok((spec, sgc * s)),
+                Err(e) => last = e,
+            }
+        }
+    }
+    Err(last)
+}
 
 /// The flash kernels' pipelines for a call, with their tile sizes.
 struct FlashConfig {
@@ -168,14 +247,24 @@ fn flash_config(dev: &Device, c: &AttnCall) -> std::result::Result<FlashConfig, 
 /// The variant the device's policy chooses for an attention call, and its pipelines.
 pub fn plan(dev: &Device, c: &AttnCall) -> Result<Planned> {
     let v = ATTENTION.choose(dev, c)?;
-    let cfg = flash_config(dev, c).map_err(|message| OpError::Invalid {
+    let invalid = |message| OpError::Invalid {
         op: "attention",
         message,
-    })?;
+    };
+    let cfg = flash_config(dev, c).map_err(invalid)?;
+    let mut kernels = vec![cfg.forward, cfg.prep, cfg.kv, cfg.q];
+    let coop = match v.name {
+        "flash_coop16" => Some(16),
+        "flash_coop8" => Some(8),
+        _ => None,
+    };
+    if let Some(s) = coop {
+        kernels[0] = coop_config(dev, c, s).map_err(invalid)?.0;
+    }
     Ok(Planned {
         family: ATTENTION.family,
         variant: v.name,
-        kernels: vec![cfg.forward, cfg.prep, cfg.kv, cfg.q],
+        kernels,
         largest_binding: (2 * c.b * c.h * c.tq.max(c.tk) * c.d + 64) as u64 * 4,
     })
 }
@@ -303,7 +392,18 @@ pub fn attention_masked(
     spec: &AttentionSpec,
 ) -> Result<(Array, AttentionSaved)> {
     let g = dims(q, k, v, pad, attn_mask)?;
-    let (q, k, v) = (widened(dev, q)?, widened(dev, k)?, widened(dev, v)?);
+    let f16 = [q, k, v].iter().all(|t| t.dtype() == DType::F16);
+    let call = AttnCall::new(g.b, g.h, g.tq, g.tk, g.d).with_f16(f16);
+    let variant = ATTENTION.choose(dev, &call)?.name;
+    let coop = match variant {
+        "flash_coop16" => Some(16),
+        "flash_coop8" => Some(8),
+        _ => None,
+    };
+    let (q, k, v) = match coop {
+        Some(_) => (q.clone(), k.clone(), v.clone()),
+        None => (widened(dev, q)?, widened(dev, k)?, widened(dev, v)?),
+    };
     let rows = g.b * g.h * g.tq;
     let saved = |out: Array, stats| AttentionSaved {
         stats,
@@ -318,17 +418,22 @@ pub fn attention_masked(
     }
     let out = Array::empty(dev, &[g.b, g.h, g.tq, g.d])?;
     let stats = Array::empty(dev, &[rows, 2])?;
-    let call = AttnCall::new(g.b, g.h, g.tq, g.tk, g.d);
-    ATTENTION.choose(dev, &call)?;
-    let cfg = flash_config(dev, &call).map_err(|message| OpError::Invalid {
+    let invalid = |message| OpError::Invalid {
         op: "attention",
         message,
-    })?;
+    };
+    let (spec_fwd, bq) = match coop {
+        Some(s) => coop_config(dev, &call, s).map_err(invalid)?,
+        None => {
+            let cfg = flash_config(dev, &call).map_err(invalid)?;
+            (cfg.forward, cfg.bq)
+        }
+    };
     let pb = or_unused(dev, pad, DType::I32)?;
     let mb = or_unused(dev, attn_mask, DType::F32)?;
     let p = params(&g, spec, pad.is_some(), attn_mask.is_some(), 0);
-    let k_fwd = cfg.forward.kernel(dev)?;
-    let groups = [g.tq.div_ceil(cfg.bq) as u32, g.h as u32, g.b as u32];
+    let k_fwd = spec_fwd.kernel(dev)?;
+    let groups = [g.tq.div_ceil(bq) as u32, g.h as u32, g.b as u32];
     dev.launch(
         &k_fwd,
         &[&q.buf, &k.buf, &v.buf, &pb, &stats.buf, &out.buf, &mb],
@@ -359,8 +464,9 @@ pub fn attention_backward(
         let z = |s: &[usize]| Array::full(dev, s, 0.0);
         return Ok((z(&q.shape)?, z(&k.shape)?, z(&v.shape)?));
     }
+    // The backward runs the f32 kernels (f16 operands widened above), whichever variant ran the
+    // forward: a forced variant must still run here.
     let call = AttnCall::new(g.b, g.h, g.tq, g.tk, g.d);
-    ATTENTION.choose(dev, &call)?;
     let cfg = flash_config(dev, &call).map_err(|message| OpError::Invalid {
         op: "attention",
         message,
@@ -557,6 +663,45 @@ impl crate::op::Op for Attention {
         if i.len() > 3 {
             grads.push(None);
         }
+        Ok(grads)
+    }
+}
+
+/// Attention with an additive float mask as an op (PyTorch's float `attn_mask`; a boolean mask
+/// becomes -inf where it masks): inputs Q [B, H, Tq, D], K and V [B, H, Tk, D], then the i32
+/// key-padding mask [B, Tk] where `key_padding`, then the additive mask [Tq, Tk] shared by batches
+/// and heads. The masks take no gradient.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttentionMasked {
+    /// Causal mask and scale.
+    pub spec: AttentionSpec,
+    /// Whether a key-padding mask comes before the additive one.
+    pub key_padding: bool,
+}
+
+impl crate::op::Op for AttentionMasked {
+    fn name(&self) -> &str {
+        "attention"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
+        let pad = self.key_padding.then(|| inputs[3]);
+        let mask = inputs.get(3 + self.key_padding as usize).copied();
+        let (out, saved) =
+            attention_masked(dev, inputs[0], inputs[1], inputs[2], pad, mask, &self.spec)?;
+        Ok(crate::op::Forward::with_saved(out, saved))
+    }
+    fn backward(
+        &self,
+        dev: &Device,
+        ctx: &crate::op::Ctx,
+        dy: &Array,
+    ) -> Result<Vec<Option<Array>>> {
+        let i = ctx.inputs;
+        let saved = ctx.saved.get::<AttentionSaved>("attention")?;
+        let pad = self.key_padding.then(|| i[3]);
+        let (dq, dk, dv) = attention_backward(dev, i[0], i[1], i[2], pad, &self.spec, saved, dy)?;
+        let mut grads = vec![Some(dq), Some(dk), Some(dv)];
+        grads.resize(i.len(), None);
         Ok(grads)
     }
 }

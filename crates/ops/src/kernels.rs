@@ -9,7 +9,7 @@
 //! | `conv` (forward and input gradient) | `conv_direct` (software adapters: uniform windows), `conv_gemm` (implicit GEMM through `matmul`) | `conv::CONV` |
 //! | `conv_wgrad` (weight gradient) | `conv_wgrad` (uniform windows), `conv_wgrad_sg` (subgroups), `conv_gemm` | `conv::WGRAD` |
 //! | `pool` (pooling forward) | `pool_windows` (uniform windows, Mesa before 25), `pool_storage` | `pool::POOL` |
-//! | `attention` | `flash` (FlashAttention-2 tiles), `flash_coop16`, `flash_coop8` (f16 on cooperative matrices) | `attention::ATTENTION` |
+//! | `attention` | `flash_coop16`, `flash_coop8` (f16 forward on cooperative matrices), `flash` (FlashAttention-2 tiles, f32; every backward) | `attention::ATTENTION` |
 //! | `colsum` (column reductions: bias, LayerNorm and abs-max gradients) | `colsum_two_pass` (row blocks, then a sum of the partials), `colsum_one_pass` | `reduce::COLSUM` |
 //! | `optim` (optimizer updates) | `optim_multi` (every parameter of a group, eight per dispatch), `optim_single` (a dispatch per parameter) | `optim::OPTIM` |
 //!

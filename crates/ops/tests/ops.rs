@@ -2299,6 +2299,146 @@ fn attention_cases(d: &Device, seed: u64, all: bool) {
     .is_err());
 }
 
+/// f16 Q, K and V: the forward on cooperative matrices of every fragment size the adapter offers
+/// (16 x 16 on Mesa's lavapipe too, as in the matmul test), each forced, and widened to f32 on the
+/// FlashAttention-2 kernels; against the CPU on the f16-rounded inputs (P is rounded to f16 on
+/// cooperative matrices: 11 significant bits), causal and padded, the additive mask, head_dim 1
+/// and 128; the backward (f32 kernels) against finite differences.
+#[test]
+fn attention_f16_on_cooperative_matrices() {
+    use kiln_ops::attention::{self, AttentionSpec};
+    let d = dev();
+    let coop = !d.cooperative_f16_f32_sizes().is_empty();
+    let mut sizes = d.cooperative_f16_f32_sizes().to_vec();
+    let mut prof = d.adapter_profile().clone();
+    if coop && d.adapter().is_software && !sizes.contains(&16) {
+        sizes.insert(0, 16);
+        prof.coop_f16_sizes = sizes.clone();
+    }
+    let mut r = Rng::new(51);
+    for (v, size) in [("flash_coop16", 16), ("flash_coop8", 8), ("flash", 0)] {
+        let policy = KernelPolicy::default().force("attention", v);
+        let fd = dev().with_policy(policy.clone().with_profile(prof.clone()));
+        if size > 0 && !sizes.contains(&size) {
+            let x = Array::from_f16(&d, &[half::f16::ONE; 4], &[1, 1, 2, 2]).unwrap();
+            let e = attention::attention(&fd, &x, &x, &x, None, &AttentionSpec::default());
+            assert!(e.is_err_and(|e| e.to_string().contains(v)));
+            continue;
+        }
+        // (b, h, tq, tk, dim, causal, padded, masked)
+        for (b, h, tq, tk, dim, causal, padded, masked) in [
+            (1, 2, 37, 41, 16, true, false, false),
+            (2, 1, 9, 70, 1, false, true, true),
+            (1, 1, 5, 7, 128, true, true, false),
+            (1, 1, 20, 20, 33, false, false, true),
+        ] {
+            let round = |v: Vec<f32>| -> Vec<f32> {
+                v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
+            };
+            let q = round(r.vec(b * h * tq * dim, -1.0, 1.0));
+            let k = round(r.vec(b * h * tk * dim, -1.0, 1.0));
+            let vv = round(r.vec(b * h * tk * dim, -1.0, 1.0));
+            let to16 = |x: &[f32], s: &[usize]| {
+                kiln_ops::half::cast(&fd, &arr(&fd, x, s), DType::F16).unwrap()
+            };
+            let (qa, ka, va) = (
+                to16(&q, &[b, h, tq, dim]),
+                to16(&k, &[b, h, tk, dim]),
+                to16(&vv, &[b, h, tk, dim]),
+            );
+            let pad: Vec<i32> = (0..b * tk)
+                .map(|i| i32::from(padded && i % tk == 0))
+                .collect();
+            let mask: Vec<f32> = (0..tq * tk)
+                .map(|e| {
+                    if (e / tk) % 3 == 1 && e % tk == 2 {
+                        f32::NEG_INFINITY
+                    } else {
+                        r.range(-0.5, 0.5) as f32
+                    }
+                })
+                .collect();
+            let pa = Array::from_i32(&fd, &pad, &[b, tk]).unwrap();
+            let ma = arr(&fd, &mask, &[tq, tk]);
+            let spec = AttentionSpec {
+                causal,
+                scale: None,
+            };
+            let (o, saved) = attention::attention_masked(
+                &fd,
+                &qa,
+                &ka,
+                &va,
+                padded.then_some(&pa),
+                masked.then_some(&ma),
+                &spec,
+            )
+            .unwrap();
+            let mask64 = to_f64(&mask);
+            let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&vv));
+            let cpu = |q: &[f64], k: &[f64], v: &[f64]| {
+                attention::cpu::attention_masked(
+                    q,
+                    k,
+                    v,
+                    h,
+                    tq,
+                    tk,
+                    dim,
+                    causal,
+                    padded.then_some(&pad[..]),
+                    masked.then_some(&mask64[..]),
+                    1.0 / (dim as f64).sqrt(),
+                )
+            };
+            let what = format!("{v} b{b} h{h} tq{tq} tk{tk} d{dim} causal={causal}");
+            let tol = if size > 0 { 2e-3 } else { 1e-5 };
+            assert_close(
+                &what,
+                &o.to_f32(&fd).unwrap(),
+                &cpu(&q64, &k64, &v64),
+                tol,
+                tol,
+            );
+            if dim > 64 || tq * tk > 400 {
+                continue; // finite differences on the small cases
+            }
+            let dy = r.vec(o.numel(), -1.0, 1.0);
+            let pa_ = padded.then_some(&pa);
+            let grads = attention::attention_backward(
+                &fd,
+                &qa,
+                &ka,
+                &va,
+                pa_,
+                &spec,
+                &saved,
+                &arr(&fd, &dy, &o.shape),
+            )
+            .unwrap();
+            let fq = |x: &[f64]| dot(&cpu(x, &k64, &v64), &dy);
+            let fk = |x: &[f64]| dot(&cpu(&q64, x, &v64), &dy);
+            let fv = |x: &[f64]| dot(&cpu(&q64, &k64, x), &dy);
+            for (name, g, want) in [
+                ("dq", &grads.0, finite_diff(fq, &q64, 1e-4)),
+                ("dk", &grads.1, finite_diff(fk, &k64, 1e-4)),
+                ("dv", &grads.2, finite_diff(fv, &v64, 1e-4)),
+            ] {
+                // The forward's logsumexp comes from f16 probabilities' inputs at f32: the
+                // backward's P matches to about f16's precision on cooperative matrices.
+                let tol = if size > 0 { 3e-3 } else { 1e-4 };
+                assert_close(
+                    &format!("{what} {name}"),
+                    &g.to_f32(&fd).unwrap(),
+                    &want,
+                    tol,
+                    1e-2,
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn int8_matmul_is_exact() {
     use kiln_ops::int8;
