@@ -237,6 +237,21 @@ pub static OPTIM: VariantTable<OptimCall> = VariantTable {
     ],
 };
 
+/// The variant the device's policy chooses for a group's update, and its pipeline.
+pub fn plan(dev: &Device, c: &OptimCall) -> Result<crate::kernels::Planned> {
+    let v = OPTIM.choose(dev, c)?;
+    let kernels = match v.name {
+        "optim_multi" => vec![KernelSpec::new("optim", "multi", &[("RULE", 1.0)])],
+        _ => vec![KernelSpec::new("optim", "adam4", &[])],
+    };
+    Ok(crate::kernels::Planned {
+        family: OPTIM.family,
+        variant: v.name,
+        kernels,
+        largest_binding: 0,
+    })
+}
+
 /// Updates every parameter of a group: `slots` with their gradients, the group's flat `state`
 /// buffers (one per [`Rule::state_count`], laid out by [`state_layout`]), the hyper-parameter
 /// buffer `hp`, and `guard` as in [`step`]. Up to eight parameters per dispatch where the

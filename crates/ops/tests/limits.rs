@@ -163,6 +163,19 @@ fn attention_shapes() -> Vec<(String, AttnCall)> {
         ),
         ("head_dim 128".into(), AttnCall::new(2, 4, 512, 512, 128)),
         ("head_dim 1".into(), AttnCall::new(1, 1, 7, 7, 1)),
+        // Under autocast: f16 operands.
+        (
+            "bench attention gpu f16".into(),
+            AttnCall::new(8, 12, 1024, 1024, 64).with_f16(true),
+        ),
+        (
+            "transformer gpu f16".into(),
+            AttnCall::new(64, 6, 256, 256, 64).with_f16(true),
+        ),
+        (
+            "head_dim 128 f16".into(),
+            AttnCall::new(2, 4, 512, 512, 128).with_f16(true),
+        ),
     ]
 }
 
@@ -258,6 +271,18 @@ fn every_benchmark_and_example_shape_fits_every_adapter_profile() {
                 tally(p.family, &p);
             }
         }
+        // The optimizers' update of a group: LeNet's ten parameters, a Transformer's.
+        for params in [10, 76] {
+            let call = kiln_ops::optim::OptimCall {
+                params,
+                quads: true,
+            };
+            let what = format!("optimizer group of {params}");
+            if let Some(p) = planned(prof, &what, kiln_ops::optim::plan(&d, &call)) {
+                check_plan(&d, &what, &p);
+                tally(p.family, &p);
+            }
+        }
         for (what, call) in attention_shapes() {
             if let Some(p) = planned(prof, &what, attention::plan(&d, &call)) {
                 check_plan(&d, &what, &p);
@@ -275,6 +300,8 @@ fn every_benchmark_and_example_shape_fits_every_adapter_profile() {
     assert!(hopper16.contains_key("coop16"), "{hopper16:?}");
     let apple16 = &chosen[&("Apple M2 (Metal)".to_string(), "matmul_f16")];
     assert!(apple16.contains_key("coop8"), "{apple16:?}");
+    let hopper_att = &chosen[&("NVIDIA H100 (Vulkan)".to_string(), "attention")];
+    assert!(hopper_att.contains_key("flash_coop16") && hopper_att.contains_key("flash"));
 }
 
 /// The small-M tiles of the former GEMM choice (4 x 4 per invocation, as many invocations
