@@ -42,13 +42,15 @@ fn main() -> anyhow::Result<()> {
     ];
     for (pass, flops, work) in passes {
         let tm = common::time_reps(&dev, reps, work)?;
-        println!(
-            "{{\"bench\":\"attention\",\"pass\":\"{pass}\",\"shape\":{shape:?},\"causal\":true,\"gflops\":{:.2},\"ms_per_call\":{:.3},\"timing\":\"{:?}\",\"adapter\":{:?}}}",
-            flops * reps as f64 / tm.seconds / 1e9,
-            tm.seconds * 1e3 / reps as f64,
-            tm.source,
-            dev.adapter().name
-        );
+        common::JsonLine::bench("attention")
+            .set("pass", pass)
+            .set("shape", shape.to_vec())
+            .set("causal", true)
+            .num("gflops", flops * reps as f64 / tm.seconds / 1e9, 2)
+            .num("ms_per_call", tm.seconds * 1e3 / reps as f64, 3)
+            .set("timing", format!("{:?}", tm.source))
+            .set("adapter", dev.adapter().name.clone())
+            .print()?;
     }
     Ok(())
 }

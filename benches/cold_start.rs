@@ -7,6 +7,8 @@ use kiln::nn::models::lenet5;
 use kiln::nn::{Module, NnError, Sgd};
 use std::time::Instant;
 
+mod common;
+
 fn child(cache: &std::path::Path) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let dev = Device::new()?; // reads KILN_PIPELINE_CACHE when the file exists
@@ -27,12 +29,14 @@ fn child(cache: &std::path::Path) -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let had_cache = cache.exists();
     let saved = dev.save_pipeline_cache(cache)?;
-    println!(
-        "{{\"bench\":\"cold_start\",\"model\":\"lenet5\",\"seconds_to_first_step\":{secs:.3},\"pipeline_cache_loaded\":{had_cache},\"pipelines_compiled\":{},\"cache_saved\":{saved},\"adapter\":{:?}}}",
-        dev.counters().pipeline_misses,
-        dev.adapter().name
-    );
-    Ok(())
+    common::JsonLine::bench("cold_start")
+        .set("model", "lenet5")
+        .num("seconds_to_first_step", secs, 3)
+        .set("pipeline_cache_loaded", had_cache)
+        .set("pipelines_compiled", dev.counters().pipeline_misses)
+        .set("cache_saved", saved)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }
 
 fn main() -> anyhow::Result<()> {

@@ -55,13 +55,16 @@ fn main() -> anyhow::Result<()> {
         ];
         for (pass, work) in passes {
             let t = common::time_reps(&dev, reps, work)?;
-            println!(
-                "{{\"bench\":\"conv2d\",\"case\":\"{name}\",\"pass\":\"{pass}\",\"x\":{xs:?},\"w\":{ws:?},\"gflops\":{:.2},\"ms_per_call\":{:.3},\"timing\":\"{:?}\",\"adapter\":{:?}}}",
-                flops * reps as f64 / t.seconds / 1e9,
-                t.seconds * 1e3 / reps as f64,
-                t.source,
-                dev.adapter().name
-            );
+            common::JsonLine::bench("conv2d")
+                .set("case", name)
+                .set("pass", pass)
+                .set("x", xs.to_vec())
+                .set("w", ws.to_vec())
+                .num("gflops", flops * reps as f64 / t.seconds / 1e9, 2)
+                .num("ms_per_call", t.seconds * 1e3 / reps as f64, 3)
+                .set("timing", format!("{:?}", t.source))
+                .set("adapter", dev.adapter().name.clone())
+                .print()?;
         }
     }
     Ok(())

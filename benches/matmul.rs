@@ -33,15 +33,25 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(local_invocation_i
 "#;
 
 /// One JSON line: `path` names the kernel behind the op where it varies by adapter.
-fn report(dev: &Device, name: &str, path: Option<&str>, n: usize, reps: usize, t: &Timing) {
+fn report(
+    dev: &Device,
+    name: &str,
+    path: Option<&str>,
+    n: usize,
+    reps: usize,
+    t: &Timing,
+) -> anyhow::Result<()> {
     let gflops = 2.0 * (n as f64).powi(3) * reps as f64 / t.seconds / 1e9;
-    let path = path.map_or(String::new(), |p| format!("\"path\":\"{p}\","));
-    println!(
-        "{{\"bench\":\"{name}\",{path}\"n\":{n},\"gflops\":{gflops:.2},\"seconds_per_call\":{:.6},\"timing\":\"{:?}\",\"adapter\":{:?}}}",
-        t.seconds / reps as f64,
-        t.source,
-        dev.adapter().name
-    );
+    let mut line = common::JsonLine::bench(name);
+    if let Some(p) = path {
+        line = line.set("path", p);
+    }
+    line.set("n", n)
+        .num("gflops", gflops, 2)
+        .num("seconds_per_call", t.seconds / reps as f64, 6)
+        .set("timing", format!("{:?}", t.source))
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         let t = common::time_reps(&dev, reps, || {
             matmul::matmul(&dev, &a, &b, false, false, None).map(|_| ())
         })?;
-        report(&dev, "matmul_f32", None, n, reps, &t);
+        report(&dev, "matmul_f32", None, n, reps, &t)?;
         if dev.capabilities().f16 {
             let (a16, b16) = (
                 half::cast(&dev, &a, DType::F16)?,
@@ -87,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 c.to_f32(&dev)?.iter().all(|&v| v == want),
                 "f16 matmul gave a wrong product"
             );
-            report(&dev, "matmul_f16", Some(&path), n, reps, &t);
+            report(&dev, "matmul_f16", Some(&path), n, reps, &t)?;
         }
         if n % 16 == 0 {
             let c = Array::empty(&dev, &[n, n])?;
@@ -101,7 +111,7 @@ fn main() -> anyhow::Result<()> {
                 c.to_f32(&dev)?.iter().all(|&v| v == want),
                 "naive kernel gave a wrong product"
             );
-            report(&dev, "matmul_f32_naive16", None, n, reps, &t);
+            report(&dev, "matmul_f32_naive16", None, n, reps, &t)?;
         }
     }
     Ok(())

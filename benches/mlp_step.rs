@@ -8,6 +8,8 @@ use kiln::nn::{Adam, LinearConfig, Module, Relu, Sequential};
 use kiln::nn::{NnError, Optimizer};
 use std::time::Instant;
 
+mod common;
+
 fn model(dev: &Device) -> Result<Sequential, NnError> {
     let mut r = Rng::new(0);
     Ok(Sequential::new()
@@ -41,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let mut loss = loss;
         for _ in 0..steps {
-            dev.write(&x.array().buf, &xs)?;
+            x.copy_from_slice(&xs)?;
             opt.begin_step()?;
             if mode == "eager" {
                 opt.zero_grad();
@@ -54,15 +56,23 @@ fn main() -> anyhow::Result<()> {
         dev.wait()?;
         let secs = t0.elapsed().as_secs_f64();
         let c1 = dev.counters();
-        println!(
-            "{{\"bench\":\"mlp_step\",\"mode\":\"{mode}\",\"ms_per_step\":{:.3},\"samples_per_s\":{:.0},\"dispatches_per_step\":{:.1},\"submissions_per_step\":{:.2},\"loss\":{:.4},\"adapter\":{:?}}}",
-            secs * 1e3 / steps as f64,
-            128.0 * steps as f64 / secs,
-            (c1.dispatches - c0.dispatches) as f64 / steps as f64,
-            (c1.submissions - c0.submissions) as f64 / steps as f64,
-            loss.item()?,
-            dev.adapter().name
-        );
+        common::JsonLine::bench("mlp_step")
+            .set("mode", mode)
+            .num("ms_per_step", secs * 1e3 / steps as f64, 3)
+            .num("samples_per_s", 128.0 * steps as f64 / secs, 0)
+            .num(
+                "dispatches_per_step",
+                (c1.dispatches - c0.dispatches) as f64 / steps as f64,
+                1,
+            )
+            .num(
+                "submissions_per_step",
+                (c1.submissions - c0.submissions) as f64 / steps as f64,
+                2,
+            )
+            .num("loss", loss.item()? as f64, 4)
+            .set("adapter", dev.adapter().name.clone())
+            .print()?;
     }
     Ok(())
 }

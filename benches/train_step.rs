@@ -14,6 +14,8 @@ use kiln::nn::models::lenet5;
 use kiln::nn::{Adam, AdamW, Module, NnError, Optimizer, Sgd};
 use std::time::Instant;
 
+mod common;
+
 struct Result {
     name: String,
     batch: usize,
@@ -43,30 +45,38 @@ fn time_steps(
         let prof = dev.profile(|| plan.replay())?;
         let total: f64 = prof.iter().map(|k| k.seconds).sum();
         for k in prof {
-            println!(
-                "{{\"bench\":\"train_step_profile\",\"model\":{:?},\"batch\":{},\"kernel\":{:?},\"calls_per_step\":{},\"ms_per_step\":{:.3},\"share\":{:.3}}}",
-                r.name,
-                r.batch,
-                k.kernel,
-                k.calls,
-                k.seconds * 1e3,
-                k.seconds / total
-            );
+            common::JsonLine::bench("train_step_profile")
+                .set("model", r.name.clone())
+                .set("batch", r.batch)
+                .set("kernel", k.kernel.clone())
+                .set("calls_per_step", k.calls)
+                .num("ms_per_step", k.seconds * 1e3, 3)
+                .num("share", k.seconds / total, 3)
+                .print()?;
         }
     }
-    println!(
-        "{{\"bench\":\"train_step\",\"model\":{:?},\"batch\":{},\"ms_per_step\":{:.3},\"{}_per_s\":{:.0},\"dispatches_per_step\":{:.1},\"submissions_per_step\":{:.2},\"adapter\":{:?}}}",
-        r.name,
-        r.batch,
-        secs * 1e3 / steps as f64,
-        r.unit,
-        (r.items_per_step * steps) as f64 / secs,
-        (c1.dispatches - c0.dispatches) as f64 / steps as f64,
+    common::JsonLine::bench("train_step")
+        .set("model", r.name.clone())
+        .set("batch", r.batch)
+        .num("ms_per_step", secs * 1e3 / steps as f64, 3)
+        .num(
+            &format!("{}_per_s", r.unit),
+            (r.items_per_step * steps) as f64 / secs,
+            0,
+        )
+        .num(
+            "dispatches_per_step",
+            (c1.dispatches - c0.dispatches) as f64 / steps as f64,
+            1,
+        )
         // Counted over the loop: begin_step's hyper-parameter write rides in the replay submission.
-        (c1.submissions - c0.submissions) as f64 / steps as f64,
-        dev.adapter().name
-    );
-    Ok(())
+        .num(
+            "submissions_per_step",
+            (c1.submissions - c0.submissions) as f64 / steps as f64,
+            2,
+        )
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }
 
 fn lm_step(

@@ -1,6 +1,6 @@
 //! A 2-layer LSTM language model on data/tinyshakespeare: prints validation loss (nats per
 //! character) and a generated sample, then one JSON line.
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 #[path = "common/mod.rs"]
 mod common;
@@ -9,6 +9,7 @@ use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::lm::{generate, CharCorpus, CharLstm};
 use kiln::nn::{Adam, Module};
+use kiln::train::checkpoint::RunSettings;
 use kiln::train::lm::{train_lm, LmConfig};
 use std::path::PathBuf;
 
@@ -16,19 +17,19 @@ use std::path::PathBuf;
 #[command(about = "Train a 2-layer character-level LSTM on tiny Shakespeare")]
 struct Args {
     /// Optimizer steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = common::positive)]
     steps: usize,
     /// Hidden units per layer.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = common::positive)]
     hidden: usize,
     /// Characters per training window (steps of back-propagation through time).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = common::positive)]
     context: usize,
     /// Windows per step.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = common::positive)]
     batch: usize,
     /// Learning rate (Adam).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, value_parser = common::positive_f32)]
     lr: f32,
     /// The text.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare/input.txt"))]
@@ -42,6 +43,16 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    let run = a.run.start(
+        RunSettings::new()
+            .with("model", "char_lstm")
+            .with("steps", a.steps)
+            .with("hidden", a.hidden)
+            .with("context", a.context)
+            .with("batch", a.batch)
+            .with("lr", a.lr)
+            .with("seed", a.seed),
+    )?;
     let dev = Device::new()?;
     eprintln!(
         "adapter: {} ({})",
@@ -53,7 +64,7 @@ fn main() -> Result<()> {
     let mut opt = Adam::new(a.lr).init(&dev, model.parameters())?;
     opt.set_clip_grad_norm(Some(5.0));
     let mut cfg = LmConfig::new(a.batch, a.steps, (a.steps / 5).max(1), 4, a.seed);
-    a.run.prepare_lm(&model, &mut opt, &mut cfg)?;
+    run.prepare_lm(&model, &mut opt, &mut cfg)?;
     let t0 = std::time::Instant::now();
     let hist = train_lm(&dev, &model, &mut opt, &corpus, &cfg, |s| {
         eprintln!(
@@ -62,13 +73,23 @@ fn main() -> Result<()> {
         )
     })?;
     let secs = t0.elapsed().as_secs_f64();
-    a.run.finish_by(&hist, "step")?;
+    run.finish_by(&hist, "step")?;
     let sample = generate(&dev, &model, &corpus, "ROMEO:", 200, 0.8, a.seed)?;
     eprintln!("--- sample ---\n{sample}\n---");
-    let last = hist.last().expect("at least one evaluation");
-    println!(
-        "{{\"example\":\"char_lstm\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{},\"hidden\":{},\"context\":{},\"batch\":{},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},\"adapter\":{:?}}}",
-        last.val_loss.unwrap_or(f32::NAN), last.train_loss, a.steps, a.hidden, a.context, a.batch, last.samples_per_second, dev.adapter().name
-    );
-    Ok(())
+    let last = hist.last().context("no evaluation ran")?;
+    common::JsonLine::new("char_lstm")
+        .num(
+            "val_loss_nats_per_char",
+            last.val_loss.unwrap_or(f32::NAN) as f64,
+            4,
+        )
+        .num("train_loss", last.train_loss as f64, 4)
+        .set("steps", a.steps)
+        .set("hidden", a.hidden)
+        .set("context", a.context)
+        .set("batch", a.batch)
+        .num("train_seconds", secs, 1)
+        .num("chars_per_second", last.samples_per_second, 0)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }

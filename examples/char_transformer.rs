@@ -1,16 +1,22 @@
 //! A small causal Transformer language model on data/tinyshakespeare: prints validation loss
 //! (nats per character) and a generated sample, then one JSON line.
-use anyhow::Result;
+//!
+//! `mpirun -np N char_transformer --distributed` trains it in N processes, each on its share of
+//! every step's windows, to the same result.
+use anyhow::{Context, Result};
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/dist.rs"]
+mod dist_args;
 
 use clap::{Parser, ValueEnum};
-use kiln::device::Device;
+use kiln::dist::{Dist, DistributedDataParallel};
 use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{AdamW, Module};
-use kiln::train::lm::{train_lm, LmConfig};
+use kiln::train::checkpoint::RunSettings;
+use kiln::train::lm::{train_lm, train_lm_parallel, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -28,10 +34,10 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Preset::Small)]
     preset: Preset,
     /// Optimizer steps (default: 300 small, 3000 gpu).
-    #[arg(long)]
+    #[arg(long, value_parser = common::positive)]
     steps: Option<usize>,
     /// Peak learning rate (AdamW, linear warm-up then cosine decay).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, value_parser = common::positive_f32)]
     lr: f32,
     /// The text.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare/input.txt"))]
@@ -45,22 +51,47 @@ struct Args {
     f16: bool,
     #[command(flatten)]
     run: common::RunArgs,
+    #[command(flatten)]
+    dist: dist_args::DistArgs,
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let dev = Device::new()?;
-    eprintln!(
-        "adapter: {} ({})",
-        dev.adapter().name,
-        dev.adapter().backend
-    );
-    let corpus = CharCorpus::load(&a.data, 0.1)?;
+    let dist = a.dist.init()?;
+    dist_args::run(dist.as_ref(), || train(&a, dist.as_ref()))
+}
+
+fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
+    let root = dist_args::is_root(dist);
     let (layers, heads, width, context, batch, steps, dropout) = match a.preset {
         Preset::Small => (2, 4, 64, 64, 16, 300, 0.0),
         Preset::Gpu => (6, 6, 384, 256, 64, 3000, 0.2),
     };
     let steps = a.steps.unwrap_or(steps);
+    let run = dist_args::run_args(&a.run, dist).start(
+        RunSettings::new()
+            .with("model", "char_transformer")
+            .with("layers", layers)
+            .with("heads", heads)
+            .with("width", width)
+            .with("context", context)
+            .with("batch", batch)
+            .with("dropout", dropout)
+            .with("steps", steps)
+            .with("lr", a.lr)
+            .with("seed", a.seed)
+            .with("f16", a.f16),
+    )?;
+    let dev = a.dist.device(dist)?;
+    if root {
+        eprintln!(
+            "adapter: {} ({}){}",
+            dev.adapter().name,
+            dev.adapter().backend,
+            dist.map_or(String::new(), |d| format!(", {} processes", d.size()))
+        );
+    }
+    let corpus = CharCorpus::load(&a.data, 0.1)?;
     let cfg = TransformerLmConfig {
         vocab: corpus.vocab(),
         context,
@@ -82,26 +113,52 @@ fn main() -> Result<()> {
     });
     let mut train_cfg = LmConfig::new(batch, steps, (steps / 5).max(1), 4, a.seed);
     train_cfg.mixed_precision = a.f16;
-    a.run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
+    run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
     let t0 = std::time::Instant::now();
-    let hist = train_lm(&dev, &model, &mut opt, &corpus, &train_cfg, |s| {
-        eprintln!(
-            "step {:5}  train {:.3}  val {:.3} nats/char  {:.0} chars/s",
-            s.step, s.train_loss, s.val_loss, s.chars_per_second
-        )
-    })?;
+    let report = |s: &kiln::train::lm::LmStats| {
+        if root {
+            eprintln!(
+                "step {:5}  train {:.3}  val {:.3} nats/char  {:.0} chars/s",
+                s.step, s.train_loss, s.val_loss, s.chars_per_second
+            )
+        }
+    };
+    let mut times = Default::default();
+    let hist = match dist {
+        None => train_lm(&dev, &model, &mut opt, &corpus, &train_cfg, report)?,
+        Some(d) => {
+            let mut ddp = DistributedDataParallel::new(d, &dev, a.dist.ddp());
+            let h = train_lm_parallel(
+                &dev, &model, &mut opt, &corpus, &train_cfg, &mut ddp, report,
+            )?;
+            times = ddp.times();
+            h
+        }
+    };
     let secs = t0.elapsed().as_secs_f64();
-    a.run.finish_by(&hist, "step")?;
+    if !root {
+        return Ok(());
+    }
+    run.finish_by(&hist, "step")?;
     let sample = generate(&dev, &model, &corpus, "ROMEO:", 200, 0.8, a.seed)?;
     eprintln!("--- sample ---\n{sample}\n---");
-    let last = hist.last().expect("at least one evaluation");
-    println!(
-        "{{\"example\":\"char_transformer\",\"val_loss_nats_per_char\":{:.4},\"train_loss\":{:.4},\"steps\":{steps},\"layers\":{layers},\"width\":{width},\"context\":{context},\"batch\":{batch},\"f16\":{},\"train_seconds\":{secs:.1},\"chars_per_second\":{:.0},\"adapter\":{:?}}}",
-        last.val_loss.unwrap_or(f32::NAN),
-        last.train_loss,
-        a.f16,
-        last.samples_per_second,
-        dev.adapter().name
-    );
-    Ok(())
+    let last = hist.last().context("no evaluation ran")?;
+    let line = common::JsonLine::new("char_transformer")
+        .num(
+            "val_loss_nats_per_char",
+            last.val_loss.unwrap_or(f32::NAN) as f64,
+            4,
+        )
+        .num("train_loss", last.train_loss as f64, 4)
+        .set("steps", steps)
+        .set("layers", layers)
+        .set("width", width)
+        .set("context", context)
+        .set("batch", batch)
+        .set("f16", a.f16)
+        .num("train_seconds", secs, 1)
+        .num("chars_per_second", last.samples_per_second, 0);
+    dist_args::json_fields(line, dist, &times)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }

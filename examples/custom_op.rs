@@ -4,6 +4,8 @@
 //! JSON line.
 use anyhow::{Context, Result};
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "common/swish.rs"]
 mod swish;
 
@@ -24,8 +26,8 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
     /// Passes over the 4,000 training images.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
-    epochs: u64,
+    #[arg(long, default_value_t = 3, value_parser = common::positive)]
+    epochs: usize,
 }
 
 /// The op as a module, so it sits in a `Sequential` like any activation.
@@ -57,8 +59,8 @@ fn main() -> Result<()> {
 
     // 2. Training with it: 784-128-10 with swish, Adam, recorded steps.
     let mnist = Mnist::load(&a.data).context("loading MNIST (see data/README.md)")?;
-    let (x, y) = mnist.split(0..4000);
-    let (tx, ty) = mnist.split(8000..10_000);
+    let (x, y) = mnist.split(0..4000)?;
+    let (tx, ty) = mnist.split(8000..10_000)?;
     let model = Sequential::new()
         .push_named(
             "fc1",
@@ -67,7 +69,7 @@ fn main() -> Result<()> {
         .push_named("swish", SwishLayer)
         .push_named("fc2", LinearConfig::new(128, 10).init_with(&dev, &mut rng)?);
     let mut opt = Adam::new(1e-3).init(&dev, model.parameters())?;
-    let cfg = FitConfig::new(Loss::CrossEntropy, a.epochs as usize, 64, 0);
+    let cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);
     let shape = [784];
     let (train, test) = (
         Dataset::classes(&x, &shape, &y),
@@ -83,12 +85,15 @@ fn main() -> Result<()> {
         )
     })?;
     let last = history.last().context("no epoch ran")?;
-    println!(
-        "{{\"example\":\"custom_op\",\"gradcheck\":\"passed\",\"test_accuracy\":{:.4},\"train_loss\":{:.4},\"epochs\":{},\"seconds\":{:.2}}}",
-        last.val_accuracy.unwrap_or(0.0),
-        last.train_loss,
-        a.epochs,
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    common::JsonLine::new("custom_op")
+        .set("gradcheck", "passed")
+        .num(
+            "test_accuracy",
+            last.val_accuracy.unwrap_or(f32::NAN) as f64,
+            4,
+        )
+        .num("train_loss", last.train_loss as f64, 4)
+        .set("epochs", a.epochs)
+        .num("seconds", start.elapsed().as_secs_f64(), 2)
+        .print()
 }

@@ -1,8 +1,17 @@
 //! Prints the adapter kiln chooses, its limits and optional features, then one JSON line.
 use anyhow::Result;
+use clap::Parser;
 use kiln::device::Device;
 
+#[path = "common/mod.rs"]
+mod common;
+
+#[derive(Parser)]
+#[command(about = "Print the adapter kiln chooses, its limits and optional features")]
+struct Args {}
+
 fn main() -> Result<()> {
+    Args::parse();
     let dev = Device::new()?;
     let a = dev.adapter();
     let c = dev.capabilities();
@@ -30,19 +39,25 @@ fn main() -> Result<()> {
     for p in dev.cooperative_matrix_properties() {
         println!("coop matrix: {p:?}");
     }
-    println!(
-        "{{\"example\":\"device_info\",\"adapter\":{:?},\"backend\":{:?},\"device_type\":{:?},\
-         \"f16\":{},\"subgroups\":{},\"cooperative_matrix\":{},\"timestamps\":{},\
-         \"max_storage_buffer_binding_size\":{},\"max_compute_workgroup_storage_size\":{}}}",
-        a.name,
-        a.backend,
-        a.device_type,
-        c.f16,
-        c.subgroups,
-        c.cooperative_matrix,
-        c.timestamps,
-        l.max_storage_buffer_binding_size,
-        l.max_compute_workgroup_storage_size
-    );
-    Ok(())
+    // The indices --device-index takes.
+    for (i, a) in Device::adapters().iter().enumerate() {
+        println!("adapter {i}: {} ({}, {})", a.name, a.backend, a.device_type);
+    }
+    common::JsonLine::new("device_info")
+        .set("adapter", a.name.clone())
+        .set("backend", a.backend.clone())
+        .set("device_type", a.device_type.clone())
+        .set("f16", c.f16)
+        .set("subgroups", c.subgroups)
+        .set("cooperative_matrix", c.cooperative_matrix)
+        .set("timestamps", c.timestamps)
+        .set(
+            "max_storage_buffer_binding_size",
+            l.max_storage_buffer_binding_size,
+        )
+        .set(
+            "max_compute_workgroup_storage_size",
+            l.max_compute_workgroup_storage_size,
+        )
+        .print()
 }

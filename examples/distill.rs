@@ -2,6 +2,9 @@
 //! (784-64-10). The same student (same seed, same steps) also trains on hard labels alone; both
 //! held-out accuracies are reported, then one JSON line.
 use anyhow::{Context, Result};
+
+#[path = "common/mod.rs"]
+mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::{no_grad, StepPlan, Tensor};
@@ -21,21 +24,37 @@ struct Args {
     /// The teacher: a checkpoint written by lenet_mnist --save.
     #[arg(long)]
     teacher: PathBuf,
-    /// Softening temperature.
-    #[arg(long, default_value_t = 2.0)]
+    /// Softening temperature (above 0).
+    #[arg(long, default_value_t = 2.0, value_parser = common::positive_f32)]
     temperature: f32,
-    /// Weight of the teacher's term (the rest goes to the hard labels).
-    #[arg(long, default_value_t = 0.5)]
+    /// Weight of the teacher's term, in [0, 1] (the rest goes to the hard labels).
+    #[arg(long, default_value_t = 0.5, value_parser = common::unit)]
     alpha: f32,
     /// Passes over the training images.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = common::positive)]
     epochs: usize,
-    /// Training images (the first N of data/mnist).
-    #[arg(long, default_value_t = 2000)]
+    /// Training images: the first N of data/mnist, at least one batch (64), and never the last
+    /// 2,000, which are held out.
+    #[arg(long, default_value_t = 2000, value_parser = train_size)]
     train_size: usize,
     /// Directory with the MNIST IDX files.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
+}
+
+/// Images per training step.
+const BATCH: usize = 64;
+/// The held-out images: the last this many.
+const HELD_OUT: usize = 2000;
+
+fn train_size(s: &str) -> Result<usize, String> {
+    let n = common::positive(s)?;
+    if n < BATCH {
+        return Err(format!(
+            "must be at least one batch of {BATCH} images, got {n}"
+        ));
+    }
+    Ok(n)
 }
 
 fn student(dev: &Device) -> Result<Sequential> {
@@ -56,8 +75,13 @@ fn train(
     y: &[i32],
 ) -> Result<()> {
     let mut opt = Adam::new(1e-3).init(dev, s.parameters())?;
-    let batch = 64;
+    let batch = BATCH;
     let n = y.len() / batch * batch; // whole batches: one plan
+    anyhow::ensure!(
+        n > 0,
+        "{} training images: not one batch of {batch}",
+        y.len()
+    );
     let xt = Tensor::from_f32(dev, &x[..batch * 784], &[batch, 784])?;
     let img = Tensor::from_f32(dev, &x[..batch * 784], &[batch, 1, 28, 28])?;
     let yt = Tensor::from_i32(dev, &y[..batch], &[batch])?;
@@ -93,11 +117,29 @@ fn train(
         }
     }
     dev.wait()?;
+    // This loop reads no loss back: check once at the end that training stayed finite.
+    for (name, p) in s.named_parameters() {
+        anyhow::ensure!(
+            p.to_vec()?.iter().all(|v| v.is_finite()),
+            "training diverged: {name} holds NaN or infinite values"
+        );
+    }
     Ok(())
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    // The data first: a bad --train-size fails before the device starts.
+    let mnist = Mnist::load(&a.data)?;
+    let held_out = mnist.len().saturating_sub(HELD_OUT);
+    anyhow::ensure!(
+        a.train_size <= held_out,
+        "--train-size {} would train on held-out images: the last {HELD_OUT} of {} are held out, so at most {held_out}",
+        a.train_size,
+        mnist.len()
+    );
+    let (x, y) = mnist.split(0..a.train_size)?;
+    let (tx, ty) = mnist.split(held_out..mnist.len())?;
     let dev = Device::new()?;
     let teacher = lenet5(&dev, 0)?;
     let r = serialize::load(&a.teacher, &teacher.named_parameters(), false)
@@ -109,9 +151,6 @@ fn main() -> Result<()> {
     for p in teacher.parameters() {
         p.requires_grad_(false)?;
     }
-    let mnist = Mnist::load(&a.data)?;
-    let (x, y) = mnist.split(0..a.train_size);
-    let (tx, ty) = mnist.split(8000..10_000);
     let test = Dataset::classes(&tx, &[784], &ty);
     let teacher_test = Dataset::classes(&tx, &[1, 28, 28], &ty);
     let teacher_acc = evaluate(&dev, &teacher, &teacher_test, Loss::CrossEntropy, 500)?
@@ -128,9 +167,14 @@ fn main() -> Result<()> {
         .1
         .unwrap_or(0.0);
     eprintln!("teacher {teacher_acc:.4}  student alone {plain_acc:.4}  student with teacher {taught_acc:.4}");
-    println!(
-        "{{\"example\":\"distill\",\"teacher_accuracy\":{teacher_acc:.4},\"student_accuracy\":{plain_acc:.4},\"distilled_student_accuracy\":{taught_acc:.4},\"temperature\":{},\"alpha\":{},\"epochs\":{},\"train_images\":{}}}",
-        a.temperature, a.alpha, a.epochs, a.train_size
-    );
-    Ok(())
+    common::JsonLine::new("distill")
+        .num("teacher_accuracy", teacher_acc as f64, 4)
+        .num("student_accuracy", plain_acc as f64, 4)
+        .num("distilled_student_accuracy", taught_acc as f64, 4)
+        .num("temperature", a.temperature as f64, 4)
+        .num("alpha", a.alpha as f64, 4)
+        .set("epochs", a.epochs)
+        .set("train_images", a.train_size)
+        .set("test_images", ty.len())
+        .print()
 }

@@ -2,6 +2,9 @@
 //! head, freezes every other layer, and trains the head on the digits 0-4 only. Reports held-out
 //! accuracy on those digits before and after, then one JSON line.
 use anyhow::{Context, Result};
+
+#[path = "common/mod.rs"]
+mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
@@ -21,19 +24,19 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
     /// Passes over the training digits.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = common::positive)]
     epochs: usize,
 }
 
-fn digits_below(m: &Mnist, range: std::ops::Range<usize>, k: i32) -> (Vec<f32>, Vec<i32>) {
-    let (x, y) = m.split(range);
+fn digits_below(m: &Mnist, range: std::ops::Range<usize>, k: i32) -> Result<(Vec<f32>, Vec<i32>)> {
+    let (x, y) = m.split(range)?;
     let keep: Vec<usize> = (0..y.len()).filter(|&i| y[i] < k).collect();
-    (
+    Ok((
         keep.iter()
             .flat_map(|&i| x[i * 784..(i + 1) * 784].to_vec())
             .collect(),
         keep.iter().map(|&i| y[i]).collect(),
-    )
+    ))
 }
 
 fn main() -> Result<()> {
@@ -51,8 +54,8 @@ fn main() -> Result<()> {
         p.requires_grad_(name.starts_with("fc3"))?;
     }
     let mnist = Mnist::load(&a.data)?;
-    let (x, y) = digits_below(&mnist, 0..8000, 5);
-    let (tx, ty) = digits_below(&mnist, 8000..10_000, 5);
+    let (x, y) = digits_below(&mnist, 0..8000, 5)?;
+    let (tx, ty) = digits_below(&mnist, 8000..10_000, 5)?;
     let shape = [1, 28, 28];
     let (train, test) = (
         Dataset::classes(&x, &shape, &y),
@@ -90,11 +93,11 @@ fn main() -> Result<()> {
         .zip(&frozen)
         .filter(|((n, _), _)| !n.starts_with("fc3"))
         .all(|((_, p), v)| p.to_vec().map(|now| &now == v).unwrap_or(false));
-    println!(
-        "{{\"example\":\"finetune\",\"digits\":\"0-4\",\"accuracy_before\":{:.4},\"accuracy_after\":{:.4},\"frozen_layers_unchanged\":{unchanged},\"train_images\":{}}}",
-        before.unwrap_or(0.0),
-        after.unwrap_or(0.0),
-        y.len()
-    );
-    Ok(())
+    common::JsonLine::new("finetune")
+        .set("digits", "0-4")
+        .num("accuracy_before", before.unwrap_or(f32::NAN) as f64, 4)
+        .num("accuracy_after", after.unwrap_or(f32::NAN) as f64, 4)
+        .set("frozen_layers_unchanged", unchanged)
+        .set("train_images", y.len())
+        .print()
 }

@@ -1,17 +1,23 @@
 //! Trains the seed's LeNet-5 on the first 8,000 images of data/mnist with SGD (momentum 0.9) and
 //! reports accuracy on the last 2,000, which it never trains on. Ends with one JSON line.
+//!
+//! `mpirun -np N lenet_mnist --distributed` trains it in N processes, each on its share of every
+//! batch of 64, to the same result.
 use anyhow::{Context, Result};
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/dist.rs"]
+mod dist_args;
 
 use clap::Parser;
-use kiln::device::Device;
+use kiln::dist::{Dist, DistributedDataParallel};
 use kiln::nn::data::Mnist;
 use kiln::nn::models::lenet5;
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Sgd};
-use kiln::train::{fit_classifier, Dataset, FitConfig};
+use kiln::train::checkpoint::RunSettings;
+use kiln::train::{fit_classifier, fit_parallel, Dataset, FitConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,33 +28,53 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
     /// Training examples (the first N); the last 2,000 are held out.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 8000, value_parser = common::positive)]
     train_size: usize,
     /// Passes over the training examples.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = common::positive)]
     epochs: usize,
     /// Examples per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = common::positive)]
     batch_size: usize,
     /// Peak learning rate (cosine-annealed to zero over the run).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = common::positive_f32)]
     lr: f32,
     /// Seed for initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
     run: common::RunArgs,
+    #[command(flatten)]
+    dist: dist_args::DistArgs,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let dist = args.dist.init()?;
+    dist_args::run(dist.as_ref(), || train(&args, dist.as_ref()))
+}
+
+fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
     let start = Instant::now();
-    let dev = Device::new()?;
-    eprintln!(
-        "adapter: {} ({})",
-        dev.adapter().name,
-        dev.adapter().backend
-    );
+    let root = dist_args::is_root(dist);
+    let run = dist_args::run_args(&args.run, dist).start(
+        RunSettings::new()
+            .with("model", "lenet5")
+            .with("train_size", args.train_size)
+            .with("epochs", args.epochs)
+            .with("batch_size", args.batch_size)
+            .with("lr", args.lr)
+            .with("seed", args.seed),
+    )?;
+    let dev = args.dist.device(dist)?;
+    if root {
+        eprintln!(
+            "adapter: {} ({}){}",
+            dev.adapter().name,
+            dev.adapter().backend,
+            dist.map_or(String::new(), |d| format!(", {} processes", d.size()))
+        );
+    }
     let mnist = Mnist::load(&args.data).context("loading MNIST (see data/README.md)")?;
     let held_out = 2000;
     anyhow::ensure!(
@@ -57,8 +83,8 @@ fn main() -> Result<()> {
         args.train_size,
         mnist.len()
     );
-    let (train_x, train_y) = mnist.split(0..args.train_size);
-    let (test_x, test_y) = mnist.split(mnist.len() - held_out..mnist.len());
+    let (train_x, train_y) = mnist.split(0..args.train_size)?;
+    let (test_x, test_y) = mnist.split(mnist.len() - held_out..mnist.len())?;
     let shape = [1, 28, 28];
     let train = Dataset::classes(&train_x, &shape, &train_y);
     let test = Dataset::classes(&test_x, &shape, &test_y);
@@ -81,9 +107,12 @@ fn main() -> Result<()> {
             args.seed,
         )
     };
-    args.run.prepare(&model, &mut opt, &mut cfg)?;
+    run.prepare(&model, &mut opt, &mut cfg)?;
     let before = dev.counters();
-    let history = fit_classifier(&dev, &model, &mut opt, &train, Some(&test), &cfg, |s| {
+    let report = |s: &kiln::train::EpochStats| {
+        if !root {
+            return;
+        }
         eprintln!(
             "epoch {:2}  train loss {:.4}  held-out loss {:.4}  accuracy {:.4}  {:.1}s  {:.0} samples/s",
             s.epoch,
@@ -93,23 +122,49 @@ fn main() -> Result<()> {
             s.train_seconds,
             s.samples_per_second
         );
-    })?;
+    };
+    let mut times = Default::default();
+    let history = match dist {
+        None => fit_classifier(&dev, &model, &mut opt, &train, Some(&test), &cfg, report)?,
+        Some(d) => {
+            let mut ddp = DistributedDataParallel::new(d, &dev, args.dist.ddp());
+            let h = fit_parallel(
+                &dev,
+                &model,
+                &mut opt,
+                &train,
+                Some(&test),
+                &cfg,
+                &mut ddp,
+                report,
+            )?;
+            times = ddp.times();
+            h
+        }
+    };
     let after = dev.counters();
-    args.run.finish(&history)?;
+    if !root {
+        return Ok(());
+    }
+    run.finish(&history)?;
     let last = history.last().context("no epoch ran")?;
     let train_seconds: f64 = history.iter().map(|s| s.train_seconds).sum();
-    println!(
-        "{{\"example\":\"lenet_mnist\",\"test_accuracy\":{:.4},\"test_loss\":{:.4},\"train_images\":{},\"test_images\":{held_out},\
-         \"epochs\":{},\"batch_size\":{},\"train_seconds\":{train_seconds:.2},\"total_seconds\":{:.2},\
-         \"steps\":{steps},\"submissions\":{},\"adapter\":{:?}}}",
-        last.val_accuracy.unwrap_or(0.0),
-        last.val_loss.unwrap_or(f32::NAN),
-        args.train_size,
-        args.epochs,
-        args.batch_size,
-        start.elapsed().as_secs_f64(),
-        after.submissions - before.submissions,
-        dev.adapter().name
-    );
-    Ok(())
+    let line = common::JsonLine::new("lenet_mnist")
+        .num(
+            "test_accuracy",
+            last.val_accuracy.unwrap_or(f32::NAN) as f64,
+            4,
+        )
+        .num("test_loss", last.val_loss.unwrap_or(f32::NAN) as f64, 4)
+        .set("train_images", args.train_size)
+        .set("test_images", held_out)
+        .set("epochs", args.epochs)
+        .set("batch_size", args.batch_size)
+        .num("train_seconds", train_seconds, 2)
+        .num("total_seconds", start.elapsed().as_secs_f64(), 2)
+        .set("steps", steps)
+        .set("submissions", after.submissions - before.submissions);
+    dist_args::json_fields(line, dist, &times)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }

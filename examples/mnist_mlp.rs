@@ -12,6 +12,7 @@ use kiln::nn::data::Mnist;
 use kiln::nn::init::Rng;
 use kiln::nn::Module;
 use kiln::nn::{Adam, LinearConfig, Relu, Sequential};
+use kiln::train::checkpoint::RunSettings;
 use kiln::train::{Compiled, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
@@ -22,10 +23,10 @@ struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
     /// Passes over the training images.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = common::positive)]
     epochs: usize,
     /// Examples per step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = common::positive)]
     batch_size: usize,
     #[command(flatten)]
     run: common::RunArgs,
@@ -33,10 +34,16 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    let run = a.run.start(
+        RunSettings::new()
+            .with("model", "mlp_784_256_10")
+            .with("epochs", a.epochs)
+            .with("batch_size", a.batch_size),
+    )?;
     let dev = Device::new()?;
     let mnist = Mnist::load(&a.data).context("loading MNIST")?;
-    let (x, y) = mnist.split(0..8000);
-    let (tx, ty) = mnist.split(8000..10_000);
+    let (x, y) = mnist.split(0..8000)?;
+    let (tx, ty) = mnist.split(8000..10_000)?;
     let shape = [784];
     let mut rng = Rng::new(0);
     let model = Sequential::new()
@@ -56,7 +63,7 @@ fn main() -> Result<()> {
         Dataset::classes(&tx, &shape, &ty),
     );
     let mut cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, a.batch_size, 0);
-    a.run.prepare(&net.model, &mut net.optimizer, &mut cfg)?;
+    run.prepare(&net.model, &mut net.optimizer, &mut cfg)?;
     let history = net.fit_with(&train, Some(&test), &cfg, |s| {
         eprintln!(
             "epoch {}/{}  loss {:.4}  val_loss {:.4}  val_accuracy {:.4}  {:.0} samples/s",
@@ -68,7 +75,7 @@ fn main() -> Result<()> {
             s.samples_per_second
         )
     })?;
-    a.run.finish(&history)?;
+    run.finish(&history)?;
     let (loss, acc) = net.evaluate(&test)?;
     let logits = net.predict(&tx[..5 * 784], &shape)?;
     let first: Vec<usize> = logits
@@ -84,12 +91,12 @@ fn main() -> Result<()> {
         &ty[..5]
     );
     let secs: f64 = history.iter().map(|s| s.train_seconds).sum();
-    println!(
-        "{{\"example\":\"mnist_mlp\",\"test_accuracy\":{:.4},\"test_loss\":{loss:.4},\"epochs\":{},\"batch_size\":{},\"train_seconds\":{secs:.1},\"adapter\":{:?}}}",
-        acc.unwrap_or(0.0),
-        a.epochs,
-        a.batch_size,
-        dev.adapter().name
-    );
-    Ok(())
+    common::JsonLine::new("mnist_mlp")
+        .num("test_accuracy", acc.unwrap_or(f32::NAN) as f64, 4)
+        .num("test_loss", loss as f64, 4)
+        .set("epochs", a.epochs)
+        .set("batch_size", a.batch_size)
+        .num("train_seconds", secs, 1)
+        .set("adapter", dev.adapter().name.clone())
+        .print()
 }

@@ -1,6 +1,9 @@
 //! Classifies MNIST images with a LeNet saved by `lenet_mnist --save PATH`, without recording
 //! any training graph. Prints each image's class and probability, then one JSON line.
 use anyhow::{Context, Result};
+
+#[path = "common/mod.rs"]
+mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::{no_grad, Tensor};
@@ -29,6 +32,12 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    // The images first: a bad file fails before the device starts.
+    let mut images = Vec::new();
+    for path in &a.pgm {
+        let (w, h, px) = kiln::nn::data::read_pgm(path)?;
+        images.push(kiln::nn::data::to_mnist_input(w, h, &px)?);
+    }
     let dev = Device::new()?;
     let model = lenet5(&dev, 0)?;
     // A training checkpoint also holds optimizer state: extra tensors are fine, missing or
@@ -47,19 +56,23 @@ fn main() -> Result<()> {
             let logits = model.forward(&Tensor::from_f32(&dev, x, &[1, 1, 28, 28])?)?;
             Ok(logits.softmax()?.to_vec()?)
         })?;
+        anyhow::ensure!(
+            probs.iter().all(|p| p.is_finite()),
+            "the model's output is not finite: {probs:?}"
+        );
         Ok(probs
             .iter()
             .enumerate()
             .fold((0, 0.0f32), |b, (c, &p)| if p > b.1 { (c, p) } else { b }))
     };
     if !a.pgm.is_empty() {
-        for path in &a.pgm {
-            let (w, h, px) = kiln::nn::data::read_pgm(path)?;
-            let (class, p) = classify(&kiln::nn::data::to_mnist_input(w, h, &px))?;
+        for (path, x) in a.pgm.iter().zip(&images) {
+            let (class, p) = classify(x)?;
             println!("{}: class {class} (probability {p:.3})", path.display());
         }
-        println!("{{\"example\":\"predict\",\"images\":{}}}", a.pgm.len());
-        return Ok(());
+        return common::JsonLine::new("predict")
+            .set("images", a.pgm.len())
+            .print();
     }
     let mnist = Mnist::load(&a.data)?;
     let mut correct = 0;
@@ -69,7 +82,7 @@ fn main() -> Result<()> {
             "index {i} outside the {} images",
             mnist.len()
         );
-        let (x, y) = mnist.split(i..i + 1);
+        let (x, y) = mnist.split(i..i + 1)?;
         let (class, p) = classify(&x)?;
         correct += usize::from(class as i32 == y[0]);
         println!(
@@ -77,9 +90,8 @@ fn main() -> Result<()> {
             y[0]
         );
     }
-    println!(
-        "{{\"example\":\"predict\",\"images\":{},\"correct\":{correct}}}",
-        a.index.len()
-    );
-    Ok(())
+    common::JsonLine::new("predict")
+        .set("images", a.index.len())
+        .set("correct", correct)
+        .print()
 }

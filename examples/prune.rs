@@ -2,6 +2,9 @@
 //! fine-tunes with the masks kept, and reports held-out accuracy before, right after pruning, and
 //! after fine-tuning, then one JSON line.
 use anyhow::{Context, Result};
+
+#[path = "common/mod.rs"]
+mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::Tensor;
@@ -20,13 +23,13 @@ struct Args {
     #[arg(long)]
     model: PathBuf,
     /// Fraction of weights to remove, in [0, 1).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = common::fraction)]
     sparsity: f32,
     /// Prune each weight tensor separately instead of by one global threshold.
     #[arg(long)]
     per_layer: bool,
     /// Fine-tuning epochs.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = common::positive)]
     epochs: usize,
     /// Directory with the MNIST IDX files.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
@@ -43,8 +46,8 @@ fn main() -> Result<()> {
         "not a LeNet-5 checkpoint: {r:?}"
     );
     let mnist = Mnist::load(&a.data)?;
-    let (x, y) = mnist.split(0..8000);
-    let (tx, ty) = mnist.split(8000..10_000);
+    let (x, y) = mnist.split(0..8000)?;
+    let (tx, ty) = mnist.split(8000..10_000)?;
     let shape = [1, 28, 28];
     let (train, test) = (
         Dataset::classes(&x, &shape, &y),
@@ -53,7 +56,7 @@ fn main() -> Result<()> {
     let acc = |m: &dyn Module| -> Result<f32> {
         Ok(evaluate(&dev, m, &test, Loss::CrossEntropy, 500)?
             .1
-            .unwrap_or(0.0))
+            .unwrap_or(f32::NAN))
     };
     let before = acc(&model)?;
     let weights: Vec<Tensor> = model
@@ -78,10 +81,11 @@ fn main() -> Result<()> {
         |s| eprintln!("fine-tune epoch {}  loss {:.4}", s.epoch, s.train_loss),
     )?;
     let after = acc(&model)?;
-    println!(
-        "{{\"example\":\"prune\",\"sparsity\":{:.4},\"accuracy_before\":{before:.4},\"accuracy_pruned\":{pruned:.4},\"accuracy_finetuned\":{after:.4},\"global\":{}}}",
-        sparsity(&weights)?,
-        !a.per_layer
-    );
-    Ok(())
+    common::JsonLine::new("prune")
+        .num("sparsity", sparsity(&weights)? as f64, 4)
+        .num("accuracy_before", before as f64, 4)
+        .num("accuracy_pruned", pruned as f64, 4)
+        .num("accuracy_finetuned", after as f64, 4)
+        .set("global", !a.per_layer)
+        .print()
 }

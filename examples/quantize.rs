@@ -3,6 +3,9 @@
 //! by `lenet_mnist --save PATH`, or trains one first. Reports held-out accuracy, file size and
 //! inference throughput of each, then one JSON line.
 use anyhow::{Context, Result};
+
+#[path = "common/mod.rs"]
+mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
@@ -22,20 +25,33 @@ struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Training epochs when no --model is given.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = common::positive)]
     epochs: usize,
-    /// Calibration examples (the first N training images).
-    #[arg(long, default_value_t = 256)]
+    /// Calibration examples (the first N training images, at most 8,000).
+    #[arg(long, default_value_t = 256, value_parser = calibration)]
     calibration: usize,
-    /// Calibrate on this percentile of |x| instead of the maximum.
-    #[arg(long)]
+    /// Calibrate on this percentile of |x|, in (0, 100], instead of the maximum.
+    #[arg(long, value_parser = common::percentile)]
     percentile: Option<f32>,
-    /// Where the three model files are written.
+    /// Where the three model files are written (created if missing).
     #[arg(long, default_value = "target/quantize")]
     out: PathBuf,
     /// Directory with the MNIST IDX files.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/mnist"))]
     data: PathBuf,
+}
+
+/// Training images: the first 8,000 (the last 2,000 are held out).
+const TRAIN: usize = 8000;
+
+fn calibration(s: &str) -> Result<usize, String> {
+    let n = common::positive(s)?;
+    if n > TRAIN {
+        return Err(format!(
+            "must be at most the {TRAIN} training images, got {n}"
+        ));
+    }
+    Ok(n)
 }
 
 /// Accuracy and images per second (best of 3 passes over the held-out set).
@@ -58,14 +74,15 @@ fn size(p: &Path) -> Result<u64> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    // Before any training: the three files must be writable.
+    common::writable_dir(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
     let dev = Device::new()?;
     eprintln!("adapter: {}", dev.adapter().name);
     let mnist = Mnist::load(&a.data).context("loading MNIST (see data/README.md)")?;
-    let (x, y) = mnist.split(0..8000);
-    let (tx, ty) = mnist.split(8000..10_000);
+    let (x, y) = mnist.split(0..TRAIN)?;
+    let (tx, ty) = mnist.split(TRAIN..10_000)?;
     let shape = [1, 28, 28];
     let test = Dataset::classes(&tx, &shape, &ty);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
 
     let model = lenet5(&dev, 0)?;
     match &a.model {
@@ -82,7 +99,7 @@ fn main() -> Result<()> {
                 .momentum(0.9)
                 .init(&dev, model.parameters())?;
             opt.set_schedule(Schedule::Cosine {
-                t_max: (a.epochs * 8000usize.div_ceil(64)) as u64,
+                t_max: (a.epochs * TRAIN.div_ceil(64)) as u64,
                 min_lr: 0.0,
             });
             let cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);
@@ -96,7 +113,7 @@ fn main() -> Result<()> {
     serialize::save(&f32_path, &model.named_parameters(), &[])?;
     let (f32_acc, f32_ips) = measure(&dev, &model, &test)?;
 
-    let calib = &x[..a.calibration.min(8000) * 784];
+    let calib = &x[..a.calibration * 784];
     let mut int8_cfg = QuantConfig::int8();
     if let Some(p) = a.percentile {
         int8_cfg.calibration = Calibration::Percentile(p);
@@ -120,22 +137,28 @@ fn main() -> Result<()> {
         );
         results.push((name, acc, size(&path)?, ips, q.uses_quantized_kernels()));
     }
-    let fields: Vec<String> = results
-        .iter()
-        .map(|(n, acc, bytes, ips, native)| {
-            format!(
-                "\"{n}_accuracy\":{acc:.4},\"{n}_bytes\":{bytes},\"{n}_images_per_second\":{ips:.0},\"{n}_kernels\":{native}"
-            )
-        })
-        .collect();
-    println!(
-        "{{\"example\":\"quantize\",\"f32_accuracy\":{f32_acc:.4},\"f32_bytes\":{},\"f32_images_per_second\":{f32_ips:.0},{},\"int8_drop_points\":{:.2},\"calibration\":{:?},\"test_images\":{},\"adapter\":{:?}}}",
-        size(&f32_path)?,
-        fields.join(","),
-        (f32_acc - results[0].1) * 100.0,
-        a.percentile.map_or("minmax".to_string(), |p| format!("percentile {p}")),
-        test.len(),
-        dev.adapter().name
-    );
-    Ok(())
+    let mut line = common::JsonLine::new("quantize")
+        .num("f32_accuracy", f32_acc as f64, 4)
+        .set("f32_bytes", size(&f32_path)?)
+        .num("f32_images_per_second", f32_ips, 0);
+    for (n, acc, bytes, ips, native) in &results {
+        line = line
+            .num(&format!("{n}_accuracy"), *acc as f64, 4)
+            .set(&format!("{n}_bytes"), *bytes)
+            .num(&format!("{n}_images_per_second"), *ips, 0)
+            .set(&format!("{n}_kernels"), *native);
+    }
+    line.num(
+        "int8_drop_points",
+        ((f32_acc - results[0].1) * 100.0) as f64,
+        2,
+    )
+    .set(
+        "calibration",
+        a.percentile
+            .map_or("minmax".to_string(), |p| format!("percentile {p}")),
+    )
+    .set("test_images", test.len())
+    .set("adapter", dev.adapter().name.clone())
+    .print()
 }

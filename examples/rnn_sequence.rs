@@ -10,19 +10,20 @@ use kiln::device::Device;
 use kiln::nn::init::Rng;
 use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier, RecurrentConfig};
 use kiln::nn::{Adam, Module};
+use kiln::train::checkpoint::RunSettings;
 use kiln::train::{Compiled, Dataset, FitConfig, Loss};
 
 #[derive(Parser)]
 #[command(about = "A 2-layer RNN learns whether a 0/1 sequence is mostly ones")]
 struct Args {
     /// Sequence length (odd lengths have no ties).
-    #[arg(long, default_value_t = 11)]
+    #[arg(long, default_value_t = 11, value_parser = common::positive)]
     length: usize,
     /// Passes over the 2,000 training sequences.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = common::positive)]
     epochs: usize,
     /// Hidden units per layer.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = common::positive)]
     hidden: usize,
     #[command(flatten)]
     run: common::RunArgs,
@@ -30,6 +31,12 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    let run = a.run.start(
+        RunSettings::new()
+            .with("length", a.length)
+            .with("epochs", a.epochs)
+            .with("hidden", a.hidden),
+    )?;
     let dev = Device::new()?;
     let mut rng = Rng::new(0);
     let (x, y) = majority_task(2000, a.length, &mut rng);
@@ -48,7 +55,7 @@ fn main() -> Result<()> {
         Dataset::classes(&tx, &shape, &ty),
     );
     let mut cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);
-    a.run.prepare(&net.model, &mut net.optimizer, &mut cfg)?;
+    run.prepare(&net.model, &mut net.optimizer, &mut cfg)?;
     let hist = net.fit_with(&train, Some(&test), &cfg, |s| {
         eprintln!(
             "epoch {:2}  loss {:.4}  held-out accuracy {:.3}",
@@ -57,14 +64,15 @@ fn main() -> Result<()> {
             s.val_accuracy.unwrap_or(0.0)
         )
     })?;
-    a.run.finish(&hist)?;
+    run.finish(&hist)?;
     let (loss, acc) = net.evaluate(&test)?;
     let secs: f64 = hist.iter().map(|s| s.train_seconds).sum();
-    println!(
-        "{{\"example\":\"rnn_sequence\",\"task\":\"majority of {} bits\",\"test_accuracy\":{:.4},\"test_loss\":{loss:.4},\"target_accuracy\":0.9,\"epochs\":{},\"train_seconds\":{secs:.1}}}",
-        a.length,
-        acc.unwrap_or(0.0),
-        a.epochs
-    );
-    Ok(())
+    common::JsonLine::new("rnn_sequence")
+        .set("task", format!("majority of {} bits", a.length))
+        .num("test_accuracy", acc.unwrap_or(f32::NAN) as f64, 4)
+        .num("test_loss", loss as f64, 4)
+        .set("target_accuracy", 0.9)
+        .set("epochs", a.epochs)
+        .num("train_seconds", secs, 1)
+        .print()
 }

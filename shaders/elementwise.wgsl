@@ -21,6 +21,7 @@ const UNARY_GELU: u32 = 8u;    // erf form
 const UNARY_AFFINE: u32 = 9u;  // alpha * x + beta
 const UNARY_POW: u32 = 10u;    // x^alpha
 const UNARY_SQUARE: u32 = 11u;
+const UNARY_GELU_TANH: u32 = 12u; // tanh form (GPT-2's gelu_new)
 
 const BINARY_ADD: u32 = 0u;
 const BINARY_SUB: u32 = 1u;
@@ -82,6 +83,22 @@ fn sigmoid(v: vec4<f32>) -> vec4<f32> {
     return select(e, vec4<f32>(1.0), v >= vec4<f32>(0.0)) / (1.0 + e);
 }
 
+// tanh from exp(-2|u|) only, so it never overflows (inf / inf) for large |u|.
+fn tanh_stable(u: vec4<f32>) -> vec4<f32> {
+    let e = exp(-2.0 * abs(u));
+    return sign(u) * (1.0 - e) / (1.0 + e);
+}
+
+// GELU's tanh form (GPT-2's gelu_new): the argument sqrt(2/pi) (v + 0.044715 v^3).
+fn gelu_tanh_arg(v: vec4<f32>) -> vec4<f32> {
+    return 0.7978845608028654 * (v + 0.044715 * v * v * v);
+}
+
+// NaN lanes (a bit test, which fast-math cannot fold away).
+fn is_nan4(v: vec4<f32>) -> vec4<bool> {
+    return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+}
+
 fn unary_f(v: vec4<f32>) -> vec4<f32> {
     switch OP {
         case UNARY_NEG: { return -v; }
@@ -89,12 +106,14 @@ fn unary_f(v: vec4<f32>) -> vec4<f32> {
         case UNARY_LOG: { return log(v); }
         case UNARY_SQRT: { return sqrt(v); }
         case UNARY_ABS: { return abs(v); }
-        case UNARY_RELU: { return max(v, vec4<f32>(0.0)); }
+        // NaN in, NaN out, as PyTorch: max(NaN, 0) may be either operand (0 on lavapipe).
+        case UNARY_RELU: { return select(vec4<f32>(0.0), v, v > vec4<f32>(0.0) | is_nan4(v)); }
         case UNARY_SIGMOID: { return sigmoid(v); }
         case UNARY_TANH: { return tanh(v); }
         case UNARY_GELU: { return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }
         case UNARY_AFFINE: { return up.alpha * v + up.beta; }
         case UNARY_POW: { return pow(v, vec4<f32>(up.alpha)); }
+        case UNARY_GELU_TANH: { return 0.5 * v * (1.0 + tanh_stable(gelu_tanh_arg(v))); }
         case UNARY_SQUARE, default: { return v * v; }
     }
 }
@@ -116,6 +135,11 @@ fn unary_df(v: vec4<f32>) -> vec4<f32> {
         }
         case UNARY_AFFINE: { return vec4<f32>(up.alpha); }
         case UNARY_POW: { return up.alpha * pow(v, vec4<f32>(up.alpha - 1.0)); }
+        case UNARY_GELU_TANH: {
+            let t = tanh_stable(gelu_tanh_arg(v));
+            let du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
+            return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du;
+        }
         case UNARY_SQUARE, default: { return 2.0 * v; }
     }
 }

@@ -69,6 +69,11 @@ fn tap_flat(win: vec3<u32>, i: u32, j: u32) -> i32 {
     return iy * i32(IW) + ix;
 }
 
+// NaN (a bit test, which fast-math cannot fold away).
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 // Output o of this dispatch's planes: the max or mean, and the max's plane element (-1 when the
 // window sees only padding).
 struct Pooled {
@@ -87,7 +92,8 @@ fn pool_one(o: u32) -> Pooled {
             if (flat < 0) { continue; }
             let v = x_at(win.x, u32(flat));
             sum += v;
-            if (v > best || at < 0) { best = v; at = flat; }
+            // A NaN wins and stays (no comparison beats it), as in PyTorch's max pooling.
+            if (v > best || at < 0 || is_nan(v)) { best = v; at = flat; }
         }
     }
     if (OP == MAX) { return Pooled(best, at); }

@@ -11,8 +11,10 @@
 //!
 //! | crate | re-exported as | what it holds |
 //! |---|---|---|
+//! | `kiln-dist` | `dist` (feature `dist`, on by default) | data-parallel training over MPI as PyTorch's DistributedDataParallel: parameters broadcast from rank 0, gradients all-reduced in buckets, a distributed sampler, `no_sync` |
 //! | `kiln-train` | [`train`] | `fit` / `evaluate` / `predict`, the language-model loop, training checkpoints, history, CSV/SVG reports, progress |
 //! | `kiln-nn` | [`nn`] | modules with PyTorch's names, layouts and defaults, built from configs (`LinearConfig::new(784, 256).init(&dev)`); losses; optimizers (`Sgd`, `Adam`, `AdamW`, `RmsProp`); schedules; seeded initialisers; data readers; safetensors files |
+//! | `kiln-nn` (its `hf` module) | [`hf`] | Hugging Face folders: `config.json`, `model.safetensors` by Hugging Face's names, `tokenizer.json` (the `tokenizers` crate); `BertModel` and sentence embeddings, `GPT2LMHeadModel` with a key/value-cache generator; folders written back as `transformers` reads them |
 //! | `kiln-graph` | [`graph`] | [`graph::Tensor`] with reverse-mode autograd, `no_grad`, `autocast_f16`, [`graph::StepPlan`] (record a training step once, replay it with one submission per step), [`graph::gradcheck`] |
 //! | `kiln-ops` | [`ops`] | one module per op family: shape checks, WGSL launchers, backward rules, CPU references; the [`ops::op::Op`] trait that built-in and user ops implement |
 //! | `kiln-device` | [`device`] | adapter choice, limits and features, buffers and their pool, shaders and cached pipelines, launch, readback, timing |
@@ -53,6 +55,24 @@
 //! [`train::fit`] runs such loops over a data set (shuffling, a plan per batch size, validation,
 //! checkpoints, history) and [`train::Compiled`] gives it Keras's `compile` / `fit` /
 //! `evaluate` / `predict` face.
+//!
+//! ## A pretrained model
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use kiln::hf::{BertModel, Tokenizer};
+//! let dev = kiln::device::Device::new()?;
+//! let dir = kiln::hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched once by scripts/setup.sh
+//! let model = BertModel::from_folder(&dev, &dir)?;
+//! let tok = Tokenizer::for_model(&dir, model.config().vocab_size, model.max_length())?;
+//! let batch = tok.encode_batch(&["The weather is lovely today.", "It's so sunny outside!"])?;
+//! let e = kiln::nn::no_grad(|| model.sentence_embeddings(&batch))?.to_vec()?;
+//! let cosine: f32 = e[..384].iter().zip(&e[384..]).map(|(a, b)| a * b).sum();
+//! # let _ = cosine; Ok(()) }
+//! ```
+//!
+//! `examples/bert_finetune.rs` fine-tunes it contrastively and saves a folder that
+//! `transformers` loads; `examples/generate.rs` generates with any GPT-2 folder.
 //!
 //! ## Your own op
 //!
@@ -123,7 +143,10 @@
 //! cooperative matrices, timestamps) are used where the adapter has them, with fallbacks.
 
 pub use kiln_device as device;
+#[cfg(feature = "dist")]
+pub use kiln_dist as dist;
 pub use kiln_graph as graph;
 pub use kiln_nn as nn;
+pub use kiln_nn::hf;
 pub use kiln_ops as ops;
 pub use kiln_train as train;

@@ -1,5 +1,10 @@
-//! Shared by the kernel benchmarks (`mod common;`).
+//! Shared by the benchmarks (`mod common;`): timing and the JSON lines they print.
+#![allow(dead_code)]
 use kiln::device::{Device, Timing};
+
+#[path = "../../examples/common/json.rs"]
+mod json;
+pub use json::JsonLine;
 
 /// Runs `work` once to compile and warm up, then times `reps` more runs in one measurement.
 pub fn time_reps<E>(

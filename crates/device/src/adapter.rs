@@ -117,6 +117,44 @@ fn type_rank(t: wgpu::DeviceType) -> u32 {
         wgpu::DeviceType::Cpu => 4,
     }
 }
+
+/// Every adapter of every enabled backend, sorted by [`type_rank`] (a stable sort: the system's
+/// order within a kind).
+fn ranked_adapters() -> Vec<wgpu::Adapter> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
+    adapters
+}
+
+/// Names, backends and kinds, for errors that list what there is.
+fn adapter_names(adapters: &[wgpu::Adapter]) -> Vec<String> {
+    adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        })
+        .collect()
+}
+
+fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {
+    let driver = format!("{} {}", info.driver, info.driver_info)
+        .trim()
+        .to_string();
+    AdapterSummary {
+        is_software: info.device_type == wgpu::DeviceType::Cpu,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        mesa_version: parse_mesa_version(&driver),
+        driver,
+        subgroup_min_size: info.subgroup_min_size,
+        subgroup_max_size: info.subgroup_max_size,
+    }
+}
+
 impl Device {
     /// One device per process, created on first use: tests in one binary share it, because
     /// creating many devices leaks memory on some drivers (lavapipe).
@@ -126,18 +164,11 @@ impl Device {
 
     /// Chooses an adapter (a GPU first, a software adapter otherwise; `WGPU_BACKEND` and
     /// `WGPU_ADAPTER_NAME` are honoured), requests every optional feature kiln can use and the
-    /// adapter's full limits, and installs handlers that turn wgpu errors into `Result`s.
+    /// adapter's full limits (`KILN_MAX_STORAGE_BINDING`, in bytes, lowers the storage binding
+    /// limit), and installs handlers that turn wgpu errors into `Result`s.
     pub fn new() -> Result<Device> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-        let seen: Vec<String> = adapters
-            .iter()
-            .map(|a| {
-                let i = a.get_info();
-                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
-            })
-            .collect();
+        let adapters = ranked_adapters();
+        let seen = adapter_names(&adapters);
         let wanted = std::env::var("WGPU_ADAPTER_NAME")
             .ok()
             .filter(|s| !s.is_empty());
@@ -148,9 +179,7 @@ impl Device {
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&w))
             }
-            None => adapters
-                .into_iter()
-                .min_by_key(|a| type_rank(a.get_info().device_type)),
+            None => adapters.into_iter().next(),
         };
         let adapter = adapter.ok_or_else(|| {
             DeviceError::NoAdapter(match &wanted {
@@ -160,6 +189,30 @@ impl Device {
                          (scripts/setup.sh does this)"
                     .to_string(),
             })
+        })?;
+        Self::from_adapter(adapter)
+    }
+
+    /// Every adapter in the order [`Device::new`] prefers them (discrete GPUs, integrated,
+    /// virtual, other, software; the system's order within a kind), for choosing one per process:
+    /// processes that share a machine pass different indices to [`Device::with_adapter_index`].
+    pub fn adapters() -> Vec<AdapterSummary> {
+        ranked_adapters()
+            .iter()
+            .map(|a| summarize(&a.get_info()))
+            .collect()
+    }
+
+    /// The adapter at `index` in [`Device::adapters`]' order (`WGPU_ADAPTER_NAME` is not
+    /// consulted); an index past the end is an error naming the adapters there are.
+    pub fn with_adapter_index(index: usize) -> Result<Device> {
+        let adapters = ranked_adapters();
+        let seen = adapter_names(&adapters);
+        let n = adapters.len();
+        let adapter = adapters.into_iter().nth(index).ok_or_else(|| {
+            DeviceError::NoAdapter(format!(
+                "adapter index {index} asked for, but there are {n}: {seen:?}"
+            ))
         })?;
         Self::from_adapter(adapter)
     }
@@ -182,7 +235,17 @@ impl Device {
             }
         }
         let coop = want.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        // KILN_MAX_STORAGE_BINDING=<bytes> asks for a smaller storage binding limit than the
+        // adapter's (wgpu then enforces it), so tests of tensors split across bindings run on
+        // adapters whose real limit is far larger.
+        if let Some(cap) = std::env::var("KILN_MAX_STORAGE_BINDING")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+        {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: want,
@@ -234,19 +297,7 @@ impl Device {
                 })
             }
         });
-        let driver = format!("{} {}", info.driver, info.driver_info)
-            .trim()
-            .to_string();
-        let summary = AdapterSummary {
-            is_software: info.device_type == wgpu::DeviceType::Cpu,
-            name: info.name.clone(),
-            backend: format!("{:?}", info.backend),
-            device_type: format!("{:?}", info.device_type),
-            mesa_version: parse_mesa_version(&driver),
-            driver,
-            subgroup_min_size: info.subgroup_min_size,
-            subgroup_max_size: info.subgroup_max_size,
-        };
+        let summary = summarize(&info);
         // Read once: ops ask on every f16 matmul.
         let coop_f16_sizes = if coop {
             f16_f32_square_sizes(&adapter.cooperative_matrix_properties())

@@ -353,3 +353,25 @@ fn a_window_binds_reads_and_writes_only_its_range() {
     assert!(after[64..164].iter().all(|&v| v == -1.0));
     assert_eq!(after[164..], data[164..]);
 }
+
+#[test]
+fn adapters_are_listed_in_preference_order_and_chosen_by_index() {
+    let list = Device::adapters();
+    assert!(!list.is_empty(), "no adapter (run scripts/setup.sh)");
+    // The first in the list is what Device::new picks when no name is asked for.
+    if std::env::var("WGPU_ADAPTER_NAME").map_or(true, |s| s.is_empty()) {
+        let d = Device::shared().unwrap();
+        assert_eq!(d.adapter().name, list[0].name);
+    }
+    let last = list.len() - 1;
+    let d = Device::with_adapter_index(last).unwrap();
+    assert_eq!(d.adapter().name, list[last].name);
+    let err = Device::with_adapter_index(list.len())
+        .err()
+        .expect("an index past the end")
+        .to_string();
+    assert!(
+        err.contains(&format!("adapter index {}", list.len())) && err.contains(&list[0].name),
+        "{err}"
+    );
+}

@@ -62,6 +62,10 @@ impl Tensor {
     pub fn gelu(&self) -> Result<Tensor> {
         self.unary(Unary::Gelu)
     }
+    /// GELU's tanh approximation (GPT-2's `gelu_new`, PyTorch's `gelu(approximate="tanh")`).
+    pub fn gelu_tanh(&self) -> Result<Tensor> {
+        self.unary(Unary::GeluTanh)
+    }
     /// e^x.
     pub fn exp(&self) -> Result<Tensor> {
         self.unary(Unary::Exp)

@@ -277,6 +277,14 @@ impl Tensor {
     /// Back-propagates from this scalar: every leaf that requires grad gets (or accumulates) its
     /// gradient. Intermediate gradients are freed as soon as they are used.
     pub fn backward(&self) -> Result<()> {
+        self.backward_with(&mut |_| Ok(()))
+    }
+
+    /// [`Tensor::backward`], calling `on_leaf` with each leaf as soon as its gradient is final
+    /// (as PyTorch's post-accumulate-grad hooks): right after the last op that reads the leaf has
+    /// passed its gradient back, so the last layer's parameters come first. Data-parallel
+    /// training starts sending a group of gradients while the rest of backward still runs.
+    pub fn backward_with(&self, on_leaf: &mut dyn FnMut(&Tensor) -> Result<()>) -> Result<()> {
         if self.numel() != 1 {
             return Err(OpError::Shape {
                 op: "backward",
@@ -302,69 +310,112 @@ impl Tensor {
                 stack.push((i.clone(), false));
             }
         }
+        // For each leaf, the edges into it from the nodes backward will visit: once all of them
+        // have passed their part on, the leaf's gradient is final, however much later the leaf
+        // itself comes in `order`.
+        let mut waiting: HashMap<u64, usize> = HashMap::new();
+        for t in order.iter().filter(|t| !t.is_leaf()) {
+            for i in
+                t.0.inputs
+                    .iter()
+                    .filter(|i| i.is_leaf() && i.requires_grad())
+            {
+                *waiting.entry(i.0.id).or_default() += 1;
+            }
+        }
         let mut grads: HashMap<u64, Array> = HashMap::new();
         // Nodes whose gradient so far is a buffer this pass allocated and nothing else holds
         // (a sum it made), which slices may add into in place.
         let mut owned: HashSet<u64> = HashSet::new();
         grads.insert(self.0.id, Array::full(dev, self.shape(), 1.0)?);
         for t in order.iter().rev() {
-            let Some(g) = grads.remove(&t.0.id) else {
-                continue;
-            };
-            match &t.0.backward {
-                None => {
-                    let mut slot = t.0.grad.lock().unwrap();
-                    *slot = Some(match slot.take() {
-                        Some(prev) => elementwise::binary(dev, &prev, &g, Binary::Add)?,
-                        None => g,
-                    });
-                }
-                Some(Backward::Slice { axis, start }) => {
-                    let inp = &t.0.inputs[0];
-                    if !inp.requires_grad() {
-                        continue;
-                    }
-                    let acc = match grads.remove(&inp.0.id) {
-                        Some(prev) if owned.contains(&inp.0.id) => prev,
-                        Some(prev) => layout::copy(dev, &prev)?,
-                        None => Array::full(dev, inp.shape(), 0.0)?,
-                    };
-                    layout::slice_add(dev, &acc, &g, *axis, *start)?;
-                    grads.insert(inp.0.id, acc);
-                    owned.insert(inp.0.id);
-                }
-                Some(Backward::Op { op, saved, needs }) => {
-                    let arrays: Vec<&Array> = t.0.inputs.iter().map(|i| &i.0.data).collect();
-                    let ctx = Ctx {
-                        inputs: &arrays,
-                        output: &t.0.data,
-                        saved,
-                        needs,
-                    };
-                    let input_grads = op.backward(dev, &ctx, &g)?;
-                    check_grads(op.name(), &arrays, &input_grads)?;
-                    for (inp, ig) in t.0.inputs.iter().zip(input_grads) {
-                        let Some(ig) = ig else { continue };
-                        if !inp.requires_grad() {
-                            continue;
+            if let Some(g) = grads.remove(&t.0.id) {
+                match &t.0.backward {
+                    // Reached only when backward starts from a leaf: others finish below.
+                    None => finish_leaf(dev, t, g, on_leaf)?,
+                    Some(Backward::Slice { axis, start }) => {
+                        let inp = &t.0.inputs[0];
+                        if inp.requires_grad() {
+                            let acc = match grads.remove(&inp.0.id) {
+                                Some(prev) if owned.contains(&inp.0.id) => prev,
+                                Some(prev) => layout::copy(dev, &prev)?,
+                                None => Array::full(dev, inp.shape(), 0.0)?,
+                            };
+                            layout::slice_add(dev, &acc, &g, *axis, *start)?;
+                            grads.insert(inp.0.id, acc);
+                            owned.insert(inp.0.id);
                         }
-                        let id = inp.0.id;
-                        let acc = match grads.remove(&id) {
-                            Some(prev) => {
-                                owned.insert(id);
-                                elementwise::binary(dev, &prev, &ig, Binary::Add)?
-                            }
-                            // A rule's result may be shared (an add passes g to both sides): not
-                            // owned.
-                            None => ig,
+                    }
+                    Some(Backward::Op { op, saved, needs }) => {
+                        let arrays: Vec<&Array> = t.0.inputs.iter().map(|i| &i.0.data).collect();
+                        let ctx = Ctx {
+                            inputs: &arrays,
+                            output: &t.0.data,
+                            saved,
+                            needs,
                         };
-                        grads.insert(id, acc);
+                        let input_grads = op.backward(dev, &ctx, &g)?;
+                        check_grads(op.name(), &arrays, &input_grads)?;
+                        for (inp, ig) in t.0.inputs.iter().zip(input_grads) {
+                            let Some(ig) = ig else { continue };
+                            if !inp.requires_grad() {
+                                continue;
+                            }
+                            let id = inp.0.id;
+                            let acc = match grads.remove(&id) {
+                                Some(prev) => {
+                                    owned.insert(id);
+                                    elementwise::binary(dev, &prev, &ig, Binary::Add)?
+                                }
+                                // A rule's result may be shared (an add passes g to both sides):
+                                // not owned.
+                                None => ig,
+                            };
+                            grads.insert(id, acc);
+                        }
+                    }
+                }
+            }
+            // This node has passed its part on (or had none to pass).
+            if t.is_leaf() {
+                continue;
+            }
+            for inp in
+                t.0.inputs
+                    .iter()
+                    .filter(|i| i.is_leaf() && i.requires_grad())
+            {
+                let Some(n) = waiting.get_mut(&inp.0.id) else {
+                    continue;
+                };
+                *n -= 1;
+                if *n == 0 {
+                    if let Some(g) = grads.remove(&inp.0.id) {
+                        finish_leaf(dev, inp, g, on_leaf)?;
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Stores a leaf's final gradient from a backward pass (added to what an earlier pass left, as
+/// PyTorch accumulates) and tells the caller's hook.
+fn finish_leaf(
+    dev: &Device,
+    leaf: &Tensor,
+    g: Array,
+    on_leaf: &mut dyn FnMut(&Tensor) -> Result<()>,
+) -> Result<()> {
+    {
+        let mut slot = leaf.0.grad.lock().unwrap();
+        *slot = Some(match slot.take() {
+            Some(prev) => elementwise::binary(dev, &prev, &g, Binary::Add)?,
+            None => g,
+        });
+    }
+    on_leaf(leaf)
 }
 
 /// An op's backward pass must give one gradient per input, each of its input's shape: a user

@@ -587,3 +587,42 @@ fn a_recurrence_takes_its_weight_gradient_in_one_product() {
         assert_close(&format!("recurrence d{name}"), &got, want, 1e-4, 1e-3);
     }
 }
+
+#[test]
+fn backward_with_reports_each_leaf_once_when_its_gradient_is_final() {
+    let d = dev();
+    let mut r = Rng::new(3);
+    // Three layers with biases; the first layer's output also skips the second (w1 and b1 get
+    // gradient from two paths).
+    let shapes = [[4, 3], [4, 4], [2, 4]];
+    let ws: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| param(&d, &r.vec(s[0] * s[1], -1.0, 1.0), s))
+        .collect();
+    let bs: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| param(&d, &r.vec(s[0], -1.0, 1.0), &[s[0]]))
+        .collect();
+    let x = Tensor::from_f32(&d, &r.vec(6, -1.0, 1.0), &[2, 3]).unwrap();
+    let h1 = x.linear(&ws[0], Some(&bs[0])).unwrap().tanh().unwrap();
+    let h2 = h1.linear(&ws[1], Some(&bs[1])).unwrap().add(&h1).unwrap();
+    let loss = h2.linear(&ws[2], Some(&bs[2])).unwrap().sum_all().unwrap();
+    let layer = |t: &Tensor| (0..3).find(|&l| t.same(&ws[l]) || t.same(&bs[l])).unwrap();
+    let mut seen: Vec<(usize, Tensor, Vec<f32>)> = Vec::new();
+    loss.backward_with(&mut |leaf| {
+        let l = layer(leaf);
+        // Final as soon as reported, and reported as soon as final: no earlier layer's gradient
+        // exists yet when a later layer's is reported.
+        for k in 0..l {
+            assert!(ws[k].grad().is_none() && bs[k].grad().is_none());
+        }
+        seen.push((l, leaf.clone(), leaf.grad().unwrap().to_f32(&d)?));
+        Ok(())
+    })
+    .unwrap();
+    let order: Vec<usize> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(order, [2, 2, 1, 1, 0, 0]);
+    for (_, leaf, g) in &seen {
+        assert_eq!(g, &leaf.grad().unwrap().to_f32(&d).unwrap());
+    }
+}

@@ -21,58 +21,117 @@ fn err(path: &Path, message: impl Into<String>) -> NnError {
     }
 }
 
-/// Reads an IDX file of unsigned bytes (gzip-compressed when the name ends in `.gz`), checking
-/// its magic number, its dimension count and that the payload is exactly as long as they say.
+/// The largest IDX payload the readers accept (1 GiB): a header may declare any dimensions, and a
+/// compressed file can expand a thousandfold, so what is read is bounded before it is read.
+pub const MAX_IDX_BYTES: usize = 1 << 30;
+
+/// Reads an IDX file of unsigned bytes (gzip-compressed when the name ends in `.gz`, one member or
+/// several concatenated), checking its magic number, its dimension count and that the payload is
+/// exactly as long as they say. The file is streamed: the header is read and checked first, then
+/// exactly the payload it declares, so a small compressed file that expands to gigabytes is
+/// refused after at most the declared size.
 pub fn read_idx(path: &Path, expect_dims: usize) -> Result<Idx> {
-    let raw = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
-    let bytes = if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| err(path, format!("gzip: {e} (truncated or not gzip)")))?;
-        out
-    } else {
-        raw
-    };
-    parse_idx(&bytes, expect_dims).map_err(|m| err(path, m))
+    read_idx_checked(path, expect_dims, |_| Ok(()))
 }
 
-/// Parses IDX bytes (already decompressed).
-pub fn parse_idx(bytes: &[u8], expect_dims: usize) -> std::result::Result<Idx, String> {
-    if bytes.len() < 4 {
+/// [`read_idx`] with a check of the dimensions (`check` returns what is wrong) before any of the
+/// payload is read.
+pub fn read_idx_checked(
+    path: &Path,
+    expect_dims: usize,
+    check: impl Fn(&[usize]) -> std::result::Result<(), String>,
+) -> Result<Idx> {
+    let file = std::fs::File::open(path).map_err(|e| err(path, e.to_string()))?;
+    let file = std::io::BufReader::new(file);
+    let out = if path.extension().is_some_and(|e| e == "gz") {
+        read_idx_from(flate2::read::MultiGzDecoder::new(file), expect_dims, check)
+            .map_err(|m| format!("{m} (after gzip decompression)"))
+    } else {
+        read_idx_from(file, expect_dims, check)
+    };
+    out.map_err(|m| err(path, m))
+}
+
+/// Reads up to `buf.len()` bytes; returns how many came before the end of the stream.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::result::Result<usize, String> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading: {e}")),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads IDX data of unsigned bytes from a stream (already decompressed): the header, then
+/// `check` on its dimensions, then exactly the payload they declare.
+pub fn read_idx_from(
+    mut r: impl Read,
+    expect_dims: usize,
+    check: impl Fn(&[usize]) -> std::result::Result<(), String>,
+) -> std::result::Result<Idx, String> {
+    if expect_dims == 0 || expect_dims > 255 {
         return Err(format!(
-            "{} bytes: too short for an IDX header",
-            bytes.len()
+            "{expect_dims} dimensions asked for: IDX files have 1 to 255"
         ));
     }
-    let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let header = 4 + 4 * expect_dims;
+    let mut head = vec![0u8; header];
+    let got = read_full(&mut r, &mut head)?;
+    if got < 4 {
+        return Err(format!("{got} bytes: too short for an IDX header"));
+    }
+    let magic = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     let want = 0x0800 | expect_dims as u32;
     if magic != want {
         return Err(format!(
             "magic number 0x{magic:08x}, expected 0x{want:08x} (u8 data, {expect_dims} dimensions)"
         ));
     }
-    let header = 4 + 4 * expect_dims;
-    if bytes.len() < header {
+    if got < header {
         return Err(format!(
-            "{} bytes: too short for a {expect_dims}-dimension header",
-            bytes.len()
+            "{got} bytes: too short for a {expect_dims}-dimension header"
         ));
     }
-    let dims: Vec<usize> = (0..expect_dims)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+    let dims: Vec<usize> = head[4..]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() - header != n {
+    let n = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            format!("dimensions {dims:?} declare more than the {MAX_IDX_BYTES} bytes this reader accepts")
+        })?;
+    check(&dims)?;
+    // Grows with what arrives, never to more than the declared size.
+    let mut data = Vec::new();
+    (&mut r)
+        .take(n as u64)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("reading: {e} (truncated or corrupt)"))?;
+    if data.len() != n {
         return Err(format!(
             "dimensions {dims:?} need {n} bytes of data, the file has {}",
-            bytes.len() - header
+            data.len()
         ));
     }
-    Ok(Idx {
-        dims,
-        data: bytes[header..].to_vec(),
-    })
+    let mut extra = [0u8; 1];
+    if read_full(&mut r, &mut extra)? > 0 {
+        return Err(format!(
+            "dimensions {dims:?} need {n} bytes of data, the file has more"
+        ));
+    }
+    Ok(Idx { dims, data })
+}
+
+/// Parses IDX bytes (already decompressed).
+pub fn parse_idx(bytes: &[u8], expect_dims: usize) -> std::result::Result<Idx, String> {
+    read_idx_from(bytes, expect_dims, |_| Ok(()))
 }
 
 /// MNIST images (normalised as the seeds do: (x/255 - 0.1307) / 0.3081) and labels.
@@ -88,20 +147,22 @@ impl Mnist {
     pub fn load(dir: &Path) -> Result<Mnist> {
         let ip = dir.join("t10k-images-idx3-ubyte.gz");
         let lp = dir.join("t10k-labels-idx1-ubyte.gz");
-        let img = read_idx(&ip, 3)?;
+        // Labels first: their count bounds what the images may declare, before any is read.
         let lab = read_idx(&lp, 1)?;
-        if img.dims[1..] != [28, 28] {
-            return Err(err(
-                &ip,
-                format!("images are {:?}, expected [n, 28, 28]", img.dims),
-            ));
-        }
-        if lab.dims[0] != img.dims[0] {
-            return Err(err(
-                &lp,
-                format!("{} labels for {} images", lab.dims[0], img.dims[0]),
-            ));
-        }
+        let n = lab.dims[0];
+        let img = read_idx_checked(&ip, 3, |d| {
+            if d[1..] != [28, 28] {
+                return Err(format!("images are {d:?}, expected [n, 28, 28]"));
+            }
+            if d[0] != n {
+                return Err(format!(
+                    "{} images, but {} has {n} labels",
+                    d[0],
+                    lp.display()
+                ));
+            }
+            Ok(())
+        })?;
         if let Some(bad) = lab.data.iter().find(|&&l| l > 9) {
             return Err(err(&lp, format!("label {bad} outside 0..=9")));
         }
@@ -125,12 +186,21 @@ impl Mnist {
         self.labels.is_empty()
     }
 
-    /// Examples `range` as (images, labels).
-    pub fn split(&self, range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
-        (
+    /// Examples `range` as (images, labels); a range outside the examples, or empty, is an error.
+    pub fn split(&self, range: std::ops::Range<usize>) -> Result<(Vec<f32>, Vec<i32>)> {
+        if range.start >= range.end || range.end > self.len() {
+            return Err(NnError::Invalid(format!(
+                "examples {}..{} asked for: MNIST has {} (0..{})",
+                range.start,
+                range.end,
+                self.len(),
+                self.len()
+            )));
+        }
+        Ok((
             self.images[range.start * 784..range.end * 784].to_vec(),
             self.labels[range].to_vec(),
-        )
+        ))
     }
 }
 
@@ -196,26 +266,39 @@ pub fn parse_pgm(bytes: &[u8]) -> std::result::Result<(usize, usize, Vec<u8>), S
     if max == 0 || max > 255 {
         return Err(format!("maximum value {max}: only 8-bit PGM is supported"));
     }
-    let data = &bytes[(i + 1).min(bytes.len())..];
-    if data.len() < w * h {
+    if w == 0 || h == 0 {
         return Err(format!(
-            "{w}x{h} image needs {} bytes of pixels, the file has {}",
-            w * h,
+            "{w}x{h} image: width and height must be at least 1"
+        ));
+    }
+    let size = w
+        .checked_mul(h)
+        .ok_or_else(|| format!("{w}x{h} image: the pixel count overflows"))?;
+    let data = &bytes[(i + 1).min(bytes.len())..];
+    if data.len() < size {
+        return Err(format!(
+            "{w}x{h} image needs {size} bytes of pixels, the file has {}",
             data.len()
         ));
     }
     let scale = |v: u8| ((v as usize * 255) / max) as u8;
-    Ok((w, h, data[..w * h].iter().map(|&v| scale(v)).collect()))
+    Ok((w, h, data[..size].iter().map(|&v| scale(v)).collect()))
 }
 
 /// A greyscale image resized (nearest neighbour) to 28x28 and normalised as MNIST (white digit on
-/// black, as the data set has it).
-pub fn to_mnist_input(w: usize, h: usize, pixels: &[u8]) -> Vec<f32> {
-    (0..28 * 28)
+/// black, as the data set has it). `pixels` holds `h` rows of `w` (both at least 1).
+pub fn to_mnist_input(w: usize, h: usize, pixels: &[u8]) -> Result<Vec<f32>> {
+    if w == 0 || h == 0 || w.checked_mul(h).is_none_or(|n| pixels.len() < n) {
+        return Err(NnError::Invalid(format!(
+            "a {w}x{h} image needs at least one pixel per side and {w}x{h} pixels, {} given",
+            pixels.len()
+        )));
+    }
+    Ok((0..28 * 28)
         .map(|k| {
             let (y, x) = (k / 28, k % 28);
             let p = pixels[(y * h / 28) * w + x * w / 28];
             (p as f32 / 255.0 - 0.1307) / 0.3081
         })
-        .collect()
+        .collect())
 }

@@ -1,11 +1,12 @@
 //! kiln-nn: modules with PyTorch's parameter names and layouts, losses, optimizers, learning-rate
-//! schedules, data readers and safetensors files. The loops that train them are in kiln-train.
+//! schedules, data readers, safetensors files and Hugging Face models ([`hf`]). The loops that train them are in kiln-train.
 
 pub mod activation;
 pub mod conv;
 pub mod data;
 pub mod dropout;
 pub mod embedding;
+pub mod hf;
 pub mod init;
 pub mod linear;
 pub mod lm;
@@ -20,6 +21,7 @@ pub mod rnn;
 pub mod schedule;
 pub mod sequential;
 pub mod serialize;
+pub mod split_embedding;
 pub mod transformer;
 
 pub use activation::{AvgPool2d, Flatten, Gelu, MaxPool2d, Relu, Sigmoid, Softmax, Tanh};
@@ -32,6 +34,7 @@ pub use module::Module;
 pub use norm::{LayerNorm, LayerNormConfig};
 pub use optim::{Adam, AdamW, Optimizer, RmsProp, Sgd};
 pub use sequential::Sequential;
+pub use split_embedding::{SplitEmbedding, SplitEmbeddingConfig};
 use thiserror::Error;
 
 /// Errors of the nn layer.
@@ -51,6 +54,9 @@ pub enum NnError {
     /// A training run that cannot continue.
     #[error("training: {0}")]
     Training(String),
+    /// An argument outside what the function accepts (an empty range, a zero size).
+    #[error("{0}")]
+    Invalid(String),
     /// A module or optimizer configuration that cannot be built (a width that does not divide
     /// by the heads, a probability outside its range...).
     #[error("configuration: {0}")]

@@ -8,7 +8,7 @@ use crate::linear::{Linear, LinearConfig};
 use crate::module::{prefixed, Module};
 use crate::norm::{LayerNorm, LayerNormConfig};
 use crate::rnn::{Recurrent, RecurrentConfig};
-use crate::transformer::{Activation, LayerConfig, TransformerEncoderLayer};
+use crate::transformer::{Activation, TransformerEncoderLayer, TransformerLayerConfig};
 use crate::{NnError, Result};
 use kiln_graph::{no_grad, Device, Tensor};
 use std::path::Path;
@@ -139,14 +139,13 @@ impl CharTransformer {
     /// Pre-norm causal layers with feed-forward width 4 x d_model and GELU.
     pub fn new(dev: &Device, seed: u64, c: &TransformerLmConfig) -> Result<CharTransformer> {
         let mut rng = Rng::new(seed);
-        let cfg = LayerConfig {
-            d_model: c.d_model,
-            heads: c.heads,
-            ff: 4 * c.d_model,
-            dropout: c.dropout,
-            activation: Activation::Gelu,
-            norm_first: true,
-        };
+        // No dropout on the attention probabilities, so training keeps the fused kernel.
+        let cfg = TransformerLayerConfig::new(c.d_model, c.heads)
+            .with_dim_feedforward(4 * c.d_model)
+            .with_dropout(c.dropout)
+            .with_attention_dropout(0.0)
+            .with_activation(Activation::Gelu)
+            .with_norm_first(true);
         let mut ls = Vec::new();
         for _ in 0..c.layers {
             let mut l = TransformerEncoderLayer::new(dev, &mut rng, &cfg)?;
@@ -165,10 +164,9 @@ impl CharTransformer {
 }
 
 impl Module for CharTransformer {
-    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
-        Err(NnError::Training(
-            "CharTransformer takes ids: use LanguageModel::logits".into(),
-        ))
+    /// i32 ids [B, T] -> logits [B * T, vocab] (as [`LanguageModel::logits`]).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(ids)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![
@@ -245,10 +243,9 @@ impl CharLstm {
 }
 
 impl Module for CharLstm {
-    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
-        Err(NnError::Training(
-            "CharLstm takes ids: use LanguageModel::logits".into(),
-        ))
+    /// i32 ids [B, T] -> logits [B * T, vocab] (as [`LanguageModel::logits`]).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(ids)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("embedding.weight".to_string(), self.emb.weight.clone())];

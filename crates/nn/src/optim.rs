@@ -195,6 +195,43 @@ impl Optimizer {
         v
     }
 
+    /// The state buffers as [`Optimizer::state_tensors`] gives them, each named for people: the
+    /// rule's name for it (PyTorch's) and its parameter's name in `params` (a model's
+    /// `named_parameters`), e.g. `conv1.weight (momentum_buffer)`; the `optim.G.P.K` name where
+    /// the parameter is not in `params`.
+    pub fn labelled_state(&self, params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+        let by_buffer: std::collections::HashMap<u64, &str> = params
+            .iter()
+            .map(|(n, t)| (t.array().buf.id(), n.as_str()))
+            .collect();
+        let mut v = Vec::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            let kinds: &[&str] = match g.rule {
+                Rule::Sgd { .. } => &["momentum_buffer"],
+                Rule::Adam { .. } => &["exp_avg", "exp_avg_sq"],
+                Rule::RmsProp { .. } => &["square_avg", "grad_avg", "momentum_buffer"],
+            };
+            for (pi, (p, &at)) in g.params.iter().zip(&g.state_at).enumerate() {
+                for (k, b) in g.state.iter().enumerate() {
+                    // The parameter's window of the flat buffer, as in `state_tensors`.
+                    let Some(buf) = b.window((at * 4) as u64, p.numel()) else {
+                        continue;
+                    };
+                    let name = match (by_buffer.get(&p.array().buf.id()), kinds.get(k)) {
+                        (Some(n), Some(kind)) => format!("{n} ({kind})"),
+                        _ => format!("optim.{gi}.{pi}.{k}"),
+                    };
+                    let a = kiln_graph::Array {
+                        buf,
+                        shape: p.shape().to_vec(),
+                    };
+                    v.push((name, Tensor::from_array(&self.dev, a)));
+                }
+            }
+        }
+        v
+    }
+
     /// Sets the number of steps taken (restoring a checkpoint: the schedule and the bias
     /// corrections continue from there).
     pub fn set_steps(&mut self, steps: u64) {

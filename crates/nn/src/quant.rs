@@ -563,7 +563,7 @@ fn from_raw(
             // f32 parameters of the other modules, written into the architecture's tensors.
             for (p, t) in m.named_parameters() {
                 let raw = take(tensors, path, &format!("{name}.{p}"), Dtype::F32, t.shape())?;
-                dev.write(&t.array().buf, &raw.to_f32())?;
+                t.copy_from_slice(&raw.to_f32())?;
             }
             layers.push((name, m));
             continue;

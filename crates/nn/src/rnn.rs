@@ -308,6 +308,11 @@ impl Module for LastStepClassifier {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let out = self.rnn.forward(x)?;
         let (b, t, h) = (out.shape()[0], out.shape()[1], out.shape()[2]);
+        if t == 0 {
+            return Err(crate::NnError::Invalid(
+                "a sequence of length 0 has no last step to classify".into(),
+            ));
+        }
         self.fc.forward(&out.slice(1, t - 1, 1)?.reshape(&[b, h])?)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -321,6 +326,10 @@ impl Module for LastStepClassifier {
 /// labelled 1 when they hold more ones than zeros.
 pub fn majority_task(n: usize, t: usize, rng: &mut Rng) -> (Vec<f32>, Vec<i32>) {
     let x: Vec<f32> = (0..n * t).map(|_| rng.below(2) as f32).collect();
+    if t == 0 {
+        // Empty sequences hold no ones: never a majority.
+        return (x, vec![0; n]);
+    }
     let y = x
         .chunks(t)
         .map(|s| i32::from(s.iter().sum::<f32>() > t as f32 / 2.0))

@@ -32,6 +32,15 @@ pub enum Schedule {
         /// Fraction spent rising.
         pct: f32,
     },
+    /// Linear decay from the base rate at step `from` to 0 at step `total` (the base rate
+    /// before `from`): with [`Schedule::Warmup`] over the same `from` steps, `transformers`'
+    /// `get_linear_schedule_with_warmup`.
+    LinearDecay {
+        /// Step where the decay starts (the warm-up's length).
+        from: u64,
+        /// Step where the rate reaches 0.
+        total: u64,
+    },
     /// Linear warm-up from 0 over `steps`, then `then`.
     Warmup {
         /// Warm-up steps.
@@ -70,6 +79,10 @@ impl Schedule {
                         ((s - up) / ((*total as f64) - up).max(1.0)).min(1.0),
                     ) as f32
                 }
+            }
+            Schedule::LinearDecay { from, total } => {
+                let left = total.saturating_sub(step.max(*from)) as f64;
+                (base as f64 * left / total.saturating_sub(*from).max(1) as f64) as f32
             }
             Schedule::Warmup { steps, then } => {
                 let inner = then.lr(base, step);

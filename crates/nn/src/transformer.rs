@@ -1,98 +1,428 @@
-//! Multi-head attention and Transformer layers, from Linear, LayerNorm, Dropout and the fused
-//! attention kernel. Parameter names follow the modules' fields (`self_attn.q_proj.weight`...).
+//! Multi-head attention and Transformer layers with PyTorch's parameter names, layouts and
+//! initialisation: `MultiheadAttention`'s packed `in_proj_weight` `[3E, E]` (xavier-uniform) and
+//! `in_proj_bias` (zeros), `out_proj` (Linear's default weight, zero bias);
+//! `TransformerEncoderLayer`'s and `TransformerDecoderLayer`'s `self_attn`, `multihead_attn`,
+//! `linear1`, `linear2`, `norm1`.. names, so a PyTorch `state_dict` saved as safetensors loads by
+//! name.
+//!
+//! Attention takes PyTorch's masks: a key-padding mask `[B, Tk]` and an attention mask `[Tq, Tk]`
+//! (or `[B*H, Tq, Tk]`), each either boolean (i32, nonzero = not allowed, as PyTorch's `True`) or
+//! additive (f32, added to the scaled scores), and a causal flag. Without an attention mask, with
+//! a boolean key-padding mask and without the weights, it runs the fused kernel; otherwise the
+//! scores are formed, masked and softmaxed explicitly (as PyTorch leaves its fast path).
 
 use crate::dropout::{Dropout, DropoutConfig};
-use crate::init::Rng;
+use crate::init::{with_default_rng, Init, Rng};
 use crate::linear::{Linear, LinearConfig};
 use crate::module::{prefixed, Module};
 use crate::norm::{LayerNorm, LayerNormConfig};
-use crate::Result;
+use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
 use kiln_ops::attention::AttentionSpec;
+use kiln_ops::mask::{additive_mask, MASKED};
+use kiln_ops::matmul::Matmul;
+use kiln_ops::DType;
 
-/// Multi-head attention with separate query, key, value and output projections.
+/// Masks and outputs of one attention call (PyTorch's `forward` keywords), built with its
+/// methods:
+///
+/// ```no_run
+/// # fn main() -> Result<(), kiln_nn::NnError> {
+/// use kiln_nn::transformer::{AttentionOptions, MultiHeadAttentionConfig};
+/// use kiln_nn::Tensor;
+/// let dev = kiln_nn::Device::shared()?;
+/// let mha = MultiHeadAttentionConfig::new(16, 4).init(&dev)?;
+/// let x = Tensor::zeros(&dev, &[2, 5, 16])?;
+/// // Batch 1 ignores its last key.
+/// let pad = Tensor::from_i32(&dev, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1], &[2, 5])?;
+/// let opts = AttentionOptions::new().key_padding_mask(&pad).need_weights(true);
+/// let (y, weights) = mha.forward_with(&x, &x, &x, &opts)?;
+/// assert_eq!(weights.unwrap().shape(), [2, 5, 5]); // averaged over heads
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionOptions<'a> {
+    /// `[Tq, Tk]` or `[B*H, Tq, Tk]`: i32 nonzero = not allowed, or f32 added to the scores.
+    pub attn_mask: Option<&'a Tensor>,
+    /// `[B, Tk]`: i32 nonzero = ignore that key, or f32 added to the scores.
+    pub key_padding_mask: Option<&'a Tensor>,
+    /// Masks key j for query i where j > i. (PyTorch's `is_causal` is only a hint that comes with
+    /// an `attn_mask`; here the flag alone applies the mask.)
+    pub is_causal: bool,
+    /// Also return the attention probabilities (the explicit path; costs `[B, H, Tq, Tk]`).
+    pub need_weights: bool,
+    /// Weights averaged over heads (`[B, Tq, Tk]`), else per head (`[B, H, Tq, Tk]`).
+    pub average_attn_weights: bool,
+    /// Score scale; None for 1/sqrt(head_dim).
+    pub scale: Option<f32>,
+}
+
+impl Default for AttentionOptions<'_> {
+    fn default() -> Self {
+        AttentionOptions {
+            attn_mask: None,
+            key_padding_mask: None,
+            is_causal: false,
+            need_weights: false,
+            average_attn_weights: true,
+            scale: None,
+        }
+    }
+}
+
+impl<'a> AttentionOptions<'a> {
+    /// No masks, no weights.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Causal self-attention.
+    pub fn causal() -> Self {
+        Self::default().is_causal(true)
+    }
+    /// An attention mask `[Tq, Tk]` (or `[B*H, Tq, Tk]`).
+    pub fn attn_mask(mut self, mask: &'a Tensor) -> Self {
+        self.attn_mask = Some(mask);
+        self
+    }
+    /// A key-padding mask `[B, Tk]`.
+    pub fn key_padding_mask(mut self, mask: &'a Tensor) -> Self {
+        self.key_padding_mask = Some(mask);
+        self
+    }
+    /// The causal mask.
+    pub fn is_causal(mut self, yes: bool) -> Self {
+        self.is_causal = yes;
+        self
+    }
+    /// Return the attention weights.
+    pub fn need_weights(mut self, yes: bool) -> Self {
+        self.need_weights = yes;
+        self
+    }
+    /// Average the weights over heads (the default) or keep them per head.
+    pub fn average_attn_weights(mut self, yes: bool) -> Self {
+        self.average_attn_weights = yes;
+        self
+    }
+    /// Another score scale than 1/sqrt(head_dim).
+    pub fn scale(mut self, scale: f32) -> Self {
+        self.scale = Some(scale);
+        self
+    }
+}
+
+/// A [`MultiHeadAttention`]'s size and options (PyTorch's `nn.MultiheadAttention` defaults: no
+/// dropout, biases).
+#[derive(Clone, Debug)]
+pub struct MultiHeadAttentionConfig {
+    /// Model width E.
+    pub embed_dim: usize,
+    /// Heads; must divide E.
+    pub num_heads: usize,
+    /// Dropout on the attention probabilities while training.
+    pub dropout: f32,
+    /// Biases on the input and output projections.
+    pub bias: bool,
+}
+
+impl MultiHeadAttentionConfig {
+    /// `num_heads` heads over width `embed_dim`.
+    pub fn new(embed_dim: usize, num_heads: usize) -> Self {
+        MultiHeadAttentionConfig {
+            embed_dim,
+            num_heads,
+            dropout: 0.0,
+            bias: true,
+        }
+    }
+    /// Dropout on the attention probabilities.
+    pub fn with_dropout(mut self, p: f32) -> Self {
+        self.dropout = p;
+        self
+    }
+    /// Whether the projections have biases.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+    /// The module, drawn from this thread's default generator.
+    pub fn init(&self, dev: &Device) -> Result<MultiHeadAttention> {
+        with_default_rng(|rng| self.init_with(dev, rng))
+    }
+    /// The module, drawn from `rng`: `in_proj_weight` xavier-uniform, `out_proj.weight` Linear's
+    /// default, biases zero, as PyTorch's `_reset_parameters`.
+    pub fn init_with(&self, dev: &Device, rng: &mut Rng) -> Result<MultiHeadAttention> {
+        let (e, h) = (self.embed_dim, self.num_heads);
+        if h == 0 || e == 0 || !e.is_multiple_of(h) {
+            return Err(NnError::Config(format!(
+                "embed_dim {e} is not divisible by num_heads {h}"
+            )));
+        }
+        let w = [3 * e, e];
+        let in_proj_weight = Init::XavierUniform { gain: 1.0 }.param(dev, rng, &w, &w)?;
+        let in_proj_bias = if self.bias {
+            Some(Init::Constant(0.0).param(dev, rng, &[3 * e], &w)?)
+        } else {
+            None
+        };
+        let out_proj = LinearConfig::new(e, e)
+            .with_bias(self.bias)
+            .with_bias_init(Init::Constant(0.0))
+            .init_with(dev, rng)?;
+        Ok(MultiHeadAttention {
+            in_proj_weight,
+            in_proj_bias,
+            out_proj,
+            num_heads: h,
+            dropout: DropoutConfig::new(self.dropout)
+                .with_seed(rng.next_u64())
+                .init(dev)?,
+            dropout_p: self.dropout,
+            training: true,
+        })
+    }
+}
+
+/// Multi-head attention as PyTorch's `nn.MultiheadAttention` (batch first): `in_proj_weight`
+/// `[3E, E]` holds W_q, W_k, W_v stacked, `in_proj_bias` `[3E]` their biases, `out_proj` the
+/// output projection.
 pub struct MultiHeadAttention {
-    /// Query projection [E, E].
-    pub q_proj: Linear,
-    /// Key projection [E, E].
-    pub k_proj: Linear,
-    /// Value projection [E, E].
-    pub v_proj: Linear,
-    /// Output projection [E, E].
+    /// `[3E, E]`: W_q; W_k; W_v, each in Linear's `[out, in]` layout.
+    pub in_proj_weight: Tensor,
+    /// `[3E]`: b_q; b_k; b_v.
+    pub in_proj_bias: Option<Tensor>,
+    /// Output projection `[E, E]`.
     pub out_proj: Linear,
-    heads: usize,
+    num_heads: usize,
+    dropout: Dropout,
+    dropout_p: f32,
+    training: bool,
 }
 
 impl MultiHeadAttention {
-    /// `embed` must divide by `heads`.
-    pub fn new(
-        dev: &Device,
-        rng: &mut Rng,
-        embed: usize,
-        heads: usize,
-    ) -> Result<MultiHeadAttention> {
-        if heads == 0 || !embed.is_multiple_of(heads) {
-            return Err(crate::NnError::Config(format!(
-                "embed dim {embed} is not divisible by {heads} heads"
-            )));
+    /// Model width E.
+    pub fn embed_dim(&self) -> usize {
+        self.in_proj_weight.shape()[1]
+    }
+    /// Heads.
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
+    /// Rows `part * E ..` of the packed projection (0 query, 1 key, 2 value; `parts` of them).
+    fn proj_part(&self, part: usize, parts: usize) -> Result<(Tensor, Option<Tensor>)> {
+        let e = self.embed_dim();
+        if parts == 3 {
+            return Ok((self.in_proj_weight.clone(), self.in_proj_bias.clone()));
         }
-        Ok(MultiHeadAttention {
-            q_proj: LinearConfig::new(embed, embed).init_with(dev, rng)?,
-            k_proj: LinearConfig::new(embed, embed).init_with(dev, rng)?,
-            v_proj: LinearConfig::new(embed, embed).init_with(dev, rng)?,
-            out_proj: LinearConfig::new(embed, embed).init_with(dev, rng)?,
-            heads,
-        })
+        let w = self.in_proj_weight.slice(0, part * e, parts * e)?;
+        let b = match &self.in_proj_bias {
+            Some(b) => Some(b.slice(0, part * e, parts * e)?),
+            None => None,
+        };
+        Ok((w, b))
     }
 
-    fn split(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, e) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-        Ok(x.reshape(&[b, t, self.heads, e / self.heads])?
-            .permute(&[0, 2, 1, 3])?)
+    /// x `[B, T, E]` through `parts` consecutive projections starting at `first` (one matmul),
+    /// split into `parts` tensors of `[B, H, T, D]`.
+    fn project(&self, x: &Tensor, first: usize, parts: usize) -> Result<Vec<Tensor>> {
+        let (b, t, e) = dims3("MultiheadAttention", x, self.embed_dim())?;
+        let (h, d) = (self.num_heads, e / self.num_heads);
+        let (w, bias) = self.proj_part(first, parts)?;
+        let y = x.reshape(&[b * t, e])?.linear(&w, bias.as_ref())?;
+        if parts == 1 {
+            return Ok(vec![y.reshape(&[b, t, h, d])?.permute(&[0, 2, 1, 3])?]);
+        }
+        // [B, T, parts, H, D] -> [parts, B, H, T, D]: each part a contiguous slice.
+        let y = y.reshape(&[b, t, parts, h, d])?.permute(&[2, 0, 3, 1, 4])?;
+        (0..parts)
+            .map(|i| Ok(y.slice(0, i, 1)?.reshape(&[b, h, t, d])?))
+            .collect()
     }
 
-    fn project(&self, lin: &Linear, x: &Tensor) -> Result<Tensor> {
-        let (b, t, e) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-        lin.forward(&x.reshape(&[b * t, e])?)?
-            .reshape(&[b, t, e])
-            .map_err(Into::into)
-    }
-
-    /// query: [B, Tq, E], key and value: [B, Tk, E]; key_padding_mask: i32 [B, Tk], nonzero =
-    /// ignore. Returns [B, Tq, E].
-    pub fn attend(
+    /// `query` `[B, Tq, E]` attends to `key`, `value` `[B, Tk, E]` under `opts`' masks; returns
+    /// `[B, Tq, E]` and, where `opts.need_weights`, the attention probabilities (`[B, Tq, Tk]`
+    /// averaged over heads, or `[B, H, Tq, Tk]`). Self-attention (the same tensor three times)
+    /// projects with one matmul.
+    pub fn forward_with(
         &self,
         query: &Tensor,
         key: &Tensor,
         value: &Tensor,
-        key_padding_mask: Option<&Tensor>,
-        causal: bool,
-    ) -> Result<Tensor> {
-        let q = self.split(&self.project(&self.q_proj, query)?)?;
-        let k = self.split(&self.project(&self.k_proj, key)?)?;
-        let v = self.split(&self.project(&self.v_proj, value)?)?;
-        let o = q.attention(
+        opts: &AttentionOptions,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let e = self.embed_dim();
+        let (b, tq, _) = dims3("MultiheadAttention query", query, e)?;
+        let (bk, tk, _) = dims3("MultiheadAttention key", key, e)?;
+        if value.shape() != key.shape() || bk != b {
+            return Err(NnError::Config(format!(
+                "MultiheadAttention: key {:?} and value {:?} must match, with the query's batch {b}",
+                key.shape(),
+                value.shape()
+            )));
+        }
+        let (q, k, v) = if query.same(key) && key.same(value) {
+            let mut p = self.project(query, 0, 3)?.into_iter();
+            (p.next().unwrap(), p.next().unwrap(), p.next().unwrap())
+        } else if key.same(value) {
+            let q = self.project(query, 0, 1)?.remove(0);
+            let mut kv = self.project(key, 1, 2)?.into_iter();
+            (q, kv.next().unwrap(), kv.next().unwrap())
+        } else {
+            (
+                self.project(query, 0, 1)?.remove(0),
+                self.project(key, 1, 1)?.remove(0),
+                self.project(value, 2, 1)?.remove(0),
+            )
+        };
+        let (o, weights) = scaled_dot_product_attention(
+            &q,
             &k,
             &v,
-            key_padding_mask,
-            AttentionSpec {
-                causal,
-                scale: None,
-            },
+            opts,
+            self.num_heads,
+            (self.training && self.dropout_p > 0.0).then_some(&self.dropout),
         )?;
-        let (b, tq, e) = (query.shape()[0], query.shape()[1], query.shape()[2]);
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, tq, e])?;
-        self.project(&self.out_proj, &o)
+        let out = self.out_proj.forward(&o)?;
+        let weights = match weights {
+            Some(w) if opts.average_attn_weights => Some(w.mean(1, false)?),
+            Some(w) => Some(w),
+            None => None,
+        };
+        debug_assert!(weights
+            .as_ref()
+            .is_none_or(|w| w.shape().last() == Some(&tk)));
+        Ok((out, weights))
     }
+}
 
-    /// Parameters by name.
-    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("q_proj", self.q_proj.named_parameters());
-        v.extend(prefixed("k_proj", self.k_proj.named_parameters()));
-        v.extend(prefixed("v_proj", self.v_proj.named_parameters()));
+impl Module for MultiHeadAttention {
+    /// Self-attention of x `[B, T, E]` without masks.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with(x, x, x, &AttentionOptions::new())?.0)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("in_proj_weight".to_string(), self.in_proj_weight.clone())];
+        v.extend(
+            self.in_proj_bias
+                .iter()
+                .map(|b| ("in_proj_bias".to_string(), b.clone())),
+        );
         v.extend(prefixed("out_proj", self.out_proj.named_parameters()));
         v
     }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+        self.dropout.set_training(training);
+    }
+    fn advance_rng(&self) -> Result<()> {
+        self.dropout.advance_rng()
+    }
+    fn rng_offsets(&self) -> Vec<u32> {
+        self.dropout.rng_offsets()
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
+        self.dropout.set_rng_offsets(offsets)
+    }
+}
+
+fn dims3(what: &str, x: &Tensor, e: usize) -> Result<(usize, usize, usize)> {
+    match x.shape() {
+        &[b, t, xe] if xe == e => Ok((b, t, xe)),
+        s => Err(NnError::Config(format!(
+            "{what}: expected [batch, seq, {e}], got {s:?}"
+        ))),
+    }
+}
+
+/// An f32 mask to add to scores: f32 masks as they are, i32 ones as [`MASKED`] where nonzero.
+fn additive(m: &Tensor) -> Result<Tensor> {
+    match m.dtype() {
+        DType::F32 => Ok(m.detach()),
+        DType::I32 => Ok(Tensor::from_array(
+            m.device(),
+            additive_mask(m.device(), m.array(), MASKED)?,
+        )),
+        other => Err(NnError::Config(format!(
+            "attention masks are i32 (nonzero = not allowed) or f32 (added), got {other}"
+        ))),
+    }
+}
+
+/// Scaled dot-product attention of q `[B, H, Tq, D]` over k, v `[B, H, Tk, D]` under `opts`'
+/// masks (`heads` = H, for `[B*H, Tq, Tk]` masks), with `dropout` on the probabilities when
+/// given; returns `[B, H, Tq, D]` and, where `opts.need_weights`, the probabilities `[B, H, Tq,
+/// Tk]`. The fused kernel runs where nothing asks for the explicit scores.
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    heads: usize,
+    dropout: Option<&Dropout>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (b, tq, d) = (q.shape()[0], q.shape()[2], q.shape()[3]);
+    let tk = k.shape()[2];
+    let kpm_bool = opts
+        .key_padding_mask
+        .is_none_or(|m| m.dtype() == DType::I32);
+    if opts.attn_mask.is_none() && kpm_bool && !opts.need_weights && dropout.is_none() {
+        if let Some(m) = opts.key_padding_mask {
+            check_mask_shape("key_padding_mask", m, &[b, tk])?;
+        }
+        let spec = AttentionSpec {
+            causal: opts.is_causal,
+            scale: opts.scale,
+        };
+        return Ok((q.attention(k, v, opts.key_padding_mask, spec)?, None));
+    }
+    let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
+    let mut s = q
+        .matmul_with(k, Matmul::new().transpose_b(true), None)?
+        .affine(scale, 0.0)?;
+    if let Some(m) = opts.attn_mask {
+        let m = match m.shape() {
+            [a, c] if *a == tq && *c == tk => additive(m)?,
+            [bh, a, c] if *bh == b * heads && *a == tq && *c == tk => {
+                additive(m)?.reshape(&[b, heads, tq, tk])?
+            }
+            s => {
+                return Err(NnError::Config(format!(
+                    "attn_mask: expected [{tq}, {tk}] or [{}, {tq}, {tk}], got {s:?}",
+                    b * heads
+                )))
+            }
+        };
+        s = s.add(&m)?;
+    }
+    if let Some(m) = opts.key_padding_mask {
+        check_mask_shape("key_padding_mask", m, &[b, tk])?;
+        s = s.add(&additive(m)?.reshape(&[b, 1, 1, tk])?)?;
+    }
+    if opts.is_causal {
+        let mask: Vec<f32> = (0..tq * tk)
+            .map(|i| if i % tk > i / tk { MASKED } else { 0.0 })
+            .collect();
+        s = s.add(&Tensor::from_f32(q.device(), &mask, &[tq, tk])?)?;
+    }
+    let p = s.softmax()?;
+    let pd = match dropout {
+        Some(drop) => drop.forward(&p)?,
+        None => p.clone(),
+    };
+    let o = pd.matmul(v)?;
+    Ok((o, opts.need_weights.then_some(p)))
+}
+
+fn check_mask_shape(what: &str, m: &Tensor, want: &[usize]) -> Result<()> {
+    if m.shape() != want {
+        return Err(NnError::Config(format!(
+            "{what}: expected {want:?}, got {:?}",
+            m.shape()
+        )));
+    }
+    Ok(())
 }
 
 /// Feed-forward activation.
@@ -102,23 +432,163 @@ pub enum Activation {
     Relu,
     /// GELU (erf form)
     Gelu,
+    /// GELU (tanh form, GPT-2's `gelu_new`)
+    GeluTanh,
 }
 
-/// Layer options, PyTorch's defaults: post-norm, ReLU, dropout 0.1.
-#[derive(Clone, Copy, Debug)]
-pub struct LayerConfig {
+impl Activation {
+    /// Applies the activation.
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Relu => x.relu()?,
+            Activation::Gelu => x.gelu()?,
+            Activation::GeluTanh => x.gelu_tanh()?,
+        })
+    }
+}
+
+/// A Transformer encoder or decoder layer's options, PyTorch's constructor arguments and
+/// defaults: feed-forward width 2048, dropout 0.1 (also on the attention probabilities), ReLU,
+/// LayerNorm eps 1e-5, post-norm, biases.
+///
+/// ```no_run
+/// # fn main() -> Result<(), kiln_nn::NnError> {
+/// use kiln_nn::transformer::{Activation, TransformerLayerConfig};
+/// let dev = kiln_nn::Device::shared()?;
+/// let cfg = TransformerLayerConfig::new(64, 4)
+///     .with_dim_feedforward(256)
+///     .with_activation(Activation::Gelu)
+///     .with_norm_first(true);
+/// let encoder_layer = cfg.init_encoder(&dev)?;
+/// let decoder_layer = cfg.init_decoder(&dev)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TransformerLayerConfig {
     /// Model width.
     pub d_model: usize,
     /// Attention heads.
-    pub heads: usize,
+    pub nhead: usize,
     /// Feed-forward width.
-    pub ff: usize,
-    /// Dropout probability.
+    pub dim_feedforward: usize,
+    /// Dropout after attention and feed-forward blocks and inside the feed-forward block.
     pub dropout: f32,
+    /// Dropout on the attention probabilities (PyTorch uses `dropout`).
+    pub attention_dropout: f32,
     /// Feed-forward activation.
     pub activation: Activation,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f32,
     /// LayerNorm before each block (pre-norm) instead of after the residual (post-norm).
     pub norm_first: bool,
+    /// Biases in the linear layers and LayerNorms' shifts.
+    pub bias: bool,
+}
+
+impl TransformerLayerConfig {
+    /// Width `d_model` with `nhead` heads, PyTorch's defaults for the rest.
+    pub fn new(d_model: usize, nhead: usize) -> Self {
+        TransformerLayerConfig {
+            d_model,
+            nhead,
+            dim_feedforward: 2048,
+            dropout: 0.1,
+            attention_dropout: 0.1,
+            activation: Activation::Relu,
+            layer_norm_eps: 1e-5,
+            norm_first: false,
+            bias: true,
+        }
+    }
+    /// Feed-forward width.
+    pub fn with_dim_feedforward(mut self, n: usize) -> Self {
+        self.dim_feedforward = n;
+        self
+    }
+    /// Dropout everywhere, the attention probabilities included (PyTorch's `dropout`).
+    pub fn with_dropout(mut self, p: f32) -> Self {
+        self.dropout = p;
+        self.attention_dropout = p;
+        self
+    }
+    /// Dropout on the attention probabilities alone (0 keeps the fused kernel while training).
+    pub fn with_attention_dropout(mut self, p: f32) -> Self {
+        self.attention_dropout = p;
+        self
+    }
+    /// Feed-forward activation.
+    pub fn with_activation(mut self, a: Activation) -> Self {
+        self.activation = a;
+        self
+    }
+    /// LayerNorm epsilon.
+    pub fn with_layer_norm_eps(mut self, eps: f32) -> Self {
+        self.layer_norm_eps = eps;
+        self
+    }
+    /// Pre-norm (true) or post-norm (false, PyTorch's default).
+    pub fn with_norm_first(mut self, yes: bool) -> Self {
+        self.norm_first = yes;
+        self
+    }
+    /// Biases in the linear layers.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+    /// An encoder layer drawn from this thread's default generator.
+    pub fn init_encoder(&self, dev: &Device) -> Result<TransformerEncoderLayer> {
+        with_default_rng(|rng| TransformerEncoderLayer::new(dev, rng, self))
+    }
+    /// An encoder layer drawn from `rng`.
+    pub fn init_encoder_with(
+        &self,
+        dev: &Device,
+        rng: &mut Rng,
+    ) -> Result<TransformerEncoderLayer> {
+        TransformerEncoderLayer::new(dev, rng, self)
+    }
+    /// A decoder layer drawn from this thread's default generator.
+    pub fn init_decoder(&self, dev: &Device) -> Result<TransformerDecoderLayer> {
+        with_default_rng(|rng| TransformerDecoderLayer::new(dev, rng, self))
+    }
+    /// A decoder layer drawn from `rng`.
+    pub fn init_decoder_with(
+        &self,
+        dev: &Device,
+        rng: &mut Rng,
+    ) -> Result<TransformerDecoderLayer> {
+        TransformerDecoderLayer::new(dev, rng, self)
+    }
+
+    fn attention(&self, dev: &Device, rng: &mut Rng) -> Result<MultiHeadAttention> {
+        MultiHeadAttentionConfig::new(self.d_model, self.nhead)
+            .with_dropout(self.attention_dropout)
+            .with_bias(self.bias)
+            .init_with(dev, rng)
+    }
+    fn norm(&self, dev: &Device) -> Result<LayerNorm> {
+        LayerNormConfig::new(self.d_model)
+            .with_eps(self.layer_norm_eps)
+            .init(dev)
+    }
+    fn dropout(&self, dev: &Device, rng: &mut Rng) -> Result<Dropout> {
+        DropoutConfig::new(self.dropout)
+            .with_seed(rng.next_u64())
+            .init(dev)
+    }
+    fn feed_forward(&self, dev: &Device, rng: &mut Rng) -> Result<FeedForward> {
+        Ok(FeedForward {
+            linear1: LinearConfig::new(self.d_model, self.dim_feedforward)
+                .with_bias(self.bias)
+                .init_with(dev, rng)?,
+            linear2: LinearConfig::new(self.dim_feedforward, self.d_model)
+                .with_bias(self.bias)
+                .init_with(dev, rng)?,
+            dropout: self.dropout(dev, rng)?,
+            activation: self.activation,
+        })
+    }
 }
 
 struct FeedForward {
@@ -130,29 +600,13 @@ struct FeedForward {
 
 impl FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, e) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-        let h = self.linear1.forward(&x.reshape(&[b * t, e])?)?;
-        let h = match self.activation {
-            Activation::Relu => h.relu()?,
-            Activation::Gelu => h.gelu()?,
-        };
-        let h = self.dropout.forward(&h)?;
-        Ok(self.linear2.forward(&h)?.reshape(&[b, t, e])?)
+        let h = self.activation.apply(&self.linear1.forward(x)?)?;
+        self.linear2.forward(&self.dropout.forward(&h)?)
     }
 }
 
-fn feed_forward(dev: &Device, rng: &mut Rng, c: &LayerConfig) -> Result<FeedForward> {
-    Ok(FeedForward {
-        linear1: LinearConfig::new(c.d_model, c.ff).init_with(dev, rng)?,
-        linear2: LinearConfig::new(c.ff, c.d_model).init_with(dev, rng)?,
-        dropout: DropoutConfig::new(c.dropout)
-            .with_seed(rng.next_u64())
-            .init(dev)?,
-        activation: c.activation,
-    })
-}
-
-/// Self-attention then feed-forward, each with a residual connection and LayerNorm.
+/// Self-attention then feed-forward, each with a residual connection and LayerNorm (PyTorch's
+/// `nn.TransformerEncoderLayer`, batch first).
 pub struct TransformerEncoderLayer {
     /// Self-attention.
     pub self_attn: MultiHeadAttention,
@@ -167,32 +621,35 @@ pub struct TransformerEncoderLayer {
 }
 
 impl TransformerEncoderLayer {
-    /// A layer with the given options.
-    pub fn new(dev: &Device, rng: &mut Rng, c: &LayerConfig) -> Result<TransformerEncoderLayer> {
+    /// A layer with the given options, drawn from `rng`.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        c: &TransformerLayerConfig,
+    ) -> Result<TransformerEncoderLayer> {
         Ok(TransformerEncoderLayer {
-            self_attn: MultiHeadAttention::new(dev, rng, c.d_model, c.heads)?,
-            ff: feed_forward(dev, rng, c)?,
-            norm1: LayerNormConfig::new(c.d_model).init(dev)?,
-            norm2: LayerNormConfig::new(c.d_model).init(dev)?,
-            dropout1: DropoutConfig::new(c.dropout)
-                .with_seed(rng.next_u64())
-                .init(dev)?,
-            dropout2: DropoutConfig::new(c.dropout)
-                .with_seed(rng.next_u64())
-                .init(dev)?,
+            self_attn: c.attention(dev, rng)?,
+            ff: c.feed_forward(dev, rng)?,
+            norm1: c.norm(dev)?,
+            norm2: c.norm(dev)?,
+            dropout1: c.dropout(dev, rng)?,
+            dropout2: c.dropout(dev, rng)?,
             norm_first: c.norm_first,
             causal: false,
         })
     }
 
-    /// x: [B, T, E] with an optional key-padding mask.
-    pub fn forward_masked(&self, x: &Tensor, key_padding_mask: Option<&Tensor>) -> Result<Tensor> {
+    /// x: `[B, T, E]` under `opts`' masks (`src_mask`, `src_key_padding_mask`, `is_causal`); the
+    /// layer's own `causal` flag adds the causal mask.
+    pub fn forward_with(&self, x: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+        let opts = AttentionOptions {
+            is_causal: opts.is_causal || self.causal,
+            need_weights: false,
+            ..*opts
+        };
         let sa = |h: &Tensor| -> Result<Tensor> {
-            self.dropout1.forward(
-                &self
-                    .self_attn
-                    .attend(h, h, h, key_padding_mask, self.causal)?,
-            )
+            self.dropout1
+                .forward(&self.self_attn.forward_with(h, h, h, &opts)?.0)
         };
         let ff = |h: &Tensor| -> Result<Tensor> { self.dropout2.forward(&self.ff.forward(h)?) };
         if self.norm_first {
@@ -200,14 +657,27 @@ impl TransformerEncoderLayer {
             Ok(x.add(&ff(&self.norm2.forward(&x)?)?)?)
         } else {
             let x = self.norm1.forward(&x.add(&sa(x)?)?)?;
-            Ok(self.norm2.forward(&x.add(&ff(&x)?)?)?)
+            self.norm2.forward(&x.add(&ff(&x)?)?)
         }
+    }
+
+    /// x: `[B, T, E]` with an optional key-padding mask (i32 `[B, T]`, nonzero = ignore).
+    pub fn forward_masked(&self, x: &Tensor, key_padding_mask: Option<&Tensor>) -> Result<Tensor> {
+        let opts = AttentionOptions {
+            key_padding_mask,
+            ..AttentionOptions::new()
+        };
+        self.forward_with(x, &opts)
+    }
+
+    fn dropouts(&self) -> [&Dropout; 3] {
+        [&self.dropout1, &self.dropout2, &self.ff.dropout]
     }
 }
 
 impl Module for TransformerEncoderLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_masked(x, None)
+        self.forward_with(x, &AttentionOptions::new())
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = prefixed("self_attn", self.self_attn.named_parameters());
@@ -218,18 +688,31 @@ impl Module for TransformerEncoderLayer {
         v
     }
     fn set_training(&mut self, training: bool) {
+        self.self_attn.set_training(training);
         for d in [&mut self.dropout1, &mut self.dropout2, &mut self.ff.dropout] {
             d.set_training(training);
         }
     }
     fn advance_rng(&self) -> Result<()> {
-        [&self.dropout1, &self.dropout2, &self.ff.dropout]
-            .iter()
-            .try_for_each(|d| d.advance_rng())
+        self.self_attn.advance_rng()?;
+        self.dropouts().iter().try_for_each(|d| d.advance_rng())
+    }
+    fn rng_offsets(&self) -> Vec<u32> {
+        let mut v = self.self_attn.rng_offsets();
+        v.extend(self.dropouts().iter().flat_map(|d| d.rng_offsets()));
+        v
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
+        let mut used = self.self_attn.set_rng_offsets(offsets)?;
+        for d in self.dropouts() {
+            used += d.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
+        }
+        Ok(used)
     }
 }
 
-/// A stack of encoder layers (`layers.0...`), with an optional final LayerNorm (`norm`).
+/// A stack of encoder layers (`layers.0...`), with an optional final LayerNorm (`norm`), as
+/// PyTorch's `nn.TransformerEncoder`.
 pub struct TransformerEncoder {
     /// The layers.
     pub layers: Vec<TransformerEncoderLayer>,
@@ -237,16 +720,43 @@ pub struct TransformerEncoder {
     pub norm: Option<LayerNorm>,
 }
 
-impl Module for TransformerEncoder {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl TransformerEncoder {
+    /// `num_layers` layers of `cfg`, drawn from `rng`, with a final LayerNorm where `final_norm`.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        cfg: &TransformerLayerConfig,
+        num_layers: usize,
+        final_norm: bool,
+    ) -> Result<TransformerEncoder> {
+        Ok(TransformerEncoder {
+            layers: (0..num_layers)
+                .map(|_| cfg.init_encoder_with(dev, rng))
+                .collect::<Result<_>>()?,
+            norm: if final_norm {
+                Some(cfg.norm(dev)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// x: `[B, T, E]` through every layer under `opts`' masks.
+    pub fn forward_with(&self, x: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
-            h = l.forward(&h)?;
+            h = l.forward_with(&h, opts)?;
         }
         match &self.norm {
             Some(n) => n.forward(&h),
             None => Ok(h),
         }
+    }
+}
+
+impl Module for TransformerEncoder {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &AttentionOptions::new())
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<_> = self
@@ -268,73 +778,109 @@ impl Module for TransformerEncoder {
     fn advance_rng(&self) -> Result<()> {
         self.layers.iter().try_for_each(|l| l.advance_rng())
     }
+    fn rng_offsets(&self) -> Vec<u32> {
+        self.layers.iter().flat_map(|l| l.rng_offsets()).collect()
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
+        let mut used = 0;
+        for l in &self.layers {
+            used += l.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
+        }
+        Ok(used)
+    }
 }
 
-/// Causal self-attention, cross-attention over the encoder's output, feed-forward (post-norm).
+/// Self-attention over the target, cross-attention over the encoder's output (`memory`),
+/// feed-forward, each with a residual connection and LayerNorm, pre- or post-norm (PyTorch's
+/// `nn.TransformerDecoderLayer`, batch first).
 pub struct TransformerDecoderLayer {
-    /// Causal self-attention.
+    /// Self-attention over the target.
     pub self_attn: MultiHeadAttention,
-    /// Attention over the encoder output.
-    pub cross_attn: MultiHeadAttention,
+    /// Attention over the memory (PyTorch's `multihead_attn`).
+    pub multihead_attn: MultiHeadAttention,
     ff: FeedForward,
     norms: [LayerNorm; 3],
     dropouts: [Dropout; 3],
+    norm_first: bool,
 }
 
 impl TransformerDecoderLayer {
-    /// A layer with the given options (norm_first is ignored: post-norm).
-    pub fn new(dev: &Device, rng: &mut Rng, c: &LayerConfig) -> Result<TransformerDecoderLayer> {
+    /// A layer with the given options, drawn from `rng`.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        c: &TransformerLayerConfig,
+    ) -> Result<TransformerDecoderLayer> {
         Ok(TransformerDecoderLayer {
-            self_attn: MultiHeadAttention::new(dev, rng, c.d_model, c.heads)?,
-            cross_attn: MultiHeadAttention::new(dev, rng, c.d_model, c.heads)?,
-            ff: feed_forward(dev, rng, c)?,
-            norms: [
-                LayerNormConfig::new(c.d_model).init(dev)?,
-                LayerNormConfig::new(c.d_model).init(dev)?,
-                LayerNormConfig::new(c.d_model).init(dev)?,
-            ],
+            self_attn: c.attention(dev, rng)?,
+            multihead_attn: c.attention(dev, rng)?,
+            ff: c.feed_forward(dev, rng)?,
+            norms: [c.norm(dev)?, c.norm(dev)?, c.norm(dev)?],
             dropouts: [
-                DropoutConfig::new(c.dropout)
-                    .with_seed(rng.next_u64())
-                    .init(dev)?,
-                DropoutConfig::new(c.dropout)
-                    .with_seed(rng.next_u64())
-                    .init(dev)?,
-                DropoutConfig::new(c.dropout)
-                    .with_seed(rng.next_u64())
-                    .init(dev)?,
+                c.dropout(dev, rng)?,
+                c.dropout(dev, rng)?,
+                c.dropout(dev, rng)?,
             ],
+            norm_first: c.norm_first,
         })
     }
 
-    /// x: [B, T, E] target, memory: [B, S, E] encoder output (memory_mask: i32 [B, S]).
-    pub fn decode(
+    /// tgt: `[B, T, E]`, memory: `[B, S, E]` (the encoder's output). `tgt_opts` masks the
+    /// self-attention (`tgt_mask`, `tgt_key_padding_mask`, `tgt_is_causal`; a decoder usually
+    /// wants [`AttentionOptions::causal`]), `memory_opts` the cross-attention (`memory_mask`,
+    /// `memory_key_padding_mask`).
+    pub fn forward_with(
         &self,
-        x: &Tensor,
+        tgt: &Tensor,
         memory: &Tensor,
-        memory_mask: Option<&Tensor>,
+        tgt_opts: &AttentionOptions,
+        memory_opts: &AttentionOptions,
     ) -> Result<Tensor> {
-        let x = self.norms[0].forward(
-            &x.add(&self.dropouts[0].forward(&self.self_attn.attend(x, x, x, None, true)?)?)?,
-        )?;
-        let x = self.norms[1].forward(
-            &x.add(&self.dropouts[1].forward(&self.cross_attn.attend(
-                &x,
-                memory,
-                memory,
-                memory_mask,
-                false,
-            )?)?)?,
-        )?;
-        self.norms[2].forward(&x.add(&self.dropouts[2].forward(&self.ff.forward(&x)?)?)?)
+        let tgt_opts = tgt_opts.need_weights(false);
+        let memory_opts = memory_opts.need_weights(false);
+        let sa = |x: &Tensor| -> Result<Tensor> {
+            self.dropouts[0].forward(&self.self_attn.forward_with(x, x, x, &tgt_opts)?.0)
+        };
+        let ca = |x: &Tensor| -> Result<Tensor> {
+            let y = self
+                .multihead_attn
+                .forward_with(x, memory, memory, &memory_opts)?
+                .0;
+            self.dropouts[1].forward(&y)
+        };
+        let ff = |x: &Tensor| -> Result<Tensor> { self.dropouts[2].forward(&self.ff.forward(x)?) };
+        let [n1, n2, n3] = &self.norms;
+        if self.norm_first {
+            let x = tgt.add(&sa(&n1.forward(tgt)?)?)?;
+            let x = x.add(&ca(&n2.forward(&x)?)?)?;
+            Ok(x.add(&ff(&n3.forward(&x)?)?)?)
+        } else {
+            let x = n1.forward(&tgt.add(&sa(tgt)?)?)?;
+            let x = n2.forward(&x.add(&ca(&x)?)?)?;
+            n3.forward(&x.add(&ff(&x)?)?)
+        }
     }
 
-    /// Parameters by name.
-    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn dropouts(&self) -> Vec<&Dropout> {
+        let mut v: Vec<&Dropout> = self.dropouts.iter().collect();
+        v.push(&self.ff.dropout);
+        v
+    }
+}
+
+impl Module for TransformerDecoderLayer {
+    /// A decoder layer takes a target and a memory: use
+    /// [`TransformerDecoderLayer::forward_with`]. This one is an error naming it.
+    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(NnError::Config(
+            "TransformerDecoderLayer takes (tgt, memory): use forward_with".into(),
+        ))
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = prefixed("self_attn", self.self_attn.named_parameters());
         v.extend(prefixed(
             "multihead_attn",
-            self.cross_attn.named_parameters(),
+            self.multihead_attn.named_parameters(),
         ));
         v.extend(prefixed("linear1", self.ff.linear1.named_parameters()));
         v.extend(prefixed("linear2", self.ff.linear2.named_parameters()));
@@ -342,6 +888,124 @@ impl TransformerDecoderLayer {
             v.extend(prefixed(&format!("norm{}", i + 1), n.named_parameters()));
         }
         v
+    }
+    fn set_training(&mut self, training: bool) {
+        self.self_attn.set_training(training);
+        self.multihead_attn.set_training(training);
+        for d in self.dropouts.iter_mut() {
+            d.set_training(training);
+        }
+        self.ff.dropout.set_training(training);
+    }
+    fn advance_rng(&self) -> Result<()> {
+        self.self_attn.advance_rng()?;
+        self.multihead_attn.advance_rng()?;
+        self.dropouts().iter().try_for_each(|d| d.advance_rng())
+    }
+    fn rng_offsets(&self) -> Vec<u32> {
+        let mut v = self.self_attn.rng_offsets();
+        v.extend(self.multihead_attn.rng_offsets());
+        v.extend(self.dropouts().iter().flat_map(|d| d.rng_offsets()));
+        v
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
+        let mut used = self.self_attn.set_rng_offsets(offsets)?;
+        used += self
+            .multihead_attn
+            .set_rng_offsets(&offsets[used.min(offsets.len())..])?;
+        for d in self.dropouts() {
+            used += d.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
+        }
+        Ok(used)
+    }
+}
+
+/// A stack of decoder layers (`layers.0...`) with an optional final LayerNorm (`norm`), as
+/// PyTorch's `nn.TransformerDecoder`.
+pub struct TransformerDecoder {
+    /// The layers.
+    pub layers: Vec<TransformerDecoderLayer>,
+    /// Final normalisation.
+    pub norm: Option<LayerNorm>,
+}
+
+impl TransformerDecoder {
+    /// `num_layers` layers of `cfg`, drawn from `rng`, with a final LayerNorm where `final_norm`.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        cfg: &TransformerLayerConfig,
+        num_layers: usize,
+        final_norm: bool,
+    ) -> Result<TransformerDecoder> {
+        Ok(TransformerDecoder {
+            layers: (0..num_layers)
+                .map(|_| cfg.init_decoder_with(dev, rng))
+                .collect::<Result<_>>()?,
+            norm: if final_norm {
+                Some(cfg.norm(dev)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// tgt through every layer, each attending to `memory` (see
+    /// [`TransformerDecoderLayer::forward_with`]).
+    pub fn forward_with(
+        &self,
+        tgt: &Tensor,
+        memory: &Tensor,
+        tgt_opts: &AttentionOptions,
+        memory_opts: &AttentionOptions,
+    ) -> Result<Tensor> {
+        let mut h = tgt.clone();
+        for l in &self.layers {
+            h = l.forward_with(&h, memory, tgt_opts, memory_opts)?;
+        }
+        match &self.norm {
+            Some(n) => n.forward(&h),
+            None => Ok(h),
+        }
+    }
+}
+
+impl Module for TransformerDecoder {
+    /// A decoder takes a target and a memory: use [`TransformerDecoder::forward_with`].
+    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(NnError::Config(
+            "TransformerDecoder takes (tgt, memory): use forward_with".into(),
+        ))
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| prefixed(&format!("layers.{i}"), l.named_parameters()))
+            .collect();
+        if let Some(n) = &self.norm {
+            v.extend(prefixed("norm", n.named_parameters()));
+        }
+        v
+    }
+    fn set_training(&mut self, training: bool) {
+        self.layers
+            .iter_mut()
+            .for_each(|l| l.set_training(training));
+    }
+    fn advance_rng(&self) -> Result<()> {
+        self.layers.iter().try_for_each(|l| l.advance_rng())
+    }
+    fn rng_offsets(&self) -> Vec<u32> {
+        self.layers.iter().flat_map(|l| l.rng_offsets()).collect()
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
+        let mut used = 0;
+        for l in &self.layers {
+            used += l.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
+        }
+        Ok(used)
     }
 }
 

@@ -170,6 +170,16 @@ fn schedules_follow_pytorch_shapes() {
         [wu.lr(1.0, 0), wu.lr(1.0, 3), wu.lr(1.0, 9)],
         [0.25, 1.0, 1.0]
     );
+    // transformers' get_linear_schedule_with_warmup(4 warm-up steps, 12 in all).
+    let wl = Schedule::Warmup {
+        steps: 4,
+        then: Box::new(Schedule::LinearDecay { from: 4, total: 12 }),
+    };
+    let got: Vec<f32> = [0, 3, 4, 8, 11, 12, 20]
+        .iter()
+        .map(|&s| wl.lr(1.0, s))
+        .collect();
+    assert_eq!(got, [0.25, 1.0, 1.0, 0.5, 0.125, 0.0, 0.0]);
     let s = shuffled(10, 1);
     assert_eq!(s, shuffled(10, 1));
     assert_ne!(s, shuffled(10, 2));
@@ -325,7 +335,19 @@ fn pgm_reader_accepts_good_files_and_rejects_bad_ones() {
         .unwrap_err()
         .contains("needs 16 bytes"));
     assert!(parse_pgm(b"P5\n4").unwrap_err().contains("truncated"));
-    let x = to_mnist_input(2, 2, &[0, 255, 255, 0]);
+    let x = to_mnist_input(2, 2, &[0, 255, 255, 0]).unwrap();
     assert_eq!(x.len(), 784);
+    // Zero or overflowing dimensions are refused, not wrapped into a passing size check.
+    for bad in [
+        &b"P5 0 4 255\n"[..],
+        b"P5 4 0 255\n",
+        b"P5 4294967296 4294967296 255\n\x00",
+        b"P5 18446744073709551615 2 255\n\x00",
+    ] {
+        let e = parse_pgm(bad).unwrap_err();
+        assert!(e.contains("at least 1") || e.contains("overflows"), "{e}");
+    }
+    assert!(to_mnist_input(0, 0, &[]).is_err());
+    assert!(to_mnist_input(4, 4, &[0; 15]).is_err());
     assert!(x[0] < 0.0 && x[27] > 2.0, "black maps low, white high");
 }

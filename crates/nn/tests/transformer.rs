@@ -2,7 +2,8 @@
 
 use kiln_graph::{Device, Tensor};
 use kiln_nn::transformer::{
-    sinusoidal_positions, Activation, LayerConfig, MultiHeadAttention, TransformerEncoderLayer,
+    sinusoidal_positions, Activation, AttentionOptions, MultiHeadAttentionConfig,
+    TransformerLayerConfig,
 };
 use kiln_nn::Module;
 use kiln_ops::testing::{assert_close, finite_diff, to_f64, Rng};
@@ -51,6 +52,20 @@ fn merge(x: &[f64], b: usize, t: usize, h: usize, d: usize) -> Vec<f64> {
     o
 }
 
+/// MultiheadAttention's parameters (in_proj_weight, in_proj_bias, out_proj.weight,
+/// out_proj.bias) as q, k, v, out (weight then bias each), the order `cpu_mha` takes.
+fn unpack_mha(p: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let e = p[3].len();
+    let mut v = Vec::new();
+    for i in 0..3 {
+        v.push(p[0][i * e * e..(i + 1) * e * e].to_vec());
+        v.push(p[1][i * e..(i + 1) * e].to_vec());
+    }
+    v.push(p[2].clone());
+    v.push(p[3].clone());
+    v
+}
+
 /// MHA on the CPU from its parameters in order (q, k, v, out; weight then bias).
 fn cpu_mha(
     p: &[Vec<f64>],
@@ -91,19 +106,42 @@ fn multi_head_attention_matches_its_equations() {
     let d = dev();
     let mut rng = Rng::new(3);
     let (b, t, e, h) = (2, 5, 8, 2);
-    let mha = MultiHeadAttention::new(&d, &mut rng, e, h).unwrap();
+    let mha = MultiHeadAttentionConfig::new(e, h)
+        .init_with(&d, &mut rng)
+        .unwrap();
     let names: Vec<String> = mha.named_parameters().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names[0], "q_proj.weight");
-    assert_eq!(names[7], "out_proj.bias");
-    let p: Vec<Vec<f64>> = mha
-        .named_parameters()
-        .iter()
-        .map(|(_, t)| to_f64(&t.to_vec().unwrap()))
-        .collect();
+    assert_eq!(
+        names,
+        [
+            "in_proj_weight",
+            "in_proj_bias",
+            "out_proj.weight",
+            "out_proj.bias"
+        ]
+    );
+    // PyTorch's initialisation: zero biases, xavier-uniform in_proj (bound sqrt(6 / (E + 3E))).
+    let named = mha.named_parameters();
+    assert!(named[1].1.to_vec().unwrap().iter().all(|v| *v == 0.0));
+    assert!(named[3].1.to_vec().unwrap().iter().all(|v| *v == 0.0));
+    let bound = (6.0 / (4 * e) as f32).sqrt();
+    let w = named[0].1.to_vec().unwrap();
+    assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|v| v.abs() > bound / 2.0));
+    // Non-zero biases, so their paths are checked too.
+    for i in [1, 3] {
+        let n = named[i].1.numel();
+        named[i].1.copy_from_slice(&rng.vec(n, -0.5, 0.5)).unwrap();
+    }
+    let p: Vec<Vec<f64>> = unpack_mha(
+        &named
+            .iter()
+            .map(|(_, t)| to_f64(&t.to_vec().unwrap()))
+            .collect::<Vec<_>>(),
+    );
     let x = rng.vec(b * t * e, -1.0, 1.0);
     let xt = Tensor::from_f32(&d, &x, &[b, t, e]).unwrap();
     for causal in [false, true] {
-        let y = mha.attend(&xt, &xt, &xt, None, causal).unwrap();
+        let opts = AttentionOptions::new().is_causal(causal);
+        let y = mha.forward_with(&xt, &xt, &xt, &opts).unwrap().0;
         assert_close(
             &format!("mha causal={causal}"),
             &y.to_vec().unwrap(),
@@ -112,7 +150,7 @@ fn multi_head_attention_matches_its_equations() {
             1e-4,
         );
     }
-    assert!(MultiHeadAttention::new(&d, &mut rng, 10, 3).is_err());
+    assert!(MultiHeadAttentionConfig::new(10, 3).init(&d).is_err());
 }
 
 #[test]
@@ -121,20 +159,20 @@ fn encoder_layer_post_and_pre_norm_with_gradients() {
     let (b, t, e, h, ff) = (2, 4, 8, 2, 12);
     for norm_first in [false, true] {
         let mut rng = Rng::new(9);
-        let cfg = LayerConfig {
-            d_model: e,
-            heads: h,
-            ff,
-            dropout: 0.0,
-            activation: Activation::Gelu,
-            norm_first,
-        };
-        let layer = TransformerEncoderLayer::new(&d, &mut rng, &cfg).unwrap();
+        let cfg = TransformerLayerConfig::new(e, h)
+            .with_dim_feedforward(ff)
+            .with_dropout(0.0)
+            .with_activation(Activation::Gelu)
+            .with_norm_first(norm_first);
+        let layer = cfg.init_encoder_with(&d, &mut rng).unwrap();
         let named = layer.named_parameters();
-        let p: Vec<Vec<f64>> = named
+        let raw: Vec<Vec<f64>> = named
             .iter()
             .map(|(_, t)| to_f64(&t.to_vec().unwrap()))
             .collect();
+        // q, k, v, out (8), linear1, linear2 (4), norm1, norm2 (4).
+        let mut p = unpack_mha(&raw[..4]);
+        p.extend(raw[4..].iter().cloned());
         let x = rng.vec(b * t * e, -1.0, 1.0);
         let cpu = |p: &[Vec<f64>]| {
             let x = to_f64(&x);
@@ -175,7 +213,8 @@ fn encoder_layer_post_and_pre_norm_with_gradients() {
             .unwrap()
             .backward()
             .unwrap();
-        // The query projection sits deepest in the graph: check its gradient.
+        // The query projection (in_proj_weight's first E rows) sits deepest in the graph: check
+        // its gradient.
         let f = |v: &[f64]| {
             let mut q = p.clone();
             q[0] = v.to_vec();
@@ -188,7 +227,7 @@ fn encoder_layer_post_and_pre_norm_with_gradients() {
         let fd = finite_diff(f, &p[0], 1e-4);
         assert_close(
             &format!("encoder layer dq_proj norm_first={norm_first}"),
-            &named[0].1.grad().unwrap().to_f32(&d).unwrap(),
+            &named[0].1.grad().unwrap().to_f32(&d).unwrap()[..e * e],
             &fd,
             2e-4,
             2e-3,
@@ -201,24 +240,23 @@ fn encoder_layer_post_and_pre_norm_with_gradients() {
 
 #[test]
 fn decoder_layer_is_causal_in_its_target_and_trains_every_parameter() {
-    use kiln_nn::transformer::TransformerDecoderLayer;
     let d = dev();
     let mut rng = Rng::new(4);
-    let cfg = LayerConfig {
-        d_model: 8,
-        heads: 2,
-        ff: 16,
-        dropout: 0.0,
-        activation: Activation::Relu,
-        norm_first: false,
-    };
-    let layer = TransformerDecoderLayer::new(&d, &mut rng, &cfg).unwrap();
+    let cfg = TransformerLayerConfig::new(8, 2)
+        .with_dim_feedforward(16)
+        .with_dropout(0.0);
+    let layer = cfg.init_decoder_with(&d, &mut rng).unwrap();
     let (b, t, s, e) = (2, 5, 3, 8);
     let mut x = rng.vec(b * t * e, -1.0, 1.0);
     let mem = Tensor::from_f32(&d, &rng.vec(b * s * e, -1.0, 1.0), &[b, s, e]).unwrap();
     let run = |x: &[f32]| {
         layer
-            .decode(&Tensor::from_f32(&d, x, &[b, t, e]).unwrap(), &mem, None)
+            .forward_with(
+                &Tensor::from_f32(&d, x, &[b, t, e]).unwrap(),
+                &mem,
+                &AttentionOptions::causal(),
+                &AttentionOptions::new(),
+            )
             .unwrap()
     };
     let before = run(&x).to_vec().unwrap();
@@ -272,4 +310,107 @@ fn simple_modules_match_their_ops() {
         .forward(&x)
         .unwrap();
     assert_eq!(v(pooled), vec![0.375]);
+}
+
+#[test]
+fn decoder_layer_honours_norm_first_and_both_masks() {
+    let d = dev();
+    let (b, t, s, e) = (2, 4, 3, 8);
+    let mut rng = Rng::new(21);
+    let x = Tensor::from_f32(&d, &rng.vec(b * t * e, -1.0, 1.0), &[b, t, e]).unwrap();
+    let mem = Tensor::from_f32(&d, &rng.vec(b * s * e, -1.0, 1.0), &[b, s, e]).unwrap();
+    // Batch 1 ignores target position 3 and memory position 2.
+    let tpad = Tensor::from_i32(&d, &[0, 0, 0, 0, 0, 0, 0, 1], &[b, t]).unwrap();
+    let mpad = Tensor::from_i32(&d, &[0, 0, 0, 0, 0, 1], &[b, s]).unwrap();
+    let tgt_opts = AttentionOptions::causal().key_padding_mask(&tpad);
+    let mem_opts = AttentionOptions::new().key_padding_mask(&mpad);
+    let mut outs = Vec::new();
+    for norm_first in [false, true] {
+        let layer = TransformerLayerConfig::new(e, 2)
+            .with_dim_feedforward(16)
+            .with_dropout(0.0)
+            .with_layer_norm_eps(1e-6)
+            .with_norm_first(norm_first)
+            .init_decoder_with(&d, &mut Rng::new(5))
+            .unwrap();
+        let y = layer
+            .forward_with(&x, &mem, &tgt_opts, &mem_opts)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        // The same equations from the layer's parameters and its attention modules.
+        let p: std::collections::HashMap<String, Tensor> =
+            layer.named_parameters().into_iter().collect();
+        let ln = |v: &Tensor, i: usize| {
+            v.layer_norm(
+                &p[&format!("norm{i}.weight")],
+                &p[&format!("norm{i}.bias")],
+                1e-6,
+            )
+            .unwrap()
+        };
+        let sa = |v: &Tensor| layer.self_attn.forward_with(v, v, v, &tgt_opts).unwrap().0;
+        let ca = |v: &Tensor| {
+            layer
+                .multihead_attn
+                .forward_with(v, &mem, &mem, &mem_opts)
+                .unwrap()
+                .0
+        };
+        let ff = |v: &Tensor| {
+            let h = v
+                .reshape(&[b * t, e])
+                .unwrap()
+                .linear(&p["linear1.weight"], Some(&p["linear1.bias"]))
+                .unwrap()
+                .relu()
+                .unwrap()
+                .linear(&p["linear2.weight"], Some(&p["linear2.bias"]))
+                .unwrap();
+            h.reshape(&[b, t, e]).unwrap()
+        };
+        let want = if norm_first {
+            let h = x.add(&sa(&ln(&x, 1))).unwrap();
+            let h = h.add(&ca(&ln(&h, 2))).unwrap();
+            h.add(&ff(&ln(&h, 3))).unwrap()
+        } else {
+            let h = ln(&x.add(&sa(&x)).unwrap(), 1);
+            let h = ln(&h.add(&ca(&h)).unwrap(), 2);
+            ln(&h.add(&ff(&h)).unwrap(), 3)
+        };
+        assert_close(
+            &format!("decoder norm_first={norm_first}"),
+            &y,
+            &to_f64(&want.to_vec().unwrap()),
+            1e-6,
+            1e-6,
+        );
+        outs.push(y);
+    }
+    assert!(
+        outs[0]
+            .iter()
+            .zip(&outs[1])
+            .any(|(a, b)| (a - b).abs() > 1e-3),
+        "pre-norm and post-norm layers gave the same output"
+    );
+    // A padded memory position does not reach the output: change it, nothing moves.
+    let layer = TransformerLayerConfig::new(e, 2)
+        .with_dropout(0.0)
+        .init_decoder_with(&d, &mut Rng::new(6))
+        .unwrap();
+    let before = layer.forward_with(&x, &mem, &tgt_opts, &mem_opts).unwrap();
+    let mut mv = mem.to_vec().unwrap();
+    for k in 0..e {
+        mv[(s + 2) * e + k] += 3.0;
+    }
+    let mem2 = Tensor::from_f32(&d, &mv, &[b, s, e]).unwrap();
+    let after = layer.forward_with(&x, &mem2, &tgt_opts, &mem_opts).unwrap();
+    assert_close(
+        "memory key padding",
+        &after.to_vec().unwrap(),
+        &to_f64(&before.to_vec().unwrap()),
+        1e-6,
+        1e-6,
+    );
 }

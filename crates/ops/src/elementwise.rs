@@ -32,6 +32,9 @@ pub enum Unary {
     Pow(f32),
     /// x^2
     Square,
+    /// The tanh approximation of GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): GPT-2's
+    /// `gelu_new` and PyTorch's `gelu(approximate="tanh")`.
+    GeluTanh,
 }
 
 impl Unary {
@@ -51,6 +54,7 @@ impl Unary {
             Unary::Affine(..) => UNARY_AFFINE,
             Unary::Pow(_) => UNARY_POW,
             Unary::Square => UNARY_SQUARE,
+            Unary::GeluTanh => UNARY_GELU_TANH,
         }
     }
     fn scalars(self) -> (f32, f32) {
@@ -287,13 +291,24 @@ pub mod cpu {
             Unary::Log => x.ln(),
             Unary::Sqrt => x.sqrt(),
             Unary::Abs => x.abs(),
-            Unary::Relu => x.max(0.0),
+            // NaN propagates (f32::max would return 0), as PyTorch and the shader.
+            Unary::Relu => {
+                if x > 0.0 || x.is_nan() {
+                    x
+                } else {
+                    0.0
+                }
+            }
             Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Unary::Tanh => x.tanh(),
             Unary::Gelu => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
             Unary::Affine(a, b) => a as f64 * x + b as f64,
             Unary::Pow(a) => x.powf(a as f64),
             Unary::Square => x * x,
+            Unary::GeluTanh => {
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                0.5 * x * (1.0 + u.tanh())
+            }
         }
     }
 

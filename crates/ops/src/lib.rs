@@ -7,13 +7,17 @@
 
 pub mod attention;
 pub mod conv;
+pub mod decode;
 pub mod dropout;
 pub mod elementwise;
+pub mod finite;
 pub mod geometry;
 pub mod half;
 pub mod int8;
 pub mod kernels;
 pub mod layout;
+pub mod lookup;
+pub mod mask;
 pub mod matmul;
 pub mod norm;
 pub mod op;

@@ -717,6 +717,16 @@ fn gemm_supports(dev: &Device, c: &GemmCall, variant: &str) -> std::result::Resu
             if la.max(lb) + align - 1 > WINDOW_FLOATS {
                 return Err("an operand row is longer than a 64 KiB uniform window".into());
             }
+            // A K split's partial sums (one [M, N] part per window of K) must fit one binding.
+            let (ta, tb) = (g.a[1] == 1 && g.a[2] != 1, g.b[1] == 1 && g.b[2] != 1);
+            let parts = match (ta, tb) {
+                _ if la == 0 || lb == 0 => 1,
+                (true, false) => uniform_run_count(la.max(lb), g.k, align),
+                (true, true) => uniform_run_count(la, g.k, align),
+                (false, false) => uniform_run_count(lb, g.k, align),
+                (false, true) => 1,
+            };
+            binding_fits(dev, (parts * c.lens[2]) as u64 * 4)?;
         }
         "gemm_sg" if c.mode != Mode::Matmul || vec4_layout(g).is_none() => {
             return Err("vec4-aligned matmuls only".into());
@@ -1345,6 +1355,7 @@ fn matmul_uniform(
         }
     }
     let parts = blocks.iter().map(|b| b.part + 1).max().unwrap_or(1);
+    // The variant's `supports` checked that the parts' partial sums fit one binding.
     let out = Array::empty(dev, &[parts, m, n])?;
     let widest = blocks.iter().map(|b| b.n.1).max().unwrap_or(1);
     let wx = uniform_wx(widest);

@@ -298,7 +298,10 @@ pub mod cpu {
                                 continue;
                             }
                             let v = x[plane * h * w + iy as usize * w + ix as usize];
-                            best = best.max(v);
+                            // NaN wins and stays, as in PyTorch (f64::max drops it).
+                            if v > best || v.is_nan() || best.is_nan() {
+                                best = if best.is_nan() { best } else { v };
+                            }
                             sum += v;
                         }
                     }

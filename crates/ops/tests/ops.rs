@@ -54,6 +54,7 @@ fn unary_forward_and_backward() {
         Unary::Affine(2.5, -1.0),
         Unary::Pow(1.7),
         Unary::Square,
+        Unary::GeluTanh,
     ];
     for op in ops {
         let positive = matches!(op, Unary::Log | Unary::Sqrt | Unary::Pow(_));
@@ -2605,4 +2606,124 @@ fn f16_weight_layers_match_the_cpu() {
         )
         .is_err());
     }
+}
+
+#[test]
+fn lookup_from_blocks_with_padding_matches_reference() {
+    use kiln_ops::lookup;
+    let d = dev();
+    let mut r = Rng::new(11);
+    let (vocab, dim) = (23, 6);
+    let table = r.vec(vocab * dim, -1.0, 1.0);
+    // Repeats, the padding id, and an id out of range (a zero row, no gradient).
+    let ids: Vec<i32> = vec![3, 0, 22, 3, 7, 0, 15, 3, 22, 40, 11, 7, 7, 1];
+    let n = ids.len();
+    let ida = Array::from_i32(&d, &ids, &[2, 7]).unwrap();
+    let dy = r.vec(n * dim, -1.0, 1.0);
+    let want_y = lookup::cpu::lookup(&to_f64(&table), dim, &ids);
+    let want_dw = lookup::cpu::lookup_backward(vocab, dim, &ids, &to_f64(&dy), Some(0));
+    // One block, and the same table in blocks of 10, 10 and 3 rows.
+    for rows in [vec![vocab], vec![10, 10, 3]] {
+        let mut blocks = Vec::new();
+        let mut at = 0;
+        for &n_rows in &rows {
+            blocks.push(arr(
+                &d,
+                &table[at * dim..(at + n_rows) * dim],
+                &[n_rows, dim],
+            ));
+            at += n_rows;
+        }
+        let refs: Vec<&Array> = blocks.iter().collect();
+        let y = lookup::lookup(&d, &refs, &ida).unwrap();
+        assert_eq!(y.shape, [2, 7, dim]);
+        assert_close("lookup", &y.to_f32(&d).unwrap(), &want_y, 0.0, 0.0);
+        let shapes: Vec<&[usize]> = blocks.iter().map(|b| &b.shape[..]).collect();
+        let needs = vec![true; rows.len()];
+        let grads = lookup::lookup_backward(
+            &d,
+            &shapes,
+            &ida,
+            &arr(&d, &dy, &[2, 7, dim]),
+            Some(0),
+            &needs,
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        for g in grads {
+            got.extend(g.unwrap().to_f32(&d).unwrap());
+        }
+        assert_close(
+            &format!("lookup backward {rows:?}"),
+            &got,
+            &want_dw,
+            1e-6,
+            1e-6,
+        );
+    }
+    let bad = arr(&d, &table[..4 * 5], &[4, 5]);
+    let t = arr(&d, &table[..4 * dim], &[4, dim]);
+    assert!(lookup::lookup(&d, &[&t, &bad], &ida).is_err());
+}
+
+#[test]
+fn decode_attention_matches_reference_and_full_attention() {
+    use kiln_ops::decode::{self, KvCache};
+    let d = dev();
+    let mut r = Rng::new(12);
+    let (b, h, hd, t) = (2, 3, 8, 9);
+    let e = h * hd;
+    // Fused q|k|v rows [B, T, 3E], as GPT-2's c_attn gives them.
+    let qkv = r.vec(b * t * 3 * e, -1.0, 1.0);
+    let mut cache = KvCache::new(&d, b, h, 16, hd).unwrap();
+    // The first t - 1 positions at once (a prompt), then the last one (a generation step).
+    let head: Vec<f32> = (0..b)
+        .flat_map(|bi| qkv[bi * t * 3 * e..(bi * t + t - 1) * 3 * e].to_vec())
+        .collect();
+    decode::kv_append(
+        &d,
+        &mut cache,
+        &arr(&d, &head, &[b, t - 1, 3 * e]),
+        e,
+        2 * e,
+    )
+    .unwrap();
+    let last: Vec<f32> = (0..b)
+        .flat_map(|bi| qkv[(bi * t + t - 1) * 3 * e..(bi * t + t) * 3 * e].to_vec())
+        .collect();
+    let last = arr(&d, &last, &[b, 1, 3 * e]);
+    decode::kv_append(&d, &mut cache, &last, e, 2 * e).unwrap();
+    assert_eq!(cache.len, t);
+    let out = decode::decode_attention(&d, &last, 0, &cache, None).unwrap();
+    assert_eq!(out.shape, [b, e]);
+    // Reference: the last row of causal attention over all t positions.
+    let col = |bi: usize, ti: usize, c0: usize, hi: usize, k: usize| {
+        qkv[(bi * t + ti) * 3 * e + c0 + hi * hd + k] as f64
+    };
+    let mut q = vec![0.0; b * e];
+    let (mut kc, mut vc) = (vec![0.0; b * h * t * hd], vec![0.0; b * h * t * hd]);
+    for bi in 0..b {
+        for hi in 0..h {
+            for k in 0..hd {
+                q[bi * e + hi * hd + k] = col(bi, t - 1, 0, hi, k);
+                for ti in 0..t {
+                    kc[((bi * h + hi) * t + ti) * hd + k] = col(bi, ti, e, hi, k);
+                    vc[((bi * h + hi) * t + ti) * hd + k] = col(bi, ti, 2 * e, hi, k);
+                }
+            }
+        }
+    }
+    let want = decode::cpu::decode_attention(&q, &kc, &vc, b, h, t, hd, 1.0 / (hd as f64).sqrt());
+    assert_close(
+        "decode_attention",
+        &out.to_f32(&d).unwrap(),
+        &want,
+        1e-5,
+        1e-5,
+    );
+    // A cache that is full refuses more positions.
+    let mut small = KvCache::new(&d, b, h, 2, hd).unwrap();
+    let three = arr(&d, &qkv[..b * 3 * 3 * e], &[b, 3, 3 * e]);
+    assert!(decode::kv_append(&d, &mut small, &three, e, 2 * e).is_err());
+    assert!(decode::decode_attention(&d, &last, 0, &small, None).is_err());
 }

@@ -3,11 +3,14 @@
 //! `compile` / `fit` / `evaluate` / `predict` face over them.
 
 use crate::checkpoint::{save_training, CheckpointConfig};
+use crate::finite::FiniteWatch;
 use crate::history::EpochStats;
+use crate::parallel::{epoch_batches, DataParallel};
 use crate::progress::progress_bar;
 use crate::{Result, TrainError};
+use kiln_device::ReadTicket;
 use kiln_graph::{no_grad, Device, StepPlan, Tensor};
-use kiln_nn::data::{gather_rows, shuffled};
+use kiln_nn::data::gather_rows;
 use kiln_nn::loss::{loss_of, Loss};
 use kiln_nn::{Module, Optimizer};
 use kiln_ops::softmax;
@@ -131,8 +134,15 @@ pub struct FitConfig {
     pub epochs: usize,
     /// Seed of the shuffling (epoch e uses seed + e).
     pub seed: u64,
-    /// Read the loss back (asynchronously) every this many steps.
+    /// Read the loss back (asynchronously) every this many steps, and at each epoch's last step.
     pub log_every: usize,
+    /// Check every parameter and optimizer state tensor for NaN and infinities on the device
+    /// every this many steps; 0 (the default) checks wherever the loss is read (`log_every`).
+    /// The checks ride in the step's own submission and come back with its loss, and an error
+    /// names the tensor and the step after which it went bad: 1 finds the exact step. The model
+    /// and optimizer are also checked once before the first step (after a resume's load), and
+    /// after each epoch's last step.
+    pub finite_check_every: usize,
     /// The objective.
     pub loss: Loss,
     /// Show a progress bar (loss, samples/s) when standard error is a terminal; plain per-epoch
@@ -165,12 +175,14 @@ impl FitConfig {
             checkpoint: None,
             history: Vec::new(),
             skip_nonfinite: false,
+            finite_check_every: 0,
         }
     }
 }
 
 struct Recorded {
-    plan: StepPlan,
+    /// The whole step as one plan, or the id of a step a [`DataParallel`] recorded.
+    step: Result<StepPlan, usize>,
     x: Tensor,
     y: Tensor,
     loss: Tensor,
@@ -184,6 +196,38 @@ pub fn fit(
     train: &Dataset,
     val: Option<&Dataset>,
     cfg: &FitConfig,
+    on_epoch: impl FnMut(&EpochStats),
+) -> Result<Vec<EpochStats>> {
+    fit_inner(dev, model, opt, train, val, cfg, None, on_epoch)
+}
+
+/// [`fit`] in one of several processes that train one model together (see [`crate::parallel`]):
+/// `cfg.batch_size` is the global batch, of which this process trains on its share; every epoch
+/// covers each example exactly once across the processes. Every process returns the same
+/// history; only rank 0 writes checkpoints and shows progress.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_parallel(
+    dev: &Device,
+    model: &dyn Module,
+    opt: &mut Optimizer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &FitConfig,
+    parallel: &mut dyn DataParallel,
+    on_epoch: impl FnMut(&EpochStats),
+) -> Result<Vec<EpochStats>> {
+    fit_inner(dev, model, opt, train, val, cfg, Some(parallel), on_epoch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_inner(
+    dev: &Device,
+    model: &dyn Module,
+    opt: &mut Optimizer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &FitConfig,
+    mut parallel: Option<&mut dyn DataParallel>,
     mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
     train.check()?;
@@ -191,7 +235,20 @@ pub fn fit(
         v.check()?;
     }
     if cfg.batch_size == 0 || train.is_empty() {
-        return Err(TrainError::Training("empty data or zero batch size".into()));
+        return Err(TrainError::Training(format!(
+            "batch size {} over {} training examples: both must be at least 1",
+            cfg.batch_size,
+            train.len()
+        )));
+    }
+    if cfg.epochs == 0 {
+        return Err(TrainError::Training("epochs must be at least 1".into()));
+    }
+    if cfg.start_epoch > cfg.epochs {
+        return Err(TrainError::Training(format!(
+            "the run has {} epochs done already, more than the {} asked for: nothing to train (ask for at least {} epochs to continue it)",
+            cfg.start_epoch, cfg.epochs, cfg.start_epoch
+        )));
     }
     if matches!(train.y, Targets::Classes(_)) != (cfg.loss == Loss::CrossEntropy) {
         return Err(TrainError::Training(format!(
@@ -199,24 +256,52 @@ pub fn fit(
             cfg.loss, train.y
         )));
     }
+    let (rank, world) = parallel
+        .as_ref()
+        .map_or((0, 1), |p| (p.rank(), p.world_size()));
+    if let Some(p) = parallel.as_deref_mut() {
+        if cfg.batch_size < world || train.len() < world {
+            return Err(TrainError::Training(format!(
+                "{world} processes need a batch size and a data set of at least {world} \
+                 examples each (batch size {}, {} examples)",
+                cfg.batch_size,
+                train.len()
+            )));
+        }
+        p.broadcast(model, opt)?;
+    }
     let mut plans: HashMap<usize, Recorded> = HashMap::new();
     let mut history = cfg.history.clone();
     // Continues a resumed run's step count (dropout offsets advance from it).
     let mut step = opt.steps() as usize;
     let mut classes: Option<usize> = None;
-    let mut reads = VecDeque::new();
+    let mut reads: VecDeque<(usize, ReadTicket, Option<ReadTicket>)> = VecDeque::new();
+    let log_every = cfg.log_every.max(1);
+    let check_every = match cfg.finite_check_every {
+        0 => log_every,
+        k => k,
+    };
+    let watch = FiniteWatch::new(dev, model, opt)?;
+    watch.check_now(dev, "loading, before the first step")?;
     for epoch in cfg.start_epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
-        let order = shuffled(train.len(), cfg.seed + epoch as u64);
+        let batches = epoch_batches(
+            train.len(),
+            cfg.batch_size,
+            cfg.seed + epoch as u64,
+            rank,
+            world,
+        );
         let mut tally = LossTally::default();
         let bar = progress_bar(
-            cfg.progress,
+            cfg.progress && rank == 0,
             train.len().div_ceil(cfg.batch_size),
             epoch,
             cfg.epochs,
         );
-        let batches = order.len().div_ceil(cfg.batch_size);
-        for (b, idx) in order.chunks(cfg.batch_size).enumerate() {
+        let last = batches.len();
+        for (b, (idx, share)) in batches.iter().enumerate() {
+            let (idx, share) = (&idx[..], *share);
             let n = idx.len();
             let (xb, yb) = train.batch(idx);
             if let BatchTargets::Classes(y) = &yb {
@@ -229,16 +314,72 @@ pub fn fit(
                 model.advance_rng()?;
             }
             step += 1;
-            if let Some(r) = plans.get(&n) {
+            // Every log_every steps, and the epoch's last step so every epoch reports a loss.
+            let read = step.is_multiple_of(log_every) || b + 1 == last;
+            // The state this step starts from (the previous step's update) is checked in this
+            // step's submission, ahead of its dispatches, and read back with its loss. Launched
+            // after the step's host writes, which would otherwise submit the checks on their own.
+            let check = || -> Result<Option<ReadTicket>> {
+                if !step.is_multiple_of(check_every) {
+                    return Ok(None);
+                }
+                watch.launch(dev)?;
+                Ok(Some(watch.read(dev)?))
+            };
+            if let Some(p) = parallel.as_deref_mut() {
+                // Data-parallel: the step is synchronous (its update needs every process's
+                // gradients), and the combined loss comes back with them.
+                let flags = check()?;
+                let loss = if n == 0 {
+                    // A last batch with fewer examples than processes left none to this one.
+                    p.empty_step(share)?
+                } else if let Some(Recorded {
+                    step: Err(id),
+                    x,
+                    y,
+                    ..
+                }) = plans.get(&n)
+                {
+                    x.copy_from_slice(&xb)?;
+                    yb.write(y)?;
+                    p.replay_step(*id, share)?
+                } else {
+                    let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
+                    let y = yb.upload(dev)?;
+                    let mut width = 0;
+                    let (id, loss, mean) =
+                        p.record_step(opt, cfg.skip_nonfinite, share, &mut || {
+                            let out = model.forward(&x)?;
+                            width = *out.shape().last().unwrap_or(&0);
+                            Ok(loss_of(&out, &y, cfg.loss)?)
+                        })?;
+                    if let BatchTargets::Classes(yv) = &yb {
+                        classes = Some(width);
+                        softmax::check_labels(yv, width, None)?;
+                    }
+                    let step = Err(id);
+                    plans.insert(n, Recorded { step, x, y, loss });
+                    mean
+                };
+                if let Some(f) = flags {
+                    watch.verdict(&f.wait::<u32>()?, &after_step(step - 1))?;
+                }
+                if read || step.is_multiple_of(check_every) {
+                    record_loss(step, epoch, loss, &mut tally, cfg.skip_nonfinite)?;
+                }
+            } else if let Some(r) = plans.get(&n) {
                 r.x.copy_from_slice(&xb)?;
                 yb.write(&r.y)?;
-                // Every log_every steps, and the epoch's last step so every epoch reports a loss.
-                if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
+                let flags = check()?;
+                if read || flags.is_some() {
                     // Rides in this step's submission, after the replayed dispatches.
-                    reads.push_back((step, dev.read_async(&r.loss.array().buf)?));
+                    reads.push_back((step, dev.read_async(&r.loss.array().buf)?, flags));
                 }
-                r.plan.replay()?;
+                if let Ok(plan) = &r.step {
+                    plan.replay()?;
+                }
             } else {
+                let flags = check()?;
                 let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
                 let y = yb.upload(dev)?;
                 // A fresh plan computes fresh gradients (no accumulation into another plan's).
@@ -260,14 +401,26 @@ pub fn fit(
                     softmax::check_labels(yv, width, None)?;
                 }
                 // Recording happens once per batch size: a synchronous read costs nothing there.
-                if step.is_multiple_of(cfg.log_every.max(1)) || b + 1 == batches {
+                if let Some(f) = flags {
+                    watch.verdict(&f.wait::<u32>()?, &after_step(step - 1))?;
+                }
+                if read || step.is_multiple_of(check_every) {
                     record_loss(step, epoch, loss.item()?, &mut tally, cfg.skip_nonfinite)?;
                 }
-                plans.insert(n, Recorded { plan, x, y, loss });
+                let step = Ok(plan);
+                plans.insert(n, Recorded { step, x, y, loss });
             }
             // Collect finished readbacks without waiting for the GPU.
-            while let Some((at, t)) = reads.front() {
+            while let Some((at, t, f)) = reads.front() {
                 let Some(v) = t.try_read::<f32>()? else { break };
+                if let Some(f) = f {
+                    // Same submission as the loss, but its mapping may land a moment later:
+                    // polled like the loss, never waited for (a wait would drain the queue).
+                    let Some(flags) = f.try_read::<u32>()? else {
+                        break;
+                    };
+                    watch.verdict(&flags, &after_step(*at - 1))?;
+                }
                 record_loss(*at, epoch, v[0], &mut tally, cfg.skip_nonfinite)?;
                 reads.pop_front();
             }
@@ -287,7 +440,13 @@ pub fn fit(
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        for (at, t) in reads.drain(..) {
+        // The epoch's last update, checked before its statistics and checkpoint.
+        watch.launch(dev)?;
+        let last = watch.read(dev)?;
+        for (at, t, f) in reads.drain(..) {
+            if let Some(f) = f {
+                watch.verdict(&f.wait::<u32>()?, &after_step(at - 1))?;
+            }
             record_loss(
                 at,
                 epoch,
@@ -296,6 +455,7 @@ pub fn fit(
                 cfg.skip_nonfinite,
             )?;
         }
+        watch.verdict(&last.wait::<u32>()?, &after_step(step))?;
         dev.wait()?;
         let secs = t0.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) = match val {
@@ -320,9 +480,9 @@ pub fn fit(
         };
         on_epoch(&stats);
         history.push(stats);
-        if let Some(c) = &cfg.checkpoint {
+        if let (Some(c), 0) = (&cfg.checkpoint, rank) {
             if epoch % c.every_epochs.max(1) == 0 || epoch == cfg.epochs {
-                save_training(&c.path, model, opt, &history)?;
+                save_training(&c.path, model, opt, &history, &c.settings)?;
             }
         }
     }
@@ -344,6 +504,15 @@ pub fn fit_classifier(
         ..cfg.clone()
     };
     fit(dev, model, opt, train, val, &cfg, on_epoch)
+}
+
+/// How a finite-check verdict names the state it saw.
+fn after_step(step: usize) -> String {
+    if step == 0 {
+        "loading, before the first step".into()
+    } else {
+        format!("step {step}")
+    }
 }
 
 /// Running loss of an epoch: its sum and count, and the non-finite steps skipped.

@@ -4,17 +4,23 @@
 //!   recorded once per batch size and replayed; and the Keras-style [`fit::Compiled`].
 //! - [`lm`]: the language-model loop (random windows of a corpus, periodic evaluation).
 //! - [`checkpoint`]: training checkpoints that resume a run exactly.
+//! - [`parallel`]: the hook for data-parallel training in several processes (kiln-dist) and the
+//!   rule that splits each batch among them.
 //! - [`history`] and [`report`]: per-epoch figures, as CSV and an SVG plot.
 
 pub mod checkpoint;
+mod finite;
 pub mod fit;
 pub mod history;
 pub mod lm;
+pub mod parallel;
 mod progress;
 pub mod regression;
 pub mod report;
 
-pub use fit::{evaluate, fit, fit_classifier, predict, Compiled, Dataset, FitConfig, Targets};
+pub use fit::{
+    evaluate, fit, fit_classifier, fit_parallel, predict, Compiled, Dataset, FitConfig, Targets,
+};
 pub use history::EpochStats;
 pub use kiln_nn::loss::Loss;
 
@@ -31,6 +37,9 @@ pub enum TrainError {
     /// A training run that cannot continue (bad settings, a non-finite loss).
     #[error("training: {0}")]
     Training(String),
+    /// From the data-parallel layer (kiln-dist): the transport, or another process.
+    #[error("data-parallel training: {0}")]
+    Parallel(Box<dyn std::error::Error + Send + Sync>),
     /// A checkpoint or report file that cannot be read or written.
     #[error("{path}: {message}")]
     File {

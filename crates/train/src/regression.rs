@@ -21,6 +21,11 @@ pub struct LineFit {
 /// Draws `n` points of y = 3x + 2 + N(0, 0.1^2), x ~ U(-1, 1), and fits a Linear(1, 1) with plain
 /// SGD for `steps` full-batch steps, one recorded step replayed `steps - 1` times.
 pub fn fit_line(dev: &Device, n: usize, steps: usize, lr: f32, seed: u64) -> Result<LineFit> {
+    if n == 0 || steps == 0 {
+        return Err(TrainError::Training(format!(
+            "{n} points and {steps} steps: both must be at least 1"
+        )));
+    }
     let mut rng = Rng::new(seed);
     let x: Vec<f32> = (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect();
     let y: Vec<f32> = x

@@ -157,13 +157,14 @@ mod training {
     use kiln_nn::data::Mnist;
     use kiln_nn::schedule::Schedule;
     use kiln_nn::Optimizer;
-    use kiln_train::checkpoint::{load_training, CheckpointConfig};
+    use kiln_train::checkpoint::{load_training, CheckpointConfig, RunSettings};
     use kiln_train::{evaluate, fit, Dataset, FitConfig, Loss};
 
     fn mnist(range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
             .unwrap()
             .split(range)
+            .unwrap()
     }
 
     fn optimizer(d: &Device, m: &dyn Module) -> Optimizer {
@@ -199,18 +200,60 @@ mod training {
         let path = dir.join("train.safetensors");
         let b = lenet5(&d, 1).unwrap();
         let mut ob = optimizer(&d, &b);
+        let settings = RunSettings::new().with("seed", 7).with("lr", 0.05);
         let first = FitConfig {
-            checkpoint: Some(CheckpointConfig {
-                path: path.clone(),
-                every_epochs: 1,
-            }),
+            checkpoint: Some(
+                CheckpointConfig::new(&path, 1)
+                    .unwrap()
+                    .with_settings(settings.clone()),
+            ),
             ..cfg(1)
         };
         fit(&d, &b, &mut ob, &data, None, &first, |_| {}).unwrap();
+        drop(first);
         let c = lenet5(&d, 99).unwrap();
         let mut oc = optimizer(&d, &c);
-        let r = load_training(&path, &c, &mut oc).unwrap();
+        // Other settings are refused, naming each difference, and nothing is loaded; an override
+        // accepts the one it names; a typo in an override is refused too.
+        let before = values(&c);
+        let other = RunSettings::new().with("seed", 8).with("lr", 0.05);
+        let e = load_training(&path, &c, &mut oc, &other, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("seed: 7 in the checkpoint, 8 now"), "{e}");
+        assert_eq!(values(&c), before, "a refused resume changed the model");
+        let more = settings.clone().with("batch_size", 64);
+        let e = load_training(&path, &c, &mut oc, &more, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("batch_size: not set in the checkpoint, 64 now"),
+            "{e}"
+        );
+        let e = load_training(&path, &c, &mut oc, &settings, &["sed".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--override sed: no such setting"), "{e}");
+        let r = load_training(&path, &c, &mut oc, &other, &["seed".into()]).unwrap();
+        assert_eq!(r.settings, settings);
+        let r = load_training(&path, &c, &mut oc, &settings, &[]).unwrap();
         assert_eq!((r.epochs_done, oc.steps(), r.history.len()), (1, 5, 1));
+        // Fewer epochs than are done is an error, not a report of the later epoch.
+        let e = fit(
+            &d,
+            &c,
+            &mut oc,
+            &data,
+            None,
+            &FitConfig {
+                start_epoch: 2,
+                ..cfg(1)
+            },
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("2 epochs done already, more than the 1"), "{e}");
         let resume = FitConfig {
             start_epoch: r.epochs_done,
             history: r.history,
@@ -227,7 +270,7 @@ mod training {
         // A plain (non-training) checkpoint is refused as a training one.
         let plain = dir.join("plain.safetensors");
         save(&plain, &a.named_parameters(), &[]).unwrap();
-        assert!(load_training(&plain, &c, &mut oc)
+        assert!(load_training(&plain, &c, &mut oc, &settings, &[])
             .unwrap_err()
             .to_string()
             .contains("not a training checkpoint"));
@@ -294,10 +337,7 @@ mod training {
         let path = dir.join("last.safetensors");
         let c = FitConfig {
             log_every: 1,
-            checkpoint: Some(CheckpointConfig {
-                path: path.clone(),
-                every_epochs: 1,
-            }),
+            checkpoint: Some(CheckpointConfig::new(&path, 1).unwrap()),
             ..cfg(3)
         };
         let mut saved = None;
@@ -309,7 +349,8 @@ mod training {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("at step") && (e.contains("NaN") || e.contains("inf")),
+            (e.contains("at step") || e.contains("after step"))
+                && (e.contains("NaN") || e.contains("inf") || e.contains("non-finite")),
             "{e}"
         );
         assert!(saved.is_some(), "epoch 1 completed");
@@ -320,7 +361,9 @@ mod training {
             .init(&d, probe.parameters())
             .unwrap();
         assert_eq!(
-            load_training(&path, &probe, &mut po).unwrap().epochs_done,
+            load_training(&path, &probe, &mut po, &Default::default(), &[])
+                .unwrap()
+                .epochs_done,
             1
         );
         assert!(values(&probe).iter().flatten().all(|v| v.is_finite()));
@@ -370,7 +413,7 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     let d = dev();
     let m =
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
-    let (mut x, y) = m.split(0..256);
+    let (mut x, y) = m.split(0..256).unwrap();
     // One poisoned example: its batch's loss is NaN.
     x[100 * 784..101 * 784]
         .iter_mut()
@@ -421,4 +464,249 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     // 2.07 over epoch 1, 0.62 over epoch 2).
     let losses: Vec<f32> = hist.iter().map(|h| h.train_loss).collect();
     assert!(losses[1] < 1.0 && losses[1] < 0.5 * losses[0], "{losses:?}");
+}
+
+/// Rewrites a safetensors file with `edit` applied to its metadata, keeping every tensor and the
+/// old checksum: what a hand edit of the header does.
+fn rewrite_metadata(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, String>),
+) {
+    use safetensors::tensor::{SafeTensors, TensorView};
+    let bytes = std::fs::read(from).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    edit(&mut meta);
+    let views: Vec<(String, TensorView)> = st.tensors();
+    std::fs::write(to, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn metadata_edits_and_missing_checksums_are_rejected() {
+    use kiln_nn::serialize::{load_unverified, TensorFile};
+    use kiln_train::checkpoint::{load_training, save_training, RunSettings};
+    let d = dev();
+    let dir = tmpdir("meta");
+    let path = dir.join("run.safetensors");
+    let m = lenet5(&d, 1).unwrap();
+    let mut o = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, m.parameters())
+        .unwrap();
+    let settings = RunSettings::new().with("seed", 0);
+    save_training(&path, &m, &o, &[], &settings).unwrap();
+    assert_eq!(
+        TensorFile::open(&path).unwrap().metadata()["kiln.format"],
+        "2"
+    );
+    let edited = dir.join("edited.safetensors");
+    for (key, value) in [
+        ("kiln.epochs_done", "2"),
+        ("kiln.optimizer_steps", "1000"),
+        ("kiln.setting.seed", "1"),
+        ("kiln.history", ""),
+    ] {
+        rewrite_metadata(&path, &edited, |meta| {
+            meta.insert(key.into(), value.into());
+        });
+        let e = load_training(&edited, &m, &mut o, &settings, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checksum mismatch"), "{key}: {e}");
+    }
+    // Without its checksum (removed or renamed) a file is refused, unless loaded explicitly
+    // unverified; so is a file from a newer format.
+    for edit in [
+        |m: &mut std::collections::HashMap<String, String>| {
+            m.remove("kiln.crc32");
+        },
+        |m: &mut std::collections::HashMap<String, String>| {
+            let v = m.remove("kiln.crc32").unwrap();
+            m.insert("kiln.crc33".into(), v);
+        },
+    ] {
+        rewrite_metadata(&path, &edited, edit);
+        let e = load_training(&edited, &m, &mut o, &settings, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no `kiln.crc32` checksum"), "{e}");
+        let e = load(&edited, &m.named_parameters(), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no `kiln.crc32` checksum"), "{e}");
+        load_unverified(&edited, &m.named_parameters(), false).unwrap();
+    }
+    rewrite_metadata(&path, &edited, |m| {
+        m.insert("kiln.format".into(), "3".into());
+    });
+    let e = load(&edited, &m.named_parameters(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("format version \"3\""), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn parse_errors_say_what_they_found() {
+    let d = dev();
+    let dir = tmpdir("parse");
+    let path = dir.join("bad.safetensors");
+    let m = lenet5(&d, 1).unwrap();
+    // A negative dimension: a header error, not a truncation.
+    let header = br#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 4]);
+    std::fs::write(&path, &bytes).unwrap();
+    let e = load(&path, &m.named_parameters(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("-1") && !e.contains("truncated"), "{e}");
+    // A cut-off file says it may be truncated.
+    save(&path, &m.named_parameters(), &[]).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+    let e = load(&path, &m.named_parameters(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("truncated"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn non_finite_values_in_a_file_are_refused_naming_the_tensor() {
+    use kiln_train::checkpoint::{load_training, save_training, RunSettings};
+    let d = dev();
+    let dir = tmpdir("nanfile");
+    let m = lenet5(&d, 1).unwrap();
+    let o = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, m.parameters())
+        .unwrap();
+    let named = m.named_parameters();
+    let state = o.state_tensors();
+    let cases = [
+        ("conv1.weight", &named[0].1, f32::NAN),
+        ("conv1.bias", &named[1].1, f32::INFINITY),
+        ("optim.0.0.0", &state[0].1, f32::NAN),
+    ];
+    for (name, t, bad) in cases {
+        let path = dir.join(format!("{name}.safetensors"));
+        let good = t.to_vec().unwrap();
+        let mut v = good.clone();
+        v[3] = bad;
+        t.copy_from_slice(&v).unwrap();
+        save_training(&path, &m, &o, &[], &RunSettings::new()).unwrap();
+        t.copy_from_slice(&good).unwrap();
+        let fresh = lenet5(&d, 2).unwrap();
+        let mut fo = Sgd::new(0.05)
+            .momentum(0.9)
+            .init(&d, fresh.parameters())
+            .unwrap();
+        let before = values(&fresh);
+        let e = load_training(&path, &fresh, &mut fo, &RunSettings::new(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("`{name}` holds non-finite values: 1 of")) && e.contains("index 3"),
+            "{e}"
+        );
+        assert_eq!(
+            values(&fresh),
+            before,
+            "nothing is loaded from a refused file"
+        );
+        if !name.starts_with("optim") {
+            let e = load(&path, &fresh.named_parameters(), false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name), "{e}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_value_going_bad_on_the_device_is_named_with_its_exact_step() {
+    use kiln_nn::data::Mnist;
+    use kiln_nn::schedule::Schedule;
+    use kiln_train::{fit, Dataset, FitConfig, Loss};
+    let d = dev();
+    let (x, y) = Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
+        .unwrap()
+        .split(0..640)
+        .unwrap();
+    let data = Dataset::classes(&x, &[1, 28, 28], &y);
+    let run = |check_every: usize| {
+        let m = lenet5(&d, 4).unwrap();
+        let mut o = Sgd::new(0.01)
+            .momentum(0.9)
+            .init(&d, m.parameters())
+            .unwrap();
+        // Steps 1-4 at 0.01; the 5th step's rate is infinite, so its update leaves every
+        // parameter it touches non-finite.
+        o.set_schedule(Schedule::Step {
+            step_size: 4,
+            gamma: f32::INFINITY,
+        });
+        let cfg = FitConfig {
+            log_every: 1000,
+            progress: false,
+            finite_check_every: check_every,
+            ..FitConfig::new(Loss::CrossEntropy, 1, 64, 3)
+        };
+        fit(&d, &m, &mut o, &data, None, &cfg, |_| {})
+            .unwrap_err()
+            .to_string()
+    };
+    let e = run(1);
+    assert!(
+        e.contains("non-finite values after step 5:") && e.contains("conv1.weight has"),
+        "{e}"
+    );
+    // Checking every 3 steps finds it at the first check after: the state before step 6.
+    let e = run(3);
+    assert!(e.contains("after step 5:"), "{e}");
+}
+
+#[test]
+fn stale_temporaries_are_removed_and_a_locked_path_refuses_a_second_run() {
+    use kiln_train::checkpoint::CheckpointConfig;
+    let d = dev();
+    let dir = tmpdir("stale");
+    let path = dir.join("model.safetensors");
+    // A finished child's id: a writer that is gone. Process 1 is alive.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = dir.join(format!(".model.safetensors.tmp-{dead}"));
+    let live = dir.join(".model.safetensors.tmp-1");
+    let other = dir.join(".other.safetensors.tmp-999999999");
+    for f in [&stale, &live, &other] {
+        std::fs::write(f, b"partial").unwrap();
+    }
+    save(&path, &lenet5(&d, 1).unwrap().named_parameters(), &[]).unwrap();
+    assert!(!stale.exists(), "a dead writer's temporary file is removed");
+    assert!(live.exists(), "a live writer's temporary file stays");
+    assert!(other.exists(), "another file's temporaries are not touched");
+
+    let first = CheckpointConfig::new(&path, 1).unwrap();
+    let e = CheckpointConfig::new(&path, 1).unwrap_err().to_string();
+    assert!(
+        e.contains("another run is saving to this path")
+            && e.contains(&std::process::id().to_string()),
+        "{e}"
+    );
+    drop(first);
+    CheckpointConfig::new(&path, 1).unwrap();
+    // Paths that cannot be written fail before any training.
+    let e = CheckpointConfig::new(dir.join("no/such/dir/m.safetensors"), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    let e = CheckpointConfig::new(&dir, 1).unwrap_err().to_string();
+    assert!(e.contains("is a directory"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
 }

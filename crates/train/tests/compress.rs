@@ -163,6 +163,7 @@ mod quantization {
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
             .unwrap()
             .split(range)
+            .unwrap()
     }
 
     fn argmax(v: &[f32]) -> Vec<usize> {

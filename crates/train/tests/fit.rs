@@ -22,8 +22,8 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
     let d = dev();
     let m = Mnist::load(&mnist_dir()).unwrap();
     // 600 images: 9 full batches of 64 and a last batch of 24 (its own recorded plan).
-    let (x, y) = m.split(0..600);
-    let (tx, ty) = m.split(9000..9500);
+    let (x, y) = m.split(0..600).unwrap();
+    let (tx, ty) = m.split(9000..9500).unwrap();
     let shape = [1, 28, 28];
     let train = Dataset::classes(&x, &shape, &y);
     let test = Dataset::classes(&tx, &shape, &ty);

@@ -142,16 +142,13 @@ fn resumed_language_model_training_equals_an_uninterrupted_run() {
     let b = make();
     let mut ob = Adam::new(1e-2).init(&d, b.parameters()).unwrap();
     let first = LmConfig {
-        checkpoint: Some(CheckpointConfig {
-            path: path.clone(),
-            every_epochs: 1,
-        }),
+        checkpoint: Some(CheckpointConfig::new(&path, 1).unwrap()),
         ..LmConfig::new(8, 10, 10, 1, 5)
     };
     train_lm(&d, &b, &mut ob, &c, &first, |_| {}).unwrap();
     let r = make();
     let mut or = Adam::new(1e-2).init(&d, r.parameters()).unwrap();
-    let resumed = load_training(&path, &r, &mut or).unwrap();
+    let resumed = load_training(&path, &r, &mut or, &Default::default(), &[]).unwrap();
     assert_eq!(or.steps(), 10);
     let rest = LmConfig {
         history: resumed.history,

@@ -1,0 +1,724 @@
+//! GPT-2 as `transformers.GPT2LMHeadModel`: word and learned position embeddings, pre-norm
+//! blocks (causal attention, then the feed-forward block with the tanh GELU, each added to its
+//! input), a final LayerNorm and the LM head tied to the word embedding. The projections are
+//! Hugging Face's `Conv1D` (weights `[in, out]`, y = x W + b; `c_attn` packs q|k|v along its
+//! output).
+//!
+//! Generation keeps each layer's keys and values in a cache ([`kiln_ops::decode::KvCache`]):
+//! the prompt runs once, then each new token costs one position's work, its attention a single
+//! query row per head against the cache (shaders/decode_attention.wgsl). Greedy decoding or
+//! temperature and top-k sampling from a seed; [`GenerationConfig::use_cache`] false recomputes
+//! the whole sequence each step instead (the reference the cache is checked against).
+
+use crate::hf::config::{activation, Gpt2Config};
+use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
+use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
+use crate::hf::{into_nn, HfError, Result};
+use crate::init::Rng;
+use crate::module::{prefixed, Module};
+use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
+use crate::{Dropout, LayerNorm, SplitEmbedding, SplitEmbeddingConfig};
+use kiln_graph::{no_grad, Device, Tensor};
+use kiln_ops::decode::{self, KvCache};
+use kiln_ops::matmul::Matmul;
+use std::path::Path;
+
+/// Hugging Face's `Conv1D`: y = x W + b with W `[in, out]`.
+struct Conv1D {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1D {
+    fn load(
+        src: &mut Source,
+        dev: &Device,
+        prefix: &str,
+        inp: usize,
+        out: usize,
+    ) -> Result<Conv1D> {
+        Ok(Conv1D {
+            weight: src.param(dev, &format!("{prefix}.weight"), &[inp, out], Kind::Weight)?,
+            bias: src.param(dev, &format!("{prefix}.bias"), &[out], Kind::Zeros)?,
+        })
+    }
+    /// x `[..., in]` -> `[..., out]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (inp, out) = (self.weight.shape()[0], self.weight.shape()[1]);
+        let mut shape = x.shape().to_vec();
+        let rows = x.numel() / inp;
+        *shape.last_mut().unwrap() = out;
+        Ok(x.reshape(&[rows, inp])?
+            .matmul_with(&self.weight, Matmul::new(), Some(&self.bias))?
+            .reshape(&shape)?)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("weight".into(), self.weight.clone()),
+            ("bias".into(), self.bias.clone()),
+        ]
+    }
+}
+
+/// One block (`transformer.h.N`).
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Conv1D,
+    c_proj: Conv1D,
+    ln_2: LayerNorm,
+    c_fc: Conv1D,
+    mlp_proj: Conv1D,
+    attn_dropout: Dropout,
+    resid_dropout1: Dropout,
+    resid_dropout2: Dropout,
+}
+
+impl Block {
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = prefixed("ln_1", self.ln_1.named_parameters());
+        v.extend(prefixed("attn.c_attn", self.c_attn.named_parameters()));
+        v.extend(prefixed("attn.c_proj", self.c_proj.named_parameters()));
+        v.extend(prefixed("ln_2", self.ln_2.named_parameters()));
+        v.extend(prefixed("mlp.c_fc", self.c_fc.named_parameters()));
+        v.extend(prefixed("mlp.c_proj", self.mlp_proj.named_parameters()));
+        v
+    }
+    fn dropouts(&self) -> [&Dropout; 3] {
+        [
+            &self.attn_dropout,
+            &self.resid_dropout1,
+            &self.resid_dropout2,
+        ]
+    }
+    fn dropouts_mut(&mut self) -> [&mut Dropout; 3] {
+        [
+            &mut self.attn_dropout,
+            &mut self.resid_dropout1,
+            &mut self.resid_dropout2,
+        ]
+    }
+}
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampling {
+    /// The most likely token (`do_sample=False`).
+    Greedy,
+    /// A draw from softmax(logits / temperature) over the `top_k` most likely tokens (0: all).
+    TopK {
+        /// How many of the most likely tokens stay candidates (0 keeps every token).
+        top_k: usize,
+        /// Divides the logits (below 1 sharpens, above 1 flattens).
+        temperature: f32,
+    },
+}
+
+/// Generation settings.
+#[derive(Clone, Debug)]
+pub struct GenerationConfig {
+    /// Tokens to generate after the prompt (fewer where `eos_token_id` comes first).
+    pub max_new_tokens: usize,
+    /// How each token is chosen.
+    pub sampling: Sampling,
+    /// Seed of the sampling generator.
+    pub seed: u64,
+    /// Keep keys and values in a cache (one position's work per token) or recompute the whole
+    /// sequence each step.
+    pub use_cache: bool,
+    /// Stop after generating this token (None: generate `max_new_tokens`).
+    pub eos_token_id: Option<i32>,
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of `max_new_tokens` tokens with the cache, not stopping at end-of-text.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        GenerationConfig {
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            use_cache: true,
+            eos_token_id: None,
+        }
+    }
+    /// Temperature and top-k sampling from `seed`.
+    pub fn sample(max_new_tokens: usize, temperature: f32, top_k: usize, seed: u64) -> Self {
+        GenerationConfig {
+            sampling: Sampling::TopK { top_k, temperature },
+            seed,
+            ..Self::greedy(max_new_tokens)
+        }
+    }
+    /// Recompute the whole sequence each step (no cache).
+    pub fn without_cache(mut self) -> Self {
+        self.use_cache = false;
+        self
+    }
+    /// Stop at `eos`.
+    pub fn stop_at(mut self, eos: Option<i32>) -> Self {
+        self.eos_token_id = eos;
+        self
+    }
+}
+
+/// Each layer's key and value caches for one generation.
+pub struct Gpt2Cache {
+    layers: Vec<KvCache>,
+}
+
+impl Gpt2Cache {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |c| c.len)
+    }
+    /// True before the prompt ran.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// GPT-2 with its language-model head (`transformers.GPT2LMHeadModel`).
+pub struct Gpt2LMHeadModel {
+    config: Gpt2Config,
+    act: Activation,
+    wte: SplitEmbedding,
+    wpe: SplitEmbedding,
+    drop: Dropout,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+    training: bool,
+}
+
+fn specs(c: &Gpt2Config) -> Vec<Spec> {
+    let e = (c.n_embd, "n_embd");
+    let e3 = (3 * c.n_embd, "n_embd");
+    let inner = (c.inner(), "n_inner");
+    let mut v = vec![
+        Spec::new("transformer.wte.weight", &[(c.vocab_size, "vocab_size"), e]),
+        Spec::new(
+            "transformer.wpe.weight",
+            &[(c.n_positions, "n_positions"), e],
+        ),
+    ];
+    for l in 0..c.n_layer {
+        let p = format!("transformer.h.{l}");
+        for n in ["ln_1", "ln_2"] {
+            v.push(Spec::new(format!("{p}.{n}.weight"), &[e]));
+            v.push(Spec::new(format!("{p}.{n}.bias"), &[e]));
+        }
+        v.push(Spec::new(format!("{p}.attn.c_attn.weight"), &[e, e3]));
+        v.push(Spec::new(format!("{p}.attn.c_attn.bias"), &[e3]));
+        v.push(Spec::new(format!("{p}.attn.c_proj.weight"), &[e, e]));
+        v.push(Spec::new(format!("{p}.attn.c_proj.bias"), &[e]));
+        v.push(Spec::new(format!("{p}.mlp.c_fc.weight"), &[e, inner]));
+        v.push(Spec::new(format!("{p}.mlp.c_fc.bias"), &[inner]));
+        v.push(Spec::new(format!("{p}.mlp.c_proj.weight"), &[inner, e]));
+        v.push(Spec::new(format!("{p}.mlp.c_proj.bias"), &[e]));
+    }
+    v.push(Spec::new("transformer.ln_f.weight", &[e]));
+    v.push(Spec::new("transformer.ln_f.bias", &[e]));
+    v
+}
+
+/// A file's tensor name as GPT2LMHeadModel's: Hub checkpoints of `GPT2Model` name them without
+/// `transformer.`; the causal-mask buffers (`attn.bias`, `attn.masked_bias`) and a stored copy of
+/// the tied `lm_head.weight` are not parameters.
+fn canonical(name: &str) -> Name {
+    if name == "lm_head.weight"
+        || name.ends_with(".attn.bias")
+        || name.ends_with(".attn.masked_bias")
+    {
+        return Name::Ignore;
+    }
+    if name.starts_with("transformer.") {
+        Name::Tensor(name.to_string())
+    } else {
+        Name::Tensor(format!("transformer.{name}"))
+    }
+}
+
+impl Gpt2LMHeadModel {
+    /// Loads a Hugging Face GPT-2 folder (`config.json`, `model.safetensors`, either naming
+    /// layout), in evaluation mode. Any tensor that is missing, unexpected or shaped otherwise
+    /// than the config says is reported, with the config field involved. A word embedding larger
+    /// than one storage binding is split into blocks (see [`SplitEmbedding`]).
+    pub fn from_folder(dev: &Device, dir: &Path) -> Result<Gpt2LMHeadModel> {
+        let (config_path, weights_path) = model_files(dir)?;
+        let config = Gpt2Config::from_file(&config_path)?;
+        let w = Weights::load(&weights_path, &specs(&config), canonical)
+            .map_err(|e| layer_hint(e, config.n_layer, "h.", "n_layer"))?;
+        let mut m = Self::build(dev, config, &config_path, &mut Source::File(&w))?;
+        m.set_training(false);
+        Ok(m)
+    }
+
+    /// A model with `transformers`' random initialisation (N(0, `std`) weights, zero biases,
+    /// LayerNorms 1 and 0), in training mode: for tests and benchmarks without weights.
+    pub fn new_random(
+        dev: &Device,
+        config: Gpt2Config,
+        std: f64,
+        seed: u64,
+    ) -> Result<Gpt2LMHeadModel> {
+        config.validate(Path::new("config"))?;
+        let mut rng = Rng::new(seed);
+        Self::build(
+            dev,
+            config,
+            Path::new("config"),
+            &mut Source::Random { rng: &mut rng, std },
+        )
+    }
+
+    fn build(
+        dev: &Device,
+        config: Gpt2Config,
+        path: &Path,
+        src: &mut Source,
+    ) -> Result<Gpt2LMHeadModel> {
+        let c = &config;
+        let (e, inner) = (c.n_embd, c.inner());
+        let act = activation(path, "activation_function", &c.activation_function)?;
+        let table = |src: &mut Source, name: &str, rows: usize| -> Result<SplitEmbedding> {
+            let v = src.values(name, rows * e, Kind::Weight)?;
+            Ok(SplitEmbeddingConfig::new(rows, e).from_rows(dev, &v)?)
+        };
+        let wte = table(src, "transformer.wte.weight", c.vocab_size)?;
+        let wpe = table(src, "transformer.wpe.weight", c.n_positions)?;
+        let eps = c.layer_norm_epsilon;
+        let mut drops = Dropouts::new(0);
+        let drop = drops.next(dev, c.embd_pdrop)?;
+        let mut h = Vec::with_capacity(c.n_layer);
+        for l in 0..c.n_layer {
+            let p = format!("transformer.h.{l}");
+            h.push(Block {
+                ln_1: src.layer_norm(dev, &format!("{p}.ln_1"), e, eps)?,
+                c_attn: Conv1D::load(src, dev, &format!("{p}.attn.c_attn"), e, 3 * e)?,
+                c_proj: Conv1D::load(src, dev, &format!("{p}.attn.c_proj"), e, e)?,
+                ln_2: src.layer_norm(dev, &format!("{p}.ln_2"), e, eps)?,
+                c_fc: Conv1D::load(src, dev, &format!("{p}.mlp.c_fc"), e, inner)?,
+                mlp_proj: Conv1D::load(src, dev, &format!("{p}.mlp.c_proj"), inner, e)?,
+                attn_dropout: drops.next(dev, c.attn_pdrop)?,
+                resid_dropout1: drops.next(dev, c.resid_pdrop)?,
+                resid_dropout2: drops.next(dev, c.resid_pdrop)?,
+            });
+        }
+        let ln_f = src.layer_norm(dev, "transformer.ln_f", e, eps)?;
+        Ok(Gpt2LMHeadModel {
+            act,
+            config,
+            wte,
+            wpe,
+            drop,
+            h,
+            ln_f,
+            training: true,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// The word embedding, which is also the LM head.
+    pub fn wte(&self) -> &SplitEmbedding {
+        &self.wte
+    }
+
+    fn device(&self) -> &Device {
+        self.wte.blocks()[0].device()
+    }
+
+    /// The score scale of layer `l`.
+    fn scale(&self, l: usize) -> f32 {
+        let d = (self.config.n_embd / self.config.n_head) as f32;
+        let mut s = if self.config.scale_attn_weights {
+            1.0 / d.sqrt()
+        } else {
+            1.0
+        };
+        if self.config.scale_attn_by_inverse_layer_idx {
+            s /= (l + 1) as f32;
+        }
+        s
+    }
+
+    fn check_ids(&self, ids: &[i32], what: &str) -> Result<()> {
+        let v = self.config.vocab_size;
+        match ids.iter().find(|&&i| i < 0 || i as usize >= v) {
+            Some(bad) => Err(HfError::Input(format!(
+                "{what} holds token {bad}, outside the vocabulary [0, {v})"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn check_len(&self, t: usize) -> Result<()> {
+        if t > self.config.n_positions {
+            return Err(HfError::Input(format!(
+                "{t} positions, but config.json's n_positions is {}",
+                self.config.n_positions
+            )));
+        }
+        Ok(())
+    }
+
+    /// The final hidden states `[B, T, n_embd]` (after `ln_f`) for i32 ids `[B, T]`. Ids are not
+    /// checked here (the methods taking host ids check them); one outside the vocabulary reads a
+    /// zero row, never out of bounds.
+    pub fn hidden_states(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, None)
+    }
+
+    /// Hidden states, writing each layer's keys and values into `cache` when given.
+    fn run(&self, ids: &Tensor, mut cache: Option<&mut Gpt2Cache>) -> Result<Tensor> {
+        let &[b, t] = ids.shape() else {
+            return Err(HfError::Input(format!(
+                "ids [batch, seq], got {:?}",
+                ids.shape()
+            )));
+        };
+        self.check_len(t)?;
+        let dev = ids.device();
+        let c = &self.config;
+        let (e, heads) = (c.n_embd, c.n_head);
+        let positions: Vec<i32> = (0..t as i32).collect();
+        let pos = self
+            .wpe
+            .forward(&Tensor::from_i32(dev, &positions, &[t])?)?;
+        let mut x = self.drop.forward(&self.wte.forward(ids)?.add(&pos)?)?;
+        let dropout_on = self.training && c.attn_pdrop > 0.0;
+        for (l, blk) in self.h.iter().enumerate() {
+            let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x)?)?;
+            if let Some(cache) = cache.as_deref_mut() {
+                decode::kv_append(dev, &mut cache.layers[l], qkv.array(), e, 2 * e)?;
+            }
+            let parts = qkv
+                .reshape(&[b, t, 3, heads, e / heads])?
+                .permute(&[2, 0, 3, 1, 4])?;
+            let part = |i: usize| -> Result<Tensor> {
+                Ok(parts.slice(0, i, 1)?.reshape(&[b, heads, t, e / heads])?)
+            };
+            let opts = AttentionOptions::causal().scale(self.scale(l));
+            let drop = dropout_on.then_some(&blk.attn_dropout);
+            let (a, _) =
+                scaled_dot_product_attention(&part(0)?, &part(1)?, &part(2)?, &opts, heads, drop)?;
+            let a = a.permute(&[0, 2, 1, 3])?.reshape(&[b, t, e])?;
+            x = x.add(&blk.resid_dropout1.forward(&blk.c_proj.forward(&a)?)?)?;
+            let m = self.act.apply(&blk.c_fc.forward(&blk.ln_2.forward(&x)?)?)?;
+            x = x.add(&blk.resid_dropout2.forward(&blk.mlp_proj.forward(&m)?)?)?;
+        }
+        Ok(self.ln_f.forward(&x)?)
+    }
+
+    /// Logits `[B, T, vocab_size]` for i32 ids `[B, T]` (the head is the word embedding's
+    /// transpose, block by block).
+    pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.wte.logits(&self.hidden_states(ids)?)?)
+    }
+
+    /// The language-model loss with `labels = input_ids`, as `GPT2LMHeadModel(input_ids,
+    /// labels=input_ids).loss`: mean cross-entropy of each position's logits against the next
+    /// token. `input_ids` is `[batch, seq]` row-major.
+    pub fn lm_loss(&self, input_ids: &[i32], batch: usize) -> Result<Tensor> {
+        self.lm_loss_with_labels(input_ids, input_ids, batch)
+    }
+
+    /// The loss for `labels` (`[batch, seq]`, shifted inside as `transformers` does; -100 =
+    /// ignore). The logits are made for a few rows at a time, so that no logits buffer exceeds a
+    /// storage binding however large the batch and vocabulary.
+    pub fn lm_loss_with_labels(
+        &self,
+        input_ids: &[i32],
+        labels: &[i32],
+        batch: usize,
+    ) -> Result<Tensor> {
+        let t = input_ids.len() / batch.max(1);
+        if batch == 0 || t < 2 || input_ids.len() != batch * t || labels.len() != input_ids.len() {
+            return Err(HfError::Input(format!(
+                "{} ids and {} labels for a batch of {batch}: need [batch, seq] with seq >= 2",
+                input_ids.len(),
+                labels.len()
+            )));
+        }
+        self.check_ids(input_ids, "input_ids")?;
+        let v = self.config.vocab_size;
+        if let Some(bad) = labels
+            .iter()
+            .find(|&&l| l != -100 && (l < 0 || l as usize >= v))
+        {
+            return Err(HfError::Input(format!(
+                "labels hold {bad}, outside [0, {v}) and not -100"
+            )));
+        }
+        let dev = self.device();
+        let e = self.config.n_embd;
+        let h = self.hidden_states(&Tensor::from_i32(dev, input_ids, &[batch, t])?)?;
+        let rows = batch * (t - 1);
+        let h = h.slice(1, 0, t - 1)?.reshape(&[rows, e])?;
+        let shifted: Vec<i32> = (0..batch)
+            .flat_map(|b| labels[b * t + 1..(b + 1) * t].to_vec())
+            .collect();
+        let counted = shifted.iter().filter(|&&l| l != -100).count();
+        if counted == 0 {
+            return Err(HfError::Input(
+                "every label is -100: nothing to predict".into(),
+            ));
+        }
+        let l = dev.limits();
+        let limit = l.max_storage_buffer_binding_size.min(l.max_buffer_size) as usize;
+        let chunk = (limit / (4 * v)).clamp(1, rows);
+        let mut total: Option<Tensor> = None;
+        let mut at = 0;
+        while at < rows {
+            let n = chunk.min(rows - at);
+            let lab = &shifted[at..at + n];
+            let count = lab.iter().filter(|&&l| l != -100).count();
+            if count > 0 {
+                let hc = if n == rows {
+                    h.clone()
+                } else {
+                    h.slice(0, at, n)?
+                };
+                let logits = self.wte.logits(&hc)?;
+                let ce = logits
+                    .cross_entropy(&Tensor::from_i32(dev, lab, &[n])?, Some(-100))?
+                    .affine(count as f32 / counted as f32, 0.0)?;
+                total = Some(match total {
+                    Some(s) => s.add(&ce)?,
+                    None => ce,
+                });
+            }
+            at += n;
+        }
+        Ok(total.expect("at least one counted label"))
+    }
+
+    /// Empty key/value caches for one sequence of up to `n_positions` tokens.
+    pub fn new_cache(&self) -> Result<Gpt2Cache> {
+        let c = &self.config;
+        let d = c.n_embd / c.n_head;
+        let layers = (0..c.n_layer)
+            .map(|_| KvCache::new(self.device(), 1, c.n_head, c.n_positions, d))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Gpt2Cache { layers })
+    }
+
+    /// Runs `prompt` into an empty `cache` and returns the logits that follow it `[vocab]`.
+    pub fn prefill(&self, cache: &mut Gpt2Cache, prompt: &[i32]) -> Result<Vec<f32>> {
+        if !cache.is_empty() || prompt.is_empty() {
+            return Err(HfError::Input(
+                "prefill takes a non-empty prompt and an empty cache".into(),
+            ));
+        }
+        self.check_ids(prompt, "the prompt")?;
+        no_grad(|| {
+            let dev = self.device();
+            let t = prompt.len();
+            let h = self.run(&Tensor::from_i32(dev, prompt, &[1, t])?, Some(cache))?;
+            let last = h.slice(1, t - 1, 1)?;
+            Ok(self.wte.logits(&last)?.to_vec()?)
+        })
+    }
+
+    /// Feeds one token at the next position and returns the logits that follow it `[vocab]`:
+    /// every layer appends its key and value to `cache` and attends its single query to it.
+    pub fn decode_step(&self, cache: &mut Gpt2Cache, token: i32) -> Result<Vec<f32>> {
+        self.check_ids(&[token], "the token")?;
+        let pos = cache.len();
+        if pos == 0 {
+            return Err(HfError::Input("decode_step after prefill".into()));
+        }
+        self.check_len(pos + 1)?;
+        let c = &self.config;
+        let e = c.n_embd;
+        no_grad(|| {
+            let dev = self.device();
+            let wte = self
+                .wte
+                .forward(&Tensor::from_i32(dev, &[token], &[1, 1])?)?;
+            let wpe = self
+                .wpe
+                .forward(&Tensor::from_i32(dev, &[pos as i32], &[1, 1])?)?;
+            let mut x = wte.add(&wpe)?;
+            for (l, blk) in self.h.iter().enumerate() {
+                let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x)?)?;
+                let kv = &mut cache.layers[l];
+                decode::kv_append(dev, kv, qkv.array(), e, 2 * e)?;
+                let a = decode::decode_attention(dev, qkv.array(), 0, kv, Some(self.scale(l)))?;
+                let a = Tensor::from_array(dev, a).reshape(&[1, 1, e])?;
+                x = x.add(&blk.c_proj.forward(&a)?)?;
+                let m = self.act.apply(&blk.c_fc.forward(&blk.ln_2.forward(&x)?)?)?;
+                x = x.add(&blk.mlp_proj.forward(&m)?)?;
+            }
+            Ok(self.wte.logits(&self.ln_f.forward(&x)?)?.to_vec()?)
+        })
+    }
+
+    /// Generates up to `cfg.max_new_tokens` tokens after `prompt` and returns them (without the
+    /// prompt). The prompt and the new tokens must fit `n_positions`: an error says so before
+    /// anything runs.
+    pub fn generate(&self, prompt: &[i32], cfg: &GenerationConfig) -> Result<Vec<i32>> {
+        if prompt.is_empty() {
+            return Err(HfError::Input("an empty prompt".into()));
+        }
+        self.check_ids(prompt, "the prompt")?;
+        let n = self.config.n_positions;
+        if prompt.len() + cfg.max_new_tokens > n {
+            return Err(HfError::Input(format!(
+                "{} prompt tokens + {} new ones exceed config.json's n_positions {n}",
+                prompt.len(),
+                cfg.max_new_tokens
+            )));
+        }
+        if let Sampling::TopK { temperature, .. } = cfg.sampling {
+            if !(temperature > 0.0 && temperature.is_finite()) {
+                return Err(HfError::Input(format!(
+                    "temperature {temperature} must be positive"
+                )));
+            }
+        }
+        let mut rng = Rng::new(cfg.seed);
+        let mut out = Vec::with_capacity(cfg.max_new_tokens);
+        let mut cache = if cfg.use_cache {
+            Some(self.new_cache()?)
+        } else {
+            None
+        };
+        let mut seq = prompt.to_vec();
+        for step in 0..cfg.max_new_tokens {
+            let logits = match cache.as_mut() {
+                Some(c) if step == 0 => self.prefill(c, prompt)?,
+                Some(c) => self.decode_step(c, *seq.last().unwrap())?,
+                None => self.next_logits_full(&seq)?,
+            };
+            let next = choose(&logits, cfg.sampling, &mut rng);
+            out.push(next);
+            seq.push(next);
+            if cfg.eos_token_id == Some(next) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The logits after `seq`, recomputing every position (no cache).
+    pub fn next_logits_full(&self, seq: &[i32]) -> Result<Vec<f32>> {
+        self.check_ids(seq, "the sequence")?;
+        no_grad(|| {
+            let dev = self.device();
+            let t = seq.len();
+            let h = self.hidden_states(&Tensor::from_i32(dev, seq, &[1, t])?)?;
+            Ok(self.wte.logits(&h.slice(1, t - 1, 1)?)?.to_vec()?)
+        })
+    }
+
+    /// Writes a Hugging Face folder `dir` (config.json, model.safetensors in
+    /// `save_pretrained`'s layout: `transformer.*` names, no `lm_head.weight` since the head is
+    /// tied; plus the tokenizer and generation files of `source` where given).
+    pub fn save_folder(&self, dir: &Path, source: Option<&Path>) -> Result<()> {
+        create_dir(dir)?;
+        if let Some(src) = source {
+            copy_companions(src, dir)?;
+        }
+        let mut tensors = Vec::new();
+        for (name, t) in self.named_parameters() {
+            if name.starts_with("transformer.wte.") {
+                continue;
+            }
+            tensors.push((name, t.shape().to_vec(), t.to_vec()?));
+        }
+        tensors.push((
+            "transformer.wte.weight".to_string(),
+            vec![self.wte.num_embeddings(), self.wte.embedding_dim()],
+            self.wte.to_vec()?,
+        ));
+        let mut config = self.config.clone();
+        config.extra.insert(
+            "architectures".into(),
+            serde_json::json!(["GPT2LMHeadModel"]),
+        );
+        config
+            .extra
+            .insert("dtype".into(), serde_json::json!("float32"));
+        weights::save(&dir.join("model.safetensors"), &tensors)?;
+        config.save(&dir.join("config.json"))
+    }
+}
+
+/// The next token from `logits` under `sampling`.
+fn choose(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> i32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0 as i32
+    };
+    match sampling {
+        Sampling::Greedy => argmax(),
+        Sampling::TopK { top_k, temperature } => {
+            let mut idx: Vec<usize> = (0..logits.len()).collect();
+            // Highest first; ties by index, so the order is the same on every run.
+            idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            if top_k > 0 {
+                idx.truncate(top_k);
+            }
+            let m = logits[idx[0]] as f64;
+            let w: Vec<f64> = idx
+                .iter()
+                .map(|&i| ((logits[i] as f64 - m) / temperature as f64).exp())
+                .collect();
+            let total: f64 = w.iter().sum();
+            let mut u = rng.uniform() * total;
+            for (k, &wi) in w.iter().enumerate() {
+                if u < wi {
+                    return idx[k] as i32;
+                }
+                u -= wi;
+            }
+            idx[idx.len() - 1] as i32
+        }
+    }
+}
+
+impl Module for Gpt2LMHeadModel {
+    /// Logits `[B, T, vocab_size]` for i32 ids `[B, T]`.
+    fn forward(&self, ids: &Tensor) -> crate::Result<Tensor> {
+        self.logits(ids).map_err(into_nn)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = prefixed("transformer.wte", self.wte.named_parameters());
+        v.extend(prefixed("transformer.wpe", self.wpe.named_parameters()));
+        for (i, b) in self.h.iter().enumerate() {
+            v.extend(prefixed(
+                &format!("transformer.h.{i}"),
+                b.named_parameters(),
+            ));
+        }
+        v.extend(prefixed("transformer.ln_f", self.ln_f.named_parameters()));
+        v
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+        self.drop.set_training(training);
+        for b in &mut self.h {
+            for d in b.dropouts_mut() {
+                d.set_training(training);
+            }
+        }
+    }
+    fn advance_rng(&self) -> crate::Result<()> {
+        self.drop.advance_rng()?;
+        self.h
+            .iter()
+            .flat_map(|b| b.dropouts())
+            .try_for_each(|d| d.advance_rng())
+    }
+}
