@@ -10,8 +10,10 @@ use kiln_ops::{Buffer, DType};
 
 struct Group {
     params: Vec<Tensor>,
-    /// One flat buffer per state kind, every parameter's state at its offset (`state_at`).
-    state: Vec<Buffer>,
+    /// Flat state buffers, one per state kind, in chunks that each fit one storage binding
+    /// (`state[c][k]`); parameter `i`'s state is in chunk `chunk_of[i]` at offset `state_at[i]`.
+    state: Vec<Vec<Buffer>>,
+    chunk_of: Vec<usize>,
     state_at: Vec<usize>,
     hp: Buffer,
     lr: f32,
@@ -54,19 +56,44 @@ impl Optimizer {
     }
 
     fn push_group(&mut self, params: Vec<Tensor>, lr: f32, rule: Rule) -> Result<()> {
-        // The group's state in flat buffers, so one dispatch can update many parameters.
+        // The group's state in flat buffers, so one dispatch can update many parameters; a new
+        // chunk wherever the next parameter's state would not fit the binding limit (tables
+        // kept in blocks under the limit keep their state under it too).
+        let l = self.dev.limits();
+        let limit = (l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 4) as usize;
         let lens: Vec<usize> = params.iter().map(Tensor::numel).collect();
-        let (state_at, len) = optim::state_layout(&lens);
+        let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut chunk_of = Vec::with_capacity(lens.len());
+        for (i, &n) in lens.iter().enumerate() {
+            let mut with: Vec<usize> = chunks.last().unwrap().iter().map(|&j| lens[j]).collect();
+            with.push(n);
+            if optim::state_layout(&with).1 > limit && !chunks.last().unwrap().is_empty() {
+                chunks.push(Vec::new());
+            }
+            chunks.last_mut().unwrap().push(i);
+            chunk_of.push(chunks.len() - 1);
+        }
+        let mut state_at = vec![0; lens.len()];
         let mut state = Vec::new();
-        for _ in 0..rule.state_count() {
-            let b = self.dev.alloc(len, DType::F32)?;
-            kiln_ops::fill(&self.dev, &b, 0.0)?;
-            state.push(b);
+        for members in &chunks {
+            let (at, len) =
+                optim::state_layout(&members.iter().map(|&j| lens[j]).collect::<Vec<_>>());
+            for (&j, a) in members.iter().zip(at) {
+                state_at[j] = a;
+            }
+            let mut kinds = Vec::new();
+            for _ in 0..rule.state_count() {
+                let b = self.dev.alloc(len, DType::F32)?;
+                kiln_ops::fill(&self.dev, &b, 0.0)?;
+                kinds.push(b);
+            }
+            state.push(kinds);
         }
         let hp = self.dev.upload(&rule.hyper(lr, 1))?;
         self.groups.push(Group {
             params,
             state,
+            chunk_of,
             state_at,
             hp,
             lr,
@@ -143,21 +170,24 @@ impl Optimizer {
         for g in &self.groups {
             // Every parameter with a gradient (frozen ones have none), in as few dispatches as
             // the adapter allows.
-            let live: Vec<(&Tensor, kiln_graph::Array, usize)> = g
+            let live: Vec<(&Tensor, kiln_graph::Array, usize, usize)> = g
                 .params
                 .iter()
-                .zip(&g.state_at)
-                .filter_map(|(p, &at)| p.grad().map(|grad| (p, grad, at)))
+                .zip(g.state_at.iter().zip(&g.chunk_of))
+                .filter_map(|(p, (&at, &c))| p.grad().map(|grad| (p, grad, at, c)))
                 .collect();
-            let slots: Vec<optim::Slot> = live
-                .iter()
-                .map(|(p, grad, at)| optim::Slot {
-                    param: &p.array().buf,
-                    grad: &grad.buf,
-                    state_offset: *at,
-                })
-                .collect();
-            optim::step_group(&self.dev, &g.rule, &slots, &g.state, &g.hp, Some(guard))?;
+            for (c, chunk_state) in g.state.iter().enumerate() {
+                let slots: Vec<optim::Slot> = live
+                    .iter()
+                    .filter(|l| l.3 == c)
+                    .map(|(p, grad, at, _)| optim::Slot {
+                        param: &p.array().buf,
+                        grad: &grad.buf,
+                        state_offset: *at,
+                    })
+                    .collect();
+                optim::step_group(&self.dev, &g.rule, &slots, chunk_state, &g.hp, Some(guard))?;
+            }
         }
         for m in &self.masks {
             kiln_ops::elementwise::mask_in_place(&self.dev, &m.param.array().buf, &m.mask)?;
@@ -176,7 +206,7 @@ impl Optimizer {
         let mut v = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
             for (pi, (p, &at)) in g.params.iter().zip(&g.state_at).enumerate() {
-                for (k, b) in g.state.iter().enumerate() {
+                for (k, b) in g.state[g.chunk_of[pi]].iter().enumerate() {
                     // The parameter's part of the flat buffer (a window, on a 256-byte boundary).
                     let Some(buf) = b.window((at * 4) as u64, p.numel()) else {
                         continue; // an empty parameter has no state
@@ -212,7 +242,7 @@ impl Optimizer {
                 Rule::RmsProp { .. } => &["square_avg", "grad_avg", "momentum_buffer"],
             };
             for (pi, (p, &at)) in g.params.iter().zip(&g.state_at).enumerate() {
-                for (k, b) in g.state.iter().enumerate() {
+                for (k, b) in g.state[g.chunk_of[pi]].iter().enumerate() {
                     // The parameter's window of the flat buffer, as in `state_tensors`.
                     let Some(buf) = b.window((at * 4) as u64, p.numel()) else {
                         continue;
