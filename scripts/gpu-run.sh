@@ -1,45 +1,141 @@
 #!/usr/bin/env bash
-# Runs, on a GPU machine without a Rust toolchain, what scripts/gpu-pack.sh packed, writing at most
-# six files into $OUT: device_info.txt, tests.txt, kiln.jsonl, bench.err, pytorch.jsonl,
-# pytorch.err. Parts: tests, bench, pytorch, main (the main job), or all (the default), e.g.
-#   scripts/gpu-run.sh tests bench
-# Vulkan loaders, where the machine lacks them, come as .deb files in .gl/ (see ../shared/GPU_NOTES.md).
+# Runs, on a bare GPU machine (NVIDIA's driver, no Vulkan loader, no Rust, no network), what
+# scripts/gpu-pack.sh packed into .gpu/, with the Vulkan loader and the X libraries NVIDIA's Vulkan
+# driver needs coming from the .deb files in .gl/ (see gpu-pack.sh for how to fetch them).
+#
+#   scripts/gpu-run.sh [preflight|tests|bench|main|pytorch|all]...     (default: all)
+#
+# Results go to $OUT (default /tmp/kiln-gpu), appended as each binary finishes, so a failure late
+# in the run keeps what came before:
+#   preflight.txt   what the preflight found (ICD file, driver library, missing libraries)
+#   device_info.txt the adapter kiln chose, its limits and features
+#   tests.txt       every test binary's output
+#   kiln.jsonl      kiln's benchmark and main-job JSON lines (scripts/bench_table.py reads them)
+#   pytorch.jsonl   benches/pytorch/* JSON lines on the same GPU
+#   bench.err, pytorch.err   their stderr
+# Every binary runs under `timeout` (KILN_TIMEOUT seconds, default 300; tests KILN_TEST_TIMEOUT,
+# default 600). The run stops with a clear message when no Vulkan GPU adapter appears
+# (KILN_ALLOW_SOFTWARE=1 lets lavapipe through, to try the script on a machine without a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/kiln-gpu}
-mkdir -p "$out"
-if compgen -G ".gl/*.deb" >/dev/null; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+t_bin=${KILN_TIMEOUT:-300}
+t_test=${KILN_TEST_TIMEOUT:-600}
+parts=${*:-all}
+want() { [[ " $parts " == *" all "* || " $parts " == *" $1 "* ]]; }
+log() { echo "$*" | tee -a "$out/preflight.txt" >&2; }
+die() {
+  log "gpu-run: $*"
+  exit 1
+}
+
+# ---- preflight: the loader, the ICD file, the driver library and what it links against ----
+: >"$out/preflight.txt"
+install_debs() {
+  if compgen -G ".gl/*.deb" >/dev/null; then
+    log "installing $(ls .gl/*.deb | wc -l) carried packages from .gl/ (dpkg -x into /)"
+    for f in .gl/*.deb; do dpkg -x "$f" / || log "dpkg -x $f failed"; done
+    ldconfig || true
+  else
+    log "no .gl/*.deb carried (see scripts/gpu-pack.sh)"
+  fi
+}
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
+  log "no Vulkan loader (libvulkan.so.1) installed"
+  install_debs
+  debs_done=1
 fi
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+# NVIDIA's ICD file lives in different places depending on how the driver was installed.
+icd=${VK_DRIVER_FILES:-}
+if [ -z "$icd" ] || [ ! -f "$icd" ]; then
+  icd=$(find /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d \
+    /usr/local/nvidia /usr/lib/x86_64-linux-gnu/nvidia /usr/local/cuda/compat \
+    -maxdepth 6 -name 'nvidia_icd*.json' 2>/dev/null | head -1)
+fi
+[ -n "$icd" ] || die "no NVIDIA Vulkan ICD file (nvidia_icd*.json) in /usr/share/vulkan/icd.d, /etc/vulkan/icd.d, /usr/local/nvidia or /usr/lib/x86_64-linux-gnu/nvidia: is the driver installed with its Vulkan part?"
+export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd
+log "ICD file: $icd"
+lib=$(sed -n 's/.*"library_path"[^"]*"\([^"]*\)".*/\1/p' "$icd" | head -1)
+[ -n "$lib" ] || die "$icd names no library_path"
+if [[ "$lib" != /* ]]; then
+  # A bare name: where the dynamic loader would find it (ldconfig's cache or the usual folders).
+  found=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 == l { print $NF; exit }')
+  for d in /usr/lib/x86_64-linux-gnu /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib64 \
+    "$(dirname "$icd")/../../../lib64" "$(dirname "$icd")/../../../lib"; do
+    [ -z "$found" ] && [ -e "$d/$lib" ] && found="$d/$lib"
+  done
+  [ -n "$found" ] && lib=$found
+fi
+[ -e "$lib" ] || die "the ICD's driver library $lib is not on this machine"
+log "driver library: $lib"
+missing=$(ldd "$lib" 2>&1 | awk '/not found/ { print $1 }')
+if [ -n "$missing" ] && [ -z "${debs_done:-}" ]; then
+  # Without these (libX11, libXext, libxcb, libXau, libXdmcp, libbsd, libmd) the loader drops the
+  # driver silently and only a software adapter (or none) appears.
+  log "the driver library lacks: $(echo $missing)"
+  install_debs
+  missing=$(ldd "$lib" 2>&1 | awk '/not found/ { print $1 }')
+fi
+[ -z "$missing" ] || die "the driver library still lacks $(echo $missing): carry their .deb files in .gl/ (scripts/gpu-pack.sh)"
+log "driver library links completely"
+
+# ---- the packed binaries ----
+[ -f .gpu/kiln-bin.tar.xz ] || die "no .gpu/kiln-bin.tar.xz: run scripts/gpu-pack.sh on the build machine and carry .gpu"
 tmp=$(mktemp -d)
-tar -xJf .gpu/kiln-bin.tar.xz -C "$tmp"
+trap 'rm -rf "$tmp"' EXIT
+tar -xJf .gpu/kiln-bin.tar.xz -C "$tmp" || die "unpacking .gpu/kiln-bin.tar.xz failed"
 B=$tmp/bin
 src=$(cat "$B/SOURCE_DIR")
+# The binaries find data/ and test fixtures through the path they were built in.
 if [ "$src" != "$PWD" ] && [ ! -e "$src" ]; then
   mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"
 fi
-parts=${*:-all}
-want() { [[ " $parts " == *" all "* || " $parts " == *" $1 "* ]]; }
-"$B/device_info" >"$out/device_info.txt" 2>&1
+
+timeout "$t_bin" "$B/device_info" >"$out/device_info.txt" 2>&1
+status=$?
+cat "$out/device_info.txt" >>"$out/preflight.txt"
+[ $status -eq 0 ] || die "device_info failed (exit $status): no Vulkan adapter; see $out/device_info.txt"
+# KILN_ALLOW_SOFTWARE=1 lets a software adapter through (to try this script without a GPU).
+if [ -z "${KILN_ALLOW_SOFTWARE:-}" ] &&
+  ! grep -q '"device_type":"DiscreteGpu"\|"device_type":"IntegratedGpu"' "$out/device_info.txt"; then
+  die "no GPU adapter appeared (only: $(grep -o '"adapter":"[^"]*"' "$out/device_info.txt")); the driver was not loaded"
+fi
+want preflight && [[ " $parts " != *" all "* ]] && exit 0
+
+# Runs one binary under `timeout`, its JSON lines appended to $2 as they come.
+run_json() {
+  local limit=$1 dest=$2 err=$3
+  shift 3
+  echo "== $* ($(date -u +%H:%M:%S))" >>"$err"
+  timeout "$limit" "$@" 2>>"$err" | grep --line-buffered '^{' >>"$dest"
+  local s=${PIPESTATUS[0]}
+  [ "$s" -eq 0 ] || echo "== exit $s: $*" >>"$err"
+}
+
 if want tests; then
   # A GPU with cooperative matrices must run the f16 path, not only its fallback.
   grep -q '"cooperative_matrix":true' "$out/device_info.txt" && export KILN_REQUIRE_COOP=1
-  for t in "$B"/test-*; do echo "== $(basename "$t")"; "$t" 2>&1; done >"$out/tests.txt"
+  for t in "$B"/test-*; do
+    echo "== $(basename "$t") ($(date -u +%H:%M:%S))" >>"$out/tests.txt"
+    timeout "$t_test" "$t" >>"$out/tests.txt" 2>&1
+    s=$?
+    [ $s -eq 0 ] || echo "== exit $s: $(basename "$t")" >>"$out/tests.txt"
+  done
 fi
 if want bench; then
-  for b in matmul conv2d attention mlp_step cold_start; do "$B/bench-$b" --bench; done \
-    2>>"$out/bench.err" | grep '^{' >>"$out/kiln.jsonl"
-  "$B/bench-train_step" --bench --profile 2>>"$out/bench.err" | grep '^{' >>"$out/kiln.jsonl"
+  for b in matmul attention conv2d mlp_step cold_start; do
+    run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/bench-$b" --bench
+  done
+  run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/bench-train_step" --bench --profile
 fi
 if want main; then
-  "$B/lenet_mnist" 2>>"$out/bench.err" | grep '^{' >>"$out/kiln.jsonl"
+  run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/lenet_mnist"
+  run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/char_transformer" --preset gpu --steps 200
 fi
 if want pytorch; then
-  for s in matmul conv2d attention train_step; do
-    (cd benches/pytorch && python3 "$s.py") 2>>"$out/pytorch.err"
-  done | grep '^{' >>"$out/pytorch.jsonl"
+  for s in matmul attention conv2d train_step; do
+    (cd benches/pytorch && run_json "$t_bin" "$out/pytorch.jsonl" "$out/pytorch.err" python3 "$s.py")
+  done
 fi
-rm -rf "$tmp"
+exit 0

@@ -9,6 +9,9 @@
 // in BK-deep slabs; each invocation accumulates a 4 x 4 block in registers.
 // K may be split across workgroups (z = batch * k_split); split s writes its partial sums at offset
 // c_split * s (the caller then sums the partials).
+// Three kernels share this addressing: `gemm` (4 x 4 per invocation, single-buffered), `gemm_tile`
+// and `gemm_tile4` (GPU tiles up to 128 x 128, 8 x 8 per invocation, double-buffered; see below),
+// and `gemm_direct` (no shared memory, for software adapters).
 
 override MODE: u32 = 0u;
 override TM: u32 = 8u;   // invocations along M
@@ -38,6 +41,9 @@ struct Params {
     // Convolution geometry (modes 1-3).
     cin: u32, h: u32, w: u32, cout: u32, oh: u32, ow: u32, kh: u32, kw: u32,
     sh: u32, sw: u32, ph: u32, pw: u32, dh: u32, dw: u32,
+    // gemm_tile: tile rows and columns wholly inside C (interior), and 1 when this dispatch runs
+    // only the edge tiles (the last partial tile column, then the last partial tile row).
+    full_m: u32, full_n: u32, edge: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -109,19 +115,27 @@ fn load_b(z: u32, k: u32, n: u32) -> f32 {
     }
 }
 
-fn store_c(z: u32, split: u32, m: u32, n: u32, v: f32) {
-    var out = v;
-    if (split == 0u) {
-        if (p.bias_mode == 1u) { out += bias[n]; }
-        if (p.bias_mode == 2u) { out += bias[m]; }
-    }
+// Index of C's element (m, n) in split `split`.
+fn c_index(z: u32, split: u32, m: u32, n: u32) -> u32 {
     let base = split * p.c_split;
     switch MODE {
-        case 0u: { c[base + z * p.c_bs + m * p.c_ms + n * p.c_ns] = out; }
-        case 1u: { c[base + ((n / COHW) * p.cout + m) * COHW + n % COHW] = out; }
-        case 2u: { c[base + ((n / CHW) * p.cin + m) * CHW + n % CHW] = out; }
-        default: { c[base + m * p.n + n] = out; }
+        case 0u: { return base + z * p.c_bs + m * p.c_ms + n * p.c_ns; }
+        case 1u: { return base + ((n / COHW) * p.cout + m) * COHW + n % COHW; }
+        case 2u: { return base + ((n / CHW) * p.cin + m) * CHW + n % CHW; }
+        default: { return base + m * p.n + n; }
     }
+}
+
+// The bias of output (m, n), added by split 0 only.
+fn bias_of(split: u32, m: u32, n: u32) -> f32 {
+    if (split != 0u) { return 0.0; }
+    if (p.bias_mode == 1u) { return bias[n]; }
+    if (p.bias_mode == 2u) { return bias[m]; }
+    return 0.0;
+}
+
+fn store_c(z: u32, split: u32, m: u32, n: u32, v: f32) {
+    c[c_index(z, split, m, n)] = v + bias_of(split, m, n);
 }
 
 @compute @workgroup_size(TN, TM)
@@ -250,5 +264,287 @@ fn direct_uniform_a(z: u32, split: u32, m0: u32, n0: u32, rows: u32, cols: u32, 
     }
     for (var i = 0u; i < rows; i++) {
         for (var j = 0u; j < cols; j++) { store_c(z, split, m0 + i, n0 + j, acc[i][j]); }
+    }
+}
+
+// gemm_tile / gemm_tile4: register-blocked tiles for GPUs. A workgroup computes a TBM x TBN tile of
+// C over BK-deep K slabs; each of its (TBM / TRM) x (TBN / TRN) invocations owns TRM x TRN outputs
+// (8 x 8, 8 x 4 or 4 x 4) in registers, as row quads TBM / (TRM / 4) apart and column quads
+// TBN / (TRN / 4) apart, so a subgroup's shared-memory reads are broadcasts (A) or consecutive
+// 16-byte words (B). A is stored transposed ([k][m]) and B as [k][n], each row padded by 4 floats:
+// the transposing stores of a subgroup then hit distinct banks. Shared memory is double-buffered:
+// the next slab is loaded into registers before the current one is consumed and stored into the
+// other buffer after, so one barrier per slab suffices.
+// gemm_tile4 runs interior tiles of matmuls (MODE 0) whose operands allow 16-byte loads and C
+// 16-byte stores (strides, offsets and K multiples of 4, K of TBK), with no bounds tests; gemm_tile runs everything else:
+// CHECK = true tests every row, column and k (edge tiles, any layout), CHECK = false only the
+// convolutions' image borders (interior tiles of implicit GEMMs, scalar gathers).
+// Epilogue: bias (bias_mode), then ACT (0 none, 1 relu, 2 gelu, 3 tanh, 4 sigmoid); with PRE the
+// value before the activation also goes to `pre` (what the activation's gradient needs).
+override TBM: u32 = 128u;
+override TBN: u32 = 128u;
+override TRM: u32 = 8u;   // 4 or 8
+override TRN: u32 = 8u;   // 4 or 8
+override TBK: u32 = 8u;   // a multiple of 4
+override CHECK: bool = true;
+override A_KFAST: bool = true;  // gemm_tile4: A's quads run along k (a_ks = 1), else along m
+override B_NFAST: bool = true;  // gemm_tile4: B's quads run along n (b_ns = 1), else along k
+override ACT: u32 = 0u;
+override PRE: bool = false;
+override TWX: u32 = TBN / TRN; // invocations along N
+override TWY: u32 = TBM / TRM; // invocations along M
+override TNT: u32 = TWX * TWY;
+override TSA: u32 = TBM / 4u + 1u; // vec4s per shared A row (4 floats of padding)
+override TSB: u32 = TBN / 4u + 1u;
+
+var<workgroup> Ta: array<vec4<f32>, 2u * TBK * TSA>; // [buffer][k][m]
+var<workgroup> Tb: array<vec4<f32>, 2u * TBK * TSB>; // [buffer][k][n]
+// Per invocation: the accumulators [row][column quad] and the next slab's values.
+var<private> tacc: array<vec4<f32>, 16>;
+var<private> ra: array<vec4<f32>, 4>;
+var<private> rb: array<vec4<f32>, 4>;
+
+@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> pre: array<f32>;
+
+// Where a workgroup works: batch z, K split, tile origin, K range.
+struct TileAt { z: u32, split: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32 }
+
+fn tile_at(wid: vec3<u32>) -> TileAt {
+    var tm = wid.y;
+    var tn = wid.x;
+    if (p.edge == 1u) {
+        // The partial tile column (every tile row), then the partial tile row.
+        let col_tiles = select(0u, (p.m + TBM - 1u) / TBM, p.full_n * TBN < p.n);
+        if (wid.x < col_tiles) { tm = wid.x; tn = p.full_n; } else { tm = p.full_m; tn = wid.x - col_tiles; }
+    }
+    let split = wid.z % p.k_split;
+    let k_begin = split * p.k_chunk;
+    return TileAt(wid.z / p.k_split, split, tm * TBM, tn * TBN, k_begin, min(p.k, k_begin + p.k_chunk));
+}
+
+fn act(v: f32) -> f32 {
+    switch ACT {
+        case 1u: { return max(v, 0.0); }
+        case 2u: {
+            // x * Phi(x) with erf from Abramowitz and Stegun 7.1.26, as elementwise.wgsl.
+            let x = v * 0.70710678118654752;
+            let t = 1.0 / (1.0 + 0.3275911 * abs(x));
+            let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+            return 0.5 * v * (1.0 + sign(x) * (1.0 - poly * exp(-x * x)));
+        }
+        case 3u: { return tanh(v); }
+        case 4u: {
+            let e = exp(-abs(v));
+            return select(e, 1.0, v >= 0.0) / (1.0 + e);
+        }
+        default: { return v; }
+    }
+}
+
+// Slab values per invocation, in 4-float steps: A's and B's slabs hold TBM * TBK and TBN * TBK.
+fn tile_steps_a() -> u32 { return (TBM * TBK / 4u + TNT - 1u) / TNT; }
+fn tile_steps_b() -> u32 { return (TBN * TBK / 4u + TNT - 1u) / TNT; }
+
+// Loads the slab at k0 into ra and rb, four scalars at a time through the MODE's addressing:
+// ra[s] holds A(m, k0 + kq*4 .. +4), rb[s] holds B(k0 + kq*4 .. +4, n) for the step's (m|n, kq).
+fn tile_load_scalar(t: TileAt, k0: u32, li: u32) {
+    for (var s = 0u; s < tile_steps_a(); s++) {
+        let e = li + s * TNT;
+        let m = t.m0 + e / (TBK / 4u);
+        let k = k0 + (e % (TBK / 4u)) * 4u;
+        var v = vec4<f32>(0.0);
+        for (var i = 0u; i < 4u; i++) {
+            if (e < TBM * TBK / 4u && (!CHECK || (m < p.m && k + i < t.k_end))) {
+                v[i] = load_a(t.z, m, k + i);
+            }
+        }
+        ra[s] = v;
+    }
+    for (var s = 0u; s < tile_steps_b(); s++) {
+        let e = li + s * TNT;
+        let n = t.n0 + e / (TBK / 4u);
+        let k = k0 + (e % (TBK / 4u)) * 4u;
+        var v = vec4<f32>(0.0);
+        for (var i = 0u; i < 4u; i++) {
+            if (e < TBN * TBK / 4u && (!CHECK || (n < p.n && k + i < t.k_end))) {
+                v[i] = load_b(t.z, k + i, n);
+            }
+        }
+        rb[s] = v;
+    }
+}
+
+// Stores ra and rb (as tile_load_scalar laid them out) into shared buffer `buf`.
+fn tile_store_scalar(buf: u32, li: u32) {
+    for (var s = 0u; s < tile_steps_a(); s++) {
+        let e = li + s * TNT;
+        if (e < TBM * TBK / 4u) {
+            let m = e / (TBK / 4u);
+            let k = (e % (TBK / 4u)) * 4u;
+            for (var i = 0u; i < 4u; i++) { Ta[(buf * TBK + k + i) * TSA + m / 4u][m % 4u] = ra[s][i]; }
+        }
+    }
+    for (var s = 0u; s < tile_steps_b(); s++) {
+        let e = li + s * TNT;
+        if (e < TBN * TBK / 4u) {
+            let n = e / (TBK / 4u);
+            let k = (e % (TBK / 4u)) * 4u;
+            for (var i = 0u; i < 4u; i++) { Tb[(buf * TBK + k + i) * TSB + n / 4u][n % 4u] = rb[s][i]; }
+        }
+    }
+}
+
+// gemm_tile4's slab loads: 16-byte words along A's and B's contiguous dimension.
+fn tile_load_vec4(t: TileAt, k0: u32, li: u32) {
+    for (var s = 0u; s < tile_steps_a(); s++) {
+        let e = li + s * TNT;
+        if (e < TBM * TBK / 4u) {
+            if (A_KFAST) {
+                let m = t.m0 + e / (TBK / 4u);
+                let k = k0 + (e % (TBK / 4u)) * 4u;
+                ra[s] = a4[(t.z * p.a_bs + m * p.a_ms + k) / 4u];
+            } else {
+                let k = k0 + e / (TBM / 4u);
+                let m = t.m0 + (e % (TBM / 4u)) * 4u;
+                ra[s] = a4[(t.z * p.a_bs + k * p.a_ks + m) / 4u];
+            }
+        }
+    }
+    for (var s = 0u; s < tile_steps_b(); s++) {
+        let e = li + s * TNT;
+        if (e < TBN * TBK / 4u) {
+            if (B_NFAST) {
+                let k = k0 + e / (TBN / 4u);
+                let n = t.n0 + (e % (TBN / 4u)) * 4u;
+                rb[s] = b4[(t.z * p.b_bs + k * p.b_ks + n) / 4u];
+            } else {
+                let n = t.n0 + e / (TBK / 4u);
+                let k = k0 + (e % (TBK / 4u)) * 4u;
+                rb[s] = b4[(t.z * p.b_bs + n * p.b_ns + k) / 4u];
+            }
+        }
+    }
+}
+
+// Stores gemm_tile4's registers: a quad along m (or n) is one 16-byte store, a quad along k four.
+fn tile_store_vec4(buf: u32, li: u32) {
+    for (var s = 0u; s < tile_steps_a(); s++) {
+        let e = li + s * TNT;
+        if (e < TBM * TBK / 4u) {
+            if (A_KFAST) {
+                let m = e / (TBK / 4u);
+                let k = (e % (TBK / 4u)) * 4u;
+                for (var i = 0u; i < 4u; i++) { Ta[(buf * TBK + k + i) * TSA + m / 4u][m % 4u] = ra[s][i]; }
+            } else {
+                Ta[(buf * TBK + e / (TBM / 4u)) * TSA + e % (TBM / 4u)] = ra[s];
+            }
+        }
+    }
+    for (var s = 0u; s < tile_steps_b(); s++) {
+        let e = li + s * TNT;
+        if (e < TBN * TBK / 4u) {
+            if (B_NFAST) {
+                Tb[(buf * TBK + e / (TBN / 4u)) * TSB + e % (TBN / 4u)] = rb[s];
+            } else {
+                let n = e / (TBK / 4u);
+                let k = (e % (TBK / 4u)) * 4u;
+                for (var i = 0u; i < 4u; i++) { Tb[(buf * TBK + k + i) * TSB + n / 4u][n % 4u] = rb[s][i]; }
+            }
+        }
+    }
+}
+
+// Multiplies shared buffer `buf` into the accumulators.
+fn tile_compute(buf: u32, tx: u32, ty: u32) {
+    for (var kk = 0u; kk < TBK; kk++) {
+        let ar = (buf * TBK + kk) * TSA + ty;
+        let br = (buf * TBK + kk) * TSB + tx;
+        for (var g = 0u; g < TRM / 4u; g++) {
+            let av = Ta[ar + g * TWY];
+            for (var h = 0u; h < TRN / 4u; h++) {
+                let bv = Tb[br + h * TWX];
+                let r = g * 4u * (TRN / 4u) + h;
+                tacc[r] = fma(vec4<f32>(av.x), bv, tacc[r]);
+                tacc[r + TRN / 4u] = fma(vec4<f32>(av.y), bv, tacc[r + TRN / 4u]);
+                tacc[r + 2u * (TRN / 4u)] = fma(vec4<f32>(av.z), bv, tacc[r + 2u * (TRN / 4u)]);
+                tacc[r + 3u * (TRN / 4u)] = fma(vec4<f32>(av.w), bv, tacc[r + 3u * (TRN / 4u)]);
+            }
+        }
+    }
+}
+
+// Output quad (g, i, h) of the accumulators at C's (m, n .. n + 4): bias, then the activation
+// (the value before it goes to `pre` with PRE, inside C where CHECK).
+fn tile_out(t: TileAt, r: u32, m: u32, n: u32) -> vec4<f32> {
+    var v = tacc[r];
+    for (var j = 0u; j < 4u; j++) {
+        v[j] += bias_of(t.split, m, n + j);
+        if (PRE && (!CHECK || (m < p.m && n + j < p.n))) { pre[c_index(t.z, t.split, m, n + j)] = v[j]; }
+        v[j] = act(v[j]);
+    }
+    return v;
+}
+
+// Row m and column n of an invocation's row r = g * 4 + i and column quad h.
+fn tile_m(t: TileAt, ty: u32, r: u32) -> u32 { return t.m0 + (r / 4u) * 4u * TWY + ty * 4u + r % 4u; }
+fn tile_n(t: TileAt, tx: u32, h: u32) -> u32 { return t.n0 + h * 4u * TWX + tx * 4u; }
+
+@compute @workgroup_size(TWX, TWY)
+fn gemm_tile(@builtin(local_invocation_id) lid: vec3<u32>,
+             @builtin(local_invocation_index) li: u32,
+             @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = tile_at(wid);
+    for (var r = 0u; r < 16u; r++) { tacc[r] = vec4<f32>(0.0); }
+    let slabs = (t.k_end - min(t.k_begin, t.k_end) + TBK - 1u) / TBK;
+    // Slabs are uniform across the workgroup, so every barrier is reached by all.
+    tile_load_scalar(t, t.k_begin, li);
+    tile_store_scalar(0u, li);
+    workgroupBarrier();
+    for (var s = 0u; s < slabs; s++) {
+        let more = s + 1u < slabs;
+        if (more) { tile_load_scalar(t, t.k_begin + (s + 1u) * TBK, li); }
+        tile_compute(s % 2u, lid.x, lid.y);
+        if (more) { tile_store_scalar((s + 1u) % 2u, li); }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < TRM; r++) {
+        let m = tile_m(t, lid.y, r);
+        for (var h = 0u; h < TRN / 4u; h++) {
+            let n = tile_n(t, lid.x, h);
+            let v = tile_out(t, r * (TRN / 4u) + h, m, n);
+            for (var j = 0u; j < 4u; j++) {
+                if (!CHECK || (m < p.m && n + j < p.n)) { c[c_index(t.z, t.split, m, n + j)] = v[j]; }
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(TWX, TWY)
+fn gemm_tile4(@builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(local_invocation_index) li: u32,
+              @builtin(workgroup_id) wid: vec3<u32>) {
+    let t = tile_at(wid);
+    for (var r = 0u; r < 16u; r++) { tacc[r] = vec4<f32>(0.0); }
+    let slabs = (t.k_end - min(t.k_begin, t.k_end)) / TBK;
+    tile_load_vec4(t, t.k_begin, li);
+    tile_store_vec4(0u, li);
+    workgroupBarrier();
+    for (var s = 0u; s < slabs; s++) {
+        let more = s + 1u < slabs;
+        if (more) { tile_load_vec4(t, t.k_begin + (s + 1u) * TBK, li); }
+        tile_compute(s % 2u, lid.x, lid.y);
+        if (more) { tile_store_vec4((s + 1u) % 2u, li); }
+        workgroupBarrier();
+    }
+    // C's quads run along n, 16-byte aligned (checked by the caller).
+    for (var r = 0u; r < TRM; r++) {
+        let m = tile_m(t, lid.y, r);
+        for (var h = 0u; h < TRN / 4u; h++) {
+            let n = tile_n(t, lid.x, h);
+            c4[c_index(t.z, t.split, m, n) / 4u] = tile_out(t, r * (TRN / 4u) + h, m, n);
+        }
     }
 }

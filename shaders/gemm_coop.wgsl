@@ -4,15 +4,20 @@
 // stride swap), and K may be split across workgroups the same way (z = batch * k_split; split s
 // writes at offset c_split * s, and only split 0 adds the bias).
 //
-// A workgroup computes a BM x BN tile. Its first SGM x SGN subgroups each own 2 x 2 fragments of
-// S x S outputs, S being the adapter's cooperative-matrix size: entry point gemm_coop8 for 8 x 8,
-// gemm_coop16 for 16 x 16 (the matrix types need a literal size; S must match the entry point).
+// A workgroup computes a BM x BN tile: SGM x SGN computing subgroups, each owning FM x FN
+// fragments of S x S outputs (S: the adapter's cooperative-matrix size; 128 x 128 per workgroup
+// and 64 x 64 per subgroup at FM = FN = 64 / S). The matrix types need a literal size, so each
+// size has its entry points: gemm_coop16 / gemm_coop8 take any shape with bounds-checked loads,
+// gemm_coop16v / gemm_coop8v interior tiles through 16-byte loads (eight f16 at a time).
+// A and B pass through workgroup memory in BK-deep slabs, double-buffered: the next slab is read
+// into registers while the current one is multiplied, then stored into the other buffer, so one
+// barrier per slab suffices. Rows are padded by 8 f16 to spread them across banks.
 // The workgroup is sized for the adapter's largest subgroup; where the driver picks smaller
-// subgroups, the surplus ones help stage tiles, and repeat a computing subgroup's products
-// without storing them (cooperative operations must stay in uniform control flow).
-// A and B reach shared memory through bounds-checked scalar loads (zeros past every edge), so any
-// M, N, K, layout and alignment works. Results go out through a shared scratch block per
-// subgroup, so the edge stores are bounds-checked as well.
+// subgroups, the surplus ones help load slabs and repeat a computing subgroup's products without
+// storing them (cooperative operations must stay in uniform control flow).
+// Output: interior tiles without bias, alpha or K split store fragments straight to C; others
+// pass each fragment through a per-subgroup S x S scratch (WGSL cannot alias the f16 slabs as
+// f32), where bias, alpha and the bounds tests apply.
 
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -20,21 +25,24 @@ enable wgpu_cooperative_matrix;
 override S: u32 = 16u;        // fragment size (8 or 16, as the entry point's matrix types)
 override SGM: u32 = 2u;       // computing subgroups along M
 override SGN: u32 = 2u;       // computing subgroups along N
+override FM: u32 = 4u;        // fragments per subgroup along M
+override FN: u32 = 4u;        // fragments per subgroup along N
 override SG: u32 = 32u;       // the adapter's largest subgroup size
-override BK: u32 = 32u;       // K slab depth, a multiple of S
-override APAD: u32 = 8u;      // f16 padding per shared A row (spreads rows across banks)
-override BPAD: u32 = 8u;      // f16 padding per shared B row
+override BK: u32 = 32u;       // K slab depth, a multiple of S and of 8
 override ALPHA: bool = false; // scale C by alpha[0] (a device-side factor: an f16 scale undone)
-override A_KFAST: bool = true; // A's k stride is 1: staging threads walk along k, else along m
-override B_NFAST: bool = true; // B's n stride is 1: staging threads walk along n, else along k
-
-override BM: u32 = 2u * S * SGM;
-override BN: u32 = 2u * S * SGN;
-override AS: u32 = BK + APAD;  // shared A row stride
-override BS: u32 = BN + BPAD;  // shared B row stride
-override WG: u32 = SG * SGM * SGN;
+override A_KFAST: bool = true; // A's k stride is 1: 8-element groups run along k, else along m
+override B_NFAST: bool = true; // B's n stride is 1: groups run along n, else along k
 override MIN_SG: u32 = 32u;   // the adapter's smallest subgroup size
+
+override BM: u32 = S * FM * SGM;
+override BN: u32 = S * FN * SGN;
+override AS: u32 = BK + 8u;   // shared A row stride ([m][k])
+override BS: u32 = BN + 8u;   // shared B row stride ([k][n])
+override WG: u32 = SG * SGM * SGN;
 override MAX_SUBGROUPS: u32 = WG / MIN_SG;
+// 8-element groups of a slab per invocation (registers), at least one.
+override RA: u32 = (BM * BK / 8u + WG - 1u) / WG;
+override RB: u32 = (BK * BN / 8u + WG - 1u) / WG;
 
 struct Params {
     m: u32, n: u32, k: u32, k_split: u32,
@@ -42,6 +50,10 @@ struct Params {
     a_bs: u32, a_ms: u32, a_ks: u32,
     b_bs: u32, b_ks: u32, b_ns: u32,
     c_bs: u32, c_ms: u32, c_ns: u32,
+    // gemm.wgsl's convolution words (unused here), so that the words after them line up.
+    cin: u32, h: u32, w: u32, cout: u32, oh: u32, ow: u32, kh: u32, kw: u32,
+    sh: u32, sw: u32, ph: u32, pw: u32, dh: u32, dw: u32,
+    full_m: u32, full_n: u32, edge: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f16>;
@@ -50,66 +62,244 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read> alpha: array<f32>;
+// The same operands as 16-byte words (gemm_coop16v / gemm_coop8v).
+@group(0) @binding(0) var<storage, read> a16: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> b16: array<vec4<u32>>;
 
-var<workgroup> As: array<f16, BM * AS>;       // [BM][AS]
-var<workgroup> Bs: array<f16, BK * BS>;       // [BK][BS]
-var<workgroup> Cs: array<f32, 4u * S * S * MAX_SUBGROUPS>; // [subgroup][2S][2S] results
+var<workgroup> As: array<f16, 2u * BM * AS>;  // [buffer][m][k]
+var<workgroup> Bs: array<f16, 2u * BK * BS>;  // [buffer][k][n]
+var<workgroup> Cs: array<f32, S * S * MAX_SUBGROUPS>; // [subgroup][S][S] output scratch
 
-// Where a workgroup works: batch z, K split, tile origin, K range.
-struct Tile { z: u32, split: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32 }
+// The next slab, eight f16 per word group, between its load and its store.
+var<private> ra: array<vec4<u32>, 16>;
+var<private> rb: array<vec4<u32>, 16>;
+var<private> acc16: array<coop_mat16x16<f32, C>, 16>;
+var<private> acc8: array<coop_mat8x8<f32, C>, 64>;
+
+// Where a workgroup works: batch z, K split, tile origin, K range, and whether the output can
+// go straight to C (an interior tile, no bias, alpha or split).
+struct Tile { z: u32, split: u32, m0: u32, n0: u32, k_begin: u32, k_end: u32, direct: bool }
 
 fn tile_of(wid: vec3<u32>) -> Tile {
+    var tm = wid.y;
+    var tn = wid.x;
+    if (p.edge == 1u) {
+        // The partial tile column (every tile row), then the partial tile row.
+        let col_tiles = select(0u, (p.m + BM - 1u) / BM, p.full_n * BN < p.n);
+        if (wid.x < col_tiles) { tm = wid.x; tn = p.full_n; } else { tm = p.full_m; tn = wid.x - col_tiles; }
+    }
     let split = wid.z % p.k_split;
     let k_begin = split * p.k_chunk;
-    return Tile(wid.z / p.k_split, split, wid.y * BM, wid.x * BN, k_begin,
-                min(p.k, k_begin + p.k_chunk));
+    let m0 = tm * BM;
+    let n0 = tn * BN;
+    let inside = m0 + BM <= p.m && n0 + BN <= p.n && p.c_ns == 1u;
+    let direct = inside && !ALPHA && p.bias_mode == 0u && p.k_split == 1u;
+    return Tile(wid.z / p.k_split, split, m0, n0, k_begin, min(p.k, k_begin + p.k_chunk), direct);
 }
 
-// Copies the BK-deep slab at k0 of A's and B's tiles into shared memory.
-fn stage(t: Tile, k0: u32, lid: u32) {
-    for (var e = lid; e < BM * BK; e += WG) {
-        var r = e / BK;
-        var kk = e % BK;
-        if (!A_KFAST) { r = e % BM; kk = e / BM; }
-        let m = t.m0 + r;
-        let k = k0 + kk;
-        var v = f16(0.0);
-        if (m < p.m && k < t.k_end) { v = a[t.z * p.a_bs + m * p.a_ms + k * p.a_ks]; }
-        As[r * AS + kk] = v;
+// Group g of A's slab at k0: its (row, k) origin in the tile; 8 elements run along k (A_KFAST)
+// or along m.
+fn a_group(g: u32) -> vec2<u32> {
+    if (A_KFAST) { return vec2<u32>(g / (BK / 8u), (g % (BK / 8u)) * 8u); }
+    return vec2<u32>((g % (BM / 8u)) * 8u, g / (BM / 8u));
+}
+fn b_group(g: u32) -> vec2<u32> { // (k, n)
+    if (B_NFAST) { return vec2<u32>(g / (BN / 8u), (g % (BN / 8u)) * 8u); }
+    return vec2<u32>((g % (BK / 8u)) * 8u, g / (BK / 8u));
+}
+
+// Element i of a group from its origin: along the contiguous dimension.
+fn a_at(o: vec2<u32>, i: u32) -> vec2<u32> { return select(o + vec2<u32>(i, 0u), o + vec2<u32>(0u, i), A_KFAST); }
+fn b_at(o: vec2<u32>, i: u32) -> vec2<u32> { return select(o + vec2<u32>(i, 0u), o + vec2<u32>(0u, i), B_NFAST); }
+
+fn pack8(v: array<f16, 8>) -> vec4<u32> {
+    var w = vec4<u32>(0u);
+    for (var e = 0u; e < 4u; e++) { w[e] = pack2x16float(vec2<f32>(f32(v[2u * e]), f32(v[2u * e + 1u]))); }
+    return w;
+}
+
+// The slab at k0 into registers, element by element with bounds tests (zeros outside).
+fn load_checked(t: Tile, k0: u32, lid: u32) {
+    for (var s = 0u; s < RA; s++) {
+        let g = lid + s * WG;
+        let o = a_group(g);
+        var v: array<f16, 8>;
+        for (var i = 0u; i < 8u; i++) {
+            let at = a_at(o, i);
+            let m = t.m0 + at.x;
+            let k = k0 + at.y;
+            v[i] = f16(0.0);
+            if (g < BM * BK / 8u && m < p.m && k < t.k_end) { v[i] = a[t.z * p.a_bs + m * p.a_ms + k * p.a_ks]; }
+        }
+        ra[s] = pack8(v);
     }
-    for (var e = lid; e < BK * BN; e += WG) {
-        var kk = e / BN;
-        var col = e % BN;
-        if (!B_NFAST) { kk = e % BK; col = e / BK; }
-        let n = t.n0 + col;
-        let k = k0 + kk;
-        var v = f16(0.0);
-        if (n < p.n && k < t.k_end) { v = b[t.z * p.b_bs + k * p.b_ks + n * p.b_ns]; }
-        Bs[kk * BS + col] = v;
+    for (var s = 0u; s < RB; s++) {
+        let g = lid + s * WG;
+        let o = b_group(g);
+        var v: array<f16, 8>;
+        for (var i = 0u; i < 8u; i++) {
+            let at = b_at(o, i);
+            let k = k0 + at.x;
+            let n = t.n0 + at.y;
+            v[i] = f16(0.0);
+            if (g < BK * BN / 8u && n < p.n && k < t.k_end) { v[i] = b[t.z * p.b_bs + k * p.b_ks + n * p.b_ns]; }
+        }
+        rb[s] = pack8(v);
     }
 }
 
-// Writes subgroup sg's scratch block, the 2S x 2S outputs at (r, col) of the tile, to C.
+// The slab at k0 into registers, a 16-byte word per group (interior tiles, aligned operands).
+fn load_words(t: Tile, k0: u32, lid: u32) {
+    for (var s = 0u; s < RA; s++) {
+        let g = lid + s * WG;
+        if (g < BM * BK / 8u) {
+            let o = a_group(g);
+            ra[s] = a16[(t.z * p.a_bs + (t.m0 + o.x) * p.a_ms + (k0 + o.y) * p.a_ks) / 8u];
+        }
+    }
+    for (var s = 0u; s < RB; s++) {
+        let g = lid + s * WG;
+        if (g < BK * BN / 8u) {
+            let o = b_group(g);
+            rb[s] = b16[(t.z * p.b_bs + (k0 + o.x) * p.b_ks + (t.n0 + o.y) * p.b_ns) / 8u];
+        }
+    }
+}
+
+// The registers into shared buffer `buf`.
+fn store_slab(buf: u32, lid: u32) {
+    for (var s = 0u; s < RA; s++) {
+        let g = lid + s * WG;
+        if (g < BM * BK / 8u) {
+            let o = a_group(g);
+            for (var e = 0u; e < 4u; e++) {
+                let h = unpack2x16float(ra[s][e]);
+                let a0 = a_at(o, 2u * e);
+                let a1 = a_at(o, 2u * e + 1u);
+                As[(buf * BM + a0.x) * AS + a0.y] = f16(h.x);
+                As[(buf * BM + a1.x) * AS + a1.y] = f16(h.y);
+            }
+        }
+    }
+    for (var s = 0u; s < RB; s++) {
+        let g = lid + s * WG;
+        if (g < BK * BN / 8u) {
+            let o = b_group(g);
+            for (var e = 0u; e < 4u; e++) {
+                let h = unpack2x16float(rb[s][e]);
+                let b0 = b_at(o, 2u * e);
+                let b1 = b_at(o, 2u * e + 1u);
+                Bs[(buf * BK + b0.x) * BS + b0.y] = f16(h.x);
+                Bs[(buf * BK + b1.x) * BS + b1.y] = f16(h.y);
+            }
+        }
+    }
+}
+
+// Shared-memory origin of subgroup sg's first fragment row (in A) and column (in B).
+fn frag_row(sg: u32) -> u32 { return ((sg % (SGM * SGN)) / SGN) * FM * S; }
+fn frag_col(sg: u32) -> u32 { return ((sg % (SGM * SGN)) % SGN) * FN * S; }
+
+// Writes fragment (fm, fn) of the scratch block of subgroup sg to C: alpha, bias, bounds.
 fn flush(t: Tile, sg: u32, lane: u32, lanes: u32, r: u32, col: u32) {
     var scale = 1.0;
     if (ALPHA) { scale = alpha[0]; }
-    for (var e = lane; e < 4u * S * S; e += lanes) {
-        let m = t.m0 + r + e / (2u * S);
-        let n = t.n0 + col + e % (2u * S);
+    for (var e = lane; e < S * S; e += lanes) {
+        let m = t.m0 + r + e / S;
+        let n = t.n0 + col + e % S;
         if (m < p.m && n < p.n) {
-            var v = Cs[sg * 4u * S * S + e] * scale;
+            var v = Cs[sg * S * S + e] * scale;
             if (t.split == 0u && p.bias_mode == 1u) { v += bias[n]; }
             c[t.split * p.c_split + t.z * p.c_bs + m * p.c_ms + n * p.c_ns] = v;
         }
     }
 }
 
-// Shared-memory offsets of subgroup sg's first fragment row (in As) and column (in Bs).
-fn frag_row(sg: u32) -> u32 { return (sg / SGN) * 2u * S; }
-fn frag_col(sg: u32) -> u32 { return (sg % SGN) * 2u * S; }
+// The two fragment sizes' multiply and output steps (the matrix types need literal sizes).
+// naga needs every argument of a cooperative load or store bound to a `let` first (its SPIR-V
+// writer otherwise panics).
+fn compute16(buf: u32, sg: u32) {
+    for (var kk = 0u; kk < BK; kk += S) {
+        for (var i = 0u; i < FM; i++) {
+            let ia = (buf * BM + frag_row(sg) + i * S) * AS + kk;
+            let sa = AS;
+            let x = coopLoadT<coop_mat16x16<f16, A>>(&As[ia], sa);
+            for (var j = 0u; j < FN; j++) {
+                let ib = (buf * BK + kk) * BS + frag_col(sg) + j * S;
+                let sb = BS;
+                let y = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib], sb);
+                acc16[i * FN + j] = coopMultiplyAdd(x, y, acc16[i * FN + j]);
+            }
+        }
+    }
+}
 
-// The two entry points differ only in the matrix types. naga needs every argument of a
-// cooperative load or store bound to a `let` first (its SPIR-V writer otherwise panics).
+fn output16(t: Tile, sg: u32, lane: u32, lanes: u32) {
+    let computes = sg < SGM * SGN;
+    for (var i = 0u; i < FM; i++) {
+        for (var j = 0u; j < FN; j++) {
+            let r = frag_row(sg) + i * S;
+            let col = frag_col(sg) + j * S;
+            let f = acc16[i * FN + j];
+            if (t.direct) {
+                // Surplus subgroups hold copies of the same products: storing them twice is harmless.
+                let ic = t.z * p.c_bs + (t.m0 + r) * p.c_ms + t.n0 + col;
+                let sc = p.c_ms;
+                coopStoreT(f, &c[ic], sc);
+            } else {
+                let is = sg * S * S;
+                let ss = S;
+                coopStoreT(f, &Cs[is], ss);
+                workgroupBarrier();
+                if (computes) { flush(t, sg, lane, lanes, r, col); }
+                workgroupBarrier();
+            }
+        }
+    }
+}
+
+fn compute8(buf: u32, sg: u32) {
+    for (var kk = 0u; kk < BK; kk += S) {
+        for (var i = 0u; i < FM; i++) {
+            let ia = (buf * BM + frag_row(sg) + i * S) * AS + kk;
+            let sa = AS;
+            let x = coopLoadT<coop_mat8x8<f16, A>>(&As[ia], sa);
+            for (var j = 0u; j < FN; j++) {
+                let ib = (buf * BK + kk) * BS + frag_col(sg) + j * S;
+                let sb = BS;
+                let y = coopLoadT<coop_mat8x8<f16, B>>(&Bs[ib], sb);
+                acc8[i * FN + j] = coopMultiplyAdd(x, y, acc8[i * FN + j]);
+            }
+        }
+    }
+}
+
+fn output8(t: Tile, sg: u32, lane: u32, lanes: u32) {
+    let computes = sg < SGM * SGN;
+    for (var i = 0u; i < FM; i++) {
+        for (var j = 0u; j < FN; j++) {
+            let r = frag_row(sg) + i * S;
+            let col = frag_col(sg) + j * S;
+            let f = acc8[i * FN + j];
+            if (t.direct) {
+                let ic = t.z * p.c_bs + (t.m0 + r) * p.c_ms + t.n0 + col;
+                let sc = p.c_ms;
+                coopStoreT(f, &c[ic], sc);
+            } else {
+                let is = sg * S * S;
+                let ss = S;
+                coopStoreT(f, &Cs[is], ss);
+                workgroupBarrier();
+                if (computes) { flush(t, sg, lane, lanes, r, col); }
+                workgroupBarrier();
+            }
+        }
+    }
+}
+
+// Slabs are uniform across the workgroup, so every barrier is reached by all.
+fn slabs(t: Tile) -> u32 { return (t.k_end - min(t.k_begin, t.k_end) + BK - 1u) / BK; }
+
 @compute @workgroup_size(WG)
 fn gemm_coop16(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(local_invocation_index) lid: u32,
@@ -117,45 +307,39 @@ fn gemm_coop16(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(subgroup_invocation_id) lane: u32,
                @builtin(subgroup_size) lanes: u32) {
     let t = tile_of(wid);
-    let computes = sg < SGM * SGN;
-    let r0 = frag_row(sg % (SGM * SGN));
-    let c0 = frag_col(sg % (SGM * SGN));
-    var acc00 = coop_mat16x16<f32, C>();
-    var acc01 = coop_mat16x16<f32, C>();
-    var acc10 = coop_mat16x16<f32, C>();
-    var acc11 = coop_mat16x16<f32, C>();
-    for (var k0 = t.k_begin; k0 < t.k_end; k0 += BK) {
-        stage(t, k0, lid);
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk += S) {
-            let ia0 = r0 * AS + kk;
-            let ia1 = ia0 + S * AS;
-            let ib0 = kk * BS + c0;
-            let ib1 = ib0 + S;
-            let sa = AS;
-            let sb = BS;
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia0], sa);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[ia1], sa);
-            let b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib0], sb);
-            let b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[ib1], sb);
-            acc00 = coopMultiplyAdd(a0, b0, acc00);
-            acc01 = coopMultiplyAdd(a0, b1, acc01);
-            acc10 = coopMultiplyAdd(a1, b0, acc10);
-            acc11 = coopMultiplyAdd(a1, b1, acc11);
-        }
+    for (var f = 0u; f < FM * FN; f++) { acc16[f] = coop_mat16x16<f32, C>(); }
+    load_checked(t, t.k_begin, lid);
+    store_slab(0u, lid);
+    workgroupBarrier();
+    for (var s = 0u; s < slabs(t); s++) {
+        let more = s + 1u < slabs(t);
+        if (more) { load_checked(t, t.k_begin + (s + 1u) * BK, lid); }
+        compute16(s % 2u, sg);
+        if (more) { store_slab((s + 1u) % 2u, lid); }
         workgroupBarrier();
     }
-    let i00 = sg * 4u * S * S;
-    let i01 = i00 + S;
-    let i10 = i00 + 2u * S * S;
-    let i11 = i10 + S;
-    let sc = 2u * S;
-    coopStoreT(acc00, &Cs[i00], sc);
-    coopStoreT(acc01, &Cs[i01], sc);
-    coopStoreT(acc10, &Cs[i10], sc);
-    coopStoreT(acc11, &Cs[i11], sc);
+    output16(t, sg, lane, lanes);
+}
+
+@compute @workgroup_size(WG)
+fn gemm_coop16v(@builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32,
+                @builtin(subgroup_id) sg: u32,
+                @builtin(subgroup_invocation_id) lane: u32,
+                @builtin(subgroup_size) lanes: u32) {
+    let t = tile_of(wid);
+    for (var f = 0u; f < FM * FN; f++) { acc16[f] = coop_mat16x16<f32, C>(); }
+    load_words(t, t.k_begin, lid);
+    store_slab(0u, lid);
     workgroupBarrier();
-    if (computes) { flush(t, sg, lane, lanes, r0, c0); }
+    for (var s = 0u; s < slabs(t); s++) {
+        let more = s + 1u < slabs(t);
+        if (more) { load_words(t, t.k_begin + (s + 1u) * BK, lid); }
+        compute16(s % 2u, sg);
+        if (more) { store_slab((s + 1u) % 2u, lid); }
+        workgroupBarrier();
+    }
+    output16(t, sg, lane, lanes);
 }
 
 @compute @workgroup_size(WG)
@@ -165,43 +349,37 @@ fn gemm_coop8(@builtin(workgroup_id) wid: vec3<u32>,
               @builtin(subgroup_invocation_id) lane: u32,
               @builtin(subgroup_size) lanes: u32) {
     let t = tile_of(wid);
-    let computes = sg < SGM * SGN;
-    let r0 = frag_row(sg % (SGM * SGN));
-    let c0 = frag_col(sg % (SGM * SGN));
-    var acc00 = coop_mat8x8<f32, C>();
-    var acc01 = coop_mat8x8<f32, C>();
-    var acc10 = coop_mat8x8<f32, C>();
-    var acc11 = coop_mat8x8<f32, C>();
-    for (var k0 = t.k_begin; k0 < t.k_end; k0 += BK) {
-        stage(t, k0, lid);
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk += S) {
-            let ia0 = r0 * AS + kk;
-            let ia1 = ia0 + S * AS;
-            let ib0 = kk * BS + c0;
-            let ib1 = ib0 + S;
-            let sa = AS;
-            let sb = BS;
-            let a0 = coopLoadT<coop_mat8x8<f16, A>>(&As[ia0], sa);
-            let a1 = coopLoadT<coop_mat8x8<f16, A>>(&As[ia1], sa);
-            let b0 = coopLoadT<coop_mat8x8<f16, B>>(&Bs[ib0], sb);
-            let b1 = coopLoadT<coop_mat8x8<f16, B>>(&Bs[ib1], sb);
-            acc00 = coopMultiplyAdd(a0, b0, acc00);
-            acc01 = coopMultiplyAdd(a0, b1, acc01);
-            acc10 = coopMultiplyAdd(a1, b0, acc10);
-            acc11 = coopMultiplyAdd(a1, b1, acc11);
-        }
+    for (var f = 0u; f < FM * FN; f++) { acc8[f] = coop_mat8x8<f32, C>(); }
+    load_checked(t, t.k_begin, lid);
+    store_slab(0u, lid);
+    workgroupBarrier();
+    for (var s = 0u; s < slabs(t); s++) {
+        let more = s + 1u < slabs(t);
+        if (more) { load_checked(t, t.k_begin + (s + 1u) * BK, lid); }
+        compute8(s % 2u, sg);
+        if (more) { store_slab((s + 1u) % 2u, lid); }
         workgroupBarrier();
     }
-    let i00 = sg * 4u * S * S;
-    let i01 = i00 + S;
-    let i10 = i00 + 2u * S * S;
-    let i11 = i10 + S;
-    let sc = 2u * S;
-    coopStoreT(acc00, &Cs[i00], sc);
-    coopStoreT(acc01, &Cs[i01], sc);
-    coopStoreT(acc10, &Cs[i10], sc);
-    coopStoreT(acc11, &Cs[i11], sc);
+    output8(t, sg, lane, lanes);
+}
+
+@compute @workgroup_size(WG)
+fn gemm_coop8v(@builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32,
+               @builtin(subgroup_id) sg: u32,
+               @builtin(subgroup_invocation_id) lane: u32,
+               @builtin(subgroup_size) lanes: u32) {
+    let t = tile_of(wid);
+    for (var f = 0u; f < FM * FN; f++) { acc8[f] = coop_mat8x8<f32, C>(); }
+    load_words(t, t.k_begin, lid);
+    store_slab(0u, lid);
     workgroupBarrier();
-    if (computes) { flush(t, sg, lane, lanes, r0, c0); }
+    for (var s = 0u; s < slabs(t); s++) {
+        let more = s + 1u < slabs(t);
+        if (more) { load_words(t, t.k_begin + (s + 1u) * BK, lid); }
+        compute8(s % 2u, sg);
+        if (more) { store_slab((s + 1u) % 2u, lid); }
+        workgroupBarrier();
+    }
+    output8(t, sg, lane, lanes);
 }

@@ -3,7 +3,9 @@
 // The forward keeps (mean, rstd) per row in `stats` for the backward:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, xhat = (x - mean) * rstd
 //   dgamma = sum over rows of dy * xhat, dbeta = sum over rows of dy (one invocation per column,
-//   rows added in order: the same result on every run).
+//   rows added in order: the same result on every run); or in two passes where there are many
+//   rows: layer_norm_backward_params_blocks sums blocks of RB rows into partials [blocks, cols],
+//   which a reduction then adds, again in a fixed order.
 
 const WG: u32 = 256u;
 
@@ -82,4 +84,23 @@ fn layer_norm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     }
     out[j] = dg;
     out2[j] = db;
+}
+
+override RB: u32 = 256u; // rows per block of layer_norm_backward_params_blocks
+
+@compute @workgroup_size(WG)
+fn layer_norm_backward_params_blocks(@builtin(workgroup_id) wid: vec3<u32>,
+                                     @builtin(local_invocation_index) lid: u32) {
+    let j = wid.x * WG + lid;
+    if (j >= p.cols) { return; } // no barriers follow
+    let blk = wid.y;
+    var dg = 0.0;
+    var db = 0.0;
+    for (var r = blk * RB; r < min(p.rows, (blk + 1u) * RB); r++) {
+        let v = dy[r * p.cols + j];
+        dg += v * (x[r * p.cols + j] - stats[2u * r]) * stats[2u * r + 1u];
+        db += v;
+    }
+    out[blk * p.cols + j] = dg;
+    out2[blk * p.cols + j] = db;
 }

@@ -220,3 +220,128 @@ fn clip(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let scale = min(1.0, hp(1u) / (sqrt(hp(0u)) + 1e-6));
     clip_grad[i] = clip_grad[i] * scale;
 }
+
+// multi: one dispatch updates up to eight parameters of a group (multi-tensor apply). The
+// invocations run over the parameters' quads one after another: slot s owns quads
+// starts[s] .. starts[s] + ceil(lens[s] / 4), of parameter w<s> and gradient g<s>, and its state
+// at quad offs[s] of the group's flat state buffers m1, m2, m3 (each parameter's state starts on
+// a 256-byte boundary). RULE: 0 sgd, 1 adam, 2 rmsprop (hyper-parameters in hp as above).
+override RULE: u32 = 0u;
+
+struct MultiParams {
+    count: u32,
+    total: u32, // quads over all slots
+    starts: array<vec4<u32>, 2>,
+    lens: array<vec4<u32>, 2>,
+    offs: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(10) var<storage, read> g0: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> g1: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read> g2: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read> g3: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read> g4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read> g5: array<vec4<f32>>;
+@group(0) @binding(16) var<storage, read> g6: array<vec4<f32>>;
+@group(0) @binding(17) var<storage, read> g7: array<vec4<f32>>;
+@group(0) @binding(18) var<storage, read_write> w0: array<vec4<f32>>;
+@group(0) @binding(19) var<storage, read_write> w1: array<vec4<f32>>;
+@group(0) @binding(20) var<storage, read_write> w2: array<vec4<f32>>;
+@group(0) @binding(21) var<storage, read_write> w3: array<vec4<f32>>;
+@group(0) @binding(22) var<storage, read_write> w4: array<vec4<f32>>;
+@group(0) @binding(23) var<storage, read_write> w5: array<vec4<f32>>;
+@group(0) @binding(24) var<storage, read_write> w6: array<vec4<f32>>;
+@group(0) @binding(25) var<storage, read_write> w7: array<vec4<f32>>;
+@group(0) @binding(26) var<storage, read_write> m1: array<vec4<f32>>;
+@group(0) @binding(27) var<storage, read_write> m2: array<vec4<f32>>;
+@group(0) @binding(28) var<storage, read_write> m3: array<vec4<f32>>;
+@group(0) @binding(29) var<uniform> mp: MultiParams;
+
+fn at8(a: array<vec4<u32>, 2>, i: u32) -> u32 { return a[i / 4u][i % 4u]; }
+
+fn grad_of(slot: u32, q: u32) -> vec4<f32> {
+    switch slot {
+        case 0u: { return g0[q]; }
+        case 1u: { return g1[q]; }
+        case 2u: { return g2[q]; }
+        case 3u: { return g3[q]; }
+        case 4u: { return g4[q]; }
+        case 5u: { return g5[q]; }
+        case 6u: { return g6[q]; }
+        default: { return g7[q]; }
+    }
+}
+
+fn param_of(slot: u32, q: u32) -> vec4<f32> {
+    switch slot {
+        case 0u: { return w0[q]; }
+        case 1u: { return w1[q]; }
+        case 2u: { return w2[q]; }
+        case 3u: { return w3[q]; }
+        case 4u: { return w4[q]; }
+        case 5u: { return w5[q]; }
+        case 6u: { return w6[q]; }
+        default: { return w7[q]; }
+    }
+}
+
+fn set_param(slot: u32, q: u32, v: vec4<f32>) {
+    switch slot {
+        case 0u: { w0[q] = v; }
+        case 1u: { w1[q] = v; }
+        case 2u: { w2[q] = v; }
+        case 3u: { w3[q] = v; }
+        case 4u: { w4[q] = v; }
+        case 5u: { w5[q] = v; }
+        case 6u: { w6[q] = v; }
+        default: { w7[q] = v; }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let gq = index(wid, nwg, lid);
+    if (gq >= mp.total) { return; }
+    if (!finite(guard.x)) { return; }
+    var slot = 0u;
+    for (var s = 1u; s < mp.count; s++) {
+        if (gq >= at8(mp.starts, s)) { slot = s; }
+    }
+    let q = gq - at8(mp.starts, slot);
+    let so = at8(mp.offs, slot) + q;
+    // Lanes past the parameter's length keep their values (the last quad may overhang it).
+    let keep = vec4<u32>(0u, 1u, 2u, 3u) + q * 4u < vec4<u32>(at8(mp.lens, slot));
+    let w = param_of(slot, q);
+    let g = grad_of(slot, q);
+    switch RULE {
+        case 0u: {
+            if (hp(1u) != 0.0) {
+                let m = m1[so];
+                let u = sgd_update(w, g, m);
+                m1[so] = select(m, u.s1, keep);
+                set_param(slot, q, select(w, u.w, keep));
+            } else {
+                set_param(slot, q, select(w, sgd_update(w, g, vec4<f32>()).w, keep));
+            }
+        }
+        case 1u: {
+            let m = m1[so];
+            let v = m2[so];
+            let u = adam_update(w, g, m, v);
+            m1[so] = select(m, u.s1, keep);
+            m2[so] = select(v, u.s2, keep);
+            set_param(slot, q, select(w, u.w, keep));
+        }
+        default: {
+            let sq = m1[so];
+            let ga = m2[so];
+            let buf = m3[so];
+            let u = rmsprop_update(w, g, sq, ga, buf);
+            m1[so] = select(sq, u.s1, keep);
+            m2[so] = select(ga, u.s2, keep);
+            m3[so] = select(buf, u.s3, keep);
+            set_param(slot, q, select(w, u.w, keep));
+        }
+    }
+}

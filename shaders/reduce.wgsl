@@ -3,7 +3,10 @@
 // maximum.
 // `reduce` uses one invocation per output (good when outer*inner is large), `reduce4` four;
 // `reduce_wide` uses one workgroup per output with a tree in shared memory (long rows, few outputs).
-// Both add in a fixed order, so results are the same on every run.
+// `reduce_blocks` is the first pass of a two-pass reduction (many rows, few outputs: bias and
+// abs-max gradients): each workgroup reduces a block of RB rows for TC columns into one partial
+// per column, out[o, block, i]; `reduce` then combines the blocks' partials.
+// All add in a fixed order, so results are the same on every run.
 
 const SUM: u32 = 0u;
 const MEAN: u32 = 1u;
@@ -16,6 +19,7 @@ struct Params {
     outer: u32,
     len: u32,
     inner: u32,
+    blocks: u32, // reduce_blocks: blocks of RB rows
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -124,4 +128,32 @@ fn reduce_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let o = e / (p.len * p.inner);
     let i = e % p.inner;
     out[e] = finish(vec4<f32>(x[o * p.inner + i])).x;
+}
+
+override TC: u32 = 256u; // reduce_blocks: columns per workgroup (a power of two up to WG)
+override RB: u32 = 256u; // reduce_blocks: rows per block
+override TR: u32 = WG / TC; // invocations per column
+
+@compute @workgroup_size(WG)
+fn reduce_blocks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let col = wid.x * TC + lid % TC;
+    let lane = lid / TC;
+    let blk = wid.y;
+    let o = wid.z;
+    var acc = init();
+    if (col < p.inner) {
+        let end = min(p.len, (blk + 1u) * RB);
+        for (var r = blk * RB + lane; r < end; r += TR) {
+            acc = combine(acc, vec4<f32>(x[(o * p.len + r) * p.inner + col]));
+        }
+    }
+    partial[lid] = acc.x;
+    workgroupBarrier();
+    for (var s = TR / 2u; s > 0u; s = s / 2u) {
+        if (lane < s) {
+            partial[lid] = combine(vec4<f32>(partial[lid]), vec4<f32>(partial[lid + s * TC])).x;
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && col < p.inner) { out[(o * p.blocks + blk) * p.inner + col] = partial[lid]; }
 }

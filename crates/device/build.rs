@@ -8,7 +8,9 @@ fn main() {
     let dir = dir
         .canonicalize()
         .expect("shaders/ directory next to the workspace root");
-    println!("cargo:rerun-if-changed={}", dir.display());
+    // Paths relative to the package, in both the rerun list and the includes: a target/
+    // directory copied from another checkout then still follows this checkout's shaders.
+    println!("cargo:rerun-if-changed=../../shaders");
     let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
         .expect("read shaders/")
         .map(|e| e.expect("shaders/ entry").path())
@@ -17,11 +19,10 @@ fn main() {
     entries.sort();
     let mut out = String::from("/// Every embedded shader: (name, WGSL source).\npub static SHADERS: &[(&str, &str)] = &[\n");
     for p in &entries {
-        println!("cargo:rerun-if-changed={}", p.display());
         let name = p.file_stem().unwrap().to_str().expect("UTF-8 shader name");
+        println!("cargo:rerun-if-changed=../../shaders/{name}.wgsl");
         out += &format!(
-            "    ({name:?}, include_str!({:?})),\n",
-            p.display().to_string()
+            "    ({name:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/../../shaders/{name}.wgsl\"))),\n"
         );
     }
     out += "];\n";

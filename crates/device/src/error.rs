@@ -75,6 +75,52 @@ pub enum DeviceError {
         /// The adapter's per-dimension limit.
         limit: u32,
     },
+    /// A kernel whose specialised module asks more of the adapter than its limits allow.
+    #[error("kernel `{kernel}` needs {needed} for {limit}; {adapter} allows {allowed}")]
+    OverLimit {
+        /// `shader::entry`.
+        kernel: String,
+        /// The adapter (or profile) whose limit it exceeds.
+        adapter: String,
+        /// The limit, named as in `wgpu::Limits`.
+        limit: &'static str,
+        /// What the kernel needs.
+        needed: u64,
+        /// What the adapter allows.
+        allowed: u64,
+    },
+    /// A kernel variant forced by the policy that cannot run this shape here.
+    #[error(
+        "{family} variant `{variant}` (forced by the kernel policy) cannot run here: {reason}"
+    )]
+    VariantUnsupported {
+        /// The op family.
+        family: &'static str,
+        /// The variant.
+        variant: &'static str,
+        /// Why not.
+        reason: String,
+    },
+    /// A variant name the family does not have.
+    #[error("op family `{family}` has no kernel variant `{variant}` (it has: {known})")]
+    UnknownVariant {
+        /// The op family.
+        family: String,
+        /// The name asked for.
+        variant: String,
+        /// The family's variants.
+        known: String,
+    },
+    /// No variant of the family runs this shape on this adapter.
+    #[error("no {family} kernel runs this shape on {adapter}: {reasons}")]
+    NoVariant {
+        /// The op family.
+        family: &'static str,
+        /// The adapter (or profile).
+        adapter: String,
+        /// Each variant's reason.
+        reasons: String,
+    },
     /// A feature the operation needs and the adapter lacks.
     #[error("the adapter lacks the feature `{0}`")]
     MissingFeature(&'static str),

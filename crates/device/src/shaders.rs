@@ -1,6 +1,9 @@
 //! The shader registry: every `shaders/*.wgsl` embedded at build time, validated with naga.
 
 use crate::error::{DeviceError, Result};
+use crate::policy::Footprint;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
 
@@ -18,12 +21,30 @@ pub fn source(name: &str) -> Result<&'static str> {
         .ok_or_else(|| DeviceError::UnknownShader(name.to_string()))
 }
 
+/// A registered shader parsed and validated once per process (devices share it).
+pub(crate) fn validated(name: &str) -> Result<Arc<Validated>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Validated>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(v) = cache.lock().unwrap().get(name) {
+        return Ok(v.clone());
+    }
+    let v = Arc::new(validate(name, source(name)?)?);
+    cache.lock().unwrap().insert(name.to_string(), v.clone());
+    Ok(v)
+}
+
 /// A parsed and validated shader module.
 pub struct Validated {
     /// naga's IR.
     pub module: naga::Module,
     /// naga's analysis of it.
     pub info: naga::valid::ModuleInfo,
+    /// The module uses subgroup operations.
+    subgroups: bool,
+    /// The module enables cooperative matrices.
+    cooperative_matrix: bool,
+    /// The module enables f16.
+    f16: bool,
 }
 
 /// How a kernel uses one of its bindings (group 0).
@@ -54,7 +75,13 @@ pub fn validate(name: &str, src: &str) -> Result<Validated> {
         name: name.to_string(),
         message: e.emit_to_string_with_path(src, &format!("{name}.wgsl")),
     })?;
-    Ok(Validated { module, info })
+    Ok(Validated {
+        module,
+        info,
+        subgroups: uses_subgroups(src),
+        cooperative_matrix: enables(src, "wgpu_cooperative_matrix"),
+        f16: enables(src, "f16"),
+    })
 }
 
 /// Whether WGSL source uses subgroup built-ins or functions (comments aside): such a module cannot
@@ -129,6 +156,65 @@ impl Validated {
         }
         out.sort_by_key(|(b, _)| *b);
         Ok(out)
+    }
+
+    /// What `entry` asks of an adapter with these override constants applied: workgroup memory
+    /// (each variable rounded up to 16 bytes, as WebGPU counts it), workgroup size, storage
+    /// buffers, features.
+    pub fn footprint(
+        &self,
+        shader: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<Footprint> {
+        let storage_buffers = self
+            .bindings(shader, entry)?
+            .iter()
+            .filter(|(_, k)| matches!(k, BindingKind::StorageRead | BindingKind::StorageReadWrite))
+            .count() as u32;
+        let mut pc = naga::back::PipelineConstants::default();
+        for (k, v) in constants {
+            pc.insert(k.to_string(), *v);
+        }
+        let err = |message: String| DeviceError::Shader {
+            name: shader.to_string(),
+            message: format!("entry `{entry}` with {constants:?}: {message}"),
+        };
+        let (module, info) = naga::back::pipeline_constants::process_overrides(
+            &self.module,
+            &self.info,
+            Some((naga::ShaderStage::Compute, entry)),
+            &pc,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let (index, ep) = module
+            .entry_points
+            .iter()
+            .enumerate()
+            .find(|(_, ep)| ep.name == entry)
+            .ok_or_else(|| DeviceError::UnknownEntryPoint {
+                shader: shader.to_string(),
+                entry: entry.to_string(),
+            })?;
+        let mut layouter = naga::proc::Layouter::default();
+        layouter
+            .update(module.to_ctx())
+            .map_err(|e| err(e.to_string()))?;
+        let uses = info.get_entry_point(index);
+        let workgroup_bytes = module
+            .global_variables
+            .iter()
+            .filter(|(h, v)| v.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
+            .map(|(_, v)| (layouter[v.ty].size as u64).next_multiple_of(16))
+            .sum();
+        Ok(Footprint {
+            workgroup_bytes,
+            workgroup_size: ep.workgroup_size,
+            storage_buffers,
+            subgroups: self.subgroups,
+            cooperative_matrix: self.cooperative_matrix,
+            f16: self.f16,
+        })
     }
 
     /// Translates the module with naga's SPIR-V, MSL and HLSL back ends (override constants at
@@ -229,7 +315,10 @@ mod tests {
             .filter(|(_, src)| uses_subgroups(src))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(users, ["conv_wgrad_sg", "gemm_coop", "gemm_sg"]);
+        assert_eq!(
+            users,
+            ["attention_coop", "conv_wgrad_sg", "gemm_coop", "gemm_sg"]
+        );
         assert!(!uses_subgroups("// subgroups would help here\nfn f() {}"));
         assert!(uses_subgroups("let x = subgroupShuffle(v, 0u); // y"));
     }
@@ -247,7 +336,7 @@ mod tests {
             .filter(|(_, src)| enables(src, "wgpu_cooperative_matrix"))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(users, ["gemm_coop"]);
+        assert_eq!(users, ["attention_coop", "gemm_coop"]);
     }
 
     #[test]
@@ -265,7 +354,9 @@ mod tests {
 
     /// Steps a loop may take: one, halving, or a workgroup, tile or subgroup size (overrides that
     /// kiln sets to positive values, and the subgroup size, which is at least 1).
-    const STEPS: [&str; 7] = ["BK", "NT", "WG", "S", "sg", "lanes", "4u * sg"];
+    const STEPS: [&str; 10] = [
+        "BK", "BKV", "BQ2", "NT", "WG", "S", "TR", "sg", "lanes", "4u * sg",
+    ];
 
     /// The first loop in `src` that is not a `for` stepping its own counter by one of `STEPS`
     /// towards its bound, as its header.

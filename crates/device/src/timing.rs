@@ -27,7 +27,7 @@ pub(crate) fn time<E: From<DeviceError>>(
 ) -> Result<Timing, E> {
     dev.wait()?;
     let inner = &dev.inner;
-    if !inner.caps.timestamps {
+    if !inner.profile.caps.timestamps {
         let t0 = Instant::now();
         work()?;
         dev.wait()?;
@@ -70,31 +70,29 @@ pub(crate) struct ProfileChunk {
     read: wgpu::Buffer,
 }
 
-/// Encodes each dispatch in its own compute pass between two timestamps, then the copy of the
-/// timestamps to a mappable buffer.
+/// Encodes each of the dispatches labelled `labels` (by `encode_one`, given its index) in its
+/// own compute pass between two timestamps, then the copy of the timestamps to a mappable buffer.
 pub(crate) fn encode_profiled(
     dev: &Device,
     enc: &mut wgpu::CommandEncoder,
-    dispatches: &[&std::sync::Arc<crate::Dispatch>],
+    labels: Vec<String>,
+    mut encode_one: impl FnMut(&mut wgpu::ComputePass<'_>, usize),
 ) -> ProfileChunk {
-    let q = Timestamps::new(dev, 2 * dispatches.len() as u32);
-    for (i, dispatch) in dispatches.iter().enumerate() {
+    let q = Timestamps::new(dev, 2 * labels.len() as u32);
+    for (i, label) in labels.iter().enumerate() {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(dispatch.kernel.label()),
+            label: Some(label),
             timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
                 query_set: &q.set,
                 beginning_of_pass_write_index: Some(2 * i as u32),
                 end_of_pass_write_index: Some(2 * i as u32 + 1),
             }),
         });
-        Device::encode(&mut pass, std::slice::from_ref(*dispatch));
+        encode_one(&mut pass, i);
     }
     q.copy_out(enc);
     ProfileChunk {
-        labels: dispatches
-            .iter()
-            .map(|d| d.kernel.label().to_string())
-            .collect(),
+        labels,
         read: q.read,
     }
 }
@@ -147,14 +145,20 @@ pub(crate) fn profile<E: From<DeviceError>>(
     dev: &Device,
     work: impl FnOnce() -> Result<(), E>,
 ) -> Result<Vec<KernelTime>, E> {
-    if !dev.inner.caps.timestamps {
+    if !dev.inner.profile.caps.timestamps {
         return Err(DeviceError::MissingFeature("timestamp-query").into());
     }
     dev.wait()?;
-    *dev.inner.profile.lock().unwrap() = Some(Vec::new());
+    *dev.inner.profiling.lock().unwrap() = Some(Vec::new());
     let worked = work();
     let flushed = dev.flush();
-    let chunks = dev.inner.profile.lock().unwrap().take().unwrap_or_default();
+    let chunks = dev
+        .inner
+        .profiling
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap_or_default();
     worked?;
     flushed?;
     let mut out: Vec<KernelTime> = Vec::new();
@@ -179,4 +183,25 @@ pub(crate) fn profile<E: From<DeviceError>>(
     }
     out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     Ok(out)
+}
+
+impl Device {
+    /// Times `work` (which records dispatches) with GPU timestamps around one compute pass where
+    /// the adapter has them, and with CPU wall time around submit-and-wait otherwise.
+    pub fn time<E: From<DeviceError>>(
+        &self,
+        work: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Timing, E> {
+        time(self, work)
+    }
+
+    /// Runs `work` with every dispatch in its own timed compute pass and returns GPU time per
+    /// kernel label (shader, entry point and constants), most expensive first. The device's
+    /// submissions from other threads meanwhile are counted too. Needs timestamp queries.
+    pub fn profile<E: From<DeviceError>>(
+        &self,
+        work: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Vec<KernelTime>, E> {
+        profile(self, work)
+    }
 }

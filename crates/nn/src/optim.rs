@@ -10,7 +10,11 @@ use kiln_ops::{Buffer, DType};
 
 struct Group {
     params: Vec<Tensor>,
+    /// Flat state buffers, one per state kind, in chunks that each fit one storage binding
+    /// (`state[c][k]`); parameter `i`'s state is in chunk `chunk_of[i]` at offset `state_at[i]`.
     state: Vec<Vec<Buffer>>,
+    chunk_of: Vec<usize>,
+    state_at: Vec<usize>,
     hp: Buffer,
     lr: f32,
     rule: Rule,
@@ -52,20 +56,45 @@ impl Optimizer {
     }
 
     fn push_group(&mut self, params: Vec<Tensor>, lr: f32, rule: Rule) -> Result<()> {
-        let mut state = Vec::new();
-        for p in &params {
-            let mut s = Vec::new();
-            for _ in 0..rule.state_count() {
-                let b = self.dev.alloc(p.numel(), DType::F32)?;
-                kiln_ops::fill(&self.dev, &b, 0.0)?;
-                s.push(b);
+        // The group's state in flat buffers, so one dispatch can update many parameters; a new
+        // chunk wherever the next parameter's state would not fit the binding limit (tables
+        // kept in blocks under the limit keep their state under it too).
+        let l = self.dev.limits();
+        let limit = (l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 4) as usize;
+        let lens: Vec<usize> = params.iter().map(Tensor::numel).collect();
+        let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut chunk_of = Vec::with_capacity(lens.len());
+        for (i, &n) in lens.iter().enumerate() {
+            let mut with: Vec<usize> = chunks.last().unwrap().iter().map(|&j| lens[j]).collect();
+            with.push(n);
+            if optim::state_layout(&with).1 > limit && !chunks.last().unwrap().is_empty() {
+                chunks.push(Vec::new());
             }
-            state.push(s);
+            chunks.last_mut().unwrap().push(i);
+            chunk_of.push(chunks.len() - 1);
+        }
+        let mut state_at = vec![0; lens.len()];
+        let mut state = Vec::new();
+        for members in &chunks {
+            let (at, len) =
+                optim::state_layout(&members.iter().map(|&j| lens[j]).collect::<Vec<_>>());
+            for (&j, a) in members.iter().zip(at) {
+                state_at[j] = a;
+            }
+            let mut kinds = Vec::new();
+            for _ in 0..rule.state_count() {
+                let b = self.dev.alloc(len, DType::F32)?;
+                kiln_ops::fill(&self.dev, &b, 0.0)?;
+                kinds.push(b);
+            }
+            state.push(kinds);
         }
         let hp = self.dev.upload(&rule.hyper(lr, 1))?;
         self.groups.push(Group {
             params,
             state,
+            chunk_of,
+            state_at,
             hp,
             lr,
             rule,
@@ -139,18 +168,25 @@ impl Optimizer {
         }
         let guard = loss.unwrap_or(&self.no_guard);
         for g in &self.groups {
-            for (p, s) in g.params.iter().zip(&g.state) {
-                if let Some(grad) = p.grad() {
-                    optim::step(
-                        &self.dev,
-                        &g.rule,
-                        &p.array().buf,
-                        &grad.buf,
-                        s,
-                        &g.hp,
-                        Some(guard),
-                    )?;
-                }
+            // Every parameter with a gradient (frozen ones have none), in as few dispatches as
+            // the adapter allows.
+            let live: Vec<(&Tensor, kiln_graph::Array, usize, usize)> = g
+                .params
+                .iter()
+                .zip(g.state_at.iter().zip(&g.chunk_of))
+                .filter_map(|(p, (&at, &c))| p.grad().map(|grad| (p, grad, at, c)))
+                .collect();
+            for (c, chunk_state) in g.state.iter().enumerate() {
+                let slots: Vec<optim::Slot> = live
+                    .iter()
+                    .filter(|l| l.3 == c)
+                    .map(|(p, grad, at, _)| optim::Slot {
+                        param: &p.array().buf,
+                        grad: &grad.buf,
+                        state_offset: *at,
+                    })
+                    .collect();
+                optim::step_group(&self.dev, &g.rule, &slots, chunk_state, &g.hp, Some(guard))?;
             }
         }
         for m in &self.masks {
@@ -169,10 +205,14 @@ impl Optimizer {
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
-            for (pi, (p, bufs)) in g.params.iter().zip(&g.state).enumerate() {
-                for (k, b) in bufs.iter().enumerate() {
+            for (pi, (p, &at)) in g.params.iter().zip(&g.state_at).enumerate() {
+                for (k, b) in g.state[g.chunk_of[pi]].iter().enumerate() {
+                    // The parameter's part of the flat buffer (a window, on a 256-byte boundary).
+                    let Some(buf) = b.window((at * 4) as u64, p.numel()) else {
+                        continue; // an empty parameter has no state
+                    };
                     let a = kiln_graph::Array {
-                        buf: b.clone(),
+                        buf,
                         shape: p.shape().to_vec(),
                     };
                     v.push((
@@ -201,14 +241,18 @@ impl Optimizer {
                 Rule::Adam { .. } => &["exp_avg", "exp_avg_sq"],
                 Rule::RmsProp { .. } => &["square_avg", "grad_avg", "momentum_buffer"],
             };
-            for (pi, (p, bufs)) in g.params.iter().zip(&g.state).enumerate() {
-                for (k, b) in bufs.iter().enumerate() {
+            for (pi, (p, &at)) in g.params.iter().zip(&g.state_at).enumerate() {
+                for (k, b) in g.state[g.chunk_of[pi]].iter().enumerate() {
+                    // The parameter's window of the flat buffer, as in `state_tensors`.
+                    let Some(buf) = b.window((at * 4) as u64, p.numel()) else {
+                        continue;
+                    };
                     let name = match (by_buffer.get(&p.array().buf.id()), kinds.get(k)) {
                         (Some(n), Some(kind)) => format!("{n} ({kind})"),
                         _ => format!("optim.{gi}.{pi}.{k}"),
                     };
                     let a = kiln_graph::Array {
-                        buf: b.clone(),
+                        buf,
                         shape: p.shape().to_vec(),
                     };
                     v.push((name, Tensor::from_array(&self.dev, a)));

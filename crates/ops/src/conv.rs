@@ -1,7 +1,8 @@
 //! 2-D convolution (NCHW, any stride, padding and dilation, optional bias): forward, input
 //! gradient, weight gradient; bias gradient by reduction.
 //!
-//! GPUs run all three as implicit GEMM on the matmul's tiled kernel. Software adapters run direct
+//! The kernels come from variant tables ([`CONV`], [`WGRAD`]; names in [`crate::kernels`]).
+//! GPUs run all three passes as implicit GEMM on the matmul's tiles. Software adapters run direct
 //! kernels where their limits allow: there a load costs far more than a multiply-add, so the
 //! direct kernels reuse each loaded value across a kernel row and read through 64 KiB uniform
 //! arrays, which software adapters gather fastest. The forward pass and the input gradient (at
@@ -11,20 +12,103 @@
 //! back to the implicit GEMM.
 
 pub use crate::geometry::Conv2dSpec;
-use crate::matmul::{gemm, Geom, Mode};
+use crate::kernels::{all_fit, KernelSpec};
+use crate::matmul::{gemm, GemmCall, Mode, GEMM};
 use crate::reduce::{reduce, Reduce};
 use crate::{
     expect_dtype, launch_1d, or_placeholder, uniform_runs, uniform_window, Array, Buffer, DType,
-    Device, OpError, Params, Result, Switch, WINDOW_FLOATS,
+    Device, OpError, Params, Result, WINDOW_FLOATS,
+};
+use kiln_device::{Variant, VariantTable};
+
+/// A forward pass or input gradient as the kernel choice sees it: the direct correlation where
+/// the pass has one (the input gradient only at stride 1), and the implicit GEMM.
+pub struct ConvCall {
+    direct: Option<Direct>,
+    gemm: GemmCall,
+}
+
+/// The forward pass's and input gradient's variants.
+pub static CONV: VariantTable<ConvCall> = VariantTable {
+    family: "conv",
+    variants: &[
+        Variant {
+            name: "conv_direct",
+            supports: |d, c| match &c.direct {
+                Some(direct) => direct.supports(d),
+                None => Err("no direct form (an input gradient at stride > 1)".into()),
+            },
+            prefers: |d, _| d.adapter_profile().is_software,
+        },
+        Variant {
+            name: "conv_gemm",
+            supports: |d, c| {
+                GEMM.choose(d, &c.gemm)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+            prefers: |_, _| true,
+        },
+    ],
 };
 
-/// Overrides where convolutions take conv.wgsl's direct kernels: `Some(true)` wherever their
-/// limits allow, on any adapter; `Some(false)` never (the implicit GEMM); `None` (the default) on
-/// software adapters only. For tests.
-pub fn force_direct(on: Option<bool>) {
-    FORCE_DIRECT.set(on);
+/// A weight gradient as the kernel choice sees it.
+pub struct WgradCall {
+    x: [usize; 4],
+    w: [usize; 4],
+    oh: usize,
+    ow: usize,
+    spec: Conv2dSpec,
+    gemm: GemmCall,
 }
-static FORCE_DIRECT: Switch = Switch::new();
+
+/// The weight gradient's variants.
+pub static WGRAD: VariantTable<WgradCall> = VariantTable {
+    family: "conv_wgrad",
+    variants: &[
+        Variant {
+            name: "conv_wgrad",
+            supports: |d, c| {
+                let align = d.limits().min_uniform_buffer_offset_alignment as usize / 4;
+                let [_, ic, h, w] = c.x;
+                let fits = |len: usize| len + align - 1 <= WINDOW_FLOATS;
+                if !fits(ic * h * w) || !fits(c.w[0] * c.oh * c.ow) {
+                    return Err("an image of x or dy is larger than a 64 KiB window".into());
+                }
+                let lay = WgradLayout::new(ic, c.w[0], c.w[2], c.w[3], &c.spec, true);
+                all_fit(d, &[KernelSpec::new("conv", "conv_wgrad", &lay.consts)])
+            },
+            prefers: |d, _| d.adapter_profile().is_software,
+        },
+        Variant {
+            name: "conv_wgrad_sg",
+            supports: |d, c| {
+                let [n, ic, _, _] = c.x;
+                let lay = WgradLayout::new(ic, c.w[0], c.w[2], c.w[3], &c.spec, false);
+                if n * c.oh * c.ow * lay.ocp > 65535 * crate::WG as usize {
+                    return Err("dy's channels-last copy exceeds one dispatch".into());
+                }
+                all_fit(
+                    d,
+                    &[
+                        KernelSpec::new("conv_wgrad_sg", "to_channels_last", &[]),
+                        KernelSpec::new("conv_wgrad_sg", "conv_wgrad_sg", &lay.consts),
+                    ],
+                )
+            },
+            prefers: |d, _| d.adapter_profile().is_software,
+        },
+        Variant {
+            name: "conv_gemm",
+            supports: |d, c| {
+                GEMM.choose(d, &c.gemm)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+            prefers: |_, _| true,
+        },
+    ],
+};
 
 /// Invocations per conv_direct workgroup.
 const DIRECT_WX: usize = 64;
@@ -54,13 +138,8 @@ fn geometry_consts(
     ]
 }
 
-/// Whether convolutions take the direct kernels (where their limits allow): on software
-/// adapters, unless [`force_direct`] says otherwise.
-fn wants_direct(dev: &Device) -> bool {
-    FORCE_DIRECT.get().unwrap_or(dev.adapter().is_software)
-}
-
 /// A correlation for conv.wgsl's `conv_direct`: input [n, ic, h, w] to output [n, oc, oh, ow].
+#[derive(Clone, Copy, Debug)]
 struct Direct {
     n: usize,
     ic: usize,
@@ -161,8 +240,38 @@ impl Direct {
         Ok(Some(slices))
     }
 
-    /// Runs the kernel; false (nothing launched) where it does not apply: on a GPU (GPUs take the
-    /// tiled GEMM, see [`force_direct`]) or where the layer does not split into windows.
+    /// The override constants of `pack_weights` and `conv_direct`.
+    fn consts(&self) -> Vec<(&'static str, f64)> {
+        let (nq, _) = channel_quads(self.oc);
+        let window = self.stride.1 == 1 && self.dil.1 == 1 && self.kernel.1 <= 5;
+        let f = |v: usize| v as f64;
+        let mut consts = geometry_consts(self.kernel, self.stride, self.dil).to_vec();
+        consts.extend([
+            ("NQ", f(nq)),
+            ("WINDOW", f(window as usize)),
+            ("FLIP", f(self.flip as usize)),
+            ("WX", f(DIRECT_WX)),
+        ]);
+        consts
+    }
+
+    /// Where the layer splits into windows and the kernels fit the adapter.
+    fn supports(&self, dev: &Device) -> std::result::Result<(), String> {
+        let align = dev.limits().min_uniform_buffer_offset_alignment as usize / 4;
+        if self.split(align).is_none() {
+            return Err("an input plane or a channel block's weights outgrow a window".into());
+        }
+        let consts = self.consts();
+        all_fit(
+            dev,
+            &[
+                KernelSpec::new("conv", "pack_weights", &consts),
+                KernelSpec::new("conv", "conv_direct", &consts),
+            ],
+        )
+    }
+
+    /// Runs the kernel ([`Direct::supports`] said it applies).
     fn run(
         &self,
         dev: &Device,
@@ -170,20 +279,16 @@ impl Direct {
         w: &Array,
         bias: Option<&Array>,
         y: &Array,
-    ) -> Result<bool> {
-        if !wants_direct(dev) {
-            return Ok(false);
-        }
+    ) -> Result<()> {
+        let unsupported = || OpError::Invalid {
+            op: "conv2d",
+            message: "conv_direct: the layer does not split into uniform windows".into(),
+        };
         let align = dev.limits().min_uniform_buffer_offset_alignment as usize / 4;
-        let Some((icp, og)) = self.split(align) else {
-            return Ok(false);
-        };
-        let Some(slices) = self.slices(dev, x, icp)? else {
-            return Ok(false);
-        };
+        let (icp, og) = self.split(align).ok_or_else(unsupported)?;
+        let slices = self.slices(dev, x, icp)?.ok_or_else(unsupported)?;
         let (nq, ocp) = channel_quads(self.oc);
         let xblocks = self.ow.div_ceil(4);
-        let window = self.stride.1 == 1 && self.dil.1 == 1 && self.kernel.1 <= 5;
         let taps = self.kernel.0 * self.kernel.1;
         let u = |v: usize| v as u32;
         // Slice `s` of the input against output channels oc0 .. oc0 + group.
@@ -208,14 +313,7 @@ impl Direct {
                 u(self.ic),
             ])
         };
-        let f = |v: usize| v as f64;
-        let mut consts = geometry_consts(self.kernel, self.stride, self.dil).to_vec();
-        consts.extend([
-            ("NQ", f(nq)),
-            ("WINDOW", f(window as usize)),
-            ("FLIP", f(self.flip as usize)),
-            ("WX", f(DIRECT_WX)),
-        ]);
+        let mut consts = self.consts();
         let pack = dev.kernel("conv", "pack_weights", &consts)?;
         let k = dev.kernel("conv", "conv_direct", &consts)?;
         // Later parts add to y: a separate pipeline, so that the first part and whole layers
@@ -264,7 +362,7 @@ impl Direct {
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -274,25 +372,6 @@ fn dims4(op: &'static str, what: &str, s: &[usize]) -> Result<[usize; 4]> {
         expected: format!("{what} with 4 dimensions"),
         got: format!("{s:?}"),
     })
-}
-
-fn geom(x: [usize; 4], w: [usize; 4], oh: usize, ow: usize, s: &Conv2dSpec) -> [usize; 14] {
-    [
-        x[1],
-        x[2],
-        x[3],
-        w[0],
-        oh,
-        ow,
-        w[2],
-        w[3],
-        s.stride.0,
-        s.stride.1,
-        s.padding.0,
-        s.padding.1,
-        s.dilation.0,
-        s.dilation.1,
-    ]
 }
 
 fn check(
@@ -309,6 +388,106 @@ fn check(
         });
     }
     spec.out_hw(op, x[2], x[3], w[2], w[3])
+}
+
+/// A convolution pass: forward, input gradient or weight gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    /// y from x and w.
+    Forward,
+    /// dx from dy and w.
+    InputGrad,
+    /// dw from dy and x.
+    WeightGrad,
+}
+
+/// The variant the device's policy chooses for a convolution pass (x: [N, Ci, H, W], w:
+/// [Co, Ci, KH, KW]) and its pipelines, for planning.
+pub fn plan(
+    dev: &Device,
+    pass: ConvPass,
+    xs: [usize; 4],
+    ws: [usize; 4],
+    spec: &Conv2dSpec,
+) -> Result<crate::kernels::Planned> {
+    let (oh, ow) = check("conv2d", xs, ws, spec)?;
+    let mode = match pass {
+        ConvPass::Forward => Mode::ConvForward,
+        ConvPass::InputGrad => Mode::ConvInputGrad,
+        ConvPass::WeightGrad => Mode::ConvWeightGrad,
+    };
+    let gemm_call = GemmCall::conv_geom(mode, xs, ws, oh, ow, spec);
+    let direct = |d: Direct| crate::kernels::Planned {
+        family: CONV.family,
+        variant: "conv_direct",
+        kernels: vec![
+            KernelSpec::new("conv", "pack_weights", &d.consts()),
+            KernelSpec::new("conv", "conv_direct", &d.consts()),
+        ],
+        largest_binding: gemm_call.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
+    };
+    let through_gemm = |family: &'static str| -> Result<crate::kernels::Planned> {
+        let mut p = crate::matmul::plan(dev, &gemm_call)?;
+        p.family = family;
+        p.variant = "conv_gemm";
+        Ok(p)
+    };
+    match pass {
+        ConvPass::WeightGrad => {
+            let call = WgradCall {
+                x: xs,
+                w: ws,
+                oh,
+                ow,
+                spec: *spec,
+                gemm: gemm_call.clone(),
+            };
+            let v = WGRAD.choose(dev, &call)?;
+            let lay = |tail| WgradLayout::new(xs[1], ws[0], ws[2], ws[3], spec, tail);
+            let kernels = match v.name {
+                "conv_wgrad" => vec![KernelSpec::new("conv", "conv_wgrad", &lay(true).consts)],
+                "conv_wgrad_sg" => vec![
+                    KernelSpec::new("conv_wgrad_sg", "to_channels_last", &[]),
+                    KernelSpec::new("conv_wgrad_sg", "conv_wgrad_sg", &lay(false).consts),
+                ],
+                _ => return through_gemm(WGRAD.family),
+            };
+            Ok(crate::kernels::Planned {
+                family: WGRAD.family,
+                variant: v.name,
+                kernels,
+                largest_binding: gemm_call.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
+            })
+        }
+        _ => {
+            let d = if pass == ConvPass::Forward {
+                Some(Direct {
+                    n: xs[0],
+                    ic: xs[1],
+                    h: xs[2],
+                    w: xs[3],
+                    oc: ws[0],
+                    oh,
+                    ow,
+                    kernel: (ws[2], ws[3]),
+                    stride: spec.stride,
+                    pad: spec.padding,
+                    dil: spec.dilation,
+                    flip: false,
+                })
+            } else {
+                direct_input_grad(xs, ws, oh, ow, spec)
+            };
+            let call = ConvCall {
+                direct: d,
+                gemm: gemm_call.clone(),
+            };
+            match (CONV.choose(dev, &call)?.name, d) {
+                ("conv_direct", Some(d)) => Ok(direct(d)),
+                _ => through_gemm(CONV.family),
+            }
+        }
+    }
 }
 
 /// y = conv2d(x, w) + bias. x: `[N, Ci, H, W]`, w: `[Co, Ci, KH, KW]`, bias: `[Co]` -> y: `[N, Co, OH, OW]`.
@@ -348,28 +527,16 @@ pub fn conv2d(
         dil: spec.dilation,
         flip: false,
     };
-    if direct.run(dev, x, w, bias, &y)? {
-        return Ok(y);
-    }
-    let g = Geom {
-        m: ws[0],
-        n: xs[0] * oh * ow,
-        k: ws[1] * ws[2] * ws[3],
-        batch: 1,
-        bias_mode: 2,
-        conv: geom(xs, ws, oh, ow, spec),
-        ..Default::default()
+    let call = ConvCall {
+        direct: Some(direct),
+        gemm: GemmCall::conv_geom(Mode::ConvForward, xs, ws, oh, ow, spec),
     };
-    gemm(
-        dev,
-        Mode::ConvForward,
-        &w.buf,
-        &x.buf,
-        bias.map(|b| &b.buf),
-        None,
-        &y.buf,
-        &g,
-    )?;
+    if CONV.choose(dev, &call)?.name == "conv_direct" {
+        direct.run(dev, x, w, bias, &y)?;
+    } else {
+        let b = bias.map(|b| &b.buf);
+        gemm(dev, &call.gemm, &w.buf, &x.buf, b, None, &y.buf, None)?;
+    }
     Ok(y)
 }
 
@@ -386,12 +553,30 @@ pub fn conv2d_backward_input(
     let (oh, ow) = check("conv2d_backward_input", xs, ws, spec)?;
     expect_dy(&dy.shape, [xs[0], ws[0], oh, ow])?;
     let dx = Array::empty(dev, x_shape)?;
-    // At stride 1, dx is a correlation of dy with the flipped, transposed weights, padded by
-    // (K - 1) * D - p; that needs p <= (K - 1) * D.
+    let call = ConvCall {
+        direct: direct_input_grad(xs, ws, oh, ow, spec),
+        gemm: GemmCall::conv_geom(Mode::ConvInputGrad, xs, ws, oh, ow, spec),
+    };
+    match (CONV.choose(dev, &call)?.name, &call.direct) {
+        ("conv_direct", Some(direct)) => direct.run(dev, dy, w, None, &dx)?,
+        _ => gemm(dev, &call.gemm, &w.buf, &dy.buf, None, None, &dx.buf, None)?,
+    }
+    Ok(dx)
+}
+
+/// The input gradient as a direct correlation: at stride 1, dx is a correlation of dy with the
+/// flipped, transposed weights, padded by (K - 1) * D - p; that needs p <= (K - 1) * D.
+fn direct_input_grad(
+    xs: [usize; 4],
+    ws: [usize; 4],
+    oh: usize,
+    ow: usize,
+    spec: &Conv2dSpec,
+) -> Option<Direct> {
     let (kh, kw) = (ws[2], ws[3]);
     let (dh, dw) = spec.dilation;
     if spec.stride == (1, 1) && spec.padding.0 <= (kh - 1) * dh && spec.padding.1 <= (kw - 1) * dw {
-        let direct = Direct {
+        Some(Direct {
             n: xs[0],
             ic: ws[0],
             h: oh,
@@ -407,30 +592,10 @@ pub fn conv2d_backward_input(
             ),
             dil: spec.dilation,
             flip: true,
-        };
-        if direct.run(dev, dy, w, None, &dx)? {
-            return Ok(dx);
-        }
+        })
+    } else {
+        None
     }
-    let g = Geom {
-        m: ws[1],
-        n: xs[0] * xs[2] * xs[3],
-        k: ws[0] * ws[2] * ws[3],
-        batch: 1,
-        conv: geom(xs, ws, oh, ow, spec),
-        ..Default::default()
-    };
-    gemm(
-        dev,
-        Mode::ConvInputGrad,
-        &w.buf,
-        &dy.buf,
-        None,
-        None,
-        &dx.buf,
-        &g,
-    )?;
-    Ok(dx)
 }
 
 /// dw for dy: [N, Co, OH, OW], x: [N, Ci, H, W] and the weight's shape.
@@ -445,10 +610,7 @@ pub fn conv2d_backward_weight(
     let ws = dims4("conv2d_backward_weight", "weight", w_shape)?;
     let (oh, ow) = check("conv2d_backward_weight", xs, ws, spec)?;
     expect_dy(&dy.shape, [xs[0], ws[0], oh, ow])?;
-    if let Some((dw, _)) = wgrad_direct(dev, dy, x, ws, oh, ow, spec, false)? {
-        return Ok(dw);
-    }
-    wgrad_gemm(dev, dy, x, xs, ws, oh, ow, spec)
+    Ok(wgrad(dev, dy, x, xs, ws, oh, ow, spec, false)?.0)
 }
 
 /// The weight and bias gradients together: `(dw, dbias)`. Where conv.wgsl's `conv_wgrad` runs,
@@ -465,17 +627,16 @@ pub fn conv2d_backward_weight_bias(
     let ws = dims4("conv2d_backward_weight", "weight", w_shape)?;
     let (oh, ow) = check("conv2d_backward_weight", xs, ws, spec)?;
     expect_dy(&dy.shape, [xs[0], ws[0], oh, ow])?;
-    let dw = match wgrad_direct(dev, dy, x, ws, oh, ow, spec, true)? {
-        Some((dw, Some(db))) => return Ok((dw, db)),
-        Some((dw, None)) => dw,
-        None => wgrad_gemm(dev, dy, x, xs, ws, oh, ow, spec)?,
-    };
-    Ok((dw, conv2d_backward_bias(dev, dy)?))
+    match wgrad(dev, dy, x, xs, ws, oh, ow, spec, true)? {
+        (dw, Some(db)) => Ok((dw, db)),
+        (dw, None) => Ok((dw, conv2d_backward_bias(dev, dy)?)),
+    }
 }
 
-/// The weight gradient by the implicit GEMM.
+/// The weight gradient by the variant [`WGRAD`] chooses, with the bias gradient where `bias`
+/// and the variant computes it on the way (conv_wgrad).
 #[allow(clippy::too_many_arguments)]
-fn wgrad_gemm(
+fn wgrad(
     dev: &Device,
     dy: &Array,
     x: &Array,
@@ -484,27 +645,25 @@ fn wgrad_gemm(
     oh: usize,
     ow: usize,
     spec: &Conv2dSpec,
-) -> Result<Array> {
-    let dw = Array::empty(dev, &ws)?;
-    let g = Geom {
-        m: ws[0],
-        n: ws[1] * ws[2] * ws[3],
-        k: xs[0] * oh * ow,
-        batch: 1,
-        conv: geom(xs, ws, oh, ow, spec),
-        ..Default::default()
+    bias: bool,
+) -> Result<(Array, Option<Array>)> {
+    let call = WgradCall {
+        x: xs,
+        w: ws,
+        oh,
+        ow,
+        spec: *spec,
+        gemm: GemmCall::conv_geom(Mode::ConvWeightGrad, xs, ws, oh, ow, spec),
     };
-    gemm(
-        dev,
-        Mode::ConvWeightGrad,
-        &dy.buf,
-        &x.buf,
-        None,
-        None,
-        &dw.buf,
-        &g,
-    )?;
-    Ok(dw)
+    match WGRAD.choose(dev, &call)?.name {
+        "conv_wgrad" => wgrad_direct(dev, dy, x, ws, oh, ow, spec, bias),
+        "conv_wgrad_sg" => Ok((wgrad_subgroup(dev, dy, x, ws, oh, ow, spec)?, None)),
+        _ => {
+            let dw = Array::empty(dev, &ws)?;
+            gemm(dev, &call.gemm, &dy.buf, &x.buf, None, None, &dw.buf, None)?;
+            Ok((dw, None))
+        }
+    }
 }
 
 /// What both weight-gradient kernels share: invocations per layer (one per input channel, kernel
@@ -582,9 +741,8 @@ fn sum_chunks(
     Ok((dw, Some(db)))
 }
 
-/// The weight gradient by conv.wgsl's `conv_wgrad` where the direct kernels apply (see
-/// [`force_direct`]) and an image of x and of dy each fit a uniform window, with the bias
-/// gradient too when `bias`; else by [`wgrad_subgroup`] (no bias); None where neither applies.
+/// The weight gradient by conv.wgsl's `conv_wgrad` (an image of x and of dy each fit a uniform
+/// window), with the bias gradient too when `bias`.
 #[allow(clippy::too_many_arguments)]
 fn wgrad_direct(
     dev: &Device,
@@ -595,16 +753,15 @@ fn wgrad_direct(
     ow: usize,
     spec: &Conv2dSpec,
     bias: bool,
-) -> Result<Option<(Array, Option<Array>)>> {
+) -> Result<(Array, Option<Array>)> {
     let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
     let [oc, _, kh, kw] = ws;
-    if !wants_direct(dev) {
-        return Ok(None);
-    }
-    let Some(runs) = uniform_runs(dev, &[(&x.buf, ic * h * w), (&dy.buf, oc * oh * ow)], n)? else {
-        let dw = wgrad_subgroup(dev, dy, x, ws, oh, ow, spec)?;
-        return Ok(dw.map(|dw| (dw, None)));
-    };
+    let runs = uniform_runs(dev, &[(&x.buf, ic * h * w), (&dy.buf, oc * oh * ow)], n)?.ok_or(
+        OpError::Invalid {
+            op: "conv2d_backward_weight",
+            message: "conv_wgrad: an image is larger than a uniform window".into(),
+        },
+    )?;
     let lay = WgradLayout::new(ic, oc, kh, kw, spec, true);
     let k = dev.kernel("conv", "conv_wgrad", &lay.consts)?;
     // Each dispatch sums a run's images in chunks, and where a run has fewer images than the
@@ -649,11 +806,11 @@ fn wgrad_direct(
         )?;
         chunk0 += run_chunks;
     }
-    sum_chunks(dev, part, chunks, ws, bias).map(Some)
+    sum_chunks(dev, part, chunks, ws, bias)
 }
 
 /// The weight gradient by conv_wgrad_sg.wgsl, for software adapters with subgroups where an
-/// image is too large for conv.wgsl's uniform windows; None without subgroups.
+/// image is too large for conv.wgsl's uniform windows.
 fn wgrad_subgroup(
     dev: &Device,
     dy: &Array,
@@ -662,14 +819,11 @@ fn wgrad_subgroup(
     oh: usize,
     ow: usize,
     spec: &Conv2dSpec,
-) -> Result<Option<Array>> {
+) -> Result<Array> {
     let [n, ic, h, w] = dims4("conv2d_backward_weight", "input", &x.shape)?;
     let [oc, _, kh, kw] = ws;
     let lay = WgradLayout::new(ic, oc, kh, kw, spec, false);
     let ocp = lay.ocp;
-    if !dev.capabilities().subgroups || n * oh * ow * ocp > 65535 * crate::WG as usize {
-        return Ok(None);
-    }
     // Each workgroup z sums over a chunk of images.
     let chunks = lay.want_chunks.clamp(1, n);
     let chunk = n.div_ceil(chunks);
@@ -700,7 +854,7 @@ fn wgrad_subgroup(
         &params,
         [u(lay.groups[0]), u(lay.groups[1]), u(chunks)],
     )?;
-    Ok(Some(sum_chunks(dev, part, chunks, ws, false)?.0))
+    Ok(sum_chunks(dev, part, chunks, ws, false)?.0)
 }
 
 /// `dbias[c]` = sum of dy over batch and space.

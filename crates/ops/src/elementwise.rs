@@ -117,12 +117,22 @@ impl Binary {
 pub fn unary(dev: &Device, x: &Array, op: Unary) -> Result<Array> {
     expect_dtype("unary", x, DType::F32)?;
     let out = Array::empty(dev, &x.shape)?;
-    let (a, b) = op.scalars();
-    let p = Params::new().u(x.numel() as u32).f(a).f(b);
-    let consts = [("OP", op.code() as f64)];
-    let bufs = [&x.buf, &out.buf];
-    launch_quads(dev, "elementwise", "unary", &consts, &bufs, &p, x.numel())?;
+    unary_into(dev, &x.buf, op, &out.buf, x.numel())?;
     Ok(out)
+}
+
+/// out[i] = f(x[i]) for the first `n` elements (`out` may be `x`).
+pub(crate) fn unary_into(
+    dev: &Device,
+    x: &crate::Buffer,
+    op: Unary,
+    out: &crate::Buffer,
+    n: usize,
+) -> Result<()> {
+    let (a, b) = op.scalars();
+    let p = Params::new().u(n as u32).f(a).f(b);
+    let consts = [("OP", op.code() as f64)];
+    launch_quads(dev, "elementwise", "unary", &consts, &[x, out], &p, n)
 }
 
 /// dx = f'(x) * dy.

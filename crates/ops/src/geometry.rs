@@ -25,6 +25,35 @@ impl Default for Conv2dSpec {
 }
 
 impl Conv2dSpec {
+    /// The implicit GEMM's convolution geometry (the GEMM shader's parameter words): cin, h, w,
+    /// cout, oh, ow, kh, kw, stride, padding and dilation (each height then width), for x:
+    /// [N, Ci, H, W] and w: [Co, Ci, KH, KW].
+    pub(crate) fn gemm_geom(
+        &self,
+        x: [usize; 4],
+        w: [usize; 4],
+        oh: usize,
+        ow: usize,
+    ) -> [usize; 14] {
+        let s = self;
+        [
+            x[1],
+            x[2],
+            x[3],
+            w[0],
+            oh,
+            ow,
+            w[2],
+            w[3],
+            s.stride.0,
+            s.stride.1,
+            s.padding.0,
+            s.padding.1,
+            s.dilation.0,
+            s.dilation.1,
+        ]
+    }
+
     /// Output extent along one axis, as PyTorch computes it; None when the window does not fit.
     pub fn out_len(
         input: usize,

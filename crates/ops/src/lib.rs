@@ -14,6 +14,7 @@ pub mod finite;
 pub mod geometry;
 pub mod half;
 pub mod int8;
+pub mod kernels;
 pub mod layout;
 pub mod lookup;
 pub mod mask;
@@ -28,7 +29,7 @@ pub mod rnn;
 pub mod softmax;
 pub mod testing;
 
-pub use kiln_device::{Buffer, DType, Device, DeviceError, Element, Params, Plan};
+pub use kiln_device::{Buffer, DType, Device, DeviceError, Element, KernelPolicy, Params, Plan};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -208,25 +209,6 @@ pub(crate) fn expect_nonempty(op: &'static str, a: &Array) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// A test switch over an automatic choice: `None` leaves the choice to the op, `Some(b)` forces it.
-pub(crate) struct Switch(std::sync::atomic::AtomicU8);
-
-impl Switch {
-    pub(crate) const fn new() -> Switch {
-        Switch(std::sync::atomic::AtomicU8::new(0))
-    }
-    pub(crate) fn set(&self, force: Option<bool>) {
-        let v = force.map_or(0, |b| 1 + b as u8);
-        self.0.store(v, std::sync::atomic::Ordering::Relaxed);
-    }
-    pub(crate) fn get(&self) -> Option<bool> {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => None,
-            v => Some(v == 2),
-        }
-    }
 }
 
 /// `buf`, or a one-element placeholder for a binding the kernel leaves unread without it.

@@ -1,30 +1,39 @@
 //! Batched matmul with either operand transposed (a stride swap, no copy) and an optional fused
 //! bias, on the shared tiled GEMM kernel (`shaders/gemm.wgsl`), which also runs the convolutions.
 //!
+//! The kernel comes from a variant table ([`GEMM`], [`GEMM_F16`]; names in [`crate::kernels`]):
+//! on GPUs, register-blocked tiles up to 128 x 128 with 16-byte loads on interior tiles; on
+//! software adapters, kernels shaped for a CPU running WGSL: 2-D f32 matmuls read both operands
+//! through 64 KiB uniform windows (`shaders/gemm_uniform.wgsl`), which lavapipe gathers four to
+//! five times faster than it loads storage buffers, and batched ones take `gemm_sg` or
+//! `gemm_direct`.
+//!
 //! f16 operands (mixed precision: f16 inputs, f32 accumulation and output) run on cooperative
 //! matrices (`shaders/gemm_coop.wgsl`) where the adapter has them, and otherwise are widened to
-//! f32 and take the f32 path; [`force_coop`] pins either path for tests.
+//! f32 and take the f32 path.
 //!
-//! On software adapters, 2-D f32 matmuls read both operands through 64 KiB uniform windows
-//! (`shaders/gemm_uniform.wgsl`), which lavapipe gathers four to five times faster than it loads
-//! storage buffers; batched ones take `gemm_sg` or `gemm_direct`.
+//! [`matmul_bias_act`] fuses an activation after the bias into the tiles' epilogue.
 
+use crate::elementwise::Unary;
 use crate::half::{cast, cast_f16_scaled};
+use crate::kernels::{all_fit, binding_fits, KernelSpec, Planned};
 use crate::reduce::{reduce, reduce_raw, sum_to, Reduce};
-use std::sync::atomic::Ordering::Relaxed;
-
-use crate::Switch;
 use crate::{
     expect_dtype, or_placeholder, uniform_runs, Array, Buffer, DType, Device, OpError, Params,
-    Result, UniformRun,
+    Result, UniformRun, WINDOW_FLOATS,
 };
+use kiln_device::{Variant, VariantTable};
 
 /// Which operands the GEMM kernel reads, and how (the shader's MODE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub enum Mode {
+    /// C = op(A) op(B), strided.
     Matmul = 0,
+    /// Convolution forward as implicit GEMM.
     ConvForward = 1,
+    /// Convolution input gradient as implicit GEMM.
     ConvInputGrad = 2,
+    /// Convolution weight gradient as implicit GEMM.
     ConvWeightGrad = 3,
 }
 
@@ -43,75 +52,436 @@ pub(crate) struct Geom {
     pub conv: [usize; 14],
 }
 
-/// How the GEMM kernel is run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GemmPath {
-    /// `gemm`: workgroup tiles staged through shared memory, a 4 x 4 register block per
-    /// invocation (tm x tn invocations, bk-deep K slabs). For GPUs.
-    Tiled {
-        /// Invocations along M.
-        tm: u32,
-        /// Invocations along N.
-        tn: u32,
-        /// K slab depth.
-        bk: u32,
-    },
-    /// `gemm_direct`: an rm x rn register block per invocation read straight from memory.
-    /// For software adapters, where shared memory saves nothing.
-    Direct {
-        /// Outputs per invocation along M (at most 8).
-        rm: u32,
-        /// Outputs per invocation along N (at most 8).
-        rn: u32,
-    },
-    /// `gemm_sg` (shaders/gemm_sg.wgsl): matmul only, vec4-aligned operands, on software
-    /// adapters with subgroups. A workgroup shares 32 rows of A, which the invocations of a
-    /// subgroup load once between them and pass round by subgroup shuffles.
-    Subgroup {
-        /// A's vec4s run along M (A transposed) rather than K.
-        a_mv: bool,
-        /// B's vec4s run along K (B transposed) rather than N.
-        b_kv: bool,
-        /// Invocations per workgroup, each owning four columns of C: no more than N needs
-        /// (down to the subgroup size), so that narrow outputs leave no lanes idle.
-        wx: u32,
-    },
-    /// `gemm_coop8` / `gemm_coop16` (shaders/gemm_coop.wgsl): f16 A and B, f32 accumulation, on
-    /// the adapter's cooperative matrices of `size` x `size`.
-    Coop {
-        /// Fragment size: 8 or 16.
-        size: u32,
-    },
+/// An activation fused into a GEMM's epilogue (after the bias).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    /// None: the product plus bias.
+    #[default]
+    None,
+    /// max(x, 0).
+    Relu,
+    /// x * Phi(x), the erf form (PyTorch's default).
+    Gelu,
+    /// tanh x.
+    Tanh,
+    /// 1 / (1 + e^-x).
+    Sigmoid,
 }
 
-/// Computing subgroups of a `gemm_coop` workgroup along M and along N; each owns 2 x 2 fragments.
+impl Activation {
+    /// The shader's ACT code.
+    fn code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Relu => 1,
+            Activation::Gelu => 2,
+            Activation::Tanh => 3,
+            Activation::Sigmoid => 4,
+        }
+    }
+
+    /// The element-wise op with the same function (and gradient).
+    pub fn unary(self) -> Option<Unary> {
+        match self {
+            Activation::None => None,
+            Activation::Relu => Some(Unary::Relu),
+            Activation::Gelu => Some(Unary::Gelu),
+            Activation::Tanh => Some(Unary::Tanh),
+            Activation::Sigmoid => Some(Unary::Sigmoid),
+        }
+    }
+}
+
+/// One GEMM to run, as the kernel choice sees it: the geometry, the operand type, and what the
+/// kernels need to know of the buffers.
+#[derive(Clone, Debug)]
+pub struct GemmCall {
+    pub(crate) mode: Mode,
+    pub(crate) g: Geom,
+    /// f16 A and B (cooperative matrices).
+    pub(crate) f16: bool,
+    /// Elements of A, B and C.
+    pub(crate) lens: [usize; 3],
+    /// Whether A, B and C can be bound as arrays of 16-byte quads.
+    pub(crate) quads: [bool; 3],
+    /// Both operands 2-D (no batch dimension): gemm_uniform's case.
+    pub(crate) plain: bool,
+    /// The activation to fuse, and whether to keep the value before it.
+    pub(crate) act: Activation,
+    pub(crate) pre: bool,
+}
+
+impl GemmCall {
+    /// A matmul `[batch] x op(A) [m, k] x op(B) [k, n]` (`ta`/`tb`: stored transposed;
+    /// `a_batched`/`b_batched`: the operand has the batch dimension, else it is shared), for
+    /// planning: buffers are assumed pool-allocated (16-byte quads).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        batch: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        a_batched: bool,
+        b_batched: bool,
+        f16: bool,
+    ) -> GemmCall {
+        let a_strides = if ta { [1, m] } else { [k, 1] };
+        let b_strides = if tb { [1, k] } else { [n, 1] };
+        let g = Geom {
+            m,
+            n,
+            k,
+            batch,
+            a: [
+                if a_batched { m * k } else { 0 },
+                a_strides[0],
+                a_strides[1],
+            ],
+            b: [
+                if b_batched { k * n } else { 0 },
+                b_strides[0],
+                b_strides[1],
+            ],
+            c: [m * n, n, 1],
+            bias_mode: 1,
+            conv: [0; 14],
+        };
+        let ba = if a_batched { batch } else { 1 };
+        let bb = if b_batched { batch } else { 1 };
+        GemmCall {
+            mode: Mode::Matmul,
+            g,
+            f16,
+            lens: [ba * m * k, bb * k * n, batch * m * n],
+            quads: [true; 3],
+            plain: !a_batched && !b_batched && batch == 1,
+            act: Activation::None,
+            pre: false,
+        }
+    }
+
+    /// The implicit GEMM of a convolution pass (x: [N, Ci, H, W], w: [Co, Ci, KH, KW]), for
+    /// planning.
+    pub fn conv(
+        mode: Mode,
+        x: [usize; 4],
+        w: [usize; 4],
+        spec: &crate::geometry::Conv2dSpec,
+    ) -> crate::Result<GemmCall> {
+        let (oh, ow) = spec.out_hw("conv2d", x[2], x[3], w[2], w[3])?;
+        Ok(Self::conv_geom(mode, x, w, oh, ow, spec))
+    }
+
+    pub(crate) fn conv_geom(
+        mode: Mode,
+        x: [usize; 4],
+        w: [usize; 4],
+        oh: usize,
+        ow: usize,
+        spec: &crate::geometry::Conv2dSpec,
+    ) -> GemmCall {
+        let conv = spec.gemm_geom(x, w, oh, ow);
+        let (xl, wl, yl) = (
+            x.iter().product(),
+            w.iter().product(),
+            x[0] * w[0] * oh * ow,
+        );
+        let (m, n, k, lens, bias_mode) = match mode {
+            Mode::ConvForward => (w[0], x[0] * oh * ow, w[1] * w[2] * w[3], [wl, xl, yl], 2),
+            Mode::ConvInputGrad => (
+                w[1],
+                x[0] * x[2] * x[3],
+                w[0] * w[2] * w[3],
+                [wl, yl, xl],
+                0,
+            ),
+            _ => (w[0], w[1] * w[2] * w[3], x[0] * oh * ow, [yl, xl, wl], 0),
+        };
+        GemmCall {
+            mode,
+            g: Geom {
+                m,
+                n,
+                k,
+                batch: 1,
+                bias_mode,
+                conv,
+                ..Default::default()
+            },
+            f16: false,
+            lens,
+            quads: [true; 3],
+            plain: false,
+            act: Activation::None,
+            pre: false,
+        }
+    }
+
+    /// The same call with an activation fused after the bias (`pre`: keep the value before it).
+    pub fn with_activation(mut self, act: Activation, pre: bool) -> GemmCall {
+        self.act = act;
+        self.pre = pre && act != Activation::None;
+        self
+    }
+
+    fn software(&self, dev: &Device) -> bool {
+        dev.adapter_profile().is_software
+    }
+}
+
+/// The f32 GEMM's variants, most preferred first (see [`crate::kernels`]). The first four suit
+/// software adapters, where a load costs far more than a multiply-add and shared memory saves
+/// nothing; the tiles suit GPUs; `gemm_direct` runs anything anywhere.
+pub static GEMM: VariantTable<GemmCall> = VariantTable {
+    family: "matmul",
+    variants: &[
+        Variant {
+            name: "gemm_uniform",
+            supports: |d, c| gemm_supports(d, c, "gemm_uniform"),
+            prefers: |d, c| c.software(d) && uniform_blocks(d, c) <= MAX_UNIFORM_BLOCKS,
+        },
+        Variant {
+            name: "gemm_sg",
+            supports: |d, c| gemm_supports(d, c, "gemm_sg"),
+            prefers: |d, c| c.software(d),
+        },
+        Variant {
+            name: "gemm_direct_ua",
+            supports: |d, c| gemm_supports(d, c, "gemm_direct_ua"),
+            prefers: |d, c| c.software(d),
+        },
+        Variant {
+            name: "gemm_4x4",
+            supports: |d, c| gemm_supports(d, c, "gemm_4x4"),
+            // Mesa 25's llvmpipe gathers storage loads where 22.3 loaded one lane at a time,
+            // and the shared-memory tiles then pay off on large outputs (conv3x3_128's
+            // forward: 5.2 GFLOP/s against 1.8); small ones (LSTM gates) stay direct.
+            prefers: |d, c| {
+                c.software(d)
+                    && c.g.m >= 64
+                    && c.g.n >= 64
+                    && d.adapter_profile().mesa_version >= Some((25, 0))
+            },
+        },
+        Variant {
+            name: "gemm_128x128",
+            supports: |d, c| gemm_supports(d, c, "gemm_128x128"),
+            prefers: |d, c| !c.software(d) && c.g.m >= 256 && c.g.n >= 256,
+        },
+        Variant {
+            name: "gemm_128x64",
+            supports: |d, c| gemm_supports(d, c, "gemm_128x64"),
+            prefers: |d, c| !c.software(d) && c.g.m >= 128 && c.g.n >= 64,
+        },
+        Variant {
+            name: "gemm_64x64",
+            supports: |d, c| gemm_supports(d, c, "gemm_64x64"),
+            prefers: |d, c| !c.software(d) && c.g.m > 16 && c.g.n > 16,
+        },
+        Variant {
+            name: "gemm_16x64",
+            supports: |d, c| gemm_supports(d, c, "gemm_16x64"),
+            prefers: |d, c| !c.software(d) && c.g.m <= 16,
+        },
+        Variant {
+            name: "gemm_64x16",
+            supports: |d, c| gemm_supports(d, c, "gemm_64x16"),
+            prefers: |d, c| !c.software(d),
+        },
+        Variant {
+            name: "gemm_direct",
+            supports: |d, c| gemm_supports(d, c, "gemm_direct"),
+            prefers: |_, _| true,
+        },
+    ],
+};
+
+/// The f16 GEMM's variants (f16 A and B, f32 accumulation and C): cooperative matrices of the
+/// adapter's fragment size, 128 x 128 per workgroup (64 x 64 per subgroup) or 64 x 64 for small
+/// outputs; else the operands widen to f32.
+pub static GEMM_F16: VariantTable<GemmCall> = VariantTable {
+    family: "matmul_f16",
+    variants: &[
+        Variant {
+            name: "coop16",
+            supports: |d, c| coop_supports(d, c, COOP16),
+            prefers: |_, c| c.g.m > 64 && c.g.n > 64,
+        },
+        Variant {
+            name: "coop16_small",
+            supports: |d, c| coop_supports(d, c, COOP16_SMALL),
+            prefers: |_, _| true,
+        },
+        Variant {
+            name: "coop8",
+            supports: |d, c| coop_supports(d, c, COOP8),
+            prefers: |_, c| c.g.m > 64 && c.g.n > 64,
+        },
+        Variant {
+            name: "coop8_small",
+            supports: |d, c| coop_supports(d, c, COOP8_SMALL),
+            prefers: |_, _| true,
+        },
+        Variant {
+            name: "widen",
+            supports: |_, _| Ok(()),
+            prefers: |_, _| true,
+        },
+    ],
+};
+
+/// A cooperative-matrix tile: fragment size, fragments per subgroup along M and N (2 x 2
+/// computing subgroups per workgroup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CoopTile {
+    s: u32,
+    f: u32,
+}
+
+const COOP16: CoopTile = CoopTile { s: 16, f: 4 };
+const COOP16_SMALL: CoopTile = CoopTile { s: 16, f: 2 };
+const COOP8: CoopTile = CoopTile { s: 8, f: 8 };
+const COOP8_SMALL: CoopTile = CoopTile { s: 8, f: 4 };
+
+fn coop_tile_of(variant: &str) -> Option<CoopTile> {
+    match variant {
+        "coop16" => Some(COOP16),
+        "coop16_small" => Some(COOP16_SMALL),
+        "coop8" => Some(COOP8),
+        "coop8_small" => Some(COOP8_SMALL),
+        _ => None,
+    }
+}
+
+/// Computing subgroups of a `gemm_coop` workgroup along M and along N.
 const COOP_SGM: u32 = 2;
 const COOP_SGN: u32 = 2;
-/// K slab depth of `gemm_coop` (a multiple of both fragment sizes).
-const COOP_BK: u32 = 32;
 
-/// Forces the f16 matmul path (tests and benchmarks): `Some(true)` cooperative matrices (an error
-/// where the adapter has none), `Some(false)` widen to f32; `None` restores the automatic choice.
-pub fn force_coop(path: Option<bool>) {
-    FORCE_COOP.set(path);
+/// How a cooperative tile runs a call: the bounds-checked kernel, the 16-byte-load kernel for
+/// interior tiles where the layout allows it, the workgroup block and the slab depth.
+struct CoopPlan {
+    checked: KernelSpec,
+    words: Option<KernelSpec>,
+    block: usize,
+    bk: u32,
 }
-static FORCE_COOP: Switch = Switch::new();
 
-/// The cooperative-matrix size f16 matmuls use on this adapter: `Ok(None)` means they widen to
-/// f32 instead; forcing cooperative matrices where there are none is an error.
+fn coop_plan(dev: &Device, c: &GemmCall, t: CoopTile, alpha: bool) -> Option<CoopPlan> {
+    let prof = dev.adapter_profile();
+    let max_sg = prof.subgroup_max();
+    let min_sg = match prof.subgroup_min_size {
+        0 => max_sg,
+        s => s.min(max_sg),
+    };
+    let g = &c.g;
+    let (a_kfast, b_nfast) = (g.a[2] == 1, g.b[2] == 1);
+    let block = (t.s * t.f * COOP_SGM) as usize;
+    // The deepest slab whose double buffers fit the workgroup memory.
+    for bk in [32, 16] {
+        let consts = [
+            ("S", t.s as f64),
+            ("SGM", COOP_SGM as f64),
+            ("SGN", COOP_SGN as f64),
+            ("FM", t.f as f64),
+            ("FN", t.f as f64),
+            ("SG", max_sg as f64),
+            ("MIN_SG", min_sg as f64),
+            ("BK", bk as f64),
+            ("ALPHA", alpha as u8 as f64),
+            ("A_KFAST", a_kfast as u8 as f64),
+            ("B_NFAST", b_nfast as u8 as f64),
+        ];
+        let checked = KernelSpec::new("gemm_coop", &format!("gemm_coop{}", t.s), &consts);
+        if checked.fits(dev).is_err() {
+            continue;
+        }
+        // 16-byte loads: eight f16 along each operand's contiguous dimension from aligned
+        // offsets, whole slabs.
+        let al = |v: usize| v.is_multiple_of(8);
+        let a_ok = al(g.a[0])
+            && if a_kfast {
+                al(g.a[1])
+            } else {
+                g.a[1] == 1 && al(g.a[2])
+            };
+        let b_ok = al(g.b[0])
+            && if b_nfast {
+                al(g.b[1])
+            } else {
+                g.b[1] == 1 && al(g.b[2])
+            };
+        let words = (a_ok
+            && b_ok
+            && g.k.is_multiple_of(bk as usize)
+            && c.quads[0]
+            && c.quads[1]
+            && g.m >= block
+            && g.n >= block)
+            .then(|| KernelSpec::new("gemm_coop", &format!("gemm_coop{}v", t.s), &consts));
+        return Some(CoopPlan {
+            checked,
+            words,
+            block,
+            bk,
+        });
+    }
+    None
+}
+
+fn coop_supports(dev: &Device, c: &GemmCall, t: CoopTile) -> std::result::Result<(), String> {
+    if !c.f16 || c.mode != Mode::Matmul {
+        return Err("takes f16 matmuls only".into());
+    }
+    if !dev.adapter_profile().coop_f16_sizes.contains(&t.s) {
+        return Err(format!(
+            "the adapter has no {0} x {0} f16 cooperative matrix with f32 accumulators",
+            t.s
+        ));
+    }
+    for &len in &c.lens {
+        binding_fits(dev, len as u64 * 4)?;
+    }
+    let plan = coop_plan(dev, c, t, false).ok_or("no slab depth fits the workgroup memory")?;
+    let mut specs = vec![plan.checked];
+    specs.extend(plan.words);
+    all_fit(dev, &specs)
+}
+
+/// The cooperative-matrix size f16 matmuls use on this device (its policy included): `Ok(None)`
+/// means they widen to f32 instead.
 pub fn coop_size(dev: &Device) -> Result<Option<u32>> {
-    let size = dev.cooperative_f16_f32_sizes().first().copied();
-    match FORCE_COOP.get() {
-        Some(false) => Ok(None),
-        Some(true) if size.is_none() => Err(OpError::Device(
-            kiln_device::DeviceError::MissingFeature("cooperative-matrix (f16 x f16 + f32)"),
-        )),
-        _ => Ok(size),
+    let probe = GemmCall::matmul(1, 128, 128, 128, false, false, false, false, true);
+    Ok(coop_tile_of(GEMM_F16.choose(dev, &probe)?.name).map(|t| t.s))
+}
+
+/// A GPU tile: workgroup tile TBM x TBN, TRM x TRN outputs per invocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tile {
+    bm: usize,
+    bn: usize,
+    rm: usize,
+    rn: usize,
+}
+
+/// K slab depth of the GPU tiles.
+const TILE_BK: usize = 8;
+
+fn tile_of(variant: &str) -> Option<Tile> {
+    let t = |bm, bn, rm, rn| Some(Tile { bm, bn, rm, rn });
+    match variant {
+        "gemm_128x128" => t(128, 128, 8, 8),
+        "gemm_128x64" => t(128, 64, 8, 4),
+        "gemm_64x64" => t(64, 64, 4, 4),
+        "gemm_16x64" => t(16, 64, 4, 4),
+        "gemm_64x16" => t(64, 16, 4, 4),
+        _ => None,
     }
 }
 
 /// Whether `gemm_sg` can read both operands as aligned vec4s, and along which dimensions:
-/// `Some((a_mv, b_kv))` as in [`GemmPath::Subgroup`].
+/// `Some((a_mv, b_kv))` (A's vec4s run along M, B's along K).
 fn vec4_layout(g: &Geom) -> Option<(bool, bool)> {
     let al = |v: usize| v.is_multiple_of(4);
     if !al(g.k) || !al(g.a[0]) || !al(g.b[0]) {
@@ -134,162 +504,17 @@ fn vec4_layout(g: &Geom) -> Option<(bool, bool)> {
     Some((a_mv, b_kv))
 }
 
-/// Forces a GEMM path (tests and benchmarks); `None` restores the automatic choice.
-pub fn force_path(path: Option<bool>) {
-    FORCE.set(path);
-}
-static FORCE: Switch = Switch::new();
-
-/// Whether f32 GEMMs take the GPU kernels (tiles) rather than the software ones: on GPUs, unless
-/// [`force_path`] says otherwise.
-fn tiled(dev: &Device) -> bool {
-    FORCE.get().unwrap_or(!dev.adapter().is_software)
-}
-
-/// Turns uniform-buffer reads in software matmuls on (the default) or off (tests): `gemm_uniform`
-/// and `gemm_direct`'s copy of a small A.
-pub fn use_uniform_a(on: bool) {
-    UNIFORM_A.store(on, Relaxed);
-}
-static UNIFORM_A: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Lets matmuls on software adapters with subgroups use `gemm_sg` (the default), or not (tests).
-pub fn use_subgroups(on: bool) {
-    SUBGROUPS.store(on, Relaxed);
-}
-static SUBGROUPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
 /// Floats in gemm.wgsl's uniform array `au` (64 KiB).
 const AU_FLOATS: usize = 16384;
-
-impl GemmPath {
-    /// The path for an M x N output: the direct kernel on software adapters, tiles on GPUs; either
-    /// way narrow along a small M or N, so small layers (LeNet's six channels) do not compute
-    /// mostly padding. [`force_path`] overrides the choice (`Some(true)`: tiled).
-    pub fn choose(dev: &Device, m: usize, n: usize) -> GemmPath {
-        if tiled(dev) {
-            GemmPath::tiled(m, n)
-        } else {
-            // 8 x 8 measured best on lavapipe: speed follows products per load instruction.
-            GemmPath::Direct {
-                rm: m.min(8) as u32,
-                rn: n.min(8) as u32,
-            }
-        }
-    }
-
-    /// The tiled kernel, narrowed along a small M or N.
-    fn tiled(m: usize, n: usize) -> GemmPath {
-        let tm = (m.div_ceil(4).next_power_of_two() as u32).clamp(1, 16);
-        let tn = (256 / tm)
-            .min(n.div_ceil(4).next_power_of_two() as u32)
-            .max(1);
-        GemmPath::Tiled { tm, tn, bk: 16 }
-    }
-
-    /// Output rows and columns one workgroup covers.
-    fn block(&self) -> (usize, usize) {
-        match *self {
-            GemmPath::Tiled { tm, tn, .. } => (4 * tm as usize, 4 * tn as usize),
-            GemmPath::Direct { rm, rn } => (rm as usize, DIRECT_WX * rn as usize),
-            GemmPath::Subgroup { wx, .. } => (SG_RM, wx as usize * 4),
-            GemmPath::Coop { size } => (
-                (2 * size * COOP_SGM) as usize,
-                (2 * size * COOP_SGN) as usize,
-            ),
-        }
-    }
-}
-
 const DIRECT_WX: usize = 64;
 /// Rows of C per `gemm_sg` workgroup (32 measured best on lavapipe).
 const SG_RM: usize = 32;
 
-/// Runs the GEMM kernel, splitting K across workgroups when the output alone would leave the
-/// adapter idle (long K, few output tiles: weight gradients), then summing the partials.
-///
-/// `alpha`, a one-element device buffer, scales C (before the bias); only f16 operands take it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(
-    dev: &Device,
-    mode: Mode,
-    a: &Buffer,
-    b: &Buffer,
-    bias: Option<&Buffer>,
-    alpha: Option<&Buffer>,
-    c: &Buffer,
-    g: &Geom,
-) -> Result<()> {
-    if g.m == 0 || g.n == 0 || g.batch == 0 {
-        return Ok(());
-    }
-    let mut path = GemmPath::choose(dev, g.m, g.n);
-    if a.dtype() == DType::F16 {
-        let size = coop_size(dev)?.ok_or(OpError::Invalid {
-            op: "gemm",
-            message: "f16 operands need cooperative matrices (matmul widens them otherwise)".into(),
-        })?;
-        path = GemmPath::Coop { size };
-    } else if alpha.is_some() {
-        return Err(OpError::Invalid {
-            op: "gemm",
-            message: "an alpha buffer is only taken with f16 operands".into(),
-        });
-    }
-    // A small A is read through a uniform copy (see gemm.wgsl); loads of A then cost little, so
-    // the register block grows along M, where each loaded B element is reused.
-    let a_uniform =
-        matches!(path, GemmPath::Direct { .. }) && a.len() <= AU_FLOATS && UNIFORM_A.load(Relaxed);
-    let sg = matches!(path, GemmPath::Direct { .. })
-        && mode == Mode::Matmul
-        && dev.capabilities().subgroups
-        && SUBGROUPS.load(Relaxed);
-    if let Some((a_mv, b_kv)) = vec4_layout(g).filter(|_| sg) {
-        // Four columns per invocation: N = 64 needs 16 invocations, not 64 with 48 idle.
-        let sg = (dev.adapter().subgroup_max_size as usize).max(8);
-        let wx =
-            g.n.div_ceil(4)
-                .next_power_of_two()
-                .clamp(sg.min(DIRECT_WX), DIRECT_WX) as u32;
-        path = GemmPath::Subgroup { a_mv, b_kv, wx };
-    } else if a_uniform {
-        // The kernel's block: up to 16 rows by 4 columns.
-        path = GemmPath::Direct {
-            rm: g.m.min(16) as u32,
-            rn: 4,
-        };
-    } else if matches!(path, GemmPath::Direct { .. })
-        && FORCE.get().is_none()
-        && g.m >= 64
-        && g.n >= 64
-        && dev.adapter().mesa_version >= Some((25, 0))
-    {
-        // Mesa 25's llvmpipe gathers storage loads where 22.3 loaded one lane at a time, and the
-        // shared-memory tiles then pay off on large outputs (conv3x3_128's forward: 5.2 GFLOP/s
-        // against 1.8); small ones (LSTM gates) stay direct.
-        path = GemmPath::tiled(g.m, g.n);
-    }
-    let (bm, bn) = path.block();
-    let tiles = g.m.div_ceil(bm) * g.n.div_ceil(bn) * g.batch;
-    let target = if dev.adapter().is_software { 16 } else { 128 };
-    let bk = 16;
-    let mut splits = 1;
-    if tiles < target && g.k >= 8 * bk {
-        splits = (target / tiles).min(g.k / (4 * bk)).clamp(1, 64);
-    }
-    let chunk = g.k.div_ceil(splits).next_multiple_of(bk).max(bk);
-    let splits = g.k.div_ceil(chunk).max(1);
-    let c_size = c.len();
-    let partial;
-    let target_buf = if splits > 1 {
-        partial = dev.alloc(c_size * splits, DType::F32)?;
-        &partial
-    } else {
-        c
-    };
-    let cg = &g.conv; // cin, h, w, cout, oh, ow, kh, kw, sh, sw, ...
-    let mut consts: Vec<(&str, f64)> = vec![("MODE", mode as u32 as f64)];
-    if mode != Mode::Matmul {
+/// The override constants every gemm.wgsl kernel takes for the MODE's addressing.
+fn mode_consts(c: &GemmCall) -> Vec<(&'static str, f64)> {
+    let cg = &c.g.conv; // cin, h, w, cout, oh, ow, kh, kw, sh, sw, ...
+    let mut consts: Vec<(&str, f64)> = vec![("MODE", c.mode as u32 as f64)];
+    if c.mode != Mode::Matmul {
         consts.extend([
             ("CKW", cg[7] as f64),
             ("CKHW", (cg[6] * cg[7]) as f64),
@@ -301,100 +526,472 @@ pub(crate) fn gemm(
             ("CSW", cg[9] as f64),
         ]);
     }
-    let k = match path {
-        GemmPath::Tiled { tm, tn, bk } => {
-            consts.extend([("TM", tm as f64), ("TN", tn as f64), ("BK", bk as f64)]);
-            dev.kernel("gemm", "gemm", &consts)?
+    consts
+}
+
+/// Whether gemm_tile4 may run a call's interior tiles: a matmul whose operands and C allow
+/// 16-byte loads and stores with no bounds tests, and a K of whole slabs.
+fn tile4_layout(c: &GemmCall, splits: usize) -> Option<(bool, bool)> {
+    let g = &c.g;
+    let al = |v: usize| v.is_multiple_of(4);
+    if c.mode != Mode::Matmul || !g.k.is_multiple_of(TILE_BK) || !c.quads.iter().all(|&q| q) {
+        return None;
+    }
+    let a_kfast = if g.a[2] == 1 && al(g.a[1]) && al(g.a[0]) {
+        true
+    } else if g.a[1] == 1 && al(g.a[2]) && al(g.a[0]) {
+        false
+    } else {
+        return None;
+    };
+    let b_nfast = if g.b[2] == 1 && al(g.b[1]) && al(g.b[0]) {
+        true
+    } else if g.b[1] == 1 && al(g.b[2]) && al(g.b[0]) {
+        false
+    } else {
+        return None;
+    };
+    let c_ok = g.c[2] == 1 && al(g.c[1]) && al(g.c[0]) && (splits == 1 || al(c.lens[2]));
+    c_ok.then_some((a_kfast, b_nfast))
+}
+
+/// How a variant runs a call: its pipelines, and its workgroup block and K split.
+struct GemmPlan {
+    /// Pipelines: the main one first; a GPU tile's interior kernel second where it has one.
+    specs: Vec<KernelSpec>,
+    /// Output rows and columns one workgroup covers.
+    block: (usize, usize),
+    splits: usize,
+    chunk: usize,
+}
+
+/// The variant's pipelines for `c` (None where the variant cannot express the call at all).
+fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
+    let g = &c.g;
+    let mut consts = mode_consts(c);
+    let (specs, block, bk) = match variant {
+        "gemm_uniform" => (
+            vec![KernelSpec::new(
+                "gemm_uniform",
+                "gemm_uniform",
+                &[("WX", uniform_wx(c.g.n) as f64)],
+            )],
+            (g.m, g.n),
+            1,
+        ),
+        "gemm_sg" => {
+            let (a_mv, b_kv) = vec4_layout(g)?;
+            // Four columns per invocation: N = 64 needs 16 invocations, not 64 with 48 idle.
+            let sg = (dev.adapter_profile().subgroup_max_size as usize).max(8);
+            let wx =
+                g.n.div_ceil(4)
+                    .next_power_of_two()
+                    .clamp(sg.min(DIRECT_WX), DIRECT_WX);
+            let spec = KernelSpec::new(
+                "gemm_sg",
+                "gemm_sg",
+                &[
+                    ("RM", SG_RM as f64),
+                    ("WX", wx as f64),
+                    ("A_MV", a_mv as u8 as f64),
+                    ("B_KV", b_kv as u8 as f64),
+                ],
+            );
+            (vec![spec], (SG_RM, wx * 4), 16)
         }
-        GemmPath::Direct { rm, rn } => {
+        "gemm_direct" | "gemm_direct_ua" => {
+            let ua = variant == "gemm_direct_ua";
+            // With A read through the uniform copy, loads of A cost little, so the register
+            // block grows along M, where each loaded B element is reused; else 8 x 8 measured
+            // best on lavapipe (speed follows products per load instruction).
+            let (rm, rn) = if ua {
+                (g.m.min(16), 4)
+            } else {
+                (g.m.min(8), g.n.min(8))
+            };
             consts.extend([
                 ("RM", rm as f64),
                 ("RN", rn as f64),
                 ("WX", DIRECT_WX as f64),
                 ("WY", 1.0),
-                ("A_UNIFORM", if a_uniform { 1.0 } else { 0.0 }),
+                ("A_UNIFORM", ua as u8 as f64),
             ]);
-            dev.kernel("gemm", "gemm_direct", &consts)?
+            let mut specs = vec![KernelSpec::new("gemm", "gemm_direct", &consts)];
+            if ua {
+                specs.push(KernelSpec::new("fill", "copy", &[]));
+            }
+            (specs, (rm, DIRECT_WX * rn), 16)
         }
-        GemmPath::Coop { size } => {
-            let info = dev.adapter();
-            // Unknown subgroup sizes (0): assume 32, the common GPU size.
-            let max_sg = match info.subgroup_max_size {
-                0 => 32,
-                s => s,
-            };
-            let min_sg = match info.subgroup_min_size {
-                0 => max_sg,
-                s => s.min(max_sg),
-            };
-            consts = vec![
-                ("S", size as f64),
-                ("SGM", COOP_SGM as f64),
-                ("SGN", COOP_SGN as f64),
-                ("SG", max_sg as f64),
-                ("MIN_SG", min_sg as f64),
-                ("BK", COOP_BK as f64),
-                ("ALPHA", alpha.is_some() as u8 as f64),
-                ("A_KFAST", (g.a[2] == 1) as u8 as f64),
-                ("B_NFAST", (g.b[2] == 1) as u8 as f64),
-            ];
-            dev.kernel("gemm_coop", &format!("gemm_coop{size}"), &consts)?
+        "gemm_4x4" => {
+            consts.extend([("TM", 16.0), ("TN", 16.0), ("BK", 16.0)]);
+            (vec![KernelSpec::new("gemm", "gemm", &consts)], (64, 64), 16)
         }
-        GemmPath::Subgroup { a_mv, b_kv, wx } => dev.kernel(
-            "gemm_sg",
-            "gemm_sg",
-            &[
-                ("RM", SG_RM as f64),
-                ("WX", wx as f64),
-                ("A_MV", a_mv as u8 as f64),
-                ("B_KV", b_kv as u8 as f64),
-            ],
-        )?,
+        name => {
+            let t = tile_of(name)?;
+            consts.extend([
+                ("TBM", t.bm as f64),
+                ("TBN", t.bn as f64),
+                ("TRM", t.rm as f64),
+                ("TRN", t.rn as f64),
+                ("TBK", TILE_BK as f64),
+                ("ACT", c.act.code() as f64),
+                ("PRE", c.pre as u8 as f64),
+            ]);
+            let edge = [consts.clone(), vec![("CHECK", 1.0)]].concat();
+            (
+                vec![KernelSpec::new("gemm", "gemm_tile", &edge)],
+                (t.bm, t.bn),
+                TILE_BK,
+            )
+        }
     };
-    let bias_buf = &or_placeholder(dev, bias)?;
+    let (splits, chunk) = k_split(dev, g, block, bk, variant == "gemm_uniform");
+    let mut plan = GemmPlan {
+        specs,
+        block,
+        splits,
+        chunk,
+    };
+    if let Some(t) = tile_of(variant) {
+        // The interior tiles take a kernel without bounds tests where K is whole slabs.
+        if g.k.is_multiple_of(TILE_BK) && g.m >= t.bm && g.n >= t.bn {
+            let mut consts = plan.specs[0].constants.clone();
+            consts.retain(|(k, _)| *k != "CHECK");
+            let interior = match tile4_layout(c, splits) {
+                Some((a_kfast, b_nfast)) => {
+                    consts.extend([
+                        ("A_KFAST", a_kfast as u8 as f64),
+                        ("B_NFAST", b_nfast as u8 as f64),
+                    ]);
+                    KernelSpec::new("gemm", "gemm_tile4", &consts)
+                }
+                None => {
+                    consts.push(("CHECK", 0.0));
+                    KernelSpec::new("gemm", "gemm_tile", &consts)
+                }
+            };
+            plan.specs.push(interior);
+        }
+    }
+    Some(plan)
+}
+
+/// K split across workgroups when the output alone would leave the adapter idle (long K, few
+/// output tiles: weight gradients): at least about 4 tiles per compute unit (16 workgroups on
+/// software adapters), each split at least `bk`-deep slabs.
+fn k_split(
+    dev: &Device,
+    g: &Geom,
+    (bm, bn): (usize, usize),
+    bk: usize,
+    never: bool,
+) -> (usize, usize) {
+    let prof = dev.adapter_profile();
+    let tiles = g.m.div_ceil(bm) * g.n.div_ceil(bn) * g.batch;
+    let target = match (prof.is_software, prof.compute_units) {
+        (true, _) => 16,
+        (false, 0) => 128,
+        (false, units) => 4 * units as usize,
+    };
+    let mut splits = 1;
+    if !never && tiles < target && g.k >= 8 * bk {
+        splits = (target / tiles).min(g.k / (4 * bk)).clamp(1, 64);
+    }
+    let chunk = g.k.div_ceil(splits).next_multiple_of(bk).max(bk);
+    (g.k.div_ceil(chunk).max(1), chunk)
+}
+
+/// The f32 variants' hard conditions: the call fits the variant's kernels and every limit.
+fn gemm_supports(dev: &Device, c: &GemmCall, variant: &str) -> std::result::Result<(), String> {
+    if c.f16 {
+        return Err("takes f32 operands (f16 ones go through matmul_f16)".into());
+    }
+    let g = &c.g;
+    match variant {
+        "gemm_uniform" => {
+            if c.mode != Mode::Matmul || !c.plain {
+                return Err("2-D matmuls only".into());
+            }
+            let align = dev.limits().min_uniform_buffer_offset_alignment as usize / 4;
+            let (la, lb) = uniform_item_lens(c);
+            if la.max(lb) + align - 1 > WINDOW_FLOATS {
+                return Err("an operand row is longer than a 64 KiB uniform window".into());
+            }
+            // A K split's partial sums (one [M, N] part per window of K) must fit one binding.
+            let (ta, tb) = (g.a[1] == 1 && g.a[2] != 1, g.b[1] == 1 && g.b[2] != 1);
+            let parts = match (ta, tb) {
+                _ if la == 0 || lb == 0 => 1,
+                (true, false) => uniform_run_count(la.max(lb), g.k, align),
+                (true, true) => uniform_run_count(la, g.k, align),
+                (false, false) => uniform_run_count(lb, g.k, align),
+                (false, true) => 1,
+            };
+            binding_fits(dev, (parts * c.lens[2]) as u64 * 4)?;
+        }
+        "gemm_sg" if c.mode != Mode::Matmul || vec4_layout(g).is_none() => {
+            return Err("vec4-aligned matmuls only".into());
+        }
+        "gemm_direct_ua" if c.lens[0] > AU_FLOATS => {
+            return Err("A is larger than the 64 KiB uniform copy".into());
+        }
+        _ => {}
+    }
+    for &len in &c.lens {
+        binding_fits(dev, len as u64 * 4)?;
+    }
+    let plan = gemm_plan(dev, c, variant).ok_or("not a variant of this family")?;
+    if plan.splits > 1 {
+        binding_fits(dev, (c.lens[2] * plan.splits) as u64 * 4)?;
+    }
+    all_fit(dev, &plan.specs)
+}
+
+/// The variant the device's policy chooses for a GEMM, and its pipelines.
+pub fn plan(dev: &Device, c: &GemmCall) -> Result<Planned> {
+    let table = if c.f16 { &GEMM_F16 } else { &GEMM };
+    let v = table.choose(dev, c)?;
+    let kernels = match v.name {
+        name if coop_tile_of(name).is_some() => {
+            let p = coop_plan(dev, c, coop_tile_of(name).expect("a tile"), false);
+            p.map(|p| [vec![p.checked], p.words.into_iter().collect()].concat())
+                .unwrap_or_default()
+        }
+        "widen" => gemm_plan(
+            dev,
+            &GemmCall {
+                f16: false,
+                ..c.clone()
+            },
+            GEMM.choose(
+                dev,
+                &GemmCall {
+                    f16: false,
+                    ..c.clone()
+                },
+            )?
+            .name,
+        )
+        .map(|p| p.specs)
+        .unwrap_or_default(),
+        name => gemm_plan(dev, c, name).map(|p| p.specs).unwrap_or_default(),
+    };
+    Ok(Planned {
+        family: table.family,
+        variant: v.name,
+        kernels,
+        largest_binding: c.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
+    })
+}
+
+/// Runs the GEMM `c` on the buffers: the variant the device's policy chooses, K split across
+/// workgroups where the output alone would leave the adapter idle, then the partials summed.
+///
+/// `alpha`, a one-element device buffer, scales C (before the bias); only f16 operands take
+/// it. `pre` receives the value before the activation where `c.pre`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    dev: &Device,
+    c: &GemmCall,
+    a: &Buffer,
+    b: &Buffer,
+    bias: Option<&Buffer>,
+    alpha: Option<&Buffer>,
+    out: &Buffer,
+    pre: Option<&Buffer>,
+) -> Result<()> {
+    let g = &c.g;
+    if g.m == 0 || g.n == 0 || g.batch == 0 {
+        return Ok(());
+    }
     let u = |v: usize| v as u32;
-    let p = Params::new()
-        .us(&[
-            u(g.m),
-            u(g.n),
-            u(g.k),
-            u(splits),
-            u(chunk),
-            if bias.is_some() { g.bias_mode } else { 0 },
-        ])
-        .us(&[u(c_size), u(g.batch)])
-        .us(&g.a.map(u))
-        .us(&g.b.map(u))
-        .us(&g.c.map(u))
-        .us(&g.conv.map(u));
-    let groups = [
+    let bias_buf = &or_placeholder(dev, bias)?;
+    let params = |splits: usize, chunk: usize, full: (usize, usize), edge: bool| {
+        Params::new()
+            .us(&[
+                u(g.m),
+                u(g.n),
+                u(g.k),
+                u(splits),
+                u(chunk),
+                if bias.is_some() { g.bias_mode } else { 0 },
+            ])
+            .us(&[u(c.lens[2]), u(g.batch)])
+            .us(&g.a.map(u))
+            .us(&g.b.map(u))
+            .us(&g.c.map(u))
+            .us(&g.conv.map(u))
+            .us(&[u(full.0), u(full.1), edge as u32])
+    };
+    if c.f16 {
+        let v = GEMM_F16.choose(dev, c)?;
+        let invalid = |message: &str| OpError::Invalid {
+            op: "gemm",
+            message: message.into(),
+        };
+        let tile = coop_tile_of(v.name).ok_or_else(|| {
+            invalid("f16 operands need cooperative matrices (matmul widens them)")
+        })?;
+        let plan = coop_plan(dev, c, tile, alpha.is_some())
+            .ok_or_else(|| invalid("no cooperative tile fits the workgroup memory"))?;
+        let (bm, bn) = (plan.block, plan.block);
+        let (splits, chunk) = k_split(dev, g, (bm, bn), plan.bk as usize, false);
+        let target = split_target(dev, c, splits)?;
+        let dst = target.as_ref().unwrap_or(out);
+        // Without ALPHA the kernel never reads its alpha binding; any buffer fills it.
+        let alpha = alpha.unwrap_or(bias_buf);
+        let checked = plan.checked.kernel(dev)?;
+        let z = u(g.batch * splits);
+        let full = (g.m / bm, g.n / bn);
+        match &plan.words {
+            Some(words) => {
+                let k = words.kernel(dev)?;
+                let p = params(splits, chunk, full, false);
+                dev.launch(
+                    &k,
+                    &[a, b, bias_buf, dst, alpha],
+                    &p,
+                    [u(full.1), u(full.0), z],
+                )?;
+                let col_tiles = if full.1 * bn < g.n {
+                    g.m.div_ceil(bm)
+                } else {
+                    0
+                };
+                let row_tiles = if full.0 * bm < g.m { full.1 } else { 0 };
+                if col_tiles + row_tiles > 0 {
+                    let p = params(splits, chunk, full, true);
+                    let groups = [u(col_tiles + row_tiles), 1, z];
+                    dev.launch(&checked, &[a, b, bias_buf, dst, alpha], &p, groups)?;
+                }
+            }
+            None => {
+                let p = params(splits, chunk, full, false);
+                let groups = [u(g.n.div_ceil(bn)), u(g.m.div_ceil(bm)), z];
+                dev.launch(&checked, &[a, b, bias_buf, dst, alpha], &p, groups)?;
+            }
+        }
+        return finish_splits(dev, c, target, splits, out);
+    }
+    if alpha.is_some() {
+        return Err(OpError::Invalid {
+            op: "gemm",
+            message: "an alpha buffer is only taken with f16 operands".into(),
+        });
+    }
+    let v = GEMM.choose(dev, c)?;
+    let fused = tile_of(v.name).is_some();
+    // The activation goes into the epilogue where the kernel has one and K is not split;
+    // otherwise the product is finished first and the activation applied after.
+    let plan = gemm_plan(dev, c, v.name).ok_or(OpError::Invalid {
+        op: "gemm",
+        message: format!("variant {} cannot express this call", v.name),
+    })?;
+    let split_act = c.act != Activation::None && (!fused || plan.splits > 1);
+    let plan = if split_act {
+        let plain = GemmCall {
+            act: Activation::None,
+            pre: false,
+            ..c.clone()
+        };
+        gemm_plan(dev, &plain, v.name).expect("the same variant")
+    } else {
+        plan
+    };
+    // With the activation as a pass of its own, the product goes to `pre` (or a temporary) and
+    // the activation from there to `out`.
+    let (product, out) = match (split_act, pre.filter(|_| c.pre)) {
+        (false, _) => (out.clone(), None),
+        (true, Some(p)) => (p.clone(), Some(out)),
+        (true, None) => (dev.alloc(c.lens[2], DType::F32)?, Some(out)),
+    };
+    let (splits, chunk) = (plan.splits, plan.chunk);
+    let target = split_target(dev, c, splits)?;
+    let dst = target.as_ref().unwrap_or(&product);
+    let (bm, bn) = plan.block;
+    let grid = [
         u(g.n.div_ceil(bn)),
         u(g.m.div_ceil(bm)),
         u(g.batch * splits),
     ];
-    if matches!(path, GemmPath::Direct { .. }) {
-        // The uniform binding always needs a full-size buffer; A is copied in when it is used.
-        let au = dev.alloc(AU_FLOATS, DType::F32)?;
-        if a_uniform {
-            let copy = dev.kernel("fill", "copy", &[])?;
-            crate::launch_1d(
-                dev,
-                &copy,
-                &[&au, a],
-                &Params::new().u(a.len() as u32).f(0.0),
-                a.len(),
-            )?;
+    let main = plan.specs[0].kernel(dev)?;
+    match v.name {
+        "gemm_uniform" => {
+            return Err(OpError::Invalid {
+                op: "gemm",
+                message: "gemm_uniform runs 2-D matmuls through matmul()".into(),
+            })
         }
-        dev.launch(&k, &[a, b, bias_buf, target_buf, &au], &p, groups)?;
-    } else if matches!(path, GemmPath::Coop { .. }) {
-        // Without ALPHA the kernel never reads its alpha binding; any buffer fills it.
-        let alpha = alpha.unwrap_or(bias_buf);
-        dev.launch(&k, &[a, b, bias_buf, target_buf, alpha], &p, groups)?;
-    } else {
-        dev.launch(&k, &[a, b, bias_buf, target_buf], &p, groups)?;
+        "gemm_direct" | "gemm_direct_ua" => {
+            // The uniform binding always needs a full-size buffer; A is copied in when used.
+            let au = dev.alloc(AU_FLOATS, DType::F32)?;
+            if v.name == "gemm_direct_ua" {
+                let copy = plan.specs[1].kernel(dev)?;
+                let p = Params::new().u(a.len() as u32).f(0.0);
+                crate::launch_1d(dev, &copy, &[&au, a], &p, a.len())?;
+            }
+            let p = params(splits, chunk, (0, 0), false);
+            dev.launch(&main, &[a, b, bias_buf, dst, &au], &p, grid)?;
+        }
+        "gemm_sg" | "gemm_4x4" => {
+            let p = params(splits, chunk, (0, 0), false);
+            dev.launch(&main, &[a, b, bias_buf, dst], &p, grid)?;
+        }
+        _ => {
+            let pre_buf = match pre.filter(|_| c.pre && !split_act) {
+                Some(p) => p.clone(),
+                None => or_placeholder(dev, None)?,
+            };
+            let bufs = [a, b, bias_buf, dst, &pre_buf];
+            let full = (g.m / bm, g.n / bn);
+            match plan.specs.get(1) {
+                Some(interior) => {
+                    let k = interior.kernel(dev)?;
+                    let p = params(splits, chunk, full, false);
+                    dev.launch(&k, &bufs, &p, [u(full.1), u(full.0), grid[2]])?;
+                    let col_tiles = if full.1 * bn < g.n {
+                        g.m.div_ceil(bm)
+                    } else {
+                        0
+                    };
+                    let row_tiles = if full.0 * bm < g.m { full.1 } else { 0 };
+                    if col_tiles + row_tiles > 0 {
+                        let p = params(splits, chunk, full, true);
+                        dev.launch(&main, &bufs, &p, [u(col_tiles + row_tiles), 1, grid[2]])?;
+                    }
+                }
+                None => {
+                    let p = params(splits, chunk, full, false);
+                    dev.launch(&main, &bufs, &p, grid)?;
+                }
+            }
+        }
     }
-    if splits > 1 {
-        reduce_raw(dev, target_buf, c, 1, splits, c_size, Reduce::Sum)?;
+    finish_splits(dev, c, target, splits, &product)?;
+    if let (Some(out), Some(op)) = (out, c.act.unary()) {
+        crate::elementwise::unary_into(dev, &product, op, out, c.lens[2])?;
+    }
+    Ok(())
+}
+
+/// Where a K-split GEMM writes its partial sums ([splits, C]); None without a split.
+fn split_target(dev: &Device, c: &GemmCall, splits: usize) -> Result<Option<Buffer>> {
+    Ok(if splits > 1 {
+        Some(dev.alloc(c.lens[2] * splits, DType::F32)?)
+    } else {
+        None
+    })
+}
+
+/// Sums a K split's partials into C.
+fn finish_splits(
+    dev: &Device,
+    c: &GemmCall,
+    target: Option<Buffer>,
+    splits: usize,
+    out: &Buffer,
+) -> Result<()> {
+    if let Some(t) = target {
+        reduce_raw(dev, &t, out, 1, splits, c.lens[2], Reduce::Sum)?;
     }
     Ok(())
 }
@@ -425,7 +1022,58 @@ pub fn matmul(
     tb: bool,
     bias: Option<&Array>,
 ) -> Result<Array> {
-    matmul_scaled(dev, a, b, ta, tb, bias, None)
+    Ok(matmul_full(dev, a, b, ta, tb, bias, None, Activation::None, false)?.0)
+}
+
+/// What [`matmul_bias_act`] keeps for its backward: the output, and the value before the
+/// activation where the activation's gradient needs it (GELU, tanh, sigmoid).
+pub struct MatmulActSaved {
+    /// act(op(A) op(B) + bias).
+    pub out: Array,
+    /// op(A) op(B) + bias, for activations other than ReLU (whose gradient the output gives).
+    pub pre: Option<Array>,
+    /// The activation.
+    pub act: Activation,
+}
+
+/// `act(op(A) op(B) + bias)` in one pass where the kernel has an epilogue (the GPU tiles);
+/// elsewhere the activation follows as its own pass. Shapes as [`matmul`]; f16 operands take the
+/// activation as a separate pass. Returns the output and what the backward needs.
+pub fn matmul_bias_act(
+    dev: &Device,
+    a: &Array,
+    b: &Array,
+    ta: bool,
+    tb: bool,
+    bias: Option<&Array>,
+    act: Activation,
+) -> Result<MatmulActSaved> {
+    let keep = !matches!(act, Activation::None | Activation::Relu);
+    let (out, pre) = matmul_full(dev, a, b, ta, tb, bias, None, act, keep)?;
+    Ok(MatmulActSaved { out, pre, act })
+}
+
+/// Gradients of [`matmul_bias_act`] for dY: (dA, dB, dbias) as [`matmul_backward`] gives them.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bias_act_backward(
+    dev: &Device,
+    a: &Array,
+    b: &Array,
+    ta: bool,
+    tb: bool,
+    saved: &MatmulActSaved,
+    dy: &Array,
+    need: [bool; 3],
+) -> Result<(Option<Array>, Option<Array>, Option<Array>)> {
+    let dz = match saved.act.unary() {
+        None => dy.clone(),
+        // ReLU's gradient is the same read off the output as off its input.
+        Some(op) => {
+            let x = saved.pre.as_ref().unwrap_or(&saved.out);
+            crate::elementwise::unary_backward(dev, x, dy, op)?
+        }
+    };
+    matmul_backward(dev, a, b, ta, tb, &dz, need)
 }
 
 /// [`matmul`] with C scaled by `alpha[0]` (f16 operands only; see [`matmul_backward`]).
@@ -438,13 +1086,26 @@ fn matmul_scaled(
     bias: Option<&Array>,
     alpha: Option<&Buffer>,
 ) -> Result<Array> {
-    if a.dtype() == DType::F16 {
+    Ok(matmul_full(dev, a, b, ta, tb, bias, alpha, Activation::None, false)?.0)
+}
+
+/// Every matmul: shape checks, the variant choice, the launch. Returns C and, with `keep_pre`,
+/// the value before the activation.
+#[allow(clippy::too_many_arguments)]
+fn matmul_full(
+    dev: &Device,
+    a: &Array,
+    b: &Array,
+    ta: bool,
+    tb: bool,
+    bias: Option<&Array>,
+    alpha: Option<&Buffer>,
+    act: Activation,
+    keep_pre: bool,
+) -> Result<(Array, Option<Array>)> {
+    let f16 = a.dtype() == DType::F16;
+    if f16 {
         expect_dtype("matmul", b, DType::F16)?;
-        if coop_size(dev)?.is_none() && alpha.is_none() {
-            // No cooperative matrices: the same products in f32 (f16 widens exactly).
-            let (a, b) = (cast(dev, a, DType::F32)?, cast(dev, b, DType::F32)?);
-            return matmul(dev, &a, &b, ta, tb, bias);
-        }
     } else {
         expect_dtype("matmul", a, DType::F32)?;
         expect_dtype("matmul", b, DType::F32)?;
@@ -488,48 +1149,56 @@ fn matmul_scaled(
     let batch: usize = batch_shape.iter().product();
     let mut shape = batch_shape.clone();
     shape.extend([m, n]);
-    if batch_shape.is_empty() && a.dtype() == DType::F32 {
-        if let Some(c) = matmul_uniform(dev, a, b, ta, tb, bias)? {
-            return Ok(c);
+    let mut call = GemmCall::matmul(batch, m, n, k, ta, tb, !ab.is_empty(), !bb.is_empty(), f16)
+        .with_activation(act, keep_pre);
+    call.quads = [a.buf.quad_aligned(), b.buf.quad_aligned(), true];
+    if f16 && alpha.is_none() && GEMM_F16.choose(dev, &call)?.name == "widen" {
+        // No cooperative matrices: the same products in f32 (f16 widens exactly).
+        let (a, b) = (cast(dev, a, DType::F32)?, cast(dev, b, DType::F32)?);
+        let (c, pre) = matmul_full(dev, &a, &b, ta, tb, bias, None, act, keep_pre)?;
+        return Ok((c, pre));
+    }
+    let act_after = f16 && act != Activation::None;
+    if act_after {
+        call = call.with_activation(Activation::None, false);
+    }
+    let c = if !f16 && GEMM.choose(dev, &call)?.name == "gemm_uniform" {
+        matmul_uniform(dev, a, b, ta, tb, bias)?.reshape(&shape)?
+    } else {
+        let c = Array::empty(dev, &shape)?;
+        let pre = if call.pre {
+            Some(Array::empty(dev, &shape)?)
+        } else {
+            None
+        };
+        gemm(
+            dev,
+            &call,
+            &a.buf,
+            &b.buf,
+            bias.map(|b| &b.buf),
+            alpha,
+            &c.buf,
+            pre.as_ref().map(|p| &p.buf),
+        )?;
+        if !act_after && call.act == act {
+            return Ok((c, pre));
+        }
+        c
+    };
+    // The activation as a pass of its own (gemm_uniform, f16): the product is the value before.
+    match act.unary() {
+        None => Ok((c, None)),
+        Some(op) => {
+            let y = crate::elementwise::unary(dev, &c, op)?;
+            Ok((y, keep_pre.then_some(c)))
         }
     }
-    let c = Array::empty(dev, &shape)?;
-    // Row-major strides of the stored matrices; a transpose swaps them.
-    let a_strides = if ta { [1, m] } else { [k, 1] };
-    let b_strides = if tb { [1, k] } else { [n, 1] };
-    let geom = Geom {
-        m,
-        n,
-        k,
-        batch,
-        a: [
-            if ab.is_empty() { 0 } else { m * k },
-            a_strides[0],
-            a_strides[1],
-        ],
-        b: [
-            if bb.is_empty() { 0 } else { k * n },
-            b_strides[0],
-            b_strides[1],
-        ],
-        c: [m * n, n, 1],
-        bias_mode: 1,
-        conv: [0; 14],
-    };
-    gemm(
-        dev,
-        Mode::Matmul,
-        &a.buf,
-        &b.buf,
-        bias.map(|b| &b.buf),
-        alpha,
-        &c.buf,
-        &geom,
-    )?;
-    Ok(c)
 }
 
-/// The most `gemm_uniform` dispatches one matmul may take; beyond it the other kernels run it.
+/// The most `gemm_uniform` dispatches one matmul may take; beyond it the other kernels run it:
+/// many blocks mean small ones (large operands), a dispatch each with little work, where gemm_sg
+/// or gemm_direct measured faster (512^3: 5.1 GFLOP/s against 3.2).
 const MAX_UNIFORM_BLOCKS: usize = 8;
 
 /// One dispatch of `gemm_uniform`: a block of C over a range of K, with the operand windows
@@ -543,9 +1212,50 @@ struct UniformBlock {
     part: usize,
 }
 
-/// A 2-D f32 matmul on a software adapter by `gemm_uniform`, both operands read through 64 KiB
-/// uniform windows; None where it does not apply (a GPU, [`use_uniform_a`] off, a forced path, or
-/// an operand row too long for a window).
+/// Item lengths (floats per window item) of A and B in `gemm_uniform`'s split: A stored [M, K]
+/// splits along M (items of K), stored [K, M] along K (items of M); B likewise.
+fn uniform_item_lens(c: &GemmCall) -> (usize, usize) {
+    let g = &c.g;
+    let (ta, tb) = (g.a[1] == 1 && g.a[2] != 1, g.b[1] == 1 && g.b[2] != 1);
+    (if ta { g.m } else { g.k }, if tb { g.k } else { g.n })
+}
+
+/// Windows of `items` items of `len` floats (as [`uniform_runs`] splits them, each window
+/// starting at the aligned element at or before its first item).
+fn uniform_run_count(len: usize, items: usize, align: usize) -> usize {
+    let (mut first, mut runs) = (0, 0);
+    while first < items {
+        let skip = (first * len) % align;
+        first += ((WINDOW_FLOATS - skip) / len).max(1);
+        runs += 1;
+    }
+    runs
+}
+
+/// `gemm_uniform`'s dispatches for a call (an estimate from the shapes, as it splits them).
+fn uniform_blocks(dev: &Device, c: &GemmCall) -> usize {
+    let align = dev.limits().min_uniform_buffer_offset_alignment as usize / 4;
+    let g = &c.g;
+    let (ta, tb) = (g.a[1] == 1 && g.a[2] != 1, g.b[1] == 1 && g.b[2] != 1);
+    let (la, lb) = uniform_item_lens(c);
+    if la.max(lb) + align - 1 > WINDOW_FLOATS || la == 0 || lb == 0 {
+        return usize::MAX;
+    }
+    if ta && !tb {
+        uniform_run_count(la.max(lb), g.k, align)
+    } else {
+        uniform_run_count(la, if ta { g.k } else { g.m }, align)
+            * uniform_run_count(lb, if tb { g.n } else { g.k }, align)
+    }
+}
+
+/// Invocations along N of a `gemm_uniform` workgroup for N columns.
+fn uniform_wx(n: usize) -> usize {
+    n.div_ceil(4).next_multiple_of(8).min(64)
+}
+
+/// A 2-D f32 matmul by `gemm_uniform`, both operands read through 64 KiB uniform windows (the
+/// variant's `supports` checks that an operand row fits one).
 ///
 /// A stored [M, K] is split along M, stored [K, M] along K; B likewise along N or K. Blocks over
 /// different K ranges write separate parts of C, summed at the end.
@@ -556,10 +1266,11 @@ fn matmul_uniform(
     ta: bool,
     tb: bool,
     bias: Option<&Array>,
-) -> Result<Option<Array>> {
-    if tiled(dev) || !UNIFORM_A.load(Relaxed) {
-        return Ok(None);
-    }
+) -> Result<Array> {
+    let none = || OpError::Invalid {
+        op: "matmul",
+        message: "an operand row is longer than a 64 KiB uniform window".into(),
+    };
     let (m, k) = if ta {
         (a.shape[1], a.shape[0])
     } else {
@@ -567,7 +1278,13 @@ fn matmul_uniform(
     };
     let n = if tb { b.shape[0] } else { b.shape[1] };
     if m == 0 || n == 0 || k == 0 {
-        return Ok(None);
+        let c = Array::full(dev, &[m, n], 0.0)?;
+        return match bias {
+            Some(bias) if m > 0 => {
+                crate::elementwise::binary(dev, &c, bias, crate::elementwise::Binary::Add)
+            }
+            _ => Ok(c),
+        };
     }
     // Window element strides (along M or N, along K) of each operand.
     let (a_ms, a_ks) = if ta { (1, m) } else { (k, 1) };
@@ -578,9 +1295,7 @@ fn matmul_uniform(
     match (ta, tb) {
         // Both stored with K outermost: one split of K for both.
         (true, false) => {
-            let Some(runs) = uniform_runs(dev, &[(&a.buf, m), (&b.buf, n)], k)? else {
-                return Ok(None);
-            };
+            let runs = uniform_runs(dev, &[(&a.buf, m), (&b.buf, n)], k)?.ok_or_else(none)?;
             for (part, r) in runs.iter().enumerate() {
                 let ((aw, askip), (bw, bskip)) = (win(r, 0), win(r, 1));
                 blocks.push(UniformBlock {
@@ -595,20 +1310,18 @@ fn matmul_uniform(
         }
         _ => {
             // A split along M (stored [M, K]) or K; B along N (stored [N, K]) or K.
-            let (Some(ra), Some(rb)) = (
-                uniform_runs(
-                    dev,
-                    &[(&a.buf, if ta { m } else { k })],
-                    if ta { k } else { m },
-                )?,
-                uniform_runs(
-                    dev,
-                    &[(&b.buf, if tb { k } else { n })],
-                    if tb { n } else { k },
-                )?,
-            ) else {
-                return Ok(None);
-            };
+            let ra = uniform_runs(
+                dev,
+                &[(&a.buf, if ta { m } else { k })],
+                if ta { k } else { m },
+            )?
+            .ok_or_else(none)?;
+            let rb = uniform_runs(
+                dev,
+                &[(&b.buf, if tb { k } else { n })],
+                if tb { n } else { k },
+            )?
+            .ok_or_else(none)?;
             for (i, r) in ra.iter().enumerate() {
                 for (j, s) in rb.iter().enumerate() {
                     let ((aw, askip), (bw, bskip)) = (win(r, 0), win(s, 0));
@@ -641,20 +1354,11 @@ fn matmul_uniform(
             }
         }
     }
-    // Many blocks mean small ones (large operands): a dispatch each, little work per dispatch.
-    // There gemm_sg or gemm_direct measured faster (512^3: 5.1 GFLOP/s against 3.2 here).
-    if blocks.len() > MAX_UNIFORM_BLOCKS {
-        return Ok(None);
-    }
     let parts = blocks.iter().map(|b| b.part + 1).max().unwrap_or(1);
-    // The parts' partial sums must fit one binding (a K split of an output near the limit).
-    let l = dev.limits();
-    if (parts * m * n * 4) as u64 > l.max_storage_buffer_binding_size.min(l.max_buffer_size) {
-        return Ok(None);
-    }
+    // The variant's `supports` checked that the parts' partial sums fit one binding.
     let out = Array::empty(dev, &[parts, m, n])?;
     let widest = blocks.iter().map(|b| b.n.1).max().unwrap_or(1);
-    let wx = widest.div_ceil(4).next_multiple_of(8).min(64);
+    let wx = uniform_wx(widest);
     let kern = dev.kernel("gemm_uniform", "gemm_uniform", &[("WX", wx as f64)])?;
     let bias_buf = or_placeholder(dev, bias.map(|b| &b.buf))?;
     let u = |v: usize| v as u32;
@@ -698,7 +1402,7 @@ fn matmul_uniform(
     } else {
         reduce(dev, &out, 0, Reduce::Sum, false)?
     };
-    Ok(Some(c.reshape(&[m, n])?))
+    c.reshape(&[m, n])
 }
 
 /// Gradients of [`matmul`] for dC: (dA, dB, dbias), each in its operand's stored shape, in f32,

@@ -75,14 +75,49 @@ pub fn layer_norm_backward(
         rows,
     )?;
     let (dg, db) = (Array::empty(dev, &[cols])?, Array::empty(dev, &[cols])?);
-    let k = dev.kernel("norm", "layer_norm_backward_params", &[])?;
-    launch_1d(
-        dev,
-        &k,
-        &[&x.buf, &dy.buf, &saved.stats.buf, &dg.buf, &db.buf],
-        &p,
-        cols,
-    )?;
+    let call = crate::reduce::ColsumCall {
+        outer: 1,
+        len: rows,
+        inner: cols,
+        mean: false,
+    };
+    if crate::reduce::COLSUM.choose(dev, &call)?.name == "colsum_two_pass" {
+        // Partial sums per block of rows, then their sum: the columns' work spread over blocks.
+        let rb = crate::reduce::ROW_BLOCK;
+        let blocks = rows.div_ceil(rb);
+        let (pg, pb) = (
+            dev.alloc(blocks * cols, DType::F32)?,
+            dev.alloc(blocks * cols, DType::F32)?,
+        );
+        let k = dev.kernel(
+            "norm",
+            "layer_norm_backward_params_blocks",
+            &[("RB", rb as f64)],
+        )?;
+        let groups = [cols.div_ceil(crate::WG as usize) as u32, blocks as u32, 1];
+        let bufs = [&x.buf, &dy.buf, &saved.stats.buf, &pg, &pb];
+        dev.launch(&k, &bufs, &p, groups)?;
+        for (part, sum) in [(&pg, &dg), (&pb, &db)] {
+            crate::reduce::reduce_raw(
+                dev,
+                part,
+                &sum.buf,
+                1,
+                blocks,
+                cols,
+                crate::reduce::Reduce::Sum,
+            )?;
+        }
+    } else {
+        let k = dev.kernel("norm", "layer_norm_backward_params", &[])?;
+        launch_1d(
+            dev,
+            &k,
+            &[&x.buf, &dy.buf, &saved.stats.buf, &dg.buf, &db.buf],
+            &p,
+            cols,
+        )?;
+    }
     Ok((dx, dg, db))
 }
 

@@ -2,7 +2,9 @@
 //! Hyper-parameters sit in a small device buffer that the host rewrites between steps, so changing
 //! the learning rate or the step count never requires re-recording a plan.
 
+use crate::kernels::{all_fit, KernelSpec};
 use crate::{launch_1d, launch_quads, Buffer, Device, OpError, Params, Result};
+use kiln_device::{Variant, VariantTable};
 
 /// The update rule and its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -167,6 +169,191 @@ pub fn step(
             launch_quads(dev, "optim", "rmsprop", &[], &bufs, &p, n)
         }
     }
+}
+
+/// One parameter of a group, for [`step_group`].
+#[derive(Clone, Copy, Debug)]
+pub struct Slot<'a> {
+    /// The parameter, updated in place.
+    pub param: &'a Buffer,
+    /// Its gradient.
+    pub grad: &'a Buffer,
+    /// Where its state starts in the group's flat state buffers (elements; see
+    /// [`state_layout`]).
+    pub state_offset: usize,
+}
+
+/// Elements between consecutive parameters' state in a group's flat state buffers: 256 bytes,
+/// so each parameter's state can be bound on its own (a [`Buffer::window`]) and read in quads.
+pub const STATE_ALIGN: usize = 64;
+
+/// Where each parameter of `lens` elements starts in a group's flat state buffers, and the
+/// buffers' length.
+pub fn state_layout(lens: &[usize]) -> (Vec<usize>, usize) {
+    let mut at = 0;
+    let offsets = lens
+        .iter()
+        .map(|&n| {
+            let o = at;
+            at += n.next_multiple_of(STATE_ALIGN).max(STATE_ALIGN);
+            o
+        })
+        .collect();
+    (offsets, at)
+}
+
+/// A group's update as the kernel choice sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct OptimCall {
+    /// Parameters updated.
+    pub params: usize,
+    /// Every parameter and gradient can be bound as 16-byte quads.
+    pub quads: bool,
+}
+
+/// Parameters per `multi` dispatch.
+const SLOTS: usize = 8;
+
+/// The optimizer update's variants: every parameter of a group in dispatches of up to eight
+/// (multi-tensor apply), or a dispatch per parameter.
+pub static OPTIM: VariantTable<OptimCall> = VariantTable {
+    family: "optim",
+    variants: &[
+        Variant {
+            name: "optim_multi",
+            supports: |d, c| {
+                if !c.quads {
+                    return Err("a parameter or gradient cannot be bound as quads".into());
+                }
+                all_fit(d, &[KernelSpec::new("optim", "multi", &[("RULE", 1.0)])])
+            },
+            prefers: |_, c| c.params > 1,
+        },
+        Variant {
+            name: "optim_single",
+            supports: |_, _| Ok(()),
+            prefers: |_, _| true,
+        },
+    ],
+};
+
+/// The variant the device's policy chooses for a group's update, and its pipeline.
+pub fn plan(dev: &Device, c: &OptimCall) -> Result<crate::kernels::Planned> {
+    let v = OPTIM.choose(dev, c)?;
+    let kernels = match v.name {
+        "optim_multi" => vec![KernelSpec::new("optim", "multi", &[("RULE", 1.0)])],
+        _ => vec![KernelSpec::new("optim", "adam4", &[])],
+    };
+    Ok(crate::kernels::Planned {
+        family: OPTIM.family,
+        variant: v.name,
+        kernels,
+        largest_binding: 0,
+    })
+}
+
+/// Updates every parameter of a group: `slots` with their gradients, the group's flat `state`
+/// buffers (one per [`Rule::state_count`], laid out by [`state_layout`]), the hyper-parameter
+/// buffer `hp`, and `guard` as in [`step`]. Up to eight parameters per dispatch where the
+/// adapter's storage-buffer limit allows it (`optim_multi`), else a dispatch each.
+pub fn step_group(
+    dev: &Device,
+    rule: &Rule,
+    slots: &[Slot],
+    state: &[Buffer],
+    hp: &Buffer,
+    guard: Option<&Buffer>,
+) -> Result<()> {
+    if state.len() != rule.state_count() {
+        return Err(OpError::Invalid {
+            op: "optimizer step",
+            message: format!(
+                "{} state buffers (want {})",
+                state.len(),
+                rule.state_count()
+            ),
+        });
+    }
+    for sl in slots {
+        let n = sl.param.len();
+        if sl.grad.len() != n || state.iter().any(|b| b.len() < sl.state_offset + n) {
+            return Err(OpError::Invalid {
+                op: "optimizer step",
+                message: format!(
+                    "parameter of {n} elements, gradient of {}, state from {} in buffers of {:?}",
+                    sl.grad.len(),
+                    sl.state_offset,
+                    state.iter().map(|b| b.len()).collect::<Vec<_>>()
+                ),
+            });
+        }
+    }
+    let call = OptimCall {
+        params: slots.len(),
+        quads: slots
+            .iter()
+            .all(|s| s.param.quad_aligned() && s.grad.quad_aligned() && s.state_offset % 4 == 0)
+            && state.iter().all(Buffer::quad_aligned),
+    };
+    if slots.is_empty() {
+        return Ok(());
+    }
+    if OPTIM.choose(dev, &call)?.name == "optim_single" {
+        for sl in slots {
+            let n = sl.param.len();
+            let windows: Vec<Buffer> = state
+                .iter()
+                .map(|b| {
+                    b.window((sl.state_offset * 4) as u64, n.max(1))
+                        .expect("state inside its buffer (checked above)")
+                })
+                .collect();
+            step(dev, rule, sl.param, sl.grad, &windows, hp, guard)?;
+        }
+        return Ok(());
+    }
+    let zero;
+    let guard = match guard {
+        Some(g) => g,
+        None => {
+            zero = dev.alloc(1, crate::DType::F32)?;
+            crate::fill(dev, &zero, 0.0)?;
+            &zero
+        }
+    };
+    let code = match rule {
+        Rule::Sgd { .. } => 0.0,
+        Rule::Adam { .. } => 1.0,
+        Rule::RmsProp { .. } => 2.0,
+    };
+    let k = dev.kernel("optim", "multi", &[("RULE", code)])?;
+    // State bindings the rule does not use still need a buffer.
+    let unused = dev.alloc(4, crate::DType::F32)?;
+    for chunk in slots.chunks(SLOTS) {
+        let mut starts = [0u32; SLOTS];
+        let mut lens = [0u32; SLOTS];
+        let mut offs = [0u32; SLOTS];
+        let mut total = 0usize;
+        for (i, sl) in chunk.iter().enumerate() {
+            starts[i] = total as u32;
+            lens[i] = sl.param.len() as u32;
+            offs[i] = (sl.state_offset / 4) as u32;
+            total += sl.param.len().div_ceil(4);
+        }
+        let mut bufs: Vec<&Buffer> = vec![hp, guard];
+        // Slots past the chunk repeat its first parameter; no invocation reaches them.
+        let pick = |i: usize| chunk.get(i).unwrap_or(&chunk[0]);
+        bufs.extend((0..SLOTS).map(|i| pick(i).grad));
+        bufs.extend((0..SLOTS).map(|i| pick(i).param));
+        bufs.extend((0..3).map(|k| state.get(k).unwrap_or(&unused)));
+        let p = Params::new()
+            .us(&[chunk.len() as u32, total as u32, 0, 0])
+            .us(&starts)
+            .us(&lens)
+            .us(&offs);
+        launch_1d(dev, &k, &bufs, &p, total)?;
+    }
+    Ok(())
 }
 
 /// CPU reference of one step, PyTorch's formulas in f64. Returns nothing; updates in place.

@@ -3,17 +3,41 @@
 use crate::conv::Conv2dSpec;
 use crate::{
     expect_dtype, launch_1d, launch_quads, uniform_runs, Array, DType, Device, OpError, Params,
-    Result, Switch, WINDOW_FLOATS,
+    Result, WINDOW_FLOATS,
 };
 use kiln_device::shaders::consts::pool as codes;
+use kiln_device::{Variant, VariantTable};
 
-/// Overrides where the forward pass reads its input through uniform windows: `Some(true)` on
-/// any adapter, `Some(false)` never, `None` (the default) on software adapters before Mesa 25.
-/// For tests.
-pub fn force_windows(on: Option<bool>) {
-    FORCE_WINDOWS.set(on);
-}
-static FORCE_WINDOWS: Switch = Switch::new();
+/// The forward pass's variants, over the input's shape [N, C, H, W].
+pub static POOL: VariantTable<[usize; 4]> = VariantTable {
+    family: "pool",
+    variants: &[
+        Variant {
+            name: "pool_windows",
+            supports: |d, xs| {
+                let align = d.limits().min_uniform_buffer_offset_alignment as usize / 4;
+                if xs[2] * xs[3] + align - 1 > WINDOW_FLOATS {
+                    return Err("an input plane is larger than a 64 KiB window".into());
+                }
+                Ok(())
+            },
+            // Mesa 22.3's llvmpipe loads a storage buffer one lane at a time and gathers a
+            // uniform array's elements in one vector load, which pays for a dispatch per window;
+            // Mesa 25's gathers storage loads too, and one dispatch is faster (LeNet's first
+            // pool at batch 64: 0.86 ms against 1.46 through 20 windows; on Mesa 22.3, 1.75
+            // against 1.45).
+            prefers: |d, _| {
+                let p = d.adapter_profile();
+                p.is_software && p.mesa_version < Some((25, 0))
+            },
+        },
+        Variant {
+            name: "pool_storage",
+            supports: |_, _| Ok(()),
+            prefers: |_, _| true,
+        },
+    ],
+};
 
 /// Pooling window and its spec (stride, padding, dilation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,16 +123,6 @@ fn constants(
     ]
 }
 
-/// Whether the forward pass reads x through uniform windows by default: on software adapters
-/// other than Mesa 25's lavapipe or later. Mesa 22.3's loads a storage buffer one lane at a time
-/// and gathers a uniform array's elements in one vector load, which pays for a dispatch per
-/// window; Mesa 25's gathers storage loads too, and one dispatch is faster (LeNet's first pool at
-/// batch 64: 0.86 ms against 1.46 through 20 windows; on Mesa 22.3, 1.75 against 1.45).
-fn wants_windows(dev: &Device) -> bool {
-    let a = dev.adapter();
-    a.is_software && a.mesa_version < Some((25, 0))
-}
-
 /// The forward pass into `y` (and, for max, `idx`): through uniform windows of x where a
 /// software adapter's window holds a plane, else in one dispatch reading x from storage.
 fn forward(
@@ -122,8 +136,7 @@ fn forward(
 ) -> Result<()> {
     let (oh, ow) = (y.shape[2], y.shape[3]);
     let planes = xs[0] * xs[1];
-    let windows = FORCE_WINDOWS.get().unwrap_or_else(|| wants_windows(dev));
-    let runs = if windows {
+    let runs = if POOL.choose(dev, &xs)?.name == "pool_windows" {
         uniform_runs(dev, &[(&x.buf, xs[2] * xs[3])], planes)?
     } else {
         None

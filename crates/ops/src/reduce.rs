@@ -1,10 +1,12 @@
 //! Reductions along one axis (sum, mean, max, argmax), full sums, and sums back to a broadcast
 //! source shape (the backward of broadcasting).
 
+use crate::kernels::{all_fit, KernelSpec};
 use crate::{
     expect_dtype, expect_nonempty, launch_1d, launch_quads, Array, DType, Device, OpError, Params,
     Result,
 };
+use kiln_device::{Variant, VariantTable};
 
 /// The reduction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +68,115 @@ pub fn reduce(dev: &Device, x: &Array, axis: usize, op: Reduce, keepdim: bool) -
     Ok(out)
 }
 
+/// A reduction along one axis of [outer, len, inner], as the kernel choice sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct ColsumCall {
+    /// Dimensions before the axis, multiplied.
+    pub outer: usize,
+    /// The axis.
+    pub len: usize,
+    /// Dimensions after it, multiplied.
+    pub inner: usize,
+    /// Mean has no two-pass form (its blocks would each divide by their own length).
+    pub mean: bool,
+}
+
+/// Rows per block of the two-pass reductions.
+pub(crate) const ROW_BLOCK: usize = 256;
+
+/// The column reductions' variants: many rows into few outputs (bias, LayerNorm and abs-max
+/// gradients) in two passes on GPUs, where one invocation per column over every row would keep
+/// one compute unit busy; software adapters keep the one-pass kernels.
+pub static COLSUM: VariantTable<ColsumCall> = VariantTable {
+    family: "colsum",
+    variants: &[
+        Variant {
+            name: "colsum_two_pass",
+            supports: |d, c| {
+                if c.mean {
+                    return Err("no two-pass mean".into());
+                }
+                all_fit(d, &[blocks_spec(Reduce::Sum, c.inner)])
+            },
+            prefers: |d, c| {
+                !d.adapter_profile().is_software
+                    && c.len >= 2 * ROW_BLOCK
+                    && c.outer * c.inner < 65536
+            },
+        },
+        Variant {
+            name: "colsum_one_pass",
+            supports: |_, _| Ok(()),
+            prefers: |_, _| true,
+        },
+    ],
+};
+
+/// reduce_blocks for `inner` columns: a power of two of columns per workgroup up to 256, the
+/// rest of its invocations sharing a column's rows.
+fn blocks_spec(op: Reduce, inner: usize) -> KernelSpec {
+    let tc = inner.next_power_of_two().min(crate::WG as usize);
+    KernelSpec::new(
+        "reduce",
+        "reduce_blocks",
+        &[
+            ("OP", op.code() as f64),
+            ("TC", tc as f64),
+            ("RB", ROW_BLOCK as f64),
+        ],
+    )
+}
+
+/// The variant the device's policy chooses for a reduction, and its pipelines (the second pass
+/// of the two-pass form is the one-pass reduction of the blocks' partials).
+pub fn plan(dev: &Device, c: &ColsumCall) -> Result<crate::kernels::Planned> {
+    let v = COLSUM.choose(dev, c)?;
+    let one = KernelSpec::new("reduce", "reduce", &[("OP", 0.0)]);
+    let wide = KernelSpec::new("reduce", "reduce_wide", &[("OP", 0.0)]);
+    let kernels = match v.name {
+        "colsum_two_pass" => vec![blocks_spec(Reduce::Sum, c.inner), one],
+        _ => vec![one, wide],
+    };
+    Ok(crate::kernels::Planned {
+        family: COLSUM.family,
+        variant: v.name,
+        kernels,
+        largest_binding: (c.outer * c.len * c.inner) as u64 * 4,
+    })
+}
+
 /// Reduces a buffer viewed as [outer, len, inner] into [outer, inner].
 pub(crate) fn reduce_raw(
+    dev: &Device,
+    x: &crate::Buffer,
+    out: &crate::Buffer,
+    outer: usize,
+    len: usize,
+    inner: usize,
+    op: Reduce,
+) -> Result<()> {
+    let call = ColsumCall {
+        outer,
+        len,
+        inner,
+        mean: op == Reduce::Mean,
+    };
+    if len > 0 && outer * inner > 0 && COLSUM.choose(dev, &call)?.name == "colsum_two_pass" {
+        let blocks = len.div_ceil(ROW_BLOCK);
+        let partial = dev.alloc(outer * blocks * inner, DType::F32)?;
+        let spec = blocks_spec(op, inner);
+        let tc = spec.constants[1].1 as usize;
+        let p = Params::new().us(&[outer, len, inner, blocks].map(|v| v as u32));
+        let groups = [inner.div_ceil(tc) as u32, blocks as u32, outer as u32];
+        dev.launch(&spec.kernel(dev)?, &[x, &partial], &p, groups)?;
+        return reduce_one_pass(dev, &partial, out, outer, blocks, inner, op);
+    }
+    reduce_one_pass(dev, x, out, outer, len, inner, op)
+}
+
+/// One pass: an invocation per output (four where the buffers allow), or a workgroup per output
+/// where there are few outputs with long rows.
+fn reduce_one_pass(
     dev: &Device,
     x: &crate::Buffer,
     out: &crate::Buffer,

@@ -1,0 +1,407 @@
+//! Adapter choice: the adapter's features, limits and summary, and the [`Device`] made on it.
+
+use crate::buffer::Pool;
+use crate::capture::Capture;
+use crate::pipeline::{CachedModule, Kernel, PipelineKey};
+use crate::policy::{AdapterProfile, Footprint, KernelPolicy};
+use crate::submit::{Counters, Pending};
+use crate::{timing, DeviceError, PoolStats, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Optional adapter features kiln knows how to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `enable f16;` in shaders.
+    pub f16: bool,
+    /// Subgroup operations.
+    pub subgroups: bool,
+    /// Cooperative matrices (experimental in wgpu).
+    pub cooperative_matrix: bool,
+    /// Timestamp queries at compute-pass boundaries.
+    pub timestamps: bool,
+    /// A driver pipeline cache that can be saved to disk.
+    pub pipeline_cache: bool,
+}
+
+/// What was chosen, for printing and for decisions (e.g. fixed tile sizes on software adapters).
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// The adapter's name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// "Vulkan", "Metal", "Dx12"...
+    pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "Cpu"...
+    pub device_type: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// True for a software rasteriser (lavapipe, WARP...).
+    pub is_software: bool,
+    /// The smallest subgroup the driver may run a compute shader with (0 where unknown).
+    pub subgroup_min_size: u32,
+    /// The largest subgroup the driver may run a compute shader with (0 where unknown).
+    pub subgroup_max_size: u32,
+    /// Mesa's (major, minor) release where the driver is Mesa's (lavapipe, RADV, ANV...).
+    pub mesa_version: Option<(u32, u32)>,
+}
+
+/// The square sizes among cooperative-matrix configurations with f16 inputs and f32 accumulators,
+/// largest first.
+fn f16_f32_square_sizes(props: &[wgpu::CooperativeMatrixProperties]) -> Vec<u32> {
+    use wgpu::CooperativeScalarType as T;
+    let mut sizes: Vec<u32> = props
+        .iter()
+        .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size)
+        .filter(|p| p.ab_type == T::F16 && p.cr_type == T::F32)
+        .map(|p| p.m_size)
+        .collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.dedup();
+    sizes
+}
+
+/// Mesa's (major, minor) release from a driver description such as
+/// "llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)".
+pub fn parse_mesa_version(driver: &str) -> Option<(u32, u32)> {
+    let rest = &driver[driver.find("Mesa ")? + 5..];
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+/// Everything one wgpu device shares across [`Device`] handles.
+pub(crate) struct Inner {
+    pub(crate) adapter: wgpu::Adapter,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) summary: AdapterSummary,
+    /// The real adapter's features, limits and subgroup and cooperative-matrix sizes.
+    pub(crate) profile: AdapterProfile,
+    pub(crate) pool: Arc<Pool>,
+    /// Shader modules by name, with a hash of the source each was compiled from.
+    pub(crate) modules: Mutex<HashMap<String, CachedModule>>,
+    pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
+    /// Footprints of registered entry points by (shader, entry, constants).
+    pub(crate) footprints: Mutex<HashMap<PipelineKey, Footprint>>,
+    pub(crate) pipeline_cache: Option<wgpu::PipelineCache>,
+    pub(crate) pending: Mutex<Pending>,
+    /// Recordings in progress, one per thread: a thread's dispatches go to its own recording.
+    pub(crate) captures: Mutex<HashMap<std::thread::ThreadId, Capture>>,
+    pub(crate) fault: Arc<Mutex<Option<DeviceError>>>,
+    pub(crate) submissions: AtomicU64,
+    pub(crate) dispatches: AtomicU64,
+    pub(crate) pipeline_hits: AtomicU64,
+    pub(crate) pipeline_misses: AtomicU64,
+    pub(crate) timestamp_period: f32,
+    /// Per-dispatch timestamps of the submissions made while [`Device::profile`] runs.
+    pub(crate) profiling: Mutex<Option<Vec<timing::ProfileChunk>>>,
+}
+
+/// A GPU device and everything kiln keeps per device. Cheap to clone (shared handle); each
+/// handle carries its own [`KernelPolicy`] (see [`Device::with_policy`]).
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) policy: Arc<KernelPolicy>,
+}
+
+static SHARED: OnceLock<std::result::Result<Device, DeviceError>> = OnceLock::new();
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// Every adapter of every enabled backend, sorted by [`type_rank`] (a stable sort: the system's
+/// order within a kind).
+fn ranked_adapters() -> Vec<wgpu::Adapter> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
+    adapters
+}
+
+/// Names, backends and kinds, for errors that list what there is.
+fn adapter_names(adapters: &[wgpu::Adapter]) -> Vec<String> {
+    adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        })
+        .collect()
+}
+
+fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {
+    let driver = format!("{} {}", info.driver, info.driver_info)
+        .trim()
+        .to_string();
+    AdapterSummary {
+        is_software: info.device_type == wgpu::DeviceType::Cpu,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        mesa_version: parse_mesa_version(&driver),
+        driver,
+        subgroup_min_size: info.subgroup_min_size,
+        subgroup_max_size: info.subgroup_max_size,
+    }
+}
+
+impl Device {
+    /// One device per process, created on first use: tests in one binary share it, because
+    /// creating many devices leaks memory on some drivers (lavapipe).
+    pub fn shared() -> Result<Device> {
+        SHARED.get_or_init(Device::new).clone()
+    }
+
+    /// Chooses an adapter (a GPU first, a software adapter otherwise; `WGPU_BACKEND` and
+    /// `WGPU_ADAPTER_NAME` are honoured), requests every optional feature kiln can use and the
+    /// adapter's full limits (`KILN_MAX_STORAGE_BINDING`, in bytes, lowers the storage binding
+    /// limit), and installs handlers that turn wgpu errors into `Result`s.
+    pub fn new() -> Result<Device> {
+        let adapters = ranked_adapters();
+        let seen = adapter_names(&adapters);
+        let wanted = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let adapter = match &wanted {
+            Some(w) => {
+                let w = w.to_lowercase();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&w))
+            }
+            None => adapters.into_iter().next(),
+        };
+        let adapter = adapter.ok_or_else(|| {
+            DeviceError::NoAdapter(match &wanted {
+                Some(w) => format!("WGPU_ADAPTER_NAME={w:?} matched none of {seen:?}"),
+                None => "no Vulkan, Metal or DX12 adapter; on Linux without a GPU install \
+                         the software driver: apt-get install mesa-vulkan-drivers libvulkan1 \
+                         (scripts/setup.sh does this)"
+                    .to_string(),
+            })
+        })?;
+        Self::from_adapter(adapter)
+    }
+
+    /// Every adapter in the order [`Device::new`] prefers them (discrete GPUs, integrated,
+    /// virtual, other, software; the system's order within a kind), for choosing one per process:
+    /// processes that share a machine pass different indices to [`Device::with_adapter_index`].
+    pub fn adapters() -> Vec<AdapterSummary> {
+        ranked_adapters()
+            .iter()
+            .map(|a| summarize(&a.get_info()))
+            .collect()
+    }
+
+    /// The adapter at `index` in [`Device::adapters`]' order (`WGPU_ADAPTER_NAME` is not
+    /// consulted); an index past the end is an error naming the adapters there are.
+    pub fn with_adapter_index(index: usize) -> Result<Device> {
+        let adapters = ranked_adapters();
+        let seen = adapter_names(&adapters);
+        let n = adapters.len();
+        let adapter = adapters.into_iter().nth(index).ok_or_else(|| {
+            DeviceError::NoAdapter(format!(
+                "adapter index {index} asked for, but there are {n}: {seen:?}"
+            ))
+        })?;
+        Self::from_adapter(adapter)
+    }
+
+    /// A device on `adapter`, as [`Device::new`] makes it (every optional feature kiln can use,
+    /// the adapter's full limits, errors turned into `Result`s).
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Device> {
+        let info = adapter.get_info();
+        let have = adapter.features();
+        let mut want = wgpu::Features::empty();
+        for f in [
+            wgpu::Features::SHADER_F16,
+            wgpu::Features::SUBGROUP,
+            wgpu::Features::TIMESTAMP_QUERY,
+            wgpu::Features::PIPELINE_CACHE,
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+        ] {
+            if have.contains(f) {
+                want |= f;
+            }
+        }
+        let coop = want.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        let mut limits = adapter.limits();
+        // KILN_MAX_STORAGE_BINDING=<bytes> asks for a smaller storage binding limit than the
+        // adapter's (wgpu then enforces it), so tests of tensors split across bindings run on
+        // adapters whose real limit is far larger.
+        if let Some(cap) = std::env::var("KILN_MAX_STORAGE_BINDING")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+        {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: want,
+            required_limits: limits.clone(),
+            // SAFETY: experimental features are only requested for cooperative matrices, and
+            // every kernel that uses them has a scalar fallback chosen at run time.
+            experimental_features: if coop {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| DeviceError::RequestDevice {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let fault: Arc<Mutex<Option<DeviceError>>> = Arc::new(Mutex::new(None));
+        let f = fault.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            f.lock()
+                .unwrap()
+                .get_or_insert(DeviceError::Wgpu(e.to_string()));
+        }));
+        let f = fault.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                *f.lock().unwrap() = Some(DeviceError::Lost(format!("{reason:?}: {msg}")));
+            }
+        });
+        let caps = Capabilities {
+            f16: want.contains(wgpu::Features::SHADER_F16),
+            subgroups: want.contains(wgpu::Features::SUBGROUP),
+            cooperative_matrix: coop,
+            timestamps: want.contains(wgpu::Features::TIMESTAMP_QUERY),
+            pipeline_cache: want.contains(wgpu::Features::PIPELINE_CACHE),
+        };
+        let pipeline_cache = caps.pipeline_cache.then(|| {
+            let data = std::env::var_os("KILN_PIPELINE_CACHE").and_then(|p| std::fs::read(p).ok());
+            // SAFETY: the data came from `PipelineCache::get_data` (written by
+            // `save_pipeline_cache`); wgpu checks its header against this adapter and falls back
+            // to an empty cache when it does not match.
+            unsafe {
+                device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("kiln"),
+                    data: data.as_deref(),
+                    fallback: true,
+                })
+            }
+        });
+        let summary = summarize(&info);
+        // Read once: ops ask on every f16 matmul.
+        let coop_f16_sizes = if coop {
+            f16_f32_square_sizes(&adapter.cooperative_matrix_properties())
+        } else {
+            Vec::new()
+        };
+        let profile = AdapterProfile {
+            name: summary.name.clone(),
+            backend: summary.backend.clone(),
+            is_software: summary.is_software,
+            mesa_version: summary.mesa_version,
+            caps,
+            limits,
+            subgroup_min_size: summary.subgroup_min_size,
+            subgroup_max_size: summary.subgroup_max_size,
+            coop_f16_sizes,
+            // wgpu does not report compute units; split-K assumes a mid-size GPU.
+            compute_units: 0,
+        };
+        let policy = match std::env::var("KILN_KERNELS") {
+            Ok(spec) => KernelPolicy::parse(&spec)?,
+            Err(_) => KernelPolicy::default(),
+        };
+        let timestamp_period = queue.get_timestamp_period();
+        Ok(Device {
+            inner: Arc::new(Inner {
+                adapter,
+                device,
+                queue,
+                summary,
+                profile,
+                pool: Pool::new(),
+                modules: Mutex::default(),
+                pipelines: Mutex::default(),
+                footprints: Mutex::default(),
+                pipeline_cache,
+                pending: Mutex::default(),
+                captures: Mutex::default(),
+                fault,
+                submissions: AtomicU64::new(0),
+                dispatches: AtomicU64::new(0),
+                pipeline_hits: AtomicU64::new(0),
+                pipeline_misses: AtomicU64::new(0),
+                timestamp_period,
+                profiling: Mutex::default(),
+            }),
+            policy: Arc::new(policy),
+        })
+    }
+
+    /// The chosen adapter.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.inner.summary
+    }
+    /// The optional features kiln requested.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.profile.caps
+    }
+    /// The device's limits (the adapter's own, not WebGPU's defaults).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.profile.limits
+    }
+    /// Cooperative-matrix shapes the adapter reports.
+    pub fn cooperative_matrix_properties(&self) -> Vec<wgpu::CooperativeMatrixProperties> {
+        if self.inner.profile.caps.cooperative_matrix {
+            self.inner.adapter.cooperative_matrix_properties()
+        } else {
+            Vec::new()
+        }
+    }
+    /// Square cooperative-matrix sizes (8, 16) the adapter multiplies with f16 inputs and f32
+    /// accumulators, largest first; empty without cooperative matrices.
+    pub fn cooperative_f16_f32_sizes(&self) -> &[u32] {
+        &self.inner.profile.coop_f16_sizes
+    }
+    /// Submission, dispatch and pipeline-cache counters.
+    pub fn counters(&self) -> Counters {
+        let i = &self.inner;
+        Counters {
+            submissions: i.submissions.load(Ordering::Relaxed),
+            dispatches: i.dispatches.load(Ordering::Relaxed),
+            pipeline_hits: i.pipeline_hits.load(Ordering::Relaxed),
+            pipeline_misses: i.pipeline_misses.load(Ordering::Relaxed),
+        }
+    }
+    /// Bytes allocated and in use by the buffer pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+    /// Returns every free pooled buffer to the driver.
+    pub fn trim_pool(&self) {
+        self.inner.pool.trim()
+    }
+
+    /// Reports a device loss (sticky: the device is unusable) or an uncaptured error (once).
+    pub(crate) fn check_fault(&self) -> Result<()> {
+        let mut fault = self.inner.fault.lock().unwrap();
+        match fault.clone() {
+            Some(e @ DeviceError::Lost(_)) => Err(e),
+            Some(e) => {
+                *fault = None;
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Pipelines: shader modules compiled once per device, compute pipelines cached by entry point
+//! and override constants, and the driver's pipeline cache on disk.
+
+use crate::policy::Footprint;
+use crate::shaders::{self, BindingKind};
+use crate::{Device, DeviceError, Result};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A compiled compute pipeline with the bindings its entry point uses.
+pub struct Kernel {
+    pub(crate) name: String,
+    label: String,
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pub(crate) bindings: Vec<(u32, BindingKind)>,
+    footprint: Footprint,
+}
+
+impl Kernel {
+    /// "shader::entry".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// "shader::entry" followed by the override constants it was built with, if any.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+    /// The (binding, kind) pairs the entry point uses, in binding order.
+    pub fn bindings(&self) -> &[(u32, BindingKind)] {
+        &self.bindings
+    }
+    /// What the specialised entry point asks of the adapter (checked before it was built).
+    pub fn footprint(&self) -> &Footprint {
+        &self.footprint
+    }
+}
+
+/// (shader, entry point, override constants): what a pipeline is cached by.
+pub(crate) type PipelineKey = (String, String, String);
+/// A compiled module, naga's view of it, and [`source_hash`] of its WGSL.
+pub(crate) type CachedModule = (wgpu::ShaderModule, Arc<shaders::Validated>, u64);
+
+/// Identifies a shader's source in the module cache (not a security boundary: a collision
+/// would only let one test shader stand in for another).
+fn source_hash(src: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    src.hash(&mut h);
+    h.finish()
+}
+impl Device {
+    /// The footprint of a registered shader's entry point with these override constants,
+    /// checked against [`Device::adapter_profile`]: `Ok` where it fits, else the limit it exceeds.
+    pub fn fits(&self, shader: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Footprint> {
+        let f = self.footprint(shader, entry, constants)?;
+        f.check(&format!("{shader}::{entry}"), self.adapter_profile())?;
+        Ok(f)
+    }
+
+    /// The footprint of a registered shader's entry point with these override constants.
+    pub fn footprint(
+        &self,
+        shader: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<Footprint> {
+        let key = (
+            shader.to_string(),
+            entry.to_string(),
+            format!("{constants:?}"),
+        );
+        if let Some(f) = self.inner.footprints.lock().unwrap().get(&key) {
+            return Ok(*f);
+        }
+        let validated = crate::shaders::validated(shader)?;
+        let f = validated.footprint(shader, entry, constants)?;
+        self.inner.footprints.lock().unwrap().insert(key, f);
+        Ok(f)
+    }
+
+    /// A cached compute pipeline for a registered shader's entry point with the given override
+    /// constants. The first request compiles it; later requests with the same key hit the cache.
+    pub fn kernel(
+        &self,
+        shader: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<Kernel>> {
+        let src = shaders::source(shader)?;
+        self.compile(shader, src, entry, constants, true)
+    }
+
+    /// Like [`Device::kernel`] for WGSL not in the registry (tests, experiments). Such shaders
+    /// keep wgpu's loop bounding, which the registered ones go without.
+    ///
+    /// Modules and pipelines are cached by name, so the name must be the source's own: a
+    /// registered shader's name, or one already used for different source, is refused with
+    /// [`DeviceError::ShaderNameTaken`] rather than silently answered with the other module.
+    pub fn kernel_from_source(
+        &self,
+        shader: &str,
+        src: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<Kernel>> {
+        let taken = |taken_by| DeviceError::ShaderNameTaken {
+            name: shader.to_string(),
+            taken_by,
+        };
+        if shaders::source(shader).is_ok() {
+            return Err(taken("one of kiln's registered shaders"));
+        }
+        if let Some((.., hash)) = self.inner.modules.lock().unwrap().get(shader) {
+            if *hash != source_hash(src) {
+                return Err(taken(
+                    "different WGSL source compiled earlier on this device",
+                ));
+            }
+        }
+        self.compile(shader, src, entry, constants, false)
+    }
+
+    /// The pipeline cache lookup and compilation behind [`Device::kernel`] and
+    /// [`Device::kernel_from_source`]; `registered` says that `src` is one of kiln's shaders.
+    fn compile(
+        &self,
+        shader: &str,
+        src: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+        registered: bool,
+    ) -> Result<Arc<Kernel>> {
+        let key = (
+            shader.to_string(),
+            entry.to_string(),
+            format!("{constants:?}"),
+        );
+        if let Some(k) = self.inner.pipelines.lock().unwrap().get(&key) {
+            self.inner.pipeline_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(k.clone());
+        }
+        self.inner.pipeline_misses.fetch_add(1, Ordering::Relaxed);
+        let (module, validated) = self.module(shader, src, registered)?;
+        let bindings = validated.bindings(shader, entry)?;
+        // wgpu 30 does not check workgroup memory against the limit (wgpu#8946): a driver may
+        // then fail or run an empty kernel. Every limit is checked here first, on the module
+        // as the override constants specialise it.
+        let footprint = validated.footprint(shader, entry, constants)?;
+        footprint.check(&format!("{shader}::{entry}"), &self.inner.profile)?;
+        let d = &self.inner.device;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&format!("{shader}::{entry}")),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: self.inner.pipeline_cache.as_ref(),
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(DeviceError::Shader {
+                name: shader.to_string(),
+                message: format!("entry `{entry}` with {constants:?}: {e}"),
+            });
+        }
+        let name = format!("{shader}::{entry}");
+        let consts: Vec<String> = constants.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let kernel = Arc::new(Kernel {
+            label: if consts.is_empty() {
+                name.clone()
+            } else {
+                format!("{name}{{{}}}", consts.join(","))
+            },
+            name,
+            layout: pipeline.get_bind_group_layout(0),
+            pipeline,
+            bindings,
+            footprint,
+        });
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap()
+            .insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    fn module(
+        &self,
+        name: &str,
+        src: &str,
+        registered: bool,
+    ) -> Result<(wgpu::ShaderModule, Arc<shaders::Validated>)> {
+        if let Some((module, validated, _)) = self.inner.modules.lock().unwrap().get(name) {
+            return Ok((module.clone(), validated.clone()));
+        }
+        // A shader that enables f16 cannot even be created without the feature: say which.
+        if shaders::enables(src, "f16") && !self.capabilities().f16 {
+            return Err(DeviceError::MissingFeature("shader-f16"));
+        }
+        if shaders::uses_subgroups(src) && !self.capabilities().subgroups {
+            return Err(DeviceError::MissingFeature("subgroups"));
+        }
+        if shaders::enables(src, "wgpu_cooperative_matrix")
+            && !self.capabilities().cooperative_matrix
+        {
+            return Err(DeviceError::MissingFeature("cooperative-matrix"));
+        }
+        // naga first: its messages name the shader and the line.
+        let validated = if registered {
+            shaders::validated(name)?
+        } else {
+            Arc::new(shaders::validate(name, src)?)
+        };
+        let d = &self.inner.device;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        };
+        // On software adapters kiln's own shaders are compiled without wgpu's loop bounding,
+        // which adds a counter to every loop and so stops lavapipe's compiler from unrolling
+        // loops of a fixed trip count (a LeNet step runs 11% faster on Mesa 25 without it). On
+        // GPUs it stays on: there a runaway loop would be a device loss with no message.
+        // Bounds checks stay on everywhere.
+        let unbounded = registered && self.inner.summary.is_software;
+        let checks = wgpu::ShaderRuntimeChecks {
+            force_loop_bounding: !unbounded,
+            ..wgpu::ShaderRuntimeChecks::checked()
+        };
+        // SAFETY: without loop bounding, a shader must not loop forever. Registered shaders
+        // don't: `shaders::tests::every_loop_steps_towards_its_bound` checks each loop header.
+        // Any other source, and every shader on a GPU, keeps the bounding.
+        let module = unsafe { d.create_shader_module_trusted(desc, checks) };
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(DeviceError::Shader {
+                name: name.to_string(),
+                message: e.to_string(),
+            });
+        }
+        self.inner.modules.lock().unwrap().insert(
+            name.to_string(),
+            (module.clone(), validated.clone(), source_hash(src)),
+        );
+        Ok((module, validated))
+    }
+
+    /// Writes the driver's pipeline cache to `path` (temp file + rename), where supported.
+    pub fn save_pipeline_cache(&self, path: &std::path::Path) -> Result<bool> {
+        let Some(data) = self
+            .inner
+            .pipeline_cache
+            .as_ref()
+            .and_then(|c| c.get_data())
+        else {
+            return Ok(false);
+        };
+        let err = |e: std::io::Error| DeviceError::CacheFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, data).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        Ok(true)
+    }
+}
