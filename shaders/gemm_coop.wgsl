@@ -92,7 +92,9 @@ fn tile_of(wid: vec3<u32>) -> Tile {
     let k_begin = split * p.k_chunk;
     let m0 = tm * BM;
     let n0 = tn * BN;
-    let inside = m0 + BM <= p.m && n0 + BN <= p.n && p.c_ns == 1u;
+    // Cooperative stores need a 16-byte aligned pointer and stride: rows of C a multiple of 4.
+    let aligned = p.c_ms % 4u == 0u && p.c_bs % 4u == 0u;
+    let inside = m0 + BM <= p.m && n0 + BN <= p.n && p.c_ns == 1u && aligned;
     let direct = inside && !ALPHA && p.bias_mode == 0u && p.k_split == 1u;
     return Tile(wid.z / p.k_split, split, m0, n0, k_begin, min(p.k, k_begin + p.k_chunk), direct);
 }

@@ -860,7 +860,7 @@ pub(crate) fn gemm(
                 let row_tiles = if full.0 * bm < g.m { full.1 } else { 0 };
                 if col_tiles + row_tiles > 0 {
                     let p = params(splits, chunk, full, true);
-                    let groups = [u(col_tiles + row_tiles), 1, z];
+                    let groups = [edge_groups(dev, col_tiles + row_tiles)?, 1, z];
                     dev.launch(&checked, &[a, b, bias_buf, dst, alpha], &p, groups)?;
                 }
             }
@@ -956,7 +956,8 @@ pub(crate) fn gemm(
                     let row_tiles = if full.0 * bm < g.m { full.1 } else { 0 };
                     if col_tiles + row_tiles > 0 {
                         let p = params(splits, chunk, full, true);
-                        dev.launch(&main, &bufs, &p, [u(col_tiles + row_tiles), 1, grid[2]])?;
+                        let groups = [edge_groups(dev, col_tiles + row_tiles)?, 1, grid[2]];
+                        dev.launch(&main, &bufs, &p, groups)?;
                     }
                 }
                 None => {
@@ -1194,6 +1195,21 @@ fn matmul_full(
             Ok((y, keep_pre.then_some(c)))
         }
     }
+}
+
+/// Workgroups of an edge-tile dispatch: the kernels number edge tiles by `workgroup_id.x` alone,
+/// so more than one dimension's limit is refused rather than split across x and y.
+fn edge_groups(dev: &Device, tiles: usize) -> Result<u32> {
+    let max = dev.limits().max_compute_workgroups_per_dimension as usize;
+    if tiles > max {
+        return Err(OpError::Invalid {
+            op: "gemm",
+            message: format!(
+                "{tiles} edge tiles, over the adapter's {max} workgroups per dimension"
+            ),
+        });
+    }
+    Ok(tiles as u32)
 }
 
 /// The most `gemm_uniform` dispatches one matmul may take; beyond it the other kernels run it:
