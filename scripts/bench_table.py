@@ -29,7 +29,9 @@ def cell(v):
 def main():
     by_bench = {}
     for r in rows(sys.argv[1:] or ["-"]):
-        by_bench.setdefault(r.get("bench") or r.get("example", "?"), []).append(r)
+        # An example's line may carry `"bench": true` (a timing mode); its name is the example's.
+        name = r["bench"] if isinstance(r.get("bench"), str) else r.get("example", "?")
+        by_bench.setdefault(name, []).append(r)
     for name, rs in by_bench.items():
         keys = []
         for r in rs:

@@ -39,8 +39,9 @@ def mnist_mlp(d):
 
 
 def char_model(d):
-    loss = g(d, "val_loss", "train_loss")
-    which = "held-out" if d.get("val_loss") is not None else "training"
+    held = g(d, "val_loss_nats_per_char", "val_loss")
+    loss = held if held is not None else d["train_loss"]
+    which = "held-out" if held is not None else "training"
     return (f"{which} loss {loss:.3f} after {d['steps']} steps in {secs(d['train_seconds'])} "
             f"({d['chars_per_second']:,.0f} chars/s)")
 

@@ -644,10 +644,9 @@ impl crate::op::Op for Attention {
     fn name(&self) -> &str {
         "attention"
     }
+    // The masked op without an additive mask, the padding mask where a fourth input is given.
     fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
-        let (q, k, v, pad) = (inputs[0], inputs[1], inputs[2], inputs.get(3).copied());
-        let (out, saved) = attention(dev, q, k, v, pad, &self.0)?;
-        Ok(crate::op::Forward::with_saved(out, saved))
+        self.masked(inputs.len()).forward(dev, inputs)
     }
     fn backward(
         &self,
@@ -655,15 +654,16 @@ impl crate::op::Op for Attention {
         ctx: &crate::op::Ctx,
         dy: &Array,
     ) -> Result<Vec<Option<Array>>> {
-        let i = ctx.inputs;
-        let saved = ctx.saved.get::<AttentionSaved>("attention")?;
-        let (dq, dk, dv) =
-            attention_backward(dev, i[0], i[1], i[2], i.get(3).copied(), &self.0, saved, dy)?;
-        let mut grads = vec![Some(dq), Some(dk), Some(dv)];
-        if i.len() > 3 {
-            grads.push(None);
+        self.masked(ctx.inputs.len()).backward(dev, ctx, dy)
+    }
+}
+
+impl Attention {
+    fn masked(&self, inputs: usize) -> AttentionMasked {
+        AttentionMasked {
+            spec: self.0,
+            key_padding: inputs > 3,
         }
-        Ok(grads)
     }
 }
 

@@ -131,15 +131,8 @@ pub fn step(
     hp: &Buffer,
     guard: Option<&Buffer>,
 ) -> Result<()> {
-    let zero;
-    let guard = match guard {
-        Some(g) => g,
-        None => {
-            zero = dev.alloc(1, crate::DType::F32)?;
-            crate::fill(dev, &zero, 0.0)?;
-            &zero
-        }
-    };
+    let guard = guard_or_zero(dev, guard)?;
+    let guard = &guard;
     let n = param.len();
     if grad.len() != n || state.iter().any(|s| s.len() != n) || state.len() != rule.state_count() {
         return Err(OpError::Invalid {
@@ -312,15 +305,8 @@ pub fn step_group(
         }
         return Ok(());
     }
-    let zero;
-    let guard = match guard {
-        Some(g) => g,
-        None => {
-            zero = dev.alloc(1, crate::DType::F32)?;
-            crate::fill(dev, &zero, 0.0)?;
-            &zero
-        }
-    };
+    let guard = guard_or_zero(dev, guard)?;
+    let guard = &guard;
     let code = match rule {
         Rule::Sgd { .. } => 0.0,
         Rule::Adam { .. } => 1.0,
@@ -354,6 +340,18 @@ pub fn step_group(
         launch_1d(dev, &k, &bufs, &p, total)?;
     }
     Ok(())
+}
+
+/// The guard buffer, or a zero (a finite loss: the update always runs) where none is given.
+fn guard_or_zero(dev: &Device, guard: Option<&Buffer>) -> Result<Buffer> {
+    match guard {
+        Some(g) => Ok(g.clone()),
+        None => {
+            let zero = dev.alloc(1, crate::DType::F32)?;
+            crate::fill(dev, &zero, 0.0)?;
+            Ok(zero)
+        }
+    }
 }
 
 /// CPU reference of one step, PyTorch's formulas in f64. Returns nothing; updates in place.
