@@ -11,6 +11,24 @@ pub fn prefixed(prefix: &str, named: Vec<(String, Tensor)>) -> Vec<(String, Tens
         .collect()
 }
 
+/// The random-generator offsets of `modules`, in order (a composite's `rng_offsets`).
+pub fn rng_offsets_of<'a>(modules: impl IntoIterator<Item = &'a dyn Module>) -> Vec<u32> {
+    modules.into_iter().flat_map(|m| m.rng_offsets()).collect()
+}
+
+/// Restores offsets from [`rng_offsets_of`] into `modules`, in the same order; how many were
+/// used (a composite's `set_rng_offsets`).
+pub fn set_rng_offsets_of<'a>(
+    modules: impl IntoIterator<Item = &'a dyn Module>,
+    offsets: &[u32],
+) -> Result<usize> {
+    let mut used = 0;
+    for m in modules {
+        used += m.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
+    }
+    Ok(used)
+}
+
 /// Lets code that transforms models (quantization) find a module's concrete type.
 pub trait AsAny: std::any::Any {
     /// The module as `Any`, for `downcast_ref`.

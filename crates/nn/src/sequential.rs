@@ -68,16 +68,9 @@ impl Module for Sequential {
         self.layers.iter().try_for_each(|(_, m)| m.advance_rng())
     }
     fn rng_offsets(&self) -> Vec<u32> {
-        self.layers
-            .iter()
-            .flat_map(|(_, m)| m.rng_offsets())
-            .collect()
+        crate::module::rng_offsets_of(self.layers.iter().map(|(_, m)| m.as_ref()))
     }
     fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        let mut used = 0;
-        for (_, m) in &self.layers {
-            used += m.set_rng_offsets(&offsets[used..])?;
-        }
-        Ok(used)
+        crate::module::set_rng_offsets_of(self.layers.iter().map(|(_, m)| m.as_ref()), offsets)
     }
 }

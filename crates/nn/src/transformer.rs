@@ -14,7 +14,7 @@
 use crate::dropout::{Dropout, DropoutConfig};
 use crate::init::{with_default_rng, Init, Rng};
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{prefixed, Module};
+use crate::module::{prefixed, rng_offsets_of, set_rng_offsets_of, Module};
 use crate::norm::{LayerNorm, LayerNormConfig};
 use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
@@ -673,6 +673,13 @@ impl TransformerEncoderLayer {
     fn dropouts(&self) -> [&Dropout; 3] {
         [&self.dropout1, &self.dropout2, &self.ff.dropout]
     }
+
+    /// Every part with a random generator, in checkpoint order.
+    fn random_parts(&self) -> Vec<&dyn Module> {
+        let mut v: Vec<&dyn Module> = vec![&self.self_attn];
+        v.extend(self.dropouts().map(|d| d as &dyn Module));
+        v
+    }
 }
 
 impl Module for TransformerEncoderLayer {
@@ -698,17 +705,24 @@ impl Module for TransformerEncoderLayer {
         self.dropouts().iter().try_for_each(|d| d.advance_rng())
     }
     fn rng_offsets(&self) -> Vec<u32> {
-        let mut v = self.self_attn.rng_offsets();
-        v.extend(self.dropouts().iter().flat_map(|d| d.rng_offsets()));
-        v
+        rng_offsets_of(self.random_parts())
     }
     fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        let mut used = self.self_attn.set_rng_offsets(offsets)?;
-        for d in self.dropouts() {
-            used += d.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
-        }
-        Ok(used)
+        set_rng_offsets_of(self.random_parts(), offsets)
     }
+}
+
+/// A stack's parameters: `layers.{i}.…`, then `norm.…` where it has a final norm.
+fn stack_parameters<L: Module>(layers: &[L], norm: Option<&LayerNorm>) -> Vec<(String, Tensor)> {
+    let mut v: Vec<_> = layers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| prefixed(&format!("layers.{i}"), l.named_parameters()))
+        .collect();
+    if let Some(n) = norm {
+        v.extend(prefixed("norm", n.named_parameters()));
+    }
+    v
 }
 
 /// A stack of encoder layers (`layers.0...`), with an optional final LayerNorm (`norm`), as
@@ -759,16 +773,7 @@ impl Module for TransformerEncoder {
         self.forward_with(x, &AttentionOptions::new())
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<_> = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| prefixed(&format!("layers.{i}"), l.named_parameters()))
-            .collect();
-        if let Some(n) = &self.norm {
-            v.extend(prefixed("norm", n.named_parameters()));
-        }
-        v
+        stack_parameters(&self.layers, self.norm.as_ref())
     }
     fn set_training(&mut self, training: bool) {
         self.layers
@@ -779,14 +784,10 @@ impl Module for TransformerEncoder {
         self.layers.iter().try_for_each(|l| l.advance_rng())
     }
     fn rng_offsets(&self) -> Vec<u32> {
-        self.layers.iter().flat_map(|l| l.rng_offsets()).collect()
+        rng_offsets_of(self.layers.iter().map(|l| l as &dyn Module))
     }
     fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        let mut used = 0;
-        for l in &self.layers {
-            used += l.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
-        }
-        Ok(used)
+        set_rng_offsets_of(self.layers.iter().map(|l| l as &dyn Module), offsets)
     }
 }
 
@@ -866,6 +867,13 @@ impl TransformerDecoderLayer {
         v.push(&self.ff.dropout);
         v
     }
+
+    /// Every part with a random generator, in checkpoint order.
+    fn random_parts(&self) -> Vec<&dyn Module> {
+        let mut v: Vec<&dyn Module> = vec![&self.self_attn, &self.multihead_attn];
+        v.extend(self.dropouts().into_iter().map(|d| d as &dyn Module));
+        v
+    }
 }
 
 impl Module for TransformerDecoderLayer {
@@ -903,20 +911,10 @@ impl Module for TransformerDecoderLayer {
         self.dropouts().iter().try_for_each(|d| d.advance_rng())
     }
     fn rng_offsets(&self) -> Vec<u32> {
-        let mut v = self.self_attn.rng_offsets();
-        v.extend(self.multihead_attn.rng_offsets());
-        v.extend(self.dropouts().iter().flat_map(|d| d.rng_offsets()));
-        v
+        rng_offsets_of(self.random_parts())
     }
     fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        let mut used = self.self_attn.set_rng_offsets(offsets)?;
-        used += self
-            .multihead_attn
-            .set_rng_offsets(&offsets[used.min(offsets.len())..])?;
-        for d in self.dropouts() {
-            used += d.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
-        }
-        Ok(used)
+        set_rng_offsets_of(self.random_parts(), offsets)
     }
 }
 
@@ -978,16 +976,7 @@ impl Module for TransformerDecoder {
         ))
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<_> = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| prefixed(&format!("layers.{i}"), l.named_parameters()))
-            .collect();
-        if let Some(n) = &self.norm {
-            v.extend(prefixed("norm", n.named_parameters()));
-        }
-        v
+        stack_parameters(&self.layers, self.norm.as_ref())
     }
     fn set_training(&mut self, training: bool) {
         self.layers
@@ -998,14 +987,10 @@ impl Module for TransformerDecoder {
         self.layers.iter().try_for_each(|l| l.advance_rng())
     }
     fn rng_offsets(&self) -> Vec<u32> {
-        self.layers.iter().flat_map(|l| l.rng_offsets()).collect()
+        rng_offsets_of(self.layers.iter().map(|l| l as &dyn Module))
     }
     fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        let mut used = 0;
-        for l in &self.layers {
-            used += l.set_rng_offsets(&offsets[used.min(offsets.len())..])?;
-        }
-        Ok(used)
+        set_rng_offsets_of(self.layers.iter().map(|l| l as &dyn Module), offsets)
     }
 }
 
