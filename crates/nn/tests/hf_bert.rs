@@ -267,3 +267,37 @@ fn bad_inputs_fail_with_clear_errors() {
     let msg = model.forward_batch(&bad_id).err().unwrap().to_string();
     assert!(msg.contains("1000") && msg.contains("input_ids"), "{msg}");
 }
+
+/// The dropout offsets (the embeddings', then three per layer) are what a training checkpoint
+/// stores: restoring them repeats the same dropout masks.
+#[test]
+fn dropout_offsets_restore_the_same_masks() {
+    let dev = dev();
+    // The fixture trains without dropout (for its golden gradients); this copy drops 10%.
+    let src = broken_copy("dropout", |d| {
+        let cfg = d.join("config.json");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let edited = text.replace(
+            "\"hidden_dropout_prob\": 0.0",
+            "\"hidden_dropout_prob\": 0.1",
+        );
+        assert_ne!(text, edited);
+        std::fs::write(&cfg, edited).unwrap();
+    });
+    let g = golden();
+    let mut model = BertModel::from_folder(&dev, &src).unwrap();
+    model.train();
+    let tok = Tokenizer::for_model(&src, model.config().vocab_size, 64).unwrap();
+    let b = batch(&g, &tok);
+    let saved = model.rng_offsets();
+    assert_eq!(saved.len(), 1 + 3 * model.config().num_hidden_layers);
+    let first = model.sentence_embeddings(&b).unwrap().to_vec().unwrap();
+    model.advance_rng().unwrap();
+    assert_ne!(model.rng_offsets(), saved);
+    let moved = model.sentence_embeddings(&b).unwrap().to_vec().unwrap();
+    assert_ne!(first, moved, "the next step's masks differ");
+    assert_eq!(model.set_rng_offsets(&saved).unwrap(), saved.len());
+    let again = model.sentence_embeddings(&b).unwrap().to_vec().unwrap();
+    assert_eq!(first, again);
+    std::fs::remove_dir_all(&src).unwrap();
+}

@@ -14,7 +14,7 @@ use crate::hf::tokenizer::Batch;
 use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
 use crate::hf::{into_nn, HfError, Result};
 use crate::init::Rng;
-use crate::module::{prefixed, Module};
+use crate::module::{prefixed, rng_offsets_of, set_rng_offsets_of, Module};
 use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
 use crate::{Dropout, LayerNorm, Linear, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_graph::{Device, Tensor};
@@ -519,11 +519,27 @@ impl Module for BertModel {
         }
     }
     fn advance_rng(&self) -> crate::Result<()> {
-        self.emb_dropout.advance_rng()?;
-        self.layers
-            .iter()
-            .flat_map(|l| l.dropouts())
+        self.all_dropouts()
+            .into_iter()
             .try_for_each(|d| d.advance_rng())
+    }
+    fn rng_offsets(&self) -> Vec<u32> {
+        rng_offsets_of(self.all_dropouts().into_iter().map(|d| d as &dyn Module))
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> crate::Result<usize> {
+        set_rng_offsets_of(
+            self.all_dropouts().into_iter().map(|d| d as &dyn Module),
+            offsets,
+        )
+    }
+}
+
+impl BertModel {
+    /// Every dropout, in checkpoint order: the embeddings', then each layer's.
+    fn all_dropouts(&self) -> Vec<&Dropout> {
+        std::iter::once(&self.emb_dropout)
+            .chain(self.layers.iter().flat_map(|l| l.dropouts()))
+            .collect()
     }
 }
 

@@ -15,7 +15,7 @@ use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind
 use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
 use crate::hf::{into_nn, HfError, Result};
 use crate::init::Rng;
-use crate::module::{prefixed, Module};
+use crate::module::{prefixed, rng_offsets_of, set_rng_offsets_of, Module};
 use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
 use crate::{Dropout, LayerNorm, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_graph::{no_grad, Device, Tensor};
@@ -715,10 +715,26 @@ impl Module for Gpt2LMHeadModel {
         }
     }
     fn advance_rng(&self) -> crate::Result<()> {
-        self.drop.advance_rng()?;
-        self.h
-            .iter()
-            .flat_map(|b| b.dropouts())
+        self.all_dropouts()
+            .into_iter()
             .try_for_each(|d| d.advance_rng())
+    }
+    fn rng_offsets(&self) -> Vec<u32> {
+        rng_offsets_of(self.all_dropouts().into_iter().map(|d| d as &dyn Module))
+    }
+    fn set_rng_offsets(&self, offsets: &[u32]) -> crate::Result<usize> {
+        set_rng_offsets_of(
+            self.all_dropouts().into_iter().map(|d| d as &dyn Module),
+            offsets,
+        )
+    }
+}
+
+impl Gpt2LMHeadModel {
+    /// Every dropout, in checkpoint order: the embeddings', then each block's.
+    fn all_dropouts(&self) -> Vec<&Dropout> {
+        std::iter::once(&self.drop)
+            .chain(self.h.iter().flat_map(|b| b.dropouts()))
+            .collect()
     }
 }
