@@ -64,12 +64,15 @@ impl Optimizer {
         let lens: Vec<usize> = params.iter().map(Tensor::numel).collect();
         let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
         let mut chunk_of = Vec::with_capacity(lens.len());
+        let mut used = 0;
         for (i, &n) in lens.iter().enumerate() {
-            let mut with: Vec<usize> = chunks.last().unwrap().iter().map(|&j| lens[j]).collect();
-            with.push(n);
-            if optim::state_layout(&with).1 > limit && !chunks.last().unwrap().is_empty() {
+            // The parameter's slot in a flat buffer (its length, aligned as state_layout lays it).
+            let slot = optim::state_layout(&[n]).1;
+            if used + slot > limit && used > 0 {
                 chunks.push(Vec::new());
+                used = 0;
             }
+            used += slot;
             chunks.last_mut().unwrap().push(i);
             chunk_of.push(chunks.len() - 1);
         }
