@@ -36,6 +36,11 @@ fn main() -> Result<()> {
         l.max_compute_workgroups_per_dimension,
         l.max_storage_buffers_per_shader_stage
     );
+    let prof = dev.adapter_profile();
+    println!(
+        "known:    compute_units={} peak_f32_tflops={:?} peak_f16_tflops={:?} bandwidth_gbs={:?}",
+        prof.compute_units, prof.peak_f32_tflops, prof.peak_f16_tflops, prof.bandwidth_gbs
+    );
     for p in dev.cooperative_matrix_properties() {
         println!("coop matrix: {p:?}");
     }
@@ -51,6 +56,10 @@ fn main() -> Result<()> {
         .set("subgroups", c.subgroups)
         .set("cooperative_matrix", c.cooperative_matrix)
         .set("timestamps", c.timestamps)
+        .set("compute_units", prof.compute_units)
+        .set("peak_f32_tflops", prof.peak_f32_tflops)
+        .set("peak_f16_tflops", prof.peak_f16_tflops)
+        .set("bandwidth_gbs", prof.bandwidth_gbs)
         .set(
             "max_storage_buffer_binding_size",
             l.max_storage_buffer_binding_size,

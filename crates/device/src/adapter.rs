@@ -304,6 +304,7 @@ impl Device {
         } else {
             Vec::new()
         };
+        let known = crate::known::lookup(&summary.name);
         let profile = AdapterProfile {
             name: summary.name.clone(),
             backend: summary.backend.clone(),
@@ -314,8 +315,14 @@ impl Device {
             subgroup_min_size: summary.subgroup_min_size,
             subgroup_max_size: summary.subgroup_max_size,
             coop_f16_sizes,
-            // wgpu does not report compute units; split-K assumes a mid-size GPU.
-            compute_units: 0,
+            // wgpu reports neither compute units nor peaks: a table of known devices does.
+            compute_units: known.map_or_else(
+                || crate::known::default_compute_units(summary.is_software, &summary.device_type),
+                |k| k.compute_units,
+            ),
+            peak_f32_tflops: known.map(|k| k.peak_f32_tflops),
+            peak_f16_tflops: known.map(|k| k.peak_f16_tflops),
+            bandwidth_gbs: known.map(|k| k.bandwidth_gbs),
         };
         let policy = match std::env::var("KILN_KERNELS") {
             Ok(spec) => KernelPolicy::parse(&spec)?,

@@ -16,6 +16,7 @@ mod adapter;
 mod buffer;
 mod capture;
 mod error;
+pub mod known;
 mod pipeline;
 mod policy;
 pub mod shaders;

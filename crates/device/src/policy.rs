@@ -105,8 +105,16 @@ pub struct AdapterProfile {
     pub subgroup_max_size: u32,
     /// Square cooperative-matrix sizes with f16 inputs and f32 accumulators, largest first.
     pub coop_f16_sizes: Vec<u32>,
-    /// Compute units (SMs, CUs, Xe cores, GPU cores); 0 where unknown. Split-K uses it.
+    /// Compute units (SMs, CUs, Xe cores, GPU cores; a software adapter's CPU threads): from
+    /// [`crate::known::KNOWN_DEVICES`] by name, else [`crate::known::default_compute_units`].
+    /// Grid targets (split-K, split-KV decode) are sized from it; 0 where unknown.
     pub compute_units: u32,
+    /// Peak f32 rate, TFLOP/s, where the device is known.
+    pub peak_f32_tflops: Option<f64>,
+    /// Peak f16 rate with f32 accumulation, TFLOP/s, where the device is known.
+    pub peak_f16_tflops: Option<f64>,
+    /// Peak memory bandwidth, GB/s, where the device is known.
+    pub bandwidth_gbs: Option<f64>,
 }
 
 impl AdapterProfile {
@@ -128,6 +136,21 @@ impl AdapterProfile {
             subgroup_max_size: 32,
             coop_f16_sizes: Vec::new(),
             compute_units: 0,
+            peak_f32_tflops: None,
+            peak_f16_tflops: None,
+            bandwidth_gbs: None,
+        }
+    }
+
+    /// The same profile with the compute units and peaks of the known device `name`.
+    fn known(self, name: &str) -> AdapterProfile {
+        let k = crate::known::lookup(name).expect("a device of the known-device table");
+        AdapterProfile {
+            compute_units: k.compute_units,
+            peak_f32_tflops: Some(k.peak_f32_tflops),
+            peak_f16_tflops: Some(k.peak_f16_tflops),
+            bandwidth_gbs: Some(k.bandwidth_gbs),
+            ..self
         }
     }
 
@@ -151,27 +174,23 @@ impl AdapterProfile {
     /// NVIDIA Hopper (H100/H200) through Vulkan: 48 KiB of workgroup memory without the opt-in,
     /// 16 x 16 f16 cooperative matrices, 132 SMs.
     pub fn nvidia_hopper() -> AdapterProfile {
-        AdapterProfile {
-            compute_units: 132,
-            ..Self::gpu(
-                "NVIDIA H100 (Vulkan)",
-                "Vulkan",
-                Self::desktop(49152, 1 << 20),
-            )
-        }
+        Self::gpu(
+            "NVIDIA H100 (Vulkan)",
+            "Vulkan",
+            Self::desktop(49152, 1 << 20),
+        )
+        .known("NVIDIA H100 80GB HBM3")
         .with_coop(&[16])
     }
 
     /// NVIDIA Ada (RTX 4090) through Vulkan: 48 KiB, 128 SMs.
     pub fn nvidia_ada() -> AdapterProfile {
-        AdapterProfile {
-            compute_units: 128,
-            ..Self::gpu(
-                "NVIDIA RTX 4090 (Vulkan)",
-                "Vulkan",
-                Self::desktop(49152, 1 << 20),
-            )
-        }
+        Self::gpu(
+            "NVIDIA RTX 4090 (Vulkan)",
+            "Vulkan",
+            Self::desktop(49152, 1 << 20),
+        )
+        .known("NVIDIA GeForce RTX 4090")
         .with_coop(&[16])
     }
 
@@ -180,7 +199,6 @@ impl AdapterProfile {
         AdapterProfile {
             subgroup_min_size: 32,
             subgroup_max_size: 64,
-            compute_units: 96,
             mesa_version: Some((24, 2)),
             ..Self::gpu(
                 "AMD RX 7900 XTX (RADV)",
@@ -188,6 +206,7 @@ impl AdapterProfile {
                 Self::desktop(65536, 1 << 20),
             )
         }
+        .known("AMD Radeon RX 7900 XTX (RADV NAVI31)")
         .with_coop(&[16])
     }
 
@@ -196,11 +215,9 @@ impl AdapterProfile {
     pub fn apple_m() -> AdapterProfile {
         let mut l = Self::desktop(32768, 31);
         l.max_storage_buffer_binding_size = 1 << 30;
-        AdapterProfile {
-            compute_units: 10,
-            ..Self::gpu("Apple M2 (Metal)", "Metal", l)
-        }
-        .with_coop(&[8])
+        Self::gpu("Apple M2 (Metal)", "Metal", l)
+            .known("Apple M2")
+            .with_coop(&[8])
     }
 
     /// Intel Arc (A770) through ANV: 64 KiB, SIMD8 to SIMD32, 32 Xe cores, no square f16
@@ -209,7 +226,6 @@ impl AdapterProfile {
         AdapterProfile {
             subgroup_min_size: 8,
             subgroup_max_size: 32,
-            compute_units: 32,
             mesa_version: Some((24, 2)),
             ..Self::gpu(
                 "Intel Arc A770 (ANV)",
@@ -217,6 +233,7 @@ impl AdapterProfile {
                 Self::desktop(65536, 1 << 20),
             )
         }
+        .known("Intel(R) Arc(tm) A770 Graphics")
     }
 
     /// A DX12 adapter with 32 KiB of group-shared memory, waves of 4 to 128 lanes, 64 UAVs per
