@@ -1,7 +1,5 @@
-// layer_norm over the last axis of x: [rows, cols], with gamma and beta: [cols]:
-//   y = (x - mean) * rstd * gamma + beta, rstd = 1 / sqrt(var + eps) (biased variance, as PyTorch)
-// The forward keeps (mean, rstd) per row in `stats` for the backward:
-//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, xhat = (x - mean) * rstd
+// layer_norm's parameter gradients over x: [rows, cols], from the (mean, rstd) per row that the
+// forward (a row kernel, parts/rows.wgsl) kept in `stats`, xhat = (x - mean) * rstd:
 //   dgamma = sum over rows of dy * xhat, dbeta = sum over rows of dy (one invocation per column,
 //   rows added in order: the same result on every run); or in two passes where there are many
 //   rows: layer_norm_backward_params_blocks sums blocks of RB rows into partials [blocks, cols],
@@ -16,8 +14,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> gamma: array<f32>;
-@group(0) @binding(2) var<storage, read> beta: array<f32>;
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>; // [rows, 2]: mean, rstd
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -26,48 +22,6 @@ struct Params {
 
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
-@compute @workgroup_size(WG)
-fn layer_norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
-    let r = index(wid, nwg, lid);
-    if (r >= p.rows) { return; }
-    let base = r * p.cols;
-    var mean = 0.0;
-    for (var j = 0u; j < p.cols; j++) { mean += x[base + j]; }
-    mean = mean / f32(p.cols);
-    var var_ = 0.0;
-    for (var j = 0u; j < p.cols; j++) { let d = x[base + j] - mean; var_ += d * d; }
-    let rstd = inverseSqrt(var_ / f32(p.cols) + p.eps);
-    for (var j = 0u; j < p.cols; j++) {
-        out[base + j] = (x[base + j] - mean) * rstd * gamma[j] + beta[j];
-    }
-    stats[2u * r] = mean;
-    stats[2u * r + 1u] = rstd;
-}
-
-@compute @workgroup_size(WG)
-fn layer_norm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                             @builtin(local_invocation_index) lid: u32) {
-    let r = index(wid, nwg, lid);
-    if (r >= p.rows) { return; }
-    let base = r * p.cols;
-    let mean = stats[2u * r];
-    let rstd = stats[2u * r + 1u];
-    var mg = 0.0;
-    var mgx = 0.0;
-    for (var j = 0u; j < p.cols; j++) {
-        let g = dy[base + j] * gamma[j];
-        mg += g;
-        mgx += g * (x[base + j] - mean) * rstd;
-    }
-    mg = mg / f32(p.cols);
-    mgx = mgx / f32(p.cols);
-    for (var j = 0u; j < p.cols; j++) {
-        let xhat = (x[base + j] - mean) * rstd;
-        out[base + j] = rstd * (dy[base + j] * gamma[j] - mg - xhat * mgx);
-    }
 }
 
 @compute @workgroup_size(WG)

@@ -34,6 +34,36 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.dispatches.is_empty()
     }
+    /// What each dispatch launches, in order: for audits of a recorded step (how many
+    /// workgroups each kernel spreads over) and for profiles.
+    pub fn dispatches(&self) -> Vec<DispatchInfo> {
+        self.dispatches
+            .iter()
+            .map(|d| DispatchInfo {
+                kernel: d.kernel.label().to_string(),
+                groups: d.groups,
+                workgroup_size: d.kernel.footprint().workgroup_size,
+            })
+            .collect()
+    }
+}
+
+/// One recorded dispatch, as [`Plan::dispatches`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatchInfo {
+    /// The kernel's label: "shader::entry" and its override constants.
+    pub kernel: String,
+    /// Workgroups in each dimension (after splitting counts over one dimension's limit).
+    pub groups: [u32; 3],
+    /// Invocations per workgroup in each dimension.
+    pub workgroup_size: [u32; 3],
+}
+
+impl DispatchInfo {
+    /// Workgroups in all.
+    pub fn workgroups(&self) -> u64 {
+        self.groups.iter().map(|&g| g as u64).product()
+    }
 }
 
 impl Drop for Plan {

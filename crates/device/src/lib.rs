@@ -13,6 +13,7 @@
 //! `timing`, and [`shaders`] (the registry).
 
 mod adapter;
+pub mod audit;
 mod buffer;
 mod capture;
 mod error;
@@ -25,7 +26,7 @@ mod timing;
 
 pub use adapter::{parse_mesa_version, AdapterSummary, Capabilities, Device};
 pub use buffer::{Buffer, DType, Element, PoolStats, WINDOW_BYTES};
-pub use capture::Plan;
+pub use capture::{DispatchInfo, Plan};
 pub use error::{DeviceError, Result};
 pub use pipeline::Kernel;
 pub use policy::{AdapterProfile, Footprint, KernelPolicy, Variant, VariantTable};

@@ -354,8 +354,8 @@ mod tests {
 
     /// Steps a loop may take: one, halving, or a workgroup, tile or subgroup size (overrides that
     /// kiln sets to positive values, and the subgroup size, which is at least 1).
-    const STEPS: [&str; 10] = [
-        "BK", "BKV", "BQ2", "NT", "WG", "S", "TR", "sg", "lanes", "4u * sg",
+    const STEPS: [&str; 11] = [
+        "BK", "BKV", "BQ2", "NT", "WG", "S", "TR", "sg", "lanes", "4u * sg", "LPR",
     ];
 
     /// The first loop in `src` that is not a `for` stepping its own counter by one of `STEPS`
@@ -387,6 +387,9 @@ mod tests {
                 STEPS.contains(&by) && cond.starts_with(&format!("{var} < "))
             } else if step == format!("{var}++") {
                 cond.starts_with(&format!("{var} < "))
+            } else if step == format!("{var} = {var} * 2u") {
+                // Doubling from a positive start.
+                init == format!("var {var} = 1u") && cond.starts_with(&format!("{var} < "))
             } else if step == format!("{var}--") {
                 // Counting down ends at zero only for a signed counter.
                 init.starts_with(&format!("var {var} = i32(")) && cond == format!("{var} >= 0")

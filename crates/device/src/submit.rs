@@ -47,7 +47,7 @@ impl Params {
 pub(crate) struct Dispatch {
     pub(crate) kernel: Arc<Kernel>,
     bind_group: wgpu::BindGroup,
-    groups: [u32; 3],
+    pub(crate) groups: [u32; 3],
     /// The parameter block must outlive the submission: recycling it earlier would let a later
     /// `write_buffer` change what this dispatch reads.
     _params: Option<Buffer>,

@@ -259,7 +259,27 @@ impl Tensor {
     /// Mean cross-entropy of these logits `[N, C]` against i32 labels `[N]` (shape `[1]`); rows
     /// labelled `ignore_index` do not count.
     pub fn cross_entropy(&self, labels: &Tensor, ignore_index: Option<i32>) -> Result<Tensor> {
-        Tensor::apply(CrossEntropyLoss { ignore_index }, &[self, labels])
+        let op = CrossEntropyLoss {
+            ignore_index,
+            classes: None,
+        };
+        Tensor::apply(op, &[self, labels])
+    }
+
+    /// [`Tensor::cross_entropy`] over the first `classes` columns of these logits `[N, stride]`:
+    /// a vocabulary padded to a multiple of 64 or 128 (as GPT-2 trainers pad it) keeps its padding
+    /// columns out of the softmax, and they get a zero gradient.
+    pub fn cross_entropy_padded(
+        &self,
+        labels: &Tensor,
+        classes: usize,
+        ignore_index: Option<i32>,
+    ) -> Result<Tensor> {
+        let op = CrossEntropyLoss {
+            ignore_index,
+            classes: Some(classes),
+        };
+        Tensor::apply(op, &[self, labels])
     }
 
     /// Mean squared error against a target of the same shape (shape `[1]`).

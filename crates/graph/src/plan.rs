@@ -46,4 +46,9 @@ impl StepPlan {
     pub fn dispatches(&self) -> usize {
         self.plan.len()
     }
+
+    /// The recorded device plan (its dispatches, for audits of what a step launches).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
 }

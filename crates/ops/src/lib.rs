@@ -26,6 +26,7 @@ pub mod pool;
 pub mod random;
 pub mod reduce;
 pub mod rnn;
+pub mod rows;
 pub mod softmax;
 pub mod testing;
 

@@ -1,5 +1,7 @@
 //! layer_norm over the last axis with gamma and beta, and embedding lookup; forward and backward.
 
+use crate::rows::{self, RowOp};
+
 use crate::{
     expect_dtype, expect_nonempty, launch_1d, Array, DType, Device, OpError, Params, Result,
 };
@@ -42,15 +44,10 @@ pub fn layer_norm(
     }
     let y = Array::empty(dev, &x.shape)?;
     let stats = Array::empty(dev, &[rows, 2])?;
-    let k = dev.kernel("norm", "layer_norm_forward", &[])?;
-    let p = Params::new().u(rows as u32).u(cols as u32).f(eps);
-    launch_1d(
-        dev,
-        &k,
-        &[&x.buf, &gamma.buf, &beta.buf, &stats.buf, &y.buf],
-        &p,
-        rows,
-    )?;
+    let vec4 = rows::quads(cols, &[&x.buf, &gamma.buf, &beta.buf, &y.buf]);
+    let p = rows::params(rows, cols, cols, 0, eps);
+    let bufs = [&x.buf, &gamma.buf, &beta.buf, &y.buf, &stats.buf];
+    rows::run(dev, RowOp::LayerNorm, (rows, cols, vec4), &[], &bufs, &p)?;
     Ok((y, LayerNormSaved { stats }))
 }
 
@@ -64,16 +61,14 @@ pub fn layer_norm_backward(
 ) -> Result<(Array, Array, Array)> {
     let (rows, cols) = rows_cols("layer_norm_backward", x, gamma)?;
     crate::elementwise::same_shape("layer_norm_backward", &x.shape, &dy.shape)?;
-    let p = Params::new().u(rows as u32).u(cols as u32).f(0.0);
     let dx = Array::empty(dev, &x.shape)?;
-    let k = dev.kernel("norm", "layer_norm_backward_input", &[])?;
-    launch_1d(
-        dev,
-        &k,
-        &[&x.buf, &gamma.buf, &dy.buf, &saved.stats.buf, &dx.buf],
-        &p,
-        rows,
-    )?;
+    let vec4 = rows::quads(cols, &[&x.buf, &gamma.buf, &dy.buf, &dx.buf]);
+    let rp = rows::params(rows, cols, cols, 0, 0.0);
+    let bufs = [&x.buf, &dy.buf, &gamma.buf, &dx.buf, &saved.stats.buf];
+    let op = RowOp::LayerNormBackward;
+    rows::run(dev, op, (rows, cols, vec4), &[], &bufs, &rp)?;
+    // The parameter gradients' kernels (norm.wgsl) read the same stats as [rows, 2] floats.
+    let p = Params::new().u(rows as u32).u(cols as u32).f(0.0);
     let (dg, db) = (Array::empty(dev, &[cols])?, Array::empty(dev, &[cols])?);
     let call = crate::reduce::ColsumCall {
         outer: 1,

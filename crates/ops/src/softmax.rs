@@ -1,56 +1,61 @@
 //! softmax and log_softmax along the last axis, and cross-entropy from logits with integer labels
 //! (fused log-softmax + NLL, mean over non-ignored rows).
 
-use crate::{
-    expect_dtype, expect_nonempty, launch_1d, Array, DType, Device, OpError, Params, Result,
-};
-
-fn rows_cols(op: &'static str, x: &Array) -> Result<(usize, usize)> {
-    expect_dtype(op, x, DType::F32)?;
-    expect_nonempty(op, x)?;
-    let cols = *x.shape.last().ok_or_else(|| OpError::Shape {
-        op,
-        expected: "at least 1 dimension".into(),
-        got: "[]".into(),
-    })?;
-    Ok((x.numel() / cols, cols))
-}
-
-fn params(rows: usize, cols: usize, ignore: i32) -> Params {
-    Params::new().u(rows as u32).u(cols as u32).i(ignore)
-}
+use crate::rows::{self, RowOp};
+use crate::{expect_dtype, Array, DType, Device, OpError, Result};
 
 /// softmax (log = false) or log_softmax (log = true) along the last axis.
 pub fn softmax(dev: &Device, x: &Array, log: bool) -> Result<Array> {
-    let (rows, cols) = rows_cols("softmax", x)?;
+    let (rows, cols) = rows::rows_cols("softmax", x)?;
     let y = Array::empty(dev, &x.shape)?;
-    let k = dev.kernel("softmax", "softmax", &[("OP", log as u32 as f64)])?;
-    launch_1d(dev, &k, &[&x.buf, &y.buf], &params(rows, cols, -1), rows)?;
+    let vec4 = rows::quads(cols, &[&x.buf, &y.buf]);
+    let p = rows::params(rows, cols, cols, -1, 0.0);
+    let bufs = [&x.buf, &y.buf];
+    let log = [("OP", log as u32 as f64)];
+    rows::run(dev, RowOp::Softmax, (rows, cols, vec4), &log, &bufs, &p)?;
     Ok(y)
 }
 
 /// Gradient of [`softmax`] from its output y.
 pub fn softmax_backward(dev: &Device, y: &Array, dy: &Array, log: bool) -> Result<Array> {
-    let (rows, cols) = rows_cols("softmax_backward", y)?;
+    let (rows, cols) = rows::rows_cols("softmax_backward", y)?;
     crate::elementwise::same_shape("softmax_backward", &y.shape, &dy.shape)?;
     let dx = Array::empty(dev, &y.shape)?;
-    let k = dev.kernel("softmax", "softmax_backward", &[("OP", log as u32 as f64)])?;
-    launch_1d(
+    let vec4 = rows::quads(cols, &[&y.buf, &dy.buf, &dx.buf]);
+    let p = rows::params(rows, cols, cols, -1, 0.0);
+    let bufs = [&y.buf, &dy.buf, &dx.buf];
+    let log = [("OP", log as u32 as f64)];
+    rows::run(
         dev,
-        &k,
-        &[&y.buf, &dy.buf, &dx.buf],
-        &params(rows, cols, -1),
-        rows,
+        RowOp::SoftmaxBackward,
+        (rows, cols, vec4),
+        &log,
+        &bufs,
+        &p,
     )?;
     Ok(dx)
 }
 
-/// What cross-entropy's forward pass keeps for its backward.
+/// What cross-entropy's forward pass keeps for its backward: per-row log-sum-exp, not the
+/// probabilities (the backward recomputes them from the logits, one more read of the logits
+/// instead of a stored copy of them).
 pub struct CrossEntropy {
     /// `[2]`: the mean loss and the number of rows counted.
     pub loss: Array,
-    /// softmax(logits) - onehot(labels), unscaled, zero rows where ignored.
-    pub grad: Array,
+    /// `[rows, 2]`: each row's loss (0 where ignored) and log-sum-exp.
+    pub stats: Array,
+    /// The logits `[rows, stride]`.
+    pub logits: Array,
+    /// The labels `[rows]`.
+    pub labels: Array,
+    /// Classes counted per row (the first `classes` of each row's `stride`).
+    pub classes: usize,
+    /// Rows with this label do not count.
+    pub ignore_index: Option<i32>,
+}
+
+fn xent_params(rows: usize, classes: usize, stride: usize, ignore: Option<i32>) -> crate::Params {
+    rows::params(rows, classes, stride, ignore.unwrap_or(i32::MIN), 0.0)
 }
 
 /// Cross-entropy of logits `[R, C]` against i32 labels `[R]`; rows labelled `ignore_index` do not count.
@@ -62,12 +67,33 @@ pub fn cross_entropy(
     labels: &Array,
     ignore_index: Option<i32>,
 ) -> Result<CrossEntropy> {
-    let (rows, cols) = rows_cols("cross_entropy", logits)?;
+    let classes = logits.shape.last().copied().unwrap_or(0);
+    cross_entropy_padded(dev, logits, labels, classes, ignore_index)
+}
+
+/// [`cross_entropy`] over the first `classes` columns of logits `[R, stride]`: the columns past
+/// `classes` (a vocabulary padded to a multiple of 64 or 128, as GPT-2 trainers pad it) take no
+/// probability and get a zero gradient.
+pub fn cross_entropy_padded(
+    dev: &Device,
+    logits: &Array,
+    labels: &Array,
+    classes: usize,
+    ignore_index: Option<i32>,
+) -> Result<CrossEntropy> {
+    let (rows, stride) = rows::rows_cols("cross_entropy", logits)?;
     if logits.shape.len() != 2 {
         return Err(OpError::Shape {
             op: "cross_entropy",
             expected: "logits [rows, classes]".into(),
             got: format!("{:?}", logits.shape),
+        });
+    }
+    if classes == 0 || classes > stride {
+        return Err(OpError::Shape {
+            op: "cross_entropy",
+            expected: format!("between 1 and {stride} classes counted per row"),
+            got: format!("{classes}"),
         });
     }
     expect_dtype("cross_entropy labels", labels, DType::I32)?;
@@ -79,19 +105,33 @@ pub fn cross_entropy(
         });
     }
     let loss = Array::empty(dev, &[2])?;
-    let grad = Array::empty(dev, &logits.shape)?;
-    let k = dev.kernel("softmax", "xent_forward", &[])?;
-    // One workgroup strides over the rows and reduces the loss in a fixed order.
-    dev.launch(
-        &k,
-        &[&logits.buf, &labels.buf, &grad.buf, &loss.buf],
-        &params(rows, cols, ignore_index.unwrap_or(i32::MIN)),
-        [1, 1, 1],
+    let stats = Array::empty(dev, &[rows, 2])?;
+    let p = xent_params(rows, classes, stride, ignore_index);
+    let vec4 = rows::quads(stride, &[&logits.buf]);
+    let bufs = [&logits.buf, &labels.buf, &stats.buf];
+    rows::run(
+        dev,
+        RowOp::CrossEntropy,
+        (rows, stride, vec4),
+        &[],
+        &bufs,
+        &p,
     )?;
-    Ok(CrossEntropy { loss, grad })
+    // The mean over rows in a second pass, in a fixed order: the same loss on every run.
+    let k = rows::xent_mean_spec().kernel(dev)?;
+    dev.launch(&k, &[&labels.buf, &stats.buf, &loss.buf], &p, [1, 1, 1])?;
+    Ok(CrossEntropy {
+        loss,
+        stats,
+        logits: logits.clone(),
+        labels: labels.clone(),
+        classes,
+        ignore_index,
+    })
 }
 
-/// dlogits = grad * dloss / count, for dloss of shape `[]` or `[1]`.
+/// dlogits = (softmax(logits) - onehot(labels)) * dloss / count, for dloss of shape `[]` or
+/// `[1]`; zero on ignored rows and on padding columns.
 pub fn cross_entropy_backward(dev: &Device, saved: &CrossEntropy, dloss: &Array) -> Result<Array> {
     if dloss.numel() != 1 {
         return Err(OpError::Shape {
@@ -100,17 +140,21 @@ pub fn cross_entropy_backward(dev: &Device, saved: &CrossEntropy, dloss: &Array)
             got: format!("{:?}", dloss.shape),
         });
     }
-    let g = &saved.grad;
-    let dx = Array::empty(dev, &g.shape)?;
-    let k = dev.kernel("softmax", "xent_backward", &[])?;
-    let (rows, cols) = (g.shape[0], g.shape[1]);
-    launch_1d(
-        dev,
-        &k,
-        &[&g.buf, &dloss.buf, &dx.buf, &saved.loss.buf],
-        &params(rows, cols, 0),
-        rows * cols,
-    )?;
+    let x = &saved.logits;
+    let (rows, stride) = (x.shape[0], x.shape[1]);
+    let dx = Array::empty(dev, &x.shape)?;
+    let p = xent_params(rows, saved.classes, stride, saved.ignore_index);
+    let vec4 = rows::quads(stride, &[&x.buf, &dx.buf]);
+    let bufs = [
+        &x.buf,
+        &dloss.buf,
+        &saved.labels.buf,
+        &dx.buf,
+        &saved.stats.buf,
+        &saved.loss.buf,
+    ];
+    let op = RowOp::CrossEntropyBackward;
+    rows::run(dev, op, (rows, stride, vec4), &[], &bufs, &p)?;
     Ok(dx)
 }
 
@@ -203,6 +247,8 @@ impl crate::op::Op for Softmax {
 pub struct CrossEntropyLoss {
     /// Rows with this label do not count.
     pub ignore_index: Option<i32>,
+    /// Count only the first `classes` columns of each row (a padded vocabulary); all where None.
+    pub classes: Option<usize>,
 }
 
 impl crate::op::Op for CrossEntropyLoss {
@@ -210,7 +256,12 @@ impl crate::op::Op for CrossEntropyLoss {
         "cross_entropy"
     }
     fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
-        let ce = cross_entropy(dev, inputs[0], inputs[1], self.ignore_index)?;
+        let (logits, labels) = (inputs[0], inputs[1]);
+        let classes = match self.classes {
+            Some(c) => c,
+            None => logits.shape.last().copied().unwrap_or(0),
+        };
+        let ce = cross_entropy_padded(dev, logits, labels, classes, self.ignore_index)?;
         // The loss buffer holds [mean, count]; the output shows the mean only.
         let mean = Array {
             buf: ce

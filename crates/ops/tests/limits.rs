@@ -218,6 +218,94 @@ fn planned(prof: &AdapterProfile, what: &str, r: Result<Planned, OpError>) -> Op
     }
 }
 
+/// Every kernel plan of the shapes above on `d` (planned as if on `prof`): (what, plan).
+fn plans_for(d: &Device, prof: &AdapterProfile) -> Vec<(String, Planned)> {
+    let mut out = Vec::new();
+    let mut keep = |what: String, r: Result<Planned, OpError>| {
+        if let Some(p) = planned(prof, &what, r) {
+            out.push((what, p));
+        }
+    };
+    for (what, call) in gemm_shapes() {
+        keep(format!("{what} {call:?}"), matmul::plan(d, &call));
+    }
+    for (what, xs, ws, spec) in conv_shapes() {
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            keep(
+                format!("{what} {pass:?}"),
+                conv::plan(d, pass, xs, ws, &spec),
+            );
+        }
+    }
+    // Bias, LayerNorm and abs-max gradients: the Transformer's [B * T, width] columns,
+    // LeNet's and the MLP's biases, a whole tensor's abs-max.
+    for (outer, len, inner) in [
+        (1, 64 * 256, 384),
+        (1, 64 * 256, 1536),
+        (1, 16 * 64, 64),
+        (1, 64, 120),
+        (1, 128, 256),
+        (1, 1 << 20, 1),
+        (1, 1, 384),
+    ] {
+        let call = kiln_ops::reduce::ColsumCall {
+            outer,
+            len,
+            inner,
+            mean: false,
+        };
+        keep(
+            format!("reduction {outer}x{len}x{inner}"),
+            kiln_ops::reduce::plan(d, &call),
+        );
+    }
+    // The optimizers' update of a group: LeNet's ten parameters, a Transformer's.
+    for params in [10, 76] {
+        let call = kiln_ops::optim::OptimCall {
+            params,
+            quads: true,
+        };
+        keep(
+            format!("optimizer group of {params}"),
+            kiln_ops::optim::plan(d, &call),
+        );
+    }
+    for (what, call) in attention_shapes() {
+        keep(what, attention::plan(d, &call));
+    }
+    // Row kernels: LeNet's and the character models' classes, GPT-2's width and vocabulary
+    // (padded and not), batch 1 and a training batch of rows.
+    // (Where the array alone is over one binding, as 8,192 rows of GPT-2's vocabulary are on
+    // Apple's 1 GiB or WebGPU's 128 MiB, nothing that makes it runs either.)
+    for rows in [1, 64, 2048, 8192] {
+        for (cols, vec4) in [
+            (10, false),
+            (65, false),
+            (384, true),
+            (768, true),
+            (50257, false),
+            (50304, true),
+        ] {
+            if !prof.fits_binding((rows * cols * 4) as u64) {
+                continue;
+            }
+            for op in kiln_ops::rows::RowOp::ALL {
+                let call = kiln_ops::rows::RowCall {
+                    op,
+                    rows,
+                    cols,
+                    vec4,
+                };
+                keep(
+                    format!("{op:?} [{rows}, {cols}] vec4={vec4}"),
+                    kiln_ops::rows::planned(d, &call),
+                );
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn every_benchmark_and_example_shape_fits_every_adapter_profile() {
     let mut profiles = AdapterProfile::reference_profiles();
@@ -225,69 +313,13 @@ fn every_benchmark_and_example_shape_fits_every_adapter_profile() {
     let mut chosen: BTreeMap<(String, &str), BTreeMap<&str, usize>> = BTreeMap::new();
     for prof in &profiles {
         let d = dev().with_policy(KernelPolicy::default().with_profile(prof.clone()));
-        let mut tally = |family: &'static str, p: &Planned| {
+        for (what, p) in plans_for(&d, prof) {
+            check_plan(&d, &what, &p);
             *chosen
-                .entry((prof.name.clone(), family))
+                .entry((prof.name.clone(), p.family))
                 .or_default()
                 .entry(p.variant)
                 .or_default() += 1;
-        };
-        for (what, call) in gemm_shapes() {
-            let what = format!("{what} {call:?}");
-            if let Some(p) = planned(prof, &what, matmul::plan(&d, &call)) {
-                check_plan(&d, &what, &p);
-                tally(p.family, &p);
-            }
-        }
-        for (what, xs, ws, spec) in conv_shapes() {
-            for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
-                let what = format!("{what} {pass:?}");
-                if let Some(p) = planned(prof, &what, conv::plan(&d, pass, xs, ws, &spec)) {
-                    check_plan(&d, &what, &p);
-                    tally(p.family, &p);
-                }
-            }
-        }
-        // Bias, LayerNorm and abs-max gradients: the Transformer's [B * T, width] columns,
-        // LeNet's and the MLP's biases, a whole tensor's abs-max.
-        for (outer, len, inner) in [
-            (1, 64 * 256, 384),
-            (1, 64 * 256, 1536),
-            (1, 16 * 64, 64),
-            (1, 64, 120),
-            (1, 128, 256),
-            (1, 1 << 20, 1),
-            (1, 1, 384),
-        ] {
-            let call = kiln_ops::reduce::ColsumCall {
-                outer,
-                len,
-                inner,
-                mean: false,
-            };
-            let what = format!("reduction {outer}x{len}x{inner}");
-            if let Some(p) = planned(prof, &what, kiln_ops::reduce::plan(&d, &call)) {
-                check_plan(&d, &what, &p);
-                tally(p.family, &p);
-            }
-        }
-        // The optimizers' update of a group: LeNet's ten parameters, a Transformer's.
-        for params in [10, 76] {
-            let call = kiln_ops::optim::OptimCall {
-                params,
-                quads: true,
-            };
-            let what = format!("optimizer group of {params}");
-            if let Some(p) = planned(prof, &what, kiln_ops::optim::plan(&d, &call)) {
-                check_plan(&d, &what, &p);
-                tally(p.family, &p);
-            }
-        }
-        for (what, call) in attention_shapes() {
-            if let Some(p) = planned(prof, &what, attention::plan(&d, &call)) {
-                check_plan(&d, &what, &p);
-                tally(p.family, &p);
-            }
         }
     }
     for ((prof, family), variants) in &chosen {
@@ -302,6 +334,45 @@ fn every_benchmark_and_example_shape_fits_every_adapter_profile() {
     assert!(apple16.contains_key("coop8"), "{apple16:?}");
     let hopper_att = &chosen[&("NVIDIA H100 (Vulkan)".to_string(), "attention")];
     assert!(hopper_att.contains_key("flash_coop16") && hopper_att.contains_key("flash"));
+}
+
+/// No kernel a GPU profile chooses for these shapes indexes a function-local or private array
+/// (or matrix) by a non-constant inside a loop: accumulators and prefetch registers are
+/// constant-indexed, so they stay in registers whether or not the driver unrolls. Prints every
+/// pipeline audited; names the kernel and the array on a violation.
+#[test]
+fn no_gpu_kernel_indexes_a_register_array_by_a_variable_in_a_loop() {
+    let mut specs: BTreeMap<String, KernelSpec> = BTreeMap::new();
+    for prof in AdapterProfile::reference_profiles() {
+        let d = dev().with_policy(KernelPolicy::default().with_profile(prof.clone()));
+        for (_, p) in plans_for(&d, &prof) {
+            for k in p.kernels {
+                specs.insert(k.label(), k);
+            }
+        }
+    }
+    let mut bad = Vec::new();
+    for (label, k) in &specs {
+        let found = kiln_device::audit::dynamic_private_indexing(k.shader, &k.entry, &k.constants)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        eprintln!("{} {label}", if found.is_empty() { "ok " } else { "BAD" });
+        bad.extend(found.into_iter().map(|f| format!("{label}: {f}")));
+    }
+    assert!(specs.len() > 50, "audited only {} pipelines", specs.len());
+    assert!(
+        bad.is_empty(),
+        "{} findings:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+/// The audit finds what it is for: a private accumulator array indexed by a loop counter.
+#[test]
+fn the_register_array_audit_finds_a_dynamically_indexed_accumulator() {
+    // gemm_direct (a software adapter's kernel) keeps its block in `acc: array<f32, 64>`.
+    let found = kiln_device::audit::dynamic_private_indexing("gemm", "gemm_direct", &[]).unwrap();
+    assert!(found.iter().any(|f| f.contains("`acc`")), "{found:?}");
 }
 
 /// The small-M tiles of the former GEMM choice (4 x 4 per invocation, as many invocations

@@ -1,0 +1,303 @@
+//! How the row kernels (softmax, log_softmax, layer norm, cross-entropy: `shaders/parts/rows.wgsl`)
+//! are laid out on an adapter: how many adjacent lanes share a row, and whether the lanes of a
+//! row reduce through subgroup shuffles or through workgroup memory.
+//!
+//! A row's lanes stride over it together, so a subgroup's loads are contiguous (coalesced), and
+//! short rows are packed several to a workgroup, long ones spread over a subgroup or a whole
+//! workgroup; no row kernel runs one row per invocation or a batch on one workgroup.
+
+use crate::kernels::{all_fit, binding_fits, KernelSpec};
+use crate::{Array, Buffer, Device, OpError, Params, Result};
+use kiln_device::{Variant, VariantTable};
+
+/// Invocations per workgroup of the row kernels (the WGSL `WG`).
+pub const ROW_WG: usize = 256;
+
+/// The fewest lanes per row on a GPU: at 2,048 rows, 4 lanes a row keep 256 subgroups of 32
+/// busy, so even a batch of short rows spreads over the whole adapter.
+pub const MIN_LANES_GPU: usize = 4;
+
+/// Items (elements, or vec4s) each lane should cover before more lanes are given to a row:
+/// enough loads in flight per lane to hide memory latency, few enough that long rows get a
+/// subgroup or a workgroup.
+const ITEMS_PER_LANE: usize = 8;
+
+/// The row kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowOp {
+    /// softmax or log_softmax.
+    Softmax,
+    /// Their gradient.
+    SoftmaxBackward,
+    /// layer norm's forward.
+    LayerNorm,
+    /// layer norm's input gradient.
+    LayerNormBackward,
+    /// Cross-entropy per row (then the mean pass).
+    CrossEntropy,
+    /// Cross-entropy's logit gradient.
+    CrossEntropyBackward,
+}
+
+impl RowOp {
+    /// Every row op.
+    pub const ALL: [RowOp; 6] = [
+        RowOp::Softmax,
+        RowOp::SoftmaxBackward,
+        RowOp::LayerNorm,
+        RowOp::LayerNormBackward,
+        RowOp::CrossEntropy,
+        RowOp::CrossEntropyBackward,
+    ];
+
+    /// The entry point (`vec4`: the one reading vec4s).
+    pub fn entry(self, vec4: bool) -> String {
+        let e = match self {
+            RowOp::Softmax => "softmax",
+            RowOp::SoftmaxBackward => "softmax_backward",
+            RowOp::LayerNorm => "layer_norm_forward",
+            RowOp::LayerNormBackward => "layer_norm_backward_input",
+            RowOp::CrossEntropy => "xent_rows",
+            RowOp::CrossEntropyBackward => "xent_backward",
+        };
+        if vec4 {
+            format!("{e}4")
+        } else {
+            e.to_string()
+        }
+    }
+}
+
+/// One row kernel call: `op` over `rows` rows of `cols` elements, read as vec4s or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowCall {
+    /// The kernel.
+    pub op: RowOp,
+    /// Rows.
+    pub rows: usize,
+    /// Elements per row that the kernel reads (for cross-entropy, the row's full stride).
+    pub cols: usize,
+    /// The kernel reads the rows as vec4s.
+    pub vec4: bool,
+}
+
+/// Where a row kernel runs: the module, its lanes per row and the dispatch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowPlan {
+    /// The variant chosen (`rows_sg` or `rows_wg`).
+    pub variant: &'static str,
+    /// The registered shader: `rows_sg` (subgroup reductions) or `rows` (workgroup memory).
+    pub shader: &'static str,
+    /// The entry point.
+    pub entry: String,
+    /// Adjacent lanes per row: a power of two from 1 to [`ROW_WG`].
+    pub lanes: usize,
+    /// Workgroups (the device splits counts over one dimension's limit).
+    pub groups: usize,
+}
+
+impl RowPlan {
+    /// Rows per workgroup.
+    pub fn rows_per_group(&self) -> usize {
+        ROW_WG / self.lanes
+    }
+
+    /// The pipeline of entry point `entry` with extra override constants.
+    pub fn spec(&self, entry: &str, constants: &[(&'static str, f64)]) -> KernelSpec {
+        let mut c = vec![("LPR", self.lanes as f64)];
+        c.extend_from_slice(constants);
+        KernelSpec::new(self.shader, entry, &c)
+    }
+
+    /// Launches the planned op over the planned rows.
+    pub fn launch(
+        &self,
+        dev: &Device,
+        constants: &[(&'static str, f64)],
+        bufs: &[&Buffer],
+        params: &Params,
+    ) -> Result<()> {
+        let k = self.spec(&self.entry, constants).kernel(dev)?;
+        let groups = u32::try_from(self.groups).map_err(|_| OpError::Invalid {
+            op: "rows",
+            message: format!(
+                "{} workgroups exceed what one dispatch can index",
+                self.groups
+            ),
+        })?;
+        dev.launch(&k, bufs, params, [groups, 1, 1])?;
+        Ok(())
+    }
+}
+
+/// Lanes per row wanted for a row of `items` loads: about [`ITEMS_PER_LANE`] each, at least
+/// `min` and at most `max`, a power of two.
+fn lanes_for(items: usize, min: usize, max: usize) -> usize {
+    items
+        .div_ceil(ITEMS_PER_LANE)
+        .next_power_of_two()
+        .clamp(min, max)
+}
+
+/// The fewest lanes per row on this adapter: 1 on software adapters, where a workgroup runs on
+/// one CPU thread and lanes sharing a row only add reduction steps, else [`MIN_LANES_GPU`].
+fn min_lanes(dev: &Device) -> usize {
+    if dev.adapter_profile().is_software {
+        1
+    } else {
+        MIN_LANES_GPU
+    }
+}
+
+fn items(c: &RowCall) -> usize {
+    if c.vec4 {
+        c.cols.div_ceil(4)
+    } else {
+        c.cols
+    }
+}
+
+/// The subgroup variant's lanes per row: as many as wanted, at most the smallest subgroup.
+fn sg_lanes(dev: &Device, c: &RowCall) -> usize {
+    let sg = dev.adapter_profile().subgroup_min_size as usize;
+    lanes_for(items(c), min_lanes(dev).min(sg.max(1)), sg.max(1))
+}
+
+fn wg_lanes(dev: &Device, c: &RowCall) -> usize {
+    lanes_for(items(c), min_lanes(dev), ROW_WG)
+}
+
+fn sg_supports(dev: &Device, c: &RowCall) -> std::result::Result<(), String> {
+    let prof = dev.adapter_profile();
+    if !prof.caps.subgroups {
+        return Err("the adapter has no subgroups".into());
+    }
+    let sg = prof.subgroup_min_size as usize;
+    if sg < 2 || !sg.is_power_of_two() || ROW_WG % sg != 0 {
+        return Err(format!(
+            "the smallest subgroup size ({sg}) is unknown or not a power of two dividing {ROW_WG}"
+        ));
+    }
+    let lanes = sg_lanes(dev, c);
+    binding_fits(dev, (c.rows * c.cols * 4) as u64)?;
+    all_fit(dev, &[row_spec("rows_sg", lanes, c)])
+}
+
+/// On GPUs, the subgroup variant where the row wants no more lanes than a subgroup has (then the
+/// reduction costs no barrier); wider rows take a workgroup-memory tree over more lanes. On
+/// software adapters the subgroup variant whenever it runs.
+fn sg_prefers(dev: &Device, c: &RowCall) -> bool {
+    dev.adapter_profile().is_software || wg_lanes(dev, c) <= sg_lanes(dev, c)
+}
+
+fn wg_supports(dev: &Device, c: &RowCall) -> std::result::Result<(), String> {
+    binding_fits(dev, (c.rows * c.cols * 4) as u64)?;
+    all_fit(dev, &[row_spec("rows", wg_lanes(dev, c), c)])
+}
+
+/// The call's pipeline.
+fn row_spec(shader: &'static str, lanes: usize, c: &RowCall) -> KernelSpec {
+    KernelSpec::new(shader, &c.op.entry(c.vec4), &[("LPR", lanes as f64)])
+}
+
+/// The row kernels' variants, most preferred first.
+pub static ROWS: VariantTable<RowCall> = VariantTable {
+    family: "rows",
+    variants: &[
+        Variant {
+            name: "rows_sg",
+            supports: sg_supports,
+            prefers: sg_prefers,
+        },
+        Variant {
+            name: "rows_wg",
+            supports: wg_supports,
+            prefers: |_, _| true,
+        },
+    ],
+};
+
+/// The plan for a row kernel call on `dev`: the variant the device's policy chooses and its
+/// lanes per row.
+pub fn plan(dev: &Device, call: &RowCall) -> Result<RowPlan> {
+    let v = ROWS.choose(dev, call)?;
+    let (shader, lanes) = match v.name {
+        "rows_sg" => ("rows_sg", sg_lanes(dev, call)),
+        _ => ("rows", wg_lanes(dev, call)),
+    };
+    let per_group = ROW_WG / lanes;
+    Ok(RowPlan {
+        variant: v.name,
+        shader,
+        entry: call.op.entry(call.vec4),
+        lanes,
+        groups: call.rows.div_ceil(per_group),
+    })
+}
+
+/// Plans `op` over `rows` rows of `cols` (vec4 rows where `vec4`) and launches it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    dev: &Device,
+    op: RowOp,
+    (rows, cols, vec4): (usize, usize, bool),
+    constants: &[(&'static str, f64)],
+    bufs: &[&Buffer],
+    params: &Params,
+) -> Result<()> {
+    let call = RowCall {
+        op,
+        rows,
+        cols,
+        vec4,
+    };
+    plan(dev, &call)?.launch(dev, constants, bufs, params)
+}
+
+/// Rows and columns of `x` seen as rows along its last axis, checked to be f32 and non-empty.
+pub(crate) fn rows_cols(op: &'static str, x: &Array) -> Result<(usize, usize)> {
+    crate::expect_dtype(op, x, crate::DType::F32)?;
+    crate::expect_nonempty(op, x)?;
+    let cols = *x.shape.last().ok_or_else(|| OpError::Shape {
+        op,
+        expected: "at least 1 dimension".into(),
+        got: "[]".into(),
+    })?;
+    Ok((x.numel() / cols, cols))
+}
+
+/// The row kernels' parameter block.
+pub(crate) fn params(rows: usize, cols: usize, stride: usize, ignore: i32, eps: f32) -> Params {
+    Params::new()
+        .u(rows as u32)
+        .u(cols as u32)
+        .u(stride as u32)
+        .i(ignore)
+        .f(eps)
+}
+
+/// Whether every buffer can be read as vec4s and rows of `cols` keep them aligned.
+pub(crate) fn quads(cols: usize, bufs: &[&Buffer]) -> bool {
+    cols.is_multiple_of(4) && bufs.iter().all(|b| b.quad_aligned())
+}
+
+/// The mean pass after [`RowOp::CrossEntropy`]: one workgroup adds the rows' losses in a fixed
+/// order (always the workgroup-memory module: the whole workgroup reduces).
+pub fn xent_mean_spec() -> KernelSpec {
+    KernelSpec::new("rows", "xent_mean", &[("LPR", ROW_WG as f64)])
+}
+
+/// Every pipeline the row kernel `call` builds on `dev` (for planners and audits).
+pub fn planned(dev: &Device, call: &RowCall) -> Result<crate::kernels::Planned> {
+    let plan = plan(dev, call)?;
+    let mut kernels = vec![plan.spec(&plan.entry, &[])];
+    if call.op == RowOp::CrossEntropy {
+        kernels.push(xent_mean_spec());
+    }
+    Ok(crate::kernels::Planned {
+        family: "rows",
+        variant: plan.variant,
+        kernels,
+        largest_binding: (call.rows * call.cols * 4) as u64,
+    })
+}
