@@ -275,6 +275,10 @@ fn direct_uniform_a(z: u32, split: u32, m0: u32, n0: u32, rows: u32, cols: u32, 
 // the transposing stores of a subgroup then hit distinct banks. Shared memory is double-buffered:
 // the next slab is loaded into registers before the current one is consumed and stored into the
 // other buffer after, so one barrier per slab suffices.
+// Registers are named, never arrays indexed by a loop counter: the accumulators are up to four
+// 4 x 4 blocks (tacc_gh: row group g, column quad h; column i of the matrix is row 4g + i), the
+// next slab's values up to two vec4s per operand (ra0, ra1, rb0, rb1). Whether the driver
+// unrolls a loop or not, they stay in registers.
 // gemm_tile4 runs interior tiles of matmuls (MODE 0) whose operands allow 16-byte loads and C
 // 16-byte stores (strides, offsets and K multiples of 4, K of TBK), with no bounds tests; gemm_tile runs everything else:
 // CHECK = true tests every row, column and k (edge tiles, any layout), CHECK = false only the
@@ -299,10 +303,15 @@ override TSB: u32 = TBN / 4u + 1u;
 
 var<workgroup> Ta: array<vec4<f32>, 2u * TBK * TSA>; // [buffer][k][m]
 var<workgroup> Tb: array<vec4<f32>, 2u * TBK * TSB>; // [buffer][k][n]
-// Per invocation: the accumulators [row][column quad] and the next slab's values.
-var<private> tacc: array<vec4<f32>, 16>;
-var<private> ra: array<vec4<f32>, 4>;
-var<private> rb: array<vec4<f32>, 4>;
+// Per invocation: the accumulators and the next slab's values (see above).
+var<private> tacc00: mat4x4<f32>;
+var<private> tacc01: mat4x4<f32>;
+var<private> tacc10: mat4x4<f32>;
+var<private> tacc11: mat4x4<f32>;
+var<private> ra0: vec4<f32>;
+var<private> ra1: vec4<f32>;
+var<private> rb0: vec4<f32>;
+var<private> rb1: vec4<f32>;
 
 @group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
@@ -344,142 +353,163 @@ fn act(v: f32) -> f32 {
     }
 }
 
-// Slab values per invocation, in 4-float steps: A's and B's slabs hold TBM * TBK and TBN * TBK.
+// Slab values per invocation, in 4-float steps: A's and B's slabs hold TBM * TBK and TBN * TBK
+// (one or two steps for every tile kiln plans; the launcher checks it).
 fn tile_steps_a() -> u32 { return (TBM * TBK / 4u + TNT - 1u) / TNT; }
 fn tile_steps_b() -> u32 { return (TBN * TBK / 4u + TNT - 1u) / TNT; }
 
-// Loads the slab at k0 into ra and rb, four scalars at a time through the MODE's addressing:
-// ra[s] holds A(m, k0 + kq*4 .. +4), rb[s] holds B(k0 + kq*4 .. +4, n) for the step's (m|n, kq).
+// The scalar loaders' quad for element e of A's slab: A(m, k .. k + 4). Nothing is read for
+// elements past the slab or, where CHECK, past C's rows or the K range.
+fn scalar_quad_a(t: TileAt, k0: u32, e: u32) -> vec4<f32> {
+    let m = t.m0 + e / (TBK / 4u);
+    let k = k0 + (e % (TBK / 4u)) * 4u;
+    var v = vec4<f32>(0.0);
+    if (e >= TBM * TBK / 4u || (CHECK && m >= p.m)) { return v; }
+    let kl = select(0xffffffffu, t.k_end, CHECK);
+    if (k < kl) { v.x = load_a(t.z, m, k); }
+    if (k + 1u < kl) { v.y = load_a(t.z, m, k + 1u); }
+    if (k + 2u < kl) { v.z = load_a(t.z, m, k + 2u); }
+    if (k + 3u < kl) { v.w = load_a(t.z, m, k + 3u); }
+    return v;
+}
+
+// ... for B: B(k .. k + 4, n).
+fn scalar_quad_b(t: TileAt, k0: u32, e: u32) -> vec4<f32> {
+    let n = t.n0 + e / (TBK / 4u);
+    let k = k0 + (e % (TBK / 4u)) * 4u;
+    var v = vec4<f32>(0.0);
+    if (e >= TBN * TBK / 4u || (CHECK && n >= p.n)) { return v; }
+    let kl = select(0xffffffffu, t.k_end, CHECK);
+    if (k < kl) { v.x = load_b(t.z, k, n); }
+    if (k + 1u < kl) { v.y = load_b(t.z, k + 1u, n); }
+    if (k + 2u < kl) { v.z = load_b(t.z, k + 2u, n); }
+    if (k + 3u < kl) { v.w = load_b(t.z, k + 3u, n); }
+    return v;
+}
+
+// Loads the slab at k0 into ra0/ra1 and rb0/rb1 through the MODE's addressing: step s holds A(m,
+// k0 + kq*4 .. +4) and B(k0 + kq*4 .. +4, n) for the step's element (m|n, kq).
 fn tile_load_scalar(t: TileAt, k0: u32, li: u32) {
-    for (var s = 0u; s < tile_steps_a(); s++) {
-        let e = li + s * TNT;
-        let m = t.m0 + e / (TBK / 4u);
-        let k = k0 + (e % (TBK / 4u)) * 4u;
-        var v = vec4<f32>(0.0);
-        for (var i = 0u; i < 4u; i++) {
-            if (e < TBM * TBK / 4u && (!CHECK || (m < p.m && k + i < t.k_end))) {
-                v[i] = load_a(t.z, m, k + i);
-            }
-        }
-        ra[s] = v;
-    }
-    for (var s = 0u; s < tile_steps_b(); s++) {
-        let e = li + s * TNT;
-        let n = t.n0 + e / (TBK / 4u);
-        let k = k0 + (e % (TBK / 4u)) * 4u;
-        var v = vec4<f32>(0.0);
-        for (var i = 0u; i < 4u; i++) {
-            if (e < TBN * TBK / 4u && (!CHECK || (n < p.n && k + i < t.k_end))) {
-                v[i] = load_b(t.z, k + i, n);
-            }
-        }
-        rb[s] = v;
-    }
+    ra0 = scalar_quad_a(t, k0, li);
+    rb0 = scalar_quad_b(t, k0, li);
+    if (tile_steps_a() > 1u) { ra1 = scalar_quad_a(t, k0, li + TNT); }
+    if (tile_steps_b() > 1u) { rb1 = scalar_quad_b(t, k0, li + TNT); }
+}
+
+// A quad along k into the transposed A slab: four scalar stores, rows m of buffer `buf`.
+fn store_a_kquad(buf: u32, e: u32, v: vec4<f32>) {
+    if (e >= TBM * TBK / 4u) { return; }
+    let m = e / (TBK / 4u);
+    let k = (e % (TBK / 4u)) * 4u;
+    let row = (buf * TBK + k) * TSA + m / 4u;
+    Ta[row][m % 4u] = v.x;
+    Ta[row + TSA][m % 4u] = v.y;
+    Ta[row + 2u * TSA][m % 4u] = v.z;
+    Ta[row + 3u * TSA][m % 4u] = v.w;
+}
+
+// A quad along k into the B slab ([k][n]).
+fn store_b_kquad(buf: u32, e: u32, v: vec4<f32>) {
+    if (e >= TBN * TBK / 4u) { return; }
+    let n = e / (TBK / 4u);
+    let k = (e % (TBK / 4u)) * 4u;
+    let row = (buf * TBK + k) * TSB + n / 4u;
+    Tb[row][n % 4u] = v.x;
+    Tb[row + TSB][n % 4u] = v.y;
+    Tb[row + 2u * TSB][n % 4u] = v.z;
+    Tb[row + 3u * TSB][n % 4u] = v.w;
 }
 
 // Stores ra and rb (as tile_load_scalar laid them out) into shared buffer `buf`.
 fn tile_store_scalar(buf: u32, li: u32) {
-    for (var s = 0u; s < tile_steps_a(); s++) {
-        let e = li + s * TNT;
-        if (e < TBM * TBK / 4u) {
-            let m = e / (TBK / 4u);
-            let k = (e % (TBK / 4u)) * 4u;
-            for (var i = 0u; i < 4u; i++) { Ta[(buf * TBK + k + i) * TSA + m / 4u][m % 4u] = ra[s][i]; }
-        }
+    store_a_kquad(buf, li, ra0);
+    store_b_kquad(buf, li, rb0);
+    if (tile_steps_a() > 1u) { store_a_kquad(buf, li + TNT, ra1); }
+    if (tile_steps_b() > 1u) { store_b_kquad(buf, li + TNT, rb1); }
+}
+
+// gemm_tile4's quad of A for element e: 16 bytes along A's contiguous dimension.
+fn vec4_quad_a(t: TileAt, k0: u32, e: u32) -> vec4<f32> {
+    if (e >= TBM * TBK / 4u) { return vec4<f32>(0.0); }
+    if (A_KFAST) {
+        let m = t.m0 + e / (TBK / 4u);
+        let k = k0 + (e % (TBK / 4u)) * 4u;
+        return a4[(t.z * p.a_bs + m * p.a_ms + k) / 4u];
     }
-    for (var s = 0u; s < tile_steps_b(); s++) {
-        let e = li + s * TNT;
-        if (e < TBN * TBK / 4u) {
-            let n = e / (TBK / 4u);
-            let k = (e % (TBK / 4u)) * 4u;
-            for (var i = 0u; i < 4u; i++) { Tb[(buf * TBK + k + i) * TSB + n / 4u][n % 4u] = rb[s][i]; }
-        }
+    let k = k0 + e / (TBM / 4u);
+    let m = t.m0 + (e % (TBM / 4u)) * 4u;
+    return a4[(t.z * p.a_bs + k * p.a_ks + m) / 4u];
+}
+
+fn vec4_quad_b(t: TileAt, k0: u32, e: u32) -> vec4<f32> {
+    if (e >= TBN * TBK / 4u) { return vec4<f32>(0.0); }
+    if (B_NFAST) {
+        let k = k0 + e / (TBN / 4u);
+        let n = t.n0 + (e % (TBN / 4u)) * 4u;
+        return b4[(t.z * p.b_bs + k * p.b_ks + n) / 4u];
     }
+    let n = t.n0 + e / (TBK / 4u);
+    let k = k0 + (e % (TBK / 4u)) * 4u;
+    return b4[(t.z * p.b_bs + n * p.b_ns + k) / 4u];
 }
 
 // gemm_tile4's slab loads: 16-byte words along A's and B's contiguous dimension.
 fn tile_load_vec4(t: TileAt, k0: u32, li: u32) {
-    for (var s = 0u; s < tile_steps_a(); s++) {
-        let e = li + s * TNT;
-        if (e < TBM * TBK / 4u) {
-            if (A_KFAST) {
-                let m = t.m0 + e / (TBK / 4u);
-                let k = k0 + (e % (TBK / 4u)) * 4u;
-                ra[s] = a4[(t.z * p.a_bs + m * p.a_ms + k) / 4u];
-            } else {
-                let k = k0 + e / (TBM / 4u);
-                let m = t.m0 + (e % (TBM / 4u)) * 4u;
-                ra[s] = a4[(t.z * p.a_bs + k * p.a_ks + m) / 4u];
-            }
-        }
-    }
-    for (var s = 0u; s < tile_steps_b(); s++) {
-        let e = li + s * TNT;
-        if (e < TBN * TBK / 4u) {
-            if (B_NFAST) {
-                let k = k0 + e / (TBN / 4u);
-                let n = t.n0 + (e % (TBN / 4u)) * 4u;
-                rb[s] = b4[(t.z * p.b_bs + k * p.b_ks + n) / 4u];
-            } else {
-                let n = t.n0 + e / (TBK / 4u);
-                let k = k0 + (e % (TBK / 4u)) * 4u;
-                rb[s] = b4[(t.z * p.b_bs + n * p.b_ns + k) / 4u];
-            }
-        }
-    }
+    ra0 = vec4_quad_a(t, k0, li);
+    rb0 = vec4_quad_b(t, k0, li);
+    if (tile_steps_a() > 1u) { ra1 = vec4_quad_a(t, k0, li + TNT); }
+    if (tile_steps_b() > 1u) { rb1 = vec4_quad_b(t, k0, li + TNT); }
 }
 
-// Stores gemm_tile4's registers: a quad along m (or n) is one 16-byte store, a quad along k four.
+// A quad of gemm_tile4's A: along m it is one 16-byte store, along k four scalar ones.
+fn store_a_vec4(buf: u32, e: u32, v: vec4<f32>) {
+    if (A_KFAST) { store_a_kquad(buf, e, v); return; }
+    if (e < TBM * TBK / 4u) { Ta[(buf * TBK + e / (TBM / 4u)) * TSA + e % (TBM / 4u)] = v; }
+}
+
+fn store_b_vec4(buf: u32, e: u32, v: vec4<f32>) {
+    if (!B_NFAST) { store_b_kquad(buf, e, v); return; }
+    if (e < TBN * TBK / 4u) { Tb[(buf * TBK + e / (TBN / 4u)) * TSB + e % (TBN / 4u)] = v; }
+}
+
+// Stores gemm_tile4's registers into shared buffer `buf`.
 fn tile_store_vec4(buf: u32, li: u32) {
-    for (var s = 0u; s < tile_steps_a(); s++) {
-        let e = li + s * TNT;
-        if (e < TBM * TBK / 4u) {
-            if (A_KFAST) {
-                let m = e / (TBK / 4u);
-                let k = (e % (TBK / 4u)) * 4u;
-                for (var i = 0u; i < 4u; i++) { Ta[(buf * TBK + k + i) * TSA + m / 4u][m % 4u] = ra[s][i]; }
-            } else {
-                Ta[(buf * TBK + e / (TBM / 4u)) * TSA + e % (TBM / 4u)] = ra[s];
-            }
-        }
-    }
-    for (var s = 0u; s < tile_steps_b(); s++) {
-        let e = li + s * TNT;
-        if (e < TBN * TBK / 4u) {
-            if (B_NFAST) {
-                Tb[(buf * TBK + e / (TBN / 4u)) * TSB + e % (TBN / 4u)] = rb[s];
-            } else {
-                let n = e / (TBK / 4u);
-                let k = (e % (TBK / 4u)) * 4u;
-                for (var i = 0u; i < 4u; i++) { Tb[(buf * TBK + k + i) * TSB + n / 4u][n % 4u] = rb[s][i]; }
-            }
-        }
-    }
+    store_a_vec4(buf, li, ra0);
+    store_b_vec4(buf, li, rb0);
+    if (tile_steps_a() > 1u) { store_a_vec4(buf, li + TNT, ra1); }
+    if (tile_steps_b() > 1u) { store_b_vec4(buf, li + TNT, rb1); }
 }
 
-// Multiplies shared buffer `buf` into the accumulators.
+// acc + a b^T as four column updates: column i gains a[i] * b (row 4g + i of the block).
+fn outer_fma(acc: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(fma(vec4<f32>(a.x), b, acc[0]), fma(vec4<f32>(a.y), b, acc[1]),
+                       fma(vec4<f32>(a.z), b, acc[2]), fma(vec4<f32>(a.w), b, acc[3]));
+}
+
+// Multiplies shared buffer `buf` into the accumulators: per k, one A quad per row group and one
+// B quad per column quad (TRM, TRN are 4 or 8: the branches are fixed when the pipeline is built).
 fn tile_compute(buf: u32, tx: u32, ty: u32) {
     for (var kk = 0u; kk < TBK; kk++) {
         let ar = (buf * TBK + kk) * TSA + ty;
         let br = (buf * TBK + kk) * TSB + tx;
-        for (var g = 0u; g < TRM / 4u; g++) {
-            let av = Ta[ar + g * TWY];
-            for (var h = 0u; h < TRN / 4u; h++) {
-                let bv = Tb[br + h * TWX];
-                let r = g * 4u * (TRN / 4u) + h;
-                tacc[r] = fma(vec4<f32>(av.x), bv, tacc[r]);
-                tacc[r + TRN / 4u] = fma(vec4<f32>(av.y), bv, tacc[r + TRN / 4u]);
-                tacc[r + 2u * (TRN / 4u)] = fma(vec4<f32>(av.z), bv, tacc[r + 2u * (TRN / 4u)]);
-                tacc[r + 3u * (TRN / 4u)] = fma(vec4<f32>(av.w), bv, tacc[r + 3u * (TRN / 4u)]);
-            }
+        let a0 = Ta[ar];
+        let b0 = Tb[br];
+        // The second row group and column quad (the same words again where there is none).
+        let a1 = Ta[ar + select(0u, TWY, TRM == 8u)];
+        let b1 = Tb[br + select(0u, TWX, TRN == 8u)];
+        tacc00 = outer_fma(tacc00, a0, b0);
+        if (TRN == 8u) { tacc01 = outer_fma(tacc01, a0, b1); }
+        if (TRM == 8u) {
+            tacc10 = outer_fma(tacc10, a1, b0);
+            if (TRN == 8u) { tacc11 = outer_fma(tacc11, a1, b1); }
         }
     }
 }
 
-// Output quad (g, i, h) of the accumulators at C's (m, n .. n + 4): bias, then the activation
-// (the value before it goes to `pre` with PRE, inside C where CHECK).
-fn tile_out(t: TileAt, r: u32, m: u32, n: u32) -> vec4<f32> {
-    var v = tacc[r];
+// Output quad at C's (m, n .. n + 4) from accumulator row v: bias, then the activation (the
+// value before it goes to `pre` with PRE, inside C where CHECK).
+fn tile_out(t: TileAt, v0: vec4<f32>, m: u32, n: u32) -> vec4<f32> {
+    var v = v0;
     for (var j = 0u; j < 4u; j++) {
         v[j] += bias_of(t.split, m, n + j);
         if (PRE && (!CHECK || (m < p.m && n + j < p.n))) { pre[c_index(t.z, t.split, m, n + j)] = v[j]; }
@@ -488,16 +518,54 @@ fn tile_out(t: TileAt, r: u32, m: u32, n: u32) -> vec4<f32> {
     return v;
 }
 
-// Row m and column n of an invocation's row r = g * 4 + i and column quad h.
-fn tile_m(t: TileAt, ty: u32, r: u32) -> u32 { return t.m0 + (r / 4u) * 4u * TWY + ty * 4u + r % 4u; }
+// Row m of an invocation's row group g, row i; column n of its column quad h.
+fn tile_m(t: TileAt, ty: u32, g: u32, i: u32) -> u32 { return t.m0 + g * 4u * TWY + ty * 4u + i; }
 fn tile_n(t: TileAt, tx: u32, h: u32) -> u32 { return t.n0 + h * 4u * TWX + tx * 4u; }
+
+// gemm_tile's store of one output quad (tested against C's edges where CHECK).
+fn tile_store_quad(t: TileAt, m: u32, n: u32, acc: vec4<f32>) {
+    let v = tile_out(t, acc, m, n);
+    for (var j = 0u; j < 4u; j++) {
+        if (!CHECK || (m < p.m && n + j < p.n)) { c[c_index(t.z, t.split, m, n + j)] = v[j]; }
+    }
+}
+
+// gemm_tile4's: one 16-byte store (interior tiles, C's quads along n, aligned).
+fn tile_store_quad4(t: TileAt, m: u32, n: u32, acc: vec4<f32>) {
+    c4[c_index(t.z, t.split, m, n) / 4u] = tile_out(t, acc, m, n);
+}
+
+fn tile_zero() {
+    tacc00 = mat4x4<f32>();
+    tacc01 = mat4x4<f32>();
+    tacc10 = mat4x4<f32>();
+    tacc11 = mat4x4<f32>();
+}
+
+// The block (g, h) of outputs: its four rows, through `tile_store_quad` (gemm_tile; gemm_tile4's
+// 16-byte stores below: an entry point may not use both views of C).
+fn tile_store_block(t: TileAt, tx: u32, ty: u32, g: u32, h: u32, acc: mat4x4<f32>) {
+    let n = tile_n(t, tx, h);
+    tile_store_quad(t, tile_m(t, ty, g, 0u), n, acc[0]);
+    tile_store_quad(t, tile_m(t, ty, g, 1u), n, acc[1]);
+    tile_store_quad(t, tile_m(t, ty, g, 2u), n, acc[2]);
+    tile_store_quad(t, tile_m(t, ty, g, 3u), n, acc[3]);
+}
+
+fn tile_store_block4(t: TileAt, tx: u32, ty: u32, g: u32, h: u32, acc: mat4x4<f32>) {
+    let n = tile_n(t, tx, h);
+    tile_store_quad4(t, tile_m(t, ty, g, 0u), n, acc[0]);
+    tile_store_quad4(t, tile_m(t, ty, g, 1u), n, acc[1]);
+    tile_store_quad4(t, tile_m(t, ty, g, 2u), n, acc[2]);
+    tile_store_quad4(t, tile_m(t, ty, g, 3u), n, acc[3]);
+}
 
 @compute @workgroup_size(TWX, TWY)
 fn gemm_tile(@builtin(local_invocation_id) lid: vec3<u32>,
              @builtin(local_invocation_index) li: u32,
              @builtin(workgroup_id) wid: vec3<u32>) {
     let t = tile_at(wid);
-    for (var r = 0u; r < 16u; r++) { tacc[r] = vec4<f32>(0.0); }
+    tile_zero();
     let slabs = (t.k_end - min(t.k_begin, t.k_end) + TBK - 1u) / TBK;
     // Slabs are uniform across the workgroup, so every barrier is reached by all.
     tile_load_scalar(t, t.k_begin, li);
@@ -510,16 +578,10 @@ fn gemm_tile(@builtin(local_invocation_id) lid: vec3<u32>,
         if (more) { tile_store_scalar((s + 1u) % 2u, li); }
         workgroupBarrier();
     }
-    for (var r = 0u; r < TRM; r++) {
-        let m = tile_m(t, lid.y, r);
-        for (var h = 0u; h < TRN / 4u; h++) {
-            let n = tile_n(t, lid.x, h);
-            let v = tile_out(t, r * (TRN / 4u) + h, m, n);
-            for (var j = 0u; j < 4u; j++) {
-                if (!CHECK || (m < p.m && n + j < p.n)) { c[c_index(t.z, t.split, m, n + j)] = v[j]; }
-            }
-        }
-    }
+    tile_store_block(t, lid.x, lid.y, 0u, 0u, tacc00);
+    if (TRN == 8u) { tile_store_block(t, lid.x, lid.y, 0u, 1u, tacc01); }
+    if (TRM == 8u) { tile_store_block(t, lid.x, lid.y, 1u, 0u, tacc10); }
+    if (TRM == 8u && TRN == 8u) { tile_store_block(t, lid.x, lid.y, 1u, 1u, tacc11); }
 }
 
 @compute @workgroup_size(TWX, TWY)
@@ -527,7 +589,7 @@ fn gemm_tile4(@builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(local_invocation_index) li: u32,
               @builtin(workgroup_id) wid: vec3<u32>) {
     let t = tile_at(wid);
-    for (var r = 0u; r < 16u; r++) { tacc[r] = vec4<f32>(0.0); }
+    tile_zero();
     let slabs = (t.k_end - min(t.k_begin, t.k_end)) / TBK;
     tile_load_vec4(t, t.k_begin, li);
     tile_store_vec4(0u, li);
@@ -540,11 +602,8 @@ fn gemm_tile4(@builtin(local_invocation_id) lid: vec3<u32>,
         workgroupBarrier();
     }
     // C's quads run along n, 16-byte aligned (checked by the caller).
-    for (var r = 0u; r < TRM; r++) {
-        let m = tile_m(t, lid.y, r);
-        for (var h = 0u; h < TRN / 4u; h++) {
-            let n = tile_n(t, lid.x, h);
-            c4[c_index(t.z, t.split, m, n) / 4u] = tile_out(t, r * (TRN / 4u) + h, m, n);
-        }
-    }
+    tile_store_block4(t, lid.x, lid.y, 0u, 0u, tacc00);
+    if (TRN == 8u) { tile_store_block4(t, lid.x, lid.y, 0u, 1u, tacc01); }
+    if (TRM == 8u) { tile_store_block4(t, lid.x, lid.y, 1u, 0u, tacc10); }
+    if (TRM == 8u && TRN == 8u) { tile_store_block4(t, lid.x, lid.y, 1u, 1u, tacc11); }
 }

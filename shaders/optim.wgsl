@@ -257,7 +257,6 @@ struct MultiParams {
 @group(0) @binding(28) var<storage, read_write> m3: array<vec4<f32>>;
 @group(0) @binding(29) var<uniform> mp: MultiParams;
 
-fn at8(a: array<vec4<u32>, 2>, i: u32) -> u32 { return a[i / 4u][i % 4u]; }
 
 fn grad_of(slot: u32, q: u32) -> vec4<f32> {
     switch slot {
@@ -306,12 +305,12 @@ fn multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (!finite(guard.x)) { return; }
     var slot = 0u;
     for (var s = 1u; s < mp.count; s++) {
-        if (gq >= at8(mp.starts, s)) { slot = s; }
+        if (gq >= mp.starts[s / 4u][s % 4u]) { slot = s; }
     }
-    let q = gq - at8(mp.starts, slot);
-    let so = at8(mp.offs, slot) + q;
+    let q = gq - mp.starts[slot / 4u][slot % 4u];
+    let so = mp.offs[slot / 4u][slot % 4u] + q;
     // Lanes past the parameter's length keep their values (the last quad may overhang it).
-    let keep = vec4<u32>(0u, 1u, 2u, 3u) + q * 4u < vec4<u32>(at8(mp.lens, slot));
+    let keep = vec4<u32>(0u, 1u, 2u, 3u) + q * 4u < vec4<u32>(mp.lens[slot / 4u][slot % 4u]);
     let w = param_of(slot, q);
     let g = grad_of(slot, q);
     switch RULE {

@@ -1576,3 +1576,28 @@ impl crate::op::Op for Matmul {
         Ok(grads)
     }
 }
+
+#[cfg(test)]
+mod tile_tests {
+    use super::*;
+
+    /// gemm.wgsl's tile kernels hold the next slab in two vec4 registers per operand: every
+    /// GPU tile's slab must take at most two loads per invocation.
+    #[test]
+    fn gpu_tiles_load_a_slab_in_at_most_two_steps() {
+        for v in [
+            "gemm_128x128",
+            "gemm_128x64",
+            "gemm_64x64",
+            "gemm_16x64",
+            "gemm_64x16",
+        ] {
+            let t = tile_of(v).unwrap();
+            let invocations = (t.bm / t.rm) * (t.bn / t.rn);
+            for side in [t.bm, t.bn] {
+                assert!(side * TILE_BK / 4 <= 2 * invocations, "{v}");
+            }
+            assert!([4, 8].contains(&t.rm) && [4, 8].contains(&t.rn), "{v}");
+        }
+    }
+}
