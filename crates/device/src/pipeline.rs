@@ -141,7 +141,8 @@ impl Device {
             return Ok(k.clone());
         }
         self.inner.pipeline_misses.fetch_add(1, Ordering::Relaxed);
-        let (module, validated) = self.module(shader, src, registered)?;
+        let unchecked = registered && shaders::runs_unchecked(shader, entry);
+        let (module, validated) = self.module(shader, src, registered, unchecked)?;
         let bindings = validated.bindings(shader, entry)?;
         // wgpu 30 does not check workgroup memory against the limit (wgpu#8946): a driver may
         // then fail or run an empty kernel. Every limit is checked here first, on the module
@@ -189,13 +190,21 @@ impl Device {
         Ok(kernel)
     }
 
+    /// The shader module of `name`, compiled once per device (twice for a shader with entry
+    /// points that run without bounds checks: `unchecked` picks that copy).
     fn module(
         &self,
         name: &str,
         src: &str,
         registered: bool,
+        unchecked: bool,
     ) -> Result<(wgpu::ShaderModule, Arc<shaders::Validated>)> {
-        if let Some((module, validated, _)) = self.inner.modules.lock().unwrap().get(name) {
+        let key = if unchecked {
+            format!("{name}+unchecked")
+        } else {
+            name.to_string()
+        };
+        if let Some((module, validated, _)) = self.inner.modules.lock().unwrap().get(&key) {
             return Ok((module.clone(), validated.clone()));
         }
         // A shader that enables f16 cannot even be created without the feature: say which.
@@ -222,19 +231,22 @@ impl Device {
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(src.into()),
         };
-        // On software adapters kiln's own shaders are compiled without wgpu's loop bounding,
-        // which adds a counter to every loop and so stops lavapipe's compiler from unrolling
-        // loops of a fixed trip count (a LeNet step runs 11% faster on Mesa 25 without it). On
-        // GPUs it stays on: there a runaway loop would be a device loss with no message.
-        // Bounds checks stay on everywhere.
-        let unbounded = registered && self.inner.summary.is_software;
+        // kiln's own shaders are compiled without wgpu's loop bounding, which adds a counter and
+        // a branch to every loop and so keeps compilers from unrolling loops of a fixed trip
+        // count (on lavapipe a LeNet step ran 11% faster without it; on GPUs unrolled loops
+        // keep tile registers out of local memory). Users' shaders keep it. Bounds checks stay
+        // on, except in the entry points `shaders::runs_unchecked` names: interior GEMM tiles
+        // whose every index is in range by construction, where clamping each workgroup-memory
+        // index would cost an instruction per load in the innermost loop.
         let checks = wgpu::ShaderRuntimeChecks {
-            force_loop_bounding: !unbounded,
+            force_loop_bounding: !registered,
+            bounds_checks: !unchecked,
             ..wgpu::ShaderRuntimeChecks::checked()
         };
         // SAFETY: without loop bounding, a shader must not loop forever. Registered shaders
         // don't: `shaders::tests::every_loop_steps_towards_its_bound` checks each loop header.
-        // Any other source, and every shader on a GPU, keeps the bounding.
+        // Without bounds checks, every index must be in range: `shaders::runs_unchecked` lists
+        // the entry points whose launchers guarantee it (see there). Any other source keeps both.
         let module = unsafe { d.create_shader_module_trusted(desc, checks) };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(DeviceError::Shader {
@@ -242,10 +254,11 @@ impl Device {
                 message: e.to_string(),
             });
         }
-        self.inner.modules.lock().unwrap().insert(
-            name.to_string(),
-            (module.clone(), validated.clone(), source_hash(src)),
-        );
+        self.inner
+            .modules
+            .lock()
+            .unwrap()
+            .insert(key, (module.clone(), validated.clone(), source_hash(src)));
         Ok((module, validated))
     }
 

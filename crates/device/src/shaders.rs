@@ -21,6 +21,18 @@ pub fn source(name: &str) -> Result<&'static str> {
         .ok_or_else(|| DeviceError::UnknownShader(name.to_string()))
 }
 
+/// Registered entry points that run without wgpu's bounds checks: (shader, entry point). Only
+/// kernels whose every index is in range by construction belong here, with the launcher
+/// checking what that rests on:
+/// - `gemm::gemm_tile4`: interior tiles of matmuls only (every row, column and K slab inside the
+///   operands, 16-byte aligned; `kiln_ops::matmul` plans edge tiles on the checked `gemm_tile`).
+pub const UNCHECKED: &[(&str, &str)] = &[("gemm", "gemm_tile4")];
+
+/// Whether `shader::entry` runs without bounds checks (see [`UNCHECKED`]).
+pub fn runs_unchecked(shader: &str, entry: &str) -> bool {
+    UNCHECKED.contains(&(shader, entry))
+}
+
 /// A registered shader parsed and validated once per process (devices share it).
 pub(crate) fn validated(name: &str) -> Result<Arc<Validated>> {
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<Validated>>>> = OnceLock::new();
@@ -317,7 +329,13 @@ mod tests {
             .collect();
         assert_eq!(
             users,
-            ["attention_coop", "conv_wgrad_sg", "gemm_coop", "gemm_sg"]
+            [
+                "attention_coop",
+                "conv_wgrad_sg",
+                "gemm_coop",
+                "gemm_sg",
+                "rows_sg"
+            ]
         );
         assert!(!uses_subgroups("// subgroups would help here\nfn f() {}"));
         assert!(uses_subgroups("let x = subgroupShuffle(v, 0u); // y"));
