@@ -11,6 +11,12 @@ fn row_sum(v: vec2<f32>, lid: u32) -> vec2<f32> {
     return r;
 }
 
+// Two (max, sum of exp(v - max)) pairs as one.
+fn combine_max_sum(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let m = max(a.x, b.x);
+    return vec2<f32>(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));
+}
+
 // Combines (max, sum of exp(v - max)) pairs over the lanes of lid's row.
 fn row_max_sum(v: vec2<f32>, lid: u32) -> vec2<f32> {
     var r = v;

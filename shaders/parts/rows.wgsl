@@ -67,11 +67,6 @@ fn steps(n: u32) -> u32 {
     return (n + LPR - 1u) / LPR;
 }
 
-fn combine_max_sum(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    let m = max(a.x, b.x);
-    return vec2<f32>(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));
-}
-
 // (max, sum of exp(v - max)) with one more value.
 fn push1(ms: vec2<f32>, v: f32) -> vec2<f32> {
     let m = max(ms.x, v);

@@ -8,10 +8,72 @@
 //! output comes back as `[B, H*D]`, heads side by side, as the output projection takes it: no
 //! permutes between them.
 
+use crate::kernels::{all_fit, KernelSpec};
 use crate::{expect_dtype, Array, DType, Device, OpError, Params, Result};
+use kiln_device::{Variant, VariantTable};
 
-/// Workgroup size of both kernels (the WGSL `WG`).
+/// Workgroup size of the kernels (the WGSL `WG`).
 const WG: usize = 64;
+
+/// The most keys one split takes and the widest head `decode_split` holds (the WGSL `MAXC`).
+pub const MAX_CHUNK: usize = 256;
+
+/// One decode attention call: `bh` (batch x heads) query rows against `len` cached keys of
+/// width `head_dim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeCall {
+    /// Batch x heads.
+    pub bh: usize,
+    /// Cached positions attended to.
+    pub len: usize,
+    /// Head width.
+    pub head_dim: usize,
+}
+
+/// The splits of the cache and the keys per split for `decode_split` on `dev`: enough
+/// workgroups to give every compute unit two (B * H alone leaves a large GPU idle at batch 1),
+/// at least 32 keys a split and at most [`MAX_CHUNK`].
+pub fn splits(dev: &Device, c: &DecodeCall) -> (usize, usize) {
+    let units = dev.adapter_profile().compute_units.max(1) as usize;
+    let want = (2 * units).div_ceil(c.bh.max(1));
+    let s = want
+        .min(c.len.div_ceil(32))
+        .max(c.len.div_ceil(MAX_CHUNK))
+        .max(1);
+    let chunk = c.len.div_ceil(s);
+    (c.len.div_ceil(chunk), chunk)
+}
+
+/// Decode attention's variants, most preferred first.
+pub static DECODE: VariantTable<DecodeCall> = VariantTable {
+    family: "decode",
+    variants: &[
+        Variant {
+            name: "decode_split",
+            supports: |d, c| {
+                if c.head_dim > MAX_CHUNK {
+                    return Err(format!("heads of at most {MAX_CHUNK} columns"));
+                }
+                all_fit(
+                    d,
+                    &[KernelSpec::new("decode_attention", "decode_split", &[])],
+                )
+            },
+            // On GPUs; a software adapter's few threads gain nothing from a second pass.
+            prefers: |d, _| !d.adapter_profile().is_software,
+        },
+        Variant {
+            name: "decode_single",
+            supports: |d, _| {
+                all_fit(
+                    d,
+                    &[KernelSpec::new("decode_attention", "decode_attention", &[])],
+                )
+            },
+            prefers: |_, _| true,
+        },
+    ],
+};
 
 /// A layer's key and value caches: `[B, H, Tmax, D]` each, positions `0..len` filled.
 pub struct KvCache {
@@ -71,6 +133,16 @@ fn params(
             start as u32,
         ])
         .f(scale)
+}
+
+fn groups(op: &'static str, dev: &Device, n: usize) -> Result<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&g| g <= dev.limits().max_compute_workgroups_per_dimension)
+        .ok_or_else(|| OpError::Invalid {
+            op,
+            message: format!("{n} workgroups exceed one dispatch"),
+        })
 }
 
 /// Checks src `[B, T, C]` (or `[B, C]` for one position) against the caches and the columns
@@ -136,7 +208,9 @@ pub fn kv_append(
             ),
         });
     }
-    let p = params(b, h, d, tmax, t, c, (k_col, v_col), cache.len, 0.0);
+    let p = params(b, h, d, tmax, t, c, (k_col, v_col), cache.len, 0.0)
+        .u(0)
+        .u(0);
     let k = dev.kernel("decode_attention", "kv_append", &[])?;
     let n = b * t * h * d;
     dev.launch(
@@ -172,21 +246,34 @@ pub fn decode_attention(
     }
     let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
     let out = Array::empty(dev, &[b, h * d])?;
-    let scores = dev.alloc(b * h * cache.len, DType::F32)?;
+    let call = DecodeCall {
+        bh: b * h,
+        len: cache.len,
+        head_dim: d,
+    };
     let p = params(b, h, d, tmax, cache.len, c, (q_col, 0), 0, scale);
+    if DECODE.choose(dev, &call)?.name == "decode_split" {
+        let (splits, chunk) = splits(dev, &call);
+        let p = p.u(chunk as u32).u(splits as u32);
+        let part = dev.alloc(b * h * splits * (d + 2), DType::F32)?;
+        let bufs = [&src.buf, &cache.k.buf, &cache.v.buf, &part];
+        let k = dev.kernel("decode_attention", "decode_split", &[])?;
+        let n = groups("decode_attention", dev, b * h * splits)?;
+        dev.launch(&k, &bufs, &p, [n, 1, 1])?;
+        let k = dev.kernel("decode_attention", "decode_combine", &[])?;
+        let n = groups("decode_attention", dev, b * h)?;
+        dev.launch(&k, &[&part, &out.buf], &p, [n, 1, 1])?;
+        return Ok(out);
+    }
+    let p = p.u(0).u(0);
+    let scores = dev.alloc(b * h * cache.len, DType::F32)?;
     let k = dev.kernel("decode_attention", "decode_attention", &[])?;
-    let groups = u32::try_from(b * h)
-        .ok()
-        .filter(|&g| g <= dev.limits().max_compute_workgroups_per_dimension)
-        .ok_or_else(|| OpError::Invalid {
-            op: "decode_attention",
-            message: format!("{b} x {h} (batch x heads) workgroups exceed one dispatch"),
-        })?;
+    let n = groups("decode_attention", dev, b * h)?;
     dev.launch(
         &k,
         &[&src.buf, &cache.k.buf, &cache.v.buf, &scores, &out.buf],
         &p,
-        [groups, 1, 1],
+        [n, 1, 1],
     )?;
     Ok(out)
 }

@@ -4,13 +4,15 @@
 //!
 //! | family | variants (table order) | table |
 //! |---|---|---|
-//! | `matmul` (f32 GEMM, also the implicit GEMM of convolutions) | `gemm_uniform`, `gemm_sg`, `gemm_direct_ua`, `gemm_4x4` (software adapters); `gemm_128x128`, `gemm_128x64`, `gemm_64x64`, `gemm_16x64`, `gemm_64x16` (GPU tiles); `gemm_direct` (anywhere) | `matmul::GEMM` |
+//! | `matmul` (f32 GEMM, also the implicit GEMM of convolutions) | `gemm_uniform`, `gemm_sg`, `gemm_direct_ua`, `gemm_4x4` (software adapters); `gemm_128x128`, `gemm_128x64`, `gemm_64x64`, `gemm_16x64`, `gemm_64x16` (GPU tiles); `gemv` (at most 8 rows: generation); `gemm_direct` (anywhere) | `matmul::GEMM` |
 //! | `matmul_f16` (f16 operands, f32 accumulation) | `coop16`, `coop8` (cooperative matrices, 128 x 128 per workgroup), `coop16_small`, `coop8_small` (64 x 64), `widen` (to f32) | `matmul::GEMM_F16` |
 //! | `conv` (forward and input gradient) | `conv_direct` (software adapters: uniform windows), `conv_gemm` (implicit GEMM through `matmul`) | `conv::CONV` |
 //! | `conv_wgrad` (weight gradient) | `conv_wgrad` (uniform windows), `conv_wgrad_sg` (subgroups), `conv_gemm` | `conv::WGRAD` |
 //! | `pool` (pooling forward) | `pool_windows` (uniform windows, Mesa before 25), `pool_storage` | `pool::POOL` |
 //! | `attention` | `flash_coop16`, `flash_coop8` (f16 forward on cooperative matrices), `flash` (FlashAttention-2 tiles, f32; every backward) | `attention::ATTENTION` |
 //! | `colsum` (column reductions: bias, LayerNorm and abs-max gradients) | `colsum_two_pass` (row blocks, then a sum of the partials), `colsum_one_pass` | `reduce::COLSUM` |
+//! | `rows` (softmax, log_softmax, layer norm, cross-entropy: a row per group of adjacent lanes) | `rows_sg` (subgroup shuffles; rows of at most a subgroup's lanes), `rows_wg` (workgroup-memory tree, up to 256 lanes a row) | `rows::ROWS` |
+//! | `decode` (attention of one new token against a key/value cache) | `decode_split` (the cache split across workgroups, then a combine pass), `decode_single` (a workgroup per head) | `decode::DECODE` |
 //! | `optim` (optimizer updates) | `optim_multi` (every parameter of a group, eight per dispatch), `optim_single` (a dispatch per parameter) | `optim::OPTIM` |
 //!
 //! Force a variant per device handle, e.g. for tests or benchmarks:

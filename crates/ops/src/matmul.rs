@@ -266,6 +266,12 @@ pub static GEMM: VariantTable<GemmCall> = VariantTable {
             },
         },
         Variant {
+            name: "gemv",
+            supports: |d, c| gemm_supports(d, c, "gemv"),
+            // Few rows (generation): a tile would leave most of its rows idle.
+            prefers: |d, c| !c.software(d) && c.g.m <= GEMV_MAX_M,
+        },
+        Variant {
             name: "gemm_128x128",
             supports: |d, c| gemm_supports(d, c, "gemm_128x128"),
             prefers: |d, c| !c.software(d) && c.g.m >= 256 && c.g.n >= 256,
@@ -468,6 +474,42 @@ struct Tile {
 /// K slab depth of the GPU tiles.
 const TILE_BK: usize = 8;
 
+/// The most rows `gemv` takes (its accumulators are named, one per row).
+pub const GEMV_MAX_M: usize = 8;
+/// gemv_ncols: output columns per workgroup (256 lanes of four).
+const GEMV_NCOLS: usize = 1024;
+
+/// Which gemv kernel runs a call: `Some(true)` gemv_kdot (B's rows along k, vec4-aligned with
+/// A's), `Some(false)` gemv_ncols (B's rows along n, in whole vec4s), None neither.
+fn gemv_layout(c: &GemmCall) -> Option<bool> {
+    let g = &c.g;
+    let al = |v: usize| v.is_multiple_of(4);
+    if c.mode != Mode::Matmul || g.m > GEMV_MAX_M || !c.quads[1] {
+        return None;
+    }
+    let kdot = g.b[1] == 1
+        && g.a[2] == 1
+        && c.quads[0]
+        && al(g.k)
+        && al(g.a[0])
+        && al(g.a[1])
+        && al(g.b[0])
+        && al(g.b[2]);
+    let ncols = g.b[2] == 1 && al(g.n) && al(g.b[0]) && al(g.b[1]);
+    if kdot {
+        Some(true)
+    } else if ncols {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// gemv_kdot's lanes per output column: about eight vec4s of K each, 4 to 64.
+fn gemv_lanes(k: usize) -> usize {
+    k.div_ceil(4).div_ceil(8).next_power_of_two().clamp(4, 64)
+}
+
 fn tile_of(variant: &str) -> Option<Tile> {
     let t = |bm, bn, rm, rn| Some(Tile { bm, bn, rm, rn });
     match variant {
@@ -626,6 +668,26 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
             consts.extend([("TM", 16.0), ("TN", 16.0), ("BK", 16.0)]);
             (vec![KernelSpec::new("gemm", "gemm", &consts)], (64, 64), 16)
         }
+        "gemv" => {
+            let kdot = gemv_layout(c)?;
+            let mr = [("MR", g.m as f64)];
+            if kdot {
+                let lanes = gemv_lanes(g.k);
+                let spec = KernelSpec::new("gemv", "gemv_kdot", &[mr[0], ("LPR", lanes as f64)]);
+                // No K split: the lanes of a column already share K.
+                return Some(GemmPlan {
+                    specs: vec![spec],
+                    block: (g.m, 256 / lanes),
+                    splits: 1,
+                    chunk: g.k,
+                });
+            }
+            (
+                vec![KernelSpec::new("gemv", "gemv_ncols", &mr)],
+                (g.m, GEMV_NCOLS),
+                16,
+            )
+        }
         name => {
             let t = tile_of(name)?;
             consts.extend([
@@ -733,6 +795,11 @@ fn gemm_supports(dev: &Device, c: &GemmCall, variant: &str) -> std::result::Resu
         }
         "gemm_direct_ua" if c.lens[0] > AU_FLOATS => {
             return Err("A is larger than the 64 KiB uniform copy".into());
+        }
+        "gemv" if gemv_layout(c).is_none() => {
+            return Err(format!(
+                "matmuls of at most {GEMV_MAX_M} rows whose B rows run along k or n in vec4s"
+            ));
         }
         _ => {}
     }
@@ -932,7 +999,7 @@ pub(crate) fn gemm(
             let p = params(splits, chunk, (0, 0), false);
             dev.launch(&main, &[a, b, bias_buf, dst, &au], &p, grid)?;
         }
-        "gemm_sg" | "gemm_4x4" => {
+        "gemm_sg" | "gemm_4x4" | "gemv" => {
             let p = params(splits, chunk, (0, 0), false);
             dev.launch(&main, &[a, b, bias_buf, dst], &p, grid)?;
         }
