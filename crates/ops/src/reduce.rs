@@ -96,7 +96,7 @@ pub static COLSUM: VariantTable<ColsumCall> = VariantTable {
                 if c.mean {
                     return Err("no two-pass mean".into());
                 }
-                all_fit(d, &[blocks_spec(Reduce::Sum, c.inner)])
+                all_fit(d, &[blocks_spec(Reduce::Sum, c.inner, ROW_BLOCK)])
             },
             prefers: |d, c| {
                 !d.adapter_profile().is_software
@@ -114,7 +114,7 @@ pub static COLSUM: VariantTable<ColsumCall> = VariantTable {
 
 /// reduce_blocks for `inner` columns: a power of two of columns per workgroup up to 256, the
 /// rest of its invocations sharing a column's rows.
-fn blocks_spec(op: Reduce, inner: usize) -> KernelSpec {
+fn blocks_spec(op: Reduce, inner: usize, rows_per_block: usize) -> KernelSpec {
     let tc = inner.next_power_of_two().min(crate::WG as usize);
     KernelSpec::new(
         "reduce",
@@ -122,7 +122,7 @@ fn blocks_spec(op: Reduce, inner: usize) -> KernelSpec {
         &[
             ("OP", op.code() as f64),
             ("TC", tc as f64),
-            ("RB", ROW_BLOCK as f64),
+            ("RB", rows_per_block as f64),
         ],
     )
 }
@@ -134,7 +134,7 @@ pub fn plan(dev: &Device, c: &ColsumCall) -> Result<crate::kernels::Planned> {
     let one = KernelSpec::new("reduce", "reduce", &[("OP", 0.0)]);
     let wide = KernelSpec::new("reduce", "reduce_wide", &[("OP", 0.0)]);
     let kernels = match v.name {
-        "colsum_two_pass" => vec![blocks_spec(Reduce::Sum, c.inner), one],
+        "colsum_two_pass" => vec![blocks_spec(Reduce::Sum, c.inner, ROW_BLOCK), one],
         _ => vec![one, wide],
     };
     Ok(crate::kernels::Planned {
@@ -162,9 +162,13 @@ pub(crate) fn reduce_raw(
         mean: op == Reduce::Mean,
     };
     if len > 0 && outer * inner > 0 && COLSUM.choose(dev, &call)?.name == "colsum_two_pass" {
-        let blocks = len.div_ceil(ROW_BLOCK);
+        // Blocks of ROW_BLOCK rows, or of a multiple of it where there would be more blocks
+        // than one dispatch dimension takes.
+        let max = dev.limits().max_compute_workgroups_per_dimension as usize;
+        let rb = ROW_BLOCK * len.div_ceil(ROW_BLOCK * max).max(1);
+        let blocks = len.div_ceil(rb);
         let partial = dev.alloc(outer * blocks * inner, DType::F32)?;
-        let spec = blocks_spec(op, inner);
+        let spec = blocks_spec(op, inner, rb);
         let tc = spec.constants[1].1 as usize;
         let p = Params::new().us(&[outer, len, inner, blocks].map(|v| v as u32));
         let groups = [inner.div_ceil(tc) as u32, blocks as u32, outer as u32];
