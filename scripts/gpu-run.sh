@@ -124,7 +124,7 @@ if want tests; then
   done
 fi
 if want bench; then
-  for b in matmul attention conv2d mlp_step cold_start; do
+  for b in matmul attention conv2d rows mlp_step cold_start; do
     run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/bench-$b" --bench
   done
   run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/bench-train_step" --bench --profile
@@ -132,9 +132,11 @@ fi
 if want main; then
   run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/lenet_mnist"
   run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/char_transformer" --preset gpu --steps 200
+  # GPT-2 small's shape (random weights): generation with the key/value cache (gemv, split-KV).
+  run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/generate" --random-small --max-new-tokens 256 --greedy
 fi
 if want pytorch; then
-  for s in matmul attention conv2d train_step; do
+  for s in matmul attention conv2d rows train_step; do
     (cd benches/pytorch && run_json "$t_bin" "$out/pytorch.jsonl" "$out/pytorch.err" python3 "$s.py")
   done
 fi
