@@ -13,7 +13,7 @@ use clap::Parser;
 use kiln::graph::{GradCheck, Tensor};
 use kiln::nn::data::Mnist;
 use kiln::nn::init::Rng;
-use kiln::nn::{Adam, LinearConfig, Module, Sequential};
+use kiln::nn::{Adam, Lambda, LinearConfig, Module, Sequential};
 use kiln::train::{fit, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,15 +28,6 @@ struct Args {
     /// Passes over the 4,000 training images.
     #[arg(long, default_value_t = 3, value_parser = common::positive)]
     epochs: usize,
-}
-
-/// The op as a module, so it sits in a `Sequential` like any activation.
-struct SwishLayer;
-
-impl Module for SwishLayer {
-    fn forward(&self, x: &Tensor) -> kiln::nn::Result<Tensor> {
-        Ok(Tensor::apply(Swish, &[x])?)
-    }
 }
 
 fn main() -> Result<()> {
@@ -66,7 +57,7 @@ fn main() -> Result<()> {
             "fc1",
             LinearConfig::new(784, 128).init_with(&dev, &mut rng)?,
         )
-        .push_named("swish", SwishLayer)
+        .push_named("swish", Lambda::op(Swish))
         .push_named("fc2", LinearConfig::new(128, 10).init_with(&dev, &mut rng)?);
     let mut opt = Adam::new(1e-3).init(&dev, model.parameters())?;
     let cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);

@@ -7,7 +7,7 @@
 mod swish;
 
 use kiln::device::Device;
-use kiln::graph::{gradcheck, GradCheck, GradCheckError, StepPlan, Tensor};
+use kiln::graph::{gradcheck, Function, FunctionCtx, GradCheck, GradCheckError, StepPlan, Tensor};
 use kiln::nn::init::Rng;
 use kiln::nn::{LinearConfig, Module, Sgd};
 use kiln::ops::elementwise::{self, Binary, Unary};
@@ -193,4 +193,198 @@ fn tape_errors_name_the_op_without_backward_or_with_bad_gradients() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("bad_shape") && e.contains("[3]"), "{e}");
+}
+
+/// An op declares how many inputs it takes: another count is a typed error naming it, before
+/// its forward runs (which would otherwise index past `inputs`).
+#[test]
+fn declared_arity_is_checked_before_the_forward_runs() {
+    let d = dev();
+    let x = Tensor::from_f32(&d, &[1.0, 2.0], &[2]).unwrap();
+    let e = Tensor::apply(Swish, &[&x, &x]).unwrap_err().to_string();
+    assert!(e.contains("swish takes 1 input, 2 were given"), "{e}");
+    let e = Tensor::apply(Swish, &[]).unwrap_err().to_string();
+    assert!(e.contains("swish takes 1 input, 0 were given"), "{e}");
+}
+
+/// (exp x, tanh x) from one op with two outputs: each output's gradient reaches the op's
+/// backward, also when only one of them is used.
+#[derive(Clone)]
+struct ExpTanh;
+impl Op for ExpTanh {
+    fn name(&self) -> &str {
+        "exp_tanh"
+    }
+    fn arity(&self) -> Option<usize> {
+        Some(1)
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<Forward> {
+        let e = elementwise::unary(dev, inputs[0], Unary::Exp)?;
+        let t = elementwise::unary(dev, inputs[0], Unary::Tanh)?;
+        Forward::outputs(vec![e, t])
+    }
+    fn backward_outputs(
+        &self,
+        dev: &Device,
+        ctx: &Ctx,
+        dys: &[Option<&Array>],
+    ) -> Result<Vec<Option<Array>>> {
+        // d exp = exp, d tanh = 1 - tanh^2: dx = de * e + dt * (1 - t^2).
+        let (e, t) = (ctx.outputs[0], ctx.outputs[1]);
+        let mut dx = Array::full(dev, &e.shape, 0.0)?;
+        if let Some(de) = dys[0] {
+            let g = elementwise::binary(dev, de, e, Binary::Mul)?;
+            dx = elementwise::binary(dev, &dx, &g, Binary::Add)?;
+        }
+        if let Some(dt) = dys[1] {
+            let t2 = elementwise::unary(dev, t, Unary::Square)?;
+            let dtanh = elementwise::unary(dev, &t2, Unary::Affine(-1.0, 1.0))?;
+            let g = elementwise::binary(dev, dt, &dtanh, Binary::Mul)?;
+            dx = elementwise::binary(dev, &dx, &g, Binary::Add)?;
+        }
+        Ok(vec![Some(dx)])
+    }
+}
+
+#[test]
+fn an_op_with_two_outputs_gets_both_gradients() {
+    let d = dev();
+    let mut rng = Rng::new(9);
+    let x = Tensor::from_f32(&d, &rng.vec(12, -2.0, 2.0), &[3, 4])
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap();
+    let outs = Tensor::apply_multi(ExpTanh, &[&x]).unwrap();
+    assert_eq!(outs.len(), 2);
+    let xv: Vec<f64> = x.to_vec().unwrap().iter().map(|&v| v as f64).collect();
+    let tanh: Vec<f64> = xv.iter().map(|v| v.tanh()).collect();
+    assert_close("tanh", &outs[1].to_vec().unwrap(), &tanh, 1e-6, 1e-5);
+    // Both outputs in the loss, and each alone.
+    let both = |t: &[Tensor]| {
+        let o = Tensor::apply_multi(ExpTanh, &[&t[0]])?;
+        o[0].mul(&o[1].affine(3.0, 0.5)?)
+    };
+    gradcheck(both, std::slice::from_ref(&x)).unwrap();
+    for i in 0..2 {
+        let one = move |t: &[Tensor]| Tensor::apply_multi(ExpTanh, &[&t[0]])?[i].square();
+        gradcheck(one, std::slice::from_ref(&x)).unwrap();
+    }
+}
+
+/// Swish with its backward written with tensor ops (a `Function`), instead of a second kernel.
+struct TensorSwish;
+impl Function for TensorSwish {
+    fn name(&self) -> &str {
+        "tensor_swish"
+    }
+    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<Forward> {
+        Swish.forward(dev, inputs)
+    }
+    fn backward(&self, ctx: &FunctionCtx, dy: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        // dx = dy * (s + x s (1 - s)) = dy * (s + y (1 - s)), s = sigmoid(x), y = x s.
+        let s = ctx.inputs[0].sigmoid()?;
+        let one_minus_s = s.affine(-1.0, 1.0)?;
+        let ds = s.add(&ctx.output.mul(&one_minus_s)?)?;
+        Ok(vec![Some(dy.mul(&ds)?)])
+    }
+}
+
+#[test]
+fn a_backward_written_with_tensor_ops_passes_gradcheck() {
+    let d = dev();
+    let x = Tensor::from_f32(&d, &Rng::new(4).vec(30, -4.0, 4.0), &[5, 6])
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap();
+    let f = |t: &[Tensor]| Tensor::apply_fn(TensorSwish, &[&t[0]]);
+    gradcheck(f, std::slice::from_ref(&x)).unwrap();
+    // The same gradients as the kernel-written backward.
+    Tensor::apply_fn(TensorSwish, &[&x])
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let a = x.grad().unwrap().to_f32(&d).unwrap();
+    x.zero_grad();
+    Tensor::apply(Swish, &[&x])
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let b = x.grad().unwrap().to_f32(&d).unwrap();
+    let want: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+    assert_close("tensor-op backward", &a, &want, 1e-6, 1e-5);
+}
+
+/// A parameter block that does not match the kernel's WGSL struct is refused before launch,
+/// naming both layouts.
+#[test]
+fn a_mismatched_parameter_block_is_a_typed_error() {
+    kiln::device::kernel_params! { struct Wrong { n: f32 } }
+    kiln::device::kernel_params! { struct Longer { n: u32, scale: f32 } }
+    let d = dev();
+    let src = "struct P { n: u32 }
+        @group(0) @binding(0) var<storage, read_write> y: array<f32>;
+        @group(0) @binding(1) var<uniform> p: P;
+        @compute @workgroup_size(KILN_WG)
+        fn main(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+                @builtin(local_invocation_index) l: u32) {
+            let i = kiln_index(w, n, l);
+            if (i < p.n) { y[i] = f32(i); }
+        }";
+    let k = d
+        .kernel_from_source("params_check", src, "main", &[])
+        .unwrap();
+    let y = Array::empty(&d, &[300]).unwrap();
+    for e in [
+        kiln::ops::launch::elementwise(&d, &k, &[&y.buf], &Wrong { n: 300.0 }, 300),
+        kiln::ops::launch::elementwise(&d, &k, &[&y.buf], &Longer { n: 300, scale: 1.0 }, 300),
+    ] {
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("does not match the WGSL struct") && e.contains("WGSL [n: U32 @0]"),
+            "{e}"
+        );
+    }
+    kiln::device::kernel_params! { struct Right { n: u32 } }
+    kiln::ops::launch::elementwise(&d, &k, &[&y.buf], &Right { n: 300 }, 300).unwrap();
+    let want: Vec<f64> = (0..300).map(|i| i as f64).collect();
+    assert_close(
+        "kiln_index over two workgroups",
+        &y.to_f32(&d).unwrap(),
+        &want,
+        0.0,
+        0.0,
+    );
+}
+
+/// An op (or any tensor function) as a module in a Sequential, without a wrapper type.
+#[test]
+fn lambda_puts_an_op_in_a_sequential() {
+    use kiln::nn::{Lambda, Sequential};
+    let d = dev();
+    let mut r = Rng::new(2);
+    let model = Sequential::new()
+        .push(LinearConfig::new(3, 4).init_with(&d, &mut r).unwrap())
+        .push(Lambda::op(Swish))
+        .push(Lambda::new("double", |x| x.affine(2.0, 0.0)));
+    let x = Tensor::from_f32(&d, &r.vec(6, -1.0, 1.0), &[2, 3]).unwrap();
+    let got = model.forward(&x).unwrap().to_vec().unwrap();
+    let lin = model
+        .layers()
+        .next()
+        .unwrap()
+        .1
+        .forward(&x)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let want: Vec<f64> = swish_cpu(&lin.iter().map(|&v| v as f64).collect::<Vec<_>>())
+        .iter()
+        .map(|v| 2.0 * v)
+        .collect();
+    assert_close("lambda", &got, &want, 1e-6, 1e-5);
+    assert_eq!(model.parameters().len(), 2, "lambdas add no parameters");
 }

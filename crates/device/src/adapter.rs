@@ -96,6 +96,8 @@ pub(crate) struct Inner {
     pub(crate) timestamp_period: f32,
     /// Per-dispatch timestamps of the submissions made while [`Device::profile`] runs.
     pub(crate) profiling: Mutex<Option<Vec<timing::ProfileChunk>>>,
+    /// (kernel label, parameter type) pairs whose layouts `launch_with` has checked.
+    pub(crate) params_checked: Mutex<std::collections::HashSet<(String, std::any::TypeId)>>,
 }
 
 /// A GPU device and everything kiln keeps per device. Cheap to clone (shared handle); each
@@ -350,6 +352,7 @@ impl Device {
                 pipeline_misses: AtomicU64::new(0),
                 timestamp_period,
                 profiling: Mutex::default(),
+                params_checked: Mutex::default(),
             }),
             policy: Arc::new(policy),
         })

@@ -106,13 +106,11 @@ impl Walk<'_> {
                     self.block(f, fi, name, body, true);
                     self.block(f, fi, name, continuing, true);
                 }
-                Statement::Call { function, .. } => {
-                    if self.seen.insert((*function, in_loop)) {
-                        let callee = &self.module.functions[*function];
-                        let cname = callee.name.clone().unwrap_or_default();
-                        let cinfo = &self.info[*function];
-                        self.function(callee, cinfo, &cname, in_loop);
-                    }
+                Statement::Call { function, .. } if self.seen.insert((*function, in_loop)) => {
+                    let callee = &self.module.functions[*function];
+                    let cname = callee.name.clone().unwrap_or_default();
+                    let cinfo = &self.info[*function];
+                    self.function(callee, cinfo, &cname, in_loop);
                 }
                 _ => {}
             }

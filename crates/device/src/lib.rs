@@ -18,6 +18,7 @@ mod buffer;
 mod capture;
 mod error;
 pub mod known;
+mod params;
 mod pipeline;
 mod policy;
 pub mod shaders;
@@ -26,8 +27,11 @@ mod timing;
 
 pub use adapter::{parse_mesa_version, AdapterSummary, Capabilities, Device};
 pub use buffer::{Buffer, DType, Element, PoolStats, WINDOW_BYTES};
+#[doc(hidden)]
+pub use bytemuck;
 pub use capture::{DispatchInfo, Plan};
 pub use error::{DeviceError, Result};
+pub use params::{KernelParams, ParamField, ParamKind, ParamScalar, WgslField};
 pub use pipeline::Kernel;
 pub use policy::{AdapterProfile, Footprint, KernelPolicy, Variant, VariantTable};
 pub use shaders::BindingKind;

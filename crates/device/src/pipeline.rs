@@ -1,6 +1,7 @@
 //! Pipelines: shader modules compiled once per device, compute pipelines cached by entry point
 //! and override constants, and the driver's pipeline cache on disk.
 
+use crate::params::{KernelParams, WgslField};
 use crate::policy::Footprint;
 use crate::shaders::{self, BindingKind};
 use crate::{Device, DeviceError, Result};
@@ -15,6 +16,7 @@ pub struct Kernel {
     pub(crate) layout: wgpu::BindGroupLayout,
     pub(crate) bindings: Vec<(u32, BindingKind)>,
     footprint: Footprint,
+    params: Option<Vec<WgslField>>,
 }
 
 impl Kernel {
@@ -33,6 +35,10 @@ impl Kernel {
     /// What the specialised entry point asks of the adapter (checked before it was built).
     pub fn footprint(&self) -> &Footprint {
         &self.footprint
+    }
+    /// The members of the WGSL struct the entry point binds as its parameter block.
+    pub fn params_layout(&self) -> Option<&[WgslField]> {
+        self.params.as_deref()
     }
 }
 
@@ -91,8 +97,13 @@ impl Device {
         self.compile(shader, src, entry, constants, true)
     }
 
-    /// Like [`Device::kernel`] for WGSL not in the registry (tests, experiments). Such shaders
+    /// Like [`Device::kernel`] for WGSL not in the registry: users' own ops, tests. Such shaders
     /// keep wgpu's loop bounding, which the registered ones go without.
+    ///
+    /// kiln appends [`shaders::USER_PRELUDE`] to the source (WGSL declarations may come in any
+    /// order, so line numbers in errors stay the user's): `KILN_WG`, the workgroup size the
+    /// launch helpers of `kiln_ops::launch` size their grids for, and `kiln_index` /
+    /// `kiln_group`, which undo [`Device::launch`]'s split of a large count over a 2-D grid.
     ///
     /// Modules and pipelines are cached by name, so the name must be the source's own: a
     /// registered shader's name, or one already used for different source, is refused with
@@ -111,14 +122,15 @@ impl Device {
         if shaders::source(shader).is_ok() {
             return Err(taken("one of kiln's registered shaders"));
         }
+        let src = format!("{src}\n{}", shaders::USER_PRELUDE);
         if let Some((.., hash)) = self.inner.modules.lock().unwrap().get(shader) {
-            if *hash != source_hash(src) {
+            if *hash != source_hash(&src) {
                 return Err(taken(
                     "different WGSL source compiled earlier on this device",
                 ));
             }
         }
-        self.compile(shader, src, entry, constants, false)
+        self.compile(shader, &src, entry, constants, false)
     }
 
     /// The pipeline cache lookup and compilation behind [`Device::kernel`] and
@@ -181,6 +193,7 @@ impl Device {
             pipeline,
             bindings,
             footprint,
+            params: validated.params_layout(entry),
         });
         self.inner
             .pipelines
@@ -280,5 +293,39 @@ impl Device {
         std::fs::write(&tmp, data).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)?;
         Ok(true)
+    }
+}
+
+impl Kernel {
+    /// Checks `P` against the WGSL struct this kernel binds as its parameter block: the same
+    /// fields, in the same order, at the same offsets, of the same scalar types.
+    pub fn check_params<P: KernelParams>(&self) -> Result<()> {
+        let wgsl = self.params_layout().ok_or_else(|| DeviceError::Binding {
+            kernel: self.name().to_string(),
+            message: "the entry point binds no parameter block".into(),
+        })?;
+        let rust: Vec<String> = P::FIELDS
+            .iter()
+            .map(|f| format!("{}: {:?} @{}", f.name, f.kind, f.offset))
+            .collect();
+        let wgsl: Vec<String> = wgsl
+            .iter()
+            .map(|f| match f.kind {
+                Some(k) => format!("{}: {k:?} @{}", f.name, f.offset),
+                None => format!("{}: (not a 32-bit scalar) @{}", f.name, f.offset),
+            })
+            .collect();
+        if rust != wgsl {
+            return Err(DeviceError::Binding {
+                kernel: self.name().to_string(),
+                message: format!(
+                    "the parameter block {} does not match the WGSL struct: Rust [{}], WGSL [{}]",
+                    std::any::type_name::<P>(),
+                    rust.join(", "),
+                    wgsl.join(", ")
+                ),
+            });
+        }
+        Ok(())
     }
 }

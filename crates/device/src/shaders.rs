@@ -21,6 +21,24 @@ pub fn source(name: &str) -> Result<&'static str> {
         .ok_or_else(|| DeviceError::UnknownShader(name.to_string()))
 }
 
+/// What [`Device::kernel_from_source`](crate::Device::kernel_from_source) appends to users'
+/// WGSL: the launch helpers' workgroup size and the index arithmetic every 1-D or per-row
+/// kernel needs.
+pub const USER_PRELUDE: &str = r#"
+// kiln's prelude for user kernels (appended by Device::kernel_from_source).
+// The workgroup size kiln_ops::launch's helpers size their grids for.
+const KILN_WG: u32 = 256u;
+// This invocation's index in a 1-D launch of KILN_WG-wide workgroups (Device::launch spreads a
+// count above one dispatch dimension's limit over a 2-D grid; this undoes it).
+fn kiln_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * KILN_WG + lid;
+}
+// This workgroup's index in a launch of one workgroup per row (or per tile), likewise.
+fn kiln_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+"#;
+
 /// Registered entry points that run without wgpu's bounds checks: (shader, entry point). Only
 /// kernels whose every index is in range by construction belong here, with the launcher
 /// checking what that rests on:
@@ -168,6 +186,54 @@ impl Validated {
         }
         out.sort_by_key(|(b, _)| *b);
         Ok(out)
+    }
+
+    /// The members of the struct `entry` binds as its parameter block (a `var<uniform>` of
+    /// struct type), None where it binds none.
+    pub fn params_layout(&self, entry: &str) -> Option<Vec<crate::params::WgslField>> {
+        let (index, _) = self
+            .module
+            .entry_points
+            .iter()
+            .enumerate()
+            .find(|(_, ep)| ep.name == entry)?;
+        let uses = self.info.get_entry_point(index);
+        let (_, var) = self.module.global_variables.iter().find(|(h, v)| {
+            v.space == naga::AddressSpace::Uniform
+                && !uses[*h].is_empty()
+                && matches!(
+                    self.module.types[v.ty].inner,
+                    naga::TypeInner::Struct { .. }
+                )
+        })?;
+        let naga::TypeInner::Struct { members, .. } = &self.module.types[var.ty].inner else {
+            return None;
+        };
+        use crate::params::ParamKind;
+        Some(
+            members
+                .iter()
+                .map(|m| crate::params::WgslField {
+                    name: m.name.clone().unwrap_or_default(),
+                    offset: m.offset,
+                    kind: match self.module.types[m.ty].inner {
+                        naga::TypeInner::Scalar(naga::Scalar {
+                            kind: naga::ScalarKind::Uint,
+                            width: 4,
+                        }) => Some(ParamKind::U32),
+                        naga::TypeInner::Scalar(naga::Scalar {
+                            kind: naga::ScalarKind::Sint,
+                            width: 4,
+                        }) => Some(ParamKind::I32),
+                        naga::TypeInner::Scalar(naga::Scalar {
+                            kind: naga::ScalarKind::Float,
+                            width: 4,
+                        }) => Some(ParamKind::F32),
+                        _ => None,
+                    },
+                })
+                .collect(),
+        )
     }
 
     /// What `entry` asks of an adapter with these override constants applied: workgroup memory

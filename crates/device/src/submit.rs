@@ -564,3 +564,23 @@ impl Device {
         Ok(out)
     }
 }
+
+impl Device {
+    /// [`Device::launch`] with a typed parameter block, checked against the kernel's WGSL
+    /// struct the first time this kernel is launched with `P`.
+    pub fn launch_with<P: crate::params::KernelParams>(
+        &self,
+        kernel: &Arc<Kernel>,
+        buffers: &[&Buffer],
+        params: &P,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let key = (kernel.label().to_string(), std::any::TypeId::of::<P>());
+        let checked = self.inner.params_checked.lock().unwrap().contains(&key);
+        if !checked {
+            kernel.check_params::<P>()?;
+            self.inner.params_checked.lock().unwrap().insert(key);
+        }
+        self.launch(kernel, buffers, &Params::new().us(params.words()), groups)
+    }
+}

@@ -19,7 +19,12 @@ enum Backward {
         op: Box<dyn Op>,
         saved: Saved,
         needs: Vec<bool>,
+        /// The outputs after the first (this node holds the first), for ops with several.
+        more: Vec<Array>,
     },
+    /// Output `index` (1 or more) of a multi-output op, whose node (output 0) is input 0: the
+    /// backward pass hands this gradient to that op's backward with the others.
+    Output { index: usize },
     /// A slice of input 0, `start ..` along `axis`: the backward pass adds the gradient into
     /// that slice of the input's gradient, in place where the pass made that buffer itself. So
     /// many slices of one tensor (an RNN's time steps, an LSTM's gates) cost one zero-filled
@@ -32,6 +37,7 @@ impl Backward {
         match self {
             Backward::Op { op, .. } => op.name(),
             Backward::Slice { .. } => "slice",
+            Backward::Output { .. } => "output",
         }
     }
 }
@@ -236,6 +242,27 @@ impl Tensor {
     /// # Ok(()) }
     /// ```
     pub fn apply(op: impl Op, inputs: &[&Tensor]) -> Result<Tensor> {
+        let mut out = Tensor::apply_multi(op, inputs)?;
+        Ok(out.swap_remove(0))
+    }
+
+    /// [`Tensor::apply`] for an op with several outputs ([`kiln_ops::op::Forward::outputs`]):
+    /// one tensor per output, each with its own gradient; the op's backward gets them together
+    /// ([`Op::backward_outputs`], `None` for an output that did not reach the loss).
+    pub fn apply_multi(op: impl Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        if let Some(n) = op.arity() {
+            if n != inputs.len() {
+                return Err(OpError::Invalid {
+                    op: "apply",
+                    message: format!(
+                        "{} takes {n} input{}, {} were given",
+                        op.name(),
+                        if n == 1 { "" } else { "s" },
+                        inputs.len()
+                    ),
+                });
+            }
+        }
         let first = inputs.first().ok_or_else(|| OpError::Invalid {
             op: "apply",
             message: format!("{} was given no inputs", op.name()),
@@ -244,17 +271,25 @@ impl Tensor {
         let arrays: Vec<&Array> = inputs.iter().map(|t| &t.0.data).collect();
         let fwd = op.forward(dev, &arrays)?;
         let needs: Vec<bool> = inputs.iter().map(|t| t.requires_grad()).collect();
-        if is_grad_enabled() && needs.iter().any(|&n| n) {
-            let backward = Backward::Op {
-                op: Box::new(op),
-                saved: fwd.saved,
-                needs,
-            };
-            let inputs = inputs.iter().map(|t| (*t).clone()).collect();
-            Ok(Tensor::make(dev, fwd.output, true, inputs, Some(backward)))
-        } else {
-            Ok(Tensor::from_array(dev, fwd.output))
+        if !(is_grad_enabled() && needs.iter().any(|&n| n)) {
+            let outs = std::iter::once(fwd.output).chain(fwd.more);
+            return Ok(outs.map(|a| Tensor::from_array(dev, a)).collect());
         }
+        let more = fwd.more.clone();
+        let backward = Backward::Op {
+            op: Box::new(op),
+            saved: fwd.saved,
+            needs,
+            more: fwd.more,
+        };
+        let inputs = inputs.iter().map(|t| (*t).clone()).collect();
+        let main = Tensor::make(dev, fwd.output, true, inputs, Some(backward));
+        let mut outs = vec![main.clone()];
+        for (i, a) in more.into_iter().enumerate() {
+            let out = Backward::Output { index: i + 1 };
+            outs.push(Tensor::make(dev, a, true, vec![main.clone()], Some(out)));
+        }
+        Ok(outs)
     }
 
     /// A slice along one axis (recorded with the tape's in-place slice gradient).
@@ -324,6 +359,8 @@ impl Tensor {
             }
         }
         let mut grads: HashMap<u64, Array> = HashMap::new();
+        // Gradients of a multi-output op's outputs after the first, by the op's node.
+        let mut outputs: HashMap<u64, Vec<Option<Array>>> = HashMap::new();
         // Nodes whose gradient so far is a buffer this pass allocated and nothing else holds
         // (a sum it made), which slices may add into in place.
         let mut owned: HashSet<u64> = HashSet::new();
@@ -346,33 +383,63 @@ impl Tensor {
                             owned.insert(inp.0.id);
                         }
                     }
-                    Some(Backward::Op { op, saved, needs }) => {
-                        let arrays: Vec<&Array> = t.0.inputs.iter().map(|i| &i.0.data).collect();
-                        let ctx = Ctx {
-                            inputs: &arrays,
-                            output: &t.0.data,
-                            saved,
-                            needs,
-                        };
-                        let input_grads = op.backward(dev, &ctx, &g)?;
-                        check_grads(op.name(), &arrays, &input_grads)?;
-                        for (inp, ig) in t.0.inputs.iter().zip(input_grads) {
-                            let Some(ig) = ig else { continue };
-                            if !inp.requires_grad() {
-                                continue;
-                            }
-                            let id = inp.0.id;
-                            let acc = match grads.remove(&id) {
-                                Some(prev) => {
-                                    owned.insert(id);
-                                    elementwise::binary(dev, &prev, &ig, Binary::Add)?
-                                }
-                                // A rule's result may be shared (an add passes g to both sides):
-                                // not owned.
-                                None => ig,
-                            };
-                            grads.insert(id, acc);
+                    Some(Backward::Output { index }) => {
+                        let main = &t.0.inputs[0];
+                        let slots = outputs.entry(main.0.id).or_default();
+                        if slots.len() <= *index {
+                            slots.resize(*index + 1, None);
                         }
+                        slots[*index] = Some(g);
+                    }
+                    Some(Backward::Op { .. }) => {
+                        // Handled below with the other outputs' gradients.
+                        grads.insert(t.0.id, g);
+                    }
+                }
+            }
+            if let Some(Backward::Op {
+                op,
+                saved,
+                needs,
+                more,
+            }) = &t.0.backward
+            {
+                let g0 = grads.remove(&t.0.id);
+                let others = outputs.remove(&t.0.id).unwrap_or_default();
+                if g0.is_some() || others.iter().any(Option::is_some) {
+                    let arrays: Vec<&Array> = t.0.inputs.iter().map(|i| &i.0.data).collect();
+                    let all: Vec<&Array> = std::iter::once(&t.0.data).chain(more).collect();
+                    let ctx = Ctx {
+                        inputs: &arrays,
+                        output: &t.0.data,
+                        outputs: &all,
+                        saved,
+                        needs,
+                    };
+                    let dys: Vec<Option<&Array>> = (0..all.len())
+                        .map(|i| match i {
+                            0 => g0.as_ref(),
+                            i => others.get(i).and_then(Option::as_ref),
+                        })
+                        .collect();
+                    let input_grads = op.backward_outputs(dev, &ctx, &dys)?;
+                    check_grads(op.name(), &arrays, &input_grads)?;
+                    for (inp, ig) in t.0.inputs.iter().zip(input_grads) {
+                        let Some(ig) = ig else { continue };
+                        if !inp.requires_grad() {
+                            continue;
+                        }
+                        let id = inp.0.id;
+                        let acc = match grads.remove(&id) {
+                            Some(prev) => {
+                                owned.insert(id);
+                                elementwise::binary(dev, &prev, &ig, Binary::Add)?
+                            }
+                            // A rule's result may be shared (an add passes g to both sides):
+                            // not owned.
+                            None => ig,
+                        };
+                        grads.insert(id, acc);
                     }
                 }
             }

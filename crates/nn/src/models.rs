@@ -1,9 +1,11 @@
 //! Ready-made models: the seed's LeNet-5.
 
-use crate::activation::{Flatten, MaxPool2d, Relu};
+use crate::activation::Relu;
 use crate::conv::Conv2dConfig;
 use crate::init::Rng;
+use crate::lambda::Flatten;
 use crate::linear::LinearConfig;
+use crate::pool::MaxPool2d;
 use crate::sequential::Sequential;
 use crate::Result;
 use kiln_graph::Device;

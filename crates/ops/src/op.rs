@@ -1,9 +1,11 @@
 //! The op trait: what kiln's autograd needs of an operation, for built-in ops and users' own
 //! alike (as PyTorch's `torch.autograd.Function` or candle's `CustomOp`).
 //!
-//! An op computes one output array from its input arrays on the device and says how to turn the
-//! output's gradient into its inputs' gradients. kiln-graph's `Tensor::apply` runs an op and
-//! records it on the tape; recorded training steps replay its dispatches like any other.
+//! An op computes one output array (or several) from its input arrays on the device and says how
+//! to turn the outputs' gradients into its inputs' gradients. kiln-graph's `Tensor::apply` runs
+//! an op and records it on the tape (`Tensor::apply_multi` for several outputs); recorded
+//! training steps replay its dispatches like any other. An op may declare how many inputs it
+//! takes ([`Op::arity`]): a call with another count is a typed error naming the op.
 //!
 //! ```
 //! use kiln_ops::op::{Ctx, Forward, Op};
@@ -37,6 +39,12 @@ pub trait Op: Send + Sync + 'static {
     /// A short name for errors and profiles ("matmul", "my_swish").
     fn name(&self) -> &str;
 
+    /// How many inputs the op takes; `None` (the default) for any number. `Tensor::apply`
+    /// refuses another count with an error naming the op, before `forward` sees `inputs`.
+    fn arity(&self) -> Option<usize> {
+        None
+    }
+
     /// Computes the output from `inputs`, recording its dispatches on `dev`; returns it with
     /// whatever the backward pass needs beyond the inputs and the output (see [`Saved`]).
     fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<Forward>;
@@ -53,18 +61,28 @@ pub trait Op: Send + Sync + 'static {
         })
     }
 
-    /// The kernel variant the forward pass takes for these inputs under the device's kernel
-    /// policy, for ops that have several (tests, profiles); `None` for ops with one kernel.
-    fn variant(&self, dev: &Device, inputs: &[&Array]) -> Option<String> {
-        let _ = (dev, inputs);
-        None
+    /// The backward pass of an op with several outputs: `dys[i]` is output i's gradient, `None`
+    /// where that output did not reach the loss. The default, for one output, calls
+    /// [`Op::backward`] with output 0's gradient (zeros where it has none).
+    fn backward_outputs(
+        &self,
+        dev: &Device,
+        ctx: &Ctx,
+        dys: &[Option<&Array>],
+    ) -> Result<Vec<Option<Array>>> {
+        match dys.first().copied().flatten() {
+            Some(dy) => self.backward(dev, ctx, dy),
+            None => self.backward(dev, ctx, &Array::full(dev, &ctx.output.shape, 0.0)?),
+        }
     }
 }
 
-/// An op's forward result: the output and what the backward pass keeps.
+/// An op's forward result: its outputs and what the backward pass keeps.
 pub struct Forward {
-    /// The output.
+    /// The (first) output.
     pub output: Array,
+    /// The outputs after the first, for ops with several (`Tensor::apply_multi`).
+    pub more: Vec<Array>,
     /// State for the backward pass.
     pub saved: Saved,
 }
@@ -74,8 +92,34 @@ impl Forward {
     pub fn with_saved<T: Any + Send + Sync>(output: Array, saved: T) -> Forward {
         Forward {
             output,
+            more: Vec::new(),
             saved: Saved::new(saved),
         }
+    }
+
+    /// Several outputs (at least one), for an op applied with `Tensor::apply_multi`.
+    pub fn outputs(outputs: Vec<Array>) -> Result<Forward> {
+        let mut it = outputs.into_iter();
+        let output = it.next().ok_or_else(|| OpError::Invalid {
+            op: "forward",
+            message: "an op must produce at least one output".into(),
+        })?;
+        Ok(Forward {
+            output,
+            more: it.collect(),
+            saved: Saved::default(),
+        })
+    }
+
+    /// The same outputs with `saved` kept for the backward pass.
+    pub fn saving<T: Any + Send + Sync>(mut self, saved: T) -> Forward {
+        self.saved = Saved::new(saved);
+        self
+    }
+
+    /// Every output, in order.
+    pub fn all_outputs(&self) -> impl Iterator<Item = &Array> {
+        std::iter::once(&self.output).chain(&self.more)
     }
 }
 
@@ -84,6 +128,7 @@ impl From<Array> for Forward {
     fn from(output: Array) -> Forward {
         Forward {
             output,
+            more: Vec::new(),
             saved: Saved::default(),
         }
     }
@@ -120,8 +165,10 @@ impl Saved {
 pub struct Ctx<'a> {
     /// The forward pass's inputs, in order.
     pub inputs: &'a [&'a Array],
-    /// The forward pass's output.
+    /// The forward pass's (first) output.
     pub output: &'a Array,
+    /// Every output of the forward pass, in order (the first is `output`).
+    pub outputs: &'a [&'a Array],
     /// What the forward pass saved.
     pub saved: &'a Saved,
     /// Per input: whether a gradient is wanted.

@@ -173,7 +173,7 @@ fn sg_supports(dev: &Device, c: &RowCall) -> std::result::Result<(), String> {
         return Err("the adapter has no subgroups".into());
     }
     let sg = prof.subgroup_min_size as usize;
-    if sg < 2 || !sg.is_power_of_two() || ROW_WG % sg != 0 {
+    if sg < 2 || !sg.is_power_of_two() || !ROW_WG.is_multiple_of(sg) {
         return Err(format!(
             "the smallest subgroup size ({sg}) is unknown or not a power of two dividing {ROW_WG}"
         ));
