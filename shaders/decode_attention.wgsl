@@ -191,22 +191,20 @@ fn decode_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let hh = bh % p.h;
     let w = p.d + 2u;
     let base = bh * p.splits * w;
+    // Every split holds at least one key (the launcher sizes them so), so l_s >= 1 and a NaN
+    // score anywhere reaches the output.
     var mx = NEG_INF;
-    for (var s = 0u; s < p.splits; s++) {
-        // A split with no keys has l = 0: it adds nothing whatever its m.
-        if (scores[base + s * w + p.d + 1u] > 0.0) { mx = max(mx, scores[base + s * w + p.d]); }
-    }
+    for (var s = 0u; s < p.splits; s++) { mx = max(mx, scores[base + s * w + p.d]); }
     var total = 0.0;
     for (var s = 0u; s < p.splits; s++) {
-        let l = scores[base + s * w + p.d + 1u];
-        if (l > 0.0) { total += l * exp(scores[base + s * w + p.d] - mx); }
+        total += scores[base + s * w + p.d + 1u] * exp(scores[base + s * w + p.d] - mx);
     }
+    let inv = 1.0 / total;
     for (var t = lid; t < p.d; t += WG) {
         var acc = 0.0;
         for (var s = 0u; s < p.splits; s++) {
-            let l = scores[base + s * w + p.d + 1u];
-            if (l > 0.0) { acc += scores[base + s * w + t] * exp(scores[base + s * w + p.d] - mx); }
+            acc += scores[base + s * w + t] * exp(scores[base + s * w + p.d] - mx);
         }
-        out[b * p.h * p.d + hh * p.d + t] = acc / total;
+        out[b * p.h * p.d + hh * p.d + t] = acc * inv;
     }
 }

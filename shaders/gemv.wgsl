@@ -6,10 +6,12 @@
 //               read as a tied output layer). LPR adjacent lanes share an output column, each
 //               reading vec4s of its B row and of A's rows, then a workgroup-memory reduction;
 //               WG / LPR columns per workgroup.
-//   gemv_ncols: B's rows run along n (b_ns = 1: B [K, N], as GPT-2's Conv1D weights). Each lane
-//               owns four adjacent columns (one vec4 of B per k) over a range of K; K is split
-//               across workgroups (z = batch * k_split + split) and the partial sums, at
-//               c_split * split, are added by the caller.
+//   gemv_ncols: B's rows run along n (b_ns = 1: B [K, N], as GPT-2's Conv1D weights). A workgroup
+//               is NC lanes along n, four adjacent columns each (one vec4 of B per k), times KG
+//               lanes along k that take every KG-th k of the workgroup's K range, four loads in
+//               flight at a time; the KG partial sums of a column meet in workgroup memory. K is
+//               also split across workgroups (z = batch * k_split + split), whose partial sums,
+//               at c_split * split, the caller adds.
 // A's MR rows are held in named accumulators (no register array).
 // kiln:include reduce_wg.wgsl
 
@@ -104,15 +106,41 @@ fn store4(z: u32, split: u32, r: u32, n: u32, v: vec4<f32>) {
     store(z, split, r, n + 3u, v.w);
 }
 
-@compute @workgroup_size(WG)
-fn gemv_ncols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let n = (wid.x * WG + lid) * 4u;
-    // Lanes past the columns return: this kernel has no barrier.
-    if (n >= p.n) { return; }
+// gemv_ncols' workgroup: NC lanes along n, KG along k.
+const NC: u32 = 64u;
+const KG: u32 = 4u;
+var<workgroup> part: array<vec4<f32>, 256>; // [KG][NC]
+
+// Adds this lane's row sums across the KG lanes of its columns (in order of k group) and
+// stores them: group 0 writes. Every lane calls it (it holds barriers).
+fn gemv_ncols_store(z: u32, split: u32, r: u32, n: u32, valid: bool, kg: u32, lx: u32,
+                    acc: vec4<f32>) {
+    part[kg * NC + lx] = acc;
+    workgroupBarrier();
+    if (kg == 0u && valid) {
+        var t = part[lx];
+        for (var g = 1u; g < KG; g++) { t += part[g * NC + lx]; }
+        store4(z, split, r, n, t);
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(NC, KG)
+fn gemv_ncols(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n = (wid.x * NC + lid.x) * 4u;
+    // Lanes past the columns compute on the last quad and store nothing: the sums below hold
+    // barriers, so no lane returns early.
+    let valid = n < p.n;
+    let nq = min(n, p.n - 4u);
     let z = wid.z / p.k_split;
     let split = wid.z % p.k_split;
-    let k_begin = split * p.k_chunk;
-    let k_end = min(p.k, k_begin + p.k_chunk);
+    let k0 = split * p.k_chunk;
+    let k_end = min(p.k, k0 + p.k_chunk);
+    let len = k_end - min(k0, k_end);
+    // This lane's k: k0 + kg, k0 + kg + KG, ...; `mine` of them, four at a time.
+    let kg = lid.y;
+    let mine = (len + KG - 1u - min(kg, len)) / KG;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -121,11 +149,12 @@ fn gemv_ncols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var acc5 = vec4<f32>(0.0);
     var acc6 = vec4<f32>(0.0);
     var acc7 = vec4<f32>(0.0);
-    let b0 = (z * p.b_bs + n) / 4u;
+    let b0 = (z * p.b_bs + nq) / 4u;
     let bs = p.b_ks / 4u;
-    for (var k = k_begin; k < k_end; k++) {
+    for (var i = 0u; i < mine; i++) {
+        let k = k0 + kg + i * KG;
         let bv = b4[b0 + k * bs];
-        // Every lane reads the same A element: one broadcast load per row.
+        // Every lane of a k group reads the same A element: one broadcast load per row.
         acc0 = fma(vec4<f32>(a_at(z, 0u, k)), bv, acc0);
         if (MR > 1u) { acc1 = fma(vec4<f32>(a_at(z, 1u, k)), bv, acc1); }
         if (MR > 2u) { acc2 = fma(vec4<f32>(a_at(z, 2u, k)), bv, acc2); }
@@ -135,12 +164,12 @@ fn gemv_ncols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         if (MR > 6u) { acc6 = fma(vec4<f32>(a_at(z, 6u, k)), bv, acc6); }
         if (MR > 7u) { acc7 = fma(vec4<f32>(a_at(z, 7u, k)), bv, acc7); }
     }
-    store4(z, split, 0u, n, acc0);
-    if (MR > 1u) { store4(z, split, 1u, n, acc1); }
-    if (MR > 2u) { store4(z, split, 2u, n, acc2); }
-    if (MR > 3u) { store4(z, split, 3u, n, acc3); }
-    if (MR > 4u) { store4(z, split, 4u, n, acc4); }
-    if (MR > 5u) { store4(z, split, 5u, n, acc5); }
-    if (MR > 6u) { store4(z, split, 6u, n, acc6); }
-    if (MR > 7u) { store4(z, split, 7u, n, acc7); }
+    gemv_ncols_store(z, split, 0u, n, valid, kg, lid.x, acc0);
+    if (MR > 1u) { gemv_ncols_store(z, split, 1u, n, valid, kg, lid.x, acc1); }
+    if (MR > 2u) { gemv_ncols_store(z, split, 2u, n, valid, kg, lid.x, acc2); }
+    if (MR > 3u) { gemv_ncols_store(z, split, 3u, n, valid, kg, lid.x, acc3); }
+    if (MR > 4u) { gemv_ncols_store(z, split, 4u, n, valid, kg, lid.x, acc4); }
+    if (MR > 5u) { gemv_ncols_store(z, split, 5u, n, valid, kg, lid.x, acc5); }
+    if (MR > 6u) { gemv_ncols_store(z, split, 6u, n, valid, kg, lid.x, acc6); }
+    if (MR > 7u) { gemv_ncols_store(z, split, 7u, n, valid, kg, lid.x, acc7); }
 }

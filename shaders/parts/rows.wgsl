@@ -67,10 +67,14 @@ fn steps(n: u32) -> u32 {
     return (n + LPR - 1u) / LPR;
 }
 
-// (max, sum of exp(v - max)) with one more value.
-fn push1(ms: vec2<f32>, v: f32) -> vec2<f32> {
-    let m = max(ms.x, v);
-    return vec2<f32>(m, ms.y * exp(ms.x - m) + exp(v - m));
+// Four of the row's elements LPR apart from column j (NEG past `cols`): a lane's next four
+// loads, issued together so that four are in flight, then folded in with one push4.
+fn gather4(base: u32, j: u32, cols: u32) -> vec4<f32> {
+    let last = cols - 1u;
+    return vec4<f32>(select(NEG, x[base + min(j, last)], j < cols),
+                     select(NEG, x[base + min(j + LPR, last)], j + LPR < cols),
+                     select(NEG, x[base + min(j + 2u * LPR, last)], j + 2u * LPR < cols),
+                     select(NEG, x[base + min(j + 3u * LPR, last)], j + 3u * LPR < cols));
 }
 
 // ... with four more: one rescale of the running sum per four values.
@@ -88,18 +92,18 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let lane = lid % LPR;
     let n = steps(p.cols);
     var ms = vec2<f32>(NEG, 0.0);
-    for (var i = 0u; i < n; i++) {
-        let j = i * LPR + lane;
-        if (j < p.cols) { ms = push1(ms, x[base + j]); }
+    for (var i = 0u; i < (n + 3u) / 4u; i++) {
+        ms = push4(ms, gather4(base, i * 4u * LPR + lane, p.cols));
     }
     ms = row_max_sum(ms, lid);
     if (r >= p.rows) { return; } // no barrier follows
     let ls = log(ms.y);
+    let inv = 1.0 / ms.y;
     for (var i = 0u; i < n; i++) {
         let j = i * LPR + lane;
         if (j < p.cols) {
             let z = x[base + j] - ms.x;
-            if (OP == 0u) { out[base + j] = exp(z) / ms.y; } else { out[base + j] = z - ls; }
+            if (OP == 0u) { out[base + j] = exp(z) * inv; } else { out[base + j] = z - ls; }
         }
     }
 }
@@ -120,11 +124,12 @@ fn softmax4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     ms = row_max_sum(ms, lid);
     if (r >= p.rows) { return; } // no barrier follows
     let ls = log(ms.y);
+    let inv = 1.0 / ms.y;
     for (var i = 0u; i < n; i++) {
         let j = i * LPR + lane;
         if (j < c4) {
             let z = x4[base + j] - vec4<f32>(ms.x);
-            if (OP == 0u) { out4[base + j] = exp(z) / ms.y; } else { out4[base + j] = z - vec4<f32>(ls); }
+            if (OP == 0u) { out4[base + j] = exp(z) * inv; } else { out4[base + j] = z - vec4<f32>(ls); }
         }
     }
 }
@@ -330,9 +335,8 @@ fn xent_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let lane = lid % LPR;
     let n = steps(p.cols);
     var ms = vec2<f32>(NEG, 0.0);
-    for (var i = 0u; i < n; i++) {
-        let j = i * LPR + lane;
-        if (j < p.cols) { ms = push1(ms, x[base + j]); }
+    for (var i = 0u; i < (n + 3u) / 4u; i++) {
+        ms = push4(ms, gather4(base, i * 4u * LPR + lane, p.cols));
     }
     ms = row_max_sum(ms, lid);
     if (r < p.rows && lane == 0u) { xent_store(r, ms, x[base + label_col(r)]); }

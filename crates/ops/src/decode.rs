@@ -30,15 +30,26 @@ pub struct DecodeCall {
     pub head_dim: usize,
 }
 
+/// Keys per split at most, on GPUs: short chunks keep each workgroup's serial loops (a lane per
+/// key, then a lane per column over the chunk's keys) to a few memory round trips.
+const GPU_CHUNK: usize = 64;
+
 /// The splits of the cache and the keys per split for `decode_split` on `dev`: enough
-/// workgroups to give every compute unit two (B * H alone leaves a large GPU idle at batch 1),
-/// at least 32 keys a split and at most [`MAX_CHUNK`].
+/// workgroups for eight per compute unit (B * H alone leaves a large GPU idle at batch 1), at
+/// least 16 keys a split, at most 64 on GPUs ([`MAX_CHUNK`] elsewhere). Every split holds at
+/// least one key (the combine pass relies on it).
 pub fn splits(dev: &Device, c: &DecodeCall) -> (usize, usize) {
-    let units = dev.adapter_profile().compute_units.max(1) as usize;
-    let want = (2 * units).div_ceil(c.bh.max(1));
+    let prof = dev.adapter_profile();
+    let units = prof.compute_units.max(1) as usize;
+    let most = if prof.is_software {
+        MAX_CHUNK
+    } else {
+        GPU_CHUNK
+    };
+    let want = (8 * units).div_ceil(c.bh.max(1));
     let s = want
-        .min(c.len.div_ceil(32))
-        .max(c.len.div_ceil(MAX_CHUNK))
+        .min(c.len.div_ceil(16))
+        .max(c.len.div_ceil(most))
         .max(1);
     let chunk = c.len.div_ceil(s);
     (c.len.div_ceil(chunk), chunk)

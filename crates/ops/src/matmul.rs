@@ -476,8 +476,8 @@ const TILE_BK: usize = 8;
 
 /// The most rows `gemv` takes (its accumulators are named, one per row).
 pub const GEMV_MAX_M: usize = 8;
-/// gemv_ncols: output columns per workgroup (256 lanes of four).
-const GEMV_NCOLS: usize = 1024;
+/// gemv_ncols: output columns per workgroup (64 lanes of four, each with 4 lanes along k).
+const GEMV_NCOLS: usize = 256;
 
 /// Which gemv kernel runs a call: `Some(true)` gemv_kdot (B's rows along k, vec4-aligned with
 /// A's), `Some(false)` gemv_ncols (B's rows along n, in whole vec4s), None neither.
@@ -682,10 +682,12 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
                     chunk: g.k,
                 });
             }
+            // K split in steps of 4 (one k per lane of a k group): a few columns' products with
+            // a long K spread over the whole adapter.
             (
                 vec![KernelSpec::new("gemv", "gemv_ncols", &mr)],
                 (g.m, GEMV_NCOLS),
-                16,
+                4,
             )
         }
         name => {
@@ -716,7 +718,8 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
     };
     if let Some(t) = tile_of(variant) {
         // The interior tiles take a kernel without bounds tests where K is whole slabs.
-        if g.k.is_multiple_of(TILE_BK) && g.m >= t.bm && g.n >= t.bn {
+        // (K = 0 stays on the checked kernel: the unchecked one loads a first slab regardless.)
+        if g.k > 0 && g.k.is_multiple_of(TILE_BK) && g.m >= t.bm && g.n >= t.bn {
             let mut consts = plan.specs[0].constants.clone();
             consts.retain(|(k, _)| *k != "CHECK");
             let interior = match tile4_layout(c, splits) {

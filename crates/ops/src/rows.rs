@@ -92,6 +92,8 @@ pub struct RowPlan {
     pub entry: String,
     /// Adjacent lanes per row: a power of two from 1 to [`ROW_WG`].
     pub lanes: usize,
+    /// `rows_sg`: the subgroup size its shuffles assume (the adapter's smallest).
+    pub subgroup: usize,
     /// Workgroups (the device splits counts over one dimension's limit).
     pub groups: usize,
 }
@@ -105,6 +107,9 @@ impl RowPlan {
     /// The pipeline of entry point `entry` with extra override constants.
     pub fn spec(&self, entry: &str, constants: &[(&'static str, f64)]) -> KernelSpec {
         let mut c = vec![("LPR", self.lanes as f64)];
+        if self.shader == "rows_sg" {
+            c.push(("SGS", self.subgroup as f64));
+        }
         c.extend_from_slice(constants);
         KernelSpec::new(self.shader, entry, &c)
     }
@@ -157,10 +162,13 @@ fn items(c: &RowCall) -> usize {
     }
 }
 
-/// The subgroup variant's lanes per row: as many as wanted, at most the smallest subgroup.
+/// The subgroup variant's lanes per row: as many as wanted; on software adapters at most a
+/// subgroup (wider rows gain nothing from more lanes on a CPU's few threads).
 fn sg_lanes(dev: &Device, c: &RowCall) -> usize {
-    let sg = dev.adapter_profile().subgroup_min_size as usize;
-    lanes_for(items(c), min_lanes(dev).min(sg.max(1)), sg.max(1))
+    let prof = dev.adapter_profile();
+    let sg = (prof.subgroup_min_size as usize).max(1);
+    let most = if prof.is_software { sg } else { ROW_WG };
+    lanes_for(items(c), min_lanes(dev).min(most), most)
 }
 
 fn wg_lanes(dev: &Device, c: &RowCall) -> usize {
@@ -180,24 +188,38 @@ fn sg_supports(dev: &Device, c: &RowCall) -> std::result::Result<(), String> {
     }
     let lanes = sg_lanes(dev, c);
     binding_fits(dev, (c.rows * c.cols * 4) as u64)?;
-    all_fit(dev, &[row_spec("rows_sg", lanes, c)])
+    all_fit(dev, &[row_spec(dev, "rows_sg", lanes, c)])
 }
 
-/// On GPUs, the subgroup variant where the row wants no more lanes than a subgroup has (then the
-/// reduction costs no barrier); wider rows take a workgroup-memory tree over more lanes. On
-/// software adapters the subgroup variant whenever it runs.
-fn sg_prefers(dev: &Device, c: &RowCall) -> bool {
-    dev.adapter_profile().is_software || wg_lanes(dev, c) <= sg_lanes(dev, c)
+/// Wherever it runs: rows of up to a subgroup reduce without a barrier, wider ones with one
+/// barrier pair (a workgroup-memory tree takes one per halving).
+fn sg_prefers(_: &Device, _: &RowCall) -> bool {
+    true
 }
 
 fn wg_supports(dev: &Device, c: &RowCall) -> std::result::Result<(), String> {
     binding_fits(dev, (c.rows * c.cols * 4) as u64)?;
-    all_fit(dev, &[row_spec("rows", wg_lanes(dev, c), c)])
+    all_fit(dev, &[row_spec(dev, "rows", wg_lanes(dev, c), c)])
 }
 
 /// The call's pipeline.
-fn row_spec(shader: &'static str, lanes: usize, c: &RowCall) -> KernelSpec {
-    KernelSpec::new(shader, &c.op.entry(c.vec4), &[("LPR", lanes as f64)])
+fn row_spec(dev: &Device, shader: &'static str, lanes: usize, c: &RowCall) -> KernelSpec {
+    plan_of(dev, shader, lanes, c).spec(&c.op.entry(c.vec4), &[])
+}
+
+fn plan_of(dev: &Device, shader: &'static str, lanes: usize, c: &RowCall) -> RowPlan {
+    RowPlan {
+        variant: if shader == "rows_sg" {
+            "rows_sg"
+        } else {
+            "rows_wg"
+        },
+        shader,
+        entry: c.op.entry(c.vec4),
+        lanes,
+        subgroup: dev.adapter_profile().subgroup_min_size as usize,
+        groups: c.rows.div_ceil(ROW_WG / lanes),
+    }
 }
 
 /// The row kernels' variants, most preferred first.
@@ -221,17 +243,9 @@ pub static ROWS: VariantTable<RowCall> = VariantTable {
 /// lanes per row.
 pub fn plan(dev: &Device, call: &RowCall) -> Result<RowPlan> {
     let v = ROWS.choose(dev, call)?;
-    let (shader, lanes) = match v.name {
-        "rows_sg" => ("rows_sg", sg_lanes(dev, call)),
-        _ => ("rows", wg_lanes(dev, call)),
-    };
-    let per_group = ROW_WG / lanes;
-    Ok(RowPlan {
-        variant: v.name,
-        shader,
-        entry: call.op.entry(call.vec4),
-        lanes,
-        groups: call.rows.div_ceil(per_group),
+    Ok(match v.name {
+        "rows_sg" => plan_of(dev, "rows_sg", sg_lanes(dev, call), call),
+        _ => plan_of(dev, "rows", wg_lanes(dev, call), call),
     })
 }
 

@@ -18,13 +18,22 @@ fn arr(d: &Device, v: &[f32], s: &[usize]) -> Array {
     Array::from_f32(d, v, s).unwrap()
 }
 
-/// The automatic choice and each variant of the `rows` family, forced.
+/// The automatic choice and each variant of the `rows` family, forced; and each variant planned
+/// as on a GPU (this adapter's limits and subgroup size, but a GPU's lanes per row: rows wider
+/// than a subgroup, which the subgroup variant reduces across subgroups).
 fn variants() -> Vec<(&'static str, Device)> {
     let mut v = vec![("automatic", dev())];
-    for name in rows::ROWS.names() {
+    let mut gpu_like = dev().adapter_profile().clone();
+    gpu_like.is_software = false;
+    for (name, gpu_name) in [
+        ("rows_sg", "rows_sg, GPU lanes"),
+        ("rows_wg", "rows_wg, GPU lanes"),
+    ] {
+        let force = KernelPolicy::default().force("rows", name);
+        v.push((name, dev().with_policy(force.clone())));
         v.push((
-            name,
-            dev().with_policy(KernelPolicy::default().force("rows", name)),
+            gpu_name,
+            dev().with_policy(force.with_profile(gpu_like.clone())),
         ));
     }
     v
@@ -414,10 +423,10 @@ fn row_plans_spread_rows_over_lanes() {
         .unwrap();
         println!("H100 [2048, {cols}] vec4={vec4}: {p:?}");
         assert_eq!(p.lanes, lanes, "[2048, {cols}]");
-        assert_eq!(p.variant, if lanes <= 32 { "rows_sg" } else { "rows_wg" });
+        assert_eq!(p.variant, "rows_sg");
         assert!(p.groups >= 256 || 2048 * p.lanes / 32 >= 256);
     }
-    for cols in [1, 10, 768, 50257] {
+    for cols in [1, 10, 768, 8192] {
         let p = rows::plan(
             &d,
             &RowCall {
