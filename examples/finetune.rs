@@ -44,11 +44,7 @@ fn main() -> Result<()> {
     let dev = Device::new()?;
     let model = lenet5_with_classes(&dev, 7, 5)?;
     let report = serialize::load(&a.model, &model.named_parameters(), false).context("loading")?;
-    eprintln!(
-        "loaded non-strictly: new (mismatched) {:?}, skipped {} file tensors",
-        report.mismatched,
-        report.unexpected.len()
-    );
+    eprintln!("loaded {} non-strictly: {report}", a.model.display());
     anyhow::ensure!(report.missing.is_empty(), "missing {:?}", report.missing);
     for (name, p) in model.named_parameters() {
         p.requires_grad_(name.starts_with("fc3"))?;

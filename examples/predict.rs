@@ -51,6 +51,9 @@ fn main() -> Result<()> {
         report.missing,
         report.mismatched
     );
+    if !report.ignored().is_empty() {
+        eprintln!("loaded {}: {report}", a.model.display());
+    }
     let classify = |x: &[f32]| -> Result<(usize, f32)> {
         let probs = no_grad(|| -> Result<Vec<f32>> {
             let logits = model.forward(&Tensor::from_f32(&dev, x, &[1, 1, 28, 28])?)?;

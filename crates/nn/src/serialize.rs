@@ -348,6 +348,64 @@ pub struct LoadReport {
     pub mismatched: Vec<String>,
 }
 
+/// Where a training checkpoint keeps the optimizer's state (`optim.G.P.K`), which loading a
+/// model from it skips by design.
+const OPTIMIZER_STATE: &str = "optim.";
+
+impl LoadReport {
+    /// File tensors the model does not have, other than a training checkpoint's optimizer state:
+    /// what a non-strict load ignored that the user may not expect (a layer the model lacks).
+    pub fn ignored(&self) -> Vec<&str> {
+        self.unexpected
+            .iter()
+            .filter(|n| !n.starts_with(OPTIMIZER_STATE))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// How many file tensors were a training checkpoint's optimizer state.
+    pub fn optimizer_state(&self) -> usize {
+        self.unexpected.len() - self.ignored().len()
+    }
+
+    /// Every parameter loaded and every file tensor used (optimizer state aside).
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.mismatched.is_empty() && self.ignored().is_empty()
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    /// One line for people: what was left at its initial values and what was ignored.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[&str]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let left: Vec<&str> = self
+            .missing
+            .iter()
+            .chain(&self.mismatched)
+            .map(String::as_str)
+            .collect();
+        write!(
+            f,
+            "left at initial values: {}; ignored from the file: {}",
+            list(&left),
+            list(&self.ignored())
+        )?;
+        match self.optimizer_state() {
+            0 => Ok(()),
+            n => write!(
+                f,
+                " (and {n} optimizer-state tensors of a training checkpoint)"
+            ),
+        }
+    }
+}
+
 /// The file's metadata (checksum verified).
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     Ok(TensorFile::open(path)?.meta)

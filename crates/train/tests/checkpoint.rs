@@ -123,6 +123,49 @@ fn wrong_architecture_strict_and_non_strict() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A non-strict load says what it ignored and what it left at its initial values, apart from a
+/// training checkpoint's optimizer state, which loading a model skips by design.
+#[test]
+fn a_non_strict_load_reports_what_it_ignored() {
+    let d = dev();
+    let dir = tmpdir("ignored");
+    let path = dir.join("extra.safetensors");
+    let lenet = lenet5(&d, 1).unwrap();
+    let mut named = lenet.named_parameters();
+    named.push((
+        "fc4.weight".into(),
+        Tensor::full(&d, &[3, 10], 0.5).unwrap(),
+    ));
+    named.push(("optim.0.0.0".into(), Tensor::full(&d, &[6], 0.0).unwrap()));
+    save(&path, &named, &[]).unwrap();
+    let r = load(&path, &lenet5(&d, 2).unwrap().named_parameters(), false).unwrap();
+    assert_eq!(r.ignored(), vec!["fc4.weight"]);
+    assert_eq!(r.optimizer_state(), 1);
+    assert!(!r.is_exact());
+    assert_eq!(
+        r.to_string(),
+        "left at initial values: none; ignored from the file: fc4.weight \
+         (and 1 optimizer-state tensors of a training checkpoint)"
+    );
+    // A model missing a layer of the file: it is named as left at its initial values.
+    let mut rng = Rng::new(1);
+    let mut small = lenet.named_parameters();
+    small.push((
+        "head.weight".into(),
+        LinearConfig::new(2, 2)
+            .init_with(&d, &mut rng)
+            .unwrap()
+            .weight,
+    ));
+    let r = load(&path, &small, false).unwrap();
+    assert!(
+        r.to_string()
+            .starts_with("left at initial values: head.weight;"),
+        "{r}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn failed_saves_leave_the_previous_file_intact() {
     let d = dev();
