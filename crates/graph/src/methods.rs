@@ -9,8 +9,9 @@ use kiln_ops::dropout::Dropout;
 use kiln_ops::elementwise::{self, Binary, Unary};
 use kiln_ops::half::Cast;
 use kiln_ops::layout::{Concat, Permute, Reshape};
+use kiln_ops::lookup::Lookup;
 use kiln_ops::matmul::Matmul;
-use kiln_ops::norm::{Embedding, LayerNorm};
+use kiln_ops::norm::LayerNorm;
 use kiln_ops::pool::{AvgPool2d, MaxPool2d, Pool2dSpec};
 use kiln_ops::reduce::{self, Reduce, ReduceAxis};
 use kiln_ops::rnn::{GruCell, LstmCell};
@@ -213,9 +214,10 @@ impl Tensor {
         Tensor::apply(LayerNorm { eps }, &[self, gamma, beta])
     }
 
-    /// Rows of this table `[vocab, dim]` picked by i32 `ids` (shape ids + `[dim]`).
+    /// Rows of this table `[vocab, dim]` picked by i32 `ids` (shape ids + `[dim]`): the block
+    /// lookup of `kiln_ops::lookup` on a table of one block.
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
-        Tensor::apply(Embedding, &[self, ids])
+        Tensor::apply(Lookup::default(), &[self, ids])
     }
 
     /// One fused LSTM step (PyTorch's gates i, f, g, o): self is the input term of the gate

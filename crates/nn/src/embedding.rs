@@ -54,7 +54,7 @@ pub struct Embedding {
 
 impl Module for Embedding {
     /// i32 ids of any shape -> that shape + `[embedding_dim]`. Ids are checked on the device
-    /// side to stay in bounds; see [`kiln_ops::norm::check_ids_in_range`] for a host check.
+    /// side to stay in bounds; see [`kiln_ops::lookup::check_ids_in_range`] for a host check.
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(self.weight.embedding(ids)?)
     }

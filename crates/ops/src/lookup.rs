@@ -7,9 +7,9 @@
 //! table in one block is the plain embedding.
 //!
 //! The backward pass needs no atomics and costs n^2 id comparisons plus n * dim additions for n
-//! looked-up positions (see shaders/lookup.wgsl), where the scan in [`crate::norm`]'s embedding
-//! costs vocab * dim * n: the difference between milliseconds and minutes for a 30,522-word
-//! vocabulary.
+//! looked-up positions (see shaders/lookup.wgsl), where a scan of the table per row would cost
+//! vocab * dim * n: the difference between milliseconds and minutes for a 30,522-word
+//! vocabulary. `Tensor::embedding` is this op on a table of one block.
 
 use crate::{expect_dtype, launch_1d, Array, DType, Device, OpError, Params, Result};
 
@@ -73,7 +73,7 @@ fn params(
 /// out[..., :] = table[ids[...], :] for a table given as blocks of consecutive rows (block 0 holds
 /// rows 0.., block 1 the next ones...). The output has the ids' shape plus `[dim]`; an id outside
 /// the table reads nothing and gives a zero row (check ids on the host with
-/// [`crate::norm::check_ids_in_range`] where they come from users).
+/// [`check_ids_in_range`] where they come from users).
 pub fn lookup(dev: &Device, blocks: &[&Array], ids: &Array) -> Result<Array> {
     let shapes: Vec<&[usize]> = blocks.iter().map(|b| &b.shape[..]).collect();
     let (dim, starts) = check("lookup", &shapes, ids)?;
@@ -231,5 +231,20 @@ fn split_ids<'a, 'b>(
             op,
             message: "takes the table's blocks and then the ids".into(),
         }),
+    }
+}
+
+/// Host-side id check: every id in [0, vocab).
+pub fn check_ids_in_range(ids: &[i32], vocab: usize) -> Result<()> {
+    match ids
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v < 0 || v as usize >= vocab)
+    {
+        Some((i, v)) => Err(OpError::Invalid {
+            op: "embedding",
+            message: format!("id {v} at position {i} is outside [0, {vocab})"),
+        }),
+        None => Ok(()),
     }
 }

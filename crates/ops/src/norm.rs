@@ -1,4 +1,4 @@
-//! layer_norm over the last axis with gamma and beta, and embedding lookup; forward and backward.
+//! layer_norm over the last axis with gamma and beta, forward and backward.
 
 use crate::rows::{self, RowOp};
 
@@ -116,73 +116,6 @@ pub fn layer_norm_backward(
     Ok((dx, dg, db))
 }
 
-fn check_ids(op: &'static str, ids: &Array, weight: &Array) -> Result<(usize, usize)> {
-    expect_dtype(op, ids, DType::I32)?;
-    if weight.shape.len() != 2 {
-        return Err(OpError::Shape {
-            op,
-            expected: "weight [vocab, dim]".into(),
-            got: format!("{:?}", weight.shape),
-        });
-    }
-    Ok((weight.shape[0], weight.shape[1]))
-}
-
-/// out[..., :] = weight[ids[...], :]; out has ids' shape plus `[dim]`.
-pub fn embedding(dev: &Device, ids: &Array, weight: &Array) -> Result<Array> {
-    let (vocab, dim) = check_ids("embedding", ids, weight)?;
-    let mut shape = ids.shape.clone();
-    shape.push(dim);
-    let out = Array::empty(dev, &shape)?;
-    let k = dev.kernel("embedding", "embedding_forward", &[])?;
-    let p = Params::new()
-        .u(ids.numel() as u32)
-        .u(vocab as u32)
-        .u(dim as u32);
-    launch_1d(dev, &k, &[&ids.buf, &weight.buf, &out.buf], &p, out.numel())?;
-    Ok(out)
-}
-
-/// dweight for dy (shape ids + `[dim]`), summed over repeated ids in a fixed order.
-pub fn embedding_backward(
-    dev: &Device,
-    ids: &Array,
-    weight_shape: &[usize],
-    dy: &Array,
-) -> Result<Array> {
-    let (vocab, dim) = (weight_shape[0], weight_shape[1]);
-    if dy.numel() != ids.numel() * dim {
-        return Err(OpError::Shape {
-            op: "embedding_backward",
-            expected: format!("dy with {} x {dim} values", ids.numel()),
-            got: format!("{:?}", dy.shape),
-        });
-    }
-    let dw = Array::empty(dev, weight_shape)?;
-    let k = dev.kernel("embedding", "embedding_backward", &[])?;
-    let p = Params::new()
-        .u(ids.numel() as u32)
-        .u(vocab as u32)
-        .u(dim as u32);
-    launch_1d(dev, &k, &[&ids.buf, &dy.buf, &dw.buf], &p, vocab * dim)?;
-    Ok(dw)
-}
-
-/// Host-side id check: every id in [0, vocab).
-pub fn check_ids_in_range(ids: &[i32], vocab: usize) -> Result<()> {
-    match ids
-        .iter()
-        .enumerate()
-        .find(|(_, &v)| v < 0 || v as usize >= vocab)
-    {
-        Some((i, v)) => Err(OpError::Invalid {
-            op: "embedding",
-            message: format!("id {v} at position {i} is outside [0, {vocab})"),
-        }),
-        None => Ok(()),
-    }
-}
-
 /// CPU reference.
 pub mod cpu {
     /// Row-wise layer norm with affine parameters.
@@ -225,31 +158,5 @@ impl crate::op::Op for LayerNorm {
         let saved = ctx.saved.get::<LayerNormSaved>("layer_norm")?;
         let (dx, dg, db) = layer_norm_backward(dev, ctx.inputs[0], ctx.inputs[1], saved, dy)?;
         Ok(vec![Some(dx), Some(dg), Some(db)])
-    }
-}
-
-/// Rows of a table as an op: inputs the table `[vocab, dim]` and i32 ids (no gradient); the
-/// output has the ids' shape plus `[dim]`.
-#[derive(Clone, Copy, Debug)]
-pub struct Embedding;
-
-impl crate::op::Op for Embedding {
-    fn name(&self) -> &str {
-        "embedding"
-    }
-    fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<crate::op::Forward> {
-        Ok(embedding(dev, inputs[1], inputs[0])?.into())
-    }
-    fn backward(
-        &self,
-        dev: &Device,
-        ctx: &crate::op::Ctx,
-        dy: &Array,
-    ) -> Result<Vec<Option<Array>>> {
-        let (table, ids) = (ctx.inputs[0], ctx.inputs[1]);
-        Ok(vec![
-            Some(embedding_backward(dev, ids, &table.shape, dy)?),
-            None,
-        ])
     }
 }

@@ -1884,46 +1884,6 @@ fn column_reductions_in_two_passes() {
     );
 }
 
-#[test]
-fn embedding_gathers_and_sums_repeated_ids() {
-    use kiln_ops::norm;
-    let d = dev();
-    let mut r = Rng::new(31);
-    // Embedding: gather forward, repeated ids summed in the backward.
-    let (vocab, dim) = (7, 5);
-    let w = r.vec(vocab * dim, -1.0, 1.0);
-    let ids = [3, 0, 3, 6, 3, 1];
-    let wa = arr(&d, &w, &[vocab, dim]);
-    let ia = Array::from_i32(&d, &ids, &[2, 3]).unwrap();
-    let out = norm::embedding(&d, &ia, &wa).unwrap();
-    assert_eq!(out.shape, vec![2, 3, 5]);
-    let want: Vec<f64> = ids
-        .iter()
-        .flat_map(|&i| {
-            w[i as usize * dim..(i as usize + 1) * dim]
-                .iter()
-                .map(|&v| v as f64)
-        })
-        .collect();
-    assert_close("embedding", &out.to_f32(&d).unwrap(), &want, 0.0, 0.0);
-    let dy = r.vec(ids.len() * dim, -1.0, 1.0);
-    let dw = norm::embedding_backward(&d, &ia, &[vocab, dim], &arr(&d, &dy, &[2, 3, 5]))
-        .unwrap()
-        .to_f32(&d)
-        .unwrap();
-    let mut want = vec![0.0f64; vocab * dim];
-    for (p, &i) in ids.iter().enumerate() {
-        for k in 0..dim {
-            want[i as usize * dim + k] += dy[p * dim + k] as f64;
-        }
-    }
-    assert_close("embedding backward", &dw, &want, 1e-6, 1e-6);
-    assert!(norm::check_ids_in_range(&[1, 7], vocab)
-        .unwrap_err()
-        .to_string()
-        .contains("id 7"));
-}
-
 /// Flash attention against the CPU reference and finite differences: odd shapes (primes, 1,
 /// several query blocks and key tiles), head_dim 1 and 128 (two invocations per row), causal and
 /// padded, the additive mask with -inf entries, batch 1; on this adapter's tiles and on the
@@ -2522,7 +2482,14 @@ fn lookup_from_blocks_with_padding_matches_reference() {
     }
     let bad = arr(&d, &table[..4 * 5], &[4, 5]);
     let t = arr(&d, &table[..4 * dim], &[4, dim]);
-    assert!(lookup::lookup(&d, &[&t, &bad], &ida).is_err());
+    let e = lookup::lookup(&d, &[&t, &bad], &ida)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lookup"), "{e}");
+    let e = lookup::check_ids_in_range(&[1, 7], 7)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("id 7 at position 1 is outside [0, 7)"), "{e}");
 }
 
 #[test]
