@@ -70,6 +70,9 @@ pub fn parse_mesa_version(driver: &str) -> Option<(u32, u32)> {
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))
 }
+/// Override constants as a launcher passed them, owned.
+pub(crate) type OwnedConstants = Vec<(String, f64)>;
+
 /// Everything one wgpu device shares across [`Device`] handles.
 pub(crate) struct Inner {
     pub(crate) adapter: wgpu::Adapter,
@@ -82,8 +85,8 @@ pub(crate) struct Inner {
     /// Shader modules by name, with a hash of the source each was compiled from.
     pub(crate) modules: Mutex<HashMap<String, CachedModule>>,
     pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
-    /// Footprints of registered entry points by (shader, entry, constants).
-    pub(crate) footprints: Mutex<HashMap<PipelineKey, Footprint>>,
+    /// Footprints of registered entry points by (shader, entry, constants), with the constants.
+    pub(crate) footprints: Mutex<HashMap<PipelineKey, (Footprint, OwnedConstants)>>,
     pub(crate) pipeline_cache: Option<wgpu::PipelineCache>,
     pub(crate) pending: Mutex<Pending>,
     /// Recordings in progress, one per thread: a thread's dispatches go to its own recording.

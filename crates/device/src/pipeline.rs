@@ -36,6 +36,19 @@ impl Kernel {
     }
 }
 
+/// A registered kernel a device was asked about: [`Device::kernels_seen`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelUse {
+    /// The registered shader.
+    pub shader: String,
+    /// The entry point.
+    pub entry: String,
+    /// The override constants, as the launcher passed them.
+    pub constants: Vec<(String, f64)>,
+    /// What the specialised entry point asks of an adapter.
+    pub footprint: Footprint,
+}
+
 /// (shader, entry point, override constants): what a pipeline is cached by.
 pub(crate) type PipelineKey = (String, String, String);
 /// A compiled module, naga's view of it, and [`source_hash`] of its WGSL.
@@ -70,13 +83,45 @@ impl Device {
             entry.to_string(),
             format!("{constants:?}"),
         );
-        if let Some(f) = self.inner.footprints.lock().unwrap().get(&key) {
+        if let Some((f, _)) = self.inner.footprints.lock().unwrap().get(&key) {
             return Ok(*f);
         }
         let validated = crate::shaders::validated(shader)?;
         let f = validated.footprint(shader, entry, constants)?;
-        self.inner.footprints.lock().unwrap().insert(key, f);
+        let owned = constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        self.inner
+            .footprints
+            .lock()
+            .unwrap()
+            .insert(key, (f, owned));
         Ok(f)
+    }
+
+    /// Every registered kernel this device has measured (for a plan or a variant's limit check)
+    /// or built, with its override constants, sorted: the pipelines kiln's launchers ask for, as
+    /// the standard-WGSL check (`tests/tint.rs`) compiles them under another WGSL compiler.
+    pub fn kernels_seen(&self) -> Vec<KernelUse> {
+        let mut out: Vec<KernelUse> = self
+            .inner
+            .footprints
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|((shader, entry, _), (footprint, constants))| KernelUse {
+                shader: shader.clone(),
+                entry: entry.clone(),
+                constants: constants.clone(),
+                footprint: *footprint,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.shader, &a.entry, format!("{:?}", a.constants)).cmp(&(
+                &b.shader,
+                &b.entry,
+                format!("{:?}", b.constants),
+            ))
+        });
+        out
     }
 
     /// A cached compute pipeline for a registered shader's entry point with the given override
@@ -146,7 +191,11 @@ impl Device {
         // wgpu 30 does not check workgroup memory against the limit (wgpu#8946): a driver may
         // then fail or run an empty kernel. Every limit is checked here first, on the module
         // as the override constants specialise it.
-        let footprint = validated.footprint(shader, entry, constants)?;
+        let footprint = if registered {
+            self.footprint(shader, entry, constants)?
+        } else {
+            validated.footprint(shader, entry, constants)?
+        };
         footprint.check(&format!("{shader}::{entry}"), &self.inner.profile)?;
         let d = &self.inner.device;
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -216,11 +265,18 @@ impl Device {
         } else {
             Arc::new(shaders::validate(name, src)?)
         };
+        let hash = source_hash(src);
         let d = &self.inner.device;
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        // The browser compiles the WGSL itself, as the specification has it (naga only reads it).
+        let src = if self.inner.summary.backend == "BrowserWebGpu" {
+            shaders::standard_wgsl(src)
+        } else {
+            std::borrow::Cow::Borrowed(src)
+        };
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
+            source: wgpu::ShaderSource::Wgsl(src),
         };
         // On software adapters kiln's own shaders are compiled without wgpu's loop bounding,
         // which adds a counter to every loop and so stops lavapipe's compiler from unrolling
@@ -242,10 +298,11 @@ impl Device {
                 message: e.to_string(),
             });
         }
-        self.inner.modules.lock().unwrap().insert(
-            name.to_string(),
-            (module.clone(), validated.clone(), source_hash(src)),
-        );
+        self.inner
+            .modules
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), (module.clone(), validated.clone(), hash));
         Ok((module, validated))
     }
 
