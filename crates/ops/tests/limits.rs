@@ -91,6 +91,31 @@ fn every_benchmark_and_example_shape_fits_every_adapter_profile() {
     assert!(hopper16.contains_key("coop16"), "{hopper16:?}");
     let apple16 = &chosen[&("Apple M2 (Metal)".to_string(), "matmul_f16")];
     assert!(apple16.contains_key("coop8"), "{apple16:?}");
+    // WebGPU's default limits (8 storage buffers, 16 KiB, 256 invocations, no f16 or subgroups)
+    // get a variant of every family, the two-slot grouped update among them.
+    let web = "WebGPU defaults".to_string();
+    for family in [
+        "matmul",
+        "matmul_f16",
+        "conv",
+        "conv_wgrad",
+        "pool",
+        "attention",
+        "colsum",
+        "optim",
+    ] {
+        assert!(
+            chosen.contains_key(&(web.clone(), family)),
+            "no {family} plan under WebGPU's defaults"
+        );
+    }
+    assert_eq!(
+        chosen[&(web.clone(), "optim")]
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        ["optim_multi2"]
+    );
     let hopper_att = &chosen[&("NVIDIA H100 (Vulkan)".to_string(), "attention")];
     assert!(hopper_att.contains_key("flash_coop16") && hopper_att.contains_key("flash"));
 }

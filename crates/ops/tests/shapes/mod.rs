@@ -187,7 +187,8 @@ pub fn optim_groups() -> Vec<usize> {
 }
 
 /// Every shape above planned on `dev` (under its policy's profile), named for messages: GEMMs,
-/// each convolution's three passes, column reductions, optimizer groups, attention.
+/// each convolution's three passes, LeNet's pooling, column reductions, optimizer groups,
+/// attention.
 pub fn plan_all(dev: &Device) -> Vec<(String, Result<Planned, OpError>)> {
     let mut out = Vec::new();
     for (what, call) in gemm_shapes() {
@@ -197,6 +198,15 @@ pub fn plan_all(dev: &Device) -> Vec<(String, Result<Planned, OpError>)> {
         for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
             let r = conv::plan(dev, pass, xs, ws, &spec);
             out.push((format!("{what} {pass:?}"), r));
+        }
+    }
+    for batch in [1, 64, 256] {
+        for xs in [[batch, 6, 28, 28], [batch, 16, 10, 10]] {
+            let spec = kiln_ops::pool::Pool2dSpec::square(2);
+            out.push((
+                format!("lenet pool {xs:?}"),
+                kiln_ops::pool::plan(dev, xs, &spec),
+            ));
         }
     }
     for (outer, len, inner) in colsum_shapes() {
