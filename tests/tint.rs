@@ -39,9 +39,9 @@ mod shapes;
 /// Short runs of the examples' models at toy sizes: every op they use builds its pipelines.
 fn train_representative(d: &Device) -> anyhow::Result<()> {
     let mut rng = Rng::new(7);
-    let n = 40;
+    let n: i32 = 40;
     let x: Vec<f32> = (0..n * 28 * 28).map(|_| rng.uniform() as f32).collect();
-    let y: Vec<i32> = (0..n).map(|i| (i % 10) as i32).collect();
+    let y: Vec<i32> = (0..n).map(|i| i % 10).collect();
     let shape = [1, 28, 28];
     let data = Dataset::classes(&x, &shape, &y);
     let model = lenet5(d, 0)?;

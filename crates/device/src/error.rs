@@ -130,6 +130,13 @@ pub enum DeviceError {
     /// The device was lost (driver reset, timeout, or destroyed).
     #[error("the GPU device was lost: {0}")]
     Lost(String),
+    /// A blocking call (a readback, a wait, a device request) where nothing may block: in a
+    /// browser page the GPU's work completes between turns of the JavaScript event loop.
+    #[error(
+        "`{0}` waits for the GPU, which a browser page cannot do: use its async form \
+         (Device::new_async, download_async, wait_async, Tensor::to_vec_async, item_async)"
+    )]
+    WouldBlock(&'static str),
     /// Mapping a buffer for readback failed.
     #[error("reading a buffer back failed: {0}")]
     Readback(String),

@@ -198,19 +198,20 @@ impl Device {
         };
         footprint.check(&format!("{shader}::{entry}"), &self.inner.profile)?;
         let d = &self.inner.device;
-        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&format!("{shader}::{entry}")),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: self.inner.pipeline_cache.as_ref(),
+        let (pipeline, error) = crate::submit::scoped(d, || {
+            d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&format!("{shader}::{entry}")),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: self.inner.pipeline_cache.as_ref(),
+            })
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = error {
             return Err(DeviceError::Shader {
                 name: shader.to_string(),
                 message: format!("entry `{entry}` with {constants:?}: {e}"),
@@ -267,7 +268,6 @@ impl Device {
         };
         let hash = source_hash(src);
         let d = &self.inner.device;
-        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
         // The browser compiles the WGSL itself, as the specification has it (naga only reads it).
         let src = if self.inner.summary.backend == "BrowserWebGpu" {
             shaders::standard_wgsl(src)
@@ -291,8 +291,10 @@ impl Device {
         // SAFETY: without loop bounding, a shader must not loop forever. Registered shaders
         // don't: `shaders::tests::every_loop_steps_towards_its_bound` checks each loop header.
         // Any other source, and every shader on a GPU, keeps the bounding.
-        let module = unsafe { d.create_shader_module_trusted(desc, checks) };
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let (module, error) = crate::submit::scoped(d, || unsafe {
+            d.create_shader_module_trusted(desc, checks)
+        });
+        if let Some(e) = error {
             return Err(DeviceError::Shader {
                 name: name.to_string(),
                 message: e.to_string(),
