@@ -145,5 +145,7 @@ fi
 want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' "$root/Cargo.lock")
 if [ -n "$want" ] && [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
   echo "kiln setup: installing wasm-bindgen-cli $want (built from crates.io, a few minutes)" >&2
-  cargo install --quiet --locked wasm-bindgen-cli --version "$want" >&2
+  # Not --locked: its lock file can name versions the registry mirror lacks; the CLI's own
+  # version, which must match the crate's, is pinned all the same.
+  cargo install --quiet wasm-bindgen-cli --version "$want" >&2
 fi

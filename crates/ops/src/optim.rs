@@ -329,8 +329,16 @@ pub fn step_group(
         Rule::RmsProp { .. } => 2.0,
     };
     let k = dev.kernel("optim", entry, &[("RULE", code)])?;
-    // State bindings the rule does not use still need a buffer.
-    let unused = dev.alloc(4, crate::DType::F32)?;
+    // Writable bindings the dispatch does not use (state the rule has none of, parameter slots
+    // past a short chunk) still need a buffer each, and distinct ones: WebGPU refuses a buffer
+    // bound twice where either binding is writable.
+    let spare = |n: usize| -> Result<Vec<Buffer>> {
+        Ok((0..n)
+            .map(|_| dev.alloc(4, crate::DType::F32))
+            .collect::<std::result::Result<_, _>>()?)
+    };
+    let unused_state = spare(3 - state.len().min(3))?;
+    let unused_params = spare(per_dispatch - 1)?;
     // The parameter block holds eight slots whatever the entry point reads.
     for chunk in slots.chunks(per_dispatch) {
         let mut starts = [0u32; 8];
@@ -344,11 +352,15 @@ pub fn step_group(
             total += sl.param.len().div_ceil(4);
         }
         let mut bufs: Vec<&Buffer> = vec![hp, guard];
-        // Slots past the chunk repeat its first parameter; no invocation reaches them.
+        // Slots past the chunk read its first gradient and write a spare buffer; no invocation
+        // reaches them.
         let pick = |i: usize| chunk.get(i).unwrap_or(&chunk[0]);
         bufs.extend((0..per_dispatch).map(|i| pick(i).grad));
-        bufs.extend((0..per_dispatch).map(|i| pick(i).param));
-        bufs.extend((0..3).map(|k| state.get(k).unwrap_or(&unused)));
+        bufs.extend((0..per_dispatch).map(|i| match chunk.get(i) {
+            Some(sl) => sl.param,
+            None => &unused_params[i - chunk.len()],
+        }));
+        bufs.extend(state.iter().take(3).chain(&unused_state));
         let p = Params::new()
             .us(&[chunk.len() as u32, total as u32, 0, 0])
             .us(&starts)
