@@ -131,10 +131,16 @@ if [ ! -f "$root/scripts/tint/node_modules/webgpu/package.json" ]; then
   (cd "$root/scripts/tint" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
-# Headless Chromium for the browser test (Debian's package; its WebGPU runs on SwiftShader).
+# Headless Chromium for the browser test (Debian's package; its WebGPU runs on SwiftShader),
+# driven through playwright-core (scripts/web, pinned by its package-lock.json; it uses this
+# Chromium and downloads no browser of its own).
 if ! command -v chromium >/dev/null; then
   echo "kiln setup: installing Debian's chromium for the browser test" >&2
   apt_install chromium
+fi
+if [ ! -f "$root/scripts/web/node_modules/playwright-core/package.json" ]; then
+  echo "kiln setup: installing playwright-core into scripts/web/node_modules" >&2
+  (cd "$root/scripts/web" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
 # The wasm32 target and wasm-bindgen's CLI at the version of the wasm-bindgen crate in Cargo.lock

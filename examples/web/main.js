@@ -1,7 +1,7 @@
 // The page around kiln_web (pkg/, made by build.sh): fetches the MNIST subset, trains LeNet-5 on
 // the browser's WebGPU with a live loss plot, reports held-out accuracy, and classifies digits
 // drawn on the canvas. `?auto=1` trains and checks at once (the browser test drives it so):
-// `?auto=1&size=4096&epochs=1&batch=64`. The outcome is in `window.kilnResult` and in
+// `?auto=1&size=4096&epochs=1&batch=64`; `&kernels=matmul=gemm_64x64` forces kernel variants. The outcome is in `window.kilnResult` and in
 // `document.body.dataset.state` ("no-webgpu", "error" or "done").
 import init, { Trainer } from './pkg/kiln_web.js';
 
@@ -49,7 +49,7 @@ function plot() {
 
 // Drawing: white strokes on black, as MNIST's digits are light on dark.
 const draw = $('draw');
-const pen = draw.getContext('2d');
+const pen = draw.getContext('2d', { willReadFrequently: true });
 function clear() {
   pen.fillStyle = '#000';
   pen.fillRect(0, 0, draw.width, draw.height);
@@ -154,7 +154,7 @@ async function main() {
   ]);
   let trainer;
   try {
-    trainer = await Trainer.create(images, labels, 0);
+    trainer = await Trainer.create(images, labels, 0, params.get('kernels') ?? '');
   } catch (e) {
     const text = String(e.message ?? e);
     const missing = /no WebGPU adapter|WebGPU/.test(text);

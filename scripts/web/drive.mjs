@@ -1,7 +1,7 @@
 // Drives the page of examples/web in headless Chromium (Debian's /usr/bin/chromium, through
 // playwright-core and the DevTools protocol), for tests/web.rs:
 //
-//   node scripts/web/drive.mjs ROOT SIZE EPOCHS BATCH
+//   node scripts/web/drive.mjs ROOT SIZE EPOCHS BATCH [KERNELS]
 //
 // Serves ROOT (the repository, with examples/web/pkg built) on a loopback port, then
 //  1. opens /examples/web/?auto=1&size=SIZE&epochs=EPOCHS&batch=BATCH in Chromium with WebGPU
@@ -17,7 +17,7 @@ import { readFile } from 'node:fs/promises';
 import { extname, join, normalize } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const [root, size, epochs, batch] = process.argv.slice(2);
+const [root, size, epochs, batch, kernels = ''] = process.argv.slice(2);
 const types = {
   '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm',
   '.gz': 'application/octet-stream', '.css': 'text/css',
@@ -49,14 +49,16 @@ async function run(kind, extra, query, timeoutMs) {
     page.on('console', (m) => console.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => console.push(`pageerror: ${e.message}`));
     await page.goto(base + query);
+    let waited = null;
     await page
       .waitForFunction(() => ['done', 'error', 'no-webgpu'].includes(window.kilnResult?.state),
         null, { timeout: timeoutMs, polling: 500 })
-      .catch(() => {});
+      .catch((e) => (waited = String(e.message ?? e).split('\n')[0]));
     const result = await page.evaluate(() => ({
       ...window.kilnResult,
       shown: document.getElementById('message').textContent,
     }));
+    if (waited) result.wait_error = waited;
     console.length = Math.min(console.length, 40);
     process.stdout.write(`${JSON.stringify({ kind, ...result, console })}\n`);
   } finally {
@@ -66,7 +68,7 @@ async function run(kind, extra, query, timeoutMs) {
 
 try {
   await run('trained', ['--enable-unsafe-webgpu'],
-    `?auto=1&size=${size}&epochs=${epochs}&batch=${batch}`, 540_000);
+    `?auto=1&size=${size}&epochs=${epochs}&batch=${batch}&kernels=${encodeURIComponent(kernels)}`, 540_000);
   await run('no_webgpu', [], '', 60_000);
 } catch (e) {
   process.stdout.write(`${JSON.stringify({ kind: 'browser_error', message: String(e.message ?? e) })}\n`);

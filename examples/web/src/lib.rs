@@ -48,12 +48,15 @@ fn log_panics() {
 #[wasm_bindgen]
 impl Trainer {
     /// The device on the browser's WebGPU adapter and a LeNet-5 initialised from `seed`, over the
-    /// MNIST files' gzip-compressed bytes. Rejects, with a message naming the cause, where the
-    /// browser offers no WebGPU adapter or the files are not MNIST's.
+    /// MNIST files' gzip-compressed bytes; `kernels` forces kernel variants as `KILN_KERNELS`
+    /// does natively (`family=variant,...`; empty for the automatic choice). Rejects, with a
+    /// message naming the cause, where the browser offers no WebGPU adapter or the files are not
+    /// MNIST's.
     pub async fn create(
         images_gz: Vec<u8>,
         labels_gz: Vec<u8>,
         seed: u32,
+        kernels: String,
     ) -> Result<Trainer, JsValue> {
         log_panics();
         let mnist = Mnist::from_gz_bytes(&images_gz, &labels_gz).map_err(js)?;
@@ -63,7 +66,8 @@ impl Trainer {
                 mnist.len()
             )));
         }
-        let dev = Device::new_async().await.map_err(js)?;
+        let policy = kiln_device::KernelPolicy::parse(&kernels).map_err(js)?;
+        let dev = Device::new_async().await.map_err(js)?.with_policy(policy);
         let model = lenet5(&dev, seed as u64).map_err(js)?;
         Ok(Trainer {
             state: Rc::new(RefCell::new(State { dev, model, mnist })),
