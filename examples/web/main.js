@@ -8,6 +8,7 @@ import init, { Trainer } from './pkg/kiln_web.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const result = (window.kilnResult = { state: 'loading' });
+for (const k of ['size', 'epochs', 'batch']) if (params.has(k)) $(k).value = params.get(k);
 
 function finish(state, message, isError) {
   result.state = state;
@@ -171,9 +172,7 @@ async function main() {
   async function train() {
     $('train').disabled = $('classify').disabled = $('example').disabled = true;
     losses.length = 0;
-    const size = +(params.get('size') ?? $('size').value);
-    const epochs = +(params.get('epochs') ?? $('epochs').value);
-    const batch = +(params.get('batch') ?? $('batch').value);
+    const [size, epochs, batch] = ['size', 'epochs', 'batch'].map((k) => +$(k).value);
     say(`Training on ${size} images, ${epochs} epoch(s), batch ${batch}…`);
     const t = JSON.parse(await trainer.train(size, epochs, batch, 0.05, 5, (step, loss) => {
       losses.push([step, loss]);

@@ -14,7 +14,7 @@ use kiln_nn::models::lenet5;
 use kiln_nn::schedule::Schedule;
 use kiln_nn::{Module, Optimizer, Sequential, Sgd};
 use kiln_train::{evaluate_async, fit_async, Dataset, FitConfig, Loss};
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -22,16 +22,34 @@ use wasm_bindgen_futures::future_to_promise;
 /// Images held out of training (the last of the 10,000), as the main job holds them out.
 const HELD_OUT: usize = 2000;
 
-struct State {
-    dev: Device,
-    model: Sequential,
-    mnist: Mnist,
-}
-
 /// A LeNet-5 on the browser's WebGPU adapter, with the MNIST subset it trains on.
 #[wasm_bindgen]
 pub struct Trainer {
-    state: Rc<RefCell<State>>,
+    dev: Device,
+    model: Rc<Sequential>,
+    mnist: Rc<Mnist>,
+    /// Set while a call that uses the GPU is in flight: the page runs one at a time.
+    busy: Rc<Cell<bool>>,
+}
+
+/// Marks the trainer busy until dropped; refuses a second call while one is in flight.
+struct Busy(Rc<Cell<bool>>);
+
+impl Busy {
+    fn take(flag: &Rc<Cell<bool>>) -> Result<Busy, JsValue> {
+        if flag.replace(true) {
+            return Err(js(
+                "another training, evaluation or classification is running",
+            ));
+        }
+        Ok(Busy(flag.clone()))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }
 
 fn js(e: impl std::fmt::Display) -> JsValue {
@@ -70,15 +88,17 @@ impl Trainer {
         let dev = Device::new_async().await.map_err(js)?.with_policy(policy);
         let model = lenet5(&dev, seed as u64).map_err(js)?;
         Ok(Trainer {
-            state: Rc::new(RefCell::new(State { dev, model, mnist })),
+            dev,
+            model: Rc::new(model),
+            mnist: Rc::new(mnist),
+            busy: Rc::default(),
         })
     }
 
     /// The adapter: its name, backend, and whether it is a software one.
     pub fn adapter(&self) -> String {
-        let s = self.state.borrow();
-        let a = s.dev.adapter();
-        let l = s.dev.limits();
+        let a = self.dev.adapter();
+        let l = self.dev.limits();
         format!(
             "{} ({}{}; {} storage buffers per stage, {} KiB workgroup memory)",
             if a.name.is_empty() {
@@ -107,18 +127,18 @@ impl Trainer {
         log_every: usize,
         on_loss: js_sys::Function,
     ) -> js_sys::Promise {
-        let state = self.state.clone();
+        let (dev, model, mnist) = (self.dev.clone(), self.model.clone(), self.mnist.clone());
+        let busy = self.busy.clone();
         future_to_promise(async move {
-            let mut guard = state.try_borrow_mut().map_err(|_| js("already training"))?;
-            let s = &mut *guard;
-            let n = train_size.min(s.mnist.len() - HELD_OUT).max(1);
-            let (x, y) = s.mnist.split(0..n).map_err(js)?;
+            let _busy = Busy::take(&busy)?;
+            let n = train_size.min(mnist.len() - HELD_OUT).max(1);
+            let (x, y) = mnist.split(0..n).map_err(js)?;
             let shape = [1, 28, 28];
             let data = Dataset::classes(&x, &shape, &y);
             let steps = epochs * n.div_ceil(batch.max(1));
             let mut opt: Optimizer = Sgd::new(lr)
                 .momentum(0.9)
-                .init(&s.dev, s.model.parameters())
+                .init(&dev, model.parameters())
                 .map_err(js)?;
             opt.set_schedule(Schedule::Cosine {
                 t_max: steps as u64,
@@ -130,8 +150,8 @@ impl Trainer {
                 ..FitConfig::new(Loss::CrossEntropy, epochs, batch, 0)
             };
             let history = fit_async(
-                &s.dev,
-                &s.model,
+                &dev,
+                model.as_ref(),
                 &mut opt,
                 &data,
                 None,
@@ -158,14 +178,15 @@ impl Trainer {
 
     /// Held-out accuracy (the last 2,000 images, never trained on), from 0 to 1.
     pub fn evaluate(&self) -> js_sys::Promise {
-        let state = self.state.clone();
+        let (dev, model, mnist) = (self.dev.clone(), self.model.clone(), self.mnist.clone());
+        let busy = self.busy.clone();
         future_to_promise(async move {
-            let s = state.try_borrow().map_err(|_| js("busy training"))?;
-            let len = s.mnist.len();
-            let (x, y) = s.mnist.split(len - HELD_OUT..len).map_err(js)?;
+            let _busy = Busy::take(&busy)?;
+            let len = mnist.len();
+            let (x, y) = mnist.split(len - HELD_OUT..len).map_err(js)?;
             let shape = [1, 28, 28];
             let data = Dataset::classes(&x, &shape, &y);
-            let (_, acc) = evaluate_async(&s.dev, &s.model, &data, Loss::CrossEntropy, 500)
+            let (_, acc) = evaluate_async(&dev, model.as_ref(), &data, Loss::CrossEntropy, 500)
                 .await
                 .map_err(js)?;
             Ok(JsValue::from(acc.unwrap_or(f32::NAN)))
@@ -175,19 +196,20 @@ impl Trainer {
     /// Class probabilities (10) of a 28 x 28 image given as 784 intensities from 0 (background)
     /// to 1 (ink), as MNIST's pixels are.
     pub fn classify(&self, pixels: Vec<f32>) -> js_sys::Promise {
-        let state = self.state.clone();
+        let (dev, model) = (self.dev.clone(), self.model.clone());
+        let busy = self.busy.clone();
         future_to_promise(async move {
+            let _busy = Busy::take(&busy)?;
             if pixels.len() != 784 {
                 return Err(js(format!(
                     "{} pixels, expected 28 x 28 = 784",
                     pixels.len()
                 )));
             }
-            let s = state.try_borrow().map_err(|_| js("busy training"))?;
             let x: Vec<f32> = pixels.iter().map(|p| (p - 0.1307) / 0.3081).collect();
             let probs = no_grad(|| {
-                let x = Tensor::from_f32(&s.dev, &x, &[1, 1, 28, 28])?;
-                Ok::<_, kiln_nn::NnError>(s.model.forward(&x)?.softmax()?)
+                let x = Tensor::from_f32(&dev, &x, &[1, 1, 28, 28])?;
+                Ok::<_, kiln_nn::NnError>(model.forward(&x)?.softmax()?)
             })
             .map_err(js)?;
             let p = probs.to_vec_async().await.map_err(js)?;
@@ -197,9 +219,8 @@ impl Trainer {
 
     /// Held-out image `i` (0 to 1,999) as 784 intensities from 0 to 1, for showing it.
     pub fn held_out_image(&self, i: usize) -> Vec<f32> {
-        let s = self.state.borrow();
-        let at = s.mnist.len() - HELD_OUT + i.min(HELD_OUT - 1);
-        s.mnist.images[at * 784..(at + 1) * 784]
+        let at = self.mnist.len() - HELD_OUT + i.min(HELD_OUT - 1);
+        self.mnist.images[at * 784..(at + 1) * 784]
             .iter()
             .map(|v| v * 0.3081 + 0.1307)
             .collect()
@@ -207,7 +228,6 @@ impl Trainer {
 
     /// The label of held-out image `i`.
     pub fn held_out_label(&self, i: usize) -> i32 {
-        let s = self.state.borrow();
-        s.mnist.labels[s.mnist.len() - HELD_OUT + i.min(HELD_OUT - 1)]
+        self.mnist.labels[self.mnist.len() - HELD_OUT + i.min(HELD_OUT - 1)]
     }
 }
