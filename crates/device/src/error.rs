@@ -152,3 +152,24 @@ pub enum DeviceError {
 
 /// The device layer's result type.
 pub type Result<T, E = DeviceError> = std::result::Result<T, E>;
+
+/// Runs `make` inside a validation error scope and returns what it made and the scope's error.
+/// Natively the scope is popped at once; in the browser popping it is a promise that cannot be
+/// waited for, so no scope is pushed and an error reaches the device's uncaptured-error handler,
+/// reported at the next submission or readback.
+pub(crate) fn scoped<T>(
+    device: &wgpu::Device,
+    make: impl FnOnce() -> T,
+) -> (T, Option<wgpu::Error>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let made = make();
+        (made, pollster::block_on(scope.pop()))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = device;
+        (make(), None)
+    }
+}

@@ -198,7 +198,7 @@ impl Device {
         };
         footprint.check(&format!("{shader}::{entry}"), &self.inner.profile)?;
         let d = &self.inner.device;
-        let (pipeline, error) = crate::submit::scoped(d, || {
+        let (pipeline, error) = crate::error::scoped(d, || {
             d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&format!("{shader}::{entry}")),
                 layout: None,
@@ -291,7 +291,7 @@ impl Device {
         // SAFETY: without loop bounding, a shader must not loop forever. Registered shaders
         // don't: `shaders::tests::every_loop_steps_towards_its_bound` checks each loop header.
         // Any other source, and every shader on a GPU, keeps the bounding.
-        let (module, error) = crate::submit::scoped(d, || unsafe {
+        let (module, error) = crate::error::scoped(d, || unsafe {
             d.create_shader_module_trusted(desc, checks)
         });
         if let Some(e) = error {

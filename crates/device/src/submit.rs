@@ -129,27 +129,6 @@ impl std::future::Future for SignalWait {
 
 type MapResult = Arc<Signal>;
 
-/// Runs `make` inside a validation error scope and returns what it made and the scope's error.
-/// Natively the scope is popped at once; in the browser popping it is a promise that cannot be
-/// waited for, so no scope is pushed and an error reaches the device's uncaptured-error handler,
-/// reported at the next submission or readback.
-pub(crate) fn scoped<T>(
-    device: &wgpu::Device,
-    make: impl FnOnce() -> T,
-) -> (T, Option<wgpu::Error>) {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let made = make();
-        (made, pollster::block_on(scope.pop()))
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = device;
-        (make(), None)
-    }
-}
-
 struct ReadJob {
     device: wgpu::Device,
     src: wgpu::Buffer,
@@ -487,7 +466,7 @@ impl Device {
                 resource: p.wgpu().as_entire_binding(),
             });
         }
-        let (bind_group, error) = scoped(&self.inner.device, || {
+        let (bind_group, error) = crate::error::scoped(&self.inner.device, || {
             self.inner
                 .device
                 .create_bind_group(&wgpu::BindGroupDescriptor {
