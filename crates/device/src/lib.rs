@@ -32,7 +32,7 @@ pub use bytemuck;
 pub use capture::{DispatchInfo, Plan};
 pub use error::{DeviceError, Result};
 pub use params::{KernelParams, ParamField, ParamKind, ParamScalar, WgslField};
-pub use pipeline::Kernel;
+pub use pipeline::{Kernel, KernelUse};
 pub use policy::{AdapterProfile, Footprint, KernelPolicy, Variant, VariantTable};
 pub use shaders::BindingKind;
 pub use submit::{Counters, Params, ReadTicket};

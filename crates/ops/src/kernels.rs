@@ -13,7 +13,7 @@
 //! | `colsum` (column reductions: bias, LayerNorm and abs-max gradients) | `colsum_two_pass` (row blocks, then a sum of the partials), `colsum_one_pass` | `reduce::COLSUM` |
 //! | `rows` (softmax, log_softmax, layer norm, cross-entropy: a row per group of adjacent lanes) | `rows_sg` (subgroup shuffles; rows of at most a subgroup's lanes), `rows_wg` (workgroup-memory tree, up to 256 lanes a row) | `rows::ROWS` |
 //! | `decode` (attention of one new token against a key/value cache) | `decode_split` (the cache split across workgroups, then a combine pass), `decode_single` (a workgroup per head) | `decode::DECODE` |
-//! | `optim` (optimizer updates) | `optim_multi` (every parameter of a group, eight per dispatch), `optim_single` (a dispatch per parameter) | `optim::OPTIM` |
+//! | `optim` (optimizer updates) | `optim_multi` (every parameter of a group, eight per dispatch), `optim_multi2` (two per dispatch: 7 storage buffers, within WebGPU's default 8), `optim_single` (a dispatch per parameter) | `optim::OPTIM` |
 //!
 //! Force a variant per device handle, e.g. for tests or benchmarks:
 //! `dev.with_policy(KernelPolicy::default().force("matmul", "gemm_128x64"))`, or for a whole
