@@ -17,11 +17,6 @@ use mpi::traits::*;
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-/// Environment variables by which MPI launchers tell a process its place: Open MPI's `mpirun`,
-/// MPICH's and Intel MPI's Hydra (`PMI_*`), and PMIx-based launchers (Slurm's `srun --mpi=pmix`).
-pub const LAUNCHER_VARIABLES: [&str; 4] =
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "PMIX_RANK"];
-
 /// How long a collective may wait for the other processes before the job is aborted, unless
 /// [`Dist::init`] is given another: long enough for the slowest legitimate wait (another process
 /// compiling its kernels on a software adapter, or evaluating), short enough that a hung job ends.
@@ -29,13 +24,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Exit code of processes ended by the watchdog or by [`Dist::fail`].
 pub const ABORT_CODE: i32 = 3;
-
-/// True when an MPI launcher started this process (one of [`LAUNCHER_VARIABLES`] is set).
-pub fn launched_by_mpi() -> bool {
-    LAUNCHER_VARIABLES
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
-}
 
 /// This process's place among the processes of a data-parallel job, over MPI.
 pub struct Dist {
@@ -57,7 +45,7 @@ impl Dist {
     /// Collectives wait at most `timeout` for the other processes (see the module's doc). From
     /// here on, a panic in this process aborts the whole job.
     pub fn init(timeout: Duration) -> Result<Dist> {
-        if !launched_by_mpi() {
+        if !crate::launcher::launched_by_mpi() {
             return Err(DistError::NoLauncher);
         }
         let universe = mpi::initialize().ok_or(DistError::AlreadyInitialized)?;

@@ -7,7 +7,7 @@ pub enum DistError {
     #[error(
         "distributed training needs an MPI launcher: start the program with \
          `mpirun -np N <program> ...` (none of the launcher's variables {:?} is set)",
-        crate::comm::LAUNCHER_VARIABLES
+        crate::launcher::LAUNCHER_VARIABLES
     )]
     NoLauncher,
     /// MPI was initialised before (one `Dist` per process).

@@ -22,9 +22,11 @@
 pub mod comm;
 pub mod ddp;
 mod error;
+mod launcher;
 pub mod sampler;
 
-pub use comm::{launched_by_mpi, Dist, ABORT_CODE, DEFAULT_TIMEOUT};
+pub use comm::{Dist, ABORT_CODE, DEFAULT_TIMEOUT};
+pub use launcher::{launched_by_mpi, LAUNCHER_VARIABLES};
 pub use ddp::{DdpConfig, DistributedDataParallel, StepTimes};
 pub use error::{DistError, Result};
 pub use sampler::DistributedSampler;
