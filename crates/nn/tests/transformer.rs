@@ -436,7 +436,7 @@ fn attention_masks_run_fused_and_match_the_explicit_path() {
     let lw = Tensor::from_f32(&d, &rng.vec(b * t * e, -1.0, 1.0), &[b, t, e]).unwrap();
     // Additive: random offsets and -inf on some keys (never a whole row); boolean: the same
     // positions as 1.
-    let masked = |i: usize, j: usize| i % 2 == 1 && j % 3 == 0 && j > 0;
+    let masked = |i: usize, j: usize| i % 2 == 1 && j.is_multiple_of(3) && j > 0;
     let float = |heads: usize| -> Vec<f32> {
         (0..heads * t * t)
             .map(|n| {
@@ -501,7 +501,7 @@ fn attention_masks_run_fused_and_match_the_explicit_path() {
                 let fused = mha.forward_with(&x, &x, &x, &opts).unwrap();
                 assert!(fused.1.is_none());
                 let explicit = mha
-                    .forward_with(&x, &x, &x, &opts.clone().need_weights(true))
+                    .forward_with(&x, &x, &x, &opts.need_weights(true))
                     .unwrap();
                 assert_close(
                     &what,
@@ -525,10 +525,9 @@ fn attention_masks_run_fused_and_match_the_explicit_path() {
     let mr = Tensor::from_f32(&refusing, &float(1), &[t, t]).unwrap();
     let mha_r = MultiHeadAttentionConfig::new(e, h).init(&refusing).unwrap();
     let opts = AttentionOptions::new().attn_mask(&mr);
-    let err = mha_r
-        .forward_with(&xr, &xr, &xr, &opts)
-        .err()
-        .expect("refused");
+    let Err(err) = mha_r.forward_with(&xr, &xr, &xr, &opts) else {
+        panic!("the fused call must be refused");
+    };
     assert!(err.to_string().contains("flash_coop16"), "{err}");
     assert!(mha_r
         .forward_with(&xr, &xr, &xr, &opts.need_weights(true))
