@@ -104,7 +104,7 @@ pub static ATTENTION: VariantTable<AttnCall> = VariantTable {
         Variant {
             name: "flash_sg",
             supports: |d, c| flash_config(d, c, Exchange::Subgroup).map(|_| ()),
-            prefers: |d, _| !d.adapter_profile().is_software,
+            prefers: |d, c| !d.adapter_profile().is_software && splits_rows(d, c),
         },
         Variant {
             name: "flash",
@@ -175,6 +175,19 @@ fn row_split(kernel: FlashKernel, d: usize, budget: usize) -> (usize, usize, usi
     let r = d.div_ceil(4 * dv_max).max(1).next_power_of_two();
     let dp = d.next_multiple_of(4 * r);
     (r, dp, dp / (4 * r))
+}
+
+/// Whether any f32 kernel splits a row over several invocations on this adapter (else the two
+/// exchanges run the same code, and the one without subgroups is taken).
+fn splits_rows(dev: &Device, c: &AttnCall) -> bool {
+    let budget = register_budget(dev.adapter_profile());
+    [
+        FlashKernel::Forward,
+        FlashKernel::KeyValue,
+        FlashKernel::Query,
+    ]
+    .into_iter()
+    .any(|k| row_split(k, c.d, budget).0 > 1)
 }
 
 /// One f32 flash kernel as planned: its pipeline, rows per workgroup, and its register model.

@@ -362,9 +362,19 @@ fn gradcheck_through_the_attention_op() {
     let mut tally = Tally::default();
     for f in forced {
         let dev = &f.dev;
-        let q = r.vec(b * h * tq * dim, -1.0, 1.0);
-        let k = r.vec(b * h * tk * dim, -1.0, 1.0);
-        let v = r.vec(b * h * tk * dim, -1.0, 1.0);
+        let f16 = f.f16;
+        // f16 calls: inputs already f16 values, so the reference needs no rounding (which
+        // would make its finite differences steps).
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            if f16 {
+                v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
+            } else {
+                v
+            }
+        };
+        let q = round(r.vec(b * h * tq * dim, -1.0, 1.0));
+        let k = round(r.vec(b * h * tk * dim, -1.0, 1.0));
+        let v = round(r.vec(b * h * tk * dim, -1.0, 1.0));
         let mask: Vec<f32> = r.vec(tq * tk, -0.5, 0.5);
         let pad: Vec<i32> = vec![0, 0, 1, 0, 0, 0];
         let t = |x: &[f32], s: &[usize]| {
@@ -387,7 +397,6 @@ fn gradcheck_through_the_attention_op() {
             },
             key_padding: true,
         };
-        let f16 = f.f16;
         let run = |x: &[Tensor]| {
             let cast = |t: &Tensor| {
                 if f16 {
@@ -401,17 +410,10 @@ fn gradcheck_through_the_attention_op() {
         };
         let mask64 = to_f64(&mask);
         let reference = |x: &[Vec<f64>]| {
-            let r16 = |v: &[f64]| -> Vec<f64> {
-                if f16 {
-                    v.iter().map(|&x| half::f16::from_f64(x).to_f64()).collect()
-                } else {
-                    v.to_vec()
-                }
-            };
             attention::cpu::attention_masked(
-                &r16(&x[0]),
-                &r16(&x[1]),
-                &r16(&x[2]),
+                &x[0],
+                &x[1],
+                &x[2],
                 h,
                 tq,
                 tk,
@@ -422,7 +424,8 @@ fn gradcheck_through_the_attention_op() {
                 1.0 / (dim as f64).sqrt(),
             )
         };
-        let (atol, rtol) = if f16 { (2e-2, 5e-2) } else { (1e-3, 1e-2) };
+        // f16: dO, P and dS rounded to f16 in the products (the forward's values within 2e-3).
+        let (atol, rtol) = if f16 { (1e-2, 3e-2) } else { (1e-3, 1e-2) };
         tally.run(&f.label, "gradcheck", || {
             GradCheck::new()
                 .atol(atol)
