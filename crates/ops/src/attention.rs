@@ -1096,6 +1096,14 @@ pub fn bank_accesses(dev: &Device) -> Result<Vec<crate::banks::Access>> {
     Ok(out)
 }
 
+/// The accesses of one cooperative attention pipeline (as [`bank_accesses`] declares them),
+/// labelled `label`: for tests that vary a constant.
+pub fn coop_bank_accesses(spec: &KernelSpec, label: &str) -> Result<Vec<crate::banks::Access>> {
+    let mut out = Vec::new();
+    coop_accesses(&mut out, spec, label)?;
+    Ok(out)
+}
+
 fn values(spec: &KernelSpec, names: &[&str]) -> Result<Vec<u64>> {
     names.iter().map(|n| spec.value(n)).collect()
 }

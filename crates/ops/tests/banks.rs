@@ -82,3 +82,36 @@ fn removing_a_pad_is_reported_as_a_conflict() {
     );
     assert!(!bad.is_empty());
 }
+
+/// Likewise the cooperative softmax: the score scratch without its 4-float pad (stride = the
+/// tile's width) puts the bookkeeping's 16 rows on one bank quad.
+#[test]
+fn the_softmax_scratch_pad_is_what_spreads_its_rows() {
+    let spec = |pad: bool| {
+        let mut c = vec![
+            ("S", 16.0),
+            ("SGC", 4.0),
+            ("SG", 32.0),
+            ("MIN_SG", 32.0),
+            ("DP", 64.0),
+            ("BKV", 32.0),
+            ("LR", 2.0),
+        ];
+        if !pad {
+            c.push(("SCS", 32.0));
+        }
+        KernelSpec::new("attention_coop", "flash_coop16", &c)
+    };
+    let worst = |s: &KernelSpec| {
+        kiln_ops::attention::coop_bank_accesses(s, "t")
+            .unwrap()
+            .iter()
+            .filter(|a| a.what.starts_with("softmax bookkeeping"))
+            .map(|a| banks::ways(a).worst)
+            .max()
+            .unwrap()
+    };
+    assert_eq!(spec(true).override_values().unwrap()["SCS"], 36.0);
+    assert!(worst(&spec(true)) <= BOUND);
+    assert!(worst(&spec(false)) >= 8, "{}", worst(&spec(false)));
+}
