@@ -2,6 +2,7 @@
 
 use crate::error::{DeviceError, Result};
 use crate::policy::Footprint;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -19,6 +20,32 @@ pub fn source(name: &str) -> Result<&'static str> {
         .find(|(n, _)| *n == name)
         .map(|(_, s)| *s)
         .ok_or_else(|| DeviceError::UnknownShader(name.to_string()))
+}
+
+/// Shader files written in wgpu's own WGSL extension (`enable wgpu_cooperative_matrix;`): they
+/// compile under naga only, never in a browser, and the standard-WGSL check (`tests/tint.rs`,
+/// Dawn's Tint) leaves them out. Every other file is standard WGSL.
+pub const WGPU_ONLY: &[&str] = &["attention_coop", "gemm_coop"];
+
+/// `src` as a compiler that follows the WGSL specification takes it (Tint, in browsers and in
+/// Dawn): with `enable subgroups;` put first where the shader uses subgroup built-ins.
+///
+/// kiln's files leave that directive out because naga 30 refuses it (it implements subgroups
+/// without one); this is the one place that adds it, for the browser backend and for the
+/// conformance test. Source that already enables subgroups is returned as it is.
+///
+/// ```
+/// use kiln_device::shaders::standard_wgsl;
+/// let src = "fn f(v: f32) -> f32 { return subgroupAdd(v); }";
+/// assert!(standard_wgsl(src).starts_with("enable subgroups;\n"));
+/// assert_eq!(standard_wgsl("fn g() {}"), "fn g() {}");
+/// ```
+pub fn standard_wgsl(src: &str) -> Cow<'_, str> {
+    if uses_subgroups(src) && !enables(src, "subgroups") {
+        Cow::Owned(format!("enable subgroups;\n{src}"))
+    } else {
+        Cow::Borrowed(src)
+    }
 }
 
 /// A registered shader parsed and validated once per process (devices share it).
@@ -394,7 +421,22 @@ mod tests {
             .filter(|(_, src)| enables(src, "wgpu_cooperative_matrix"))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(users, ["attention_coop", "gemm_coop"]);
+        assert_eq!(users, WGPU_ONLY);
+    }
+
+    /// The browser's WGSL differs from naga's only by the subgroups directive, put first.
+    #[test]
+    fn standard_wgsl_enables_subgroups_where_used() {
+        for (name, src) in SHADERS {
+            let std = standard_wgsl(src);
+            if uses_subgroups(src) {
+                assert_eq!(std, format!("enable subgroups;\n{src}"), "{name}");
+            } else {
+                assert_eq!(std, *src, "{name}");
+            }
+        }
+        let already = "enable subgroups;\nfn f(v: f32) -> f32 { return subgroupAdd(v); }";
+        assert_eq!(standard_wgsl(already), already);
     }
 
     /// Override values come from the specialised module: the ones set, and the defaults the

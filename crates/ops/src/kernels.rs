@@ -11,7 +11,7 @@
 //! | `pool` (pooling forward) | `pool_windows` (uniform windows, Mesa before 25), `pool_storage` | `pool::POOL` |
 //! | `attention` | `flash_coop16`, `flash_coop8` (f16 forward and backward on cooperative matrices), `flash_sg` (FlashAttention-2, f32, a row's invocations exchanging partial sums by subgroup shuffles; GPUs), `flash` (the same through workgroup memory; anywhere, software adapters' choice) | `attention::ATTENTION` |
 //! | `colsum` (column reductions: bias, LayerNorm and abs-max gradients) | `colsum_two_pass` (row blocks, then a sum of the partials), `colsum_one_pass` | `reduce::COLSUM` |
-//! | `optim` (optimizer updates) | `optim_multi` (every parameter of a group, eight per dispatch), `optim_single` (a dispatch per parameter) | `optim::OPTIM` |
+//! | `optim` (optimizer updates) | `optim_multi` (every parameter of a group, eight per dispatch), `optim_multi2` (two per dispatch: 7 storage buffers, within WebGPU's default 8), `optim_single` (a dispatch per parameter) | `optim::OPTIM` |
 //!
 //! Force a variant per device handle, e.g. for tests or benchmarks:
 //! `dev.with_policy(KernelPolicy::default().force("matmul", "gemm_128x64"))`, or for a whole

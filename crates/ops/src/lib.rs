@@ -163,6 +163,16 @@ impl Array {
         expect_dtype("to_i32", self, DType::I32)?;
         Ok(dev.download(&self.buf)?)
     }
+    /// Reads f32 data back without blocking (awaits the GPU; the form a browser page needs).
+    pub async fn to_f32_async(&self, dev: &Device) -> Result<Vec<f32>> {
+        expect_dtype("to_f32", self, DType::F32)?;
+        Ok(dev.download_async(&self.buf).await?)
+    }
+    /// Reads i32 data back without blocking (awaits the GPU; the form a browser page needs).
+    pub async fn to_i32_async(&self, dev: &Device) -> Result<Vec<i32>> {
+        expect_dtype("to_i32", self, DType::I32)?;
+        Ok(dev.download_async(&self.buf).await?)
+    }
     /// The same data under another shape with as many elements (no copy).
     pub fn reshape(&self, shape: &[usize]) -> Result<Array> {
         if numel(shape) != self.numel() {

@@ -1722,15 +1722,20 @@ fn all_rules() -> [Rule; 8] {
     ]
 }
 
-/// A group's update in few dispatches (eight parameters per `multi` dispatch: 11 parameters of
+/// A group's update in few dispatches (eight parameters per `multi` dispatch, two per `multi2`: 11 parameters of
 /// odd lengths, 1 to 1031, some frozen) and one per parameter, each forced, against the CPU over
 /// three steps; the flat state of each parameter starts on its 256-byte boundary.
 #[test]
 fn grouped_optimizer_updates_match_the_cpu() {
+    for variant in ["optim_multi", "optim_multi2", "optim_single"] {
+        grouped_optimizer_cases(&forced(&[("optim", variant)]), variant);
+    }
+}
+
+fn grouped_optimizer_cases(d: &Device, variant: &str) {
     let mut r = Rng::new(81);
     let lens = [1, 7, 1031, 64, 5, 333, 2, 17, 250, 3, 9];
-    for variant in ["optim_multi", "optim_single"] {
-        let d = forced(&[("optim", variant)]);
+    {
         for rule in all_rules() {
             let (offsets, total) = optim::state_layout(&lens);
             assert!(offsets.iter().all(|o| o % optim::STATE_ALIGN == 0));
@@ -1757,7 +1762,7 @@ fn grouped_optimizer_updates_match_the_cpu() {
                         state_offset: offsets[i],
                     })
                     .collect();
-                optim::step_group(&d, &rule, &slots, &state, &hp, None).unwrap();
+                optim::step_group(d, &rule, &slots, &state, &hp, None).unwrap();
                 for &i in &live {
                     optim::cpu_step(
                         &rule,
@@ -1780,6 +1785,53 @@ fn grouped_optimizer_updates_match_the_cpu() {
             }
         }
     }
+}
+
+/// WebGPU's default limits as the profile on this adapter: each family's automatic choice fits
+/// them (GPU tiles for matmuls, the implicit GEMM for convolutions, FlashAttention-2, the
+/// two-slot grouped update), and those kernels compute what the CPU does.
+#[test]
+fn webgpu_default_limits_choose_fitting_variants_that_match_the_cpu() {
+    use kiln_device::AdapterProfile;
+    use kiln_ops::matmul::{self, GemmCall};
+    let web = AdapterProfile::webgpu_default();
+    let d = dev().with_policy(KernelPolicy::default().with_profile(web.clone()));
+    let call = optim::OptimCall {
+        params: 10,
+        quads: true,
+    };
+    let plans = [
+        optim::plan(&d, &call).unwrap(),
+        matmul::plan(
+            &d,
+            &GemmCall::matmul(1, 64, 120, 400, false, true, false, false, false),
+        )
+        .unwrap(),
+        conv::plan(
+            &d,
+            conv::ConvPass::Forward,
+            [8, 6, 14, 14],
+            [16, 6, 5, 5],
+            &Conv2dSpec::default(),
+        )
+        .unwrap(),
+    ];
+    let variants: Vec<&str> = plans.iter().map(|p| p.variant).collect();
+    assert_eq!(variants[0], "optim_multi2");
+    assert!(
+        variants[1].starts_with("gemm_") && variants[1].contains('x'),
+        "{variants:?}"
+    );
+    assert_eq!(variants[2], "conv_gemm");
+    for p in &plans {
+        for k in &p.kernels {
+            let f = d.footprint(k.shader, &k.entry, &k.constants).unwrap();
+            f.check(&k.label(), &web).unwrap();
+        }
+    }
+    // The convolution's implicit GEMM runs on the same tiles (conv2d_on_the_implicit_gemm).
+    assert!(matmul_cases(&d) >= 4);
+    grouped_optimizer_cases(&d, "WebGPU defaults");
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //!
 //! - [`fit`]: `fit` / `evaluate` / `predict` over an in-memory [`fit::Dataset`], each training step
 //!   recorded once per batch size and replayed; and the Keras-style [`fit::Compiled`].
+//! - [`fit_async`]: the same loop as a future (readbacks awaited, never waited for), for browser
+//!   pages and async programs.
 //! - [`lm`]: the language-model loop (random windows of a corpus, periodic evaluation).
 //! - [`checkpoint`]: training checkpoints that resume a run exactly.
 //! - [`parallel`]: the hook for data-parallel training in several processes (kiln-dist) and the
@@ -11,6 +13,7 @@
 pub mod checkpoint;
 mod finite;
 pub mod fit;
+pub mod fit_async;
 pub mod history;
 pub mod lm;
 pub mod parallel;
@@ -21,6 +24,7 @@ pub mod report;
 pub use fit::{
     evaluate, fit, fit_classifier, fit_parallel, predict, Compiled, Dataset, FitConfig, Targets,
 };
+pub use fit_async::{evaluate_async, fit_async, StepLoss};
 pub use history::EpochStats;
 pub use kiln_nn::loss::Loss;
 
