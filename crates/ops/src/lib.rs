@@ -6,6 +6,7 @@
 //! kiln-graph's autograd runs it; users' own ops implement the same trait.
 
 pub mod attention;
+pub mod banks;
 pub mod conv;
 pub mod decode;
 pub mod dropout;
