@@ -90,6 +90,58 @@ pub(crate) fn validated(name: &str) -> Result<Arc<Validated>> {
     Ok(v)
 }
 
+/// The values of a registered shader's override constants once `constants` are applied to
+/// `entry` (naga's specialisation: the defaults the WGSL computes, such as a padded stride
+/// `AS = BK + 8u`, included), by name. Only the overrides the entry point uses are listed.
+/// Models of a kernel (the bank-conflict audit) read its strides here, so they follow the
+/// shader rather than a copy of its arithmetic.
+pub fn override_values(
+    shader: &str,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let v = validated(shader)?;
+    let mut pc = naga::back::PipelineConstants::default();
+    for (k, val) in constants {
+        pc.insert(k.to_string(), *val);
+    }
+    let err = |message: String| DeviceError::Shader {
+        name: shader.to_string(),
+        message: format!("entry `{entry}` with {constants:?}: {message}"),
+    };
+    let names: std::collections::BTreeSet<String> = v
+        .module
+        .overrides
+        .iter()
+        .filter_map(|(_, o)| o.name.clone())
+        .collect();
+    let (module, _) = naga::back::pipeline_constants::process_overrides(
+        &v.module,
+        &v.info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &pc,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let mut out = std::collections::BTreeMap::new();
+    for (_, c) in module.constants.iter() {
+        let Some(name) = c.name.as_ref().filter(|n| names.contains(*n)) else {
+            continue;
+        };
+        let value = match module.global_expressions[c.init] {
+            naga::Expression::Literal(l) => match l {
+                naga::Literal::U32(x) => x as f64,
+                naga::Literal::I32(x) => x as f64,
+                naga::Literal::F32(x) => x as f64,
+                naga::Literal::Bool(x) => x as u8 as f64,
+                _ => continue,
+            },
+            _ => continue,
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
 /// A parsed and validated shader module.
 pub struct Validated {
     /// naga's IR.
@@ -424,6 +476,7 @@ mod tests {
             users,
             [
                 "attention_coop",
+                "attention_sg",
                 "conv_wgrad_sg",
                 "gemm_coop",
                 "gemm_sg",
@@ -463,6 +516,24 @@ mod tests {
         }
         let already = "enable subgroups;\nfn f(v: f32) -> f32 { return subgroupAdd(v); }";
         assert_eq!(standard_wgsl(already), already);
+    }
+
+    /// Override values come from the specialised module: the ones set, and the defaults the
+    /// WGSL computes from them.
+    #[test]
+    fn override_values_follow_the_shader() {
+        let v = override_values(
+            "gemm_coop",
+            "gemm_coop16",
+            &[("BK", 16.0), ("A_KFAST", 1.0)],
+        )
+        .unwrap();
+        assert_eq!(v["BK"], 16.0);
+        assert_eq!(v["A_FAST"], 16.0);
+        assert_eq!(v["AS"], 24.0, "BK + 8");
+        let v = override_values("gemm_coop", "gemm_coop16", &[("A_KFAST", 0.0)]).unwrap();
+        assert_eq!(v["AS"], v["BM"] + 8.0);
+        assert!(override_values("gemm_coop", "gemm_coop16", &[("NOPE", 1.0)]).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod launcher;
 pub mod sampler;
 
 pub use comm::{Dist, ABORT_CODE, DEFAULT_TIMEOUT};
-pub use launcher::{launched_by_mpi, LAUNCHER_VARIABLES};
 pub use ddp::{DdpConfig, DistributedDataParallel, StepTimes};
 pub use error::{DistError, Result};
+pub use launcher::{launched_by_mpi, LAUNCHER_VARIABLES};
 pub use sampler::DistributedSampler;

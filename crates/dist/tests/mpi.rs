@@ -104,7 +104,7 @@ fn mpirun(np: usize, args: &[&str]) -> Command {
 fn alone(args: &[&str]) -> Command {
     let mut c = Command::new(helper());
     c.args(args);
-    for v in kiln_dist::comm::LAUNCHER_VARIABLES {
+    for v in kiln_dist::LAUNCHER_VARIABLES {
         c.env_remove(v);
     }
     c

@@ -7,6 +7,7 @@
 
 mod array;
 pub mod attention;
+pub mod banks;
 pub mod conv;
 pub mod decode;
 pub mod dropout;

@@ -121,7 +121,7 @@ fn every_benchmark_and_example_shape_fits_every_adapter_profile() {
         ["optim_multi2"]
     );
     let hopper_att = &chosen[&("NVIDIA H100 (Vulkan)".to_string(), "attention")];
-    assert!(hopper_att.contains_key("flash_coop16") && hopper_att.contains_key("flash"));
+    assert!(hopper_att.contains_key("flash_coop16") && hopper_att.contains_key("flash_sg"));
 }
 
 /// No kernel a GPU profile chooses for these shapes indexes a function-local or private array
