@@ -1936,7 +1936,6 @@ fn column_reductions_in_two_passes() {
     );
 }
 
-
 #[test]
 fn int8_matmul_is_exact() {
     use kiln_ops::int8;
