@@ -1,6 +1,5 @@
 //! Storage buffers, their element types, and the pool that recycles them by size class.
 
-use crate::{Device, DeviceError, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -407,53 +406,4 @@ pub const WINDOW_BYTES: u64 = 65536;
 
 /// On software adapters, storage buffers of at least this many bytes are allocated with
 /// [`WINDOW_BYTES`] or more (see `Device::take`).
-const WINDOW_MIN_BYTES: u64 = 2048;
-
-impl Device {
-    pub(crate) fn take(&self, usage: Usage, bytes: u64) -> Result<Raw> {
-        let l = &self.inner.profile.limits;
-        let max_binding = l.max_storage_buffer_binding_size;
-        if bytes > l.max_buffer_size || (usage == Usage::Storage && bytes > max_binding) {
-            return Err(DeviceError::BufferTooLarge {
-                requested: bytes,
-                max_buffer_size: l.max_buffer_size,
-                max_binding_size: max_binding,
-            });
-        }
-        let cap = l.max_buffer_size.min(max_binding) & !3;
-        let mut class = size_class(bytes);
-        // Software adapters' kernels read operands through 64 KiB uniform windows, and a window
-        // binding needs 64 KiB behind it: a medium storage buffer gets that much, so that it is
-        // bound in place instead of copied into a full-size buffer on every read.
-        if usage == Usage::Storage
-            && self.inner.summary.is_software
-            && bytes >= WINDOW_MIN_BYTES
-            && l.max_uniform_buffer_binding_size >= WINDOW_BYTES
-        {
-            class = class.max(WINDOW_BYTES);
-        }
-        let class = class.min(cap.max(bytes.next_multiple_of(4)));
-        Ok(self.inner.pool.take(&self.inner.device, usage, class))
-    }
-
-    /// A storage buffer for `len` elements of `dtype`, contents unspecified (a recycled buffer
-    /// keeps old data; kernels that accumulate must clear it first).
-    pub fn alloc(&self, len: usize, dtype: DType) -> Result<Buffer> {
-        let bytes = (len.max(1) * dtype.size()) as u64;
-        let raw = self.take(Usage::Storage, bytes)?;
-        Ok(Buffer::new(
-            &self.inner.pool,
-            raw,
-            Usage::Storage,
-            len,
-            dtype,
-        ))
-    }
-
-    /// A new storage buffer holding `data`.
-    pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer> {
-        let buf = self.alloc(data.len(), T::DTYPE)?;
-        self.write(&buf, data)?;
-        Ok(buf)
-    }
-}
+pub(crate) const WINDOW_MIN_BYTES: u64 = 2048;
