@@ -49,4 +49,4 @@ pub use policy::{AdapterProfile, Footprint, KernelPolicy};
 pub use shaders::BindingKind;
 pub use submit::ReadTicket;
 pub use timing::{KernelTime, Timing, TimingSource};
-pub use variants::{Variant, VariantTable};
+pub use variants::{Chosen, Variant, VariantTable};

@@ -234,27 +234,27 @@ impl GemmCall {
 /// The f32 GEMM's variants, most preferred first (see [`crate::kernels`]). The first four suit
 /// software adapters, where a load costs far more than a multiply-add and shared memory saves
 /// nothing; the tiles suit GPUs; `gemm_direct` runs anything anywhere.
-pub static GEMM: VariantTable<GemmCall> = VariantTable {
+pub static GEMM: VariantTable<GemmCall, GemmPlan> = VariantTable {
     family: "matmul",
     variants: &[
         Variant {
             name: "gemm_uniform",
-            supports: |d, c| gemm_supports(d, c, "gemm_uniform"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Uniform),
             prefers: |d, c| c.software(d) && uniform_blocks(d, c) <= MAX_UNIFORM_BLOCKS,
         },
         Variant {
             name: "gemm_sg",
-            supports: |d, c| gemm_supports(d, c, "gemm_sg"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Sg),
             prefers: |d, c| c.software(d),
         },
         Variant {
             name: "gemm_direct_ua",
-            supports: |d, c| gemm_supports(d, c, "gemm_direct_ua"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Direct { ua: true }),
             prefers: |d, c| c.software(d),
         },
         Variant {
             name: "gemm_4x4",
-            supports: |d, c| gemm_supports(d, c, "gemm_4x4"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Tiles4x4),
             // Mesa 25's llvmpipe gathers storage loads where 22.3 loaded one lane at a time,
             // and the shared-memory tiles then pay off on large outputs (conv3x3_128's
             // forward: 5.2 GFLOP/s against 1.8); small ones (LSTM gates) stay direct.
@@ -267,38 +267,38 @@ pub static GEMM: VariantTable<GemmCall> = VariantTable {
         },
         Variant {
             name: "gemv",
-            supports: |d, c| gemm_supports(d, c, "gemv"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Gemv),
             // Few rows (generation): a tile would leave most of its rows idle.
             prefers: |d, c| !c.software(d) && c.g.m <= GEMV_MAX_M,
         },
         Variant {
             name: "gemm_128x128",
-            supports: |d, c| gemm_supports(d, c, "gemm_128x128"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Tile(TILE_128X128)),
             prefers: |d, c| !c.software(d) && c.g.m >= 256 && c.g.n >= 256,
         },
         Variant {
             name: "gemm_128x64",
-            supports: |d, c| gemm_supports(d, c, "gemm_128x64"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Tile(TILE_128X64)),
             prefers: |d, c| !c.software(d) && c.g.m >= 128 && c.g.n >= 64,
         },
         Variant {
             name: "gemm_64x64",
-            supports: |d, c| gemm_supports(d, c, "gemm_64x64"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Tile(TILE_64X64)),
             prefers: |d, c| !c.software(d) && c.g.m > 16 && c.g.n > 16,
         },
         Variant {
             name: "gemm_16x64",
-            supports: |d, c| gemm_supports(d, c, "gemm_16x64"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Tile(TILE_16X64)),
             prefers: |d, c| !c.software(d) && c.g.m <= 16,
         },
         Variant {
             name: "gemm_64x16",
-            supports: |d, c| gemm_supports(d, c, "gemm_64x16"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Tile(TILE_64X16)),
             prefers: |d, c| !c.software(d),
         },
         Variant {
             name: "gemm_direct",
-            supports: |d, c| gemm_supports(d, c, "gemm_direct"),
+            plan: |d, c| gemm_supports(d, c, GemmKind::Direct { ua: false }),
             prefers: |_, _| true,
         },
     ],
@@ -308,32 +308,32 @@ pub static GEMM: VariantTable<GemmCall> = VariantTable {
 /// adapter's fragment size, 128 x 128 per workgroup (16 x 16 fragments: 64 x 64 per subgroup;
 /// 8 x 8 fragments: 32 x 32 per subgroup, 16 subgroups) or 64 x 64 for small outputs; else the
 /// operands widen to f32.
-pub static GEMM_F16: VariantTable<GemmCall> = VariantTable {
+pub static GEMM_F16: VariantTable<GemmCall, F16Plan> = VariantTable {
     family: "matmul_f16",
     variants: &[
         Variant {
             name: "coop16",
-            supports: |d, c| coop_supports(d, c, COOP16),
+            plan: |d, c| coop_supports(d, c, COOP16),
             prefers: |_, c| c.g.m > 64 && c.g.n > 64,
         },
         Variant {
             name: "coop16_small",
-            supports: |d, c| coop_supports(d, c, COOP16_SMALL),
+            plan: |d, c| coop_supports(d, c, COOP16_SMALL),
             prefers: |_, _| true,
         },
         Variant {
             name: "coop8",
-            supports: |d, c| coop_supports(d, c, COOP8),
+            plan: |d, c| coop_supports(d, c, COOP8),
             prefers: |_, c| c.g.m > 64 && c.g.n > 64,
         },
         Variant {
             name: "coop8_small",
-            supports: |d, c| coop_supports(d, c, COOP8_SMALL),
+            plan: |d, c| coop_supports(d, c, COOP8_SMALL),
             prefers: |_, _| true,
         },
         Variant {
             name: "widen",
-            supports: |_, _| Ok(()),
+            plan: |_, _| Ok(F16Plan::Widen),
             prefers: |_, _| true,
         },
     ],
@@ -381,14 +381,14 @@ const COOP8_SMALL: CoopTile = CoopTile {
     sgn: 2,
 };
 
-fn coop_tile_of(variant: &str) -> Option<CoopTile> {
-    match variant {
-        "coop16" => Some(COOP16),
-        "coop16_small" => Some(COOP16_SMALL),
-        "coop8" => Some(COOP8),
-        "coop8_small" => Some(COOP8_SMALL),
-        _ => None,
-    }
+/// How an f16 matmul runs: on a cooperative tile (planned without alpha; a call that scales by
+/// alpha plans the tile again with it), or widened to f32.
+#[derive(Clone, Debug)]
+pub enum F16Plan {
+    /// Cooperative matrices.
+    Coop(CoopPlan),
+    /// Operands cast to f32, then the f32 GEMM.
+    Widen,
 }
 
 /// Slab groups (8 f16) an invocation of `gemm_coop` may hold between load and store: its
@@ -396,9 +396,11 @@ fn coop_tile_of(variant: &str) -> Option<CoopTile> {
 /// adapters' 8-lane subgroups make small workgroups).
 const COOP_MAX_GROUPS: u32 = 16;
 
-/// How a cooperative tile runs a call: the bounds-checked kernel, the 16-byte-load kernel for
-/// interior tiles where the layout allows it, the workgroup block and the slab depth.
-struct CoopPlan {
+/// How a cooperative tile runs a call: the tile, the bounds-checked kernel, the 16-byte-load
+/// kernel for interior tiles where the layout allows it, the workgroup block and the slab depth.
+#[derive(Clone, Debug)]
+pub struct CoopPlan {
+    tile: CoopTile,
     checked: KernelSpec,
     words: Option<KernelSpec>,
     block: usize,
@@ -491,6 +493,7 @@ fn coop_plan(dev: &Device, c: &GemmCall, t: CoopTile, alpha: bool) -> Option<Coo
             && g.n >= block)
             .then(|| coop_spec(t, &layout, true));
         return Some(CoopPlan {
+            tile: t,
             checked,
             words,
             block,
@@ -500,7 +503,7 @@ fn coop_plan(dev: &Device, c: &GemmCall, t: CoopTile, alpha: bool) -> Option<Coo
     None
 }
 
-fn coop_supports(dev: &Device, c: &GemmCall, t: CoopTile) -> std::result::Result<(), String> {
+fn coop_supports(dev: &Device, c: &GemmCall, t: CoopTile) -> std::result::Result<F16Plan, String> {
     if !c.f16 || c.mode != Mode::Matmul {
         return Err("takes f16 matmuls only".into());
     }
@@ -514,21 +517,25 @@ fn coop_supports(dev: &Device, c: &GemmCall, t: CoopTile) -> std::result::Result
         binding_fits(dev, len as u64 * 4)?;
     }
     let plan = coop_plan(dev, c, t, false).ok_or("no slab depth fits the workgroup memory")?;
-    let mut specs = vec![plan.checked];
-    specs.extend(plan.words);
-    all_fit(dev, &specs)
+    let mut specs = vec![plan.checked.clone()];
+    specs.extend(plan.words.clone());
+    all_fit(dev, &specs)?;
+    Ok(F16Plan::Coop(plan))
 }
 
 /// The cooperative-matrix size f16 matmuls use on this device (its policy included): `Ok(None)`
 /// means they widen to f32 instead.
 pub fn coop_size(dev: &Device) -> Result<Option<u32>> {
     let probe = GemmCall::matmul(1, 128, 128, 128, false, false, false, false, true);
-    Ok(coop_tile_of(GEMM_F16.choose(dev, &probe)?.name).map(|t| t.s))
+    Ok(match GEMM_F16.choose(dev, &probe)?.plan {
+        F16Plan::Coop(p) => Some(p.tile.s),
+        F16Plan::Widen => None,
+    })
 }
 
 /// A GPU tile: workgroup tile TBM x TBN, TRM x TRN outputs per invocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Tile {
+pub struct Tile {
     bm: usize,
     bn: usize,
     rm: usize,
@@ -574,17 +581,23 @@ fn gemv_lanes(k: usize) -> usize {
     k.div_ceil(4).div_ceil(8).next_power_of_two().clamp(4, 64)
 }
 
-fn tile_of(variant: &str) -> Option<Tile> {
-    let t = |bm, bn, rm, rn| Some(Tile { bm, bn, rm, rn });
-    match variant {
-        "gemm_128x128" => t(128, 128, 8, 8),
-        "gemm_128x64" => t(128, 64, 8, 4),
-        "gemm_64x64" => t(64, 64, 4, 4),
-        "gemm_16x64" => t(16, 64, 4, 4),
-        "gemm_64x16" => t(64, 16, 4, 4),
-        _ => None,
-    }
+const fn tile(bm: usize, bn: usize, rm: usize, rn: usize) -> Tile {
+    Tile { bm, bn, rm, rn }
 }
+const TILE_128X128: Tile = tile(128, 128, 8, 8);
+const TILE_128X64: Tile = tile(128, 64, 8, 4);
+const TILE_64X64: Tile = tile(64, 64, 4, 4);
+const TILE_16X64: Tile = tile(16, 64, 4, 4);
+const TILE_64X16: Tile = tile(64, 16, 4, 4);
+
+/// The GPU tiles with their variants' names (the bank audit and the tests go through them all).
+const GPU_TILES: [(&str, Tile); 5] = [
+    ("gemm_128x128", TILE_128X128),
+    ("gemm_128x64", TILE_128X64),
+    ("gemm_64x64", TILE_64X64),
+    ("gemm_16x64", TILE_16X64),
+    ("gemm_64x16", TILE_64X16),
+];
 
 /// Whether `gemm_sg` can read both operands as aligned vec4s, and along which dimensions:
 /// `Some((a_mv, b_kv))` (A's vec4s run along M, B's along K).
@@ -661,8 +674,31 @@ fn tile4_layout(c: &GemmCall, splits: usize) -> Option<(bool, bool)> {
     c_ok.then_some((a_kfast, b_nfast))
 }
 
-/// How a variant runs a call: its pipelines, and its workgroup block and K split.
-struct GemmPlan {
+/// The f32 GEMM's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKind {
+    /// 2-D matmuls through uniform windows (software adapters).
+    Uniform,
+    /// Shared rows of A passed round a subgroup (software adapters).
+    Sg,
+    /// A register block per invocation straight from memory; `ua`: A from a uniform copy.
+    Direct {
+        /// A read through its uniform copy.
+        ua: bool,
+    },
+    /// 4 x 4 outputs per invocation through shared-memory slabs (software adapters).
+    Tiles4x4,
+    /// A GPU tile: interior tiles with 16-byte loads and bounds-tested edge tiles, a fused
+    /// bias and activation epilogue.
+    Tile(Tile),
+    /// At most 8 rows: gemv_kdot or gemv_ncols by B's layout.
+    Gemv,
+}
+
+/// How a variant runs a call: its kernel, pipelines, and its workgroup block and K split.
+#[derive(Clone, Debug)]
+pub struct GemmPlan {
+    kind: GemmKind,
     /// Pipelines: the main one first; a GPU tile's interior kernel second where it has one.
     specs: Vec<KernelSpec>,
     /// Output rows and columns one workgroup covers.
@@ -672,11 +708,11 @@ struct GemmPlan {
 }
 
 /// The variant's pipelines for `c` (None where the variant cannot express the call at all).
-fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
+fn gemm_plan(dev: &Device, c: &GemmCall, kind: GemmKind) -> Option<GemmPlan> {
     let g = &c.g;
     let mut consts = mode_consts(c);
-    let (specs, block, bk) = match variant {
-        "gemm_uniform" => (
+    let (specs, block, bk) = match kind {
+        GemmKind::Uniform => (
             vec![KernelSpec::new(
                 "gemm_uniform",
                 "gemm_uniform",
@@ -685,7 +721,7 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
             (g.m, g.n),
             1,
         ),
-        "gemm_sg" => {
+        GemmKind::Sg => {
             let (a_mv, b_kv) = vec4_layout(g)?;
             // Four columns per invocation: N = 64 needs 16 invocations, not 64 with 48 idle.
             let sg = (dev.adapter_profile().subgroup_max_size as usize).max(8);
@@ -705,8 +741,7 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
             );
             (vec![spec], (SG_RM, wx * 4), 16)
         }
-        "gemm_direct" | "gemm_direct_ua" => {
-            let ua = variant == "gemm_direct_ua";
+        GemmKind::Direct { ua } => {
             // With A read through the uniform copy, loads of A cost little, so the register
             // block grows along M, where each loaded B element is reused; else 8 x 8 measured
             // best on lavapipe (speed follows products per load instruction).
@@ -728,11 +763,11 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
             }
             (specs, (rm, DIRECT_WX * rn), 16)
         }
-        "gemm_4x4" => {
+        GemmKind::Tiles4x4 => {
             consts.extend([("TM", 16.0), ("TN", 16.0), ("BK", 16.0)]);
             (vec![KernelSpec::new("gemm", "gemm", &consts)], (64, 64), 16)
         }
-        "gemv" => {
+        GemmKind::Gemv => {
             let kdot = gemv_layout(c)?;
             let mr = [("MR", g.m as f64)];
             if kdot {
@@ -740,6 +775,7 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
                 let spec = KernelSpec::new("gemv", "gemv_kdot", &[mr[0], ("LPR", lanes as f64)]);
                 // No K split: the lanes of a column already share K.
                 return Some(GemmPlan {
+                    kind,
                     specs: vec![spec],
                     block: (g.m, 256 / lanes),
                     splits: 1,
@@ -754,8 +790,7 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
                 4,
             )
         }
-        name => {
-            let t = tile_of(name)?;
+        GemmKind::Tile(t) => {
             consts.extend([
                 ("TBM", t.bm as f64),
                 ("TBN", t.bn as f64),
@@ -773,14 +808,15 @@ fn gemm_plan(dev: &Device, c: &GemmCall, variant: &str) -> Option<GemmPlan> {
             )
         }
     };
-    let (splits, chunk) = k_split(dev, g, block, bk, variant == "gemm_uniform");
+    let (splits, chunk) = k_split(dev, g, block, bk, kind == GemmKind::Uniform);
     let mut plan = GemmPlan {
+        kind,
         specs,
         block,
         splits,
         chunk,
     };
-    if let Some(t) = tile_of(variant) {
+    if let GemmKind::Tile(t) = kind {
         // The interior tiles take a kernel without bounds tests where K is whole slabs.
         // (K = 0 stays on the checked kernel: the unchecked one loads a first slab regardless.)
         if g.k > 0 && g.k.is_multiple_of(TILE_BK) && g.m >= t.bm && g.n >= t.bn {
@@ -831,13 +867,17 @@ fn k_split(
 }
 
 /// The f32 variants' hard conditions: the call fits the variant's kernels and every limit.
-fn gemm_supports(dev: &Device, c: &GemmCall, variant: &str) -> std::result::Result<(), String> {
+fn gemm_supports(
+    dev: &Device,
+    c: &GemmCall,
+    kind: GemmKind,
+) -> std::result::Result<GemmPlan, String> {
     if c.f16 {
         return Err("takes f32 operands (f16 ones go through matmul_f16)".into());
     }
     let g = &c.g;
-    match variant {
-        "gemm_uniform" => {
+    match kind {
+        GemmKind::Uniform => {
             if c.mode != Mode::Matmul || !c.plain {
                 return Err("2-D matmuls only".into());
             }
@@ -857,13 +897,13 @@ fn gemm_supports(dev: &Device, c: &GemmCall, variant: &str) -> std::result::Resu
             };
             binding_fits(dev, (parts * c.lens[2]) as u64 * 4)?;
         }
-        "gemm_sg" if c.mode != Mode::Matmul || vec4_layout(g).is_none() => {
+        GemmKind::Sg if c.mode != Mode::Matmul || vec4_layout(g).is_none() => {
             return Err("vec4-aligned matmuls only".into());
         }
-        "gemm_direct_ua" if c.lens[0] > AU_FLOATS => {
+        GemmKind::Direct { ua: true } if c.lens[0] > AU_FLOATS => {
             return Err("A is larger than the 64 KiB uniform copy".into());
         }
-        "gemv" if gemv_layout(c).is_none() => {
+        GemmKind::Gemv if gemv_layout(c).is_none() => {
             return Err(format!(
                 "matmuls of at most {GEMV_MAX_M} rows whose B rows run along k or n in vec4s"
             ));
@@ -873,45 +913,36 @@ fn gemm_supports(dev: &Device, c: &GemmCall, variant: &str) -> std::result::Resu
     for &len in &c.lens {
         binding_fits(dev, len as u64 * 4)?;
     }
-    let plan = gemm_plan(dev, c, variant).ok_or("not a variant of this family")?;
+    let plan = gemm_plan(dev, c, kind).ok_or("the kernel cannot express this call")?;
     if plan.splits > 1 {
         binding_fits(dev, (c.lens[2] * plan.splits) as u64 * 4)?;
     }
-    all_fit(dev, &plan.specs)
+    all_fit(dev, &plan.specs)?;
+    Ok(plan)
 }
 
 /// The variant the device's policy chooses for a GEMM, and its pipelines.
 pub fn plan(dev: &Device, c: &GemmCall) -> Result<Planned> {
-    let table = if c.f16 { &GEMM_F16 } else { &GEMM };
-    let v = table.choose(dev, c)?;
-    let kernels = match v.name {
-        name if coop_tile_of(name).is_some() => {
-            let p = coop_plan(dev, c, coop_tile_of(name).expect("a tile"), false);
-            p.map(|p| [vec![p.checked], p.words.into_iter().collect()].concat())
-                .unwrap_or_default()
-        }
-        "widen" => gemm_plan(
-            dev,
-            &GemmCall {
-                f16: false,
-                ..c.clone()
-            },
-            GEMM.choose(
-                dev,
-                &GemmCall {
+    let (family, variant, kernels) = if c.f16 {
+        let v = GEMM_F16.choose(dev, c)?;
+        let kernels = match v.plan {
+            F16Plan::Coop(p) => [vec![p.checked], p.words.into_iter().collect()].concat(),
+            F16Plan::Widen => {
+                let f32_call = GemmCall {
                     f16: false,
                     ..c.clone()
-                },
-            )?
-            .name,
-        )
-        .map(|p| p.specs)
-        .unwrap_or_default(),
-        name => gemm_plan(dev, c, name).map(|p| p.specs).unwrap_or_default(),
+                };
+                GEMM.choose(dev, &f32_call)?.plan.specs
+            }
+        };
+        (GEMM_F16.family, v.variant, kernels)
+    } else {
+        let v = GEMM.choose(dev, c)?;
+        (GEMM.family, v.variant, v.plan.specs)
     };
     Ok(Planned {
-        family: table.family,
-        variant: v.name,
+        family,
+        variant,
         kernels,
         largest_binding: c.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
     })
@@ -957,16 +988,21 @@ pub(crate) fn gemm(
             .us(&[u(full.0), u(full.1), edge as u32])
     };
     if c.f16 {
-        let v = GEMM_F16.choose(dev, c)?;
         let invalid = |message: &str| OpError::Invalid {
             op: "gemm",
             message: message.into(),
         };
-        let tile = coop_tile_of(v.name).ok_or_else(|| {
-            invalid("f16 operands need cooperative matrices (matmul widens them)")
-        })?;
-        let plan = coop_plan(dev, c, tile, alpha.is_some())
-            .ok_or_else(|| invalid("no cooperative tile fits the workgroup memory"))?;
+        let F16Plan::Coop(plan) = GEMM_F16.choose(dev, c)?.plan else {
+            return Err(invalid(
+                "f16 operands need cooperative matrices (matmul widens them)",
+            ));
+        };
+        // The chosen tile, planned again where alpha scales the product.
+        let plan = match alpha {
+            Some(_) => coop_plan(dev, c, plan.tile, true)
+                .ok_or_else(|| invalid("no cooperative tile fits the workgroup memory"))?,
+            None => plan,
+        };
         let (bm, bn) = (plan.block, plan.block);
         let (splits, chunk) = k_split(dev, g, (bm, bn), plan.bk as usize, false);
         let target = split_target(dev, c, splits)?;
@@ -1012,14 +1048,10 @@ pub(crate) fn gemm(
             message: "an alpha buffer is only taken with f16 operands".into(),
         });
     }
-    let v = GEMM.choose(dev, c)?;
-    let fused = tile_of(v.name).is_some();
+    let plan = GEMM.choose(dev, c)?.plan;
+    let fused = matches!(plan.kind, GemmKind::Tile(_));
     // The activation goes into the epilogue where the kernel has one and K is not split;
     // otherwise the product is finished first and the activation applied after.
-    let plan = gemm_plan(dev, c, v.name).ok_or(OpError::Invalid {
-        op: "gemm",
-        message: format!("variant {} cannot express this call", v.name),
-    })?;
     let split_act = c.act != Activation::None && (!fused || plan.splits > 1);
     let plan = if split_act {
         let plain = GemmCall {
@@ -1027,7 +1059,10 @@ pub(crate) fn gemm(
             pre: false,
             ..c.clone()
         };
-        gemm_plan(dev, &plain, v.name).expect("the same variant")
+        gemm_plan(dev, &plain, plan.kind).ok_or(OpError::Invalid {
+            op: "gemm",
+            message: "the kernel cannot express the call without its activation".into(),
+        })?
     } else {
         plan
     };
@@ -1048,17 +1083,17 @@ pub(crate) fn gemm(
         u(g.batch * splits),
     ];
     let main = plan.specs[0].kernel(dev)?;
-    match v.name {
-        "gemm_uniform" => {
+    match plan.kind {
+        GemmKind::Uniform => {
             return Err(OpError::Invalid {
                 op: "gemm",
                 message: "gemm_uniform runs 2-D matmuls through matmul()".into(),
             })
         }
-        "gemm_direct" | "gemm_direct_ua" => {
+        GemmKind::Direct { ua } => {
             // The uniform binding always needs a full-size buffer; A is copied in when used.
             let au = dev.alloc(AU_FLOATS, DType::F32)?;
-            if v.name == "gemm_direct_ua" {
+            if ua {
                 let copy = plan.specs[1].kernel(dev)?;
                 let p = Params::new().u(a.len() as u32).f(0.0);
                 crate::launch_1d(dev, &copy, &[&au, a], &p, a.len())?;
@@ -1066,11 +1101,11 @@ pub(crate) fn gemm(
             let p = params(splits, chunk, (0, 0), false);
             dev.launch(&main, &[a, b, bias_buf, dst, &au], &p, grid)?;
         }
-        "gemm_sg" | "gemm_4x4" | "gemv" => {
+        GemmKind::Sg | GemmKind::Tiles4x4 | GemmKind::Gemv => {
             let p = params(splits, chunk, (0, 0), false);
             dev.launch(&main, &[a, b, bias_buf, dst], &p, grid)?;
         }
-        _ => {
+        GemmKind::Tile(_) => {
             let pre_buf = match pre.filter(|_| c.pre && !split_act) {
                 Some(p) => p.clone(),
                 None => or_placeholder(dev, None)?,
@@ -1287,7 +1322,7 @@ fn matmul_full(
     let mut call = GemmCall::matmul(batch, m, n, k, ta, tb, !ab.is_empty(), !bb.is_empty(), f16)
         .with_activation(act, keep_pre);
     call.quads = [a.buf.quad_aligned(), b.buf.quad_aligned(), true];
-    if f16 && alpha.is_none() && GEMM_F16.choose(dev, &call)?.name == "widen" {
+    if f16 && alpha.is_none() && matches!(GEMM_F16.choose(dev, &call)?.plan, F16Plan::Widen) {
         // No cooperative matrices: the same products in f32 (f16 widens exactly).
         let (a, b) = (cast(dev, a, DType::F32)?, cast(dev, b, DType::F32)?);
         let (c, pre) = matmul_full(dev, &a, &b, ta, tb, bias, None, act, keep_pre)?;
@@ -1297,7 +1332,7 @@ fn matmul_full(
     if act_after {
         call = call.with_activation(Activation::None, false);
     }
-    let c = if !f16 && GEMM.choose(dev, &call)?.name == "gemm_uniform" {
+    let c = if !f16 && GEMM.choose(dev, &call)?.plan.kind == GemmKind::Uniform {
         matmul_uniform(dev, a, b, ta, tb, bias)?.reshape(&shape)?
     } else {
         let c = Array::empty(dev, &shape)?;
@@ -1718,14 +1753,7 @@ impl crate::op::Op for Matmul {
 /// f16 staging of every cooperative tile, operand layout and slab depth, with 32-lane subgroups.
 pub fn bank_accesses() -> Result<Vec<crate::banks::Access>> {
     let mut out = Vec::new();
-    for name in [
-        "gemm_128x128",
-        "gemm_128x64",
-        "gemm_64x64",
-        "gemm_16x64",
-        "gemm_64x16",
-    ] {
-        let t = tile_of(name).expect("a GPU tile");
+    for (name, t) in GPU_TILES {
         for (entry, layouts) in [
             ("gemm_tile", &[(true, true)][..]),
             (
@@ -2163,14 +2191,7 @@ mod tile_tests {
     /// GPU tile's slab must take at most two loads per invocation.
     #[test]
     fn gpu_tiles_load_a_slab_in_at_most_two_steps() {
-        for v in [
-            "gemm_128x128",
-            "gemm_128x64",
-            "gemm_64x64",
-            "gemm_16x64",
-            "gemm_64x16",
-        ] {
-            let t = tile_of(v).unwrap();
+        for (v, t) in GPU_TILES {
             let invocations = (t.bm / t.rm) * (t.bn / t.rn);
             for side in [t.bm, t.bn] {
                 assert!(side * TILE_BK / 4 <= 2 * invocations, "{v}");
