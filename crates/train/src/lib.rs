@@ -3,6 +3,8 @@
 //! - [`fit`]: `fit` / `evaluate` / `predict` over an in-memory [`fit::Dataset`], each training step
 //!   recorded once per batch size and replayed; and the Keras-style [`fit::Compiled`].
 //! - [`lm`]: the language-model loop (random windows of a corpus, periodic evaluation).
+//! - [`gpt`]: the GPT-2 recipe (AdamW's parameter groups, clipping, warm-up and cosine decay),
+//!   gradient accumulation inside recorded steps, and the FLOPs behind MFU.
 //! - [`checkpoint`]: training checkpoints that resume a run exactly.
 //! - [`parallel`]: the hook for data-parallel training in several processes (kiln-dist) and the
 //!   rule that splits each batch among them.
@@ -11,6 +13,7 @@
 pub mod checkpoint;
 mod finite;
 pub mod fit;
+pub mod gpt;
 pub mod history;
 pub mod lm;
 pub mod parallel;
@@ -52,6 +55,12 @@ pub enum TrainError {
 
 impl From<OpError> for TrainError {
     fn from(e: OpError) -> Self {
+        TrainError::Nn(e.into())
+    }
+}
+
+impl From<kiln_nn::hf::HfError> for TrainError {
+    fn from(e: kiln_nn::hf::HfError) -> Self {
         TrainError::Nn(e.into())
     }
 }
