@@ -136,13 +136,14 @@ impl GptAdamW {
     }
 }
 
-/// Model FLOPs per trained token of a GPT, as llm.c counts them for MFU (and the PaLM paper's
-/// appendix B): 6 per parameter (forward 2, backward 4) plus attention's two matmuls, 6 * 2 *
-/// `n_layer` * `context` * `n_embd` (scores and weighted values, forward and backward, over the
-/// whole context, causal masking not subtracted). `params` counts every parameter, the tied
-/// head once. Activation checkpointing's extra forward pass is not model work and is not counted.
+/// Model FLOPs per trained token of a GPT as llm.c counts them for MFU (`gpt2_estimate_mfu`,
+/// after the PaLM paper's appendix B): 6 per parameter (2 forward, 4 backward) plus 6 * `n_layer`
+/// * `n_embd` * `context` for attention's score and weighted-value matmuls. `params` counts every
+/// parameter held, the tied head once and a padded vocabulary's rows included, as llm.c's
+/// `num_parameters` does. (nanoGPT's `estimate_mfu` counts attention twice as much, 12 * L * C *
+/// T.) Activation checkpointing's second forward pass is not model work and is not counted.
 pub fn gpt_flops_per_token(params: usize, n_layer: usize, n_embd: usize, context: usize) -> f64 {
-    6.0 * params as f64 + 12.0 * (n_layer * n_embd * context) as f64
+    6.0 * params as f64 + 6.0 * (n_layer * n_embd * context) as f64
 }
 
 /// Model FLOP utilisation: model FLOPs per second over the adapter's peak (`peak_tflops`

@@ -6,12 +6,13 @@
 //! - [`gpt`]: the GPT-2 recipe (AdamW's parameter groups, clipping, warm-up and cosine decay),
 //!   gradient accumulation inside recorded steps, and the FLOPs behind MFU.
 //! - [`checkpoint`]: training checkpoints that resume a run exactly.
+//! - [`finite`]: watching parameters and optimizer state for NaN and infinities on the device.
 //! - [`parallel`]: the hook for data-parallel training in several processes (kiln-dist) and the
 //!   rule that splits each batch among them.
 //! - [`history`] and [`report`]: per-epoch figures, as CSV and an SVG plot.
 
 pub mod checkpoint;
-mod finite;
+pub mod finite;
 pub mod fit;
 pub mod gpt;
 pub mod history;
