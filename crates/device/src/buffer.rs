@@ -369,6 +369,12 @@ impl Buffer {
         })
     }
 
+    /// True when this handle is the only one to its memory (no clone, view or window of it
+    /// lives): what it holds may then be overwritten in place without anyone else seeing it.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// Bytes the allocation holds: at least [`Buffer::bytes`], rounded up to its pool size class.
     pub fn capacity(&self) -> u64 {
         self.inner.class

@@ -396,6 +396,18 @@ impl Tensor {
                             }
                             let id = inp.0.id;
                             let acc = match grads.remove(&id) {
+                                // Nothing else holds the sum so far: add into it (a tensor read
+                                // by several ops, such as a tied embedding, keeps one gradient
+                                // buffer instead of one per use).
+                                Some(prev)
+                                    if prev.buf.is_unique()
+                                        && prev.shape == ig.shape
+                                        && !prev.shape.is_empty() =>
+                                {
+                                    owned.insert(id);
+                                    layout::slice_add(dev, &prev, &ig, 0, 0)?;
+                                    prev
+                                }
                                 Some(prev) => {
                                     owned.insert(id);
                                     elementwise::binary(dev, &prev, &ig, Binary::Add)?

@@ -247,18 +247,22 @@ impl AccumulatedStep {
         let n = self.micro_batches;
         opt.zero_grad();
         let (plan, loss) = StepPlan::record(dev, || -> Result<Tensor> {
-            let loss = forward()?;
-            let scaled = if n > 1 {
-                loss.affine(1.0 / n as f32, 0.0)?
-            } else {
-                loss
+            let loss = {
+                let loss = forward()?;
+                let scaled = if n > 1 {
+                    loss.affine(1.0 / n as f32, 0.0)?
+                } else {
+                    loss
+                };
+                scaled.backward()?;
+                // Detached: the graph and the activations it saved go here, before the update
+                // allocates anything.
+                scaled.detach()
             };
-            scaled.backward()?;
             if n == 1 {
                 opt.step()?;
             }
-            // Detached: the graph (and what it saved) goes now, not when the step is dropped.
-            Ok(scaled.detach())
+            Ok(loss)
         })?;
         if opt.params().all(|p| p.grad().is_none()) {
             return Err(TrainError::Training(
