@@ -2,8 +2,10 @@
 //! groups, clipping, one recorded step replayed, the vocabulary padded to 50,304. For each of
 //! without and with activation checkpointing, in a process of its own (so each measures its own
 //! memory): ms per step, tokens per second, the device memory high-water mark from kiln's pool
-//! (`Device::memory_stats`) and the process's peak resident memory above what it held before the
-//! model was made (on a software adapter device memory is host memory). One JSON line each.
+//! (`Device::memory_stats`, over the steps: the model, its gradients and optimizer state, the
+//! activations) and the process's peak resident memory during the steps above what it held
+//! before the model was made (on a software adapter device memory is host memory). One JSON line
+//! each.
 //!
 //! ```text
 //! cargo bench --bench gpt2_step                                    # B 1, T 256, 3 timed steps
@@ -30,6 +32,12 @@ fn arg(name: &str, default: usize) -> usize {
         })
 }
 
+/// Starts the process's peak resident size again from the current one (Linux: writing 5 to
+/// /proc/self/clear_refs), so the peak is the training steps' and not the setup's.
+fn reset_rss_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Peak and current resident set sizes of this process, bytes (Linux's /proc; 0 elsewhere).
 fn rss() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -49,18 +57,27 @@ fn one(checkpointing: bool) -> anyhow::Result<()> {
     let n_layer = arg("--n-layer", 12);
     let dev = Device::new()?;
     let (_, before) = rss();
+    // `before`: the driver loaded, no model yet; the peak below counts from here.
     let config = Gpt2Config::new(50257, 1024, 768, n_layer, 12).with_dropout(0.0);
     let mut model = Gpt2LMHeadModel::init_from_scratch(&dev, config, 0.02, 0)?;
     model.pad_vocab(128)?;
     model.set_gradient_checkpointing(checkpointing);
     let opt = GptAdamW::new(6e-4, 1, 100).init(&dev, &model)?;
     let params: usize = model.parameters().iter().map(Tensor::numel).sum();
-    let ids: Vec<i32> = (0..b * (t + 1)).map(|i| (i * 7919 % 50257) as i32).collect();
+    let ids: Vec<i32> = (0..b * (t + 1))
+        .map(|i| (i * 7919 % 50257) as i32)
+        .collect();
     let (xs, ys) = kiln::nn::shards::inputs_and_targets(&ids, t);
     let x = Tensor::from_i32(&dev, &xs, &[b, t])?;
     let y = Tensor::from_i32(&dev, &ys, &[b, t])?;
     let mut step = AccumulatedStep::new(1)?;
     let mut opt = opt;
+    // The model and optimizer are made: what the steps add is measured from here (the padding's
+    // leftovers go back to the driver).
+    dev.wait()?;
+    dev.trim_pool();
+    dev.reset_peak_memory_stats();
+    reset_rss_peak();
     let mut run = |opt: &mut kiln::nn::Optimizer| -> anyhow::Result<f32> {
         opt.begin_step()?;
         step.run(&dev, opt, &mut |_| Ok(()), &mut || {

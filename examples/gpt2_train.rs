@@ -232,6 +232,10 @@ struct Args {
     /// Seed of the initialisation, the data order and the sample.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Stop after this step as if interrupted (writing the checkpoint where --save is given);
+    /// --resume continues the same run.
+    #[arg(long, value_parser = common::positive)]
+    stop_at: Option<usize>,
     /// Where to save the trained model as a Hugging Face folder.
     #[arg(long)]
     save_model: Option<PathBuf>,
@@ -530,6 +534,10 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     let mut val_loss: Option<f32> = None;
     let (mut since_loss, mut since_n, mut since_secs) = (0.0f64, 0usize, 0.0f64);
     let (mut timed_secs, mut timed_steps) = (0.0f64, 0usize);
+    // Setup's leftovers (the unpadded table, uploads) go back to the driver; the high-water
+    // mark is the training loop's.
+    dev.wait()?;
+    dev.trim_pool();
     dev.reset_peak_memory_stats();
     let t_run = Instant::now();
     for step in done..steps {
@@ -612,7 +620,8 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
             );
         }
         let s1 = step + 1;
-        if s1 % eval_every == 0 || s1 == steps {
+        let stop = a.stop_at == Some(s1);
+        if s1 % eval_every == 0 || s1 == steps || stop {
             let v = evaluate(&dev, &mut model, &val_set, b, t, a.eval_batches, a.f16)?;
             val_loss = Some(v);
             if root {
@@ -630,10 +639,16 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
             (since_loss, since_n, since_secs) = (0.0, 0, 0.0);
             if let (Some(c), true) = (&lm.checkpoint, root) {
                 let evals = history.len();
-                if evals % c.every_epochs.max(1) == 0 || s1 == steps {
+                if evals % c.every_epochs.max(1) == 0 || s1 == steps || stop {
                     save_training(&c.path, &model, &opt, &history, &c.settings)?;
                 }
             }
+        }
+        if stop {
+            if root {
+                eprintln!("stopped after step {s1} (--stop-at)");
+            }
+            break;
         }
     }
     let train_secs = t_run.elapsed().as_secs_f64();
