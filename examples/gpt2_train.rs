@@ -328,7 +328,7 @@ fn prepare(
             "training a byte-level BPE of up to {vocab} tokens on {}",
             d.data.display()
         );
-        Tokenizer::train_byte_level_bpe(&[d.data.clone()], vocab, &tok_path)?
+        Tokenizer::train_byte_level_bpe(std::slice::from_ref(&d.data), vocab, &tok_path)?
     };
     if train.is_file() && val.is_file() {
         let n =
@@ -393,7 +393,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
             )
             .with_dropout(a.dropout.unwrap_or(s.dropout));
             ensure!(
-                c.n_embd % c.n_head == 0,
+                c.n_embd.is_multiple_of(c.n_head),
                 "--n-head {} does not divide --n-embd {}",
                 c.n_head,
                 c.n_embd
@@ -427,7 +427,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     let per_micro = b * t * world;
     let total = a.total_batch_tokens.or(s.total_tokens).unwrap_or(per_micro);
     ensure!(
-        total % per_micro == 0,
+        total.is_multiple_of(per_micro),
         "--total-batch-tokens {total} is not a multiple of batch size {b} x context {t} x {world} processes = {per_micro}"
     );
     let micro = total / per_micro;
@@ -590,7 +590,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         };
         ensure!(loss.is_finite(), "the loss became {loss} at step {step}");
         let k = lm.finite_check_every;
-        if k > 0 && (step + 1) % k == 0 {
+        if k > 0 && (step + 1).is_multiple_of(k) {
             watch.check_now(&dev, &format!("step {}", step + 1))?;
         }
         let norm = opt
@@ -621,7 +621,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         }
         let s1 = step + 1;
         let stop = a.stop_at == Some(s1);
-        if s1 % eval_every == 0 || s1 == steps || stop {
+        if s1.is_multiple_of(eval_every) || s1 == steps || stop {
             let v = evaluate(&dev, &mut model, &val_set, b, t, a.eval_batches, a.f16)?;
             val_loss = Some(v);
             if root {
@@ -639,7 +639,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
             (since_loss, since_n, since_secs) = (0.0, 0, 0.0);
             if let (Some(c), true) = (&lm.checkpoint, root) {
                 let evals = history.len();
-                if evals % c.every_epochs.max(1) == 0 || s1 == steps || stop {
+                if evals.is_multiple_of(c.every_epochs.max(1)) || s1 == steps || stop {
                     save_training(&c.path, &model, &opt, &history, &c.settings)?;
                 }
             }

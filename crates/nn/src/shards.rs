@@ -118,7 +118,7 @@ pub fn decode_shard(bytes: &[u8], vocab: usize) -> std::result::Result<Vec<u16>,
         ));
     }
     let written = word(3);
-    if written < 0 || written > 1 << 16 {
+    if !(0..=1 << 16).contains(&written) {
         return Err(format!("the header names a vocabulary of {written}"));
     }
     if written as usize > vocab {

@@ -297,7 +297,7 @@ fn a_trained_byte_level_bpe_round_trips_any_text() {
     let src = dir.join("text.txt");
     std::fs::write(&src, &text).unwrap();
     let out = dir.join("tokenizer.json");
-    let tok = Tokenizer::train_byte_level_bpe(&[src.clone()], 400, &out).unwrap();
+    let tok = Tokenizer::train_byte_level_bpe(std::slice::from_ref(&src), 400, &out).unwrap();
     assert!(
         tok.vocab_size() <= 400 && tok.vocab_size() > 300,
         "{}",

@@ -291,7 +291,7 @@ fn token_shards_round_trip_and_refuse_bad_files() {
     let (x, y) = inputs_and_targets(&batch, 4);
     assert_eq!(x, [100, 101, 102, 103, 0, 1, 2, 3]);
     assert_eq!(y, [101, 102, 103, 104, 1, 2, 3, 4]);
-    let ds = TokenDataset::open(&[path.clone()], 64, 50257).unwrap();
+    let ds = TokenDataset::open(std::slice::from_ref(&path), 64, 50257).unwrap();
     assert_eq!((ds.len(), ds.tokens()), (999 / 64, 1000));
     std::fs::remove_file(&path).unwrap();
 

@@ -137,11 +137,12 @@ impl GptAdamW {
 }
 
 /// Model FLOPs per trained token of a GPT as llm.c counts them for MFU (`gpt2_estimate_mfu`,
-/// after the PaLM paper's appendix B): 6 per parameter (2 forward, 4 backward) plus 6 * `n_layer`
-/// * `n_embd` * `context` for attention's score and weighted-value matmuls. `params` counts every
-/// parameter held, the tied head once and a padded vocabulary's rows included, as llm.c's
-/// `num_parameters` does. (nanoGPT's `estimate_mfu` counts attention twice as much, 12 * L * C *
-/// T.) Activation checkpointing's second forward pass is not model work and is not counted.
+/// after the PaLM paper's appendix B): 6 per parameter (2 forward, 4 backward) plus
+/// 6 x `n_layer` x `n_embd` x `context` for attention's score and weighted-value matmuls.
+/// `params` counts every parameter held, the tied head once and a padded vocabulary's rows
+/// included, as llm.c's `num_parameters` does. (nanoGPT's `estimate_mfu` counts attention twice
+/// as much, 12 L C T.) Activation checkpointing's second forward pass is not model work and is
+/// not counted.
 pub fn gpt_flops_per_token(params: usize, n_layer: usize, n_embd: usize, context: usize) -> f64 {
     6.0 * params as f64 + 6.0 * (n_layer * n_embd * context) as f64
 }
@@ -299,10 +300,8 @@ impl AccumulatedStep {
                     return Ok(());
                 };
                 match (&acc[i], leaf.grad()) {
-                    (Some(a), Some(g)) => {
-                        if added.insert(a.buf.id()) {
-                            kiln_ops::layout::slice_add(dev, a, &g, 0, 0)?;
-                        }
+                    (Some(a), Some(g)) if added.insert(a.buf.id()) => {
+                        kiln_ops::layout::slice_add(dev, a, &g, 0, 0)?;
                     }
                     (None, Some(_)) => missing = Some(i),
                     _ => {}
