@@ -3,7 +3,8 @@
 (transformers' GPT2LMHeadModel(GPT2Config()), 124M parameters, dropout 0) trained at batch B and
 context T on fixed token ids, AdamW (betas 0.9/0.95, weight decay 0.1 on matrices and embeddings),
 the gradients clipped at 1.0; without and with gradient checkpointing
-(`gradient_checkpointing_enable`), each in a process of its own. Per configuration: ms per step
+(`activation_checkpointing_enable`, formerly `gradient_checkpointing_enable`), each in a process
+of its own. Per configuration: ms per step
 (the mean of the timed steps after one warm-up step), tokens per second, and the process's peak
 resident memory above what it held before the model was made (PyTorch has no CPU allocator
 statistics; on the CPU this is its memory high-water mark), measured over the steps (the peak is
@@ -44,7 +45,9 @@ def one(a, checkpoint):
     cfg = GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(cfg)
     if checkpoint:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; the old name still works but warns.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     model.config.use_cache = False
     model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
