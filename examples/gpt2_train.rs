@@ -223,7 +223,8 @@ struct Args {
     /// Held-out loss every N steps (and at the end).
     #[arg(long, value_parser = common::positive)]
     eval_every: Option<usize>,
-    /// Micro-batches of held-out windows per evaluation.
+    /// Held-out windows per evaluation, in batches of batch size x processes windows (the same
+    /// windows at any number of processes; every process evaluates all of them).
     #[arg(long, default_value_t = 8, value_parser = common::positive)]
     eval_batches: usize,
     /// Tokens of the sample generated at the end (0: none).
@@ -622,7 +623,15 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         let s1 = step + 1;
         let stop = a.stop_at == Some(s1);
         if s1.is_multiple_of(eval_every) || s1 == steps || stop {
-            let v = evaluate(&dev, &mut model, &val_set, b, t, a.eval_batches, a.f16)?;
+            let v = evaluate(
+                &dev,
+                &mut model,
+                &val_set,
+                b,
+                t,
+                a.eval_batches * world,
+                a.f16,
+            )?;
             val_loss = Some(v);
             if root {
                 eprintln!("step {s1:5}/{steps} | held-out loss {v:.4}");

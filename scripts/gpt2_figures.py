@@ -61,6 +61,7 @@ def main():
         "| memory against PyTorch's |"
     )
     out.append("|---|---|---|---|---|---|---|")
+    notes = set()
     for ckpt in (False, True):
         torch = steps.get(("pytorch", ckpt))
         for impl in ("kiln", "pytorch"):
@@ -72,7 +73,9 @@ def main():
                 ratio = f"{r['memory_peak_bytes'] / torch['rss_peak_delta_bytes']:.2f}x (pool), " \
                         f"{r['rss_peak_delta_bytes'] / torch['rss_peak_delta_bytes']:.2f}x (RSS)"
             name = "kiln, lavapipe" if impl == "kiln" else f"PyTorch {r.get('torch', '')} CPU, {r.get('threads', '?')} threads"
-            note = f" ({r['preliminary']})" if r.get("preliminary") else ""
+            note = " (preliminary)" if r.get("preliminary") else ""
+            if r.get("preliminary"):
+                notes.add(r["preliminary"])
             out.append(
                 f"| {name}{note} | {'on' if ckpt else 'off'} | {r['ms_per_step']:,.0f} | "
                 f"{r['tokens_per_second']:.1f} | {mb(r.get('memory_peak_bytes'))} | "
@@ -81,8 +84,13 @@ def main():
     if not steps:
         out.append("| (no gpt2_step lines yet) | | | | | | |")
     out.append("")
+    if train and train.get("preliminary"):
+        notes.add(train["preliminary"])
+    for n in sorted(notes):
+        out.append(f"Figures marked preliminary: {n}.")
+        out.append("")
     if train:
-        note = f" ({train['preliminary']})" if train.get("preliminary") else ""
+        note = " (preliminary)" if train.get("preliminary") else ""
         out.append(
             f"`gpt2_train --preset small`{note}: {train['parameters'] / 1e6:.2f}M parameters "
             f"({train['n_layer']} layers, width {train['n_embd']}, context {train['context']}, a "
