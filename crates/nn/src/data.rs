@@ -1,12 +1,10 @@
-//! Data: MNIST's IDX files (gzip), character-level text, seeded shuffling into batches; llm.c's
-//! token shards are in [`crate::shards`] (re-exported here).
+//! Data: MNIST's IDX files (gzip), character-level text, seeded shuffling into batches. llm.c's
+//! token shards, and windows and a loader over them, are in the `shards` module.
 
 use crate::{NnError, Result};
 use kiln_ops::testing::Rng;
 use std::io::Read;
 use std::path::Path;
-
-pub use crate::shards::{read_shard, write_shard, TokenDataset, TokenLoader};
 
 /// An IDX array: its dimensions and u8 payload.
 #[derive(Debug, Clone)]
