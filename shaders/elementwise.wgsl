@@ -107,7 +107,7 @@ fn unary_f(v: vec4<f32>) -> vec4<f32> {
         case UNARY_SQRT: { return sqrt(v); }
         case UNARY_ABS: { return abs(v); }
         // NaN in, NaN out, as PyTorch: max(NaN, 0) may be either operand (0 on lavapipe).
-        case UNARY_RELU: { return select(vec4<f32>(0.0), v, v > vec4<f32>(0.0) | is_nan4(v)); }
+        case UNARY_RELU: { return select(vec4<f32>(0.0), v, (v > vec4<f32>(0.0)) | is_nan4(v)); }
         case UNARY_SIGMOID: { return sigmoid(v); }
         case UNARY_TANH: { return tanh(v); }
         case UNARY_GELU: { return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752)); }

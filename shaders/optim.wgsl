@@ -298,32 +298,27 @@ fn set_param(slot: u32, q: u32, v: vec4<f32>) {
     }
 }
 
-@compute @workgroup_size(WG)
-fn multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-         @builtin(local_invocation_index) lid: u32) {
-    let gq = index(wid, nwg, lid);
-    if (gq >= mp.total) { return; }
-    if (!finite(guard.x)) { return; }
+// The slot that owns quad gq of a dispatch (starts are ascending).
+fn slot_of(gq: u32) -> u32 {
     var slot = 0u;
     for (var s = 1u; s < mp.count; s++) {
         if (gq >= at8(mp.starts, s)) { slot = s; }
     }
-    let q = gq - at8(mp.starts, slot);
-    let so = at8(mp.offs, slot) + q;
-    // Lanes past the parameter's length keep their values (the last quad may overhang it).
-    let keep = vec4<u32>(0u, 1u, 2u, 3u) + q * 4u < vec4<u32>(at8(mp.lens, slot));
-    let w = param_of(slot, q);
-    let g = grad_of(slot, q);
+    return slot;
+}
+
+// The updated quad of a parameter from its value w and gradient g; its state, at quad so of the
+// flat state buffers m1, m2, m3, is updated in place. Lanes where keep is false keep their values.
+fn multi_update(w: vec4<f32>, g: vec4<f32>, so: u32, keep: vec4<bool>) -> vec4<f32> {
     switch RULE {
         case 0u: {
             if (hp(1u) != 0.0) {
                 let m = m1[so];
                 let u = sgd_update(w, g, m);
                 m1[so] = select(m, u.s1, keep);
-                set_param(slot, q, select(w, u.w, keep));
-            } else {
-                set_param(slot, q, select(w, sgd_update(w, g, vec4<f32>()).w, keep));
+                return select(w, u.w, keep);
             }
+            return select(w, sgd_update(w, g, vec4<f32>()).w, keep);
         }
         case 1u: {
             let m = m1[so];
@@ -331,7 +326,7 @@ fn multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             let u = adam_update(w, g, m, v);
             m1[so] = select(m, u.s1, keep);
             m2[so] = select(v, u.s2, keep);
-            set_param(slot, q, select(w, u.w, keep));
+            return select(w, u.w, keep);
         }
         default: {
             let sq = m1[so];
@@ -341,7 +336,50 @@ fn multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             m1[so] = select(sq, u.s1, keep);
             m2[so] = select(ga, u.s2, keep);
             m3[so] = select(buf, u.s3, keep);
-            set_param(slot, q, select(w, u.w, keep));
+            return select(w, u.w, keep);
         }
     }
+}
+
+// Lanes of quad q of a slot's parameter that lie inside it (the last quad may overhang it).
+fn inside(slot: u32, q: u32) -> vec4<bool> {
+    return vec4<u32>(0u, 1u, 2u, 3u) + q * 4u < vec4<u32>(at8(mp.lens, slot));
+}
+
+@compute @workgroup_size(WG)
+fn multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let gq = index(wid, nwg, lid);
+    if (gq >= mp.total) { return; }
+    if (!finite(guard.x)) { return; }
+    let slot = slot_of(gq);
+    let q = gq - at8(mp.starts, slot);
+    let so = at8(mp.offs, slot) + q;
+    let w = multi_update(param_of(slot, q), grad_of(slot, q), so, inside(slot, q));
+    set_param(slot, q, w);
+}
+
+// multi2: multi with two slots, for adapters with WebGPU's default limit of 8 storage buffers per
+// stage (g0, g1, w0, w1, m1, m2, m3: 7), where multi's 19 do not fit.
+fn grad2_of(slot: u32, q: u32) -> vec4<f32> {
+    if (slot == 0u) { return g0[q]; }
+    return g1[q];
+}
+
+fn param2_of(slot: u32, q: u32) -> vec4<f32> {
+    if (slot == 0u) { return w0[q]; }
+    return w1[q];
+}
+
+@compute @workgroup_size(WG)
+fn multi2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let gq = index(wid, nwg, lid);
+    if (gq >= mp.total) { return; }
+    if (!finite(guard.x)) { return; }
+    let slot = slot_of(gq);
+    let q = gq - at8(mp.starts, slot);
+    let so = at8(mp.offs, slot) + q;
+    let w = multi_update(param2_of(slot, q), grad2_of(slot, q), so, inside(slot, q));
+    if (slot == 0u) { w0[q] = w; } else { w1[q] = w; }
 }

@@ -83,8 +83,9 @@ fn xent_forward(@builtin(local_invocation_index) lid: u32) {
         let m = row_max(base);
         let s = row_sum_exp(base, m);
         if (label < 0 || u32(label) >= p.cols) {
-            // Out-of-range labels poison the loss instead of reading out of bounds.
-            l += bitcast<f32>(0x7fc00000u);
+            // Out-of-range labels poison the loss instead of reading out of bounds. The NaN is
+            // made from a run-time value: as a const-expression it would be a creation error.
+            l += bitcast<f32>(0x7fc00000u | (p.rows & 0u));
             cnt += 1.0;
             continue;
         }

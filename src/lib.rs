@@ -62,7 +62,7 @@
 //! # fn main() -> anyhow::Result<()> {
 //! use kiln::hf::{BertModel, Tokenizer};
 //! let dev = kiln::device::Device::new()?;
-//! let dir = kiln::hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched once by scripts/setup.sh
+//! let dir = kiln::hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched once by scripts/setup.sh --tests
 //! let model = BertModel::from_folder(&dev, &dir)?;
 //! let tok = Tokenizer::for_model(&dir, model.config().vocab_size, model.max_length())?;
 //! let batch = tok.encode_batch(&["The weather is lovely today.", "It's so sunny outside!"])?;

@@ -1,6 +1,8 @@
-"""PyTorch causal attention on the shape of benches/attention.rs (fp32 and bf16,
-scaled_dot_product_attention), forward and forward + backward, as JSON lines:  python3 attention.py
-FLOPs count the causal half, as benches/attention.rs does."""
+"""PyTorch causal attention on the GPU shape of benches/attention.rs (fp32, fp16 and bf16,
+scaled_dot_product_attention: FlashAttention-2 for fp16 and bf16), forward and forward +
+backward, as JSON lines:  python3 attention.py
+FLOPs count the causal half, as benches/attention.rs does; kiln's f16 lines (f16 operands, f32
+accumulation, f32 output) compare with the fp16 ones."""
 import json
 
 import torch
@@ -13,7 +15,7 @@ b, h, t, d = 8, 12, 1024, 64
 fwd_flops = 2 * b * h * t * t * d
 
 
-for dtype in (torch.float32, torch.bfloat16):
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
     q, k, v = (torch.randn(b, h, t, d, device="cuda", dtype=dtype, requires_grad=True)
                for _ in range(3))
     dout = torch.randn(b, h, t, d, device="cuda", dtype=dtype)

@@ -70,6 +70,9 @@ pub fn parse_mesa_version(driver: &str) -> Option<(u32, u32)> {
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))
 }
+/// Override constants as a launcher passed them, owned.
+pub(crate) type OwnedConstants = Vec<(String, f64)>;
+
 /// Everything one wgpu device shares across [`Device`] handles.
 pub(crate) struct Inner {
     pub(crate) adapter: wgpu::Adapter,
@@ -82,8 +85,8 @@ pub(crate) struct Inner {
     /// Shader modules by name, with a hash of the source each was compiled from.
     pub(crate) modules: Mutex<HashMap<String, CachedModule>>,
     pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
-    /// Footprints of registered entry points by (shader, entry, constants).
-    pub(crate) footprints: Mutex<HashMap<PipelineKey, Footprint>>,
+    /// Footprints of registered entry points by (shader, entry, constants), with the constants.
+    pub(crate) footprints: Mutex<HashMap<PipelineKey, (Footprint, OwnedConstants)>>,
     pub(crate) pipeline_cache: Option<wgpu::PipelineCache>,
     pub(crate) pending: Mutex<Pending>,
     /// Recordings in progress, one per thread: a thread's dispatches go to its own recording.
@@ -120,12 +123,20 @@ fn type_rank(t: wgpu::DeviceType) -> u32 {
 
 /// Every adapter of every enabled backend, sorted by [`type_rank`] (a stable sort: the system's
 /// order within a kind).
-fn ranked_adapters() -> Vec<wgpu::Adapter> {
+async fn ranked_adapters_async() -> Vec<wgpu::Adapter> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
     adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
     adapters
+}
+
+/// [`ranked_adapters_async`], waited for (natively; in the browser nothing may wait).
+fn ranked_adapters() -> Result<Vec<wgpu::Adapter>> {
+    if cfg!(target_arch = "wasm32") {
+        return Err(DeviceError::WouldBlock("listing adapters"));
+    }
+    Ok(pollster::block_on(ranked_adapters_async()))
 }
 
 /// Names, backends and kinds, for errors that list what there is.
@@ -166,8 +177,19 @@ impl Device {
     /// `WGPU_ADAPTER_NAME` are honoured), requests every optional feature kiln can use and the
     /// adapter's full limits (`KILN_MAX_STORAGE_BINDING`, in bytes, lowers the storage binding
     /// limit), and installs handlers that turn wgpu errors into `Result`s.
+    ///
+    /// In the browser, where nothing may block, use [`Device::new_async`].
     pub fn new() -> Result<Device> {
-        let adapters = ranked_adapters();
+        if cfg!(target_arch = "wasm32") {
+            return Err(DeviceError::WouldBlock("Device::new"));
+        }
+        pollster::block_on(Self::new_async())
+    }
+
+    /// [`Device::new`] without blocking: in a browser page, the adapter the browser offers
+    /// through WebGPU (wgpu's `webgpu` backend); natively, the same choice as [`Device::new`].
+    pub async fn new_async() -> Result<Device> {
+        let adapters = ranked_adapters_async().await;
         let seen = adapter_names(&adapters);
         let wanted = std::env::var("WGPU_ADAPTER_NAME")
             .ok()
@@ -184,20 +206,27 @@ impl Device {
         let adapter = adapter.ok_or_else(|| {
             DeviceError::NoAdapter(match &wanted {
                 Some(w) => format!("WGPU_ADAPTER_NAME={w:?} matched none of {seen:?}"),
+                None if cfg!(target_arch = "wasm32") => {
+                    "this browser offers no WebGPU adapter (navigator.gpu is missing or \
+                     requestAdapter found none)"
+                        .to_string()
+                }
                 None => "no Vulkan, Metal or DX12 adapter; on Linux without a GPU install \
                          the software driver: apt-get install mesa-vulkan-drivers libvulkan1 \
                          (scripts/setup.sh does this)"
                     .to_string(),
             })
         })?;
-        Self::from_adapter(adapter)
+        Self::from_adapter_async(adapter).await
     }
 
     /// Every adapter in the order [`Device::new`] prefers them (discrete GPUs, integrated,
     /// virtual, other, software; the system's order within a kind), for choosing one per process:
     /// processes that share a machine pass different indices to [`Device::with_adapter_index`].
+    /// Empty in the browser, where listing adapters cannot be waited for.
     pub fn adapters() -> Vec<AdapterSummary> {
         ranked_adapters()
+            .unwrap_or_default()
             .iter()
             .map(|a| summarize(&a.get_info()))
             .collect()
@@ -206,7 +235,7 @@ impl Device {
     /// The adapter at `index` in [`Device::adapters`]' order (`WGPU_ADAPTER_NAME` is not
     /// consulted); an index past the end is an error naming the adapters there are.
     pub fn with_adapter_index(index: usize) -> Result<Device> {
-        let adapters = ranked_adapters();
+        let adapters = ranked_adapters()?;
         let seen = adapter_names(&adapters);
         let n = adapters.len();
         let adapter = adapters.into_iter().nth(index).ok_or_else(|| {
@@ -220,6 +249,14 @@ impl Device {
     /// A device on `adapter`, as [`Device::new`] makes it (every optional feature kiln can use,
     /// the adapter's full limits, errors turned into `Result`s).
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Device> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(DeviceError::WouldBlock("Device::from_adapter"));
+        }
+        pollster::block_on(Self::from_adapter_async(adapter))
+    }
+
+    /// [`Device::from_adapter`] without blocking (the device request is awaited).
+    pub async fn from_adapter_async(adapter: wgpu::Adapter) -> Result<Device> {
         let info = adapter.get_info();
         let have = adapter.features();
         let mut want = wgpu::Features::empty();
@@ -246,24 +283,26 @@ impl Device {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(cap);
         }
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("kiln"),
-            required_features: want,
-            required_limits: limits.clone(),
-            // SAFETY: experimental features are only requested for cooperative matrices, and
-            // every kernel that uses them has a scalar fallback chosen at run time.
-            experimental_features: if coop {
-                unsafe { wgpu::ExperimentalFeatures::enabled() }
-            } else {
-                wgpu::ExperimentalFeatures::disabled()
-            },
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| DeviceError::RequestDevice {
-            adapter: info.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("kiln"),
+                required_features: want,
+                required_limits: limits.clone(),
+                // SAFETY: experimental features are only requested for cooperative matrices, and
+                // every kernel that uses them has a scalar fallback chosen at run time.
+                experimental_features: if coop {
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| DeviceError::RequestDevice {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
         let fault: Arc<Mutex<Option<DeviceError>>> = Arc::new(Mutex::new(None));
         let f = fault.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {

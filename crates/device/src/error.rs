@@ -130,6 +130,13 @@ pub enum DeviceError {
     /// The device was lost (driver reset, timeout, or destroyed).
     #[error("the GPU device was lost: {0}")]
     Lost(String),
+    /// A blocking call (a readback, a wait, a device request) where nothing may block: in a
+    /// browser page the GPU's work completes between turns of the JavaScript event loop.
+    #[error(
+        "`{0}` waits for the GPU, which a browser page cannot do: use its async form \
+         (Device::new_async, download_async, wait_async, Tensor::to_vec_async, item_async)"
+    )]
+    WouldBlock(&'static str),
     /// Mapping a buffer for readback failed.
     #[error("reading a buffer back failed: {0}")]
     Readback(String),
@@ -145,3 +152,24 @@ pub enum DeviceError {
 
 /// The device layer's result type.
 pub type Result<T, E = DeviceError> = std::result::Result<T, E>;
+
+/// Runs `make` inside a validation error scope and returns what it made and the scope's error.
+/// Natively the scope is popped at once; in the browser popping it is a promise that cannot be
+/// waited for, so no scope is pushed and an error reaches the device's uncaptured-error handler,
+/// reported at the next submission or readback.
+pub(crate) fn scoped<T>(
+    device: &wgpu::Device,
+    make: impl FnOnce() -> T,
+) -> (T, Option<wgpu::Error>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let made = make();
+        (made, pollster::block_on(scope.pop()))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = device;
+        (make(), None)
+    }
+}

@@ -27,7 +27,7 @@ pub use adapter::{parse_mesa_version, AdapterSummary, Capabilities, Device};
 pub use buffer::{Buffer, DType, Element, MemoryStats, PoolStats, WINDOW_BYTES};
 pub use capture::Plan;
 pub use error::{DeviceError, Result};
-pub use pipeline::Kernel;
+pub use pipeline::{Kernel, KernelUse};
 pub use policy::{AdapterProfile, Footprint, KernelPolicy, Variant, VariantTable};
 pub use shaders::BindingKind;
 pub use submit::{Counters, Params, ReadTicket};

@@ -36,6 +36,19 @@ impl Kernel {
     }
 }
 
+/// A registered kernel a device was asked about: [`Device::kernels_seen`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelUse {
+    /// The registered shader.
+    pub shader: String,
+    /// The entry point.
+    pub entry: String,
+    /// The override constants, as the launcher passed them.
+    pub constants: Vec<(String, f64)>,
+    /// What the specialised entry point asks of an adapter.
+    pub footprint: Footprint,
+}
+
 /// (shader, entry point, override constants): what a pipeline is cached by.
 pub(crate) type PipelineKey = (String, String, String);
 /// A compiled module, naga's view of it, and [`source_hash`] of its WGSL.
@@ -70,13 +83,45 @@ impl Device {
             entry.to_string(),
             format!("{constants:?}"),
         );
-        if let Some(f) = self.inner.footprints.lock().unwrap().get(&key) {
+        if let Some((f, _)) = self.inner.footprints.lock().unwrap().get(&key) {
             return Ok(*f);
         }
         let validated = crate::shaders::validated(shader)?;
         let f = validated.footprint(shader, entry, constants)?;
-        self.inner.footprints.lock().unwrap().insert(key, f);
+        let owned = constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        self.inner
+            .footprints
+            .lock()
+            .unwrap()
+            .insert(key, (f, owned));
         Ok(f)
+    }
+
+    /// Every registered kernel this device has measured (for a plan or a variant's limit check)
+    /// or built, with its override constants, sorted: the pipelines kiln's launchers ask for, as
+    /// the standard-WGSL check (`tests/tint.rs`) compiles them under another WGSL compiler.
+    pub fn kernels_seen(&self) -> Vec<KernelUse> {
+        let mut out: Vec<KernelUse> = self
+            .inner
+            .footprints
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|((shader, entry, _), (footprint, constants))| KernelUse {
+                shader: shader.clone(),
+                entry: entry.clone(),
+                constants: constants.clone(),
+                footprint: *footprint,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.shader, &a.entry, format!("{:?}", a.constants)).cmp(&(
+                &b.shader,
+                &b.entry,
+                format!("{:?}", b.constants),
+            ))
+        });
+        out
     }
 
     /// A cached compute pipeline for a registered shader's entry point with the given override
@@ -146,22 +191,27 @@ impl Device {
         // wgpu 30 does not check workgroup memory against the limit (wgpu#8946): a driver may
         // then fail or run an empty kernel. Every limit is checked here first, on the module
         // as the override constants specialise it.
-        let footprint = validated.footprint(shader, entry, constants)?;
+        let footprint = if registered {
+            self.footprint(shader, entry, constants)?
+        } else {
+            validated.footprint(shader, entry, constants)?
+        };
         footprint.check(&format!("{shader}::{entry}"), &self.inner.profile)?;
         let d = &self.inner.device;
-        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&format!("{shader}::{entry}")),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: self.inner.pipeline_cache.as_ref(),
+        let (pipeline, error) = crate::error::scoped(d, || {
+            d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&format!("{shader}::{entry}")),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: self.inner.pipeline_cache.as_ref(),
+            })
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = error {
             return Err(DeviceError::Shader {
                 name: shader.to_string(),
                 message: format!("entry `{entry}` with {constants:?}: {e}"),
@@ -216,11 +266,17 @@ impl Device {
         } else {
             Arc::new(shaders::validate(name, src)?)
         };
+        let hash = source_hash(src);
         let d = &self.inner.device;
-        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        // The browser compiles the WGSL itself, as the specification has it (naga only reads it).
+        let src = if self.inner.summary.backend == "BrowserWebGpu" {
+            shaders::standard_wgsl(src)
+        } else {
+            std::borrow::Cow::Borrowed(src)
+        };
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
+            source: wgpu::ShaderSource::Wgsl(src),
         };
         // On software adapters kiln's own shaders are compiled without wgpu's loop bounding,
         // which adds a counter to every loop and so stops lavapipe's compiler from unrolling
@@ -235,17 +291,20 @@ impl Device {
         // SAFETY: without loop bounding, a shader must not loop forever. Registered shaders
         // don't: `shaders::tests::every_loop_steps_towards_its_bound` checks each loop header.
         // Any other source, and every shader on a GPU, keeps the bounding.
-        let module = unsafe { d.create_shader_module_trusted(desc, checks) };
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let (module, error) = crate::error::scoped(d, || unsafe {
+            d.create_shader_module_trusted(desc, checks)
+        });
+        if let Some(e) = error {
             return Err(DeviceError::Shader {
                 name: name.to_string(),
                 message: e.to_string(),
             });
         }
-        self.inner.modules.lock().unwrap().insert(
-            name.to_string(),
-            (module.clone(), validated.clone(), source_hash(src)),
-        );
+        self.inner
+            .modules
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), (module.clone(), validated.clone(), hash));
         Ok((module, validated))
     }
 

@@ -2,6 +2,7 @@
 
 use crate::error::{DeviceError, Result};
 use crate::policy::Footprint;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -21,6 +22,32 @@ pub fn source(name: &str) -> Result<&'static str> {
         .ok_or_else(|| DeviceError::UnknownShader(name.to_string()))
 }
 
+/// Shader files written in wgpu's own WGSL extension (`enable wgpu_cooperative_matrix;`): they
+/// compile under naga only, never in a browser, and the standard-WGSL check (`tests/tint.rs`,
+/// Dawn's Tint) leaves them out. Every other file is standard WGSL.
+pub const WGPU_ONLY: &[&str] = &["attention_coop", "gemm_coop"];
+
+/// `src` as a compiler that follows the WGSL specification takes it (Tint, in browsers and in
+/// Dawn): with `enable subgroups;` put first where the shader uses subgroup built-ins.
+///
+/// kiln's files leave that directive out because naga 30 refuses it (it implements subgroups
+/// without one); this is the one place that adds it, for the browser backend and for the
+/// conformance test. Source that already enables subgroups is returned as it is.
+///
+/// ```
+/// use kiln_device::shaders::standard_wgsl;
+/// let src = "fn f(v: f32) -> f32 { return subgroupAdd(v); }";
+/// assert!(standard_wgsl(src).starts_with("enable subgroups;\n"));
+/// assert_eq!(standard_wgsl("fn g() {}"), "fn g() {}");
+/// ```
+pub fn standard_wgsl(src: &str) -> Cow<'_, str> {
+    if uses_subgroups(src) && !enables(src, "subgroups") {
+        Cow::Owned(format!("enable subgroups;\n{src}"))
+    } else {
+        Cow::Borrowed(src)
+    }
+}
+
 /// A registered shader parsed and validated once per process (devices share it).
 pub(crate) fn validated(name: &str) -> Result<Arc<Validated>> {
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<Validated>>>> = OnceLock::new();
@@ -31,6 +58,58 @@ pub(crate) fn validated(name: &str) -> Result<Arc<Validated>> {
     let v = Arc::new(validate(name, source(name)?)?);
     cache.lock().unwrap().insert(name.to_string(), v.clone());
     Ok(v)
+}
+
+/// The values of a registered shader's override constants once `constants` are applied to
+/// `entry` (naga's specialisation: the defaults the WGSL computes, such as a padded stride
+/// `AS = BK + 8u`, included), by name. Only the overrides the entry point uses are listed.
+/// Models of a kernel (the bank-conflict audit) read its strides here, so they follow the
+/// shader rather than a copy of its arithmetic.
+pub fn override_values(
+    shader: &str,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let v = validated(shader)?;
+    let mut pc = naga::back::PipelineConstants::default();
+    for (k, val) in constants {
+        pc.insert(k.to_string(), *val);
+    }
+    let err = |message: String| DeviceError::Shader {
+        name: shader.to_string(),
+        message: format!("entry `{entry}` with {constants:?}: {message}"),
+    };
+    let names: std::collections::BTreeSet<String> = v
+        .module
+        .overrides
+        .iter()
+        .filter_map(|(_, o)| o.name.clone())
+        .collect();
+    let (module, _) = naga::back::pipeline_constants::process_overrides(
+        &v.module,
+        &v.info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &pc,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let mut out = std::collections::BTreeMap::new();
+    for (_, c) in module.constants.iter() {
+        let Some(name) = c.name.as_ref().filter(|n| names.contains(*n)) else {
+            continue;
+        };
+        let value = match module.global_expressions[c.init] {
+            naga::Expression::Literal(l) => match l {
+                naga::Literal::U32(x) => x as f64,
+                naga::Literal::I32(x) => x as f64,
+                naga::Literal::F32(x) => x as f64,
+                naga::Literal::Bool(x) => x as u8 as f64,
+                _ => continue,
+            },
+            _ => continue,
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
 }
 
 /// A parsed and validated shader module.
@@ -317,7 +396,13 @@ mod tests {
             .collect();
         assert_eq!(
             users,
-            ["attention_coop", "conv_wgrad_sg", "gemm_coop", "gemm_sg"]
+            [
+                "attention_coop",
+                "attention_sg",
+                "conv_wgrad_sg",
+                "gemm_coop",
+                "gemm_sg"
+            ]
         );
         assert!(!uses_subgroups("// subgroups would help here\nfn f() {}"));
         assert!(uses_subgroups("let x = subgroupShuffle(v, 0u); // y"));
@@ -336,7 +421,40 @@ mod tests {
             .filter(|(_, src)| enables(src, "wgpu_cooperative_matrix"))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(users, ["attention_coop", "gemm_coop"]);
+        assert_eq!(users, WGPU_ONLY);
+    }
+
+    /// The browser's WGSL differs from naga's only by the subgroups directive, put first.
+    #[test]
+    fn standard_wgsl_enables_subgroups_where_used() {
+        for (name, src) in SHADERS {
+            let std = standard_wgsl(src);
+            if uses_subgroups(src) {
+                assert_eq!(std, format!("enable subgroups;\n{src}"), "{name}");
+            } else {
+                assert_eq!(std, *src, "{name}");
+            }
+        }
+        let already = "enable subgroups;\nfn f(v: f32) -> f32 { return subgroupAdd(v); }";
+        assert_eq!(standard_wgsl(already), already);
+    }
+
+    /// Override values come from the specialised module: the ones set, and the defaults the
+    /// WGSL computes from them.
+    #[test]
+    fn override_values_follow_the_shader() {
+        let v = override_values(
+            "gemm_coop",
+            "gemm_coop16",
+            &[("BK", 16.0), ("A_KFAST", 1.0)],
+        )
+        .unwrap();
+        assert_eq!(v["BK"], 16.0);
+        assert_eq!(v["A_FAST"], 16.0);
+        assert_eq!(v["AS"], 24.0, "BK + 8");
+        let v = override_values("gemm_coop", "gemm_coop16", &[("A_KFAST", 0.0)]).unwrap();
+        assert_eq!(v["AS"], v["BM"] + 8.0);
+        assert!(override_values("gemm_coop", "gemm_coop16", &[("NOPE", 1.0)]).is_err());
     }
 
     #[test]

@@ -67,7 +67,67 @@ impl Pending {
     }
 }
 
-type MapResult = Arc<Mutex<Option<std::result::Result<(), String>>>>;
+/// A result that a wgpu callback delivers later (a buffer mapped, submitted work done), read
+/// by polling ([`Signal::get`]) or awaited ([`Signal::wait`]): in the browser the callback runs
+/// between turns of the event loop, so only awaiting it lets it come.
+#[derive(Default)]
+pub(crate) struct Signal {
+    state: Mutex<SignalState>,
+}
+
+type SignalResult = std::result::Result<(), String>;
+
+#[derive(Default)]
+struct SignalState {
+    result: Option<SignalResult>,
+    waker: Option<std::task::Waker>,
+}
+
+impl Signal {
+    /// Delivers the result and wakes whoever awaits it.
+    pub(crate) fn set(&self, r: SignalResult) {
+        let waker = {
+            let mut s = self.state.lock().unwrap();
+            s.result = Some(r);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The result, if delivered.
+    pub(crate) fn get(&self) -> Option<SignalResult> {
+        self.state.lock().unwrap().result.clone()
+    }
+
+    /// Resolves once the result is delivered.
+    pub(crate) fn wait(self: &Arc<Self>) -> SignalWait {
+        SignalWait(self.clone())
+    }
+}
+
+/// The future of [`Signal::wait`].
+pub(crate) struct SignalWait(Arc<Signal>);
+
+impl std::future::Future for SignalWait {
+    type Output = SignalResult;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<SignalResult> {
+        let mut s = self.0.state.lock().unwrap();
+        match &s.result {
+            Some(r) => std::task::Poll::Ready(r.clone()),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+type MapResult = Arc<Signal>;
 
 struct ReadJob {
     device: wgpu::Device,
@@ -78,6 +138,8 @@ struct ReadJob {
     /// Bytes of data (the copy is padded to a multiple of 4).
     data_bytes: usize,
     submitted: std::sync::atomic::AtomicBool,
+    /// Set where the job is dropped before its map completes (in the browser only).
+    dropped: Arc<std::sync::atomic::AtomicBool>,
     mapped: MapResult,
     data: OnceLock<Vec<u8>>,
 }
@@ -89,8 +151,14 @@ impl Drop for ReadJob {
         if !self.submitted.load(Ordering::Acquire) || self.data.get().is_some() {
             return;
         }
+        if cfg!(target_arch = "wasm32") && self.mapped.get().is_none() {
+            // Nothing can wait here: the map callback, which holds the staging buffer until it
+            // runs, unmaps it before it goes back to the pool.
+            self.dropped.store(true, Ordering::Release);
+            return;
+        }
         let _ = await_mapping(&self.device, &self.mapped);
-        if matches!(*self.mapped.lock().unwrap(), Some(Ok(()))) {
+        if matches!(self.mapped.get(), Some(Ok(()))) {
             self.staging.wgpu().unmap();
         }
     }
@@ -99,12 +167,18 @@ impl Drop for ReadJob {
 /// Polls until the map callback has run. Another thread's poll may be the one that runs it, a
 /// moment after our own poll returns, so one poll is not enough.
 fn await_mapping(device: &wgpu::Device, mapped: &MapResult) -> Result<()> {
+    if cfg!(target_arch = "wasm32") {
+        return match mapped.get() {
+            Some(_) => Ok(()),
+            None => Err(DeviceError::WouldBlock("ReadTicket::wait")),
+        };
+    }
     let start = std::time::Instant::now();
-    while mapped.lock().unwrap().is_none() {
+    while mapped.get().is_none() {
         device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| DeviceError::Readback(e.to_string()))?;
-        if mapped.lock().unwrap().is_some() {
+        if mapped.get().is_some() {
             break;
         }
         if start.elapsed() > std::time::Duration::from_secs(60) {
@@ -127,7 +201,7 @@ pub struct ReadTicket {
 impl ReadTicket {
     fn take<T: Element>(&self) -> Option<Vec<T>> {
         if self.job.data.get().is_none() {
-            if !matches!(*self.job.mapped.lock().unwrap(), Some(Ok(()))) {
+            if !matches!(self.job.mapped.get(), Some(Ok(()))) {
                 return None;
             }
             let slice = self.job.staging.wgpu().slice(..self.job.bytes);
@@ -143,8 +217,8 @@ impl ReadTicket {
     }
 
     fn failed(&self) -> Result<()> {
-        match &*self.job.mapped.lock().unwrap() {
-            Some(Err(e)) => Err(DeviceError::Readback(e.clone())),
+        match self.job.mapped.get() {
+            Some(Err(e)) => Err(DeviceError::Readback(e)),
             _ => Ok(()),
         }
     }
@@ -160,7 +234,31 @@ impl ReadTicket {
         Ok(self.take())
     }
 
-    /// Waits for the values (submitting the carrying work first if it is still pending).
+    /// The values once the GPU has finished (submitting the carrying work first if it is still
+    /// pending), without blocking where the platform cannot block: in the browser the map
+    /// completes between turns of the event loop while this awaits; natively it waits as
+    /// [`ReadTicket::wait`] does.
+    pub async fn read<T: Element>(&self) -> Result<Vec<T>> {
+        if !self.job.submitted.load(Ordering::Acquire) {
+            self.dev.flush()?;
+        }
+        if cfg!(target_arch = "wasm32") {
+            self.job
+                .mapped
+                .wait()
+                .await
+                .map_err(DeviceError::Readback)?;
+        } else {
+            await_mapping(&self.dev.inner.device, &self.job.mapped)?;
+        }
+        self.dev.check_fault()?;
+        self.failed()?;
+        self.take()
+            .ok_or_else(|| DeviceError::Readback("mapping did not complete".into()))
+    }
+
+    /// Waits for the values (submitting the carrying work first if it is still pending). In
+    /// the browser, where nothing may block, use [`ReadTicket::read`].
     pub fn wait<T: Element>(&self) -> Result<Vec<T>> {
         if !self.job.submitted.load(Ordering::Acquire) {
             self.dev.flush()?;
@@ -224,8 +322,27 @@ impl Device {
         Ok(())
     }
 
-    /// Submits pending work and reads a buffer back.
+    /// Submits pending work and reads a buffer back, awaiting the GPU without blocking the
+    /// browser's event loop ([`Device::download`] natively).
+    pub async fn download_async<T: Element>(&self, buf: &Buffer) -> Result<Vec<T>> {
+        if T::DTYPE.size() != buf.dtype().size() {
+            return Err(DeviceError::Binding {
+                kernel: "download".into(),
+                message: format!("buffer holds {}, asked for {}", buf.dtype(), T::DTYPE),
+            });
+        }
+        if !cfg!(target_arch = "wasm32") {
+            return self.download(buf);
+        }
+        self.read_async(buf)?.read().await
+    }
+
+    /// Submits pending work and reads a buffer back. In the browser, where nothing may block,
+    /// use [`Device::download_async`].
     pub fn download<T: Element>(&self, buf: &Buffer) -> Result<Vec<T>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(DeviceError::WouldBlock("Device::download"));
+        }
         if T::DTYPE.size() != buf.dtype().size() {
             return Err(DeviceError::Binding {
                 kernel: "download".into(),
@@ -349,19 +466,16 @@ impl Device {
                 resource: p.wgpu().as_entire_binding(),
             });
         }
-        let scope = self
-            .inner
-            .device
-            .push_error_scope(wgpu::ErrorFilter::Validation);
-        let bind_group = self
-            .inner
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &kernel.layout,
-                entries: &entries,
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let (bind_group, error) = crate::error::scoped(&self.inner.device, || {
+            self.inner
+                .device
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &kernel.layout,
+                    entries: &entries,
+                })
+        });
+        if let Some(e) = error {
             return Err(err(e.to_string()));
         }
         let dispatch = Arc::new(Dispatch {
@@ -421,6 +535,7 @@ impl Device {
         let mut pending = std::mem::take(pending);
         // A scope per submission: its validation errors come back to this caller, and a bad
         // submission does not poison later ones.
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = self
             .inner
             .device
@@ -472,11 +587,17 @@ impl Device {
         for r in &reads {
             r.submitted.store(true, Ordering::Release);
             let mapped = r.mapped.clone();
+            let dropped = r.dropped.clone();
+            let staging = r.staging.clone();
             r.staging
                 .wgpu()
                 .slice(..r.bytes)
                 .map_async(wgpu::MapMode::Read, move |res| {
-                    *mapped.lock().unwrap() = Some(res.map_err(|e| e.to_string()));
+                    let ok = res.is_ok();
+                    mapped.set(res.map_err(|e| e.to_string()));
+                    if ok && dropped.load(Ordering::Acquire) {
+                        staging.wgpu().unmap();
+                    }
                 });
         }
         if profiling {
@@ -486,6 +607,9 @@ impl Device {
         }
         self.inner.submissions.fetch_add(1, Ordering::Relaxed);
         self.inner.dispatches.fetch_add(n as u64, Ordering::Relaxed);
+        // In the browser no scope was pushed (its pop cannot be waited for): errors reach the
+        // uncaptured-error handler and come back from a later check.
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(DeviceError::Wgpu(e.to_string()));
         }
@@ -514,6 +638,7 @@ impl Device {
             bytes,
             data_bytes: buf.bytes() as usize,
             submitted: std::sync::atomic::AtomicBool::new(false),
+            dropped: Arc::default(),
             mapped: Arc::default(),
             data: OnceLock::new(),
         });
@@ -532,8 +657,28 @@ impl Device {
         self.submit_with(None, |_| {})
     }
 
-    /// Blocks until the GPU has finished all submitted work.
+    /// Submits pending work and resolves once the GPU has finished everything submitted,
+    /// without blocking the browser's event loop ([`Device::wait`] natively).
+    pub async fn wait_async(&self) -> Result<()> {
+        if !cfg!(target_arch = "wasm32") {
+            return self.wait();
+        }
+        self.flush()?;
+        let done = Arc::new(Signal::default());
+        let d = done.clone();
+        self.inner
+            .queue
+            .on_submitted_work_done(move || d.set(Ok(())));
+        done.wait().await.map_err(DeviceError::Wgpu)?;
+        self.check_fault()
+    }
+
+    /// Blocks until the GPU has finished all submitted work. In the browser, where nothing may
+    /// block, use [`Device::wait_async`].
     pub fn wait(&self) -> Result<()> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(DeviceError::WouldBlock("Device::wait"));
+        }
         self.flush()?;
         self.inner
             .device
@@ -543,6 +688,9 @@ impl Device {
     }
 
     pub(crate) fn map_read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(DeviceError::WouldBlock("a blocking readback"));
+        }
         let slice = buffer.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {

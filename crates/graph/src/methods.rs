@@ -3,7 +3,7 @@
 
 use crate::mode::is_autocast_f16;
 use crate::{Result, Tensor};
-use kiln_ops::attention::{Attention, AttentionSpec};
+use kiln_ops::attention::{AttentionMasked, AttentionSpec, AttnCall};
 use kiln_ops::conv::{Conv2d, Conv2dSpec};
 use kiln_ops::dropout::Dropout;
 use kiln_ops::elementwise::{self, Binary, Unary};
@@ -232,8 +232,11 @@ impl Tensor {
         Tensor::apply(GruCell, &[self, hg, h_prev])
     }
 
-    /// Fused scaled-dot-product attention (self is Q: [B, H, Tq, D]; K, V: [B, H, Tk, D]) with an
-    /// optional causal mask and key-padding mask (i32 [B, Tk], nonzero = ignore).
+    /// Fused scaled-dot-product attention of self (Q `[B, H, Tq, D]`) over `k`, `v`
+    /// (`[B, H, Tk, D]`) with the spec's optional causal mask and a key-padding mask (i32
+    /// `[B, Tk]`, nonzero = ignore). Under [`crate::autocast_f16`], f32 operands are cast to f16
+    /// where the device runs attention on cooperative matrices (elsewhere f16 would only be
+    /// widened back).
     pub fn attention(
         &self,
         k: &Tensor,
@@ -241,10 +244,46 @@ impl Tensor {
         key_padding_mask: Option<&Tensor>,
         spec: AttentionSpec,
     ) -> Result<Tensor> {
-        match key_padding_mask {
-            Some(m) => Tensor::apply(Attention(spec), &[self, k, v, m]),
-            None => Tensor::apply(Attention(spec), &[self, k, v]),
+        self.attention_masked(k, v, key_padding_mask, None, spec)
+    }
+
+    /// [`Tensor::attention`] with an additive float mask `[Tq, Tk]` (every batch item and head)
+    /// or `[B, H, Tq, Tk]` added to the scaled scores (PyTorch's float `attn_mask`; -inf masks).
+    /// The masks take no gradient.
+    pub fn attention_masked(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        key_padding_mask: Option<&Tensor>,
+        attn_mask: Option<&Tensor>,
+        spec: AttentionSpec,
+    ) -> Result<Tensor> {
+        if is_autocast_f16() && [self, k, v].iter().all(|t| t.dtype() == DType::F32) {
+            if let [b, h, tq, d] = *self.shape() {
+                let tk = k.shape().get(2).copied().unwrap_or(0);
+                let call = AttnCall::new(b, h, tq, tk, d)
+                    .with_f16(true)
+                    .with_head_masks(attn_mask.is_some_and(|m| m.shape().len() == 4));
+                let coop = kiln_ops::attention::plan(self.device(), &call)
+                    .is_ok_and(|p| p.variant.starts_with("flash_coop"));
+                if coop {
+                    let (q, k, v) = (
+                        self.cast(DType::F16)?,
+                        k.cast(DType::F16)?,
+                        v.cast(DType::F16)?,
+                    );
+                    return q.attention_masked(&k, &v, key_padding_mask, attn_mask, spec);
+                }
+            }
         }
+        let op = AttentionMasked {
+            spec,
+            key_padding: key_padding_mask.is_some(),
+        };
+        let mut inputs = vec![self, k, v];
+        inputs.extend(key_padding_mask);
+        inputs.extend(attn_mask);
+        Tensor::apply(op, &inputs)
     }
 
     /// softmax along the last axis.

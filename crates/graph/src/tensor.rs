@@ -192,9 +192,26 @@ impl Tensor {
     pub fn to_vec_i32(&self) -> Result<Vec<i32>> {
         self.0.data.to_i32(&self.0.dev)
     }
+    /// Reads f32 values back without blocking: submits pending work and awaits the GPU (in a
+    /// browser page, where [`Tensor::to_vec`] cannot wait; natively it is `to_vec`).
+    pub async fn to_vec_async(&self) -> Result<Vec<f32>> {
+        self.0.data.to_f32_async(&self.0.dev).await
+    }
+    /// Reads i32 values back without blocking (see [`Tensor::to_vec_async`]).
+    pub async fn to_vec_i32_async(&self) -> Result<Vec<i32>> {
+        self.0.data.to_i32_async(&self.0.dev).await
+    }
+    /// Reads a one-element tensor back without blocking (see [`Tensor::to_vec_async`]).
+    pub async fn item_async(&self) -> Result<f32> {
+        let v = self.to_vec_async().await?;
+        self.one(v)
+    }
     /// Reads a one-element tensor back.
     pub fn item(&self) -> Result<f32> {
         let v = self.to_vec()?;
+        self.one(v)
+    }
+    fn one(&self, v: Vec<f32>) -> Result<f32> {
         match v.as_slice() {
             [x] => Ok(*x),
             _ => Err(OpError::Shape {

@@ -150,22 +150,40 @@ impl Mnist {
         let lp = dir.join("t10k-labels-idx1-ubyte.gz");
         // Labels first: their count bounds what the images may declare, before any is read.
         let lab = read_idx(&lp, 1)?;
-        let n = lab.dims[0];
-        let img = read_idx_checked(&ip, 3, |d| {
-            if d[1..] != [28, 28] {
-                return Err(format!("images are {d:?}, expected [n, 28, 28]"));
-            }
-            if d[0] != n {
-                return Err(format!(
-                    "{} images, but {} has {n} labels",
-                    d[0],
-                    lp.display()
-                ));
-            }
-            Ok(())
-        })?;
+        let img = read_idx_checked(&ip, 3, |d| Self::check_images(d, lab.dims[0], &lp))?;
+        Self::from_idx(img, lab).map_err(|m| err(&lp, m))
+    }
+
+    /// [`Mnist::load`] from the two files' gzip-compressed bytes (as a browser page fetches
+    /// them): `images_gz` of `t10k-images-idx3-ubyte.gz`, `labels_gz` of the labels' file.
+    pub fn from_gz_bytes(images_gz: &[u8], labels_gz: &[u8]) -> Result<Mnist> {
+        let gz = |b| flate2::read::MultiGzDecoder::new(b);
+        let named = |name: &'static str| move |m: String| err(Path::new(name), m);
+        let lp = Path::new("t10k-labels-idx1-ubyte.gz");
+        let lab = read_idx_from(gz(labels_gz), 1, |_| Ok(()))
+            .map_err(named("t10k-labels-idx1-ubyte.gz"))?;
+        let img = read_idx_from(gz(images_gz), 3, |d| Self::check_images(d, lab.dims[0], lp))
+            .map_err(named("t10k-images-idx3-ubyte.gz"))?;
+        Self::from_idx(img, lab).map_err(named("t10k-labels-idx1-ubyte.gz"))
+    }
+
+    fn check_images(d: &[usize], n: usize, labels: &Path) -> std::result::Result<(), String> {
+        if d[1..] != [28, 28] {
+            return Err(format!("images are {d:?}, expected [n, 28, 28]"));
+        }
+        if d[0] != n {
+            return Err(format!(
+                "{} images, but {} has {n} labels",
+                d[0],
+                labels.display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn from_idx(img: Idx, lab: Idx) -> std::result::Result<Mnist, String> {
         if let Some(bad) = lab.data.iter().find(|&&l| l > 9) {
-            return Err(err(&lp, format!("label {bad} outside 0..=9")));
+            return Err(format!("label {bad} outside 0..=9"));
         }
         Ok(Mnist {
             images: img

@@ -6,6 +6,7 @@ pub mod conv;
 pub mod data;
 pub mod dropout;
 pub mod embedding;
+#[cfg(feature = "hf")]
 pub mod hf;
 pub mod init;
 pub mod linear;

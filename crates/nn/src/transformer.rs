@@ -7,9 +7,12 @@
 //!
 //! Attention takes PyTorch's masks: a key-padding mask `[B, Tk]` and an attention mask `[Tq, Tk]`
 //! (or `[B*H, Tq, Tk]`), each either boolean (i32, nonzero = not allowed, as PyTorch's `True`) or
-//! additive (f32, added to the scaled scores), and a causal flag. Without an attention mask, with
-//! a boolean key-padding mask and without the weights, it runs the fused kernel; otherwise the
-//! scores are formed, masked and softmaxed explicitly (as PyTorch leaves its fast path).
+//! additive (f32, added to the scaled scores), and a causal flag. The fused kernel runs every
+//! attention mask (additive or boolean, shared or per head) with a boolean key-padding mask;
+//! the scores are formed, masked and softmaxed explicitly only where the weights are asked for,
+//! dropout applies to the probabilities, or the key-padding mask is additive. (A row whose every
+//! key is masked by the key-padding mask gives zeros in the fused kernel and a uniform average in
+//! the explicit path, where PyTorch gives NaN.)
 
 use crate::dropout::{Dropout, DropoutConfig};
 use crate::init::{with_default_rng, Init, Rng};
@@ -367,7 +370,7 @@ pub fn scaled_dot_product_attention(
     let kpm_bool = opts
         .key_padding_mask
         .is_none_or(|m| m.dtype() == DType::I32);
-    if opts.attn_mask.is_none() && kpm_bool && !opts.need_weights && dropout.is_none() {
+    if kpm_bool && !opts.need_weights && dropout.is_none() {
         if let Some(m) = opts.key_padding_mask {
             check_mask_shape("key_padding_mask", m, &[b, tk])?;
         }
@@ -375,26 +378,21 @@ pub fn scaled_dot_product_attention(
             causal: opts.is_causal,
             scale: opts.scale,
         };
-        return Ok((q.attention(k, v, opts.key_padding_mask, spec)?, None));
+        let mask = opts
+            .attn_mask
+            .map(|m| attn_mask_of(m, b, heads, tq, tk))
+            .transpose()?;
+        return Ok((
+            q.attention_masked(k, v, opts.key_padding_mask, mask.as_ref(), spec)?,
+            None,
+        ));
     }
     let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
     let mut s = q
         .matmul_with(k, Matmul::new().transpose_b(true), None)?
         .affine(scale, 0.0)?;
     if let Some(m) = opts.attn_mask {
-        let m = match m.shape() {
-            [a, c] if *a == tq && *c == tk => additive(m)?,
-            [bh, a, c] if *bh == b * heads && *a == tq && *c == tk => {
-                additive(m)?.reshape(&[b, heads, tq, tk])?
-            }
-            s => {
-                return Err(NnError::Config(format!(
-                    "attn_mask: expected [{tq}, {tk}] or [{}, {tq}, {tk}], got {s:?}",
-                    b * heads
-                )))
-            }
-        };
-        s = s.add(&m)?;
+        s = s.add(&attn_mask_of(m, b, heads, tq, tk)?)?;
     }
     if let Some(m) = opts.key_padding_mask {
         check_mask_shape("key_padding_mask", m, &[b, tk])?;
@@ -413,6 +411,21 @@ pub fn scaled_dot_product_attention(
     };
     let o = pd.matmul(v)?;
     Ok((o, opts.need_weights.then_some(p)))
+}
+
+/// An attention mask `[Tq, Tk]` or `[B*H, Tq, Tk]` in additive form, `[Tq, Tk]` or
+/// `[B, H, Tq, Tk]`.
+fn attn_mask_of(m: &Tensor, b: usize, heads: usize, tq: usize, tk: usize) -> Result<Tensor> {
+    match m.shape() {
+        [a, c] if *a == tq && *c == tk => additive(m),
+        [bh, a, c] if *bh == b * heads && *a == tq && *c == tk => {
+            Ok(additive(m)?.reshape(&[b, heads, tq, tk])?)
+        }
+        s => Err(NnError::Config(format!(
+            "attn_mask: expected [{tq}, {tk}] or [{}, {tq}, {tk}], got {s:?}",
+            b * heads
+        ))),
+    }
 }
 
 fn check_mask_shape(what: &str, m: &Tensor, want: &[usize]) -> Result<()> {

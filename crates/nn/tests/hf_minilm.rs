@@ -2,7 +2,7 @@
 //! sentence-transformers (tests/fixtures/hf/minilm, float64 goldens): token ids, last hidden
 //! states (<= 1e-4) and normalised embeddings (<= 2e-5).
 //!
-//! The model folder comes from scripts/setup.sh (scripts/fetch-minilm.sh) into the cache
+//! The model folder comes from scripts/setup.sh --tests (scripts/fetch-minilm.sh) into the cache
 //! `kiln_nn::hf::models_dir()` names. Without it this test FAILS, naming that step: CI runs setup
 //! first, so a missing model is a broken setup, not a reason to skip.
 

@@ -414,3 +414,122 @@ fn decoder_layer_honours_norm_first_and_both_masks() {
         1e-6,
     );
 }
+
+/// Attention masks (additive f32 and boolean i32, [Tq, Tk] and [B*H, Tq, Tk], with and without a
+/// key-padding mask, causal or not) run through the fused kernel and give what the explicit
+/// scores + softmax path gives (asked for the weights, the module takes it), gradients included.
+/// Forcing an attention variant that refuses f32 operands makes the fused call fail and the
+/// explicit one succeed: the masks really take the fused kernel.
+#[test]
+fn attention_masks_run_fused_and_match_the_explicit_path() {
+    use kiln_ops::KernelPolicy;
+    let d = dev();
+    let mut rng = Rng::new(11);
+    let (b, t, e, h) = (2, 5, 16, 4);
+    let mha = MultiHeadAttentionConfig::new(e, h)
+        .init_with(&d, &mut rng)
+        .unwrap();
+    let x = Tensor::from_f32(&d, &rng.vec(b * t * e, -1.0, 1.0), &[b, t, e])
+        .unwrap()
+        .requires_grad_(true)
+        .unwrap();
+    let lw = Tensor::from_f32(&d, &rng.vec(b * t * e, -1.0, 1.0), &[b, t, e]).unwrap();
+    // Additive: random offsets and -inf on some keys (never a whole row); boolean: the same
+    // positions as 1.
+    let masked = |i: usize, j: usize| i % 2 == 1 && j.is_multiple_of(3) && j > 0;
+    let float = |heads: usize| -> Vec<f32> {
+        (0..heads * t * t)
+            .map(|n| {
+                let (i, j) = ((n / t) % t, n % t);
+                if masked(i, j) || (heads > 1 && (n / (t * t)) % 3 == 1 && j == 4 && i < 4) {
+                    f32::NEG_INFINITY
+                } else {
+                    (n % 7) as f32 * 0.1 - 0.3
+                }
+            })
+            .collect()
+    };
+    let boolean = |heads: usize| -> Vec<i32> {
+        (0..heads * t * t)
+            .map(|n| {
+                i32::from(masked((n / t) % t, n % t) || (heads > 1 && n % 11 == 3 && n % t != 0))
+            })
+            .collect()
+    };
+    let masks = [
+        (
+            "float [Tq, Tk]",
+            Tensor::from_f32(&d, &float(1), &[t, t]).unwrap(),
+        ),
+        (
+            "float [B*H, Tq, Tk]",
+            Tensor::from_f32(&d, &float(b * h), &[b * h, t, t]).unwrap(),
+        ),
+        (
+            "bool [Tq, Tk]",
+            Tensor::from_i32(&d, &boolean(1), &[t, t]).unwrap(),
+        ),
+        (
+            "bool [B*H, Tq, Tk]",
+            Tensor::from_i32(&d, &boolean(b * h), &[b * h, t, t]).unwrap(),
+        ),
+    ];
+    let kpm = Tensor::from_i32(&d, &[0, 0, 0, 0, 1, 0, 1, 0, 0, 0], &[b, t]).unwrap();
+    let grads = |y: &Tensor| -> Vec<Vec<f32>> {
+        mha.named_parameters()
+            .iter()
+            .for_each(|(_, p)| p.zero_grad());
+        x.zero_grad();
+        y.mul(&lw).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut g: Vec<Vec<f32>> = mha
+            .named_parameters()
+            .iter()
+            .map(|(_, p)| p.grad().unwrap().to_f32(&d).unwrap())
+            .collect();
+        g.push(x.grad().unwrap().to_f32(&d).unwrap());
+        g
+    };
+    let mut checked = 0;
+    for (name, m) in &masks {
+        for with_kpm in [false, true] {
+            for causal in [false, true] {
+                let mut opts = AttentionOptions::new().attn_mask(m).is_causal(causal);
+                if with_kpm {
+                    opts = opts.key_padding_mask(&kpm);
+                }
+                let what = format!("{name} kpm={with_kpm} causal={causal}");
+                let fused = mha.forward_with(&x, &x, &x, &opts).unwrap();
+                assert!(fused.1.is_none());
+                let explicit = mha
+                    .forward_with(&x, &x, &x, &opts.need_weights(true))
+                    .unwrap();
+                assert_close(
+                    &what,
+                    &fused.0.to_vec().unwrap(),
+                    &to_f64(&explicit.0.to_vec().unwrap()),
+                    1e-5,
+                    1e-4,
+                );
+                let (gf, ge) = (grads(&fused.0), grads(&explicit.0));
+                for (i, (a, w)) in gf.iter().zip(&ge).enumerate() {
+                    assert_close(&format!("{what} grad {i}"), a, &to_f64(w), 1e-4, 1e-3);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 16);
+    // The fused kernel takes them: a forced variant that cannot run f32 operands refuses.
+    let refusing = d.with_policy(KernelPolicy::default().force("attention", "flash_coop16"));
+    let xr = Tensor::from_f32(&refusing, &x.to_vec().unwrap(), &[b, t, e]).unwrap();
+    let mr = Tensor::from_f32(&refusing, &float(1), &[t, t]).unwrap();
+    let mha_r = MultiHeadAttentionConfig::new(e, h).init(&refusing).unwrap();
+    let opts = AttentionOptions::new().attn_mask(&mr);
+    let Err(err) = mha_r.forward_with(&xr, &xr, &xr, &opts) else {
+        panic!("the fused call must be refused");
+    };
+    assert!(err.to_string().contains("flash_coop16"), "{err}");
+    assert!(mha_r
+        .forward_with(&xr, &xr, &xr, &opts.need_weights(true))
+        .is_ok());
+}

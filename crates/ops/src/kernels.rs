@@ -9,9 +9,9 @@
 //! | `conv` (forward and input gradient) | `conv_direct` (software adapters: uniform windows), `conv_gemm` (implicit GEMM through `matmul`) | `conv::CONV` |
 //! | `conv_wgrad` (weight gradient) | `conv_wgrad` (uniform windows), `conv_wgrad_sg` (subgroups), `conv_gemm` | `conv::WGRAD` |
 //! | `pool` (pooling forward) | `pool_windows` (uniform windows, Mesa before 25), `pool_storage` | `pool::POOL` |
-//! | `attention` | `flash_coop16`, `flash_coop8` (f16 forward on cooperative matrices), `flash` (FlashAttention-2 tiles, f32; every backward) | `attention::ATTENTION` |
+//! | `attention` | `flash_coop16`, `flash_coop8` (f16 forward and backward on cooperative matrices), `flash_sg` (FlashAttention-2, f32, a row's invocations exchanging partial sums by subgroup shuffles; GPUs), `flash` (the same through workgroup memory; anywhere, software adapters' choice) | `attention::ATTENTION` |
 //! | `colsum` (column reductions: bias, LayerNorm and abs-max gradients) | `colsum_two_pass` (row blocks, then a sum of the partials), `colsum_one_pass` | `reduce::COLSUM` |
-//! | `optim` (optimizer updates) | `optim_multi` (every parameter of a group, eight per dispatch), `optim_single` (a dispatch per parameter) | `optim::OPTIM` |
+//! | `optim` (optimizer updates) | `optim_multi` (every parameter of a group, eight per dispatch), `optim_multi2` (two per dispatch: 7 storage buffers, within WebGPU's default 8), `optim_single` (a dispatch per parameter) | `optim::OPTIM` |
 //!
 //! Force a variant per device handle, e.g. for tests or benchmarks:
 //! `dev.with_policy(KernelPolicy::default().force("matmul", "gemm_128x64"))`, or for a whole
@@ -52,6 +52,27 @@ impl KernelSpec {
     /// The footprint, checked against the device's adapter profile.
     pub fn fits(&self, dev: &Device) -> Result<Footprint> {
         Ok(dev.fits(self.shader, &self.entry, &self.constants)?)
+    }
+
+    /// The values of the specialised shader's override constants (its own defaults included),
+    /// by name: what models of the kernel (the bank audit) read its strides from.
+    pub fn override_values(&self) -> Result<std::collections::BTreeMap<String, f64>> {
+        Ok(kiln_device::shaders::override_values(
+            self.shader,
+            &self.entry,
+            &self.constants,
+        )?)
+    }
+
+    /// One override value, or an error naming the constant.
+    pub fn value(&self, name: &str) -> Result<u64> {
+        self.override_values()?
+            .get(name)
+            .map(|v| *v as u64)
+            .ok_or_else(|| crate::OpError::Invalid {
+                op: "kernel model",
+                message: format!("{} has no override `{name}`", self.label()),
+            })
     }
 
     /// "shader::entry{constants}", for messages.

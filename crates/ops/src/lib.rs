@@ -6,6 +6,7 @@
 //! kiln-graph's autograd runs it; users' own ops implement the same trait.
 
 pub mod attention;
+pub mod banks;
 pub mod conv;
 pub mod decode;
 pub mod dropout;
@@ -161,6 +162,16 @@ impl Array {
     pub fn to_i32(&self, dev: &Device) -> Result<Vec<i32>> {
         expect_dtype("to_i32", self, DType::I32)?;
         Ok(dev.download(&self.buf)?)
+    }
+    /// Reads f32 data back without blocking (awaits the GPU; the form a browser page needs).
+    pub async fn to_f32_async(&self, dev: &Device) -> Result<Vec<f32>> {
+        expect_dtype("to_f32", self, DType::F32)?;
+        Ok(dev.download_async(&self.buf).await?)
+    }
+    /// Reads i32 data back without blocking (awaits the GPU; the form a browser page needs).
+    pub async fn to_i32_async(&self, dev: &Device) -> Result<Vec<i32>> {
+        expect_dtype("to_i32", self, DType::I32)?;
+        Ok(dev.download_async(&self.buf).await?)
     }
     /// The same data under another shape with as many elements (no copy).
     pub fn reshape(&self, shape: &[usize]) -> Result<Array> {

@@ -299,8 +299,9 @@ pub static GEMM: VariantTable<GemmCall> = VariantTable {
 };
 
 /// The f16 GEMM's variants (f16 A and B, f32 accumulation and C): cooperative matrices of the
-/// adapter's fragment size, 128 x 128 per workgroup (64 x 64 per subgroup) or 64 x 64 for small
-/// outputs; else the operands widen to f32.
+/// adapter's fragment size, 128 x 128 per workgroup (16 x 16 fragments: 64 x 64 per subgroup;
+/// 8 x 8 fragments: 32 x 32 per subgroup, 16 subgroups) or 64 x 64 for small outputs; else the
+/// operands widen to f32.
 pub static GEMM_F16: VariantTable<GemmCall> = VariantTable {
     family: "matmul_f16",
     variants: &[
@@ -332,18 +333,47 @@ pub static GEMM_F16: VariantTable<GemmCall> = VariantTable {
     ],
 };
 
-/// A cooperative-matrix tile: fragment size, fragments per subgroup along M and N (2 x 2
-/// computing subgroups per workgroup).
+/// A cooperative-matrix tile: fragment size, fragments per subgroup along M and along N (4 or 2:
+/// the kernel writes the F x F products out with constant indices), computing subgroups along M
+/// and N.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CoopTile {
     s: u32,
     f: u32,
+    sgm: u32,
+    sgn: u32,
 }
 
-const COOP16: CoopTile = CoopTile { s: 16, f: 4 };
-const COOP16_SMALL: CoopTile = CoopTile { s: 16, f: 2 };
-const COOP8: CoopTile = CoopTile { s: 8, f: 8 };
-const COOP8_SMALL: CoopTile = CoopTile { s: 8, f: 4 };
+/// 128 x 128 per workgroup (16 x 16 fragments: 2 x 2 subgroups of 64 x 64, 16 accumulators of
+/// 8 floats per lane).
+const COOP16: CoopTile = CoopTile {
+    s: 16,
+    f: 4,
+    sgm: 2,
+    sgn: 2,
+};
+/// 64 x 64 (2 x 2 subgroups of 32 x 32).
+const COOP16_SMALL: CoopTile = CoopTile {
+    s: 16,
+    f: 2,
+    sgm: 2,
+    sgn: 2,
+};
+/// 128 x 128 on 8 x 8 fragments: 4 x 4 subgroups of 32 x 32 (16 accumulators of 2 floats per
+/// lane, where 64 of them per subgroup would spill on Apple GPUs).
+const COOP8: CoopTile = CoopTile {
+    s: 8,
+    f: 4,
+    sgm: 4,
+    sgn: 4,
+};
+/// 64 x 64 on 8 x 8 fragments (2 x 2 subgroups of 32 x 32).
+const COOP8_SMALL: CoopTile = CoopTile {
+    s: 8,
+    f: 4,
+    sgm: 2,
+    sgn: 2,
+};
 
 fn coop_tile_of(variant: &str) -> Option<CoopTile> {
     match variant {
@@ -355,9 +385,10 @@ fn coop_tile_of(variant: &str) -> Option<CoopTile> {
     }
 }
 
-/// Computing subgroups of a `gemm_coop` workgroup along M and along N.
-const COOP_SGM: u32 = 2;
-const COOP_SGN: u32 = 2;
+/// Slab groups (8 f16) an invocation of `gemm_coop` may hold between load and store: its
+/// registers are written out for up to 16 (GPUs with 32-lane subgroups hold 4 or fewer; software
+/// adapters' 8-lane subgroups make small workgroups).
+const COOP_MAX_GROUPS: u32 = 16;
 
 /// How a cooperative tile runs a call: the bounds-checked kernel, the 16-byte-load kernel for
 /// interior tiles where the layout allows it, the workgroup block and the slab depth.
@@ -366,6 +397,39 @@ struct CoopPlan {
     words: Option<KernelSpec>,
     block: usize,
     bk: u32,
+}
+
+/// What a `gemm_coop` pipeline is specialised for besides its tile: the adapter's (largest,
+/// smallest) subgroup sizes, the slab depth, alpha, and the operands' contiguous dimensions.
+struct CoopLayout {
+    sg: (u32, u32),
+    bk: u32,
+    alpha: bool,
+    a_kfast: bool,
+    b_nfast: bool,
+}
+
+/// The `gemm_coop` pipeline of a tile and layout: bounds-checked, or (`words`) the interior
+/// kernel with 8-byte loads.
+fn coop_spec(t: CoopTile, l: &CoopLayout, words: bool) -> KernelSpec {
+    let entry = format!("gemm_coop{}{}", t.s, if words { "v" } else { "" });
+    let b = |v: bool| v as u8 as f64;
+    KernelSpec::new(
+        "gemm_coop",
+        &entry,
+        &[
+            ("S", t.s as f64),
+            ("SGM", t.sgm as f64),
+            ("SGN", t.sgn as f64),
+            ("F", t.f as f64),
+            ("SG", l.sg.0 as f64),
+            ("MIN_SG", l.sg.1 as f64),
+            ("BK", l.bk as f64),
+            ("ALPHA", b(l.alpha)),
+            ("A_KFAST", b(l.a_kfast)),
+            ("B_NFAST", b(l.b_nfast)),
+        ],
+    )
 }
 
 fn coop_plan(dev: &Device, c: &GemmCall, t: CoopTile, alpha: bool) -> Option<CoopPlan> {
@@ -377,23 +441,23 @@ fn coop_plan(dev: &Device, c: &GemmCall, t: CoopTile, alpha: bool) -> Option<Coo
     };
     let g = &c.g;
     let (a_kfast, b_nfast) = (g.a[2] == 1, g.b[2] == 1);
-    let block = (t.s * t.f * COOP_SGM) as usize;
-    // The deepest slab whose double buffers fit the workgroup memory.
-    for bk in [32, 16] {
-        let consts = [
-            ("S", t.s as f64),
-            ("SGM", COOP_SGM as f64),
-            ("SGN", COOP_SGN as f64),
-            ("FM", t.f as f64),
-            ("FN", t.f as f64),
-            ("SG", max_sg as f64),
-            ("MIN_SG", min_sg as f64),
-            ("BK", bk as f64),
-            ("ALPHA", alpha as u8 as f64),
-            ("A_KFAST", a_kfast as u8 as f64),
-            ("B_NFAST", b_nfast as u8 as f64),
-        ];
-        let checked = KernelSpec::new("gemm_coop", &format!("gemm_coop{}", t.s), &consts);
+    let block = (t.s * t.f * t.sgm) as usize;
+    debug_assert_eq!(t.sgm, t.sgn, "square workgroup tiles");
+    let wg = max_sg * t.sgm * t.sgn;
+    // The deepest slab whose double buffers fit the workgroup memory and whose groups fit an
+    // invocation's registers.
+    for bk in [32u32, 16] {
+        if (block as u32 * bk / 8).div_ceil(wg) > COOP_MAX_GROUPS {
+            continue;
+        }
+        let layout = CoopLayout {
+            sg: (max_sg, min_sg),
+            bk,
+            alpha,
+            a_kfast,
+            b_nfast,
+        };
+        let checked = coop_spec(t, &layout, false);
         if checked.fits(dev).is_err() {
             continue;
         }
@@ -419,7 +483,7 @@ fn coop_plan(dev: &Device, c: &GemmCall, t: CoopTile, alpha: bool) -> Option<Coo
             && c.quads[1]
             && g.m >= block
             && g.n >= block)
-            .then(|| KernelSpec::new("gemm_coop", &format!("gemm_coop{}v", t.s), &consts));
+            .then(|| coop_spec(t, &layout, true));
         return Some(CoopPlan {
             checked,
             words,
@@ -1575,4 +1639,448 @@ impl crate::op::Op for Matmul {
         }
         Ok(grads)
     }
+}
+
+/// The workgroup-memory accesses of the GEMM kernels, for the bank audit ([`crate::banks`]), as
+/// the kernels make them with the constants their launchers set (strides and pads read from the
+/// specialised shaders): the f32 GPU tiles (`gemm_tile`, `gemm_tile4`: every tile variant, every
+/// operand layout), the software adapters' `gemm` (4 x 4 per invocation), and the cooperative
+/// f16 staging of every cooperative tile, operand layout and slab depth, with 32-lane subgroups.
+pub fn bank_accesses() -> Result<Vec<crate::banks::Access>> {
+    let mut out = Vec::new();
+    for name in [
+        "gemm_128x128",
+        "gemm_128x64",
+        "gemm_64x64",
+        "gemm_16x64",
+        "gemm_64x16",
+    ] {
+        let t = tile_of(name).expect("a GPU tile");
+        for (entry, layouts) in [
+            ("gemm_tile", &[(true, true)][..]),
+            (
+                "gemm_tile4",
+                &[(true, true), (false, true), (true, false), (false, false)][..],
+            ),
+        ] {
+            for &(a_kfast, b_nfast) in layouts {
+                let mut consts: Vec<(&str, f64)> = vec![
+                    ("MODE", 0.0),
+                    ("TBM", t.bm as f64),
+                    ("TBN", t.bn as f64),
+                    ("TRM", t.rm as f64),
+                    ("TRN", t.rn as f64),
+                    ("TBK", TILE_BK as f64),
+                ];
+                if entry == "gemm_tile4" {
+                    consts.extend([
+                        ("A_KFAST", a_kfast as u8 as f64),
+                        ("B_NFAST", b_nfast as u8 as f64),
+                    ]);
+                }
+                let spec = KernelSpec::new("gemm", entry, &consts);
+                let label = if entry == "gemm_tile" {
+                    format!("{name} {entry}")
+                } else {
+                    format!(
+                        "{name} {entry} {}{}",
+                        kfast(a_kfast, "k"),
+                        kfast(b_nfast, "n")
+                    )
+                };
+                tile_accesses(&mut out, &spec, &label, entry == "gemm_tile4")?;
+            }
+        }
+    }
+    gemm4x4_accesses(&mut out)?;
+    for (name, t) in [
+        ("coop16", COOP16),
+        ("coop16_small", COOP16_SMALL),
+        ("coop8", COOP8),
+        ("coop8_small", COOP8_SMALL),
+    ] {
+        for bk in [32, 16] {
+            for (a_kfast, b_nfast) in [(true, true), (false, true), (true, false), (false, false)] {
+                let l = CoopLayout {
+                    sg: (32, 32),
+                    bk,
+                    alpha: false,
+                    a_kfast,
+                    b_nfast,
+                };
+                let label = format!(
+                    "{name} BK{bk} {}{}",
+                    kfast(a_kfast, "k"),
+                    kfast(b_nfast, "n")
+                );
+                coop_accesses(&mut out, &coop_spec(t, &l, false), &label)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// "A:k" / "A:m"-style labels of an operand layout.
+fn kfast(fast: bool, dim: &str) -> String {
+    match (dim, fast) {
+        ("k", true) => "A[m][k] ".into(),
+        ("k", false) => "A[k][m] ".into(),
+        (_, true) => "B[k][n]".into(),
+        _ => "B[n][k]".into(),
+    }
+}
+
+/// gemm_tile / gemm_tile4: the slab stores (A transposed into [k][m], B as [k][n], each row
+/// padded by one vec4) and the register-blocked reads of `tile_compute`.
+fn tile_accesses(
+    out: &mut Vec<crate::banks::Access>,
+    spec: &KernelSpec,
+    label: &str,
+    vec4: bool,
+) -> Result<()> {
+    use crate::banks::Access;
+    let v = spec.override_values()?;
+    let g = |n: &str| -> Result<u64> {
+        v.get(n).map(|x| *x as u64).ok_or_else(|| OpError::Invalid {
+            op: "bank model",
+            message: format!("{} has no override `{n}`", spec.label()),
+        })
+    };
+    let (tbm, tbn, tbk, tsa, tsb) = (g("TBM")?, g("TBN")?, g("TBK")?, g("TSA")?, g("TSB")?);
+    let (twx, twy, trm, trn) = (g("TWX")?, g("TWY")?, g("TRM")?, g("TRN")?);
+    let a_kfast = !vec4 || g("A_KFAST")? == 1;
+    let b_nfast = vec4 && g("B_NFAST")? == 1;
+    let tnt = twx * twy;
+    let groups = (tnt / 32).max(1) as u32;
+    let steps_a = (tbm * tbk / 4).div_ceil(tnt) as u32;
+    let steps_b = (tbn * tbk / 4).div_ceil(tnt) as u32;
+    let lanes = move |lane: u32, grp: u32| -> Option<u64> {
+        let li = grp as u64 * 32 + lane as u64;
+        (li < tnt).then_some(li)
+    };
+    // A: groups of 4 k along a row of A (scalar stores into [k][m]), or (A[k][m] operands)
+    // one vec4 along m.
+    if a_kfast {
+        out.push(
+            Access::new(
+                label,
+                "Ta",
+                "slab store (A quads along k, transposed)",
+                4,
+                4 * steps_a,
+                |_, _| None,
+            )
+            .grouped(groups, move |lane, grp, step| {
+                let e = lanes(lane, grp)? + (step / 4) as u64 * tnt;
+                (e < tbm * tbk / 4).then(|| {
+                    let (m, k, i) = (e / (tbk / 4), (e % (tbk / 4)) * 4, (step % 4) as u64);
+                    4 * ((k + i) * tsa * 4 + m)
+                })
+            }),
+        );
+    } else {
+        out.push(
+            Access::new(
+                label,
+                "Ta",
+                "slab store (vec4 along m)",
+                16,
+                steps_a,
+                |_, _| None,
+            )
+            .grouped(groups, move |lane, grp, step| {
+                let e = lanes(lane, grp)? + step as u64 * tnt;
+                (e < tbm * tbk / 4).then(|| 16 * ((e / (tbm / 4)) * tsa + e % (tbm / 4)))
+            }),
+        );
+    }
+    if b_nfast {
+        out.push(
+            Access::new(
+                label,
+                "Tb",
+                "slab store (vec4 along n)",
+                16,
+                steps_b,
+                |_, _| None,
+            )
+            .grouped(groups, move |lane, grp, step| {
+                let e = lanes(lane, grp)? + step as u64 * tnt;
+                (e < tbn * tbk / 4).then(|| 16 * ((e / (tbn / 4)) * tsb + e % (tbn / 4)))
+            }),
+        );
+    } else {
+        out.push(
+            Access::new(
+                label,
+                "Tb",
+                "slab store (B quads along k)",
+                4,
+                4 * steps_b,
+                |_, _| None,
+            )
+            .grouped(groups, move |lane, grp, step| {
+                let e = lanes(lane, grp)? + (step / 4) as u64 * tnt;
+                (e < tbn * tbk / 4).then(|| {
+                    let (n, k, i) = (e / (tbk / 4), (e % (tbk / 4)) * 4, (step % 4) as u64);
+                    4 * ((k + i) * tsb * 4 + n)
+                })
+            }),
+        );
+    }
+    // tile_compute: row quads TWY apart (A), column quads TWX apart (B), per k.
+    let (fa, fb) = ((trm / 4) as u32, (trn / 4) as u32);
+    out.push(
+        Access::new(
+            label,
+            "Ta",
+            "register-tile read",
+            16,
+            tbk as u32 * fa,
+            |_, _| None,
+        )
+        .grouped(groups, move |lane, grp, step| {
+            let li = lanes(lane, grp)?;
+            let (kk, gq) = ((step / fa) as u64, (step % fa) as u64);
+            Some(16 * (kk * tsa + li / twx + gq * twy))
+        }),
+    );
+    out.push(
+        Access::new(
+            label,
+            "Tb",
+            "register-tile read",
+            16,
+            tbk as u32 * fb,
+            |_, _| None,
+        )
+        .grouped(groups, move |lane, grp, step| {
+            let li = lanes(lane, grp)?;
+            let (kk, h) = ((step / fb) as u64, (step % fb) as u64);
+            Some(16 * (kk * tsb + li % twx + h * twx))
+        }),
+    );
+    Ok(())
+}
+
+/// The software adapters' `gemm` (16 x 16 invocations, 4 x 4 outputs each, BK = 16): its
+/// slab stores and reads, as `gemm_4x4` launches it.
+fn gemm4x4_accesses(out: &mut Vec<crate::banks::Access>) -> Result<()> {
+    use crate::banks::Access;
+    let spec = KernelSpec::new(
+        "gemm",
+        "gemm",
+        &[("MODE", 0.0), ("TM", 16.0), ("TN", 16.0), ("BK", 16.0)],
+    );
+    let v = spec.override_values()?;
+    let (tm, tn, bk) = (v["TM"] as u64, v["TN"] as u64, v["BK"] as u64);
+    let (bm, bn, nt) = (4 * tm, 4 * tn, tm * tn);
+    let label = "gemm_4x4 gemm";
+    let steps_a = (bm * bk).div_ceil(nt) as u32;
+    let steps_b = (bn * bk).div_ceil(nt) as u32;
+    let groups = (nt / 32) as u32;
+    out.push(
+        Access::new(
+            label,
+            "As",
+            "slab store (As[kk * TM + mm / 4][mm % 4])",
+            4,
+            steps_a,
+            |_, _| None,
+        )
+        .grouped(groups, move |lane, grp, step| {
+            let i = grp as u64 * 32 + lane as u64 + step as u64 * nt;
+            let (mm, kk) = (i / bk, i % bk);
+            Some(4 * ((kk * tm + mm / 4) * 4 + mm % 4))
+        })
+        .software(),
+    );
+    out.push(
+        Access::new(label, "Bs", "slab store", 4, steps_b, |_, _| None)
+            .grouped(groups, move |lane, grp, step| {
+                let i = grp as u64 * 32 + lane as u64 + step as u64 * nt;
+                let (nn, kk) = (i % bn, i / bn);
+                Some(4 * ((kk * tn + nn / 4) * 4 + nn % 4))
+            })
+            .software(),
+    );
+    out.push(
+        Access::new(
+            label,
+            "As",
+            "read (As[kk * TM + lid.y])",
+            16,
+            bk as u32,
+            |_, _| None,
+        )
+        .grouped(groups, move |lane, grp, kk| {
+            let li = grp as u64 * 32 + lane as u64;
+            Some(16 * (kk as u64 * tm + li / tn))
+        })
+        .software(),
+    );
+    out.push(
+        Access::new(
+            label,
+            "Bs",
+            "read (Bs[kk * TN + lid.x])",
+            16,
+            bk as u32,
+            |_, _| None,
+        )
+        .grouped(groups, move |lane, grp, kk| {
+            let li = grp as u64 * 32 + lane as u64;
+            Some(16 * (kk as u64 * tn + li % tn))
+        })
+        .software(),
+    );
+    Ok(())
+}
+
+/// The accesses of one `gemm_coop` pipeline (as [`bank_accesses`] declares them), labelled
+/// `label`: for tests that vary a constant.
+pub fn coop_bank_accesses(spec: &KernelSpec, label: &str) -> Result<Vec<crate::banks::Access>> {
+    let mut out = Vec::new();
+    coop_accesses(&mut out, spec, label)?;
+    Ok(out)
+}
+
+/// The store order's swizzle of `gemm_coop.wgsl`'s `swz` (mirrored here for the model).
+fn coop_swizzle(row: u64, ch: u64, cpr: u64) -> u64 {
+    if cpr >= 8 {
+        (row * (cpr / 8) + ch / 8) % 4
+    } else if cpr == 4 {
+        row % 4
+    } else {
+        (row / 8 + 2 * ch) % 4
+    }
+}
+
+/// gemm_coop: the slab stores (8 f16 per group, 16-bit stores in swizzled word order), the
+/// fragment loads (modelled as NVIDIA's `ldmatrix`: a 16 x 16 fragment is 32 rows of 16 bytes,
+/// lane l reading row l % 16, half l / 16; an 8 x 8 one 8 rows read by 8 lanes), and the output
+/// scratch (accumulators stored as NVIDIA's m16n8 layout: lane l holds rows l / 4 and l / 4 + 8,
+/// columns 2 (l % 4) and the next, per 8 columns; then read back consecutively).
+fn coop_accesses(
+    out: &mut Vec<crate::banks::Access>,
+    spec: &KernelSpec,
+    label: &str,
+) -> Result<()> {
+    use crate::banks::Access;
+    let v = spec.override_values()?;
+    let g = |n: &str| -> Result<u64> {
+        v.get(n).map(|x| *x as u64).ok_or_else(|| OpError::Invalid {
+            op: "bank model",
+            message: format!("{} has no override `{n}`", spec.label()),
+        })
+    };
+    let (bm, bn, bk, s, f) = (g("BM")?, g("BN")?, g("BK")?, g("S")?, g("F")?);
+    let (wg, sgm, sgn) = (g("WG")?, g("SGM")?, g("SGN")?);
+    let (a_kfast, b_nfast) = (g("A_KFAST")? == 1, g("B_NFAST")? == 1);
+    for (op, slow_fast, stride, slab, groups_n, nfast) in [
+        (
+            "As",
+            g("A_FAST")?,
+            g("AS")?,
+            g("A_SLAB")?,
+            bm * bk / 8,
+            a_kfast,
+        ),
+        (
+            "Bs",
+            g("B_FAST")?,
+            g("BS")?,
+            g("B_SLAB")?,
+            bk * bn / 8,
+            b_nfast,
+        ),
+    ] {
+        let fast = slow_fast;
+        let cpr = fast / 8;
+        let per = groups_n.div_ceil(wg);
+        let lane_groups = (wg / 32 * per) as u32;
+        // The second buffer: the same pattern shifted by one slab.
+        let what = format!(
+            "slab store, rows of {fast} + pad ({})",
+            if nfast { "fast" } else { "transposed operand" }
+        );
+        out.push(Access::new(label, op, what, 2, 8, |_, _| None).grouped(
+            lane_groups,
+            move |lane, grp, step| {
+                let (sub, call) = (grp as u64 % (wg / 32), grp as u64 / (wg / 32));
+                let gi = call * wg + sub * 32 + lane as u64;
+                if gi >= groups_n {
+                    return None;
+                }
+                let (row, ch) = (gi / cpr, gi % cpr);
+                let w = (step as u64 / 2) ^ coop_swizzle(row, ch, cpr);
+                Some(2 * (slab + row * stride + ch * 8 + 2 * w + step as u64 % 2))
+            },
+        ));
+    }
+    // Fragment loads: subgroup (i, j) of the SGM x SGN grid, fragment i (or j) at k-step kk.
+    let frag =
+        |op: &'static str, stride: u64, rows_are_k: bool, sgs: u64, out: &mut Vec<Access>| {
+            let steps = (f * (bk / s)) as u32;
+            out.push(
+                Access::new(
+                    label,
+                    op,
+                    "fragment load (ldmatrix model)",
+                    16,
+                    steps,
+                    |_, _| None,
+                )
+                .grouped(sgs as u32, move |lane, sgi, step| {
+                    let (fi, kk) = ((step as u64) % f, (step as u64 / f) * s);
+                    let origin = sgi as u64 * f * s + fi * s;
+                    let (row0, col0) = if rows_are_k {
+                        (kk, origin)
+                    } else {
+                        (origin, kk)
+                    };
+                    let lane = lane as u64;
+                    if s == 8 && lane >= 8 {
+                        return None;
+                    }
+                    let (r, half) = (lane % s, lane / s);
+                    Some(2 * ((row0 + r) * stride + col0 + half * 8))
+                }),
+            );
+        };
+    frag("As", g("AS")?, !a_kfast, sgm, out);
+    frag("Bs", g("BS")?, b_nfast, sgn, out);
+    out.push(
+        Access::new(
+            label,
+            "Cs",
+            "accumulator store (m16n8 model)",
+            8,
+            (s / 8 * s / 8) as u32,
+            |_, _| None,
+        )
+        .grouped((sgm * sgn) as u32, move |lane, sgi, step| {
+            let lane = lane as u64;
+            let (r8, c8) = ((step as u64 / (s / 8)) * 8, (step as u64 % (s / 8)) * 8);
+            if lane / 4 >= s {
+                return None;
+            }
+            Some(4 * (sgi as u64 * s * s + (lane / 4 + r8) * s + c8 + 2 * (lane % 4)))
+        }),
+    );
+    out.push(
+        Access::new(
+            label,
+            "Cs",
+            "scratch read by lanes",
+            4,
+            (s * s / 32).max(1) as u32,
+            |_, _| None,
+        )
+        .grouped((sgm * sgn) as u32, move |lane, sgi, step| {
+            let e = lane as u64 + 32 * step as u64;
+            (e < s * s).then_some(4 * (sgi as u64 * s * s + e))
+        }),
+    );
+    Ok(())
 }

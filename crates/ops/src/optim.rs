@@ -204,22 +204,38 @@ pub struct OptimCall {
     pub quads: bool,
 }
 
-/// Parameters per `multi` dispatch.
-const SLOTS: usize = 8;
+/// The multi-tensor entry points and the parameters each updates per dispatch: `multi` binds 19
+/// storage buffers, `multi2` 7 (WebGPU's default limit is 8).
+fn multi_entry(variant: &str) -> Option<(&'static str, usize)> {
+    match variant {
+        "optim_multi" => Some(("multi", 8)),
+        "optim_multi2" => Some(("multi2", 2)),
+        _ => None,
+    }
+}
+
+/// Where every parameter and gradient can be bound as quads, `Ok` if `entry` fits the device.
+fn multi_supports(d: &Device, c: &OptimCall, entry: &str) -> std::result::Result<(), String> {
+    if !c.quads {
+        return Err("a parameter or gradient cannot be bound as quads".into());
+    }
+    all_fit(d, &[KernelSpec::new("optim", entry, &[("RULE", 1.0)])])
+}
 
 /// The optimizer update's variants: every parameter of a group in dispatches of up to eight
-/// (multi-tensor apply), or a dispatch per parameter.
+/// (multi-tensor apply), of two where the adapter allows only WebGPU's default 8 storage buffers
+/// per stage, or a dispatch per parameter.
 pub static OPTIM: VariantTable<OptimCall> = VariantTable {
     family: "optim",
     variants: &[
         Variant {
             name: "optim_multi",
-            supports: |d, c| {
-                if !c.quads {
-                    return Err("a parameter or gradient cannot be bound as quads".into());
-                }
-                all_fit(d, &[KernelSpec::new("optim", "multi", &[("RULE", 1.0)])])
-            },
+            supports: |d, c| multi_supports(d, c, "multi"),
+            prefers: |_, c| c.params > 1,
+        },
+        Variant {
+            name: "optim_multi2",
+            supports: |d, c| multi_supports(d, c, "multi2"),
             prefers: |_, c| c.params > 1,
         },
         Variant {
@@ -233,9 +249,9 @@ pub static OPTIM: VariantTable<OptimCall> = VariantTable {
 /// The variant the device's policy chooses for a group's update, and its pipeline.
 pub fn plan(dev: &Device, c: &OptimCall) -> Result<crate::kernels::Planned> {
     let v = OPTIM.choose(dev, c)?;
-    let kernels = match v.name {
-        "optim_multi" => vec![KernelSpec::new("optim", "multi", &[("RULE", 1.0)])],
-        _ => vec![KernelSpec::new("optim", "adam4", &[])],
+    let kernels = match multi_entry(v.name) {
+        Some((entry, _)) => vec![KernelSpec::new("optim", entry, &[("RULE", 1.0)])],
+        None => vec![KernelSpec::new("optim", "adam4", &[])],
     };
     Ok(crate::kernels::Planned {
         family: OPTIM.family,
@@ -291,7 +307,7 @@ pub fn step_group(
     if slots.is_empty() {
         return Ok(());
     }
-    if OPTIM.choose(dev, &call)?.name == "optim_single" {
+    let Some((entry, per_dispatch)) = multi_entry(OPTIM.choose(dev, &call)?.name) else {
         for sl in slots {
             let n = sl.param.len();
             let windows: Vec<Buffer> = state
@@ -304,7 +320,7 @@ pub fn step_group(
             step(dev, rule, sl.param, sl.grad, &windows, hp, guard)?;
         }
         return Ok(());
-    }
+    };
     let guard = guard_or_zero(dev, guard)?;
     let guard = &guard;
     let code = match rule {
@@ -312,13 +328,22 @@ pub fn step_group(
         Rule::Adam { .. } => 1.0,
         Rule::RmsProp { .. } => 2.0,
     };
-    let k = dev.kernel("optim", "multi", &[("RULE", code)])?;
-    // State bindings the rule does not use still need a buffer.
-    let unused = dev.alloc(4, crate::DType::F32)?;
-    for chunk in slots.chunks(SLOTS) {
-        let mut starts = [0u32; SLOTS];
-        let mut lens = [0u32; SLOTS];
-        let mut offs = [0u32; SLOTS];
+    let k = dev.kernel("optim", entry, &[("RULE", code)])?;
+    // Writable bindings the dispatch does not use (state the rule has none of, parameter slots
+    // past a short chunk) still need a buffer each, and distinct ones: WebGPU refuses a buffer
+    // bound twice where either binding is writable.
+    let spare = |n: usize| -> Result<Vec<Buffer>> {
+        Ok((0..n)
+            .map(|_| dev.alloc(4, crate::DType::F32))
+            .collect::<std::result::Result<_, _>>()?)
+    };
+    let unused_state = spare(3 - state.len().min(3))?;
+    let unused_params = spare(per_dispatch - 1)?;
+    // The parameter block holds eight slots whatever the entry point reads.
+    for chunk in slots.chunks(per_dispatch) {
+        let mut starts = [0u32; 8];
+        let mut lens = [0u32; 8];
+        let mut offs = [0u32; 8];
         let mut total = 0usize;
         for (i, sl) in chunk.iter().enumerate() {
             starts[i] = total as u32;
@@ -327,11 +352,15 @@ pub fn step_group(
             total += sl.param.len().div_ceil(4);
         }
         let mut bufs: Vec<&Buffer> = vec![hp, guard];
-        // Slots past the chunk repeat its first parameter; no invocation reaches them.
+        // Slots past the chunk read its first gradient and write a spare buffer; no invocation
+        // reaches them.
         let pick = |i: usize| chunk.get(i).unwrap_or(&chunk[0]);
-        bufs.extend((0..SLOTS).map(|i| pick(i).grad));
-        bufs.extend((0..SLOTS).map(|i| pick(i).param));
-        bufs.extend((0..3).map(|k| state.get(k).unwrap_or(&unused)));
+        bufs.extend((0..per_dispatch).map(|i| pick(i).grad));
+        bufs.extend((0..per_dispatch).map(|i| match chunk.get(i) {
+            Some(sl) => sl.param,
+            None => &unused_params[i - chunk.len()],
+        }));
+        bufs.extend(state.iter().take(3).chain(&unused_state));
         let p = Params::new()
             .us(&[chunk.len() as u32, total as u32, 0, 0])
             .us(&starts)

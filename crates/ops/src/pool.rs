@@ -167,6 +167,24 @@ fn forward(
     Ok(())
 }
 
+/// The variant the device's policy chooses for max pooling of `x` ([N, C, H, W]) and the
+/// pipelines of its forward pass, for planners (the limit-profile test).
+pub fn plan(dev: &Device, x: [usize; 4], spec: &Pool2dSpec) -> Result<crate::kernels::Planned> {
+    let (xs, oh, ow) = dims("max_pool2d", &x, spec)?;
+    let v = POOL.choose(dev, &xs)?;
+    let consts = constants(codes::MAX, xs, (oh, ow), spec, v.name == "pool_windows");
+    Ok(crate::kernels::Planned {
+        family: POOL.family,
+        variant: v.name,
+        kernels: vec![crate::kernels::KernelSpec::new(
+            "pool",
+            "pool_forward",
+            &consts,
+        )],
+        largest_binding: (xs.iter().product::<usize>() * 4) as u64,
+    })
+}
+
 /// Max pooling: (y, argmax indices within each plane).
 pub fn max_pool2d(dev: &Device, x: &Array, spec: &Pool2dSpec) -> Result<(Array, Array)> {
     expect_dtype("max_pool2d", x, DType::F32)?;

@@ -1722,15 +1722,20 @@ fn all_rules() -> [Rule; 8] {
     ]
 }
 
-/// A group's update in few dispatches (eight parameters per `multi` dispatch: 11 parameters of
+/// A group's update in few dispatches (eight parameters per `multi` dispatch, two per `multi2`: 11 parameters of
 /// odd lengths, 1 to 1031, some frozen) and one per parameter, each forced, against the CPU over
 /// three steps; the flat state of each parameter starts on its 256-byte boundary.
 #[test]
 fn grouped_optimizer_updates_match_the_cpu() {
+    for variant in ["optim_multi", "optim_multi2", "optim_single"] {
+        grouped_optimizer_cases(&forced(&[("optim", variant)]), variant);
+    }
+}
+
+fn grouped_optimizer_cases(d: &Device, variant: &str) {
     let mut r = Rng::new(81);
     let lens = [1, 7, 1031, 64, 5, 333, 2, 17, 250, 3, 9];
-    for variant in ["optim_multi", "optim_single"] {
-        let d = forced(&[("optim", variant)]);
+    {
         for rule in all_rules() {
             let (offsets, total) = optim::state_layout(&lens);
             assert!(offsets.iter().all(|o| o % optim::STATE_ALIGN == 0));
@@ -1757,7 +1762,7 @@ fn grouped_optimizer_updates_match_the_cpu() {
                         state_offset: offsets[i],
                     })
                     .collect();
-                optim::step_group(&d, &rule, &slots, &state, &hp, None).unwrap();
+                optim::step_group(d, &rule, &slots, &state, &hp, None).unwrap();
                 for &i in &live {
                     optim::cpu_step(
                         &rule,
@@ -1780,6 +1785,53 @@ fn grouped_optimizer_updates_match_the_cpu() {
             }
         }
     }
+}
+
+/// WebGPU's default limits as the profile on this adapter: each family's automatic choice fits
+/// them (GPU tiles for matmuls, the implicit GEMM for convolutions, FlashAttention-2, the
+/// two-slot grouped update), and those kernels compute what the CPU does.
+#[test]
+fn webgpu_default_limits_choose_fitting_variants_that_match_the_cpu() {
+    use kiln_device::AdapterProfile;
+    use kiln_ops::matmul::{self, GemmCall};
+    let web = AdapterProfile::webgpu_default();
+    let d = dev().with_policy(KernelPolicy::default().with_profile(web.clone()));
+    let call = optim::OptimCall {
+        params: 10,
+        quads: true,
+    };
+    let plans = [
+        optim::plan(&d, &call).unwrap(),
+        matmul::plan(
+            &d,
+            &GemmCall::matmul(1, 64, 120, 400, false, true, false, false, false),
+        )
+        .unwrap(),
+        conv::plan(
+            &d,
+            conv::ConvPass::Forward,
+            [8, 6, 14, 14],
+            [16, 6, 5, 5],
+            &Conv2dSpec::default(),
+        )
+        .unwrap(),
+    ];
+    let variants: Vec<&str> = plans.iter().map(|p| p.variant).collect();
+    assert_eq!(variants[0], "optim_multi2");
+    assert!(
+        variants[1].starts_with("gemm_") && variants[1].contains('x'),
+        "{variants:?}"
+    );
+    assert_eq!(variants[2], "conv_gemm");
+    for p in &plans {
+        for k in &p.kernels {
+            let f = d.footprint(k.shader, &k.entry, &k.constants).unwrap();
+            f.check(&k.label(), &web).unwrap();
+        }
+    }
+    // The convolution's implicit GEMM runs on the same tiles (conv2d_on_the_implicit_gemm).
+    assert!(matmul_cases(&d) >= 4);
+    grouped_optimizer_cases(&d, "WebGPU defaults");
 }
 
 #[test]
@@ -2063,381 +2115,6 @@ fn layer_norm_and_embedding() {
         1e-5
     )
     .is_err());
-}
-
-/// Flash attention against the CPU reference and finite differences: odd shapes (primes, 1,
-/// several query blocks and key tiles), head_dim 1 and 128 (two invocations per row), causal and
-/// padded, the additive mask with -inf entries, batch 1; on this adapter's tiles and on the
-/// smaller ones WebGPU's default limits get.
-#[test]
-fn fused_attention_matches_references_and_masks() {
-    use kiln_device::AdapterProfile;
-    let small =
-        dev().with_policy(KernelPolicy::default().with_profile(AdapterProfile::webgpu_default()));
-    // Each head dimension builds its own pipelines, which lavapipe compiles slowly: the smaller
-    // tiles take three of the cases (two invocations per row among them).
-    for (d, seed, all) in [(dev(), 41, true), (small, 42, false)] {
-        attention_cases(&d, seed, all);
-    }
-}
-
-fn attention_cases(d: &Device, seed: u64, all: bool) {
-    use kiln_ops::attention::{self, AttentionSpec};
-    let d = d.clone();
-    let mut r = Rng::new(seed);
-    // (b, h, tq, tk, dim, causal, padded, additive mask)
-    let cases = [
-        (1, 1, 1, 1, 1, false, false, false),
-        (2, 3, 5, 5, 4, true, false, false),
-        (2, 2, 3, 7, 8, false, true, true),
-        (1, 2, 6, 6, 16, true, true, false),
-        (1, 1, 9, 4, 1, false, false, true),
-        (1, 1, 71, 67, 5, true, false, true),
-        (2, 1, 5, 7, 128, true, true, false),
-        (1, 1, 3, 70, 33, false, true, true),
-    ];
-    for (n, (b, h, tq, tk, dim, causal, padded, masked)) in cases.into_iter().enumerate() {
-        if !all && ![2, 5, 6].contains(&n) {
-            continue;
-        }
-        let (q, k, v) = (
-            r.vec(b * h * tq * dim, -1.0, 1.0),
-            r.vec(b * h * tk * dim, -1.0, 1.0),
-            r.vec(b * h * tk * dim, -1.0, 1.0),
-        );
-        // Pad the last key of each batch item (never all of them).
-        let pad: Vec<i32> = (0..b * tk)
-            .map(|i| i32::from(padded && i % tk == tk - 1 && tk > 1))
-            .collect();
-        // An additive mask: random offsets, and -inf on every third key of odd rows.
-        let mask: Vec<f32> = (0..tq * tk)
-            .map(|e| {
-                let (i, j) = (e / tk, e % tk);
-                if i % 2 == 1 && j % 3 == 0 && j > 0 {
-                    f32::NEG_INFINITY
-                } else {
-                    r.range(-1.0, 1.0) as f32
-                }
-            })
-            .collect();
-        let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
-        let (qa, ka, va) = (
-            arr(&d, &q, &[b, h, tq, dim]),
-            arr(&d, &k, &[b, h, tk, dim]),
-            arr(&d, &v, &[b, h, tk, dim]),
-        );
-        let pa = Array::from_i32(&d, &pad, &[b, tk]).unwrap();
-        let ma = arr(&d, &mask, &[tq, tk]);
-        let spec = AttentionSpec {
-            causal,
-            scale: None,
-        };
-        let (o, saved) = attention::attention_masked(
-            &d,
-            &qa,
-            &ka,
-            &va,
-            padded.then_some(&pa),
-            masked.then_some(&ma),
-            &spec,
-        )
-        .unwrap();
-        let scale = 1.0 / (dim as f64).sqrt();
-        let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
-        let cpu = |q: &[f64], k: &[f64], v: &[f64]| {
-            attention::cpu::attention_masked(
-                q,
-                k,
-                v,
-                h,
-                tq,
-                tk,
-                dim,
-                causal,
-                padded.then_some(&pad[..]),
-                masked.then_some(&mask64[..]),
-                scale,
-            )
-        };
-        let what = format!(
-            "attention b{b} h{h} tq{tq} tk{tk} d{dim} causal={causal} pad={padded} mask={masked}"
-        );
-        assert_close(
-            &what,
-            &o.to_f32(&d).unwrap(),
-            &cpu(&q64, &k64, &v64),
-            1e-5,
-            1e-4,
-        );
-        if !(masked || causal && tq > tk) {
-            let un =
-                attention::attention_unfused(&d, &qa, &ka, &va, padded.then_some(&pad[..]), &spec)
-                    .unwrap();
-            assert_close(
-                &format!("{what} vs unfused"),
-                &o.to_f32(&d).unwrap(),
-                &to_f64(&un.to_f32(&d).unwrap()),
-                1e-5,
-                1e-4,
-            );
-        }
-        let dy = r.vec(o.numel(), -1.0, 1.0);
-        let (dq, dk, dv) = attention::attention_backward(
-            &d,
-            &qa,
-            &ka,
-            &va,
-            padded.then_some(&pa),
-            &spec,
-            &saved,
-            &arr(&d, &dy, &o.shape),
-        )
-        .unwrap();
-        let fq = |x: &[f64]| dot(&cpu(x, &k64, &v64), &dy);
-        let fk = |x: &[f64]| dot(&cpu(&q64, x, &v64), &dy);
-        let fv = |x: &[f64]| dot(&cpu(&q64, &k64, x), &dy);
-        assert_close(
-            &format!("{what} dq"),
-            &dq.to_f32(&d).unwrap(),
-            &finite_diff(fq, &q64, 1e-4),
-            1e-4,
-            1e-3,
-        );
-        assert_close(
-            &format!("{what} dk"),
-            &dk.to_f32(&d).unwrap(),
-            &finite_diff(fk, &k64, 1e-4),
-            1e-4,
-            1e-3,
-        );
-        assert_close(
-            &format!("{what} dv"),
-            &dv.to_f32(&d).unwrap(),
-            &finite_diff(fv, &v64, 1e-4),
-            1e-4,
-            1e-3,
-        );
-    }
-    // Causal: changing future keys and values leaves earlier outputs unchanged.
-    let (tq, dim) = (6, 4);
-    let q = r.vec(tq * dim, -1.0, 1.0);
-    let mut k = r.vec(tq * dim, -1.0, 1.0);
-    let mut v = r.vec(tq * dim, -1.0, 1.0);
-    let spec = AttentionSpec {
-        causal: true,
-        scale: None,
-    };
-    let run = |k: &[f32], v: &[f32]| {
-        let s = [1, 1, tq, dim];
-        attention::attention(
-            &d,
-            &arr(&d, &q, &s),
-            &arr(&d, k, &s),
-            &arr(&d, v, &s),
-            None,
-            &spec,
-        )
-        .unwrap()
-        .0
-        .to_f32(&d)
-        .unwrap()
-    };
-    let before = run(&k, &v);
-    for t in 4 * dim..tq * dim {
-        k[t] += 3.0;
-        v[t] -= 2.0;
-    }
-    let after = run(&k, &v);
-    assert_eq!(
-        before[..4 * dim],
-        after[..4 * dim],
-        "positions 0-3 must not see keys 4-5"
-    );
-    assert_ne!(before[4 * dim..], after[4 * dim..]);
-    // A fully masked row: zeros, never NaN, and finite gradients.
-    let s = [1, 1, 2, dim];
-    let (qa, ka, va) = (
-        arr(&d, &q[..2 * dim], &s),
-        arr(&d, &k[..2 * dim], &s),
-        arr(&d, &v[..2 * dim], &s),
-    );
-    let pa = Array::from_i32(&d, &[1, 1], &[1, 2]).unwrap();
-    let (o, saved) =
-        attention::attention(&d, &qa, &ka, &va, Some(&pa), &AttentionSpec::default()).unwrap();
-    assert_eq!(o.to_f32(&d).unwrap(), vec![0.0; 2 * dim]);
-    let (dq, dk, dv) = attention::attention_backward(
-        &d,
-        &qa,
-        &ka,
-        &va,
-        Some(&pa),
-        &AttentionSpec::default(),
-        &saved,
-        &arr(&d, &[1.0; 8], &s),
-    )
-    .unwrap();
-    for g in [dq, dk, dv] {
-        assert!(g.to_f32(&d).unwrap().iter().all(|x| *x == 0.0));
-    }
-    // Bad shapes and head dims are errors.
-    assert!(attention::attention(
-        &d,
-        &qa,
-        &arr(&d, &[0.0; 6], &[1, 1, 2, 3]),
-        &va,
-        None,
-        &spec
-    )
-    .is_err());
-    assert!(attention::attention(
-        &d,
-        &qa,
-        &ka,
-        &va,
-        Some(&Array::from_i32(&d, &[0; 3], &[1, 3]).unwrap()),
-        &spec
-    )
-    .is_err());
-}
-
-/// f16 Q, K and V: the forward on cooperative matrices of every fragment size the adapter offers
-/// (16 x 16 on Mesa's lavapipe too, as in the matmul test), each forced, and widened to f32 on the
-/// FlashAttention-2 kernels; against the CPU on the f16-rounded inputs (P is rounded to f16 on
-/// cooperative matrices: 11 significant bits), causal and padded, the additive mask, head_dim 1
-/// and 128; the backward (f32 kernels) against finite differences.
-#[test]
-fn attention_f16_on_cooperative_matrices() {
-    use kiln_ops::attention::{self, AttentionSpec};
-    let d = dev();
-    let coop = !d.cooperative_f16_f32_sizes().is_empty();
-    let mut sizes = d.cooperative_f16_f32_sizes().to_vec();
-    let mut prof = d.adapter_profile().clone();
-    if coop && d.adapter().is_software && !sizes.contains(&16) {
-        sizes.insert(0, 16);
-        prof.coop_f16_sizes = sizes.clone();
-    }
-    let mut r = Rng::new(51);
-    for (v, size) in [("flash_coop16", 16), ("flash_coop8", 8), ("flash", 0)] {
-        let policy = KernelPolicy::default().force("attention", v);
-        let fd = dev().with_policy(policy.clone().with_profile(prof.clone()));
-        if size > 0 && !sizes.contains(&size) {
-            let x = Array::from_f16(&d, &[half::f16::ONE; 4], &[1, 1, 2, 2]).unwrap();
-            let e = attention::attention(&fd, &x, &x, &x, None, &AttentionSpec::default());
-            assert!(e.is_err_and(|e| e.to_string().contains(v)));
-            continue;
-        }
-        // (b, h, tq, tk, dim, causal, padded, masked)
-        for (b, h, tq, tk, dim, causal, padded, masked) in [
-            (1, 2, 37, 41, 16, true, false, false),
-            (2, 1, 9, 70, 1, false, true, true),
-            (1, 1, 5, 7, 128, true, true, false),
-            (1, 1, 20, 20, 33, false, false, true),
-        ] {
-            let round = |v: Vec<f32>| -> Vec<f32> {
-                v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect()
-            };
-            let q = round(r.vec(b * h * tq * dim, -1.0, 1.0));
-            let k = round(r.vec(b * h * tk * dim, -1.0, 1.0));
-            let vv = round(r.vec(b * h * tk * dim, -1.0, 1.0));
-            let to16 = |x: &[f32], s: &[usize]| {
-                kiln_ops::half::cast(&fd, &arr(&fd, x, s), DType::F16).unwrap()
-            };
-            let (qa, ka, va) = (
-                to16(&q, &[b, h, tq, dim]),
-                to16(&k, &[b, h, tk, dim]),
-                to16(&vv, &[b, h, tk, dim]),
-            );
-            let pad: Vec<i32> = (0..b * tk)
-                .map(|i| i32::from(padded && i % tk == 0))
-                .collect();
-            let mask: Vec<f32> = (0..tq * tk)
-                .map(|e| {
-                    if (e / tk) % 3 == 1 && e % tk == 2 {
-                        f32::NEG_INFINITY
-                    } else {
-                        r.range(-0.5, 0.5) as f32
-                    }
-                })
-                .collect();
-            let pa = Array::from_i32(&fd, &pad, &[b, tk]).unwrap();
-            let ma = arr(&fd, &mask, &[tq, tk]);
-            let spec = AttentionSpec {
-                causal,
-                scale: None,
-            };
-            let (o, saved) = attention::attention_masked(
-                &fd,
-                &qa,
-                &ka,
-                &va,
-                padded.then_some(&pa),
-                masked.then_some(&ma),
-                &spec,
-            )
-            .unwrap();
-            let mask64 = to_f64(&mask);
-            let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&vv));
-            let cpu = |q: &[f64], k: &[f64], v: &[f64]| {
-                attention::cpu::attention_masked(
-                    q,
-                    k,
-                    v,
-                    h,
-                    tq,
-                    tk,
-                    dim,
-                    causal,
-                    padded.then_some(&pad[..]),
-                    masked.then_some(&mask64[..]),
-                    1.0 / (dim as f64).sqrt(),
-                )
-            };
-            let what = format!("{v} b{b} h{h} tq{tq} tk{tk} d{dim} causal={causal}");
-            let tol = if size > 0 { 2e-3 } else { 1e-5 };
-            assert_close(
-                &what,
-                &o.to_f32(&fd).unwrap(),
-                &cpu(&q64, &k64, &v64),
-                tol,
-                tol,
-            );
-            if dim > 64 || tq * tk > 400 {
-                continue; // finite differences on the small cases
-            }
-            let dy = r.vec(o.numel(), -1.0, 1.0);
-            let pa_ = padded.then_some(&pa);
-            let grads = attention::attention_backward(
-                &fd,
-                &qa,
-                &ka,
-                &va,
-                pa_,
-                &spec,
-                &saved,
-                &arr(&fd, &dy, &o.shape),
-            )
-            .unwrap();
-            let fq = |x: &[f64]| dot(&cpu(x, &k64, &v64), &dy);
-            let fk = |x: &[f64]| dot(&cpu(&q64, x, &v64), &dy);
-            let fv = |x: &[f64]| dot(&cpu(&q64, &k64, x), &dy);
-            for (name, g, want) in [
-                ("dq", &grads.0, finite_diff(fq, &q64, 1e-4)),
-                ("dk", &grads.1, finite_diff(fk, &k64, 1e-4)),
-                ("dv", &grads.2, finite_diff(fv, &v64, 1e-4)),
-            ] {
-                // The forward's logsumexp comes from f16 probabilities' inputs at f32: the
-                // backward's P matches to about f16's precision on cooperative matrices.
-                let tol = if size > 0 { 3e-3 } else { 1e-4 };
-                assert_close(
-                    &format!("{what} {name}"),
-                    &g.to_f32(&fd).unwrap(),
-                    &want,
-                    tol,
-                    1e-2,
-                );
-            }
-        }
-    }
 }
 
 #[test]

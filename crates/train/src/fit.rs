@@ -15,7 +15,7 @@ use kiln_nn::loss::{loss_of, Loss};
 use kiln_nn::{Module, Optimizer};
 use kiln_ops::softmax;
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use web_time::Instant;
 
 /// Targets of a data set.
 #[derive(Clone, Copy, Debug)]
@@ -68,12 +68,12 @@ impl<'a> Dataset<'a> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    fn batch_shape(&self, n: usize) -> Vec<usize> {
+    pub(crate) fn batch_shape(&self, n: usize) -> Vec<usize> {
         std::iter::once(n)
             .chain(self.shape.iter().copied())
             .collect()
     }
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.x.len() != self.len() * self.width() {
             return Err(TrainError::Training(format!(
                 "{} input values for {} examples of shape {:?} (expected {})",
@@ -94,7 +94,7 @@ impl<'a> Dataset<'a> {
         Ok(())
     }
     /// The batch at `idx`: inputs, and targets in the form the loss takes them.
-    fn batch(&self, idx: &[usize]) -> (Vec<f32>, BatchTargets) {
+    pub(crate) fn batch(&self, idx: &[usize]) -> (Vec<f32>, BatchTargets) {
         let x = gather_rows(self.x, self.width(), idx);
         let y = match self.y {
             Targets::Classes(y) => BatchTargets::Classes(idx.iter().map(|&i| y[i]).collect()),
@@ -104,19 +104,19 @@ impl<'a> Dataset<'a> {
     }
 }
 
-enum BatchTargets {
+pub(crate) enum BatchTargets {
     Classes(Vec<i32>),
     Values(Vec<f32>, usize),
 }
 
 impl BatchTargets {
-    fn upload(&self, dev: &Device) -> Result<Tensor> {
+    pub(crate) fn upload(&self, dev: &Device) -> Result<Tensor> {
         Ok(match self {
             BatchTargets::Classes(y) => Tensor::from_i32(dev, y, &[y.len()])?,
             BatchTargets::Values(y, w) => Tensor::from_f32(dev, y, &[y.len() / w, *w])?,
         })
     }
-    fn write(&self, to: &Tensor) -> Result<()> {
+    pub(crate) fn write(&self, to: &Tensor) -> Result<()> {
         match self {
             BatchTargets::Classes(y) => to.copy_from_slice(y)?,
             BatchTargets::Values(y, _) => to.copy_from_slice(y)?,
@@ -219,17 +219,8 @@ pub fn fit_parallel(
     fit_inner(dev, model, opt, train, val, cfg, Some(parallel), on_epoch)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fit_inner(
-    dev: &Device,
-    model: &dyn Module,
-    opt: &mut Optimizer,
-    train: &Dataset,
-    val: Option<&Dataset>,
-    cfg: &FitConfig,
-    mut parallel: Option<&mut dyn DataParallel>,
-    mut on_epoch: impl FnMut(&EpochStats),
-) -> Result<Vec<EpochStats>> {
+/// The data and settings of a run, checked before its first step.
+pub(crate) fn check_run(train: &Dataset, val: Option<&Dataset>, cfg: &FitConfig) -> Result<()> {
     train.check()?;
     if let Some(v) = val {
         v.check()?;
@@ -256,6 +247,21 @@ fn fit_inner(
             cfg.loss, train.y
         )));
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_inner(
+    dev: &Device,
+    model: &dyn Module,
+    opt: &mut Optimizer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &FitConfig,
+    mut parallel: Option<&mut dyn DataParallel>,
+    mut on_epoch: impl FnMut(&EpochStats),
+) -> Result<Vec<EpochStats>> {
+    check_run(train, val, cfg)?;
     let (rank, world) = parallel
         .as_ref()
         .map_or((0, 1), |p| (p.rank(), p.world_size()));
@@ -467,11 +473,7 @@ fn fit_inner(
         };
         let stats = EpochStats {
             epoch,
-            train_loss: if tally.n > 0 {
-                (tally.sum / tally.n as f64) as f32
-            } else {
-                f32::NAN
-            },
+            train_loss: tally.mean(),
             val_loss,
             val_accuracy,
             train_seconds: secs,
@@ -517,13 +519,24 @@ fn after_step(step: usize) -> String {
 
 /// Running loss of an epoch: its sum and count, and the non-finite steps skipped.
 #[derive(Default)]
-struct LossTally {
+pub(crate) struct LossTally {
     sum: f64,
     n: usize,
-    skipped: usize,
+    pub(crate) skipped: usize,
 }
 
-fn record_loss(
+impl LossTally {
+    /// The mean of the finite losses counted (NaN where none was).
+    pub(crate) fn mean(&self) -> f32 {
+        if self.n > 0 {
+            (self.sum / self.n as f64) as f32
+        } else {
+            f32::NAN
+        }
+    }
+}
+
+pub(crate) fn record_loss(
     step: usize,
     epoch: usize,
     loss: f32,

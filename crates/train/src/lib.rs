@@ -2,6 +2,8 @@
 //!
 //! - [`fit`]: `fit` / `evaluate` / `predict` over an in-memory [`fit::Dataset`], each training step
 //!   recorded once per batch size and replayed; and the Keras-style [`fit::Compiled`].
+//! - [`fit_async`]: the same loop as a future (readbacks awaited, never waited for), for browser
+//!   pages and async programs.
 //! - [`lm`]: the language-model loop (random windows of a corpus, periodic evaluation).
 //! - [`gpt`]: the GPT-2 recipe (AdamW's parameter groups, clipping, warm-up and cosine decay),
 //!   gradient accumulation inside recorded steps, and the FLOPs behind MFU.
@@ -14,6 +16,7 @@
 pub mod checkpoint;
 pub mod finite;
 pub mod fit;
+pub mod fit_async;
 pub mod gpt;
 pub mod history;
 pub mod lm;
@@ -25,6 +28,7 @@ pub mod report;
 pub use fit::{
     evaluate, fit, fit_classifier, fit_parallel, predict, Compiled, Dataset, FitConfig, Targets,
 };
+pub use fit_async::{evaluate_async, fit_async, StepLoss};
 pub use history::EpochStats;
 pub use kiln_nn::loss::Loss;
 
@@ -56,12 +60,6 @@ pub enum TrainError {
 
 impl From<OpError> for TrainError {
     fn from(e: OpError) -> Self {
-        TrainError::Nn(e.into())
-    }
-}
-
-impl From<kiln_nn::hf::HfError> for TrainError {
-    fn from(e: kiln_nn::hf::HfError) -> Self {
         TrainError::Nn(e.into())
     }
 }

@@ -223,7 +223,7 @@ fn train_lm_inner(
     let mut parallel_step: Option<(usize, Tensor, Tensor)> = None;
     let mut reads = std::collections::VecDeque::new();
     let (mut sum, mut n, mut since, mut evals) = (0.0f64, 0usize, 0usize, 0usize);
-    let mut t0 = std::time::Instant::now();
+    let mut t0 = web_time::Instant::now();
     for step in opt.steps() as usize + 1..=cfg.steps {
         let (xb, yb) = windows(step);
         opt.begin_step()?;
@@ -339,7 +339,7 @@ fn train_lm_inner(
                 }
             }
             (sum, n, since) = (0.0, 0, 0);
-            t0 = std::time::Instant::now();
+            t0 = web_time::Instant::now();
         }
     }
     Ok(history)

@@ -6,7 +6,7 @@ use kiln_nn::data::Mnist;
 use kiln_nn::models::lenet5;
 use kiln_nn::{Adam, LinearConfig, Module, Sgd};
 use kiln_ops::testing::Rng;
-use kiln_train::{evaluate, fit_classifier, Dataset, FitConfig, Loss};
+use kiln_train::{evaluate, fit_async, fit_classifier, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 fn dev() -> Device {
@@ -58,6 +58,60 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
         .unwrap();
     let hist2 = fit_classifier(&d, &model2, &mut opt2, &train, Some(&test), &cfg, |_| {}).unwrap();
     assert_eq!(hist2.last().unwrap().val_loss, last.val_loss);
+}
+
+/// The future form of fit (what a browser page runs) follows fit exactly: the same seeded run
+/// (300 images, a short last batch with its own plan) gives the same losses read back and the
+/// same held-out figures, under a native executor.
+#[test]
+fn fit_async_follows_fit_step_for_step() {
+    let d = dev();
+    let m = Mnist::load(&mnist_dir()).unwrap();
+    let (x, y) = m.split(0..300).unwrap();
+    let (tx, ty) = m.split(9000..9200).unwrap();
+    let shape = [1, 28, 28];
+    let train = Dataset::classes(&x, &shape, &y);
+    let test = Dataset::classes(&tx, &shape, &ty);
+    let cfg = FitConfig {
+        log_every: 1,
+        progress: false,
+        ..FitConfig::new(Loss::CrossEntropy, 2, 64, 0)
+    };
+    let model = lenet5(&d, 3).unwrap();
+    let mut opt = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, model.parameters())
+        .unwrap();
+    let sync = fit_classifier(&d, &model, &mut opt, &train, Some(&test), &cfg, |_| {}).unwrap();
+    let model = lenet5(&d, 3).unwrap();
+    let mut opt = Sgd::new(0.05)
+        .momentum(0.9)
+        .init(&d, model.parameters())
+        .unwrap();
+    let mut losses = Vec::new();
+    let run = fit_async(
+        &d,
+        &model,
+        &mut opt,
+        &train,
+        Some(&test),
+        &cfg,
+        |l| losses.push((l.epoch, l.step, l.loss)),
+        |_| {},
+    );
+    let asynced = pollster::block_on(run).unwrap();
+    assert_eq!(opt.steps(), 10);
+    // Every step's loss came back, in order.
+    assert_eq!(
+        losses.iter().map(|l| l.1).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    for (a, s) in asynced.iter().zip(&sync) {
+        assert_eq!(a.train_loss, s.train_loss, "epoch {}", a.epoch);
+        assert_eq!(a.val_loss, s.val_loss, "epoch {}", a.epoch);
+        assert_eq!(a.val_accuracy, s.val_accuracy, "epoch {}", a.epoch);
+    }
+    assert!(asynced.last().unwrap().val_accuracy.unwrap() > 0.2);
 }
 
 #[test]

