@@ -24,7 +24,7 @@ mod submit;
 mod timing;
 
 pub use adapter::{parse_mesa_version, AdapterSummary, Capabilities, Device};
-pub use buffer::{Buffer, DType, Element, PoolStats, WINDOW_BYTES};
+pub use buffer::{Buffer, DType, Element, MemoryStats, PoolStats, WINDOW_BYTES};
 pub use capture::Plan;
 pub use error::{DeviceError, Result};
 pub use pipeline::{Kernel, KernelUse};
