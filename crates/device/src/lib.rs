@@ -35,7 +35,7 @@ mod submit;
 mod timing;
 mod variants;
 
-pub use buffer::{Buffer, DType, Element, PoolStats, WINDOW_BYTES};
+pub use buffer::{Buffer, DType, Element, MemoryStats, PoolStats, WINDOW_BYTES};
 #[doc(hidden)]
 pub use bytemuck;
 pub use capture::{DispatchInfo, Plan};

@@ -1,6 +1,6 @@
 //! Device memory: allocation from the pool, uploads, and what the pool holds.
 
-use crate::buffer::{size_class, Buffer, DType, Element, Raw, Usage};
+use crate::buffer::{size_class, Buffer, DType, Element, MemoryStats, Raw, Usage};
 use crate::buffer::{WINDOW_BYTES, WINDOW_MIN_BYTES};
 use crate::device::Device;
 use crate::error::{DeviceError, Result};
@@ -44,6 +44,28 @@ impl Device {
             len,
             dtype,
         ))
+    }
+
+    /// The device memory kiln's buffers hold now and at most (see [`MemoryStats`]), as
+    /// PyTorch's `torch.cuda.memory_stats`. Training loops report `peak_pool_bytes` as the
+    /// memory high-water mark.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), kiln_device::DeviceError> {
+    /// let dev = kiln_device::Device::new()?;
+    /// dev.reset_peak_memory_stats();
+    /// let buf = dev.alloc(1 << 20, kiln_device::DType::F32)?;
+    /// assert!(dev.memory_stats().peak_live_bytes >= 4 << 20);
+    /// # drop(buf); Ok(()) }
+    /// ```
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.inner.pool.memory_stats()
+    }
+
+    /// Starts the high-water marks of [`Device::memory_stats`] again from the current values
+    /// (`torch.cuda.reset_peak_memory_stats`), to measure one phase of a run.
+    pub fn reset_peak_memory_stats(&self) {
+        self.inner.pool.reset_peaks()
     }
 
     /// A new storage buffer holding `data`.
