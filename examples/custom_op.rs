@@ -60,21 +60,25 @@ fn main() -> Result<()> {
         .push_named("swish", Lambda::op(Swish))
         .push_named("fc2", LinearConfig::new(128, 10).init_with(&dev, &mut rng)?);
     let mut opt = Adam::new(1e-3).init(&dev, model.parameters())?;
-    let cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);
     let shape = [784];
     let (train, test) = (
         Dataset::classes(&x, &shape, &y),
         Dataset::classes(&tx, &shape, &ty),
     );
     let start = Instant::now();
-    let history = fit(&dev, &model, &mut opt, &train, Some(&test), &cfg, |s| {
-        eprintln!(
-            "epoch {}  train loss {:.4}  held-out accuracy {:.4}",
-            s.epoch,
-            s.train_loss,
-            s.val_accuracy.unwrap_or(f32::NAN)
-        )
-    })?;
+    let cfg = FitConfig::default()
+        .with_epochs(a.epochs)
+        .with_batch_size(64)
+        .with_validation(test)
+        .with_callback(|s| {
+            eprintln!(
+                "epoch {}  train loss {:.4}  held-out accuracy {:.4}",
+                s.epoch,
+                s.train_loss,
+                s.val_accuracy.unwrap_or(f32::NAN)
+            )
+        });
+    let history = fit(&dev, &model, &mut opt, Loss::CrossEntropy, &train, cfg)?;
     let last = history.last().context("no epoch ran")?;
     common::JsonLine::new("custom_op")
         .set("gradcheck", "passed")

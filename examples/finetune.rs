@@ -70,17 +70,20 @@ fn main() -> Result<()> {
         &dev,
         &model,
         &mut opt,
+        Loss::CrossEntropy,
         &train,
-        Some(&test),
-        &FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0),
-        |s| {
-            eprintln!(
-                "epoch {}  loss {:.4}  held-out accuracy (digits 0-4) {:.4}",
-                s.epoch,
-                s.train_loss,
-                s.val_accuracy.unwrap_or(0.0)
-            )
-        },
+        FitConfig::default()
+            .with_epochs(a.epochs)
+            .with_batch_size(64)
+            .with_validation(test)
+            .with_callback(|s| {
+                eprintln!(
+                    "epoch {}  loss {:.4}  held-out accuracy (digits 0-4) {:.4}",
+                    s.epoch,
+                    s.train_loss,
+                    s.val_accuracy.unwrap_or(0.0)
+                )
+            }),
     )?;
     let (_, after) = evaluate(&dev, &model, &test, Loss::CrossEntropy, 500)?;
     let unchanged = model

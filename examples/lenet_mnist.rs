@@ -17,7 +17,7 @@ use kiln::nn::models::lenet5;
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Sgd};
 use kiln::train::checkpoint::RunSettings;
-use kiln::train::{fit_classifier, fit_parallel, Dataset, FitConfig};
+use kiln::train::{fit, Dataset, FitConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -98,15 +98,12 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
         t_max: steps as u64,
         min_lr: 0.0,
     });
-    let mut cfg = FitConfig {
-        log_every: 25,
-        ..FitConfig::new(
-            kiln::nn::loss::Loss::CrossEntropy,
-            args.epochs,
-            args.batch_size,
-            args.seed,
-        )
-    };
+    let mut cfg = FitConfig::default()
+        .with_epochs(args.epochs)
+        .with_batch_size(args.batch_size)
+        .with_seed(args.seed)
+        .with_log_every(25)
+        .with_validation(test);
     run.prepare(&model, &mut opt, &mut cfg)?;
     let before = dev.counters();
     let report = |s: &kiln::train::EpochStats| {
@@ -123,25 +120,14 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
             s.samples_per_second
         );
     };
-    let mut times = Default::default();
-    let history = match dist {
-        None => fit_classifier(&dev, &model, &mut opt, &train, Some(&test), &cfg, report)?,
-        Some(d) => {
-            let mut ddp = DistributedDataParallel::new(d, &dev, args.dist.ddp());
-            let h = fit_parallel(
-                &dev,
-                &model,
-                &mut opt,
-                &train,
-                Some(&test),
-                &cfg,
-                &mut ddp,
-                report,
-            )?;
-            times = ddp.times();
-            h
-        }
-    };
+    let mut ddp = dist.map(|d| DistributedDataParallel::new(d, &dev, args.dist.ddp()));
+    let mut cfg = cfg.with_callback(report);
+    if let Some(ddp) = &mut ddp {
+        cfg = cfg.with_distributed(ddp);
+    }
+    let loss = kiln::nn::loss::Loss::CrossEntropy;
+    let history = fit(&dev, &model, &mut opt, loss, &train, cfg)?;
+    let times = ddp.map(|d| d.times()).unwrap_or_default();
     let after = dev.counters();
     if !root {
         return Ok(());

@@ -62,19 +62,23 @@ fn main() -> Result<()> {
         Dataset::classes(&x, &shape, &y),
         Dataset::classes(&tx, &shape, &ty),
     );
-    let mut cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, a.batch_size, 0);
+    let mut cfg = FitConfig::default()
+        .with_epochs(a.epochs)
+        .with_batch_size(a.batch_size)
+        .with_validation(test)
+        .with_callback(|s| {
+            eprintln!(
+                "epoch {}/{}  loss {:.4}  val_loss {:.4}  val_accuracy {:.4}  {:.0} samples/s",
+                s.epoch,
+                a.epochs,
+                s.train_loss,
+                s.val_loss.unwrap_or(f32::NAN),
+                s.val_accuracy.unwrap_or(f32::NAN),
+                s.samples_per_second
+            )
+        });
     run.prepare(&net.model, &mut net.optimizer, &mut cfg)?;
-    let history = net.fit_with(&train, Some(&test), &cfg, |s| {
-        eprintln!(
-            "epoch {}/{}  loss {:.4}  val_loss {:.4}  val_accuracy {:.4}  {:.0} samples/s",
-            s.epoch,
-            a.epochs,
-            s.train_loss,
-            s.val_loss.unwrap_or(f32::NAN),
-            s.val_accuracy.unwrap_or(f32::NAN),
-            s.samples_per_second
-        )
-    })?;
+    let history = net.fit(&train, cfg)?;
     run.finish(&history)?;
     let (loss, acc) = net.evaluate(&test)?;
     let logits = net.predict(&tx[..5 * 784], &shape)?;

@@ -75,10 +75,13 @@ fn main() -> Result<()> {
         &dev,
         &model,
         &mut opt,
+        Loss::CrossEntropy,
         &train,
-        None,
-        &FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 1),
-        |s| eprintln!("fine-tune epoch {}  loss {:.4}", s.epoch, s.train_loss),
+        FitConfig::default()
+            .with_epochs(a.epochs)
+            .with_batch_size(64)
+            .with_seed(1)
+            .with_callback(|s| eprintln!("fine-tune epoch {}  loss {:.4}", s.epoch, s.train_loss)),
     )?;
     let after = acc(&model)?;
     common::JsonLine::new("prune")

@@ -102,11 +102,12 @@ fn main() -> Result<()> {
                 t_max: (a.epochs * TRAIN.div_ceil(64)) as u64,
                 min_lr: 0.0,
             });
-            let cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);
+            let cfg = FitConfig::default()
+                .with_epochs(a.epochs)
+                .with_batch_size(64)
+                .with_callback(|s| eprintln!("epoch {}  loss {:.4}", s.epoch, s.train_loss));
             let train = Dataset::classes(&x, &shape, &y);
-            fit(&dev, &model, &mut opt, &train, None, &cfg, |s| {
-                eprintln!("epoch {}  loss {:.4}", s.epoch, s.train_loss)
-            })?;
+            fit(&dev, &model, &mut opt, Loss::CrossEntropy, &train, cfg)?;
         }
     }
     let f32_path = a.out.join("lenet_f32.safetensors");

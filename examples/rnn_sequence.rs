@@ -54,16 +54,20 @@ fn main() -> Result<()> {
         Dataset::classes(&x, &shape, &y),
         Dataset::classes(&tx, &shape, &ty),
     );
-    let mut cfg = FitConfig::new(Loss::CrossEntropy, a.epochs, 64, 0);
+    let mut cfg = FitConfig::default()
+        .with_epochs(a.epochs)
+        .with_batch_size(64)
+        .with_validation(test)
+        .with_callback(|s| {
+            eprintln!(
+                "epoch {:2}  loss {:.4}  held-out accuracy {:.3}",
+                s.epoch,
+                s.train_loss,
+                s.val_accuracy.unwrap_or(0.0)
+            )
+        });
     run.prepare(&net.model, &mut net.optimizer, &mut cfg)?;
-    let hist = net.fit_with(&train, Some(&test), &cfg, |s| {
-        eprintln!(
-            "epoch {:2}  loss {:.4}  held-out accuracy {:.3}",
-            s.epoch,
-            s.train_loss,
-            s.val_accuracy.unwrap_or(0.0)
-        )
-    })?;
+    let hist = net.fit(&train, cfg)?;
     run.finish(&hist)?;
     let (loss, acc) = net.evaluate(&test)?;
     let secs: f64 = hist.iter().map(|s| s.train_seconds).sum();

@@ -27,7 +27,7 @@ use kiln::nn::lm::{generate, CharCorpus, CharLstm, CharTransformer, TransformerL
 use kiln::nn::{models::lenet5, Adam, AdamW, Module, Sgd};
 use kiln::ops::testing::Rng;
 use kiln::train::lm::{train_lm, LmConfig};
-use kiln::train::{fit_classifier, Dataset, FitConfig};
+use kiln::train::{fit, Dataset, FitConfig};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -46,12 +46,13 @@ fn train_representative(d: &Device) -> anyhow::Result<()> {
     let data = Dataset::classes(&x, &shape, &y);
     let model = lenet5(d, 0)?;
     let mut opt = Sgd::new(0.05).momentum(0.9).init(d, model.parameters())?;
-    let cfg = FitConfig {
-        progress: false,
-        log_every: 1,
-        ..FitConfig::new(kiln::nn::loss::Loss::CrossEntropy, 1, 16, 0)
-    };
-    fit_classifier(d, &model, &mut opt, &data, Some(&data), &cfg, |_| {})?;
+    let cfg = FitConfig::default()
+        .with_batch_size(16)
+        .with_log_every(1)
+        .with_progress(false)
+        .with_validation(data);
+    let loss = kiln::nn::loss::Loss::CrossEntropy;
+    fit(d, &model, &mut opt, loss, &data, cfg)?;
 
     let corpus = CharCorpus::from_text(&"the cat sat on the mat. ".repeat(40), 0.2)
         .map_err(anyhow::Error::msg)?;

@@ -178,7 +178,7 @@ impl Run {
         &self,
         model: &dyn Module,
         opt: &mut Optimizer,
-        cfg: &mut FitConfig,
+        cfg: &mut FitConfig<'_>,
     ) -> Result<()> {
         if let Some(r) = self.resume(model, opt)? {
             anyhow::ensure!(

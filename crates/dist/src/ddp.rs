@@ -121,7 +121,7 @@ pub struct DistributedDataParallel<'a> {
 
 impl<'a> DistributedDataParallel<'a> {
     /// Data parallelism over `dist`'s processes on `dev`. Call [`Self::broadcast`] before
-    /// training (`fit_parallel` and `train_lm_parallel` do).
+    /// training (distributed `fit` and `train_lm_parallel` do).
     pub fn new(dist: &'a Dist, dev: &Device, cfg: DdpConfig) -> Self {
         DistributedDataParallel {
             dist,

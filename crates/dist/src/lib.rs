@@ -6,7 +6,7 @@
 //!   adapter each process takes, collectives with a watchdog, and aborting the job on failure.
 //! - [`ddp`]: [`DistributedDataParallel`]: the broadcast from rank 0, bucketed non-blocking
 //!   all-reduce of the gradients overlapped with backward, `no_sync` accumulation; it implements
-//!   `kiln_train::parallel::DataParallel`, so `fit_parallel` and `train_lm_parallel` run on it.
+//!   `kiln_train::parallel::DataParallel`, so `fit` (`FitConfig::with_distributed`) and `train_lm_parallel` run on it.
 //! - [`sampler`]: which examples each process trains on in an epoch.
 //!
 //! ```no_run
@@ -15,7 +15,8 @@
 //! let dist = Dist::init(DEFAULT_TIMEOUT)?;          // under `mpirun -np N`
 //! let dev = dist.device(None)?;                      // this process's adapter
 //! let mut ddp = DistributedDataParallel::new(&dist, &dev, DdpConfig::default());
-//! // kiln_train::fit_parallel(&dev, &model, &mut opt, &train, None, &cfg, &mut ddp, |_| {})?;
+//! // let cfg = kiln_train::FitConfig::default().with_distributed(&mut ddp);
+//! // kiln_train::fit(&dev, &model, &mut opt, Loss::CrossEntropy, &train, cfg)?;
 //! # Ok(()) }
 //! ```
 

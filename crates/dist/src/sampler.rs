@@ -1,11 +1,11 @@
 //! The distributed sampler: which examples each process trains on in an epoch.
 //!
-//! The rule is `kiln_train::parallel`'s, which `fit_parallel` follows: the epoch's seeded shuffle
+//! The rule is `kiln_train::parallel`'s, which distributed `fit` follows: the epoch's seeded shuffle
 //! (the same in every process) is cut into global batches, and each global batch into one
 //! contiguous share per process, sizes differing by at most one. The last global batch may be
 //! short; it is split by the same rule, so every process handles it the same way and the epoch
 //! still covers every example exactly once (a process whose share is empty takes part in the step
-//! without examples). Custom loops that use this sampler train exactly as `fit_parallel` does.
+//! without examples). Custom loops that use this sampler train exactly as distributed `fit` does.
 
 use kiln_train::parallel::{epoch_batches, Share};
 

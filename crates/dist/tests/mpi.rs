@@ -267,7 +267,7 @@ fn broadcast_makes_differently_seeded_processes_identical() {
 }
 
 #[test]
-fn fit_parallel_matches_fit_with_uneven_shares_and_an_empty_one() {
+fn distributed_fit_matches_fit_with_uneven_shares_and_an_empty_one() {
     // 127 examples at batch 63: shares of 32 and 31, then a last batch of one example, which
     // leaves rank 1 without any. Parameters after each of 3 epochs.
     let args = ["fit", "--n", "127", "--batch", "63", "--epochs", "3"];
@@ -284,7 +284,7 @@ fn fit_parallel_matches_fit_with_uneven_shares_and_an_empty_one() {
         got == dumps(&two, 1),
         "the two processes' parameters differ"
     );
-    assert_steps_close("fit_parallel", &got, &dumps(&one, 0), 1e-6, 1e-5);
+    assert_steps_close("distributed fit", &got, &dumps(&one, 0), 1e-6, 1e-5);
     // The combined loss the processes report is the one-process loss.
     let loss = |d: &Path, r: usize| std::fs::read_to_string(d.join(format!("loss.rank{r}.txt")));
     let (a, b) = (loss(&one, 0).unwrap(), loss(&two, 1).unwrap());

@@ -125,16 +125,29 @@ impl BatchTargets {
     }
 }
 
-/// What `fit` does.
-#[derive(Clone, Debug)]
-pub struct FitConfig {
-    /// Examples per step; a final shorter batch gets its own recorded plan.
+/// Default examples per step of [`evaluate`] and [`predict`] (and of the validation pass in
+/// [`fit`]).
+pub const EVAL_BATCH_SIZE: usize = 500;
+
+/// A function [`fit`] calls after every epoch with its figures.
+pub type EpochCallback<'a> = Box<dyn FnMut(&EpochStats) + 'a>;
+
+/// What [`fit`] does, built as `FitConfig::default().with_epochs(3).with_batch_size(64)`.
+///
+/// The defaults are Keras' `fit`: one epoch, batches of 32, shuffled every epoch. Besides the
+/// settings it carries what a run is given besides its training data: held-out data
+/// ([`FitConfig::with_validation`]), the data-parallel hook ([`FitConfig::with_distributed`]) and
+/// the per-epoch callbacks ([`FitConfig::with_callback`]).
+pub struct FitConfig<'a> {
+    /// Examples per step (the global batch when distributed); a final shorter batch gets its own
+    /// recorded plan. Default 32.
     pub batch_size: usize,
-    /// Passes over the data.
+    /// Passes over the data. Default 1.
     pub epochs: usize,
-    /// Seed of the shuffling (epoch e uses seed + e).
+    /// Seed of the shuffling (epoch e uses seed + e). Default 0.
     pub seed: u64,
     /// Read the loss back (asynchronously) every this many steps, and at each epoch's last step.
+    /// Default 10.
     pub log_every: usize,
     /// Check every parameter and optimizer state tensor for NaN and infinities on the device
     /// every this many steps; 0 (the default) checks wherever the loss is read (`log_every`).
@@ -143,40 +156,139 @@ pub struct FitConfig {
     /// and optimizer are also checked once before the first step (after a resume's load), and
     /// after each epoch's last step.
     pub finite_check_every: usize,
-    /// The objective.
-    pub loss: Loss,
     /// Show a progress bar (loss, samples/s) when standard error is a terminal; plain per-epoch
-    /// lines from the caller's callback are the only output otherwise (CI logs).
+    /// lines from the callbacks are the only output otherwise (CI logs). Default true.
     pub progress: bool,
     /// Epochs already done (from a resumed checkpoint); training runs epochs start_epoch+1..=epochs.
     pub start_epoch: usize,
-    /// Write a training checkpoint (see [`save_training`]) every N epochs.
+    /// Write a training checkpoint (see [`save_training`]) every N epochs. Default none.
     pub checkpoint: Option<CheckpointConfig>,
     /// Statistics of the epochs before `start_epoch` (from a resumed checkpoint); the returned
     /// history and later checkpoints include them.
     pub history: Vec<EpochStats>,
     /// Skip (on the device, without updating anything) any step whose loss is NaN or infinite,
-    /// instead of stopping the run with an error naming the step.
+    /// instead of stopping the run with an error naming the step. Default false.
     pub skip_nonfinite: bool,
+    /// Held-out data evaluated after every epoch (loss, and accuracy for classification losses).
+    pub validation: Option<Dataset<'a>>,
+    /// Examples per step of the validation pass. Default [`EVAL_BATCH_SIZE`].
+    pub eval_batch_size: usize,
+    /// Data-parallel training (see [`crate::parallel`]): this process trains on its share of
+    /// every global batch; every epoch covers each example exactly once across the processes.
+    /// Every process returns the same history; only rank 0 writes checkpoints and shows progress.
+    pub distributed: Option<&'a mut dyn DataParallel>,
+    /// Called after every epoch with its figures, in the order added.
+    pub callbacks: Vec<EpochCallback<'a>>,
 }
 
-impl FitConfig {
-    /// A configuration with the usual defaults: read the loss every 10 steps, progress bar on
-    /// terminals, from the first epoch, no checkpoints.
-    pub fn new(loss: Loss, epochs: usize, batch_size: usize, seed: u64) -> FitConfig {
+impl Default for FitConfig<'_> {
+    fn default() -> Self {
         FitConfig {
-            batch_size,
-            epochs,
-            seed,
+            batch_size: 32,
+            epochs: 1,
+            seed: 0,
             log_every: 10,
-            loss,
+            finite_check_every: 0,
             progress: true,
             start_epoch: 0,
             checkpoint: None,
             history: Vec::new(),
             skip_nonfinite: false,
-            finite_check_every: 0,
+            validation: None,
+            eval_batch_size: EVAL_BATCH_SIZE,
+            distributed: None,
+            callbacks: Vec::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for FitConfig<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FitConfig")
+            .field("batch_size", &self.batch_size)
+            .field("epochs", &self.epochs)
+            .field("seed", &self.seed)
+            .field("log_every", &self.log_every)
+            .field("finite_check_every", &self.finite_check_every)
+            .field("progress", &self.progress)
+            .field("start_epoch", &self.start_epoch)
+            .field("checkpoint", &self.checkpoint)
+            .field("skip_nonfinite", &self.skip_nonfinite)
+            .field("validation", &self.validation.map(|v| v.len()))
+            .field("eval_batch_size", &self.eval_batch_size)
+            .field("distributed", &self.distributed.is_some())
+            .field("callbacks", &self.callbacks.len())
+            .finish()
+    }
+}
+
+impl<'a> FitConfig<'a> {
+    /// Sets [`FitConfig::epochs`].
+    pub fn with_epochs(mut self, epochs: usize) -> Self {
+        self.epochs = epochs;
+        self
+    }
+    /// Sets [`FitConfig::batch_size`].
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+    /// Sets [`FitConfig::seed`].
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Sets [`FitConfig::log_every`].
+    pub fn with_log_every(mut self, steps: usize) -> Self {
+        self.log_every = steps;
+        self
+    }
+    /// Sets [`FitConfig::finite_check_every`].
+    pub fn with_finite_check_every(mut self, steps: usize) -> Self {
+        self.finite_check_every = steps;
+        self
+    }
+    /// Sets [`FitConfig::progress`].
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+    /// Continues a resumed run: `epochs_done` epochs are done, with these statistics.
+    pub fn with_resume(mut self, epochs_done: usize, history: Vec<EpochStats>) -> Self {
+        self.start_epoch = epochs_done;
+        self.history = history;
+        self
+    }
+    /// Sets [`FitConfig::checkpoint`].
+    pub fn with_checkpoint(mut self, checkpoint: CheckpointConfig) -> Self {
+        self.checkpoint = Some(checkpoint);
+        self
+    }
+    /// Sets [`FitConfig::skip_nonfinite`].
+    pub fn with_skip_nonfinite(mut self, skip: bool) -> Self {
+        self.skip_nonfinite = skip;
+        self
+    }
+    /// Evaluates on `data` after every epoch.
+    pub fn with_validation(mut self, data: Dataset<'a>) -> Self {
+        self.validation = Some(data);
+        self
+    }
+    /// Sets [`FitConfig::eval_batch_size`].
+    pub fn with_eval_batch_size(mut self, batch_size: usize) -> Self {
+        self.eval_batch_size = batch_size;
+        self
+    }
+    /// Trains as one of several processes through `parallel` (kiln-dist's
+    /// `DistributedDataParallel` implements it).
+    pub fn with_distributed(mut self, parallel: &'a mut dyn DataParallel) -> Self {
+        self.distributed = Some(parallel);
+        self
+    }
+    /// Adds a callback run after every epoch with its figures.
+    pub fn with_callback(mut self, on_epoch: impl FnMut(&EpochStats) + 'a) -> Self {
+        self.callbacks.push(Box::new(on_epoch));
+        self
     }
 }
 
@@ -188,39 +300,13 @@ struct Recorded {
     loss: Tensor,
 }
 
-/// Trains `model` on `train`; returns one [`EpochStats`] per epoch and calls `on_epoch` after each.
-pub fn fit(
-    dev: &Device,
-    model: &dyn Module,
-    opt: &mut Optimizer,
-    train: &Dataset,
-    val: Option<&Dataset>,
-    cfg: &FitConfig,
-    on_epoch: impl FnMut(&EpochStats),
-) -> Result<Vec<EpochStats>> {
-    fit_inner(dev, model, opt, train, val, cfg, None, on_epoch)
-}
-
-/// [`fit`] in one of several processes that train one model together (see [`crate::parallel`]):
-/// `cfg.batch_size` is the global batch, of which this process trains on its share; every epoch
-/// covers each example exactly once across the processes. Every process returns the same
-/// history; only rank 0 writes checkpoints and shows progress.
-#[allow(clippy::too_many_arguments)]
-pub fn fit_parallel(
-    dev: &Device,
-    model: &dyn Module,
-    opt: &mut Optimizer,
-    train: &Dataset,
-    val: Option<&Dataset>,
-    cfg: &FitConfig,
-    parallel: &mut dyn DataParallel,
-    on_epoch: impl FnMut(&EpochStats),
-) -> Result<Vec<EpochStats>> {
-    fit_inner(dev, model, opt, train, val, cfg, Some(parallel), on_epoch)
-}
-
 /// The data and settings of a run, checked before its first step.
-pub(crate) fn check_run(train: &Dataset, val: Option<&Dataset>, cfg: &FitConfig) -> Result<()> {
+pub(crate) fn check_run(
+    train: &Dataset,
+    val: Option<&Dataset>,
+    loss: Loss,
+    cfg: &FitConfig,
+) -> Result<()> {
     train.check()?;
     if let Some(v) = val {
         v.check()?;
@@ -241,27 +327,33 @@ pub(crate) fn check_run(train: &Dataset, val: Option<&Dataset>, cfg: &FitConfig)
             cfg.start_epoch, cfg.epochs, cfg.start_epoch
         )));
     }
-    if matches!(train.y, Targets::Classes(_)) != (cfg.loss == Loss::CrossEntropy) {
+    if matches!(train.y, Targets::Classes(_)) != (loss == Loss::CrossEntropy) {
         return Err(TrainError::Training(format!(
-            "loss {:?} does not fit targets {:?}",
-            cfg.loss, train.y
+            "loss {loss:?} does not fit targets {:?}",
+            train.y
         )));
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fit_inner(
+/// Trains `model` on `train` with `loss`; returns one [`EpochStats`] per epoch (after those of
+/// `cfg.history`) and calls `cfg`'s callbacks after each.
+///
+/// Each training step (forward, loss, backward, update) is recorded once per batch size and
+/// replayed with the next batch.
+pub fn fit(
     dev: &Device,
     model: &dyn Module,
     opt: &mut Optimizer,
+    loss: Loss,
     train: &Dataset,
-    val: Option<&Dataset>,
-    cfg: &FitConfig,
-    mut parallel: Option<&mut dyn DataParallel>,
-    mut on_epoch: impl FnMut(&EpochStats),
+    mut cfg: FitConfig<'_>,
 ) -> Result<Vec<EpochStats>> {
-    check_run(train, val, cfg)?;
+    check_run(train, cfg.validation.as_ref(), loss, &cfg)?;
+    let mut parallel = cfg.distributed.take();
+    let mut callbacks = std::mem::take(&mut cfg.callbacks);
+    let cfg = &cfg;
+    let val = cfg.validation.as_ref();
     let (rank, world) = parallel
         .as_ref()
         .map_or((0, 1), |p| (p.rank(), p.world_size()));
@@ -357,7 +449,7 @@ fn fit_inner(
                         p.record_step(opt, cfg.skip_nonfinite, share, &mut || {
                             let out = model.forward(&x)?;
                             width = *out.shape().last().unwrap_or(&0);
-                            Ok(loss_of(&out, &y, cfg.loss)?)
+                            Ok(loss_of(&out, &y, loss)?)
                         })?;
                     if let BatchTargets::Classes(yv) = &yb {
                         classes = Some(width);
@@ -393,7 +485,7 @@ fn fit_inner(
                 let (plan, (loss, width)) = StepPlan::record(dev, || {
                     let out = model.forward(&x)?;
                     let width = *out.shape().last().unwrap_or(&0);
-                    let loss = loss_of(&out, &y, cfg.loss)?;
+                    let loss = loss_of(&out, &y, loss)?;
                     loss.backward()?;
                     if cfg.skip_nonfinite {
                         opt.step_guarded(Some(&loss.array().buf))?;
@@ -466,7 +558,7 @@ fn fit_inner(
         let secs = t0.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) = match val {
             Some(v) => {
-                let (l, a) = evaluate(dev, model, v, cfg.loss, 500)?;
+                let (l, a) = evaluate(dev, model, v, loss, cfg.eval_batch_size)?;
                 (Some(l), a)
             }
             None => (None, None),
@@ -480,7 +572,9 @@ fn fit_inner(
             samples_per_second: train.len() as f64 / secs,
             skipped_steps: tally.skipped,
         };
-        on_epoch(&stats);
+        for c in &mut callbacks {
+            c(&stats);
+        }
         history.push(stats);
         if let (Some(c), 0) = (&cfg.checkpoint, rank) {
             if epoch % c.every_epochs.max(1) == 0 || epoch == cfg.epochs {
@@ -489,23 +583,6 @@ fn fit_inner(
         }
     }
     Ok(history)
-}
-
-/// [`fit`] with cross-entropy on class labels.
-pub fn fit_classifier(
-    dev: &Device,
-    model: &dyn Module,
-    opt: &mut Optimizer,
-    train: &Dataset,
-    val: Option<&Dataset>,
-    cfg: &FitConfig,
-    on_epoch: impl FnMut(&EpochStats),
-) -> Result<Vec<EpochStats>> {
-    let cfg = FitConfig {
-        loss: Loss::CrossEntropy,
-        ..cfg.clone()
-    };
-    fit(dev, model, opt, train, val, &cfg, on_epoch)
 }
 
 /// How a finite-check verdict names the state it saw.
@@ -641,6 +718,9 @@ pub struct Compiled<M: Module> {
     pub optimizer: Optimizer,
     /// The objective (accuracy is reported for the classification losses).
     pub loss: Loss,
+    /// Examples per step of [`Compiled::evaluate`] and [`Compiled::predict`]; default
+    /// [`EVAL_BATCH_SIZE`].
+    pub eval_batch_size: usize,
     dev: Device,
 }
 
@@ -651,53 +731,46 @@ impl<M: Module> Compiled<M> {
             model,
             optimizer,
             loss,
+            eval_batch_size: EVAL_BATCH_SIZE,
             dev: dev.clone(),
         }
     }
-    /// Trains with a full [`FitConfig`] (checkpoints, resuming, seeds); the loss is the compiled one.
-    pub fn fit_with(
-        &mut self,
-        train: &Dataset,
-        validation: Option<&Dataset>,
-        cfg: &FitConfig,
-        on_epoch: impl FnMut(&EpochStats),
-    ) -> Result<Vec<EpochStats>> {
+
+    /// Sets [`Compiled::eval_batch_size`].
+    pub fn with_eval_batch_size(mut self, batch_size: usize) -> Self {
+        self.eval_batch_size = batch_size;
+        self
+    }
+
+    /// [`fit`] with the compiled model, optimizer and loss; the model is in training mode
+    /// during the run and in evaluation mode after it.
+    pub fn fit(&mut self, train: &Dataset, cfg: FitConfig<'_>) -> Result<Vec<EpochStats>> {
         self.model.set_training(true);
-        let cfg = FitConfig {
-            loss: self.loss,
-            ..cfg.clone()
-        };
         let h = fit(
             &self.dev,
             &self.model,
             &mut self.optimizer,
+            self.loss,
             train,
-            validation,
-            &cfg,
-            on_epoch,
+            cfg,
         );
         self.model.set_training(false);
         h
     }
 
-    /// Trains for `epochs` over `train`; the history holds each epoch's loss and metrics.
-    pub fn fit(
-        &mut self,
-        train: &Dataset,
-        epochs: usize,
-        batch_size: usize,
-        validation: Option<&Dataset>,
-        on_epoch: impl FnMut(&EpochStats),
-    ) -> Result<Vec<EpochStats>> {
-        let cfg = FitConfig::new(self.loss, epochs, batch_size, 0);
-        self.fit_with(train, validation, &cfg, on_epoch)
-    }
-    /// (loss, accuracy for classification losses).
+    /// (loss, accuracy for classification losses), in batches of `eval_batch_size`.
     pub fn evaluate(&self, data: &Dataset) -> Result<(f32, Option<f32>)> {
-        evaluate(&self.dev, &self.model, data, self.loss, 500)
+        evaluate(
+            &self.dev,
+            &self.model,
+            data,
+            self.loss,
+            self.eval_batch_size,
+        )
     }
-    /// Raw outputs (logits) for every example.
+
+    /// Raw outputs (logits) for every example, in batches of `eval_batch_size`.
     pub fn predict(&self, x: &[f32], shape: &[usize]) -> Result<Vec<f32>> {
-        predict(&self.dev, &self.model, x, shape, 500)
+        predict(&self.dev, &self.model, x, shape, self.eval_batch_size)
     }
 }

@@ -42,26 +42,34 @@ struct Recorded {
     loss: Tensor,
 }
 
-/// [`fit`](crate::fit) without blocking: trains `model` on `train` for `cfg.epochs` epochs (the
-/// same seeded shuffle, batches, recorded steps and loss readbacks every `cfg.log_every` steps
-/// and at each epoch's last), calling `on_loss` with each loss read back and `on_epoch` with
-/// each epoch's figures (held-out loss and accuracy where `val` is given).
+/// [`fit`](crate::fit) without blocking: trains `model` on `train` with `loss` for `cfg.epochs`
+/// epochs (the same seeded shuffle, batches, recorded steps and loss readbacks every
+/// `cfg.log_every` steps and at each epoch's last), calling `on_loss` with each loss read back
+/// and `cfg`'s callbacks with each epoch's figures (held-out loss and accuracy where
+/// `cfg.validation` is given).
 ///
-/// `cfg.checkpoint`, `cfg.progress` and `cfg.finite_check_every` are not used here; a
+/// `cfg.checkpoint`, `cfg.progress`, `cfg.distributed` and `cfg.finite_check_every` are not
+/// used here (a distributed config is refused); a
 /// non-finite loss ends the run with an error naming its step, or, with `cfg.skip_nonfinite`,
 /// leaves the parameters untouched for that step.
-#[allow(clippy::too_many_arguments)]
 pub async fn fit_async(
     dev: &Device,
     model: &dyn Module,
     opt: &mut Optimizer,
+    loss: Loss,
     train: &Dataset<'_>,
-    val: Option<&Dataset<'_>>,
-    cfg: &FitConfig,
+    mut cfg: FitConfig<'_>,
     mut on_loss: impl FnMut(&StepLoss),
-    mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<Vec<EpochStats>> {
-    crate::fit::check_run(train, val, cfg)?;
+    crate::fit::check_run(train, cfg.validation.as_ref(), loss, &cfg)?;
+    if cfg.distributed.is_some() {
+        return Err(TrainError::Training(
+            "fit_async trains in one process: use fit for data-parallel training".into(),
+        ));
+    }
+    let mut callbacks = std::mem::take(&mut cfg.callbacks);
+    let cfg = &cfg;
+    let val = cfg.validation.as_ref();
     let mut plans: HashMap<usize, Recorded> = HashMap::new();
     let mut history = cfg.history.clone();
     let mut step = opt.steps() as usize;
@@ -100,7 +108,7 @@ pub async fn fit_async(
                 let (plan, (loss, width)) = StepPlan::record(dev, || {
                     let out = model.forward(&x)?;
                     let width = *out.shape().last().unwrap_or(&0);
-                    let loss = loss_of(&out, &y, cfg.loss)?;
+                    let loss = loss_of(&out, &y, loss)?;
                     loss.backward()?;
                     if cfg.skip_nonfinite {
                         opt.step_guarded(Some(&loss.array().buf))?;
@@ -161,7 +169,7 @@ pub async fn fit_async(
         let secs = t0.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) = match val {
             Some(v) => {
-                let (l, a) = evaluate_async(dev, model, v, cfg.loss, 500).await?;
+                let (l, a) = evaluate_async(dev, model, v, loss, cfg.eval_batch_size).await?;
                 (Some(l), a)
             }
             None => (None, None),
@@ -175,7 +183,9 @@ pub async fn fit_async(
             samples_per_second: train.len() as f64 / secs,
             skipped_steps: tally.skipped,
         };
-        on_epoch(&stats);
+        for c in &mut callbacks {
+            c(&stats);
+        }
         history.push(stats);
     }
     Ok(history)

@@ -25,9 +25,7 @@ mod progress;
 pub mod regression;
 pub mod report;
 
-pub use fit::{
-    evaluate, fit, fit_classifier, fit_parallel, predict, Compiled, Dataset, FitConfig, Targets,
-};
+pub use fit::{evaluate, fit, predict, Compiled, Dataset, FitConfig, Targets, EVAL_BATCH_SIZE};
 pub use fit_async::{evaluate_async, fit_async, StepLoss};
 pub use history::EpochStats;
 pub use kiln_nn::loss::Loss;

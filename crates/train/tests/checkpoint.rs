@@ -222,10 +222,13 @@ mod training {
         o
     }
 
-    fn cfg(epochs: usize) -> FitConfig {
+    fn cfg<'a>(epochs: usize) -> FitConfig<'a> {
         FitConfig {
             progress: false,
-            ..FitConfig::new(Loss::CrossEntropy, epochs, 64, 7)
+            ..FitConfig::default()
+                .with_epochs(epochs)
+                .with_batch_size(64)
+                .with_seed(7)
         }
     }
 
@@ -237,7 +240,7 @@ mod training {
         // Uninterrupted: 3 epochs.
         let a = lenet5(&d, 1).unwrap();
         let mut oa = optimizer(&d, &a);
-        fit(&d, &a, &mut oa, &data, None, &cfg(3), |_| {}).unwrap();
+        fit(&d, &a, &mut oa, Loss::CrossEntropy, &data, cfg(3)).unwrap();
         // Interrupted after epoch 1, resumed into a fresh model and optimizer.
         let dir = tmpdir("resume");
         let path = dir.join("train.safetensors");
@@ -252,8 +255,7 @@ mod training {
             ),
             ..cfg(1)
         };
-        fit(&d, &b, &mut ob, &data, None, &first, |_| {}).unwrap();
-        drop(first);
+        fit(&d, &b, &mut ob, Loss::CrossEntropy, &data, first).unwrap();
         let c = lenet5(&d, 99).unwrap();
         let mut oc = optimizer(&d, &c);
         // Other settings are refused, naming each difference, and nothing is loaded; an override
@@ -286,13 +288,12 @@ mod training {
             &d,
             &c,
             &mut oc,
+            Loss::CrossEntropy,
             &data,
-            None,
-            &FitConfig {
+            FitConfig {
                 start_epoch: 2,
                 ..cfg(1)
             },
-            |_| {},
         )
         .unwrap_err()
         .to_string();
@@ -302,7 +303,7 @@ mod training {
             history: r.history,
             ..cfg(3)
         };
-        let hist = fit(&d, &c, &mut oc, &data, None, &resume, |_| {}).unwrap();
+        let hist = fit(&d, &c, &mut oc, Loss::CrossEntropy, &data, resume).unwrap();
         let epochs: Vec<usize> = hist.iter().map(|h| h.epoch).collect();
         assert_eq!(epochs, [1, 2, 3], "the history spans the resume");
         assert_eq!(
@@ -331,7 +332,7 @@ mod training {
         );
         let a = lenet5(&d, 2).unwrap();
         let mut oa = optimizer(&d, &a);
-        fit(&d, &a, &mut oa, &train, None, &cfg(2), |_| {}).unwrap();
+        fit(&d, &a, &mut oa, Loss::CrossEntropy, &train, cfg(2)).unwrap();
         let end = evaluate(&d, &a, &test, Loss::CrossEntropy, 128).unwrap();
         let dir = tmpdir("eval");
         let path = dir.join("m.safetensors");
@@ -349,7 +350,7 @@ mod training {
         }
         let before: Vec<Vec<f32>> = named.iter().map(|(_, p)| p.to_vec().unwrap()).collect();
         let mut ob = optimizer(&d, &b);
-        fit(&d, &b, &mut ob, &train, None, &cfg(1), |_| {}).unwrap();
+        fit(&d, &b, &mut ob, Loss::CrossEntropy, &train, cfg(1)).unwrap();
         for ((n, p), v) in named.iter().zip(&before) {
             let now = p.to_vec().unwrap();
             if n.starts_with("fc3") {
@@ -384,13 +385,14 @@ mod training {
             ..cfg(3)
         };
         let mut saved = None;
-        let e = fit(&d, &m, &mut o, &data, None, &c, |s| {
+        let c = c.with_callback(|s| {
             if s.epoch == 1 {
                 saved = Some(());
             }
-        })
-        .unwrap_err()
-        .to_string();
+        });
+        let e = fit(&d, &m, &mut o, Loss::CrossEntropy, &data, c)
+            .unwrap_err()
+            .to_string();
         assert!(
             (e.contains("at step") || e.contains("after step"))
                 && (e.contains("NaN") || e.contains("inf") || e.contains("non-finite")),
@@ -467,17 +469,20 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
         let mut r = kiln_ops::testing::Rng::new(seed);
         Sequential::new().push(LinearConfig::new(784, 10).init_with(&d, &mut r).unwrap())
     };
-    let cfg = FitConfig {
+    let cfg = || FitConfig {
         log_every: 1,
         progress: false,
-        ..FitConfig::new(Loss::CrossEntropy, 2, 64, 3)
+        ..FitConfig::default()
+            .with_epochs(2)
+            .with_batch_size(64)
+            .with_seed(3)
     };
     let a = model(1);
     let mut oa = Sgd::new(0.05)
         .momentum(0.9)
         .init(&d, a.parameters())
         .unwrap();
-    let e = fit(&d, &a, &mut oa, &data, None, &cfg, |_| {})
+    let e = fit(&d, &a, &mut oa, Loss::CrossEntropy, &data, cfg())
         .unwrap_err()
         .to_string();
     assert!(e.contains("NaN at step"), "{e}");
@@ -487,11 +492,8 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
         .momentum(0.9)
         .init(&d, b.parameters())
         .unwrap();
-    let skip = FitConfig {
-        skip_nonfinite: true,
-        ..cfg
-    };
-    let hist = fit(&d, &b, &mut ob, &data, None, &skip, |_| {}).unwrap();
+    let skip = cfg().with_skip_nonfinite(true);
+    let hist = fit(&d, &b, &mut ob, Loss::CrossEntropy, &data, skip).unwrap();
     // One batch per epoch holds the poisoned example: skipped each time, the rest trained.
     assert_eq!(
         hist.iter().map(|h| h.skipped_steps).collect::<Vec<_>>(),
@@ -698,9 +700,12 @@ fn a_value_going_bad_on_the_device_is_named_with_its_exact_step() {
             log_every: 1000,
             progress: false,
             finite_check_every: check_every,
-            ..FitConfig::new(Loss::CrossEntropy, 1, 64, 3)
+            ..FitConfig::default()
+                .with_epochs(1)
+                .with_batch_size(64)
+                .with_seed(3)
         };
-        fit(&d, &m, &mut o, &data, None, &cfg, |_| {})
+        fit(&d, &m, &mut o, Loss::CrossEntropy, &data, cfg)
             .unwrap_err()
             .to_string()
     };

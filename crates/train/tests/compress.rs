@@ -71,13 +71,9 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
         &d,
         &m,
         &mut opt,
+        Loss::CrossEntropy,
         &data,
-        None,
-        &FitConfig {
-            progress: false,
-            ..FitConfig::new(Loss::CrossEntropy, 2, 32, 0)
-        },
-        |_| {},
+        FitConfig::default().with_epochs(2).with_progress(false),
     )
     .unwrap();
     for (w, zeros) in weights.iter().zip(&zero_sets) {
@@ -197,16 +193,18 @@ mod quantization {
             .unwrap();
         let cfg = FitConfig {
             progress: false,
-            ..FitConfig::new(Loss::CrossEntropy, 2, 64, 0)
+            ..FitConfig::default()
+                .with_epochs(2)
+                .with_batch_size(64)
+                .with_seed(0)
         };
         fit(
             &d,
             &model,
             &mut opt,
+            Loss::CrossEntropy,
             &Dataset::classes(&x, &shape, &y),
-            None,
-            &cfg,
-            |_| {},
+            cfg,
         )
         .unwrap();
         let want = predict(&d, &model, &tx, &shape, 100).unwrap();

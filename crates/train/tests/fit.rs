@@ -6,7 +6,7 @@ use kiln_nn::data::Mnist;
 use kiln_nn::models::lenet5;
 use kiln_nn::{Adam, LinearConfig, Module, Sgd};
 use kiln_ops::testing::Rng;
-use kiln_train::{evaluate, fit_async, fit_classifier, Dataset, FitConfig, Loss};
+use kiln_train::{evaluate, fit, fit_async, Dataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 fn dev() -> Device {
@@ -33,12 +33,15 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
         .init(&d, model.parameters())
         .unwrap();
     let (loss0, _) = evaluate(&d, &model, &test, Loss::CrossEntropy, 250).unwrap();
-    let cfg = FitConfig {
-        log_every: 1,
-        progress: false,
-        ..FitConfig::new(Loss::CrossEntropy, 3, 64, 0)
+    let cfg = || {
+        FitConfig::default()
+            .with_epochs(3)
+            .with_batch_size(64)
+            .with_log_every(1)
+            .with_progress(false)
+            .with_validation(test)
     };
-    let hist = fit_classifier(&d, &model, &mut opt, &train, Some(&test), &cfg, |_| {}).unwrap();
+    let hist = fit(&d, &model, &mut opt, Loss::CrossEntropy, &train, cfg()).unwrap();
     assert_eq!(opt.steps(), 30);
     let last = hist.last().unwrap();
     // Stated bounds: untrained loss is about ln(10) = 2.30; after these 30 steps (measured on
@@ -56,7 +59,7 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
         .momentum(0.9)
         .init(&d, model2.parameters())
         .unwrap();
-    let hist2 = fit_classifier(&d, &model2, &mut opt2, &train, Some(&test), &cfg, |_| {}).unwrap();
+    let hist2 = fit(&d, &model2, &mut opt2, Loss::CrossEntropy, &train, cfg()).unwrap();
     assert_eq!(hist2.last().unwrap().val_loss, last.val_loss);
 }
 
@@ -72,17 +75,20 @@ fn fit_async_follows_fit_step_for_step() {
     let shape = [1, 28, 28];
     let train = Dataset::classes(&x, &shape, &y);
     let test = Dataset::classes(&tx, &shape, &ty);
-    let cfg = FitConfig {
-        log_every: 1,
-        progress: false,
-        ..FitConfig::new(Loss::CrossEntropy, 2, 64, 0)
+    let cfg = || {
+        FitConfig::default()
+            .with_epochs(2)
+            .with_batch_size(64)
+            .with_log_every(1)
+            .with_progress(false)
+            .with_validation(test)
     };
     let model = lenet5(&d, 3).unwrap();
     let mut opt = Sgd::new(0.05)
         .momentum(0.9)
         .init(&d, model.parameters())
         .unwrap();
-    let sync = fit_classifier(&d, &model, &mut opt, &train, Some(&test), &cfg, |_| {}).unwrap();
+    let sync = fit(&d, &model, &mut opt, Loss::CrossEntropy, &train, cfg()).unwrap();
     let model = lenet5(&d, 3).unwrap();
     let mut opt = Sgd::new(0.05)
         .momentum(0.9)
@@ -93,11 +99,10 @@ fn fit_async_follows_fit_step_for_step() {
         &d,
         &model,
         &mut opt,
+        Loss::CrossEntropy,
         &train,
-        Some(&test),
-        &cfg,
+        cfg(),
         |l| losses.push((l.epoch, l.step, l.loss)),
-        |_| {},
     );
     let asynced = pollster::block_on(run).unwrap();
     assert_eq!(opt.steps(), 10);
@@ -121,17 +126,21 @@ fn bad_training_input_is_an_error() {
     let mut opt = Sgd::new(0.01).init(&d, model.parameters()).unwrap();
     let x = vec![0.0f32; 2 * 784];
     let shape = [1, 28, 28];
-    let cfg = FitConfig {
-        log_every: 1,
-        progress: false,
-        ..FitConfig::new(Loss::CrossEntropy, 1, 2, 0)
+    let cfg = || {
+        FitConfig::default()
+            .with_batch_size(2)
+            .with_log_every(1)
+            .with_progress(false)
     };
     // Fewer values than the examples need.
     let bad = Dataset::classes(&x[..700], &shape, &[1, 2]);
-    assert!(fit_classifier(&d, &model, &mut opt, &bad, None, &cfg, |_| {}).is_err());
+    let e = fit(&d, &model, &mut opt, Loss::CrossEntropy, &bad, cfg())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("700 input values for 2 examples"), "{e}");
     // A label the model has no class for: an error naming it, not a silently wrong loss.
     let bad = Dataset::classes(&x, &shape, &[1, 12]);
-    let e = fit_classifier(&d, &model, &mut opt, &bad, None, &cfg, |_| {})
+    let e = fit(&d, &model, &mut opt, Loss::CrossEntropy, &bad, cfg())
         .unwrap_err()
         .to_string();
     assert!(e.contains("12"), "{e}");
@@ -152,7 +161,8 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
     let opt = Adam::new(0.05).init(&d, model.parameters()).unwrap();
     let mut net = Compiled::compile(&d, model, opt, Loss::Mse);
     let data = Dataset::values(&x, &[2], &y, 1);
-    let hist = net.fit(&data, 30, 32, Some(&data), |_| {}).unwrap();
+    let cfg = FitConfig::default().with_epochs(30).with_progress(false);
+    let hist = net.fit(&data, cfg.with_validation(data)).unwrap();
     let (mse, acc) = net.evaluate(&data).unwrap();
     assert!(mse < 1e-3, "mse {mse} ({:?})", hist.last());
     assert!(acc.is_none());
@@ -164,7 +174,8 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
     let opt = Adam::new(0.1).init(&d, model.parameters()).unwrap();
     let mut net = Compiled::compile(&d, model, opt, Loss::BinaryCrossEntropy);
     let data = Dataset::values(&x, &[2], &labels, 1);
-    net.fit(&data, 20, 32, None, |_| {}).unwrap();
+    net.fit(&data, FitConfig::default().with_epochs(20))
+        .unwrap();
     let (bce, acc) = net.evaluate(&data).unwrap();
     assert!(
         bce < 0.3 && acc.unwrap() > 0.95,
@@ -174,5 +185,9 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
     let model = Sequential::new().push(LinearConfig::new(2, 1).init_with(&d, &mut rng).unwrap());
     let opt = Adam::new(0.1).init(&d, model.parameters()).unwrap();
     let mut net = Compiled::compile(&d, model, opt, Loss::CrossEntropy);
-    assert!(net.fit(&data, 1, 32, None, |_| {}).is_err());
+    let e = net
+        .fit(&data, FitConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not fit targets"), "{e}");
 }

@@ -144,18 +144,18 @@ impl Trainer {
                 t_max: steps as u64,
                 min_lr: 0.0,
             });
-            let cfg = FitConfig {
-                log_every,
-                progress: false,
-                ..FitConfig::new(Loss::CrossEntropy, epochs, batch, 0)
-            };
+            let cfg = FitConfig::default()
+                .with_epochs(epochs)
+                .with_batch_size(batch)
+                .with_log_every(log_every)
+                .with_progress(false);
             let history = fit_async(
                 &dev,
                 model.as_ref(),
                 &mut opt,
+                Loss::CrossEntropy,
                 &data,
-                None,
-                &cfg,
+                cfg,
                 |l| {
                     let _ = on_loss.call2(
                         &JsValue::NULL,
@@ -163,7 +163,6 @@ impl Trainer {
                         &JsValue::from(l.loss),
                     );
                 },
-                |_| {},
             )
             .await
             .map_err(js)?;

@@ -11,7 +11,7 @@
 //!   recorded step of a single process. Parameters after every step.
 //! - `broadcast`: with `--dp`, each process builds its model from the seed `--seed + rank`, then
 //!   broadcasts and takes one step. Parameters before the broadcast, after it and after the step.
-//! - `fit`: `kiln_train::fit` (or `fit_parallel` with `--dp`) for `--epochs` over the first `--n`
+//! - `fit`: `kiln_train::fit` (distributed with `--dp`) for `--epochs` over the first `--n`
 //!   images; parameters after every epoch. `--save`/`--resume` a training checkpoint (written
 //!   every epoch); `--fail-step S --fail-rank R --fail-mode error|kill|hang` makes rank R fail as
 //!   step S begins.
@@ -24,7 +24,7 @@ use kiln_nn::models::lenet5;
 use kiln_nn::{Adam, Sequential, Sgd};
 use kiln_nn::{Module, NnError, Optimizer};
 use kiln_train::checkpoint::{load_training, CheckpointConfig, RunSettings};
-use kiln_train::{fit, fit_parallel, Dataset, FitConfig};
+use kiln_train::{fit, Dataset, FitConfig};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -356,10 +356,20 @@ fn fit_mode(
         mode: args.get("fail-mode").unwrap_or("error").to_string(),
     };
     let mut opt = optimizer(dev, &model, args.get("opt").unwrap_or("sgd"))?;
+    let mut dumped: Result<(), Error> = Ok(());
+    let mut on_epoch = |s: &kiln_train::EpochStats| {
+        let r = dump.params(&model).and_then(|_| dump.loss(s.train_loss));
+        if dumped.is_ok() {
+            dumped = r;
+        }
+    };
     let mut fc = FitConfig {
         log_every: 1,
         progress: false,
-        ..FitConfig::new(Loss::CrossEntropy, epochs, batch, seed)
+        ..FitConfig::default()
+            .with_epochs(epochs)
+            .with_batch_size(batch)
+            .with_seed(seed)
     };
     // The world size is not a setting: a checkpoint resumes under any number of processes.
     let settings = RunSettings::new()
@@ -379,30 +389,13 @@ fn fit_mode(
         fc.checkpoint = Some(CheckpointConfig::new(p, 1)?.with_settings(settings));
     }
     let data = Dataset::classes(&x, &[1, 28, 28], &y);
-    let mut dumped: Result<(), Error> = Ok(());
-    let mut on_epoch = |s: &kiln_train::EpochStats| {
-        let r = dump.params(&model).and_then(|_| dump.loss(s.train_loss));
-        if dumped.is_ok() {
-            dumped = r;
+    let mut ddp = dist.map(|d| DistributedDataParallel::new(d, dev, cfg));
+    {
+        let mut fc = fc.with_callback(&mut on_epoch);
+        if let Some(ddp) = &mut ddp {
+            fc = fc.with_distributed(ddp);
         }
-    };
-    match dist {
-        Some(d) => {
-            let mut ddp = DistributedDataParallel::new(d, dev, cfg);
-            fit_parallel(
-                dev,
-                &model,
-                &mut opt,
-                &data,
-                None,
-                &fc,
-                &mut ddp,
-                &mut on_epoch,
-            )?;
-        }
-        None => {
-            fit(dev, &model, &mut opt, &data, None, &fc, &mut on_epoch)?;
-        }
+        fit(dev, &model, &mut opt, Loss::CrossEntropy, &data, fc)?;
     }
     dumped
 }
