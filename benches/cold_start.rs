@@ -18,7 +18,6 @@ fn child(cache: &std::path::Path) -> anyhow::Result<()> {
         .init(&dev, model.parameters())?;
     let x = Tensor::full(&dev, &[64, 1, 28, 28], 0.1)?;
     let y = Tensor::from_i32(&dev, &[3; 64], &[64])?;
-    opt.begin_step()?;
     let (_plan, loss) = StepPlan::record(&dev, || {
         let loss = model.forward(&x)?.cross_entropy(&y, None)?;
         loss.backward()?;

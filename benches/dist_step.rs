@@ -124,7 +124,6 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::new()?;
     for mut w in workloads(&dev)? {
         let loss = loss_fn(&dev, w.model.as_ref(), &w.kind, w.global)?;
-        w.opt.begin_step()?;
         let (plan, l) = StepPlan::record(&dev, || {
             let l = loss()?;
             l.backward()?;
@@ -133,8 +132,7 @@ fn main() -> anyhow::Result<()> {
         })?;
         drop(loss);
         for _ in 0..2 {
-            w.opt.begin_step()?;
-            plan.replay()?;
+            w.opt.replay(&plan)?;
         }
         dev.wait()?;
         // Steps queued back to back (the loop fit runs), then each waited for, as a data-parallel
@@ -142,7 +140,7 @@ fn main() -> anyhow::Result<()> {
         for waited in [false, true] {
             let t0 = Instant::now();
             for _ in 0..w.steps {
-                w.opt.begin_step()?;
+                w.opt.prepare_replay()?;
                 if waited {
                     let t = dev.read_async(&l.array().buf)?;
                     plan.replay()?;
@@ -202,20 +200,17 @@ fn child() -> anyhow::Result<()> {
             let loss = loss_fn(&dev, w.model.as_ref(), &w.kind, share.len)?;
             let mut ddp = DistributedDataParallel::new(&dist, &dev, DdpConfig { bucket_bytes });
             ddp.broadcast(w.model.as_ref(), &mut w.opt)?;
-            w.opt.begin_step()?;
             let id = ddp.record(&w.opt, false, &*loss)?;
-            ddp.step(&w.opt, id, share.weight())?;
+            ddp.step(&mut w.opt, id, share.weight())?;
             for _ in 0..2 {
-                w.opt.begin_step()?;
-                ddp.step(&w.opt, id, share.weight())?;
+                ddp.step(&mut w.opt, id, share.weight())?;
             }
             dev.wait()?;
             dist.barrier("the start of the timed steps");
             ddp.reset_times();
             let t0 = Instant::now();
             for _ in 0..w.steps {
-                w.opt.begin_step()?;
-                ddp.step(&w.opt, id, share.weight())?;
+                ddp.step(&mut w.opt, id, share.weight())?;
             }
             dev.wait()?;
             let ms = t0.elapsed().as_secs_f64() * 1e3 / w.steps as f64;

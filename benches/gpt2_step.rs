@@ -79,7 +79,6 @@ fn one(checkpointing: bool) -> anyhow::Result<()> {
     dev.reset_peak_memory_stats();
     reset_rss_peak();
     let mut run = |opt: &mut kiln::nn::Optimizer| -> anyhow::Result<f32> {
-        opt.begin_step()?;
         step.run(&dev, opt, &mut |_| Ok(()), &mut || {
             Ok(model
                 .lm_loss_from(&x, &y)

@@ -29,28 +29,26 @@ fn main() -> anyhow::Result<()> {
         let mut opt = Adam::new(1e-3).init(&dev, m.parameters())?;
         let x = Tensor::from_f32(&dev, &xs, &[128, 784])?;
         let y = Tensor::from_i32(&dev, &ys, &[128])?;
-        let step_once = |opt: &Optimizer| -> Result<Tensor, NnError> {
+        let step_once = |opt: &mut Optimizer| -> Result<Tensor, NnError> {
             let loss = m.forward(&x)?.cross_entropy(&y, None)?;
             loss.backward()?;
             opt.step()?;
             Ok(loss)
         };
         // Warm-up: compile every pipeline, record the plan.
-        opt.begin_step()?;
-        let (plan, loss) = StepPlan::record(&dev, || step_once(&opt))?;
+        let (plan, loss) = StepPlan::record(&dev, || step_once(&mut opt))?;
         dev.wait()?;
         let c0 = dev.counters();
         let t0 = Instant::now();
         let mut loss = loss;
         for _ in 0..steps {
             x.copy_from_slice(&xs)?;
-            opt.begin_step()?;
             if mode == "eager" {
                 opt.zero_grad();
-                loss = step_once(&opt)?;
+                loss = step_once(&mut opt)?;
                 dev.flush()?;
             } else {
-                plan.replay()?;
+                opt.replay(&plan)?;
             }
         }
         dev.wait()?;

@@ -34,14 +34,13 @@ fn time_steps(
     let c0 = dev.counters();
     let t0 = Instant::now();
     for _ in 0..steps {
-        opt.begin_step()?;
-        plan.replay()?;
+        opt.replay(plan)?;
     }
     dev.wait()?;
     let secs = t0.elapsed().as_secs_f64();
     let c1 = dev.counters();
     if std::env::args().any(|a| a == "--profile") {
-        opt.begin_step()?;
+        opt.prepare_replay()?;
         let prof = dev.profile(|| plan.replay())?;
         let total: f64 = prof.iter().map(|k| k.seconds).sum();
         for k in prof {
@@ -69,7 +68,7 @@ fn time_steps(
             (c1.dispatches - c0.dispatches) as f64 / steps as f64,
             1,
         )
-        // Counted over the loop: begin_step's hyper-parameter write rides in the replay submission.
+        // Counted over the loop: the optimizer's hyper-parameter write rides in the replay submission.
         .num(
             "submissions_per_step",
             (c1.submissions - c0.submissions) as f64 / steps as f64,
@@ -92,7 +91,6 @@ fn lm_step(
     let ids: Vec<i32> = (0..batch * t).map(|_| rng.below(vocab) as i32).collect();
     let x = Tensor::from_i32(dev, &ids, &[batch, t])?;
     let y = Tensor::from_i32(dev, &ids, &[batch * t])?;
-    opt.begin_step()?;
     let (plan, _) = StepPlan::record(dev, || {
         let logits = autocast_f16_when(mixed_precision, || model.logits(&x))?;
         let loss = logits.cross_entropy(&y, None)?;
@@ -123,7 +121,6 @@ fn main() -> anyhow::Result<()> {
                 &(0..batch).map(|i| (i % 10) as i32).collect::<Vec<_>>(),
                 &[batch],
             )?;
-            opt.begin_step()?;
             let (plan, _) = StepPlan::record(&dev, || {
                 let loss = model.forward(&x)?.cross_entropy(&y, None)?;
                 loss.backward()?;

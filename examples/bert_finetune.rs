@@ -274,7 +274,6 @@ fn main() -> Result<()> {
             Ok(scores.cross_entropy(&labels, None)?)
         })?;
         loss.backward()?;
-        opt.begin_step()?;
         opt.step()?;
         model.advance_rng()?;
         let l = loss.item()?;

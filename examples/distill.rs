@@ -94,9 +94,8 @@ fn train(
             xt.copy_from_slice(&xb)?;
             img.copy_from_slice(&xb)?;
             yt.copy_from_slice(&yb)?;
-            opt.begin_step()?;
             match &plan {
-                Some(p) => p.replay()?,
+                Some(p) => opt.replay(p)?,
                 None => {
                     let (p, _) = StepPlan::record(dev, || {
                         let logits = s.forward(&xt)?;

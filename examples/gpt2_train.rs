@@ -544,7 +544,6 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     for step in done..steps {
         let t0 = Instant::now();
         let lr_now = opt.lr();
-        opt.begin_step()?;
         let mut batch_of = |m: usize| -> kiln::train::Result<()> {
             let w = train_set.get_batch(&loader.indices(step as u64, m))?;
             let (xs, ys) = inputs_and_targets(&w, t);
@@ -558,7 +557,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         };
         let loss = match ddp.as_mut() {
             None => {
-                accumulated.run(&dev, &opt, &mut batch_of, &mut || forward(&model))?;
+                accumulated.run(&dev, &mut opt, &mut batch_of, &mut || forward(&model))?;
                 accumulated.loss().context("a loss")?.to_f32(&dev)?[0]
             }
             Some(p) => {
@@ -580,7 +579,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
                         p.no_sync(id)?;
                         local += p.loss(id).context("a loss")?.item()?;
                     } else {
-                        let last = p.step(&opt, id, 1.0 / (world * micro) as f32)?;
+                        let last = p.step(&mut opt, id, 1.0 / (world * micro) as f32)?;
                         let mut sum = [local as f64];
                         p.dist().sum(&mut sum, "the micro-batch losses");
                         local = (sum[0] / (world * micro) as f64) as f32 + last;

@@ -33,7 +33,6 @@
 //! let (images, labels) = (vec![0.0f32; 64 * 784], vec![0i32; 64]);
 //! let x = Tensor::from_f32(&dev, &images, &[64, 1, 28, 28])?;
 //! let y = Tensor::from_i32(&dev, &labels, &[64])?;
-//! opt.begin_step()?;
 //! // Forward, backward and update, recorded once (and run once)...
 //! let (step, loss) = StepPlan::record(&dev, || {
 //!     let loss = model.forward(&x)?.cross_entropy(&y, None)?;
@@ -45,8 +44,7 @@
 //! for _ in 0..10 {
 //!     x.copy_from_slice(&images)?;
 //!     y.copy_from_slice(&labels)?;
-//!     opt.begin_step()?;
-//!     step.replay()?;
+//!     opt.replay(&step)?; // begins the optimizer's step (learning rate, bias corrections)
 //! }
 //! println!("loss {}", loss.item()?);
 //! # Ok(()) }

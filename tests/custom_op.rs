@@ -111,7 +111,6 @@ fn user_op_trains_in_a_recorded_step_as_eager_steps_do() {
     for step in 0..5 {
         let (x, y) = batch(step);
         opt.zero_grad();
-        opt.begin_step().unwrap();
         let x = Tensor::from_f32(&d, &x, &[4, 6]).unwrap();
         let y = Tensor::from_f32(&d, &y, &[4, 2]).unwrap();
         loss_of(&eager, &x, &y).unwrap().backward().unwrap();
@@ -126,7 +125,6 @@ fn user_op_trains_in_a_recorded_step_as_eager_steps_do() {
     let (x0, y0) = batch(0);
     let x = Tensor::from_f32(&d, &x0, &[4, 6]).unwrap();
     let y = Tensor::from_f32(&d, &y0, &[4, 2]).unwrap();
-    opt.begin_step().unwrap();
     let (plan, _loss) = StepPlan::record(&d, || {
         let loss = loss_of(&replayed, &x, &y)?;
         loss.backward()?;
@@ -138,8 +136,7 @@ fn user_op_trains_in_a_recorded_step_as_eager_steps_do() {
         let (xb, yb) = batch(step);
         x.copy_from_slice(&xb).unwrap();
         y.copy_from_slice(&yb).unwrap();
-        opt.begin_step().unwrap();
-        plan.replay().unwrap();
+        opt.replay(&plan).unwrap();
     }
     let (a, b) = (params(&eager), params(&replayed));
     assert_ne!(a, params(&model(&d)), "the steps trained");

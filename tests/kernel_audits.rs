@@ -49,7 +49,6 @@ fn step_dispatches(profile: AdapterProfile, width: usize) -> Vec<DispatchInfo> {
     let x = Tensor::from_f32(&dev, &rng.vec(ROWS * hidden, -1.0, 1.0), &[ROWS, hidden]).unwrap();
     let labels: Vec<i32> = (0..ROWS).map(|i| (i % width) as i32).collect();
     let y = Tensor::from_i32(&dev, &labels, &[ROWS]).unwrap();
-    opt.begin_step().unwrap();
     let (step, _) = StepPlan::record(&dev, || {
         let h = fc1.forward(&norm.forward(&x)?)?.gelu()?;
         let logits = fc2.forward(&h)?;

@@ -369,21 +369,22 @@ impl<'a> DistributedDataParallel<'a> {
     /// Runs recorded step `step` (forward, backward) on the batch in its input buffers, combines
     /// the gradients of every process (this one's counting `weight`: its share of the batch,
     /// divided by the micro-batches accumulated since the last step where there were any) and
-    /// applies the optimizer's update. Call `opt.begin_step()` first, as for any step. Returns
-    /// the loss combined with the same weights.
-    pub fn step(&mut self, opt: &Optimizer, step: usize, weight: f32) -> Result<f32> {
+    /// applies the optimizer's update, beginning the optimizer's step (as `Optimizer::step`
+    /// does). Returns the loss combined with the same weights.
+    pub fn step(&mut self, opt: &mut Optimizer, step: usize, weight: f32) -> Result<f32> {
         self.sync(Some(step), weight, Some(opt))
     }
 
     /// A step in which this process has no examples: it contributes nothing and applies the
-    /// others' combined update, through the first recorded step's buffers (which must have run).
-    pub fn empty_step(&mut self) -> Result<f32> {
-        self.sync(None, 0.0, None)
+    /// others' combined update (beginning the optimizer's step), through the first recorded
+    /// step's buffers (which must have run).
+    pub fn empty_step(&mut self, opt: &mut Optimizer) -> Result<f32> {
+        self.sync(None, 0.0, Some(opt))
     }
 
     /// Runs recorded step `step`'s forward and backward and adds its gradients into a local
     /// accumulator, without communicating (PyTorch's `no_sync`); the next [`Self::step`] sends
-    /// the sum. There is no update: call `opt.begin_step()` only before that step.
+    /// the sum. There is no update, and the optimizer's step does not begin.
     pub fn no_sync(&mut self, step: usize) -> Result<()> {
         self.ensure_accumulators()?;
         let dev = self.dev.clone();
@@ -448,7 +449,15 @@ impl<'a> DistributedDataParallel<'a> {
     /// overlap the device's work on later pieces; a software adapter that computes inside the
     /// submission still overlaps each bucket's all-reduce with the next piece's computation in
     /// the other processes.
-    fn sync(&mut self, step: Option<usize>, weight: f32, opt: Option<&Optimizer>) -> Result<f32> {
+    ///
+    /// With `opt`, the optimizer's step begins here (in its `step` while the update records);
+    /// without, the caller has begun it.
+    fn sync(
+        &mut self,
+        step: Option<usize>,
+        weight: f32,
+        opt: Option<&mut Optimizer>,
+    ) -> Result<f32> {
         let t0 = Instant::now();
         let target = step.unwrap_or(0);
         let Some(rec) = self.steps.get(target) else {
@@ -611,7 +620,12 @@ impl<'a> DistributedDataParallel<'a> {
         }
         dev.write(&loss_buf, &[global_loss])?;
         match (&rec.update, opt) {
-            (Some(plan), _) => dev.replay(plan)?,
+            (Some(plan), opt) => {
+                if let Some(opt) = opt {
+                    opt.prepare_replay()?;
+                }
+                dev.replay(plan)?
+            }
             (None, Some(opt)) => {
                 // The optimizer reads the parameters' current gradients: they must be this step's.
                 let current =
@@ -814,7 +828,7 @@ impl DataParallel for DistributedDataParallel<'_> {
 
     fn record_step(
         &mut self,
-        opt: &Optimizer,
+        opt: &mut Optimizer,
         guard: bool,
         share: Share,
         forward: &mut dyn FnMut() -> kiln_train::Result<Tensor>,
@@ -829,7 +843,7 @@ impl DataParallel for DistributedDataParallel<'_> {
     }
 
     fn empty_step(&mut self, _share: Share) -> kiln_train::Result<f32> {
-        Ok(DistributedDataParallel::empty_step(self)?)
+        Ok(self.sync(None, 0.0, None)?)
     }
 }
 

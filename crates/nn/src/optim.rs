@@ -4,7 +4,7 @@
 
 use crate::schedule::Schedule;
 use crate::Result;
-use kiln_graph::{Device, Tensor};
+use kiln_graph::{Device, StepPlan, Tensor};
 use kiln_ops::optim::{self, Rule};
 use kiln_ops::{Buffer, DType};
 
@@ -145,9 +145,12 @@ impl Optimizer {
         self.step
     }
 
-    /// Advances the step counter and writes this step's hyper-parameters (learning rate, bias
-    /// corrections) to the device. Call once before each step, eager or replayed.
-    pub fn begin_step(&mut self) -> Result<()> {
+    /// Begins the next step without recording its update: advances the step counter and writes
+    /// the step's hyper-parameters (learning rate, bias corrections) to the device, where a
+    /// recorded update reads them. [`Optimizer::step`] and [`Optimizer::replay`] do this
+    /// themselves; call it only before replaying, by other means, a plan that holds this
+    /// optimizer's update (a data-parallel step, several plans that make one step).
+    pub fn prepare_replay(&mut self) -> Result<()> {
         let step = self.step;
         self.step += 1;
         for g in &self.groups {
@@ -157,15 +160,31 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Records the update of every parameter that has a gradient (frozen ones are skipped),
-    /// after clipping when it is set.
-    pub fn step(&self) -> Result<()> {
+    /// Takes a step: advances the step counter (the schedule's position and Adam's bias
+    /// corrections follow it), then updates every parameter that has a gradient (frozen ones are
+    /// skipped), after clipping when it is set. Inside [`StepPlan::record`] the update is
+    /// recorded; replay the plan with [`Optimizer::replay`], which begins each later step.
+    pub fn step(&mut self) -> Result<()> {
         self.step_guarded(None)
     }
 
     /// Like [`Optimizer::step`], but the device skips the whole update (parameters and state)
     /// when `loss` (a one-element buffer, read when the step runs) is NaN or infinite.
-    pub fn step_guarded(&self, loss: Option<&Buffer>) -> Result<()> {
+    pub fn step_guarded(&mut self, loss: Option<&Buffer>) -> Result<()> {
+        self.prepare_replay()?;
+        self.record_update(loss)
+    }
+
+    /// Begins the next step ([`Optimizer::prepare_replay`]) and replays `plan`, a recorded step
+    /// that holds this optimizer's update.
+    pub fn replay(&mut self, plan: &StepPlan) -> Result<()> {
+        self.prepare_replay()?;
+        Ok(plan.replay()?)
+    }
+
+    /// Launches (or, while a plan records, records) the update with the hyper-parameters
+    /// already written for this step.
+    fn record_update(&self, loss: Option<&Buffer>) -> Result<()> {
         if let Some(max_norm) = self.clip {
             let grads: Vec<_> = self.params().filter_map(|p| p.grad()).collect();
             let bufs: Vec<&Buffer> = grads.iter().map(|g| &g.buf).collect();

@@ -113,7 +113,6 @@ fn a_table_over_the_binding_limit_trains_and_generates_in_blocks() {
         max_diff(&g1, &g2)
     );
     for o in &mut opts {
-        o.begin_step().unwrap();
         o.step().unwrap();
     }
     let (w1, w2) = (one.wte().to_vec().unwrap(), split.wte().to_vec().unwrap());

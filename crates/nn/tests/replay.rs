@@ -38,7 +38,6 @@ fn replay_matches_eager_with_one_submission_per_step_and_stable_memory() {
     for step in 0..5 {
         let (x, y) = batch(step);
         opt_e.zero_grad();
-        opt_e.begin_step().unwrap();
         let x = Tensor::from_f32(&d, &x, &[8, 20]).unwrap();
         let y = Tensor::from_i32(&d, &y, &[8]).unwrap();
         eager
@@ -57,7 +56,6 @@ fn replay_matches_eager_with_one_submission_per_step_and_stable_memory() {
     let (x0, y0) = batch(0);
     let x = Tensor::from_f32(&d, &x0, &[8, 20]).unwrap();
     let y = Tensor::from_i32(&d, &y0, &[8]).unwrap();
-    opt_r.begin_step().unwrap();
     let (plan, loss) = StepPlan::record(&d, || {
         let loss = replayed.forward(&x)?.cross_entropy(&y, None)?;
         loss.backward()?;
@@ -70,10 +68,9 @@ fn replay_matches_eager_with_one_submission_per_step_and_stable_memory() {
         let (xb, yb) = batch(step);
         x.copy_from_slice(&xb).unwrap();
         y.copy_from_slice(&yb).unwrap();
-        opt_r.begin_step().unwrap();
         d.flush().unwrap();
         let before = d.counters().submissions;
-        plan.replay().unwrap();
+        opt_r.replay(&plan).unwrap();
         assert_eq!(
             d.counters().submissions - before,
             1,
@@ -92,8 +89,7 @@ fn replay_matches_eager_with_one_submission_per_step_and_stable_memory() {
         let (xb, yb) = batch(step % 7);
         x.copy_from_slice(&xb).unwrap();
         y.copy_from_slice(&yb).unwrap();
-        opt_r.begin_step().unwrap();
-        plan.replay().unwrap();
+        opt_r.replay(&plan).unwrap();
         if step == 10 {
             d.wait().unwrap();
             at_10 = Some(d.pool_stats().bytes_allocated);

@@ -407,7 +407,11 @@ pub fn fit(
                 // now, the upper bound once the logits' width is known.
                 softmax::check_labels(y, classes.unwrap_or(i32::MAX as usize), None)?;
             }
-            opt.begin_step()?;
+            // A replayed step (or one without examples here) begins the optimizer's step now;
+            // a recorded one begins it in `Optimizer::step`.
+            if plans.contains_key(&n) || (n == 0 && parallel.is_some()) {
+                opt.prepare_replay()?;
+            }
             if step > 0 {
                 model.advance_rng()?;
             }

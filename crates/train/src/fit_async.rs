@@ -87,7 +87,10 @@ pub async fn fit_async(
             if let BatchTargets::Classes(y) = &yb {
                 softmax::check_labels(y, classes.unwrap_or(i32::MAX as usize), None)?;
             }
-            opt.begin_step()?;
+            // A replayed step begins the optimizer's step now; a recorded one in its `step`.
+            if plans.contains_key(&n) {
+                opt.prepare_replay()?;
+            }
             if step > 0 {
                 model.advance_rng()?;
             }

@@ -202,15 +202,20 @@ impl AccumulatedStep {
     /// the input buffers `forward` reads), then its forward and backward pass; then the clipped
     /// update. `forward` returns the micro-batch's mean loss; it is called only while a plan is
     /// recorded (the first step, and the second micro-batch of the first step), so it must build
-    /// the same graph every time. Call `opt.begin_step()` before, as for any step.
+    /// the same graph every time. The optimizer's step begins here (in its `step` while the
+    /// update records, before the replays after that).
     pub fn run(
         &mut self,
         dev: &Device,
-        opt: &Optimizer,
+        opt: &mut Optimizer,
         prepare: &mut dyn FnMut(usize) -> Result<()>,
         forward: &mut dyn FnMut() -> Result<Tensor>,
     ) -> Result<()> {
         let n = self.micro_batches;
+        // The plan that holds the update exists: this step replays it.
+        if (n == 1 && self.first.is_some()) || self.update.is_some() {
+            opt.prepare_replay()?;
+        }
         for m in 0..n {
             prepare(m)?;
             if m == 0 {
@@ -242,7 +247,7 @@ impl AccumulatedStep {
     fn record_first(
         &mut self,
         dev: &Device,
-        opt: &Optimizer,
+        opt: &mut Optimizer,
         forward: &mut dyn FnMut() -> Result<Tensor>,
     ) -> Result<()> {
         let n = self.micro_batches;

@@ -226,7 +226,10 @@ fn train_lm_inner(
     let mut t0 = web_time::Instant::now();
     for step in opt.steps() as usize + 1..=cfg.steps {
         let (xb, yb) = windows(step);
-        opt.begin_step()?;
+        // A replayed step begins the optimizer's step now; a recorded one in its `step`.
+        if recorded.is_some() || parallel_step.is_some() {
+            opt.prepare_replay()?;
+        }
         if step > 1 {
             model.advance_rng()?;
         }

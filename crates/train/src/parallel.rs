@@ -99,25 +99,26 @@ pub trait DataParallel {
     /// Records a training step for this process's share of a batch and runs it as the current
     /// step: `forward` builds the loss (the forward pass) from the batch already in place; the
     /// implementation runs backward, combines the gradients across processes and records the
-    /// optimizer's update (skipped on the device when the combined loss is not finite, where
+    /// optimizer's update (its `step`, which begins the optimizer's step) (skipped on the device when the combined loss is not finite, where
     /// `guard` is set). Returns the step's id for [`DataParallel::replay_step`], the loss tensor
     /// (whose buffer each replay rewrites) and the loss averaged over the processes (weighted by
     /// their shares).
     fn record_step(
         &mut self,
-        opt: &Optimizer,
+        opt: &mut Optimizer,
         guard: bool,
         share: Share,
         forward: &mut dyn FnMut() -> Result<Tensor>,
     ) -> Result<(usize, Tensor, f32)>;
 
     /// Runs a recorded step again on the batch now in its input buffers; returns the averaged
-    /// loss.
+    /// loss. The loop has begun the optimizer's step ([`Optimizer::prepare_replay`]).
     fn replay_step(&mut self, step: usize, share: Share) -> Result<f32>;
 
     /// Takes part in a step in which this process has no examples (`share.len == 0`): it
     /// contributes nothing to the combined gradient and applies the same update as the others.
-    /// Needs a step recorded earlier. Returns the averaged loss.
+    /// Needs a step recorded earlier. The loop has begun the optimizer's step
+    /// ([`Optimizer::prepare_replay`]). Returns the averaged loss.
     fn empty_step(&mut self, share: Share) -> Result<f32>;
 }
 

@@ -37,7 +37,6 @@ pub fn fit_line(dev: &Device, n: usize, steps: usize, lr: f32, seed: u64) -> Res
     let xt = Tensor::from_f32(dev, &x, &[n, 1])?;
     let yt = Tensor::from_f32(dev, &y, &[n, 1])?;
     let before = dev.counters().submissions;
-    opt.begin_step()?;
     let (plan, loss) = StepPlan::record(dev, || {
         let loss = model.forward(&xt)?.mse_loss(&yt)?;
         loss.backward()?;
@@ -45,8 +44,7 @@ pub fn fit_line(dev: &Device, n: usize, steps: usize, lr: f32, seed: u64) -> Res
         Ok::<_, TrainError>(loss)
     })?;
     for _ in 1..steps {
-        opt.begin_step()?;
-        plan.replay()?;
+        opt.replay(&plan)?;
     }
     let loss = loss.item()?;
     Ok(LineFit {

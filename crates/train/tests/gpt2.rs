@@ -111,7 +111,6 @@ fn steps(
     let (mut losses, mut norms, mut lrs) = (Vec::new(), Vec::new(), Vec::new());
     for s in range {
         lrs.push(opt.lr());
-        opt.begin_step().unwrap();
         let w = &batches[s * b * (t + 1)..(s + 1) * b * (t + 1)];
         step.run(
             dev,
@@ -260,7 +259,6 @@ fn resume_at_step_ten_equals_an_uninterrupted_run_bit_for_bit() {
         let mut step = AccumulatedStep::new(micro).unwrap();
         let mut losses = Vec::new();
         for s in range {
-            opt.begin_step().unwrap();
             step.run(
                 &dev,
                 opt,
@@ -344,7 +342,6 @@ fn padded_vocabulary_takes_no_probability() {
     let mut opt = GptAdamW::new(1e-2, 1, 5).init(&dev, &m).unwrap();
     for _ in 0..3 {
         opt.zero_grad();
-        opt.begin_step().unwrap();
         m.lm_loss_from(&x, &y).unwrap().backward().unwrap();
         opt.step().unwrap();
     }

@@ -181,11 +181,10 @@ fn run(args: &Args, dist: Option<&Dist>) -> Result<(), Error> {
                 &[share.len, 1, 28, 28],
             )?;
             let yt = Tensor::from_i32(&dev, &y[share.range()], &[share.len])?;
-            opt.begin_step()?;
             let id = ddp.record(&opt, false, || -> Result<Tensor, NnError> {
                 Ok(model.forward(&xt)?.cross_entropy(&yt, None)?)
             })?;
-            dump.loss(ddp.step(&opt, id, share.weight())?)?;
+            dump.loss(ddp.step(&mut opt, id, share.weight())?)?;
             dump.params(&model)?;
             Ok(())
         }
@@ -218,12 +217,11 @@ fn steps(
         let mut rec: Option<(StepPlan, Tensor, Tensor, Tensor)> = None;
         for (idx, _) in sampler.epoch(1) {
             let (xb, yb) = (gather_rows(&x, 784, &idx), gather_rows(&y, 1, &idx));
-            opt.begin_step()?;
             match &rec {
                 Some((plan, xt, yt, loss)) => {
                     xt.copy_from_slice(&xb)?;
                     yt.copy_from_slice(&yb)?;
-                    plan.replay()?;
+                    opt.replay(plan)?;
                     dump.loss(loss.item()?)?;
                 }
                 None => {
@@ -255,7 +253,6 @@ fn steps(
             .into());
         }
         let m = idx.len() / micro;
-        opt.begin_step()?;
         let mut loss = 0.0;
         for (i, part) in idx.chunks(m).enumerate() {
             let (xb, yb) = (gather_rows(&x, 784, part), gather_rows(&y, 1, part));
@@ -279,7 +276,7 @@ fn steps(
                 ddp.no_sync(id)?;
             } else {
                 // Each micro-batch's gradient is its mean: the accumulated sum counts 1/micro.
-                loss = ddp.step(&opt, id, share.weight() / micro as f32)?;
+                loss = ddp.step(&mut opt, id, share.weight() / micro as f32)?;
             }
         }
         dump.loss(loss)?;
