@@ -14,7 +14,7 @@ fn child(cache: &std::path::Path) -> anyhow::Result<()> {
     let dev = Device::new()?; // reads KILN_PIPELINE_CACHE when the file exists
     let model = lenet5(&dev, 0)?;
     let mut opt = Sgd::new(0.01)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&dev, model.parameters())?;
     let x = Tensor::full(&dev, &[64, 1, 28, 28], 0.1)?;
     let y = Tensor::from_i32(&dev, &[3; 64], &[64])?;

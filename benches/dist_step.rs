@@ -49,7 +49,9 @@ enum Kind {
 
 fn workloads(dev: &Device) -> anyhow::Result<Vec<Workload>> {
     let lenet = lenet5(dev, 0)?;
-    let opt = Sgd::new(0.01).momentum(0.9).init(dev, lenet.parameters())?;
+    let opt = Sgd::new(0.01)
+        .with_momentum(0.9)
+        .init(dev, lenet.parameters())?;
     let cfg = TransformerLmConfig {
         vocab: 65,
         context: 64,
@@ -60,7 +62,7 @@ fn workloads(dev: &Device) -> anyhow::Result<Vec<Workload>> {
     };
     let lm = CharTransformer::new(dev, 0, &cfg)?;
     let lm_opt = AdamW::new(3e-4)
-        .weight_decay(0.01)
+        .with_weight_decay(0.01)
         .init(dev, lm.parameters())?;
     Ok(vec![
         Workload {

@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
         for batch in [64, 256] {
             let model = lenet5(&dev, 0)?;
             let mut opt = Sgd::new(0.01)
-                .momentum(0.9)
+                .with_momentum(0.9)
                 .init(&dev, model.parameters())?;
             let mut rng = Rng::new(1);
             let x = Tensor::from_f32(&dev, &rng.vec(batch * 784, -1.0, 1.0), &[batch, 1, 28, 28])?;
@@ -162,7 +162,7 @@ fn main() -> anyhow::Result<()> {
         for mixed in [false].into_iter().chain(coop.then_some(true)) {
             let model = CharTransformer::new(&dev, 0, &cfg)?;
             let mut opt = AdamW::new(3e-4)
-                .weight_decay(0.01)
+                .with_weight_decay(0.01)
                 .init(&dev, model.parameters())?;
             let plan = lm_step(&dev, &model, &mut opt, batch, 65, mixed)?;
             let f16 = if mixed { "_f16" } else { "" };

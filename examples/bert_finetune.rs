@@ -220,7 +220,9 @@ fn main() -> Result<()> {
         Preset::Small => 2e-4,
         Preset::Gpu => 5e-5,
     });
-    let mut opt = AdamW::new(lr).weight_decay(0.01).init(&dev, trainable)?;
+    let mut opt = AdamW::new(lr)
+        .with_weight_decay(0.01)
+        .init(&dev, trainable)?;
     let warmup = (steps as u64 / 10).max(1);
     opt.set_schedule(Schedule::Warmup {
         steps: warmup,

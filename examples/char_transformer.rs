@@ -102,7 +102,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     };
     let model = CharTransformer::new(&dev, a.seed, &cfg)?;
     let mut opt = AdamW::new(a.lr)
-        .weight_decay(0.01)
+        .with_weight_decay(0.01)
         .init(&dev, model.parameters())?;
     opt.set_schedule(Schedule::Warmup {
         steps: (steps / 10).max(1) as u64,

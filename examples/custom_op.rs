@@ -41,10 +41,10 @@ fn main() -> Result<()> {
     let apply = |t: &[Tensor]| Tensor::apply(Swish, &[&t[0]]);
     GradCheck::new().check(apply, std::slice::from_ref(&x))?;
     GradCheck::new()
-        .eps(1e-4)
-        .atol(1e-5)
-        .rtol(1e-4)
-        .reference(|v| swish_cpu(&v[0]))
+        .with_eps(1e-4)
+        .with_atol(1e-5)
+        .with_rtol(1e-4)
+        .with_reference(|v| swish_cpu(&v[0]))
         .check(apply, &[x])?;
     eprintln!("gradcheck: swish's backward matches finite differences");
 

@@ -64,7 +64,7 @@ fn main() -> Result<()> {
         .map(|p| p.to_vec())
         .collect::<Result<_, _>>()?;
     let mut opt = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&dev, model.parameters())?;
     fit(
         &dev,

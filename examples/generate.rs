@@ -65,8 +65,7 @@ fn main() -> Result<()> {
         dev.adapter().backend
     );
     let (model, tok, name) = if a.random_small {
-        let mut c: Gpt2Config = serde_json::from_str("{}")?;
-        (c.resid_pdrop, c.embd_pdrop, c.attn_pdrop) = (0.0, 0.0, 0.0);
+        let c = Gpt2Config::default().with_dropout(0.0);
         let mut m = Gpt2LMHeadModel::new_random(&dev, c, 0.02, a.seed)?;
         kiln::nn::Module::eval(&mut m);
         (m, None, "random GPT-2 small".to_string())

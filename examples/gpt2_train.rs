@@ -469,9 +469,9 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     let run = dist_args::run_args(&a.run, dist).start(settings)?;
 
     let mut opt = GptAdamW::new(lr, warmup as u64, steps as u64)
-        .min_lr_ratio(a.min_lr_ratio)
-        .weight_decay(a.weight_decay)
-        .clip_grad_norm(Some(a.grad_clip))
+        .with_min_lr_ratio(a.min_lr_ratio)
+        .with_weight_decay(a.weight_decay)
+        .with_clip_grad_norm(Some(a.grad_clip))
         .init(&dev, &model)?;
     // --save/--resume exactly as the other language models: the loop's settings travel in an
     // LmConfig.

@@ -91,7 +91,7 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
 
     let model = lenet5(&dev, args.seed)?;
     let mut opt = Sgd::new(args.lr)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&dev, model.parameters())?;
     let steps = args.epochs * args.train_size.div_ceil(args.batch_size);
     opt.set_schedule(Schedule::Cosine {

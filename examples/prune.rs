@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     let masks = magnitude_masks(&weights, a.sparsity, !a.per_layer)?;
     let pruned = acc(&model)?;
     let mut opt = Sgd::new(0.01)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&dev, model.parameters())?;
     opt.set_masks(masks);
     fit(

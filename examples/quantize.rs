@@ -96,7 +96,7 @@ fn main() -> Result<()> {
         None => {
             eprintln!("no --model: training LeNet-5 for {} epochs", a.epochs);
             let mut opt = Sgd::new(0.05)
-                .momentum(0.9)
+                .with_momentum(0.9)
                 .init(&dev, model.parameters())?;
             opt.set_schedule(Schedule::Cosine {
                 t_max: (a.epochs * TRAIN.div_ceil(64)) as u64,

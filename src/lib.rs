@@ -29,7 +29,7 @@
 //!
 //! let dev = Device::new()?;
 //! let model = lenet5(&dev, 0)?; // PyTorch names: conv1.weight [6, 1, 5, 5], ...
-//! let mut opt = Sgd::new(0.05).momentum(0.9).init(&dev, model.parameters())?;
+//! let mut opt = Sgd::new(0.05).with_momentum(0.9).init(&dev, model.parameters())?;
 //! let (images, labels) = (vec![0.0f32; 64 * 784], vec![0i32; 64]);
 //! let x = Tensor::from_f32(&dev, &images, &[64, 1, 28, 28])?;
 //! let y = Tensor::from_i32(&dev, &labels, &[64])?;

@@ -60,10 +60,10 @@ fn user_op_forward_and_backward_match_references() {
         .unwrap();
     gradcheck(apply(Swish), std::slice::from_ref(&small)).unwrap();
     GradCheck::new()
-        .eps(1e-4)
-        .atol(1e-5)
-        .rtol(1e-4)
-        .reference(|v| swish_cpu(&v[0]))
+        .with_eps(1e-4)
+        .with_atol(1e-5)
+        .with_rtol(1e-4)
+        .with_reference(|v| swish_cpu(&v[0]))
         .check(apply(Swish), std::slice::from_ref(&small))
         .unwrap();
     // The check can fail: a backward that drops a term is caught, and names the input.
@@ -107,7 +107,10 @@ fn user_op_trains_in_a_recorded_step_as_eager_steps_do() {
     };
 
     let eager = model(&d);
-    let mut opt = Sgd::new(0.1).momentum(0.9).init(&d, all(&eager)).unwrap();
+    let mut opt = Sgd::new(0.1)
+        .with_momentum(0.9)
+        .init(&d, all(&eager))
+        .unwrap();
     for step in 0..5 {
         let (x, y) = batch(step);
         opt.zero_grad();
@@ -119,7 +122,7 @@ fn user_op_trains_in_a_recorded_step_as_eager_steps_do() {
 
     let replayed = model(&d);
     let mut opt = Sgd::new(0.1)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, all(&replayed))
         .unwrap();
     let (x0, y0) = batch(0);

@@ -45,7 +45,9 @@ fn train_representative(d: &Device) -> anyhow::Result<()> {
     let shape = [1, 28, 28];
     let data = Dataset::classes(&x, &shape, &y);
     let model = lenet5(d, 0)?;
-    let mut opt = Sgd::new(0.05).momentum(0.9).init(d, model.parameters())?;
+    let mut opt = Sgd::new(0.05)
+        .with_momentum(0.9)
+        .init(d, model.parameters())?;
     let cfg = FitConfig::default()
         .with_batch_size(16)
         .with_log_every(1)

@@ -72,29 +72,29 @@ impl<'a> GradCheck<'a> {
         Self::default()
     }
     /// The finite-difference step.
-    pub fn eps(mut self, eps: f64) -> Self {
+    pub fn with_eps(mut self, eps: f64) -> Self {
         self.eps = eps;
         self
     }
     /// Absolute tolerance.
-    pub fn atol(mut self, atol: f64) -> Self {
+    pub fn with_atol(mut self, atol: f64) -> Self {
         self.atol = atol;
         self
     }
     /// Relative tolerance.
-    pub fn rtol(mut self, rtol: f64) -> Self {
+    pub fn with_rtol(mut self, rtol: f64) -> Self {
         self.rtol = rtol;
         self
     }
     /// Seed of the output weights.
-    pub fn seed(mut self, seed: u64) -> Self {
+    pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
     }
     /// Takes the numeric derivatives from an f64 CPU version of the checked function (inputs in
     /// order, as f64; returns the output's values) instead of the device's f32 one, and checks
     /// the forward values against it too.
-    pub fn reference(mut self, f: impl Fn(&[Vec<f64>]) -> Vec<f64> + 'a) -> Self {
+    pub fn with_reference(mut self, f: impl Fn(&[Vec<f64>]) -> Vec<f64> + 'a) -> Self {
         self.reference = Some(Box::new(f));
         self
     }

@@ -17,6 +17,13 @@ pub struct DropoutConfig {
     pub seed: Option<u64>,
 }
 
+impl Default for DropoutConfig {
+    /// p = 0.5, as `torch.nn.Dropout()`.
+    fn default() -> Self {
+        DropoutConfig::new(0.5)
+    }
+}
+
 impl DropoutConfig {
     /// Drop probability `p`.
     pub fn new(p: f32) -> Self {

@@ -323,7 +323,7 @@ impl Optimizer {
 /// use kiln_nn::{optim::Sgd, LinearConfig, Module};
 /// let dev = kiln_graph::Device::shared()?;
 /// let model = LinearConfig::new(4, 2).init(&dev)?;
-/// let opt = Sgd::new(0.05).momentum(0.9).init(&dev, model.parameters())?;
+/// let opt = Sgd::new(0.05).with_momentum(0.9).init(&dev, model.parameters())?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -340,6 +340,13 @@ pub struct Sgd {
     pub weight_decay: f32,
 }
 
+impl Default for Sgd {
+    /// `torch.optim.SGD`'s defaults: learning rate 1e-3, no momentum.
+    fn default() -> Self {
+        Sgd::new(1e-3)
+    }
+}
+
 impl Sgd {
     /// Plain SGD at learning rate `lr`.
     pub fn new(lr: f32) -> Self {
@@ -352,22 +359,22 @@ impl Sgd {
         }
     }
     /// Momentum factor.
-    pub fn momentum(mut self, momentum: f32) -> Self {
+    pub fn with_momentum(mut self, momentum: f32) -> Self {
         self.momentum = momentum;
         self
     }
     /// Dampening of the momentum.
-    pub fn dampening(mut self, dampening: f32) -> Self {
+    pub fn with_dampening(mut self, dampening: f32) -> Self {
         self.dampening = dampening;
         self
     }
     /// Nesterov momentum.
-    pub fn nesterov(mut self, nesterov: bool) -> Self {
+    pub fn with_nesterov(mut self, nesterov: bool) -> Self {
         self.nesterov = nesterov;
         self
     }
     /// L2 penalty added to the gradient.
-    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
         self.weight_decay = weight_decay;
         self
     }
@@ -396,6 +403,13 @@ pub struct Adam {
     pub weight_decay: f32,
 }
 
+impl Default for Adam {
+    /// `torch.optim.Adam`'s defaults: learning rate 1e-3, betas (0.9, 0.999), eps 1e-8.
+    fn default() -> Self {
+        Adam::new(1e-3)
+    }
+}
+
 impl Adam {
     /// Adam at learning rate `lr` (PyTorch's default is 1e-3).
     pub fn new(lr: f32) -> Self {
@@ -407,17 +421,17 @@ impl Adam {
         }
     }
     /// Decay rates of the moment estimates.
-    pub fn betas(mut self, beta1: f32, beta2: f32) -> Self {
+    pub fn with_betas(mut self, beta1: f32, beta2: f32) -> Self {
         self.betas = (beta1, beta2);
         self
     }
     /// Added to the denominator.
-    pub fn eps(mut self, eps: f32) -> Self {
+    pub fn with_eps(mut self, eps: f32) -> Self {
         self.eps = eps;
         self
     }
     /// L2 penalty added to the gradient.
-    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
         self.weight_decay = weight_decay;
         self
     }
@@ -441,22 +455,29 @@ impl Adam {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW(Adam);
 
+impl Default for AdamW {
+    /// `torch.optim.AdamW`'s defaults: learning rate 1e-3, weight decay 0.01.
+    fn default() -> Self {
+        AdamW::new(1e-3)
+    }
+}
+
 impl AdamW {
     /// AdamW at learning rate `lr`.
     pub fn new(lr: f32) -> Self {
-        AdamW(Adam::new(lr).weight_decay(0.01))
+        AdamW(Adam::new(lr).with_weight_decay(0.01))
     }
     /// Decay rates of the moment estimates.
-    pub fn betas(self, beta1: f32, beta2: f32) -> Self {
-        AdamW(self.0.betas(beta1, beta2))
+    pub fn with_betas(self, beta1: f32, beta2: f32) -> Self {
+        AdamW(self.0.with_betas(beta1, beta2))
     }
     /// Added to the denominator.
-    pub fn eps(self, eps: f32) -> Self {
-        AdamW(self.0.eps(eps))
+    pub fn with_eps(self, eps: f32) -> Self {
+        AdamW(self.0.with_eps(eps))
     }
     /// Decoupled weight decay (applied to the weights, not through the gradient).
-    pub fn weight_decay(self, weight_decay: f32) -> Self {
-        AdamW(self.0.weight_decay(weight_decay))
+    pub fn with_weight_decay(self, weight_decay: f32) -> Self {
+        AdamW(self.0.with_weight_decay(weight_decay))
     }
     /// The optimizer over `params`.
     pub fn init(&self, dev: &Device, params: Vec<Tensor>) -> Result<Optimizer> {
@@ -482,6 +503,13 @@ pub struct RmsProp {
     pub centered: bool,
 }
 
+impl Default for RmsProp {
+    /// `torch.optim.RMSprop`'s defaults: learning rate 1e-2, alpha 0.99, eps 1e-8.
+    fn default() -> Self {
+        RmsProp::new(1e-2)
+    }
+}
+
 impl RmsProp {
     /// RMSprop at learning rate `lr` (PyTorch's default is 1e-2).
     pub fn new(lr: f32) -> Self {
@@ -495,27 +523,27 @@ impl RmsProp {
         }
     }
     /// Smoothing constant.
-    pub fn alpha(mut self, alpha: f32) -> Self {
+    pub fn with_alpha(mut self, alpha: f32) -> Self {
         self.alpha = alpha;
         self
     }
     /// Added to the denominator.
-    pub fn eps(mut self, eps: f32) -> Self {
+    pub fn with_eps(mut self, eps: f32) -> Self {
         self.eps = eps;
         self
     }
     /// L2 penalty added to the gradient.
-    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
         self.weight_decay = weight_decay;
         self
     }
     /// Momentum factor.
-    pub fn momentum(mut self, momentum: f32) -> Self {
+    pub fn with_momentum(mut self, momentum: f32) -> Self {
         self.momentum = momentum;
         self
     }
     /// Centered RMSprop.
-    pub fn centered(mut self, centered: bool) -> Self {
+    pub fn with_centered(mut self, centered: bool) -> Self {
         self.centered = centered;
         self
     }

@@ -61,6 +61,13 @@ pub struct QuantConfig {
     pub batches: usize,
 }
 
+impl Default for QuantConfig {
+    /// [`QuantConfig::int8`].
+    fn default() -> Self {
+        QuantConfig::int8()
+    }
+}
+
 impl QuantConfig {
     /// int8 with min/max calibration over 4 batches of 64.
     pub fn int8() -> QuantConfig {

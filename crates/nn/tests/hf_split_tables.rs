@@ -15,16 +15,7 @@ use kiln_ops::DType;
 const LIMIT: u64 = 192 * 1024;
 
 fn config() -> Gpt2Config {
-    let mut c: Gpt2Config = serde_json::from_str("{}").unwrap();
-    c.vocab_size = 4096;
-    c.n_positions = 32;
-    c.n_embd = 32;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.resid_pdrop = 0.0;
-    c.embd_pdrop = 0.0;
-    c.attn_pdrop = 0.0;
-    c
+    Gpt2Config::new(4096, 32, 32, 2, 4).with_dropout(0.0)
 }
 
 fn flat_grads(m: &Gpt2LMHeadModel) -> Vec<f32> {

@@ -106,7 +106,7 @@ fn checkpoint_bytes() -> Vec<u8> {
     let d = kiln_nn::Device::shared().expect("a GPU or software Vulkan adapter");
     let m = LinearConfig::new(3, 2).init(&d).unwrap();
     let o = Sgd::new(0.1)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, m.parameters())
         .unwrap();
     let mut named = m.named_parameters();

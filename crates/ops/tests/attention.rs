@@ -428,9 +428,9 @@ fn gradcheck_through_the_attention_op() {
         let (atol, rtol) = if f16 { (1e-2, 3e-2) } else { (1e-3, 1e-2) };
         tally.run(&f.label, "gradcheck", || {
             GradCheck::new()
-                .atol(atol)
-                .rtol(rtol)
-                .reference(reference)
+                .with_atol(atol)
+                .with_rtol(rtol)
+                .with_reference(reference)
                 .check(run, &inputs)
                 .map_err(|e| match e {
                     kiln_graph::GradCheckError::Op(e) => e,

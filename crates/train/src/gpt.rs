@@ -71,27 +71,27 @@ impl GptAdamW {
         }
     }
     /// Decay rates of the moment estimates.
-    pub fn betas(mut self, beta1: f32, beta2: f32) -> Self {
+    pub fn with_betas(mut self, beta1: f32, beta2: f32) -> Self {
         self.betas = (beta1, beta2);
         self
     }
     /// Added to the denominator.
-    pub fn eps(mut self, eps: f32) -> Self {
+    pub fn with_eps(mut self, eps: f32) -> Self {
         self.eps = eps;
         self
     }
     /// Weight decay of the matrices and embeddings.
-    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
         self.weight_decay = weight_decay;
         self
     }
     /// Largest global gradient norm (None: no clipping).
-    pub fn clip_grad_norm(mut self, max_norm: Option<f32>) -> Self {
+    pub fn with_clip_grad_norm(mut self, max_norm: Option<f32>) -> Self {
         self.clip_grad_norm = max_norm;
         self
     }
     /// The cosine's floor as a fraction of the peak.
-    pub fn min_lr_ratio(mut self, ratio: f32) -> Self {
+    pub fn with_min_lr_ratio(mut self, ratio: f32) -> Self {
         self.min_lr_ratio = ratio;
         self
     }
@@ -123,9 +123,9 @@ impl GptAdamW {
             ));
         }
         let mut opt = AdamW::new(self.lr)
-            .betas(self.betas.0, self.betas.1)
-            .eps(self.eps)
-            .weight_decay(self.weight_decay)
+            .with_betas(self.betas.0, self.betas.1)
+            .with_eps(self.eps)
+            .with_weight_decay(self.weight_decay)
             .init(dev, decay)?;
         if !no_decay.is_empty() {
             opt.add_param_group(no_decay, self.lr, 0.0)?;

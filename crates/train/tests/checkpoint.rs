@@ -212,7 +212,7 @@ mod training {
 
     fn optimizer(d: &Device, m: &dyn Module) -> Optimizer {
         let mut o = Sgd::new(0.05)
-            .momentum(0.9)
+            .with_momentum(0.9)
             .init(d, m.parameters())
             .unwrap();
         o.set_schedule(Schedule::Cosine {
@@ -369,7 +369,7 @@ mod training {
         let data = Dataset::classes(&x, &[1, 28, 28], &y);
         let m = lenet5(&d, 4).unwrap();
         let mut o = Sgd::new(0.01)
-            .momentum(0.9)
+            .with_momentum(0.9)
             .init(&d, m.parameters())
             .unwrap();
         // Epoch 1 trains normally; from step 4 on the rate explodes.
@@ -402,7 +402,7 @@ mod training {
         // The checkpoint of epoch 1 is intact and loads.
         let probe = lenet5(&d, 5).unwrap();
         let mut po = Sgd::new(0.01)
-            .momentum(0.9)
+            .with_momentum(0.9)
             .init(&d, probe.parameters())
             .unwrap();
         assert_eq!(
@@ -479,7 +479,7 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     };
     let a = model(1);
     let mut oa = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, a.parameters())
         .unwrap();
     let e = fit(&d, &a, &mut oa, Loss::CrossEntropy, &data, cfg())
@@ -489,7 +489,7 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     let b = model(1);
     let before = values(&b);
     let mut ob = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, b.parameters())
         .unwrap();
     let skip = cfg().with_skip_nonfinite(true);
@@ -537,7 +537,7 @@ fn metadata_edits_and_missing_checksums_are_rejected() {
     let path = dir.join("run.safetensors");
     let m = lenet5(&d, 1).unwrap();
     let mut o = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, m.parameters())
         .unwrap();
     let settings = RunSettings::new().with("seed", 0);
@@ -627,7 +627,7 @@ fn non_finite_values_in_a_file_are_refused_naming_the_tensor() {
     let dir = tmpdir("nanfile");
     let m = lenet5(&d, 1).unwrap();
     let o = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, m.parameters())
         .unwrap();
     let named = m.named_parameters();
@@ -647,7 +647,7 @@ fn non_finite_values_in_a_file_are_refused_naming_the_tensor() {
         t.copy_from_slice(&good).unwrap();
         let fresh = lenet5(&d, 2).unwrap();
         let mut fo = Sgd::new(0.05)
-            .momentum(0.9)
+            .with_momentum(0.9)
             .init(&d, fresh.parameters())
             .unwrap();
         let before = values(&fresh);
@@ -687,7 +687,7 @@ fn a_value_going_bad_on_the_device_is_named_with_its_exact_step() {
     let run = |check_every: usize| {
         let m = lenet5(&d, 4).unwrap();
         let mut o = Sgd::new(0.01)
-            .momentum(0.9)
+            .with_momentum(0.9)
             .init(&d, m.parameters())
             .unwrap();
         // Steps 1-4 at 0.01; the 5th step's rate is infinite, so its update leaves every

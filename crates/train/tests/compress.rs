@@ -59,7 +59,7 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
     let y: Vec<i32> = (0..128).map(|i| i % 10).collect();
     let data = Dataset::classes(&x, &[1, 28, 28], &y);
     let mut opt = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, m.parameters())
         .unwrap();
     let zero_sets: Vec<Vec<bool>> = weights
@@ -188,7 +188,7 @@ mod quantization {
         let shape = [1, 28, 28];
         let model = lenet5(&d, 5).unwrap();
         let mut opt = Sgd::new(0.05)
-            .momentum(0.9)
+            .with_momentum(0.9)
             .init(&d, model.parameters())
             .unwrap();
         let cfg = FitConfig {

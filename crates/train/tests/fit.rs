@@ -29,7 +29,7 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
     let test = Dataset::classes(&tx, &shape, &ty);
     let model = lenet5(&d, 1).unwrap();
     let mut opt = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, model.parameters())
         .unwrap();
     let (loss0, _) = evaluate(&d, &model, &test, Loss::CrossEntropy, 250).unwrap();
@@ -56,7 +56,7 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
     // The same run again gives the same numbers (seeded, deterministic kernels).
     let model2 = lenet5(&d, 1).unwrap();
     let mut opt2 = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, model2.parameters())
         .unwrap();
     let hist2 = fit(&d, &model2, &mut opt2, Loss::CrossEntropy, &train, cfg()).unwrap();
@@ -85,13 +85,13 @@ fn fit_async_follows_fit_step_for_step() {
     };
     let model = lenet5(&d, 3).unwrap();
     let mut opt = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, model.parameters())
         .unwrap();
     let sync = fit(&d, &model, &mut opt, Loss::CrossEntropy, &train, cfg()).unwrap();
     let model = lenet5(&d, 3).unwrap();
     let mut opt = Sgd::new(0.05)
-        .momentum(0.9)
+        .with_momentum(0.9)
         .init(&d, model.parameters())
         .unwrap();
     let mut losses = Vec::new();

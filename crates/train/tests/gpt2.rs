@@ -87,11 +87,11 @@ struct Run {
 fn recipe(g: &Golden) -> GptAdamW {
     let steps = g.num("steps") as u64;
     GptAdamW::new(g.num("peak_lr") as f32, g.num("warmup_steps") as u64, steps)
-        .betas(0.9, 0.95)
-        .eps(g.num("eps") as f32)
-        .weight_decay(g.num("weight_decay") as f32)
-        .clip_grad_norm(Some(g.num("clip_grad_norm") as f32))
-        .min_lr_ratio(g.num("min_lr_ratio") as f32)
+        .with_betas(0.9, 0.95)
+        .with_eps(g.num("eps") as f32)
+        .with_weight_decay(g.num("weight_decay") as f32)
+        .with_clip_grad_norm(Some(g.num("clip_grad_norm") as f32))
+        .with_min_lr_ratio(g.num("min_lr_ratio") as f32)
 }
 
 /// Steps `from..to` of the golden batches with `micro` micro-batches per step.

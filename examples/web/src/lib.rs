@@ -137,7 +137,7 @@ impl Trainer {
             let data = Dataset::classes(&x, &shape, &y);
             let steps = epochs * n.div_ceil(batch.max(1));
             let mut opt: Optimizer = Sgd::new(lr)
-                .momentum(0.9)
+                .with_momentum(0.9)
                 .init(&dev, model.parameters())
                 .map_err(js)?;
             opt.set_schedule(Schedule::Cosine {

@@ -100,7 +100,9 @@ impl Dump {
 
 fn optimizer(dev: &Device, model: &dyn Module, name: &str) -> Result<Optimizer, Error> {
     Ok(match name {
-        "sgd" => Sgd::new(0.05).momentum(0.9).init(dev, model.parameters())?,
+        "sgd" => Sgd::new(0.05)
+            .with_momentum(0.9)
+            .init(dev, model.parameters())?,
         "adam" => Adam::new(1e-3).init(dev, model.parameters())?,
         other => return Err(format!("--opt {other}: sgd or adam").into()),
     })

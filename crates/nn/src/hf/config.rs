@@ -123,6 +123,14 @@ pub struct BertConfig {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Default for BertConfig {
+    /// BERT-base's shape (12 layers, 12 heads, width 768, 30,522 words), as
+    /// `transformers.BertConfig()`.
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
 impl BertConfig {
     /// Reads and checks `path` (a config.json).
     pub fn from_file(path: &Path) -> Result<BertConfig> {
