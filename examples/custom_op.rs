@@ -14,7 +14,7 @@ use kiln::graph::{GradCheck, Tensor};
 use kiln::nn::data::Mnist;
 use kiln::nn::init::Rng;
 use kiln::nn::{Adam, Lambda, LinearConfig, Module, Sequential};
-use kiln::train::{fit, Dataset, FitConfig, Loss};
+use kiln::train::{fit, ArrayDataset, FitConfig, Loss};
 use std::path::PathBuf;
 use std::time::Instant;
 use swish::{swish_cpu, Swish};
@@ -62,14 +62,14 @@ fn main() -> Result<()> {
     let mut opt = Adam::new(1e-3).init(&dev, model.parameters())?;
     let shape = [784];
     let (train, test) = (
-        Dataset::classes(&x, &shape, &y),
-        Dataset::classes(&tx, &shape, &ty),
+        ArrayDataset::classes(&x, &shape, &y),
+        ArrayDataset::classes(&tx, &shape, &ty),
     );
     let start = Instant::now();
     let cfg = FitConfig::default()
         .with_epochs(a.epochs)
         .with_batch_size(64)
-        .with_validation(test)
+        .with_validation(&test)
         .with_callback(|s| {
             eprintln!(
                 "epoch {}  train loss {:.4}  held-out accuracy {:.4}",

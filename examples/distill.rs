@@ -15,7 +15,7 @@ use kiln::nn::models::lenet5;
 use kiln::nn::serialize;
 use kiln::nn::{Adam, LinearConfig, Relu, Sequential};
 use kiln::nn::{Module, NnError};
-use kiln::train::{evaluate, Dataset, Loss};
+use kiln::train::{evaluate, ArrayDataset, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -150,8 +150,8 @@ fn main() -> Result<()> {
     for p in teacher.parameters() {
         p.requires_grad_(false)?;
     }
-    let test = Dataset::classes(&tx, &[784], &ty);
-    let teacher_test = Dataset::classes(&tx, &[1, 28, 28], &ty);
+    let test = ArrayDataset::classes(&tx, &[784], &ty);
+    let teacher_test = ArrayDataset::classes(&tx, &[1, 28, 28], &ty);
     let teacher_acc = evaluate(&dev, &teacher, &teacher_test, Loss::CrossEntropy, 500)?
         .1
         .unwrap_or(0.0);

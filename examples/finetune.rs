@@ -11,7 +11,7 @@ use kiln::nn::data::Mnist;
 use kiln::nn::models::lenet5_with_classes;
 use kiln::nn::serialize;
 use kiln::nn::{Module, Sgd};
-use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
+use kiln::train::{evaluate, fit, ArrayDataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -54,8 +54,8 @@ fn main() -> Result<()> {
     let (tx, ty) = digits_below(&mnist, 8000..10_000, 5)?;
     let shape = [1, 28, 28];
     let (train, test) = (
-        Dataset::classes(&x, &shape, &y),
-        Dataset::classes(&tx, &shape, &ty),
+        ArrayDataset::classes(&x, &shape, &y),
+        ArrayDataset::classes(&tx, &shape, &ty),
     );
     let (_, before) = evaluate(&dev, &model, &test, Loss::CrossEntropy, 500)?;
     let frozen: Vec<Vec<f32>> = model
@@ -75,7 +75,7 @@ fn main() -> Result<()> {
         FitConfig::default()
             .with_epochs(a.epochs)
             .with_batch_size(64)
-            .with_validation(test)
+            .with_validation(&test)
             .with_callback(|s| {
                 eprintln!(
                     "epoch {}  loss {:.4}  held-out accuracy (digits 0-4) {:.4}",

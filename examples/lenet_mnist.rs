@@ -17,7 +17,7 @@ use kiln::nn::models::lenet5;
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Sgd};
 use kiln::train::checkpoint::RunSettings;
-use kiln::train::{fit, Dataset, FitConfig};
+use kiln::train::{fit, ArrayDataset, FitConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -86,8 +86,8 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
     let (train_x, train_y) = mnist.split(0..args.train_size)?;
     let (test_x, test_y) = mnist.split(mnist.len() - held_out..mnist.len())?;
     let shape = [1, 28, 28];
-    let train = Dataset::classes(&train_x, &shape, &train_y);
-    let test = Dataset::classes(&test_x, &shape, &test_y);
+    let train = ArrayDataset::classes(&train_x, &shape, &train_y);
+    let test = ArrayDataset::classes(&test_x, &shape, &test_y);
 
     let model = lenet5(&dev, args.seed)?;
     let mut opt = Sgd::new(args.lr)
@@ -103,7 +103,7 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
         .with_batch_size(args.batch_size)
         .with_seed(args.seed)
         .with_log_every(25)
-        .with_validation(test);
+        .with_validation(&test);
     run.prepare(&model, &mut opt, &mut cfg)?;
     let before = dev.counters();
     let report = |s: &kiln::train::EpochStats| {

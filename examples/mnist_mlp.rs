@@ -13,7 +13,7 @@ use kiln::nn::init::Rng;
 use kiln::nn::Module;
 use kiln::nn::{Adam, LinearConfig, Relu, Sequential};
 use kiln::train::checkpoint::RunSettings;
-use kiln::train::{Compiled, Dataset, FitConfig, Loss};
+use kiln::train::{ArrayDataset, Compiled, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -59,13 +59,13 @@ fn main() -> Result<()> {
     let opt = Adam::new(1e-3).init(&dev, model.parameters())?;
     let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
     let (train, test) = (
-        Dataset::classes(&x, &shape, &y),
-        Dataset::classes(&tx, &shape, &ty),
+        ArrayDataset::classes(&x, &shape, &y),
+        ArrayDataset::classes(&tx, &shape, &ty),
     );
     let mut cfg = FitConfig::default()
         .with_epochs(a.epochs)
         .with_batch_size(a.batch_size)
-        .with_validation(test)
+        .with_validation(&test)
         .with_callback(|s| {
             eprintln!(
                 "epoch {}/{}  loss {:.4}  val_loss {:.4}  val_accuracy {:.4}  {:.0} samples/s",

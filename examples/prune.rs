@@ -13,7 +13,7 @@ use kiln::nn::models::lenet5;
 use kiln::nn::prune::{magnitude_masks, sparsity};
 use kiln::nn::serialize;
 use kiln::nn::{Module, Sgd};
-use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
+use kiln::train::{evaluate, fit, ArrayDataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -50,8 +50,8 @@ fn main() -> Result<()> {
     let (tx, ty) = mnist.split(8000..10_000)?;
     let shape = [1, 28, 28];
     let (train, test) = (
-        Dataset::classes(&x, &shape, &y),
-        Dataset::classes(&tx, &shape, &ty),
+        ArrayDataset::classes(&x, &shape, &y),
+        ArrayDataset::classes(&tx, &shape, &ty),
     );
     let acc = |m: &dyn Module| -> Result<f32> {
         Ok(evaluate(&dev, m, &test, Loss::CrossEntropy, 500)?

@@ -14,7 +14,7 @@ use kiln::nn::quant::{quantize, Calibration, QuantConfig, QuantizedModel};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::serialize;
 use kiln::nn::{Module, Sgd};
-use kiln::train::{evaluate, fit, Dataset, FitConfig, Loss};
+use kiln::train::{evaluate, fit, ArrayDataset, FitConfig, Loss};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -55,7 +55,7 @@ fn calibration(s: &str) -> Result<usize, String> {
 }
 
 /// Accuracy and images per second (best of 3 passes over the held-out set).
-fn measure(dev: &Device, m: &dyn Module, test: &Dataset) -> Result<(f32, f64)> {
+fn measure(dev: &Device, m: &dyn Module, test: &ArrayDataset) -> Result<(f32, f64)> {
     let mut best = f64::MAX;
     let mut acc = 0.0;
     for _ in 0..3 {
@@ -82,7 +82,7 @@ fn main() -> Result<()> {
     let (x, y) = mnist.split(0..TRAIN)?;
     let (tx, ty) = mnist.split(TRAIN..10_000)?;
     let shape = [1, 28, 28];
-    let test = Dataset::classes(&tx, &shape, &ty);
+    let test = ArrayDataset::classes(&tx, &shape, &ty);
 
     let model = lenet5(&dev, 0)?;
     match &a.model {
@@ -106,7 +106,7 @@ fn main() -> Result<()> {
                 .with_epochs(a.epochs)
                 .with_batch_size(64)
                 .with_callback(|s| eprintln!("epoch {}  loss {:.4}", s.epoch, s.train_loss));
-            let train = Dataset::classes(&x, &shape, &y);
+            let train = ArrayDataset::classes(&x, &shape, &y);
             fit(&dev, &model, &mut opt, Loss::CrossEntropy, &train, cfg)?;
         }
     }

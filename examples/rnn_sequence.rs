@@ -11,7 +11,7 @@ use kiln::nn::init::Rng;
 use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier, RecurrentConfig};
 use kiln::nn::{Adam, Module};
 use kiln::train::checkpoint::RunSettings;
-use kiln::train::{Compiled, Dataset, FitConfig, Loss};
+use kiln::train::{ArrayDataset, Compiled, FitConfig, Loss};
 
 #[derive(Parser)]
 #[command(about = "A 2-layer RNN learns whether a 0/1 sequence is mostly ones")]
@@ -51,13 +51,13 @@ fn main() -> Result<()> {
     let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
     let shape = [a.length, 1];
     let (train, test) = (
-        Dataset::classes(&x, &shape, &y),
-        Dataset::classes(&tx, &shape, &ty),
+        ArrayDataset::classes(&x, &shape, &y),
+        ArrayDataset::classes(&tx, &shape, &ty),
     );
     let mut cfg = FitConfig::default()
         .with_epochs(a.epochs)
         .with_batch_size(64)
-        .with_validation(test)
+        .with_validation(&test)
         .with_callback(|s| {
             eprintln!(
                 "epoch {:2}  loss {:.4}  held-out accuracy {:.3}",

@@ -18,7 +18,7 @@ fn rnn_sequence_model_learns_the_majority_task() {
     use kiln::nn::rnn::{majority_task, Cell, LastStepClassifier};
     use kiln::nn::{Adam, Module};
     use kiln::ops::testing::Rng;
-    use kiln::train::{Compiled, Dataset, FitConfig, Loss};
+    use kiln::train::{ArrayDataset, Compiled, FitConfig, Loss};
     let dev = Device::shared().unwrap();
     let mut rng = Rng::new(0);
     let (x, y) = majority_task(512, 7, &mut rng);
@@ -34,8 +34,11 @@ fn rnn_sequence_model_learns_the_majority_task() {
     let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
     let shape = [7, 1];
     let cfg = FitConfig::default().with_epochs(6).with_batch_size(64);
-    net.fit(&Dataset::classes(&x, &shape, &y), cfg).unwrap();
-    let (loss, acc) = net.evaluate(&Dataset::classes(&tx, &shape, &ty)).unwrap();
+    net.fit(&ArrayDataset::classes(&x, &shape, &y), cfg)
+        .unwrap();
+    let (loss, acc) = net
+        .evaluate(&ArrayDataset::classes(&tx, &shape, &ty))
+        .unwrap();
     // Stated bound: chance is 50%; 6 epochs reach well above 85%.
     assert!(
         acc.unwrap() > 0.85,
@@ -48,7 +51,7 @@ fn mnist_mlp_model_learns_in_one_epoch() {
     use kiln::nn::data::Mnist;
     use kiln::nn::{Adam, LinearConfig, Module, Relu, Sequential};
     use kiln::ops::testing::Rng;
-    use kiln::train::{Compiled, Dataset, FitConfig, Loss};
+    use kiln::train::{ArrayDataset, Compiled, FitConfig, Loss};
     let dev = Device::shared().unwrap();
     let m = Mnist::load(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"))
         .unwrap();
@@ -66,8 +69,11 @@ fn mnist_mlp_model_learns_in_one_epoch() {
     let opt = Adam::new(1e-3).init(&dev, model.parameters()).unwrap();
     let mut net = Compiled::compile(&dev, model, opt, Loss::CrossEntropy);
     let cfg = FitConfig::default().with_epochs(2).with_batch_size(64);
-    net.fit(&Dataset::classes(&x, &[784], &y), cfg).unwrap();
-    let (loss, acc) = net.evaluate(&Dataset::classes(&tx, &[784], &ty)).unwrap();
+    net.fit(&ArrayDataset::classes(&x, &[784], &y), cfg)
+        .unwrap();
+    let (loss, acc) = net
+        .evaluate(&ArrayDataset::classes(&tx, &[784], &ty))
+        .unwrap();
     // Stated bounds: untrained loss is about 2.3; two epochs of 1,000 images reach loss < 0.8
     // and accuracy > 75%.
     assert!(

@@ -27,7 +27,7 @@ use kiln::nn::lm::{generate, CharCorpus, CharLstm, CharTransformer, TransformerL
 use kiln::nn::{models::lenet5, Adam, AdamW, Module, Sgd};
 use kiln::ops::testing::Rng;
 use kiln::train::lm::{train_lm, LmConfig};
-use kiln::train::{fit, Dataset, FitConfig};
+use kiln::train::{fit, ArrayDataset, FitConfig};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -43,7 +43,7 @@ fn train_representative(d: &Device) -> anyhow::Result<()> {
     let x: Vec<f32> = (0..n * 28 * 28).map(|_| rng.uniform() as f32).collect();
     let y: Vec<i32> = (0..n).map(|i| i % 10).collect();
     let shape = [1, 28, 28];
-    let data = Dataset::classes(&x, &shape, &y);
+    let data = ArrayDataset::classes(&x, &shape, &y);
     let model = lenet5(d, 0)?;
     let mut opt = Sgd::new(0.05)
         .with_momentum(0.9)
@@ -52,7 +52,7 @@ fn train_representative(d: &Device) -> anyhow::Result<()> {
         .with_batch_size(16)
         .with_log_every(1)
         .with_progress(false)
-        .with_validation(data);
+        .with_validation(&data);
     let loss = kiln::nn::loss::Loss::CrossEntropy;
     fit(d, &model, &mut opt, loss, &data, cfg)?;
 

@@ -3,9 +3,10 @@
 //! `compile` / `fit` / `evaluate` / `predict` face over them.
 
 use crate::checkpoint::{save_training, CheckpointConfig};
+use crate::data::{BatchTargets, DataLoader, Dataset, TargetKind};
 use crate::finite::FiniteWatch;
 use crate::history::EpochStats;
-use crate::parallel::{epoch_batches, DataParallel};
+use crate::parallel::DataParallel;
 use crate::progress::progress_bar;
 use crate::{Result, TrainError};
 use kiln_device::ReadTicket;
@@ -16,114 +17,6 @@ use kiln_nn::{Module, Optimizer};
 use kiln_ops::softmax;
 use std::collections::{HashMap, VecDeque};
 use web_time::Instant;
-
-/// Targets of a data set.
-#[derive(Clone, Copy, Debug)]
-pub enum Targets<'a> {
-    /// One class id per example (cross-entropy).
-    Classes(&'a [i32]),
-    /// `width` values per example (MSE, binary cross-entropy).
-    Values(&'a [f32], usize),
-}
-
-/// Examples as a row-major [n, shape...] f32 array and their targets.
-#[derive(Clone, Copy, Debug)]
-pub struct Dataset<'a> {
-    /// [n * prod(shape)] values.
-    pub x: &'a [f32],
-    /// Shape of one example, e.g. [1, 28, 28].
-    pub shape: &'a [usize],
-    /// The targets.
-    pub y: Targets<'a>,
-}
-
-impl<'a> Dataset<'a> {
-    /// Examples with class labels.
-    pub fn classes(x: &'a [f32], shape: &'a [usize], y: &'a [i32]) -> Self {
-        Dataset {
-            x,
-            shape,
-            y: Targets::Classes(y),
-        }
-    }
-    /// Examples with `width` target values each.
-    pub fn values(x: &'a [f32], shape: &'a [usize], y: &'a [f32], width: usize) -> Self {
-        Dataset {
-            x,
-            shape,
-            y: Targets::Values(y, width),
-        }
-    }
-    fn width(&self) -> usize {
-        self.shape.iter().product()
-    }
-    /// Number of examples.
-    pub fn len(&self) -> usize {
-        match self.y {
-            Targets::Classes(y) => y.len(),
-            Targets::Values(y, w) => y.len() / w.max(1),
-        }
-    }
-    /// True when there are no examples.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub(crate) fn batch_shape(&self, n: usize) -> Vec<usize> {
-        std::iter::once(n)
-            .chain(self.shape.iter().copied())
-            .collect()
-    }
-    pub(crate) fn check(&self) -> Result<()> {
-        if self.x.len() != self.len() * self.width() {
-            return Err(TrainError::Training(format!(
-                "{} input values for {} examples of shape {:?} (expected {})",
-                self.x.len(),
-                self.len(),
-                self.shape,
-                self.len() * self.width()
-            )));
-        }
-        if let Targets::Values(y, w) = self.y {
-            if w == 0 || !y.len().is_multiple_of(w) {
-                return Err(TrainError::Training(format!(
-                    "{} target values are not a multiple of width {w}",
-                    y.len()
-                )));
-            }
-        }
-        Ok(())
-    }
-    /// The batch at `idx`: inputs, and targets in the form the loss takes them.
-    pub(crate) fn batch(&self, idx: &[usize]) -> (Vec<f32>, BatchTargets) {
-        let x = gather_rows(self.x, self.width(), idx);
-        let y = match self.y {
-            Targets::Classes(y) => BatchTargets::Classes(idx.iter().map(|&i| y[i]).collect()),
-            Targets::Values(y, w) => BatchTargets::Values(gather_rows(y, w, idx), w),
-        };
-        (x, y)
-    }
-}
-
-pub(crate) enum BatchTargets {
-    Classes(Vec<i32>),
-    Values(Vec<f32>, usize),
-}
-
-impl BatchTargets {
-    pub(crate) fn upload(&self, dev: &Device) -> Result<Tensor> {
-        Ok(match self {
-            BatchTargets::Classes(y) => Tensor::from_i32(dev, y, &[y.len()])?,
-            BatchTargets::Values(y, w) => Tensor::from_f32(dev, y, &[y.len() / w, *w])?,
-        })
-    }
-    pub(crate) fn write(&self, to: &Tensor) -> Result<()> {
-        match self {
-            BatchTargets::Classes(y) => to.copy_from_slice(y)?,
-            BatchTargets::Values(y, _) => to.copy_from_slice(y)?,
-        }
-        Ok(())
-    }
-}
 
 /// Default examples per step of [`evaluate`] and [`predict`] (and of the validation pass in
 /// [`fit`]).
@@ -170,7 +63,7 @@ pub struct FitConfig<'a> {
     /// instead of stopping the run with an error naming the step. Default false.
     pub skip_nonfinite: bool,
     /// Held-out data evaluated after every epoch (loss, and accuracy for classification losses).
-    pub validation: Option<Dataset<'a>>,
+    pub validation: Option<&'a dyn Dataset>,
     /// Examples per step of the validation pass. Default [`EVAL_BATCH_SIZE`].
     pub eval_batch_size: usize,
     /// Data-parallel training (see [`crate::parallel`]): this process trains on its share of
@@ -270,7 +163,7 @@ impl<'a> FitConfig<'a> {
         self
     }
     /// Evaluates on `data` after every epoch.
-    pub fn with_validation(mut self, data: Dataset<'a>) -> Self {
+    pub fn with_validation(mut self, data: &'a dyn Dataset) -> Self {
         self.validation = Some(data);
         self
     }
@@ -302,8 +195,8 @@ struct Recorded {
 
 /// The data and settings of a run, checked before its first step.
 pub(crate) fn check_run(
-    train: &Dataset,
-    val: Option<&Dataset>,
+    train: &dyn Dataset,
+    val: Option<&dyn Dataset>,
     loss: Loss,
     cfg: &FitConfig,
 ) -> Result<()> {
@@ -327,10 +220,11 @@ pub(crate) fn check_run(
             cfg.start_epoch, cfg.epochs, cfg.start_epoch
         )));
     }
-    if matches!(train.y, Targets::Classes(_)) != (loss == Loss::CrossEntropy) {
+    let classes = matches!(train.targets(), TargetKind::Classes | TargetKind::Tokens);
+    if classes != (loss == Loss::CrossEntropy) {
         return Err(TrainError::Training(format!(
             "loss {loss:?} does not fit targets {:?}",
-            train.y
+            train.targets()
         )));
     }
     Ok(())
@@ -346,14 +240,14 @@ pub fn fit(
     model: &dyn Module,
     opt: &mut Optimizer,
     loss: Loss,
-    train: &Dataset,
+    train: &dyn Dataset,
     mut cfg: FitConfig<'_>,
 ) -> Result<Vec<EpochStats>> {
-    check_run(train, cfg.validation.as_ref(), loss, &cfg)?;
+    check_run(train, cfg.validation, loss, &cfg)?;
     let mut parallel = cfg.distributed.take();
     let mut callbacks = std::mem::take(&mut cfg.callbacks);
     let cfg = &cfg;
-    let val = cfg.validation.as_ref();
+    let val = cfg.validation;
     let (rank, world) = parallel
         .as_ref()
         .map_or((0, 1), |p| (p.rank(), p.world_size()));
@@ -368,6 +262,11 @@ pub fn fit(
         }
         p.broadcast(model, opt)?;
     }
+    let loader = DataLoader::new(train)
+        .with_batch_size(cfg.batch_size)
+        .with_shuffle(true)
+        .with_seed(cfg.seed)
+        .with_shard(rank, world);
     let mut plans: HashMap<usize, Recorded> = HashMap::new();
     let mut history = cfg.history.clone();
     // Continues a resumed run's step count (dropout offsets advance from it).
@@ -383,13 +282,6 @@ pub fn fit(
     watch.check_now(dev, "loading, before the first step")?;
     for epoch in cfg.start_epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
-        let batches = epoch_batches(
-            train.len(),
-            cfg.batch_size,
-            cfg.seed + epoch as u64,
-            rank,
-            world,
-        );
         let mut tally = LossTally::default();
         let bar = progress_bar(
             cfg.progress && rank == 0,
@@ -397,11 +289,10 @@ pub fn fit(
             epoch,
             cfg.epochs,
         );
-        let last = batches.len();
-        for (b, (idx, share)) in batches.iter().enumerate() {
-            let (idx, share) = (&idx[..], *share);
-            let n = idx.len();
-            let (xb, yb) = train.batch(idx);
+        let last = loader.len();
+        loader.for_each(epoch as u64, |batch| {
+            let (b, share, xb, yb) = (batch.index, batch.share, batch.x, batch.y);
+            let n = batch.indices.len();
             if let BatchTargets::Classes(y) = &yb {
                 // Until the first plan exists the class count is unknown: negatives are caught
                 // now, the upper bound once the logits' width is known.
@@ -442,11 +333,11 @@ pub fn fit(
                     ..
                 }) = plans.get(&n)
                 {
-                    x.copy_from_slice(&xb)?;
+                    xb.write(x)?;
                     yb.write(y)?;
                     p.replay_step(*id, share)?
                 } else {
-                    let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
+                    let x = xb.upload(dev, &train.batch_shape(n))?;
                     let y = yb.upload(dev)?;
                     let mut width = 0;
                     let (id, loss, mean) =
@@ -470,7 +361,7 @@ pub fn fit(
                     record_loss(step, epoch, loss, &mut tally, cfg.skip_nonfinite)?;
                 }
             } else if let Some(r) = plans.get(&n) {
-                r.x.copy_from_slice(&xb)?;
+                xb.write(&r.x)?;
                 yb.write(&r.y)?;
                 let flags = check()?;
                 if read || flags.is_some() {
@@ -482,7 +373,7 @@ pub fn fit(
                 }
             } else {
                 let flags = check()?;
-                let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
+                let x = xb.upload(dev, &train.batch_shape(n))?;
                 let y = yb.upload(dev)?;
                 // A fresh plan computes fresh gradients (no accumulation into another plan's).
                 opt.zero_grad();
@@ -538,7 +429,8 @@ pub fn fit(
                 };
                 b.set_message(format!("loss {loss}  {rate:.0} samples/s"));
             }
-        }
+            Ok(())
+        })?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -643,7 +535,7 @@ pub(crate) fn record_loss(
 pub fn evaluate(
     dev: &Device,
     model: &dyn Module,
-    data: &Dataset,
+    data: &dyn Dataset,
     loss: Loss,
     batch: usize,
 ) -> Result<(f32, Option<f32>)> {
@@ -654,8 +546,8 @@ pub fn evaluate(
         let ids: Vec<usize> = (0..data.len()).collect();
         for idx in ids.chunks(batch.max(1)) {
             let n = idx.len();
-            let (xb, yb) = data.batch(idx);
-            let out = model.forward(&Tensor::from_f32(dev, &xb, &data.batch_shape(n))?)?;
+            let (xb, yb) = data.get_batch(idx)?;
+            let out = model.forward(&xb.upload(dev, &data.batch_shape(n))?)?;
             let y = yb.upload(dev)?;
             loss_sum += loss_of(&out, &y, loss)?.item()? as f64 * n as f64;
             match (&yb, loss) {
@@ -748,7 +640,7 @@ impl<M: Module> Compiled<M> {
 
     /// [`fit`] with the compiled model, optimizer and loss; the model is in training mode
     /// during the run and in evaluation mode after it.
-    pub fn fit(&mut self, train: &Dataset, cfg: FitConfig<'_>) -> Result<Vec<EpochStats>> {
+    pub fn fit(&mut self, train: &dyn Dataset, cfg: FitConfig<'_>) -> Result<Vec<EpochStats>> {
         self.model.set_training(true);
         let h = fit(
             &self.dev,
@@ -763,7 +655,7 @@ impl<M: Module> Compiled<M> {
     }
 
     /// (loss, accuracy for classification losses), in batches of `eval_batch_size`.
-    pub fn evaluate(&self, data: &Dataset) -> Result<(f32, Option<f32>)> {
+    pub fn evaluate(&self, data: &dyn Dataset) -> Result<(f32, Option<f32>)> {
         evaluate(
             &self.dev,
             &self.model,

@@ -7,9 +7,9 @@
 //! of [`fit`](crate::fit), losses read back a few steps behind the GPU, evaluation) and leaves
 //! out what needs a file system or several processes (checkpoints, data-parallel training).
 
-use crate::fit::{BatchTargets, Dataset, FitConfig, LossTally};
+use crate::data::{BatchTargets, DataLoader, Dataset};
+use crate::fit::{FitConfig, LossTally};
 use crate::history::EpochStats;
-use crate::parallel::epoch_batches;
 use crate::{Result, TrainError};
 use kiln_device::ReadTicket;
 use kiln_graph::{no_grad, Device, StepPlan, Tensor};
@@ -57,11 +57,11 @@ pub async fn fit_async(
     model: &dyn Module,
     opt: &mut Optimizer,
     loss: Loss,
-    train: &Dataset<'_>,
+    train: &dyn Dataset,
     mut cfg: FitConfig<'_>,
     mut on_loss: impl FnMut(&StepLoss),
 ) -> Result<Vec<EpochStats>> {
-    crate::fit::check_run(train, cfg.validation.as_ref(), loss, &cfg)?;
+    crate::fit::check_run(train, cfg.validation, loss, &cfg)?;
     if cfg.distributed.is_some() {
         return Err(TrainError::Training(
             "fit_async trains in one process: use fit for data-parallel training".into(),
@@ -69,7 +69,13 @@ pub async fn fit_async(
     }
     let mut callbacks = std::mem::take(&mut cfg.callbacks);
     let cfg = &cfg;
-    let val = cfg.validation.as_ref();
+    let val = cfg.validation;
+    // Read on this thread: a page has no other.
+    let loader = DataLoader::new(train)
+        .with_batch_size(cfg.batch_size)
+        .with_shuffle(true)
+        .with_seed(cfg.seed)
+        .with_prefetch(0);
     let mut plans: HashMap<usize, Recorded> = HashMap::new();
     let mut history = cfg.history.clone();
     let mut step = opt.steps() as usize;
@@ -77,13 +83,13 @@ pub async fn fit_async(
     let log_every = cfg.log_every.max(1);
     for epoch in cfg.start_epoch + 1..=cfg.epochs {
         let t0 = Instant::now();
-        let batches = epoch_batches(train.len(), cfg.batch_size, cfg.seed + epoch as u64, 0, 1);
         let mut tally = LossTally::default();
         let mut reads: VecDeque<(usize, ReadTicket)> = VecDeque::new();
-        let last = batches.len();
-        for (b, (idx, _)) in batches.iter().enumerate() {
-            let n = idx.len();
-            let (xb, yb) = train.batch(idx);
+        let last = loader.len();
+        for batch in loader.batches(epoch as u64)? {
+            let batch = batch?;
+            let (b, xb, yb) = (batch.index, batch.x, batch.y);
+            let n = batch.indices.len();
             if let BatchTargets::Classes(y) = &yb {
                 softmax::check_labels(y, classes.unwrap_or(i32::MAX as usize), None)?;
             }
@@ -97,7 +103,7 @@ pub async fn fit_async(
             step += 1;
             let read = step.is_multiple_of(log_every) || b + 1 == last;
             if let Some(r) = plans.get(&n) {
-                r.x.copy_from_slice(&xb)?;
+                xb.write(&r.x)?;
                 yb.write(&r.y)?;
                 if read {
                     // Rides in this step's submission, after the replayed dispatches.
@@ -105,7 +111,7 @@ pub async fn fit_async(
                 }
                 r.step.replay()?;
             } else {
-                let x = Tensor::from_f32(dev, &xb, &train.batch_shape(n))?;
+                let x = xb.upload(dev, &train.batch_shape(n))?;
                 let y = yb.upload(dev)?;
                 opt.zero_grad();
                 let (plan, (loss, width)) = StepPlan::record(dev, || {
@@ -199,7 +205,7 @@ pub async fn fit_async(
 pub async fn evaluate_async(
     dev: &Device,
     model: &dyn Module,
-    data: &Dataset<'_>,
+    data: &dyn Dataset,
     loss: Loss,
     batch: usize,
 ) -> Result<(f32, Option<f32>)> {
@@ -208,10 +214,10 @@ pub async fn evaluate_async(
     let ids: Vec<usize> = (0..data.len()).collect();
     for idx in ids.chunks(batch.max(1)) {
         let n = idx.len();
-        let (xb, yb) = data.batch(idx);
+        let (xb, yb) = data.get_batch(idx)?;
         // The graph is built without gradients; the reads are awaited outside it.
         let (l, pred, out) = no_grad(|| {
-            let out = model.forward(&Tensor::from_f32(dev, &xb, &data.batch_shape(n))?)?;
+            let out = model.forward(&xb.upload(dev, &data.batch_shape(n))?)?;
             let l = loss_of(&out, &yb.upload(dev)?, loss)?;
             let pred = match loss {
                 Loss::CrossEntropy => Some(out.argmax(1)?),

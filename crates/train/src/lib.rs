@@ -1,7 +1,10 @@
 //! kiln-train: the loops that train, evaluate and use models built with kiln-nn.
 //!
-//! - [`fit`]: `fit` / `evaluate` / `predict` over an in-memory [`fit::Dataset`], each training step
-//!   recorded once per batch size and replayed; and the Keras-style [`fit::Compiled`].
+//! - [`data`]: the index-based [`Dataset`] trait (in-memory arrays, MNIST's IDX files, token
+//!   shards) and the [`DataLoader`] that shuffles, shards across processes and reads batches on a
+//!   background thread.
+//! - [`fit`]: `fit` / `evaluate` / `predict` over a [`Dataset`], each training step recorded once
+//!   per batch size and replayed; and the Keras-style [`fit::Compiled`].
 //! - [`fit_async`]: the same loop as a future (readbacks awaited, never waited for), for browser
 //!   pages and async programs.
 //! - [`lm`]: the language-model loop (random windows of a corpus, periodic evaluation).
@@ -14,6 +17,7 @@
 //! - [`history`] and [`report`]: per-epoch figures, as CSV and an SVG plot.
 
 pub mod checkpoint;
+pub mod data;
 pub mod finite;
 pub mod fit;
 pub mod fit_async;
@@ -25,7 +29,10 @@ mod progress;
 pub mod regression;
 pub mod report;
 
-pub use fit::{evaluate, fit, predict, Compiled, Dataset, FitConfig, Targets, EVAL_BATCH_SIZE};
+pub use data::{
+    ArrayDataset, Batch, BatchTargets, DataLoader, Dataset, Inputs, TargetKind, Targets,
+};
+pub use fit::{evaluate, fit, predict, Compiled, EpochCallback, FitConfig, EVAL_BATCH_SIZE};
 pub use fit_async::{evaluate_async, fit_async, StepLoss};
 pub use history::EpochStats;
 pub use kiln_nn::loss::Loss;

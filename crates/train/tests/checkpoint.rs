@@ -201,7 +201,7 @@ mod training {
     use kiln_nn::schedule::Schedule;
     use kiln_nn::Optimizer;
     use kiln_train::checkpoint::{load_training, CheckpointConfig, RunSettings};
-    use kiln_train::{evaluate, fit, Dataset, FitConfig, Loss};
+    use kiln_train::{evaluate, fit, ArrayDataset, FitConfig, Loss};
 
     fn mnist(range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
@@ -236,7 +236,7 @@ mod training {
     fn resumed_training_equals_an_uninterrupted_run_bitwise() {
         let d = dev();
         let (x, y) = mnist(0..320);
-        let data = Dataset::classes(&x, &[1, 28, 28], &y);
+        let data = ArrayDataset::classes(&x, &[1, 28, 28], &y);
         // Uninterrupted: 3 epochs.
         let a = lenet5(&d, 1).unwrap();
         let mut oa = optimizer(&d, &a);
@@ -327,8 +327,8 @@ mod training {
         let (x, y) = mnist(0..256);
         let (tx, ty) = mnist(9000..9256);
         let (train, test) = (
-            Dataset::classes(&x, &[1, 28, 28], &y),
-            Dataset::classes(&tx, &[1, 28, 28], &ty),
+            ArrayDataset::classes(&x, &[1, 28, 28], &y),
+            ArrayDataset::classes(&tx, &[1, 28, 28], &ty),
         );
         let a = lenet5(&d, 2).unwrap();
         let mut oa = optimizer(&d, &a);
@@ -366,7 +366,7 @@ mod training {
     fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
         let d = dev();
         let (x, y) = mnist(0..256);
-        let data = Dataset::classes(&x, &[1, 28, 28], &y);
+        let data = ArrayDataset::classes(&x, &[1, 28, 28], &y);
         let m = lenet5(&d, 4).unwrap();
         let mut o = Sgd::new(0.01)
             .with_momentum(0.9)
@@ -454,7 +454,7 @@ fn reports_write_csv_and_svg_that_round_trip() {
 fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     use kiln_nn::data::Mnist;
 
-    use kiln_train::{fit, Dataset, FitConfig, Loss};
+    use kiln_train::{fit, ArrayDataset, FitConfig, Loss};
     let d = dev();
     let m =
         Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
@@ -463,7 +463,7 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     x[100 * 784..101 * 784]
         .iter_mut()
         .for_each(|v| *v = f32::NAN);
-    let data = Dataset::classes(&x, &[784], &y);
+    let data = ArrayDataset::classes(&x, &[784], &y);
     // A linear classifier: a Relu would turn NaN into 0 (max(NaN, 0) is 0 on some adapters).
     let model = |seed: u64| {
         let mut r = kiln_ops::testing::Rng::new(seed);
@@ -677,13 +677,13 @@ fn non_finite_values_in_a_file_are_refused_naming_the_tensor() {
 fn a_value_going_bad_on_the_device_is_named_with_its_exact_step() {
     use kiln_nn::data::Mnist;
     use kiln_nn::schedule::Schedule;
-    use kiln_train::{fit, Dataset, FitConfig, Loss};
+    use kiln_train::{fit, ArrayDataset, FitConfig, Loss};
     let d = dev();
     let (x, y) = Mnist::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))
         .unwrap()
         .split(0..640)
         .unwrap();
-    let data = Dataset::classes(&x, &[1, 28, 28], &y);
+    let data = ArrayDataset::classes(&x, &[1, 28, 28], &y);
     let run = |check_every: usize| {
         let m = lenet5(&d, 4).unwrap();
         let mut o = Sgd::new(0.01)

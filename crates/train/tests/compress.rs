@@ -5,7 +5,7 @@ use kiln_nn::models::lenet5;
 use kiln_nn::prune::{magnitude_masks, sparsity};
 use kiln_nn::{Module, Sgd};
 use kiln_ops::testing::Rng;
-use kiln_train::{fit, Dataset, FitConfig, Loss};
+use kiln_train::{fit, ArrayDataset, FitConfig, Loss};
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
@@ -57,7 +57,7 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
     let mut rng = Rng::new(3);
     let x = rng.vec(128 * 784, -1.0, 1.0);
     let y: Vec<i32> = (0..128).map(|i| i % 10).collect();
-    let data = Dataset::classes(&x, &[1, 28, 28], &y);
+    let data = ArrayDataset::classes(&x, &[1, 28, 28], &y);
     let mut opt = Sgd::new(0.05)
         .with_momentum(0.9)
         .init(&d, m.parameters())
@@ -152,7 +152,7 @@ mod quantization {
     use kiln_nn::quant::{quantize, Calibration, Precision, QuantConfig, QuantizedModel};
     use kiln_nn::serialize;
     use kiln_nn::{Module, Sgd};
-    use kiln_train::{fit, predict, Dataset, FitConfig, Loss};
+    use kiln_train::{fit, predict, ArrayDataset, FitConfig, Loss};
     use std::path::PathBuf;
 
     fn mnist(range: std::ops::Range<usize>) -> (Vec<f32>, Vec<i32>) {
@@ -203,7 +203,7 @@ mod quantization {
             &model,
             &mut opt,
             Loss::CrossEntropy,
-            &Dataset::classes(&x, &shape, &y),
+            &ArrayDataset::classes(&x, &shape, &y),
             cfg,
         )
         .unwrap();

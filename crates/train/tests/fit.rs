@@ -6,7 +6,7 @@ use kiln_nn::data::Mnist;
 use kiln_nn::models::lenet5;
 use kiln_nn::{Adam, LinearConfig, Module, Sgd};
 use kiln_ops::testing::Rng;
-use kiln_train::{evaluate, fit, fit_async, Dataset, FitConfig, Loss};
+use kiln_train::{evaluate, fit, fit_async, ArrayDataset, FitConfig, Loss};
 use std::path::PathBuf;
 
 fn dev() -> Device {
@@ -25,8 +25,8 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
     let (x, y) = m.split(0..600).unwrap();
     let (tx, ty) = m.split(9000..9500).unwrap();
     let shape = [1, 28, 28];
-    let train = Dataset::classes(&x, &shape, &y);
-    let test = Dataset::classes(&tx, &shape, &ty);
+    let train = ArrayDataset::classes(&x, &shape, &y);
+    let test = ArrayDataset::classes(&tx, &shape, &ty);
     let model = lenet5(&d, 1).unwrap();
     let mut opt = Sgd::new(0.05)
         .with_momentum(0.9)
@@ -39,7 +39,7 @@ fn lenet_trains_on_real_mnist_and_handles_a_short_last_batch() {
             .with_batch_size(64)
             .with_log_every(1)
             .with_progress(false)
-            .with_validation(test)
+            .with_validation(&test)
     };
     let hist = fit(&d, &model, &mut opt, Loss::CrossEntropy, &train, cfg()).unwrap();
     assert_eq!(opt.steps(), 30);
@@ -73,15 +73,15 @@ fn fit_async_follows_fit_step_for_step() {
     let (x, y) = m.split(0..300).unwrap();
     let (tx, ty) = m.split(9000..9200).unwrap();
     let shape = [1, 28, 28];
-    let train = Dataset::classes(&x, &shape, &y);
-    let test = Dataset::classes(&tx, &shape, &ty);
+    let train = ArrayDataset::classes(&x, &shape, &y);
+    let test = ArrayDataset::classes(&tx, &shape, &ty);
     let cfg = || {
         FitConfig::default()
             .with_epochs(2)
             .with_batch_size(64)
             .with_log_every(1)
             .with_progress(false)
-            .with_validation(test)
+            .with_validation(&test)
     };
     let model = lenet5(&d, 3).unwrap();
     let mut opt = Sgd::new(0.05)
@@ -133,13 +133,13 @@ fn bad_training_input_is_an_error() {
             .with_progress(false)
     };
     // Fewer values than the examples need.
-    let bad = Dataset::classes(&x[..700], &shape, &[1, 2]);
+    let bad = ArrayDataset::classes(&x[..700], &shape, &[1, 2]);
     let e = fit(&d, &model, &mut opt, Loss::CrossEntropy, &bad, cfg())
         .unwrap_err()
         .to_string();
     assert!(e.contains("700 input values for 2 examples"), "{e}");
     // A label the model has no class for: an error naming it, not a silently wrong loss.
-    let bad = Dataset::classes(&x, &shape, &[1, 12]);
+    let bad = ArrayDataset::classes(&x, &shape, &[1, 12]);
     let e = fit(&d, &model, &mut opt, Loss::CrossEntropy, &bad, cfg())
         .unwrap_err()
         .to_string();
@@ -160,9 +160,9 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
     let model = Sequential::new().push(LinearConfig::new(2, 1).init_with(&d, &mut rng).unwrap());
     let opt = Adam::new(0.05).init(&d, model.parameters()).unwrap();
     let mut net = Compiled::compile(&d, model, opt, Loss::Mse);
-    let data = Dataset::values(&x, &[2], &y, 1);
+    let data = ArrayDataset::values(&x, &[2], &y, 1);
     let cfg = FitConfig::default().with_epochs(30).with_progress(false);
-    let hist = net.fit(&data, cfg.with_validation(data)).unwrap();
+    let hist = net.fit(&data, cfg.with_validation(&data)).unwrap();
     let (mse, acc) = net.evaluate(&data).unwrap();
     assert!(mse < 1e-3, "mse {mse} ({:?})", hist.last());
     assert!(acc.is_none());
@@ -173,7 +173,7 @@ fn keras_style_compile_fit_evaluate_predict_with_mse_and_bce() {
     let model = Sequential::new().push(LinearConfig::new(2, 1).init_with(&d, &mut rng).unwrap());
     let opt = Adam::new(0.1).init(&d, model.parameters()).unwrap();
     let mut net = Compiled::compile(&d, model, opt, Loss::BinaryCrossEntropy);
-    let data = Dataset::values(&x, &[2], &labels, 1);
+    let data = ArrayDataset::values(&x, &[2], &labels, 1);
     net.fit(&data, FitConfig::default().with_epochs(20))
         .unwrap();
     let (bce, acc) = net.evaluate(&data).unwrap();

@@ -13,7 +13,7 @@ use kiln_nn::data::Mnist;
 use kiln_nn::models::lenet5;
 use kiln_nn::schedule::Schedule;
 use kiln_nn::{Module, Optimizer, Sequential, Sgd};
-use kiln_train::{evaluate_async, fit_async, Dataset, FitConfig, Loss};
+use kiln_train::{evaluate_async, fit_async, ArrayDataset, FitConfig, Loss};
 use std::cell::Cell;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
@@ -134,7 +134,7 @@ impl Trainer {
             let n = train_size.min(mnist.len() - HELD_OUT).max(1);
             let (x, y) = mnist.split(0..n).map_err(js)?;
             let shape = [1, 28, 28];
-            let data = Dataset::classes(&x, &shape, &y);
+            let data = ArrayDataset::classes(&x, &shape, &y);
             let steps = epochs * n.div_ceil(batch.max(1));
             let mut opt: Optimizer = Sgd::new(lr)
                 .with_momentum(0.9)
@@ -184,7 +184,7 @@ impl Trainer {
             let len = mnist.len();
             let (x, y) = mnist.split(len - HELD_OUT..len).map_err(js)?;
             let shape = [1, 28, 28];
-            let data = Dataset::classes(&x, &shape, &y);
+            let data = ArrayDataset::classes(&x, &shape, &y);
             let (_, acc) = evaluate_async(&dev, model.as_ref(), &data, Loss::CrossEntropy, 500)
                 .await
                 .map_err(js)?;

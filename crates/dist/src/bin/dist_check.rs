@@ -24,7 +24,7 @@ use kiln_nn::models::lenet5;
 use kiln_nn::{Adam, Sequential, Sgd};
 use kiln_nn::{Module, NnError, Optimizer};
 use kiln_train::checkpoint::{load_training, CheckpointConfig, RunSettings};
-use kiln_train::{fit, Dataset, FitConfig};
+use kiln_train::{fit, ArrayDataset, FitConfig};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -387,7 +387,7 @@ fn fit_mode(
     if let (Some(p), 0) = (args.get("save"), rank) {
         fc.checkpoint = Some(CheckpointConfig::new(p, 1)?.with_settings(settings));
     }
-    let data = Dataset::classes(&x, &[1, 28, 28], &y);
+    let data = ArrayDataset::classes(&x, &[1, 28, 28], &y);
     let mut ddp = dist.map(|d| DistributedDataParallel::new(d, dev, cfg));
     {
         let mut fc = fc.with_callback(&mut on_epoch);
