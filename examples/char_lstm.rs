@@ -10,7 +10,7 @@ use kiln::device::Device;
 use kiln::nn::lm::{generate, CharCorpus, CharLstm};
 use kiln::nn::{Adam, Module};
 use kiln::train::checkpoint::RunSettings;
-use kiln::train::lm::{train_lm, LmConfig};
+use kiln::train::lm_train::{train_lm, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -16,7 +16,7 @@ use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{AdamW, Module};
 use kiln::train::checkpoint::RunSettings;
-use kiln::train::lm::{train_lm, train_lm_parallel, LmConfig};
+use kiln::train::lm_train::{train_lm, train_lm_parallel, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,7 +115,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
     train_cfg.mixed_precision = a.f16;
     run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
     let t0 = std::time::Instant::now();
-    let report = |s: &kiln::train::lm::LmStats| {
+    let report = |s: &kiln::train::lm_train::LmStats| {
         if root {
             eprintln!(
                 "step {:5}  train {:.3}  val {:.3} nats/char  {:.0} chars/s",

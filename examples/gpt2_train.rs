@@ -42,7 +42,7 @@ use kiln::nn::{Module, NnError};
 use kiln::train::checkpoint::{save_training, RunSettings};
 use kiln::train::finite::FiniteWatch;
 use kiln::train::gpt::{gpt_flops_per_token, mfu, AccumulatedStep, GptAdamW};
-use kiln::train::lm::LmConfig;
+use kiln::train::lm_train::LmConfig;
 use kiln::train::EpochStats;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -1,16 +1,5 @@
 //! The seed models that run quickly, end to end on the default adapter.
 use kiln::device::Device;
-use kiln::train::regression::fit_line;
-
-#[test]
-fn linear_regression_learns_slope_and_intercept() {
-    let dev = Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)");
-    let fit = fit_line(&dev, 256, 300, 0.1, 0).unwrap();
-    assert!((fit.w - 3.0).abs() < 0.05, "{fit:?}");
-    assert!((fit.b - 2.0).abs() < 0.05, "{fit:?}");
-    // The noise is N(0, 0.1^2): the fitted MSE sits near 0.01.
-    assert!(fit.loss < 0.02, "{fit:?}");
-}
 
 #[test]
 fn rnn_sequence_model_learns_the_majority_task() {
@@ -316,6 +305,16 @@ mod bad_inputs {
             );
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The first seed model (its loop lives in the example): slope and intercept learned.
+    #[test]
+    fn linear_regression_learns_slope_and_intercept() {
+        let line = ok("linear_regression", &["--steps", "300", "--lr", "0.1"]);
+        let (w, b) = (line["w"].as_f64().unwrap(), line["b"].as_f64().unwrap());
+        assert!((w - 3.0).abs() < 0.05 && (b - 2.0).abs() < 0.05, "{line}");
+        // The noise is N(0, 0.1^2): the fitted MSE sits near 0.01.
+        assert!(line["final_loss"].as_f64().unwrap() < 0.02, "{line}");
     }
 
     #[test]

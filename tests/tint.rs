@@ -26,7 +26,7 @@ use kiln::device::{AdapterProfile, Device, KernelPolicy};
 use kiln::nn::lm::{generate, CharCorpus, CharLstm, CharTransformer, TransformerLmConfig};
 use kiln::nn::{models::lenet5, Adam, AdamW, Module, Sgd};
 use kiln::ops::testing::Rng;
-use kiln::train::lm::{train_lm, LmConfig};
+use kiln::train::lm_train::{train_lm, LmConfig};
 use kiln::train::{fit, ArrayDataset, FitConfig};
 use serde_json::{json, Value};
 use std::path::Path;

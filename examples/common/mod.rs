@@ -10,7 +10,7 @@
 use anyhow::{bail, Context, Result};
 use kiln::nn::{Module, Optimizer};
 use kiln::train::checkpoint::{load_training, CheckpointConfig, Resumed, RunSettings};
-use kiln::train::lm::LmConfig;
+use kiln::train::lm_train::LmConfig;
 use kiln::train::{EpochStats, FitConfig};
 use std::path::{Path, PathBuf};
 

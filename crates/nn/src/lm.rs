@@ -1,6 +1,6 @@
 //! Character-level language modelling: a corpus with a train/validation split, seeded random
 //! windows, two models (a causal Transformer and an LSTM) and sampling. The training loop is
-//! `kiln_train::lm`.
+//! `kiln_train::lm_train`.
 
 use crate::embedding::{Embedding, EmbeddingConfig};
 use crate::init::Rng;

@@ -1,4 +1,4 @@
-//! The hook through which `fit::fit` (`FitConfig::with_distributed`) and `lm::train_lm_parallel` train
+//! The hook through which `fit::fit` (`FitConfig::with_distributed`) and `lm_train::train_lm_parallel` train
 //! one model in several processes at once (data parallelism), and the rule that splits each
 //! global batch among them. kiln-dist implements [`DataParallel`] over MPI; this crate knows
 //! nothing of the transport.

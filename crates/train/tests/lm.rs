@@ -7,7 +7,7 @@ use kiln_nn::lm::{
 };
 use kiln_nn::{Adam, Module};
 use kiln_ops::testing::Rng;
-use kiln_train::lm::{evaluate_lm, train_lm, LmConfig};
+use kiln_train::lm_train::{evaluate_lm, train_lm, LmConfig};
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
