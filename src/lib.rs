@@ -50,9 +50,35 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`train::fit`] runs such loops over a data set (shuffling, a plan per batch size, validation,
-//! checkpoints, history) and [`train::Compiled`] gives it Keras's `compile` / `fit` /
-//! `evaluate` / `predict` face.
+//! [`train::fit`] runs such loops over a [`train::Dataset`] (shuffling, a plan per batch size,
+//! validation, checkpoints, history); the loss is given once and the rest of the run is a
+//! [`train::FitConfig`] with Keras' defaults, set by name:
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use kiln::nn::{models::lenet5, Module, Sgd};
+//! use kiln::train::{fit, ArrayDataset, FitConfig, Loss};
+//!
+//! let dev = kiln::device::Device::new()?;
+//! let model = lenet5(&dev, 0)?;
+//! let mut opt = Sgd::new(0.05).with_momentum(0.9).init(&dev, model.parameters())?;
+//! let (images, labels) = (vec![0.0f32; 640 * 784], vec![0i32; 640]);
+//! let train = ArrayDataset::classes(&images, &[1, 28, 28], &labels);
+//! let test = ArrayDataset::classes(&images[..64 * 784], &[1, 28, 28], &labels[..64]);
+//! let cfg = FitConfig::default()
+//!     .with_epochs(3)
+//!     .with_batch_size(64)
+//!     .with_validation(&test)
+//!     .with_callback(|s| println!("epoch {}: loss {:.4}", s.epoch, s.train_loss));
+//! // `.with_distributed(&mut ddp)` trains as one of several processes (kiln::dist).
+//! let history = fit(&dev, &model, &mut opt, Loss::CrossEntropy, &train, cfg)?;
+//! # let _ = history; Ok(()) }
+//! ```
+//!
+//! Its batches come from a [`train::DataLoader`] (a seeded shuffle, each process's share, read
+//! on a background thread) over any [`train::Dataset`]: in-memory arrays, MNIST's IDX files,
+//! token shards. [`train::Compiled`] gives it Keras's `compile` / `fit` / `evaluate` /
+//! `predict` face.
 //!
 //! ## A pretrained model
 //!
