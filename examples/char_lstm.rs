@@ -63,7 +63,12 @@ fn main() -> Result<()> {
     let model = CharLstm::new(&dev, a.seed, corpus.vocab(), a.context, 64, a.hidden, 2)?;
     let mut opt = Adam::new(a.lr).init(&dev, model.parameters())?;
     opt.set_clip_grad_norm(Some(5.0));
-    let mut cfg = LmConfig::new(a.batch, a.steps, (a.steps / 5).max(1), 4, a.seed);
+    let mut cfg = LmConfig::default()
+        .with_batch(a.batch)
+        .with_steps(a.steps)
+        .with_eval_every((a.steps / 5).max(1))
+        .with_eval_batches(4)
+        .with_seed(a.seed);
     run.prepare_lm(&model, &mut opt, &mut cfg)?;
     let t0 = std::time::Instant::now();
     let hist = train_lm(&dev, &model, &mut opt, &corpus, &cfg, |s| {

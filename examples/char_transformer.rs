@@ -111,7 +111,12 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
             min_lr: a.lr / 10.0,
         }),
     });
-    let mut train_cfg = LmConfig::new(batch, steps, (steps / 5).max(1), 4, a.seed);
+    let mut train_cfg = LmConfig::default()
+        .with_batch(batch)
+        .with_steps(steps)
+        .with_eval_every((steps / 5).max(1))
+        .with_eval_batches(4)
+        .with_seed(a.seed);
     train_cfg.mixed_precision = a.f16;
     run.prepare_lm(&model, &mut opt, &mut train_cfg)?;
     let t0 = std::time::Instant::now();

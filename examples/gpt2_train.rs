@@ -475,7 +475,12 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         .init(&dev, &model)?;
     // --save/--resume exactly as the other language models: the loop's settings travel in an
     // LmConfig.
-    let mut lm = LmConfig::new(b, steps, eval_every, a.eval_batches, a.seed);
+    let mut lm = LmConfig::default()
+        .with_batch(b)
+        .with_steps(steps)
+        .with_eval_every(eval_every)
+        .with_eval_batches(a.eval_batches)
+        .with_seed(a.seed);
     run.prepare_lm(&model, &mut opt, &mut lm)?;
     let done = opt.steps() as usize;
 

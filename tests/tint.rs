@@ -75,7 +75,12 @@ fn train_representative(d: &Device) -> anyhow::Result<()> {
         let cfg = LmConfig {
             mixed_precision,
             finite_check_every: 1,
-            ..LmConfig::new(4, 2, 2, 1, 0)
+            ..LmConfig::default()
+                .with_batch(4)
+                .with_steps(2)
+                .with_eval_every(2)
+                .with_eval_batches(1)
+                .with_seed(0)
         };
         train_lm(d, &lm, &mut opt, &corpus, &cfg, |_| {})?;
         generate(d, &lm, &corpus, "the ", 2, 0.8, 1)?;
@@ -87,7 +92,12 @@ fn train_representative(d: &Device) -> anyhow::Result<()> {
         &lstm,
         &mut opt,
         &corpus,
-        &LmConfig::new(4, 2, 2, 1, 0),
+        &LmConfig::default()
+            .with_batch(4)
+            .with_steps(2)
+            .with_eval_every(2)
+            .with_eval_batches(1)
+            .with_seed(0),
         |_| {},
     )?;
     Ok(())

@@ -39,21 +39,16 @@ pub struct LmConfig {
     pub finite_check_every: usize,
 }
 
-impl LmConfig {
-    /// Options with no checkpoint and no earlier history.
-    pub fn new(
-        batch: usize,
-        steps: usize,
-        eval_every: usize,
-        eval_batches: usize,
-        seed: u64,
-    ) -> LmConfig {
+impl Default for LmConfig {
+    /// Batches of 32 windows, 1,000 steps, an evaluation of 10 batches every 100 steps, seed 0,
+    /// no checkpoint, f32.
+    fn default() -> Self {
         LmConfig {
-            batch,
-            steps,
-            eval_every,
-            eval_batches,
-            seed,
+            batch: 32,
+            steps: 1000,
+            eval_every: 100,
+            eval_batches: 10,
+            seed: 0,
             checkpoint: None,
             history: Vec::new(),
             mixed_precision: false,
@@ -62,7 +57,49 @@ impl LmConfig {
     }
 }
 
-/// A training-history row for an evaluation point (`epoch` holds the step; no accuracy).
+impl LmConfig {
+    /// Sets [`LmConfig::batch`].
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+    /// Sets [`LmConfig::steps`].
+    pub fn with_steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self
+    }
+    /// Sets [`LmConfig::eval_every`].
+    pub fn with_eval_every(mut self, steps: usize) -> Self {
+        self.eval_every = steps;
+        self
+    }
+    /// Sets [`LmConfig::eval_batches`].
+    pub fn with_eval_batches(mut self, batches: usize) -> Self {
+        self.eval_batches = batches;
+        self
+    }
+    /// Sets [`LmConfig::seed`].
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Sets [`LmConfig::checkpoint`].
+    pub fn with_checkpoint(mut self, checkpoint: CheckpointConfig) -> Self {
+        self.checkpoint = Some(checkpoint);
+        self
+    }
+    /// Sets [`LmConfig::mixed_precision`].
+    pub fn with_mixed_precision(mut self, on: bool) -> Self {
+        self.mixed_precision = on;
+        self
+    }
+    /// Sets [`LmConfig::finite_check_every`].
+    pub fn with_finite_check_every(mut self, steps: usize) -> Self {
+        self.finite_check_every = steps;
+        self
+    }
+}
+
 fn as_row(s: &LmStats, secs: f64) -> EpochStats {
     EpochStats {
         epoch: s.step,

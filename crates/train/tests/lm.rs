@@ -40,7 +40,12 @@ fn train(model: &dyn LanguageModel, steps: usize, lr: f32) -> (f32, f32) {
     let c = periodic();
     let before = evaluate_lm(&d, model, &c.val, 8, 2, 7).unwrap();
     let mut opt = Adam::new(lr).init(&d, model.parameters()).unwrap();
-    let cfg = LmConfig::new(8, steps, steps, 2, 3);
+    let cfg = LmConfig::default()
+        .with_batch(8)
+        .with_steps(steps)
+        .with_eval_every(steps)
+        .with_eval_batches(2)
+        .with_seed(3);
     let hist = train_lm(&d, model, &mut opt, &c, &cfg, |_| {}).unwrap();
     (before, hist.last().unwrap().val_loss.unwrap())
 }
@@ -83,7 +88,12 @@ fn mixed_precision_transformer_learns_like_f32() {
         let mut opt = Adam::new(1e-2).init(&d, m.parameters()).unwrap();
         let train_cfg = LmConfig {
             mixed_precision: mixed,
-            ..LmConfig::new(8, 80, 80, 2, 3)
+            ..LmConfig::default()
+                .with_batch(8)
+                .with_steps(80)
+                .with_eval_every(80)
+                .with_eval_batches(2)
+                .with_seed(3)
         };
         let hist = train_lm(&d, &m, &mut opt, &c, &train_cfg, |_| {}).unwrap();
         let params: Vec<f32> = m
@@ -136,14 +146,32 @@ fn resumed_language_model_training_equals_an_uninterrupted_run() {
     };
     let a = make();
     let mut oa = Adam::new(1e-2).init(&d, a.parameters()).unwrap();
-    let full = train_lm(&d, &a, &mut oa, &c, &LmConfig::new(8, 20, 10, 1, 5), |_| {}).unwrap();
+    let full = train_lm(
+        &d,
+        &a,
+        &mut oa,
+        &c,
+        &LmConfig::default()
+            .with_batch(8)
+            .with_steps(20)
+            .with_eval_every(10)
+            .with_eval_batches(1)
+            .with_seed(5),
+        |_| {},
+    )
+    .unwrap();
     let path =
         std::env::temp_dir().join(format!("kiln-lm-resume-{}.safetensors", std::process::id()));
     let b = make();
     let mut ob = Adam::new(1e-2).init(&d, b.parameters()).unwrap();
     let first = LmConfig {
         checkpoint: Some(CheckpointConfig::new(&path, 1).unwrap()),
-        ..LmConfig::new(8, 10, 10, 1, 5)
+        ..LmConfig::default()
+            .with_batch(8)
+            .with_steps(10)
+            .with_eval_every(10)
+            .with_eval_batches(1)
+            .with_seed(5)
     };
     train_lm(&d, &b, &mut ob, &c, &first, |_| {}).unwrap();
     let r = make();
@@ -152,7 +180,12 @@ fn resumed_language_model_training_equals_an_uninterrupted_run() {
     assert_eq!(or.steps(), 10);
     let rest = LmConfig {
         history: resumed.history,
-        ..LmConfig::new(8, 20, 10, 1, 5)
+        ..LmConfig::default()
+            .with_batch(8)
+            .with_steps(20)
+            .with_eval_every(10)
+            .with_eval_batches(1)
+            .with_seed(5)
     };
     let hist = train_lm(&d, &r, &mut or, &c, &rest, |_| {}).unwrap();
     assert_eq!(params(&a), params(&r), "resumed parameters differ");
