@@ -58,6 +58,17 @@ pub struct Dropout {
     rng: Arc<Mutex<DropoutRng>>,
 }
 
+impl Dropout {
+    /// The drop probability.
+    pub fn p(&self) -> f32 {
+        self.p
+    }
+    /// Whether it drops (training mode), as PyTorch's `module.training`.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+}
+
 impl Module for Dropout {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !self.training || self.p == 0.0 {

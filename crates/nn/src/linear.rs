@@ -97,7 +97,7 @@ impl Module for Linear {
         shape.push(self.weight.shape()[0]);
         Ok(y.reshape(&shape)?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];
         v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
         v

@@ -48,7 +48,7 @@ impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.layer_norm(&self.weight, &self.bias, self.eps)?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         vec![
             ("weight".into(), self.weight.clone()),
             ("bias".into(), self.bias.clone()),

@@ -642,7 +642,11 @@ impl Module for QuantizedModel {
         }
         self.layers.forward(x)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.layers.named_parameters()
+    /// The stack's layers (a quantized model's names are its source model's).
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        self.layers.children()
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        self.layers.children_mut()
     }
 }

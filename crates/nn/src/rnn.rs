@@ -5,7 +5,7 @@
 
 use crate::init::{with_default_rng, Init, Rng};
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{prefixed, Module};
+use crate::module::Module;
 use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
 
@@ -259,7 +259,7 @@ impl Module for Recurrent {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.run(x, None, None)?.output)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         self.layers
             .iter()
             .enumerate()
@@ -315,10 +315,11 @@ impl Module for LastStepClassifier {
         }
         self.fc.forward(&out.slice(1, t - 1, 1)?.reshape(&[b, h])?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("rnn", self.rnn.named_parameters());
-        v.extend(prefixed("fc", self.fc.named_parameters()));
-        v
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("rnn".into(), &self.rnn), ("fc".into(), &self.fc)]
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![("rnn".into(), &mut self.rnn), ("fc".into(), &mut self.fc)]
     }
 }
 

@@ -249,7 +249,7 @@ impl Module for SplitEmbedding {
     }
     /// `weight` for a table in one block (PyTorch's name); `weight.block0`, `weight.block1`...
     /// for a split one.
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         if self.blocks.len() == 1 {
             return vec![("weight".into(), self.blocks[0].clone())];
         }

@@ -15,7 +15,7 @@ use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind
 use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
 use crate::hf::{into_nn, HfError, Result};
 use crate::init::Rng;
-use crate::module::{prefixed, rng_offsets_of, set_rng_offsets_of, Module};
+use crate::module::{indexed, indexed_mut, Module};
 use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
 use crate::{Dropout, LayerNorm, NnError, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_graph::{checkpoint, is_grad_enabled, no_grad, Array, Device, OpError, Tensor};
@@ -54,7 +54,13 @@ impl Conv1D {
             .matmul_with(&self.weight, Matmul::new(), Some(&self.bias))?
             .reshape(&shape)?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+}
+
+impl Module for Conv1D {
+    fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        Conv1D::forward(self, x).map_err(into_nn)
+    }
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         vec![
             ("weight".into(), self.weight.clone()),
             ("bias".into(), self.bias.clone()),
@@ -78,8 +84,6 @@ struct Block {
     heads: usize,
     /// The attention score scale of this layer.
     scale: f32,
-    /// Attention dropout on (training, with `attn_pdrop` > 0): the explicit attention path.
-    attn_drop: bool,
 }
 
 impl Block {
@@ -138,7 +142,9 @@ impl Block {
             Ok(parts.slice(0, i, 1)?.reshape(&[b, heads, t, e / heads])?)
         };
         let opts = AttentionOptions::causal().scale(self.scale);
-        let drop = self.attn_drop.then_some(&self.attn_dropout);
+        // Attention dropout (training, with `attn_pdrop` > 0) takes the explicit attention path.
+        let d = &self.attn_dropout;
+        let drop = (d.is_training() && d.p() > 0.0).then_some(d);
         let (a, _) =
             scaled_dot_product_attention(&part(0)?, &part(1)?, &part(2)?, &opts, heads, drop)?;
         let a = a.permute(&[0, 2, 1, 3])?.reshape(&[b, t, e])?;
@@ -160,28 +166,37 @@ impl Block {
             blk.with_tensors(&t[1..]).forward(&t[0]).map_err(op_error)
         })?)
     }
+}
 
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("ln_1", self.ln_1.named_parameters());
-        v.extend(prefixed("attn.c_attn", self.c_attn.named_parameters()));
-        v.extend(prefixed("attn.c_proj", self.c_proj.named_parameters()));
-        v.extend(prefixed("ln_2", self.ln_2.named_parameters()));
-        v.extend(prefixed("mlp.c_fc", self.c_fc.named_parameters()));
-        v.extend(prefixed("mlp.c_proj", self.mlp_proj.named_parameters()));
-        v
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        Block::forward(self, x).map_err(into_nn)
     }
-    fn dropouts(&self) -> [&Dropout; 3] {
-        [
-            &self.attn_dropout,
-            &self.resid_dropout1,
-            &self.resid_dropout2,
+    // Hugging Face's names; the dropouts last, in checkpoint order.
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![
+            ("ln_1".into(), &self.ln_1),
+            ("attn.c_attn".into(), &self.c_attn),
+            ("attn.c_proj".into(), &self.c_proj),
+            ("ln_2".into(), &self.ln_2),
+            ("mlp.c_fc".into(), &self.c_fc),
+            ("mlp.c_proj".into(), &self.mlp_proj),
+            ("attn.attn_dropout".into(), &self.attn_dropout),
+            ("attn.resid_dropout".into(), &self.resid_dropout1),
+            ("mlp.dropout".into(), &self.resid_dropout2),
         ]
     }
-    fn dropouts_mut(&mut self) -> [&mut Dropout; 3] {
-        [
-            &mut self.attn_dropout,
-            &mut self.resid_dropout1,
-            &mut self.resid_dropout2,
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("ln_1".into(), &mut self.ln_1),
+            ("attn.c_attn".into(), &mut self.c_attn),
+            ("attn.c_proj".into(), &mut self.c_proj),
+            ("ln_2".into(), &mut self.ln_2),
+            ("mlp.c_fc".into(), &mut self.c_fc),
+            ("mlp.c_proj".into(), &mut self.mlp_proj),
+            ("attn.attn_dropout".into(), &mut self.attn_dropout),
+            ("attn.resid_dropout".into(), &mut self.resid_dropout1),
+            ("mlp.dropout".into(), &mut self.resid_dropout2),
         ]
     }
 }
@@ -284,7 +299,6 @@ pub struct Gpt2LMHeadModel {
     drop: Dropout,
     h: Vec<Block>,
     ln_f: LayerNorm,
-    training: bool,
     /// Rows of `wte`: `config.vocab_size`, or more after [`Gpt2LMHeadModel::pad_vocab`].
     padded_vocab: usize,
     /// Recompute each block's forward pass in the backward pass.
@@ -432,7 +446,6 @@ impl Gpt2LMHeadModel {
                 act,
                 heads: c.n_head,
                 scale: Self::scale_of(c, l),
-                attn_drop: c.attn_pdrop > 0.0,
             });
         }
         let ln_f = src.layer_norm(dev, "transformer.ln_f", e, eps)?;
@@ -445,7 +458,6 @@ impl Gpt2LMHeadModel {
             drop,
             h,
             ln_f,
-            training: true,
             checkpointing: false,
         })
     }
@@ -945,50 +957,24 @@ impl Module for Gpt2LMHeadModel {
     fn forward(&self, ids: &Tensor) -> crate::Result<Tensor> {
         self.logits(ids).map_err(into_nn)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("transformer.wte", self.wte.named_parameters());
-        v.extend(prefixed("transformer.wpe", self.wpe.named_parameters()));
-        for (i, b) in self.h.iter().enumerate() {
-            v.extend(prefixed(
-                &format!("transformer.h.{i}"),
-                b.named_parameters(),
-            ));
-        }
-        v.extend(prefixed("transformer.ln_f", self.ln_f.named_parameters()));
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        let mut v: Vec<(String, &dyn Module)> = vec![
+            ("transformer.wte".into(), &self.wte),
+            ("transformer.wpe".into(), &self.wpe),
+            ("transformer.drop".into(), &self.drop),
+        ];
+        v.extend(indexed("transformer.h", &self.h));
+        v.push(("transformer.ln_f".into(), &self.ln_f));
         v
     }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-        self.drop.set_training(training);
-        let attn = self.config.attn_pdrop > 0.0;
-        for b in &mut self.h {
-            b.attn_drop = training && attn;
-            for d in b.dropouts_mut() {
-                d.set_training(training);
-            }
-        }
-    }
-    fn advance_rng(&self) -> crate::Result<()> {
-        self.all_dropouts()
-            .into_iter()
-            .try_for_each(|d| d.advance_rng())
-    }
-    fn rng_offsets(&self) -> Vec<u32> {
-        rng_offsets_of(self.all_dropouts().into_iter().map(|d| d as &dyn Module))
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> crate::Result<usize> {
-        set_rng_offsets_of(
-            self.all_dropouts().into_iter().map(|d| d as &dyn Module),
-            offsets,
-        )
-    }
-}
-
-impl Gpt2LMHeadModel {
-    /// Every dropout, in checkpoint order: the embeddings', then each block's.
-    fn all_dropouts(&self) -> Vec<&Dropout> {
-        std::iter::once(&self.drop)
-            .chain(self.h.iter().flat_map(|b| b.dropouts()))
-            .collect()
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        let mut v: Vec<(String, &mut dyn Module)> = vec![
+            ("transformer.wte".into(), &mut self.wte),
+            ("transformer.wpe".into(), &mut self.wpe),
+            ("transformer.drop".into(), &mut self.drop),
+        ];
+        v.extend(indexed_mut("transformer.h", &mut self.h));
+        v.push(("transformer.ln_f".into(), &mut self.ln_f));
+        v
     }
 }
