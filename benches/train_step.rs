@@ -9,8 +9,8 @@
 use kiln::device::Device;
 use kiln::graph::{autocast_f16_when, StepPlan, Tensor};
 use kiln::nn::init::Rng;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::lm::{CharLstm, CharTransformer, LanguageModel, TransformerLmConfig};
-use kiln::nn::models::lenet5;
 use kiln::nn::{Adam, AdamW, Module, NnError, Optimizer, Sgd};
 use std::time::Instant;
 

@@ -13,7 +13,7 @@ mod dist_args;
 use clap::Parser;
 use kiln::dist::{Dist, DistributedDataParallel};
 use kiln::nn::data::Mnist;
-use kiln::nn::models::lenet5;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Sgd};
 use kiln::train::checkpoint::RunSettings;

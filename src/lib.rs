@@ -25,7 +25,7 @@
 //! # fn main() -> anyhow::Result<()> {
 //! use kiln::device::Device;
 //! use kiln::graph::{StepPlan, Tensor};
-//! use kiln::nn::{models::lenet5, Module, Sgd};
+//! use kiln::nn::{lenet::lenet5, Module, Sgd};
 //!
 //! let dev = Device::new()?;
 //! let model = lenet5(&dev, 0)?; // PyTorch names: conv1.weight [6, 1, 5, 5], ...

@@ -80,7 +80,7 @@ fn mnist_mlp_model_learns_in_one_epoch() {
 fn loads_a_lenet_written_by_the_reference_safetensors_library() {
     // tests/fixtures/make_lenet_safetensors.py wrote it with PyTorch's names (no kiln checksum):
     // a checked load refuses it, an explicitly unverified one reads it.
-    use kiln::nn::models::lenet5;
+    use kiln::nn::lenet::lenet5;
     use kiln::nn::serialize::{load, load_unverified};
     use kiln::nn::Module;
     let dev = Device::shared().unwrap();
@@ -329,7 +329,7 @@ mod bad_inputs {
 
     #[test]
     fn checkpoints_resume_only_as_they_were_written() {
-        use kiln::nn::models::lenet5;
+        use kiln::nn::lenet::lenet5;
         use kiln::nn::Module;
         let dir = tmpdir("resume");
         let a = dir.join("a.safetensors");

@@ -10,10 +10,14 @@ pub mod embedding;
 pub mod hf;
 pub mod init;
 pub mod lambda;
+pub mod lenet;
 pub mod linear;
 pub mod lm;
 pub mod loss;
-pub mod models;
+/// The older path of [`lenet`] (`models::lenet5`), kept for code written against it.
+pub mod models {
+    pub use crate::lenet::{lenet5, lenet5_with_classes};
+}
 pub mod module;
 pub mod norm;
 pub mod optim;
@@ -34,6 +38,7 @@ pub use dropout::{Dropout, DropoutConfig};
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use kiln_graph::{no_grad, Array, Device, OpError, StepPlan, Tensor};
 pub use lambda::{Flatten, Lambda};
+pub use lenet::{lenet5, lenet5_with_classes};
 pub use linear::{Linear, LinearConfig};
 pub use module::Module;
 pub use norm::{LayerNorm, LayerNormConfig};

@@ -19,8 +19,8 @@
 use kiln_dist::{DdpConfig, Dist, DistributedDataParallel, DistributedSampler};
 use kiln_graph::{Device, StepPlan, Tensor};
 use kiln_nn::data::{gather_rows, Mnist};
+use kiln_nn::lenet::lenet5;
 use kiln_nn::loss::Loss;
-use kiln_nn::models::lenet5;
 use kiln_nn::{Adam, Sequential, Sgd};
 use kiln_nn::{Module, NnError, Optimizer};
 use kiln_train::checkpoint::{load_training, CheckpointConfig, RunSettings};

@@ -1,4 +1,4 @@
-//! Ready-made models: the seed's LeNet-5.
+//! LeNet-5, built as a `Sequential` of named layers.
 
 use crate::activation::Relu;
 use crate::conv::Conv2dConfig;
