@@ -81,9 +81,7 @@ fn one(checkpointing: bool) -> anyhow::Result<()> {
     let mut run = |opt: &mut kiln::nn::Optimizer| -> anyhow::Result<f32> {
         opt.begin_step()?;
         step.run(&dev, opt, &mut |_| Ok(()), &mut || {
-            Ok(model
-                .lm_loss_from(&x, &y)
-                .map_err(kiln::nn::NnError::from)?)
+            Ok(model.lm_loss_from(&x, &y)?)
         })?;
         Ok(step.loss().expect("a loss").to_f32(&dev)?[0])
     };

@@ -38,7 +38,7 @@ use kiln::dist::{Dist, DistributedDataParallel};
 use kiln::graph::{autocast_f16_when, no_grad, Device, Tensor};
 use kiln::hf::{GenerationConfig, Gpt2Config, Gpt2LMHeadModel, Tokenizer};
 use kiln::nn::shards::{inputs_and_targets, write_shard, TokenDataset, TokenLoader};
-use kiln::nn::{Module, NnError};
+use kiln::nn::Module;
 use kiln::train::checkpoint::{save_training, RunSettings};
 use kiln::train::finite::FiniteWatch;
 use kiln::train::gpt::{gpt_flops_per_token, mfu, AccumulatedStep, GptAdamW};
@@ -528,7 +528,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         p.broadcast(&model, &mut opt)?;
     }
     let forward = |model: &Gpt2LMHeadModel| -> kiln::train::Result<Tensor> {
-        Ok(autocast_f16_when(a.f16, || model.lm_loss_from(&x, &y)).map_err(NnError::from)?)
+        Ok(autocast_f16_when(a.f16, || model.lm_loss_from(&x, &y))?)
     };
     let mut first_loss: Option<f32> = None;
     let mut last_loss = f32::NAN;

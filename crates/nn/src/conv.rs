@@ -1,8 +1,8 @@
 //! `Conv2d`: 2-D convolution with PyTorch's weight layout [out, in, kh, kw] and initialisation.
 
+use crate::error::Result;
 use crate::init::{with_default_rng, Init, Rng};
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 use kiln_ops::conv::Conv2dSpec;
 

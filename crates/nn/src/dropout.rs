@@ -1,8 +1,8 @@
 //! `Dropout`, as PyTorch's `nn.Dropout`, with its mask drawn on the device.
 
+use crate::error::Result;
 use crate::init::with_default_rng;
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 use kiln_ops::dropout::DropoutRng;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ impl DropoutConfig {
     /// The module, in training mode.
     pub fn init(&self, dev: &Device) -> Result<Dropout> {
         if !(0.0..1.0).contains(&self.p) {
-            return Err(crate::NnError::Config(format!(
+            return Err(crate::error::NnError::Config(format!(
                 "dropout probability {} is outside [0, 1)",
                 self.p
             )));

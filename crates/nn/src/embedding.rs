@@ -1,8 +1,8 @@
 //! `Embedding`: a lookup table, as PyTorch's `nn.Embedding`.
 
+use crate::error::Result;
 use crate::init::{with_default_rng, Init, Rng};
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 
 /// An [`Embedding`]'s size and initialisation (PyTorch's default: N(0, 1)).

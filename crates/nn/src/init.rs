@@ -4,7 +4,7 @@
 //! [`manual_seed`] resets as `torch.manual_seed` does, or from one they are given
 //! (`LinearConfig::init_with`), so models built the same way from the same seed are identical.
 
-use crate::Result;
+use crate::error::Result;
 use kiln_graph::{Device, Tensor};
 pub use kiln_ops::random::Rng;
 use std::cell::RefCell;

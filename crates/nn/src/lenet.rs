@@ -2,12 +2,12 @@
 
 use crate::activation::Relu;
 use crate::conv::Conv2dConfig;
+use crate::error::Result;
 use crate::init::Rng;
 use crate::lambda::Flatten;
 use crate::linear::LinearConfig;
 use crate::pool::MaxPool2d;
 use crate::sequential::Sequential;
-use crate::Result;
 use kiln_graph::Device;
 use kiln_ops::pool::Pool2dSpec;
 

@@ -1,8 +1,8 @@
 //! `Linear`: y = x W^T + b with PyTorch's layout (W: [out, in]) and initialisation.
 
+use crate::error::Result;
 use crate::init::{with_default_rng, Init, Rng};
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 
 /// A [`Linear`] layer's shape and initialisation (PyTorch's defaults: a bias; weight and bias

@@ -3,13 +3,13 @@
 //! `kiln_train::lm`.
 
 use crate::embedding::{Embedding, EmbeddingConfig};
+use crate::error::{NnError, Result};
 use crate::init::Rng;
 use crate::linear::{Linear, LinearConfig};
 use crate::module::{indexed, indexed_mut, Module};
 use crate::norm::{LayerNorm, LayerNormConfig};
 use crate::rnn::{Recurrent, RecurrentConfig};
 use crate::transformer::{Activation, TransformerEncoderLayer, TransformerLayerConfig};
-use crate::{NnError, Result};
 use kiln_graph::{no_grad, Device, Tensor};
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! The `Module` trait every network piece implements, as PyTorch's `nn.Module`.
 
-use crate::Result;
+use crate::error::Result;
 use kiln_graph::Tensor;
 
 /// Parameter names under a prefix: `weight` becomes `prefix.weight`.

@@ -1,7 +1,7 @@
 //! `LayerNorm` over the last axis, as PyTorch's `nn.LayerNorm`.
 
+use crate::error::Result;
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 
 /// A [`LayerNorm`]'s width and epsilon (PyTorch's default eps: 1e-5; weight 1, bias 0).

@@ -9,9 +9,9 @@
 //! `fc1.weight_scale` (F32 `[out]`), `fc1.input_scale` (F32 `[1]`), `fc1.bias` (F32), marked by the
 //! metadata key `kiln.quantized`.
 
+use crate::error::{NnError, Result};
 use crate::serialize::{self, RawTensor, QUANTIZED_KEY};
 use crate::{Conv2d, Linear, Module, Sequential};
-use crate::{NnError, Result};
 use half::f16;
 use kiln_graph::{no_grad, Device, Tensor};
 use kiln_ops::conv::Conv2dSpec;

@@ -3,10 +3,10 @@
 //! Built from tested ops: the input projection of every step in one matmul, then per step a
 //! matmul with the hidden state and element-wise gates.
 
+use crate::error::{NnError, Result};
 use crate::init::{with_default_rng, Init, Rng};
 use crate::linear::{Linear, LinearConfig};
 use crate::module::Module;
-use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
 
 /// Which recurrence.
@@ -309,7 +309,7 @@ impl Module for LastStepClassifier {
         let out = self.rnn.forward(x)?;
         let (b, t, h) = (out.shape()[0], out.shape()[1], out.shape()[2]);
         if t == 0 {
-            return Err(crate::NnError::Invalid(
+            return Err(crate::error::NnError::Invalid(
                 "a sequence of length 0 has no last step to classify".into(),
             ));
         }

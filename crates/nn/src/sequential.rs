@@ -1,7 +1,7 @@
 //! `Sequential`: modules applied in order, as PyTorch's `nn.Sequential`.
 
+use crate::error::Result;
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::Tensor;
 
 /// Modules applied in order; parameters named by position (`0.weight`) or by the given names.

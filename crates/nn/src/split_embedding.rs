@@ -6,9 +6,9 @@
 //! multiplies by the table's transpose block by block for a tied output head. A table that fits
 //! is one block: the plain embedding, with PyTorch's `padding_idx` and a fast backward.
 
+use crate::error::{NnError, Result};
 use crate::init::{with_default_rng, Init, Rng};
 use crate::module::Module;
-use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
 use kiln_ops::lookup::Lookup;
 use kiln_ops::matmul::Matmul;

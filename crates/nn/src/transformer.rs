@@ -15,11 +15,11 @@
 //! the explicit path, where PyTorch gives NaN.)
 
 use crate::dropout::{Dropout, DropoutConfig};
+use crate::error::{NnError, Result};
 use crate::init::{with_default_rng, Init, Rng};
 use crate::linear::{Linear, LinearConfig};
 use crate::module::{indexed, indexed_mut, Module};
 use crate::norm::{LayerNorm, LayerNormConfig};
-use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
 use kiln_ops::attention::AttentionSpec;
 use kiln_ops::mask::{additive_mask, MASKED};

@@ -8,11 +8,11 @@
 //! [`BertModel::from_folder`] loads a `save_pretrained` folder and [`BertModel::save_folder`]
 //! writes one that `transformers` and sentence-transformers load.
 
+use crate::error::{NnError, Result};
 use crate::hf::config::{activation, BertConfig};
 use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
 use crate::hf::tokenizer::Batch;
 use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
-use crate::hf::{into_nn, HfError, Result};
 use crate::init::Rng;
 use crate::module::{indexed, indexed_mut, Module};
 use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
@@ -37,8 +37,8 @@ struct BertLayer {
 
 impl Module for BertLayer {
     /// A layer runs inside [`BertModel::forward`], which brings its mask; alone, an error.
-    fn forward(&self, _x: &Tensor) -> crate::Result<Tensor> {
-        Err(crate::NnError::Config(
+    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(NnError::Config(
             "a BERT layer runs inside BertModel::forward".into(),
         ))
     }
@@ -207,9 +207,9 @@ impl BertModel {
             if let (Source::Random { .. }, Some(p)) = (&*src, pad) {
                 v[p * h..(p + 1) * h].fill(0.0);
             }
-            Ok(SplitEmbeddingConfig::new(rows, h)
+            SplitEmbeddingConfig::new(rows, h)
                 .with_padding_idx(pad)
-                .from_rows(dev, &v)?)
+                .from_rows(dev, &v)
         };
         let word_embeddings = table(
             src,
@@ -308,7 +308,7 @@ impl BertModel {
     fn check(&self, batch: &Batch) -> Result<()> {
         let c = &self.config;
         if batch.seq_len > c.max_position_embeddings {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{} tokens per text, but config.json's max_position_embeddings is {}: truncate \
                  (Tokenizer::with_max_length)",
                 batch.seq_len, c.max_position_embeddings
@@ -320,7 +320,7 @@ impl BertModel {
             ("token_type_ids", &batch.token_type_ids, c.type_vocab_size),
         ] {
             if v.len() != n {
-                return Err(HfError::Input(format!(
+                return Err(NnError::Input(format!(
                     "{what} has {} values for [{}, {}]",
                     v.len(),
                     batch.batch_size,
@@ -328,7 +328,7 @@ impl BertModel {
                 )));
             }
             if let Some(bad) = v.iter().find(|&&i| i < 0 || i as usize >= max) {
-                return Err(HfError::Input(format!(
+                return Err(NnError::Input(format!(
                     "{what} holds {bad}, outside [0, {max})"
                 )));
             }
@@ -365,13 +365,13 @@ impl BertModel {
     ) -> Result<Tensor> {
         let c = &self.config;
         let &[b, t] = ids.shape() else {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "ids [batch, seq], got {:?}",
                 ids.shape()
             )));
         };
         if t > c.max_position_embeddings {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{t} positions, but config.json's max_position_embeddings is {}",
                 c.max_position_embeddings
             )));
@@ -426,7 +426,7 @@ impl BertModel {
     /// pooler.
     pub fn pooler_output(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
         let p = self.pooler.as_ref().ok_or_else(|| {
-            HfError::Input("this model's weights have no pooler (pooler.dense.*)".into())
+            NnError::Input("this model's weights have no pooler (pooler.dense.*)".into())
         })?;
         let first = last_hidden_state.slice(1, 0, 1)?;
         let b = first.shape()[0];
@@ -478,8 +478,8 @@ impl BertModel {
 
 impl Module for BertModel {
     /// `last_hidden_state` for i32 ids `[B, T]`, no padding, token types 0.
-    fn forward(&self, ids: &kiln_graph::Tensor) -> crate::Result<kiln_graph::Tensor> {
-        BertModel::forward(self, ids, None, None).map_err(into_nn)
+    fn forward(&self, ids: &kiln_graph::Tensor) -> Result<kiln_graph::Tensor> {
+        BertModel::forward(self, ids, None, None)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         let mut v: Vec<(String, &dyn Module)> = vec![
@@ -534,13 +534,13 @@ impl Module for BertModel {
 /// for h `[B, T, E]` and the batch's attention mask; `[B, E]`.
 pub fn mean_pooling(h: &Tensor, batch: &Batch) -> Result<Tensor> {
     let &[b, t, e] = h.shape() else {
-        return Err(HfError::Input(format!(
+        return Err(NnError::Input(format!(
             "hidden states [B, T, E], got {:?}",
             h.shape()
         )));
     };
     if b != batch.batch_size || t != batch.seq_len {
-        return Err(HfError::Input(format!(
+        return Err(NnError::Input(format!(
             "hidden states {:?} for a batch of [{}, {}]",
             h.shape(),
             batch.batch_size,

@@ -10,14 +10,14 @@
 //! temperature and top-k sampling from a seed; [`GenerationConfig::use_cache`] false recomputes
 //! the whole sequence each step instead (the reference the cache is checked against).
 
+use crate::error::{NnError, Result};
 use crate::hf::config::{activation, Gpt2Config};
 use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
 use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
-use crate::hf::{into_nn, HfError, Result};
 use crate::init::Rng;
 use crate::module::{indexed, indexed_mut, Module};
 use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
-use crate::{Dropout, LayerNorm, NnError, SplitEmbedding, SplitEmbeddingConfig};
+use crate::{Dropout, LayerNorm, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_graph::{checkpoint, is_grad_enabled, no_grad, Array, Device, OpError, Tensor};
 use kiln_ops::decode::{self, KvCache};
 use kiln_ops::matmul::Matmul;
@@ -57,8 +57,8 @@ impl Conv1D {
 }
 
 impl Module for Conv1D {
-    fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
-        Conv1D::forward(self, x).map_err(into_nn)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Conv1D::forward(self, x)
     }
     fn own_parameters(&self) -> Vec<(String, Tensor)> {
         vec![
@@ -129,7 +129,7 @@ impl Block {
     /// its keys and values into the cache in between).
     fn forward_qkv(&self, x: &Tensor, qkv: &Tensor) -> Result<Tensor> {
         let &[b, t, e] = x.shape() else {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "a block takes [batch, seq, n_embd], got {:?}",
                 x.shape()
             )));
@@ -169,8 +169,8 @@ impl Block {
 }
 
 impl Module for Block {
-    fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
-        Block::forward(self, x).map_err(into_nn)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Block::forward(self, x)
     }
     // Hugging Face's names; the dropouts last, in checkpoint order.
     fn children(&self) -> Vec<(String, &dyn Module)> {
@@ -203,9 +203,9 @@ impl Module for Block {
 
 /// A block's error as the op error a checkpoint's function returns (an op's own error passes
 /// through unchanged).
-fn op_error(e: HfError) -> OpError {
+fn op_error(e: NnError) -> OpError {
     match e {
-        HfError::Nn(NnError::Op(e)) => e,
+        NnError::Op(e) => e,
         other => OpError::Invalid {
             op: "gpt2 block",
             message: other.to_string(),
@@ -422,7 +422,7 @@ impl Gpt2LMHeadModel {
         let act = activation(path, "activation_function", &c.activation_function)?;
         let table = |src: &mut Source, name: &str, rows: usize| -> Result<SplitEmbedding> {
             let v = src.values(name, rows * e, Kind::Weight)?;
-            Ok(SplitEmbeddingConfig::new(rows, e).from_rows(dev, &v)?)
+            SplitEmbeddingConfig::new(rows, e).from_rows(dev, &v)
         };
         let wte = table(src, "transformer.wte.weight", c.vocab_size)?;
         let wpe = table(src, "transformer.wpe.weight", c.n_positions)?;
@@ -548,7 +548,7 @@ impl Gpt2LMHeadModel {
     fn check_ids(&self, ids: &[i32], what: &str) -> Result<()> {
         let v = self.config.vocab_size;
         match ids.iter().find(|&&i| i < 0 || i as usize >= v) {
-            Some(bad) => Err(HfError::Input(format!(
+            Some(bad) => Err(NnError::Input(format!(
                 "{what} holds token {bad}, outside the vocabulary [0, {v})"
             ))),
             None => Ok(()),
@@ -557,7 +557,7 @@ impl Gpt2LMHeadModel {
 
     fn check_len(&self, t: usize) -> Result<()> {
         if t > self.config.n_positions {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{t} positions, but config.json's n_positions is {}",
                 self.config.n_positions
             )));
@@ -575,7 +575,7 @@ impl Gpt2LMHeadModel {
     /// Hidden states, writing each layer's keys and values into `cache` when given.
     fn run(&self, ids: &Tensor, mut cache: Option<&mut Gpt2Cache>) -> Result<Tensor> {
         let &[_, t] = ids.shape() else {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "ids [batch, seq], got {:?}",
                 ids.shape()
             )));
@@ -600,7 +600,7 @@ impl Gpt2LMHeadModel {
                 blk.forward(&x)?
             };
         }
-        Ok(self.ln_f.forward(&x)?)
+        self.ln_f.forward(&x)
     }
 
     /// Logits `[B, T, vocab_size]` for i32 ids `[B, T]` (the head is the word embedding's
@@ -627,7 +627,7 @@ impl Gpt2LMHeadModel {
     ) -> Result<Tensor> {
         let t = input_ids.len() / batch.max(1);
         if batch == 0 || t < 2 || input_ids.len() != batch * t || labels.len() != input_ids.len() {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{} ids and {} labels for a batch of {batch}: need [batch, seq] with seq >= 2",
                 input_ids.len(),
                 labels.len()
@@ -639,7 +639,7 @@ impl Gpt2LMHeadModel {
             .iter()
             .find(|&&l| l != -100 && (l < 0 || l as usize >= v))
         {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "labels hold {bad}, outside [0, {v}) and not -100"
             )));
         }
@@ -653,7 +653,7 @@ impl Gpt2LMHeadModel {
             .collect();
         let counted = shifted.iter().filter(|&&l| l != -100).count();
         if counted == 0 {
-            return Err(HfError::Input(
+            return Err(NnError::Input(
                 "every label is -100: nothing to predict".into(),
             ));
         }
@@ -695,7 +695,7 @@ impl Gpt2LMHeadModel {
     /// storage binding.
     pub fn lm_loss_from(&self, inputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let &[b, t] = inputs.shape() else {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "inputs [batch, seq], got {:?}",
                 inputs.shape()
             )));
@@ -705,7 +705,7 @@ impl Gpt2LMHeadModel {
             || targets.dtype() != kiln_graph::DType::I32
             || targets.numel() != rows
         {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "inputs and targets as i32 [batch, seq]: got {:?} {} and {:?} {}",
                 inputs.shape(),
                 inputs.dtype(),
@@ -738,7 +738,7 @@ impl Gpt2LMHeadModel {
                     .array()
                     .buf
                     .window((at * 4) as u64, n)
-                    .ok_or_else(|| HfError::Input("targets: a window past the end".into()))?;
+                    .ok_or_else(|| NnError::Input("targets: a window past the end".into()))?;
                 let y = Array {
                     buf: window,
                     shape: vec![n],
@@ -771,7 +771,7 @@ impl Gpt2LMHeadModel {
     /// Runs `prompt` into an empty `cache` and returns the logits that follow it `[vocab]`.
     pub fn prefill(&self, cache: &mut Gpt2Cache, prompt: &[i32]) -> Result<Vec<f32>> {
         if !cache.is_empty() || prompt.is_empty() {
-            return Err(HfError::Input(
+            return Err(NnError::Input(
                 "prefill takes a non-empty prompt and an empty cache".into(),
             ));
         }
@@ -791,7 +791,7 @@ impl Gpt2LMHeadModel {
         self.check_ids(&[token], "the token")?;
         let pos = cache.len();
         if pos == 0 {
-            return Err(HfError::Input("decode_step after prefill".into()));
+            return Err(NnError::Input("decode_step after prefill".into()));
         }
         self.check_len(pos + 1)?;
         let c = &self.config;
@@ -824,12 +824,12 @@ impl Gpt2LMHeadModel {
     /// anything runs.
     pub fn generate(&self, prompt: &[i32], cfg: &GenerationConfig) -> Result<Vec<i32>> {
         if prompt.is_empty() {
-            return Err(HfError::Input("an empty prompt".into()));
+            return Err(NnError::Input("an empty prompt".into()));
         }
         self.check_ids(prompt, "the prompt")?;
         let n = self.config.n_positions;
         if prompt.len() + cfg.max_new_tokens > n {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{} prompt tokens + {} new ones exceed config.json's n_positions {n}",
                 prompt.len(),
                 cfg.max_new_tokens
@@ -837,7 +837,7 @@ impl Gpt2LMHeadModel {
         }
         if let Sampling::TopK { temperature, .. } = cfg.sampling {
             if !(temperature > 0.0 && temperature.is_finite()) {
-                return Err(HfError::Input(format!(
+                return Err(NnError::Input(format!(
                     "temperature {temperature} must be positive"
                 )));
             }
@@ -954,8 +954,8 @@ fn choose(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> i32 {
 
 impl Module for Gpt2LMHeadModel {
     /// Logits `[B, T, vocab_size]` for i32 ids `[B, T]`.
-    fn forward(&self, ids: &Tensor) -> crate::Result<Tensor> {
-        self.logits(ids).map_err(into_nn)
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(ids)
     }
     fn children(&self) -> Vec<(String, &dyn Module)> {
         let mut v: Vec<(String, &dyn Module)> = vec![
