@@ -21,14 +21,45 @@
 //!
 //! ## A training loop
 //!
+//! A model is a struct of modules: `forward` says how they compose, and `children` names them
+//! (PyTorch's `named_children`); parameter names (`fc1.weight`), `train()` / `eval()`, the
+//! dropout generators that checkpoints save, and `freeze()` all come from those names.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use kiln::device::Device;
 //! use kiln::graph::{StepPlan, Tensor};
-//! use kiln::nn::{lenet::lenet5, Module, Sgd};
+//! use kiln::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Module, NnError, Sgd};
+//!
+//! struct Mlp {
+//!     fc1: Linear,
+//!     drop: Dropout,
+//!     fc2: Linear,
+//! }
+//!
+//! impl Module for Mlp {
+//!     fn forward(&self, x: &Tensor) -> Result<Tensor, NnError> {
+//!         let h = self.fc1.forward(&x.flatten()?)?.relu()?;
+//!         self.fc2.forward(&self.drop.forward(&h)?)
+//!     }
+//!     fn children(&self) -> Vec<(String, &dyn Module)> {
+//!         vec![("fc1".into(), &self.fc1), ("drop".into(), &self.drop), ("fc2".into(), &self.fc2)]
+//!     }
+//!     fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+//!         vec![
+//!             ("fc1".into(), &mut self.fc1),
+//!             ("drop".into(), &mut self.drop),
+//!             ("fc2".into(), &mut self.fc2),
+//!         ]
+//!     }
+//! }
 //!
 //! let dev = Device::new()?;
-//! let model = lenet5(&dev, 0)?; // PyTorch names: conv1.weight [6, 1, 5, 5], ...
+//! let model = Mlp {
+//!     fc1: LinearConfig::new(784, 128).init(&dev)?, // fc1.weight [128, 784], fc1.bias [128]
+//!     drop: DropoutConfig::new(0.1).init(&dev)?,
+//!     fc2: LinearConfig::new(128, 10).init(&dev)?,
+//! }; // or a ready-made one: kiln::nn::lenet::lenet5(&dev, 0)?
 //! let mut opt = Sgd::new(0.05).momentum(0.9).init(&dev, model.parameters())?;
 //! let (images, labels) = (vec![0.0f32; 64 * 784], vec![0i32; 64]);
 //! let x = Tensor::from_f32(&dev, &images, &[64, 1, 28, 28])?;
@@ -39,12 +70,14 @@
 //!     let loss = model.forward(&x)?.cross_entropy(&y, None)?;
 //!     loss.backward()?;
 //!     opt.step()?;
-//!     Ok::<_, kiln::nn::NnError>(loss)
+//!     Ok::<_, NnError>(loss)
 //! })?;
-//! // ...then replayed on each new batch: write it into the same tensors, one submission.
+//! // ...then replayed on each new batch: write it into the same tensors, one submission
+//! // (a model with dropout calls model.advance_rng() first for a fresh mask).
 //! for _ in 0..10 {
 //!     x.copy_from_slice(&images)?;
 //!     y.copy_from_slice(&labels)?;
+//!     model.advance_rng()?;
 //!     opt.begin_step()?;
 //!     step.replay()?;
 //! }

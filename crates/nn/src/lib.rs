@@ -1,5 +1,12 @@
 //! kiln-nn: modules with PyTorch's parameter names and layouts, losses, optimizers, learning-rate
-//! schedules, data readers, safetensors files and Hugging Face models ([`hf`]). The loops that train them are in kiln-train.
+//! schedules, data readers, safetensors files and Hugging Face models ([`hf`]). The loops that
+//! train them are in kiln-train.
+//!
+//! Every module implements [`Module`]: a leaf ([`Linear`], [`LayerNorm`], [`Dropout`]...)
+//! declares its own tensors, a composite ([`Sequential`], the Transformer [`transformer::Stack`]
+//! and its layers, BERT, GPT-2) declares its children by name, and parameter names, train/eval,
+//! dropout generators and freezing follow from them. Every error is an [`NnError`]
+//! ([`error`]).
 
 pub mod activation;
 pub mod conv;
