@@ -8,18 +8,13 @@
 //! kernel over a limit, and on a shape no variant runs (except where a profile cannot run the
 //! family at all, which must be the typed error). Nothing is launched: planning is pure naga.
 
-mod shapes;
-
+use crate::common::dev;
+use crate::shapes::plan_all;
 use kiln_device::{AdapterProfile, DeviceError};
 use kiln_ops::kernels::{KernelSpec, Planned};
 use kiln_ops::matmul::{self, GemmCall};
 use kiln_ops::{Device, KernelPolicy, OpError};
-use shapes::plan_all;
 use std::collections::BTreeMap;
-
-fn dev() -> Device {
-    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
-}
 
 /// Every kernel of a plan within the profile's limits, and its largest binding too.
 fn check_plan(d: &Device, what: &str, plan: &Planned) {

@@ -12,19 +12,11 @@
 //! cooperative-matrix variants run where the adapter has them (Mesa 26's lavapipe:
 //! `scripts/lavapipe-coop.sh`; `KILN_REQUIRE_COOP=1` makes their absence an error).
 
+use crate::common::{arr, dev, Tally};
 use kiln_device::AdapterProfile;
 use kiln_ops::attention::{self, AttentionMasked, AttentionSpec, AttnCall, FlashKernel};
 use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
 use kiln_ops::{Array, DType, Device, DeviceError, KernelPolicy, OpError};
-use std::collections::BTreeMap;
-
-fn dev() -> Device {
-    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
-}
-
-fn arr(d: &Device, v: &[f32], s: &[usize]) -> Array {
-    Array::from_f32(d, v, s).unwrap()
-}
 
 /// This adapter's profile planned as a GPU (the GPU register budget), within its own limits.
 fn gpu_like(d: &Device) -> AdapterProfile {
@@ -59,43 +51,6 @@ struct Forced {
     dev: Device,
     f16: bool,
     cases: &'static [usize],
-}
-
-/// Cases checked and shapes refused, per forced variant.
-#[derive(Default)]
-struct Tally {
-    checked: BTreeMap<String, usize>,
-    refused: BTreeMap<String, Vec<String>>,
-}
-
-impl Tally {
-    /// Runs `case`; a typed refusal of the forced variant is counted, any other error fails.
-    fn run(&mut self, label: &str, what: &str, case: impl FnOnce() -> Result<(), OpError>) {
-        self.checked.entry(label.to_string()).or_default();
-        match case() {
-            Ok(()) => *self.checked.get_mut(label).unwrap() += 1,
-            Err(OpError::Device(DeviceError::VariantUnsupported { reason, .. })) => self
-                .refused
-                .entry(label.to_string())
-                .or_default()
-                .push(format!("{what}: {reason}")),
-            Err(e) => panic!("{label} {what}: {e}"),
-        }
-    }
-
-    /// Prints the tally; fails where a variant checked nothing.
-    fn finish(self) {
-        for (label, n) in &self.checked {
-            let refused = self.refused.get(label).map_or(0, Vec::len);
-            eprintln!("{label}: {n} cases checked, {refused} refused");
-            for r in self.refused.get(label).into_iter().flatten() {
-                eprintln!("    refused {r}");
-            }
-        }
-        for (label, n) in &self.checked {
-            assert!(*n > 0, "{label} checked no case");
-        }
-    }
 }
 
 /// The f32 variants: the subgroup and workgroup-memory exchanges on this adapter's profile and
@@ -309,21 +264,21 @@ fn check_case(f: &Forced, r: &mut Rng, c: Case) -> Result<(), OpError> {
 #[test]
 fn every_f32_variant_matches_the_cpu_and_finite_differences() {
     let d = dev();
-    let mut tally = Tally::default();
     let mut r = Rng::new(41);
     let mut covered = [0; CASES.len()];
     for f in f32_variants(&d) {
+        let mut tally = Tally::new(&f.label);
         for &n in f.cases {
             let c = CASES[n];
             covered[n] += 1;
-            tally.run(&f.label, &format!("{c:?}"), || check_case(&f, &mut r, c));
+            tally.case(&format!("{c:?}"), || check_case(&f, &mut r, c));
         }
+        tally.finish();
     }
     assert!(
         covered.iter().all(|&n| n >= 2),
         "cases per variant: {covered:?}"
     );
-    tally.finish();
 }
 
 #[test]
@@ -337,15 +292,15 @@ fn every_cooperative_variant_matches_the_cpu_and_finite_differences() {
         );
         return;
     }
-    let mut tally = Tally::default();
     let mut r = Rng::new(51);
     for f in variants {
+        let mut tally = Tally::new(&f.label);
         for &n in f.cases {
             let c = CASES[n];
-            tally.run(&f.label, &format!("{c:?}"), || check_case(&f, &mut r, c));
+            tally.case(&format!("{c:?}"), || check_case(&f, &mut r, c));
         }
+        tally.finish();
     }
-    tally.finish();
 }
 
 /// kiln's gradcheck through the op (graph level), with the CPU reference's differences, for
@@ -359,7 +314,6 @@ fn gradcheck_through_the_attention_op() {
     forced.extend(coop_variants(&d));
     let (b, h, tq, tk, dim) = (1, 2, 5, 6, 24);
     let mut r = Rng::new(7);
-    let mut tally = Tally::default();
     for f in forced {
         let dev = &f.dev;
         let f16 = f.f16;
@@ -426,7 +380,8 @@ fn gradcheck_through_the_attention_op() {
         };
         // f16: dO, P and dS rounded to f16 in the products (the forward's values within 2e-3).
         let (atol, rtol) = if f16 { (1e-2, 3e-2) } else { (1e-3, 1e-2) };
-        tally.run(&f.label, "gradcheck", || {
+        let mut tally = Tally::new(&f.label);
+        tally.case("gradcheck", || {
             GradCheck::new()
                 .atol(atol)
                 .rtol(rtol)
@@ -437,8 +392,8 @@ fn gradcheck_through_the_attention_op() {
                     e => panic!("{}: {e}", f.label),
                 })
         });
+        tally.finish();
     }
-    tally.finish();
 }
 
 /// The register budget shapes the tiles: planned for an H100, every f32 kernel holds at most

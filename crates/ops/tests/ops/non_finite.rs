@@ -2,14 +2,11 @@
 //! both the quad and the one-element kernels), and the device-side finite check matches its CPU
 //! reference.
 
+use crate::common::dev;
 use kiln_ops::elementwise::{unary, Unary};
 use kiln_ops::finite::{cpu, finite_check, CLEAR};
 use kiln_ops::pool::{max_pool2d, Pool2dSpec};
-use kiln_ops::{Array, Device};
-
-fn dev() -> Device {
-    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
-}
+use kiln_ops::Array;
 
 /// Bitwise class of a value: NaN, or the value itself.
 fn same(a: f32, b: f32) -> bool {

@@ -1,4 +1,4 @@
-//! The shapes of kiln's benchmarks and examples that the limit-profile test (`limits.rs`) plans
+//! The shapes of kiln's benchmarks and examples that the limit-profile test (`ops/limits.rs`) plans
 //! under every adapter profile; the standard-WGSL check (`tests/tint.rs`) plans them too, to
 //! compile each chosen kernel with the override constants its launcher would pass.
 

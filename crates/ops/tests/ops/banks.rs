@@ -1,6 +1,6 @@
 //! The bank audit: every GPU kernel's declared workgroup-memory accesses, counted over 32
 //! four-byte banks per 32-lane group (`kiln_ops::banks`), are at most 2-way. The table is printed
-//! (`cargo test --release -p kiln-ops --test banks -- --nocapture`). The declarations read their
+//! (`cargo test --release -p kiln-ops --test ops -- banks:: --nocapture`). The declarations read their
 //! strides and pads from the specialised shaders, so a changed pad shows up here; planning needs
 //! an adapter (lavapipe will do), no GPU.
 
