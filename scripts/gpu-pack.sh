@@ -36,7 +36,7 @@ cargo test --release --workspace --no-run --message-format=json 2>/dev/null | ex
 cargo bench --no-run --message-format=json 2>/dev/null | executables |
   while read -r kind name exe; do [ "$kind" = bench ] && cp "$exe" "$bin/bench-$name"; done
 cargo build --release --examples -q
-for e in device_info lenet_mnist char_transformer generate; do cp "target/release/examples/$e" "$bin/"; done
+for e in device_info lenet_mnist char_transformer generate gpt2_train; do cp "target/release/examples/$e" "$bin/"; done
 strip "$bin"/* 2>/dev/null || true
 # The binaries find data/ and test fixtures through the path they were built in.
 pwd >"$bin/SOURCE_DIR"

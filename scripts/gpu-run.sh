@@ -142,9 +142,14 @@ if want main; then
   run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/char_transformer" --preset gpu --steps 200
   # GPT-2 small's shape (random weights): generation with the key/value cache (gemv, split-KV).
   run_json "$t_bin" "$out/kiln.jsonl" "$out/bench.err" "$B/generate" --random-small --max-new-tokens 256 --greedy
+  # GPT-2 small as llm.c trains it: micro-batches of 16 x 1,024 accumulated to 0.5M tokens, 20
+  # steps (tokens/s and MFU per step; the BPE and shards are made first, in a minute or so).
+  run_json "${KILN_GPT2_TIMEOUT:-1800}" "$out/kiln.jsonl" "$out/bench.err" "$B/gpt2_train" \
+    --preset gpu --steps 20 --eval-every 20 --eval-batches 2 --sample-tokens 32 \
+    --shards "$out/gpt2-shards"
 fi
 if want pytorch; then
-  for s in matmul attention conv2d rows train_step; do
+  for s in matmul attention conv2d rows train_step gpt2_train; do
     (cd benches/pytorch && run_json "$t_bin" "$out/pytorch.jsonl" "$out/pytorch.err" python3 "$s.py")
   done
 fi

@@ -110,12 +110,19 @@ def generate(d):
     return s + " (the tiny test GPT-2)"
 
 
+def gpt2_train(d):
+    mem = d["memory_peak_bytes"] / 1e6
+    return (f"{d['parameters'] / 1e6:.1f}M parameters, {d['steps']} steps in {secs(d['train_seconds'])}: "
+            f"loss {d['first_loss']:.2f} -> {d['final_loss']:.2f}, held-out {d['val_loss']:.2f}; "
+            f"{d['tokens_per_second']:,.0f} tokens/s; memory high-water {mem:,.0f} MB")
+
+
 FORMAT = {
     "lenet_mnist": lenet_mnist, "mnist_mlp": mnist_mlp, "char_transformer": char_model,
     "char_lstm": char_model, "rnn_sequence": rnn_sequence, "linear_regression": linear_regression,
     "predict": predict, "finetune": finetune, "prune": prune, "distill": distill,
     "quantize": quantize, "custom_op": custom_op, "embed": embed,
-    "bert_finetune": bert_finetune, "generate": generate,
+    "bert_finetune": bert_finetune, "generate": generate, "gpt2_train": gpt2_train,
 }
 
 

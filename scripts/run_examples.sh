@@ -48,4 +48,5 @@ run custom_op
 run embed --bench 10
 run generate --compare
 run bert_finetune --out "$tmp/bert_finetune"
+run gpt2_train --preset small --shards "$tmp/gpt2-shards"
 exit $failed

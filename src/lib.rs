@@ -79,40 +79,52 @@
 //! A user op is a WGSL kernel (or any composition of kiln's ops) with a backward pass, given to
 //! autograd through [`ops::op::Op`] and run with [`graph::Tensor::apply`]; recorded steps replay
 //! it like any built-in op, and [`graph::gradcheck`] checks its backward against finite
-//! differences. `examples/custom_op.rs` writes swish in WGSL, checks it and trains with it.
+//! differences. kiln appends a prelude to user WGSL (`KILN_WG`, `kiln_index`), the launch
+//! helpers of [`ops::launch`] size the grid, and a parameter block declared with
+//! [`device::kernel_params!`] is checked against the WGSL struct before the first launch. An op
+//! declares its arity, may have several outputs ([`graph::Tensor::apply_multi`]) or a backward
+//! written with tensor ops ([`graph::Function`]), and [`nn::Lambda`] puts it in a `Sequential`.
+//! `examples/custom_op.rs` writes swish this way, checks it and trains with it.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use kiln::device::{Device, Params};
+//! use kiln::device::Device;
 //! use kiln::graph::{gradcheck, Tensor};
 //! use kiln::ops::op::{Ctx, Forward, Op};
-//! use kiln::ops::{Array, Result};
+//! use kiln::ops::{launch, Array, Result};
+//!
+//! kiln::device::kernel_params! { struct N { n: u32 } }
 //!
 //! const SRC: &str = "
-//! struct Params { n: u32 }
+//! struct N { n: u32 }
 //! @group(0) @binding(0) var<storage, read> x: array<f32>;
 //! @group(0) @binding(1) var<storage, read> dy: array<f32>;
 //! @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-//! @group(0) @binding(3) var<uniform> p: Params;
-//! @compute @workgroup_size(64)
-//! fn fwd(@builtin(global_invocation_id) g: vec3<u32>) {
-//!     if (g.x < p.n) { out[g.x] = max(x[g.x], 0.0) * max(x[g.x], 0.0); }
+//! @group(0) @binding(3) var<uniform> p: N;
+//! @compute @workgroup_size(KILN_WG)
+//! fn fwd(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+//!        @builtin(local_invocation_index) l: u32) {
+//!     let i = kiln_index(w, n, l);
+//!     if (i < p.n) { out[i] = max(x[i], 0.0) * max(x[i], 0.0); }
 //! }
-//! @compute @workgroup_size(64)
-//! fn bwd(@builtin(global_invocation_id) g: vec3<u32>) {
-//!     if (g.x < p.n) { out[g.x] = dy[g.x] * 2.0 * max(x[g.x], 0.0); }
+//! @compute @workgroup_size(KILN_WG)
+//! fn bwd(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>,
+//!        @builtin(local_invocation_index) l: u32) {
+//!     let i = kiln_index(w, n, l);
+//!     if (i < p.n) { out[i] = dy[i] * 2.0 * max(x[i], 0.0); }
 //! }";
 //!
 //! /// Squared ReLU: max(x, 0)^2.
 //! #[derive(Clone, Copy)]
 //! struct ReluSquared;
 //!
-//! fn run(dev: &Device, entry: &str, bufs: &[&Array], n: usize) -> Result<Array> {
-//!     let out = Array::empty(dev, &bufs[0].shape)?;
+//! fn run(dev: &Device, entry: &str, bufs: &[&Array]) -> Result<Array> {
+//!     let out = Array::empty_like(dev, bufs[0])?;
 //!     let k = dev.kernel_from_source("relu_squared", SRC, entry, &[])?;
 //!     let mut b: Vec<_> = bufs.iter().map(|a| &a.buf).collect();
 //!     b.push(&out.buf);
-//!     dev.launch(&k, &b, &Params::new().u(n as u32), [n.div_ceil(64) as u32, 1, 1])?;
+//!     let n = out.numel();
+//!     launch::elementwise(dev, &k, &b, &N { n: n as u32 }, n)?;
 //!     Ok(out)
 //! }
 //!
@@ -120,11 +132,14 @@
 //!     fn name(&self) -> &str {
 //!         "relu_squared"
 //!     }
-//!     fn forward(&self, dev: &Device, inputs: &[&Array]) -> Result<Forward> {
-//!         Ok(run(dev, "fwd", &[inputs[0]], inputs[0].numel())?.into())
+//!     fn arity(&self) -> Option<usize> {
+//!         Some(1)
+//!     }
+//!     fn forward(&self, dev: &Device, x: &[&Array]) -> Result<Forward> {
+//!         Ok(run(dev, "fwd", x)?.into())
 //!     }
 //!     fn backward(&self, dev: &Device, ctx: &Ctx, dy: &Array) -> Result<Vec<Option<Array>>> {
-//!         Ok(vec![Some(run(dev, "bwd", &[ctx.inputs[0], dy], dy.numel())?)])
+//!         Ok(vec![Some(run(dev, "bwd", &[ctx.inputs[0], dy])?)])
 //!     }
 //! }
 //!

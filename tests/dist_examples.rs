@@ -103,8 +103,67 @@ fn char_transformer_trains_the_same_in_two_processes() {
 }
 
 #[test]
+fn gpt2_train_accumulates_the_same_in_two_processes() {
+    // Four windows a step as two micro-batches: of two windows in one process, of one window in
+    // each of two (the loader deals both the same windows in the same groups).
+    let shards = std::env::temp_dir().join(format!("kiln-dist-gpt2-{}", std::process::id()));
+    let shards = shards.display().to_string();
+    let args = |batch: &'static str| -> Vec<String> {
+        [
+            "--preset",
+            "small",
+            "--n-layer",
+            "1",
+            "--n-head",
+            "2",
+            "--n-embd",
+            "32",
+            "--context",
+            "16",
+            "--vocab-size",
+            "300",
+            "--total-batch-tokens",
+            "64",
+            "--steps",
+            "3",
+            "--eval-every",
+            "3",
+            "--eval-batches",
+            "1",
+            "--sample-tokens",
+            "0",
+            "--dropout",
+            "0",
+            "--batch-size",
+            batch,
+            "--shards",
+            &shards,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    fn as_str(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let (_, one, _) = run(alone("gpt2_train", &as_str(&args("2"))));
+    let (_, two, _) = run(mpirun(2, "gpt2_train", &as_str(&args("1"))));
+    let (one, two) = (json_line(&one), json_line(&two));
+    assert_eq!(
+        (field(&one, "micro_batches"), field(&two, "micro_batches")),
+        (2.0, 2.0)
+    );
+    assert_eq!(field(&two, "processes"), 2.0);
+    for key in ["first_loss", "final_loss", "val_loss"] {
+        let (a, b) = (field(&one, key), field(&two, key));
+        assert!((a - b).abs() <= 1e-3, "{key}: {a} vs {b}\n{one}\n{two}");
+    }
+    std::fs::remove_dir_all(&shards).ok();
+}
+
+#[test]
 fn distributed_without_mpirun_is_an_error_naming_mpirun() {
-    for name in ["lenet_mnist", "char_transformer"] {
+    for name in ["lenet_mnist", "char_transformer", "gpt2_train"] {
         let _one = JOBS.lock().unwrap_or_else(|e| e.into_inner());
         let out = alone(name, &["--distributed"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -424,4 +424,141 @@ mod bad_inputs {
         );
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    /// gpt2_train: bad shapes and batches refused with the flag named; a tiny run through the
+    /// example (its own BPE, shards, two micro-batches, dropout, checkpointed blocks) stopped
+    /// after step 2 and resumed ends with the same parameters and optimizer state, bit for bit,
+    /// as the run that was not stopped.
+    #[test]
+    fn gpt2_train_refuses_bad_shapes_and_resumes_bit_for_bit() {
+        for (args, flag) in [
+            (&["--steps", "0"][..], "--steps"),
+            (&["--dropout", "1"], "--dropout"),
+            (&["--batch-size", "0"], "--batch-size"),
+            (&["--lr", "NaN"], "--lr"),
+        ] {
+            let o = refused("gpt2_train", args, flag);
+            assert_eq!(o.code, Some(2), "{args:?}: clap's usage error");
+        }
+        let dir = tmpdir("gpt2");
+        let shards = dir.join("shards").display().to_string();
+        let tiny = [
+            "--preset",
+            "small",
+            "--n-layer",
+            "1",
+            "--n-head",
+            "2",
+            "--n-embd",
+            "32",
+            "--context",
+            "16",
+            "--vocab-size",
+            "300",
+            "--batch-size",
+            "2",
+            "--total-batch-tokens",
+            "64",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-batches",
+            "1",
+            "--sample-tokens",
+            "4",
+            "--dropout",
+            "0.1",
+            "--checkpoint-activations",
+            "--shards",
+            &shards,
+        ];
+        // The tiny run's flags, with `extra` flags' values replacing the same flags' or added.
+        let with = |extra: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = tiny.iter().map(|s| s.to_string()).collect();
+            let mut i = 0;
+            while i < extra.len() {
+                let flag = extra[i];
+                let value = extra.get(i + 1).filter(|x| !x.starts_with("--"));
+                match (v.iter().position(|x| x == flag), value) {
+                    (Some(at), Some(val)) => v[at + 1] = val.to_string(),
+                    (_, val) => {
+                        v.push(flag.to_string());
+                        v.extend(val.map(|x| x.to_string()));
+                    }
+                }
+                i += 1 + usize::from(value.is_some());
+            }
+            v
+        };
+        fn args(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        refused(
+            "gpt2_train",
+            &args(&with(&["--n-head", "3"])),
+            "--n-head 3 does not divide --n-embd 32",
+        );
+        refused(
+            "gpt2_train",
+            &args(&with(&["--total-batch-tokens", "48"])),
+            "--total-batch-tokens 48 is not a multiple of batch size 2 x context 16",
+        );
+        let p = |n: &str| dir.join(n).display().to_string();
+        let (a, b, c) = (p("a.safetensors"), p("b.safetensors"), p("c.safetensors"));
+        let whole = ok("gpt2_train", &args(&with(&["--save", &a])));
+        assert_eq!(whole["micro_batches"], 2, "{whole}");
+        assert_eq!(
+            (whole["vocab"].as_u64(), whole["padded_vocab"].as_u64()),
+            (Some(300), Some(384))
+        );
+        assert!(
+            whole["mfu"].is_null() || whole["mfu"].is_number(),
+            "{whole}"
+        );
+        for key in [
+            "first_loss",
+            "final_loss",
+            "val_loss",
+            "tokens_per_second",
+            "bytes_per_parameter",
+        ] {
+            assert!(
+                whole[key].as_f64().is_some_and(|v| v > 0.0),
+                "{key}: {whole}"
+            );
+        }
+        assert!(
+            whole["memory_peak_bytes"].as_u64().is_some_and(|v| v > 0),
+            "{whole}"
+        );
+        ok(
+            "gpt2_train",
+            &args(&with(&["--save", &b, "--stop-at", "2"])),
+        );
+        ok("gpt2_train", &args(&with(&["--resume", &b, "--save", &c])));
+        let tensors = |f: &str| {
+            let file = kiln::nn::serialize::TensorFile::open(std::path::Path::new(f)).unwrap();
+            let mut v: Vec<(String, Vec<u8>)> = file
+                .raw_tensors()
+                .unwrap()
+                .into_iter()
+                .map(|(name, _, _, data)| (name, data))
+                .collect();
+            v.sort();
+            v
+        };
+        let (want, got) = (tensors(&a), tensors(&c));
+        assert_eq!(want.len(), got.len());
+        for ((n, x), (_, y)) in want.iter().zip(&got) {
+            assert!(x == y, "{n} differs after the resume");
+        }
+        // Another shape on --resume is refused, naming it.
+        refused(
+            "gpt2_train",
+            &args(&with(&["--resume", &b, "--n-embd", "64"])),
+            "n_embd: 32 in the checkpoint, 64 now",
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -1,127 +1,16 @@
-//! Adapter choice: the adapter's features, limits and summary, and the [`Device`] made on it.
+//! Adapter choice: finding the adapters, requesting a device with every feature kiln can use,
+//! and the [`Device`] made on it.
 
-use crate::buffer::Pool;
-use crate::capture::Capture;
-use crate::pipeline::{CachedModule, Kernel, PipelineKey};
-use crate::policy::{AdapterProfile, Footprint, KernelPolicy};
-use crate::submit::{Counters, Pending};
-use crate::{timing, DeviceError, PoolStats, Result};
-use std::collections::HashMap;
+use crate::buffer::{Pool, PoolStats};
+use crate::device::{Device, Inner};
+use crate::dispatch::Counters;
+use crate::error::{DeviceError, Result};
+use crate::info::{f16_f32_square_sizes, summarize, type_rank, AdapterSummary, Capabilities};
+use crate::policy::{AdapterProfile, KernelPolicy};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Optional adapter features kiln knows how to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Capabilities {
-    /// `enable f16;` in shaders.
-    pub f16: bool,
-    /// Subgroup operations.
-    pub subgroups: bool,
-    /// Cooperative matrices (experimental in wgpu).
-    pub cooperative_matrix: bool,
-    /// Timestamp queries at compute-pass boundaries.
-    pub timestamps: bool,
-    /// A driver pipeline cache that can be saved to disk.
-    pub pipeline_cache: bool,
-}
-
-/// What was chosen, for printing and for decisions (e.g. fixed tile sizes on software adapters).
-#[derive(Clone, Debug)]
-pub struct AdapterSummary {
-    /// The adapter's name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".
-    pub name: String,
-    /// "Vulkan", "Metal", "Dx12"...
-    pub backend: String,
-    /// "DiscreteGpu", "IntegratedGpu", "Cpu"...
-    pub device_type: String,
-    /// Driver name and version.
-    pub driver: String,
-    /// True for a software rasteriser (lavapipe, WARP...).
-    pub is_software: bool,
-    /// The smallest subgroup the driver may run a compute shader with (0 where unknown).
-    pub subgroup_min_size: u32,
-    /// The largest subgroup the driver may run a compute shader with (0 where unknown).
-    pub subgroup_max_size: u32,
-    /// Mesa's (major, minor) release where the driver is Mesa's (lavapipe, RADV, ANV...).
-    pub mesa_version: Option<(u32, u32)>,
-}
-
-/// The square sizes among cooperative-matrix configurations with f16 inputs and f32 accumulators,
-/// largest first.
-fn f16_f32_square_sizes(props: &[wgpu::CooperativeMatrixProperties]) -> Vec<u32> {
-    use wgpu::CooperativeScalarType as T;
-    let mut sizes: Vec<u32> = props
-        .iter()
-        .filter(|p| p.m_size == p.n_size && p.n_size == p.k_size)
-        .filter(|p| p.ab_type == T::F16 && p.cr_type == T::F32)
-        .map(|p| p.m_size)
-        .collect();
-    sizes.sort_unstable_by(|a, b| b.cmp(a));
-    sizes.dedup();
-    sizes
-}
-
-/// Mesa's (major, minor) release from a driver description such as
-/// "llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)".
-pub fn parse_mesa_version(driver: &str) -> Option<(u32, u32)> {
-    let rest = &driver[driver.find("Mesa ")? + 5..];
-    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-/// Override constants as a launcher passed them, owned.
-pub(crate) type OwnedConstants = Vec<(String, f64)>;
-
-/// Everything one wgpu device shares across [`Device`] handles.
-pub(crate) struct Inner {
-    pub(crate) adapter: wgpu::Adapter,
-    pub(crate) device: wgpu::Device,
-    pub(crate) queue: wgpu::Queue,
-    pub(crate) summary: AdapterSummary,
-    /// The real adapter's features, limits and subgroup and cooperative-matrix sizes.
-    pub(crate) profile: AdapterProfile,
-    pub(crate) pool: Arc<Pool>,
-    /// Shader modules by name, with a hash of the source each was compiled from.
-    pub(crate) modules: Mutex<HashMap<String, CachedModule>>,
-    pub(crate) pipelines: Mutex<HashMap<PipelineKey, Arc<Kernel>>>,
-    /// Footprints of registered entry points by (shader, entry, constants), with the constants.
-    pub(crate) footprints: Mutex<HashMap<PipelineKey, (Footprint, OwnedConstants)>>,
-    pub(crate) pipeline_cache: Option<wgpu::PipelineCache>,
-    pub(crate) pending: Mutex<Pending>,
-    /// Recordings in progress, one per thread: a thread's dispatches go to its own recording.
-    pub(crate) captures: Mutex<HashMap<std::thread::ThreadId, Capture>>,
-    pub(crate) fault: Arc<Mutex<Option<DeviceError>>>,
-    pub(crate) submissions: AtomicU64,
-    pub(crate) dispatches: AtomicU64,
-    pub(crate) pipeline_hits: AtomicU64,
-    pub(crate) pipeline_misses: AtomicU64,
-    pub(crate) timestamp_period: f32,
-    /// Per-dispatch timestamps of the submissions made while [`Device::profile`] runs.
-    pub(crate) profiling: Mutex<Option<Vec<timing::ProfileChunk>>>,
-    /// (kernel label, parameter type) pairs whose layouts `launch_with` has checked.
-    pub(crate) params_checked: Mutex<std::collections::HashSet<(String, std::any::TypeId)>>,
-}
-
-/// A GPU device and everything kiln keeps per device. Cheap to clone (shared handle); each
-/// handle carries its own [`KernelPolicy`] (see [`Device::with_policy`]).
-#[derive(Clone)]
-pub struct Device {
-    pub(crate) inner: Arc<Inner>,
-    pub(crate) policy: Arc<KernelPolicy>,
-}
-
 static SHARED: OnceLock<std::result::Result<Device, DeviceError>> = OnceLock::new();
-
-fn type_rank(t: wgpu::DeviceType) -> u32 {
-    match t {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Other => 3,
-        wgpu::DeviceType::Cpu => 4,
-    }
-}
 
 /// Every adapter of every enabled backend, sorted by [`type_rank`] (a stable sort: the system's
 /// order within a kind).
@@ -150,22 +39,6 @@ fn adapter_names(adapters: &[wgpu::Adapter]) -> Vec<String> {
             format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
         })
         .collect()
-}
-
-fn summarize(info: &wgpu::AdapterInfo) -> AdapterSummary {
-    let driver = format!("{} {}", info.driver, info.driver_info)
-        .trim()
-        .to_string();
-    AdapterSummary {
-        is_software: info.device_type == wgpu::DeviceType::Cpu,
-        name: info.name.clone(),
-        backend: format!("{:?}", info.backend),
-        device_type: format!("{:?}", info.device_type),
-        mesa_version: parse_mesa_version(&driver),
-        driver,
-        subgroup_min_size: info.subgroup_min_size,
-        subgroup_max_size: info.subgroup_max_size,
-    }
 }
 
 impl Device {

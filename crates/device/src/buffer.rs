@@ -1,6 +1,5 @@
 //! Storage buffers, their element types, and the pool that recycles them by size class.
 
-use crate::{Device, DeviceError, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -105,12 +104,35 @@ pub struct PoolStats {
     pub reuses: u64,
 }
 
+/// The device memory the pool accounts for, as `torch.cuda.memory_allocated`,
+/// `max_memory_allocated` and `memory_reserved` report it (see [`Device::memory_stats`]). Every
+/// buffer kiln creates goes through the pool (storage, uniform and staging), so these are the
+/// bytes kiln holds on the device; the driver's own allocations (pipelines, command buffers) are
+/// not counted. Sizes are the pool's size classes, which round each request up by at most a
+/// quarter (more for small buffers on software adapters; see `Device::alloc`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes held by live buffers (tensors, optimizer state, recorded plans' buffers).
+    pub live_bytes: u64,
+    /// The most `live_bytes` has been since the device was created or
+    /// [`Device::reset_peak_memory_stats`] was last called.
+    pub peak_live_bytes: u64,
+    /// Bytes of every buffer the pool holds from the driver: live plus free for reuse.
+    pub pool_bytes: u64,
+    /// The most `pool_bytes` has been since creation or the last reset: the device memory
+    /// high-water mark.
+    pub peak_pool_bytes: u64,
+}
+
 type FreeLists = HashMap<(Usage, u64), Vec<Raw>>;
 
 #[derive(Default)]
 struct PoolState {
     free: FreeLists,
     stats: PoolStats,
+    /// High-water marks of `stats.bytes_in_use` and `stats.bytes_allocated`.
+    peak_in_use: u64,
+    peak_allocated: u64,
     /// Recordings in progress, by thread: buffers their thread frees go to a private free list
     /// (reused only by the same recording, then owned by its plan), so a buffer a plan writes can
     /// never be handed to anyone else.
@@ -135,6 +157,7 @@ impl Pool {
         let mut guard = self.state.lock().unwrap();
         let st = &mut *guard;
         st.stats.bytes_in_use += class;
+        st.peak_in_use = st.peak_in_use.max(st.stats.bytes_in_use);
         let me = std::thread::current().id();
         let private = st
             .captures
@@ -146,6 +169,7 @@ impl Pool {
             return raw;
         }
         st.stats.bytes_allocated += class;
+        st.peak_allocated = st.peak_allocated.max(st.stats.bytes_allocated);
         st.stats.buffers_created += 1;
         drop(guard);
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
@@ -182,6 +206,23 @@ impl Pool {
         self.state.lock().unwrap().stats
     }
 
+    pub(crate) fn memory_stats(&self) -> MemoryStats {
+        let st = self.state.lock().unwrap();
+        MemoryStats {
+            live_bytes: st.stats.bytes_in_use,
+            peak_live_bytes: st.peak_in_use,
+            pool_bytes: st.stats.bytes_allocated,
+            peak_pool_bytes: st.peak_allocated,
+        }
+    }
+
+    /// Starts both high-water marks again from the current values.
+    pub(crate) fn reset_peaks(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.peak_in_use = st.stats.bytes_in_use;
+        st.peak_allocated = st.stats.bytes_allocated;
+    }
+
     /// Drops every free buffer, returning the memory to the driver.
     pub(crate) fn trim(&self) {
         let mut st = self.state.lock().unwrap();
@@ -213,6 +254,7 @@ impl Pool {
             .unwrap_or_default();
         let held: Vec<Raw> = lists.into_values().flatten().collect();
         st.stats.bytes_in_use += held.iter().map(|r| r.buffer.size()).sum::<u64>();
+        st.peak_in_use = st.peak_in_use.max(st.stats.bytes_in_use);
         held
     }
 
@@ -326,6 +368,12 @@ impl Buffer {
         })
     }
 
+    /// True when this handle is the only one to its memory (no clone, view or window of it
+    /// lives): what it holds may then be overwritten in place without anyone else seeing it.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// Bytes the allocation holds: at least [`Buffer::bytes`], rounded up to its pool size class.
     pub fn capacity(&self) -> u64 {
         self.inner.class
@@ -407,53 +455,4 @@ pub const WINDOW_BYTES: u64 = 65536;
 
 /// On software adapters, storage buffers of at least this many bytes are allocated with
 /// [`WINDOW_BYTES`] or more (see `Device::take`).
-const WINDOW_MIN_BYTES: u64 = 2048;
-
-impl Device {
-    pub(crate) fn take(&self, usage: Usage, bytes: u64) -> Result<Raw> {
-        let l = &self.inner.profile.limits;
-        let max_binding = l.max_storage_buffer_binding_size;
-        if bytes > l.max_buffer_size || (usage == Usage::Storage && bytes > max_binding) {
-            return Err(DeviceError::BufferTooLarge {
-                requested: bytes,
-                max_buffer_size: l.max_buffer_size,
-                max_binding_size: max_binding,
-            });
-        }
-        let cap = l.max_buffer_size.min(max_binding) & !3;
-        let mut class = size_class(bytes);
-        // Software adapters' kernels read operands through 64 KiB uniform windows, and a window
-        // binding needs 64 KiB behind it: a medium storage buffer gets that much, so that it is
-        // bound in place instead of copied into a full-size buffer on every read.
-        if usage == Usage::Storage
-            && self.inner.summary.is_software
-            && bytes >= WINDOW_MIN_BYTES
-            && l.max_uniform_buffer_binding_size >= WINDOW_BYTES
-        {
-            class = class.max(WINDOW_BYTES);
-        }
-        let class = class.min(cap.max(bytes.next_multiple_of(4)));
-        Ok(self.inner.pool.take(&self.inner.device, usage, class))
-    }
-
-    /// A storage buffer for `len` elements of `dtype`, contents unspecified (a recycled buffer
-    /// keeps old data; kernels that accumulate must clear it first).
-    pub fn alloc(&self, len: usize, dtype: DType) -> Result<Buffer> {
-        let bytes = (len.max(1) * dtype.size()) as u64;
-        let raw = self.take(Usage::Storage, bytes)?;
-        Ok(Buffer::new(
-            &self.inner.pool,
-            raw,
-            Usage::Storage,
-            len,
-            dtype,
-        ))
-    }
-
-    /// A new storage buffer holding `data`.
-    pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer> {
-        let buf = self.alloc(data.len(), T::DTYPE)?;
-        self.write(&buf, data)?;
-        Ok(buf)
-    }
-}
+pub(crate) const WINDOW_MIN_BYTES: u64 = 2048;

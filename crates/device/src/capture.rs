@@ -2,15 +2,10 @@
 //! and again, with the buffers they touch kept out of the pool while the plan lives.
 
 use crate::buffer::{self, Pool, Raw};
-use crate::submit::Dispatch;
-use crate::{Device, DeviceError, Result};
+use crate::device::Device;
+use crate::dispatch::{Capture, Dispatch};
+use crate::error::{DeviceError, Result};
 use std::sync::Arc;
-
-pub(crate) struct Capture {
-    pub(crate) dispatches: Vec<Arc<Dispatch>>,
-    /// Every buffer bound while recording; those still alive at the end are kept by the plan.
-    pub(crate) touched: Vec<std::sync::Weak<buffer::BufferInner>>,
-}
 
 /// A recorded list of dispatches that can be submitted again and again.
 ///

@@ -46,6 +46,47 @@ fn pool_reuses_a_freed_buffer() {
 }
 
 #[test]
+fn memory_stats_track_live_bytes_the_pool_and_their_peaks() {
+    // A device of its own: the shared one's pool is busy with the other tests.
+    let d = Device::new().unwrap();
+    let base = d.memory_stats();
+    let n = 300_000; // 1.2 MB: a size class of 1,310,720 bytes
+    let class = 1_310_720u64;
+    let a = d.alloc(n, DType::F32).unwrap();
+    let b = d.alloc(n, DType::F32).unwrap();
+    assert_eq!(a.capacity(), class);
+    let two = d.memory_stats();
+    assert_eq!(two.live_bytes, base.live_bytes + 2 * class);
+    assert_eq!(two.pool_bytes, base.pool_bytes + 2 * class);
+    assert_eq!(two.peak_live_bytes, two.live_bytes);
+    assert_eq!(two.peak_pool_bytes, two.pool_bytes);
+    drop(a);
+    let one = d.memory_stats();
+    // Freed: no longer live, still in the pool; the peaks stay.
+    assert_eq!(one.live_bytes, base.live_bytes + class);
+    assert_eq!(one.pool_bytes, two.pool_bytes);
+    assert_eq!(one.peak_live_bytes, two.peak_live_bytes);
+    d.reset_peak_memory_stats();
+    let reset = d.memory_stats();
+    assert_eq!(reset.peak_live_bytes, one.live_bytes);
+    assert_eq!(reset.peak_pool_bytes, one.pool_bytes);
+    // Reused from the free list: live grows back, the pool does not.
+    let c = d.alloc(n, DType::F32).unwrap();
+    let again = d.memory_stats();
+    assert_eq!(again.peak_live_bytes, two.live_bytes);
+    assert_eq!(again.pool_bytes, two.pool_bytes);
+    drop((b, c));
+    d.trim_pool();
+    let trimmed = d.memory_stats();
+    assert_eq!(trimmed.live_bytes, base.live_bytes);
+    assert_eq!(
+        trimmed.pool_bytes, trimmed.live_bytes,
+        "trim returns every free buffer"
+    );
+    assert_eq!(trimmed.peak_pool_bytes, two.pool_bytes);
+}
+
+#[test]
 fn pipeline_cache_hits_on_second_request() {
     let d = dev();
     let k1 = d.kernel("fill", "fill", &[]).unwrap();

@@ -7,6 +7,7 @@
 //! replays it with one submission per step. [`gradcheck`] checks an op's or a model's gradients
 //! against finite differences.
 
+mod checkpoint;
 mod function;
 pub mod gradcheck;
 mod methods;
@@ -15,10 +16,13 @@ mod plan;
 mod recurrence;
 mod tensor;
 
+pub use checkpoint::checkpoint;
 pub use function::{Function, FunctionCtx};
 pub use gradcheck::{gradcheck, GradCheck, GradCheckError};
 pub use kiln_ops::{Array, DType, Device, OpError};
-pub use mode::{autocast_f16, autocast_f16_when, is_autocast_f16, is_grad_enabled, no_grad};
+pub use mode::{
+    autocast_f16, autocast_f16_when, enable_grad, is_autocast_f16, is_grad_enabled, no_grad,
+};
 pub use plan::StepPlan;
 pub use recurrence::Recurrence;
 pub use tensor::Tensor;

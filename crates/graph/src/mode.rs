@@ -52,6 +52,12 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     with_mode(&GRAD_ENABLED, false, f)
 }
 
+/// Runs `f` recording gradients even inside [`no_grad`], as `torch.enable_grad()` (activation
+/// checkpointing recomputes a forward pass this way during backward).
+pub fn enable_grad<T>(f: impl FnOnce() -> T) -> T {
+    with_mode(&GRAD_ENABLED, true, f)
+}
+
 /// Whether ops record gradients on this thread.
 pub fn is_grad_enabled() -> bool {
     GRAD_ENABLED.with(|g| g.get())

@@ -231,6 +231,22 @@ impl Tensor {
     pub fn grad(&self) -> Option<Array> {
         self.0.grad.lock().unwrap().clone()
     }
+    /// Replaces the gradient, as assigning PyTorch's `tensor.grad`: `Some` must have this
+    /// tensor's shape and be f32; the next backward pass adds into it. Gradient accumulation over
+    /// recorded steps keeps each parameter's gradient in one buffer this way.
+    pub fn set_grad(&self, grad: Option<Array>) -> Result<()> {
+        if let Some(g) = &grad {
+            if g.shape != self.shape() || g.dtype() != DType::F32 {
+                return Err(OpError::Shape {
+                    op: "set_grad",
+                    expected: format!("an f32 gradient of {:?}", self.shape()),
+                    got: format!("{:?} {}", g.shape, g.dtype()),
+                });
+            }
+        }
+        *self.0.grad.lock().unwrap() = grad;
+        Ok(())
+    }
     /// Clears the gradient (as `zero_grad(set_to_none=True)`).
     pub fn zero_grad(&self) {
         *self.0.grad.lock().unwrap() = None;
@@ -344,6 +360,23 @@ impl Tensor {
                 got: format!("{:?}", self.shape()),
             });
         }
+        self.backward_from(Array::full(&self.0.dev, self.shape(), 1.0)?, on_leaf)
+    }
+
+    /// Back-propagates `seed`, the gradient of this tensor (its shape, f32), as PyTorch's
+    /// `tensor.backward(gradient)`; `on_leaf` as in [`Tensor::backward_with`].
+    pub fn backward_from(
+        &self,
+        seed: Array,
+        on_leaf: &mut dyn FnMut(&Tensor) -> Result<()>,
+    ) -> Result<()> {
+        if seed.shape != self.shape() || seed.dtype() != DType::F32 {
+            return Err(OpError::Shape {
+                op: "backward",
+                expected: format!("an f32 gradient of {:?}", self.shape()),
+                got: format!("{:?} {}", seed.shape, seed.dtype()),
+            });
+        }
         let dev = &self.0.dev;
         // Reverse topological order by depth-first search (iterative: deep graphs, e.g. RNNs).
         let mut order = Vec::new();
@@ -381,7 +414,7 @@ impl Tensor {
         // Nodes whose gradient so far is a buffer this pass allocated and nothing else holds
         // (a sum it made), which slices may add into in place.
         let mut owned: HashSet<u64> = HashSet::new();
-        grads.insert(self.0.id, Array::full(dev, self.shape(), 1.0)?);
+        grads.insert(self.0.id, seed);
         for t in order.iter().rev() {
             if let Some(g) = grads.remove(&t.0.id) {
                 match &t.0.backward {
@@ -448,6 +481,18 @@ impl Tensor {
                         }
                         let id = inp.0.id;
                         let acc = match grads.remove(&id) {
+                            // Nothing else holds the sum so far: add into it (a tensor read by
+                            // several ops, such as a tied embedding, keeps one gradient buffer
+                            // instead of one per use).
+                            Some(prev)
+                                if prev.buf.is_unique()
+                                    && prev.shape == ig.shape
+                                    && !prev.shape.is_empty() =>
+                            {
+                                owned.insert(id);
+                                layout::slice_add(dev, &prev, &ig, 0, 0)?;
+                                prev
+                            }
                             Some(prev) => {
                                 owned.insert(id);
                                 elementwise::binary(dev, &prev, &ig, Binary::Add)?

@@ -1,4 +1,5 @@
-//! Data: MNIST's IDX files (gzip), character-level text, seeded shuffling into batches.
+//! Data: MNIST's IDX files (gzip), character-level text, seeded shuffling into batches. llm.c's
+//! token shards, and windows and a loader over them, are in the `shards` module.
 
 use crate::{NnError, Result};
 use kiln_ops::testing::Rng;

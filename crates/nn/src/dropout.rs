@@ -5,7 +5,7 @@ use crate::module::Module;
 use crate::Result;
 use kiln_graph::{Device, Tensor};
 use kiln_ops::dropout::DropoutRng;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A [`Dropout`]'s probability and generator seed (default p = 0.5, as PyTorch; the seed is
 /// drawn from this thread's default generator unless given).
@@ -42,18 +42,20 @@ impl DropoutConfig {
             p: self.p,
             training: true,
             dev: dev.clone(),
-            rng: Mutex::new(DropoutRng::new(dev, seed)?),
+            rng: Arc::new(Mutex::new(DropoutRng::new(dev, seed)?)),
         })
     }
 }
 
 /// Zeroes activations with probability `p` while training (scaling the rest by 1/(1-p));
-/// the identity in evaluation mode.
+/// the identity in evaluation mode. A clone shares the generator (its offset moves for both) and
+/// keeps its own training flag.
+#[derive(Clone)]
 pub struct Dropout {
     p: f32,
     training: bool,
     dev: Device,
-    rng: Mutex<DropoutRng>,
+    rng: Arc<Mutex<DropoutRng>>,
 }
 
 impl Module for Dropout {

@@ -24,6 +24,7 @@ pub mod rnn;
 pub mod schedule;
 pub mod sequential;
 pub mod serialize;
+pub mod shards;
 pub mod split_embedding;
 pub mod transformer;
 

@@ -34,6 +34,7 @@ impl LayerNormConfig {
 }
 
 /// Layer normalisation over the last axis with an affine weight and bias.
+#[derive(Clone)]
 pub struct LayerNorm {
     /// `[dim]`, initialised to 1.
     pub weight: Tensor,

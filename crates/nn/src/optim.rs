@@ -33,6 +33,9 @@ pub struct Optimizer {
     no_guard: Buffer,
     /// Pruning masks re-applied after every update.
     masks: Vec<crate::prune::Mask>,
+    /// Where the latest clipping wrote the sum of squared gradients (see
+    /// [`Optimizer::grad_norm_sq`]).
+    norm_sq: std::sync::Mutex<Option<kiln_graph::Array>>,
 }
 
 impl Optimizer {
@@ -50,6 +53,7 @@ impl Optimizer {
                 z
             },
             masks: Vec::new(),
+            norm_sq: std::sync::Mutex::new(None),
         };
         o.push_group(params, lr, rule)?;
         Ok(o)
@@ -166,7 +170,8 @@ impl Optimizer {
             let grads: Vec<_> = self.params().filter_map(|p| p.grad()).collect();
             let bufs: Vec<&Buffer> = grads.iter().map(|g| &g.buf).collect();
             if !bufs.is_empty() {
-                optim::clip_grad_norm(&self.dev, &bufs, max_norm)?;
+                let total = optim::clip_grad_norm(&self.dev, &bufs, max_norm)?;
+                *self.norm_sq.lock().unwrap() = Some(total);
             }
         }
         let guard = loss.unwrap_or(&self.no_guard);
@@ -196,6 +201,16 @@ impl Optimizer {
             kiln_ops::elementwise::mask_in_place(&self.dev, &m.param.array().buf, &m.mask)?;
         }
         Ok(())
+    }
+
+    /// The one-element buffer into which the latest step that clipped wrote the sum of the
+    /// squared gradients before clipping (the global norm squared, as
+    /// `torch.nn.utils.clip_grad_norm_` returns it before the square root). A step recorded in a
+    /// plan rewrites the same buffer on every replay, so reading it after a replay
+    /// (`Device::read_async`) gives that step's norm without waiting. None before any step
+    /// clipped.
+    pub fn grad_norm_sq(&self) -> Option<kiln_graph::Array> {
+        self.norm_sq.lock().unwrap().clone()
     }
 
     /// Keeps these pruning masks applied after every update (see [`crate::prune`]).

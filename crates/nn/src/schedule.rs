@@ -41,6 +41,17 @@ pub enum Schedule {
         /// Step where the rate reaches 0.
         total: u64,
     },
+    /// Cosine decay from the base rate at step `from` to `min_lr` at step `total` (the base rate
+    /// before `from`, `min_lr` after `total`): with [`Schedule::Warmup`] over the same `from`
+    /// steps, the GPT-2 recipe of nanoGPT and llm.c (linear warm-up, then cosine to a floor).
+    CosineDecay {
+        /// Step where the decay starts (the warm-up's length).
+        from: u64,
+        /// Step where the rate reaches `min_lr`.
+        total: u64,
+        /// The floor.
+        min_lr: f32,
+    },
     /// Linear warm-up from 0 over `steps`, then `then`.
     Warmup {
         /// Warm-up steps.
@@ -83,6 +94,15 @@ impl Schedule {
             Schedule::LinearDecay { from, total } => {
                 let left = total.saturating_sub(step.max(*from)) as f64;
                 (base as f64 * left / total.saturating_sub(*from).max(1) as f64) as f32
+            }
+            Schedule::CosineDecay {
+                from,
+                total,
+                min_lr,
+            } => {
+                let span = total.saturating_sub(*from).max(1) as f64;
+                let t = (step.max(*from).min((*total).max(*from)) - from) as f64 / span;
+                cos(base as f64, *min_lr as f64, t.min(1.0)) as f32
             }
             Schedule::Warmup { steps, then } => {
                 let inner = then.lr(base, step);

@@ -279,3 +279,47 @@ fn hub_layout_half_precision_and_round_trip() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A byte-level BPE trained by the tokenizers library's trainer: at most the tokens asked for,
+/// every text round-trips (bytes are its alphabet), `<|endoftext|>` is a token, the file reloads;
+/// fewer than 257 tokens is refused.
+#[test]
+fn a_trained_byte_level_bpe_round_trips_any_text() {
+    let dir = scratch("bpe");
+    let text: String = std::fs::read_to_string(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../data/tinyshakespeare/input.txt"),
+    )
+    .unwrap()
+    .chars()
+    .take(20_000)
+    .collect();
+    let src = dir.join("text.txt");
+    std::fs::write(&src, &text).unwrap();
+    let out = dir.join("tokenizer.json");
+    let tok = Tokenizer::train_byte_level_bpe(std::slice::from_ref(&src), 400, &out).unwrap();
+    assert!(
+        tok.vocab_size() <= 400 && tok.vocab_size() > 300,
+        "{}",
+        tok.vocab_size()
+    );
+    assert!(tok.token_to_id("<|endoftext|>").is_some());
+    for s in [&text[..500], "Ça va? naïve café — 'tis 1115394 words!\n\n"] {
+        let ids = tok.encode(s, false).unwrap();
+        assert!(ids.iter().all(|&i| (i as usize) < tok.vocab_size()));
+        assert_eq!(tok.decode(&ids, false).unwrap(), s, "round trip");
+    }
+    // Merges learnt: the training text takes fewer tokens than bytes.
+    assert!(tok.encode(&text[..2000], false).unwrap().len() < 1500);
+    let again = Tokenizer::from_file(&out).unwrap();
+    assert_eq!(
+        again.encode(&text[..300], false).unwrap(),
+        tok.encode(&text[..300], false).unwrap()
+    );
+    let msg = Tokenizer::train_byte_level_bpe(&[src], 100, &dir.join("small.json"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("at least 257 tokens"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -180,6 +180,29 @@ fn schedules_follow_pytorch_shapes() {
         .map(|&s| wl.lr(1.0, s))
         .collect();
     assert_eq!(got, [0.25, 1.0, 1.0, 0.5, 0.125, 0.0, 0.0]);
+    // llm.c's and nanoGPT's get_lr (warm-up 4, cosine to 0.1 at step 12):
+    //   lr = (it + 1) / warmup for it < warmup;
+    //   min + 0.5 * (1 + cos(pi * (it - warmup) / (max - warmup))) * (1 - min) after.
+    let wc = Schedule::Warmup {
+        steps: 4,
+        then: Box::new(Schedule::CosineDecay {
+            from: 4,
+            total: 12,
+            min_lr: 0.1,
+        }),
+    };
+    let want = |it: u64| -> f64 {
+        if it < 4 {
+            (it + 1) as f64 / 4.0
+        } else {
+            let r = ((it - 4) as f64 / 8.0).min(1.0);
+            0.1 + 0.5 * (1.0 + (std::f64::consts::PI * r).cos()) * 0.9
+        }
+    };
+    for it in 0..20 {
+        assert!((wc.lr(1.0, it) as f64 - want(it)).abs() < 1e-6, "step {it}");
+    }
+    assert!((wc.lr(1.0, 8) - 0.55).abs() < 1e-6);
     let s = shuffled(10, 1);
     assert_eq!(s, shuffled(10, 1));
     assert_ne!(s, shuffled(10, 2));

@@ -210,3 +210,128 @@ proptest! {
         }
     }
 }
+
+/// llm.c's token shards: a round trip; what llm.c writes (vocabulary word 0) reads; a foreign,
+/// truncated, over-long or other-version file and a token past the vocabulary are refused with
+/// what was expected and what came; the dataset's windows and the loader's order.
+#[test]
+fn token_shards_round_trip_and_refuse_bad_files() {
+    use kiln_nn::shards::{
+        decode_shard, encode_shard, inputs_and_targets, read_shard, write_shard, TokenDataset,
+        TokenLoader, SHARD_HEADER_BYTES, SHARD_MAGIC,
+    };
+    let path = tmp("kiln-shard.bin");
+    let tokens: Vec<u32> = (0..1000).map(|i| (i * 7919 % 50257) as u32).collect();
+    write_shard(&path, &tokens, 50257).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), SHARD_HEADER_BYTES + 2 * tokens.len());
+    let word = |b: &[u8], i: usize| i32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
+    assert_eq!(
+        [
+            word(&bytes, 0),
+            word(&bytes, 1),
+            word(&bytes, 2),
+            word(&bytes, 3)
+        ],
+        [SHARD_MAGIC, 1, 1000, 50257]
+    );
+    let back = read_shard(&path, 50304).unwrap();
+    assert_eq!(back.iter().map(|&t| t as u32).collect::<Vec<_>>(), tokens);
+
+    // llm.c leaves word 3 at 0: read, ids still checked against the model.
+    let mut llmc = bytes.clone();
+    llmc[12..16].copy_from_slice(&0i32.to_le_bytes());
+    assert_eq!(decode_shard(&llmc, 50257).unwrap(), back);
+
+    let refuse = |b: &[u8], vocab: usize, want: &str| {
+        let msg = decode_shard(b, vocab).unwrap_err();
+        assert!(msg.contains(want), "expected {want:?} in {msg:?}");
+    };
+    refuse(&bytes[..bytes.len() - 1], 50257, "truncated");
+    refuse(&bytes[..100], 50257, "shorter than the 1024-byte header");
+    let mut long = bytes.clone();
+    long.extend([0, 0]);
+    refuse(&long, 50257, "but 2002 bytes follow");
+    let mut foreign = bytes.clone();
+    foreign[..4].copy_from_slice(&0x04034b50i32.to_le_bytes()); // a zip file's magic
+    refuse(&foreign, 50257, "not a token shard: magic 67324752");
+    let mut v2 = bytes.clone();
+    v2[4..8].copy_from_slice(&2i32.to_le_bytes());
+    refuse(&v2, 50257, "version 2");
+    // Written for 50,257 ids, read by a model of 1,000.
+    refuse(
+        &bytes,
+        1000,
+        "written for a vocabulary of 50257 ids, more than the model's 1000",
+    );
+    // An id past the model's vocabulary in a file that names none.
+    refuse(&llmc, 40000, "outside the model's vocabulary of 40000");
+    let msg = read_shard(&tmp("kiln-no-such-shard.bin"), 10)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("kiln-no-such-shard.bin"), "{msg}");
+    // Writing refuses what the format cannot hold or the vocabulary does not have.
+    let msg = encode_shard(&[5, 300], 256).unwrap_err().to_string();
+    assert!(
+        msg.contains("token 300 at position 1 is outside the vocabulary of 256"),
+        "{msg}"
+    );
+    let msg = encode_shard(&[5], 70000).unwrap_err().to_string();
+    assert!(msg.contains("65,536"), "{msg}");
+
+    // Windows of context 4 (+1) every 4 tokens, never across shards: 9 tokens give 2, 6 give 1.
+    let a: Vec<u16> = (0..9).collect();
+    let b: Vec<u16> = (100..106).collect();
+    let ds = TokenDataset::from_shards(vec![a, b], 4).unwrap();
+    assert_eq!(ds.len(), 3);
+    assert_eq!(ds.window(1).unwrap(), [4, 5, 6, 7, 8]);
+    assert_eq!(ds.window(2).unwrap(), [100, 101, 102, 103, 104]);
+    assert!(ds.window(3).is_err());
+    let batch = ds.get_batch(&[2, 0]).unwrap();
+    let (x, y) = inputs_and_targets(&batch, 4);
+    assert_eq!(x, [100, 101, 102, 103, 0, 1, 2, 3]);
+    assert_eq!(y, [101, 102, 103, 104, 1, 2, 3, 4]);
+    let ds = TokenDataset::open(std::slice::from_ref(&path), 64, 50257).unwrap();
+    assert_eq!((ds.len(), ds.tokens()), (999 / 64, 1000));
+    std::fs::remove_file(&path).unwrap();
+
+    // The loader: one epoch at any world size and accumulation visits every window once, the
+    // same stream in the same order; a step's windows depend on (seed, step) alone.
+    let n = 48;
+    let stream = |batch: usize, micro: usize, world: usize| -> Vec<usize> {
+        let mut loaders: Vec<TokenLoader> = (0..world)
+            .map(|r| TokenLoader::new(n, batch, micro, 7, r, world).unwrap())
+            .collect();
+        let steps = n / (batch * micro * world);
+        let mut out = Vec::new();
+        for s in 0..steps as u64 {
+            for m in 0..micro {
+                for l in &mut loaders {
+                    out.extend(l.indices(s, m));
+                }
+            }
+        }
+        out
+    };
+    let one = stream(4, 1, 1);
+    let mut sorted = one.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        (0..n).collect::<Vec<_>>(),
+        "an epoch covers every window once"
+    );
+    assert_ne!(one, (0..n).collect::<Vec<_>>(), "shuffled");
+    assert_eq!(stream(2, 2, 1), one);
+    assert_eq!(stream(2, 1, 2), one);
+    assert_eq!(stream(1, 3, 2), one);
+    let mut fresh = TokenLoader::new(n, 4, 1, 7, 0, 1).unwrap();
+    assert_eq!(fresh.indices(5, 0), one[20..24]);
+    // The next epoch is another order.
+    let next: Vec<usize> = (12..24).flat_map(|s| fresh.indices(s, 0)).collect();
+    assert_ne!(next, one);
+    let mut sorted = next;
+    sorted.sort();
+    assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+    assert!(TokenLoader::new(n, 4, 1, 7, 2, 2).is_err());
+}

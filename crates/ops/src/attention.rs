@@ -88,27 +88,27 @@ impl AttnCall {
 /// FlashAttention-2 kernels, whose R invocations per row add their partial dot products by
 /// subgroup shuffles (`flash_sg`, GPUs with subgroups) or through workgroup memory (`flash`,
 /// anywhere; the software adapters' choice).
-pub static ATTENTION: VariantTable<AttnCall> = VariantTable {
+pub static ATTENTION: VariantTable<AttnCall, Kernels> = VariantTable {
     family: "attention",
     variants: &[
         Variant {
             name: "flash_coop16",
-            supports: |d, c| coop_config(d, c, 16).map(|_| ()),
+            plan: |d, c| coop_config(d, c, 16).map(Kernels::Coop),
             prefers: |_, _| true,
         },
         Variant {
             name: "flash_coop8",
-            supports: |d, c| coop_config(d, c, 8).map(|_| ()),
+            plan: |d, c| coop_config(d, c, 8).map(Kernels::Coop),
             prefers: |_, _| true,
         },
         Variant {
             name: "flash_sg",
-            supports: |d, c| flash_config(d, c, Exchange::Subgroup).map(|_| ()),
+            plan: |d, c| flash_config(d, c, Exchange::Subgroup).map(Kernels::Flash),
             prefers: |d, c| !d.adapter_profile().is_software && splits_rows(d, c),
         },
         Variant {
             name: "flash",
-            supports: |d, c| flash_config(d, c, Exchange::Shared).map(|_| ()),
+            plan: |d, c| flash_config(d, c, Exchange::Shared).map(Kernels::Flash),
             prefers: |_, _| true,
         },
     ],
@@ -206,7 +206,7 @@ pub struct FlashTile {
 }
 
 /// The flash kernels' pipelines for a call.
-struct FlashConfig {
+pub struct FlashConfig {
     forward: FlashTile,
     prep: KernelSpec,
     kv: FlashTile,
@@ -354,7 +354,7 @@ fn call_fits(dev: &Device, c: &AttnCall) -> std::result::Result<(), String> {
 
 /// The cooperative-matrix kernels of one fragment size: forward, the backward's preparation
 /// (max |dO| and |V| partials, then D and the scaled f16 dO) and its two kernels.
-struct CoopConfig {
+pub struct CoopConfig {
     forward: KernelSpec,
     absmax: KernelSpec,
     prep: KernelSpec,
@@ -479,42 +479,25 @@ fn coop_config(dev: &Device, c: &AttnCall, s: usize) -> std::result::Result<Coop
 /// for planning and tests: where the policy chooses a cooperative variant, the f32 tiles of
 /// the subgroup or shared exchange it would otherwise take.
 pub fn flash_tiles(dev: &Device, c: &AttnCall) -> Result<[FlashTile; 3]> {
-    let x = match ATTENTION.choose(dev, &c.with_f16(false))?.name {
-        "flash_sg" => Exchange::Subgroup,
-        _ => Exchange::Shared,
-    };
-    let cfg = flash_config(dev, c, x).map_err(|message| OpError::Invalid {
-        op: "attention",
-        message,
-    })?;
-    Ok([cfg.forward, cfg.kv, cfg.q])
+    match ATTENTION.choose(dev, &c.with_f16(false))?.plan {
+        Kernels::Flash(cfg) => Ok([cfg.forward, cfg.kv, cfg.q]),
+        Kernels::Coop(_) => Err(OpError::Invalid {
+            op: "attention",
+            message: "f32 operands planned on cooperative matrices".into(),
+        }),
+    }
 }
 
 /// The variant the device's policy chooses for an attention call, and its pipelines.
 pub fn plan(dev: &Device, c: &AttnCall) -> Result<Planned> {
     let v = ATTENTION.choose(dev, c)?;
-    let invalid = |message| OpError::Invalid {
-        op: "attention",
-        message,
-    };
-    let kernels = match v.name {
-        "flash_coop16" | "flash_coop8" => {
-            let s = if v.name == "flash_coop16" { 16 } else { 8 };
-            coop_config(dev, c, s).map_err(invalid)?.specs()
-        }
-        name => {
-            let x = if name == "flash_sg" {
-                Exchange::Subgroup
-            } else {
-                Exchange::Shared
-            };
-            let cfg = flash_config(dev, c, x).map_err(invalid)?;
-            vec![cfg.forward.spec, cfg.prep, cfg.kv.spec, cfg.q.spec]
-        }
+    let kernels = match v.plan {
+        Kernels::Coop(cfg) => cfg.specs(),
+        Kernels::Flash(cfg) => vec![cfg.forward.spec, cfg.prep, cfg.kv.spec, cfg.q.spec],
     };
     Ok(Planned {
         family: ATTENTION.family,
-        variant: v.name,
+        variant: v.variant,
         kernels,
         largest_binding: ((2 * c.b * c.h * c.tq.max(c.tk) * c.d + 64) as u64 * 4)
             .max(c.mask_elems() as u64 * 4),
@@ -643,24 +626,17 @@ fn widened(dev: &Device, x: &Array) -> Result<Array> {
     }
 }
 
-/// The kernels a chosen variant runs.
-enum Kernels {
+/// The kernels a chosen attention variant runs (its plan in [`ATTENTION`]).
+pub enum Kernels {
+    /// FlashAttention-2 tiles in f32.
     Flash(FlashConfig),
+    /// Cooperative-matrix kernels in f16.
     Coop(CoopConfig),
 }
 
 /// The variant for a call and its kernels.
 fn kernels_for(dev: &Device, call: &AttnCall) -> Result<Kernels> {
-    let invalid = |message| OpError::Invalid {
-        op: "attention",
-        message,
-    };
-    Ok(match ATTENTION.choose(dev, call)?.name {
-        "flash_coop16" => Kernels::Coop(coop_config(dev, call, 16).map_err(invalid)?),
-        "flash_coop8" => Kernels::Coop(coop_config(dev, call, 8).map_err(invalid)?),
-        "flash_sg" => Kernels::Flash(flash_config(dev, call, Exchange::Subgroup).map_err(invalid)?),
-        _ => Kernels::Flash(flash_config(dev, call, Exchange::Shared).map_err(invalid)?),
-    })
+    Ok(ATTENTION.choose(dev, call)?.plan)
 }
 
 /// O = softmax(Q K^T * scale + masks) V. Q: [B, H, Tq, D], K, V: [B, H, Tk, D]; key_padding_mask:

@@ -11,9 +11,9 @@
 //! gradient needs one image of x and of dy within a window (or subgroups). Elsewhere they fall
 //! back to the implicit GEMM.
 
+use crate::gemm::{gemm, GemmCall, Mode, GEMM};
 pub use crate::geometry::Conv2dSpec;
 use crate::kernels::{all_fit, KernelSpec};
-use crate::matmul::{gemm, GemmCall, Mode, GEMM};
 use crate::reduce::{reduce, Reduce};
 use crate::{
     expect_dtype, launch_1d, or_placeholder, uniform_runs, uniform_window, Array, Buffer, DType,
@@ -28,29 +28,49 @@ pub struct ConvCall {
     gemm: GemmCall,
 }
 
+/// How a forward pass or input gradient runs.
+#[derive(Clone, Debug)]
+pub enum ConvPlan {
+    /// The direct correlation through uniform windows.
+    Direct(Direct),
+    /// The implicit GEMM on the matmul's kernels.
+    Gemm,
+}
+
 /// The forward pass's and input gradient's variants.
-pub static CONV: VariantTable<ConvCall> = VariantTable {
+pub static CONV: VariantTable<ConvCall, ConvPlan> = VariantTable {
     family: "conv",
     variants: &[
         Variant {
             name: "conv_direct",
-            supports: |d, c| match &c.direct {
-                Some(direct) => direct.supports(d),
+            plan: |d, c| match &c.direct {
+                Some(direct) => direct.supports(d).map(|()| ConvPlan::Direct(*direct)),
                 None => Err("no direct form (an input gradient at stride > 1)".into()),
             },
             prefers: |d, _| d.adapter_profile().is_software,
         },
         Variant {
             name: "conv_gemm",
-            supports: |d, c| {
+            plan: |d, c| {
                 GEMM.choose(d, &c.gemm)
-                    .map(|_| ())
+                    .map(|_| ConvPlan::Gemm)
                     .map_err(|e| e.to_string())
             },
             prefers: |_, _| true,
         },
     ],
 };
+
+/// How a weight gradient runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgradPlan {
+    /// The direct kernel through uniform windows (with the bias gradient).
+    Direct,
+    /// The subgroup kernel over a channels-last copy of dy.
+    Subgroup,
+    /// The implicit GEMM on the matmul's kernels.
+    Gemm,
+}
 
 /// A weight gradient as the kernel choice sees it.
 pub struct WgradCall {
@@ -63,12 +83,12 @@ pub struct WgradCall {
 }
 
 /// The weight gradient's variants.
-pub static WGRAD: VariantTable<WgradCall> = VariantTable {
+pub static WGRAD: VariantTable<WgradCall, WgradPlan> = VariantTable {
     family: "conv_wgrad",
     variants: &[
         Variant {
             name: "conv_wgrad",
-            supports: |d, c| {
+            plan: |d, c| {
                 let align = d.limits().min_uniform_buffer_offset_alignment as usize / 4;
                 let [_, ic, h, w] = c.x;
                 let fits = |len: usize| len + align - 1 <= WINDOW_FLOATS;
@@ -76,13 +96,14 @@ pub static WGRAD: VariantTable<WgradCall> = VariantTable {
                     return Err("an image of x or dy is larger than a 64 KiB window".into());
                 }
                 let lay = WgradLayout::new(ic, c.w[0], c.w[2], c.w[3], &c.spec, true);
-                all_fit(d, &[KernelSpec::new("conv", "conv_wgrad", &lay.consts)])
+                all_fit(d, &[KernelSpec::new("conv", "conv_wgrad", &lay.consts)])?;
+                Ok(WgradPlan::Direct)
             },
             prefers: |d, _| d.adapter_profile().is_software,
         },
         Variant {
             name: "conv_wgrad_sg",
-            supports: |d, c| {
+            plan: |d, c| {
                 let [n, ic, _, _] = c.x;
                 let lay = WgradLayout::new(ic, c.w[0], c.w[2], c.w[3], &c.spec, false);
                 if n * c.oh * c.ow * lay.ocp > 65535 * crate::WG as usize {
@@ -94,15 +115,16 @@ pub static WGRAD: VariantTable<WgradCall> = VariantTable {
                         KernelSpec::new("conv_wgrad_sg", "to_channels_last", &[]),
                         KernelSpec::new("conv_wgrad_sg", "conv_wgrad_sg", &lay.consts),
                     ],
-                )
+                )?;
+                Ok(WgradPlan::Subgroup)
             },
             prefers: |d, _| d.adapter_profile().is_software,
         },
         Variant {
             name: "conv_gemm",
-            supports: |d, c| {
+            plan: |d, c| {
                 GEMM.choose(d, &c.gemm)
-                    .map(|_| ())
+                    .map(|_| WgradPlan::Gemm)
                     .map_err(|e| e.to_string())
             },
             prefers: |_, _| true,
@@ -140,7 +162,7 @@ fn geometry_consts(
 
 /// A correlation for conv.wgsl's `conv_direct`: input [n, ic, h, w] to output [n, oc, oh, ow].
 #[derive(Clone, Copy, Debug)]
-struct Direct {
+pub struct Direct {
     n: usize,
     ic: usize,
     h: usize,
@@ -427,7 +449,7 @@ pub fn plan(
         largest_binding: gemm_call.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
     };
     let through_gemm = |family: &'static str| -> Result<crate::kernels::Planned> {
-        let mut p = crate::matmul::plan(dev, &gemm_call)?;
+        let mut p = crate::gemm::plan(dev, &gemm_call)?;
         p.family = family;
         p.variant = "conv_gemm";
         Ok(p)
@@ -444,17 +466,19 @@ pub fn plan(
             };
             let v = WGRAD.choose(dev, &call)?;
             let lay = |tail| WgradLayout::new(xs[1], ws[0], ws[2], ws[3], spec, tail);
-            let kernels = match v.name {
-                "conv_wgrad" => vec![KernelSpec::new("conv", "conv_wgrad", &lay(true).consts)],
-                "conv_wgrad_sg" => vec![
+            let kernels = match v.plan {
+                WgradPlan::Direct => {
+                    vec![KernelSpec::new("conv", "conv_wgrad", &lay(true).consts)]
+                }
+                WgradPlan::Subgroup => vec![
                     KernelSpec::new("conv_wgrad_sg", "to_channels_last", &[]),
                     KernelSpec::new("conv_wgrad_sg", "conv_wgrad_sg", &lay(false).consts),
                 ],
-                _ => return through_gemm(WGRAD.family),
+                WgradPlan::Gemm => return through_gemm(WGRAD.family),
             };
             Ok(crate::kernels::Planned {
                 family: WGRAD.family,
-                variant: v.name,
+                variant: v.variant,
                 kernels,
                 largest_binding: gemm_call.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
             })
@@ -482,9 +506,9 @@ pub fn plan(
                 direct: d,
                 gemm: gemm_call.clone(),
             };
-            match (CONV.choose(dev, &call)?.name, d) {
-                ("conv_direct", Some(d)) => Ok(direct(d)),
-                _ => through_gemm(CONV.family),
+            match CONV.choose(dev, &call)?.plan {
+                ConvPlan::Direct(d) => Ok(direct(d)),
+                ConvPlan::Gemm => through_gemm(CONV.family),
             }
         }
     }
@@ -531,11 +555,12 @@ pub fn conv2d(
         direct: Some(direct),
         gemm: GemmCall::conv_geom(Mode::ConvForward, xs, ws, oh, ow, spec),
     };
-    if CONV.choose(dev, &call)?.name == "conv_direct" {
-        direct.run(dev, x, w, bias, &y)?;
-    } else {
-        let b = bias.map(|b| &b.buf);
-        gemm(dev, &call.gemm, &w.buf, &x.buf, b, None, &y.buf, None)?;
+    match CONV.choose(dev, &call)?.plan {
+        ConvPlan::Direct(direct) => direct.run(dev, x, w, bias, &y)?,
+        ConvPlan::Gemm => {
+            let b = bias.map(|b| &b.buf);
+            gemm(dev, &call.gemm, &w.buf, &x.buf, b, None, &y.buf, None)?;
+        }
     }
     Ok(y)
 }
@@ -557,9 +582,9 @@ pub fn conv2d_backward_input(
         direct: direct_input_grad(xs, ws, oh, ow, spec),
         gemm: GemmCall::conv_geom(Mode::ConvInputGrad, xs, ws, oh, ow, spec),
     };
-    match (CONV.choose(dev, &call)?.name, &call.direct) {
-        ("conv_direct", Some(direct)) => direct.run(dev, dy, w, None, &dx)?,
-        _ => gemm(dev, &call.gemm, &w.buf, &dy.buf, None, None, &dx.buf, None)?,
+    match CONV.choose(dev, &call)?.plan {
+        ConvPlan::Direct(direct) => direct.run(dev, dy, w, None, &dx)?,
+        ConvPlan::Gemm => gemm(dev, &call.gemm, &w.buf, &dy.buf, None, None, &dx.buf, None)?,
     }
     Ok(dx)
 }
@@ -655,10 +680,10 @@ fn wgrad(
         spec: *spec,
         gemm: GemmCall::conv_geom(Mode::ConvWeightGrad, xs, ws, oh, ow, spec),
     };
-    match WGRAD.choose(dev, &call)?.name {
-        "conv_wgrad" => wgrad_direct(dev, dy, x, ws, oh, ow, spec, bias),
-        "conv_wgrad_sg" => Ok((wgrad_subgroup(dev, dy, x, ws, oh, ow, spec)?, None)),
-        _ => {
+    match WGRAD.choose(dev, &call)?.plan {
+        WgradPlan::Direct => wgrad_direct(dev, dy, x, ws, oh, ow, spec, bias),
+        WgradPlan::Subgroup => Ok((wgrad_subgroup(dev, dy, x, ws, oh, ow, spec)?, None)),
+        WgradPlan::Gemm => {
             let dw = Array::empty(dev, &ws)?;
             gemm(dev, &call.gemm, &dy.buf, &x.buf, None, None, &dw.buf, None)?;
             Ok((dw, None))

@@ -55,31 +55,48 @@ pub fn splits(dev: &Device, c: &DecodeCall) -> (usize, usize) {
     (c.len.div_ceil(chunk), chunk)
 }
 
+/// How decode attention runs a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodePlan {
+    /// The cache in `splits` slices of `chunk` keys, a workgroup each, then a combine pass.
+    Split {
+        /// Slices of the cache.
+        splits: usize,
+        /// Keys per slice.
+        chunk: usize,
+    },
+    /// A workgroup per (batch, head) over the whole cache.
+    Single,
+}
+
 /// Decode attention's variants, most preferred first.
-pub static DECODE: VariantTable<DecodeCall> = VariantTable {
+pub static DECODE: VariantTable<DecodeCall, DecodePlan> = VariantTable {
     family: "decode",
     variants: &[
         Variant {
             name: "decode_split",
-            supports: |d, c| {
+            plan: |d, c| {
                 if c.head_dim > MAX_CHUNK {
                     return Err(format!("heads of at most {MAX_CHUNK} columns"));
                 }
                 all_fit(
                     d,
                     &[KernelSpec::new("decode_attention", "decode_split", &[])],
-                )
+                )?;
+                let (splits, chunk) = splits(d, c);
+                Ok(DecodePlan::Split { splits, chunk })
             },
             // On GPUs; a software adapter's few threads gain nothing from a second pass.
             prefers: |d, _| !d.adapter_profile().is_software,
         },
         Variant {
             name: "decode_single",
-            supports: |d, _| {
+            plan: |d, _| {
                 all_fit(
                     d,
                     &[KernelSpec::new("decode_attention", "decode_attention", &[])],
-                )
+                )?;
+                Ok(DecodePlan::Single)
             },
             prefers: |_, _| true,
         },
@@ -263,8 +280,7 @@ pub fn decode_attention(
         head_dim: d,
     };
     let p = params(b, h, d, tmax, cache.len, c, (q_col, 0), 0, scale);
-    if DECODE.choose(dev, &call)?.name == "decode_split" {
-        let (splits, chunk) = splits(dev, &call);
+    if let DecodePlan::Split { splits, chunk } = DECODE.choose(dev, &call)?.plan {
         let p = p.u(chunk as u32).u(splits as u32);
         let part = dev.alloc(b * h * splits * (d + 2), DType::F32)?;
         let bufs = [&src.buf, &cache.k.buf, &cache.v.buf, &part];

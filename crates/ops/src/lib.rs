@@ -14,6 +14,7 @@ pub mod dropout;
 pub mod elementwise;
 mod error;
 pub mod finite;
+pub mod gemm;
 pub mod geometry;
 pub mod half;
 pub mod int8;

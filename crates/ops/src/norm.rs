@@ -76,9 +76,9 @@ pub fn layer_norm_backward(
         inner: cols,
         mean: false,
     };
-    if crate::reduce::COLSUM.choose(dev, &call)?.name == "colsum_two_pass" {
+    let plan = crate::reduce::COLSUM.choose(dev, &call)?.plan;
+    if let crate::reduce::ColsumPlan::TwoPass { rows_per_block: rb } = plan {
         // Partial sums per block of rows, then their sum: the columns' work spread over blocks.
-        let rb = crate::reduce::ROW_BLOCK;
         let blocks = rows.div_ceil(rb);
         let (pg, pb) = (
             dev.alloc(blocks * cols, DType::F32)?,

@@ -204,43 +204,56 @@ pub struct OptimCall {
     pub quads: bool,
 }
 
-/// The multi-tensor entry points and the parameters each updates per dispatch: `multi` binds 19
-/// storage buffers, `multi2` 7 (WebGPU's default limit is 8).
-fn multi_entry(variant: &str) -> Option<(&'static str, usize)> {
-    match variant {
-        "optim_multi" => Some(("multi", 8)),
-        "optim_multi2" => Some(("multi2", 2)),
-        _ => None,
-    }
+/// How a group's update runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimPlan {
+    /// Entry point `entry`, `per_dispatch` parameters a dispatch, from flat state.
+    Multi {
+        /// The entry point (`multi` or `multi2`).
+        entry: &'static str,
+        /// Parameters per dispatch.
+        per_dispatch: usize,
+    },
+    /// A dispatch per parameter.
+    Single,
 }
 
 /// Where every parameter and gradient can be bound as quads, `Ok` if `entry` fits the device.
-fn multi_supports(d: &Device, c: &OptimCall, entry: &str) -> std::result::Result<(), String> {
+fn multi_plan(
+    d: &Device,
+    c: &OptimCall,
+    entry: &'static str,
+    per_dispatch: usize,
+) -> std::result::Result<OptimPlan, String> {
     if !c.quads {
         return Err("a parameter or gradient cannot be bound as quads".into());
     }
-    all_fit(d, &[KernelSpec::new("optim", entry, &[("RULE", 1.0)])])
+    all_fit(d, &[KernelSpec::new("optim", entry, &[("RULE", 1.0)])])?;
+    Ok(OptimPlan::Multi {
+        entry,
+        per_dispatch,
+    })
 }
 
 /// The optimizer update's variants: every parameter of a group in dispatches of up to eight
 /// (multi-tensor apply), of two where the adapter allows only WebGPU's default 8 storage buffers
 /// per stage, or a dispatch per parameter.
-pub static OPTIM: VariantTable<OptimCall> = VariantTable {
+pub static OPTIM: VariantTable<OptimCall, OptimPlan> = VariantTable {
     family: "optim",
     variants: &[
         Variant {
             name: "optim_multi",
-            supports: |d, c| multi_supports(d, c, "multi"),
+            plan: |d, c| multi_plan(d, c, "multi", 8),
             prefers: |_, c| c.params > 1,
         },
         Variant {
             name: "optim_multi2",
-            supports: |d, c| multi_supports(d, c, "multi2"),
+            plan: |d, c| multi_plan(d, c, "multi2", 2),
             prefers: |_, c| c.params > 1,
         },
         Variant {
             name: "optim_single",
-            supports: |_, _| Ok(()),
+            plan: |_, _| Ok(OptimPlan::Single),
             prefers: |_, _| true,
         },
     ],
@@ -249,13 +262,13 @@ pub static OPTIM: VariantTable<OptimCall> = VariantTable {
 /// The variant the device's policy chooses for a group's update, and its pipeline.
 pub fn plan(dev: &Device, c: &OptimCall) -> Result<crate::kernels::Planned> {
     let v = OPTIM.choose(dev, c)?;
-    let kernels = match multi_entry(v.name) {
-        Some((entry, _)) => vec![KernelSpec::new("optim", entry, &[("RULE", 1.0)])],
-        None => vec![KernelSpec::new("optim", "adam4", &[])],
+    let kernels = match v.plan {
+        OptimPlan::Multi { entry, .. } => vec![KernelSpec::new("optim", entry, &[("RULE", 1.0)])],
+        OptimPlan::Single => vec![KernelSpec::new("optim", "adam4", &[])],
     };
     Ok(crate::kernels::Planned {
         family: OPTIM.family,
-        variant: v.name,
+        variant: v.variant,
         kernels,
         largest_binding: 0,
     })
@@ -307,7 +320,11 @@ pub fn step_group(
     if slots.is_empty() {
         return Ok(());
     }
-    let Some((entry, per_dispatch)) = multi_entry(OPTIM.choose(dev, &call)?.name) else {
+    let OptimPlan::Multi {
+        entry,
+        per_dispatch,
+    } = OPTIM.choose(dev, &call)?.plan
+    else {
         for sl in slots {
             let n = sl.param.len();
             let windows: Vec<Buffer> = state

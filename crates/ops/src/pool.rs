@@ -8,18 +8,27 @@ use crate::{
 use kiln_device::shaders::consts::pool as codes;
 use kiln_device::{Variant, VariantTable};
 
+/// How the forward pass reads its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolPlan {
+    /// Through 64 KiB uniform windows, a dispatch per window.
+    Windows,
+    /// From the storage buffer, one dispatch.
+    Storage,
+}
+
 /// The forward pass's variants, over the input's shape [N, C, H, W].
-pub static POOL: VariantTable<[usize; 4]> = VariantTable {
+pub static POOL: VariantTable<[usize; 4], PoolPlan> = VariantTable {
     family: "pool",
     variants: &[
         Variant {
             name: "pool_windows",
-            supports: |d, xs| {
+            plan: |d, xs| {
                 let align = d.limits().min_uniform_buffer_offset_alignment as usize / 4;
                 if xs[2] * xs[3] + align - 1 > WINDOW_FLOATS {
                     return Err("an input plane is larger than a 64 KiB window".into());
                 }
-                Ok(())
+                Ok(PoolPlan::Windows)
             },
             // Mesa 22.3's llvmpipe loads a storage buffer one lane at a time and gathers a
             // uniform array's elements in one vector load, which pays for a dispatch per window;
@@ -33,7 +42,7 @@ pub static POOL: VariantTable<[usize; 4]> = VariantTable {
         },
         Variant {
             name: "pool_storage",
-            supports: |_, _| Ok(()),
+            plan: |_, _| Ok(PoolPlan::Storage),
             prefers: |_, _| true,
         },
     ],
@@ -136,7 +145,7 @@ fn forward(
 ) -> Result<()> {
     let (oh, ow) = (y.shape[2], y.shape[3]);
     let planes = xs[0] * xs[1];
-    let runs = if POOL.choose(dev, &xs)?.name == "pool_windows" {
+    let runs = if POOL.choose(dev, &xs)?.plan == PoolPlan::Windows {
         uniform_runs(dev, &[(&x.buf, xs[2] * xs[3])], planes)?
     } else {
         None
@@ -172,10 +181,11 @@ fn forward(
 pub fn plan(dev: &Device, x: [usize; 4], spec: &Pool2dSpec) -> Result<crate::kernels::Planned> {
     let (xs, oh, ow) = dims("max_pool2d", &x, spec)?;
     let v = POOL.choose(dev, &xs)?;
-    let consts = constants(codes::MAX, xs, (oh, ow), spec, v.name == "pool_windows");
+    let windows = v.plan == PoolPlan::Windows;
+    let consts = constants(codes::MAX, xs, (oh, ow), spec, windows);
     Ok(crate::kernels::Planned {
         family: POOL.family,
-        variant: v.name,
+        variant: v.variant,
         kernels: vec![crate::kernels::KernelSpec::new(
             "pool",
             "pool_forward",

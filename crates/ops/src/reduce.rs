@@ -87,16 +87,24 @@ pub(crate) const ROW_BLOCK: usize = 256;
 /// The column reductions' variants: many rows into few outputs (bias, LayerNorm and abs-max
 /// gradients) in two passes on GPUs, where one invocation per column over every row would keep
 /// one compute unit busy; software adapters keep the one-pass kernels.
-pub static COLSUM: VariantTable<ColsumCall> = VariantTable {
+pub static COLSUM: VariantTable<ColsumCall, ColsumPlan> = VariantTable {
     family: "colsum",
     variants: &[
         Variant {
             name: "colsum_two_pass",
-            supports: |d, c| {
+            plan: |d, c| {
                 if c.mean {
                     return Err("no two-pass mean".into());
                 }
-                all_fit(d, &[blocks_spec(Reduce::Sum, c.inner, ROW_BLOCK)])
+                // Blocks of ROW_BLOCK rows, or of a multiple of it where there would be more
+                // blocks than one dispatch dimension takes.
+                let max = d
+                    .adapter_profile()
+                    .limits
+                    .max_compute_workgroups_per_dimension as usize;
+                let rows_per_block = ROW_BLOCK * c.len.div_ceil(ROW_BLOCK * max).max(1);
+                all_fit(d, &[blocks_spec(Reduce::Sum, c.inner, rows_per_block)])?;
+                Ok(ColsumPlan::TwoPass { rows_per_block })
             },
             prefers: |d, c| {
                 !d.adapter_profile().is_software
@@ -106,11 +114,23 @@ pub static COLSUM: VariantTable<ColsumCall> = VariantTable {
         },
         Variant {
             name: "colsum_one_pass",
-            supports: |_, _| Ok(()),
+            plan: |_, _| Ok(ColsumPlan::OnePass),
             prefers: |_, _| true,
         },
     ],
 };
+
+/// How a column reduction runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColsumPlan {
+    /// Blocks of rows into partial sums, then the partials' sum.
+    TwoPass {
+        /// Rows per block.
+        rows_per_block: usize,
+    },
+    /// An invocation (or a workgroup) per output over every row.
+    OnePass,
+}
 
 /// reduce_blocks for `inner` columns: a power of two of columns per workgroup up to 256, the
 /// rest of its invocations sharing a column's rows.
@@ -133,13 +153,15 @@ pub fn plan(dev: &Device, c: &ColsumCall) -> Result<crate::kernels::Planned> {
     let v = COLSUM.choose(dev, c)?;
     let one = KernelSpec::new("reduce", "reduce", &[("OP", 0.0)]);
     let wide = KernelSpec::new("reduce", "reduce_wide", &[("OP", 0.0)]);
-    let kernels = match v.name {
-        "colsum_two_pass" => vec![blocks_spec(Reduce::Sum, c.inner, ROW_BLOCK), one],
-        _ => vec![one, wide],
+    let kernels = match v.plan {
+        ColsumPlan::TwoPass { rows_per_block } => {
+            vec![blocks_spec(Reduce::Sum, c.inner, rows_per_block), one]
+        }
+        ColsumPlan::OnePass => vec![one, wide],
     };
     Ok(crate::kernels::Planned {
         family: COLSUM.family,
-        variant: v.name,
+        variant: v.variant,
         kernels,
         largest_binding: (c.outer * c.len * c.inner) as u64 * 4,
     })
@@ -161,11 +183,10 @@ pub(crate) fn reduce_raw(
         inner,
         mean: op == Reduce::Mean,
     };
-    if len > 0 && outer * inner > 0 && COLSUM.choose(dev, &call)?.name == "colsum_two_pass" {
-        // Blocks of ROW_BLOCK rows, or of a multiple of it where there would be more blocks
-        // than one dispatch dimension takes.
-        let max = dev.limits().max_compute_workgroups_per_dimension as usize;
-        let rb = ROW_BLOCK * len.div_ceil(ROW_BLOCK * max).max(1);
+    if len == 0 || outer * inner == 0 {
+        return reduce_one_pass(dev, x, out, outer, len, inner, op);
+    }
+    if let ColsumPlan::TwoPass { rows_per_block: rb } = COLSUM.choose(dev, &call)?.plan {
         let blocks = len.div_ceil(rb);
         let partial = dev.alloc(outer * blocks * inner, DType::F32)?;
         let spec = blocks_spec(op, inner, rb);

@@ -84,8 +84,6 @@ pub struct RowCall {
 /// Where a row kernel runs: the module, its lanes per row and the dispatch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowPlan {
-    /// The variant chosen (`rows_sg` or `rows_wg`).
-    pub variant: &'static str,
     /// The registered shader: `rows_sg` (subgroup reductions) or `rows` (workgroup memory).
     pub shader: &'static str,
     /// The entry point.
@@ -175,7 +173,9 @@ fn wg_lanes(dev: &Device, c: &RowCall) -> usize {
     lanes_for(items(c), min_lanes(dev), ROW_WG)
 }
 
-fn sg_supports(dev: &Device, c: &RowCall) -> std::result::Result<(), String> {
+/// The subgroup variant: a butterfly of shuffles within a subgroup, and across subgroups through
+/// workgroup memory for rows of more lanes.
+fn sg_plan(dev: &Device, c: &RowCall) -> std::result::Result<RowPlan, String> {
     let prof = dev.adapter_profile();
     if !prof.caps.subgroups {
         return Err("the adapter has no subgroups".into());
@@ -186,34 +186,23 @@ fn sg_supports(dev: &Device, c: &RowCall) -> std::result::Result<(), String> {
             "the smallest subgroup size ({sg}) is unknown or not a power of two dividing {ROW_WG}"
         ));
     }
-    let lanes = sg_lanes(dev, c);
+    fitting(dev, plan_of(dev, "rows_sg", sg_lanes(dev, c), c), c)
+}
+
+/// The workgroup-memory variant: a tree of halvings.
+fn wg_plan(dev: &Device, c: &RowCall) -> std::result::Result<RowPlan, String> {
+    fitting(dev, plan_of(dev, "rows", wg_lanes(dev, c), c), c)
+}
+
+/// `plan` where its pipeline and the rows' binding fit the device's profile.
+fn fitting(dev: &Device, plan: RowPlan, c: &RowCall) -> std::result::Result<RowPlan, String> {
     binding_fits(dev, (c.rows * c.cols * 4) as u64)?;
-    all_fit(dev, &[row_spec(dev, "rows_sg", lanes, c)])
-}
-
-/// Wherever it runs: rows of up to a subgroup reduce without a barrier, wider ones with one
-/// barrier pair (a workgroup-memory tree takes one per halving).
-fn sg_prefers(_: &Device, _: &RowCall) -> bool {
-    true
-}
-
-fn wg_supports(dev: &Device, c: &RowCall) -> std::result::Result<(), String> {
-    binding_fits(dev, (c.rows * c.cols * 4) as u64)?;
-    all_fit(dev, &[row_spec(dev, "rows", wg_lanes(dev, c), c)])
-}
-
-/// The call's pipeline.
-fn row_spec(dev: &Device, shader: &'static str, lanes: usize, c: &RowCall) -> KernelSpec {
-    plan_of(dev, shader, lanes, c).spec(&c.op.entry(c.vec4), &[])
+    all_fit(dev, &[plan.spec(&plan.entry, &[])])?;
+    Ok(plan)
 }
 
 fn plan_of(dev: &Device, shader: &'static str, lanes: usize, c: &RowCall) -> RowPlan {
     RowPlan {
-        variant: if shader == "rows_sg" {
-            "rows_sg"
-        } else {
-            "rows_wg"
-        },
         shader,
         entry: c.op.entry(c.vec4),
         lanes,
@@ -222,18 +211,20 @@ fn plan_of(dev: &Device, shader: &'static str, lanes: usize, c: &RowCall) -> Row
     }
 }
 
-/// The row kernels' variants, most preferred first.
-pub static ROWS: VariantTable<RowCall> = VariantTable {
+/// The row kernels' variants, most preferred first. The subgroup variant wherever it runs: rows
+/// of up to a subgroup reduce without a barrier, wider ones with one barrier pair (a
+/// workgroup-memory tree takes one per halving).
+pub static ROWS: VariantTable<RowCall, RowPlan> = VariantTable {
     family: "rows",
     variants: &[
         Variant {
             name: "rows_sg",
-            supports: sg_supports,
-            prefers: sg_prefers,
+            plan: sg_plan,
+            prefers: |_, _| true,
         },
         Variant {
             name: "rows_wg",
-            supports: wg_supports,
+            plan: wg_plan,
             prefers: |_, _| true,
         },
     ],
@@ -242,11 +233,7 @@ pub static ROWS: VariantTable<RowCall> = VariantTable {
 /// The plan for a row kernel call on `dev`: the variant the device's policy chooses and its
 /// lanes per row.
 pub fn plan(dev: &Device, call: &RowCall) -> Result<RowPlan> {
-    let v = ROWS.choose(dev, call)?;
-    Ok(match v.name {
-        "rows_sg" => plan_of(dev, "rows_sg", sg_lanes(dev, call), call),
-        _ => plan_of(dev, "rows", wg_lanes(dev, call), call),
-    })
+    Ok(ROWS.choose(dev, call)?.plan)
 }
 
 /// Plans `op` over `rows` rows of `cols` (vec4 rows where `vec4`) and launches it.
@@ -303,14 +290,15 @@ pub fn xent_mean_spec() -> KernelSpec {
 
 /// Every pipeline the row kernel `call` builds on `dev` (for planners and audits).
 pub fn planned(dev: &Device, call: &RowCall) -> Result<crate::kernels::Planned> {
-    let plan = plan(dev, call)?;
+    let chosen = ROWS.choose(dev, call)?;
+    let plan = chosen.plan;
     let mut kernels = vec![plan.spec(&plan.entry, &[])];
     if call.op == RowOp::CrossEntropy {
         kernels.push(xent_mean_spec());
     }
     Ok(crate::kernels::Planned {
         family: "rows",
-        variant: plan.variant,
+        variant: chosen.variant,
         kernels,
         largest_binding: (call.rows * call.cols * 4) as u64,
     })

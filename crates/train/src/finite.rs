@@ -10,7 +10,7 @@ use kiln_ops::finite::{finite_check, CLEAR};
 use kiln_ops::Buffer;
 
 /// The tensors of a run that must stay finite, and their flag buffer.
-pub(crate) struct FiniteWatch {
+pub struct FiniteWatch {
     names: Vec<String>,
     tensors: Vec<Tensor>,
     flags: Buffer,

@@ -5,15 +5,19 @@
 //! - [`fit_async`]: the same loop as a future (readbacks awaited, never waited for), for browser
 //!   pages and async programs.
 //! - [`lm`]: the language-model loop (random windows of a corpus, periodic evaluation).
+//! - [`gpt`]: the GPT-2 recipe (AdamW's parameter groups, clipping, warm-up and cosine decay),
+//!   gradient accumulation inside recorded steps, and the FLOPs behind MFU.
 //! - [`checkpoint`]: training checkpoints that resume a run exactly.
+//! - [`finite`]: watching parameters and optimizer state for NaN and infinities on the device.
 //! - [`parallel`]: the hook for data-parallel training in several processes (kiln-dist) and the
 //!   rule that splits each batch among them.
 //! - [`history`] and [`report`]: per-epoch figures, as CSV and an SVG plot.
 
 pub mod checkpoint;
-mod finite;
+pub mod finite;
 pub mod fit;
 pub mod fit_async;
+pub mod gpt;
 pub mod history;
 pub mod lm;
 pub mod parallel;

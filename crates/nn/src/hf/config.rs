@@ -265,7 +265,41 @@ pub struct Gpt2Config {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Default for Gpt2Config {
+    /// GPT-2 small (124M): 12 layers, 12 heads, width 768, context 1,024, 50,257 words, dropout
+    /// 0.1, the tanh GELU, as `transformers.GPT2Config()`.
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
 impl Gpt2Config {
+    /// A GPT-2 of this shape, GPT-2 small's settings otherwise (dropout 0.1, the tanh GELU,
+    /// LayerNorm epsilon 1e-5, a tied head).
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
+        Gpt2Config {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            ..Gpt2Config::default()
+        }
+    }
+    /// The same dropout `p` after the embeddings, on the attention probabilities and on each
+    /// block's two outputs (GPT-2 uses 0.1 for all three).
+    pub fn with_dropout(mut self, p: f32) -> Self {
+        self.resid_pdrop = p;
+        self.embd_pdrop = p;
+        self.attn_pdrop = p;
+        self
+    }
     /// Reads and checks `path` (a config.json).
     pub fn from_file(path: &Path) -> Result<Gpt2Config> {
         let c: Gpt2Config = read_json(path)?;

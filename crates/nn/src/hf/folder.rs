@@ -24,6 +24,7 @@ impl Source<'_> {
             Source::File(w) => w.f32(name),
             Source::Random { rng, std } => Ok(match kind {
                 Kind::Weight => (0..n).map(|_| (*std * rng.normal()) as f32).collect(),
+                Kind::Scaled(f) => (0..n).map(|_| (*std * f * rng.normal()) as f32).collect(),
                 Kind::Zeros => vec![0.0; n],
                 Kind::Ones => vec![1.0; n],
             }),
@@ -76,6 +77,9 @@ impl Source<'_> {
 #[derive(Clone, Copy)]
 pub(crate) enum Kind {
     Weight,
+    /// A weight drawn with the standard deviation times this factor (GPT-2's residual
+    /// projections).
+    Scaled(f64),
     Zeros,
     Ones,
 }

@@ -17,13 +17,14 @@ use crate::hf::{into_nn, HfError, Result};
 use crate::init::Rng;
 use crate::module::{prefixed, rng_offsets_of, set_rng_offsets_of, Module};
 use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
-use crate::{Dropout, LayerNorm, SplitEmbedding, SplitEmbeddingConfig};
-use kiln_graph::{no_grad, Device, Tensor};
+use crate::{Dropout, LayerNorm, NnError, SplitEmbedding, SplitEmbeddingConfig};
+use kiln_graph::{checkpoint, is_grad_enabled, no_grad, Array, Device, OpError, Tensor};
 use kiln_ops::decode::{self, KvCache};
 use kiln_ops::matmul::Matmul;
 use std::path::Path;
 
 /// Hugging Face's `Conv1D`: y = x W + b with W `[in, out]`.
+#[derive(Clone)]
 struct Conv1D {
     weight: Tensor,
     bias: Tensor,
@@ -36,9 +37,10 @@ impl Conv1D {
         prefix: &str,
         inp: usize,
         out: usize,
+        kind: Kind,
     ) -> Result<Conv1D> {
         Ok(Conv1D {
-            weight: src.param(dev, &format!("{prefix}.weight"), &[inp, out], Kind::Weight)?,
+            weight: src.param(dev, &format!("{prefix}.weight"), &[inp, out], kind)?,
             bias: src.param(dev, &format!("{prefix}.bias"), &[out], Kind::Zeros)?,
         })
     }
@@ -60,7 +62,8 @@ impl Conv1D {
     }
 }
 
-/// One block (`transformer.h.N`).
+/// One block (`transformer.h.N`). Cloning shares its tensors and dropout generators.
+#[derive(Clone)]
 struct Block {
     ln_1: LayerNorm,
     c_attn: Conv1D,
@@ -71,9 +74,93 @@ struct Block {
     attn_dropout: Dropout,
     resid_dropout1: Dropout,
     resid_dropout2: Dropout,
+    act: Activation,
+    heads: usize,
+    /// The attention score scale of this layer.
+    scale: f32,
+    /// Attention dropout on (training, with `attn_pdrop` > 0): the explicit attention path.
+    attn_drop: bool,
 }
 
 impl Block {
+    /// The block's parameters, in `named_parameters`' order.
+    fn tensors(&self) -> Vec<Tensor> {
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// The same block computing with `t` (in [`Block::tensors`]' order) instead of its own
+    /// parameters: what a checkpointed block recomputes with.
+    fn with_tensors(&self, t: &[Tensor]) -> Block {
+        let mut b = self.clone();
+        let slots = [
+            &mut b.ln_1.weight,
+            &mut b.ln_1.bias,
+            &mut b.c_attn.weight,
+            &mut b.c_attn.bias,
+            &mut b.c_proj.weight,
+            &mut b.c_proj.bias,
+            &mut b.ln_2.weight,
+            &mut b.ln_2.bias,
+            &mut b.c_fc.weight,
+            &mut b.c_fc.bias,
+            &mut b.mlp_proj.weight,
+            &mut b.mlp_proj.bias,
+        ];
+        for (slot, t) in slots.into_iter().zip(t) {
+            *slot = t.clone();
+        }
+        b
+    }
+
+    /// x `[B, T, n_embd]` through the block.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let qkv = self.c_attn.forward(&self.ln_1.forward(x)?)?;
+        self.forward_qkv(x, &qkv)
+    }
+
+    /// The rest of the block once the packed q|k|v projection of `x` is made (generation puts
+    /// its keys and values into the cache in between).
+    fn forward_qkv(&self, x: &Tensor, qkv: &Tensor) -> Result<Tensor> {
+        let &[b, t, e] = x.shape() else {
+            return Err(HfError::Input(format!(
+                "a block takes [batch, seq, n_embd], got {:?}",
+                x.shape()
+            )));
+        };
+        let heads = self.heads;
+        let parts = qkv
+            .reshape(&[b, t, 3, heads, e / heads])?
+            .permute(&[2, 0, 3, 1, 4])?;
+        let part = |i: usize| -> Result<Tensor> {
+            Ok(parts.slice(0, i, 1)?.reshape(&[b, heads, t, e / heads])?)
+        };
+        let opts = AttentionOptions::causal().scale(self.scale);
+        let drop = self.attn_drop.then_some(&self.attn_dropout);
+        let (a, _) =
+            scaled_dot_product_attention(&part(0)?, &part(1)?, &part(2)?, &opts, heads, drop)?;
+        let a = a.permute(&[0, 2, 1, 3])?.reshape(&[b, t, e])?;
+        let x = x.add(&self.resid_dropout1.forward(&self.c_proj.forward(&a)?)?)?;
+        let m = self
+            .act
+            .apply(&self.c_fc.forward(&self.ln_2.forward(&x)?)?)?;
+        Ok(x.add(&self.resid_dropout2.forward(&self.mlp_proj.forward(&m)?)?)?)
+    }
+
+    /// [`Block::forward`] as an activation checkpoint: only `x` is kept for the backward pass,
+    /// which runs the block again.
+    fn forward_checkpointed(&self, x: &Tensor) -> Result<Tensor> {
+        let params = self.tensors();
+        let mut inputs = vec![x];
+        inputs.extend(params.iter());
+        let blk = self.clone();
+        Ok(checkpoint(&inputs, move |t| {
+            blk.with_tensors(&t[1..]).forward(&t[0]).map_err(op_error)
+        })?)
+    }
+
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = prefixed("ln_1", self.ln_1.named_parameters());
         v.extend(prefixed("attn.c_attn", self.c_attn.named_parameters()));
@@ -96,6 +183,18 @@ impl Block {
             &mut self.resid_dropout1,
             &mut self.resid_dropout2,
         ]
+    }
+}
+
+/// A block's error as the op error a checkpoint's function returns (an op's own error passes
+/// through unchanged).
+fn op_error(e: HfError) -> OpError {
+    match e {
+        HfError::Nn(NnError::Op(e)) => e,
+        other => OpError::Invalid {
+            op: "gpt2 block",
+            message: other.to_string(),
+        },
     }
 }
 
@@ -186,6 +285,10 @@ pub struct Gpt2LMHeadModel {
     h: Vec<Block>,
     ln_f: LayerNorm,
     training: bool,
+    /// Rows of `wte`: `config.vocab_size`, or more after [`Gpt2LMHeadModel::pad_vocab`].
+    padded_vocab: usize,
+    /// Recompute each block's forward pass in the backward pass.
+    checkpointing: bool,
 }
 
 fn specs(c: &Gpt2Config) -> Vec<Spec> {
@@ -246,7 +349,7 @@ impl Gpt2LMHeadModel {
         let config = Gpt2Config::from_file(&config_path)?;
         let w = Weights::load(&weights_path, &specs(&config), canonical)
             .map_err(|e| layer_hint(e, config.n_layer, "h.", "n_layer"))?;
-        let mut m = Self::build(dev, config, &config_path, &mut Source::File(&w))?;
+        let mut m = Self::build(dev, config, &config_path, &mut Source::File(&w), 1.0)?;
         m.set_training(false);
         Ok(m)
     }
@@ -266,6 +369,30 @@ impl Gpt2LMHeadModel {
             config,
             Path::new("config"),
             &mut Source::Random { rng: &mut rng, std },
+            1.0,
+        )
+    }
+
+    /// GPT-2's initialisation for training from scratch, as `transformers.GPT2LMHeadModel(config)`
+    /// and nanoGPT draw it: weights N(0, `std`) (GPT-2's `initializer_range` is 0.02), the two
+    /// projections into the residual stream of each block (`attn.c_proj`, `mlp.c_proj`) N(0,
+    /// `std` / sqrt(2 `n_layer`)) so the stream's variance does not grow with depth, zero biases,
+    /// LayerNorms 1 and 0; in training mode.
+    pub fn init_from_scratch(
+        dev: &Device,
+        config: Gpt2Config,
+        std: f64,
+        seed: u64,
+    ) -> Result<Gpt2LMHeadModel> {
+        config.validate(Path::new("config"))?;
+        let mut rng = Rng::new(seed);
+        let resid = 1.0 / (2.0 * config.n_layer.max(1) as f64).sqrt();
+        Self::build(
+            dev,
+            config,
+            Path::new("config"),
+            &mut Source::Random { rng: &mut rng, std },
+            resid,
         )
     }
 
@@ -274,6 +401,7 @@ impl Gpt2LMHeadModel {
         config: Gpt2Config,
         path: &Path,
         src: &mut Source,
+        resid_scale: f64,
     ) -> Result<Gpt2LMHeadModel> {
         let c = &config;
         let (e, inner) = (c.n_embd, c.inner());
@@ -288,23 +416,29 @@ impl Gpt2LMHeadModel {
         let mut drops = Dropouts::new(0);
         let drop = drops.next(dev, c.embd_pdrop)?;
         let mut h = Vec::with_capacity(c.n_layer);
+        let (w, r) = (Kind::Weight, Kind::Scaled(resid_scale));
         for l in 0..c.n_layer {
             let p = format!("transformer.h.{l}");
             h.push(Block {
                 ln_1: src.layer_norm(dev, &format!("{p}.ln_1"), e, eps)?,
-                c_attn: Conv1D::load(src, dev, &format!("{p}.attn.c_attn"), e, 3 * e)?,
-                c_proj: Conv1D::load(src, dev, &format!("{p}.attn.c_proj"), e, e)?,
+                c_attn: Conv1D::load(src, dev, &format!("{p}.attn.c_attn"), e, 3 * e, w)?,
+                c_proj: Conv1D::load(src, dev, &format!("{p}.attn.c_proj"), e, e, r)?,
                 ln_2: src.layer_norm(dev, &format!("{p}.ln_2"), e, eps)?,
-                c_fc: Conv1D::load(src, dev, &format!("{p}.mlp.c_fc"), e, inner)?,
-                mlp_proj: Conv1D::load(src, dev, &format!("{p}.mlp.c_proj"), inner, e)?,
+                c_fc: Conv1D::load(src, dev, &format!("{p}.mlp.c_fc"), e, inner, w)?,
+                mlp_proj: Conv1D::load(src, dev, &format!("{p}.mlp.c_proj"), inner, e, r)?,
                 attn_dropout: drops.next(dev, c.attn_pdrop)?,
                 resid_dropout1: drops.next(dev, c.resid_pdrop)?,
                 resid_dropout2: drops.next(dev, c.resid_pdrop)?,
+                act,
+                heads: c.n_head,
+                scale: Self::scale_of(c, l),
+                attn_drop: c.attn_pdrop > 0.0,
             });
         }
         let ln_f = src.layer_norm(dev, "transformer.ln_f", e, eps)?;
         Ok(Gpt2LMHeadModel {
             act,
+            padded_vocab: config.vocab_size,
             config,
             wte,
             wpe,
@@ -312,7 +446,53 @@ impl Gpt2LMHeadModel {
             h,
             ln_f,
             training: true,
+            checkpointing: false,
         })
+    }
+
+    /// Pads the word embedding with zero rows up to a multiple of `multiple` (llm.c pads GPT-2's
+    /// 50,257 words to 50,304 = 393 x 128, so the head's matmul and its gradient run on whole
+    /// tiles). The padded rows are never looked up (ids are checked against `vocab_size`), and
+    /// their scores are cut off before any softmax: [`Gpt2LMHeadModel::logits`], the losses and
+    /// generation see `vocab_size` columns only, so the padding takes no probability and gets no
+    /// gradient (under weight decay it stays zero). `config().vocab_size` stays the true size and
+    /// [`Gpt2LMHeadModel::save_folder`] writes the unpadded table. The parameters change (the
+    /// word embedding's blocks are new tensors): pad before making an optimizer. A multiple the
+    /// size already is changes nothing.
+    pub fn pad_vocab(&mut self, multiple: usize) -> Result<()> {
+        let v = self.config.vocab_size;
+        let padded = v.div_ceil(multiple.max(1)) * multiple.max(1);
+        if padded == self.wte.num_embeddings() {
+            return Ok(());
+        }
+        let e = self.config.n_embd;
+        let mut rows = self.wte.to_vec()?;
+        rows.truncate(v * e);
+        rows.resize(padded * e, 0.0);
+        let dev = self.device().clone();
+        self.wte = SplitEmbeddingConfig::new(padded, e).from_rows(&dev, &rows)?;
+        self.padded_vocab = padded;
+        Ok(())
+    }
+
+    /// Rows of the word embedding: `vocab_size`, or the padded size (see
+    /// [`Gpt2LMHeadModel::pad_vocab`]).
+    pub fn padded_vocab_size(&self) -> usize {
+        self.padded_vocab
+    }
+
+    /// Recomputes each block's forward pass in the backward pass instead of keeping its
+    /// intermediate tensors (`transformers`' `gradient_checkpointing_enable`): memory for
+    /// activations falls to each block's input plus one block's intermediates at a time, for
+    /// one more forward pass of compute. Results are the same (the same kernels run on the same
+    /// values).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    /// Whether blocks are recomputed in the backward pass.
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing
     }
 
     /// The config.
@@ -330,17 +510,27 @@ impl Gpt2LMHeadModel {
     }
 
     /// The score scale of layer `l`.
-    fn scale(&self, l: usize) -> f32 {
-        let d = (self.config.n_embd / self.config.n_head) as f32;
-        let mut s = if self.config.scale_attn_weights {
+    fn scale_of(c: &Gpt2Config, l: usize) -> f32 {
+        let d = (c.n_embd / c.n_head) as f32;
+        let mut s = if c.scale_attn_weights {
             1.0 / d.sqrt()
         } else {
             1.0
         };
-        if self.config.scale_attn_by_inverse_layer_idx {
+        if c.scale_attn_by_inverse_layer_idx {
             s /= (l + 1) as f32;
         }
         s
+    }
+
+    /// Scores `[..., vocab_size]` of hidden states `[..., n_embd]`: the tied head, with the
+    /// padded rows' columns cut off.
+    fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let y = self.wte.logits(h)?;
+        if self.padded_vocab == self.config.vocab_size {
+            return Ok(y);
+        }
+        Ok(y.slice(y.shape().len() - 1, 0, self.config.vocab_size)?)
     }
 
     fn check_ids(&self, ids: &[i32], what: &str) -> Result<()> {
@@ -372,7 +562,7 @@ impl Gpt2LMHeadModel {
 
     /// Hidden states, writing each layer's keys and values into `cache` when given.
     fn run(&self, ids: &Tensor, mut cache: Option<&mut Gpt2Cache>) -> Result<Tensor> {
-        let &[b, t] = ids.shape() else {
+        let &[_, t] = ids.shape() else {
             return Err(HfError::Input(format!(
                 "ids [batch, seq], got {:?}",
                 ids.shape()
@@ -380,33 +570,23 @@ impl Gpt2LMHeadModel {
         };
         self.check_len(t)?;
         let dev = ids.device();
-        let c = &self.config;
-        let (e, heads) = (c.n_embd, c.n_head);
+        let e = self.config.n_embd;
         let positions: Vec<i32> = (0..t as i32).collect();
         let pos = self
             .wpe
             .forward(&Tensor::from_i32(dev, &positions, &[t])?)?;
         let mut x = self.drop.forward(&self.wte.forward(ids)?.add(&pos)?)?;
-        let dropout_on = self.training && c.attn_pdrop > 0.0;
+        let recompute = self.checkpointing && cache.is_none() && is_grad_enabled();
         for (l, blk) in self.h.iter().enumerate() {
-            let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x)?)?;
-            if let Some(cache) = cache.as_deref_mut() {
+            x = if let Some(cache) = cache.as_deref_mut() {
+                let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x)?)?;
                 decode::kv_append(dev, &mut cache.layers[l], qkv.array(), e, 2 * e)?;
-            }
-            let parts = qkv
-                .reshape(&[b, t, 3, heads, e / heads])?
-                .permute(&[2, 0, 3, 1, 4])?;
-            let part = |i: usize| -> Result<Tensor> {
-                Ok(parts.slice(0, i, 1)?.reshape(&[b, heads, t, e / heads])?)
+                blk.forward_qkv(&x, &qkv)?
+            } else if recompute {
+                blk.forward_checkpointed(&x)?
+            } else {
+                blk.forward(&x)?
             };
-            let opts = AttentionOptions::causal().scale(self.scale(l));
-            let drop = dropout_on.then_some(&blk.attn_dropout);
-            let (a, _) =
-                scaled_dot_product_attention(&part(0)?, &part(1)?, &part(2)?, &opts, heads, drop)?;
-            let a = a.permute(&[0, 2, 1, 3])?.reshape(&[b, t, e])?;
-            x = x.add(&blk.resid_dropout1.forward(&blk.c_proj.forward(&a)?)?)?;
-            let m = self.act.apply(&blk.c_fc.forward(&blk.ln_2.forward(&x)?)?)?;
-            x = x.add(&blk.resid_dropout2.forward(&blk.mlp_proj.forward(&m)?)?)?;
         }
         Ok(self.ln_f.forward(&x)?)
     }
@@ -414,7 +594,7 @@ impl Gpt2LMHeadModel {
     /// Logits `[B, T, vocab_size]` for i32 ids `[B, T]` (the head is the word embedding's
     /// transpose, block by block).
     pub fn logits(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.wte.logits(&self.hidden_states(ids)?)?)
+        self.head_logits(&self.hidden_states(ids)?)
     }
 
     /// The language-model loss with `labels = input_ids`, as `GPT2LMHeadModel(input_ids,
@@ -467,7 +647,7 @@ impl Gpt2LMHeadModel {
         }
         let l = dev.limits();
         let limit = l.max_storage_buffer_binding_size.min(l.max_buffer_size) as usize;
-        let chunk = (limit / (4 * v)).clamp(1, rows);
+        let chunk = (limit / (4 * self.padded_vocab)).clamp(1, rows);
         let mut total: Option<Tensor> = None;
         let mut at = 0;
         while at < rows {
@@ -480,7 +660,7 @@ impl Gpt2LMHeadModel {
                 } else {
                     h.slice(0, at, n)?
                 };
-                let logits = self.wte.logits(&hc)?;
+                let logits = self.head_logits(&hc)?;
                 let ce = logits
                     .cross_entropy(&Tensor::from_i32(dev, lab, &[n])?, Some(-100))?
                     .affine(count as f32 / counted as f32, 0.0)?;
@@ -492,6 +672,78 @@ impl Gpt2LMHeadModel {
             at += n;
         }
         Ok(total.expect("at least one counted label"))
+    }
+
+    /// The mean cross-entropy of next-token prediction for device tensors, as a recorded training
+    /// step needs them (the host rewrites both before each replay): `inputs` `[B, T]` i32 ids,
+    /// `targets` `[B, T]` (or `[B * T]`) i32, each position's next token (llm.c's and nanoGPT's
+    /// windows of T + 1 tokens cut into inputs and targets), every position counted. Ids are not
+    /// checked here: the token-shard reader refuses ids past the vocabulary when it opens a file.
+    /// The scores are made a few thousand rows at a time where `[B * T, vocab]` would pass a
+    /// storage binding.
+    pub fn lm_loss_from(&self, inputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let &[b, t] = inputs.shape() else {
+            return Err(HfError::Input(format!(
+                "inputs [batch, seq], got {:?}",
+                inputs.shape()
+            )));
+        };
+        let rows = b * t;
+        if inputs.dtype() != kiln_graph::DType::I32
+            || targets.dtype() != kiln_graph::DType::I32
+            || targets.numel() != rows
+        {
+            return Err(HfError::Input(format!(
+                "inputs and targets as i32 [batch, seq]: got {:?} {} and {:?} {}",
+                inputs.shape(),
+                inputs.dtype(),
+                targets.shape(),
+                targets.dtype()
+            )));
+        }
+        let dev = self.device();
+        let h = self
+            .hidden_states(inputs)?
+            .reshape(&[rows, self.config.n_embd])?;
+        let l = dev.limits();
+        let limit = l.max_storage_buffer_binding_size.min(l.max_buffer_size) as usize;
+        let mut chunk = (limit / (4 * self.padded_vocab)).max(1);
+        if chunk < rows {
+            // Each chunk's targets are a window of the targets' buffer: its offset must be
+            // aligned for binding.
+            let align = (l.min_storage_buffer_offset_alignment as usize / 4).max(1);
+            chunk = (chunk / align * align).max(align);
+        }
+        let chunk = chunk.min(rows);
+        let mut total: Option<Tensor> = None;
+        let mut at = 0;
+        while at < rows {
+            let n = chunk.min(rows - at);
+            let (hc, yc) = if n == rows {
+                (h.clone(), targets.reshape(&[rows])?)
+            } else {
+                let window = targets
+                    .array()
+                    .buf
+                    .window((at * 4) as u64, n)
+                    .ok_or_else(|| HfError::Input("targets: a window past the end".into()))?;
+                let y = Array {
+                    buf: window,
+                    shape: vec![n],
+                };
+                (h.slice(0, at, n)?, Tensor::from_array(dev, y))
+            };
+            let mut ce = self.head_logits(&hc)?.cross_entropy(&yc, None)?;
+            if n < rows {
+                ce = ce.affine(n as f32 / rows as f32, 0.0)?;
+            }
+            total = Some(match total {
+                Some(s) => s.add(&ce)?,
+                None => ce,
+            });
+            at += n;
+        }
+        Ok(total.expect("at least one row"))
     }
 
     /// Empty key/value caches for one sequence of up to `n_positions` tokens.
@@ -517,7 +769,7 @@ impl Gpt2LMHeadModel {
             let t = prompt.len();
             let h = self.run(&Tensor::from_i32(dev, prompt, &[1, t])?, Some(cache))?;
             let last = h.slice(1, t - 1, 1)?;
-            Ok(self.wte.logits(&last)?.to_vec()?)
+            Ok(self.head_logits(&last)?.to_vec()?)
         })
     }
 
@@ -545,13 +797,13 @@ impl Gpt2LMHeadModel {
                 let qkv = blk.c_attn.forward(&blk.ln_1.forward(&x)?)?;
                 let kv = &mut cache.layers[l];
                 decode::kv_append(dev, kv, qkv.array(), e, 2 * e)?;
-                let a = decode::decode_attention(dev, qkv.array(), 0, kv, Some(self.scale(l)))?;
+                let a = decode::decode_attention(dev, qkv.array(), 0, kv, Some(blk.scale))?;
                 let a = Tensor::from_array(dev, a).reshape(&[1, 1, e])?;
                 x = x.add(&blk.c_proj.forward(&a)?)?;
                 let m = self.act.apply(&blk.c_fc.forward(&blk.ln_2.forward(&x)?)?)?;
                 x = x.add(&blk.mlp_proj.forward(&m)?)?;
             }
-            Ok(self.wte.logits(&self.ln_f.forward(&x)?)?.to_vec()?)
+            Ok(self.head_logits(&self.ln_f.forward(&x)?)?.to_vec()?)
         })
     }
 
@@ -609,7 +861,7 @@ impl Gpt2LMHeadModel {
             let dev = self.device();
             let t = seq.len();
             let h = self.hidden_states(&Tensor::from_i32(dev, seq, &[1, t])?)?;
-            Ok(self.wte.logits(&h.slice(1, t - 1, 1)?)?.to_vec()?)
+            Ok(self.head_logits(&h.slice(1, t - 1, 1)?)?.to_vec()?)
         })
     }
 
@@ -628,11 +880,11 @@ impl Gpt2LMHeadModel {
             }
             tensors.push((name, t.shape().to_vec(), t.to_vec()?));
         }
-        tensors.push((
-            "transformer.wte.weight".to_string(),
-            vec![self.wte.num_embeddings(), self.wte.embedding_dim()],
-            self.wte.to_vec()?,
-        ));
+        // The true vocabulary only: padded rows are kiln's layout, not the model's.
+        let (v, e) = (self.config.vocab_size, self.wte.embedding_dim());
+        let mut wte = self.wte.to_vec()?;
+        wte.truncate(v * e);
+        tensors.push(("transformer.wte.weight".to_string(), vec![v, e], wte));
         let mut config = self.config.clone();
         config.extra.insert(
             "architectures".into(),
@@ -708,7 +960,9 @@ impl Module for Gpt2LMHeadModel {
     fn set_training(&mut self, training: bool) {
         self.training = training;
         self.drop.set_training(training);
+        let attn = self.config.attn_pdrop > 0.0;
         for b in &mut self.h {
+            b.attn_drop = training && attn;
             for d in b.dropouts_mut() {
                 d.set_training(training);
             }

@@ -119,6 +119,14 @@ pub(crate) fn into_nn(e: HfError) -> NnError {
     }
 }
 
+impl From<HfError> for NnError {
+    /// The nn error inside, or the message of a file, config or tokenizer error as a
+    /// configuration error.
+    fn from(e: HfError) -> Self {
+        into_nn(e)
+    }
+}
+
 pub(crate) fn file_err(path: &Path, message: impl Into<String>) -> HfError {
     HfError::File {
         path: path.display().to_string(),

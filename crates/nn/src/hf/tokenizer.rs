@@ -232,6 +232,64 @@ impl Tokenizer {
         Ok(b)
     }
 
+    /// Trains a byte-level BPE as GPT-2's (bytes as the initial alphabet, so every text encodes;
+    /// GPT-2's pre-tokenizer regex; no prefix space; `<|endoftext|>` as its one special token)
+    /// with the `tokenizers` library's trainer on `files`, to `vocab_size` tokens at most (fewer
+    /// where the text has no more pairs seen twice), and writes it to `out` (a tokenizer.json
+    /// that `transformers` and [`Tokenizer::from_file`] read).
+    pub fn train_byte_level_bpe(
+        files: &[PathBuf],
+        vocab_size: usize,
+        out: &Path,
+    ) -> Result<Tokenizer> {
+        use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::{
+            AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper,
+            PreTokenizerWrapper, TokenizerBuilder,
+        };
+        if vocab_size < 257 {
+            return Err(tok_err(
+                out,
+                format!(
+                    "a byte-level BPE needs at least 257 tokens (256 bytes and <|endoftext|>),                      not {vocab_size}"
+                ),
+            ));
+        }
+        let mut trainer = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
+            .build();
+        let byte_level = ByteLevel::default().add_prefix_space(false);
+        let mut tok = TokenizerBuilder::<
+            BPE,
+            NormalizerWrapper,
+            PreTokenizerWrapper,
+            PostProcessorWrapper,
+            DecoderWrapper,
+        >::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(byte_level.into()))
+        .with_post_processor(Some(byte_level.into()))
+        .with_decoder(Some(byte_level.into()))
+        .build()
+        .map_err(|e| tok_err(out, e.to_string()))?;
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        for f in files {
+            if !f.is_file() {
+                return Err(tok_err(f, "no such file to train a tokenizer on"));
+            }
+        }
+        tok.train_from_files(&mut trainer, names)
+            .map_err(|e| tok_err(out, format!("training: {e}")))?;
+        tok.save(out, false)
+            .map_err(|e| tok_err(out, format!("writing: {e}")))?;
+        Tokenizer::from_file(out)
+    }
+
     /// Text of ids (lossy UTF-8 where byte-level tokens split a character, as the tokenizers
     /// library decodes).
     pub fn decode(&self, ids: &[i32], skip_special_tokens: bool) -> Result<String> {

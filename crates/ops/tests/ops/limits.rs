@@ -11,8 +11,8 @@
 use crate::common::dev;
 use crate::shapes::plan_all;
 use kiln_device::{AdapterProfile, DeviceError};
+use kiln_ops::gemm::{self, GemmCall};
 use kiln_ops::kernels::{KernelSpec, Planned};
-use kiln_ops::matmul::{self, GemmCall};
 use kiln_ops::{Device, KernelPolicy, OpError};
 use std::collections::BTreeMap;
 
@@ -210,7 +210,7 @@ fn the_former_small_m_tiles_are_refused_where_they_exceed_the_limit() {
         let pd = d.with_policy(KernelPolicy::default().with_profile(prof.clone()));
         for (m, n, k) in [(1, 1024, 256), (4, 4096, 1024), (8, 512, 300)] {
             let call = GemmCall::matmul(1, m, n, k, false, true, false, false, false);
-            let p = matmul::plan(&pd, &call).unwrap();
+            let p = gemm::plan(&pd, &call).unwrap();
             check_plan(&pd, &format!("{m}x{n}x{k}"), &p);
         }
     }

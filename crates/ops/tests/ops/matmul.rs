@@ -618,8 +618,13 @@ fn gemv_is_chosen_for_few_rows_on_gpus() {
         (9, "gemm_16x64"),
         (512, "gemm_128x128"),
     ] {
-        let call = matmul::GemmCall::matmul(1, m, 768, 768, false, true, false, false, false);
-        assert_eq!(matmul::plan(&h100, &call).unwrap().variant, want, "m = {m}");
+        let call =
+            kiln_ops::gemm::GemmCall::matmul(1, m, 768, 768, false, true, false, false, false);
+        assert_eq!(
+            kiln_ops::gemm::plan(&h100, &call).unwrap().variant,
+            want,
+            "m = {m}"
+        );
     }
 }
 

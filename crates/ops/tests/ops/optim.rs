@@ -138,7 +138,7 @@ fn grouped_optimizer_cases(d: &Device, variant: &str) {
 #[test]
 fn webgpu_default_limits_choose_fitting_variants_that_match_the_cpu() {
     use kiln_device::AdapterProfile;
-    use kiln_ops::matmul::{self, GemmCall};
+    use kiln_ops::gemm::{self, GemmCall};
     let web = AdapterProfile::webgpu_default();
     let d = dev().with_policy(KernelPolicy::default().with_profile(web.clone()));
     let call = optim::OptimCall {
@@ -147,7 +147,7 @@ fn webgpu_default_limits_choose_fitting_variants_that_match_the_cpu() {
     };
     let plans = [
         optim::plan(&d, &call).unwrap(),
-        matmul::plan(
+        gemm::plan(
             &d,
             &GemmCall::matmul(1, 64, 120, 400, false, true, false, false, false),
         )

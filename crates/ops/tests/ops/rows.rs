@@ -367,7 +367,7 @@ fn row_plans_spread_rows_over_lanes() {
         .unwrap();
         println!("H100 [2048, {cols}] vec4={vec4}: {p:?}");
         assert_eq!(p.lanes, lanes, "[2048, {cols}]");
-        assert_eq!(p.variant, "rows_sg");
+        assert_eq!(p.shader, "rows_sg");
         assert!(p.groups >= 256 || 2048 * p.lanes / 32 >= 256);
     }
     for cols in [1, 10, 768, 8192] {

@@ -4,8 +4,8 @@
 
 use kiln_ops::attention::{self, AttnCall};
 use kiln_ops::conv::{self, Conv2dSpec, ConvPass};
+use kiln_ops::gemm::{self, GemmCall};
 use kiln_ops::kernels::Planned;
-use kiln_ops::matmul::{self, GemmCall};
 use kiln_ops::{Device, OpError};
 
 /// A Linear layer's three GEMMs at `rows` rows: y = x W^T, dx = dy W, dW = dy^T x (as
@@ -192,7 +192,7 @@ pub fn optim_groups() -> Vec<usize> {
 pub fn plan_all(dev: &Device) -> Vec<(String, Result<Planned, OpError>)> {
     let mut out = Vec::new();
     for (what, call) in gemm_shapes() {
-        out.push((format!("{what} {call:?}"), matmul::plan(dev, &call)));
+        out.push((format!("{what} {call:?}"), gemm::plan(dev, &call)));
     }
     for (what, xs, ws, spec) in conv_shapes() {
         for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
