@@ -25,7 +25,7 @@ use kiln::device::shaders;
 use kiln::device::{AdapterProfile, Device, KernelPolicy};
 use kiln::nn::lm::{generate, CharCorpus, CharLstm, CharTransformer, TransformerLmConfig};
 use kiln::nn::{models::lenet5, Adam, AdamW, Module, Sgd};
-use kiln::ops::testing::Rng;
+use kiln::ops::random::Rng;
 use kiln::train::lm::{train_lm, LmConfig};
 use kiln::train::{fit_classifier, Dataset, FitConfig};
 use serde_json::{json, Value};

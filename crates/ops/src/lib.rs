@@ -25,6 +25,7 @@ pub mod lookup;
 pub mod mask;
 pub mod matmul;
 pub mod norm;
+pub mod numeric;
 pub mod op;
 pub mod optim;
 pub mod pool;
@@ -33,7 +34,6 @@ pub mod reduce;
 pub mod rnn;
 pub mod rows;
 pub mod softmax;
-pub mod testing;
 mod window;
 
 pub use array::fill;

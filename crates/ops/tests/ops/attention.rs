@@ -15,7 +15,8 @@
 use crate::common::{arr, dev, Tally};
 use kiln_device::AdapterProfile;
 use kiln_ops::attention::{self, AttentionMasked, AttentionSpec, AttnCall, FlashKernel};
-use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, dot, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::{Array, DType, Device, DeviceError, KernelPolicy, OpError};
 
 /// This adapter's profile planned as a GPU (the GPU register budget), within its own limits.

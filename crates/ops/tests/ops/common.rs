@@ -137,3 +137,19 @@ pub fn unless_refused<T>(r: Result<T, OpError>) -> Option<T> {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The error `r` must be: one whose message holds `want` (the op and what it expected), so an
+/// error test fails on any other error.
+#[track_caller]
+pub fn expect_err<T, E: std::fmt::Display>(r: Result<T, E>, want: &str) -> E {
+    let at = std::panic::Location::caller();
+    let e = match r {
+        Ok(_) => panic!("{at}: expected an error holding {want:?}, got Ok"),
+        Err(e) => e,
+    };
+    assert!(
+        e.to_string().contains(want),
+        "{at}: expected {want:?} in {e}"
+    );
+    e
+}

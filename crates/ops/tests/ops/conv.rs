@@ -1,21 +1,22 @@
 //! Convolution (direct kernels and the implicit GEMM, every gradient) and pooling, against the
 //! CPU and finite differences.
 
-use crate::common::{arr, dev, forced, unless_refused, Tally};
+use crate::common::{arr, dev, expect_err, forced, Tally};
 use kiln_ops::conv::{self, Conv2dSpec};
+use kiln_ops::numeric::{assert_close, dot, finite_diff, to_f64};
 use kiln_ops::pool::{self, Pool2dSpec};
-use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
+use kiln_ops::random::Rng;
 use kiln_ops::{Array, Device};
 
 /// The automatic choice on this adapter, then each variant of the convolution families forced:
 /// the software adapters' direct kernels, and the implicit GEMM on the software and GPU tiles.
 #[test]
 fn conv2d_forward_and_gradients() {
-    conv_cases(&dev());
-    conv_cases(&forced(&[
-        ("conv", "conv_direct"),
-        ("conv_wgrad", "conv_wgrad"),
-    ]));
+    conv_cases(&dev(), "conv (automatic)");
+    conv_cases(
+        &forced(&[("conv", "conv_direct"), ("conv_wgrad", "conv_wgrad")]),
+        "conv_direct + conv_wgrad",
+    );
 }
 
 #[test]
@@ -34,7 +35,7 @@ fn conv2d_on_the_implicit_gemm() {
             ("conv_wgrad", "conv_gemm"),
             ("matmul", v),
         ]);
-        conv_cases_with(&d, large);
+        conv_cases_with(&d, &format!("conv_gemm on {v}"), large);
     }
 }
 
@@ -42,16 +43,18 @@ fn conv2d_on_the_implicit_gemm() {
 fn conv2d_weight_gradient_on_subgroups() {
     let d = dev();
     assert!(d.capabilities().subgroups, "lavapipe has subgroups");
-    conv_cases(&forced(&[("conv_wgrad", "conv_wgrad_sg")]));
+    conv_cases(&forced(&[("conv_wgrad", "conv_wgrad_sg")]), "conv_wgrad_sg");
 }
 
-fn conv_cases(d: &Device) {
-    conv_cases_with(d, true)
+fn conv_cases(d: &Device, label: &str) {
+    conv_cases_with(d, label, true)
 }
 
-/// The convolution cases on `d`; `large`: also the layers that span several uniform windows.
-fn conv_cases_with(d: &Device, large: bool) {
+/// The convolution cases on `d`, counted by pass (forward, dx, dw with db) under `label`;
+/// `large`: also the layers that span several uniform windows.
+fn conv_cases_with(d: &Device, label: &str, large: bool) {
     let d = d.clone();
+    let mut t = Tally::new(label);
     let mut r = Rng::new(5);
     let specs = [
         ([2, 3, 7, 6], [4, 3, 3, 3], Conv2dSpec::default()),
@@ -106,82 +109,68 @@ fn conv_cases_with(d: &Device, large: bool) {
         let w = r.vec(ws.iter().product(), -1.0, 1.0);
         let b = r.vec(ws[0], -1.0, 1.0);
         let (xa, wa, ba) = (arr(&d, &x, &xs), arr(&d, &w, &ws), arr(&d, &b, &[ws[0]]));
-        let y = conv::conv2d(&d, &xa, &wa, Some(&ba), &spec).unwrap();
         let (x64, w64, b64) = (to_f64(&x), to_f64(&w), to_f64(&b));
         let (want, ys) = conv::cpu::conv2d(&x64, xs, &w64, ws, Some(&b64), &spec);
-        assert_eq!(y.shape, ys.to_vec());
         let what = format!("conv {xs:?} {ws:?} {spec:?}");
-        assert_close(&what, &y.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
-        let dy = r.vec(y.numel(), -1.0, 1.0);
-        let dya = arr(&d, &dy, &y.shape);
-        // A forced direct kernel has no input gradient at stride > 1.
-        let Some(dx) = unless_refused(conv::conv2d_backward_input(&d, &dya, &wa, &xs, &spec))
-        else {
-            continue;
-        };
-        let dw = conv::conv2d_backward_weight(&d, &dya, &xa, &ws, &spec).unwrap();
-        let db = conv::conv2d_backward_bias(&d, &dya).unwrap();
-        let fx = |v: &[f64]| {
-            dot(
-                &conv::cpu::conv2d(v, xs, &w64, ws, Some(&b64), &spec).0,
-                &dy,
-            )
-        };
-        let fw = |v: &[f64]| {
-            dot(
-                &conv::cpu::conv2d(&x64, xs, v, ws, Some(&b64), &spec).0,
-                &dy,
-            )
-        };
-        let fb = |v: &[f64]| {
-            dot(
-                &conv::cpu::conv2d(&x64, xs, &w64, ws, Some(v), &spec).0,
-                &dy,
-            )
-        };
-        assert_close(
-            &format!("{what} dx"),
-            &dx.to_f32(&d).unwrap(),
-            &finite_diff(fx, &x64, 1e-3),
-            1e-3,
-            1e-3,
-        );
-        assert_close(
-            &format!("{what} dw"),
-            &dw.to_f32(&d).unwrap(),
-            &finite_diff(fw, &w64, 1e-3),
-            1e-3,
-            1e-3,
-        );
-        let want_db = finite_diff(fb, &b64, 1e-3);
-        assert_close(
-            &format!("{what} db"),
-            &db.to_f32(&d).unwrap(),
-            &want_db,
-            1e-3,
-            1e-3,
-        );
-        // Both at once (one pass over dy where the direct kernel runs): the same gradients.
-        let (dw2, db2) = conv::conv2d_backward_weight_bias(&d, &dya, &xa, &ws, &spec).unwrap();
-        assert_eq!(
-            (dw2.shape.as_slice(), db2.shape.as_slice()),
-            (&ws[..], &[ws[0]][..])
-        );
-        let (dw, dw2) = (dw.to_f32(&d).unwrap(), dw2.to_f32(&d).unwrap());
-        assert_close(
-            &format!("{what} dw with db"),
-            &dw2,
-            &to_f64(&dw),
-            1e-6,
-            1e-6,
-        );
-        assert_close(
-            &format!("{what} db with dw"),
-            &db2.to_f32(&d).unwrap(),
-            &want_db,
-            1e-3,
-            1e-3,
-        );
+        t.case_of("forward", &what, || {
+            let y = conv::conv2d(&d, &xa, &wa, Some(&ba), &spec)?;
+            assert_eq!(y.shape, ys.to_vec());
+            assert_close(&what, &y.to_f32(&d)?, &want, 1e-4, 1e-4);
+            Ok(())
+        });
+        let dy = r.vec(ys.iter().product(), -1.0, 1.0);
+        let dya = arr(&d, &dy, &ys);
+        // A forced direct kernel has no input gradient at stride > 1: refused, and counted so.
+        t.case_of("dx", &what, || {
+            let dx = conv::conv2d_backward_input(&d, &dya, &wa, &xs, &spec)?;
+            let fx = |v: &[f64]| {
+                dot(
+                    &conv::cpu::conv2d(v, xs, &w64, ws, Some(&b64), &spec).0,
+                    &dy,
+                )
+            };
+            let want = finite_diff(fx, &x64, 1e-3);
+            assert_close(&format!("{what} dx"), &dx.to_f32(&d)?, &want, 1e-3, 1e-3);
+            Ok(())
+        });
+        t.case_of("dw", &what, || {
+            let dw = conv::conv2d_backward_weight(&d, &dya, &xa, &ws, &spec)?;
+            let db = conv::conv2d_backward_bias(&d, &dya)?;
+            let fw = |v: &[f64]| {
+                dot(
+                    &conv::cpu::conv2d(&x64, xs, v, ws, Some(&b64), &spec).0,
+                    &dy,
+                )
+            };
+            let fb = |v: &[f64]| {
+                dot(
+                    &conv::cpu::conv2d(&x64, xs, &w64, ws, Some(v), &spec).0,
+                    &dy,
+                )
+            };
+            let want_dw = finite_diff(fw, &w64, 1e-3);
+            let dw = dw.to_f32(&d)?;
+            assert_close(&format!("{what} dw"), &dw, &want_dw, 1e-3, 1e-3);
+            let want_db = finite_diff(fb, &b64, 1e-3);
+            assert_close(&format!("{what} db"), &db.to_f32(&d)?, &want_db, 1e-3, 1e-3);
+            // Both at once (one pass over dy where the direct kernel runs): the same gradients.
+            let (dw2, db2) = conv::conv2d_backward_weight_bias(&d, &dya, &xa, &ws, &spec)?;
+            assert_eq!(
+                (dw2.shape.as_slice(), db2.shape.as_slice()),
+                (&ws[..], &[ws[0]][..])
+            );
+            let dw2 = dw2.to_f32(&d)?;
+            assert_close(
+                &format!("{what} dw with db"),
+                &dw2,
+                &to_f64(&dw),
+                1e-6,
+                1e-6,
+            );
+            let db2 = db2.to_f32(&d)?;
+            assert_close(&format!("{what} db with dw"), &db2, &want_db, 1e-3, 1e-3);
+            Ok(())
+        });
     }
     // LeNet's conv2 weight gradient at batch 62: long K, split across workgroups
     // (implicit GEMM) or image chunks, the last one short (direct kernel).
@@ -190,25 +179,19 @@ fn conv_cases_with(d: &Device, large: bool) {
     let dy = r.vec(62 * 16 * 10 * 10, -1.0, 1.0);
     let spec = Conv2dSpec::default();
     // A forced gemm_direct_ua refuses dy as A (larger than its uniform copy).
-    let grads = conv::conv2d_backward_weight_bias(
-        &d,
-        &arr(&d, &dy, &[62, 16, 10, 10]),
-        &arr(&d, &x, &xs),
-        &ws,
-        &spec,
-    );
-    if let Some((dw, db)) = unless_refused(grads) {
+    t.case_of("dw", "lenet conv2 (split K)", || {
+        let (dw, db) = conv::conv2d_backward_weight_bias(
+            &d,
+            &arr(&d, &dy, &[62, 16, 10, 10]),
+            &arr(&d, &x, &xs),
+            &ws,
+            &spec,
+        )?;
         let mut want_db = vec![0.0; 16];
         for (e, &g) in dy.iter().enumerate() {
             want_db[e / 100 % 16] += g as f64;
         }
-        assert_close(
-            "lenet conv2 db",
-            &db.to_f32(&d).unwrap(),
-            &want_db,
-            1e-4,
-            1e-4,
-        );
+        assert_close("lenet conv2 db", &db.to_f32(&d)?, &want_db, 1e-4, 1e-4);
         let mut want = vec![0.0; 16 * 150];
         for o in 0..16 {
             for c in 0..6 {
@@ -228,20 +211,16 @@ fn conv_cases_with(d: &Device, large: bool) {
                 }
             }
         }
-        assert_close(
-            "lenet conv2 dw (split K)",
-            &dw.to_f32(&d).unwrap(),
-            &want,
-            1e-3,
-            1e-4,
-        );
-    }
+        assert_close("lenet conv2 dw", &dw.to_f32(&d)?, &want, 1e-3, 1e-4);
+        Ok(())
+    });
     // Enough images that the direct kernels read x and dy through several uniform windows, one
     // starting mid-image and one pinned to the allocation's end; then images larger than a
     // window (the weight gradient takes conv_wgrad_sg where there are subgroups), which the
     // direct correlation splits into parts of input channels, one with two groups of output
     // channels (72 x 20 x 5 x 5 weights); then weights in two groups while images fit; last, a
-    // plane larger than a window (the implicit GEMM).
+    // plane larger than a window (the implicit GEMM). A forced direct kernel refuses that plane:
+    // each pass is its own case, so a refused forward leaves the gradients checked.
     let layers = [
         ([23, 3, 21, 21], [5, 3, 5, 5], 2),
         ([1, 2, 100, 90], [3, 2, 3, 3], 1),
@@ -263,32 +242,17 @@ fn conv_cases_with(d: &Device, large: bool) {
         let (xa, wa) = (arr(&d, &x, &xs), arr(&d, &w, &ws));
         let dya = arr(&d, &dy, &[n, co, oh, ow]);
         let what = format!("conv {xs:?} {ws:?}");
-        // A forced direct kernel refuses a plane larger than a window.
-        let Some(y) = unless_refused(conv::conv2d(&d, &xa, &wa, None, &padded)) else {
-            continue;
-        };
-        let (want, _) = conv::cpu::conv2d(&to_f64(&x), xs, &to_f64(&w), ws, None, &padded);
-        assert_close(&what, &y.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
-        let Some(dx) = unless_refused(conv::conv2d_backward_input(&d, &dya, &wa, &xs, &padded))
-        else {
-            continue;
-        };
-        let wgrad = conv::conv2d_backward_weight_bias(&d, &dya, &xa, &ws, &padded);
-        let Some((dw, db)) = unless_refused(wgrad) else {
-            continue;
-        };
+        t.case_of("forward", &what, || {
+            let y = conv::conv2d(&d, &xa, &wa, None, &padded)?;
+            let (want, _) = conv::cpu::conv2d(&to_f64(&x), xs, &to_f64(&w), ws, None, &padded);
+            assert_close(&what, &y.to_f32(&d)?, &want, 1e-4, 1e-4);
+            Ok(())
+        });
         let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
         let mut want_db = vec![0.0; co];
         for (e, &g) in dy.iter().enumerate() {
             want_db[e / (oh * ow) % co] += g as f64;
         }
-        assert_close(
-            &format!("{what} db"),
-            &db.to_f32(&d).unwrap(),
-            &want_db,
-            1e-4,
-            1e-4,
-        );
         for (b, o, c) in
             (0..n).flat_map(|b| (0..co).flat_map(move |o| (0..ci).map(move |c| (b, o, c))))
         {
@@ -309,21 +273,19 @@ fn conv_cases_with(d: &Device, large: bool) {
                 }
             }
         }
-        assert_close(
-            &format!("{what} dx"),
-            &dx.to_f32(&d).unwrap(),
-            &want_dx,
-            1e-4,
-            1e-4,
-        );
-        assert_close(
-            &format!("{what} dw"),
-            &dw.to_f32(&d).unwrap(),
-            &want_dw,
-            1e-3,
-            1e-4,
-        );
+        t.case_of("dx", &what, || {
+            let dx = conv::conv2d_backward_input(&d, &dya, &wa, &xs, &padded)?;
+            assert_close(&format!("{what} dx"), &dx.to_f32(&d)?, &want_dx, 1e-4, 1e-4);
+            Ok(())
+        });
+        t.case_of("dw", &what, || {
+            let (dw, db) = conv::conv2d_backward_weight_bias(&d, &dya, &xa, &ws, &padded)?;
+            assert_close(&format!("{what} db"), &db.to_f32(&d)?, &want_db, 1e-4, 1e-4);
+            assert_close(&format!("{what} dw"), &dw.to_f32(&d)?, &want_dw, 1e-3, 1e-4);
+            Ok(())
+        });
     }
+    t.finish();
     // Bad shapes are errors that name both sides.
     let e = conv::conv2d(
         &d,
@@ -436,7 +398,10 @@ fn pooling_forward_and_gradients() {
             1e-3,
         );
     }
-    assert!(pool::max_pool2d(&d, &arr(&d, &[0.0; 4], &[2, 2]), &Pool2dSpec::square(2)).is_err());
+    expect_err(
+        pool::max_pool2d(&d, &arr(&d, &[0.0; 4], &[2, 2]), &Pool2dSpec::square(2)),
+        "expected [N, C, H, W], got [2, 2]",
+    );
 }
 
 /// The forward pass through uniform windows: 75 planes of 27 x 27 take four windows (runs that
@@ -451,36 +416,35 @@ fn pooling_through_windows() {
     ];
     for windows in ["pool_windows", "pool_storage"] {
         let d = forced(&[("pool", windows)]);
+        let mut t = Tally::new(windows);
         for (xs, spec) in specs {
             let x = r.vec(xs.iter().product(), -1.0, 1.0);
             let x64 = to_f64(&x);
             let xa = arr(&d, &x, &xs);
-            // Windows refuse the plane larger than one.
-            let Some((y, idx)) = unless_refused(pool::max_pool2d(&d, &xa, &spec)) else {
-                assert_eq!((windows, xs[2]), ("pool_windows", 130));
-                continue;
-            };
             let what = format!("max_pool {xs:?} {windows}");
-            let want = pool::cpu::pool2d(&x64, xs, &spec, false);
-            assert_close(&what, &y.to_f32(&d).unwrap(), &want, 0.0, 0.0);
-            // Each index names the plane element the maximum came from.
-            let (hw, ohw) = (xs[2] * xs[3], y.shape[2] * y.shape[3]);
-            for (o, &at) in idx.to_i32(&d).unwrap().iter().enumerate() {
-                assert_eq!(
-                    x64[o / ohw * hw + at as usize],
-                    want[o],
-                    "{what}: index {o}"
-                );
+            let checked = t.case(&what, || {
+                let (y, idx) = pool::max_pool2d(&d, &xa, &spec)?;
+                let want = pool::cpu::pool2d(&x64, xs, &spec, false);
+                assert_close(&what, &y.to_f32(&d)?, &want, 0.0, 0.0);
+                // Each index names the plane element the maximum came from.
+                let (hw, ohw) = (xs[2] * xs[3], y.shape[2] * y.shape[3]);
+                for (o, &at) in idx.to_i32(&d)?.iter().enumerate() {
+                    assert_eq!(
+                        x64[o / ohw * hw + at as usize],
+                        want[o],
+                        "{what}: index {o}"
+                    );
+                }
+                let ya = pool::avg_pool2d(&d, &xa, &spec)?;
+                let want = pool::cpu::pool2d(&x64, xs, &spec, true);
+                assert_close(&format!("avg {what}"), &ya.to_f32(&d)?, &want, 1e-6, 1e-5);
+                Ok(())
+            });
+            // Windows refuse the plane larger than one, and only that.
+            if !checked {
+                assert_eq!((windows, xs[2]), ("pool_windows", 130));
             }
-            let ya = pool::avg_pool2d(&d, &xa, &spec).unwrap();
-            let want = pool::cpu::pool2d(&x64, xs, &spec, true);
-            assert_close(
-                &format!("avg {what}"),
-                &ya.to_f32(&d).unwrap(),
-                &want,
-                1e-6,
-                1e-5,
-            );
         }
+        t.finish();
     }
 }

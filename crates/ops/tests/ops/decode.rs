@@ -1,9 +1,10 @@
 //! Generation's attention: the KV cache, decode attention against full attention and the CPU,
 //! and split-KV decode attention (every split count) against the single pass and the CPU.
 
-use crate::common::{arr, dev, forced, Tally};
+use crate::common::{arr, dev, expect_err, forced, Tally};
 use kiln_ops::decode::{self, KvCache};
-use kiln_ops::testing::{assert_close, to_f64, Rng};
+use kiln_ops::numeric::assert_close;
+use kiln_ops::random::Rng;
 use kiln_ops::KernelPolicy;
 
 #[test]
@@ -63,8 +64,14 @@ fn decode_attention_matches_reference_and_full_attention() {
     // A cache that is full refuses more positions.
     let mut small = KvCache::new(&d, b, h, 2, hd).unwrap();
     let three = arr(&d, &qkv[..b * 3 * 3 * e], &[b, 3, 3 * e]);
-    assert!(decode::kv_append(&d, &mut small, &three, e, 2 * e).is_err());
-    assert!(decode::decode_attention(&d, &last, 0, &small, None).is_err());
+    expect_err(
+        decode::kv_append(&d, &mut small, &three, e, 2 * e),
+        "exceed the cache",
+    );
+    expect_err(
+        decode::decode_attention(&d, &last, 0, &small, None),
+        "non-empty cache",
+    );
 }
 
 /// Split-KV decode attention against the CPU and the single-pass kernel: caches of 1 to 1,100

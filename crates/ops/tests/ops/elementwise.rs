@@ -3,7 +3,8 @@
 
 use crate::common::{arr, dev};
 use kiln_ops::elementwise::{self, Binary, Unary};
-use kiln_ops::testing::{assert_close, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::{Array, DType, OpError};
 
 #[test]

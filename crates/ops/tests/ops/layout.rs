@@ -1,8 +1,9 @@
 //! Layout ops (permute, transpose, slice, concat, broadcast, slice_add) against a strided CPU
 //! reference, through both copy kernels.
 
-use crate::common::{arr, dev};
-use kiln_ops::testing::{assert_close, to_f64, Rng};
+use crate::common::{arr, dev, expect_err};
+use kiln_ops::numeric::{assert_close, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::{layout, OpError};
 
 #[test]
@@ -38,9 +39,15 @@ fn layout_ops() {
     assert_eq!(c.to_f32(&d).unwrap()[..6], [1.0, 2.0, 0.0, 1.0, 2.0, 3.0]);
     let b = layout::broadcast_to(&d, &arr(&d, &[1.0, 2.0], &[2, 1]), &[2, 3]).unwrap();
     assert_eq!(b.to_f32(&d).unwrap(), vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
-    assert!(layout::permute(&d, &xa, &[0, 0, 1]).is_err());
-    assert!(layout::slice(&d, &xa, 2, 3, 2).is_err());
-    assert!(layout::concat(&d, &[&xa, &s], 1).is_err());
+    expect_err(
+        layout::permute(&d, &xa, &[0, 0, 1]),
+        "not a permutation of 3 axes",
+    );
+    expect_err(layout::slice(&d, &xa, 2, 3, 2), "3..5 along axis 2");
+    expect_err(
+        layout::concat(&d, &[&xa, &s], 1),
+        "expected [2, 3, 4] outside axis 1, got [2, 3, 2]",
+    );
 }
 
 /// Element `i` (row-major over `shape`) of an array with `strides`, from `offset`.
@@ -145,8 +152,14 @@ fn layout_ops_match_a_cpu_reference() {
     }
     let s = arr(&d, &[1.0; 6], &[2, 3]);
     let into = arr(&d, &[0.0; 8], &[2, 4]);
-    assert!(layout::slice_add(&d, &into, &s, 1, 2).is_err());
-    assert!(layout::slice_add(&d, &into, &s, 0, 0).is_err());
+    expect_err(
+        layout::slice_add(&d, &into, &s, 1, 2),
+        "from 2 along axis 1 of [2, 4], got [2, 3]",
+    );
+    expect_err(
+        layout::slice_add(&d, &into, &s, 0, 0),
+        "from 0 along axis 0 of [2, 4], got [2, 3]",
+    );
     layout::slice_add(&d, &into, &s, 1, 1).unwrap();
     assert_eq!(
         into.to_f32(&d).unwrap(),

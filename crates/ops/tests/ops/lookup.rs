@@ -1,7 +1,8 @@
 //! Embedding lookup from blocks of rows, with a padding id.
 
 use crate::common::{arr, dev};
-use kiln_ops::testing::{assert_close, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::Array;
 
 #[test]

@@ -2,10 +2,11 @@
 //! operands on every available path, f16 casts; forward against the CPU, gradients against
 //! finite differences.
 
-use crate::common::{arr, dev, forced, round_f16, unless_refused, Tally};
+use crate::common::{arr, dev, expect_err, forced, round_f16, Tally};
 use kiln_ops::elementwise;
 use kiln_ops::matmul::{self, Activation};
-use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, dot, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::{Array, Device, DeviceError, KernelPolicy, OpError};
 
 /// The software adapters' GEMM kernels, each forced: gemm_uniform (2-D only), gemm_sg
@@ -20,8 +21,8 @@ fn matmul_software_variants() {
         "gemm_4x4",
         "gemm_direct",
     ] {
-        let ran = matmul_cases(&forced(&[("matmul", v)]));
-        assert!(ran >= 4, "{v} ran {ran} cases");
+        let (checked, _) = matmul_cases(&forced(&[("matmul", v)]), v);
+        assert!(checked >= 16, "{v} checked {checked} products");
     }
 }
 
@@ -36,8 +37,8 @@ fn matmul_gpu_tiles() {
         "gemm_16x64",
         "gemm_64x16",
     ] {
-        let ran = matmul_cases(&forced(&[("matmul", v)]));
-        assert_eq!(ran, 14, "{v} refused a shape");
+        let (checked, refused) = matmul_cases(&forced(&[("matmul", v)]), v);
+        assert_eq!((checked, refused), (56, 0), "{v} refused a shape");
     }
 }
 
@@ -183,11 +184,11 @@ fn forced_variants_refuse_what_they_cannot_run() {
     assert!(e.to_string().contains("gemm_128x128"), "{e}");
 }
 
-/// Every case on `d` (whose policy may force a variant); returns how many cases ran rather than
-/// being refused by a forced variant.
-pub fn matmul_cases(d: &Device) -> usize {
+/// Every case on `d` (whose policy may force a variant), counted under `label` by pass (forward,
+/// gradients); returns the forward cases checked and the cases of both passes refused.
+pub fn matmul_cases(d: &Device, label: &str) -> (usize, usize) {
     let d = d.clone();
-    let mut ran = 0;
+    let mut t = Tally::new(label);
     let mut r = Rng::new(4);
     // (batch_a, batch_b, m, n, k): primes, 1s, non-multiples of every tile, a shared 2-D operand.
     let cases = [
@@ -231,86 +232,71 @@ pub fn matmul_cases(d: &Device) -> usize {
             let b = r.vec(sb.iter().product(), -1.0, 1.0);
             let bias = r.vec(n, -1.0, 1.0);
             let (aa, ba_) = (arr(&d, &a, &sa), arr(&d, &b, &sb));
-            let c = matmul::matmul(&d, &aa, &ba_, ta, tb, Some(&arr(&d, &bias, &[n])));
-            let Some(c) = unless_refused(c) else {
-                continue;
-            };
-            if (ta, tb) == (false, false) {
-                ran += 1;
-            }
-            let mut want = matmul::cpu::matmul(
-                &to_f64(&a),
-                &to_f64(&b),
-                batch,
-                m,
-                n,
-                k,
-                ta,
-                tb,
-                ba > 0,
-                bb > 0,
-            );
-            want.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v += bias[i % n] as f64);
             let what = format!("matmul {sa:?}x{sb:?} ta={ta} tb={tb}");
-            assert_close(&what, &c.to_f32(&d).unwrap(), &want, 1e-4, 1e-4);
+            t.case_of("forward", &what, || {
+                let c = matmul::matmul(&d, &aa, &ba_, ta, tb, Some(&arr(&d, &bias, &[n])))?;
+                let mut want = matmul::cpu::matmul(
+                    &to_f64(&a),
+                    &to_f64(&b),
+                    batch,
+                    m,
+                    n,
+                    k,
+                    ta,
+                    tb,
+                    ba > 0,
+                    bb > 0,
+                );
+                want.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v += bias[i % n] as f64);
+                assert_close(&what, &c.to_f32(&d)?, &want, 1e-4, 1e-4);
+                Ok(())
+            });
             if k > 100 {
                 continue; // finite differences on the small cases only
             }
-            let dc = r.vec(c.numel(), -1.0, 1.0);
-            let dca = arr(&d, &dc, &c.shape);
-            // The gradients' products have other shapes, which a forced variant may refuse.
-            let grads = matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [true; 3]);
-            let Some((da, db, dbias)) = unless_refused(grads) else {
-                continue;
-            };
-            let (da, db) = (da.unwrap(), db.unwrap());
-            // Asked for one operand's gradient, it computes that one, the same, and not the other.
-            let (no_a, only_b, _) =
-                matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [false, true, false]).unwrap();
-            let (only_a, no_b, _) =
-                matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [true, false, false]).unwrap();
-            assert!(no_a.is_none() && no_b.is_none(), "{sa:?}x{sb:?}");
-            assert_eq!(only_a.unwrap().to_f32(&d).unwrap(), da.to_f32(&d).unwrap());
-            assert_eq!(only_b.unwrap().to_f32(&d).unwrap(), db.to_f32(&d).unwrap());
-            let (a64, b64) = (to_f64(&a), to_f64(&b));
-            let f_a = |x: &[f64]| {
-                dot(
-                    &matmul::cpu::matmul(x, &b64, batch, m, n, k, ta, tb, ba > 0, bb > 0),
-                    &dc,
-                )
-            };
-            let f_b = |x: &[f64]| {
-                dot(
-                    &matmul::cpu::matmul(&a64, x, batch, m, n, k, ta, tb, ba > 0, bb > 0),
-                    &dc,
-                )
-            };
-            assert_close(
-                &format!("{what} dA"),
-                &da.to_f32(&d).unwrap(),
-                &finite_diff(f_a, &a64, 1e-3),
-                1e-3,
-                1e-3,
-            );
-            assert_close(
-                &format!("{what} dB"),
-                &db.to_f32(&d).unwrap(),
-                &finite_diff(f_b, &b64, 1e-3),
-                1e-3,
-                1e-3,
-            );
-            let want_bias: Vec<f64> = (0..n)
-                .map(|j| dc.iter().skip(j).step_by(n).map(|&v| v as f64).sum())
-                .collect();
-            assert_close(
-                &format!("{what} dbias"),
-                &dbias.unwrap().to_f32(&d).unwrap(),
-                &want_bias,
-                1e-4,
-                1e-4,
-            );
+            let dc = r.vec(batch * m * n, -1.0, 1.0);
+            let dca = arr(&d, &dc, &[batch, m, n][usize::from(ba == 0 && bb == 0)..]);
+            // The gradients' products have other shapes, which a forced variant may refuse: a
+            // case of their own, so a refused gradient still leaves the forward checked.
+            t.case_of("gradients", &what, || {
+                let (da, db, dbias) =
+                    matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [true; 3])?;
+                let (da, db) = (da.unwrap(), db.unwrap());
+                // Asked for one operand's gradient, it computes that one, the same, and not
+                // the other.
+                let (no_a, only_b, _) =
+                    matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [false, true, false])?;
+                let (only_a, no_b, _) =
+                    matmul::matmul_backward(&d, &aa, &ba_, ta, tb, &dca, [true, false, false])?;
+                assert!(no_a.is_none() && no_b.is_none(), "{sa:?}x{sb:?}");
+                assert_eq!(only_a.unwrap().to_f32(&d)?, da.to_f32(&d)?);
+                assert_eq!(only_b.unwrap().to_f32(&d)?, db.to_f32(&d)?);
+                let (a64, b64) = (to_f64(&a), to_f64(&b));
+                let f_a = |x: &[f64]| {
+                    dot(
+                        &matmul::cpu::matmul(x, &b64, batch, m, n, k, ta, tb, ba > 0, bb > 0),
+                        &dc,
+                    )
+                };
+                let f_b = |x: &[f64]| {
+                    dot(
+                        &matmul::cpu::matmul(&a64, x, batch, m, n, k, ta, tb, ba > 0, bb > 0),
+                        &dc,
+                    )
+                };
+                let want_a = finite_diff(f_a, &a64, 1e-3);
+                assert_close(&format!("{what} dA"), &da.to_f32(&d)?, &want_a, 1e-3, 1e-3);
+                let want_b = finite_diff(f_b, &b64, 1e-3);
+                assert_close(&format!("{what} dB"), &db.to_f32(&d)?, &want_b, 1e-3, 1e-3);
+                let want_bias: Vec<f64> = (0..n)
+                    .map(|j| dc.iter().skip(j).step_by(n).map(|&v| v as f64).sum())
+                    .collect();
+                let dbias = dbias.unwrap().to_f32(&d)?;
+                assert_close(&format!("{what} dbias"), &dbias, &want_bias, 1e-4, 1e-4);
+                Ok(())
+            });
         }
     }
     let e = matmul::matmul(
@@ -326,7 +312,9 @@ pub fn matmul_cases(d: &Device) -> usize {
         e.to_string().contains("[2, 3]") && e.to_string().contains("[4, 2]"),
         "{e}"
     );
-    ran
+    let counts = (t.checked("forward"), t.refused());
+    t.finish();
+    counts
 }
 
 /// What `half::cast_f16_scaled` keeps of `v`: f16 after scaling max |v| into (2^13, 2^14].
@@ -368,7 +356,10 @@ fn f16_casts_round_to_nearest_even() {
     let back = kiln_ops::half::cast(&d, &h, kiln_ops::DType::F32).unwrap();
     assert_eq!(back.to_f32(&d).unwrap(), round_f16(&x));
     let i = Array::from_i32(&d, &[1, 2], &[2]).unwrap();
-    assert!(kiln_ops::half::cast(&d, &i, kiln_ops::DType::F16).is_err());
+    expect_err(
+        kiln_ops::half::cast(&d, &i, kiln_ops::DType::F16),
+        "asked for i32 to f16",
+    );
     // Scaled: tiny values (subnormal or zero in plain f16) keep 11 significant bits.
     for scale in [1e-9f32, 1.0, 3e4] {
         let v: Vec<f32> = r.vec(777, -1.0, 1.0).iter().map(|x| x * scale).collect();

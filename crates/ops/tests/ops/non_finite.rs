@@ -3,6 +3,7 @@
 //! reference.
 
 use crate::common::dev;
+use crate::common::expect_err;
 use kiln_ops::elementwise::{unary, Unary};
 use kiln_ops::finite::{cpu, finite_check, CLEAR};
 use kiln_ops::pool::{max_pool2d, Pool2dSpec};
@@ -85,5 +86,8 @@ fn finite_check_counts_and_locates_bad_values() {
     assert_eq!(got[2..], CLEAR);
     // A slot past the flag buffer is an error, not a stray write.
     let buf = d.upload(&b).unwrap();
-    assert!(finite_check(&d, &buf, &flags, 2).is_err());
+    expect_err(
+        finite_check(&d, &buf, &flags, 2),
+        "needs 6 flag words, the buffer has 4",
+    );
 }

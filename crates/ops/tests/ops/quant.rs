@@ -1,8 +1,9 @@
 //! Quantized layers: int8 products and layers, f16 weights.
 
-use crate::common::{arr, dev};
+use crate::common::{arr, dev, expect_err};
 use kiln_ops::conv::Conv2dSpec;
-use kiln_ops::testing::{assert_close, Rng};
+use kiln_ops::numeric::assert_close;
+use kiln_ops::random::Rng;
 use kiln_ops::OpError;
 
 #[test]
@@ -27,7 +28,10 @@ fn int8_matmul_is_exact() {
         );
     }
     let bad = d.upload(&[0u32; 3]).unwrap();
-    assert!(int8::matmul_i8(&d, &bad, &bad, 2, 2, 8).is_err());
+    expect_err(
+        int8::matmul_i8(&d, &bad, &bad, 2, 2, 8),
+        "got 3 x u32 and 3 x u32",
+    );
     // Extremes survive packing: -127 * -127 * K.
     let q = vec![-127i8; 8];
     let b = d.upload(&int8::pack_rows(&q, 8)).unwrap();
@@ -115,21 +119,33 @@ fn int8_layers_pack_exactly_and_dequantize_within_the_quantization_bound() {
 fn int8_bad_inputs_are_errors() {
     use kiln_ops::int8::{self, LayerGeom};
     let d = dev();
-    assert!(LayerGeom::linear("t", &[4, 3], &[2, 5]).is_err());
-    assert!(LayerGeom::conv("t", &[1, 2, 8, 8], &[4, 3, 3, 3], Conv2dSpec::default()).is_err());
+    expect_err(
+        LayerGeom::linear("t", &[4, 3], &[2, 5]),
+        "expected an input [batch, 5] for weight [2, 5], got [4, 3]",
+    );
+    expect_err(
+        LayerGeom::conv("t", &[1, 2, 8, 8], &[4, 3, 3, 3], Conv2dSpec::default()),
+        "got [1, 2, 8, 8]",
+    );
     let e = LayerGeom::conv("t", &[1, 3, 2, 2], &[4, 3, 3, 3], Conv2dSpec::default())
         .err()
         .unwrap();
     assert!(matches!(e, OpError::Shape { .. }), "{e}");
     let g = LayerGeom::linear("t", &[2, 8], &[3, 8]).unwrap();
     let x = arr(&d, &[0.0; 18], &[2, 9]);
-    assert!(
-        int8::pack_input(&d, &x, &g, 0.1).is_err(),
-        "wrong input shape"
+    expect_err(
+        int8::pack_input(&d, &x, &g, 0.1),
+        "expected input [2, 8], got [2, 9]",
     );
     let x = arr(&d, &[0.0; 16], &[2, 8]);
-    assert!(int8::pack_input(&d, &x, &g, 0.0).is_err(), "zero scale");
-    assert!(int8::pack_input(&d, &x, &g, f32::NAN).is_err(), "NaN scale");
+    expect_err(
+        int8::pack_input(&d, &x, &g, 0.0),
+        "positive and finite, got 0",
+    );
+    expect_err(
+        int8::pack_input(&d, &x, &g, f32::NAN),
+        "positive and finite, got NaN",
+    );
 }
 
 #[test]
@@ -162,13 +178,15 @@ fn f16_weight_layers_match_the_cpu() {
             1e-4,
         );
         let short = d.upload(&w[1..]).unwrap();
-        assert!(half::layer_f16w(
-            &d,
-            &arr(&d, &x, &g.input_shape()),
-            &short,
-            &d.upload(&bias).unwrap(),
-            &g
-        )
-        .is_err());
+        expect_err(
+            half::layer_f16w(
+                &d,
+                &arr(&d, &x, &g.input_shape()),
+                &short,
+                &d.upload(&bias).unwrap(),
+                &g,
+            ),
+            "layer_f16w: expected f16 weights of",
+        );
     }
 }

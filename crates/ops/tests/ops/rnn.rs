@@ -1,7 +1,8 @@
 //! The LSTM and GRU cells against the CPU and finite differences.
 
 use crate::common::{arr, dev};
-use kiln_ops::testing::{assert_close, finite_diff, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::OpError;
 
 #[test]

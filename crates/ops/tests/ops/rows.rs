@@ -6,9 +6,10 @@
 
 use crate::common::{arr, dev, Tally};
 use kiln_ops::norm;
+use kiln_ops::numeric::{assert_close, dot, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::rows::{self, RowCall, RowOp};
 use kiln_ops::softmax;
-use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
 use kiln_ops::{Array, Device, KernelPolicy};
 
 /// The automatic choice and each variant of the `rows` family, forced; and each variant planned
