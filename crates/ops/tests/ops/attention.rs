@@ -12,7 +12,7 @@
 //! cooperative-matrix variants run where the adapter has them (Mesa 26's lavapipe:
 //! `scripts/lavapipe-coop.sh`; `KILN_REQUIRE_COOP=1` makes their absence an error).
 
-use crate::common::{arr, dev, Tally};
+use crate::common::{arr, coop_profile, dev, Tally};
 use kiln_device::AdapterProfile;
 use kiln_ops::attention::{self, AttentionMasked, AttentionSpec, AttnCall, FlashKernel};
 use kiln_ops::numeric::{assert_close, dot, finite_diff, to_f64};
@@ -25,25 +25,6 @@ fn gpu_like(d: &Device) -> AdapterProfile {
     p.is_software = false;
     p.name = format!("{} planned as a GPU", p.name);
     p
-}
-
-/// The cooperative sizes to test: the adapter's, and 16 on Mesa's lavapipe (which reports 8 x 8
-/// fragments but lowers any size in software).
-fn coop_profile(d: &Device) -> (Vec<u32>, AdapterProfile) {
-    let coop = !d.cooperative_f16_f32_sizes().is_empty();
-    if std::env::var_os("KILN_REQUIRE_COOP").is_some() {
-        assert!(
-            coop,
-            "KILN_REQUIRE_COOP is set but the adapter has no f16 cooperative matrices"
-        );
-    }
-    let mut sizes = d.cooperative_f16_f32_sizes().to_vec();
-    let mut prof = d.adapter_profile().clone();
-    if coop && d.adapter().is_software && !sizes.contains(&16) {
-        sizes.insert(0, 16);
-        prof.coop_f16_sizes = sizes.clone();
-    }
-    (sizes, prof)
 }
 
 /// One forced variant on one profile, and the indices of [`CASES`] it runs.

@@ -1,6 +1,7 @@
 //! What every family's tests share: the device, forced variants, arrays, and the counting case
 //! runner.
 
+use kiln_device::AdapterProfile;
 use kiln_ops::{Array, Device, DeviceError, KernelPolicy, OpError};
 use std::collections::BTreeMap;
 
@@ -152,4 +153,24 @@ pub fn expect_err<T, E: std::fmt::Display>(r: Result<T, E>, want: &str) -> E {
         "{at}: expected {want:?} in {e}"
     );
     e
+}
+
+/// The cooperative sizes to test: the adapter's, and 16 on Mesa's lavapipe (which reports 8 x 8
+/// fragments but lowers any size in software). `KILN_REQUIRE_COOP`, set on machines known to have
+/// cooperative matrices, makes their absence a failure, so the path cannot silently go untested.
+pub fn coop_profile(d: &Device) -> (Vec<u32>, AdapterProfile) {
+    let coop = !d.cooperative_f16_f32_sizes().is_empty();
+    if std::env::var_os("KILN_REQUIRE_COOP").is_some() {
+        assert!(
+            coop,
+            "KILN_REQUIRE_COOP is set but the adapter has no f16 cooperative matrices"
+        );
+    }
+    let mut sizes = d.cooperative_f16_f32_sizes().to_vec();
+    let mut prof = d.adapter_profile().clone();
+    if coop && d.adapter().is_software && !sizes.contains(&16) {
+        sizes.insert(0, 16);
+        prof.coop_f16_sizes = sizes.clone();
+    }
+    (sizes, prof)
 }

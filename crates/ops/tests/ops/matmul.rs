@@ -2,7 +2,7 @@
 //! operands on every available path, f16 casts; forward against the CPU, gradients against
 //! finite differences.
 
-use crate::common::{arr, dev, expect_err, forced, round_f16, Tally};
+use crate::common::{arr, coop_profile, dev, expect_err, forced, round_f16, Tally};
 use kiln_ops::elementwise;
 use kiln_ops::matmul::{self, Activation};
 use kiln_ops::numeric::{assert_close, dot, finite_diff, to_f64};
@@ -378,22 +378,10 @@ fn f16_casts_round_to_nearest_even() {
 #[test]
 fn matmul_f16_on_every_available_path() {
     let d = dev();
-    let coop = !d.cooperative_f16_f32_sizes().is_empty();
-    // Set on machines known to have cooperative matrices, so the path cannot silently go untested.
-    if std::env::var_os("KILN_REQUIRE_COOP").is_some() {
-        assert!(
-            coop,
-            "KILN_REQUIRE_COOP is set but the adapter has no f16 cooperative matrices"
-        );
-    }
     // Mesa's lavapipe reports 8 x 8 fragments only, but lowers cooperative matrices of any size
     // in software: there the 16 x 16 entry points run too, through a profile that lists them.
-    let mut sizes = d.cooperative_f16_f32_sizes().to_vec();
-    let mut prof = d.adapter_profile().clone();
-    if coop && d.adapter().is_software && !sizes.contains(&16) {
-        sizes.insert(0, 16);
-        prof.coop_f16_sizes = sizes.clone();
-    }
+    let (sizes, prof) = coop_profile(&d);
+    let coop = !sizes.is_empty();
     // Every fragment size the adapter offers, each forced; a size it lacks is refused.
     for (v, size) in [
         ("coop16", 16),
