@@ -381,7 +381,6 @@ fn matmul_f16_on_every_available_path() {
     // Mesa's lavapipe reports 8 x 8 fragments only, but lowers cooperative matrices of any size
     // in software: there the 16 x 16 entry points run too, through a profile that lists them.
     let (sizes, prof) = coop_profile(&d);
-    let coop = !sizes.is_empty();
     // Every fragment size the adapter offers, each forced; a size it lacks is refused.
     for (v, size) in [
         ("coop16", 16),
