@@ -10,7 +10,7 @@
 //! steps queued back to back, and each step waited for before the next, as a data-parallel step
 //! must be (its update needs every process's gradients).
 //!
-//! `cargo bench --bench dist_step` runs the baseline itself, then starts itself under
+//! `cargo bench --features dist --bench dist_step` runs the baseline itself, then starts itself under
 //! `mpirun -np 1` and `mpirun -np 2` (with scripts/mpirun.sh's `--oversubscribe --bind-to none`
 //! and Open MPI's allow-run-as-root variables, for CI's root user) for the rest.
 mod common;

@@ -8,8 +8,8 @@
 //! each.
 //!
 //! ```text
-//! cargo bench --bench gpt2_step                                    # B 1, T 256, 3 timed steps
-//! cargo bench --bench gpt2_step -- --batch 1 --context 256 --steps 3
+//! cargo bench --features hf --bench gpt2_step                                    # B 1, T 256, 3 timed steps
+//! cargo bench --features hf --bench gpt2_step -- --batch 1 --context 256 --steps 3
 //! python3 scripts/bench_gpt2_torch.py --threads 2                  # PyTorch CPU, the same steps
 //! ```
 use kiln::device::Device;

@@ -4,11 +4,11 @@
 //! JSON line.
 //!
 //! ```text
-//! cargo run --release --example gpt2_train -- --preset small      # minutes on lavapipe
-//! cargo run --release --example gpt2_train                        # GPT-2 small (124M)
-//! cargo run --release --example gpt2_train -- --preset gpu --steps 20
-//! cargo run --release --example gpt2_train -- --model DIR         # continue a Hugging Face GPT-2
-//! cargo run --release --example gpt2_train -- prepare --data FILE --out DIR   # shards only
+//! cargo run --release --features hf,dist --example gpt2_train -- --preset small      # minutes on lavapipe
+//! cargo run --release --features hf,dist --example gpt2_train                        # GPT-2 small (124M)
+//! cargo run --release --features hf,dist --example gpt2_train -- --preset gpu --steps 20
+//! cargo run --release --features hf,dist --example gpt2_train -- --model DIR         # continue a Hugging Face GPT-2
+//! cargo run --release --features hf,dist --example gpt2_train -- prepare --data FILE --out DIR   # shards only
 //! mpirun -np 2 target/release/examples/gpt2_train --preset small --distributed
 //! ```
 //!

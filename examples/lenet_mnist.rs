@@ -11,13 +11,15 @@ mod common;
 mod dist_args;
 
 use clap::Parser;
-use kiln::dist::{Dist, DistributedDataParallel};
+use dist_args::Dist;
+#[cfg(feature = "dist")]
+use kiln::dist::DistributedDataParallel;
 use kiln::nn::data::Mnist;
 use kiln::nn::lenet::lenet5;
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Sgd};
 use kiln::train::checkpoint::RunSettings;
-use kiln::train::{fit_classifier, fit_parallel, Dataset, FitConfig};
+use kiln::train::{fit_classifier, Dataset, FitConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -123,12 +125,14 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
             s.samples_per_second
         );
     };
+    #[cfg_attr(not(feature = "dist"), allow(unused_mut))]
     let mut times = Default::default();
     let history = match dist {
         None => fit_classifier(&dev, &model, &mut opt, &train, Some(&test), &cfg, report)?,
+        #[cfg(feature = "dist")]
         Some(d) => {
             let mut ddp = DistributedDataParallel::new(d, &dev, args.dist.ddp());
-            let h = fit_parallel(
+            let h = kiln::train::fit_parallel(
                 &dev,
                 &model,
                 &mut opt,
@@ -141,6 +145,8 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
             times = ddp.times();
             h
         }
+        #[cfg(not(feature = "dist"))]
+        Some(d) => match *d {},
     };
     let after = dev.counters();
     if !root {

@@ -91,6 +91,9 @@
 //!
 //! ## A pretrained model
 //!
+//! Hugging Face models and tokenizers come with the `hf` feature
+//! (`kiln = { version = "0.1", features = ["hf"] }`); data-parallel training over MPI with `dist`.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use kiln::hf::{BertModel, Tokenizer};
@@ -195,6 +198,7 @@ pub use kiln_device as device;
 pub use kiln_dist as dist;
 pub use kiln_graph as graph;
 pub use kiln_nn as nn;
+#[cfg(feature = "hf")]
 pub use kiln_nn::hf;
 pub use kiln_ops as ops;
 pub use kiln_train as train;

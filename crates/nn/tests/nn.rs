@@ -6,7 +6,8 @@ use kiln_nn::data::{parse_idx, read_idx, shuffled, Mnist};
 use kiln_nn::models::lenet5;
 use kiln_nn::schedule::Schedule;
 use kiln_nn::{LinearConfig, Module, Sgd};
-use kiln_ops::testing::{assert_close, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, to_f64};
+use kiln_ops::random::Rng;
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -6,7 +6,8 @@ use kiln_nn::transformer::{
     TransformerLayerConfig,
 };
 use kiln_nn::Module;
-use kiln_ops::testing::{assert_close, finite_diff, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
