@@ -15,7 +15,7 @@
 //! | `kiln-train` | [`train`] | `fit` / `evaluate` / `predict`, the language-model loop, training checkpoints, history, CSV/SVG reports, progress |
 //! | `kiln-nn` | [`nn`] | modules with PyTorch's names, layouts and defaults, built from configs (`LinearConfig::new(784, 256).init(&dev)`); losses; optimizers (`Sgd`, `Adam`, `AdamW`, `RmsProp`); schedules; seeded initialisers; data readers; safetensors files |
 //! | `kiln-nn` (its `hf` module) | [`hf`] | Hugging Face folders: `config.json`, `model.safetensors` by Hugging Face's names, `tokenizer.json` (the `tokenizers` crate); `BertModel` and sentence embeddings, `GPT2LMHeadModel` with a key/value-cache generator; folders written back as `transformers` reads them |
-//! | `kiln-graph` | [`graph`] | [`graph::Tensor`] with reverse-mode autograd, `no_grad`, `autocast_f16`, [`graph::StepPlan`] (record a training step once, replay it with one submission per step), [`graph::gradcheck`] |
+//! | `kiln-graph` | [`graph`] | [`graph::Tensor`] with reverse-mode autograd, `no_grad`, `autocast_f16`, [`graph::StepPlan`] (record a training step once, replay it with one submission per step), [`graph::gradcheck()`] |
 //! | `kiln-ops` | [`ops`] | one module per op family: shape checks, WGSL launchers, backward rules, CPU references; the [`ops::op::Op`] trait that built-in and user ops implement |
 //! | `kiln-device` | [`device`] | adapter choice, limits and features, buffers and their pool, shaders and cached pipelines, launch, readback, timing |
 //!
@@ -85,7 +85,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`train::fit`] runs such loops over a data set (shuffling, a plan per batch size, validation,
+//! [`train::fit()`] runs such loops over a data set (shuffling, a plan per batch size, validation,
 //! checkpoints, history) and [`train::Compiled`] gives it Keras's `compile` / `fit` /
 //! `evaluate` / `predict` face.
 //!
@@ -114,7 +114,7 @@
 //!
 //! A user op is a WGSL kernel (or any composition of kiln's ops) with a backward pass, given to
 //! autograd through [`ops::op::Op`] and run with [`graph::Tensor::apply`]; recorded steps replay
-//! it like any built-in op, and [`graph::gradcheck`] checks its backward against finite
+//! it like any built-in op, and [`graph::gradcheck()`] checks its backward against finite
 //! differences. kiln appends a prelude to user WGSL (`KILN_WG`, `kiln_index`), the launch
 //! helpers of [`ops::launch`] size the grid, and a parameter block declared with
 //! [`device::kernel_params!`] is checked against the WGSL struct before the first launch. An op

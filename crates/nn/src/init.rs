@@ -54,7 +54,7 @@ pub enum Init {
 }
 
 /// PyTorch's fan-in and fan-out of a weight shape [out, in, kernel...]; a 1-D shape counts as
-/// [len] with fan-in = fan-out = len.
+/// `[len]` with fan-in = fan-out = len.
 pub fn fans(shape: &[usize]) -> (usize, usize) {
     match shape {
         [] => (1, 1),

@@ -953,7 +953,7 @@ pub mod cpu {
 }
 
 /// 2-D convolution as an op: inputs x [N, C, H, W], weight [Co, C, KH, KW] and optionally bias
-/// [Co]; the input's gradient (the most expensive product) is taken only where it is wanted.
+/// `[Co]`; the input's gradient (the most expensive product) is taken only where it is wanted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conv2d(pub Conv2dSpec);
 

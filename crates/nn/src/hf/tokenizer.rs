@@ -192,7 +192,7 @@ impl Tokenizer {
         Ok(())
     }
 
-    /// The ids of one text (with the tokenizer's special tokens, e.g. BERT's [CLS] and [SEP],
+    /// The ids of one text (with the tokenizer's special tokens, e.g. BERT's `[CLS]` and `[SEP]`,
     /// where `add_special_tokens`), truncated to the maximum length if set.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i32>> {
         let e = self

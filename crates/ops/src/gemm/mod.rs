@@ -7,11 +7,11 @@
 //! (`shaders/gemm.wgsl`), a GEMV for decode-sized M, and K split across workgroups where the
 //! output alone would leave the adapter idle. On software adapters, kernels shaped for a CPU
 //! running WGSL: 2-D f32 matmuls read both operands through 64 KiB uniform windows
-//! ([`uniform`], `shaders/gemm_uniform.wgsl`), which lavapipe gathers four to five times faster
+//! (`uniform`, `shaders/gemm_uniform.wgsl`), which lavapipe gathers four to five times faster
 //! than it loads storage buffers, and batched ones take `gemm_sg` or `gemm_direct`.
 //!
 //! f16 operands (mixed precision: f16 inputs, f32 accumulation and output) run on cooperative
-//! matrices ([`coop`], `shaders/gemm_coop.wgsl`) where the adapter has them, and otherwise are
+//! matrices (`coop`, `shaders/gemm_coop.wgsl`) where the adapter has them, and otherwise are
 //! widened to f32 and take the f32 path.
 
 mod banks;
