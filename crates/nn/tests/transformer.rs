@@ -151,7 +151,15 @@ fn multi_head_attention_matches_its_equations() {
             1e-4,
         );
     }
-    assert!(MultiHeadAttentionConfig::new(10, 3).init(&d).is_err());
+    let e = MultiHeadAttentionConfig::new(10, 3)
+        .init(&d)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("embed_dim 10 is not divisible by num_heads 3"),
+        "{e}"
+    );
 }
 
 #[test]
