@@ -3,7 +3,7 @@
 //! one, e.g. Vulkan). Runs itself twice as child processes; one JSON line per run.
 use kiln::device::Device;
 use kiln::graph::{StepPlan, Tensor};
-use kiln::nn::models::lenet5;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::{Module, NnError, Sgd};
 use std::time::Instant;
 

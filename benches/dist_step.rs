@@ -10,7 +10,7 @@
 //! steps queued back to back, and each step waited for before the next, as a data-parallel step
 //! must be (its update needs every process's gradients).
 //!
-//! `cargo bench --bench dist_step` runs the baseline itself, then starts itself under
+//! `cargo bench --features dist --bench dist_step` runs the baseline itself, then starts itself under
 //! `mpirun -np 1` and `mpirun -np 2` (with scripts/mpirun.sh's `--oversubscribe --bind-to none`
 //! and Open MPI's allow-run-as-root variables, for CI's root user) for the rest.
 mod common;
@@ -19,8 +19,8 @@ use kiln::device::Device;
 use kiln::dist::{launched_by_mpi, DdpConfig, Dist, DistributedDataParallel};
 use kiln::graph::{StepPlan, Tensor};
 use kiln::nn::init::Rng;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::lm::{CharTransformer, LanguageModel, TransformerLmConfig};
-use kiln::nn::models::lenet5;
 use kiln::nn::{AdamW, Module, NnError, Optimizer, Sgd};
 use std::process::Command;
 use std::time::Instant;

@@ -8,8 +8,8 @@
 //! each.
 //!
 //! ```text
-//! cargo bench --bench gpt2_step                                    # B 1, T 256, 3 timed steps
-//! cargo bench --bench gpt2_step -- --batch 1 --context 256 --steps 3
+//! cargo bench --features hf --bench gpt2_step                                    # B 1, T 256, 3 timed steps
+//! cargo bench --features hf --bench gpt2_step -- --batch 1 --context 256 --steps 3
 //! python3 scripts/bench_gpt2_torch.py --threads 2                  # PyTorch CPU, the same steps
 //! ```
 use kiln::device::Device;
@@ -80,9 +80,7 @@ fn one(checkpointing: bool) -> anyhow::Result<()> {
     reset_rss_peak();
     let mut run = |opt: &mut kiln::nn::Optimizer| -> anyhow::Result<f32> {
         step.run(&dev, opt, &mut |_| Ok(()), &mut || {
-            Ok(model
-                .lm_loss_from(&x, &y)
-                .map_err(kiln::nn::NnError::from)?)
+            Ok(model.lm_loss_from(&x, &y)?)
         })?;
         Ok(step.loss().expect("a loss").to_f32(&dev)?[0])
     };

@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
                 half::cast(&dev, &a, DType::F16)?,
                 half::cast(&dev, &b, DType::F16)?,
             );
-            let path = match matmul::coop_size(&dev)? {
+            let path = match kiln::ops::gemm::coop_size(&dev)? {
                 Some(s) => format!("coop{s}"),
                 None => "widened".into(),
             };

@@ -9,8 +9,8 @@
 use kiln::device::Device;
 use kiln::graph::{autocast_f16_when, StepPlan, Tensor};
 use kiln::nn::init::Rng;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::lm::{CharLstm, CharTransformer, LanguageModel, TransformerLmConfig};
-use kiln::nn::models::lenet5;
 use kiln::nn::{Adam, AdamW, Module, NnError, Optimizer, Sgd};
 use std::time::Instant;
 
@@ -158,7 +158,7 @@ fn main() -> anyhow::Result<()> {
         };
         // Mixed precision too where the f16 matmuls run on cooperative matrices (elsewhere they
         // are widened to f32, which only adds casts).
-        let coop = kiln::ops::matmul::coop_size(&dev)?.is_some();
+        let coop = kiln::ops::gemm::coop_size(&dev)?.is_some();
         for mixed in [false].into_iter().chain(coop.then_some(true)) {
             let model = CharTransformer::new(&dev, 0, &cfg)?;
             let mut opt = AdamW::new(3e-4)

@@ -10,8 +10,8 @@
 //! one JSON line.
 //!
 //! ```text
-//! cargo run --release --example bert_finetune                    # minutes on lavapipe
-//! cargo run --release --example bert_finetune -- --preset gpu
+//! cargo run --release --features hf --example bert_finetune                    # minutes on lavapipe
+//! cargo run --release --features hf --example bert_finetune -- --preset gpu
 //! python -c "from sentence_transformers import SentenceTransformer as S; \
 //!            print(S('runs/bert_finetune').encode(['To be, or not to be']).shape)"
 //! ```

@@ -11,12 +11,14 @@ mod common;
 mod dist_args;
 
 use clap::{Parser, ValueEnum};
-use kiln::dist::{Dist, DistributedDataParallel};
+use dist_args::Dist;
+#[cfg(feature = "dist")]
+use kiln::dist::DistributedDataParallel;
 use kiln::nn::lm::{generate, CharCorpus, CharTransformer, TransformerLmConfig};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{AdamW, Module};
 use kiln::train::checkpoint::RunSettings;
-use kiln::train::lm_train::{train_lm, train_lm_parallel, LmConfig};
+use kiln::train::lm_train::{train_lm, LmConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,17 +130,21 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
             )
         }
     };
+    #[cfg_attr(not(feature = "dist"), allow(unused_mut))]
     let mut times = Default::default();
     let hist = match dist {
         None => train_lm(&dev, &model, &mut opt, &corpus, &train_cfg, report)?,
+        #[cfg(feature = "dist")]
         Some(d) => {
             let mut ddp = DistributedDataParallel::new(d, &dev, a.dist.ddp());
-            let h = train_lm_parallel(
+            let h = kiln::train::lm_train::train_lm_parallel(
                 &dev, &model, &mut opt, &corpus, &train_cfg, &mut ddp, report,
             )?;
             times = ddp.times();
             h
         }
+        #[cfg(not(feature = "dist"))]
+        Some(d) => match *d {},
     };
     let secs = t0.elapsed().as_secs_f64();
     if !root {

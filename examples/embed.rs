@@ -3,9 +3,9 @@
 //! second. `--bench N` times N passes over a batch of texts of a fixed length instead.
 //!
 //! ```text
-//! cargo run --release --example embed -- "A man is eating food." "A man is eating bread." "The sky is blue."
-//! cargo run --release --example embed -- --file sentences.txt
-//! cargo run --release --example embed -- --bench 10          # batch 32 x 32 tokens
+//! cargo run --release --features hf --example embed -- "A man is eating food." "A man is eating bread." "The sky is blue."
+//! cargo run --release --features hf --example embed -- --file sentences.txt
+//! cargo run --release --features hf --example embed -- --bench 10          # batch 32 x 32 tokens
 //! ```
 //!
 //! The model comes from scripts/setup.sh (all-MiniLM-L6-v2 into ~/.cache/kiln/models); kiln

@@ -8,7 +8,7 @@ mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
-use kiln::nn::models::lenet5_with_classes;
+use kiln::nn::lenet::lenet5_with_classes;
 use kiln::nn::serialize;
 use kiln::nn::{Module, Sgd};
 use kiln::train::{evaluate, fit, ArrayDataset, FitConfig, Loss};

@@ -4,8 +4,8 @@
 //! --compare runs both and reports tokens per second for each. Ends with one JSON line.
 //!
 //! ```text
-//! cargo run --release --example generate -- --model path/to/gpt2 --prompt "ROMEO:" --max-new-tokens 50
-//! cargo run --release --example generate -- --random-small --compare   # GPT-2 small's shape, random weights
+//! cargo run --release --features hf --example generate -- --model path/to/gpt2 --prompt "ROMEO:" --max-new-tokens 50
+//! cargo run --release --features hf --example generate -- --random-small --compare   # GPT-2 small's shape, random weights
 //! ```
 //!
 //! Without --model it runs the tiny random GPT-2 of tests/fixtures/hf (its text is noise).

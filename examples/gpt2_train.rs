@@ -4,11 +4,11 @@
 //! JSON line.
 //!
 //! ```text
-//! cargo run --release --example gpt2_train -- --preset small      # minutes on lavapipe
-//! cargo run --release --example gpt2_train                        # GPT-2 small (124M)
-//! cargo run --release --example gpt2_train -- --preset gpu --steps 20
-//! cargo run --release --example gpt2_train -- --model DIR         # continue a Hugging Face GPT-2
-//! cargo run --release --example gpt2_train -- prepare --data FILE --out DIR   # shards only
+//! cargo run --release --features hf,dist --example gpt2_train -- --preset small      # minutes on lavapipe
+//! cargo run --release --features hf,dist --example gpt2_train                        # GPT-2 small (124M)
+//! cargo run --release --features hf,dist --example gpt2_train -- --preset gpu --steps 20
+//! cargo run --release --features hf,dist --example gpt2_train -- --model DIR         # continue a Hugging Face GPT-2
+//! cargo run --release --features hf,dist --example gpt2_train -- prepare --data FILE --out DIR   # shards only
 //! mpirun -np 2 target/release/examples/gpt2_train --preset small --distributed
 //! ```
 //!
@@ -38,7 +38,7 @@ use kiln::dist::{Dist, DistributedDataParallel};
 use kiln::graph::{autocast_f16_when, no_grad, Device, Tensor};
 use kiln::hf::{GenerationConfig, Gpt2Config, Gpt2LMHeadModel, Tokenizer};
 use kiln::nn::shards::{inputs_and_targets, write_shard, TokenDataset, TokenLoader};
-use kiln::nn::{Module, NnError};
+use kiln::nn::Module;
 use kiln::train::checkpoint::{save_training, RunSettings};
 use kiln::train::finite::FiniteWatch;
 use kiln::train::gpt::{gpt_flops_per_token, mfu, AccumulatedStep, GptAdamW};
@@ -533,7 +533,7 @@ fn train(a: &Args, dist: Option<&Dist>) -> Result<()> {
         p.broadcast(&model, &mut opt)?;
     }
     let forward = |model: &Gpt2LMHeadModel| -> kiln::train::Result<Tensor> {
-        Ok(autocast_f16_when(a.f16, || model.lm_loss_from(&x, &y)).map_err(NnError::from)?)
+        Ok(autocast_f16_when(a.f16, || model.lm_loss_from(&x, &y))?)
     };
     let mut first_loss: Option<f32> = None;
     let mut last_loss = f32::NAN;

@@ -11,9 +11,11 @@ mod common;
 mod dist_args;
 
 use clap::Parser;
-use kiln::dist::{Dist, DistributedDataParallel};
+use dist_args::Dist;
+#[cfg(feature = "dist")]
+use kiln::dist::DistributedDataParallel;
 use kiln::nn::data::Mnist;
-use kiln::nn::models::lenet5;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::schedule::Schedule;
 use kiln::nn::{Module, Sgd};
 use kiln::train::checkpoint::RunSettings;
@@ -120,14 +122,20 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
             s.samples_per_second
         );
     };
+    #[cfg(feature = "dist")]
     let mut ddp = dist.map(|d| DistributedDataParallel::new(d, &dev, args.dist.ddp()));
+    #[cfg_attr(not(feature = "dist"), allow(unused_mut))]
     let mut cfg = cfg.with_callback(report);
+    #[cfg(feature = "dist")]
     if let Some(ddp) = &mut ddp {
         cfg = cfg.with_distributed(ddp);
     }
     let loss = kiln::nn::loss::Loss::CrossEntropy;
     let history = fit(&dev, &model, &mut opt, loss, &train, cfg)?;
+    #[cfg(feature = "dist")]
     let times = ddp.map(|d| d.times()).unwrap_or_default();
+    #[cfg(not(feature = "dist"))]
+    let times = dist_args::StepTimes::default();
     let after = dev.counters();
     if !root {
         return Ok(());

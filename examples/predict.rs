@@ -8,7 +8,7 @@ use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::{no_grad, Tensor};
 use kiln::nn::data::Mnist;
-use kiln::nn::models::lenet5;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::serialize;
 use kiln::nn::Module;
 use std::path::PathBuf;

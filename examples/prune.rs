@@ -9,7 +9,7 @@ use clap::Parser;
 use kiln::device::Device;
 use kiln::graph::Tensor;
 use kiln::nn::data::Mnist;
-use kiln::nn::models::lenet5;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::prune::{magnitude_masks, sparsity};
 use kiln::nn::serialize;
 use kiln::nn::{Module, Sgd};

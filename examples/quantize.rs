@@ -9,7 +9,7 @@ mod common;
 use clap::Parser;
 use kiln::device::Device;
 use kiln::nn::data::Mnist;
-use kiln::nn::models::lenet5;
+use kiln::nn::lenet::lenet5;
 use kiln::nn::quant::{quantize, Calibration, QuantConfig, QuantizedModel};
 use kiln::nn::schedule::Schedule;
 use kiln::nn::serialize;

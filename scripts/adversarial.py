@@ -5,7 +5,7 @@ is wrong) or a clear refusal.
 
     scripts/adversarial.py [--bin target/release/examples] [--work /tmp/kiln-adversarial]
 
-Build the examples first (cargo build --release --examples). Each run that trains takes the
+Build the examples first (cargo build --release --all-features --examples). Each run that trains takes the
 shared build lock (/tmp/kiln-build.lock) when flock exists, so it never competes with a build;
 the checkpoint runs, which load a file and stop or take one tiny step, do not. The
 checkpoint format is read from the file itself: format 2 (kiln.format) checksums every metadata

@@ -3,7 +3,7 @@
 
 - all-MiniLM-L6-v2 inference: sentences/s for a batch of 32 texts of exactly 32 tokens cut from
   tiny Shakespeare ([CLS] + 30 tokens + [SEP]), mean pooling and L2 normalisation, as
-  `cargo run --release --example embed -- --bench N`;
+  `cargo run --release --features hf --example embed -- --bench N`;
 - one contrastive fine-tuning step as examples/bert_finetune.rs's default run takes it: 16 pairs
   of consecutive lines of one speech (anchors and positives in one batch of 32 texts cut to 32
   tokens, padded to the longest), MultipleNegativesRankingLoss (cosine x 20, cross-entropy),

@@ -31,11 +31,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["kind"][0], m["target"]["name"], m["executable"])'
 }
-cargo test --release --workspace --no-run --message-format=json 2>/dev/null | executables |
+cargo test --release --workspace --all-features --no-run --message-format=json 2>/dev/null | executables |
   while read -r kind name exe; do cp "$exe" "$bin/test-$kind-$name"; done
-cargo bench --no-run --message-format=json 2>/dev/null | executables |
+cargo bench --all-features --no-run --message-format=json 2>/dev/null | executables |
   while read -r kind name exe; do [ "$kind" = bench ] && cp "$exe" "$bin/bench-$name"; done
-cargo build --release --examples -q
+cargo build --release --all-features --examples -q
 for e in device_info lenet_mnist char_transformer generate gpt2_train; do cp "target/release/examples/$e" "$bin/"; done
 strip "$bin"/* 2>/dev/null || true
 # The binaries find data/ and test fixtures through the path they were built in.

@@ -12,7 +12,7 @@ set -uo pipefail
 
 out=${1:?usage: scripts/run_examples.sh OUT.jsonl}
 cd "$(dirname "$0")/.."
-cargo build --release --examples || exit 1
+cargo build --release --all-features --examples || exit 1
 : >"$out"
 bin=target/release/examples
 tmp=$(mktemp -d)

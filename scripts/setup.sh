@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Set-up for README's two commands. `./scripts/setup.sh` (the main job's) makes sure Open MPI and
-# libclang are there (kiln-dist's MPI bindings are generated from Open MPI's headers by bindgen,
-# which needs libclang and its builtin headers) and that a Vulkan adapter exists.
-# `./scripts/setup.sh --tests` does that and installs what only the tests use: the pretrained
+# Set-up for README's two commands. `./scripts/setup.sh` (the main job's) makes sure a Vulkan
+# adapter exists. `./scripts/setup.sh --tests` does that and installs what only the tests (which
+# build every feature) use: Open MPI and libclang (kiln-dist's MPI bindings are generated from Open
+# MPI's headers by bindgen, which needs libclang and its builtin headers), the pretrained
 # model the Hugging Face tests load, Node.js with Dawn's `webgpu` package (the standard-WGSL
 # check, tests/tint.rs), Debian's Chromium, the wasm32 target and wasm-bindgen's CLI (the page
 # that trains in the browser, tests/web.rs). What is present is left alone, so a second run
@@ -64,7 +64,7 @@ have_libclang() {
   fi
 }
 mpi_packages=(libopenmpi-dev openmpi-bin libclang-dev)
-if ! have_mpi || ! have_libclang; then
+if [ "$tests" = 1 ] && { ! have_mpi || ! have_libclang; }; then
   echo "kiln setup: Open MPI or libclang missing (kiln-dist's MPI bindings need them);" \
     "installing ${mpi_packages[*]}" >&2
   $SUDO apt-get update -qq >&2

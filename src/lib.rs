@@ -15,20 +15,51 @@
 //! | `kiln-train` | [`train`] | `fit` / `evaluate` / `predict`, the language-model loop, training checkpoints, history, CSV/SVG reports, progress |
 //! | `kiln-nn` | [`nn`] | modules with PyTorch's names, layouts and defaults, built from configs (`LinearConfig::new(784, 256).init(&dev)`); losses; optimizers (`Sgd`, `Adam`, `AdamW`, `RmsProp`); schedules; seeded initialisers; data readers; safetensors files |
 //! | `kiln-nn` (its `hf` module) | [`hf`] | Hugging Face folders: `config.json`, `model.safetensors` by Hugging Face's names, `tokenizer.json` (the `tokenizers` crate); `BertModel` and sentence embeddings, `GPT2LMHeadModel` with a key/value-cache generator; folders written back as `transformers` reads them |
-//! | `kiln-graph` | [`graph`] | [`graph::Tensor`] with reverse-mode autograd, `no_grad`, `autocast_f16`, [`graph::StepPlan`] (record a training step once, replay it with one submission per step), [`graph::gradcheck`] |
+//! | `kiln-graph` | [`graph`] | [`graph::Tensor`] with reverse-mode autograd, `no_grad`, `autocast_f16`, [`graph::StepPlan`] (record a training step once, replay it with one submission per step), [`graph::gradcheck()`] |
 //! | `kiln-ops` | [`ops`] | one module per op family: shape checks, WGSL launchers, backward rules, CPU references; the [`ops::op::Op`] trait that built-in and user ops implement |
 //! | `kiln-device` | [`device`] | adapter choice, limits and features, buffers and their pool, shaders and cached pipelines, launch, readback, timing |
 //!
 //! ## A training loop
 //!
+//! A model is a struct of modules: `forward` says how they compose, and `children` names them
+//! (PyTorch's `named_children`); parameter names (`fc1.weight`), `train()` / `eval()`, the
+//! dropout generators that checkpoints save, and `freeze()` all come from those names.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use kiln::device::Device;
 //! use kiln::graph::{StepPlan, Tensor};
-//! use kiln::nn::{models::lenet5, Module, Sgd};
+//! use kiln::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Module, NnError, Sgd};
+//!
+//! struct Mlp {
+//!     fc1: Linear,
+//!     drop: Dropout,
+//!     fc2: Linear,
+//! }
+//!
+//! impl Module for Mlp {
+//!     fn forward(&self, x: &Tensor) -> Result<Tensor, NnError> {
+//!         let h = self.fc1.forward(&x.flatten()?)?.relu()?;
+//!         self.fc2.forward(&self.drop.forward(&h)?)
+//!     }
+//!     fn children(&self) -> Vec<(String, &dyn Module)> {
+//!         vec![("fc1".into(), &self.fc1), ("drop".into(), &self.drop), ("fc2".into(), &self.fc2)]
+//!     }
+//!     fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+//!         vec![
+//!             ("fc1".into(), &mut self.fc1),
+//!             ("drop".into(), &mut self.drop),
+//!             ("fc2".into(), &mut self.fc2),
+//!         ]
+//!     }
+//! }
 //!
 //! let dev = Device::new()?;
-//! let model = lenet5(&dev, 0)?; // PyTorch names: conv1.weight [6, 1, 5, 5], ...
+//! let model = Mlp {
+//!     fc1: LinearConfig::new(784, 128).init(&dev)?, // fc1.weight [128, 784], fc1.bias [128]
+//!     drop: DropoutConfig::new(0.1).init(&dev)?,
+//!     fc2: LinearConfig::new(128, 10).init(&dev)?,
+//! }; // or a ready-made one: kiln::nn::lenet::lenet5(&dev, 0)?
 //! let mut opt = Sgd::new(0.05).with_momentum(0.9).init(&dev, model.parameters())?;
 //! let (images, labels) = (vec![0.0f32; 64 * 784], vec![0i32; 64]);
 //! let x = Tensor::from_f32(&dev, &images, &[64, 1, 28, 28])?;
@@ -38,25 +69,27 @@
 //!     let loss = model.forward(&x)?.cross_entropy(&y, None)?;
 //!     loss.backward()?;
 //!     opt.step()?;
-//!     Ok::<_, kiln::nn::NnError>(loss)
+//!     Ok::<_, NnError>(loss)
 //! })?;
-//! // ...then replayed on each new batch: write it into the same tensors, one submission.
+//! // ...then replayed on each new batch: write it into the same tensors, one submission
+//! // (a model with dropout calls model.advance_rng() first for a fresh mask).
 //! for _ in 0..10 {
 //!     x.copy_from_slice(&images)?;
 //!     y.copy_from_slice(&labels)?;
+//!     model.advance_rng()?;
 //!     opt.replay(&step)?; // begins the optimizer's step (learning rate, bias corrections)
 //! }
 //! println!("loss {}", loss.item()?);
 //! # Ok(()) }
 //! ```
 //!
-//! [`train::fit`] runs such loops over a [`train::Dataset`] (shuffling, a plan per batch size,
+//! [`train::fit()`] runs such loops over a [`train::Dataset`] (shuffling, a plan per batch size,
 //! validation, checkpoints, history); the loss is given once and the rest of the run is a
 //! [`train::FitConfig`] with Keras' defaults, set by name:
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use kiln::nn::{models::lenet5, Module, Sgd};
+//! use kiln::nn::{lenet::lenet5, Module, Sgd};
 //! use kiln::train::{fit, ArrayDataset, FitConfig, Loss};
 //!
 //! let dev = kiln::device::Device::new()?;
@@ -82,6 +115,9 @@
 //!
 //! ## A pretrained model
 //!
+//! Hugging Face models and tokenizers come with the `hf` feature
+//! (`kiln = { version = "0.1", features = ["hf"] }`); data-parallel training over MPI with `dist`.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use kiln::hf::{BertModel, Tokenizer};
@@ -102,7 +138,7 @@
 //!
 //! A user op is a WGSL kernel (or any composition of kiln's ops) with a backward pass, given to
 //! autograd through [`ops::op::Op`] and run with [`graph::Tensor::apply`]; recorded steps replay
-//! it like any built-in op, and [`graph::gradcheck`] checks its backward against finite
+//! it like any built-in op, and [`graph::gradcheck()`] checks its backward against finite
 //! differences. kiln appends a prelude to user WGSL (`KILN_WG`, `kiln_index`), the launch
 //! helpers of [`ops::launch`] size the grid, and a parameter block declared with
 //! [`device::kernel_params!`] is checked against the WGSL struct before the first launch. An op
@@ -186,6 +222,7 @@ pub use kiln_device as device;
 pub use kiln_dist as dist;
 pub use kiln_graph as graph;
 pub use kiln_nn as nn;
+#[cfg(feature = "hf")]
 pub use kiln_nn::hf;
 pub use kiln_ops as ops;
 pub use kiln_train as train;

@@ -11,8 +11,8 @@ use kiln::graph::{gradcheck, Function, FunctionCtx, GradCheck, GradCheckError, S
 use kiln::nn::init::Rng;
 use kiln::nn::{LinearConfig, Module, Sgd};
 use kiln::ops::elementwise::{self, Binary, Unary};
+use kiln::ops::numeric::assert_close;
 use kiln::ops::op::{Ctx, Forward, Op};
-use kiln::ops::testing::assert_close;
 use kiln::ops::{Array, Result};
 use swish::{swish_cpu, Swish};
 

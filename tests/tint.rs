@@ -4,7 +4,7 @@
 //! The pipelines are the ones kiln's own launchers ask for, collected from the device
 //! ([`Device::kernels_seen`]) after three kinds of work on this machine's adapter:
 //! - every entry point of every file with its default override constants (so none is missed);
-//! - the limit-profile planning of `crates/ops/tests/limits.rs` (every benchmark and example
+//! - the limit-profile planning of `crates/ops/tests/ops/limits.rs` (every benchmark and example
 //!   GEMM, convolution, reduction, optimizer and attention shape) under every reference adapter
 //!   profile, an H100's, an Apple GPU's and WebGPU's defaults among them: the tiles, split-K,
 //!   window and subgroup constants the variant tables choose;
@@ -24,15 +24,15 @@
 use kiln::device::shaders;
 use kiln::device::{AdapterProfile, Device, KernelPolicy};
 use kiln::nn::lm::{generate, CharCorpus, CharLstm, CharTransformer, TransformerLmConfig};
-use kiln::nn::{models::lenet5, Adam, AdamW, Module, Sgd};
-use kiln::ops::testing::Rng;
+use kiln::nn::{lenet::lenet5, Adam, AdamW, Module, Sgd};
+use kiln::ops::random::Rng;
 use kiln::train::lm_train::{train_lm, LmConfig};
 use kiln::train::{fit, ArrayDataset, FitConfig};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 
-#[path = "../crates/ops/tests/shapes/mod.rs"]
+#[path = "../crates/ops/tests/ops/shapes.rs"]
 #[allow(dead_code)]
 mod shapes;
 

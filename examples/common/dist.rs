@@ -1,11 +1,56 @@
 //! `--distributed` and the options that go with it, for the examples that train in several
-//! processes under `mpirun -np N` (each on its share of every batch; see kiln::dist).
+//! processes under `mpirun -np N` (each on its share of every batch; see kiln::dist). Built
+//! without the `dist` feature, no process group can exist (`Dist` has no values) and
+//! `--distributed` is refused with the feature to build with.
 // Each example uses what fits its loop.
 #![allow(dead_code)]
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kiln::device::Device;
-use kiln::dist::{DdpConfig, Dist, StepTimes};
-use std::time::Duration;
+#[cfg(feature = "dist")]
+use kiln::dist::DdpConfig;
+#[cfg(feature = "dist")]
+pub use kiln::dist::{Dist, StepTimes};
+#[cfg(not(feature = "dist"))]
+pub use without_mpi::{Dist, StepTimes};
+
+/// What a build without the `dist` feature has in kiln::dist's place.
+#[cfg(not(feature = "dist"))]
+mod without_mpi {
+    use kiln::device::Device;
+
+    /// A process group, of which a build without MPI has none.
+    pub enum Dist {}
+
+    impl Dist {
+        pub fn size(&self) -> usize {
+            match *self {}
+        }
+        pub fn rank(&self) -> usize {
+            match *self {}
+        }
+        pub fn is_root(&self) -> bool {
+            match *self {}
+        }
+        pub fn device(&self, _: Option<usize>) -> anyhow::Result<Device> {
+            match *self {}
+        }
+        pub fn fail(&self, _: &str) -> ! {
+            match *self {}
+        }
+    }
+
+    /// The data-parallel step times, all zero in a single process.
+    #[derive(Default, Clone, Copy)]
+    pub struct StepTimes {
+        pub steps: u64,
+        pub total: f64,
+        pub submit: f64,
+        pub compute: f64,
+        pub copies: f64,
+        pub allreduce: f64,
+        pub bytes: u64,
+    }
+}
 
 /// `--distributed`, `--device-index`, `--dist-timeout`, `--bucket-mb`.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,7 +74,9 @@ pub struct DistArgs {
 
 impl DistArgs {
     /// MPI when --distributed (an error naming mpirun when no launcher started this process).
+    #[cfg(feature = "dist")]
     pub fn init(&self) -> Result<Option<Dist>> {
+        use anyhow::Context;
         if !self.distributed {
             if kiln::dist::launched_by_mpi() {
                 eprintln!(
@@ -40,8 +87,20 @@ impl DistArgs {
             return Ok(None);
         }
         Ok(Some(
-            Dist::init(Duration::from_secs_f32(self.dist_timeout)).context("--distributed")?,
+            Dist::init(std::time::Duration::from_secs_f32(self.dist_timeout))
+                .context("--distributed")?,
         ))
+    }
+
+    /// Without the `dist` feature: --distributed is an error naming the feature.
+    #[cfg(not(feature = "dist"))]
+    pub fn init(&self) -> Result<Option<Dist>> {
+        anyhow::ensure!(
+            !self.distributed,
+            "--distributed needs kiln's `dist` feature (MPI): build with `cargo build --release \
+             --features dist --example NAME`"
+        );
+        Ok(None)
     }
 
     /// This process's device.
@@ -54,6 +113,7 @@ impl DistArgs {
     }
 
     /// The data-parallel settings.
+    #[cfg(feature = "dist")]
     pub fn ddp(&self) -> DdpConfig {
         DdpConfig {
             bucket_bytes: ((self.bucket_mb as f64) * (1u64 << 20) as f64).max(4.0) as usize,

@@ -105,7 +105,7 @@ pub struct PoolStats {
 }
 
 /// The device memory the pool accounts for, as `torch.cuda.memory_allocated`,
-/// `max_memory_allocated` and `memory_reserved` report it (see [`Device::memory_stats`]). Every
+/// `max_memory_allocated` and `memory_reserved` report it (see [`Device::memory_stats`](crate::Device::memory_stats)). Every
 /// buffer kiln creates goes through the pool (storage, uniform and staging), so these are the
 /// bytes kiln holds on the device; the driver's own allocations (pipelines, command buffers) are
 /// not counted. Sizes are the pool's size classes, which round each request up by at most a
@@ -115,7 +115,7 @@ pub struct MemoryStats {
     /// Bytes held by live buffers (tensors, optimizer state, recorded plans' buffers).
     pub live_bytes: u64,
     /// The most `live_bytes` has been since the device was created or
-    /// [`Device::reset_peak_memory_stats`] was last called.
+    /// [`Device::reset_peak_memory_stats`](crate::Device::reset_peak_memory_stats) was last called.
     pub peak_live_bytes: u64,
     /// Bytes of every buffer the pool holds from the driver: live plus free for reuse.
     pub pool_bytes: u64,

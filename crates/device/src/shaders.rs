@@ -533,7 +533,8 @@ mod tests {
         assert_eq!(v["AS"], 24.0, "BK + 8");
         let v = override_values("gemm_coop", "gemm_coop16", &[("A_KFAST", 0.0)]).unwrap();
         assert_eq!(v["AS"], v["BM"] + 8.0);
-        assert!(override_values("gemm_coop", "gemm_coop16", &[("NOPE", 1.0)]).is_err());
+        let e = override_values("gemm_coop", "gemm_coop16", &[("NOPE", 1.0)]).unwrap_err();
+        assert!(e.to_string().contains("'NOPE' not found"), "{e}");
     }
 
     #[test]
@@ -633,6 +634,10 @@ mod tests {
                 (1, BindingKind::Uniform)
             ]
         );
-        assert!(v.bindings("fill", "nope").is_err());
+        let e = v.bindings("fill", "nope").unwrap_err();
+        assert!(
+            e.to_string().contains("no compute entry point `nope`"),
+            "{e}"
+        );
     }
 }

@@ -19,7 +19,8 @@
 //! ```
 
 use crate::{no_grad, Result, Tensor};
-use kiln_ops::testing::{check_close, Rng};
+use kiln_ops::numeric::check_close;
+use kiln_ops::random::Rng;
 use kiln_ops::{DType, OpError};
 
 /// A CPU reference of the checked function: one f64 vector per input, in order, to the output's

@@ -4,7 +4,7 @@
 //! back mid-graph); the dispatches reach the GPU together at the next readback or flush. Ops
 //! reach the tape through [`Tensor::apply`], which takes any [`kiln_ops::op::Op`] (kiln's own or
 //! a user's). A [`StepPlan`] records one whole step (forward, backward, optimizer update) and
-//! replays it with one submission per step. [`gradcheck`] checks an op's or a model's gradients
+//! replays it with one submission per step. [`gradcheck()`] checks an op's or a model's gradients
 //! against finite differences.
 
 mod checkpoint;

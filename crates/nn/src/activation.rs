@@ -1,7 +1,7 @@
 //! Activations (and softmax) as modules.
 
+use crate::error::Result;
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::Tensor;
 
 macro_rules! activation {

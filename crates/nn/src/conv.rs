@@ -1,8 +1,8 @@
 //! `Conv2d`: 2-D convolution with PyTorch's weight layout [out, in, kh, kw] and initialisation.
 
+use crate::error::Result;
 use crate::init::{with_default_rng, Init, Rng};
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 use kiln_ops::conv::Conv2dSpec;
 
@@ -113,7 +113,7 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.conv2d(&self.weight, self.bias.as_ref(), self.spec)?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];
         v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
         v

@@ -2,7 +2,7 @@
 //! token shards, and windows and a loader over them, are in the `shards` module.
 
 use crate::{NnError, Result};
-use kiln_ops::testing::Rng;
+use kiln_ops::random::Rng;
 use std::io::Read;
 use std::path::Path;
 

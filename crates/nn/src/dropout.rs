@@ -1,8 +1,8 @@
 //! `Dropout`, as PyTorch's `nn.Dropout`, with its mask drawn on the device.
 
+use crate::error::Result;
 use crate::init::with_default_rng;
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 use kiln_ops::dropout::DropoutRng;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ impl DropoutConfig {
     /// The module, in training mode.
     pub fn init(&self, dev: &Device) -> Result<Dropout> {
         if !(0.0..1.0).contains(&self.p) {
-            return Err(crate::NnError::Config(format!(
+            return Err(crate::error::NnError::Config(format!(
                 "dropout probability {} is outside [0, 1)",
                 self.p
             )));
@@ -63,6 +63,17 @@ pub struct Dropout {
     training: bool,
     dev: Device,
     rng: Arc<Mutex<DropoutRng>>,
+}
+
+impl Dropout {
+    /// The drop probability.
+    pub fn p(&self) -> f32 {
+        self.p
+    }
+    /// Whether it drops (training mode), as PyTorch's `module.training`.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
 }
 
 impl Module for Dropout {

@@ -1,8 +1,8 @@
 //! `Embedding`: a lookup table, as PyTorch's `nn.Embedding`.
 
+use crate::error::Result;
 use crate::init::{with_default_rng, Init, Rng};
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 
 /// An [`Embedding`]'s size and initialisation (PyTorch's default: N(0, 1)).
@@ -58,7 +58,7 @@ impl Module for Embedding {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(self.weight.embedding(ids)?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         vec![("weight".into(), self.weight.clone())]
     }
 }

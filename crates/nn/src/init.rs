@@ -4,7 +4,7 @@
 //! [`manual_seed`] resets as `torch.manual_seed` does, or from one they are given
 //! (`LinearConfig::init_with`), so models built the same way from the same seed are identical.
 
-use crate::Result;
+use crate::error::Result;
 use kiln_graph::{Device, Tensor};
 pub use kiln_ops::random::Rng;
 use std::cell::RefCell;
@@ -54,7 +54,7 @@ pub enum Init {
 }
 
 /// PyTorch's fan-in and fan-out of a weight shape [out, in, kernel...]; a 1-D shape counts as
-/// [len] with fan-in = fan-out = len.
+/// `[len]` with fan-in = fan-out = len.
 pub fn fans(shape: &[usize]) -> (usize, usize) {
     match shape {
         [] => (1, 1),

@@ -1,7 +1,7 @@
 //! Modules made of a function: [`Lambda`] (any tensor function, or an op), and [`Flatten`].
 
+use crate::error::Result;
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::Tensor;
 use kiln_ops::op::Op;
 use std::sync::Arc;

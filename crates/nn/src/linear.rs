@@ -1,8 +1,8 @@
 //! `Linear`: y = x W^T + b with PyTorch's layout (W: [out, in]) and initialisation.
 
+use crate::error::Result;
 use crate::init::{with_default_rng, Init, Rng};
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 
 /// A [`Linear`] layer's shape and initialisation (PyTorch's defaults: a bias; weight and bias
@@ -97,7 +97,7 @@ impl Module for Linear {
         shape.push(self.weight.shape()[0]);
         Ok(y.reshape(&shape)?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("weight".to_string(), self.weight.clone())];
         v.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
         v

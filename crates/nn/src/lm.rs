@@ -3,13 +3,13 @@
 //! `kiln_train::lm_train`.
 
 use crate::embedding::{Embedding, EmbeddingConfig};
+use crate::error::{NnError, Result};
 use crate::init::Rng;
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{prefixed, Module};
+use crate::module::{indexed, indexed_mut, Module};
 use crate::norm::{LayerNorm, LayerNormConfig};
 use crate::rnn::{Recurrent, RecurrentConfig};
 use crate::transformer::{Activation, TransformerEncoderLayer, TransformerLayerConfig};
-use crate::{NnError, Result};
 use kiln_graph::{no_grad, Device, Tensor};
 use std::path::Path;
 
@@ -168,25 +168,21 @@ impl Module for CharTransformer {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         self.logits(ids)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![
-            ("tok.weight".to_string(), self.tok.weight.clone()),
-            ("pos.weight".to_string(), self.pos.weight.clone()),
-        ];
-        for (i, l) in self.layers.iter().enumerate() {
-            v.extend(prefixed(&format!("layers.{i}"), l.named_parameters()));
-        }
-        v.extend(prefixed("ln_f", self.ln_f.named_parameters()));
-        v.extend(prefixed("head", self.head.named_parameters()));
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        let mut v: Vec<(String, &dyn Module)> =
+            vec![("tok".into(), &self.tok), ("pos".into(), &self.pos)];
+        v.extend(indexed("layers", &self.layers));
+        v.push(("ln_f".into(), &self.ln_f));
+        v.push(("head".into(), &self.head));
         v
     }
-    fn set_training(&mut self, training: bool) {
-        self.layers
-            .iter_mut()
-            .for_each(|l| l.set_training(training));
-    }
-    fn advance_rng(&self) -> Result<()> {
-        self.layers.iter().try_for_each(|l| l.advance_rng())
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        let mut v: Vec<(String, &mut dyn Module)> =
+            vec![("tok".into(), &mut self.tok), ("pos".into(), &mut self.pos)];
+        v.extend(indexed_mut("layers", &mut self.layers));
+        v.push(("ln_f".into(), &mut self.ln_f));
+        v.push(("head".into(), &mut self.head));
+        v
     }
 }
 
@@ -247,11 +243,19 @@ impl Module for CharLstm {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         self.logits(ids)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("embedding.weight".to_string(), self.emb.weight.clone())];
-        v.extend(prefixed("lstm", self.lstm.named_parameters()));
-        v.extend(prefixed("head", self.head.named_parameters()));
-        v
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![
+            ("embedding".into(), &self.emb),
+            ("lstm".into(), &self.lstm),
+            ("head".into(), &self.head),
+        ]
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("embedding".into(), &mut self.emb),
+            ("lstm".into(), &mut self.lstm),
+            ("head".into(), &mut self.head),
+        ]
     }
 }
 

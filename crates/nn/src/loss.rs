@@ -1,7 +1,7 @@
 //! Losses: the training objectives [`Loss`] names (cross-entropy, MSE, binary cross-entropy with
 //! logits) and knowledge distillation's.
 
-use crate::Result;
+use crate::error::Result;
 use kiln_graph::Tensor;
 
 /// The training objective.

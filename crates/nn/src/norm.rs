@@ -1,7 +1,7 @@
 //! `LayerNorm` over the last axis, as PyTorch's `nn.LayerNorm`.
 
+use crate::error::Result;
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::{Device, Tensor};
 
 /// A [`LayerNorm`]'s width and epsilon (PyTorch's default eps: 1e-5; weight 1, bias 0).
@@ -48,7 +48,7 @@ impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.layer_norm(&self.weight, &self.bias, self.eps)?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         vec![
             ("weight".into(), self.weight.clone()),
             ("bias".into(), self.bias.clone()),

@@ -1,7 +1,7 @@
 //! Pooling layers, as PyTorch's `nn.MaxPool2d` and `nn.AvgPool2d`.
 
+use crate::error::Result;
 use crate::module::Module;
-use crate::Result;
 use kiln_graph::Tensor;
 use kiln_ops::pool::Pool2dSpec;
 

@@ -2,7 +2,7 @@
 //! sparsity, applied by the optimizer after every update so pruned weights stay zero while
 //! fine-tuning, in recorded steps too.
 
-use crate::{NnError, Result};
+use crate::error::{NnError, Result};
 use kiln_graph::Tensor;
 use kiln_ops::Buffer;
 

@@ -9,9 +9,9 @@
 //! `fc1.weight_scale` (F32 `[out]`), `fc1.input_scale` (F32 `[1]`), `fc1.bias` (F32), marked by the
 //! metadata key `kiln.quantized`.
 
+use crate::error::{NnError, Result};
 use crate::serialize::{self, RawTensor, QUANTIZED_KEY};
 use crate::{Conv2d, Linear, Module, Sequential};
-use crate::{NnError, Result};
 use half::f16;
 use kiln_graph::{no_grad, Device, Tensor};
 use kiln_ops::conv::Conv2dSpec;
@@ -649,7 +649,11 @@ impl Module for QuantizedModel {
         }
         self.layers.forward(x)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.layers.named_parameters()
+    /// The stack's layers (a quantized model's names are its source model's).
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        self.layers.children()
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        self.layers.children_mut()
     }
 }

@@ -3,10 +3,10 @@
 //! Built from tested ops: the input projection of every step in one matmul, then per step a
 //! matmul with the hidden state and element-wise gates.
 
+use crate::error::{NnError, Result};
 use crate::init::{with_default_rng, Init, Rng};
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{prefixed, Module};
-use crate::{NnError, Result};
+use crate::module::Module;
 use kiln_graph::{Device, Tensor};
 
 /// Which recurrence.
@@ -259,7 +259,7 @@ impl Module for Recurrent {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.run(x, None, None)?.output)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         self.layers
             .iter()
             .enumerate()
@@ -309,16 +309,17 @@ impl Module for LastStepClassifier {
         let out = self.rnn.forward(x)?;
         let (b, t, h) = (out.shape()[0], out.shape()[1], out.shape()[2]);
         if t == 0 {
-            return Err(crate::NnError::Invalid(
+            return Err(crate::error::NnError::Invalid(
                 "a sequence of length 0 has no last step to classify".into(),
             ));
         }
         self.fc.forward(&out.slice(1, t - 1, 1)?.reshape(&[b, h])?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("rnn", self.rnn.named_parameters());
-        v.extend(prefixed("fc", self.fc.named_parameters()));
-        v
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("rnn".into(), &self.rnn), ("fc".into(), &self.fc)]
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![("rnn".into(), &mut self.rnn), ("fc".into(), &mut self.fc)]
     }
 }
 

@@ -1,7 +1,7 @@
 //! `Sequential`: modules applied in order, as PyTorch's `nn.Sequential`.
 
-use crate::module::{prefixed, Module};
-use crate::Result;
+use crate::error::Result;
+use crate::module::Module;
 use kiln_graph::Tensor;
 
 /// Modules applied in order; parameters named by position (`0.weight`) or by the given names.
@@ -53,24 +53,16 @@ impl Module for Sequential {
         }
         Ok(h)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn children(&self) -> Vec<(String, &dyn Module)> {
         self.layers
             .iter()
-            .flat_map(|(n, m)| prefixed(n, m.named_parameters()))
+            .map(|(n, m)| (n.clone(), m.as_ref()))
             .collect()
     }
-    fn set_training(&mut self, training: bool) {
-        for (_, m) in &mut self.layers {
-            m.set_training(training);
-        }
-    }
-    fn advance_rng(&self) -> Result<()> {
-        self.layers.iter().try_for_each(|(_, m)| m.advance_rng())
-    }
-    fn rng_offsets(&self) -> Vec<u32> {
-        crate::module::rng_offsets_of(self.layers.iter().map(|(_, m)| m.as_ref()))
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        crate::module::set_rng_offsets_of(self.layers.iter().map(|(_, m)| m.as_ref()), offsets)
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        self.layers
+            .iter_mut()
+            .map(|(n, m)| (n.clone(), m.as_mut() as &mut dyn Module))
+            .collect()
     }
 }

@@ -9,7 +9,7 @@
 //! deliberate forgery (anyone can recompute it). Training checkpoints (optimizer state, epochs done,
 //! the run's settings) build on these in kiln-train.
 
-use crate::{NnError, Result};
+use crate::error::{NnError, Result};
 use kiln_graph::Tensor;
 /// The element types a safetensors file names (re-exported for [`TensorFile::raw_tensors`]).
 pub use safetensors::tensor::Dtype;

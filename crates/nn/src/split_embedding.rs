@@ -6,9 +6,9 @@
 //! multiplies by the table's transpose block by block for a tied output head. A table that fits
 //! is one block: the plain embedding, with PyTorch's `padding_idx` and a fast backward.
 
+use crate::error::{NnError, Result};
 use crate::init::{with_default_rng, Init, Rng};
 use crate::module::Module;
-use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
 use kiln_ops::lookup::Lookup;
 use kiln_ops::matmul::Matmul;
@@ -249,7 +249,7 @@ impl Module for SplitEmbedding {
     }
     /// `weight` for a table in one block (PyTorch's name); `weight.block0`, `weight.block1`...
     /// for a split one.
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         if self.blocks.len() == 1 {
             return vec![("weight".into(), self.blocks[0].clone())];
         }

@@ -15,11 +15,11 @@
 //! the explicit path, where PyTorch gives NaN.)
 
 use crate::dropout::{Dropout, DropoutConfig};
+use crate::error::{NnError, Result};
 use crate::init::{with_default_rng, Init, Rng};
 use crate::linear::{Linear, LinearConfig};
-use crate::module::{prefixed, rng_offsets_of, set_rng_offsets_of, Module};
+use crate::module::{indexed, indexed_mut, Module};
 use crate::norm::{LayerNorm, LayerNormConfig};
-use crate::{NnError, Result};
 use kiln_graph::{Device, Tensor};
 use kiln_ops::attention::AttentionSpec;
 use kiln_ops::mask::{additive_mask, MASKED};
@@ -181,7 +181,6 @@ impl MultiHeadAttentionConfig {
                 .with_seed(rng.next_u64())
                 .init(dev)?,
             dropout_p: self.dropout,
-            training: true,
         })
     }
 }
@@ -199,7 +198,6 @@ pub struct MultiHeadAttention {
     num_heads: usize,
     dropout: Dropout,
     dropout_p: f32,
-    training: bool,
 }
 
 impl MultiHeadAttention {
@@ -284,7 +282,7 @@ impl MultiHeadAttention {
             &v,
             opts,
             self.num_heads,
-            (self.training && self.dropout_p > 0.0).then_some(&self.dropout),
+            (self.dropout.is_training() && self.dropout_p > 0.0).then_some(&self.dropout),
         )?;
         let o = o.permute(&[0, 2, 1, 3])?.reshape(&[b, tq, e])?;
         let out = self.out_proj.forward(&o)?;
@@ -305,28 +303,26 @@ impl Module for MultiHeadAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.forward_with(x, x, x, &AttentionOptions::new())?.0)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![("in_proj_weight".to_string(), self.in_proj_weight.clone())];
         v.extend(
             self.in_proj_bias
                 .iter()
                 .map(|b| ("in_proj_bias".to_string(), b.clone())),
         );
-        v.extend(prefixed("out_proj", self.out_proj.named_parameters()));
         v
     }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-        self.dropout.set_training(training);
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![
+            ("out_proj".into(), &self.out_proj),
+            ("dropout".into(), &self.dropout),
+        ]
     }
-    fn advance_rng(&self) -> Result<()> {
-        self.dropout.advance_rng()
-    }
-    fn rng_offsets(&self) -> Vec<u32> {
-        self.dropout.rng_offsets()
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        self.dropout.set_rng_offsets(offsets)
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("out_proj".into(), &mut self.out_proj),
+            ("dropout".into(), &mut self.dropout),
+        ]
     }
 }
 
@@ -682,84 +678,61 @@ impl TransformerEncoderLayer {
         };
         self.forward_with(x, &opts)
     }
-
-    fn dropouts(&self) -> [&Dropout; 3] {
-        [&self.dropout1, &self.dropout2, &self.ff.dropout]
-    }
-
-    /// Every part with a random generator, in checkpoint order.
-    fn random_parts(&self) -> Vec<&dyn Module> {
-        let mut v: Vec<&dyn Module> = vec![&self.self_attn];
-        v.extend(self.dropouts().map(|d| d as &dyn Module));
-        v
-    }
 }
 
 impl Module for TransformerEncoderLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, &AttentionOptions::new())
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("self_attn", self.self_attn.named_parameters());
-        v.extend(prefixed("linear1", self.ff.linear1.named_parameters()));
-        v.extend(prefixed("linear2", self.ff.linear2.named_parameters()));
-        v.extend(prefixed("norm1", self.norm1.named_parameters()));
-        v.extend(prefixed("norm2", self.norm2.named_parameters()));
-        v
+    // PyTorch's names; the dropouts last, so generator offsets keep their checkpoint order.
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![
+            ("self_attn".into(), &self.self_attn),
+            ("linear1".into(), &self.ff.linear1),
+            ("linear2".into(), &self.ff.linear2),
+            ("norm1".into(), &self.norm1),
+            ("norm2".into(), &self.norm2),
+            ("dropout1".into(), &self.dropout1),
+            ("dropout2".into(), &self.dropout2),
+            ("dropout".into(), &self.ff.dropout),
+        ]
     }
-    fn set_training(&mut self, training: bool) {
-        self.self_attn.set_training(training);
-        for d in [&mut self.dropout1, &mut self.dropout2, &mut self.ff.dropout] {
-            d.set_training(training);
-        }
-    }
-    fn advance_rng(&self) -> Result<()> {
-        self.self_attn.advance_rng()?;
-        self.dropouts().iter().try_for_each(|d| d.advance_rng())
-    }
-    fn rng_offsets(&self) -> Vec<u32> {
-        rng_offsets_of(self.random_parts())
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        set_rng_offsets_of(self.random_parts(), offsets)
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("self_attn".into(), &mut self.self_attn),
+            ("linear1".into(), &mut self.ff.linear1),
+            ("linear2".into(), &mut self.ff.linear2),
+            ("norm1".into(), &mut self.norm1),
+            ("norm2".into(), &mut self.norm2),
+            ("dropout1".into(), &mut self.dropout1),
+            ("dropout2".into(), &mut self.dropout2),
+            ("dropout".into(), &mut self.ff.dropout),
+        ]
     }
 }
 
-/// A stack's parameters: `layers.{i}.…`, then `norm.…` where it has a final norm.
-fn stack_parameters<L: Module>(layers: &[L], norm: Option<&LayerNorm>) -> Vec<(String, Tensor)> {
-    let mut v: Vec<_> = layers
-        .iter()
-        .enumerate()
-        .flat_map(|(i, l)| prefixed(&format!("layers.{i}"), l.named_parameters()))
-        .collect();
-    if let Some(n) = norm {
-        v.extend(prefixed("norm", n.named_parameters()));
-    }
-    v
-}
-
-/// A stack of encoder layers (`layers.0...`), with an optional final LayerNorm (`norm`), as
-/// PyTorch's `nn.TransformerEncoder`.
-pub struct TransformerEncoder {
+/// Layers applied in order (`layers.0...`), then an optional final LayerNorm (`norm`): the
+/// body of PyTorch's `nn.TransformerEncoder` ([`TransformerEncoder`]) and
+/// `nn.TransformerDecoder` ([`TransformerDecoder`]).
+pub struct Stack<L> {
     /// The layers.
-    pub layers: Vec<TransformerEncoderLayer>,
+    pub layers: Vec<L>,
     /// Final normalisation (usual with pre-norm layers).
     pub norm: Option<LayerNorm>,
 }
 
-impl TransformerEncoder {
-    /// `num_layers` layers of `cfg`, drawn from `rng`, with a final LayerNorm where `final_norm`.
-    pub fn new(
+impl<L: Module> Stack<L> {
+    /// `num_layers` layers made by `layer` in turn, with a final LayerNorm of `cfg` where
+    /// `final_norm`.
+    fn build(
         dev: &Device,
-        rng: &mut Rng,
         cfg: &TransformerLayerConfig,
         num_layers: usize,
         final_norm: bool,
-    ) -> Result<TransformerEncoder> {
-        Ok(TransformerEncoder {
-            layers: (0..num_layers)
-                .map(|_| cfg.init_encoder_with(dev, rng))
-                .collect::<Result<_>>()?,
+        mut layer: impl FnMut() -> Result<L>,
+    ) -> Result<Stack<L>> {
+        Ok(Stack {
+            layers: (0..num_layers).map(|_| layer()).collect::<Result<_>>()?,
             norm: if final_norm {
                 Some(cfg.norm(dev)?)
             } else {
@@ -768,11 +741,11 @@ impl TransformerEncoder {
         })
     }
 
-    /// x: `[B, T, E]` through every layer under `opts`' masks.
-    pub fn forward_with(&self, x: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+    /// x through `step` with every layer in turn, then the final norm.
+    fn run(&self, x: &Tensor, step: impl Fn(&L, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
-            h = l.forward_with(&h, opts)?;
+            h = step(l, &h)?;
         }
         match &self.norm {
             Some(n) => n.forward(&h),
@@ -781,26 +754,49 @@ impl TransformerEncoder {
     }
 }
 
-impl Module for TransformerEncoder {
+impl<L: Module> Module for Stack<L> {
+    /// x through every layer's `forward`, then the final norm (a decoder's layers take a
+    /// memory too: use [`TransformerDecoder::forward_with`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, &AttentionOptions::new())
+        self.run(x, |l, h| l.forward(h))
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        stack_parameters(&self.layers, self.norm.as_ref())
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        let mut v = indexed("layers", &self.layers);
+        v.extend(self.norm.iter().map(|n| ("norm".into(), n as &dyn Module)));
+        v
     }
-    fn set_training(&mut self, training: bool) {
-        self.layers
-            .iter_mut()
-            .for_each(|l| l.set_training(training));
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        let mut v = indexed_mut("layers", &mut self.layers);
+        v.extend(
+            self.norm
+                .iter_mut()
+                .map(|n| ("norm".into(), n as &mut dyn Module)),
+        );
+        v
     }
-    fn advance_rng(&self) -> Result<()> {
-        self.layers.iter().try_for_each(|l| l.advance_rng())
+}
+
+/// A stack of encoder layers (`layers.0...`), with an optional final LayerNorm (`norm`), as
+/// PyTorch's `nn.TransformerEncoder`.
+pub type TransformerEncoder = Stack<TransformerEncoderLayer>;
+
+impl Stack<TransformerEncoderLayer> {
+    /// `num_layers` layers of `cfg`, drawn from `rng`, with a final LayerNorm where `final_norm`.
+    pub fn new(
+        dev: &Device,
+        rng: &mut Rng,
+        cfg: &TransformerLayerConfig,
+        num_layers: usize,
+        final_norm: bool,
+    ) -> Result<TransformerEncoder> {
+        Stack::build(dev, cfg, num_layers, final_norm, || {
+            cfg.init_encoder_with(dev, rng)
+        })
     }
-    fn rng_offsets(&self) -> Vec<u32> {
-        rng_offsets_of(self.layers.iter().map(|l| l as &dyn Module))
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        set_rng_offsets_of(self.layers.iter().map(|l| l as &dyn Module), offsets)
+
+    /// x: `[B, T, E]` through every layer under `opts`' masks.
+    pub fn forward_with(&self, x: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+        self.run(x, |l, h| l.forward_with(h, opts))
     }
 }
 
@@ -874,19 +870,6 @@ impl TransformerDecoderLayer {
             n3.forward(&x.add(&ff(&x)?)?)
         }
     }
-
-    fn dropouts(&self) -> Vec<&Dropout> {
-        let mut v: Vec<&Dropout> = self.dropouts.iter().collect();
-        v.push(&self.ff.dropout);
-        v
-    }
-
-    /// Every part with a random generator, in checkpoint order.
-    fn random_parts(&self) -> Vec<&dyn Module> {
-        let mut v: Vec<&dyn Module> = vec![&self.self_attn, &self.multihead_attn];
-        v.extend(self.dropouts().into_iter().map(|d| d as &dyn Module));
-        v
-    }
 }
 
 impl Module for TransformerDecoderLayer {
@@ -897,50 +880,48 @@ impl Module for TransformerDecoderLayer {
             "TransformerDecoderLayer takes (tgt, memory): use forward_with".into(),
         ))
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("self_attn", self.self_attn.named_parameters());
-        v.extend(prefixed(
-            "multihead_attn",
-            self.multihead_attn.named_parameters(),
-        ));
-        v.extend(prefixed("linear1", self.ff.linear1.named_parameters()));
-        v.extend(prefixed("linear2", self.ff.linear2.named_parameters()));
-        for (i, n) in self.norms.iter().enumerate() {
-            v.extend(prefixed(&format!("norm{}", i + 1), n.named_parameters()));
-        }
-        v
+    // PyTorch's names; the dropouts last, so generator offsets keep their checkpoint order.
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        let [n1, n2, n3] = &self.norms;
+        let [d1, d2, d3] = &self.dropouts;
+        vec![
+            ("self_attn".into(), &self.self_attn),
+            ("multihead_attn".into(), &self.multihead_attn),
+            ("linear1".into(), &self.ff.linear1),
+            ("linear2".into(), &self.ff.linear2),
+            ("norm1".into(), n1),
+            ("norm2".into(), n2),
+            ("norm3".into(), n3),
+            ("dropout1".into(), d1),
+            ("dropout2".into(), d2),
+            ("dropout3".into(), d3),
+            ("dropout".into(), &self.ff.dropout),
+        ]
     }
-    fn set_training(&mut self, training: bool) {
-        self.self_attn.set_training(training);
-        self.multihead_attn.set_training(training);
-        for d in self.dropouts.iter_mut() {
-            d.set_training(training);
-        }
-        self.ff.dropout.set_training(training);
-    }
-    fn advance_rng(&self) -> Result<()> {
-        self.self_attn.advance_rng()?;
-        self.multihead_attn.advance_rng()?;
-        self.dropouts().iter().try_for_each(|d| d.advance_rng())
-    }
-    fn rng_offsets(&self) -> Vec<u32> {
-        rng_offsets_of(self.random_parts())
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        set_rng_offsets_of(self.random_parts(), offsets)
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        let [n1, n2, n3] = &mut self.norms;
+        let [d1, d2, d3] = &mut self.dropouts;
+        vec![
+            ("self_attn".into(), &mut self.self_attn),
+            ("multihead_attn".into(), &mut self.multihead_attn),
+            ("linear1".into(), &mut self.ff.linear1),
+            ("linear2".into(), &mut self.ff.linear2),
+            ("norm1".into(), n1),
+            ("norm2".into(), n2),
+            ("norm3".into(), n3),
+            ("dropout1".into(), d1),
+            ("dropout2".into(), d2),
+            ("dropout3".into(), d3),
+            ("dropout".into(), &mut self.ff.dropout),
+        ]
     }
 }
 
 /// A stack of decoder layers (`layers.0...`) with an optional final LayerNorm (`norm`), as
 /// PyTorch's `nn.TransformerDecoder`.
-pub struct TransformerDecoder {
-    /// The layers.
-    pub layers: Vec<TransformerDecoderLayer>,
-    /// Final normalisation.
-    pub norm: Option<LayerNorm>,
-}
+pub type TransformerDecoder = Stack<TransformerDecoderLayer>;
 
-impl TransformerDecoder {
+impl Stack<TransformerDecoderLayer> {
     /// `num_layers` layers of `cfg`, drawn from `rng`, with a final LayerNorm where `final_norm`.
     pub fn new(
         dev: &Device,
@@ -949,15 +930,8 @@ impl TransformerDecoder {
         num_layers: usize,
         final_norm: bool,
     ) -> Result<TransformerDecoder> {
-        Ok(TransformerDecoder {
-            layers: (0..num_layers)
-                .map(|_| cfg.init_decoder_with(dev, rng))
-                .collect::<Result<_>>()?,
-            norm: if final_norm {
-                Some(cfg.norm(dev)?)
-            } else {
-                None
-            },
+        Stack::build(dev, cfg, num_layers, final_norm, || {
+            cfg.init_decoder_with(dev, rng)
         })
     }
 
@@ -970,40 +944,7 @@ impl TransformerDecoder {
         tgt_opts: &AttentionOptions,
         memory_opts: &AttentionOptions,
     ) -> Result<Tensor> {
-        let mut h = tgt.clone();
-        for l in &self.layers {
-            h = l.forward_with(&h, memory, tgt_opts, memory_opts)?;
-        }
-        match &self.norm {
-            Some(n) => n.forward(&h),
-            None => Ok(h),
-        }
-    }
-}
-
-impl Module for TransformerDecoder {
-    /// A decoder takes a target and a memory: use [`TransformerDecoder::forward_with`].
-    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
-        Err(NnError::Config(
-            "TransformerDecoder takes (tgt, memory): use forward_with".into(),
-        ))
-    }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        stack_parameters(&self.layers, self.norm.as_ref())
-    }
-    fn set_training(&mut self, training: bool) {
-        self.layers
-            .iter_mut()
-            .for_each(|l| l.set_training(training));
-    }
-    fn advance_rng(&self) -> Result<()> {
-        self.layers.iter().try_for_each(|l| l.advance_rng())
-    }
-    fn rng_offsets(&self) -> Vec<u32> {
-        rng_offsets_of(self.layers.iter().map(|l| l as &dyn Module))
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> Result<usize> {
-        set_rng_offsets_of(self.layers.iter().map(|l| l as &dyn Module), offsets)
+        self.run(tgt, |l, h| l.forward_with(h, memory, tgt_opts, memory_opts))
     }
 }
 

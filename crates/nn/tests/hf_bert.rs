@@ -7,7 +7,8 @@ mod common;
 use common::{check_abs, check_rel, dev, fixture, scratch, Golden};
 use kiln_graph::Tensor;
 use kiln_nn::hf::bert::{mean_pooling, normalize};
-use kiln_nn::hf::{BertModel, HfError, Tokenizer};
+use kiln_nn::hf::{BertModel, Tokenizer};
+use kiln_nn::NnError;
 use kiln_nn::{AdamW, Module};
 use std::path::Path;
 
@@ -185,7 +186,7 @@ fn bad_inputs_fail_with_clear_errors() {
     let err = BertModel::from_folder(&dev, &d).err().unwrap();
     let msg = err.to_string();
     eprintln!("{msg}");
-    assert!(matches!(err, HfError::Weights { .. }), "{msg}");
+    assert!(matches!(err, NnError::Weights { .. }), "{msg}");
     assert!(
         msg.contains("config.json's hidden_size = 64 disagrees with the file's 32"),
         "{msg}"

@@ -6,7 +6,7 @@
 use kiln_graph::{Device, Tensor};
 use kiln_nn::transformer::{AttentionOptions, MultiHeadAttention, MultiHeadAttentionConfig};
 use kiln_nn::Module;
-use kiln_ops::testing::{assert_close, to_f64};
+use kiln_ops::numeric::{assert_close, to_f64};
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 

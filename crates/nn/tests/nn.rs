@@ -3,10 +3,11 @@
 
 use kiln_graph::{Device, Tensor};
 use kiln_nn::data::{parse_idx, read_idx, shuffled, Mnist};
-use kiln_nn::models::lenet5;
+use kiln_nn::lenet::lenet5;
 use kiln_nn::schedule::Schedule;
 use kiln_nn::{LinearConfig, Module, Sgd};
-use kiln_ops::testing::{assert_close, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, to_f64};
+use kiln_ops::random::Rng;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -133,7 +134,13 @@ fn idx_reader_accepts_mnist_and_rejects_bad_files() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("magic"), "{e}");
-    assert!(read_idx(&dir.join("missing.gz"), 1).is_err());
+    let e = read_idx(&dir.join("missing.gz"), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing.gz") && e.contains("No such file"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -368,7 +375,9 @@ fn pgm_reader_accepts_good_files_and_rejects_bad_ones() {
         let e = parse_pgm(bad).unwrap_err();
         assert!(e.contains("at least 1") || e.contains("overflows"), "{e}");
     }
-    assert!(to_mnist_input(0, 0, &[]).is_err());
-    assert!(to_mnist_input(4, 4, &[0; 15]).is_err());
+    let e = to_mnist_input(0, 0, &[]).unwrap_err().to_string();
+    assert!(e.contains("0x0 pixels, 0 given"), "{e}");
+    let e = to_mnist_input(4, 4, &[0; 15]).unwrap_err().to_string();
+    assert!(e.contains("4x4 pixels, 15 given"), "{e}");
     assert!(x[0] < 0.0 && x[27] > 2.0, "black maps low, white high");
 }

@@ -3,7 +3,7 @@
 
 use kiln_graph::{Device, StepPlan, Tensor};
 use kiln_nn::{Adam, LinearConfig, Module, Relu, Sequential};
-use kiln_ops::testing::Rng;
+use kiln_ops::random::Rng;
 
 fn mlp(d: &Device) -> Sequential {
     let mut r = Rng::new(99);

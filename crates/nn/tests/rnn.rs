@@ -3,7 +3,8 @@
 use kiln_graph::{Device, Tensor};
 use kiln_nn::rnn::{Cell, RecurrentConfig};
 use kiln_nn::Module;
-use kiln_ops::testing::{assert_close, finite_diff, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 
 fn sig(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())

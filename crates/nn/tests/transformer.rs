@@ -6,7 +6,8 @@ use kiln_nn::transformer::{
     TransformerLayerConfig,
 };
 use kiln_nn::Module;
-use kiln_ops::testing::{assert_close, finite_diff, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 
 fn dev() -> Device {
     Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
@@ -150,7 +151,15 @@ fn multi_head_attention_matches_its_equations() {
             1e-4,
         );
     }
-    assert!(MultiHeadAttentionConfig::new(10, 3).init(&d).is_err());
+    let e = MultiHeadAttentionConfig::new(10, 3)
+        .init(&d)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("embed_dim 10 is not divisible by num_heads 3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -532,4 +541,178 @@ fn attention_masks_run_fused_and_match_the_explicit_path() {
     assert!(mha_r
         .forward_with(&xr, &xr, &xr, &opts.need_weights(true))
         .is_ok());
+}
+
+/// A composite that declares its parts only: a `Sequential` body (a Linear, then a Dropout) and
+/// a Linear head. Names, training mode, generators and freezing all come from the children.
+struct Net {
+    body: kiln_nn::Sequential,
+    head: kiln_nn::Linear,
+}
+
+impl Module for Net {
+    fn forward(&self, x: &Tensor) -> kiln_nn::Result<Tensor> {
+        self.head.forward(&self.body.forward(x)?)
+    }
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("body".into(), &self.body), ("head".into(), &self.head)]
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("body".into(), &mut self.body),
+            ("head".into(), &mut self.head),
+        ]
+    }
+}
+
+#[test]
+fn composite_names_training_rng_and_freeze_come_from_children() {
+    let dev = dev();
+    let mut rng = kiln_nn::init::Rng::new(5);
+    let mut net = Net {
+        body: kiln_nn::Sequential::new()
+            .push_named(
+                "fc1",
+                kiln_nn::LinearConfig::new(64, 8)
+                    .init_with(&dev, &mut rng)
+                    .unwrap(),
+            )
+            .push_named(
+                "drop",
+                kiln_nn::DropoutConfig::new(0.5)
+                    .with_seed(11)
+                    .init(&dev)
+                    .unwrap(),
+            ),
+        head: kiln_nn::LinearConfig::new(8, 3)
+            .init_with(&dev, &mut rng)
+            .unwrap(),
+    };
+    let got: Vec<(String, Vec<usize>)> = net
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec()))
+        .collect();
+    let want = [
+        ("body.fc1.weight", vec![8, 64]),
+        ("body.fc1.bias", vec![8]),
+        ("head.weight", vec![3, 8]),
+        ("head.bias", vec![3]),
+    ];
+    assert_eq!(got.len(), 4);
+    for ((n, s), (wn, ws)) in got.iter().zip(&want) {
+        assert_eq!((n.as_str(), s), (*wn, ws));
+    }
+    let numel: usize = net.parameters().iter().map(|t| t.numel()).sum();
+    assert_eq!(numel, 8 * 64 + 8 + 3 * 8 + 3);
+
+    // The dropout inside the body: 0 or 2 (1 / (1 - p)) while training, the identity in eval.
+    let ones = Tensor::full(&dev, &[16, 8], 1.0).unwrap();
+    let dropout = |net: &Net| {
+        let (_, drop) = net.body.layers().nth(1).unwrap();
+        drop.forward(&ones).unwrap().to_vec().unwrap()
+    };
+    let count = |v: &[f32], x: f32| v.iter().filter(|&&y| y == x).count();
+    let trained = dropout(&net);
+    assert_eq!(count(&trained, 0.0) + count(&trained, 2.0), 128);
+    assert!((32..=96).contains(&count(&trained, 0.0)), "{trained:?}");
+    net.eval();
+    assert_eq!(count(&dropout(&net), 1.0), 128);
+    net.train();
+    let again = dropout(&net);
+    assert_eq!(count(&again, 0.0) + count(&again, 2.0), 128);
+
+    // One generator, reached through the body; offsets move and restore.
+    let start = net.rng_offsets();
+    assert_eq!(start.len(), 1);
+    net.advance_rng().unwrap();
+    assert_ne!(net.rng_offsets(), start);
+    assert_eq!(net.set_rng_offsets(&start).unwrap(), 1);
+    assert_eq!(net.rng_offsets(), start);
+
+    // Freezing the body leaves the head trainable: gradients reach the head only.
+    net.body.freeze().unwrap();
+    let needs: Vec<bool> = net.parameters().iter().map(|t| t.requires_grad()).collect();
+    assert_eq!(needs, [false, false, true, true]);
+    let x = Tensor::full(&dev, &[2, 64], 0.5).unwrap();
+    net.forward(&x)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grads: Vec<bool> = net
+        .parameters()
+        .iter()
+        .map(|t| t.grad().is_some())
+        .collect();
+    assert_eq!(grads, [false, false, true, true]);
+    net.freeze().unwrap();
+    assert_eq!(
+        net.parameters()
+            .iter()
+            .filter(|t| t.requires_grad())
+            .count(),
+        0
+    );
+    net.unfreeze().unwrap();
+    assert_eq!(
+        net.parameters()
+            .iter()
+            .filter(|t| t.requires_grad())
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn transformer_stack_declares_layers_and_norm() {
+    let dev = dev();
+    let cfg = TransformerLayerConfig::new(8, 2)
+        .with_dim_feedforward(16)
+        .with_dropout(0.5)
+        .with_attention_dropout(0.5);
+    let mut rng = kiln_nn::init::Rng::new(3);
+    let mut enc =
+        kiln_nn::transformer::TransformerEncoder::new(&dev, &mut rng, &cfg, 2, true).unwrap();
+    let names: Vec<String> = enc.named_parameters().into_iter().map(|(n, _)| n).collect();
+    let layer = [
+        "self_attn.in_proj_weight",
+        "self_attn.in_proj_bias",
+        "self_attn.out_proj.weight",
+        "self_attn.out_proj.bias",
+        "linear1.weight",
+        "linear1.bias",
+        "linear2.weight",
+        "linear2.bias",
+        "norm1.weight",
+        "norm1.bias",
+        "norm2.weight",
+        "norm2.bias",
+    ];
+    let mut want: Vec<String> = (0..2)
+        .flat_map(|i| layer.iter().map(move |n| format!("layers.{i}.{n}")))
+        .collect();
+    want.extend(["norm.weight".to_string(), "norm.bias".to_string()]);
+    assert_eq!(names, want);
+    // Per layer: in_proj 3*8*8 + 24, out_proj 64 + 8, linear1 128 + 16, linear2 128 + 8,
+    // two norms 32; then the final norm 16.
+    let numel: usize = enc.parameters().iter().map(|t| t.numel()).sum();
+    assert_eq!(numel, 2 * 600 + 16);
+    // Four generators a layer: attention, dropout1, dropout2, the feed-forward's dropout.
+    assert_eq!(enc.rng_offsets().len(), 8);
+
+    // eval() reaches the dropouts inside each layer: two runs agree and differ from training's.
+    let x = Tensor::from_f32(
+        &dev,
+        &(0..48).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+        &[2, 3, 8],
+    )
+    .unwrap();
+    let train_y = enc.forward(&x).unwrap().to_vec().unwrap();
+    enc.eval();
+    let a = enc.forward(&x).unwrap().to_vec().unwrap();
+    let b = enc.forward(&x).unwrap().to_vec().unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, train_y);
 }

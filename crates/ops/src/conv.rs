@@ -11,9 +11,9 @@
 //! gradient needs one image of x and of dy within a window (or subgroups). Elsewhere they fall
 //! back to the implicit GEMM.
 
+use crate::gemm::{gemm, GemmCall, Mode, GEMM};
 pub use crate::geometry::Conv2dSpec;
 use crate::kernels::{all_fit, KernelSpec};
-use crate::matmul::{gemm, GemmCall, Mode, GEMM};
 use crate::reduce::{reduce, Reduce};
 use crate::{
     expect_dtype, launch_1d, or_placeholder, uniform_runs, uniform_window, Array, Buffer, DType,
@@ -449,7 +449,7 @@ pub fn plan(
         largest_binding: gemm_call.lens.iter().max().copied().unwrap_or(0) as u64 * 4,
     };
     let through_gemm = |family: &'static str| -> Result<crate::kernels::Planned> {
-        let mut p = crate::matmul::plan(dev, &gemm_call)?;
+        let mut p = crate::gemm::plan(dev, &gemm_call)?;
         p.family = family;
         p.variant = "conv_gemm";
         Ok(p)
@@ -953,7 +953,7 @@ pub mod cpu {
 }
 
 /// 2-D convolution as an op: inputs x [N, C, H, W], weight [Co, C, KH, KW] and optionally bias
-/// [Co]; the input's gradient (the most expensive product) is taken only where it is wanted.
+/// `[Co]`; the input's gradient (the most expensive product) is taken only where it is wanted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conv2d(pub Conv2dSpec);
 

@@ -2,7 +2,7 @@
 //! one dispatch that records, in a slot of a shared flag buffer, how many elements of a tensor are
 //! not finite and the first one's index. A training loop reads the flag buffer back with its loss.
 //!
-//!   finite_check: x: [n] f32; flags: [2 * slots] u32 = (count, first index) per slot
+//!   finite_check: `x: [n] f32; flags: [2 * slots] u32` = (count, first index) per slot
 
 use crate::{launch_1d, Buffer, DType, Device, OpError, Params, Result};
 

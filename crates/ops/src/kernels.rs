@@ -4,8 +4,8 @@
 //!
 //! | family | variants (table order) | table |
 //! |---|---|---|
-//! | `matmul` (f32 GEMM, also the implicit GEMM of convolutions) | `gemm_uniform`, `gemm_sg`, `gemm_direct_ua`, `gemm_4x4` (software adapters); `gemm_128x128`, `gemm_128x64`, `gemm_64x64`, `gemm_16x64`, `gemm_64x16` (GPU tiles); `gemv` (at most 8 rows: generation); `gemm_direct` (anywhere) | `matmul::GEMM` |
-//! | `matmul_f16` (f16 operands, f32 accumulation) | `coop16`, `coop8` (cooperative matrices, 128 x 128 per workgroup), `coop16_small`, `coop8_small` (64 x 64), `widen` (to f32) | `matmul::GEMM_F16` |
+//! | `matmul` (f32 GEMM, also the implicit GEMM of convolutions) | `gemm_uniform`, `gemm_sg`, `gemm_direct_ua`, `gemm_4x4` (software adapters); `gemm_128x128`, `gemm_128x64`, `gemm_64x64`, `gemm_16x64`, `gemm_64x16` (GPU tiles); `gemv` (at most 8 rows: generation); `gemm_direct` (anywhere) | `gemm::GEMM` |
+//! | `matmul_f16` (f16 operands, f32 accumulation) | `coop16`, `coop8` (cooperative matrices, 128 x 128 per workgroup), `coop16_small`, `coop8_small` (64 x 64), `widen` (to f32) | `gemm::GEMM_F16` |
 //! | `conv` (forward and input gradient) | `conv_direct` (software adapters: uniform windows), `conv_gemm` (implicit GEMM through `matmul`) | `conv::CONV` |
 //! | `conv_wgrad` (weight gradient) | `conv_wgrad` (uniform windows), `conv_wgrad_sg` (subgroups), `conv_gemm` | `conv::WGRAD` |
 //! | `pool` (pooling forward) | `pool_windows` (uniform windows, Mesa before 25), `pool_storage` | `pool::POOL` |

@@ -2,10 +2,10 @@
 //! atomic writes that leave the previous file intact.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::models::lenet5;
+use kiln_nn::lenet::lenet5;
 use kiln_nn::serialize::{load, read_metadata, save};
 use kiln_nn::{LinearConfig, Module, Sequential, Sgd};
-use kiln_ops::testing::Rng;
+use kiln_ops::random::Rng;
 use std::path::PathBuf;
 
 fn dev() -> Device {
@@ -466,7 +466,7 @@ fn non_finite_steps_stop_the_run_or_are_skipped_on_the_device() {
     let data = ArrayDataset::classes(&x, &[784], &y);
     // A linear classifier: a Relu would turn NaN into 0 (max(NaN, 0) is 0 on some adapters).
     let model = |seed: u64| {
-        let mut r = kiln_ops::testing::Rng::new(seed);
+        let mut r = kiln_ops::random::Rng::new(seed);
         Sequential::new().push(LinearConfig::new(784, 10).init_with(&d, &mut r).unwrap())
     };
     let cfg = || FitConfig {

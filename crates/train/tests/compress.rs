@@ -1,10 +1,10 @@
 //! Pruning (masks kept through fine-tuning) and knowledge distillation.
 
 use kiln_graph::{Device, Tensor};
-use kiln_nn::models::lenet5;
+use kiln_nn::lenet::lenet5;
 use kiln_nn::prune::{magnitude_masks, sparsity};
 use kiln_nn::{Module, Sgd};
-use kiln_ops::testing::Rng;
+use kiln_ops::random::Rng;
 use kiln_train::{fit, ArrayDataset, FitConfig, Loss};
 
 fn dev() -> Device {
@@ -97,8 +97,8 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
 #[test]
 fn distillation_loss_matches_its_formula_and_gradient() {
     use kiln_nn::loss::distillation_loss;
+    use kiln_ops::numeric::{assert_close, finite_diff, to_f64};
     use kiln_ops::softmax::cpu::{cross_entropy, softmax};
-    use kiln_ops::testing::{assert_close, finite_diff, to_f64};
     let d = dev();
     let mut r = Rng::new(8);
     let (n, c, t, alpha) = (4, 5, 3.0, 0.7);
@@ -148,7 +148,7 @@ mod quantization {
     use super::dev;
     use kiln_graph::Tensor;
     use kiln_nn::data::Mnist;
-    use kiln_nn::models::lenet5;
+    use kiln_nn::lenet::lenet5;
     use kiln_nn::quant::{quantize, Calibration, Precision, QuantConfig, QuantizedModel};
     use kiln_nn::serialize;
     use kiln_nn::{Module, Sgd};
@@ -280,7 +280,7 @@ mod quantization {
         let e = QuantizedModel::load(
             &d,
             &int8_file,
-            kiln_nn::models::lenet5_with_classes(&d, 1, 5).unwrap(),
+            kiln_nn::lenet::lenet5_with_classes(&d, 1, 5).unwrap(),
         )
         .err()
         .unwrap()

@@ -3,9 +3,9 @@
 
 use kiln_graph::Device;
 use kiln_nn::data::Mnist;
-use kiln_nn::models::lenet5;
+use kiln_nn::lenet::lenet5;
 use kiln_nn::{Adam, LinearConfig, Module, Sgd};
-use kiln_ops::testing::Rng;
+use kiln_ops::random::Rng;
 use kiln_train::{evaluate, fit, fit_async, ArrayDataset, FitConfig, Loss};
 use std::path::PathBuf;
 

@@ -10,7 +10,7 @@
 use kiln_graph::{Device, Tensor};
 use kiln_nn::hf::{Gpt2Config, Gpt2LMHeadModel};
 use kiln_nn::shards::{inputs_and_targets, TokenDataset, TokenLoader};
-use kiln_nn::{Module, NnError, Optimizer};
+use kiln_nn::{Module, Optimizer};
 use kiln_train::checkpoint::{load_training, save_training, RunSettings};
 use kiln_train::gpt::{decay_groups, AccumulatedStep, GptAdamW};
 use safetensors::{Dtype, SafeTensors};
@@ -123,7 +123,7 @@ fn steps(
                 model.advance_rng()?;
                 Ok(())
             },
-            &mut || Ok(model.lm_loss_from(&x, &y).map_err(NnError::from)?),
+            &mut || Ok(model.lm_loss_from(&x, &y)?),
         )
         .unwrap();
         losses.push(step.loss().unwrap().to_f32(dev).unwrap()[0]);
@@ -272,7 +272,7 @@ fn resume_at_step_ten_equals_an_uninterrupted_run_bit_for_bit() {
                     }
                     Ok(())
                 },
-                &mut || Ok(m.lm_loss_from(&x, &y).map_err(NnError::from)?),
+                &mut || Ok(m.lm_loss_from(&x, &y)?),
             )
             .unwrap();
             losses.push(step.loss().unwrap().to_f32(&dev).unwrap()[0]);

@@ -6,7 +6,7 @@ use kiln_nn::lm::{
     TransformerLmConfig,
 };
 use kiln_nn::{Adam, Module};
-use kiln_ops::testing::Rng;
+use kiln_ops::random::Rng;
 use kiln_train::lm_train::{evaluate_lm, train_lm, LmConfig};
 
 fn dev() -> Device {

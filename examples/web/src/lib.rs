@@ -10,7 +10,7 @@
 
 use kiln_graph::{no_grad, Device, Tensor};
 use kiln_nn::data::Mnist;
-use kiln_nn::models::lenet5;
+use kiln_nn::lenet::lenet5;
 use kiln_nn::schedule::Schedule;
 use kiln_nn::{Module, Optimizer, Sequential, Sgd};
 use kiln_train::{evaluate_async, fit_async, ArrayDataset, FitConfig, Loss};

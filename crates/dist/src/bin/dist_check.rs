@@ -19,8 +19,8 @@
 use kiln_dist::{DdpConfig, Dist, DistributedDataParallel, DistributedSampler};
 use kiln_graph::{Device, StepPlan, Tensor};
 use kiln_nn::data::{gather_rows, Mnist};
+use kiln_nn::lenet::lenet5;
 use kiln_nn::loss::Loss;
-use kiln_nn::models::lenet5;
 use kiln_nn::{Adam, Sequential, Sgd};
 use kiln_nn::{Module, NnError, Optimizer};
 use kiln_train::checkpoint::{load_training, CheckpointConfig, RunSettings};
@@ -303,8 +303,12 @@ impl Module for Faulty {
     fn forward(&self, x: &Tensor) -> kiln_nn::Result<Tensor> {
         self.inner.forward(x)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.inner.named_parameters()
+    // The inner stack's layers, under their own names.
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        self.inner.children()
+    }
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        self.inner.children_mut()
     }
     fn advance_rng(&self) -> kiln_nn::Result<()> {
         // The first step has no call: this is the step about to begin, counted from 1.

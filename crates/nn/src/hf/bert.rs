@@ -8,13 +8,13 @@
 //! [`BertModel::from_folder`] loads a `save_pretrained` folder and [`BertModel::save_folder`]
 //! writes one that `transformers` and sentence-transformers load.
 
+use crate::error::{NnError, Result};
 use crate::hf::config::{activation, BertConfig};
 use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
 use crate::hf::tokenizer::Batch;
 use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
-use crate::hf::{into_nn, HfError, Result};
 use crate::init::Rng;
-use crate::module::{prefixed, rng_offsets_of, set_rng_offsets_of, Module};
+use crate::module::{indexed, indexed_mut, Module};
 use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
 use crate::{Dropout, LayerNorm, Linear, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_graph::{Device, Tensor};
@@ -35,44 +35,45 @@ struct BertLayer {
     hidden_dropout2: Dropout,
 }
 
-impl BertLayer {
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = Vec::new();
-        for (n, l) in [
-            ("attention.self.query", &self.query),
-            ("attention.self.key", &self.key),
-            ("attention.self.value", &self.value),
-            ("attention.output.dense", &self.attn_out),
-        ] {
-            v.extend(prefixed(n, l.named_parameters()));
-        }
-        v.extend(prefixed(
-            "attention.output.LayerNorm",
-            self.attn_norm.named_parameters(),
-        ));
-        v.extend(prefixed(
-            "intermediate.dense",
-            self.intermediate.named_parameters(),
-        ));
-        v.extend(prefixed("output.dense", self.output.named_parameters()));
-        v.extend(prefixed(
-            "output.LayerNorm",
-            self.out_norm.named_parameters(),
-        ));
-        v
+impl Module for BertLayer {
+    /// A layer runs inside [`BertModel::forward`], which brings its mask; alone, an error.
+    fn forward(&self, _x: &Tensor) -> Result<Tensor> {
+        Err(NnError::Config(
+            "a BERT layer runs inside BertModel::forward".into(),
+        ))
     }
-    fn dropouts_mut(&mut self) -> [&mut Dropout; 3] {
-        [
-            &mut self.attn_probs_dropout,
-            &mut self.hidden_dropout1,
-            &mut self.hidden_dropout2,
+    // Hugging Face's names; the dropouts last, in checkpoint order.
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![
+            ("attention.self.query".into(), &self.query),
+            ("attention.self.key".into(), &self.key),
+            ("attention.self.value".into(), &self.value),
+            ("attention.output.dense".into(), &self.attn_out),
+            ("attention.output.LayerNorm".into(), &self.attn_norm),
+            ("intermediate.dense".into(), &self.intermediate),
+            ("output.dense".into(), &self.output),
+            ("output.LayerNorm".into(), &self.out_norm),
+            ("attention.self.dropout".into(), &self.attn_probs_dropout),
+            ("attention.output.dropout".into(), &self.hidden_dropout1),
+            ("output.dropout".into(), &self.hidden_dropout2),
         ]
     }
-    fn dropouts(&self) -> [&Dropout; 3] {
-        [
-            &self.attn_probs_dropout,
-            &self.hidden_dropout1,
-            &self.hidden_dropout2,
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("attention.self.query".into(), &mut self.query),
+            ("attention.self.key".into(), &mut self.key),
+            ("attention.self.value".into(), &mut self.value),
+            ("attention.output.dense".into(), &mut self.attn_out),
+            ("attention.output.LayerNorm".into(), &mut self.attn_norm),
+            ("intermediate.dense".into(), &mut self.intermediate),
+            ("output.dense".into(), &mut self.output),
+            ("output.LayerNorm".into(), &mut self.out_norm),
+            (
+                "attention.self.dropout".into(),
+                &mut self.attn_probs_dropout,
+            ),
+            ("attention.output.dropout".into(), &mut self.hidden_dropout1),
+            ("output.dropout".into(), &mut self.hidden_dropout2),
         ]
     }
 }
@@ -89,7 +90,6 @@ pub struct BertModel {
     layers: Vec<BertLayer>,
     pooler: Option<Linear>,
     attn_probs_p: f32,
-    training: bool,
 }
 
 /// The tensors a config implies, with the fields that give each dimension.
@@ -207,9 +207,9 @@ impl BertModel {
             if let (Source::Random { .. }, Some(p)) = (&*src, pad) {
                 v[p * h..(p + 1) * h].fill(0.0);
             }
-            Ok(SplitEmbeddingConfig::new(rows, h)
+            SplitEmbeddingConfig::new(rows, h)
                 .with_padding_idx(pad)
-                .from_rows(dev, &v)?)
+                .from_rows(dev, &v)
         };
         let word_embeddings = table(
             src,
@@ -271,7 +271,6 @@ impl BertModel {
             emb_dropout,
             layers,
             pooler,
-            training: true,
         })
     }
 
@@ -309,7 +308,7 @@ impl BertModel {
     fn check(&self, batch: &Batch) -> Result<()> {
         let c = &self.config;
         if batch.seq_len > c.max_position_embeddings {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{} tokens per text, but config.json's max_position_embeddings is {}: truncate \
                  (Tokenizer::with_max_length)",
                 batch.seq_len, c.max_position_embeddings
@@ -321,7 +320,7 @@ impl BertModel {
             ("token_type_ids", &batch.token_type_ids, c.type_vocab_size),
         ] {
             if v.len() != n {
-                return Err(HfError::Input(format!(
+                return Err(NnError::Input(format!(
                     "{what} has {} values for [{}, {}]",
                     v.len(),
                     batch.batch_size,
@@ -329,7 +328,7 @@ impl BertModel {
                 )));
             }
             if let Some(bad) = v.iter().find(|&&i| i < 0 || i as usize >= max) {
-                return Err(HfError::Input(format!(
+                return Err(NnError::Input(format!(
                     "{what} holds {bad}, outside [0, {max})"
                 )));
             }
@@ -366,13 +365,13 @@ impl BertModel {
     ) -> Result<Tensor> {
         let c = &self.config;
         let &[b, t] = ids.shape() else {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "ids [batch, seq], got {:?}",
                 ids.shape()
             )));
         };
         if t > c.max_position_embeddings {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{t} positions, but config.json's max_position_embeddings is {}",
                 c.max_position_embeddings
             )));
@@ -405,12 +404,13 @@ impl BertModel {
             key_padding_mask,
             ..AttentionOptions::new()
         };
-        let probs_dropout = self.training && self.attn_probs_p > 0.0;
+        let probs_dropout = self.attn_probs_p > 0.0;
         for l in &self.layers {
             let q = split(l.query.forward(&x)?)?;
             let k = split(l.key.forward(&x)?)?;
             let v = split(l.value.forward(&x)?)?;
-            let drop = probs_dropout.then_some(&l.attn_probs_dropout);
+            let drop = (probs_dropout && l.attn_probs_dropout.is_training())
+                .then_some(&l.attn_probs_dropout);
             let (ctx, _) = scaled_dot_product_attention(&q, &k, &v, &opts, heads, drop)?;
             let ctx = ctx.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h])?;
             let a = l.hidden_dropout1.forward(&l.attn_out.forward(&ctx)?)?;
@@ -426,7 +426,7 @@ impl BertModel {
     /// pooler.
     pub fn pooler_output(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
         let p = self.pooler.as_ref().ok_or_else(|| {
-            HfError::Input("this model's weights have no pooler (pooler.dense.*)".into())
+            NnError::Input("this model's weights have no pooler (pooler.dense.*)".into())
         })?;
         let first = last_hidden_state.slice(1, 0, 1)?;
         let b = first.shape()[0];
@@ -478,68 +478,55 @@ impl BertModel {
 
 impl Module for BertModel {
     /// `last_hidden_state` for i32 ids `[B, T]`, no padding, token types 0.
-    fn forward(&self, ids: &kiln_graph::Tensor) -> crate::Result<kiln_graph::Tensor> {
-        BertModel::forward(self, ids, None, None).map_err(into_nn)
+    fn forward(&self, ids: &kiln_graph::Tensor) -> Result<kiln_graph::Tensor> {
+        BertModel::forward(self, ids, None, None)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed(
-            "embeddings.word_embeddings",
-            self.word_embeddings.named_parameters(),
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        let mut v: Vec<(String, &dyn Module)> = vec![
+            ("embeddings.word_embeddings".into(), &self.word_embeddings),
+            (
+                "embeddings.position_embeddings".into(),
+                &self.position_embeddings,
+            ),
+            (
+                "embeddings.token_type_embeddings".into(),
+                &self.token_type_embeddings,
+            ),
+            ("embeddings.LayerNorm".into(), &self.emb_norm),
+            ("embeddings.dropout".into(), &self.emb_dropout),
+        ];
+        v.extend(indexed("encoder.layer", &self.layers));
+        v.extend(
+            self.pooler
+                .iter()
+                .map(|p| ("pooler.dense".into(), p as &dyn Module)),
         );
-        v.extend(prefixed(
-            "embeddings.position_embeddings",
-            self.position_embeddings.named_parameters(),
-        ));
-        v.extend(prefixed(
-            "embeddings.token_type_embeddings",
-            self.token_type_embeddings.named_parameters(),
-        ));
-        v.extend(prefixed(
-            "embeddings.LayerNorm",
-            self.emb_norm.named_parameters(),
-        ));
-        for (i, l) in self.layers.iter().enumerate() {
-            v.extend(prefixed(
-                &format!("encoder.layer.{i}"),
-                l.named_parameters(),
-            ));
-        }
-        if let Some(p) = &self.pooler {
-            v.extend(prefixed("pooler.dense", p.named_parameters()));
-        }
         v
     }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-        self.emb_dropout.set_training(training);
-        for l in &mut self.layers {
-            for d in l.dropouts_mut() {
-                d.set_training(training);
-            }
-        }
-    }
-    fn advance_rng(&self) -> crate::Result<()> {
-        self.all_dropouts()
-            .into_iter()
-            .try_for_each(|d| d.advance_rng())
-    }
-    fn rng_offsets(&self) -> Vec<u32> {
-        rng_offsets_of(self.all_dropouts().into_iter().map(|d| d as &dyn Module))
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> crate::Result<usize> {
-        set_rng_offsets_of(
-            self.all_dropouts().into_iter().map(|d| d as &dyn Module),
-            offsets,
-        )
-    }
-}
-
-impl BertModel {
-    /// Every dropout, in checkpoint order: the embeddings', then each layer's.
-    fn all_dropouts(&self) -> Vec<&Dropout> {
-        std::iter::once(&self.emb_dropout)
-            .chain(self.layers.iter().flat_map(|l| l.dropouts()))
-            .collect()
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        let mut v: Vec<(String, &mut dyn Module)> = vec![
+            (
+                "embeddings.word_embeddings".into(),
+                &mut self.word_embeddings,
+            ),
+            (
+                "embeddings.position_embeddings".into(),
+                &mut self.position_embeddings,
+            ),
+            (
+                "embeddings.token_type_embeddings".into(),
+                &mut self.token_type_embeddings,
+            ),
+            ("embeddings.LayerNorm".into(), &mut self.emb_norm),
+            ("embeddings.dropout".into(), &mut self.emb_dropout),
+        ];
+        v.extend(indexed_mut("encoder.layer", &mut self.layers));
+        v.extend(
+            self.pooler
+                .iter_mut()
+                .map(|p| ("pooler.dense".into(), p as &mut dyn Module)),
+        );
+        v
     }
 }
 
@@ -547,13 +534,13 @@ impl BertModel {
 /// for h `[B, T, E]` and the batch's attention mask; `[B, E]`.
 pub fn mean_pooling(h: &Tensor, batch: &Batch) -> Result<Tensor> {
     let &[b, t, e] = h.shape() else {
-        return Err(HfError::Input(format!(
+        return Err(NnError::Input(format!(
             "hidden states [B, T, E], got {:?}",
             h.shape()
         )));
     };
     if b != batch.batch_size || t != batch.seq_len {
-        return Err(HfError::Input(format!(
+        return Err(NnError::Input(format!(
             "hidden states {:?} for a batch of [{}, {}]",
             h.shape(),
             batch.batch_size,

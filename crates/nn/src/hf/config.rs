@@ -1,7 +1,8 @@
 //! `config.json` as typed configs with `transformers`' defaults. Fields kiln does not use are
 //! kept (`extra`) and written back, so a saved folder's config says everything the original did.
 
-use crate::hf::{file_err, HfError, Result};
+use crate::error::{NnError, Result};
+use crate::hf::file_err;
 use crate::transformer::Activation;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -18,8 +19,8 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     Ok(())
 }
 
-fn config_err(path: &Path, field: &str, message: impl Into<String>) -> HfError {
-    HfError::Config {
+fn config_err(path: &Path, field: &str, message: impl Into<String>) -> NnError {
+    NnError::ConfigField {
         path: path.display().to_string(),
         field: field.into(),
         message: message.into(),

@@ -2,8 +2,9 @@
 //! random with `transformers`' initialisation), and the files copied beside the weights when a
 //! folder is saved.
 
+use crate::error::Result;
+use crate::hf::file_err;
 use crate::hf::weights::Weights;
-use crate::hf::{file_err, Result};
 use crate::init::Rng;
 use crate::{Dropout, DropoutConfig, LayerNorm, Linear};
 use kiln_graph::{Device, Tensor};
@@ -93,9 +94,7 @@ impl Dropouts {
         Dropouts(Rng::new(seed))
     }
     pub(crate) fn next(&mut self, dev: &Device, p: f32) -> Result<Dropout> {
-        Ok(DropoutConfig::new(p)
-            .with_seed(self.0.next_u64())
-            .init(dev)?)
+        DropoutConfig::new(p).with_seed(self.0.next_u64()).init(dev)
     }
 }
 
@@ -172,7 +171,7 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
 /// The config and weights files of a model folder, or an error naming what is missing.
 pub(crate) fn model_files(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     if !dir.is_dir() {
-        return Err(crate::hf::HfError::MissingModel {
+        return Err(crate::hf::NnError::MissingModel {
             path: dir.display().to_string(),
             hint: "give a Hugging Face model folder (config.json, model.safetensors)".into(),
         });

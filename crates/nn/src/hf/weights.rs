@@ -1,10 +1,10 @@
 //! `model.safetensors` by Hugging Face's tensor names: read (f32, f16 and bf16, widened to f32),
 //! checked against the shapes a config implies, and written back as `save_pretrained` writes it.
 
-use crate::hf::{file_err, HfError, Result};
+use crate::error::{NnError, Result};
+use crate::hf::file_err;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::path::Path;
 
 /// A tensor the model expects: its name and, per dimension, the size and the config.json field
@@ -39,53 +39,7 @@ impl Spec {
     }
 }
 
-/// Everything that keeps a weights file from fitting a model, all at once.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WeightsReport {
-    /// Tensors the model needs that the file lacks.
-    pub missing: Vec<String>,
-    /// Tensors in the file the model has no place for.
-    pub unexpected: Vec<String>,
-    /// Tensors whose shape or dtype disagrees, each with the config field(s) involved.
-    pub mismatched: Vec<String>,
-    /// What the lists add up to, shown first: each config field that disagrees with the file
-    /// (with both values), a layer count that does.
-    pub notes: Vec<String>,
-}
-
-impl WeightsReport {
-    /// Nothing disagrees.
-    pub fn is_empty(&self) -> bool {
-        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
-    }
-}
-
-impl fmt::Display for WeightsReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = self.notes.clone();
-        // Long lists (a whole model missing) are cut, with the count.
-        let list = |v: &[String]| {
-            let shown: Vec<&str> = v.iter().take(8).map(String::as_str).collect();
-            let more = v.len().saturating_sub(8);
-            let tail = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
-            format!("{} ({}{tail})", v.len(), shown.join(", "))
-        };
-        if !self.mismatched.is_empty() {
-            parts.push(format!("mis-shaped {}", list(&self.mismatched)));
-        }
-        if !self.missing.is_empty() {
-            parts.push(format!("missing {}", list(&self.missing)));
-        }
-        if !self.unexpected.is_empty() {
-            parts.push(format!("unexpected {}", list(&self.unexpected)));
-        }
-        f.write_str(&parts.join("; "))
-    }
-}
+pub use crate::error::WeightsReport;
 
 /// What to do with a tensor name found in a file.
 pub enum Name {
@@ -167,7 +121,7 @@ impl Weights {
             ));
         }
         if !report.is_empty() {
-            return Err(HfError::Weights {
+            return Err(NnError::Weights {
                 path: path.display().to_string(),
                 report,
             });
@@ -186,7 +140,7 @@ impl Weights {
 
     /// The model's tensor `name` as f32 values (f16 and bf16 widened exactly).
     pub fn f32(&self, name: &str) -> Result<Vec<f32>> {
-        let file_name = self.names.get(name).ok_or_else(|| HfError::File {
+        let file_name = self.names.get(name).ok_or_else(|| NnError::File {
             path: self.path.clone(),
             message: format!("no tensor {name}"),
         })?;
@@ -293,8 +247,8 @@ pub fn save_with_metadata(
 
 /// A weights error with a note naming the config's layer-count `field` where the weights hold layers past it
 /// (tensors `prefix<N>.` with N >= `layers`) or lack whole layers.
-pub fn layer_hint(e: HfError, layers: usize, prefix: &str, field: &str) -> HfError {
-    let HfError::Weights { path, mut report } = e else {
+pub fn layer_hint(e: NnError, layers: usize, prefix: &str, field: &str) -> NnError {
+    let NnError::Weights { path, mut report } = e else {
         return e;
     };
     let index = |n: &String| {
@@ -315,5 +269,5 @@ pub fn layer_hint(e: HfError, layers: usize, prefix: &str, field: &str) -> HfErr
             "the file has no layer {first} and beyond, config.json's {field} = {layers}"
         ));
     }
-    HfError::Weights { path, report }
+    NnError::Weights { path, report }
 }

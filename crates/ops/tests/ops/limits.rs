@@ -8,18 +8,13 @@
 //! kernel over a limit, and on a shape no variant runs (except where a profile cannot run the
 //! family at all, which must be the typed error). Nothing is launched: planning is pure naga.
 
-mod shapes;
-
+use crate::common::dev;
+use crate::shapes::plan_all;
 use kiln_device::{AdapterProfile, DeviceError};
+use kiln_ops::gemm::{self, GemmCall};
 use kiln_ops::kernels::{KernelSpec, Planned};
-use kiln_ops::matmul::{self, GemmCall};
 use kiln_ops::{Device, KernelPolicy, OpError};
-use shapes::plan_all;
 use std::collections::BTreeMap;
-
-fn dev() -> Device {
-    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
-}
 
 /// Every kernel of a plan within the profile's limits, and its largest binding too.
 fn check_plan(d: &Device, what: &str, plan: &Planned) {
@@ -215,7 +210,7 @@ fn the_former_small_m_tiles_are_refused_where_they_exceed_the_limit() {
         let pd = d.with_policy(KernelPolicy::default().with_profile(prof.clone()));
         for (m, n, k) in [(1, 1024, 256), (4, 4096, 1024), (8, 512, 300)] {
             let call = GemmCall::matmul(1, m, n, k, false, true, false, false, false);
-            let p = matmul::plan(&pd, &call).unwrap();
+            let p = gemm::plan(&pd, &call).unwrap();
             check_plan(&pd, &format!("{m}x{n}x{k}"), &p);
         }
     }

@@ -4,19 +4,13 @@
 //! rows past a workgroup's end. Each variant's runner counts the cases it checked and the shapes
 //! it refused, and fails when it checked none.
 
+use crate::common::{arr, dev, Tally};
 use kiln_ops::norm;
+use kiln_ops::numeric::{assert_close, dot, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::rows::{self, RowCall, RowOp};
 use kiln_ops::softmax;
-use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
-use kiln_ops::{Array, Device, DeviceError, KernelPolicy, OpError};
-
-fn dev() -> Device {
-    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
-}
-
-fn arr(d: &Device, v: &[f32], s: &[usize]) -> Array {
-    Array::from_f32(d, v, s).unwrap()
-}
+use kiln_ops::{Array, Device, KernelPolicy};
 
 /// The automatic choice and each variant of the `rows` family, forced; and each variant planned
 /// as on a GPU (this adapter's limits and subgroup size, but a GPU's lanes per row: rows wider
@@ -37,55 +31,6 @@ fn variants() -> Vec<(&'static str, Device)> {
         ));
     }
     v
-}
-
-/// Counts what one variant checked and refused; fails on drop when it checked nothing.
-struct Tally {
-    variant: &'static str,
-    checked: usize,
-    refused: Vec<String>,
-}
-
-impl Tally {
-    fn new(variant: &'static str) -> Tally {
-        Tally {
-            variant,
-            checked: 0,
-            refused: Vec::new(),
-        }
-    }
-
-    /// Runs one case: counted as checked when it ran, as refused when the forced variant
-    /// refused the shape with the typed error; any other error fails the test.
-    fn case(&mut self, what: &str, f: impl FnOnce() -> Result<(), OpError>) {
-        match f() {
-            Ok(()) => self.checked += 1,
-            Err(OpError::Device(DeviceError::VariantUnsupported { reason, .. })) => {
-                self.refused.push(format!("{what}: {reason}"))
-            }
-            Err(e) => panic!("{} {what}: {e}", self.variant),
-        }
-    }
-
-    fn finish(self) {
-        println!(
-            "{}: {} cases checked, {} refused{}",
-            self.variant,
-            self.checked,
-            self.refused.len(),
-            if self.refused.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", self.refused.join("; "))
-            }
-        );
-        assert!(
-            self.checked > 0,
-            "{}: checked nothing ({} refused)",
-            self.variant,
-            self.refused.len()
-        );
-    }
 }
 
 /// (rows, cols): widths for 1 to 256 lanes per row (scalar and vec4), rows within one

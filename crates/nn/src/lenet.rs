@@ -1,13 +1,13 @@
-//! Ready-made models: the seed's LeNet-5.
+//! LeNet-5, built as a `Sequential` of named layers.
 
 use crate::activation::Relu;
 use crate::conv::Conv2dConfig;
+use crate::error::Result;
 use crate::init::Rng;
 use crate::lambda::Flatten;
 use crate::linear::LinearConfig;
 use crate::pool::MaxPool2d;
 use crate::sequential::Sequential;
-use crate::Result;
 use kiln_graph::Device;
 use kiln_ops::pool::Pool2dSpec;
 

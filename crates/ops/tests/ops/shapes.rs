@@ -1,11 +1,11 @@
-//! The shapes of kiln's benchmarks and examples that the limit-profile test (`limits.rs`) plans
+//! The shapes of kiln's benchmarks and examples that the limit-profile test (`ops/limits.rs`) plans
 //! under every adapter profile; the standard-WGSL check (`tests/tint.rs`) plans them too, to
 //! compile each chosen kernel with the override constants its launcher would pass.
 
 use kiln_ops::attention::{self, AttnCall};
 use kiln_ops::conv::{self, Conv2dSpec, ConvPass};
+use kiln_ops::gemm::{self, GemmCall};
 use kiln_ops::kernels::Planned;
-use kiln_ops::matmul::{self, GemmCall};
 use kiln_ops::{Device, OpError};
 
 /// A Linear layer's three GEMMs at `rows` rows: y = x W^T, dx = dy W, dW = dy^T x (as
@@ -192,7 +192,7 @@ pub fn optim_groups() -> Vec<usize> {
 pub fn plan_all(dev: &Device) -> Vec<(String, Result<Planned, OpError>)> {
     let mut out = Vec::new();
     for (what, call) in gemm_shapes() {
-        out.push((format!("{what} {call:?}"), matmul::plan(dev, &call)));
+        out.push((format!("{what} {call:?}"), gemm::plan(dev, &call)));
     }
     for (what, xs, ws, spec) in conv_shapes() {
         for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {

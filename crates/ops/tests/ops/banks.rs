@@ -1,6 +1,6 @@
 //! The bank audit: every GPU kernel's declared workgroup-memory accesses, counted over 32
 //! four-byte banks per 32-lane group (`kiln_ops::banks`), are at most 2-way. The table is printed
-//! (`cargo test --release -p kiln-ops --test banks -- --nocapture`). The declarations read their
+//! (`cargo test --release -p kiln-ops --test ops -- banks:: --nocapture`). The declarations read their
 //! strides and pads from the specialised shaders, so a changed pad shows up here; planning needs
 //! an adapter (lavapipe will do), no GPU.
 
@@ -15,7 +15,7 @@ const BOUND: u32 = 2;
 /// Every declared access: the GEMMs', and attention's as planned for an H100 (16 x 16
 /// fragments) and an Apple GPU (8 x 8). Planning reads limits only: no GPU is needed.
 fn all_accesses() -> Vec<Access> {
-    let mut v = kiln_ops::matmul::bank_accesses().expect("GEMM declarations");
+    let mut v = kiln_ops::gemm::bank_accesses().expect("GEMM declarations");
     let d = Device::shared().expect("an adapter to plan on (run scripts/setup.sh)");
     for prof in [AdapterProfile::nvidia_hopper(), AdapterProfile::apple_m()] {
         let pd = d.with_policy(KernelPolicy::default().with_profile(prof));
@@ -66,7 +66,7 @@ fn removing_a_pad_is_reported_as_a_conflict() {
         "the pads the shader sets"
     );
     let worst = |s: &KernelSpec| {
-        let acc = kiln_ops::matmul::coop_bank_accesses(s, "t").unwrap();
+        let acc = kiln_ops::gemm::coop_bank_accesses(s, "t").unwrap();
         acc.iter()
             .filter(|a| a.what.starts_with("fragment load"))
             .map(|a| banks::ways(a).worst)
@@ -77,7 +77,7 @@ fn removing_a_pad_is_reported_as_a_conflict() {
     let unpadded = worst(&spec(false));
     assert!(unpadded >= 4, "{unpadded}-way");
     let (_, bad) = banks::table(
-        &kiln_ops::matmul::coop_bank_accesses(&spec(false), "t").unwrap(),
+        &kiln_ops::gemm::coop_bank_accesses(&spec(false), "t").unwrap(),
         BOUND,
     );
     assert!(!bad.is_empty());

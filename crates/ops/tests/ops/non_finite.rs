@@ -2,14 +2,12 @@
 //! both the quad and the one-element kernels), and the device-side finite check matches its CPU
 //! reference.
 
+use crate::common::dev;
+use crate::common::expect_err;
 use kiln_ops::elementwise::{unary, Unary};
 use kiln_ops::finite::{cpu, finite_check, CLEAR};
 use kiln_ops::pool::{max_pool2d, Pool2dSpec};
-use kiln_ops::{Array, Device};
-
-fn dev() -> Device {
-    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
-}
+use kiln_ops::Array;
 
 /// Bitwise class of a value: NaN, or the value itself.
 fn same(a: f32, b: f32) -> bool {
@@ -88,5 +86,8 @@ fn finite_check_counts_and_locates_bad_values() {
     assert_eq!(got[2..], CLEAR);
     // A slot past the flag buffer is an error, not a stray write.
     let buf = d.upload(&b).unwrap();
-    assert!(finite_check(&d, &buf, &flags, 2).is_err());
+    expect_err(
+        finite_check(&d, &buf, &flags, 2),
+        "needs 6 flag words, the buffer has 4",
+    );
 }

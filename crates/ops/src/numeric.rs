@@ -1,7 +1,6 @@
-//! Helpers shared by kiln's tests: a seeded generator (re-exported), one tolerance check, finite
-//! differences.
-
-pub use crate::random::Rng;
+//! Numeric comparison: one tolerance check (what `gradcheck` and every test compare with),
+//! central finite differences, and the small conversions they need. The seeded generator is
+//! `crate::random::Rng`.
 
 /// Checks `|got - want| <= atol + rtol * |want|` element-wise; on failure the message names the
 /// worst difference and the first mismatches.
@@ -45,7 +44,7 @@ pub fn check_close(
     }
 }
 
-/// Panicking form of [`check_close`] for tests.
+/// Panicking form of [`check_close`], for tests.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
     if let Err(e) = check_close(what, got, want, atol, rtol) {

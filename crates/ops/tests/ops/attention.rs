@@ -12,19 +12,12 @@
 //! cooperative-matrix variants run where the adapter has them (Mesa 26's lavapipe:
 //! `scripts/lavapipe-coop.sh`; `KILN_REQUIRE_COOP=1` makes their absence an error).
 
+use crate::common::{arr, coop_profile, dev, Tally};
 use kiln_device::AdapterProfile;
 use kiln_ops::attention::{self, AttentionMasked, AttentionSpec, AttnCall, FlashKernel};
-use kiln_ops::testing::{assert_close, dot, finite_diff, to_f64, Rng};
+use kiln_ops::numeric::{assert_close, dot, finite_diff, to_f64};
+use kiln_ops::random::Rng;
 use kiln_ops::{Array, DType, Device, DeviceError, KernelPolicy, OpError};
-use std::collections::BTreeMap;
-
-fn dev() -> Device {
-    Device::shared().expect("a GPU or software Vulkan adapter (run scripts/setup.sh)")
-}
-
-fn arr(d: &Device, v: &[f32], s: &[usize]) -> Array {
-    Array::from_f32(d, v, s).unwrap()
-}
 
 /// This adapter's profile planned as a GPU (the GPU register budget), within its own limits.
 fn gpu_like(d: &Device) -> AdapterProfile {
@@ -34,68 +27,12 @@ fn gpu_like(d: &Device) -> AdapterProfile {
     p
 }
 
-/// The cooperative sizes to test: the adapter's, and 16 on Mesa's lavapipe (which reports 8 x 8
-/// fragments but lowers any size in software).
-fn coop_profile(d: &Device) -> (Vec<u32>, AdapterProfile) {
-    let coop = !d.cooperative_f16_f32_sizes().is_empty();
-    if std::env::var_os("KILN_REQUIRE_COOP").is_some() {
-        assert!(
-            coop,
-            "KILN_REQUIRE_COOP is set but the adapter has no f16 cooperative matrices"
-        );
-    }
-    let mut sizes = d.cooperative_f16_f32_sizes().to_vec();
-    let mut prof = d.adapter_profile().clone();
-    if coop && d.adapter().is_software && !sizes.contains(&16) {
-        sizes.insert(0, 16);
-        prof.coop_f16_sizes = sizes.clone();
-    }
-    (sizes, prof)
-}
-
 /// One forced variant on one profile, and the indices of [`CASES`] it runs.
 struct Forced {
     label: String,
     dev: Device,
     f16: bool,
     cases: &'static [usize],
-}
-
-/// Cases checked and shapes refused, per forced variant.
-#[derive(Default)]
-struct Tally {
-    checked: BTreeMap<String, usize>,
-    refused: BTreeMap<String, Vec<String>>,
-}
-
-impl Tally {
-    /// Runs `case`; a typed refusal of the forced variant is counted, any other error fails.
-    fn run(&mut self, label: &str, what: &str, case: impl FnOnce() -> Result<(), OpError>) {
-        self.checked.entry(label.to_string()).or_default();
-        match case() {
-            Ok(()) => *self.checked.get_mut(label).unwrap() += 1,
-            Err(OpError::Device(DeviceError::VariantUnsupported { reason, .. })) => self
-                .refused
-                .entry(label.to_string())
-                .or_default()
-                .push(format!("{what}: {reason}")),
-            Err(e) => panic!("{label} {what}: {e}"),
-        }
-    }
-
-    /// Prints the tally; fails where a variant checked nothing.
-    fn finish(self) {
-        for (label, n) in &self.checked {
-            let refused = self.refused.get(label).map_or(0, Vec::len);
-            eprintln!("{label}: {n} cases checked, {refused} refused");
-            for r in self.refused.get(label).into_iter().flatten() {
-                eprintln!("    refused {r}");
-            }
-        }
-        for (label, n) in &self.checked {
-            assert!(*n > 0, "{label} checked no case");
-        }
-    }
 }
 
 /// The f32 variants: the subgroup and workgroup-memory exchanges on this adapter's profile and
@@ -309,21 +246,21 @@ fn check_case(f: &Forced, r: &mut Rng, c: Case) -> Result<(), OpError> {
 #[test]
 fn every_f32_variant_matches_the_cpu_and_finite_differences() {
     let d = dev();
-    let mut tally = Tally::default();
     let mut r = Rng::new(41);
     let mut covered = [0; CASES.len()];
     for f in f32_variants(&d) {
+        let mut tally = Tally::new(&f.label);
         for &n in f.cases {
             let c = CASES[n];
             covered[n] += 1;
-            tally.run(&f.label, &format!("{c:?}"), || check_case(&f, &mut r, c));
+            tally.case(&format!("{c:?}"), || check_case(&f, &mut r, c));
         }
+        tally.finish();
     }
     assert!(
         covered.iter().all(|&n| n >= 2),
         "cases per variant: {covered:?}"
     );
-    tally.finish();
 }
 
 #[test]
@@ -337,15 +274,15 @@ fn every_cooperative_variant_matches_the_cpu_and_finite_differences() {
         );
         return;
     }
-    let mut tally = Tally::default();
     let mut r = Rng::new(51);
     for f in variants {
+        let mut tally = Tally::new(&f.label);
         for &n in f.cases {
             let c = CASES[n];
-            tally.run(&f.label, &format!("{c:?}"), || check_case(&f, &mut r, c));
+            tally.case(&format!("{c:?}"), || check_case(&f, &mut r, c));
         }
+        tally.finish();
     }
-    tally.finish();
 }
 
 /// kiln's gradcheck through the op (graph level), with the CPU reference's differences, for
@@ -359,7 +296,6 @@ fn gradcheck_through_the_attention_op() {
     forced.extend(coop_variants(&d));
     let (b, h, tq, tk, dim) = (1, 2, 5, 6, 24);
     let mut r = Rng::new(7);
-    let mut tally = Tally::default();
     for f in forced {
         let dev = &f.dev;
         let f16 = f.f16;
@@ -426,7 +362,8 @@ fn gradcheck_through_the_attention_op() {
         };
         // f16: dO, P and dS rounded to f16 in the products (the forward's values within 2e-3).
         let (atol, rtol) = if f16 { (1e-2, 3e-2) } else { (1e-3, 1e-2) };
-        tally.run(&f.label, "gradcheck", || {
+        let mut tally = Tally::new(&f.label);
+        tally.case("gradcheck", || {
             GradCheck::new()
                 .with_atol(atol)
                 .with_rtol(rtol)
@@ -437,8 +374,8 @@ fn gradcheck_through_the_attention_op() {
                     e => panic!("{}: {e}", f.label),
                 })
         });
+        tally.finish();
     }
-    tally.finish();
 }
 
 /// The register budget shapes the tiles: planned for an H100, every f32 kernel holds at most
