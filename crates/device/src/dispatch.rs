@@ -51,6 +51,9 @@ pub(crate) struct Dispatch {
     /// The parameter block must outlive the submission: recycling it earlier would let a later
     /// `write_buffer` change what this dispatch reads.
     pub(crate) _params: Option<Buffer>,
+    /// The allocations it binds, so that a host write to any other buffer need not submit it
+    /// first ([`Pending::touches`]).
+    pub(crate) bound: Vec<wgpu::Buffer>,
 }
 
 /// Work recorded and not yet submitted.
@@ -64,6 +67,15 @@ pub(crate) struct Pending {
 impl Pending {
     pub(crate) fn is_empty(&self) -> bool {
         self.dispatches.is_empty() && self.reads.is_empty()
+    }
+
+    /// Whether any recorded dispatch binds `buf`'s allocation or any readback copies from it: a
+    /// host write to it must then wait until they are submitted. (`write_buffer` lands before
+    /// the next submission's work, so a write to an allocation nothing pending touches may go
+    /// ahead of them.)
+    pub(crate) fn touches(&self, buf: &wgpu::Buffer) -> bool {
+        self.dispatches.iter().any(|d| d.bound.contains(buf))
+            || self.reads.iter().any(|r| r.src == *buf)
     }
 }
 

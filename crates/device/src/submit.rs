@@ -107,9 +107,12 @@ impl Device {
             });
         }
         // Under the pending lock: a host write must land after every dispatch recorded before
-        // it, so no other thread may slip a submission of older dispatches in behind it.
+        // it that reads or writes the buffer, so those are submitted first and no other thread
+        // may slip a submission of older ones in behind it. Work that does not touch the
+        // buffer stays pending (an optimizer's hyper-parameters written between a step's
+        // backward pass and its update cost no extra submission).
         let mut pending = self.inner.pending.lock().unwrap();
-        if !pending.is_empty() {
+        if pending.touches(buf.wgpu()) {
             self.submit_locked(&mut pending, None, None, |_| {})?;
         }
         buf.inner
@@ -292,6 +295,7 @@ impl Device {
             bind_group,
             groups,
             _params: params_buf,
+            bound: buffers.iter().map(|b| b.wgpu().clone()).collect(),
         });
         let me = std::thread::current().id();
         if let Some(cap) = self.inner.captures.lock().unwrap().get_mut(&me) {

@@ -416,3 +416,41 @@ fn adapters_are_listed_in_preference_order_and_chosen_by_index() {
         "{err}"
     );
 }
+
+/// A host write submits the recorded work first only where that work binds the written buffer:
+/// the dispatch reads its input as it was, and a write elsewhere leaves it pending.
+#[test]
+fn a_host_write_waits_only_for_the_work_that_touches_its_buffer() {
+    let d = Device::new().unwrap(); // its own counters
+    let src = "@group(0) @binding(0) var<storage, read> x: array<f32>;
+        @group(0) @binding(1) var<storage, read_write> y: array<f32>;
+        @compute @workgroup_size(64)
+        fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+            if (g.x < 100u) { y[g.x] = x[g.x] * 2.0; }
+        }";
+    let k = d.kernel_from_source("double", src, "main", &[]).unwrap();
+    let x = d.upload(&vec![1.0f32; 100]).unwrap();
+    let y = d.alloc(100, DType::F32).unwrap();
+    let other = d.alloc(100, DType::F32).unwrap();
+    d.flush().unwrap();
+    let before = d.counters().submissions;
+    d.launch(&k, &[&x, &y], &Params::new(), [2, 1, 1]).unwrap();
+    d.write(&other, &vec![5.0f32; 100]).unwrap();
+    assert_eq!(
+        d.counters().submissions,
+        before,
+        "a write elsewhere submitted the dispatch"
+    );
+    d.write(&x, &vec![3.0f32; 100]).unwrap();
+    assert_eq!(
+        d.counters().submissions,
+        before + 1,
+        "the write to x did not wait"
+    );
+    assert_eq!(d.download::<f32>(&y).unwrap(), vec![2.0; 100]);
+    assert_eq!(d.download::<f32>(&other).unwrap(), vec![5.0; 100]);
+    // Writing the output of a pending dispatch waits for it too.
+    d.launch(&k, &[&x, &y], &Params::new(), [2, 1, 1]).unwrap();
+    d.write(&y, &vec![-1.0f32; 100]).unwrap();
+    assert_eq!(d.download::<f32>(&y).unwrap(), vec![-1.0; 100]);
+}
