@@ -6,7 +6,7 @@
 //! differences `(L(x + eps e_j) - L(x - eps e_j)) / 2 eps` of every element of every input that
 //! requires a gradient (numeric): of `f` itself, run again on the device in f32 (hence the
 //! looser defaults than PyTorch's double-precision ones), or of an f64 CPU reference of `f`
-//! where one is given ([`GradCheck::reference`]), which is exact up to the differences' own
+//! where one is given ([`GradCheck::with_reference`]), which is exact up to the differences' own
 //! truncation error and also checks the forward values.
 //!
 //! ```no_run

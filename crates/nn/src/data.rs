@@ -1,7 +1,7 @@
 //! Data: MNIST's IDX files (gzip), character-level text, seeded shuffling into batches. llm.c's
 //! token shards, and windows and a loader over them, are in the `shards` module.
 
-use crate::{NnError, Result};
+use crate::error::{NnError, Result};
 use kiln_ops::random::Rng;
 use std::io::Read;
 use std::path::Path;

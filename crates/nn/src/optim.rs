@@ -2,8 +2,8 @@
 //! small device buffer per parameter group, rewritten before each step, so a recorded step never
 //! needs re-recording when the learning rate or the step count changes.
 
+use crate::error::Result;
 use crate::schedule::Schedule;
-use crate::Result;
 use kiln_graph::{Device, StepPlan, Tensor};
 use kiln_ops::optim::{self, Rule};
 use kiln_ops::{Buffer, DType};

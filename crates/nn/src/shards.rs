@@ -25,8 +25,8 @@
 //! exactly what the uninterrupted one would have.
 
 use crate::data::shuffled;
+use crate::error::{NnError, Result};
 use crate::serialize::write_atomically;
-use crate::{NnError, Result};
 use std::path::{Path, PathBuf};
 
 /// Header word 0 of a token shard (llm.c's).

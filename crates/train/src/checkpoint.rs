@@ -3,8 +3,8 @@
 //! [`kiln_nn::serialize`]: format version and a checksum over all of it, required on load), so a
 //! run continues exactly where it stopped, and only with the settings it was started with.
 
+use crate::error::{Result, TrainError};
 use crate::history::{history_csv, parse_history_csv, EpochStats};
-use crate::{Result, TrainError};
 use kiln_nn::serialize::{save, PathLock, TensorFile};
 use kiln_nn::{Module, Optimizer};
 use std::collections::BTreeMap;

@@ -8,8 +8,8 @@
 //! each process of a data-parallel run its share of every batch ([`Share`]), and reads the
 //! batches on a background thread while the caller trains on the previous one.
 
+use crate::error::{Result, TrainError};
 use crate::parallel::{epoch_batches, Share};
-use crate::{Result, TrainError};
 use kiln_graph::{Device, Tensor};
 use kiln_nn::data::{gather_rows, Mnist};
 use kiln_nn::shards::TokenDataset;

@@ -2,7 +2,7 @@
 //! check dispatch per tensor, recorded after a step and read back with the loss in the
 //! submissions that already run, so watching costs no extra synchronisation.
 
-use crate::{Result, TrainError};
+use crate::error::{Result, TrainError};
 use kiln_device::ReadTicket;
 use kiln_graph::{Device, Tensor};
 use kiln_nn::{Module, Optimizer};

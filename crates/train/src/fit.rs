@@ -4,11 +4,11 @@
 
 use crate::checkpoint::{save_training, CheckpointConfig};
 use crate::data::{BatchTargets, DataLoader, Dataset, TargetKind};
+use crate::error::{Result, TrainError};
 use crate::finite::FiniteWatch;
 use crate::history::EpochStats;
 use crate::parallel::DataParallel;
 use crate::progress::progress_bar;
-use crate::{Result, TrainError};
 use kiln_device::ReadTicket;
 use kiln_graph::{no_grad, Device, StepPlan, Tensor};
 use kiln_nn::data::gather_rows;

@@ -1,16 +1,16 @@
-//! The training loop as a future: [`fit`](crate::fit)'s recorded steps, with every readback
+//! The training loop as a future: [`fit`](crate::fit())'s recorded steps, with every readback
 //! awaited instead of waited for, so that it runs in a browser page (whose GPU work completes
 //! between turns of the JavaScript event loop, where nothing may block) as well as under any
 //! native executor (`pollster::block_on(fit_async(...))`).
 //!
 //! It keeps what a page needs (a plan per batch size replayed with new data, the seeded shuffle
-//! of [`fit`](crate::fit), losses read back a few steps behind the GPU, evaluation) and leaves
+//! of [`fit`](crate::fit()), losses read back a few steps behind the GPU, evaluation) and leaves
 //! out what needs a file system or several processes (checkpoints, data-parallel training).
 
 use crate::data::{BatchTargets, DataLoader, Dataset};
+use crate::error::{Result, TrainError};
 use crate::fit::{FitConfig, LossTally};
 use crate::history::EpochStats;
-use crate::{Result, TrainError};
 use kiln_device::ReadTicket;
 use kiln_graph::{no_grad, Device, StepPlan, Tensor};
 use kiln_nn::loss::{loss_of, Loss};
@@ -42,7 +42,7 @@ struct Recorded {
     loss: Tensor,
 }
 
-/// [`fit`](crate::fit) without blocking: trains `model` on `train` with `loss` for `cfg.epochs`
+/// [`fit`](crate::fit()) without blocking: trains `model` on `train` with `loss` for `cfg.epochs`
 /// epochs (the same seeded shuffle, batches, recorded steps and loss readbacks every
 /// `cfg.log_every` steps and at each epoch's last), calling `on_loss` with each loss read back
 /// and `cfg`'s callbacks with each epoch's figures (held-out loss and accuracy where

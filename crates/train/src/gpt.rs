@@ -4,7 +4,7 @@
 //! gradients accumulate before one clipped update, recorded once and replayed
 //! ([`AccumulatedStep`]); and the model FLOPs behind MFU ([`gpt_flops_per_token`]).
 
-use crate::{Result, TrainError};
+use crate::error::{Result, TrainError};
 use kiln_graph::{Array, Device, StepPlan, Tensor};
 use kiln_nn::schedule::Schedule;
 use kiln_nn::{AdamW, Module, Optimizer};

@@ -3,9 +3,9 @@
 //! - [`data`]: the index-based [`Dataset`] trait (in-memory arrays, MNIST's IDX files, token
 //!   shards) and the [`DataLoader`] that shuffles, shards across processes and reads batches on a
 //!   background thread.
-//! - [`fit`]: `fit` / `evaluate` / `predict` over a [`Dataset`], each training step recorded once
+//! - [`fit`](mod@fit): `fit` / `evaluate` / `predict` over a [`Dataset`], each training step recorded once
 //!   per batch size and replayed; and the Keras-style [`fit::Compiled`].
-//! - [`fit_async`]: the same loop as a future (readbacks awaited, never waited for), for browser
+//! - [`fit_async`](mod@fit_async): the same loop as a future (readbacks awaited, never waited for), for browser
 //!   pages and async programs.
 //! - [`lm_train`]: the language-model loop (random windows of a corpus, periodic evaluation).
 //! - [`gpt`]: the GPT-2 recipe (AdamW's parameter groups, clipping, warm-up and cosine decay),

@@ -2,10 +2,10 @@
 //! periodic evaluation and checkpoints.
 
 use crate::checkpoint::{save_training, CheckpointConfig};
+use crate::error::{Result, TrainError};
 use crate::finite::FiniteWatch;
 use crate::history::EpochStats;
 use crate::parallel::{DataParallel, Share};
-use crate::{Result, TrainError};
 use kiln_graph::{autocast_f16_when, no_grad, Device, StepPlan, Tensor};
 use kiln_nn::init::Rng;
 use kiln_nn::lm::{sample_windows, CharCorpus, LanguageModel};

@@ -1,8 +1,8 @@
 //! Training reports: the history as CSV and a loss/accuracy plot as SVG (plotters), both written
 //! atomically.
 
+use crate::error::{Result, TrainError};
 use crate::history::{history_csv_by, EpochStats};
-use crate::{Result, TrainError};
 use kiln_nn::serialize::write_atomically;
 use plotters::prelude::*;
 use std::path::Path;

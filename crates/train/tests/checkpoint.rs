@@ -71,12 +71,17 @@ fn round_trip_and_bad_files() {
         .unwrap_err()
         .to_string()
         .contains("empty"));
-    assert!(load(
+    let e = load(
         &dir.join("missing.safetensors"),
         &b.named_parameters(),
-        true
+        true,
     )
-    .is_err());
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("missing.safetensors") && e.contains("No such file"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -90,8 +90,16 @@ fn magnitude_pruning_keeps_pruned_weights_at_zero_while_fine_tuning() {
     let pruned: usize = g.iter().map(|m| m.pruned).sum();
     assert!((pruned as f64 / total as f64 - 0.9).abs() < 0.01);
     // A sparsity outside [0, 1) is an error.
-    assert!(magnitude_masks(&weights, 1.0, true).is_err());
-    assert!(magnitude_masks(&weights, -0.1, false).is_err());
+    let e = magnitude_masks(&weights, 1.0, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("sparsity 1 outside [0, 1)"), "{e}");
+    let e = magnitude_masks(&weights, -0.1, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("sparsity -0.1 outside [0, 1)"), "{e}");
 }
 
 #[test]

@@ -28,7 +28,11 @@ fn corpus_split_encoding_and_windows() {
     let (x, y) = sample_windows(&c.train, 3, 4, &mut rng);
     assert_eq!((x.len(), y.len()), (12, 12));
     assert_eq!(x[1..4], y[..3], "targets are the inputs shifted by one");
-    assert!(CharCorpus::from_text("aaaa", 0.1).is_err());
+    let e = CharCorpus::from_text("aaaa", 0.1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("1 distinct characters: too few"), "{e}");
 }
 
 fn periodic() -> CharCorpus {
