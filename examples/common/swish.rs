@@ -36,15 +36,11 @@ fn backward(@builtin(workgroup_id) w: vec3<u32>, @builtin(num_workgroups) n: vec
 #[derive(Clone, Copy, Debug)]
 pub struct Swish;
 
-/// Runs entry point `entry` over `bufs` (inputs, then the output `like` x).
-fn run(dev: &Device, entry: &str, bufs: &[&Array]) -> Result<Array> {
-    let out = Array::empty_like(dev, bufs[0])?;
+/// Runs entry point `entry` over `x` (x, or x and dy) into a new array like x.
+fn run(dev: &Device, entry: &str, x: &[&Array]) -> Result<Array> {
     let k = dev.kernel_from_source("swish", SRC, entry, &[])?;
-    let mut b: Vec<_> = bufs.iter().map(|a| &a.buf).collect();
-    b.push(&out.buf);
-    let n = out.numel();
-    launch::elementwise(dev, &k, &b, &N { n: n as u32 }, n)?;
-    Ok(out)
+    let n = x[0].numel() as u32;
+    launch::map(dev, &k, x, &N { n })
 }
 
 impl Op for Swish {
