@@ -358,8 +358,8 @@ fn a_mismatched_parameter_block_is_a_typed_error() {
         0.0,
         0.0,
     );
-    // launch::map needs an input to shape its output like.
-    let e = kiln::ops::launch::map(&d, &k, &[], &Right { n: 0 }).unwrap_err();
+    // op::map needs an input to shape its output like.
+    let e = kiln::ops::op::map(&d, &k, &[], &Right { n: 0 }).unwrap_err();
     assert!(e.to_string().contains("takes at least one input"), "{e}");
 }
 

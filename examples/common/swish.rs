@@ -2,8 +2,8 @@
 //! examples/custom_op.rs and tests/custom_op.rs.
 
 use kiln::device::Device;
-use kiln::ops::op::{Ctx, Forward, Op};
-use kiln::ops::{launch, Array, Result};
+use kiln::ops::op::{self, Ctx, Forward, Op};
+use kiln::ops::{Array, Result};
 
 kiln::device::kernel_params! { struct N { n: u32 } }
 
@@ -40,7 +40,7 @@ pub struct Swish;
 fn run(dev: &Device, entry: &str, x: &[&Array]) -> Result<Array> {
     let k = dev.kernel_from_source("swish", SRC, entry, &[])?;
     let n = x[0].numel() as u32;
-    launch::map(dev, &k, x, &N { n })
+    op::map(dev, &k, x, &N { n })
 }
 
 impl Op for Swish {

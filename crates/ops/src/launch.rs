@@ -23,7 +23,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::{Array, Buffer, Device, KernelParams, OpError, Params, Result};
+use crate::{Buffer, Device, KernelParams, OpError, Params, Result};
 use std::sync::Arc;
 
 /// Workgroup size of the 1-D kernels (the WGSL `WG` constant).
@@ -87,26 +87,6 @@ pub fn elementwise<P: KernelParams>(
     let groups = groups_of("launch::elementwise", n.div_ceil(WG as usize))?;
     dev.launch_with(kernel, bufs, params, [groups, 1, 1])?;
     Ok(())
-}
-
-/// An element-wise op's whole launch: a new output shaped like `inputs[0]` (and of its dtype),
-/// bound after the inputs, and [`elementwise`] over its elements. What an [`crate::op::Op`]'s
-/// forward or backward returns.
-pub fn map<P: KernelParams>(
-    dev: &Device,
-    kernel: &Arc<kiln_device::Kernel>,
-    inputs: &[&Array],
-    params: &P,
-) -> Result<Array> {
-    let first = inputs.first().ok_or_else(|| OpError::Invalid {
-        op: "launch::map",
-        message: "takes at least one input (the output is shaped like the first)".into(),
-    })?;
-    let out = Array::empty_like(dev, first)?;
-    let mut bufs: Vec<&Buffer> = inputs.iter().map(|a| &a.buf).collect();
-    bufs.push(&out.buf);
-    elementwise(dev, kernel, &bufs, params, out.numel())?;
-    Ok(out)
 }
 
 /// Launches one workgroup per row (`kiln_group` numbers them), for kernels whose workgroup

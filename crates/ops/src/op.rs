@@ -181,3 +181,23 @@ impl Ctx<'_> {
         self.needs.get(i).copied().unwrap_or(false)
     }
 }
+
+/// An element-wise op's whole launch: a new output shaped like `inputs[0]` (and of its dtype),
+/// bound after the inputs, and [`crate::launch::elementwise`] over its elements: the whole
+/// forward or backward of an element-wise [`Op`].
+pub fn map<P: crate::KernelParams>(
+    dev: &Device,
+    kernel: &std::sync::Arc<kiln_device::Kernel>,
+    inputs: &[&Array],
+    params: &P,
+) -> Result<Array> {
+    let first = inputs.first().ok_or_else(|| OpError::Invalid {
+        op: "op::map",
+        message: "takes at least one input (the output is shaped like the first)".into(),
+    })?;
+    let out = Array::empty_like(dev, first)?;
+    let mut bufs: Vec<&crate::Buffer> = inputs.iter().map(|a| &a.buf).collect();
+    bufs.push(&out.buf);
+    crate::launch::elementwise(dev, kernel, &bufs, params, out.numel())?;
+    Ok(out)
+}
