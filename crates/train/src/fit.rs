@@ -375,24 +375,9 @@ pub fn fit(
                 let flags = check()?;
                 let x = xb.upload(dev, &train.batch_shape(n))?;
                 let y = yb.upload(dev)?;
-                // A fresh plan computes fresh gradients (no accumulation into another plan's).
-                opt.zero_grad();
-                let (plan, (loss, width)) = StepPlan::record(dev, || {
-                    let out = model.forward(&x)?;
-                    let width = *out.shape().last().unwrap_or(&0);
-                    let loss = loss_of(&out, &y, loss)?;
-                    loss.backward()?;
-                    if cfg.skip_nonfinite {
-                        opt.step_guarded(Some(&loss.array().buf))?;
-                    } else {
-                        opt.step()?;
-                    }
-                    Ok::<_, TrainError>((loss, width))
-                })?;
-                if let BatchTargets::Classes(yv) = &yb {
-                    classes = Some(width);
-                    softmax::check_labels(yv, width, None)?;
-                }
+                let (plan, loss, width) =
+                    record_step(dev, model, opt, loss, (&x, &y, &yb), cfg.skip_nonfinite)?;
+                classes = width.or(classes);
                 // Recording happens once per batch size: a synchronous read costs nothing there.
                 if let Some(f) = flags {
                     watch.verdict(&f.wait::<u32>()?, &after_step(step - 1))?;
@@ -479,6 +464,41 @@ pub fn fit(
         }
     }
     Ok(history)
+}
+
+/// Records the training step of a new batch size (fit's and fit_async's): a fresh plan (the
+/// gradients zeroed, so none accumulate into another plan's), forward, loss, backward and the
+/// update, guarded where non-finite losses are skipped. Class labels are checked against the
+/// logits' width, which it returns for the later batches' checks (None for value targets).
+pub(crate) fn record_step(
+    dev: &Device,
+    model: &dyn Module,
+    opt: &mut Optimizer,
+    loss: Loss,
+    (x, y, targets): (&Tensor, &Tensor, &BatchTargets),
+    skip_nonfinite: bool,
+) -> Result<(StepPlan, Tensor, Option<usize>)> {
+    opt.zero_grad();
+    let (plan, (loss, width)) = StepPlan::record(dev, || {
+        let out = model.forward(x)?;
+        let width = *out.shape().last().unwrap_or(&0);
+        let loss = loss_of(&out, y, loss)?;
+        loss.backward()?;
+        if skip_nonfinite {
+            opt.step_guarded(Some(&loss.array().buf))?;
+        } else {
+            opt.step()?;
+        }
+        Ok::<_, TrainError>((loss, width))
+    })?;
+    let classes = match targets {
+        BatchTargets::Classes(labels) => {
+            softmax::check_labels(labels, width, None)?;
+            Some(width)
+        }
+        BatchTargets::Values(..) => None,
+    };
+    Ok((plan, loss, classes))
 }
 
 /// How a finite-check verdict names the state it saw.

@@ -113,23 +113,15 @@ pub async fn fit_async(
             } else {
                 let x = xb.upload(dev, &train.batch_shape(n))?;
                 let y = yb.upload(dev)?;
-                opt.zero_grad();
-                let (plan, (loss, width)) = StepPlan::record(dev, || {
-                    let out = model.forward(&x)?;
-                    let width = *out.shape().last().unwrap_or(&0);
-                    let loss = loss_of(&out, &y, loss)?;
-                    loss.backward()?;
-                    if cfg.skip_nonfinite {
-                        opt.step_guarded(Some(&loss.array().buf))?;
-                    } else {
-                        opt.step()?;
-                    }
-                    Ok::<_, TrainError>((loss, width))
-                })?;
-                if let BatchTargets::Classes(yv) = &yb {
-                    classes = Some(width);
-                    softmax::check_labels(yv, width, None)?;
-                }
+                let (plan, loss, width) = crate::fit::record_step(
+                    dev,
+                    model,
+                    opt,
+                    loss,
+                    (&x, &y, &yb),
+                    cfg.skip_nonfinite,
+                )?;
+                classes = width.or(classes);
                 if read {
                     reads.push_back((step, dev.read_async(&loss.array().buf)?));
                 }
