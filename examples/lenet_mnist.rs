@@ -135,7 +135,7 @@ fn train(args: &Args, dist: Option<&Dist>) -> Result<()> {
     #[cfg(feature = "dist")]
     let times = ddp.map(|d| d.times()).unwrap_or_default();
     #[cfg(not(feature = "dist"))]
-    let times = dist_args::StepTimes::default();
+    let times = dist_args::StepTimes;
     let after = dev.counters();
     if !root {
         return Ok(());

@@ -39,17 +39,9 @@ mod without_mpi {
         }
     }
 
-    /// The data-parallel step times, all zero in a single process.
+    /// The data-parallel step times, of which a single process has none.
     #[derive(Default, Clone, Copy)]
-    pub struct StepTimes {
-        pub steps: u64,
-        pub total: f64,
-        pub submit: f64,
-        pub compute: f64,
-        pub copies: f64,
-        pub allreduce: f64,
-        pub bytes: u64,
-    }
+    pub struct StepTimes;
 }
 
 /// `--distributed`, `--device-index`, `--dist-timeout`, `--bucket-mb`.
@@ -153,6 +145,7 @@ pub fn run<T>(dist: Option<&Dist>, body: impl FnOnce() -> Result<T>) -> Result<T
 /// The JSON fields of a distributed run, added to `line`: the number of processes and, per
 /// synchronised step, the time and its split (rank 0's view) and the bytes each process
 /// all-reduces.
+#[cfg(feature = "dist")]
 pub fn json_fields(
     line: crate::common::JsonLine,
     dist: Option<&Dist>,
@@ -169,4 +162,17 @@ pub fn json_fields(
         .num("dist_host_copies_ms", per(t.copies), 2)
         .num("dist_allreduce_wait_ms", per(t.allreduce), 2)
         .set("dist_bytes_per_step", t.bytes / t.steps.max(1))
+}
+
+/// The JSON fields of a run without the `dist` feature: one process.
+#[cfg(not(feature = "dist"))]
+pub fn json_fields(
+    line: crate::common::JsonLine,
+    dist: Option<&Dist>,
+    _: &StepTimes,
+) -> crate::common::JsonLine {
+    if let Some(d) = dist {
+        match *d {}
+    }
+    line.set("processes", 1)
 }
